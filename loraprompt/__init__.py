@@ -1,0 +1,48 @@
+"""loraprompt: LoRA tooling for Stable Diffusion-family models.
+
+Importing this package is cheap: the prompt parser needs only the standard library and lark, and
+everything that needs torch is imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (imported lazily)
+_EXPORTS: dict[str, str] = {
+    "parse": "loraprompt.syntax",
+    "parse_batch": "loraprompt.syntax",
+    "format_activation": "loraprompt.syntax",
+    "ParsedPrompt": "loraprompt.syntax",
+    "LoraActivation": "loraprompt.syntax",
+    "Diagnostic": "loraprompt.diagnostics",
+    "LoraPromptError": "loraprompt.errors",
+    "AdapterFileError": "loraprompt.errors",
+    "PromptSyntaxError": "loraprompt.errors",
+    "PatchError": "loraprompt.errors",
+    "FamilyMismatchError": "loraprompt.errors",
+    "read_adapter": "loraprompt.adapters",
+    "Adapter": "loraprompt.adapters",
+    "AdapterModule": "loraprompt.adapters",
+    "Patcher": "loraprompt.patcher",
+    "Library": "loraprompt.library",
+    "activate": "loraprompt.integrations.diffusers",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'loraprompt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,41 @@
+"""The exception hierarchy. Expected user mistakes are Diagnostics (values); these are for broken
+files, refused operations and programming errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class LoraPromptError(Exception):
+    """Root of every error loraprompt raises on purpose."""
+
+
+class PromptSyntaxError(LoraPromptError, ValueError):
+    """A prompt that cannot be parsed in strict mode; `span` is the (start, end) of the culprit."""
+
+    def __init__(self, message: str, span: tuple[int, int] | None = None) -> None:
+        super().__init__(message)
+        self.span = span
+
+
+class AdapterFileError(LoraPromptError):
+    """A LoRA/LyCORIS file that cannot be read safely. The message names the file (and key)."""
+
+    def __init__(self, path: str | Path, reason: str, key: str | None = None) -> None:
+        self.path = str(path)
+        self.reason = reason
+        self.key = key
+        where = f"{self.path}" + (f" [{key}]" if key else "")
+        super().__init__(f"{where}: {reason}")
+
+
+class PatchError(LoraPromptError):
+    """An adapter that cannot be applied to the loaded model; the model is left untouched."""
+
+
+class FamilyMismatchError(PatchError):
+    """An adapter made for another model family (e.g. an SDXL LoRA on an SD1.x model)."""
+
+
+class ToolError(LoraPromptError):
+    """A merge/convert/resize/extract request that cannot be carried out; no output is left."""

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs everything the tests need into .venv (and .venv-gradio3 for the gradio 3.41.2 checks),
+# then runs the linters, the type checker and the whole test suite. Exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+
+if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
+# The pinned CPU wheel first: an unpinned torch requirement could pull a multi-GB CUDA build.
+.venv/bin/pip install -q --disable-pip-version-check torch==2.13.0
+.venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
+
+# A real browser for the web UI tests (Debian's Chromium; Playwright cannot download one here).
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "test.sh: /usr/bin/chromium is missing and this is not root; browser tests will be skipped" >&2
+  fi
+fi
+
+# Automatic1111 pins gradio 3.41.2: the gallery tab is also tested inside such an environment.
+if [ ! -x .venv-gradio3/bin/python ]; then "$PY" -m venv .venv-gradio3; fi
+if ! .venv-gradio3/bin/python -c "import gradio, sys; sys.exit(gradio.__version__ != '3.41.2')" 2>/dev/null; then
+  .venv-gradio3/bin/pip install -q --disable-pip-version-check -r tests/gradio3-requirements.txt
+fi
+.venv-gradio3/bin/pip install -q --disable-pip-version-check --no-deps -e .
+
+echo "== ruff"; .venv/bin/ruff check .
+echo "== ruff (python 3.10 grammar)"; .venv/bin/ruff check --select E9 --target-version py310 .
+echo "== mypy"; .venv/bin/mypy
+echo "== pytest"
+export LORAPROMPT_GRADIO3_PYTHON="$PWD/.venv-gradio3/bin/python"
+exec .venv/bin/python -m pytest "$@"
