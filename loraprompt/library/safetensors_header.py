@@ -1,0 +1,179 @@
+"""A strict safetensors header reader using only the standard library (no torch, no safetensors).
+
+`read_header(path)` validates the whole layout (robustness.md items 1-7) before anything is
+allocated for tensor data: header size, UTF-8 JSON object, dtypes, shapes, offsets that tile the
+data section exactly, duplicate names, metadata that are strings. Every failure is an
+`AdapterFileError` naming the file (and the tensor when there is one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loraprompt.errors import AdapterFileError
+
+MAX_HEADER = 100 * 1024 * 1024
+MAX_METADATA_VALUE = 16 * 1024 * 1024
+MAX_DIMS = 8
+MAX_ELEMENTS = 1 << 48
+
+# dtype name -> bytes per element (names as the safetensors format spells them)
+DTYPE_SIZES: dict[str, int] = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor's entry: dtype name, shape and byte range relative to the data section."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """The validated header: metadata, tensor entries, where the data starts, the file size."""
+
+    metadata: dict[str, str]
+    tensors: dict[str, TensorInfo]
+    data_offset: int
+    file_size: int
+
+
+def _no_duplicates(path: str):  # type: ignore[no-untyped-def]
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise AdapterFileError(path, "the header names this entry twice", key=key)
+            out[key] = value
+        return out
+
+    return hook
+
+
+def _read_prefix(path: str, max_header: int) -> tuple[bytes, int]:
+    p = Path(path)
+    if p.is_dir():
+        raise AdapterFileError(path, "is a directory, not a safetensors file")
+    try:
+        with open(p, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < 8:
+                raise AdapterFileError(path, f"file is {size} bytes, too short for a safetensors header")
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > max_header:
+                raise AdapterFileError(path, f"header length {n} exceeds the {max_header}-byte limit")
+            if n < 2 or 8 + n > size:
+                raise AdapterFileError(path, f"header length {n} does not fit in a {size}-byte file")
+            raw = f.read(n)
+    except OSError as exc:
+        raise AdapterFileError(path, f"cannot read: {exc.strerror or exc}") from exc
+    if len(raw) != n:
+        raise AdapterFileError(path, "file was truncated while reading the header")
+    return raw, size
+
+
+def _tensor_info(path: str, name: str, entry: Any) -> TensorInfo:
+    if not isinstance(entry, dict):
+        raise AdapterFileError(path, "tensor entry is not an object", key=name)
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
+        raise AdapterFileError(path, f"unknown dtype {dtype!r}", key=name)
+    if not isinstance(shape, list) or len(shape) > MAX_DIMS:
+        raise AdapterFileError(path, f"bad shape {shape!r}", key=name)
+    count = 1
+    for dim in shape:
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
+            raise AdapterFileError(path, f"bad shape {shape!r}", key=name)
+        count *= dim
+        if count > MAX_ELEMENTS:
+            raise AdapterFileError(path, f"shape {shape!r} overflows", key=name)
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+    ):
+        raise AdapterFileError(path, f"bad data_offsets {offsets!r}", key=name)
+    start, end = offsets
+    if start < 0 or end < start:
+        raise AdapterFileError(path, f"bad data_offsets {offsets!r}", key=name)
+    if end - start != count * DTYPE_SIZES[dtype]:
+        raise AdapterFileError(
+            path, f"data_offsets {offsets!r} hold {end - start} bytes, {dtype}{shape} needs {count * DTYPE_SIZES[dtype]}", key=name
+        )
+    return TensorInfo(dtype, tuple(shape), start, end)
+
+
+def _metadata(path: str, raw: Any) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise AdapterFileError(path, "__metadata__ is not an object", key="__metadata__")
+    for key, value in raw.items():
+        if not isinstance(value, str):
+            raise AdapterFileError(path, f"metadata value is a {type(value).__name__}, not a string", key=key)
+        if len(value) > MAX_METADATA_VALUE:
+            raise AdapterFileError(path, f"metadata value of {len(value)} characters is too large", key=key)
+    return dict(raw)
+
+
+def _check_layout(path: str, tensors: dict[str, TensorInfo], data_size: int) -> None:
+    pos = 0
+    for name, info in sorted(tensors.items(), key=lambda kv: (kv[1].start, kv[1].end)):
+        if info.start < pos:
+            raise AdapterFileError(path, f"tensor data overlaps the previous tensor at byte {info.start}", key=name)
+        if info.start > pos:
+            raise AdapterFileError(path, f"gap of {info.start - pos} bytes before this tensor's data", key=name)
+        if info.end > data_size:
+            raise AdapterFileError(path, f"tensor data ends at {info.end}, beyond the {data_size}-byte data section", key=name)
+        pos = info.end
+    if pos != data_size:
+        raise AdapterFileError(path, f"{data_size - pos} bytes left after the last tensor (truncated or padded file)")
+
+
+def read_header(path: str | os.PathLike[str], max_header: int = MAX_HEADER) -> SafetensorsHeader:
+    """Read and fully validate a safetensors header; AdapterFileError on anything malformed."""
+    spath = os.fspath(path)
+    raw, size = _read_prefix(spath, max_header)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise AdapterFileError(spath, f"header is not UTF-8 (byte {exc.start})") from exc
+    try:
+        doc = json.loads(text, object_pairs_hook=_no_duplicates(spath))
+    except json.JSONDecodeError as exc:
+        raise AdapterFileError(spath, f"header is not valid JSON: {exc.msg} at char {exc.pos}") from exc
+    if not isinstance(doc, dict):
+        raise AdapterFileError(spath, "header is not a JSON object")
+    metadata = _metadata(spath, doc.pop("__metadata__", None))
+    tensors = {name: _tensor_info(spath, name, entry) for name, entry in doc.items()}
+    data_offset = 8 + len(raw)
+    _check_layout(spath, tensors, size - data_offset)
+    return SafetensorsHeader(metadata, tensors, data_offset, size)
