@@ -1,0 +1,175 @@
+"""A1111-style generation infotext (the PNG `parameters` chunk): build it, parse it back, and the
+`Lora hashes` field. Pure standard library, so the A1111 glue and the web UI share one format.
+
+The text is the prompt, an optional `Negative prompt:` line, then one line of `Key: value`
+pairs joined by `, `; a value holding `,`, `:` or a newline is JSON-quoted, as A1111 does.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# One `Key: value` pair of the parameters line: the key starts with a word character and may hold
+# spaces, `-` and `/`; the value is a JSON string literal or runs to the next comma.
+_PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_SIZE = re.compile(r"^(\d+)x(\d+)$")
+# A1111 remaps names by `<lora:NAME:` when pasting (lora_script.infotext_pasted).
+_LORA_NAME = re.compile(r"<lora:([^:]+):")
+NEGATIVE_PREFIX = "Negative prompt:"
+
+
+def quote(value: object) -> str:
+    """Return `value` as text, JSON-quoted when it holds `,`, `:` or a newline."""
+    text = str(value)
+    if "," not in text and ":" not in text and "\n" not in text:
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def unquote(text: str) -> str:
+    """Undo `quote`: a JSON string literal becomes its value; anything else is returned as is."""
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        return text
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, str) else text
+
+
+def lora_hash_name(name: str) -> str:
+    """The key A1111 writes for a LoRA in `Lora hashes`: its name with `:` and `,` removed."""
+    return name.replace(":", "").replace(",", "")
+
+
+def format_lora_hashes(hashes: Mapping[str, str]) -> str:
+    """`{"detail": "0123456789ab"}` -> `detail: 0123456789ab` (unquoted; `format_infotext` quotes)."""
+    return ", ".join(f"{lora_hash_name(name)}: {short}" for name, short in hashes.items())
+
+
+def parse_lora_hashes(value: str) -> dict[str, str]:
+    """Parse a `Lora hashes` value (quoted or not) into name -> short hash, as A1111 pastes it."""
+    out: dict[str, str] = {}
+    for part in unquote(value.strip()).split(","):
+        name, sep, short = part.partition(":")
+        if sep and name.strip():
+            out[name.strip()] = short.strip()
+    return out
+
+
+@dataclass
+class GenerationInfo:
+    """The settings of one generated image, in A1111's infotext vocabulary."""
+
+    prompt: str
+    negative_prompt: str = ""
+    steps: int = 20
+    sampler: str = "Euler a"
+    cfg_scale: float = 7.0
+    seed: int = 0
+    width: int = 512
+    height: int = 512
+    model: str | None = None
+    model_hash: str | None = None
+    lora_hashes: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def parameters(self) -> dict[str, Any]:
+        """The `Key: value` pairs in A1111's order (None values are left out by the formatter)."""
+        params: dict[str, Any] = {
+            "Steps": self.steps,
+            "Sampler": self.sampler,
+            "CFG scale": _number(self.cfg_scale),
+            "Seed": self.seed,
+            "Size": f"{self.width}x{self.height}",
+            "Model hash": self.model_hash,
+            "Model": self.model,
+        }
+        params.update(self.extra)
+        if self.lora_hashes:
+            params["Lora hashes"] = format_lora_hashes(self.lora_hashes)
+        return params
+
+
+def _number(value: float) -> str:
+    """A1111 prints CFG 7 as `7` and 7.5 as `7.5`."""
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def format_infotext(info: GenerationInfo) -> str:
+    """Build the `parameters` text A1111 writes into its PNGs."""
+    pairs = ", ".join(
+        key if key == value else f"{key}: {quote(value)}"
+        for key, value in info.parameters().items()
+        if value is not None
+    )
+    negative = f"\n{NEGATIVE_PREFIX} {info.negative_prompt}" if info.negative_prompt else ""
+    return f"{info.prompt}{negative}\n{pairs}".strip()
+
+
+def parse_infotext(text: str) -> dict[str, str]:
+    """Parse infotext into A1111's field dict: `Prompt`, `Negative prompt`, each `Key` (unquoted),
+    and `Size-1`/`Size-2` for `WxH` values. Defaults A1111 fills in are not invented here."""
+    *lines, last = text.strip().split("\n")
+    if len(_PAIR.findall(last)) < 3:
+        lines.append(last)
+        last = ""
+    prompt = negative = ""
+    in_negative = False
+    for line in lines:
+        line = line.strip()
+        if line.startswith(NEGATIVE_PREFIX):
+            in_negative = True
+            line = line[len(NEGATIVE_PREFIX) :].strip()
+        if in_negative:
+            negative += ("\n" if negative else "") + line
+        else:
+            prompt += ("\n" if prompt else "") + line
+    out: dict[str, str] = {"Prompt": prompt, "Negative prompt": negative}
+    for key, value in _PAIR.findall(last):
+        value = unquote(value)
+        size = _SIZE.match(value)
+        if size:
+            out[f"{key}-1"], out[f"{key}-2"] = size.group(1), size.group(2)
+        else:
+            out[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class InfotextLora:
+    """A `<lora:...>` tag found in a pasted prompt, with the hash `Lora hashes` gave its name."""
+
+    name: str
+    te: float
+    unet: float
+    short_hash: str | None
+
+
+def infotext_loras(fields: Mapping[str, str]) -> list[InfotextLora]:
+    """The LoRA tags of a parsed infotext's prompt (read by loraprompt's A1111-profile parser),
+    each paired with its `Lora hashes` entry when there is one."""
+    from loraprompt.syntax import parse
+
+    hashes = parse_lora_hashes(fields.get("Lora hashes", ""))
+    parsed = parse(fields.get("Prompt", ""), profile="a1111")
+    return [
+        InfotextLora(a.name, a.te, a.unet, hashes.get(lora_hash_name(a.name))) for a in parsed.loras
+    ]
+
+
+def remap_lora_names(prompt: str, lora_hashes: Mapping[str, str], lookup: Callable[[str], str | None]) -> str:
+    """Rename `<lora:NAME:` tags whose NAME has a hash to the local name `lookup(hash)` returns
+    (A1111's paste behaviour); names without a hash or without a local match are kept."""
+
+    def rename(match: re.Match[str]) -> str:
+        name = match.group(1)
+        short = lora_hashes.get(name)
+        local = lookup(short) if short else None
+        return f"<lora:{local}:" if local else match.group(0)
+
+    return _LORA_NAME.sub(rename, prompt)
