@@ -1,0 +1,152 @@
+"""One library entry per model file, and the header record the cache keeps for it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loraprompt.library.metadata import (
+    SD_VERSION_NAMES,
+    MetadataSummary,
+    family_from_metadata,
+    family_from_tensors,
+    summarize,
+)
+from loraprompt.library.safetensors_header import read_header
+from loraprompt.library.sidecars import (
+    MAX_DESCRIPTION,
+    civitai_summary,
+    lora_manager_summary,
+    read_json,
+    read_text,
+)
+
+MODEL_EXTS = (".safetensors", ".pt", ".ckpt")
+
+
+def header_record(path: Path) -> dict[str, Any]:
+    """What the cache keeps about a model file's header (raises AdapterFileError if it is broken)."""
+    if path.suffix.lower() != ".safetensors":
+        return {"kind": "pickle", "summary": MetadataSummary().to_json(), "family": None, "family_source": None}
+    header = read_header(path)
+    by_keys = family_from_tensors(header.tensors)
+    by_meta = family_from_metadata(header.metadata)
+    family, source = (by_keys, "keys") if by_keys else (by_meta, "metadata" if by_meta else None)
+    record: dict[str, Any] = {
+        "kind": "safetensors",
+        "summary": summarize(header.metadata).to_json(),
+        "family": family,
+        "family_source": source,
+        "data_offset": header.data_offset,
+        "tensors": len(header.tensors),
+    }
+    if by_keys and by_meta and by_keys != by_meta:
+        record["family_conflict"] = f"metadata says {by_meta}, tensor shapes say {by_keys}"
+    return record
+
+
+def sidecar_value(kind: str, path: Path) -> Any:
+    """The cached value of one sidecar file: the user JSON itself, an import's summary, or text."""
+    if kind == "user":
+        return read_json(path)
+    if kind == "civitai":
+        doc = read_json(path)
+        return civitai_summary(doc) if doc is not None else None
+    if kind == "lora_manager":
+        doc = read_json(path)
+        return lora_manager_summary(doc) if doc is not None else None
+    text = read_text(path, MAX_DESCRIPTION * 4)
+    return text[:MAX_DESCRIPTION] if text is not None else None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A model file in the library, as plain values. `path` is absolute; `relpath` and `folder`
+    are relative to `root`, with `/` separators; `name` is the file stem A1111 uses."""
+
+    name: str
+    alias: str
+    path: str
+    root: str
+    relpath: str
+    folder: str
+    size: int
+    mtime_ns: int
+    kind: str = "safetensors"
+    detected_family: str | None = None
+    family_source: str | None = None
+    summary: MetadataSummary = field(default_factory=MetadataSummary)
+    previews: tuple[str, ...] = ()
+    user: dict[str, Any] = field(default_factory=dict)
+    imports: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    error: str | None = None
+    hidden: bool = False
+    offline: bool = False
+    data_offset: int | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def mtime(self) -> float:
+        """Modification time in seconds since the epoch."""
+        return self.mtime_ns / 1e9
+
+    @property
+    def family(self) -> str | None:
+        """sd1/sd2/sdxl: the user's `sd version` when set to one of A1111's names, else detected."""
+        chosen = SD_VERSION_NAMES.get(str(self.user.get("sd version", "")))
+        return chosen or self.detected_family
+
+    @property
+    def preview(self) -> str | None:
+        """The preview A1111 would show (first found), or None."""
+        return self.previews[0] if self.previews else None
+
+    @property
+    def preferred_weight(self) -> float | None:
+        """The user's preferred weight (A1111: 0 means the default), else Lora-Manager's strength."""
+        value = self.user.get("preferred weight")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value != 0:
+            return float(value)
+        strength = self.imports.get("lora_manager", {}).get("strength")
+        return float(strength) if isinstance(strength, (int, float)) else None
+
+    @property
+    def activation_text(self) -> str:
+        return str(self.user.get("activation text") or "")
+
+    @property
+    def favorite(self) -> bool:
+        return bool(self.user.get("favorite")) or bool(self.imports.get("lora_manager", {}).get("favorite"))
+
+    @property
+    def nsfw(self) -> bool:
+        return bool(self.user.get("nsfw")) or bool(self.imports.get("civitai", {}).get("nsfw"))
+
+    def trigger_words(self) -> list[tuple[str, str]]:
+        """(word, source) pairs: the user's activation text first, then Civitai's trained words,
+        Lora-Manager's, the header's trigger phrase and training tags by count."""
+        out: list[tuple[str, str]] = []
+        seen: set[str] = set()
+
+        def add(words: Any, source: str) -> None:
+            for w in words or ():
+                if isinstance(w, str) and w.strip() and w.strip() not in seen:
+                    seen.add(w.strip())
+                    out.append((w.strip(), source))
+
+        add([p for p in self.activation_text.split(",")], "user")
+        add(self.imports.get("civitai", {}).get("trained_words"), "civitai")
+        add(self.imports.get("lora_manager", {}).get("trained_words"), "lora_manager")
+        add(self.summary.trigger_words, "header")
+        return out
+
+    def search_text(self) -> str:
+        """Lower-cased text a search matches: path, names, tags, trigger words, notes, description."""
+        parts = [self.relpath, self.name, self.alias, self.description, str(self.user.get("notes") or "")]
+        parts += [str(self.user.get("description") or ""), self.activation_text]
+        parts += [w for w, _ in self.trigger_words()] + [t for t, _ in self.summary.tags]
+        parts += self.imports.get("lora_manager", {}).get("tags", [])
+        parts += [str(self.imports.get("lora_manager", {}).get("notes") or "")]
+        return "\n".join(parts).casefold()

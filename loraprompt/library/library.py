@@ -1,0 +1,312 @@
+"""`Library`: the catalog of LoRA files under one or more folders (no torch, no gradio)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from loraprompt.diagnostics import Diagnostic
+from loraprompt.errors import LoraPromptError
+from loraprompt.library import paths, sidecars
+from loraprompt.library.cache import DiskCache, default_cache_dir
+from loraprompt.library.entry import Entry
+from loraprompt.library.hashes import HashCache, file_hashes
+from loraprompt.library.resolve import (
+    NameIndex,
+    Resolution,
+    hash_matches,
+    match_exact,
+    match_lenient,
+    not_found,
+)
+from loraprompt.library.scanner import folder_of, make_entry, model_record, read_sidecars, scan_root
+
+
+@dataclass(frozen=True)
+class RefreshReport:
+    """What one refresh changed, by absolute path."""
+
+    added: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    pending: tuple[str, ...] = ()  # files still being written: skipped until they settle
+    offline_roots: tuple[str, ...] = ()  # roots not reachable: their entries were kept
+    files_read: int = 0
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    """Files that are the same: `kind` is "same-file", "same-tensors" or "same-name"."""
+
+    kind: str
+    entries: tuple[Entry, ...] = field(default_factory=tuple)
+
+
+class Library:
+    """LoRA files under `dirs`, scanned recursively, with an on-disk cache in `cache_dir`
+    (default: `default_cache_dir()`; `persist=False` keeps it in memory only).
+
+    `entries` re-checks the folders' mtimes at most every `auto_check_s` seconds and refreshes
+    when one changed. A broken file modified less than `settle_s` ago is treated as still being
+    written and skipped until it settles.
+    """
+
+    def __init__(
+        self,
+        dirs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+        cache_dir: str | os.PathLike[str] | None = None,
+        *,
+        persist: bool = True,
+        settle_s: float = 5.0,
+        auto_check_s: float = 2.0,
+    ) -> None:
+        if isinstance(dirs, (str, os.PathLike)):
+            dirs = [dirs]
+        self.roots = [Path(os.path.abspath(d)) for d in dirs]
+        where = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self._cache = DiskCache(where if persist else None, [str(r) for r in self.roots])
+        self._hash_cache = HashCache()
+        self.settle_s = settle_s
+        self.auto_check_s = auto_check_s
+        self._lock = threading.RLock()
+        self._entries: list[Entry] = []
+        self._by_path: dict[str, Entry] = {}
+        self._dir_mtimes: dict[str, int] = {}
+        self._offline: set[str] = set()
+        self._index = NameIndex([])
+        self._allowed: frozenset[Path] | None = None
+        self._checked_at = 0.0
+        self.last_report = self.refresh()
+
+    # ---- scanning -------------------------------------------------------------------------
+    @property
+    def entries(self) -> list[Entry]:
+        """Every file found, in A1111's walk order (after a cheap automatic staleness check)."""
+        self._auto_check()
+        return list(self._entries)
+
+    def refresh(self) -> RefreshReport:
+        """Rescan every root; reads only files whose size or mtime changed since the cache."""
+        with self._lock:
+            old = dict(self._by_path)
+            entries: list[Entry] = []
+            dir_mtimes: dict[str, int] = {}
+            pending: list[str] = []
+            offline: list[str] = []
+            read = 0
+            for root in self.roots:
+                if not root.is_dir():
+                    offline.append(str(root))
+                    kept = [e for e in old.values() if e.root == str(root)]
+                    entries += [replace(e, offline=True) for e in kept]
+                    continue
+                result = scan_root(root, self._cache, self.settle_s)
+                entries += result.entries
+                dir_mtimes.update(result.dir_mtimes)
+                pending += result.pending
+                read += result.read
+            self._install(entries)
+            self._dir_mtimes, self._offline = dir_mtimes, set(offline)
+            self._checked_at = time.monotonic()
+            gone = {p for p in old if p not in self._by_path}
+            sidecar_paths = self._cache.paths() - self._by_path.keys()
+            live = [r for r in self.roots if str(r) not in self._offline]
+            self._cache.drop({p for p in sidecar_paths if any(Path(p).is_relative_to(r) for r in live) and not os.path.exists(p)})
+            self._cache.save()
+            changed = tuple(p for p, e in self._by_path.items() if p in old and (old[p].size, old[p].mtime_ns) != (e.size, e.mtime_ns))
+            self.last_report = RefreshReport(
+                added=tuple(p for p in self._by_path if p not in old),
+                changed=changed,
+                removed=tuple(sorted(gone)),
+                pending=tuple(pending),
+                offline_roots=tuple(offline),
+                files_read=read,
+            )
+            return self.last_report
+
+    def _install(self, entries: list[Entry]) -> None:
+        self._entries = entries
+        self._by_path = {e.path: e for e in entries}
+        self._index = NameIndex(entries)
+        self._allowed = None
+
+    def is_stale(self) -> bool:
+        """True when a scanned folder's mtime changed, one vanished, or an offline root came back
+        (one stat per folder; edits inside a file are caught when it is resolved or refreshed)."""
+        for path, mtime_ns in self._dir_mtimes.items():
+            try:
+                if os.stat(path).st_mtime_ns != mtime_ns:
+                    return True
+            except OSError:
+                return True
+        return any(os.path.isdir(r) for r in self._offline)
+
+    def _auto_check(self) -> None:
+        if time.monotonic() - self._checked_at < self.auto_check_s:
+            return
+        self._checked_at = time.monotonic()
+        if self.is_stale():
+            self.refresh()
+
+    def get(self, path: str | os.PathLike[str]) -> Entry | None:
+        """The entry of an absolute file path, or None."""
+        return self._by_path.get(os.path.abspath(path))
+
+    def fresh(self, entry: Entry) -> Entry | None:
+        """`entry` as the file is now: re-read when its size or mtime changed; None if it is gone."""
+        path = Path(entry.path)
+        try:
+            st = path.stat()
+        except OSError:
+            return None if not entry.offline else entry
+        if (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns):
+            return entry
+        with self._lock:
+            record, _ = model_record(path, st, self._cache, settle_s=0.0)
+            root = Path(entry.root)
+            folder = folder_of(path, root)
+            sides = read_sidecars(folder, path.stem, self._cache)
+            new = make_entry(root, folder, path.name, st=st, record=record or {}, sidecars=sides)
+            self._install([new if e.path == entry.path else e for e in self._entries])
+            self._cache.save()
+            return new
+
+    # ---- names ----------------------------------------------------------------------------
+    def display_name(self, entry: Entry) -> str:
+        """The name a card inserts, as A1111 does: the alias unless it is forbidden, else the stem."""
+        return self._index.display_name(entry)
+
+    def resolve(self, name: str, *, hash: str | None = None, profile: str = "loraprompt") -> Resolution:
+        """The entry a tag's name (and optional `hash=`) means; see spec/syntax.md section 4.7.
+        Rescans once when nothing matched, as A1111 does; the entry returned is fresh."""
+        if not name.strip() and not hash:
+            return Resolution(None, (Diagnostic("E-NAME-EMPTY", "LoRA name is empty", severity="error", subject=name),))
+        self._auto_check()
+        result = self._resolve_once(name, hash, profile)
+        if result is None or (result.entry is None and not result.candidates):
+            self.refresh()
+            result = self._resolve_once(name, hash, profile)
+        if result is None:
+            return not_found(self._index, name) if name.strip() else Resolution(
+                None, (Diagnostic("E-NAME-NOTFOUND", f"no LoRA has hash {hash}", severity="error", subject=hash),))
+        if result.entry is None:
+            return result
+        entry = self.fresh(result.entry)
+        if entry is None:
+            return not_found(self._index, name)
+        diags = list(result.diagnostics)
+        if hash and result.how != "hash" and not hash_matches(self.hashes(entry), hash):
+            diags.append(Diagnostic("W-HASH-MISMATCH", f"{entry.relpath} does not have hash {hash}; using it by name",
+                                    subject=name))
+        return Resolution(entry, tuple(diags), result.how, result.candidates)
+
+    def _resolve_once(self, name: str, hash: str | None, profile: str) -> Resolution | None:
+        if name.strip():
+            exact = match_exact(self._index, name)
+            if exact is not None:
+                return exact
+        if hash:
+            found = self.find_by_hash(hash)
+            if found:
+                diags: tuple[Diagnostic, ...] = ()
+                if name.strip():
+                    diags = (Diagnostic("W-NAME-BY-HASH", f"LoRA {name!r} not found by name; {found[0].relpath} has hash {hash}",
+                                        subject=name),)
+                return Resolution(found[0], diags, "hash", tuple(found))
+        if profile == "a1111" or not name.strip():
+            return None
+        return match_lenient(self._index, name)
+
+    # ---- hashes ---------------------------------------------------------------------------
+    def hashes(self, entry: Entry, compute: bool = True) -> dict[str, str | None]:
+        """`file_hashes` of the file as it is now, from the cache when its stat still matches."""
+        path = entry.path
+        try:
+            st = os.stat(path)
+        except OSError:
+            return {}
+        record = self._cache.get(path, st.st_size, st.st_mtime_ns)
+        if record is not None and record.get("hashes"):
+            return dict(record["hashes"])
+        if not compute:
+            return {}
+        value = file_hashes(path, cache=self._hash_cache)
+        after = os.stat(path)
+        if record is not None and (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns):
+            self._cache.update(path, hashes=value)
+        return value
+
+    def find_by_hash(self, wanted: str, compute: bool = True) -> list[Entry]:
+        """Entries whose hash matches `wanted` (A1111 short, AutoV2 prefix or full sha256): known
+        hashes first, then files whose header claims it, then (with `compute`) every other file."""
+        w = wanted.strip().lower()
+        entries = self.entries
+        found = [e for e in entries if hash_matches(self.hashes(e, compute=False), w)]
+        if not found:
+            claimed = [e for e in entries if (e.summary.sshs_model_hash or "").lower().startswith(w[:10])]
+            found = [e for e in claimed if hash_matches(self.hashes(e), w)]
+        if not found and compute:
+            found = [e for e in entries if not e.offline and not e.error and hash_matches(self.hashes(e), w)]
+        self._cache.save()
+        return found
+
+    def duplicates(self) -> list[DuplicateGroup]:
+        """Groups of files with the same bytes, the same tensors under another header, or the same
+        name with other content. Only files whose tensor data sizes are equal are hashed."""
+        groups: list[DuplicateGroup] = []
+        by_size: dict[int, list[Entry]] = {}
+        for e in self.entries:
+            if not e.error and not e.offline:
+                by_size.setdefault(e.size - (e.data_offset or 0), []).append(e)
+        for same in by_size.values():
+            if len(same) < 2:
+                continue
+            by_tensors: dict[str, list[Entry]] = {}
+            for e in same:
+                by_tensors.setdefault(self.hashes(e).get("a1111") or "", []).append(e)
+            for members in by_tensors.values():
+                if len(members) < 2:
+                    continue
+                files: dict[str, list[Entry]] = {}
+                for e in members:
+                    files.setdefault(self.hashes(e).get("sha256") or "", []).append(e)
+                groups += [DuplicateGroup("same-file", tuple(f)) for f in files.values() if len(f) > 1]
+                if len(files) > 1:
+                    groups.append(DuplicateGroup("same-tensors", tuple(members)))
+        for named in self._index.stems.values():
+            if len(named) > 1 and len({self.hashes(e).get("sha256") for e in named}) > 1:
+                groups.append(DuplicateGroup("same-name", tuple(named)))
+        self._cache.save()
+        return groups
+
+    # ---- sidecars and files ---------------------------------------------------------------
+    def write_user_metadata(self, entry: Entry, updates: Mapping[str, Any]) -> Entry:
+        """Update A1111's `<stem>.json` of `entry` (unknown keys kept; None removes a key) and
+        return the refreshed entry. Refuses entries that are not in this library."""
+        current = self._by_path.get(entry.path)
+        if current is None or not any(Path(entry.path).is_relative_to(r) for r in self.roots):
+            raise LoraPromptError(f"{entry.path}: not a file of this library; metadata not written")
+        saved = sidecars.write_user_metadata(Path(current.path), updates)
+        updated = replace(current, user=saved)
+        with self._lock:
+            self._install([updated if e.path == current.path else e for e in self._entries])
+        return updated
+
+    def file_ref(self, path: str | os.PathLike[str]) -> str | None:
+        """The relative reference a web route takes for a file under a root (see `safe_file`)."""
+        p = Path(os.path.abspath(path))
+        for root in self.roots:
+            if p.is_relative_to(root):
+                return p.relative_to(root).as_posix()
+        return None
+
+    def safe_file(self, ref: object, kind: str = "preview") -> Path | None:
+        """The file a web route may serve for `ref`, or None; the policy is in `paths`."""
+        if self._allowed is None:
+            self._allowed = frozenset(Path(p).resolve() for e in self._entries for p in e.previews)
+        return paths.safe_file(ref, self.roots, kind, self._allowed)

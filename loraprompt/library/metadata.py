@@ -1,0 +1,170 @@
+"""What a LoRA file's header says about it: model family, and a summary of the training metadata
+(base model, trigger words from `ss_tag_frequency`, resolution, epochs, dim/alpha, modelspec.*).
+
+Pure functions over the header's `metadata` and tensor entries; values shown are capped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from loraprompt.library.safetensors_header import TensorInfo
+
+MAX_SHOWN = 1000  # characters of one metadata value kept for display
+MAX_TAGS = 50  # tag frequencies kept in the summary
+MAX_TRIGGERS = 24  # as many as A1111's "training dataset tags" shows
+FAMILIES = ("sd1", "sd2", "sdxl")
+SD_VERSION_NAMES = {"SD1": "sd1", "SD2": "sd2", "SDXL": "sdxl"}
+
+_CROSS_ATTN_DIMS = {2048: "sdxl", 1024: "sd2", 768: "sd1"}
+_SDXL_KEY = re.compile(
+    r"^(lora_te[12]_|te[12][._]|text_encoder_2[._])|transformer_blocks[._][1-9]|add_embedding|label_emb"
+)
+_TE_DIMS = {768: "sd1", 1024: "sd2"}
+
+
+def cap(value: str, limit: int = MAX_SHOWN) -> str:
+    """`value` cut to `limit` characters, with an ellipsis when it was longer."""
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
+def family_from_metadata(metadata: Mapping[str, str]) -> str | None:
+    """sd1/sd2/sdxl from kohya's `ss_*` keys or `modelspec.architecture`, else None."""
+    arch = metadata.get("modelspec.architecture", "").lower()
+    if arch.startswith("stable-diffusion-xl"):
+        return "sdxl"
+    if arch.startswith("stable-diffusion-v2"):
+        return "sd2"
+    if arch.startswith("stable-diffusion-v1"):
+        return "sd1"
+    version = metadata.get("ss_base_model_version", "").lower()
+    if version.startswith("sdxl"):
+        return "sdxl"
+    if version.startswith("sd_v2") or metadata.get("ss_v2") == "True":
+        return "sd2"
+    if version.startswith("sd_v1") or (version == "" and "ss_network_module" in metadata and "ss_v2" in metadata):
+        return "sd1"
+    return None
+
+
+def family_from_tensors(tensors: Mapping[str, TensorInfo]) -> str | None:
+    """sd1/sd2/sdxl from key names (SDXL-only blocks, a second text encoder) and the width of
+    cross-attention and text-encoder weights; None when the keys cannot tell."""
+    te_family = None
+    for name, info in tensors.items():
+        if _SDXL_KEY.search(name):
+            return "sdxl"
+        low = name.lower()
+        if "attn2" in low and ("to_k" in low or "to_v" in low):
+            for dim in info.shape:
+                if dim in _CROSS_ATTN_DIMS:
+                    return _CROSS_ATTN_DIMS[dim]
+        elif te_family is None and ("lora_te_" in low or "text_encoder" in low) and "self_attn" in low:
+            te_family = next((_TE_DIMS[d] for d in info.shape if d in _TE_DIMS), None)
+    return te_family
+
+
+def tag_frequency(metadata: Mapping[str, str]) -> list[tuple[str, int]]:
+    """`ss_tag_frequency` summed over dataset folders, most frequent first (ties by name)."""
+    raw = metadata.get("ss_tag_frequency")
+    if not raw:
+        return []
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return []
+    totals: dict[str, int] = {}
+    if isinstance(doc, dict):
+        for folder in doc.values():
+            if not isinstance(folder, dict):
+                continue
+            for tag, count in folder.items():
+                if isinstance(count, int) and not isinstance(count, bool):
+                    tag = str(tag).strip()
+                    if tag:
+                        totals[tag] = totals.get(tag, 0) + count
+    return sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def _split_phrases(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+@dataclass(frozen=True)
+class MetadataSummary:
+    """The training metadata worth showing on a card or a details view (all values capped)."""
+
+    output_name: str | None = None
+    base_model: str | None = None  # ss_sd_model_name
+    base_model_version: str | None = None  # ss_base_model_version / modelspec.architecture
+    trigger_words: tuple[str, ...] = ()
+    tags: tuple[tuple[str, int], ...] = ()
+    resolution: str | None = None
+    epochs: str | None = None
+    dim: str | None = None
+    alpha: str | None = None
+    network_module: str | None = None
+    training_started_at: str | None = None
+    num_train_images: str | None = None
+    clip_skip: str | None = None
+    sshs_model_hash: str | None = None
+    modelspec: dict[str, str] = field(default_factory=dict)
+    has_cover_image: bool = False
+    metadata_keys: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON values (tuples become lists)."""
+        out = asdict(self)
+        out["tags"] = [list(t) for t in self.tags]
+        out["trigger_words"] = list(self.trigger_words)
+        return out
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> MetadataSummary:
+        """Inverse of `to_json`."""
+        values = dict(doc)
+        values["tags"] = tuple((str(t), int(c)) for t, c in values.get("tags", ()))
+        values["trigger_words"] = tuple(values.get("trigger_words", ()))
+        values["modelspec"] = dict(values.get("modelspec", {}))
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def summarize(metadata: Mapping[str, str]) -> MetadataSummary:
+    """The `MetadataSummary` of a header's `__metadata__`."""
+
+    def get(key: str) -> str | None:
+        value = metadata.get(key)
+        return cap(value) if isinstance(value, str) and value != "" else None
+
+    tags = tag_frequency(metadata)
+    triggers: list[str] = []
+    for phrase in _split_phrases(metadata.get("modelspec.trigger_phrase", "")) + [t for t, _ in tags]:
+        phrase = cap(phrase, 200)
+        if phrase not in triggers:
+            triggers.append(phrase)
+    modelspec = {k[len("modelspec.") :]: cap(v) for k, v in metadata.items() if k.startswith("modelspec.") and "thumbnail" not in k}
+    epochs = get("ss_num_epochs") or get("ss_epoch")
+    return MetadataSummary(
+        output_name=get("ss_output_name") or modelspec.get("title"),
+        base_model=get("ss_sd_model_name"),
+        base_model_version=get("ss_base_model_version") or modelspec.get("architecture"),
+        trigger_words=tuple(triggers[:MAX_TRIGGERS]),
+        tags=tuple((cap(t, 200), c) for t, c in tags[:MAX_TAGS]),
+        resolution=get("ss_resolution") or modelspec.get("resolution"),
+        epochs=epochs,
+        dim=get("ss_network_dim"),
+        alpha=get("ss_network_alpha"),
+        network_module=get("ss_network_module"),
+        training_started_at=get("ss_training_started_at"),
+        num_train_images=get("ss_num_train_images"),
+        clip_skip=get("ss_clip_skip"),
+        sshs_model_hash=get("sshs_model_hash"),
+        modelspec=modelspec,
+        has_cover_image=bool(metadata.get("ssmd_cover_images")),
+        metadata_keys=len(metadata),
+    )

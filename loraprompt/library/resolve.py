@@ -1,0 +1,190 @@
+"""Name resolution (spec/syntax.md section 4.7): A1111's way first (file stem, then the
+`ss_output_name` alias unless forbidden), then by hash, then lenient fallbacks that each add a
+warning; an ambiguous fallback is an error listing the candidates."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from loraprompt.diagnostics import Diagnostic
+from loraprompt.library.entry import MODEL_EXTS, Entry
+
+_ESCAPED = re.compile(r"\\([()\[\]{}|:<>\\])")
+_HEX = re.compile(r"^[0-9a-fA-F]+$")
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """The entry a name resolved to (None when it did not) and how, as diagnostics."""
+
+    entry: Entry | None
+    diagnostics: tuple[Diagnostic, ...] = ()
+    how: str = ""  # "stem", "alias", "hash", or the fallback step that matched
+    candidates: tuple[Entry, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.entry is not None
+
+
+class NameIndex:
+    """Lookup tables over entries in walk order, built once per scan."""
+
+    def __init__(self, entries: Sequence[Entry]) -> None:
+        self.entries = list(entries)
+        self.stems: dict[str, list[Entry]] = {}
+        for e in self.entries:
+            self.stems.setdefault(e.name, []).append(e)
+        alias_count: dict[str, int] = {}
+        for e in self.entries:
+            if e.alias != e.name:
+                alias_count[e.alias] = alias_count.get(e.alias, 0) + 1
+        self.forbidden = {a.lower() for a, n in alias_count.items() if n > 1 or a in self.stems}
+        self.forbidden.add("none")
+        self.aliases = {
+            e.alias: e for e in self.entries if e.alias != e.name and e.alias.lower() not in self.forbidden
+        }
+
+    def display_name(self, entry: Entry) -> str:
+        """The name A1111's card inserts: the alias unless forbidden, else the stem."""
+        return entry.alias if entry.alias.lower() not in self.forbidden else entry.name
+
+
+def _unquote(q: str) -> str:
+    if len(q) >= 2 and q[0] == q[-1] and q[0] in "\"'":
+        return q[1:-1]
+    return q
+
+
+def _strip_ext(q: str) -> str:
+    for ext in MODEL_EXTS:
+        if q.lower().endswith(ext):
+            return q[: -len(ext)]
+    return q
+
+
+def _stem_of_relpath(e: Entry) -> str:
+    return _strip_ext(e.relpath)
+
+
+# (step, diagnostic code, query transform, key transform, match relative paths too)
+Step = tuple[str, str, Callable[[str], str], Callable[[str], str], bool]
+
+
+def _nfc(s: str) -> str:
+    return unicodedata.normalize("NFC", s)
+
+
+def _nfkc(s: str) -> str:
+    return unicodedata.normalize("NFKC", s)
+
+
+def _case(s: str) -> str:
+    return _nfkc(s).casefold()
+
+
+def _space(s: str) -> str:
+    return " ".join(_case(s).replace("_", " ").split())
+
+
+def _ident(s: str) -> str:
+    return s
+
+
+STEPS: tuple[Step, ...] = (
+    ("trim", "W-NAME-TRIMMED", str.strip, _ident, False),
+    ("quotes", "W-NAME-QUOTED", lambda q: _unquote(q.strip()), _ident, False),
+    ("escapes", "W-NAME-ESCAPED", lambda q: _ESCAPED.sub(r"\1", _unquote(q.strip())), _ident, False),
+    ("unicode-nfc", "W-NAME-UNICODE", lambda q: _nfc(_ESCAPED.sub(r"\1", _unquote(q.strip()))), _nfc, False),
+    ("unicode-nfkc", "W-NAME-UNICODE", lambda q: _nfkc(_ESCAPED.sub(r"\1", _unquote(q.strip()))), _nfkc, False),
+    ("path", "W-NAME-PATH", lambda q: _strip_ext(_nfkc(_unquote(q.strip())).replace("\\", "/").strip("/")), _nfkc, True),
+    ("case", "W-NAME-CASE", lambda q: _case(_strip_ext(_unquote(q.strip()).replace("\\", "/").strip("/"))), _case, True),
+    ("underscore", "W-NAME-UNDERSCORE", lambda q: _space(_strip_ext(_unquote(q.strip()).replace("\\", "/").strip("/"))), _space, True),
+)
+
+_STEP_TEXT = {
+    "trim": "after trimming whitespace",
+    "quotes": "after removing quotes",
+    "escapes": "after dropping backslash escapes",
+    "unicode-nfc": "after Unicode NFC normalisation",
+    "unicode-nfkc": "after Unicode NFKC normalisation",
+    "path": "as a path relative to the LoRA folder",
+    "case": "ignoring case",
+    "underscore": "treating '_' and space as equal",
+}
+
+
+def match_exact(index: NameIndex, name: str) -> Resolution | None:
+    stems = index.stems.get(name)
+    if stems:
+        chosen = stems[-1]  # A1111: the later file in walk order wins
+        diags: tuple[Diagnostic, ...] = ()
+        if len(stems) > 1:
+            others = ", ".join(e.relpath for e in stems[:-1])
+            diags = (
+                Diagnostic(
+                    "W-NAME-STEM-COLLISION",
+                    f"{len(stems)} files are named {name!r}; using {chosen.relpath} as A1111 does "
+                    f"(not {others}); write the folder path to choose",
+                    subject=name,
+                    data={"candidates": [e.relpath for e in stems]},
+                ),
+            )
+        return Resolution(chosen, diags, "stem", tuple(stems))
+    if name in index.aliases:
+        return Resolution(index.aliases[name], (), "alias")
+    return None
+
+
+def match_lenient(index: NameIndex, name: str) -> Resolution | None:
+    for step, code, fq, fk, with_paths in STEPS:
+        q = fq(name)
+        if not q:
+            continue
+        matches: list[Entry] = []
+        for e in index.entries:
+            keys = [e.name] + ([e.alias] if e.alias in index.aliases else [])
+            if with_paths:
+                keys.append(_stem_of_relpath(e))
+            if any(fk(k) == q for k in keys) and e not in matches:
+                matches.append(e)
+        if len(matches) == 1:
+            e = matches[0]
+            msg = f"LoRA {name!r} matched {e.relpath} only {_STEP_TEXT[step]}; write {index.display_name(e)!r}"
+            return Resolution(e, (Diagnostic(code, msg, subject=name, data={"step": step}),), step)
+        if len(matches) > 1:
+            listed = ", ".join(m.relpath for m in matches[:10])
+            msg = f"LoRA {name!r} is ambiguous {_STEP_TEXT[step]}: {listed}; write the folder path or hash="
+            diag = Diagnostic("E-NAME-AMBIGUOUS", msg, severity="error", subject=name,
+                              data={"step": step, "candidates": [m.relpath for m in matches]})
+            return Resolution(None, (diag,), step, tuple(matches))
+    return None
+
+
+def hash_matches(hashes: dict[str, str | None], wanted: str) -> bool:
+    """True when `wanted` is A1111's 12-digit short hash, an AutoV2 10-digit prefix, or a full sha256."""
+    w = wanted.lower()
+    if not _HEX.match(w):
+        return False
+    full, tensors = hashes.get("sha256") or "", hashes.get("a1111") or ""
+    if len(w) == 64:
+        return w in (full, tensors)
+    if len(w) == 12:
+        return tensors.startswith(w)
+    if len(w) == 10:
+        return full.startswith(w) or tensors.startswith(w)
+    return False
+
+
+def not_found(index: NameIndex, name: str) -> Resolution:
+    """E-NAME-NOTFOUND with the closest names as suggestions."""
+    names = sorted(set(index.stems) | set(index.aliases))
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    diag = Diagnostic("E-NAME-NOTFOUND", f"LoRA {name!r} not found{hint}", severity="error", subject=name,
+                      data={"suggestions": close})
+    return Resolution(None, (diag,))

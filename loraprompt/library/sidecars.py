@@ -1,0 +1,190 @@
+"""Files beside a model: previews, descriptions, A1111's `<stem>.json` (read and written, unknown
+keys kept) and the read-only imports of other tools (`.civitai.info`, Lora-Manager's
+`.metadata.json`). Conventions: spec/gallery.md and spec/a1111.md section 3.8.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from loraprompt.errors import LoraPromptError
+from loraprompt.library.metadata import cap
+
+PREVIEW_EXTS = ("png", "jpg", "jpeg", "webp", "gif")
+MAX_SIDECAR_BYTES = 8 * 1024 * 1024
+MAX_DESCRIPTION = 16 * 1024
+USER_TEXT_KEYS = ("description", "activation text", "negative text", "notes")
+SD_VERSIONS = ("SD1", "SD2", "SDXL", "Unknown")
+FLAG_KEYS = ("favorite", "nsfw")
+
+
+def preview_names(stem: str) -> list[str]:
+    """Preview file names in A1111's order: each extension as `<stem>.<ext>`, then `<stem>.preview.<ext>`."""
+    out: list[str] = []
+    for ext in PREVIEW_EXTS:
+        out += [f"{stem}.{ext}", f"{stem}.preview.{ext}"]
+    return out
+
+
+def sidecar_names(stem: str) -> dict[str, str]:
+    """kind -> file name of every text sidecar looked for beside `<stem>.*`."""
+    return {
+        "user": f"{stem}.json",
+        "civitai": f"{stem}.civitai.info",
+        "lora_manager": f"{stem}.metadata.json",
+        "description": f"{stem}.txt",
+        "description2": f"{stem}.description.txt",
+    }
+
+
+def make_listing(names: Iterable[str]) -> dict[str, str]:
+    """A folder listing for `find_names`: each name under itself and under its lower-cased form."""
+    names = list(names)
+    listing = {n.lower(): n for n in sorted(names, reverse=True)}
+    listing.update({n: n for n in names})
+    return listing
+
+
+def find_names(wanted: Iterable[str], listing: Mapping[str, str]) -> list[str]:
+    """Actual names from a `make_listing` listing, exact spelling first, then any case; in the
+    order of `wanted`."""
+    found: list[str] = []
+    for name in wanted:
+        actual = listing.get(name) or listing.get(name.lower())
+        if actual is not None and actual not in found:
+            found.append(actual)
+    return found
+
+
+def read_text(path: Path, limit: int = MAX_SIDECAR_BYTES) -> str | None:
+    """A sidecar's text (UTF-8, BOM tolerated), or None when missing, unreadable or too big."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(limit + 1)
+    except OSError:
+        return None
+    if len(raw) > limit:
+        return None
+    return raw.decode("utf-8-sig", errors="replace")
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A sidecar JSON object, or None when missing, invalid or not an object."""
+    text = read_text(path)
+    if text is None:
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _words(value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        return []
+    return [cap(str(w).strip(), 200) for w in value if isinstance(w, (str, int, float)) and str(w).strip()][:50]
+
+
+def civitai_summary(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """What a `<stem>.civitai.info` (Civitai model-version JSON) tells; `{}` for "not found"."""
+    if not doc:
+        return {}
+    model: dict[str, Any] = doc["model"] if isinstance(doc.get("model"), dict) else {}
+    images: list[Any] = doc["images"] if isinstance(doc.get("images"), list) else []
+    return {
+        "id": doc.get("id"),
+        "model_id": doc.get("modelId"),
+        "name": cap(str(doc.get("name", ""))),
+        "model_name": cap(str(model.get("name", ""))),
+        "base_model": cap(str(doc.get("baseModel", ""))),
+        "trained_words": _words(doc.get("trainedWords")),
+        "nsfw": bool(model.get("nsfw")) or any(isinstance(i, dict) and bool(i.get("nsfw")) for i in images[:1]),
+        "description": cap(str(doc.get("description") or "")),
+    }
+
+
+def lora_manager_summary(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """What Lora-Manager's `<stem>.metadata.json` tells."""
+    civitai: dict[str, Any] = doc["civitai"] if isinstance(doc.get("civitai"), dict) else {}
+    usage: Any = doc.get("usage_tips")
+    if isinstance(usage, str):
+        try:
+            usage = json.loads(usage)
+        except ValueError:
+            usage = {}
+    usage = usage if isinstance(usage, dict) else {}
+    strength = usage.get("strength")
+    return {
+        "sha256": str(doc.get("sha256", "")).lower()[:64],
+        "base_model": cap(str(doc.get("base_model", ""))),
+        "tags": _words(doc.get("tags")),
+        "favorite": bool(doc.get("favorite")),
+        "notes": cap(str(doc.get("notes") or "")),
+        "trained_words": _words(civitai.get("trainedWords")),
+        "strength": float(strength) if isinstance(strength, (int, float)) and math.isfinite(strength) else None,
+    }
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same folder and an atomic rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _check_value(key: str, value: Any) -> Any:
+    if key == "preferred weight":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise LoraPromptError(f"'preferred weight' must be a finite number, got {value!r}")
+        return float(value)
+    if key in USER_TEXT_KEYS or key == "sd version":
+        if not isinstance(value, str):
+            raise LoraPromptError(f"{key!r} must be text, got {type(value).__name__}")
+        return value
+    if key in FLAG_KEYS:
+        if not isinstance(value, bool):
+            raise LoraPromptError(f"{key!r} must be true or false, got {value!r}")
+        return value
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise LoraPromptError(f"{key!r}: value is not JSON-serialisable ({exc})") from exc
+    return value
+
+
+def write_user_metadata(model_path: Path, updates: Mapping[str, Any]) -> dict[str, Any]:
+    """Update A1111's `<stem>.json` beside `model_path` with `updates` (None removes a key), keeping
+    every other key; written atomically with A1111's formatting. Returns the saved object.
+
+    Raises LoraPromptError for bad values or when the existing file is not a JSON object (it is
+    never overwritten then: it may hold another tool's data)."""
+    target = model_path.with_name(sidecar_names(model_path.stem)["user"])
+    current: dict[str, Any] = {}
+    if target.exists():
+        loaded = read_json(target)
+        if loaded is None:
+            raise LoraPromptError(f"{target}: existing user metadata is not a JSON object; not overwriting it")
+        current = loaded
+    for key, value in updates.items():
+        if value is None:
+            current.pop(key, None)
+        else:
+            current[key] = _check_value(key, value)
+    atomic_write_text(target, json.dumps(current, indent=4, ensure_ascii=False))
+    return current
