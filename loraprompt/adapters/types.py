@@ -11,18 +11,26 @@ Naming:
   "text_model_encoder_layers_0_self_attn_q_proj". `loraprompt.keymaps` turns it into the module
   name of whichever model is loaded (diffusers, transformers 4 or 5, A1111's LDM/SGM).
 - `lora_key` is "<component>/<path>", unique within an adapter.
+- `tensors` use canonical part names per algorithm (e.g. "up"/"down"/"mid" for LoRA, whatever
+  the file called them: lora_up/lora_B/lora.up/to_q_lora.up).
+
+Modes: "reference" computes each delta as the tool that wrote the file does when it merges
+(LyCORIS, PEFT/diffusers, kohya); "a1111" reproduces Automatic1111 v1.10.1 where it differs
+(DoRA always normalised per input column and scaled linearly by the multiplier; alpha ignored for
+GLoRA, IA3 and full-factor LoKr).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from torch import Tensor
 
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+MODES = ("reference", "a1111")
 
 
 @dataclass(eq=False)
@@ -41,23 +49,64 @@ class AdapterModule:
     dora_scale: Tensor | None = None
     source_keys: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    mode: str = "reference"
+
+    name: ClassVar[str] = ""
+    required: ClassVar[frozenset[str]] = frozenset()
+    optional: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def accepts(cls, parts: set[str]) -> bool:
+        """Whether this algorithm claims a module whose tensors have these canonical part names."""
+        return bool(cls.required) and cls.required <= parts <= cls.required | cls.optional
 
     @property
     def lora_key(self) -> str:
         return f"{self.component}/{self.path}"
 
     @property
+    def rank(self) -> int | None:
+        """The rank that alpha is divided by, or None when the algorithm has none."""
+        return None
+
+    @property
+    def scale(self) -> float:
+        """The alpha/rank factor: the file's `scale` tensor, else alpha/rank, else 1."""
+        if "scale" in self.tensors:
+            return float(self.tensors["scale"])
+        rank = self.rank
+        if self.alpha is None or not rank:
+            return 1.0
+        return self.alpha / rank
+
+    @property
     def linear(self) -> bool:
         """True when delta(weight, s) == s * delta(weight, 1); the patcher may then cache the unit
         delta and rescale it. False for DoRA and OFT-style (multiplicative) adapters."""
+        return self.dora_scale is None
+
+    def unit_delta(self, weight: Tensor) -> Tensor:
+        """ΔW at strength 1 before the alpha/rank scale, float32, any shape with weight's numel."""
         raise NotImplementedError
+
+    def bias_delta(self) -> Tensor | None:
+        """Δbias at strength 1 (already scaled as the algorithm wants), or None."""
+        return None
 
     def delta(self, weight: Tensor, strength: float, bias: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
         """(ΔW, Δbias) to add to the ORIGINAL weight (and bias) at this strength, in float32 and in
         the exact shape of `weight`/`bias`. `weight`/`bias` are the original tensors in float32 on
         the device where the delta should be computed. Raises ValueError (message naming the
         shapes) when the adapter does not fit the weight."""
-        raise NotImplementedError
+        from loraprompt.adapters.finish import finish_delta
+
+        return finish_delta(self, weight, strength, bias)
+
+    def tensor(self, part: str, like: Tensor) -> Tensor:
+        """One of this module's tensors in float32 on `like`'s device."""
+        import torch
+
+        return self.tensors[part].to(device=like.device, dtype=torch.float32)
 
 
 @dataclass(eq=False)
@@ -76,3 +125,6 @@ class Adapter:
 
     def components(self) -> set[str]:
         return {m.component for m in self.modules.values()}
+
+    def algorithms(self) -> set[str]:
+        return {m.algorithm for m in self.modules.values()}

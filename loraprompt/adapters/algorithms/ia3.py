@@ -1,0 +1,30 @@
+"""IA3: ΔW = W ⊙ w, scaling output rows (or input columns when `on_input`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import Tensor
+
+from loraprompt.adapters.types import AdapterModule
+
+
+@dataclass(eq=False)
+class IA3Module(AdapterModule):
+    """`weight` (a vector) and `on_input` (a flag tensor)."""
+
+    name: ClassVar[str] = "ia3"
+    required: ClassVar[frozenset[str]] = frozenset({"weight"})
+    optional: ClassVar[frozenset[str]] = frozenset({"on_input"})
+
+    @property
+    def scale(self) -> float:
+        return float(self.tensors["scale"]) if "scale" in self.tensors else 1.0
+
+    def unit_delta(self, weight: Tensor) -> Tensor:
+        w = self.tensor("weight", weight).flatten()
+        on_input = "on_input" in self.tensors and bool(self.tensors["on_input"].flatten()[0])
+        if on_input:
+            return weight * w.reshape(1, -1, *[1] * (weight.dim() - 2))
+        return weight * w.reshape(-1, *[1] * (weight.dim() - 1))

@@ -1,0 +1,122 @@
+"""Splitting a file's tensor key into (component, module path, canonical part, key scheme).
+
+Schemes: kohya and LyCORIS (`lora_unet_<path>.<part>`, `lora_te[12]_…`), diffusers/PEFT dotted
+keys (`unet.<module>.lora_A.weight`, with or without `unet.`/`text_encoder.`/`base_model.model.`),
+diffusers' LoRA layers (`….lora.down.weight`, `lora_linear_layer`), and the old
+attention-processor format (`….processor.to_q_lora.down.weight`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# kohya / LyCORIS prefix -> component
+KOHYA_PREFIXES: dict[str, str] = {
+    "lora_unet_": "unet",
+    "lora_te_": "text_encoder",
+    "lora_te1_": "text_encoder",
+    "lora_te2_": "text_encoder_2",
+    "oft_unet_": "unet",
+}
+
+# part after the first "." in a kohya/LyCORIS key -> canonical part
+KOHYA_PARTS: dict[str, str] = {
+    "lora_up.weight": "up",
+    "lora_down.weight": "down",
+    "lora_mid.weight": "mid",
+    "lora_up.bias": "bias",
+    "alpha": "alpha",
+    "scale": "scale",
+    "dora_scale": "dora_scale",
+    "hada_w1_a": "hada_w1_a",
+    "hada_w1_b": "hada_w1_b",
+    "hada_w2_a": "hada_w2_a",
+    "hada_w2_b": "hada_w2_b",
+    "hada_t1": "hada_t1",
+    "hada_t2": "hada_t2",
+    "lokr_w1": "lokr_w1",
+    "lokr_w1_a": "lokr_w1_a",
+    "lokr_w1_b": "lokr_w1_b",
+    "lokr_w2": "lokr_w2",
+    "lokr_w2_a": "lokr_w2_a",
+    "lokr_w2_b": "lokr_w2_b",
+    "lokr_t2": "lokr_t2",
+    "weight": "weight",
+    "on_input": "on_input",
+    "diff": "diff",
+    "diff_b": "diff_b",
+    "w_norm": "w_norm",
+    "b_norm": "b_norm",
+    "a1.weight": "a1",
+    "a2.weight": "a2",
+    "b1.weight": "b1",
+    "b2.weight": "b2",
+    "bm.weight": "bm",
+    "oft_blocks": "blocks",
+    "oft_diag": "diag",
+    "rescale": "rescale",
+}
+
+# dotted-key endings -> canonical part (PEFT, diffusers LoRA layers)
+_DOTTED_PART = re.compile(
+    r"\.(?:(?P<peft>lora_[AB])(?:\.default)?\.(?P<peft_kind>weight|bias)"
+    r"|(?P<mag>lora_magnitude_vector)(?:\.default)?(?:\.weight)?"
+    r"|(?:lora|lora_linear_layer)\.(?P<diff>up|down)\.weight"
+    r"|(?P<alpha>alpha))$"
+)
+_PROCESSOR = re.compile(r"\.processor\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<dir>up|down)\.weight$")
+_DOTTED_COMPONENTS = ("unet.", "text_encoder.", "text_encoder_2.")
+_PEFT_ROOT = "base_model.model."
+_TEXT_HINTS = ("text_model.", "encoder.layers.")
+
+
+@dataclass(frozen=True)
+class KeyParts:
+    """Where a tensor key belongs: component, module path (kohya spelling), part, scheme."""
+
+    component: str
+    path: str
+    part: str
+    scheme: str
+
+
+def _dotted_component(module: str) -> tuple[str, str, bool]:
+    """(component, module name, had an explicit prefix) for a dotted module name."""
+    module = module.removeprefix(_PEFT_ROOT)
+    for prefix in _DOTTED_COMPONENTS:
+        if module.startswith(prefix):
+            return prefix[:-1], module[len(prefix) :].removeprefix(_PEFT_ROOT), True
+    component = "text_encoder" if module.startswith(_TEXT_HINTS) else "unet"
+    return component, module, False
+
+
+def split_key(key: str) -> KeyParts | None:
+    """The parts of one tensor key, or None when no scheme claims it."""
+    for prefix, component in KOHYA_PREFIXES.items():
+        if key.startswith(prefix):
+            module, _, tail = key[len(prefix) :].partition(".")
+            part = KOHYA_PARTS.get(tail)
+            return None if part is None or not module else KeyParts(component, module, part, "kohya")
+    m = _PROCESSOR.search(key)
+    if m:
+        proj = "to_out_0" if m["proj"] == "to_out" else m["proj"]
+        component, module, _ = _dotted_component(key[: m.start()])
+        return KeyParts(component, f"{module.replace('.', '_')}_{proj}", m["dir"], "diffusers-old")
+    m = _DOTTED_PART.search(key)
+    if not m:
+        return None
+    component, module, explicit = _dotted_component(key[: m.start()])
+    if not module:
+        return None
+    path = module.replace(".", "_")
+    if m["peft"]:
+        part = ("down" if m["peft"] == "lora_A" else "up") if m["peft_kind"] == "weight" else "bias"
+        if part == "bias" and m["peft"] == "lora_A":
+            return None
+        return KeyParts(component, path, part, "diffusers" if explicit else "peft")
+    if m["mag"]:
+        return KeyParts(component, path, "dora_scale", "diffusers" if explicit else "peft")
+    if m["diff"]:
+        return KeyParts(component, path, m["diff"], "diffusers-old")
+    return KeyParts(component, path, "alpha", "diffusers" if explicit else "peft")

@@ -1,0 +1,167 @@
+"""`read_adapter(path)`: any supported file -> one format-neutral `Adapter`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from loraprompt.adapters.algorithms import ALGORITHMS, BOFTModule
+from loraprompt.adapters.family import detect_family
+from loraprompt.adapters.keys import KeyParts, split_key
+from loraprompt.adapters.loading import load_tensors
+from loraprompt.adapters.types import MODES, Adapter, AdapterModule
+from loraprompt.errors import AdapterFileError
+
+COMMON_PARTS = frozenset({"alpha", "scale", "dora_scale"})
+PEFT_METADATA_KEY = "lora_adapter_metadata"
+
+
+def _algorithm(path: str, parts: dict[str, tuple[str, Tensor]]) -> type[AdapterModule]:
+    names = set(parts) - COMMON_PARTS
+    if "blocks" in names and parts["blocks"][1].dim() == 4:
+        return BOFTModule
+    for cls in ALGORITHMS:
+        if cls.accepts(names):
+            return cls
+    keys = sorted(k for k, _ in parts.values())
+    raise AdapterFileError(path, f"no algorithm accepts the tensor set {sorted(names)}", key=keys[0])
+
+
+def _scalar(path: str, key: str, t: Tensor, what: str) -> float:
+    if t.numel() != 1:
+        raise AdapterFileError(path, f"{what} must be a scalar, got shape {tuple(t.shape)}", key=key)
+    value = float(t.float().item())
+    if what == "alpha" and value == 0:
+        raise AdapterFileError(path, "alpha is zero", key=key)
+    return value
+
+
+def _check_finite(path: str, tensors: dict[str, Tensor]) -> None:
+    for key, t in tensors.items():
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t.float()).all()):
+            raise AdapterFileError(path, "tensor contains NaN or Inf", key=key)
+
+
+def _peft_alphas(path: str, metadata: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """component -> {"lora_alpha", "alpha_pattern", "use_rslora", ...} from diffusers' header."""
+    raw = metadata.get(PEFT_METADATA_KEY)
+    if not raw:
+        return {}
+    try:
+        doc = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise AdapterFileError(path, f"{PEFT_METADATA_KEY} is not JSON: {exc.msg}", key="__metadata__") from exc
+    out: dict[str, dict[str, Any]] = {}
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            component, _, field = str(key).partition(".")
+            out.setdefault(component, {})[field] = value
+    return out
+
+
+def _peft_alpha(config: dict[str, Any], module_path: str, rank: int) -> float | None:
+    alpha = config.get("lora_alpha")
+    for pattern, value in (config.get("alpha_pattern") or {}).items():
+        if re.match(rf"(.*_)?{re.escape(str(pattern).replace('.', '_'))}$", module_path):
+            alpha = value
+    if alpha is None:
+        return None
+    alpha = float(alpha)
+    return alpha * math.sqrt(rank) if config.get("use_rslora") else alpha
+
+
+def _check_lora(path: str, mod: AdapterModule) -> None:
+    up, down = mod.tensors["up"], mod.tensors["down"]
+    key = mod.source_keys[0]
+    inner = mod.tensors["mid"].shape[:2] if "mid" in mod.tensors else None
+    if inner is None and up.shape[1] != down.shape[0]:
+        raise AdapterFileError(path, f"up {tuple(up.shape)} and down {tuple(down.shape)} ranks differ", key=key)
+    if inner is not None and (inner[0] != up.shape[1] or inner[1] != down.shape[0]):
+        raise AdapterFileError(path, f"mid {tuple(mod.tensors['mid'].shape)} does not join up and down", key=key)
+
+
+def _build(
+    path: str, where: tuple[str, str], parts: dict[str, tuple[str, Tensor]], *, mode: str, scheme: str, peft: dict[str, dict[str, Any]]
+) -> AdapterModule:
+    comp, mpath = where
+    cls = _algorithm(path, parts)
+    tensors = {name: t for name, (_, t) in parts.items() if name not in COMMON_PARTS or name == "scale"}
+    alpha = _scalar(path, parts["alpha"][0], parts["alpha"][1], "alpha") if "alpha" in parts else None
+    if "scale" in parts:
+        _scalar(path, parts["scale"][0], parts["scale"][1], "scale")
+    extra: dict[str, Any] = {"scheme": scheme}
+    dora = parts["dora_scale"][1] if "dora_scale" in parts else None
+    if dora is not None and scheme in ("peft", "diffusers"):
+        extra["dora"] = "peft"
+    mod = cls(comp, mpath, cls.name, tensors, alpha=alpha, dora_scale=dora,
+              source_keys=tuple(sorted(k for k, _ in parts.values())), extra=extra, mode=mode)
+    if cls.name == "lora":
+        _check_lora(path, mod)
+        if alpha is None and comp in peft:
+            mod.alpha = _peft_alpha(peft[comp], mpath, mod.rank or 1)
+    return mod
+
+
+def _format(schemes: Counter[str], algorithms: set[str]) -> str:
+    scheme = schemes.most_common(1)[0][0] if schemes else "unknown"
+    if scheme == "kohya" and algorithms - {"lora"}:
+        return "lycoris"
+    return scheme
+
+
+def read_adapter(path: str | os.PathLike[str], mode: str = "reference") -> Adapter:
+    """Read any supported LoRA/LyCORIS file; AdapterFileError (naming file and key) on bad input."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    spath = os.fspath(path)
+    tensors, metadata = load_tensors(spath)
+    if not tensors:
+        raise AdapterFileError(spath, "holds no tensors")
+    _check_finite(spath, tensors)
+    groups: dict[tuple[str, str], dict[str, tuple[str, Tensor]]] = {}
+    schemes: Counter[str] = Counter()
+    group_scheme: dict[tuple[str, str], str] = {}
+    unclaimed: list[str] = []
+    for key in sorted(tensors):
+        kp: KeyParts | None = None if key.startswith("bundle_emb.") else split_key(key)
+        if kp is None:
+            unclaimed.append(key)
+            continue
+        group = groups.setdefault((kp.component, kp.path), {})
+        if kp.part in group:
+            raise AdapterFileError(spath, f"two tensors for the same part ({group[kp.part][0]})", key=key)
+        group[kp.part] = (key, tensors[key])
+        schemes[kp.scheme] += 1
+        group_scheme[(kp.component, kp.path)] = kp.scheme
+    peft = _peft_alphas(spath, metadata)
+    modules: dict[str, AdapterModule] = {}
+    for (comp, mpath), parts in groups.items():
+        if set(parts) <= COMMON_PARTS:  # an alpha (or dora_scale) without weights
+            unclaimed.extend(k for k, _ in parts.values())
+            continue
+        mod = _build(spath, (comp, mpath), parts, mode=mode, scheme=group_scheme[(comp, mpath)], peft=peft)
+        modules[mod.lora_key] = mod
+    if not modules:
+        raise AdapterFileError(spath, f"no LoRA/LyCORIS module found among {len(tensors)} tensors (first: {sorted(tensors)[0]})")
+    stat = Path(spath).stat()
+    adapter = Adapter(
+        path=spath,
+        name=Path(spath).stem,
+        format=_format(schemes, {m.algorithm for m in modules.values()}),
+        modules=modules,
+        metadata=metadata,
+        unclaimed=tuple(unclaimed),
+        size=stat.st_size,
+        mtime_ns=stat.st_mtime_ns,
+    )
+    adapter.family = detect_family(adapter)
+    return adapter
+
