@@ -1,0 +1,93 @@
+"""Where removed tags sat in the prompt's own syntax (brackets, AND parts), and traps around them."""
+
+from __future__ import annotations
+
+import re
+
+from loraprompt.syntax.scanner import OPEN_TAG_RE
+
+AND_RE = re.compile(r"\bAND\b")
+AND_WEIGHT_RE = re.compile(r"\s*:\s*[-+]?(?:\d+\.?|\d*\.\d+)\s*$")
+
+
+def bracket_groups(text: str) -> list[tuple[int, int, str]]:
+    """``(open, close, kind)`` for every ``(``/``[`` group; kind is edit, alternation or emphasis.
+
+    Closers pair with the nearest opener of their own shape, as A1111's attention parser does;
+    an unclosed group runs to the end of the text. Backslash escapes are skipped.
+
+    >>> bracket_groups("a [b:c:3] (d) [e|f]")
+    [(2, 8, 'edit'), (10, 12, 'emphasis'), (14, 18, 'alternation')]
+    """
+    opened: list[tuple[int, str]] = []
+    groups: list[tuple[int, int, str]] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch in "([":
+            opened.append((i, ch))
+        elif ch in ")]":
+            want = "(" if ch == ")" else "["
+            for k in range(len(opened) - 1, -1, -1):
+                if opened[k][1] == want:
+                    groups.append((opened.pop(k)[0], i, want))
+                    break
+        i += 1
+    groups.extend((pos, len(text), ch) for pos, ch in opened)
+    return sorted((o, c, _kind(text, o, c) if ch == "[" else "emphasis") for o, c, ch in groups)
+
+
+def _kind(text: str, open_at: int, close_at: int) -> str:
+    depth = 0
+    kind = "emphasis"
+    i = open_at + 1
+    while i < close_at:
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif depth == 0 and ch == "|":
+            return "alternation"
+        elif depth == 0 and ch == ":":
+            kind = "edit"
+        i += 1
+    return kind
+
+
+def contexts(text: str, cuts: list[int]) -> list[tuple[str, ...]]:
+    """For each cut position (where a tag was removed), the enclosing syntax, outermost first."""
+    if not cuts:
+        return []
+    ands = [m.end() for m in AND_RE.finditer(text)]
+    groups = bracket_groups(text) if ("[" in text or "(" in text) else []
+    out: list[tuple[str, ...]] = []
+    for cut in cuts:
+        frames: list[str] = ["and"] if any(end <= cut for end in ands) else []
+        frames.extend(kind for o, c, kind in groups if o < cut <= c)
+        out.append(tuple(frames))
+    return out
+
+
+def and_weight_traps(text: str, cuts: list[int]) -> list[tuple[int, int]]:
+    """Spans (in ``text``) of AND weights that sit right after a removed tag or an unclosed tag."""
+    traps: list[tuple[int, int]] = []
+    start = 0
+    bounds = [(m.start(), m.end()) for m in AND_RE.finditer(text)] + [(len(text), len(text))]
+    for and_start, and_end in bounds:
+        part = text[start:and_start]
+        m = AND_WEIGHT_RE.search(part)
+        if m is not None:
+            colon = start + part.index(":", m.start())
+            after_tag = any(start + m.start() <= cut <= colon for cut in cuts)
+            opener = [o for o in OPEN_TAG_RE.finditer(part, 0, colon - start) if ">" not in part[o.end():colon - start]]
+            if after_tag or opener:
+                traps.append((colon, start + m.end()))
+        start = and_end
+    return traps
