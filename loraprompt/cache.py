@@ -1,0 +1,124 @@
+"""Bounded caches: read adapters keyed by file identity, and the patcher's float32 deltas."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from loraprompt.adapters.types import Adapter
+
+MB = 1024 * 1024
+
+
+def adapter_nbytes(adapter: Adapter) -> int:
+    """Bytes held by an adapter's tensors."""
+    total = 0
+    for module in adapter.modules.values():
+        total += sum(t.numel() * t.element_size() for t in module.tensors.values())
+        if module.dora_scale is not None:
+            total += module.dora_scale.numel() * module.dora_scale.element_size()
+    return total
+
+
+class AdapterCache:
+    """Read adapters, least recently used first out, at most `limit_mb` of tensors; an entry is
+    keyed by (real path, size, mtime_ns), so a file changed on disk is read again."""
+
+    def __init__(self, limit_mb: float = 1024.0, reader: Callable[[str], Adapter] | None = None) -> None:
+        self.limit_bytes = int(limit_mb * MB)
+        self._reader = reader
+        self._entries: OrderedDict[tuple[str, int, int], tuple[Adapter, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of tensors held now."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, path: str | os.PathLike[str]) -> Adapter:
+        """The adapter in `path`, from the cache when the file is unchanged."""
+        real = os.path.realpath(path)
+        stat = os.stat(real)
+        key = (real, stat.st_size, stat.st_mtime_ns)
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None:
+                self._entries.move_to_end(key)
+                return hit[0]
+        adapter = self._read(real)
+        size = adapter_nbytes(adapter)
+        with self._lock:
+            for old in [k for k in self._entries if k[0] == real and k != key]:
+                self._bytes -= self._entries.pop(old)[1]
+            if key not in self._entries:
+                self._entries[key] = (adapter, size)
+                self._bytes += size
+            self._evict()
+        return adapter
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+    def _read(self, path: str) -> Adapter:
+        if self._reader is not None:
+            return self._reader(path)
+        from loraprompt.adapters import read_adapter  # type: ignore[attr-defined]
+
+        return read_adapter(path)  # type: ignore[no-any-return]
+
+    def _evict(self) -> None:
+        while self._bytes > self.limit_bytes and self._entries:
+            self._bytes -= self._entries.popitem(last=False)[1][1]
+
+
+class DeltaCache:
+    """Float32 (ΔW, Δbias) pairs, least recently used first out, at most `limit_mb`."""
+
+    def __init__(self, limit_mb: float) -> None:
+        self.limit_bytes = int(limit_mb * MB)
+        self._entries: OrderedDict[Hashable, tuple[Tensor | None, Tensor | None, int]] = OrderedDict()
+        self._bytes = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of tensors held now."""
+        return self._bytes
+
+    def get(self, key: Hashable) -> tuple[Tensor | None, Tensor | None] | None:
+        """The cached pair, or None."""
+        hit = self._entries.get(key)
+        if hit is None:
+            return None
+        self._entries.move_to_end(key)
+        return hit[0], hit[1]
+
+    def put(self, key: Hashable, dw: Tensor | None, db: Tensor | None) -> None:
+        """Keep a pair if it fits, evicting the oldest."""
+        size = sum(t.numel() * t.element_size() for t in (dw, db) if t is not None)
+        if size > self.limit_bytes:
+            return
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._bytes -= old[2]
+        while self._entries and self._bytes + size > self.limit_bytes:
+            self._bytes -= self._entries.popitem(last=False)[1][2]
+        self._entries[key] = (dw, db, size)
+        self._bytes += size
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        self._entries.clear()
+        self._bytes = 0

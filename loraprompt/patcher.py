@@ -1,0 +1,346 @@
+"""The one module that writes model weights: diffed sync against exact backups.
+
+`Patcher.sync(entries)` makes the model equal to base + exactly those adapters. It computes every
+delta of the new plan (float32, on the weight's device) before writing anything; then, for each
+weight whose contributions changed, it writes base + Σ strength·Δ cast once into the weight's
+dtype. A weight no longer patched gets its backup copied back (never a subtraction). Any exception
+while writing puts every weight back to its state before the call.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from loraprompt.cache import DeltaCache
+from loraprompt.errors import PatchError
+from loraprompt.keymaps import build_keymap
+from loraprompt.plan import (
+    Key,
+    Plan,
+    PlanEntry,
+    Resolution,
+    as_entry,
+    build_plan,
+    model_family,
+    resolve_adapter,
+)
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from loraprompt.adapters.types import AdapterModule
+    from loraprompt.diagnostics import Diagnostic
+    from loraprompt.keymaps import KeyMap
+
+# (ΔW or Δbias in float32, rows of a fused parameter or None, scale to add it with)
+Part = tuple["Tensor", "tuple[int, int] | None", float]
+
+
+@dataclass
+class SyncReport:
+    """What one sync did: diagnostics (one line per adapter), how many weights it wrote, how many
+    are patched now, and the adapters it skipped (on_error="skip")."""
+
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    written: int = 0
+    patched: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+class Patcher:
+    """Applies adapters to `components` ("unet", "text_encoder", "text_encoder_2" -> nn.Module).
+
+    `family` is "sd1", "sd2" or "sdxl" (detected from the modules when None; "" disables the
+    check). `delta_cache_mb` bounds the cached float32 deltas that make a strength change or a
+    switch back to a recent adapter a single scaled add. `on_error` is "raise" (default: a bad
+    adapter refuses the whole sync, the model untouched) or "skip" (drop that adapter, report it).
+    """
+
+    def __init__(
+        self,
+        components: Mapping[str, nn.Module | None],
+        *,
+        family: str | None = None,
+        delta_cache_mb: float = 1024.0,
+        on_error: str = "raise",
+    ) -> None:
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+        self.lock = threading.RLock()
+        self.on_error = on_error
+        self._deltas = DeltaCache(delta_cache_mb)
+        self._family_override = family
+        self._setup(components)
+
+    def _setup(self, components: Mapping[str, nn.Module | None]) -> None:
+        self.components: dict[str, nn.Module] = {k: v for k, v in components.items() if v is not None}
+        detected = model_family(self.components)
+        self.family = detected if self._family_override is None else (self._family_override or None)
+        self._keymaps: dict[str, KeyMap] = {}
+        self._modules: dict[str, dict[str, nn.Module]] = {}
+        self._params: dict[Key, tuple[Tensor, Tensor | None]] = {}
+        self._backups: dict[Key, tuple[Tensor, Tensor | None]] = {}
+        self._applied: Plan = {}
+        self._resolved: dict[int, Resolution] = {}
+        self._failed: dict[int, tuple[Any, PatchError]] = {}
+        self._deltas.clear()
+
+    @property
+    def applied(self) -> Plan:
+        """Weight key -> contributions applied now."""
+        return dict(self._applied)
+
+    @property
+    def backup_nbytes(self) -> int:
+        """Bytes held by backups (exactly the touched weights)."""
+        return sum(t.numel() * t.element_size() for pair in self._backups.values() for t in pair if t is not None)
+
+    def restore(self) -> SyncReport:
+        """Copy every backup back: the model is bit-identical to before the first sync."""
+        return self.sync([])
+
+    def forget(self, components: Mapping[str, nn.Module | None] | None = None) -> None:
+        """Drop every backup, cache and mapping without writing (the model was replaced); use
+        `components` from now on when given."""
+        with self.lock:
+            self._setup(self.components if components is None else components)
+
+    @contextmanager
+    def activated(self, entries: Iterable[Any], *, restore: bool = True) -> Iterator[SyncReport]:
+        """Hold the lock, sync `entries`, yield the report, restore on exit (unless restore=False)."""
+        with self.lock:
+            report = self.sync(entries)
+            try:
+                yield report
+            finally:
+                if restore:
+                    self.restore()
+
+    def sync(
+        self, entries: Iterable[Any], *, step: int | None = None, total_steps: int | None = None
+    ) -> SyncReport:
+        """Make the weights equal to base + exactly `entries` ((adapter, te, unet) tuples or
+        PlanEntry), at `step` of `total_steps` for scheduled entries. Only changed weights are
+        written. Raises PatchError (the model as it was) when an adapter cannot apply."""
+        with self.lock, torch.no_grad():
+            report = SyncReport()
+            items = [as_entry(e) for e in entries]
+            while True:
+                plan = self._plan(items, step, total_steps, report)
+                changed = [k for k in plan if plan[k] != self._applied.get(k)]
+                changed += [k for k in self._applied if k not in plan]
+                try:
+                    parts = {k: self._parts(k, plan[k]) for k in changed if k in plan}
+                except PatchError as exc:
+                    entry = self._owner(exc, items)
+                    if entry is None:
+                        raise
+                    named = PatchError(f"{entry.label} ({entry.adapter.path}): {exc}")
+                    if self.on_error == "raise":
+                        raise named from exc
+                    self._skip(entry, named, report)
+                    items = [e for e in items if e is not entry]
+                    continue
+                break
+            self._write_all(changed, plan, parts)
+            report.written = len(changed)
+            report.patched = len(self._applied)
+            return report
+
+    def _plan(
+        self, items: list[PlanEntry], step: int | None, total: int | None, report: SyncReport
+    ) -> Plan:
+        resolved = []
+        for entry in list(items):
+            try:
+                resolution = self._resolve(entry)
+            except PatchError as exc:
+                if self.on_error == "raise":
+                    raise
+                self._skip(entry, exc, report)
+                items.remove(entry)
+                continue
+            report.diagnostics.extend(resolution.diagnostics)
+            te, unet = entry.strengths(step, total)
+            resolved.append((resolution, te, unet, entry.blocks))
+        return build_plan(resolved)
+
+    def _resolve(self, entry: PlanEntry) -> Resolution:
+        adapter = entry.adapter
+        failed = self._failed.get(id(adapter))
+        if failed is not None and failed[0] is adapter:
+            raise failed[1]
+        cached = self._resolved.get(id(adapter))
+        if cached is not None and cached.adapter is adapter:
+            return cached
+        keymaps = {c: self._keymap(c) for c in adapter.components() if c in self.components}
+        resolution = resolve_adapter(adapter, keymaps, self.family, entry.label)
+        if len(self._resolved) >= 64:
+            self._resolved.clear()
+        self._resolved[id(adapter)] = resolution
+        return resolution
+
+    def _skip(self, entry: PlanEntry, exc: PatchError, report: SyncReport) -> None:
+        from loraprompt.diagnostics import Diagnostic
+
+        self._failed[id(entry.adapter)] = (entry.adapter, exc)
+        report.skipped.append(entry.label)
+        report.diagnostics.append(
+            Diagnostic("E-PATCH", str(exc), severity="error", subject=entry.adapter.path)
+        )
+
+    def _owner(self, exc: PatchError, items: list[PlanEntry]) -> PlanEntry | None:
+        module = getattr(exc, "module", None)
+        for entry in items:
+            if module is not None and module.lora_key in entry.adapter.modules:
+                if entry.adapter.modules[module.lora_key] is module:
+                    return entry
+        return None
+
+    def _keymap(self, component: str) -> KeyMap:
+        keymap = self._keymaps.get(component)
+        if keymap is None:
+            modules = dict(self.components[component].named_modules())
+            self._modules[component] = modules
+            keymap = self._keymaps[component] = build_keymap(component, list(modules))
+        return keymap
+
+    def _param(self, key: Key) -> tuple[Tensor, Tensor | None]:
+        found = self._params.get(key)
+        if found is None:
+            component, name, param = key
+            module = self._modules[component].get(name)
+            weight = getattr(module, param, None)
+            if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
+                raise PatchError(f"{component}: module {name!r} has no floating-point {param!r} to patch")
+            bias = getattr(module, "bias" if param == "weight" else param.replace("weight", "bias"), None)
+            found = self._params[key] = (weight, bias if isinstance(bias, torch.Tensor) else None)
+        return found
+
+    def _parts(self, key: Key, contributions: tuple[Any, ...]) -> tuple[list[Part], list[Part]]:
+        """Float32 (weight parts, bias parts) of one key's contributions, validated."""
+        weight, bias = self._param(key)
+        backup = self._backups.get(key)
+        base_w = backup[0] if backup is not None else weight
+        base_b = backup[1] if backup is not None and backup[1] is not None else bias
+        base32: list[Tensor | None] = [None, None]
+        w_parts: list[Part] = []
+        b_parts: list[Part] = []
+        for module, rows, strength in contributions:
+            linear = module.linear
+            cache_key = (module, rows) if linear else (module, rows, strength)
+            hit = self._deltas.get(cache_key)
+            if hit is None:
+                if base32[0] is None:
+                    base32 = [base_w.float(), base_b.float() if base_b is not None else None]
+                hit = self._delta(module, key, rows, 1.0 if linear else strength, base32)
+                self._deltas.put(cache_key, *hit)
+            scale = strength if linear else 1.0
+            if hit[0] is not None:
+                w_parts.append((hit[0], rows, scale))
+            if hit[1] is not None:
+                if bias is None:
+                    raise _module_error(module, key, "has a bias delta but the module has no bias")
+                b_parts.append((hit[1], rows, scale))
+        return w_parts, b_parts
+
+    def _delta(
+        self, module: AdapterModule, key: Key, rows: tuple[int, int] | None, strength: float,
+        base32: list[Tensor | None],
+    ) -> tuple[Tensor | None, Tensor | None]:
+        w, b = base32
+        assert w is not None
+        if rows is not None:
+            w = w[rows[0] : rows[1]]
+            b = b[rows[0] : rows[1]] if b is not None else None
+        try:
+            dw, db = module.delta(w, strength, b)
+        except (ValueError, RuntimeError) as exc:
+            raise _module_error(module, key, str(exc)) from exc
+        if dw is not None and dw.shape != w.shape:
+            raise _module_error(module, key, f"delta shape {tuple(dw.shape)} != weight shape {tuple(w.shape)}")
+        if db is not None and (b is None or db.shape != b.shape):
+            raise _module_error(module, key, f"bias delta shape {tuple(db.shape)} does not fit the bias")
+        return dw, db
+
+    def _write_all(self, changed: list[Key], plan: Plan, parts: dict[Key, tuple[list[Part], list[Part]]]) -> None:
+        before = dict(self._applied)
+        written: list[Key] = []
+        try:
+            for key in changed:
+                written.append(key)
+                self._write(key, parts.get(key))
+                if key in plan:
+                    self._applied[key] = plan[key]
+                else:
+                    self._applied.pop(key, None)
+        except BaseException:
+            self._rollback(written, before)
+            raise
+        for key in changed:
+            if key not in plan:
+                del self._backups[key]
+
+    def _write(self, key: Key, parts: tuple[list[Part], list[Part]] | None) -> None:
+        """Write base + parts into one weight (and its bias); base alone when parts is None."""
+        weight, bias = self._param(key)
+        backup = self._backups.get(key)
+        if backup is None:
+            backup = self._backups[key] = (weight.detach().clone(), None)
+        if parts is not None and parts[1] and backup[1] is None and bias is not None:
+            backup = self._backups[key] = (backup[0], bias.detach().clone())
+        w_parts, b_parts = parts if parts is not None else ([], [])
+        _combine(weight, backup[0], w_parts)
+        if backup[1] is not None and bias is not None:
+            _combine(bias, backup[1], b_parts)
+
+    def _rollback(self, keys: list[Key], before: Plan) -> None:
+        """Put `keys` back to their state in `before`; to base everywhere if that fails too."""
+        try:
+            for key in keys:
+                old = before.get(key)
+                self._write(key, self._parts(key, old) if old else None)
+                if old:
+                    self._applied[key] = old
+                else:
+                    self._applied.pop(key, None)
+                    self._backups.pop(key, None)
+        except BaseException:
+            for key in list(self._backups):
+                self._write(key, None)
+            self._backups.clear()
+            self._applied.clear()
+            raise
+
+
+def _module_error(module: AdapterModule, key: Key, reason: str) -> PatchError:
+    error = PatchError(f"{module.lora_key} -> {key[0]}.{key[1]}.{key[2]}: {reason}; nothing applied")
+    error.module = module  # type: ignore[attr-defined]
+    return error
+
+
+def _combine(dst: Tensor, base: Tensor, parts: list[Part]) -> None:
+    """dst = cast(base + Σ scale·Δ), summed in float32, one write into dst."""
+    if dst.dtype == torch.float32:
+        rest = parts
+        if parts and parts[0][1] is None:
+            torch.add(base, parts[0][0], alpha=parts[0][2], out=dst)
+            rest = parts[1:]
+        else:
+            dst.copy_(base)
+        for delta, rows, scale in rest:
+            (dst if rows is None else dst[rows[0] : rows[1]]).add_(delta, alpha=scale)
+        return
+    if not parts:
+        dst.copy_(base)
+        return
+    acc = base.float()
+    for delta, rows, scale in parts:
+        (acc if rows is None else acc[rows[0] : rows[1]]).add_(delta, alpha=scale)
+    dst.copy_(acc)

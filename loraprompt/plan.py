@@ -1,0 +1,193 @@
+"""Pure planning: which weight of the loaded model gets which adapter module at which strength.
+
+Nothing here touches a tensor's values. `resolve_adapter` maps an adapter's modules onto the model
+once (key-map lookups, unmapped keys, non-finite check); `build_plan` turns resolved adapters and
+their strengths at one sampling step into a `Plan`: weight key -> contributions, the value the
+patcher diffs against what is applied.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from loraprompt.diagnostics import Diagnostic
+
+if TYPE_CHECKING:
+    from loraprompt.adapters.types import Adapter, AdapterModule
+    from loraprompt.keymaps import KeyMap
+
+TE_COMPONENTS = ("text_encoder", "text_encoder_2")
+FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
+
+# (component, dotted module name, parameter name): one weight of the loaded model
+Key = tuple[str, str, str]
+# (adapter module, rows of a fused parameter or None, strength)
+Contribution = tuple["AdapterModule", tuple[int, int] | None, float]
+Plan = dict[Key, tuple[Contribution, ...]]
+StepFn = Callable[[int, int], float]
+
+
+@dataclass(frozen=True, eq=False)
+class PlanEntry:
+    """One adapter with its strengths; `te_at`/`unet_at` give them per sampling step
+    (step, total_steps) when scheduled, `blocks` are per-block UNet multipliers ("BASE", "IN04",
+    "M00", "OUT03", ...; BASE scales the text encoder)."""
+
+    adapter: Adapter
+    te: float = 1.0
+    unet: float = 1.0
+    blocks: Mapping[str, float] | None = None
+    te_at: StepFn | None = None
+    unet_at: StepFn | None = None
+    name: str | None = None
+
+    @property
+    def scheduled(self) -> bool:
+        """True when the strengths depend on the sampling step."""
+        return self.te_at is not None or self.unet_at is not None
+
+    def strengths(self, step: int | None = None, total: int | None = None) -> tuple[float, float]:
+        """(te, unet) at `step` of `total` steps; the static values when step is None."""
+        if step is None:
+            return self.te, self.unet
+        n = total if total is not None else step + 1
+        te = self.te_at(step, n) if self.te_at is not None else self.te
+        unet = self.unet_at(step, n) if self.unet_at is not None else self.unet
+        return te, unet
+
+    @property
+    def label(self) -> str:
+        """The name shown in messages."""
+        return self.name or self.adapter.name
+
+
+def as_entry(item: Any) -> PlanEntry:
+    """A PlanEntry from a PlanEntry, (adapter, te, unet) or (adapter, strength)."""
+    if isinstance(item, PlanEntry):
+        return item
+    if isinstance(item, tuple) and len(item) in (2, 3):
+        adapter, te = item[0], float(item[1])
+        unet = float(item[2]) if len(item) == 3 else te
+        return PlanEntry(adapter, te, unet)
+    raise TypeError(f"a plan entry is a PlanEntry or (adapter, te, unet), not {item!r}")
+
+
+_BLOCK_PATTERNS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
+    (re.compile(r"(?:^|[._])input_blocks[._](\d+)"), lambda m: f"IN{int(m[1]):02d}"),
+    (re.compile(r"(?:^|[._])middle_block(?:[._]|$)"), lambda m: "M00"),
+    (re.compile(r"(?:^|[._])output_blocks[._](\d+)"), lambda m: f"OUT{int(m[1]):02d}"),
+    (
+        re.compile(r"(?:^|[._])down_blocks[._](\d+)[._](attentions|resnets|downsamplers)[._](\d+)"),
+        lambda m: f"IN{3 * int(m[1]) + (3 if m[2] == 'downsamplers' else int(m[3]) + 1):02d}",
+    ),
+    (re.compile(r"(?:^|[._])mid_block(?:[._]|$)"), lambda m: "M00"),
+    (
+        re.compile(r"(?:^|[._])up_blocks[._](\d+)[._](attentions|resnets|upsamplers)[._](\d+)"),
+        lambda m: f"OUT{3 * int(m[1]) + (2 if m[2] == 'upsamplers' else int(m[3])):02d}",
+    ),
+)
+
+
+def unet_block(module_name: str) -> str | None:
+    """The block-weight id (IN00..IN11, M00, OUT00..OUT11) of a UNet module, diffusers or LDM
+    naming; None for modules outside the blocks (time embedding, conv_in, conv_out)."""
+    for pattern, name in _BLOCK_PATTERNS:
+        match = pattern.search(module_name)
+        if match:
+            return name(match)
+    return None
+
+
+def model_family(components: Mapping[str, Any]) -> str | None:
+    """"sd1", "sd2" or "sdxl" from the loaded modules' configs; None when they cannot tell."""
+    if "text_encoder_2" in components:
+        return "sdxl"
+    config = getattr(components.get("unet"), "config", None)
+    dim = getattr(config, "cross_attention_dim", None)
+    return {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(dim) if isinstance(dim, int) else None
+
+
+@dataclass(eq=False)
+class Resolution:
+    """An adapter mapped onto the loaded model: (module, key, rows, block) per mapped module."""
+
+    adapter: Adapter
+    items: list[tuple[AdapterModule, Key, tuple[int, int] | None, str | None]]
+    unmapped: tuple[str, ...] = ()
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+
+def _finite(module: AdapterModule) -> bool:
+    tensors = list(module.tensors.values())
+    if module.dora_scale is not None:
+        tensors.append(module.dora_scale)
+    if module.alpha is not None and not math.isfinite(module.alpha):
+        return False
+    return all(bool(t.isfinite().all()) for t in tensors if t.is_floating_point())
+
+
+def resolve_adapter(
+    adapter: Adapter, keymaps: Mapping[str, KeyMap], family: str | None, label: str | None = None
+) -> Resolution:
+    """Map every module of `adapter` through the key maps; raise PatchError (FamilyMismatchError
+    for a known other family) when the adapter cannot apply at all or carries NaN/inf."""
+    from loraprompt.errors import FamilyMismatchError, PatchError
+
+    label = label or adapter.name
+    where = f"{label} ({adapter.path})"
+    if family and adapter.family and adapter.family != family:
+        raise FamilyMismatchError(
+            f"{where} is a {FAMILY_NAMES.get(adapter.family, adapter.family)} adapter; the loaded "
+            f"model is {FAMILY_NAMES.get(family, family)}"
+        )
+    items: list[tuple[AdapterModule, Key, tuple[int, int] | None, str | None]] = []
+    unmapped: list[str] = []
+    for lora_key, module in adapter.modules.items():
+        keymap = keymaps.get(module.component)
+        target = keymap.lookup(module.path) if keymap is not None else None
+        if target is None:
+            unmapped.append(lora_key)
+            continue
+        if not _finite(module):
+            raise PatchError(f"{where}: NaN or Inf in the tensors of {lora_key}; nothing applied")
+        block = unet_block(target.module) if module.component == "unet" else None
+        items.append((module, (module.component, target.module, target.param), target.rows, block))
+    if not items and adapter.modules:
+        raise PatchError(
+            f"{where}: none of its {len(adapter.modules)} modules matches the loaded model "
+            f"(e.g. {unmapped[0]}); wrong model family?"
+        )
+    diagnostics = []
+    if unmapped:
+        diagnostics.append(
+            Diagnostic(
+                "W-KEYS-UNMAPPED",
+                f"{len(unmapped)} of {len(adapter.modules)} modules of {label} match nothing in the "
+                f"loaded model (e.g. {', '.join(unmapped[:3])})",
+                subject=adapter.path,
+                data={"unmapped": unmapped},
+            )
+        )
+    return Resolution(adapter, items, tuple(unmapped), diagnostics)
+
+
+def build_plan(
+    resolved: Iterable[tuple[Resolution, float, float, Mapping[str, float] | None]],
+) -> Plan:
+    """Group (resolution, te, unet, blocks) into weight key -> contributions, in entry order;
+    zero strengths contribute nothing."""
+    plan: dict[Key, list[Contribution]] = {}
+    for resolution, te, unet, blocks in resolved:
+        te_scale = te * (blocks.get("BASE", 1.0) if blocks else 1.0)
+        for module, key, rows, block in resolution.items:
+            if module.component == "unet":
+                strength = unet * (blocks.get(block, 1.0) if blocks and block else 1.0)
+            else:
+                strength = te_scale
+            if strength != 0.0:
+                plan.setdefault(key, []).append((module, rows, strength))
+    return {key: tuple(contribs) for key, contribs in plan.items()}

@@ -1,0 +1,247 @@
+"""Patcher behaviour on tiny real models: exact restore, diffed sync, guards, lock, schedules."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from loraprompt import Patcher
+from loraprompt.errors import FamilyMismatchError, PatchError
+from loraprompt.plan import PlanEntry
+from tests.fixtures.models import tiny_sd1, tiny_sdxl
+from tests.patcher.helpers import assert_bit_equal, make_adapter, reference, snapshot, to_dtype
+
+TOL = {torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+@pytest.fixture
+def model() -> dict[str, torch.nn.Module]:
+    return tiny_sd1()
+
+
+def assert_close(components, expected: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
+    now = snapshot(components)
+    for key, value in expected.items():
+        torch.testing.assert_close(now[key].float(), value.float(), rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_sync_matches_reference_and_restore_is_bit_exact(model, dtype) -> None:
+    model = to_dtype(model, dtype)
+    original = snapshot(model)
+    a, b = make_adapter(model, 1, bias=True), make_adapter(model, 2, every=3)
+    patcher = Patcher(model)
+    plan = [(a, 0.7, -1.3), (b, 1.0, 0.5)]
+    report = patcher.sync(plan)
+    assert report.written == report.patched > 0
+    assert_close(model, reference(model, original, plan), dtype)
+    patcher.sync([(b, 0.2, 2.0)])
+    assert_close(model, reference(model, original, [(b, 0.2, 2.0)]), dtype)
+    patcher.restore()
+    assert_bit_equal(model, original)
+    assert patcher.backup_nbytes == 0
+
+
+def test_unchanged_entries_write_nothing_and_a_te_change_writes_only_the_te(model) -> None:
+    a = make_adapter(model, 1)
+    patcher = Patcher(model)
+    patcher.sync([(a, 1.0, 1.0)])
+    assert patcher.sync([(a, 1.0, 1.0)]).written == 0
+    unet_before = {k: v.clone() for k, v in model["unet"].state_dict().items()}
+    report = patcher.sync([(a, 0.5, 1.0)])
+    te_modules = [m for m in a.modules.values() if m.component == "text_encoder"]
+    assert report.written == len(te_modules)
+    for key, value in model["unet"].state_dict().items():
+        assert torch.equal(value, unet_before[key])
+
+
+def test_backups_hold_exactly_the_touched_weights(model) -> None:
+    a = make_adapter(model, 3)
+    patcher = Patcher(model)
+    patcher.sync([(a, 1.0, 1.0)])
+    touched = {(k[0], k[1]) for k in patcher.applied}
+    expected = sum(
+        dict(model[c].named_modules())[name].weight.nbytes for c, name in touched
+    )
+    assert patcher.backup_nbytes == expected
+
+
+def test_nan_in_an_adapter_refuses_the_sync_and_leaves_the_model(model) -> None:
+    good, bad = make_adapter(model, 1), make_adapter(model, 2, name="broken")
+    next(iter(bad.modules.values())).tensors["up"][0, 0] = float("nan")
+    patcher = Patcher(model)
+    patcher.sync([(good, 1.0, 1.0)])
+    before = snapshot(model)
+    with pytest.raises(PatchError, match=r"broken.*NaN or Inf"):
+        patcher.sync([(good, 0.3, 0.3), (bad, 1.0, 1.0)])
+    assert_bit_equal(model, before)
+    patcher.restore()
+
+
+def test_shape_mismatch_names_the_key_and_leaves_the_model(model) -> None:
+    good, bad = make_adapter(model, 1), make_adapter(model, 2, name="misfit")
+    module = next(m for m in bad.modules.values() if m.component == "unet")
+    module.tensors["down"] = torch.randn(2, 3)
+    original = snapshot(model)
+    patcher = Patcher(model)
+    with pytest.raises(PatchError, match=rf"misfit.*{module.lora_key}.*do not fit"):
+        patcher.sync([(good, 1.0, 1.0), (bad, 1.0, 1.0)])
+    assert_bit_equal(model, original)
+    assert patcher.applied == {}
+
+
+def test_skip_mode_applies_the_others_and_reports_the_bad_one(model) -> None:
+    good, bad = make_adapter(model, 1), make_adapter(model, 2, name="misfit")
+    next(m for m in bad.modules.values() if m.component == "unet").tensors["down"] = torch.randn(2, 3)
+    original = snapshot(model)
+    patcher = Patcher(model, on_error="skip")
+    report = patcher.sync([(good, 1.0, 1.0), (bad, 1.0, 1.0)])
+    assert report.skipped == ["misfit"]
+    assert [d.code for d in report.diagnostics] == ["E-PATCH"]
+    assert_close(model, reference(model, original, [(good, 1.0, 1.0)]), torch.float32)
+
+
+def test_family_mismatch_is_refused_naming_both_families(model) -> None:
+    a = make_adapter(model, 1)
+    a.family = "sdxl"
+    patcher = Patcher(model, family="sd1")
+    with pytest.raises(FamilyMismatchError, match=r"SDXL adapter; the loaded model is SD1.x"):
+        patcher.sync([(a, 1.0, 1.0)])
+
+
+def test_adapter_for_another_model_matching_nothing_is_refused(model) -> None:
+    other = make_adapter(tiny_sdxl(), 1, name="xl")
+    for module in other.modules.values():
+        module.path = "input_blocks_99_" + module.path
+    with pytest.raises(PatchError, match=r"xl .*none of its \d+ modules matches"):
+        Patcher(model).sync([(other, 1.0, 1.0)])
+
+
+def test_unmapped_keys_are_one_diagnostic_per_adapter(model) -> None:
+    a = make_adapter(model, 1)
+    extra = make_adapter(model, 2)
+    for module in list(extra.modules.values())[:5]:
+        module.path = "nowhere_" + module.path
+        a.modules[module.lora_key] = module
+    report = Patcher(model).sync([(a, 1.0, 1.0)])
+    assert [d.code for d in report.diagnostics] == ["W-KEYS-UNMAPPED"]
+    assert "5 of" in report.diagnostics[0].message
+
+
+class FailingPatcher(Patcher):
+    """Raises on the n-th weight write, to prove the rollback."""
+
+    fail_at = -1
+
+    def _write(self, key, parts):  # type: ignore[no-untyped-def]
+        self.fail_at -= 1
+        if self.fail_at == 0:
+            raise RuntimeError("injected")
+        super()._write(key, parts)
+
+
+@pytest.mark.parametrize("fail_at", [1, 5, 40])
+def test_a_failure_mid_write_puts_every_weight_back(model, fail_at) -> None:
+    a, b, c = (make_adapter(model, s) for s in (1, 2, 3))
+    patcher = FailingPatcher(model)
+    patcher.sync([(a, 1.0, 0.5)])
+    before, applied = snapshot(model), patcher.applied
+    patcher.fail_at = fail_at
+    with pytest.raises(RuntimeError, match="injected"):
+        patcher.sync([(b, 0.4, 1.0), (c, 1.0, 1.0)])
+    assert_bit_equal(model, before)
+    assert patcher.applied == applied
+
+
+def test_forget_drops_backups_without_writing(model) -> None:
+    a = make_adapter(model, 1)
+    patcher = Patcher(model)
+    patcher.sync([(a, 1.0, 1.0)])
+    patched = snapshot(model)
+    patcher.forget()
+    assert patcher.backup_nbytes == 0 and patcher.applied == {}
+    assert_bit_equal(model, patched)
+
+
+def test_block_weights_and_base_scale_per_block(model) -> None:
+    a = make_adapter(model, 1, every=1)
+    original = snapshot(model)
+    patcher = Patcher(model)
+    patcher.sync([PlanEntry(a, te=1.0, unet=1.0, blocks={"BASE": 0.0, "IN01": 0.0, "OUT03": 2.0})])
+    down0 = [k for k in original if k.startswith("unet:down_blocks.0.attentions.0.") and k.endswith("weight")]
+    up1 = "unet:up_blocks.1.attentions.0.proj_in.weight"
+    assert down0 and all(torch.equal(snapshot(model)[k], original[k]) for k in down0)
+    assert all(torch.equal(v, original[k]) for k, v in snapshot(model).items() if k.startswith("text_encoder:"))
+    expected = reference(model, original, [(a, 0.0, 2.0)])[up1]
+    torch.testing.assert_close(snapshot(model)[up1], expected)
+
+
+def test_schedules_rewrite_only_what_changes_per_step(model) -> None:
+    a, b = make_adapter(model, 1), make_adapter(model, 2)
+    gated = PlanEntry(b, unet_at=lambda step, total: 1.0 if 2 <= step < 4 else 0.0, te_at=lambda s, n: 0.0)
+    ramp = PlanEntry(a, te=1.0, unet_at=lambda step, total: step / (total - 1))
+    original = snapshot(model)
+    patcher = Patcher(model)
+    unet_a = sum(1 for m in a.modules.values() if m.component == "unet")
+    written = [patcher.sync([ramp, gated], step=s, total_steps=5).written for s in range(5)]
+    assert written[1] == unet_a  # only the ramp's UNet weights change from step 0 to 1
+    expected = reference(model, original, [(a, 1.0, 1.0)])
+    assert_close(model, expected, torch.float32)
+    patcher.restore()
+    assert_bit_equal(model, original)
+
+
+def test_two_threads_never_see_each_others_adapters(model) -> None:
+    a, b = make_adapter(model, 1), make_adapter(model, 2)
+    patcher = Patcher(model)
+    tokens = torch.arange(8)[None]
+    te = model["text_encoder"]
+
+    def encode() -> torch.Tensor:
+        with torch.no_grad():
+            return te(tokens).last_hidden_state.clone()
+
+    solo = {}
+    for name, adapter in (("a", a), ("b", b)):
+        with patcher.activated([(adapter, 1.0, 1.0)]):
+            solo[name] = encode()
+    results: dict[str, list[torch.Tensor]] = {"a": [], "b": []}
+
+    def run(name, adapter) -> None:
+        for _ in range(20):
+            with patcher.activated([(adapter, 1.0, 1.0)]):
+                results[name].append(encode())
+
+    threads = [threading.Thread(target=run, args=x) for x in (("a", a), ("b", b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not torch.equal(solo["a"], solo["b"])
+    for name in ("a", "b"):
+        assert all(torch.equal(r, solo[name]) for r in results[name])
+
+
+def test_strength_change_reuses_the_cached_unit_delta(model) -> None:
+    a = make_adapter(model, 1)
+    calls = 0
+    for module in a.modules.values():
+        original_delta = module.delta
+
+        def counting(weight, strength, bias=None, _d=original_delta):  # type: ignore[no-untyped-def]
+            nonlocal calls
+            calls += 1
+            return _d(weight, strength, bias)
+
+        module.delta = counting  # type: ignore[method-assign]
+    patcher = Patcher(model)
+    for strength in (1.0, 0.5, -0.25, 1.0):
+        patcher.sync([(a, strength, strength)])
+    assert calls == len(a.modules)
+    patcher.restore()
+    uncached = Patcher(model, delta_cache_mb=0)
+    for strength in (1.0, 0.5):
+        uncached.sync([(a, strength, strength)])
+    assert calls == 3 * len(a.modules)
