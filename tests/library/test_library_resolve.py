@@ -1,0 +1,110 @@
+"""Name resolution: A1111's way first, then lenient fallbacks with a diagnostic each, and by hash."""
+
+from __future__ import annotations
+
+import unicodedata
+from pathlib import Path
+
+import pytest
+
+from loraprompt.library import Library
+
+from .conftest import kohya_metadata, write_lora
+
+NFD_NAME = unicodedata.normalize("NFD", "café")
+
+
+@pytest.fixture
+def lib(lora_dir: Path, tmp_path: Path) -> Library:
+    write_lora(lora_dir / "detail_tweaker.safetensors", kohya_metadata("add_detail"), seed=1)
+    write_lora(lora_dir / "styles" / "Anime Lines.safetensors", kohya_metadata("lines"), seed=2)
+    write_lora(lora_dir / "styles" / f"{NFD_NAME}.safetensors", {}, seed=3)
+    write_lora(lora_dir / "chars" / "Hero (v2).safetensors", {}, seed=4)
+    write_lora(lora_dir / "a" / "same.safetensors", kohya_metadata("shared"), seed=5)
+    write_lora(lora_dir / "b" / "Same.safetensors", kohya_metadata("shared"), seed=6)
+    write_lora(lora_dir / "none_alias.safetensors", kohya_metadata("none"), seed=7)
+    write_lora(lora_dir / "clash.safetensors", kohya_metadata("detail_tweaker"), seed=8)
+    return Library([lora_dir], cache_dir=tmp_path / "c")
+
+
+@pytest.mark.parametrize(
+    ("name", "relpath", "how", "codes"),
+    [
+        ("detail_tweaker", "detail_tweaker.safetensors", "stem", []),
+        ("add_detail", "detail_tweaker.safetensors", "alias", []),
+        ("lines", "styles/Anime Lines.safetensors", "alias", []),
+        (" detail_tweaker ", "detail_tweaker.safetensors", "trim", ["W-NAME-TRIMMED"]),
+        ('"Anime Lines"', "styles/Anime Lines.safetensors", "quotes", ["W-NAME-QUOTED"]),
+        (r"Hero \(v2\)", "chars/Hero (v2).safetensors", "escapes", ["W-NAME-ESCAPED"]),
+        ("Hero (v2)", "chars/Hero (v2).safetensors", "stem", []),
+        ("café", f"styles/{NFD_NAME}.safetensors", "unicode-nfc", ["W-NAME-UNICODE"]),
+        ("ｃａｆé", f"styles/{NFD_NAME}.safetensors", "unicode-nfkc", ["W-NAME-UNICODE"]),
+        ("styles/Anime Lines", "styles/Anime Lines.safetensors", "path", ["W-NAME-PATH"]),
+        ("styles\\Anime Lines.safetensors", "styles/Anime Lines.safetensors", "path", ["W-NAME-PATH"]),
+        ("a/same", "a/same.safetensors", "path", ["W-NAME-PATH"]),
+        ("anime lines", "styles/Anime Lines.safetensors", "case", ["W-NAME-CASE"]),
+        ("anime_lines", "styles/Anime Lines.safetensors", "underscore", ["W-NAME-UNDERSCORE"]),
+        ("DETAIL TWEAKER", "detail_tweaker.safetensors", "underscore", ["W-NAME-UNDERSCORE"]),
+    ],
+)
+def test_resolution_table(lib: Library, name: str, relpath: str, how: str, codes: list[str]) -> None:
+    r = lib.resolve(name)
+    assert r.entry is not None and r.entry.relpath == relpath
+    assert r.how == how and [d.code for d in r.diagnostics] == codes
+
+
+def test_ambiguous_fallback_lists_candidates(lib: Library) -> None:
+    r = lib.resolve("SAME")
+    assert r.entry is None and [d.code for d in r.diagnostics] == ["E-NAME-AMBIGUOUS"]
+    assert {e.relpath for e in r.candidates} == {"a/same.safetensors", "b/Same.safetensors"}
+
+
+def test_forbidden_aliases_resolve_only_as_stems(lib: Library) -> None:
+    # two files share "shared"; "none" is forbidden; "detail_tweaker" as an alias collides with a stem
+    for name in ("shared", "none"):
+        assert lib.resolve(name, profile="a1111").entry is None
+    r = lib.resolve("detail_tweaker")
+    assert r.entry is not None and r.entry.name == "detail_tweaker"
+    clash = lib.resolve("clash").entry
+    assert clash is not None and lib.display_name(clash) == "clash"
+    detail = lib.resolve("detail_tweaker").entry
+    assert detail is not None and lib.display_name(detail) == "add_detail"
+
+
+def test_a1111_profile_has_no_fallbacks(lib: Library) -> None:
+    r = lib.resolve("anime lines", profile="a1111")
+    assert r.entry is None and [d.code for d in r.diagnostics] == ["E-NAME-NOTFOUND"]
+
+
+def test_not_found_suggests_close_names(lib: Library) -> None:
+    r = lib.resolve("detail_tweeker")
+    assert r.entry is None and r.diagnostics[0].severity == "error"
+    assert "detail_tweaker" in r.diagnostics[0].data["suggestions"]
+
+
+def test_empty_name(lib: Library) -> None:
+    assert [d.code for d in lib.resolve("  ").diagnostics] == ["E-NAME-EMPTY"]
+
+
+def test_resolve_by_hash_forms(lib: Library) -> None:
+    target = lib.resolve("lines").entry
+    assert target is not None
+    h = lib.hashes(target)
+    for form in (h["a1111_short"], h["autov2"], h["sha256"], h["tensor_sha256"]):
+        assert form is not None
+        r = lib.resolve("renamed_on_other_machine", hash=form.upper())
+        assert r.entry == target and r.how == "hash"
+        assert [d.code for d in r.diagnostics] == ["W-NAME-BY-HASH"]
+    assert lib.resolve("", hash=h["a1111_short"]).entry == target
+
+
+def test_hash_mismatch_warns_but_keeps_named_file(lib: Library) -> None:
+    r = lib.resolve("detail_tweaker", hash="0123456789ab")
+    assert r.entry is not None and r.entry.name == "detail_tweaker"
+    assert [d.code for d in r.diagnostics] == ["W-HASH-MISMATCH"]
+
+
+def test_new_file_found_without_refresh(lib: Library, lora_dir: Path) -> None:
+    lib.auto_check_s = 3600
+    write_lora(lora_dir / "dropped_in.safetensors")
+    assert lib.resolve("dropped_in").how == "stem"

@@ -1,0 +1,175 @@
+"""Scanning real files: entries, family, metadata summary, previews, sidecars, refresh."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from loraprompt.library import Library
+
+from .conftest import SD1_KEYS, SD2_KEYS, SDXL_KEYS, kohya_metadata, write_lora
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
+
+
+def bump_mtime(path: Path, seconds: int = 10) -> None:
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + seconds * 1_000_000_000))
+
+
+def test_entries_fields_and_summary(lora_dir: Path, tmp_path: Path) -> None:
+    tags = {"5_a": {"cat": 3, "solo": 9}, "5_b": {"cat": 10, "hat": 1}}
+    path = write_lora(lora_dir / "sub" / "catstyle.safetensors", kohya_metadata("CatStyle", tags=tags))
+    lib = Library([lora_dir], cache_dir=tmp_path / "cache")
+    (e,) = lib.entries
+    assert (e.name, e.alias, e.relpath, e.folder) == ("catstyle", "CatStyle", "sub/catstyle.safetensors", "sub")
+    assert e.path == str(path) and e.size == path.stat().st_size and e.mtime_ns == path.stat().st_mtime_ns
+    assert e.summary.tags == (("cat", 13), ("solo", 9), ("hat", 1))
+    assert e.summary.trigger_words[:3] == ("cat", "solo", "hat")
+    assert (e.summary.dim, e.summary.alpha, e.summary.epochs) == ("16", "8", "10")
+    assert e.summary.resolution == "(512, 512)" and e.summary.base_model == "v1-5-pruned-emaonly.safetensors"
+    assert e.family == "sd1" and e.error is None
+
+
+def test_family_from_keys_metadata_and_sidecar(lora_dir: Path, tmp_path: Path) -> None:
+    write_lora(lora_dir / "xl.safetensors", {}, keys=SDXL_KEYS)
+    write_lora(lora_dir / "v2.safetensors", {}, keys=SD2_KEYS)
+    write_lora(lora_dir / "v1.safetensors", {}, keys=SD1_KEYS)
+    write_lora(lora_dir / "meta.safetensors", {"modelspec.architecture": "stable-diffusion-xl-v1-base/lora"}, keys={"x": (2, 2)})
+    write_lora(lora_dir / "unknown.safetensors", {}, keys={"x": (2, 2)})
+    write_lora(lora_dir / "conflict.safetensors", {"ss_base_model_version": "sd_v1"}, keys=SDXL_KEYS)
+    write_lora(lora_dir / "user.safetensors", {}, keys={"x": (2, 2)})
+    (lora_dir / "user.json").write_text(json.dumps({"sd version": "SD2"}))
+    lib = Library([lora_dir], cache_dir=tmp_path / "c")
+    fam = {e.name: (e.family, e.family_source) for e in lib.entries}
+    assert fam["xl"] == ("sdxl", "keys") and fam["v2"] == ("sd2", "keys") and fam["v1"] == ("sd1", "keys")
+    assert fam["meta"] == ("sdxl", "metadata") and fam["unknown"] == (None, None)
+    assert fam["conflict"] == ("sdxl", "keys")
+    assert next(e for e in lib.entries if e.name == "conflict").notes == ("metadata says sd1, tensor shapes say sdxl",)
+    user = next(e for e in lib.entries if e.name == "user")
+    assert user.family == "sd2" and user.detected_family is None
+
+
+def test_previews_in_a1111_order_and_sidecars(lora_dir: Path, tmp_path: Path) -> None:
+    write_lora(lora_dir / "a.safetensors", kohya_metadata("a"))
+    for name in ("a.preview.png", "a.jpg", "a.png", "a.preview.webp", "b.png"):
+        (lora_dir / name).write_bytes(PNG)
+    (lora_dir / "a.json").write_text(json.dumps({"activation text": "cat ears, hat", "preferred weight": 0.7, "modelId": 5}))
+    (lora_dir / "a.civitai.info").write_text(json.dumps({"id": 9, "modelId": 5, "trainedWords": ["meow"], "model": {"name": "Cats", "nsfw": True}}))
+    (lora_dir / "a.metadata.json").write_text(json.dumps({"tags": ["animal"], "favorite": True, "usage_tips": '{"strength": 0.6}'}))
+    (lora_dir / "a.txt").write_text("A cat style.")
+    lib = Library([lora_dir], cache_dir=tmp_path / "c")
+    (e,) = lib.entries
+    names = [Path(p).name for p in e.previews]
+    assert names == ["a.png", "a.preview.png", "a.jpg", "a.preview.webp"] and e.preview == str(lora_dir / "a.png")
+    assert e.user["modelId"] == 5 and e.preferred_weight == 0.7 and e.activation_text == "cat ears, hat"
+    assert e.imports["civitai"]["trained_words"] == ["meow"] and e.nsfw and e.favorite
+    assert e.description == "A cat style."
+    words = e.trigger_words()
+    assert words[:3] == [("cat ears", "user"), ("hat", "user"), ("meow", "civitai")]
+    assert ("cat", "header") in words
+    assert "animal" in e.search_text() and "meow" in e.search_text()
+
+
+def test_refresh_reports_added_changed_removed(lora_dir: Path, tmp_path: Path) -> None:
+    a = write_lora(lora_dir / "a.safetensors", kohya_metadata("a"))
+    b = write_lora(lora_dir / "b.safetensors", kohya_metadata("b"))
+    lib = Library([lora_dir], cache_dir=tmp_path / "c", auto_check_s=0)
+    write_lora(lora_dir / "c.safetensors", kohya_metadata("c"))
+    write_lora(a, kohya_metadata("a2"))
+    bump_mtime(a)
+    b.unlink()
+    report = lib.refresh()
+    assert report.added == (str(lora_dir / "c.safetensors"),)
+    assert report.changed == (str(a),) and report.removed == (str(b),)
+    assert report.files_read == 2
+    assert {e.alias for e in lib.entries} == {"a2", "c"}
+
+
+def test_automatic_staleness_check_sees_new_file(lora_dir: Path, tmp_path: Path) -> None:
+    write_lora(lora_dir / "sub" / "a.safetensors")
+    lib = Library([lora_dir], cache_dir=tmp_path / "c", auto_check_s=0)
+    assert not lib.is_stale()
+    write_lora(lora_dir / "sub" / "new.safetensors")
+    assert lib.is_stale()
+    assert {e.name for e in lib.entries} == {"a", "new"}
+
+
+def test_missing_drive_keeps_entries(tmp_path: Path) -> None:
+    drive = tmp_path / "drive" / "Lora"
+    write_lora(drive / "far.safetensors", kohya_metadata("far"))
+    local = tmp_path / "Lora"
+    write_lora(local / "near.safetensors")
+    lib = Library([local, drive], cache_dir=tmp_path / "c")
+    (tmp_path / "drive").rename(tmp_path / "unplugged")
+    report = lib.refresh()
+    assert report.offline_roots == (str(drive),) and report.removed == ()
+    far = next(e for e in lib.entries if e.name == "far")
+    assert far.offline
+    # the cache kept the unplugged drive's records: plugging it back in reads nothing again
+    (tmp_path / "unplugged").rename(tmp_path / "drive")
+    lib2 = Library([local, drive], cache_dir=tmp_path / "c")
+    assert lib2.last_report.files_read == 0 and {e.name for e in lib2.entries} == {"near", "far"}
+
+
+def test_half_written_file_skipped_until_it_settles(lora_dir: Path, tmp_path: Path) -> None:
+    full = write_lora(tmp_path / "full.safetensors", kohya_metadata("late"))
+    data = full.read_bytes()
+    part = lora_dir / "late.safetensors"
+    part.write_bytes(data[: len(data) // 2])
+    lib = Library([lora_dir], cache_dir=tmp_path / "c", settle_s=60)
+    assert lib.entries == [] and lib.last_report.pending == (str(part),)
+    part.write_bytes(data)
+    lib.refresh()
+    assert [e.alias for e in lib.entries] == ["late"]
+
+
+def test_broken_settled_file_listed_with_error(lora_dir: Path, tmp_path: Path) -> None:
+    (lora_dir / "junk.safetensors").write_text("this is not a safetensors file")
+    lib = Library([lora_dir], cache_dir=tmp_path / "c", settle_s=0)
+    (e,) = lib.entries
+    assert e.error is not None and "header length" in e.error and e.family is None
+
+
+def test_replaced_file_gives_fresh_metadata_and_hash(lora_dir: Path, tmp_path: Path) -> None:
+    p = write_lora(lora_dir / "x.safetensors", kohya_metadata("old"), seed=1)
+    lib = Library([lora_dir], cache_dir=tmp_path / "c", auto_check_s=3600)
+    first = lib.resolve("x").entry
+    assert first is not None and first.alias == "old"
+    old_hash = lib.hashes(first)["a1111"]
+    write_lora(p, kohya_metadata("new"), seed=2, keys={"w": (3, 5)})
+    bump_mtime(p)
+    entry = lib.resolve("x").entry
+    assert entry is not None and entry.alias == "new" and entry.size == p.stat().st_size
+    data = p.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    assert lib.hashes(entry)["a1111"] == hashlib.sha256(data[8 + n :]).hexdigest() != old_hash
+
+
+def test_hidden_folder_flag_and_symlink_loop(lora_dir: Path, tmp_path: Path) -> None:
+    write_lora(lora_dir / ".hidden" / "h.safetensors")
+    (lora_dir / "loop").symlink_to(lora_dir)
+    lib = Library([lora_dir], cache_dir=tmp_path / "c")
+    (e,) = lib.entries
+    assert e.hidden and e.relpath == ".hidden/h.safetensors"
+
+
+def test_natural_walk_order_and_stem_collision(lora_dir: Path, tmp_path: Path) -> None:
+    for rel in ("lora10.safetensors", "lora2.safetensors", "a/dup.safetensors", "b/dup.safetensors"):
+        write_lora(lora_dir / rel)
+    lib = Library([lora_dir], cache_dir=tmp_path / "c")
+    assert [e.relpath for e in lib.entries] == ["a/dup.safetensors", "b/dup.safetensors", "lora2.safetensors", "lora10.safetensors"]
+    r = lib.resolve("dup")
+    assert r.entry is not None and r.entry.relpath == "b/dup.safetensors"
+    assert [d.code for d in r.diagnostics] == ["W-NAME-STEM-COLLISION"]
+
+
+def test_cache_survives_restart_without_reading(lora_dir: Path, tmp_path: Path) -> None:
+    write_lora(lora_dir / "a.safetensors", kohya_metadata("a"))
+    first = Library([lora_dir], cache_dir=tmp_path / "c")
+    assert first.last_report.files_read == 1
+    second = Library([lora_dir], cache_dir=tmp_path / "c")
+    assert second.last_report.files_read == 0
+    assert second.entries == first.entries

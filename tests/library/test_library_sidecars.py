@@ -1,0 +1,79 @@
+"""A1111's `<stem>.json`: written compatibly, unknown keys kept, bad values refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from loraprompt.errors import LoraPromptError
+from loraprompt.library import Library
+
+from .conftest import write_lora
+
+
+@pytest.fixture
+def lib(lora_dir: Path, tmp_path: Path) -> Library:
+    write_lora(lora_dir / "sub" / "a.safetensors")
+    return Library([lora_dir], cache_dir=tmp_path / "c")
+
+
+def test_write_keeps_unknown_keys_and_a1111_format(lib: Library, lora_dir: Path) -> None:
+    side = lora_dir / "sub" / "a.json"
+    side.write_text(json.dumps({"sha256": "abc", "modelId": 12, "notes": "old"}))
+    lib.refresh()
+    (entry,) = lib.entries
+    updated = lib.write_user_metadata(
+        entry, {"activation text": "cat, ねこ", "preferred weight": 0.8, "sd version": "SDXL", "favorite": True, "notes": None}
+    )
+    text = side.read_text(encoding="utf-8")
+    assert json.loads(text) == {"sha256": "abc", "modelId": 12, "activation text": "cat, ねこ",
+                                "preferred weight": 0.8, "sd version": "SDXL", "favorite": True}
+    assert "ねこ" in text and '\n    "sha256"' in text  # ensure_ascii=False, indent=4 like A1111
+    assert updated.family == "sdxl" and updated.favorite and updated.preferred_weight == 0.8
+    assert lib.entries[0].activation_text == "cat, ねこ"
+    assert not list(side.parent.glob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    ("updates", "message"),
+    [
+        ({"preferred weight": float("nan")}, "finite"),
+        ({"preferred weight": "1"}, "finite"),
+        ({"activation text": 3}, "text"),
+        ({"nsfw": "yes"}, "true or false"),
+        ({"other": {1, 2}}, "JSON"),
+    ],
+)
+def test_bad_values_refused_and_file_untouched(lib: Library, lora_dir: Path, updates: dict[str, object], message: str) -> None:
+    side = lora_dir / "sub" / "a.json"
+    side.write_text('{"notes": "keep"}')
+    with pytest.raises(LoraPromptError, match=message):
+        lib.write_user_metadata(lib.entries[0], updates)
+    assert side.read_text() == '{"notes": "keep"}'
+
+
+def test_existing_non_object_file_is_not_overwritten(lib: Library, lora_dir: Path) -> None:
+    side = lora_dir / "sub" / "a.json"
+    side.write_text("[1, 2")
+    with pytest.raises(LoraPromptError, match="not a JSON object"):
+        lib.write_user_metadata(lib.entries[0], {"notes": "x"})
+    assert side.read_text() == "[1, 2"
+
+
+def test_entry_from_another_library_refused(lib: Library, tmp_path: Path) -> None:
+    other = Library([write_lora(tmp_path / "Other" / "o.safetensors").parent], cache_dir=tmp_path / "c2")
+    with pytest.raises(LoraPromptError, match="not a file of this library"):
+        lib.write_user_metadata(other.entries[0], {"notes": "x"})
+    assert not (tmp_path / "Other" / "o.json").exists()
+
+
+def test_external_edit_seen_after_refresh(lib: Library, lora_dir: Path) -> None:
+    side = lora_dir / "sub" / "a.json"
+    side.write_text(json.dumps({"notes": "first"}))
+    lib.refresh()
+    assert lib.entries[0].user["notes"] == "first"
+    side.write_text(json.dumps({"notes": "second, longer"}))
+    lib.refresh()
+    assert lib.entries[0].user["notes"] == "second, longer"
