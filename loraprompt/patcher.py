@@ -167,8 +167,7 @@ class Patcher:
                 items.remove(entry)
                 continue
             report.diagnostics.extend(resolution.diagnostics)
-            te, unet = entry.strengths(step, total)
-            resolved.append((resolution, te, unet, entry.blocks))
+            resolved.append((resolution, *entry.strengths(step, total)))
         return build_plan(resolved)
 
     def _resolve(self, entry: PlanEntry) -> Resolution:

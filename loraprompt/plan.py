@@ -29,13 +29,16 @@ Key = tuple[str, str, str]
 Contribution = tuple["AdapterModule", tuple[int, int] | None, float]
 Plan = dict[Key, tuple[Contribution, ...]]
 StepFn = Callable[[int, int], float]
+BlockFn = Callable[[str, int, int], float]
+UnetFn = Callable[[str | None], float]
 
 
 @dataclass(frozen=True, eq=False)
 class PlanEntry:
-    """One adapter with its strengths; `te_at`/`unet_at` give them per sampling step
-    (step, total_steps) when scheduled, `blocks` are per-block UNet multipliers ("BASE", "IN04",
-    "M00", "OUT03", ...; BASE scales the text encoder)."""
+    """One adapter with its strengths. `te_at`/`unet_at` give them per sampling step
+    (step, total_steps) when scheduled; `blocks` are static per-block UNet multipliers ("BASE",
+    "IN04", "M00", "OUT03", ...; BASE scales the text encoder); `block_at(block, step, total)`,
+    when given, is the whole UNet strength of a block (lbw, in/mid/out groups) and wins."""
 
     adapter: Adapter
     te: float = 1.0
@@ -43,21 +46,27 @@ class PlanEntry:
     blocks: Mapping[str, float] | None = None
     te_at: StepFn | None = None
     unet_at: StepFn | None = None
+    block_at: BlockFn | None = None
     name: str | None = None
 
     @property
     def scheduled(self) -> bool:
         """True when the strengths depend on the sampling step."""
-        return self.te_at is not None or self.unet_at is not None
+        return self.te_at is not None or self.unet_at is not None or self.block_at is not None
 
-    def strengths(self, step: int | None = None, total: int | None = None) -> tuple[float, float]:
-        """(te, unet) at `step` of `total` steps; the static values when step is None."""
-        if step is None:
-            return self.te, self.unet
-        n = total if total is not None else step + 1
-        te = self.te_at(step, n) if self.te_at is not None else self.te
-        unet = self.unet_at(step, n) if self.unet_at is not None else self.unet
-        return te, unet
+    def strengths(self, step: int | None = None, total: int | None = None) -> tuple[float, UnetFn]:
+        """(te strength, block -> UNet strength) at `step` of `total` steps (static when None)."""
+        s, n = (0, 1) if step is None else (step, total if total is not None else step + 1)
+        te = self.te_at(s, n) if self.te_at is not None and step is not None else self.te
+        unet = self.unet_at(s, n) if self.unet_at is not None and step is not None else self.unet
+        blocks, block_at = self.blocks, self.block_at
+        if blocks:
+            te *= blocks.get("BASE", 1.0)
+        if block_at is not None:
+            return te, lambda block: unet if block is None else block_at(block, s, n)
+        if blocks:
+            return te, lambda block: unet * blocks.get(block, 1.0) if block else unet
+        return te, lambda block: unet
 
     @property
     def label(self) -> str:
@@ -175,19 +184,19 @@ def resolve_adapter(
     return Resolution(adapter, items, tuple(unmapped), diagnostics)
 
 
-def build_plan(
-    resolved: Iterable[tuple[Resolution, float, float, Mapping[str, float] | None]],
-) -> Plan:
-    """Group (resolution, te, unet, blocks) into weight key -> contributions, in entry order;
-    zero strengths contribute nothing."""
+def build_plan(resolved: Iterable[tuple[Resolution, float, UnetFn]]) -> Plan:
+    """Group (resolution, te strength, block -> UNet strength) into weight key -> contributions,
+    in entry order; zero strengths contribute nothing."""
     plan: dict[Key, list[Contribution]] = {}
-    for resolution, te, unet, blocks in resolved:
-        te_scale = te * (blocks.get("BASE", 1.0) if blocks else 1.0)
+    for resolution, te, unet_for in resolved:
+        per_block: dict[str | None, float] = {}
         for module, key, rows, block in resolution.items:
             if module.component == "unet":
-                strength = unet * (blocks.get(block, 1.0) if blocks and block else 1.0)
+                strength = per_block.get(block)
+                if strength is None:
+                    strength = per_block[block] = unet_for(block)
             else:
-                strength = te_scale
+                strength = te
             if strength != 0.0:
                 plan.setdefault(key, []).append((module, rows, strength))
     return {key: tuple(contribs) for key, contribs in plan.items()}
