@@ -1,0 +1,223 @@
+"""Safe file handling for the tools: guarded outputs, atomic streaming safetensors writes, progress."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from safetensors import SafetensorError
+
+from loraprompt.errors import AdapterFileError, ToolError
+
+RECIPE_KEY = "loraprompt_recipe"
+_READ_ERRORS = (OSError, ValueError, RuntimeError, SafetensorError)
+
+_DTYPES: dict[torch.dtype, str] = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+for _name, _code in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2")):
+    if hasattr(torch, _name):
+        _DTYPES[getattr(torch, _name)] = _code
+
+OUTPUT_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def parse_dtype(name: str | None) -> torch.dtype | None:
+    """`fp32`/`fp16`/`bf16` (or None: keep each tensor's dtype) as a torch dtype."""
+    if name is None:
+        return None
+    if name not in OUTPUT_DTYPES:
+        raise ToolError(f"unknown dtype {name!r}; choose one of {', '.join(OUTPUT_DTYPES)}")
+    return OUTPUT_DTYPES[name]
+
+
+def check_output(output: str | Path, inputs: Iterable[str | Path], force: bool) -> Path:
+    """Refuse to write over an input, or over an existing output unless `force`."""
+    out = Path(output)
+    for src in inputs:
+        src_path = Path(src)
+        if out.exists() and src_path.exists() and os.path.samefile(out, src_path):
+            raise ToolError(f"{out}: refusing to overwrite the input {src_path}")
+        if out.resolve() == src_path.resolve():
+            raise ToolError(f"{out}: refusing to overwrite the input {src_path}")
+    if out.exists() and not force:
+        raise ToolError(f"{out}: output exists; pass --force (force=True) to replace it")
+    if not out.parent.exists():
+        raise ToolError(f"{out}: folder {out.parent} does not exist")
+    return out
+
+
+def recipe_metadata(tool: str, **fields: Any) -> dict[str, str]:
+    """The recipe of a tool run, as one safetensors metadata entry."""
+    from loraprompt import __version__
+
+    recipe = {"tool": tool, "loraprompt": __version__, **fields}
+    return {RECIPE_KEY: json.dumps(recipe, sort_keys=True, default=str)}
+
+
+def _input_name(path: str | Path) -> str:
+    return Path(path).name
+
+
+def describe_inputs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """Name and size of each input, for the recipe."""
+    return [{"file": _input_name(p), "size": Path(p).stat().st_size} for p in paths]
+
+
+@contextmanager
+def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
+    """A temporary path beside `final`, renamed onto it on success and removed on any failure."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f"{suffix}.tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def dtype_code(dtype: torch.dtype) -> str:
+    """The safetensors dtype code of a torch dtype."""
+    if dtype not in _DTYPES:
+        raise ToolError(f"dtype {dtype} cannot be stored in safetensors")
+    return _DTYPES[dtype]
+
+
+class StreamingWriter:
+    """Writes a safetensors file one tensor at a time: the header is fixed up front from the specs."""
+
+    def __init__(self, handle: IO[bytes], specs: Sequence[tuple[str, torch.dtype, tuple[int, ...]]],
+                 metadata: dict[str, str] | None = None) -> None:
+        self._handle = handle
+        self._order = [name for name, _, _ in specs]
+        self._specs = {name: (dtype, tuple(shape)) for name, dtype, shape in specs}
+        if len(self._specs) != len(self._order):
+            raise ToolError("duplicate tensor names in output")
+        header: dict[str, Any] = {}
+        if metadata:
+            header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+        offset = 0
+        for name, dtype, shape in specs:
+            size = dtype.itemsize * _numel(shape)
+            header[name] = {"dtype": dtype_code(dtype), "shape": list(shape), "data_offsets": [offset, offset + size]}
+            offset += size
+        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        raw += b" " * (-len(raw) % 8)
+        handle.write(len(raw).to_bytes(8, "little"))
+        handle.write(raw)
+        self._next = 0
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Write the next tensor; names must come in the order of the specs, with their dtype/shape."""
+        if self._next >= len(self._order) or self._order[self._next] != name:
+            raise ToolError(f"internal: tensor {name!r} written out of order")
+        dtype, shape = self._specs[name]
+        if tensor.dtype != dtype or tuple(tensor.shape) != shape:
+            raise ToolError(f"internal: tensor {name!r} is {tensor.dtype}{list(tensor.shape)}, "
+                            f"declared {dtype}{list(shape)}")
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        if flat.numel():
+            self._handle.write(flat.view(torch.uint8).numpy().data)
+        self._next += 1
+
+    def close(self) -> None:
+        """Check that every declared tensor was written."""
+        if self._next != len(self._order):
+            raise ToolError(f"internal: {len(self._order) - self._next} tensors were never written")
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> None:
+    """Write small tensors (a LoRA) atomically, in the given key order."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        writer = StreamingWriter(handle, [(k, t.dtype, tuple(t.shape)) for k, t in tensors.items()], metadata)
+        for key, tensor in tensors.items():
+            writer.write(key, tensor)
+        writer.close()
+
+
+def read_header(path: str | Path) -> tuple[dict[str, tuple[torch.dtype, tuple[int, ...]]], dict[str, str]]:
+    """Tensor dtypes/shapes and metadata of a safetensors file, without reading tensor data."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            specs = {}
+            for key in f.keys():
+                sl = f.get_slice(key)
+                specs[key] = (_torch_dtype(sl.get_dtype(), path, key), tuple(sl.get_shape()))
+    except _READ_ERRORS as exc:
+        raise AdapterFileError(path, f"not a readable safetensors file ({exc})") from exc
+    return specs, metadata
+
+
+_FROM_CODE = {code: dtype for dtype, code in _DTYPES.items()}
+
+
+def _torch_dtype(code: str, path: str | Path, key: str) -> torch.dtype:
+    if code not in _FROM_CODE:
+        raise AdapterFileError(path, f"unsupported dtype {code}", key=key)
+    return _FROM_CODE[code]
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors and metadata of a small safetensors file (a LoRA), in file key order."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except _READ_ERRORS as exc:
+        raise AdapterFileError(path, f"not a readable safetensors file ({exc})") from exc
+
+
+class Progress:
+    """A minimal progress bar on stderr (silent when disabled or not a terminal-like stream)."""
+
+    def __init__(self, total: int, label: str, enabled: bool = True) -> None:
+        self.total = max(total, 1)
+        self.label = label
+        self.enabled = enabled
+        self.done = 0
+        self._last = -1
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        pct = min(100, self.done * 100 // self.total)
+        if pct != self._last:
+            self._last = pct
+            bar = "#" * (pct // 4)
+            sys.stderr.write(f"\r{self.label} [{bar:<25}] {pct:3d}%")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self._last >= 0:
+            sys.stderr.write("\n")
+            sys.stderr.flush()

@@ -1,0 +1,164 @@
+"""Plain LoRA factors (down, up, alpha, optional CP mid) read losslessly from kohya or PEFT files."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from loraprompt.errors import AdapterFileError
+from loraprompt.tools.io import RECIPE_KEY, load_tensors
+
+PEFT_METADATA_KEY = "lora_adapter_metadata"
+KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder",
+                  "lora_te2_": "text_encoder_2"}
+PEFT_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+_KOHYA_PARTS = {"lora_down.weight": "down", "lora_up.weight": "up", "lora_mid.weight": "mid", "alpha": "alpha"}
+_PEFT_PARTS = {"lora_A.weight": "down", "lora_B.weight": "up"}
+
+
+@dataclass(eq=False)
+class LoraFactors:
+    """One LoRA module: ΔW = (alpha / rank) · up @ down (through `mid` for CP/Tucker convs)."""
+
+    component: str
+    path: str  # kohya spelling: dots of the module name turned into "_"
+    down: Tensor
+    up: Tensor
+    alpha: float | None = None  # None: alpha = rank (scale 1)
+    mid: Tensor | None = None
+    dotted: str | None = None  # the module name with its dots, when the file spelled it
+
+    @property
+    def key(self) -> str:
+        return f"{self.component}/{self.path}"
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+    @property
+    def scale(self) -> float:
+        return 1.0 if self.alpha is None else float(self.alpha) / self.rank
+
+    def delta(self) -> Tensor:
+        """ΔW in float32, shaped (out, in) for linear or (out, in, kh, kw) for conv."""
+        up = self.up.float().reshape(self.up.shape[0], -1)
+        if self.mid is not None:
+            down = self.down.float().reshape(self.down.shape[0], -1)
+            full = torch.einsum("ijkl,oi,jn->onkl", self.mid.float(), up, down)
+            return full * self.scale
+        down = self.down.float()
+        out = up @ down.reshape(down.shape[0], -1)
+        return (out * self.scale).reshape(up.shape[0], *down.shape[1:])
+
+
+@dataclass(eq=False)
+class LoraSet:
+    """The plain LoRA modules of one file, with its metadata and layout."""
+
+    path: str
+    format: str  # "kohya" or "peft"
+    modules: dict[str, LoraFactors]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        first = next(iter(self.modules.values()), None)
+        return torch.float32 if first is None else first.down.dtype
+
+    def user_metadata(self) -> dict[str, str]:
+        """Metadata minus what a layout or a previous tool run wrote."""
+        return {k: v for k, v in self.metadata.items() if k not in (PEFT_METADATA_KEY, RECIPE_KEY)}
+
+
+def read_lora(path: str | Path) -> LoraSet:
+    """Read a kohya or PEFT/diffusers LoRA file exactly as stored; AdapterFileError otherwise."""
+    tensors, metadata = load_tensors(path)
+    if not tensors:
+        raise AdapterFileError(path, "file holds no tensors")
+    if any(k.startswith("lora_") for k in tensors):
+        return LoraSet(str(path), "kohya", _read_kohya(path, tensors), metadata)
+    return LoraSet(str(path), "peft", _read_peft(path, tensors, metadata), metadata)
+
+
+def _read_kohya(path: str | Path, tensors: Mapping[str, Tensor]) -> dict[str, LoraFactors]:
+    groups: dict[tuple[str, str], dict[str, Tensor]] = {}
+    for key, tensor in tensors.items():
+        prefix = next((p for p in KOHYA_PREFIXES if key.startswith(p)), None)
+        name, _, part = key.partition(".")
+        if prefix is None or part not in _KOHYA_PARTS:
+            raise AdapterFileError(path, "not a plain kohya LoRA key (LyCORIS and other algorithms "
+                                         "are merged into checkpoints, not converted)", key=key)
+        groups.setdefault((KOHYA_PREFIXES[prefix], name[len(prefix):]), {})[_KOHYA_PARTS[part]] = tensor
+    modules = {}
+    for (component, mpath), parts in groups.items():
+        factors = _factors(path, f"{component}/{mpath}", component, mpath, parts)
+        modules[factors.key] = factors
+    return modules
+
+
+def _read_peft(path: str | Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, str]) -> dict[str, LoraFactors]:
+    config = _peft_config(path, metadata)
+    groups: dict[tuple[str, str], dict[str, Tensor]] = {}
+    for key, tensor in tensors.items():
+        component, _, rest = key.partition(".")
+        part = next((p for p in _PEFT_PARTS if rest.endswith("." + p)), None)
+        if component not in PEFT_COMPONENTS or part is None:
+            raise AdapterFileError(path, "not a plain LoRA key (expected unet./text_encoder./text_encoder_2. "
+                                         "with .lora_A.weight or .lora_B.weight)", key=key)
+        groups.setdefault((component, rest[: -len(part) - 1]), {})[_PEFT_PARTS[part]] = tensor
+    modules = {}
+    for (component, dotted), parts in groups.items():
+        alpha = _peft_alpha(config.get(component), dotted)
+        if alpha is not None:
+            parts["alpha"] = torch.tensor(alpha)
+        factors = _factors(path, f"{component}.{dotted}", component, dotted.replace(".", "_"), parts)
+        factors.dotted = dotted
+        modules[factors.key] = factors
+    return modules
+
+
+def _factors(path: str | Path, where: str, component: str, mpath: str, parts: Mapping[str, Tensor]) -> LoraFactors:
+    if "down" not in parts or "up" not in parts:
+        missing = "down" if "down" not in parts else "up"
+        raise AdapterFileError(path, f"LoRA module has no {missing} tensor", key=where)
+    down, up = parts["down"], parts["up"]
+    if down.dim() not in (2, 4) or up.dim() != down.dim() or up.shape[1] != down.shape[0]:
+        raise AdapterFileError(path, f"up {list(up.shape)} and down {list(down.shape)} do not fit", key=where)
+    alpha = parts.get("alpha")
+    return LoraFactors(component, mpath, down, up, None if alpha is None else float(alpha.float().item()),
+                       parts.get("mid"))
+
+
+def _peft_config(path: str | Path, metadata: Mapping[str, str]) -> dict[str, dict[str, object]]:
+    raw = metadata.get(PEFT_METADATA_KEY)
+    if not raw:
+        return {}
+    try:
+        flat = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise AdapterFileError(path, f"metadata {PEFT_METADATA_KEY} is not JSON ({exc})") from exc
+    config: dict[str, dict[str, object]] = {}
+    for key, value in flat.items():
+        component, _, field_name = key.partition(".")
+        config.setdefault(component, {})[field_name] = value
+    return config
+
+
+def _peft_alpha(config: Mapping[str, object] | None, dotted: str) -> float | None:
+    """A module's lora_alpha under PEFT's rules: alpha_pattern (suffix regex) beats lora_alpha."""
+    if not config:
+        return None
+    pattern = config.get("alpha_pattern") or {}
+    assert isinstance(pattern, dict)
+    for key, value in pattern.items():
+        if re.match(rf"(.*\.)?({key})$", dotted):
+            return float(value)
+    alpha = config.get("lora_alpha")
+    return None if alpha is None else float(alpha)  # type: ignore[arg-type]

@@ -1,0 +1,82 @@
+"""Merge several LoRAs into one: exactly (ranks concatenated) or by SVD to a target rank."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from loraprompt.errors import ToolError
+from loraprompt.tools.io import Progress, check_output, describe_inputs, parse_dtype, recipe_metadata
+from loraprompt.tools.lora import LoraFactors, LoraSet, read_lora
+from loraprompt.tools.svd import RankTarget, factorise
+from loraprompt.tools.writer import write_lora
+
+
+@dataclass(frozen=True)
+class LoraMergeReport:
+    """What a LoRA merge produced: module count and the smallest kept-norm fraction (1.0 when exact)."""
+
+    output: Path
+    modules: int
+    min_kept: float
+
+
+def _concat(key: str, parts: Sequence[tuple[LoraFactors, float]], dtype: torch.dtype) -> LoraFactors:
+    """Exact merge: up = [w1·s1·up1 | w2·s2·up2 …], down = [down1; down2 …], alpha = rank (scale 1)."""
+    if any(m.mid is not None for m, _ in parts):
+        raise ToolError(f"{key}: CP/Tucker (lora_mid) modules cannot be concatenated; use a target rank")
+    ups = [m.up.float() * (w * m.scale) for m, w in parts]
+    downs = [m.down.float() for m, _ in parts]
+    if len({tuple(d.shape[1:]) for d in downs}) != 1 or len({u.shape[0] for u in ups}) != 1:
+        shapes = sorted({(u.shape[0], *d.shape[1:]) for u, d in zip(ups, downs)})
+        raise ToolError(f"{key}: inputs target different shapes {shapes}")
+    first = parts[0][0]
+    down = torch.cat(downs, 0).to(dtype)
+    return LoraFactors(first.component, first.path, down, torch.cat(ups, 1).to(dtype), None, None, first.dotted)
+
+
+def _svd(key: str, parts: Sequence[tuple[LoraFactors, float]], target: RankTarget,
+         dtype: torch.dtype) -> tuple[LoraFactors, float]:
+    deltas = [m.delta() * w for m, w in parts]
+    if len({tuple(d.shape) for d in deltas}) != 1:
+        raise ToolError(f"{key}: inputs target different shapes {sorted({tuple(d.shape) for d in deltas})}")
+    fact = factorise(torch.stack(deltas).sum(0), target)
+    first = parts[0][0]
+    return LoraFactors(first.component, first.path, fact.down.to(dtype), fact.up.to(dtype), None, None,
+                       first.dotted), fact.kept
+
+
+def merge_loras(sources: Sequence[str | Path], weights: Sequence[float], output: str | Path, *,
+                target: RankTarget | None = None, fmt: str | None = None, dtype: str | None = None,
+                force: bool = False, progress: bool = False) -> LoraMergeReport:
+    """Σ weight_i · ΔW_i as one LoRA: exact when `target` is None, else SVD to the target rank."""
+    if not sources:
+        raise ToolError("no LoRAs to merge")
+    if len(weights) != len(sources):
+        raise ToolError(f"{len(sources)} LoRAs but {len(weights)} weights")
+    out = check_output(output, sources, force)
+    loras: list[LoraSet] = [read_lora(s) for s in sources]
+    out_dtype = parse_dtype(dtype) or loras[0].dtype
+    grouped: dict[str, list[tuple[LoraFactors, float]]] = {}
+    for lora, weight in zip(loras, weights):
+        for key, module in lora.modules.items():
+            grouped.setdefault(key, []).append((module, float(weight)))
+    merged, min_kept = [], 1.0
+    bar = Progress(len(grouped), "merge", progress)
+    for key, parts in grouped.items():
+        if target is None:
+            merged.append(_concat(key, parts, out_dtype))
+        else:
+            module, kept = _svd(key, parts, target, out_dtype)
+            merged.append(module)
+            min_kept = min(min_kept, kept)
+        bar.update()
+    bar.close()
+    metadata = recipe_metadata("merge-loras", inputs=describe_inputs(sources), weights=list(weights),
+                               rank=None if target is None else target.rank,
+                               energy=None if target is None else target.energy)
+    write_lora(out, merged, fmt or loras[0].format, metadata)
+    return LoraMergeReport(out, len(merged), min_kept)

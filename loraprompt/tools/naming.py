@@ -1,0 +1,35 @@
+"""Kohya's underscored module paths back to dotted diffusers/transformers module names."""
+
+from __future__ import annotations
+
+from loraprompt.errors import ToolError
+
+# Module-name segments that themselves contain "_" (diffusers UNet and transformers CLIP).
+_SEGMENTS = sorted(
+    {
+        "down_blocks", "up_blocks", "mid_block", "transformer_blocks", "to_q", "to_k", "to_v", "to_out",
+        "proj_in", "proj_out", "conv_in", "conv_out", "conv_norm_out", "conv_shortcut", "time_emb_proj",
+        "time_embedding", "linear_1", "linear_2", "add_embedding", "add_k_proj", "add_v_proj",
+        "text_model", "self_attn", "q_proj", "k_proj", "v_proj", "out_proj", "layer_norm1", "layer_norm2",
+        "final_layer_norm", "token_embedding", "position_embedding", "text_projection", "class_embedding",
+    },
+    key=len,
+    reverse=True,
+)
+_SGM_MARKERS = ("input_blocks_", "middle_block_", "output_blocks_")
+
+
+def dotted_name(component: str, path: str) -> str:
+    """`down_blocks_0_attentions_0_proj_in` -> `down_blocks.0.attentions.0.proj_in`."""
+    if component == "unet" and path.startswith((*_SGM_MARKERS, "diffusion_model_")):
+        raise ToolError(f"{component}/{path}: LDM/SGM-named UNet module; diffusers/PEFT files need "
+                        "diffusers block names (convert from a diffusers-named kohya file)")
+    out: list[str] = []
+    rest = path
+    while rest:
+        seg = next((s for s in _SEGMENTS if rest == s or rest.startswith(s + "_")), None)
+        if seg is None:
+            seg, _, _ = rest.partition("_")
+        out.append(seg)
+        rest = rest[len(seg) + 1:]
+    return ".".join(out)

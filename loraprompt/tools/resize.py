@@ -1,0 +1,69 @@
+"""Change a LoRA's rank by SVD, reporting how much of each module's norm is kept."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from loraprompt.tools.io import Progress, check_output, describe_inputs, parse_dtype, recipe_metadata
+from loraprompt.tools.lora import LoraFactors, read_lora
+from loraprompt.tools.svd import RankTarget, factorise
+from loraprompt.tools.writer import write_lora
+
+
+@dataclass(frozen=True)
+class ModuleResize:
+    """One module: rank before and after, and the fraction of ‖ΔW‖_F kept."""
+
+    key: str
+    old_rank: int
+    new_rank: int
+    kept: float
+
+
+@dataclass(frozen=True)
+class ResizeReport:
+    """Per-module results of a resize."""
+
+    output: Path
+    modules: list[ModuleResize] = field(default_factory=list)
+
+    @property
+    def min_kept(self) -> float:
+        return min((m.kept for m in self.modules), default=1.0)
+
+
+def resize_factors(module: LoraFactors, target: RankTarget, dtype: torch.dtype) -> tuple[LoraFactors, float]:
+    """The module refactorised at the target rank, keeping its alpha/rank scale, and the kept norm."""
+    scale = module.scale
+    fact = factorise(module.delta() / scale, target)
+    new_rank = int(fact.down.shape[0])
+    alpha = None if module.alpha is None else scale * new_rank
+    resized = LoraFactors(module.component, module.path, fact.down.to(dtype), fact.up.to(dtype), alpha,
+                          None, module.dotted)
+    return resized, fact.kept
+
+
+def resize_lora(source: str | Path, output: str | Path, target: RankTarget, *, fmt: str | None = None,
+                dtype: str | None = None, force: bool = False, progress: bool = False) -> ResizeReport:
+    """Write `source` at a new rank (fixed, or by energy), in its own layout unless `fmt` is given."""
+    out = check_output(output, [source], force)
+    lora = read_lora(source)
+    out_dtype = parse_dtype(dtype) or lora.dtype
+    report = ResizeReport(out)
+    resized = []
+    bar = Progress(len(lora.modules), "resize", progress)
+    for module in lora.modules.values():
+        new, kept = resize_factors(module, target, out_dtype)
+        resized.append(new)
+        report.modules.append(ModuleResize(module.key, module.rank, new.rank, kept))
+        bar.update()
+    bar.close()
+    metadata = {**lora.user_metadata(),
+                **recipe_metadata("resize", inputs=describe_inputs([source]), rank=target.rank,
+                                  energy=target.energy, conv_rank=target.conv_rank,
+                                  min_kept=round(report.min_kept, 6))}
+    write_lora(out, resized, fmt or lora.format, metadata)
+    return report

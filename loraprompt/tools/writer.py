@@ -1,0 +1,76 @@
+"""Our own LoRA writers: kohya (`lora_unet_…`) and PEFT/diffusers (`unet.….lora_A.weight`)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from loraprompt.errors import ToolError
+from loraprompt.tools.io import save_tensors
+from loraprompt.tools.lora import PEFT_METADATA_KEY, LoraFactors
+from loraprompt.tools.naming import dotted_name
+
+FORMATS = ("kohya", "peft")
+
+
+def kohya_tensors(modules: Iterable[LoraFactors]) -> dict[str, Tensor]:
+    """kohya keys: lora_unet_/lora_te_ (lora_te1_/lora_te2_ when a second text encoder is present)."""
+    mods = list(modules)
+    two_te = any(m.component == "text_encoder_2" for m in mods)
+    prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te1_" if two_te else "lora_te_",
+                "text_encoder_2": "lora_te2_"}
+    out: dict[str, Tensor] = {}
+    for m in mods:
+        name = prefixes[m.component] + m.path
+        out[f"{name}.alpha"] = torch.tensor(float(m.rank if m.alpha is None else m.alpha), dtype=m.down.dtype)
+        out[f"{name}.lora_down.weight"] = m.down
+        if m.mid is not None:
+            out[f"{name}.lora_mid.weight"] = m.mid
+        out[f"{name}.lora_up.weight"] = m.up
+    return out
+
+
+def peft_tensors(modules: Iterable[LoraFactors]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """PEFT keys and the `lora_adapter_metadata` header entry (r, lora_alpha and their patterns)."""
+    out: dict[str, Tensor] = {}
+    per_component: dict[str, list[tuple[str, int, float]]] = {}
+    for m in modules:
+        if m.mid is not None:
+            raise ToolError(f"{m.key}: CP/Tucker (lora_mid) modules have no PEFT form")
+        dotted = m.dotted or dotted_name(m.component, m.path)
+        out[f"{m.component}.{dotted}.lora_A.weight"] = m.down
+        out[f"{m.component}.{dotted}.lora_B.weight"] = m.up
+        alpha = float(m.rank if m.alpha is None else m.alpha)
+        per_component.setdefault(m.component, []).append((dotted, m.rank, alpha))
+    config: dict[str, object] = {}
+    for component, rows in per_component.items():
+        r = Counter(rank for _, rank, _ in rows).most_common(1)[0][0]
+        lora_alpha = Counter(alpha for _, _, alpha in rows).most_common(1)[0][0]
+        config[f"{component}.r"] = r
+        config[f"{component}.lora_alpha"] = _number(lora_alpha)
+        config[f"{component}.rank_pattern"] = {d: rank for d, rank, _ in rows if rank != r}
+        config[f"{component}.alpha_pattern"] = {d: _number(a) for d, _, a in rows if a != lora_alpha}
+        config[f"{component}.target_modules"] = sorted(d for d, _, _ in rows)
+        config[f"{component}.use_dora"] = False
+        config[f"{component}.lora_bias"] = False
+    return out, {PEFT_METADATA_KEY: json.dumps(config, indent=2, sort_keys=True)}
+
+
+def _number(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else value
+
+
+def write_lora(path: Path, modules: Iterable[LoraFactors], fmt: str, metadata: dict[str, str]) -> None:
+    """Write LoRA modules atomically in `fmt` ("kohya" or "peft") with the given metadata."""
+    if fmt == "kohya":
+        save_tensors(path, kohya_tensors(modules), metadata)
+    elif fmt == "peft":
+        tensors, extra = peft_tensors(modules)
+        save_tensors(path, tensors, {**metadata, **extra})
+    else:
+        raise ToolError(f"unknown LoRA format {fmt!r}; choose one of {', '.join(FORMATS)}")

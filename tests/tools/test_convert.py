@@ -1,0 +1,97 @@
+"""convert: kohya <-> PEFT, bit-exact round trips, files the real loaders accept."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
+from safetensors import safe_open
+
+from loraprompt.errors import ToolError
+from loraprompt.tools.convert import convert_lora
+from loraprompt.tools.io import RECIPE_KEY, load_tensors
+from tests.fixtures.models import tiny_sd1
+
+
+def _fuse(state_dict: dict[str, torch.Tensor], metadata: dict | None) -> dict[str, torch.Tensor]:
+    """Load a diffusers-layout LoRA into fresh tiny SD1 models with diffusers, fuse it, return the weights."""
+    models = tiny_sd1(seed=0)
+    unet_sd = {k[len("unet."):]: v for k, v in state_dict.items() if k.startswith("unet.")}
+    StableDiffusionLoraLoaderMixin.load_lora_into_unet(
+        {f"unet.{k}": v for k, v in unet_sd.items()}, None, models["unet"],
+        metadata=metadata)
+    models["unet"].fuse_lora()
+    models["unet"].unload_lora()
+    return {k: v.clone() for k, v in models["unet"].state_dict().items()}
+
+
+def _meta(path: Path) -> dict[str, str]:
+    with safe_open(str(path), "pt") as f:
+        return dict(f.metadata() or {})
+
+
+def test_kohya_peft_kohya_round_trip_is_bit_exact(tmp_path: Path, kohya_file: Path) -> None:
+    peft = convert_lora(kohya_file, tmp_path / "peft.safetensors", "peft").output
+    back = convert_lora(peft, tmp_path / "back.safetensors", "kohya").output
+    original, original_meta = load_tensors(kohya_file)
+    again, again_meta = load_tensors(back)
+    assert sorted(original) == sorted(again)
+    for key, tensor in original.items():
+        assert again[key].dtype == tensor.dtype and torch.equal(again[key], tensor), key
+    again_meta.pop(RECIPE_KEY)
+    assert again_meta == original_meta
+
+
+def test_diffusers_file_round_trips_through_kohya(tmp_path: Path, diffusers_file: Path) -> None:
+    kohya = convert_lora(diffusers_file, tmp_path / "k.safetensors", "kohya").output
+    back = convert_lora(kohya, tmp_path / "p.safetensors", "peft").output
+    original, _ = load_tensors(diffusers_file)
+    again, meta = load_tensors(back)
+    assert sorted(original) == sorted(again)
+    assert all(torch.equal(original[k], again[k]) for k in original)
+    config = json.loads(meta["lora_adapter_metadata"])
+    assert config["unet.lora_alpha"] == 8 and config["unet.r"] == 4
+    assert json.loads(meta[RECIPE_KEY])["tool"] == "convert"
+
+
+def test_peft_output_loads_in_diffusers_with_the_same_delta(tmp_path: Path, diffusers_file: Path) -> None:
+    """diffusers fuses our PEFT file (converted from kohya) exactly like the file diffusers wrote."""
+    kohya = convert_lora(diffusers_file, tmp_path / "k.safetensors", "kohya").output
+    ours = convert_lora(kohya, tmp_path / "ours.safetensors", "peft").output
+    ref_sd, ref_meta = load_tensors(diffusers_file)
+    our_sd, our_meta = load_tensors(ours)
+    reference = _fuse(ref_sd, json.loads(ref_meta["lora_adapter_metadata"]))
+    fused = _fuse(our_sd, json.loads(our_meta["lora_adapter_metadata"]))
+    base = tiny_sd1(seed=0)["unet"].state_dict()
+    changed = [k for k in reference if not torch.equal(reference[k], base[k])]
+    assert len(changed) > 50
+    for key in reference:
+        assert torch.equal(fused[key], reference[key]), key
+
+
+def test_existing_output_needs_force(tmp_path: Path, kohya_file: Path) -> None:
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(b"keep me")
+    with pytest.raises(ToolError, match="--force"):
+        convert_lora(kohya_file, out, "peft")
+    assert out.read_bytes() == b"keep me"
+    convert_lora(kohya_file, out, "peft", force=True)
+    assert "lora_adapter_metadata" in _meta(out)
+
+
+def test_refuses_to_overwrite_its_input_even_with_force(kohya_file: Path) -> None:
+    with pytest.raises(ToolError, match="input"):
+        convert_lora(kohya_file, kohya_file, "kohya", force=True)
+
+
+def test_bad_input_leaves_no_output(tmp_path: Path) -> None:
+    from loraprompt.errors import AdapterFileError
+
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    with pytest.raises(AdapterFileError, match=r"bad\.safetensors"):
+        convert_lora(bad, tmp_path / "out.safetensors", "peft")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.safetensors"]
