@@ -1,18 +1,39 @@
 """Key maps: which module of the loaded model an adapter module's `path` targets.
 
 Contract (used by the patcher, the tools and the A1111 glue):
-    keymap = build_keymap(component, module_names)   # names from torch_module.named_modules()
-    target = keymap.lookup(path)                     # Target | None
+    keymap = build_keymap(component, module_names, param_shapes)  # names from named_modules()
+    keymap = keymap_for_module(component, torch_module)            # the same, from the module
+    target = keymap.lookup(path)                                   # Target | None
 
-The first version below matches a path only against the model's own names spelled kohya-style;
-the formats work replaces it with literal tables (diffusers <-> LDM/SGM, transformers 4/5,
-OpenCLIP) plus one generator.
+Roots expected per component (names relative to the module handed over; a longer root such as
+`model.diffusion_model.` or `transformer.` is detected and stripped for matching):
+- "unet": a diffusers `UNet2DConditionModel` (`down_blocks.…`), or A1111's
+  `sd_model.model.diffusion_model` (LDM/SGM: `input_blocks.…`, `middle_block.…`, `output_blocks.…`).
+- "text_encoder": a transformers `CLIPTextModel` (4.x `text_model.encoder…` or 5.x `encoder…`),
+  A1111's `cond_stage_model.transformer` (SD1) / `conditioner.embedders.0.transformer` (SDXL), or
+  the OpenCLIP model A1111 uses for SD2: `cond_stage_model.model` (`transformer.resblocks.N…`).
+- "text_encoder_2": `CLIPTextModelWithProjection`, or A1111's `conditioner.embedders.1.model`.
+Every module is reachable under the model's own name (kohya spelling: dots as underscores) and
+under its counterpart in the other naming (diffusers <-> LDM/SGM, transformers 4 <-> 5,
+transformers <-> OpenCLIP, where q/k/v become row slices of `in_proj_weight`). `param_shapes`
+("module.param" -> shape) is needed for those row slices and for family detection.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from loraprompt.keymaps import clip, unet
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# anchors that locate the component's root inside a longer module name, per naming
+_ANCHORS = ("input_blocks.", "down_blocks.", "text_model.encoder.", "transformer.resblocks.", "encoder.layers.")
+# prefixes a file may put in front of a path (A1111 internal names)
+_PATH_PREFIXES = ("diffusion_model_", "model_diffusion_model_", "transformer_", "model_", "0_", "1_")
 
 
 @dataclass(frozen=True)
@@ -29,13 +50,122 @@ class Target:
 
 @dataclass(frozen=True)
 class KeyMap:
+    """Alias (kohya-spelled path) -> Target for one component of the loaded model."""
+
     component: str
     targets: dict[str, Target]
+    family: str | None = None
+    root: str = ""
+    ambiguous: tuple[str, ...] = ()
 
     def lookup(self, path: str) -> Target | None:
-        return self.targets.get(path)
+        """The target of a file's module path, or None when the loaded model has no such module."""
+        found = self.targets.get(path)
+        if found is not None:
+            return found
+        for prefix in _PATH_PREFIXES:
+            if path.startswith(prefix):
+                found = self.targets.get(path[len(prefix) :])
+                if found is not None:
+                    return found
+        return None
+
+    def modules(self) -> set[str]:
+        return {t.module for t in self.targets.values()}
 
 
-def build_keymap(component: str, module_names: Iterable[str]) -> KeyMap:
-    targets = {name.replace(".", "_"): Target(name) for name in module_names if name}
-    return KeyMap(component, targets)
+def _kohya(name: str) -> str:
+    return name.replace(".", "_")
+
+
+def _root(names: Sequence[str]) -> str:
+    for anchor in _ANCHORS:
+        for n in names:
+            i = n.find(anchor)
+            if i == 0 or (i > 0 and n[i - 1] == "."):
+                return n[:i]
+    return ""
+
+
+def _unet_aliases(rel: str, up_attn: set[int]) -> list[str]:
+    other = unet.to_ldm(rel, up_attn) if not rel.startswith(("input_blocks", "middle_block", "output_blocks")) else unet.to_diffusers(rel)
+    if other is None and rel in unet.TOP_LEVEL_LDM:
+        other = unet.TOP_LEVEL_LDM[rel]
+    return [rel] if other is None else [rel, other]
+
+
+def _text_aliases(rel: str, full: str, shapes: Mapping[str, Sequence[int]], openclip: bool) -> list[tuple[str, Target]]:
+    own = not shapes or f"{full}.weight" in shapes
+    out: list[tuple[str, Target]] = [(rel, Target(full))] if own else []
+    if openclip:
+        fused = shapes.get(f"{full}.in_proj_weight")
+        for hf, slot in clip.openclip_aliases(rel):
+            if slot is None:
+                target = Target(full)
+            elif fused is None:
+                continue
+            else:
+                width = fused[0] // 3
+                i = clip.QKV.index(slot)
+                target = Target(full, "in_proj_weight", (i * width, (i + 1) * width))
+            out += [(hf, target), (hf.removeprefix("text_model."), target)]
+        return out
+    canonical = clip.hf_canonical(rel)
+    if canonical is not None:
+        out += [(canonical, Target(full)), (canonical.removeprefix("text_model."), Target(full))]
+    return out
+
+
+def build_keymap(component: str, module_names: Iterable[str], param_shapes: Mapping[str, Sequence[int]] | None = None) -> KeyMap:
+    """Every alias a file may use for each module of one loaded component."""
+    from loraprompt.keymaps.family import model_family
+
+    names = [n for n in module_names if n]
+    shapes = dict(param_shapes or {})
+    owners = {k.rpartition(".")[0] for k in shapes}
+    root = _root(names)
+    rel_names = {n: n[len(root) :] for n in names if n.startswith(root) and len(n) > len(root)}
+    if shapes:
+        rel_names = {n: r for n, r in rel_names.items() if n in owners}
+    targets: dict[str, Target] = {}
+    ambiguous: set[str] = set()
+
+    def add(alias: str, target: Target) -> None:
+        key = _kohya(alias)
+        if targets.setdefault(key, target) != target:
+            ambiguous.add(key)
+
+    if component == "unet":
+        up_attn = unet.up_levels_with_attention(set(rel_names.values()))
+        for full, rel in rel_names.items():
+            for alias in _unet_aliases(rel, up_attn):
+                add(alias, Target(full))
+    else:
+        openclip = clip.is_openclip(set(rel_names.values()))
+        for full, rel in rel_names.items():
+            for alias, target in _text_aliases(rel, full, shapes, openclip):
+                add(alias, target)
+    for key in ambiguous:
+        del targets[key]
+    rel_shapes = {k[len(root) :]: v for k, v in shapes.items() if k.startswith(root)}
+    family = model_family(component, set(rel_names.values()), rel_shapes)
+    return KeyMap(component, targets, family, root, tuple(sorted(ambiguous)))
+
+
+def keymap_for_module(component: str, module: nn.Module) -> KeyMap:
+    """build_keymap from a torch module's own names and parameter shapes."""
+    names = [n for n, _ in module.named_modules()]
+    shapes = {n: tuple(p.shape) for n, p in module.named_parameters()}
+    return build_keymap(component, names, shapes)
+
+
+__all__ = ["KeyMap", "Target", "build_keymap", "check_family", "keymap_for_module", "map_adapter"]
+
+
+def __getattr__(name: str):  # type: ignore[no-untyped-def]
+    """The checking helpers live in `loraprompt.keymaps.check` (imported on first use)."""
+    if name in ("check_family", "map_adapter"):
+        from loraprompt.keymaps import check
+
+        return getattr(check, name)
+    raise AttributeError(f"module 'loraprompt.keymaps' has no attribute {name!r}")
