@@ -123,16 +123,19 @@ class Patcher:
                     self.restore()
 
     def sync(
-        self, entries: Iterable[Any], *, step: int | None = None, total_steps: int | None = None
+        self, entries: Iterable[Any], *, step: int | None = None, total_steps: int | None = None,
+        on_error: str | None = None,
     ) -> SyncReport:
         """Make the weights equal to base + exactly `entries` ((adapter, te, unet) tuples or
         PlanEntry), at `step` of `total_steps` for scheduled entries. Only changed weights are
-        written. Raises PatchError (the model as it was) when an adapter cannot apply."""
+        written. Raises PatchError (the model as it was) when an adapter cannot apply, unless
+        `on_error` (default: the patcher's) is "skip"."""
+        skip = (on_error or self.on_error) == "skip"
         with self.lock, torch.no_grad():
             report = SyncReport()
             items = [as_entry(e) for e in entries]
             while True:
-                plan = self._plan(items, step, total_steps, report)
+                plan = self._plan(items, step, total_steps, report, skip)
                 changed = [k for k in plan if plan[k] != self._applied.get(k)]
                 changed += [k for k in self._applied if k not in plan]
                 try:
@@ -142,7 +145,7 @@ class Patcher:
                     if entry is None:
                         raise
                     named = PatchError(f"{entry.label} ({entry.adapter.path}): {exc}")
-                    if self.on_error == "raise":
+                    if not skip:
                         raise named from exc
                     self._skip(entry, named, report)
                     items = [e for e in items if e is not entry]
@@ -154,14 +157,14 @@ class Patcher:
             return report
 
     def _plan(
-        self, items: list[PlanEntry], step: int | None, total: int | None, report: SyncReport
+        self, items: list[PlanEntry], step: int | None, total: int | None, report: SyncReport, skip: bool
     ) -> Plan:
         resolved = []
         for entry in list(items):
             try:
                 resolution = self._resolve(entry)
             except PatchError as exc:
-                if self.on_error == "raise":
+                if not skip:
                     raise
                 self._skip(entry, exc, report)
                 items.remove(entry)

@@ -1,0 +1,214 @@
+"""loraprompt for diffusers SD1.x/SD2.x/SDXL pipelines.
+
+    with loraprompt.activate(pipe, "a cat <lora:style:0.8>", library="models/Lora") as prompt:
+        image = pipe(prompt).images[0]
+
+The tags are parsed and stripped, each LoRA is resolved in the library, read (through a bounded
+cache) and applied to the pipeline's UNet and text encoders for the duration of the block; on exit
+the weights are copied back bit-exactly. Step schedules (`start=`/`stop=`, keyframed weights) and
+block weights are followed during sampling by a forward pre-hook on the UNet that re-syncs before
+each step, rewriting only the weights whose strength changed.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from loraprompt.adapters.types import COMPONENTS, Adapter
+from loraprompt.cache import AdapterCache
+from loraprompt.diagnostics import Diagnostic
+from loraprompt.errors import AdapterFileError
+from loraprompt.patcher import Patcher, SyncReport
+from loraprompt.plan import PlanEntry
+
+__all__ = ["DEFAULT_CACHE", "ActivePrompt", "activate", "entry_for", "patcher_for"]
+
+DEFAULT_CACHE = AdapterCache(limit_mb=2048)
+DEFAULT_STEPS = 50  # diffusers' default num_inference_steps: the TE's step-0 value needs a total
+
+_PATCHERS: weakref.WeakKeyDictionary[Any, Patcher] = weakref.WeakKeyDictionary()
+_LIBRARIES: dict[tuple[str, ...], Any] = {}
+
+
+class ActivePrompt(str):
+    """The prompt with its tags stripped (pass it to the pipeline), plus what happened:
+    `parsed`, `entries` (the applied PlanEntry list), `report` and `diagnostics`."""
+
+    parsed: Any
+    entries: list[PlanEntry]
+    report: SyncReport
+    diagnostics: list[Diagnostic]
+
+    def __new__(
+        cls, text: str, parsed: Any, entries: list[PlanEntry], report: SyncReport, diagnostics: list[Diagnostic]
+    ) -> ActivePrompt:
+        self = super().__new__(cls, text)
+        self.parsed, self.entries, self.report, self.diagnostics = parsed, entries, report, diagnostics
+        return self
+
+
+def patcher_for(pipe: Any) -> Patcher:
+    """The pipeline's Patcher; a new model (a replaced component) restores and forgets the old."""
+    components = {name: getattr(pipe, name, None) for name in COMPONENTS}
+    components = {k: v for k, v in components.items() if v is not None}
+    patcher = _PATCHERS.get(pipe)
+    if patcher is None:
+        patcher = _PATCHERS[pipe] = Patcher(components)
+    elif patcher.components.keys() != components.keys() or any(
+        patcher.components[k] is not v for k, v in components.items()
+    ):
+        with patcher.lock:
+            patcher.restore()
+            patcher.forget(components)
+    return patcher
+
+
+def _is_static(activation: Any) -> bool:
+    from loraprompt.syntax import Schedule
+
+    return (
+        getattr(activation, "start", None) is None
+        and getattr(activation, "stop", None) is None
+        and not isinstance(activation.te, Schedule)
+        and not isinstance(activation.unet, Schedule)
+    )
+
+
+def entry_for(activation: Any, adapter: Adapter) -> PlanEntry:
+    """A PlanEntry following a parsed LoraActivation: strengths, start/stop, keyframes, blocks."""
+    blocks = bool(getattr(activation, "blocks", None)) or bool(getattr(activation, "groups", None))
+    if _is_static(activation) and not blocks:
+        return PlanEntry(adapter, te=float(activation.te), unet=float(activation.unet), name=activation.name)
+
+    def block_at(block: str, step: int, total: int) -> float:
+        return float(activation.unet_at(step, total, block=block))
+
+    return PlanEntry(
+        adapter,
+        te_at=activation.te_at,
+        unet_at=activation.unet_at,
+        block_at=block_at if blocks else None,
+        name=activation.name,
+    )
+
+
+def _library(library: Any) -> Any:
+    if isinstance(library, (str, os.PathLike)):
+        library = [library]
+    if isinstance(library, Sequence) and not isinstance(library, str):
+        key = tuple(os.path.abspath(os.fspath(d)) for d in library)
+        if key not in _LIBRARIES:
+            from loraprompt.library import Library
+
+            _LIBRARIES[key] = Library(list(key))
+        return _LIBRARIES[key]
+    return library
+
+
+def _adapter_for(activation: Any, library: Any, cache: AdapterCache, diagnostics: list[Diagnostic]) -> Adapter | None:
+    """The adapter a tag names, or None with a diagnostic when the library has no such LoRA."""
+    if isinstance(library, Mapping):
+        found = library.get(activation.name)
+        if isinstance(found, Adapter) or found is None:
+            if found is None:
+                diagnostics.append(Diagnostic("E-NAME-NOTFOUND", f"no LoRA named {activation.name!r}",
+                                              span=activation.span, severity="error", subject=activation.name))
+            return found
+        return cache.get(found)
+    resolution = library.resolve(activation.name, hash=getattr(activation, "hash", None))
+    diagnostics.extend(resolution.diagnostics)
+    return None if resolution.entry is None else cache.get(resolution.entry.path)
+
+
+def _entries(parsed: Any, library: Any, cache: AdapterCache, on_error: str,
+             diagnostics: list[Diagnostic]) -> tuple[list[PlanEntry], bool]:
+    entries: list[PlanEntry] = []
+    static = True
+    for activation in parsed.loras:
+        try:
+            adapter = _adapter_for(activation, library, cache, diagnostics)
+        except AdapterFileError as exc:
+            if on_error == "raise":
+                raise
+            diagnostics.append(Diagnostic("E-ADAPTER-FILE", str(exc), span=activation.span, severity="error",
+                                          subject=activation.name))
+            continue
+        if adapter is not None:
+            entries.append(entry_for(activation, adapter))
+            static = static and _is_static(activation)
+    return entries, static
+
+
+class _StepHook:
+    """A UNet forward pre-hook: counts sampling steps by timestep and syncs the UNet's strengths
+    for each step (the text encoders keep their step-0 strengths: they already ran)."""
+
+    def __init__(self, pipe: Any, patcher: Patcher, entries: list[PlanEntry], steps: int) -> None:
+        self.pipe, self.patcher, self.steps = pipe, patcher, steps
+        self.entries = [replace(e, te=e.strengths(0, steps)[0], te_at=None, blocks=None) if e.te_at else e
+                        for e in entries]
+        self.step = -1
+        self.last: object = None
+        self.reports: list[SyncReport] = []
+
+    def __call__(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        value = float(timestep.flatten()[0]) if isinstance(timestep, torch.Tensor) else timestep
+        if value != self.last or self.step < 0:
+            self.step += 1
+            self.last = value
+            total = getattr(self.pipe, "_num_timesteps", None) or self.steps
+            self.reports.append(self.patcher.sync(self.entries, step=self.step, total_steps=total, on_error="skip"))
+
+
+@contextmanager
+def activate(
+    pipe: Any,
+    prompt: str,
+    library: Any = None,
+    *,
+    steps: int | None = None,
+    profile: str = "loraprompt",
+    cache: AdapterCache | None = None,
+    on_error: str = "raise",
+    restore: bool = True,
+) -> Iterator[ActivePrompt]:
+    """Apply the LoRAs tagged in `prompt` to `pipe` for the block; yield the stripped prompt.
+
+    `library` is a folder, a list of folders, a `loraprompt.Library`, or a mapping name -> file
+    path or Adapter. `steps` is the number of sampling steps (for fractional start/stop and
+    keyframes before sampling starts; default 50). `on_error="skip"` drops a LoRA that cannot
+    apply and reports it in `diagnostics` instead of raising. The patcher's lock is held for the
+    whole block, so concurrent generations on one pipeline never see each other's LoRAs.
+    """
+    from loraprompt.syntax import parse
+
+    parsed = parse(prompt, profile=profile)  # type: ignore[arg-type]
+    diagnostics = list(parsed.diagnostics)
+    if parsed.loras and library is None:
+        raise ValueError("activate() needs library= (a folder, a Library or a name -> file mapping)")
+    entries, static = _entries(parsed, _library(library), cache or DEFAULT_CACHE, on_error, diagnostics)
+    patcher = patcher_for(pipe)
+    total = steps or DEFAULT_STEPS
+    with patcher.lock:
+        report = patcher.sync(entries, step=0, total_steps=total, on_error=on_error)
+        entries = [e for e in entries if e.label not in report.skipped]
+        diagnostics.extend(report.diagnostics)
+        hook = None
+        if not static:
+            step_hook = _StepHook(pipe, patcher, entries, total)
+            hook = pipe.unet.register_forward_pre_hook(step_hook, with_kwargs=True)
+        try:
+            yield ActivePrompt(parsed.text, parsed, entries, report, diagnostics)
+        finally:
+            if hook is not None:
+                hook.remove()
+            if restore:
+                patcher.restore()

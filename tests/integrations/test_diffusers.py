@@ -1,0 +1,124 @@
+"""loraprompt.activate on a real (tiny) diffusers StableDiffusionPipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import loraprompt
+from loraprompt.errors import AdapterFileError
+from loraprompt.integrations.diffusers import patcher_for
+from loraprompt.library import Library
+from tests.integrations.tiny_pipeline import generate, tiny_pipeline, write_kohya_lora
+from tests.patcher.helpers import assert_bit_equal, snapshot
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pipe")
+    pipe = tiny_pipeline(folder)
+    loras = folder / "Lora"
+    loras.mkdir()
+    components = {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
+    write_kohya_lora(loras / "style.safetensors", components, seed=1)
+    write_kohya_lora(loras / "other.safetensors", components, seed=2)
+    library = Library(loras, persist=False, settle_s=0)
+    return pipe, library, generate(pipe, "a cat")
+
+
+def components(pipe):
+    return {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
+
+
+def test_image_without_lora_equals_the_image_before_any_lora(setup) -> None:
+    pipe, library, before = setup
+    weights = snapshot(components(pipe))
+    with loraprompt.activate(pipe, "a cat <lora:style:0.8>", library=library) as prompt:
+        assert prompt == "a cat " and not prompt.diagnostics
+        with_lora = generate(pipe, prompt)
+    assert not np.allclose(with_lora, before, atol=1e-3)
+    assert_bit_equal(components(pipe), weights)
+    assert np.array_equal(generate(pipe, "a cat"), before)
+    with loraprompt.activate(pipe, "a cat", library=library) as prompt:
+        assert np.array_equal(generate(pipe, prompt), before)
+
+
+def test_same_lora_gives_the_same_image_and_a_folder_library_works(setup, tmp_path) -> None:
+    pipe, library, _ = setup
+    with loraprompt.activate(pipe, "a cat <lora:style:0.8>", library=library) as prompt:
+        first = generate(pipe, prompt)
+    with loraprompt.activate(pipe, "a cat <lora:other:1> <lora:style:0.8>", library=library) as prompt:
+        both = generate(pipe, prompt)
+    mapping = {"style": str(Path(library.roots[0]) / "style.safetensors")}
+    with loraprompt.activate(pipe, "a cat <lora:style:0.8>", library=mapping) as prompt:
+        assert np.array_equal(generate(pipe, prompt), first)
+    assert not np.allclose(both, first, atol=1e-3)
+
+
+def test_an_unknown_name_is_a_diagnostic_and_changes_nothing(setup) -> None:
+    pipe, library, before = setup
+    with loraprompt.activate(pipe, "a cat <lora:nosuchthing:1>", library=library) as prompt:
+        assert [d.severity for d in prompt.diagnostics] == ["error"]
+        assert "nosuchthing" in str(prompt.diagnostics[0])
+        assert np.array_equal(generate(pipe, prompt), before)
+
+
+def test_a_broken_file_raises_or_is_skipped(setup, tmp_path) -> None:
+    pipe, library, before = setup
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a safetensors file at all")
+    mapping = {"broken": str(broken), "style": str(Path(library.roots[0]) / "style.safetensors")}
+    with pytest.raises(AdapterFileError, match=r"broken\.safetensors"), loraprompt.activate(
+        pipe, "<lora:broken:1>", library=mapping
+    ):
+        pass
+    with loraprompt.activate(pipe, "a cat <lora:broken:1> <lora:style:0.8>", library=mapping,
+                             on_error="skip") as prompt:
+        assert [d.code for d in prompt.diagnostics] == ["E-ADAPTER-FILE"]
+        assert len(prompt.entries) == 1
+    assert np.array_equal(generate(pipe, "a cat"), before)
+
+
+def test_stop_schedule_removes_the_lora_from_the_unet_after_its_step(setup) -> None:
+    pipe, library, before = setup
+    with loraprompt.activate(pipe, "a cat <lora:style:0:1:stop=1>", library=library, steps=3) as prompt:
+        gated = generate(pipe, prompt)
+    with loraprompt.activate(pipe, "a cat <lora:style:0:1>", library=library) as prompt:
+        always = generate(pipe, prompt)
+    # the same LoRA on step 0 only: neither the plain image nor the LoRA on every step
+    assert not np.allclose(gated, before, atol=1e-4)
+    assert not np.allclose(gated, always, atol=1e-4)
+    # reproduce it by hand: LoRA on the UNet for the first denoising step, base for the rest
+    patcher = patcher_for(pipe)
+    adapter = loraprompt.read_adapter(Path(library.roots[0]) / "style.safetensors")
+    calls = {"n": 0}
+
+    def by_hand(module, args, kwargs):
+        patcher.sync([(adapter, 0.0, 1.0)] if calls["n"] == 0 else [])
+        calls["n"] += 1
+
+    handle = pipe.unet.register_forward_pre_hook(by_hand, with_kwargs=True)
+    try:
+        manual = generate(pipe, "a cat ")
+    finally:
+        handle.remove()
+        patcher.restore()
+    assert np.array_equal(gated, manual)
+
+
+def test_a_replaced_unet_is_restored_and_forgotten(setup, tmp_path) -> None:
+    pipe = tiny_pipeline(tmp_path)
+    library = setup[1]
+    patcher = patcher_for(pipe)
+    original_unet = pipe.unet
+    weights = snapshot({"unet": original_unet})
+    patcher.sync([(loraprompt.read_adapter(Path(library.roots[0]) / "style.safetensors"), 1.0, 1.0)])
+    pipe.unet = tiny_pipeline(tmp_path, seed=3).unet
+    assert patcher_for(pipe) is patcher and patcher.components["unet"] is pipe.unet
+    assert patcher.applied == {}
+    assert_bit_equal({"unet": original_unet}, weights)
+    with torch.no_grad(), loraprompt.activate(pipe, "<lora:style:1>", library=library):
+        assert patcher.applied
