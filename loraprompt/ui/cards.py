@@ -1,0 +1,155 @@
+"""Library entries as card data (JSON) and as an escaped details table (HTML); no gradio.
+
+Everything that comes from files (names, metadata, sidecars) is escaped here or sent as JSON whose
+`<`, `>`, `&` and quotes are `\\u` escapes, so it stays inert wherever a page puts it.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from loraprompt.library import Entry
+from loraprompt.library.metadata import SD_VERSION_NAMES
+
+FAMILY_LABELS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
+MAX_CARD_TRIGGERS = 8
+MAX_CARD_TEXT = 200
+MAX_SEARCH_TEXT = 4000
+MAX_DETAIL_TEXT = 2000
+MAX_DETAIL_TAGS = 40
+USER_KEYS = ("description", "sd version", "activation text", "preferred weight", "negative text", "notes",
+             "favorite", "nsfw")
+_JSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "'": "\\u0027", "\u2028": "\\u2028",
+                 "\u2029": "\\u2029"}
+
+
+def _cap(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def safe_json(value: Any) -> str:
+    """JSON text that is also inert inside HTML: `<`, `>`, `&`, `'` and line separators escaped."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return "".join(_JSON_ESCAPES.get(ch, ch) for ch in text) if any(c in text for c in _JSON_ESCAPES) else text
+
+
+def family_title(entry: Entry) -> str:
+    """Where the badge's base model comes from, in words."""
+    label = FAMILY_LABELS.get(entry.family or "", "Unknown base model")
+    if entry.family and entry.family == SD_VERSION_NAMES.get(str(entry.user.get("sd version"))):
+        return f"{label} (set in {entry.name}.json)"
+    if entry.family_source == "keys":
+        return f"{label} (from the tensor shapes)"
+    if entry.family_source == "metadata":
+        return f"{label} (from the training metadata)"
+    return label
+
+
+def default_weight(entry: Entry) -> float:
+    """The strength a card starts with: the preferred weight, else 1."""
+    weight = entry.preferred_weight
+    return weight if weight is not None and math.isfinite(weight) else 1.0
+
+
+def card_record(entry: Entry, card_id: str, thumb_url: str | None) -> dict[str, Any]:
+    """The JSON a card is drawn from: short, capped values only."""
+    return {
+        "id": card_id,
+        "name": entry.name,
+        "alias": entry.alias,
+        "folder": entry.folder,
+        "family": entry.family,
+        "badge": FAMILY_LABELS.get(entry.family or "", "?"),
+        "family_title": family_title(entry),
+        "triggers": [_cap(w, 60) for w, _ in entry.trigger_words()[:MAX_CARD_TRIGGERS]],
+        "weight": default_weight(entry),
+        "search": _cap(entry.search_text(), MAX_SEARCH_TEXT),
+        "size": entry.size,
+        "mtime": entry.mtime,
+        "thumb": thumb_url,
+        "nsfw": entry.nsfw,
+        "favorite": entry.favorite,
+        "error": entry.error,
+    }
+
+
+def user_values(entry: Entry) -> dict[str, Any]:
+    """The editor's fields from A1111's `<stem>.json` (absent keys left out)."""
+    return {k: entry.user[k] for k in USER_KEYS if k in entry.user}
+
+
+def _row(label: str, value: Any, source: str | None = None) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    cell = html.escape(_cap(text, MAX_DETAIL_TEXT))
+    if source:
+        cell += f' <span class="lp-source">({html.escape(source)})</span>'
+    return f"<tr><th>{html.escape(label)}</th><td>{cell}</td></tr>"
+
+
+def _when(mtime: float) -> str:
+    return datetime.fromtimestamp(mtime, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def details_rows(entry: Entry, hashes: Mapping[str, str | None]) -> list[tuple[str, Any, str | None]]:
+    """(label, value, source) rows of the details view, the user's own `<stem>.json` first."""
+    rows: list[tuple[str, Any, str | None]] = [("File", entry.relpath, None), ("Folder", entry.root, None)]
+    if entry.alias and entry.alias != entry.name:
+        rows.append(("Alias", entry.alias, "ss_output_name"))
+    rows.append(("Base model", family_title(entry), None))
+    rows += [("Size", f"{entry.size:,} bytes", None), ("Modified", _when(entry.mtime), None)]
+    for key, label in (("sha256", "SHA-256 (AutoV2 = first 10)"), ("tensor_sha256", "Tensor hash (A1111, AutoV3)")):
+        if hashes.get(key):
+            rows.append((label, hashes[key], None))
+    for key in USER_KEYS:
+        value = entry.user.get(key)
+        if value not in (None, "", 0, False):
+            rows.append((key.capitalize(), value, f"{entry.name}.json"))
+    if entry.description:
+        rows.append(("Description", entry.description, "description file"))
+    words = entry.trigger_words()
+    if words:
+        rows.append(("Trigger words", ", ".join(w for w, _ in words), ", ".join(sorted({s for _, s in words}))))
+    s = entry.summary
+    for label, value in (("Output name", s.output_name), ("Trained on", s.base_model),
+                         ("Base model version", s.base_model_version), ("Resolution", s.resolution),
+                         ("Epochs", s.epochs), ("Network dim", s.dim), ("Network alpha", s.alpha),
+                         ("Network module", s.network_module), ("Training started", s.training_started_at),
+                         ("Training images", s.num_train_images), ("Clip skip", s.clip_skip)):
+        if value:
+            rows.append((label, value, "header"))
+    if s.tags:
+        shown = ", ".join(f"{tag} ({count})" for tag, count in s.tags[:MAX_DETAIL_TAGS])
+        rows.append(("Training tags", shown, "ss_tag_frequency"))
+    for key, value in sorted(s.modelspec.items()):
+        rows.append((f"modelspec.{key}", value, "header"))
+    for kind, summary in sorted(entry.imports.items()):
+        if isinstance(summary, Mapping):
+            for key, value in summary.items():
+                if value not in (None, "", [], {}):
+                    rows.append((key.replace("_", " ").capitalize(), value, kind))
+    if entry.error:
+        rows.append(("Problem", entry.error, None))
+    rows += [(note, "", None) for note in entry.notes]
+    return rows
+
+
+def details_html(entry: Entry, hashes: Mapping[str, str | None], preview_url: str | None) -> str:
+    """The details view: the preview and a table of every row, all text escaped."""
+    parts = []
+    if preview_url:
+        parts.append(f'<img class="lp-details-preview" alt="" src="{html.escape(preview_url, quote=True)}">')
+    parts.append('<table class="lp-details-table">')
+    parts += [_row(label, value, source) for label, value, source in details_rows(entry, hashes)]
+    parts.append("</table>")
+    return "".join(parts)
+
+
+def card_ids(entries: Iterable[Entry], roots: list[str]) -> dict[str, Entry]:
+    """Stable card ids (`<root index>/<path under the root>`) for `entries`."""
+    index = {root: i for i, root in enumerate(roots)}
+    return {f"{index.get(e.root, 0)}/{e.relpath}": e for e in entries}

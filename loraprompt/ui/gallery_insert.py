@@ -1,0 +1,96 @@
+"""What a card click does to the prompt: add the canonical tag, update its strengths, or remove it.
+
+A1111 toggles: clicking a card whose tag is in the prompt removes it. Here a click with the same
+strengths removes the tag (and the activation text after it); with other strengths it rewrites the
+tag in place, so changing a card's strength and clicking again updates the prompt.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from loraprompt.syntax import LoraActivation, format_activation
+from loraprompt.syntax.scanner import scan
+
+MAX_STRENGTH = 100.0
+SEPARATOR = ", "
+
+
+@dataclass(frozen=True)
+class Insertion:
+    """The prompts after a click, and what happened in words."""
+
+    prompt: str
+    negative: str | None
+    action: str  # "added" | "updated" | "removed"
+    tag: str
+
+
+def check_strength(label: str, value: object) -> float:
+    """`value` as a strength rounded to 4 decimals, or ValueError naming `label`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{label} strength must be a finite number, got {value!r}")
+    if abs(value) > MAX_STRENGTH:
+        raise ValueError(f"{label} strength {value} is outside -{MAX_STRENGTH:g}..{MAX_STRENGTH:g}")
+    return round(float(value), 4) + 0.0
+
+
+def _tag_name(positional: tuple[str, ...]) -> str:
+    return positional[0].strip() if positional else ""
+
+
+def _append(text: str, piece: str) -> str:
+    base = text.rstrip()
+    if not base:
+        return piece
+    return base + (" " if base.endswith(",") else SEPARATOR) + piece
+
+
+def _cut(text: str, start: int, end: int, follower: str) -> str:
+    """`text` without [start, end) and the `follower` text right after it; the separators around
+    the cut collapse to one (a comma when either side had one)."""
+    head, rest = text[:start], text[end:]
+    if follower and rest.lstrip(" ,").startswith(follower):
+        rest = rest[len(rest) - len(rest.lstrip(" ,")) + len(follower):]
+    h, r = head.rstrip(" ,"), rest.lstrip(" ,")
+    if not h or not r:
+        return h + r
+    gap = head[len(h):] + rest[: len(rest) - len(r)]
+    return h + (SEPARATOR if "," in gap else " ") + r
+
+
+def _remove_text(text: str, piece: str) -> str:
+    at = text.find(piece)
+    return _cut(text, at, at + len(piece), "") if piece and at >= 0 else text
+
+
+def toggle_tag(
+    prompt: str,
+    activation: LoraActivation,
+    names: Collection[str],
+    *,
+    activation_text: str = "",
+    negative: str | None = None,
+    negative_text: str = "",
+) -> Insertion:
+    """Add, update or remove the tag of `activation` in `prompt`; `names` are every name that
+    means the same file (stem, alias). Activation and negative text go with an added tag only
+    when the prompt lacks them, and leave with a removed one."""
+    tag = format_activation(activation)
+    wanted = {n.strip() for n in names if n.strip()}
+    source = prompt
+    existing = next((t for t in scan(source)[1] if t.kind in ("lora", "lyco") and _tag_name(t.positional) in wanted), None)
+    if existing is None:
+        piece = tag + (SEPARATOR + activation_text if activation_text and activation_text not in prompt else "")
+        new_negative = negative
+        if negative is not None and negative_text and negative_text not in negative:
+            new_negative = _append(negative, negative_text)
+        return Insertion(_append(prompt, piece), new_negative, "added", tag)
+    start, end = existing.span
+    if existing.raw != tag:
+        return Insertion(source[:start] + tag + source[end:], negative, "updated", tag)
+    new_prompt = _cut(source, start, end, activation_text)
+    new_negative = _remove_text(negative, negative_text) if negative is not None and negative_text else negative
+    return Insertion(new_prompt, new_negative, "removed", tag)

@@ -1,0 +1,193 @@
+"""The gallery's server side, without any web framework: card documents, details, thumbnails,
+prompt insertion and metadata saving over one `Library`. Routes (`routes.py`) call into this."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlencode
+
+from loraprompt.errors import LoraPromptError
+from loraprompt.library import Entry, Library
+from loraprompt.library.cache import default_cache_dir
+from loraprompt.library.paths import content_type
+from loraprompt.library.sidecars import SD_VERSIONS
+from loraprompt.syntax import LoraActivation
+from loraprompt.ui import cards
+from loraprompt.ui.gallery_insert import check_strength, toggle_tag
+from loraprompt.ui.gallery_thumbs import ThumbCache
+
+EDITABLE = frozenset(cards.USER_KEYS)
+
+
+class NotFound(LookupError):
+    """No card, preview or file answers the request."""
+
+
+class BadRequest(ValueError):
+    """The request's values are wrong; the message says which."""
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    entries: tuple[Entry, ...]
+    by_id: Mapping[str, Entry]
+    ids: Mapping[str, str]  # entry path -> card id
+    records: tuple[dict[str, Any], ...]
+    generation: int
+
+
+class GalleryService:
+    """Card data and actions for the entries of `library`; `loaded_family()` names the family
+    (sd1/sd2/sdxl) of the model loaded now, or None, and is asked on every request."""
+
+    def __init__(
+        self,
+        library: Library,
+        loaded_family: Callable[[], str | None] | None = None,
+        thumb_dir: str | Path | None = None,
+    ) -> None:
+        self.library = library
+        self.loaded_family = loaded_family or (lambda: None)
+        self.thumbs = ThumbCache(thumb_dir if thumb_dir is not None else default_cache_dir() / "thumbs")
+        self._lock = threading.Lock()
+        self._snapshot: _Snapshot | None = None
+        self._generation = 0
+
+    # ---- reading ----------------------------------------------------------------------------
+    def snapshot(self) -> _Snapshot:
+        """Card records for the library as it is now, rebuilt only when its entries changed."""
+        entries = tuple(self.library.entries)
+        with self._lock:
+            old = self._snapshot
+            if old is not None and len(old.entries) == len(entries) and all(
+                a is b for a, b in zip(old.entries, entries)
+            ):
+                return old
+            self._generation += 1
+            by_id = cards.card_ids(entries, [str(r) for r in self.library.roots])
+            ids = {e.path: card_id for card_id, e in by_id.items()}
+            records = tuple(cards.card_record(e, ids[e.path], self._thumb_url(ids[e.path], e)) for e in entries)
+            self._snapshot = _Snapshot(entries, by_id, ids, records, self._generation)
+            return self._snapshot
+
+    def _thumb_url(self, card_id: str, entry: Entry) -> str | None:
+        if not entry.previews:
+            return None
+        return "thumb?" + urlencode({"id": card_id, "v": entry.mtime_ns})
+
+    def family(self) -> str | None:
+        """The loaded model's family, or None when it is unknown."""
+        family = self.loaded_family()
+        return family if family in cards.FAMILY_LABELS else None
+
+    def cards_document(self) -> dict[str, Any]:
+        """Everything the page needs to draw and filter the cards."""
+        snap = self.snapshot()
+        report = self.library.last_report
+        notes = []
+        if report.pending:
+            notes.append(f"{len(report.pending)} file(s) still being written; they appear once complete")
+        if report.offline_roots:
+            notes.append("not reachable, cards kept: " + ", ".join(report.offline_roots))
+        return {"cards": list(snap.records), "family": self.family(), "generation": snap.generation,
+                "notice": "; ".join(notes)}
+
+    def state(self) -> dict[str, Any]:
+        """What the page polls to notice a model switch or a changed folder."""
+        return {"family": self.family(), "generation": self.snapshot().generation}
+
+    def refresh(self) -> dict[str, Any]:
+        """Rescan the folders and return the new cards document."""
+        self.library.refresh()
+        return self.cards_document()
+
+    def entry(self, card_id: object) -> Entry:
+        """The entry of a card id; NotFound for anything else."""
+        if not isinstance(card_id, str):
+            raise NotFound("no such card")
+        found = self.snapshot().by_id.get(card_id)
+        if found is None:
+            raise NotFound(f"no card {card_id[:200]!r}")
+        return found
+
+    def preview_file(self, card_id: object) -> tuple[Path, str]:
+        """The preview image of a card and its content type, checked by the library's path policy."""
+        entry = self.entry(card_id)
+        for preview in entry.previews:
+            ref = self.library.file_ref(preview)
+            path = self.library.safe_file(ref, kind="preview") if ref is not None else None
+            kind = content_type(path) if path is not None else None
+            if path is not None and kind is not None:
+                return path, kind
+        raise NotFound(f"{entry.relpath}: no preview image")
+
+    def thumbnail(self, card_id: object) -> Path:
+        """The cached thumbnail file of a card's preview."""
+        path, _ = self.preview_file(card_id)
+        return self.thumbs.thumbnail(path)
+
+    def details(self, card_id: object) -> dict[str, Any]:
+        """The details view (escaped HTML) and the editor's current values."""
+        entry = self.entry(card_id)
+        try:
+            self.preview_file(card_id)
+            preview = "preview?" + urlencode({"id": card_id, "v": entry.mtime_ns})
+        except NotFound:
+            preview = None
+        hashes = self.library.hashes(entry) if not entry.offline and not entry.error else {}
+        return {"html": cards.details_html(entry, hashes, preview), "user": cards.user_values(entry),
+                "sd_versions": list(SD_VERSIONS)}
+
+    # ---- actions ----------------------------------------------------------------------------
+    def tag_name(self, entry: Entry) -> str:
+        """The name a card inserts: the file stem, or its path under the root when stems collide."""
+        stems = Counter(e.name for e in self.snapshot().entries)
+        if stems[entry.name] > 1:
+            return entry.relpath.rsplit(".", 1)[0]
+        return entry.name
+
+    def insert(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Toggle a card's tag in the prompt: {id, te, unet, activation, prompt, negative}."""
+        entry = self.entry(body.get("id"))
+        prompt, negative = body.get("prompt"), body.get("negative")
+        if not isinstance(prompt, str) or not (negative is None or isinstance(negative, str)):
+            raise BadRequest("prompt and negative must be text")
+        try:
+            te = check_strength("text-encoder", body.get("te"))
+            unet = check_strength("UNet", body.get("unet"))
+        except ValueError as exc:
+            raise BadRequest(f"{entry.name}: {exc}") from exc
+        name = self.tag_name(entry)
+        with_text = body.get("activation") is True
+        result = toggle_tag(
+            prompt, LoraActivation(name, te=te, unet=unet), {name, entry.name, entry.alias},
+            activation_text=entry.activation_text if with_text else "", negative=negative,
+            negative_text=str(entry.user.get("negative text") or ""),
+        )
+        return {"prompt": result.prompt, "negative": result.negative, "action": result.action, "tag": result.tag,
+                "message": f"{result.action.capitalize()} {result.tag}"}
+
+    def save_metadata(self, card_id: object, values: object) -> dict[str, Any]:
+        """Write the editor's values into the card's `<stem>.json` (other keys kept)."""
+        entry = self.entry(card_id)
+        if not isinstance(values, Mapping):
+            raise BadRequest("values must be an object")
+        unknown = sorted(str(k) for k in values if k not in EDITABLE)
+        if unknown:
+            raise BadRequest(f"{entry.name}.json: the editor does not write {', '.join(unknown)}")
+        sd_version = values.get("sd version")
+        if sd_version is not None and sd_version not in SD_VERSIONS:
+            raise BadRequest(f"{entry.name}.json: 'sd version' must be one of {', '.join(SD_VERSIONS)}")
+        try:
+            updated = self.library.write_user_metadata(entry, dict(values))
+        except LoraPromptError as exc:
+            raise BadRequest(str(exc)) from exc
+        snap = self.snapshot()
+        card_id = snap.ids[updated.path]
+        record = next(r for r in snap.records if r["id"] == card_id)
+        return {"card": record, "file": PurePosixPath(updated.relpath).with_suffix(".json").as_posix()}

@@ -1,0 +1,133 @@
+"""The gallery's HTTP routes, mounted on the FastAPI app that serves gradio (3.41 and current).
+
+Files are named by card id, never by path: previews and thumbnails come only from the LoRA folders
+through the library's path policy, only as images, with `nosniff`. Routes that change something
+(refresh, metadata) and the insert route need a same-origin JSON POST carrying `X-LoraPrompt: 1`,
+which a cross-site page cannot send without a CORS preflight that is never granted.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import FileResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from loraprompt.ui.cards import safe_json
+from loraprompt.ui.gallery_service import BadRequest, GalleryService, NotFound
+from loraprompt.ui.gallery_thumbs import ThumbnailError
+
+DEFAULT_PREFIX = "loraprompt/gallery"
+STATIC_DIR = Path(__file__).parent / "static"
+STATIC_FILES = {"gallery.js": "text/javascript; charset=utf-8", "gallery.css": "text/css; charset=utf-8"}
+MAX_BODY = 1024 * 1024
+SAFE_HEADERS = {"X-Content-Type-Options": "nosniff", "Cross-Origin-Resource-Policy": "same-origin"}
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(safe_json(value), status_code=status, media_type="application/json",
+                    headers={**SAFE_HEADERS, "Cache-Control": "no-store"})
+
+
+def _error(status: int, message: str) -> Response:
+    return _json({"detail": message}, status)
+
+
+async def _post_body(request: Request) -> dict[str, Any] | Response:
+    """The JSON object of a same-origin gallery POST, or the error response refusing it."""
+    if request.headers.get("x-loraprompt") != "1":
+        return _error(403, "missing X-LoraPrompt header: cross-site requests are refused")
+    origin = request.headers.get("origin")
+    if origin and urlsplit(origin).netloc != request.headers.get("host"):
+        return _error(403, f"origin {origin[:100]} is not this server: cross-site requests are refused")
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        return _error(415, "expected application/json")
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        return _error(413, f"request body over {MAX_BODY} bytes")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return _error(400, "request body is not JSON")
+    if not isinstance(body, dict):
+        return _error(400, "request body must be a JSON object")
+    return body
+
+
+def gallery_router(service: GalleryService, prefix: str = DEFAULT_PREFIX) -> APIRouter:
+    """The routes of one gallery under `/<prefix>/`."""
+    router = APIRouter(prefix="/" + prefix.strip("/"))
+
+    def guarded(fn: Any) -> Any:
+        try:
+            return fn()
+        except NotFound as exc:
+            return _error(404, str(exc))
+        except (BadRequest, ThumbnailError) as exc:
+            return _error(422, str(exc))
+
+    @router.get("/static/{name}")
+    def static(name: str) -> Response:
+        if name not in STATIC_FILES:
+            return _error(404, "no such file")
+        return FileResponse(STATIC_DIR / name, media_type=STATIC_FILES[name],
+                            headers={**SAFE_HEADERS, "Cache-Control": "no-cache"})
+
+    @router.get("/cards")
+    def cards_route() -> Response:
+        return _json(service.cards_document())
+
+    @router.get("/state")
+    def state() -> Response:
+        return _json(service.state())
+
+    @router.get("/details")
+    def details(id: str = "") -> Response:
+        return guarded(lambda: _json(service.details(id)))
+
+    def image(path: Path, kind: str) -> Response:
+        return FileResponse(path, media_type=kind, headers={**SAFE_HEADERS, "Cache-Control": "private, max-age=86400"})
+
+    @router.get("/thumb")
+    def thumb(id: str = "") -> Response:
+        return guarded(lambda: image(service.thumbnail(id), "image/webp"))
+
+    @router.get("/preview")
+    def preview(id: str = "") -> Response:
+        return guarded(lambda: image(*service.preview_file(id)))
+
+    @router.post("/insert")
+    async def insert(request: Request) -> Response:
+        body = await _post_body(request)
+        if isinstance(body, Response):
+            return body
+        return await run_in_threadpool(guarded, lambda: _json(service.insert(body)))
+
+    @router.post("/metadata")
+    async def metadata(request: Request) -> Response:
+        body = await _post_body(request)
+        if isinstance(body, Response):
+            return body
+        return await run_in_threadpool(guarded, lambda: _json(service.save_metadata(body.get("id"), body.get("values"))))
+
+    @router.post("/refresh")
+    async def refresh(request: Request) -> Response:
+        body = await _post_body(request)
+        if isinstance(body, Response):
+            return body
+        return _json(await run_in_threadpool(service.refresh))
+
+    return router
+
+
+def mount_gallery_routes(app: FastAPI, service: GalleryService, prefix: str = DEFAULT_PREFIX) -> None:
+    """Add the gallery routes to `app`, ahead of any catch-all route the app already has."""
+    before = len(app.router.routes)
+    app.include_router(gallery_router(service, prefix))
+    added = app.router.routes[before:]
+    del app.router.routes[before:]
+    app.router.routes[0:0] = added

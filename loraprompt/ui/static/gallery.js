@@ -1,0 +1,575 @@
+// loraprompt gallery: a virtualised LoRA card grid for gradio 3.41 and current gradio.
+// Every string from the library is put in the page with textContent (never innerHTML), except the
+// details table, which the server renders with everything escaped. Tags are formatted by the server.
+(function () {
+  "use strict";
+  if (window.loraPromptGallery) return;
+
+  const CARD_W = 176, CARD_H = 292, GAP = 8, OVERSCAN_ROWS = 2;
+  const FAMILY_LABEL = { sd1: "SD1", sd2: "SD2", sdxl: "SDXL" };
+
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    return e;
+  }
+
+  function gradioRoot() {
+    const app = document.querySelector("gradio-app");
+    return (app && app.shadowRoot) || document;
+  }
+
+  function findField(elemId) {
+    if (!elemId) return null;
+    const host = gradioRoot().querySelector("#" + CSS.escape(elemId)) || document.getElementById(elemId);
+    if (!host) return null;
+    if (host.matches("textarea, input")) return host;
+    return host.querySelector("textarea") || host.querySelector("input[type=text], input:not([type])");
+  }
+
+  function setField(field, value) {
+    field.value = value;
+    field.dispatchEvent(new Event("input", { bubbles: true }));
+    field.dispatchEvent(new Event("change", { bubbles: true }));
+  }
+
+  function isTyping(target) {
+    return target && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName));
+  }
+
+  function fmtSize(n) {
+    if (n >= 1 << 30) return (n / (1 << 30)).toFixed(1) + " GB";
+    if (n >= 1 << 20) return (n / (1 << 20)).toFixed(1) + " MB";
+    return Math.max(1, Math.round(n / 1024)) + " KB";
+  }
+
+  class Gallery {
+    constructor(root) {
+      this.root = root;
+      this.api = root.dataset.api.replace(/\/$/, "");
+      this.targets = JSON.parse(root.dataset.targets || "[]");
+      this.cards = [];
+      this.byId = new Map();
+      this.view = [];
+      this.hiddenByFamily = 0;
+      this.family = null;
+      this.generation = null;
+      this.strengths = new Map();
+      this.nodes = new Map();
+      this.cursor = 0;
+      this.folder = "";
+      this.showAll = false;
+      const saved = JSON.parse(localStorage.getItem("loraprompt.gallery.sort") || "{}");
+      this.sortKey = saved.key || "name";
+      this.sortDesc = !!saved.desc;
+      this.build();
+      this.load();
+      this.poll = setInterval(() => this.checkState(), Number(root.dataset.poll) || 4000);
+    }
+
+    url(path, params) {
+      const q = params ? "?" + new URLSearchParams(params).toString() : "";
+      return this.api + "/" + path + q;
+    }
+
+    async request(path, body) {
+      const init = body === undefined ? {} : {
+        method: "POST",
+        headers: { "Content-Type": "application/json", "X-LoraPrompt": "1" },
+        body: JSON.stringify(body),
+      };
+      const r = await fetch(this.url(path), init);
+      const data = await r.json().catch(() => ({}));
+      if (!r.ok) throw new Error(data.detail || r.status + " " + r.statusText);
+      return data;
+    }
+
+    build() {
+      const r = this.root;
+      r.textContent = "";
+      const bar = el("div", "lp-toolbar");
+      this.search = el("input", "lp-search");
+      this.search.type = "search";
+      this.search.placeholder = "Search names, tags, trigger words, notes (press /)";
+      this.search.setAttribute("aria-label", "Search LoRAs");
+      this.sortSel = el("select", "lp-sort");
+      for (const [v, label] of [["name", "Name"], ["date", "Date"], ["size", "Size"]]) {
+        const o = el("option", null, label);
+        o.value = v;
+        this.sortSel.appendChild(o);
+      }
+      this.sortSel.value = this.sortKey;
+      this.sortSel.title = "Sort by";
+      this.orderBtn = el("button", "lp-btn lp-order");
+      this.orderBtn.type = "button";
+      this.actLabel = el("label", "lp-check");
+      this.actBox = el("input");
+      this.actBox.type = "checkbox";
+      this.actBox.checked = true;
+      this.actLabel.append(this.actBox, document.createTextNode(" activation text"));
+      this.actLabel.title = "Insert the activation text with the tag (Shift inverts)";
+      this.targetSel = el("select", "lp-target");
+      this.targets.forEach((t, i) => {
+        const o = el("option", null, t.label);
+        o.value = String(i);
+        this.targetSel.appendChild(o);
+      });
+      this.targetSel.hidden = this.targets.length < 2;
+      this.count = el("span", "lp-count");
+      this.filterNote = el("span", "lp-filter-note");
+      this.filterBtn = el("button", "lp-btn lp-filter-toggle");
+      this.filterBtn.type = "button";
+      this.refreshBtn = el("button", "lp-btn lp-refresh", "⟳ Refresh");
+      this.refreshBtn.type = "button";
+      this.refreshBtn.title = "Rescan the LoRA folders";
+      bar.append(this.search, this.sortSel, this.orderBtn, this.actLabel, this.targetSel, this.count,
+        this.filterNote, this.filterBtn, this.refreshBtn);
+      this.status = el("div", "lp-status");
+      this.status.setAttribute("role", "status");
+      const body = el("div", "lp-body");
+      this.tree = el("nav", "lp-tree");
+      this.tree.setAttribute("aria-label", "Folders");
+      this.scroller = el("div", "lp-scroller");
+      this.scroller.tabIndex = 0;
+      this.scroller.setAttribute("role", "listbox");
+      this.scroller.setAttribute("aria-label", "LoRA cards");
+      this.spacer = el("div", "lp-spacer");
+      this.scroller.appendChild(this.spacer);
+      body.append(this.tree, this.scroller);
+      this.dialog = el("dialog", "lp-dialog");
+      r.append(bar, this.status, body, this.dialog);
+
+      this.search.addEventListener("input", () => { this.cursor = 0; this.applyFilter(); });
+      this.search.addEventListener("keydown", (e) => {
+        if (e.key === "Enter") { e.preventDefault(); this.insertAt(this.cursor, e.shiftKey); }
+        if (e.key === "ArrowDown") { e.preventDefault(); this.scroller.focus(); this.moveCursor(0); }
+      });
+      this.sortSel.addEventListener("change", () => { this.sortKey = this.sortSel.value; this.saveSort(); });
+      this.orderBtn.addEventListener("click", () => { this.sortDesc = !this.sortDesc; this.saveSort(); });
+      this.filterBtn.addEventListener("click", () => { this.showAll = !this.showAll; this.applyFilter(); });
+      this.refreshBtn.addEventListener("click", () => this.refresh());
+      this.scroller.addEventListener("scroll", () => this.renderWindow());
+      this.scroller.addEventListener("keydown", (e) => this.onGridKey(e));
+      new ResizeObserver(() => this.layout()).observe(this.scroller);
+      this.updateOrderButton();
+    }
+
+    saveSort() {
+      localStorage.setItem("loraprompt.gallery.sort", JSON.stringify({ key: this.sortKey, desc: this.sortDesc }));
+      this.updateOrderButton();
+      this.applyFilter();
+    }
+
+    updateOrderButton() {
+      this.orderBtn.textContent = this.sortDesc ? "↓" : "↑";
+      this.orderBtn.title = this.sortDesc ? "Descending" : "Ascending";
+    }
+
+    say(text, isError) {
+      this.status.textContent = text || "";
+      this.status.classList.toggle("lp-error", !!isError);
+    }
+
+    async load() {
+      try {
+        const data = await this.request("cards");
+        this.setData(data);
+      } catch (err) {
+        this.say("Could not load the LoRA list: " + err.message, true);
+      }
+    }
+
+    setData(data) {
+      this.cards = data.cards;
+      this.family = data.family;
+      this.generation = data.generation;
+      this.byId = new Map(this.cards.map((c) => [c.id, c]));
+      for (const c of this.cards) {
+        if (!this.strengths.has(c.id)) this.strengths.set(c.id, { te: c.weight, unet: c.weight });
+      }
+      this.buildTree();
+      this.applyFilter();
+      this.say(data.notice || "");
+    }
+
+    async checkState() {
+      if (!this.root.isConnected) { clearInterval(this.poll); return; }
+      if (this.root.offsetParent === null) return;
+      try {
+        const s = await this.request("state");
+        if (s.generation !== this.generation) await this.load();
+        else if (s.family !== this.family) { this.family = s.family; this.applyFilter(); }
+      } catch (err) { /* the server is restarting; the next poll retries */ }
+    }
+
+    async refresh() {
+      this.refreshBtn.disabled = true;
+      this.say("Rescanning…");
+      try {
+        this.setData(await this.request("refresh", {}));
+      } catch (err) {
+        this.say("Refresh failed: " + err.message, true);
+      } finally {
+        this.refreshBtn.disabled = false;
+      }
+    }
+
+    buildTree() {
+      const counts = new Map();
+      for (const c of this.cards) {
+        const parts = c.folder ? c.folder.split("/") : [];
+        for (let i = 0; i <= parts.length; i++) {
+          const key = parts.slice(0, i).join("/");
+          counts.set(key, (counts.get(key) || 0) + 1);
+        }
+      }
+      if (!counts.has(this.folder)) this.folder = "";
+      const keys = [...counts.keys()].sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
+      this.tree.textContent = "";
+      const list = el("ul", "lp-tree-list");
+      for (const key of keys) {
+        const depth = key ? key.split("/").length : 0;
+        const item = el("li");
+        const btn = el("button", "lp-folder", key ? key.split("/").pop() : "All");
+        btn.type = "button";
+        btn.style.paddingLeft = (4 + depth * 12) + "px";
+        btn.dataset.folder = key;
+        btn.title = key || "All folders";
+        btn.appendChild(el("span", "lp-folder-count", counts.get(key)));
+        btn.classList.toggle("lp-selected", key === this.folder);
+        btn.addEventListener("click", () => {
+          this.folder = key;
+          for (const b of this.tree.querySelectorAll(".lp-folder")) b.classList.toggle("lp-selected", b === btn);
+          this.cursor = 0;
+          this.applyFilter();
+        });
+        item.appendChild(btn);
+        list.appendChild(item);
+      }
+      this.tree.appendChild(list);
+      this.tree.hidden = keys.length < 2;
+    }
+
+    applyFilter() {
+      const terms = this.search.value.toLowerCase().split(/\s+/).filter(Boolean);
+      const prefix = this.folder ? this.folder + "/" : "";
+      const matched = this.cards.filter((c) =>
+        (!this.folder || c.folder === this.folder || c.folder.startsWith(prefix)) &&
+        terms.every((t) => c.search.includes(t)));
+      const misfit = (c) => this.family && c.family && c.family !== this.family;
+      this.hiddenByFamily = matched.filter(misfit).length;
+      let view = this.showAll ? matched : matched.filter((c) => !misfit(c));
+      const key = this.sortKey, sign = this.sortDesc ? -1 : 1;
+      const cmp = key === "date" ? (a, b) => a.mtime - b.mtime
+        : key === "size" ? (a, b) => a.size - b.size
+          : (a, b) => a.name.localeCompare(b.name, undefined, { numeric: true, sensitivity: "base" });
+      view = view.slice().sort((a, b) => sign * cmp(a, b) || a.id.localeCompare(b.id));
+      this.view = view;
+      this.misfit = misfit;
+      this.cursor = Math.min(this.cursor, Math.max(0, view.length - 1));
+      this.count.textContent = view.length + " of " + this.cards.length;
+      this.updateFilterNote();
+      this.layout(true);
+    }
+
+    updateFilterNote() {
+      const label = FAMILY_LABEL[this.family] || this.family;
+      const n = this.hiddenByFamily;
+      const plural = n === 1 ? "" : "s";
+      if (!n) {
+        this.filterNote.textContent = this.family ? "Loaded model: " + label : "";
+        this.filterBtn.hidden = true;
+      } else if (this.showAll) {
+        this.filterNote.textContent = "Showing " + n + " card" + plural + " that do not fit " + label;
+        this.filterBtn.textContent = "Hide them";
+        this.filterBtn.hidden = false;
+      } else {
+        this.filterNote.textContent = n + " hidden by the " + label + " filter";
+        this.filterBtn.textContent = "Show them";
+        this.filterBtn.hidden = false;
+      }
+    }
+
+    layout(reset) {
+      const width = this.scroller.clientWidth || 800;
+      this.cols = Math.max(1, Math.floor((width - GAP) / (CARD_W + GAP)));
+      const rows = Math.ceil(this.view.length / this.cols);
+      this.spacer.style.height = (rows * (CARD_H + GAP) + GAP) + "px";
+      if (reset) {
+        for (const node of this.nodes.values()) node.remove();
+        this.nodes.clear();
+      }
+      this.renderWindow(true);
+    }
+
+    renderWindow(force) {
+      const rowH = CARD_H + GAP;
+      const top = this.scroller.scrollTop, height = this.scroller.clientHeight || 600;
+      const first = Math.max(0, Math.floor(top / rowH) - OVERSCAN_ROWS);
+      const last = Math.ceil((top + height) / rowH) + OVERSCAN_ROWS;
+      const start = first * this.cols, end = Math.min(this.view.length, last * this.cols);
+      if (!force && start === this.start && end === this.end) return;
+      this.start = start;
+      this.end = end;
+      const wanted = new Map();
+      for (let i = start; i < end; i++) wanted.set(this.view[i].id, i);
+      for (const [id, node] of this.nodes) {
+        if (!wanted.has(id) && !node.contains(document.activeElement)) { node.remove(); this.nodes.delete(id); }
+      }
+      for (const [id, i] of wanted) {
+        let node = this.nodes.get(id);
+        if (!node) {
+          node = this.makeCard(this.view[i]);
+          this.nodes.set(id, node);
+          this.spacer.appendChild(node);
+        }
+        const row = Math.floor(i / this.cols), col = i % this.cols;
+        node.style.transform = "translate(" + (GAP + col * (CARD_W + GAP)) + "px," + (GAP + row * rowH) + "px)";
+        node.classList.toggle("lp-cursor", i === this.cursor);
+        node.setAttribute("aria-selected", i === this.cursor ? "true" : "false");
+      }
+    }
+
+    makeCard(c) {
+      const card = el("div", "lp-card");
+      card.dataset.id = c.id;
+      card.setAttribute("role", "option");
+      card.classList.toggle("lp-nsfw", !!c.nsfw);
+      card.classList.toggle("lp-misfit", !!this.misfit(c));
+      card.title = c.name + (c.alias && c.alias !== c.name ? " (alias " + c.alias + ")" : "") + "\n" + c.folder;
+      const thumb = el("div", "lp-thumb");
+      if (c.thumb) {
+        const img = el("img");
+        img.loading = "lazy";
+        img.decoding = "async";
+        img.alt = "";
+        img.src = this.api + "/" + c.thumb;
+        thumb.appendChild(img);
+      } else {
+        thumb.appendChild(el("span", "lp-initial", c.name.slice(0, 1).toUpperCase()));
+      }
+      const badge = el("span", "lp-badge lp-badge-" + (c.family || "unknown"), c.badge);
+      badge.title = c.family_title;
+      thumb.appendChild(badge);
+      if (c.favorite) thumb.appendChild(el("span", "lp-fav", "★"));
+      const name = el("div", "lp-name", c.name);
+      const trig = el("div", "lp-triggers");
+      for (const w of c.triggers) trig.appendChild(el("span", "lp-chip", w));
+      const strengths = el("div", "lp-strengths");
+      const s = this.strengths.get(c.id);
+      for (const part of ["te", "unet"]) {
+        const label = el("label", "lp-strength", part === "te" ? "TE" : "UNet");
+        const input = el("input", "lp-" + part);
+        input.type = "number";
+        input.step = "0.05";
+        input.value = String(s[part]);
+        input.setAttribute("aria-label", (part === "te" ? "Text-encoder" : "UNet") + " strength of " + c.name);
+        input.addEventListener("click", (e) => e.stopPropagation());
+        input.addEventListener("input", () => {
+          const v = parseFloat(input.value);
+          if (Number.isFinite(v)) s[part] = v;
+        });
+        input.addEventListener("keydown", (e) => {
+          e.stopPropagation();
+          if (e.key === "Enter") { e.preventDefault(); this.insert(c, e.shiftKey, card); }
+        });
+        label.appendChild(input);
+        strengths.appendChild(label);
+      }
+      const actions = el("div", "lp-actions");
+      const info = el("button", "lp-btn lp-info", "Info");
+      info.type = "button";
+      info.title = "Details";
+      info.addEventListener("click", (e) => { e.stopPropagation(); this.showDetails(c); });
+      const edit = el("button", "lp-btn lp-edit", "Edit");
+      edit.type = "button";
+      edit.title = "Edit metadata";
+      edit.addEventListener("click", (e) => { e.stopPropagation(); this.showEditor(c); });
+      actions.append(info, edit, el("span", "lp-size", fmtSize(c.size)));
+      card.append(thumb, name, trig, strengths, actions);
+      card.addEventListener("click", (e) => {
+        this.cursor = this.view.indexOf(c);
+        this.insert(c, e.shiftKey, card);
+      });
+      return card;
+    }
+
+    moveCursor(delta) {
+      if (!this.view.length) return;
+      this.cursor = Math.max(0, Math.min(this.view.length - 1, this.cursor + delta));
+      const rowH = CARD_H + GAP, row = Math.floor(this.cursor / this.cols);
+      const top = row * rowH, bottom = top + rowH + GAP;
+      if (top < this.scroller.scrollTop) this.scroller.scrollTop = top;
+      else if (bottom > this.scroller.scrollTop + this.scroller.clientHeight) {
+        this.scroller.scrollTop = bottom - this.scroller.clientHeight;
+      }
+      this.renderWindow(true);
+    }
+
+    onGridKey(e) {
+      const moves = { ArrowLeft: -1, ArrowRight: 1, ArrowUp: -this.cols, ArrowDown: this.cols,
+        PageUp: -this.cols * 3, PageDown: this.cols * 3 };
+      if (e.key in moves) { e.preventDefault(); this.moveCursor(moves[e.key]); }
+      else if (e.key === "Home") { e.preventDefault(); this.moveCursor(-this.cursor); }
+      else if (e.key === "End") { e.preventDefault(); this.moveCursor(this.view.length); }
+      else if (e.key === "Enter") { e.preventDefault(); this.insertAt(this.cursor, e.shiftKey); }
+    }
+
+    insertAt(index, shift) {
+      const c = this.view[index];
+      if (c) this.insert(c, shift, this.nodes.get(c.id));
+    }
+
+    target() {
+      return this.targets[Number(this.targetSel.value) || 0];
+    }
+
+    async insert(c, shift, node) {
+      const target = this.target();
+      const prompt = target && findField(target.prompt);
+      if (!prompt) { this.say("No prompt box to insert into", true); return; }
+      const negative = target.negative ? findField(target.negative) : null;
+      const s = this.strengths.get(c.id);
+      try {
+        const r = await this.request("insert", {
+          id: c.id, te: s.te, unet: s.unet, activation: this.actBox.checked !== !!shift,
+          prompt: prompt.value, negative: negative ? negative.value : null,
+        });
+        setField(prompt, r.prompt);
+        if (negative && r.negative !== null && r.negative !== undefined) setField(negative, r.negative);
+        this.say(r.message);
+        if (node) { node.classList.remove("lp-flash"); void node.offsetWidth; node.classList.add("lp-flash"); }
+      } catch (err) {
+        this.say("Could not insert " + c.name + ": " + err.message, true);
+      }
+    }
+
+    openDialog(title) {
+      const d = this.dialog;
+      d.textContent = "";
+      const head = el("div", "lp-dialog-head");
+      head.appendChild(el("h3", null, title));
+      const close = el("button", "lp-btn lp-close", "✕");
+      close.type = "button";
+      close.title = "Close";
+      close.addEventListener("click", () => d.close());
+      head.appendChild(close);
+      const body = el("div", "lp-dialog-body");
+      d.append(head, body);
+      if (!d.open) d.showModal();
+      return body;
+    }
+
+    async showDetails(c) {
+      const body = this.openDialog(c.name);
+      try {
+        const data = await this.request("details?" + new URLSearchParams({ id: c.id }));
+        body.innerHTML = data.html; // rendered and escaped by loraprompt.ui.cards.details_html
+      } catch (err) {
+        body.appendChild(el("p", "lp-error", err.message));
+      }
+    }
+
+    async showEditor(c) {
+      const body = this.openDialog("Edit " + c.name);
+      let data;
+      try {
+        data = await this.request("details?" + new URLSearchParams({ id: c.id }));
+      } catch (err) {
+        body.appendChild(el("p", "lp-error", err.message));
+        return;
+      }
+      const form = el("form", "lp-editor");
+      const fields = {};
+      const add = (key, label, kind) => {
+        const row = el("label", "lp-field");
+        row.appendChild(el("span", null, label));
+        let input;
+        if (kind === "select") {
+          input = el("select");
+          for (const v of data.sd_versions) { const o = el("option", null, v); o.value = v; input.appendChild(o); }
+          input.value = data.user[key] || "Unknown";
+        } else if (kind === "checkbox") {
+          input = el("input");
+          input.type = "checkbox";
+          input.checked = !!data.user[key];
+        } else if (kind === "number") {
+          input = el("input");
+          input.type = "number";
+          input.step = "0.05";
+          input.value = String(data.user[key] || 0);
+        } else {
+          input = el(kind === "area" ? "textarea" : "input");
+          input.value = data.user[key] || "";
+        }
+        input.name = key;
+        row.appendChild(input);
+        form.appendChild(row);
+        fields[key] = input;
+      };
+      add("description", "Description", "area");
+      add("sd version", "SD version", "select");
+      add("activation text", "Activation text", "text");
+      add("preferred weight", "Preferred weight (0 = default)", "number");
+      add("negative text", "Negative prompt", "text");
+      add("notes", "Notes", "area");
+      add("favorite", "Favorite", "checkbox");
+      add("nsfw", "NSFW (blur the preview)", "checkbox");
+      const status = el("p", "lp-editor-status");
+      const save = el("button", "lp-btn lp-save", "Save");
+      save.type = "submit";
+      form.append(save, status);
+      form.addEventListener("submit", async (e) => {
+        e.preventDefault();
+        const values = {};
+        for (const [k, input] of Object.entries(fields)) {
+          values[k] = input.type === "checkbox" ? input.checked
+            : input.type === "number" ? (parseFloat(input.value) || 0) : input.value;
+        }
+        save.disabled = true;
+        try {
+          const r = await this.request("metadata", { id: c.id, values: values });
+          this.replaceCard(r.card);
+          status.textContent = "Saved to " + r.file;
+          status.classList.remove("lp-error");
+        } catch (err) {
+          status.textContent = "Not saved: " + err.message;
+          status.classList.add("lp-error");
+        } finally {
+          save.disabled = false;
+        }
+      });
+      body.appendChild(form);
+    }
+
+    replaceCard(card) {
+      const i = this.cards.findIndex((c) => c.id === card.id);
+      if (i < 0) return;
+      this.cards[i] = card;
+      this.byId.set(card.id, card);
+      this.strengths.set(card.id, { te: card.weight, unet: card.weight });
+      this.applyFilter();
+    }
+  }
+
+  function mountAll() {
+    for (const root of document.querySelectorAll(".lp-gallery[data-api]:not([data-mounted])")) {
+      root.dataset.mounted = "1";
+      root.loraPromptGallery = new Gallery(root);
+    }
+  }
+
+  document.addEventListener("keydown", (e) => {
+    if (e.key !== "/" || e.ctrlKey || e.metaKey || e.altKey || isTyping(e.target)) return;
+    const visible = [...document.querySelectorAll(".lp-gallery[data-mounted]")].find((r) => r.offsetParent !== null);
+    if (!visible) return;
+    e.preventDefault();
+    visible.loraPromptGallery.search.focus();
+    visible.loraPromptGallery.search.select();
+  });
+
+  window.loraPromptGallery = { mountAll: mountAll };
+  mountAll();
+  new MutationObserver(mountAll).observe(document.documentElement, { childList: true, subtree: true });
+})();

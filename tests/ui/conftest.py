@@ -1,0 +1,174 @@
+"""Fixtures for the gallery tests: a LoRA folder of real files (safetensors, PNG/JPEG previews,
+sidecars, hostile names), the gallery demo app served on loopback under current gradio and under
+gradio 3.41.2 (Automatic1111's), and a headless Chromium driven by Playwright."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.numpy import save_file
+
+REPO = Path(__file__).resolve().parents[2]
+SCREENSHOTS = REPO / "artifacts" / "screenshots"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+XSS = "\"'><img src=x onerror=alert(1)>"
+
+SD1_KEYS = {
+    "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": (4, 768),
+    "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_up.weight": (320, 4),
+}
+SDXL_KEYS = {
+    "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_down.weight": (4, 2048),
+    "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_up.weight": (640, 4),
+    "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": (4, 1280),
+}
+
+
+def write_lora(path: Path, keys: dict[str, tuple[int, ...]], metadata: dict[str, str] | None = None, seed: int = 0) -> Path:
+    """A small real safetensors LoRA written by the safetensors library."""
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: rng.standard_normal(s).astype(np.float16) for k, s in keys.items()}, str(path), metadata=metadata)
+    return path
+
+
+def write_preview(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (640, 480)) -> Path:
+    """A real image file (format from the extension) of one colour with a diagonal stripe."""
+    image = Image.new("RGB", size, color)
+    for i in range(min(size)):
+        image.putpixel((i, i), (255, 255, 255))
+    image.save(path)
+    return path
+
+
+def make_gallery_folder(root: Path) -> Path:
+    """`root/Lora` with SD1 and SDXL files in subfolders, previews, sidecars and a hostile name."""
+    lora = root / "Lora"
+    tags = json.dumps({"10_cat": {"orange cat": 40, "whiskers": 12}})
+    write_lora(lora / "characters" / "catgirl.safetensors", SD1_KEYS,
+               {"ss_output_name": "catgirl_v2", "ss_base_model_version": "sd_v1", "ss_tag_frequency": tags,
+                "ss_network_dim": "16", "ss_network_alpha": "8"}, seed=1)
+    write_preview(lora / "characters" / "catgirl.png", (200, 80, 40))
+    (lora / "characters" / "catgirl.json").write_text(json.dumps({
+        "activation text": "catgirl, cat ears", "preferred weight": 0.7, "notes": "great with sunsets",
+        "negative text": "extra tails", "sd version": "SD1", "modelId": 12345}), encoding="utf-8")
+    write_lora(lora / "styles" / "watercolor.safetensors", SDXL_KEYS,
+               {"modelspec.architecture": "stable-diffusion-xl-v1-base/lora", "modelspec.trigger_phrase": "wcstyle"}, seed=2)
+    write_preview(lora / "styles" / "watercolor.preview.jpg", (40, 120, 220))
+    write_lora(lora / "styles" / "sketchy_lines.safetensors", SDXL_KEYS, {}, seed=3)
+    write_lora(lora / "styles" / "deep" / "ink_wash.safetensors", SD1_KEYS, {"ss_base_model_version": "sd_v1"}, seed=4)
+    write_preview(lora / "styles" / "deep" / "ink_wash.webp", (20, 20, 20))
+    write_lora(lora / "editable.safetensors", SD1_KEYS, {}, seed=5)
+    write_lora(lora / f"{XSS}.safetensors", SD1_KEYS, {"ss_output_name": XSS, "ss_tag_frequency": json.dumps({"x": {XSS: 3}})}, seed=6)
+    (lora / f"{XSS}.json").write_text(json.dumps({"notes": XSS + "\nsecond line", "description": XSS}), encoding="utf-8")
+    return lora
+
+
+@pytest.fixture
+def gallery_folder(tmp_path: Path) -> Path:
+    """A fresh copy of the gallery fixture folder."""
+    return make_gallery_folder(tmp_path)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def gradio_pythons() -> list[Any]:
+    """pytest params: the interpreters to serve the demo with (current gradio, gradio 3.41.2)."""
+    g3 = os.environ.get("LORAPROMPT_GRADIO3_PYTHON") or str(REPO / ".venv-gradio3" / "bin" / "python")
+    params = [pytest.param(sys.executable, id="gradio-current")]
+    reason = f"gradio 3.41.2 interpreter not found at {g3} (test.sh creates .venv-gradio3)"
+    params.append(pytest.param(g3, id="gradio-3.41.2", marks=[
+        pytest.mark.gradio3, pytest.mark.skipif(not Path(g3).exists(), reason=reason)]))
+    return params
+
+
+class DemoServer:
+    """The gallery demo running in a child process on 127.0.0.1."""
+
+    def __init__(self, python: str, lora: Path, cache: Path, family: str = "none") -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.lora = lora
+        self.log = cache / "server.log"
+        cache.mkdir(parents=True, exist_ok=True)
+        cmd = [python, "-m", "loraprompt.ui.gallery_demo", "--lora-dir", str(lora), "--port", str(self.port),
+               "--cache-dir", str(cache), "--family", family, "--poll", "0.5"]
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        self.gradio = self._wait()
+
+    def _wait(self, timeout: float = 90.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gallery demo exited: {self.log.read_text(errors='replace')[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "loraprompt/gallery/state", timeout=2) as r:
+                    if r.status == 200:
+                        return self.log.read_text(errors="replace").split("gradio ")[-1].split(")")[0]
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"gallery demo did not start in {timeout} s: {self.log.read_text(errors='replace')[-3000:]}")
+
+    def stop(self) -> None:
+        """Stop the child process."""
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="module", params=gradio_pythons())
+def demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
+    """The demo app (loaded model: SDXL) over a fresh fixture folder, once per gradio version."""
+    base = tmp_path_factory.mktemp("gallery")
+    server = DemoServer(request.param, make_gallery_folder(base), base / "cache", family="sdxl")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """A headless Chromium (the system's), or a skip saying why there is none."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium to run the browser tests")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any, demo: DemoServer, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A page with the demo loaded and the first cards drawn; a screenshot is saved afterwards."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    pg.dialogs = []  # type: ignore[attr-defined]
+    pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))  # type: ignore[attr-defined]
+    pg.goto(demo.url)
+    pg.locator(".lp-card").first.wait_for(timeout=30_000)
+    yield pg
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    pg.screenshot(path=str(SCREENSHOTS / f"{request.node.name.replace('/', '_')}.png"), full_page=True)
+    context.close()
