@@ -78,6 +78,7 @@ class Library:
         self._by_path: dict[str, Entry] = {}
         self._dir_mtimes: dict[str, int] = {}
         self._offline: set[str] = set()
+        self._fingerprints: dict[str, Any] = {}
         self._index = NameIndex([])
         self._allowed: frozenset[Path] | None = None
         self._checked_at = 0.0
@@ -99,19 +100,21 @@ class Library:
             pending: list[str] = []
             offline: list[str] = []
             read = 0
+            fingerprints: dict[str, Any] = {}
             for root in self.roots:
                 if not root.is_dir():
                     offline.append(str(root))
                     kept = [e for e in old.values() if e.root == str(root)]
                     entries += [replace(e, offline=True) for e in kept]
                     continue
-                result = scan_root(root, self._cache, self.settle_s)
+                result = scan_root(root, self._cache, self.settle_s, self._fingerprints)
+                fingerprints.update(result.fingerprints)
                 entries += result.entries
                 dir_mtimes.update(result.dir_mtimes)
                 pending += result.pending
                 read += result.read
             self._install(entries)
-            self._dir_mtimes, self._offline = dir_mtimes, set(offline)
+            self._dir_mtimes, self._offline, self._fingerprints = dir_mtimes, set(offline), fingerprints
             self._checked_at = time.monotonic()
             gone = {p for p in old if p not in self._by_path}
             sidecar_paths = self._cache.paths() - self._by_path.keys()
@@ -170,7 +173,7 @@ class Library:
             record, _ = model_record(path, st, self._cache, settle_s=0.0)
             root = Path(entry.root)
             folder = folder_of(path, root)
-            sides = read_sidecars(folder, path.stem, self._cache)
+            sides, _ = read_sidecars(folder, path.stem, self._cache)
             new = make_entry(root, folder, path.name, st=st, record=record or {}, sidecars=sides)
             self._install([new if e.path == entry.path else e for e in self._entries])
             self._cache.save()

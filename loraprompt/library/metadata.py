@@ -9,21 +9,23 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from loraprompt.library.safetensors_header import TensorInfo
 
 MAX_SHOWN = 1000  # characters of one metadata value kept for display
-MAX_TAGS = 50  # tag frequencies kept in the summary
+MAX_TAGS = 24  # tag frequencies kept in the summary (A1111 shows the top 24)
 MAX_TRIGGERS = 24  # as many as A1111's "training dataset tags" shows
 FAMILIES = ("sd1", "sd2", "sdxl")
 SD_VERSION_NAMES = {"SD1": "sd1", "SD2": "sd2", "SDXL": "sdxl"}
 
 _CROSS_ATTN_DIMS = {2048: "sdxl", 1024: "sd2", 768: "sd1"}
 _SDXL_KEY = re.compile(
-    r"^(lora_te[12]_|te[12][._]|text_encoder_2[._])|transformer_blocks[._][1-9]|add_embedding|label_emb"
+    r"^(lora_te[12]_|te[12][._]|text_encoder_2[._])|transformer_blocks[._][1-9]|add_embedding|label_emb", re.M
 )
+_CROSS_ATTN_KEY = re.compile(r"^.*attn2[._]to_[kv].*$", re.M | re.I)
+_TE_KEY = re.compile(r"^.*(?:lora_te_|text_encoder).*self_attn.*$", re.M | re.I)
 _TE_DIMS = {768: "sd1", 1024: "sd2"}
 
 
@@ -54,17 +56,18 @@ def family_from_metadata(metadata: Mapping[str, str]) -> str | None:
 def family_from_tensors(tensors: Mapping[str, TensorInfo]) -> str | None:
     """sd1/sd2/sdxl from key names (SDXL-only blocks, a second text encoder) and the width of
     cross-attention and text-encoder weights; None when the keys cannot tell."""
+    keys = "\n".join(tensors)
+    if _SDXL_KEY.search(keys):
+        return "sdxl"
     te_family = None
-    for name, info in tensors.items():
-        if _SDXL_KEY.search(name):
-            return "sdxl"
-        low = name.lower()
-        if "attn2" in low and ("to_k" in low or "to_v" in low):
-            for dim in info.shape:
-                if dim in _CROSS_ATTN_DIMS:
-                    return _CROSS_ATTN_DIMS[dim]
-        elif te_family is None and ("lora_te_" in low or "text_encoder" in low) and "self_attn" in low:
-            te_family = next((_TE_DIMS[d] for d in info.shape if d in _TE_DIMS), None)
+    for name in _CROSS_ATTN_KEY.findall(keys):
+        for dim in tensors[name].shape:
+            if dim in _CROSS_ATTN_DIMS:
+                return _CROSS_ATTN_DIMS[dim]
+    for name in _TE_KEY.findall(keys):
+        te_family = next((_TE_DIMS[d] for d in tensors[name].shape if d in _TE_DIMS), None)
+        if te_family:
+            break
     return te_family
 
 
@@ -118,9 +121,10 @@ class MetadataSummary:
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON values (tuples become lists)."""
-        out = asdict(self)
+        out = {name: getattr(self, name) for name in self.__dataclass_fields__}
         out["tags"] = [list(t) for t in self.tags]
         out["trigger_words"] = list(self.trigger_words)
+        out["modelspec"] = dict(self.modelspec)
         return out
 
     @classmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ class ScanResult:
     dir_mtimes: dict[str, int] = field(default_factory=dict)
     pending: list[str] = field(default_factory=list)  # files still being written
     read: int = 0  # model headers read (cache misses)
+    fingerprints: dict[str, tuple[Any, Entry]] = field(default_factory=dict)
 
 
 def walk(root: Path, dir_mtimes: dict[str, int]) -> list[Folder]:
@@ -80,9 +82,11 @@ def walk(root: Path, dir_mtimes: dict[str, int]) -> list[Folder]:
     return out
 
 
-def read_sidecars(folder: Folder, stem: str, cache: DiskCache) -> dict[str, Any]:
-    """kind -> value of each sidecar of `<stem>` in `folder`, read only when its stat changed."""
+def read_sidecars(folder: Folder, stem: str, cache: DiskCache) -> tuple[dict[str, Any], tuple[Any, ...]]:
+    """(kind -> value of each sidecar of `<stem>` in `folder`, their stats); a sidecar is read
+    only when its stat changed."""
     values: dict[str, Any] = {}
+    stamps: list[tuple[str, int, int]] = []
     for kind, wanted in sidecar_names(stem).items():
         found = find_names([wanted], folder.listing)
         if not found:
@@ -92,12 +96,13 @@ def read_sidecars(folder: Folder, stem: str, cache: DiskCache) -> dict[str, Any]
             st = path.stat()
         except OSError:
             continue
+        stamps.append((found[0], st.st_size, st.st_mtime_ns))
         record = cache.get(str(path), st.st_size, st.st_mtime_ns)
         if record is None:
             record = cache.put(str(path), st.st_size, st.st_mtime_ns, sidecar=sidecar_value(kind, path))
         if record.get("sidecar") is not None:
             values[kind] = record["sidecar"]
-    return values
+    return values, tuple(stamps)
 
 
 def make_entry(
@@ -149,8 +154,9 @@ def model_record(path: Path, st: os.stat_result, cache: DiskCache, settle_s: flo
     return cache.put(str(path), st.st_size, st.st_mtime_ns, **values), True
 
 
-def scan_root(root: Path, cache: DiskCache, settle_s: float) -> ScanResult:
-    """Walk one root and build its entries in A1111's (natural-sorted) order."""
+def scan_root(root: Path, cache: DiskCache, settle_s: float, previous: Mapping[str, tuple[Any, Entry]]) -> ScanResult:
+    """Walk one root and build its entries in A1111's (natural-sorted) order, reusing the
+    `previous` (fingerprint, entry) of a file whose stat, sidecars and previews are unchanged."""
     result = ScanResult()
     for folder in walk(root, result.dir_mtimes):
         for filename in folder.models:
@@ -165,7 +171,14 @@ def scan_root(root: Path, cache: DiskCache, settle_s: float) -> ScanResult:
                 result.pending.append(str(path))
                 continue
             stem = os.path.splitext(filename)[0]
-            result.entries.append(make_entry(root, folder, filename, st=st, record=record, sidecars=read_sidecars(folder, stem, cache)))
+            sidecars, stamps = read_sidecars(folder, stem, cache)
+            fingerprint = (st.st_size, st.st_mtime_ns, stamps, tuple(find_names(preview_names(stem), folder.listing)), folder.hidden)
+            old = previous.get(str(path))
+            entry = old[1] if old is not None and old[0] == fingerprint else None
+            if entry is None:
+                entry = make_entry(root, folder, filename, st=st, record=record, sidecars=sidecars)
+            result.entries.append(entry)
+            result.fingerprints[entry.path] = (fingerprint, entry)
     result.entries.sort(key=lambda e: natural_key(e.relpath))
     return result
 
