@@ -69,6 +69,7 @@ class GenerationInfo:
     negative_prompt: str = ""
     steps: int = 20
     sampler: str = "Euler a"
+    schedule_type: str | None = None
     cfg_scale: float = 7.0
     seed: int = 0
     width: int = 512
@@ -83,15 +84,16 @@ class GenerationInfo:
         params: dict[str, Any] = {
             "Steps": self.steps,
             "Sampler": self.sampler,
+            "Schedule type": self.schedule_type,
             "CFG scale": _number(self.cfg_scale),
             "Seed": self.seed,
             "Size": f"{self.width}x{self.height}",
             "Model hash": self.model_hash,
             "Model": self.model,
         }
-        params.update(self.extra)
         if self.lora_hashes:
             params["Lora hashes"] = format_lora_hashes(self.lora_hashes)
+        params.update(self.extra)
         return params
 
 
@@ -145,8 +147,8 @@ class InfotextLora:
     """A `<lora:...>` tag found in a pasted prompt, with the hash `Lora hashes` gave its name."""
 
     name: str
-    te: float
-    unet: float
+    te: Any  # a float, or the parser's Schedule for keyframed strengths
+    unet: Any
     short_hash: str | None
 
 

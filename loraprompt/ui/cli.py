@@ -1,0 +1,69 @@
+"""`loraprompt webui`: launch the standalone web UI on loopback (the built-in demo model unless
+`--checkpoint` names a local SD1.x/SD2.x/SDXL checkpoint)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser, command_name: str) -> None:
+    """Options of `loraprompt webui`."""
+    parser.add_argument("--checkpoint", metavar="PATH",
+                        help="single-file .safetensors checkpoint or diffusers folder (default: built-in demo)")
+    parser.add_argument("--lora-dir", metavar="DIR", action="append", default=[],
+                        help="LoRA folder, scanned recursively; repeat for more (demo: its own folder)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    parser.add_argument("--port", type=int, default=7860, help="port (0: any free port; default 7860)")
+    parser.add_argument("--outputs", metavar="DIR", help="where images are saved (default: DATA_DIR/outputs)")
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="demo LoRAs, library cache and outputs (default: $LORAPROMPT_HOME or ~/.cache/loraprompt/demo)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model and the library, then serve until interrupted."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from loraprompt.errors import LoraPromptError
+    from loraprompt.library import Library
+    from loraprompt.models import default_data_dir, load_demo, load_model
+    from loraprompt.ui.txt2img import Txt2Img
+    from loraprompt.ui.webui import serve
+
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    lora_dirs = [Path(d) for d in args.lora_dir]
+    try:
+        if args.checkpoint:
+            print(f"loading {args.checkpoint} (offline) ...", flush=True)
+            model = load_model(args.checkpoint)
+        else:
+            print(f"building the demo model; demo LoRAs in {data_dir / 'models' / 'Lora'}", flush=True)
+            model, demo_loras = load_demo(data_dir)
+            lora_dirs = lora_dirs or [demo_loras]
+    except LoraPromptError as exc:
+        print(f"loraprompt webui: {exc}", file=sys.stderr)
+        return 2
+    if not lora_dirs:
+        print("loraprompt webui: no --lora-dir given; the gallery will be empty", file=sys.stderr)
+    for d in lora_dirs:
+        if not d.is_dir():
+            print(f"loraprompt webui: --lora-dir {d} is not a folder", file=sys.stderr)
+            return 2
+    outputs = Path(args.outputs) if args.outputs else data_dir / "outputs"
+    outputs.mkdir(parents=True, exist_ok=True)
+    library = Library([str(d) for d in lora_dirs], cache_dir=str(data_dir / "cache"))
+    engine = Txt2Img(model, library, outputs)
+    print(f"loraprompt webui: {model.name} ({model.family}), {len(library.entries)} LoRAs, outputs in {outputs}",
+          flush=True)
+    serve(engine, args.host, args.port or free_port(args.host), [str(outputs)], data_dir / "thumbs")
+    return 0
+
+
+def free_port(host: str) -> int:
+    """A TCP port free on `host` right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])

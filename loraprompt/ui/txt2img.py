@@ -1,0 +1,163 @@
+"""txt2img without gradio: parse the prompt, resolve its LoRAs in the library, sync the patcher to
+exactly that set (an empty set restores the model), run the diffusers pipeline, and save a PNG
+with A1111-style infotext. The web UI is a thin shell around `Txt2Img.generate`."""
+
+from __future__ import annotations
+
+import datetime
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import loraprompt
+from loraprompt.diagnostics import Diagnostic
+from loraprompt.errors import LoraPromptError
+from loraprompt.infotext import GenerationInfo, format_infotext
+from loraprompt.models import LoadedModel
+from loraprompt.models.samplers import SAMPLER_LABELS, make_scheduler, sampler_by_label
+
+StepCallback = Callable[[int, int], None]
+MAX_SEED = 2**32 - 1
+
+
+@dataclass
+class Txt2ImgRequest:
+    """One txt2img request as the UI collects it; seed -1 means a random seed."""
+
+    prompt: str
+    negative_prompt: str = ""
+    steps: int = 20
+    cfg_scale: float = 7.0
+    seed: int = -1
+    width: int = 512
+    height: int = 512
+    sampler: str = SAMPLER_LABELS[0]
+
+
+@dataclass(frozen=True)
+class AppliedLora:
+    """A LoRA that was patched in for a generation: the name as written, its file and strengths."""
+
+    name: str
+    path: str
+    te: float | None  # None: follows a step schedule
+    unet: float | None
+    short_hash: str | None
+
+
+@dataclass
+class Txt2ImgResult:
+    """What one generation produced and what the user should be told about it."""
+
+    image: Any
+    path: Path
+    infotext: str
+    seed: int
+    applied: list[AppliedLora] = field(default_factory=list)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+
+class Txt2Img:
+    """Generates images with one loaded model and one LoRA library. LoRAs stay patched between
+    generations, so the next sync writes only what changed; a prompt without LoRAs restores."""
+
+    def __init__(self, model: LoadedModel, library: Any, outputs_dir: str | Path) -> None:
+        self.model = model
+        self.library = library
+        self.outputs_dir = Path(outputs_dir)
+        self._base_scheduler_config = model.pipe.scheduler.config
+        self._lock = threading.Lock()
+
+    def _short_hash(self, path: str) -> str | None:
+        """A1111's `Lora hashes` value: the first 12 hex digits of the tensor-data sha256."""
+        from loraprompt.library.hashes import file_hashes
+
+        entry = self.library.get(path)
+        try:
+            hashes = self.library.hashes(entry) if entry is not None else file_hashes(path)
+        except LoraPromptError:
+            return None
+        return hashes.get("a1111_short")
+
+    def _applied(self, entries: list[Any]) -> list[AppliedLora]:
+        """What the patcher applied, by the names written in the prompt."""
+        return [
+            AppliedLora(e.name or e.label, e.adapter.path, None if e.te_at else e.te, None if e.unet_at else e.unet,
+                        self._short_hash(e.adapter.path))
+            for e in entries
+        ]
+
+    def generate(self, request: Txt2ImgRequest, on_step: StepCallback | None = None) -> Txt2ImgResult:
+        """Run one txt2img generation and save it; the patcher is synced before every run."""
+        import torch
+
+        from loraprompt.integrations.diffusers import activate
+
+        sampler = sampler_by_label(request.sampler)
+        seed = random.randint(0, MAX_SEED) if request.seed < 0 else int(request.seed)
+        steps = int(request.steps)
+        pipe = self.model.pipe
+
+        def step_end(_pipe: Any, step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            if on_step is not None:
+                on_step(step + 1, steps)
+            return kwargs
+
+        with self._lock:
+            pipe.scheduler = make_scheduler(sampler, self._base_scheduler_config)
+            with activate(pipe, request.prompt, self.library, steps=steps, on_error="skip", restore=False) as active, \
+                    torch.inference_mode():
+                image = pipe(
+                    prompt=str(active),
+                    negative_prompt=request.negative_prompt or None,
+                    num_inference_steps=steps,
+                    guidance_scale=float(request.cfg_scale),
+                    width=int(request.width),
+                    height=int(request.height),
+                    generator=torch.Generator("cpu").manual_seed(seed),
+                    callback_on_step_end=step_end,
+                ).images[0]
+            applied = self._applied(active.entries)
+            diagnostics = list(active.diagnostics)
+        info = GenerationInfo(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            steps=steps,
+            sampler=sampler.name,
+            schedule_type=sampler.schedule_type,
+            cfg_scale=float(request.cfg_scale),
+            seed=seed,
+            width=image.width,
+            height=image.height,
+            model=self.model.name,
+            model_hash=self.model.model_hash,
+            lora_hashes={a.name: a.short_hash for a in applied if a.short_hash},
+            extra={"Version": f"loraprompt {loraprompt.__version__}"},
+        )
+        infotext = format_infotext(info)
+        path = save_png(image, infotext, self.outputs_dir, seed)
+        return Txt2ImgResult(image, path, infotext, seed, applied, diagnostics)
+
+
+def save_png(image: Any, infotext: str, outputs_dir: Path, seed: int) -> Path:
+    """Save as A1111 does: `<outputs>/txt2img-images/<date>/<NNNNN>-<seed>.png`, infotext in the
+    PNG `parameters` text chunk."""
+    from PIL.PngImagePlugin import PngInfo
+
+    folder = outputs_dir / "txt2img-images" / datetime.date.today().isoformat()
+    folder.mkdir(parents=True, exist_ok=True)
+    numbers = [int(p.name[:5]) for p in folder.glob("*.png") if p.name[:5].isdigit()]
+    number = max(numbers, default=-1) + 1
+    meta = PngInfo()
+    meta.add_text("parameters", infotext)
+    while True:
+        path = folder / f"{number:05d}-{seed}.png"
+        try:
+            with open(path, "xb") as f:
+                image.save(f, format="PNG", pnginfo=meta)
+            return path
+        except FileExistsError:
+            number += 1
