@@ -1,0 +1,51 @@
+"""The HTTP routes A1111 users script against, served when the built-in Lora extension is off:
+`GET /sdapi/v1/loras` ({name, alias, path, metadata} per LoRA, as A1111 returns them) and
+`POST /sdapi/v1/refresh-loras` (rescan; returns null)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from loraprompt.errors import AdapterFileError
+from loraprompt.library.safetensors_header import read_header
+
+from .runtime import Runtime, library_entries
+
+
+def header_metadata(path: str) -> dict[str, Any]:
+    """A file's safetensors metadata with JSON-looking values decoded, as A1111 shows it; {} for
+    other formats and unreadable headers."""
+    if not path.lower().endswith(".safetensors"):
+        return {}
+    try:
+        metadata: dict[str, Any] = dict(read_header(path).metadata)
+    except (AdapterFileError, OSError):
+        return {}
+    for key, value in metadata.items():
+        if isinstance(value, str) and value.startswith("{"):
+            try:
+                metadata[key] = json.loads(value)
+            except ValueError:
+                pass
+    return metadata
+
+
+def lora_list(runtime: Runtime) -> list[dict[str, Any]]:
+    """The body of GET /sdapi/v1/loras."""
+    return [
+        {"name": e.name, "alias": e.alias, "path": e.path, "metadata": header_metadata(e.path)}
+        for e in library_entries(runtime.library)
+    ]
+
+
+def add_routes(app: Any, runtime: Runtime) -> None:
+    """Register both routes on A1111's FastAPI app."""
+
+    @app.get("/sdapi/v1/loras")
+    async def get_loras() -> list[dict[str, Any]]:
+        return lora_list(runtime)
+
+    @app.post("/sdapi/v1/refresh-loras")
+    async def refresh_loras() -> None:
+        runtime.refresh()

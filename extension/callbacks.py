@@ -1,0 +1,125 @@
+"""`register()`: wires loraprompt into A1111's callbacks. Called once by the entry script."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from modules import script_callbacks
+
+from loraprompt.infotext import parse_lora_hashes, remap_lora_names
+
+from . import coexist, settings, webui
+from .network import LoraPromptNetwork
+from .runtime import Runtime
+
+log = logging.getLogger("loraprompt")
+
+
+@dataclass
+class State:
+    """Everything loraprompt holds in the A1111 process."""
+
+    runtime: Runtime
+    network: LoraPromptNetwork
+    handles_tags: bool
+
+    def claim(self) -> None:
+        """Be the `lora`/`lyco` handler (see coexist.py for why this is repeated)."""
+        displaced = coexist.claim(self.network)
+        if displaced:
+            log.info("loraprompt: took over <lora:...> from %s", ", ".join(displaced))
+
+
+STATE: State | None = None
+
+
+def new_library() -> Any:
+    """The LoRA library over A1111's LoRA folders."""
+    from loraprompt import Library
+
+    return Library(webui.lora_dirs(), cache_dir=webui.cache_dir())
+
+
+def register() -> State:
+    """Create the state and register every callback; returns the state (tests use it)."""
+    global STATE
+    runtime = Runtime(
+        new_library,
+        cache_mb=float(webui.opt("loraprompt_cache_mb", 1024)),
+        delta_cache_mb=float(webui.opt("loraprompt_delta_cache_mb", 1024)),
+    )
+    STATE = State(runtime, LoraPromptNetwork(runtime), bool(webui.opt("loraprompt_handle_lora_tags", True)))
+    script_callbacks.on_before_ui(before_ui, name="loraprompt")
+    script_callbacks.on_app_started(app_started, name="loraprompt")
+    script_callbacks.on_model_loaded(model_loaded, name="loraprompt")
+    script_callbacks.on_cfg_denoiser(cfg_denoiser, name="loraprompt")
+    script_callbacks.on_infotext_pasted(infotext_pasted, name="loraprompt")
+    script_callbacks.on_ui_settings(settings.register, name="loraprompt")
+    script_callbacks.on_ui_tabs(ui_tabs, name="loraprompt")
+    script_callbacks.on_script_unloaded(unloaded, name="loraprompt")
+    return STATE
+
+
+def _state() -> State:
+    if STATE is None:
+        raise RuntimeError("loraprompt_a1111.callbacks.register() was not called")
+    return STATE
+
+
+def before_ui() -> None:
+    """Claim the tag types and, without the built-in, add the Lora cards page."""
+    state = _state()
+    if state.handles_tags:
+        state.claim()
+    if not coexist.builtin_enabled():
+        from modules import ui_extra_networks
+
+        from .page import LoraPromptPage
+
+        ui_extra_networks.register_page(LoraPromptPage(state.runtime))
+
+
+def app_started(demo: Any, app: Any) -> None:
+    """Claim again (every before_ui has run by now) and serve the LoRA API without the built-in."""
+    state = _state()
+    if state.handles_tags:
+        state.claim()
+        if coexist.builtin_enabled():
+            log.warning("%s", coexist.NOTICE)
+    if not coexist.builtin_enabled():
+        from .api import add_routes
+
+        add_routes(app, state.runtime)
+
+
+def model_loaded(sd_model: Any) -> None:
+    """A1111 (re)loaded weights into `sd_model`: backups of the old weights are now wrong."""
+    _state().runtime.forget(sd_model)
+
+
+def cfg_denoiser(params: Any) -> None:
+    """Before each sampling step: re-apply scheduled strengths."""
+    _state().runtime.step(int(params.sampling_step), int(params.total_sampling_steps))
+
+
+def infotext_pasted(infotext: str, params: dict[str, Any]) -> None:
+    """Rename pasted `<lora:NAME:` tags to the local LoRA with the hash `Lora hashes` gives."""
+    hashes = parse_lora_hashes(str(params.get("Lora hashes") or ""))
+    if hashes and "Prompt" in params:
+        params["Prompt"] = remap_lora_names(params["Prompt"], hashes, _state().runtime.lookup_hash)
+
+
+def ui_tabs() -> list[Any]:
+    """The loraprompt gallery tab."""
+    from .tab import build_tab
+
+    return build_tab(_state())
+
+
+def unloaded() -> None:
+    """Script reload: restore the base weights and give the tag types back."""
+    state = _state()
+    state.runtime.restore()
+    coexist.release(state.network)

@@ -1,0 +1,137 @@
+"""The `lora` extra network (alias `lyco`) backed by loraprompt.
+
+A1111 calls `activate(p, params)` for every registered network before each batch, for the hires
+pass, and with an empty list when the prompt mentions none; each call replaces the previous one.
+So `activate` always syncs: an empty list restores the base weights exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modules import extra_networks
+
+import loraprompt
+from loraprompt.diagnostics import Diagnostic
+from loraprompt.infotext import format_lora_hashes
+
+from . import coexist, webui
+from .runtime import Runtime
+
+SHOWN = ("error", "warning")
+
+
+def tag_text(params: Any) -> str:
+    """The tag A1111 parsed into `params` (its items joined back with `:`)."""
+    return "<lora:" + ":".join(str(item) for item in params.items) + ">"
+
+
+def batch_prompts(p: Any) -> list[str]:
+    """The raw prompts (tags still in) of the batch being activated."""
+    prompts = list(getattr(p, "all_prompts", None) or [])
+    size = int(getattr(p, "batch_size", 1) or 1)
+    start = int(getattr(p, "iteration", 0) or 0) * size
+    return prompts[start : start + size]
+
+
+def divergent_batch(p: Any, profile: str) -> list[Diagnostic]:
+    """A warning when later prompts of the batch ask for other LoRAs than the first (A1111
+    applies the first prompt's set to the whole batch)."""
+    prompts = batch_prompts(p)
+    if len(prompts) < 2:
+        return []
+    first = loraprompt.parse(prompts[0], profile=profile).loras
+    differing = [i + 1 for i, text in enumerate(prompts[1:], start=1) if loraprompt.parse(text, profile=profile).loras != first]
+    if not differing:
+        return []
+    return [
+        Diagnostic(
+            "W-BATCH-DIVERGENT",
+            f"images {', '.join(map(str, differing))} of the batch ask for other LoRAs than image 1; a "
+            "batch shares one set of weights, so the first prompt's LoRAs were applied to all of them "
+            "(use batch size 1 for per-image LoRAs)",
+        )
+    ]
+
+
+def pass_steps(p: Any, hires: bool) -> int:
+    """Sampling steps of the current pass (hires steps fall back to the first pass's)."""
+    steps = int(getattr(p, "steps", 20) or 20)
+    if hires:
+        return int(getattr(p, "hr_second_pass_steps", 0) or 0) or steps
+    return steps
+
+
+def note(p: Any, diagnostics: list[Diagnostic], in_infotext: bool) -> None:
+    """Show diagnostics under the image (`p.comment`) and, compactly, in the infotext."""
+    shown = [d for d in diagnostics if d.severity in SHOWN]
+    for d in shown:
+        p.comment(f"loraprompt {d.severity}: {d.message}")
+    if not shown or not in_infotext:
+        return
+    codes: list[str] = list(getattr(p, "loraprompt_notes", []))
+    for d in shown:
+        label = f"{d.code} {d.subject}" if d.subject else d.code
+        if label not in codes:
+            codes.append(label)
+    p.loraprompt_notes = codes
+    p.extra_generation_params["loraprompt"] = "; ".join(codes)
+
+
+class LoraPromptNetwork(extra_networks.ExtraNetwork):
+    """Parses the tags A1111 hands over with loraprompt and syncs the patcher."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__("lora")
+        self.runtime = runtime
+
+    def activate(self, p: Any, params_list: list[Any]) -> None:
+        """Apply exactly the LoRAs of `params_list` (none: restore)."""
+        profile = str(webui.opt("loraprompt_profile", "loraprompt"))
+        hires = bool(getattr(p, "is_hr_pass", False))
+        parsed = loraprompt.parse("".join(tag_text(x) for x in params_list), profile=profile, comments=False)
+        diagnostics = list(parsed.diagnostics)
+        if not hires:
+            diagnostics += divergent_batch(p, profile)
+        busy = coexist.builtin_busy()
+        if busy:
+            self.runtime.restore()
+            diagnostics.append(
+                Diagnostic(
+                    "E-TWO-HANDLERS",
+                    f"A1111's built-in Lora extension is applying {', '.join(busy)} (driven by another "
+                    "extension); loraprompt stepped back for this generation so that only one of them "
+                    "patches the weights. " + coexist.NOTICE,
+                    severity="error",
+                )
+            )
+            note(p, diagnostics, bool(webui.opt("loraprompt_diagnostics_in_infotext", True)))
+            return
+        sd_model = getattr(p, "sd_model", None) or webui.current_model()
+        applied = self.runtime.apply(
+            sd_model,
+            webui.model_components(sd_model),
+            webui.model_family(sd_model) if webui.opt("loraprompt_family_check", True) else "",
+            parsed.loras,
+            hires=hires,
+            total_steps=pass_steps(p, hires),
+            profile=profile,
+        )
+        self._write_hashes(p, applied.hashes, hires)
+        note(p, diagnostics + applied.diagnostics, bool(webui.opt("loraprompt_diagnostics_in_infotext", True)))
+
+    def deactivate(self, p: Any) -> None:
+        """Nothing to do: the weights stay patched until the next activate syncs (diffed)."""
+
+    @staticmethod
+    def _write_hashes(p: Any, hashes: dict[str, str], hires: bool) -> None:
+        """`Lora hashes` as A1111 writes it; the hires pass extends the first pass's entries."""
+        if not webui.opt("loraprompt_hashes_in_infotext", True):
+            return
+        if not hires or not isinstance(getattr(p, "lora_hashes", None), dict):
+            p.lora_hashes = {}
+        p.lora_hashes.update(hashes)
+        if p.lora_hashes:
+            p.extra_generation_params["Lora hashes"] = format_lora_hashes(p.lora_hashes)
+        else:
+            p.extra_generation_params.pop("Lora hashes", None)

@@ -1,0 +1,41 @@
+"""loraprompt's options in A1111's Settings, all prefixed `loraprompt_`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modules import shared
+
+SECTION = ("loraprompt", "loraprompt")
+
+
+def options() -> dict[str, Any]:
+    """Option key -> OptionInfo (gradio is imported by A1111 already; choices are plain lists)."""
+    import gradio as gr
+
+    info = shared.OptionInfo
+    return {
+        "loraprompt_handle_lora_tags": info(True, "Handle <lora:...> and <lyco:...> tags with loraprompt").info(
+            "off: A1111's built-in Lora extension applies them (if enabled); loraprompt's gallery only inserts tags"
+        ).needs_restart(),
+        "loraprompt_profile": info(
+            "loraprompt", "Tag syntax", gr.Radio, {"choices": ["loraprompt", "a1111"]}
+        ).info("a1111: exactly A1111's rules (one bad tag drops every LoRA); loraprompt: errors isolated per tag"),
+        "loraprompt_family_check": info(True, "Refuse LoRAs made for another model family").info(
+            "e.g. an SDXL LoRA on an SD1.5 model; the built-in applied such LoRAs partly and silently"
+        ),
+        "loraprompt_hashes_in_infotext": info(True, "Add Lora hashes to infotext"),
+        "loraprompt_diagnostics_in_infotext": info(True, "Add loraprompt's warnings to infotext").info(
+            "they are always shown under the image"
+        ),
+        "loraprompt_cache_mb": info(1024, "Adapters kept in memory (MB)", gr.Number, {"precision": 0}).needs_restart(),
+        "loraprompt_delta_cache_mb": info(
+            1024, "Computed weight deltas kept for fast switching (MB)", gr.Number, {"precision": 0}
+        ).needs_restart(),
+    }
+
+
+def register() -> None:
+    """Add the options (the on_ui_settings callback)."""
+    for key, option in shared.options_section(SECTION, options()).items():
+        shared.opts.add_option(key, option)

@@ -1,0 +1,94 @@
+"""A1111's objects as loraprompt values: the loaded model's components, its family, the LoRA
+folders and the options. Everything that reads `modules.shared` goes through here."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from modules import shared
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+def unwrap(module: Any) -> Any:
+    """A1111's hijack wraps text encoders (`FrozenCLIPEmbedderWithCustomWords.wrapped`)."""
+    return getattr(module, "wrapped", module)
+
+
+def _text_tower(embedder: Any) -> nn.Module:
+    """The HF CLIPTextModel (`.transformer`) or the OpenCLIP model (`.model`) of an embedder."""
+    inner = unwrap(embedder)
+    tower = getattr(inner, "transformer", None)
+    if tower is not None and hasattr(tower, "text_model"):
+        return tower  # type: ignore[no-any-return]
+    model = getattr(inner, "model", None)
+    if model is not None and hasattr(model, "transformer"):
+        return model  # type: ignore[no-any-return]
+    return tower if tower is not None else inner  # type: ignore[no-any-return]
+
+
+def model_components(sd_model: Any) -> dict[str, nn.Module]:
+    """The modules loraprompt patches, by diffusers component name.
+
+    SD1: `cond_stage_model.wrapped.transformer` (HF CLIP); SD2: `cond_stage_model.wrapped.model`
+    (OpenCLIP); SDXL: `conditioner.embedders[0]` (CLIP-L) and `[1]` (OpenCLIP bigG). The UNet is
+    `model.diffusion_model` (LDM/SGM names) in every family. The VAE is never touched.
+    """
+    out: dict[str, nn.Module] = {"unet": sd_model.model.diffusion_model}
+    conditioner = getattr(sd_model, "conditioner", None)
+    if getattr(sd_model, "is_sdxl", False) and conditioner is not None:
+        embedders = [e for e in conditioner.embedders if hasattr(unwrap(e), "transformer") or hasattr(unwrap(e), "model")]
+        for name, embedder in zip(("text_encoder", "text_encoder_2"), embedders):
+            out[name] = _text_tower(embedder)
+    else:
+        out["text_encoder"] = _text_tower(sd_model.cond_stage_model)
+    return out
+
+
+def model_family(sd_model: Any) -> str | None:
+    """"sd1", "sd2" or "sdxl" from A1111's own flags; None for other models (SD3, ...)."""
+    if getattr(sd_model, "is_sdxl", False):
+        return "sdxl"
+    if getattr(sd_model, "is_sd2", False):
+        return "sd2"
+    if getattr(sd_model, "is_sd1", False):
+        return "sd1"
+    return None
+
+
+def lora_dirs() -> list[str]:
+    """The folders A1111 scans for LoRAs: --lora-dir and --lyco-dir-backcompat (when present)."""
+    from modules import paths
+
+    args = shared.cmd_opts
+    dirs = [
+        getattr(args, "lora_dir", None) or os.path.join(paths.models_path, "Lora"),
+        getattr(args, "lyco_dir_backcompat", None) or os.path.join(paths.models_path, "LyCORIS"),
+    ]
+    seen: list[str] = []
+    for d in dirs:
+        if os.path.isdir(d) and os.path.abspath(d) not in seen:
+            seen.append(os.path.abspath(d))
+    return seen
+
+
+def cache_dir() -> str:
+    """Where the library keeps its scan cache: A1111's data folder, beside its own caches."""
+    from modules import paths
+
+    return os.path.join(paths.data_path, "cache", "loraprompt")
+
+
+def opt(name: str, default: Any) -> Any:
+    """An option value, or `default` when the option is not registered (yet)."""
+    opts = shared.opts
+    if opts is None:
+        return default
+    return opts.data.get(name, default) if name not in opts.data_labels else getattr(opts, name)
+
+
+def current_model() -> Any:
+    """The loaded model (None while none is loaded)."""
+    return shared.sd_model

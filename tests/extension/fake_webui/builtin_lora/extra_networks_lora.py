@@ -1,0 +1,24 @@
+"""Stand-in for extensions-builtin/Lora/extra_networks_lora.py and its before_ui registration
+(A1111 v1.10.1, scripts/lora_script.py): the built-in `lora` handler."""
+
+import networks
+from modules import extra_networks
+
+
+class ExtraNetworkLora(extra_networks.ExtraNetwork):
+    def __init__(self):
+        super().__init__("lora")
+        self.calls = []
+
+    def activate(self, p, params_list):
+        self.calls.append([x.items for x in params_list])
+        networks.load_networks([x.positional[0] for x in params_list])
+
+    def deactivate(self, p):
+        pass
+
+
+def before_ui():
+    handler = ExtraNetworkLora()
+    extra_networks.register_extra_network(handler)
+    extra_networks.register_extra_network_alias(handler, "lyco")

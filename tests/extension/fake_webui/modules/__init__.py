@@ -1,0 +1,44 @@
+"""A thin stand-in for Automatic1111's `modules` package (v1.10.1, commit 82a973c), enough to run
+loraprompt's glue. Signatures are copied from A1111; bodies are this project's own minimal code.
+
+Mirrored (file:line in A1111 v1.10.1):
+- modules/extra_networks.py:9-10   extra_network_registry, extra_network_aliases
+- modules/extra_networks.py:13     initialize()
+- modules/extra_networks.py:18     register_extra_network(extra_network)
+- modules/extra_networks.py:22     register_extra_network_alias(extra_network, alias)
+- modules/extra_networks.py:31     class ExtraNetworkParams: __init__(self, items=None), __eq__
+- modules/extra_networks.py:48     class ExtraNetwork: __init__(self, name), activate(self, p, params_list), deactivate(self, p)
+- modules/extra_networks.py:90     lookup_extra_networks(extra_network_data)
+- modules/extra_networks.py:126    activate(p, extra_network_data)
+- modules/extra_networks.py:153    deactivate(p, extra_network_data)
+- modules/extra_networks.py:175    re_extra_net
+- modules/extra_networks.py:178    parse_prompt(prompt)
+- modules/extra_networks.py:194    parse_prompts(prompts)
+- modules/script_callbacks.py:45   class CFGDenoiserParams: __init__(self, x, image_cond, sigma, sampling_step, total_sampling_steps, text_cond, text_uncond, denoiser=None)
+- modules/script_callbacks.py:253  app_started_callback(demo, app)
+- modules/script_callbacks.py:270  model_loaded_callback(sd_model)
+- modules/script_callbacks.py:278  ui_tabs_callback()
+- modules/script_callbacks.py:298  ui_settings_callback()
+- modules/script_callbacks.py:330  cfg_denoiser_callback(params)
+- modules/script_callbacks.py:378  infotext_pasted_callback(infotext, params)
+- modules/script_callbacks.py:386  script_unloaded_callback()          (reversed order)
+- modules/script_callbacks.py:394  before_ui_callback()                (reversed order)
+- modules/script_callbacks.py:456-588  on_app_started, on_model_loaded, on_ui_tabs, on_ui_settings,
+                                   on_cfg_denoiser, on_infotext_pasted, on_script_unloaded,
+                                   on_before_ui: (callback, *, name=None)
+- modules/scripts.py:14            AlwaysVisible
+- modules/scripts.py:52            class Script: title(self), show(self, is_img2img), process(self, p, *args)
+- modules/scripts.py:828           ScriptRunner.process(self, p)
+- modules/options.py:13            class OptionInfo: __init__(self, default=None, label="", component=None, component_args=None, onchange=None, section=None, refresh=None, comment_before='', comment_after='', infotext=None, restrict_api=False, category_id=None); info(self, info) (:44); needs_restart(self) (:52)
+- modules/options.py:68            options_section(section_identifier, options_dict)
+- modules/options.py:82            class Options: __init__(self, data_labels, restricted_opts), __getattr__ (:131), onchange(self, key, func, call=True) (:229), add_option(self, key, info) (:256)
+- modules/shared.py:14,44,47,76,77 cmd_opts, opts, sd_model, options_section, OptionInfo
+- modules/paths_internal.py:32     models_path (re-exported by modules/paths.py)
+- modules/processing.py:137        class StableDiffusionProcessing (fields used: prompt, all_prompts, batch_size, n_iter, steps, iteration, sd_model, extra_generation_params, comments, disable_extra_networks, is_hr_pass, scripts); comment(self, text) (:296)
+- modules/processing.py:819        process_images(p) -> Processed (the extra-network steps of process_images_inner, :863)
+- modules/infotext_utils.py:234    parse_generation_parameters(x, skip_fields=None)
+- modules/ui_extra_networks.py:20  extra_pages; :89 register_page(page); :180 quote_js(s)
+- modules/ui_extra_networks.py:186 class ExtraNetworksPage: __init__(self, title), refresh(self) (:207), read_user_metadata(self, item, use_cache=True) (:210), search_terms_from_path(self, filename, possible_directories=None) (:225), create_item(self, name, index=None) (:625), list_items(self) (:628), allowed_directories_for_previews(self) (:631), get_sort_keys(self, path) (:634), find_preview(self, path) (:647), find_embedded_preview(self, path, name, metadata) (:660), find_description(self, path) (:671)
+- modules/launch_utils.py:121,139  is_installed(package), run_pip(command, desc=None, live=...) (re-exported by launch.py)
+- extensions-builtin/Lora/networks.py:731  loaded_networks; load_networks(names, te_multipliers=None, unet_multipliers=None, dyn_dims=None) (:281)  -> builtin_lora/networks.py
+"""

@@ -1,0 +1,92 @@
+"""Stand-in for modules/ui_extra_networks.py (signatures from A1111 v1.10.1; see modules/__init__.py)."""
+
+import json
+import os
+import urllib.parse
+from pathlib import Path
+
+from modules import extra_networks
+
+extra_pages = []
+PREVIEW_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "gif")
+
+
+def register_page(page):
+    extra_pages.append(page)
+
+
+def quote_js(s):
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class ExtraNetworksPage:
+    def __init__(self, title):
+        self.title = title
+        self.name = title.lower()
+        self.extra_networks_tabname = self.name.replace(" ", "_")
+        self.allow_prompt = True
+        self.allow_negative_prompt = False
+        self.metadata = {}
+        self.items = {}
+
+    def refresh(self):
+        pass
+
+    def read_user_metadata(self, item, use_cache=True):
+        filename = item.get("filename")
+        metadata = {}
+        if filename:
+            sidecar = os.path.splitext(filename)[0] + ".json"
+            if os.path.isfile(sidecar):
+                with open(sidecar, encoding="utf8") as f:
+                    metadata = json.load(f)
+        if metadata.get("description") is not None:
+            item["description"] = metadata["description"]
+        item["user_metadata"] = metadata
+
+    def link_preview(self, filename):
+        mtime = os.path.getmtime(filename)
+        return f"./sd_extra_networks/thumb?filename={urllib.parse.quote(filename.replace(os.sep, '/'))}&mtime={mtime}"
+
+    def search_terms_from_path(self, filename, possible_directories=None):
+        abspath = os.path.abspath(filename)
+        for parent in possible_directories if possible_directories is not None else self.allowed_directories_for_previews():
+            parent = os.path.dirname(os.path.abspath(parent))
+            if abspath.startswith(parent):
+                return os.path.relpath(abspath, parent)
+        return ""
+
+    def create_item(self, name, index=None):
+        raise NotImplementedError()
+
+    def list_items(self):
+        raise NotImplementedError()
+
+    def allowed_directories_for_previews(self):
+        return []
+
+    def get_sort_keys(self, path):
+        st = os.stat(path)
+        return {"date_created": int(st.st_mtime), "date_modified": int(st.st_ctime), "name": Path(path).name.lower(), "path": str(path).lower()}
+
+    def find_preview(self, path):
+        for ext in PREVIEW_EXTENSIONS:
+            for file in (f"{path}.{ext}", f"{path}.preview.{ext}"):
+                if os.path.isfile(file):
+                    return self.link_preview(file)
+        return None
+
+    def find_embedded_preview(self, path, name, metadata):
+        if "ssmd_cover_images" in metadata and os.path.isfile(f"{path}.safetensors"):
+            return f"./sd_extra_networks/cover-images?page={self.extra_networks_tabname}&item={name}"
+        return None
+
+    def find_description(self, path):
+        for file in (f"{path}.txt", f"{path}.description.txt"):
+            if os.path.isfile(file):
+                with open(file, encoding="utf-8", errors="replace") as f:
+                    return f.read()
+        return None
+
+
+__all__ = ["ExtraNetworksPage", "extra_networks", "extra_pages", "quote_js", "register_page"]

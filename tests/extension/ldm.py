@@ -1,0 +1,130 @@
+"""A tiny SD1-shaped model laid out as A1111 holds it: `model.diffusion_model` with LDM module names,
+`cond_stage_model` (the hijack wrapper) -> `.wrapped` (FrozenCLIPEmbedder) -> `.transformer`, a
+CLIPTextModel with transformers 4's `text_model.` level. Widths are tiny; names are the real ones."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import CLIPTextConfig, CLIPTextModel
+
+CONTEXT = 16
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, context: int) -> None:
+        super().__init__()
+        self.to_q = nn.Linear(width, width, bias=False)
+        self.to_k = nn.Linear(context, width, bias=False)
+        self.to_v = nn.Linear(context, width, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(width, width), nn.Dropout(0.0))
+
+
+class GEGLU(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(width, 8 * width)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(GEGLU(width), nn.Dropout(0.0), nn.Linear(4 * width, width))
+
+
+class BasicTransformerBlock(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.attn1 = Attention(width, width)
+        self.ff = FeedForward(width)
+        self.attn2 = Attention(width, CONTEXT)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(width), nn.LayerNorm(width), nn.LayerNorm(width)
+
+
+class SpatialTransformer(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(4, width)
+        self.proj_in = nn.Conv2d(width, width, 1)
+        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(width)])
+        self.proj_out = nn.Conv2d(width, width, 1)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.in_layers = nn.Sequential(nn.GroupNorm(4, width), nn.SiLU(), nn.Conv2d(width, width, 3, padding=1))
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(4 * width, width))
+        self.out_layers = nn.Sequential(nn.GroupNorm(4, width), nn.SiLU(), nn.Dropout(0.0), nn.Conv2d(width, width, 3, padding=1))
+        self.skip_connection = nn.Identity()
+
+
+class UNetModel(nn.Module):
+    """input_blocks 0-1, middle_block and out of SD1's LDM UNet (channels 8)."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.time_embed = nn.Sequential(nn.Linear(width, 4 * width), nn.SiLU(), nn.Linear(4 * width, 4 * width))
+        self.input_blocks = nn.ModuleList(
+            [nn.Sequential(nn.Conv2d(4, width, 3, padding=1)), nn.Sequential(ResBlock(width), SpatialTransformer(width))]
+        )
+        self.middle_block = nn.Sequential(ResBlock(width), SpatialTransformer(width), ResBlock(width))
+        self.out = nn.Sequential(nn.GroupNorm(4, width), nn.SiLU(), nn.Conv2d(width, 4, 3, padding=1))
+
+
+class HF4TextModel(nn.Module):
+    """transformers 4's CLIPTextModel naming (`text_model.encoder…`) around a transformers 5 one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        config = CLIPTextConfig(
+            hidden_size=CONTEXT, intermediate_size=2 * CONTEXT, num_hidden_layers=2, num_attention_heads=2,
+            vocab_size=100, max_position_embeddings=16, bos_token_id=0, eos_token_id=2, pad_token_id=1,
+        )
+        self.text_model = CLIPTextModel(config)
+
+
+class FrozenCLIPEmbedder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.transformer = HF4TextModel()
+
+
+class FrozenCLIPEmbedderWithCustomWords(nn.Module):
+    """A1111's hijack wrapper: the real embedder is `.wrapped`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wrapped = FrozenCLIPEmbedder()
+
+
+class DiffusionWrapper(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.diffusion_model = UNetModel()
+
+
+class TinySD1(nn.Module):
+    """What A1111 calls `sd_model` for an SD1.x checkpoint (the parts loraprompt touches)."""
+
+    is_sd1, is_sd2, is_sdxl = True, False, False
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.model = DiffusionWrapper()
+        self.cond_stage_model = FrozenCLIPEmbedderWithCustomWords()
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+        self.eval()
+
+
+def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every parameter, by name."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(module: nn.Module, before: dict[str, torch.Tensor]) -> list[str]:
+    """Names of parameters that are not bit-identical to `before`."""
+    return sorted(k for k, v in module.state_dict().items() if not torch.equal(v, before[k]))

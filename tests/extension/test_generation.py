@@ -1,0 +1,106 @@
+"""The glue inside the fake A1111: tags patch the tiny LDM-named model, an untagged prompt restores
+it bit-exactly, a model reload forgets, hires and batches follow A1111's rules."""
+
+from __future__ import annotations
+
+import torch
+
+from .conftest import SD1_MODULES, Webui, expected_delta
+from .ldm import changed, snapshot
+
+Q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+PROJ_IN = "lora_unet_down_blocks_0_attentions_0_proj_in"
+TE_Q = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+
+
+def started(webui: Webui) -> Webui:
+    webui.write_lora("style", seed=1)
+    webui.write_lora("detail", seed=2)
+    webui.load_extension()
+    webui.start()
+    return webui
+
+
+def test_tag_patches_every_module_at_its_strength(webui: Webui) -> None:
+    started(webui)
+    base = {k: webui.weight(k) for k in SD1_MODULES}
+    webui.generate("a cat <lora:style:0.5:0.25>")
+    for key in SD1_MODULES:
+        strength = 0.5 if key.startswith("lora_te") else 0.25
+        want = base[key] + strength * expected_delta(webui.files["style"], key)
+        assert torch.allclose(webui.weight(key), want, atol=1e-6), key
+
+
+def test_prompt_without_tags_restores_bit_exactly(webui: Webui) -> None:
+    started(webui)
+    before = snapshot(webui.sd_model)
+    webui.generate("<lora:style:1> <lora:detail:0.7>")
+    assert changed(webui.sd_model, before)
+    webui.generate("<lora:detail:-0.3>")
+    webui.generate("just a cat")
+    assert changed(webui.sd_model, before) == []
+
+
+def test_lyco_alias_and_duplicates_follow_a1111(webui: Webui) -> None:
+    started(webui)
+    base = webui.weight(Q)
+    webui.generate("<lyco:style:0.4> <lora:style:0.4>")
+    want = base + 0.8 * expected_delta(webui.files["style"], Q)
+    assert torch.allclose(webui.weight(Q), want, atol=1e-6)
+
+
+def test_model_reload_forgets_backups_instead_of_restoring_them(webui: Webui) -> None:
+    started(webui)
+    webui.generate("<lora:style:1>")
+    fresh = type(webui.sd_model)(seed=7).state_dict()
+    webui.sd_model.load_state_dict(fresh)  # A1111 loads another checkpoint into the same object
+    webui.modules.script_callbacks.model_loaded_callback(webui.sd_model)
+    webui.generate("no tags")
+    assert changed(webui.sd_model, fresh) == []
+    webui.generate("<lora:detail:1>")
+    want = fresh[SD1_MODULES[Q][0] + ".weight"] + expected_delta(webui.files["detail"], Q)
+    assert torch.allclose(webui.weight(Q), want, atol=1e-6)
+
+
+def test_hires_pass_uses_its_own_prompt_and_hr_strengths(webui: Webui) -> None:
+    started(webui)
+    base = webui.weight(Q)
+    seen: list[torch.Tensor] = []
+    webui.modules.script_callbacks.on_cfg_denoiser(lambda params: seen.append(webui.weight(Q)))
+    result = webui.generate("<lora:style:1:1:hr=0.5>", enable_hr=True, steps=2, hr_second_pass_steps=2)
+    delta = expected_delta(webui.files["style"], Q)
+    assert torch.allclose(seen[0], base + delta, atol=1e-6)
+    assert torch.allclose(seen[-1], base + 0.5 * delta, atol=1e-6)
+    assert "Lora hashes" in result.extra_generation_params
+    webui.generate("<lora:style:1>", enable_hr=True, hr_prompt="<lora:detail:1>", steps=1)
+    assert torch.allclose(webui.weight(Q), base + expected_delta(webui.files["detail"], Q), atol=1e-6)
+
+
+def test_batch_uses_first_prompt_and_says_so(webui: Webui) -> None:
+    started(webui)
+    base = webui.weight(Q)
+    result = webui.generate("", batch_size=2, all_prompts=["<lora:style:1>", "<lora:detail:1>"])
+    assert torch.allclose(webui.weight(Q), base + expected_delta(webui.files["style"], Q), atol=1e-6)
+    assert "W-BATCH-DIVERGENT" in result.extra_generation_params["loraprompt"]
+    assert "first prompt's LoRAs" in result.comments
+
+
+def test_step_schedule_changes_unet_strength_per_step(webui: Webui) -> None:
+    started(webui)
+    base = webui.weight(Q)
+    te_base = webui.weight(TE_Q)
+    seen: list[torch.Tensor] = []
+    webui.modules.script_callbacks.on_cfg_denoiser(lambda params: seen.append(webui.weight(Q)))
+    webui.generate("<lora:style:1:unet=0@0,1@4>", steps=5)
+    delta = expected_delta(webui.files["style"], Q)
+    got = [float(((w - base) * delta).sum() / (delta * delta).sum()) for w in seen]
+    assert [round(x, 4) for x in got] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert torch.allclose(webui.weight(TE_Q), te_base + expected_delta(webui.files["style"], TE_Q), atol=1e-6)
+
+
+def test_disable_extra_networks_restores(webui: Webui) -> None:
+    started(webui)
+    before = snapshot(webui.sd_model)
+    webui.generate("<lora:style:1>")
+    webui.generate("<lora:style:1>", disable_extra_networks=True)
+    assert changed(webui.sd_model, before) == []
