@@ -127,6 +127,6 @@ def build_gallery_tab(
         blocks = Context.root_block
         if blocks is None:
             raise RuntimeError("build_gallery_tab must be called inside a `with gr.Blocks():` block")
-        js_arg = {"js" if _gradio_major() >= 4 else "_js": loader_js(prefix)}
+        js_arg: dict[str, Any] = {"js" if _gradio_major() >= 4 else "_js": loader_js(prefix)}
         blocks.load(None, None, None, **js_arg)
     return GalleryTab(component, service, prefix)

@@ -28,6 +28,10 @@ def build_demo(library: Any, family: str = "none", thumb_dir: str | Path | None 
             negative = gr.Textbox(label="Negative prompt", elem_id="demo_negative", lines=3)
         model = gr.Radio(list(FAMILIES), value=family, label="Loaded model family", elem_id="demo_family")
         model.change(lambda value: loaded.update(family=value), inputs=model, outputs=None)
+        with gr.Row():
+            show = gr.Button("Show the prompt as the server receives it", elem_id="demo_show")
+            received = gr.Textbox(label="Received by the server", elem_id="demo_received", interactive=False)
+        show.click(lambda p, n: f"{p} || {n}", inputs=[prompt, negative], outputs=received)
         with gr.Tab("LoRA gallery"):
             tab = build_gallery_tab(
                 library, [PromptTarget("Prompt", prompt, negative)],
