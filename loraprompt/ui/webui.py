@@ -17,17 +17,17 @@ DEMO_NOTICE = (
     "else is real: prompt parsing, LoRA lookup, patching, infotext. Start with "
     "`loraprompt webui --checkpoint model.safetensors --lora-dir models/Lora` to draw pictures."
 )
-SEVERITY_MARK = {"error": "⛔", "warning": "⚠️", "info": "ℹ️"}
+SEVERITY_MARK = {"error": "**error**", "warning": "**warning**", "info": "info"}
 CSS = "#lp-diagnostics ul { margin: 0; } #lp-demo-notice { border-left: 4px solid #e8a33d; padding-left: 8px; }"
 
 
 def format_diagnostics(diagnostics: list[Diagnostic], applied: list[Any]) -> str:
     """Markdown for the diagnostics panel: one line per applied LoRA, then each message."""
-    lines = [f"- ✅ `{a.name}` te={_strength(a.te)} unet={_strength(a.unet)} (hash {a.short_hash or 'unknown'})"
+    lines = [f"- **applied** `{a.name}` te={_strength(a.te)} unet={_strength(a.unet)} (hash {a.short_hash or 'unknown'})"
              for a in applied]
     for d in diagnostics:
         who = f"`{d.subject}`: " if d.subject else ""
-        lines.append(f"- {SEVERITY_MARK.get(d.severity, '')} {who}{d.message}")
+        lines.append(f"- {SEVERITY_MARK.get(d.severity, d.severity)} {who}{d.message}")
     return "\n".join(lines) if lines else "No LoRA in the prompt: the model runs unpatched."
 
 

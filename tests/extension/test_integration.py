@@ -1,0 +1,127 @@
+"""Infotext written and pasted back, diagnostics shown to the user, the API routes and the cards
+page, and coexistence with A1111's built-in Lora extension."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+
+import torch
+
+from loraprompt.infotext import parse_lora_hashes
+from loraprompt.library import file_hashes
+
+from .conftest import Webui, expected_delta
+from .ldm import changed, snapshot
+from .test_generation import Q, started
+
+
+def test_lora_hashes_written_and_pasted_back_to_local_name(webui: Webui) -> None:
+    started(webui)
+    path = webui.lora_dir / "style.safetensors"
+    result = webui.generate("<lora:style:0.8>")
+    hashes = parse_lora_hashes(result.extra_generation_params["Lora hashes"])
+    assert hashes == {"style": file_hashes(path)["a1111"][:12]}
+    # someone else's image names the same file "theirs"; as in A1111, a hash already known maps it
+    infotext = f'a cat <lora:theirs:0.8>, <lora:other:1>\nSteps: 4, Seed: 1, Lora hashes: "theirs: {hashes["style"]}, other: 0123456789ab"'
+    infotext_utils = importlib.import_module("modules.infotext_utils")
+    fields = infotext_utils.parse_generation_parameters(infotext)
+    assert fields["Prompt"] == "a cat <lora:style:0.8>, <lora:other:1>"
+
+
+def test_unknown_lora_and_bad_number_reach_comments_and_infotext(webui: Webui) -> None:
+    started(webui)
+    base = webui.weight(Q)
+    result = webui.generate("<lora:style:0,8> <lora:missing:1> <lora:detail:1>")
+    assert "missing" in result.comments
+    assert "0,8" in result.comments
+    notes = result.extra_generation_params["loraprompt"]
+    assert "missing" in notes
+    # the loraprompt profile isolates errors per tag: detail still applies
+    assert torch.allclose(webui.weight(Q), base + expected_delta(webui.files["detail"], Q), atol=1e-6)
+
+
+def test_a1111_profile_drops_every_lora_on_a_bad_tag_and_says_so(webui: Webui) -> None:
+    started(webui)
+    webui.modules.shared.opts.data["loraprompt_profile"] = "a1111"
+    before = snapshot(webui.sd_model)
+    result = webui.generate("<lora:style:0,8> <lora:detail:1>")
+    assert changed(webui.sd_model, before) == []
+    assert result.comments
+
+
+def test_api_routes_list_and_refresh(webui: Webui) -> None:
+    started(webui)
+    routes = webui.app.routes
+    listed = asyncio.run(routes[("GET", "/sdapi/v1/loras")]())
+    assert sorted(x["name"] for x in listed) == ["detail", "style"]
+    assert listed[0]["metadata"] == {"ss_network_module": "networks.lora"}
+    webui.write_lora("new", seed=3)
+    assert asyncio.run(routes[("POST", "/sdapi/v1/refresh-loras")]()) is None
+    assert "new" in [x["name"] for x in asyncio.run(routes[("GET", "/sdapi/v1/loras")]())]
+
+
+def test_cards_page_items_insert_tags_with_preferred_weight(webui: Webui) -> None:
+    started(webui)
+    (webui.lora_dir / "style.json").write_text(json.dumps({"preferred weight": 0.6, "activation text": "ink"}))
+    webui.state.runtime.refresh()
+    pages = importlib.import_module("modules.ui_extra_networks").extra_pages
+    assert [p.title for p in pages] == ["Lora"]
+    items = {i["name"]: i for i in pages[0].list_items()}
+    assert items["style"]["prompt"] == '"<lora:style:" + 0.6 + ">" + " ink"'
+    assert items["detail"]["prompt"] == '"<lora:detail:" + opts.extra_networks_default_multiplier + ">"'
+
+
+def test_with_builtin_enabled_loraprompt_is_the_only_patcher(webui: Webui) -> None:
+    networks = webui.enable_builtin()
+    started(webui)
+    registry = webui.modules.extra_networks
+    assert registry.extra_network_registry["lora"] is webui.state.network
+    assert registry.extra_network_aliases["lyco"] is webui.state.network
+    assert importlib.import_module("modules.ui_extra_networks").extra_pages == []  # the built-in's page stays
+    assert ("GET", "/sdapi/v1/loras") not in webui.app.routes  # and its routes
+    base = webui.weight(Q)
+    webui.generate("<lora:style:1>")
+    assert networks.loaded_networks == []  # the built-in's hooks see nothing to patch
+    assert torch.allclose(webui.weight(Q), base + expected_delta(webui.files["style"], Q), atol=1e-6)
+
+
+def test_handler_registered_later_is_displaced_before_generation(webui: Webui) -> None:
+    webui.enable_builtin()
+    started(webui)
+    lora_script = importlib.import_module("extra_networks_lora")
+    lora_script.before_ui()  # e.g. loractl re-registering its handler after start-up
+    webui.generate("<lora:style:1>")
+    assert webui.modules.extra_networks.extra_network_registry["lora"] is webui.state.network
+
+
+def test_steps_back_when_another_extension_drives_the_builtin(webui: Webui) -> None:
+    networks = webui.enable_builtin()
+    started(webui)
+    before = snapshot(webui.sd_model)
+    webui.generate("<lora:style:1>")
+    networks.load_networks(["style"])  # loractl / lora-block-weight calling the built-in directly
+    result = webui.generate("<lora:style:1>")
+    assert changed(webui.sd_model, before) == []
+    assert "only one of them patches" in result.comments
+
+
+def test_option_off_leaves_lora_tags_to_the_builtin(webui: Webui) -> None:
+    webui.enable_builtin()
+    webui.modules.shared.opts.data["loraprompt_handle_lora_tags"] = False
+    started(webui)
+    before = snapshot(webui.sd_model)
+    webui.generate("<lora:style:1>")
+    handler = webui.modules.extra_networks.extra_network_registry["lora"]
+    assert type(handler).__name__ == "ExtraNetworkLora"
+    assert handler.calls == [[["style", "1"]]]
+    assert changed(webui.sd_model, before) == []
+
+
+def test_settings_are_registered_with_prefix(webui: Webui) -> None:
+    started(webui)
+    webui.modules.script_callbacks.ui_settings_callback()
+    keys = [k for k in webui.modules.shared.opts.data_labels if k.startswith("loraprompt_")]
+    assert "loraprompt_handle_lora_tags" in keys and "loraprompt_profile" in keys
+    assert all(webui.modules.shared.opts.data_labels[k].section == ("loraprompt", "loraprompt") for k in keys)
