@@ -138,12 +138,9 @@ def details_rows(entry: Entry, hashes: Mapping[str, str | None]) -> list[tuple[s
     return rows
 
 
-def details_html(entry: Entry, hashes: Mapping[str, str | None], preview_url: str | None) -> str:
-    """The details view: the preview and a table of every row, all text escaped."""
-    parts = []
-    if preview_url:
-        parts.append(f'<img class="lp-details-preview" alt="" src="{html.escape(preview_url, quote=True)}">')
-    parts.append('<table class="lp-details-table">')
+def details_html(entry: Entry, hashes: Mapping[str, str | None]) -> str:
+    """The details view: a table of every row, all text escaped."""
+    parts = ['<table class="lp-details-table">']
     parts += [_row(label, value, source) for label, value, source in details_rows(entry, hashes)]
     parts.append("</table>")
     return "".join(parts)

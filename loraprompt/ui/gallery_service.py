@@ -132,7 +132,8 @@ class GalleryService:
         return self.thumbs.thumbnail(path)
 
     def details(self, card_id: object) -> dict[str, Any]:
-        """The details view (escaped HTML) and the editor's current values."""
+        """The details view (escaped HTML), the preview's URL (relative to the routes) and the
+        editor's current values."""
         entry = self.entry(card_id)
         try:
             self.preview_file(card_id)
@@ -140,7 +141,7 @@ class GalleryService:
         except NotFound:
             preview = None
         hashes = self.library.hashes(entry) if not entry.offline and not entry.error else {}
-        return {"html": cards.details_html(entry, hashes, preview), "user": cards.user_values(entry),
+        return {"html": cards.details_html(entry, hashes), "preview": preview, "user": cards.user_values(entry),
                 "sd_versions": list(SD_VERSIONS)}
 
     # ---- actions ----------------------------------------------------------------------------

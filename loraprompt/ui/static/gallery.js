@@ -466,6 +466,12 @@
       try {
         const data = await this.request("details?" + new URLSearchParams({ id: c.id }));
         body.innerHTML = data.html; // rendered and escaped by loraprompt.ui.cards.details_html
+        if (data.preview) {
+          const img = el("img", "lp-details-preview");
+          img.alt = "";
+          img.src = this.api + "/" + data.preview;
+          body.prepend(img);
+        }
       } catch (err) {
         body.appendChild(el("p", "lp-error", err.message));
       }

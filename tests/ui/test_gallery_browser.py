@@ -1,0 +1,163 @@
+"""Chromium drives the gallery demo (a prompt box plus the gallery tab) on current gradio and on
+gradio 3.41.2. The demo's loaded model is SDXL; screenshots land in artifacts/screenshots/."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from .conftest import XSS, DemoServer
+
+pytestmark = [pytest.mark.browser]
+
+
+def card(page: Any, name: str) -> Any:
+    return page.locator(".lp-card", has=page.locator(".lp-name", has_text=name)).first
+
+
+def prompt_value(page: Any) -> str:
+    return str(page.locator("#demo_prompt textarea").input_value())
+
+
+def received_by_server(page: Any) -> str:
+    """The prompt and negative prompt as gradio's backend sees them (the demo echoes them)."""
+    page.locator("#demo_show").click()
+    box = page.locator("#demo_received textarea")
+    page.wait_for_function("() => document.querySelector('#demo_received textarea').value !== ''")
+    return str(box.input_value())
+
+
+def show_all(page: Any) -> None:
+    page.locator(".lp-filter-toggle", has_text="Show them").click()
+
+
+def names_shown(page: Any) -> set[str]:
+    return set(page.locator(".lp-card .lp-name").all_inner_texts())
+
+
+def test_cards_render_with_badges_thumbnails_and_a_visible_filter(page: Any, demo: DemoServer) -> None:
+    assert names_shown(page) == {"sketchy_lines", "watercolor"}  # the SDXL files
+    assert page.locator(".lp-filter-note").inner_text() == "4 hidden by the SDXL filter"
+    water = card(page, "watercolor")
+    assert water.locator(".lp-badge").inner_text() == "SDXL"
+    assert water.locator(".lp-chip").first.inner_text() == "wcstyle"
+    water.locator("img").evaluate("img => img.decode()")
+    assert water.locator("img").evaluate("img => img.naturalWidth") == 256  # the cached thumbnail
+    show_all(page)
+    assert len(names_shown(page)) == 6 and page.locator(".lp-card.lp-misfit").count() == 4
+    assert page.locator(".lp-filter-note").inner_text() == "Showing 4 cards that do not fit SDXL"
+
+
+def test_search_matches_notes_and_trigger_words_and_slash_focuses_it(page: Any) -> None:
+    show_all(page)
+    page.locator("body").click(position={"x": 5, "y": 5})
+    page.keyboard.press("/")
+    assert page.evaluate("document.activeElement.classList.contains('lp-search')")
+    page.keyboard.type("sunsets")  # in catgirl's notes
+    page.wait_for_function("() => document.querySelectorAll('.lp-card').length === 1")
+    assert names_shown(page) == {"catgirl"}
+    page.locator(".lp-search").fill("wcstyle")  # watercolor's trigger phrase
+    page.wait_for_function("() => document.querySelectorAll('.lp-card').length === 1")
+    assert names_shown(page) == {"watercolor"}
+    page.locator(".lp-folder[data-folder='styles']").click()
+    page.locator(".lp-search").fill("")
+    page.wait_for_function("() => document.querySelectorAll('.lp-card').length === 3")
+    assert names_shown(page) == {"watercolor", "sketchy_lines", "ink_wash"}
+
+
+def test_click_inserts_the_tag_and_strengths_change_it(page: Any) -> None:
+    show_all(page)
+    cat = card(page, "catgirl")
+    assert cat.locator(".lp-te").input_value() == "0.7"  # the sidecar's preferred weight
+    cat.locator(".lp-name").click()
+    page.wait_for_function("() => document.querySelector('#demo_prompt textarea').value !== ''")
+    assert prompt_value(page) == "<lora:catgirl:0.7>, catgirl, cat ears"
+    assert page.locator("#demo_negative textarea").input_value() == "extra tails"
+    cat.locator(".lp-te").fill("0.5")
+    cat.locator(".lp-unet").fill("1.25")
+    cat.locator(".lp-thumb").click()
+    page.wait_for_function("() => document.querySelector('#demo_prompt textarea').value.includes('0.5')")
+    assert prompt_value(page) == "<lora:catgirl:0.5:1.25>, catgirl, cat ears"
+    assert received_by_server(page) == "<lora:catgirl:0.5:1.25>, catgirl, cat ears || extra tails"
+    cat.locator(".lp-thumb").click()  # same strengths again: the tag leaves, as in A1111
+    page.wait_for_function("() => document.querySelector('#demo_prompt textarea').value === ''")
+    assert page.locator(".lp-status").inner_text() == "Removed <lora:catgirl:0.5:1.25>"
+
+
+def test_keyboard_enter_inserts_and_shift_enter_leaves_out_the_activation_text(page: Any) -> None:
+    show_all(page)
+    page.locator(".lp-search").fill("catgirl")
+    page.wait_for_function("() => document.querySelectorAll('.lp-card').length === 1")
+    page.locator(".lp-search").press("Shift+Enter")
+    page.wait_for_function("() => document.querySelector('#demo_prompt textarea').value !== ''")
+    assert prompt_value(page) == "<lora:catgirl:0.7>"
+    page.locator(".lp-search").fill("")
+    page.locator(".lp-scroller").focus()
+    page.keyboard.press("Home")
+    page.keyboard.press("ArrowRight")
+    second = page.locator(".lp-card.lp-cursor .lp-name").inner_text()
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"() => document.querySelector('#demo_prompt textarea').value.includes({json.dumps(second)})")
+    assert f"<lora:{second}:" in prompt_value(page)
+
+
+def test_filter_follows_a_model_switch_without_refresh(page: Any) -> None:
+    try:
+        page.locator("#demo_family label", has_text="sd1").click()
+        page.wait_for_function("() => document.querySelector('.lp-filter-note').textContent.includes('SD1')")
+        assert page.locator(".lp-filter-note").inner_text() == "2 hidden by the SD1 filter"
+        assert names_shown(page) == {"catgirl", "ink_wash", "editable", XSS}
+    finally:
+        page.locator("#demo_family label", has_text="sdxl").click()
+        page.wait_for_function("() => document.querySelector('.lp-filter-note').textContent.includes('SDXL')")
+
+
+def test_metadata_editor_saves_the_sidecar(page: Any, demo: DemoServer) -> None:
+    show_all(page)
+    editable = card(page, "editable")
+    editable.locator(".lp-edit").click()
+    form = page.locator(".lp-editor")
+    form.locator("input[name='activation text']").fill("edited words")
+    form.locator("input[name='preferred weight']").fill("0.6")
+    form.locator("select[name='sd version']").select_option("SDXL")
+    form.locator(".lp-save").click()
+    page.wait_for_function("() => document.querySelector('.lp-editor-status').textContent.startsWith('Saved')")
+    assert form.locator(".lp-editor-status").inner_text() == "Saved to editable.json"
+    saved = json.loads((demo.lora / "editable.json").read_text(encoding="utf-8"))
+    assert saved == {"description": "", "sd version": "SDXL", "activation text": "edited words",
+                     "preferred weight": 0.6, "negative text": "", "notes": "", "favorite": False, "nsfw": False}
+    page.locator(".lp-close").click()
+    editable = card(page, "editable")
+    assert editable.locator(".lp-badge").inner_text() == "SDXL" and editable.locator(".lp-te").input_value() == "0.6"
+    editable.locator(".lp-name").click()
+    page.wait_for_function("() => document.querySelector('#demo_prompt textarea').value !== ''")
+    assert prompt_value(page) == "<lora:editable:0.6>, edited words"
+
+
+def test_hostile_names_and_metadata_stay_text(page: Any) -> None:
+    show_all(page)
+    page.locator(".lp-search").fill("onerror")
+    page.wait_for_function("() => document.querySelectorAll('.lp-card').length === 1")
+    hostile = page.locator(".lp-card").first
+    assert hostile.locator(".lp-name").inner_text() == XSS
+    hostile.locator(".lp-info").click()
+    table = page.locator(".lp-details-table")
+    table.wait_for()
+    assert XSS + "\nsecond line" in table.inner_text()
+    assert page.locator("img[src='x']").count() == 0 and page.dialogs == []
+
+
+def test_details_view_shows_metadata_with_sources(page: Any) -> None:
+    show_all(page)
+    card(page, "catgirl").locator(".lp-info").click()
+    table = page.locator(".lp-details-table")
+    table.wait_for()
+    text = table.inner_text()
+    for needle in ("catgirl_v2", "great with sunsets", "Network dim", "16", "(catgirl.json)", "(header)",
+                   "Tensor hash (A1111, AutoV3)"):
+        assert needle in text
+    preview = page.locator(".lp-details-preview")
+    preview.evaluate("img => img.decode()")
+    assert preview.evaluate("img => img.naturalWidth") == 640
