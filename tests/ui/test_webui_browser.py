@@ -1,0 +1,164 @@
+"""End to end: `loraprompt webui` on the built-in demo, driven by Chromium. A card click inserts a
+demo LoRA's tag, Generate shows a progress bar and then an image, and the saved PNG's infotext
+names the LoRA with its A1111 hash. Screenshots go to artifacts/screenshots/."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from loraprompt.infotext import parse_infotext, parse_lora_hashes
+from loraprompt.library.hashes import file_hashes
+
+REPO = Path(__file__).resolve().parents[2]
+SCREENSHOTS = REPO / "artifacts" / "screenshots"
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+class WebUI:
+    """`python -m loraprompt webui` on a free loopback port with a temporary data dir."""
+
+    def __init__(self, data_dir: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.data_dir = data_dir
+        self.log = data_dir / "webui.log"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+        cmd = [sys.executable, "-m", "loraprompt", "webui", "--data-dir", str(data_dir), "--port", str(self.port)]
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self._wait()
+
+    def _wait(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"webui exited: {self.log.read_text(errors='replace')[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"webui did not start in {timeout} s: {self.log.read_text(errors='replace')[-3000:]}")
+
+    def stop(self) -> None:
+        """Stop the server process."""
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def webui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebUI]:
+    server = WebUI(tmp_path_factory.mktemp("webui"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ui_page(browser: Any, webui: WebUI, request: pytest.FixtureRequest) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(webui.url)
+    page.locator("#lp-prompt textarea").wait_for(timeout=30_000)
+    yield page
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"webui_{request.node.name}.png"), full_page=True)
+    context.close()
+
+
+def test_generate_with_demo_lora_names_it_in_infotext(ui_page: Any, webui: WebUI) -> None:
+    page = ui_page
+    assert "draws noise" in page.locator("#lp-demo-notice").inner_text()
+    page.locator("#lp-prompt textarea").fill("a lighthouse at dusk <lora:demo_warm:0.7>")
+    page.locator("#lp-steps input[type=number]").fill("30")
+    page.locator("#lp-seed input").fill("42")
+    page.locator("#lp-generate").click()
+    # gradio's status tracker shows our progress description while sampling runs.
+    page.get_by_text("Sampling").first.wait_for(timeout=60_000)
+    page.screenshot(path=str(SCREENSHOTS / "webui_progress.png"))
+    infotext_box = page.locator("#lp-infotext textarea")
+    page.wait_for_function(
+        "() => document.querySelector('#lp-infotext textarea').value.includes('Lora hashes')", timeout=120_000
+    )
+    page.locator("#lp-image img").wait_for(timeout=30_000)
+    infotext = infotext_box.input_value()
+
+    lora = webui.data_dir / "models" / "Lora" / "demo_warm.safetensors"
+    expected_hash = file_hashes(lora)["a1111_short"]
+    fields = parse_infotext(infotext)
+    assert fields["Prompt"] == "a lighthouse at dusk <lora:demo_warm:0.7>"
+    assert fields["Seed"] == "42" and fields["Steps"] == "30"
+    assert parse_lora_hashes(fields["Lora hashes"]) == {"demo_warm": expected_hash}
+
+    saved = Path(page.locator("#lp-saved textarea").input_value())
+    assert saved.parent.parent.parent == webui.data_dir / "outputs"
+    with Image.open(saved) as png:
+        assert png.text["parameters"] == infotext
+        assert png.size == (256, 256)
+    assert "demo_warm" in page.locator("#lp-diagnostics").inner_text()
+
+
+def test_unknown_lora_is_reported_and_image_still_made(ui_page: Any) -> None:
+    page = ui_page
+    page.locator("#lp-prompt textarea").fill("a cat <lora:no_such_lora:1>")
+    page.locator("#lp-steps input[type=number]").fill("4")
+    page.locator("#lp-generate").click()
+    diagnostics = page.locator("#lp-diagnostics")
+    diagnostics.get_by_text("no_such_lora").first.wait_for(timeout=120_000)
+    assert "not found" in diagnostics.inner_text()
+    assert "Lora hashes" not in page.locator("#lp-infotext textarea").input_value()
+
+
+def test_gallery_card_click_inserts_tag_into_txt2img_prompt(ui_page: Any) -> None:
+    page = ui_page
+    page.get_by_role("tab", name="LoRA gallery").click()
+    card = page.locator(".lp-card", has_text="demo_sketch").first
+    card.wait_for(timeout=30_000)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.lp-card img')].every(i => i.complete && i.naturalWidth > 0)",
+        timeout=30_000,
+    )
+    page.screenshot(path=str(SCREENSHOTS / "webui_gallery.png"))
+    card.click()
+    page.get_by_role("tab", name="txt2img").click()
+    prompt = page.locator("#lp-prompt textarea")
+    page.wait_for_function("() => document.querySelector('#lp-prompt textarea').value.includes('<lora:demo_sketch')",
+                           timeout=10_000)
+    assert "sketch style" in prompt.input_value()  # the sidecar's activation text comes along
+
+
+def test_pasting_infotext_fills_the_fields_and_remaps_lora_by_hash(ui_page: Any, webui: WebUI) -> None:
+    page = ui_page
+    neon = file_hashes(webui.data_dir / "models" / "Lora" / "styles" / "demo_neon.safetensors")["a1111_short"]
+    text = ("x <lora:their_neon_v3:0.5> <lora:unknown:1>\nNegative prompt: blurry\nSteps: 12, Sampler: DPM++ 2M, "
+            f'Schedule type: Karras, CFG scale: 5.5, Seed: 7, Size: 320x192, Lora hashes: "their_neon_v3: {neon}, '
+            'unknown: ffffffffffff"')
+    page.get_by_text("Paste generation parameters").click()
+    page.locator("#lp-paste-text textarea").fill(text)
+    page.locator("#lp-paste").click()
+    page.wait_for_function("() => document.querySelector('#lp-negative textarea').value === 'blurry'", timeout=10_000)
+    assert page.locator("#lp-prompt textarea").input_value() == "x <lora:demo_neon:0.5> <lora:unknown:1>"
+    assert page.locator("#lp-steps input[type=number]").input_value() == "12"
+    assert page.locator("#lp-width input[type=number]").input_value() == "320"
+    assert page.locator("#lp-height input[type=number]").input_value() == "192"
+    assert page.locator("#lp-seed input").input_value() == "7"
+    assert page.locator("#lp-sampler input").input_value() == "DPM++ 2M Karras"
