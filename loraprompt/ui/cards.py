@@ -22,8 +22,10 @@ MAX_CARD_TEXT = 200
 MAX_SEARCH_TEXT = 4000
 MAX_DETAIL_TEXT = 2000
 MAX_DETAIL_TAGS = 40
-USER_KEYS = ("description", "sd version", "activation text", "preferred weight", "negative text", "notes",
-             "favorite", "nsfw")
+USER_LABELS = {"description": "Description", "sd version": "SD version", "activation text": "Activation text",
+               "preferred weight": "Preferred weight", "negative text": "Negative text", "notes": "Notes",
+               "favorite": "Favorite", "nsfw": "NSFW"}
+USER_KEYS = tuple(USER_LABELS)
 _JSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "'": "\\u0027", "\u2028": "\\u2028",
                  "\u2029": "\\u2029"}
 
@@ -108,7 +110,7 @@ def details_rows(entry: Entry, hashes: Mapping[str, str | None]) -> list[tuple[s
     for key in USER_KEYS:
         value = entry.user.get(key)
         if value not in (None, "", 0, False):
-            rows.append((key.capitalize(), value, f"{entry.name}.json"))
+            rows.append((USER_LABELS[key], value, f"{entry.name}.json"))
     if entry.description:
         rows.append(("Description", entry.description, "description file"))
     words = entry.trigger_words()
