@@ -24,6 +24,7 @@ class State:
     runtime: Runtime
     network: LoraPromptNetwork
     handles_tags: bool
+    gallery: Any = None  # the GalleryTab, once the UI is built
 
     def claim(self) -> None:
         """Be the `lora`/`lyco` handler (see coexist.py for why this is repeated)."""
@@ -92,6 +93,8 @@ def app_started(demo: Any, app: Any) -> None:
         from .api import add_routes
 
         add_routes(app, state.runtime)
+    if state.gallery is not None:
+        state.gallery.mount(app)
 
 
 def model_loaded(sd_model: Any) -> None:

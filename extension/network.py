@@ -107,7 +107,7 @@ class LoraPromptNetwork(extra_networks.ExtraNetwork):
             )
             note(p, diagnostics, bool(webui.opt("loraprompt_diagnostics_in_infotext", True)))
             return
-        sd_model = getattr(p, "sd_model", None) or webui.current_model()
+        sd_model = getattr(p, "sd_model", None) or webui.loaded_model()
         applied = self.runtime.apply(
             sd_model,
             webui.model_components(sd_model),

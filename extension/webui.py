@@ -89,6 +89,10 @@ def opt(name: str, default: Any) -> Any:
     return opts.data.get(name, default) if name not in opts.data_labels else getattr(opts, name)
 
 
-def current_model() -> Any:
-    """The loaded model (None while none is loaded)."""
-    return shared.sd_model
+def loaded_model() -> Any:
+    """The loaded model, or None; never starts a load (A1111's `shared.sd_model` would)."""
+    try:
+        from modules import sd_models
+    except ImportError:
+        return shared.sd_model
+    return getattr(getattr(sd_models, "model_data", None), "sd_model", None)

@@ -1,0 +1,28 @@
+// loraprompt for Automatic1111: adds the gallery's script and stylesheet (served by the extension's
+// routes under loraprompt/gallery/static/) once the UI is loaded. DOM only: no tag or weight logic.
+(function () {
+    "use strict";
+    var BASE = "loraprompt/gallery/static/";
+
+    function loraPromptAddAssets() {
+        if (!document.querySelector("link[data-lp-gallery]")) {
+            var link = document.createElement("link");
+            link.rel = "stylesheet";
+            link.href = BASE + "gallery.css";
+            link.dataset.lpGallery = "1";
+            document.head.appendChild(link);
+        }
+        if (!window.loraPromptGallery && !document.querySelector("script[data-lp-gallery]")) {
+            var script = document.createElement("script");
+            script.src = BASE + "gallery.js";
+            script.dataset.lpGallery = "1";
+            document.head.appendChild(script);
+        }
+    }
+
+    if (typeof onUiLoaded === "function") {
+        onUiLoaded(loraPromptAddAssets);
+    } else {
+        document.addEventListener("DOMContentLoaded", loraPromptAddAssets);
+    }
+})();
