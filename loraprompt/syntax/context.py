@@ -7,6 +7,8 @@ import re
 from loraprompt.syntax.scanner import OPEN_TAG_RE
 
 AND_RE = re.compile(r"\bAND\b")
+_BRACKET = re.compile(r"\\.|[()\[\]]", re.S)
+_INNER = re.compile(r"\\.|[()\[\]|:]", re.S)
 AND_WEIGHT_RE = re.compile(r"\s*:\s*[-+]?(?:\d+\.?|\d*\.\d+)\s*$")
 
 
@@ -19,14 +21,14 @@ def bracket_groups(text: str) -> list[tuple[int, int, str]]:
     >>> bracket_groups("a [b:c:3] (d) [e|f]")
     [(2, 8, 'edit'), (10, 12, 'emphasis'), (14, 18, 'alternation')]
     """
+    return sorted((o, c, _kind(text, o, c) if ch == "[" else "emphasis") for o, c, ch in _pairs(text))
+
+
+def _pairs(text: str) -> list[tuple[int, int, str]]:
     opened: list[tuple[int, str]] = []
     groups: list[tuple[int, int, str]] = []
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\":
-            i += 2
-            continue
+    for m in _BRACKET.finditer(text):
+        ch, i = m.group(), m.start()
         if ch in "([":
             opened.append((i, ch))
         elif ch in ")]":
@@ -35,20 +37,15 @@ def bracket_groups(text: str) -> list[tuple[int, int, str]]:
                 if opened[k][1] == want:
                     groups.append((opened.pop(k)[0], i, want))
                     break
-        i += 1
     groups.extend((pos, len(text), ch) for pos, ch in opened)
-    return sorted((o, c, _kind(text, o, c) if ch == "[" else "emphasis") for o, c, ch in groups)
+    return groups
 
 
 def _kind(text: str, open_at: int, close_at: int) -> str:
     depth = 0
     kind = "emphasis"
-    i = open_at + 1
-    while i < close_at:
-        ch = text[i]
-        if ch == "\\":
-            i += 2
-            continue
+    for m in _INNER.finditer(text, open_at + 1, close_at):
+        ch = m.group()
         if ch in "([":
             depth += 1
         elif ch in ")]":
@@ -57,7 +54,6 @@ def _kind(text: str, open_at: int, close_at: int) -> str:
             return "alternation"
         elif depth == 0 and ch == ":":
             kind = "edit"
-        i += 1
     return kind
 
 
@@ -66,11 +62,11 @@ def contexts(text: str, cuts: list[int]) -> list[tuple[str, ...]]:
     if not cuts:
         return []
     ands = [m.end() for m in AND_RE.finditer(text)]
-    groups = bracket_groups(text) if ("[" in text or "(" in text) else []
+    pairs = sorted(_pairs(text)) if ("[" in text or "(" in text) else []
     out: list[tuple[str, ...]] = []
     for cut in cuts:
         frames: list[str] = ["and"] if any(end <= cut for end in ands) else []
-        frames.extend(kind for o, c, kind in groups if o < cut <= c)
+        frames.extend(_kind(text, o, c) if ch == "[" else "emphasis" for o, c, ch in pairs if o < cut <= c)
         out.append(tuple(frames))
     return out
 

@@ -55,7 +55,8 @@ class Tag:
 class LoraActivation:
     """One LoRA to apply, with every argument the prompt gave it.
 
-    Strengths (``te``, ``unet``, ``hr_te``, ``hr_unet``) are a float or a keyframed ``Schedule``.
+    Strengths (``te``, ``unet``, ``hr_te``, ``hr_unet``) are a float or a keyframed ``Schedule``;
+    ``unet`` defaults to ``te``, as in A1111.
     ``start``/``stop`` gate the whole LoRA to steps ``[start, stop)``. ``blocks`` maps lora-block-weight
     block ids (``BASE``, ``IN04``, ``M00``, ``OUT03``…) to multipliers; ``groups`` holds SD.Next's
     ``in``/``mid``/``out`` strengths. Use ``te_at``/``unet_at`` for the effective strength at a step.
@@ -68,7 +69,7 @@ class LoraActivation:
 
     name: str
     te: Strength = 1.0
-    unet: Strength = 1.0
+    unet: Strength = None  # type: ignore[assignment]  # None means "same as te"
     dyn: int | None = None
     kind: str = "lora"
     start: StepPoint | None = None
@@ -88,6 +89,8 @@ class LoraActivation:
     span: tuple[int, int] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        if self.unet is None:
+            object.__setattr__(self, "unet", self.te)
         for name in ("blocks", "groups", "extras"):
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
 

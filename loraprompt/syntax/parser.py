@@ -45,7 +45,7 @@ def parse(prompt: str, profile: Profile = "loraprompt", comments: bool = True, *
     diagnostics: list[Diagnostic] = _comment_traps(prompt, comment_spans)
     if tags:
         cuts = _cuts(tags)
-        tags = [replace(t, context=ctx) for t, ctx in zip(tags, contexts(text, cuts))]
+        tags = [replace(t, context=ctx) if ctx else t for t, ctx in zip(tags, contexts(text, cuts))]
         diagnostics.extend(_structure(text, tags, cuts, set(extra_kinds)))
     else:
         diagnostics.extend(_unclosed(text, []))

@@ -41,7 +41,7 @@ EXTENSIONS: list[tuple[str, dict[str, Any]]] = [
 @pytest.mark.parametrize(("prompt", "fields"), EXTENSIONS)
 def test_extension_syntax(prompt: str, fields: dict[str, Any]) -> None:
     (lora,) = parse(prompt).loras
-    expected = LoraActivation("x", **{"te": 1.0, "unet": fields.get("te", 1.0), **fields})
+    expected = LoraActivation("x", **fields)
     assert lora == expected
 
 
