@@ -73,10 +73,8 @@ def family_from_keys(adapter: Adapter) -> str | None:
 def _sd1_or_sd2(unet: list[AdapterModule]) -> str | None:
     """SD2 projects in/out of its transformers with Linear layers, SD1 with 1x1 convs."""
     for m in unet:
-        if m.path.endswith(("proj_in", "proj_out")):
-            t = m.tensors.get("down") if "down" in m.tensors else m.tensors.get("diff")
-            if t is not None:
-                return "sd1" if t.dim() == 4 else "sd2"
+        if m.path.endswith(("proj_in", "proj_out")) and m.algorithm not in ("oft", "boft"):
+            return "sd1" if any(t.dim() == 4 for t in m.tensors.values()) else "sd2"
     return None
 
 

@@ -22,6 +22,7 @@ from loraprompt.errors import AdapterFileError
 
 COMMON_PARTS = frozenset({"alpha", "scale", "dora_scale"})
 PEFT_METADATA_KEY = "lora_adapter_metadata"
+RANKED = frozenset({"lora", "loha", "lokr", "glora"})  # alpha divides by a rank; OFT's alpha is a constraint
 
 
 def _algorithm(path: str, parts: dict[str, tuple[str, Tensor]]) -> type[AdapterModule]:
@@ -38,10 +39,7 @@ def _algorithm(path: str, parts: dict[str, tuple[str, Tensor]]) -> type[AdapterM
 def _scalar(path: str, key: str, t: Tensor, what: str) -> float:
     if t.numel() != 1:
         raise AdapterFileError(path, f"{what} must be a scalar, got shape {tuple(t.shape)}", key=key)
-    value = float(t.float().item())
-    if what == "alpha" and value == 0:
-        raise AdapterFileError(path, "alpha is zero", key=key)
-    return value
+    return float(t.float().item())
 
 
 def _check_finite(path: str, tensors: dict[str, Tensor]) -> None:
@@ -101,6 +99,8 @@ def _build(
     dora = parts["dora_scale"][1] if "dora_scale" in parts else None
     if dora is not None and scheme in ("peft", "diffusers"):
         extra["dora"] = "peft"
+    if alpha == 0 and cls.name in RANKED:
+        raise AdapterFileError(path, "alpha is zero", key=parts["alpha"][0])
     mod = cls(comp, mpath, cls.name, tensors, alpha=alpha, dora_scale=dora,
               source_keys=tuple(sorted(k for k, _ in parts.values())), extra=extra, mode=mode)
     if cls.name == "lora":
@@ -110,9 +110,9 @@ def _build(
     return mod
 
 
-def _format(schemes: Counter[str], algorithms: set[str]) -> str:
+def _format(schemes: Counter[str], algorithms: set[str], metadata: dict[str, str]) -> str:
     scheme = schemes.most_common(1)[0][0] if schemes else "unknown"
-    if scheme == "kohya" and algorithms - {"lora"}:
+    if scheme == "kohya" and (algorithms - {"lora"} or "lycoris" in metadata.get("ss_network_module", "")):
         return "lycoris"
     return scheme
 
@@ -155,7 +155,7 @@ def read_adapter(path: str | os.PathLike[str], mode: str = "reference") -> Adapt
     adapter = Adapter(
         path=spath,
         name=Path(spath).stem,
-        format=_format(schemes, {m.algorithm for m in modules.values()}),
+        format=_format(schemes, {m.algorithm for m in modules.values()}, metadata),
         modules=modules,
         metadata=metadata,
         unclaimed=tuple(unclaimed),
