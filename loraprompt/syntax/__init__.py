@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from loraprompt.syntax.emphasis import attention, split_and
 from loraprompt.syntax.model import ExtraActivation, LoraActivation, ParsedBatch, ParsedPrompt, Tag
-from loraprompt.syntax.parser import parse, parse_batch
+from loraprompt.syntax.parser import activation_from_items, parse, parse_batch
 from loraprompt.syntax.printer import format_activation
 from loraprompt.syntax.scanner import strip_comments
 from loraprompt.syntax.schedule import schedules
@@ -17,5 +17,5 @@ from loraprompt.syntax.values import Schedule, StepPoint
 
 __all__ = [
     "ExtraActivation", "LoraActivation", "ParsedBatch", "ParsedPrompt", "Schedule", "StepPoint", "Tag",
-    "attention", "format_activation", "parse", "parse_batch", "schedules", "split_and", "strip_comments",
+    "activation_from_items", "attention", "format_activation", "parse", "parse_batch", "schedules", "split_and", "strip_comments",
 ]

@@ -86,6 +86,24 @@ def parse_batch(prompts: Sequence[str], profile: Profile = "loraprompt", **optio
     return ParsedBatch(parsed, first.loras, tuple(diagnostics))
 
 
+def activation_from_items(items: Sequence[str], kind: str = "lora", profile: Profile = "loraprompt",
+                          default_weight: float = 1.0) -> tuple[LoraActivation | None, list[Diagnostic]]:
+    """Interpret an already split tag (A1111's ``ExtraNetworkParams.items``) exactly as ``parse`` would.
+
+    This is the entry point for glue that receives A1111's parsed parameters instead of prompt text.
+
+    >>> activation_from_items(["x", "0.5", "lbw=MIDD"])[0].blocks["M00"]
+    1.0
+    """
+    raw = f"<{kind}:{':'.join(items)}>"
+    _, tags = scan(raw)
+    if len(tags) != 1 or tags[0].span != (0, len(raw)):
+        raise ValueError(f"items {list(items)!r} do not form one <{kind}:...> tag (a '>' or an empty list?)")
+    if profile == "a1111":
+        return interpret_a1111(tags[0])
+    return interpret(tags[0], default_weight)
+
+
 def _checked(result: ParsedPrompt, strict: bool) -> ParsedPrompt:
     if strict and result.errors:
         error = result.errors[0]

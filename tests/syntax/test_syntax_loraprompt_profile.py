@@ -177,3 +177,21 @@ def test_everything_serialises_to_json() -> None:
     assert data["others"][0]["name"] == "h"
     a1111 = json.loads(json.dumps(parse("<lora:x:inf>", profile="a1111").to_json()))
     assert a1111["loras"][0]["te"] == "inf"
+
+
+@pytest.mark.parametrize(("prompt", "profile"), [(p, prof) for p, _ in EXTENSIONS for prof in ("loraprompt", "a1111")])
+def test_activation_from_items_matches_parse(prompt: str, profile: str) -> None:
+    from loraprompt.syntax import activation_from_items
+
+    (tag,) = parse(prompt).tags
+    activation, diagnostics = activation_from_items(tag.items, tag.kind, profile=profile)  # type: ignore[arg-type]
+    parsed = parse(prompt, profile=profile)  # type: ignore[arg-type]
+    assert (activation,) == parsed.loras if activation else parsed.loras == ()
+    assert [d.code for d in diagnostics] == [d.code for d in parsed.diagnostics if d.code != "a1111-drop-all"]
+
+
+def test_activation_from_items_rejects_items_that_are_not_one_tag() -> None:
+    from loraprompt.syntax import activation_from_items
+
+    with pytest.raises(ValueError, match="do not form one"):
+        activation_from_items(["x>y"])
