@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from loraprompt.library.metadata import (
     family_from_tensors,
     summarize,
 )
-from loraprompt.library.safetensors_header import read_header
+from loraprompt.library.quickheader import read_quick_header
 from loraprompt.library.sidecars import (
     MAX_DESCRIPTION,
     civitai_summary,
@@ -28,18 +30,20 @@ MODEL_EXTS = (".safetensors", ".pt", ".ckpt")
 def header_record(path: Path) -> dict[str, Any]:
     """What the cache keeps about a model file's header (raises AdapterFileError if it is broken)."""
     if path.suffix.lower() != ".safetensors":
-        return {"kind": "pickle", "summary": MetadataSummary().to_json(), "family": None, "family_source": None}
-    header = read_header(path)
-    by_keys = family_from_tensors(header.tensors)
+        return {"kind": "pickle", "summary": "", "family": None, "family_source": None}
+    header = read_quick_header(path)
+    by_keys = family_from_tensors(header.shapes)
     by_meta = family_from_metadata(header.metadata)
     family, source = (by_keys, "keys") if by_keys else (by_meta, "metadata" if by_meta else None)
+    summary = summarize(header.metadata)
     record: dict[str, Any] = {
         "kind": "safetensors",
-        "summary": summarize(header.metadata).to_json(),
+        "summary": json.dumps(summary.to_json(), ensure_ascii=False),
+        "output_name": summary.output_name,
         "family": family,
         "family_source": source,
         "data_offset": header.data_offset,
-        "tensors": len(header.tensors),
+        "tensors": len(header.shapes),
     }
     if by_keys and by_meta and by_keys != by_meta:
         record["family_conflict"] = f"metadata says {by_meta}, tensor shapes say {by_keys}"
@@ -76,7 +80,7 @@ class Entry:
     kind: str = "safetensors"
     detected_family: str | None = None
     family_source: str | None = None
-    summary: MetadataSummary = field(default_factory=MetadataSummary)
+    summary_json: str = field(default="", repr=False)  # parsed into `summary` on first use
     previews: tuple[str, ...] = ()
     user: dict[str, Any] = field(default_factory=dict)
     imports: dict[str, Any] = field(default_factory=dict)
@@ -86,6 +90,11 @@ class Entry:
     offline: bool = False
     data_offset: int | None = None
     notes: tuple[str, ...] = ()
+
+    @cached_property
+    def summary(self) -> MetadataSummary:
+        """The header's training metadata summary."""
+        return MetadataSummary.from_json(json.loads(self.summary_json)) if self.summary_json else MetadataSummary()
 
     @property
     def mtime(self) -> float:

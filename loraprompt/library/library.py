@@ -24,7 +24,7 @@ from loraprompt.library.resolve import (
     match_lenient,
     not_found,
 )
-from loraprompt.library.scanner import folder_of, make_entry, model_record, read_sidecars, scan_root
+from loraprompt.library.scanner import ScanResult, folder_of, scan_file, scan_root
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class Library:
                     kept = [e for e in old.values() if e.root == str(root)]
                     entries += [replace(e, offline=True) for e in kept]
                     continue
-                result = scan_root(root, self._cache, self.settle_s, self._fingerprints)
+                result = scan_root(str(root), self._cache, self.settle_s, self._fingerprints)
                 fingerprints.update(result.fingerprints)
                 entries += result.entries
                 dir_mtimes.update(result.dir_mtimes)
@@ -162,19 +162,19 @@ class Library:
 
     def fresh(self, entry: Entry) -> Entry | None:
         """`entry` as the file is now: re-read when its size or mtime changed; None if it is gone."""
-        path = Path(entry.path)
         try:
-            st = path.stat()
+            st = os.stat(entry.path)
         except OSError:
             return None if not entry.offline else entry
         if (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns):
             return entry
         with self._lock:
-            record, _ = model_record(path, st, self._cache, settle_s=0.0)
-            root = Path(entry.root)
-            folder = folder_of(path, root)
-            sides, _ = read_sidecars(folder, path.stem, self._cache)
-            new = make_entry(root, folder, path.name, st=st, record=record or {}, sidecars=sides)
+            result = ScanResult()
+            folder = folder_of(entry.path, entry.root)
+            new = scan_file(entry.root, folder, os.path.basename(entry.path), cache=self._cache, settle_s=0.0, previous={}, result=result)
+            if new is None:
+                return None
+            self._fingerprints.update(result.fingerprints)
             self._install([new if e.path == entry.path else e for e in self._entries])
             self._cache.save()
             return new
