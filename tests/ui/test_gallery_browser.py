@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import XSS, DemoServer
+from .conftest import SDXL_KEYS, XSS, DemoServer, write_lora
 
 pytestmark = [pytest.mark.browser]
 
@@ -163,3 +163,18 @@ def test_details_view_shows_metadata_with_sources(page: Any) -> None:
     preview = page.locator(".lp-details-preview")
     preview.evaluate("img => img.decode()")
     assert preview.evaluate("img => img.naturalWidth") == 640
+
+
+def test_refresh_shows_a_new_file_and_date_sort_puts_it_first(page: Any, demo: DemoServer) -> None:
+    write_lora(demo.lora / "styles" / "brand_new.safetensors", SDXL_KEYS, {"modelspec.trigger_phrase": "fresh"}, seed=7)
+    page.locator(".lp-refresh").click()
+    card(page, "brand_new").wait_for()
+    page.locator(".lp-sort").select_option("date")
+    if page.locator(".lp-order").inner_text() == "↑":
+        page.locator(".lp-order").click()
+    page.wait_for_function("() => document.querySelector('.lp-card.lp-cursor .lp-name').textContent === 'brand_new'")
+    first = page.evaluate("""() => [...document.querySelectorAll('.lp-card')]
+        .sort((a, b) => a.getBoundingClientRect().top - b.getBoundingClientRect().top
+                        || a.getBoundingClientRect().left - b.getBoundingClientRect().left)[0]
+        .querySelector('.lp-name').textContent""")
+    assert first == "brand_new"

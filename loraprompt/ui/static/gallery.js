@@ -50,6 +50,8 @@
       this.api = root.dataset.api.replace(/\/$/, "");
       this.targets = JSON.parse(root.dataset.targets || "[]");
       this.cards = [];
+      this.sorted = [];
+      this.collator = new Intl.Collator(undefined, { numeric: true, sensitivity: "base" });
       this.byId = new Map();
       this.view = [];
       this.hiddenByFamily = 0;
@@ -158,6 +160,7 @@
     saveSort() {
       localStorage.setItem("loraprompt.gallery.sort", JSON.stringify({ key: this.sortKey, desc: this.sortDesc }));
       this.updateOrderButton();
+      this.sortCards();
       this.applyFilter();
     }
 
@@ -185,6 +188,7 @@
       this.family = data.family;
       this.generation = data.generation;
       this.byId = new Map(this.cards.map((c) => [c.id, c]));
+      this.sortCards();
       for (const c of this.cards) {
         if (!this.strengths.has(c.id)) this.strengths.set(c.id, { te: c.weight, unet: c.weight });
       }
@@ -251,20 +255,28 @@
       this.tree.hidden = keys.length < 2;
     }
 
+    sortCards() {
+      const key = this.sortKey, sign = this.sortDesc ? -1 : 1, collator = this.collator;
+      const cmp = key === "date" ? (a, b) => a.mtime - b.mtime
+        : key === "size" ? (a, b) => a.size - b.size
+          : (a, b) => collator.compare(a.name, b.name);
+      this.sorted = this.cards.slice().sort((a, b) => sign * cmp(a, b) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    }
+
     applyFilter() {
       const terms = this.search.value.toLowerCase().split(/\s+/).filter(Boolean);
       const prefix = this.folder ? this.folder + "/" : "";
-      const matched = this.cards.filter((c) =>
-        (!this.folder || c.folder === this.folder || c.folder.startsWith(prefix)) &&
-        terms.every((t) => c.search.includes(t)));
-      const misfit = (c) => this.family && c.family && c.family !== this.family;
-      this.hiddenByFamily = matched.filter(misfit).length;
-      let view = this.showAll ? matched : matched.filter((c) => !misfit(c));
-      const key = this.sortKey, sign = this.sortDesc ? -1 : 1;
-      const cmp = key === "date" ? (a, b) => a.mtime - b.mtime
-        : key === "size" ? (a, b) => a.size - b.size
-          : (a, b) => a.name.localeCompare(b.name, undefined, { numeric: true, sensitivity: "base" });
-      view = view.slice().sort((a, b) => sign * cmp(a, b) || a.id.localeCompare(b.id));
+      const family = this.family;
+      const misfit = (c) => !!(family && c.family && c.family !== family);
+      const view = [];
+      let hidden = 0;
+      for (const c of this.sorted) {
+        if (this.folder && c.folder !== this.folder && !c.folder.startsWith(prefix)) continue;
+        if (!terms.every((t) => c.search.includes(t))) continue;
+        if (misfit(c)) { hidden++; if (!this.showAll) continue; }
+        view.push(c);
+      }
+      this.hiddenByFamily = hidden;
       this.view = view;
       this.misfit = misfit;
       this.cursor = Math.min(this.cursor, Math.max(0, view.length - 1));
@@ -555,6 +567,7 @@
       this.cards[i] = card;
       this.byId.set(card.id, card);
       this.strengths.set(card.id, { te: card.weight, unet: card.weight });
+      this.sortCards();
       this.applyFilter();
     }
   }

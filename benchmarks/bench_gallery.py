@@ -1,0 +1,147 @@
+"""Time to the first card on the page, for 1,000 and 10,000 LoRA files: loraprompt's gallery tab
+(virtualised grid fed by a JSON route) against a peer that renders every card server-side into one
+HTML string filled on page load, as Automatic1111's extra-networks page does. Both run under the
+installed gradio, from the same library scan, in the same process; Chromium measures both.
+
+Run: flock /tmp/loraprompt-heavy.lock .venv/bin/python benchmarks/bench_gallery.py [--sizes 1000 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from safetensors.numpy import save_file
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+KEYS = {"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": (2, 768),
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_up.weight": (320, 2)}
+
+
+def make_folder(root: Path, n: int) -> Path:
+    """`n` small real LoRA files in 20 subfolders; every 10th has a preview image."""
+    rng = np.random.default_rng(0)
+    tensors = {k: rng.standard_normal(s).astype(np.float16) for k, s in KEYS.items()}
+    preview = Image.new("RGB", (64, 64), (90, 140, 200))
+    for i in range(n):
+        folder = root / f"group_{i % 20:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(folder / f"lora_{i:05d}.safetensors"),
+                  metadata={"ss_output_name": f"lora_{i:05d}", "ss_base_model_version": "sd_v1"})
+        if i % 10 == 0:
+            preview.save(folder / f"lora_{i:05d}.png")
+    return root
+
+
+def peer_cards_html(library: Any) -> str:
+    """Every card as one HTML string, the way A1111's `create_html` builds its page."""
+    parts = []
+    for e in library.entries:
+        thumb = f"./peer/thumb?filename={html.escape(e.previews[0], quote=True)}" if e.previews else ""
+        image = f'<img src="{thumb}" class="preview" loading="lazy">' if thumb else ""
+        parts.append(
+            f'<div class="card" style="" onclick="return false" data-name="{html.escape(e.name, quote=True)}"'
+            f' data-sort-path="{html.escape(e.relpath, quote=True)}" data-sort-name="{html.escape(e.name.lower(), quote=True)}"'
+            f' data-sort-date_created="{e.mtime}" data-sort-date_modified="{e.mtime}">{image}'
+            f'<div class="button-row"><div class="metadata-button card-button" title="Show internal metadata"></div>'
+            f'<div class="edit-button card-button" title="Edit metadata"></div></div>'
+            f'<div class="actions"><div class="additional"><span style="display:none" class="search_terms">'
+            f"{html.escape(e.relpath)}</span></div><span class=\"name\">{html.escape(e.name)}</span>"
+            f'<span class="description"></span></div></div>'
+        )
+    return '<div class="extra-network-cards">' + "".join(parts) + "</div>"
+
+
+def serve(app: Any, port: int) -> Any:
+    """Run `app` with uvicorn on 127.0.0.1:`port` in a daemon thread; returns the server."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    return server
+
+
+def build_servers(library: Any, thumb_dir: Path) -> tuple[str, str, list[Any]]:
+    """The gallery demo (ours) and the peer page, each on its own port."""
+    import gradio as gr
+    from fastapi import FastAPI
+
+    from loraprompt.ui.gallery_demo import build_demo, free_port
+
+    demo, tab = build_demo(library, "sd1", thumb_dir)
+    ours = FastAPI()
+    tab.mount(ours)
+    with gr.Blocks() as peer_demo:
+        gr.Textbox(label="Prompt")
+        cards = gr.HTML("Loading...")
+        peer_demo.load(lambda: peer_cards_html(library), None, cards)
+    servers = []
+    urls = []
+    for app, blocks in ((ours, demo), (FastAPI(), peer_demo)):
+        if int(gr.__version__.split(".")[0]) < 4:
+            blocks.queue()
+        port = free_port()
+        servers.append(serve(gr.mount_gradio_app(app, blocks, path="/"), port))
+        urls.append(f"http://127.0.0.1:{port}/")
+    return urls[0], urls[1], servers
+
+
+def first_card_seconds(browser: Any, url: str, selector: str) -> tuple[float, int]:
+    """Seconds from navigation to the first `selector` element, and how many are in the DOM then."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    start = time.perf_counter()
+    page.goto(url, wait_until="commit")
+    page.locator(selector).first.wait_for(timeout=600_000)
+    elapsed = time.perf_counter() - start
+    count = int(page.evaluate(f"document.querySelectorAll({selector!r}).length"))
+    page.close()
+    return elapsed, count
+
+
+def main() -> None:
+    """Measure both pages for each size and print the times and the ratio."""
+    parser = argparse.ArgumentParser(description="gallery time to first card")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    import gradio as gr
+    from playwright.sync_api import sync_playwright
+
+    from loraprompt.library import Library
+
+    print(f"gradio {gr.__version__}; median of {args.repeats} page loads each")
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        for n in args.sizes:
+            folder = make_folder(Path(tmp) / f"Lora{n}", n)
+            t0 = time.perf_counter()
+            library = Library(folder, Path(tmp) / f"cache{n}")
+            scan = time.perf_counter() - t0
+            ours_url, peer_url, servers = build_servers(library, Path(tmp) / f"thumbs{n}")
+            first_card_seconds(browser, ours_url, ".lp-card")  # warm both servers once
+            first_card_seconds(browser, peer_url, ".card")
+            ours = [first_card_seconds(browser, ours_url, ".lp-card") for _ in range(args.repeats)]
+            peer = [first_card_seconds(browser, peer_url, ".card") for _ in range(args.repeats)]
+            o, q = statistics.median(t for t, _ in ours), statistics.median(t for t, _ in peer)
+            print(f"{n:>6} files (cold scan {scan:.2f} s): loraprompt {o * 1000:7.0f} ms ({ours[0][1]} cards in the DOM)"
+                  f" | server-rendered peer {q * 1000:7.0f} ms ({peer[0][1]} cards in the DOM)"
+                  f" | peer/loraprompt = {q / o:.2f}x", flush=True)
+            for server in servers:
+                server.should_exit = True
+        browser.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
