@@ -7,6 +7,7 @@ So `activate` always syncs: an empty list restores the base weights exactly.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from modules import extra_networks
@@ -71,7 +72,8 @@ def note(p: Any, diagnostics: list[Diagnostic], in_infotext: bool) -> None:
         return
     codes: list[str] = list(getattr(p, "loraprompt_notes", []))
     for d in shown:
-        label = f"{d.code} {d.subject}" if d.subject else d.code
+        subject = os.path.splitext(os.path.basename(d.subject))[0] if d.subject else ""
+        label = f"{d.code} {subject}" if subject else d.code
         if label not in codes:
             codes.append(label)
     p.loraprompt_notes = codes

@@ -39,11 +39,13 @@ SD1_MODULES: dict[str, tuple[str, int, int, int]] = {
 }
 
 
-def lora_tensors(seed: int, rank: int = 2, alpha: float = 1.0) -> dict[str, torch.Tensor]:
-    """A kohya LoRA over SD1_MODULES: lora_down, lora_up and alpha per module."""
+def lora_tensors(
+    seed: int, rank: int = 2, alpha: float = 1.0, modules: dict[str, tuple[str, int, int, int]] = SD1_MODULES
+) -> dict[str, torch.Tensor]:
+    """A kohya LoRA over `modules`: lora_down, lora_up and alpha per module."""
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, torch.Tensor] = {}
-    for key, (_, n_out, n_in, kernel) in SD1_MODULES.items():
+    for key, (_, n_out, n_in, kernel) in modules.items():
         conv = (1, 1) if kernel else ()
         out[f"{key}.lora_down.weight"] = torch.randn((rank, n_in, *conv), generator=gen) * 0.5
         out[f"{key}.lora_up.weight"] = torch.randn((n_out, rank, *conv), generator=gen) * 0.5
@@ -65,7 +67,7 @@ class Webui:
 
     root: Path
     lora_dir: Path
-    sd_model: TinySD1
+    sd_model: Any
     runner: Any = None
     state: Any = None
     builtin: Any = None
@@ -75,9 +77,12 @@ class Webui:
     def modules(self) -> Any:
         return importlib.import_module("modules")
 
-    def write_lora(self, name: str, seed: int, metadata: dict[str, str] | None = None) -> Path:
+    def write_lora(
+        self, name: str, seed: int, metadata: dict[str, str] | None = None,
+        modules: dict[str, tuple[str, int, int, int]] = SD1_MODULES,
+    ) -> Path:
         """Write a real kohya .safetensors LoRA into the LoRA folder."""
-        tensors = lora_tensors(seed)
+        tensors = lora_tensors(seed, modules=modules)
         path = self.lora_dir / f"{name}.safetensors"
         save_file(tensors, str(path), metadata=metadata or {"ss_network_module": "networks.lora"})
         self.files[name] = tensors

@@ -120,6 +120,67 @@ class TinySD1(nn.Module):
         self.eval()
 
 
+class FrozenOpenCLIPEmbedder2(nn.Module):
+    """SDXL's second text encoder: the OpenCLIP model is `.model`."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+
+class ConcatTimestepEmbedderND(nn.Module):
+    """One of SDXL's non-text embedders (no weights loraprompt touches)."""
+
+
+class Wrapper(nn.Module):
+    """A1111's hijack wrapper around an SDXL embedder (`.wrapped`)."""
+
+    def __init__(self, wrapped: nn.Module) -> None:
+        super().__init__()
+        self.wrapped = wrapped
+
+
+class Conditioner(nn.Module):
+    def __init__(self, embedders: list[nn.Module]) -> None:
+        super().__init__()
+        self.embedders = nn.ModuleList(embedders)
+
+
+class TinySDXL(nn.Module):
+    """What A1111 calls `sd_model` for an SDXL checkpoint: SGM UNet names, two text encoders."""
+
+    is_sd1, is_sd2, is_sdxl = False, False, True
+
+    def __init__(self, openclip: nn.Module, seed: int = 0) -> None:
+        super().__init__()
+        self.model = DiffusionWrapper()
+        self.conditioner = Conditioner(
+            [Wrapper(FrozenCLIPEmbedder()), Wrapper(FrozenOpenCLIPEmbedder2(openclip)), ConcatTimestepEmbedderND()]
+        )
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+        self.eval()
+
+
+class TinySD2(nn.Module):
+    """What A1111 calls `sd_model` for an SD2.x checkpoint: the OpenCLIP model is
+    `cond_stage_model.wrapped.model` (q/k/v fused in `in_proj_weight`)."""
+
+    is_sd1, is_sd2, is_sdxl = False, True, False
+
+    def __init__(self, openclip: nn.Module, seed: int = 0) -> None:
+        super().__init__()
+        self.model = DiffusionWrapper()
+        self.cond_stage_model = Wrapper(FrozenOpenCLIPEmbedder2(openclip))
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+        self.eval()
+
+
 def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
     """A copy of every parameter, by name."""
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
