@@ -55,6 +55,17 @@ def divergent_batch(p: Any, profile: str) -> list[Diagnostic]:
     ]
 
 
+def hires_activation(p: Any, params_list: list[Any]) -> bool:
+    """True for the hires pass, including A1111's lowvram path, which activates the hires set
+    before `is_hr_pass` is set (to compute the hires conds early); its params are the very
+    objects of `p.hr_extra_network_data`."""
+    if getattr(p, "is_hr_pass", False):
+        return True
+    hires_data = getattr(p, "hr_extra_network_data", None) or {}
+    ids = {id(x) for items in hires_data.values() for x in items}
+    return bool(params_list) and all(id(x) in ids for x in params_list)
+
+
 def pass_steps(p: Any, hires: bool) -> int:
     """Sampling steps of the current pass (hires steps fall back to the first pass's)."""
     steps = int(getattr(p, "steps", 20) or 20)
@@ -90,7 +101,7 @@ class LoraPromptNetwork(extra_networks.ExtraNetwork):
     def activate(self, p: Any, params_list: list[Any]) -> None:
         """Apply exactly the LoRAs of `params_list` (none: restore)."""
         profile = str(webui.opt("loraprompt_profile", "loraprompt"))
-        hires = bool(getattr(p, "is_hr_pass", False))
+        hires = hires_activation(p, params_list)
         parsed = loraprompt.parse("".join(tag_text(x) for x in params_list), profile=profile, comments=False)
         diagnostics = list(parsed.diagnostics)
         if not hires:

@@ -3,6 +3,8 @@ it bit-exactly, a model reload forgets, hires and batches follow A1111's rules."
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 
 from .conftest import SD1_MODULES, Webui, expected_delta
@@ -104,3 +106,18 @@ def test_disable_extra_networks_restores(webui: Webui) -> None:
     webui.generate("<lora:style:1>")
     webui.generate("<lora:style:1>", disable_extra_networks=True)
     assert changed(webui.sd_model, before) == []
+
+
+def test_lowvram_hires_conds_activation_uses_hires_strengths(webui: Webui) -> None:
+    started(webui)
+    base = webui.weight(TE_Q)
+    processing = importlib.import_module("modules.processing")
+    extra_networks = importlib.import_module("modules.extra_networks")
+    p = processing.StableDiffusionProcessing(sd_model=webui.sd_model, prompt="", scripts=webui.runner)
+    p.prompts, p.extra_network_data = extra_networks.parse_prompts(["<lora:style:1:hrte=0.25>"])
+    p.hr_prompts, p.hr_extra_network_data = extra_networks.parse_prompts(["<lora:style:1:hrte=0.25>"])
+    extra_networks.activate(p, p.hr_extra_network_data)  # A1111's lowvram path: is_hr_pass still False
+    want = base + 0.25 * expected_delta(webui.files["style"], TE_Q)
+    assert torch.allclose(webui.weight(TE_Q), want, atol=1e-6)
+    extra_networks.activate(p, p.extra_network_data)
+    assert torch.allclose(webui.weight(TE_Q), base + expected_delta(webui.files["style"], TE_Q), atol=1e-6)
