@@ -151,8 +151,9 @@ class Entry:
         add(self.summary.trigger_words, "header")
         return out
 
+    @cached_property
     def search_text(self) -> str:
-        """Lower-cased text a search matches: path, names, tags, trigger words, notes, description."""
+        """Case-folded text a search matches: path, names, tags, trigger words, notes, description."""
         parts = [self.relpath, self.name, self.alias, self.description, str(self.user.get("notes") or "")]
         parts += [str(self.user.get("description") or ""), self.activation_text]
         parts += [w for w, _ in self.trigger_words()] + [t for t, _ in self.summary.tags]

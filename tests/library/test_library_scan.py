@@ -70,7 +70,7 @@ def test_previews_in_a1111_order_and_sidecars(lora_dir: Path, tmp_path: Path) ->
     words = e.trigger_words()
     assert words[:3] == [("cat ears", "user"), ("hat", "user"), ("meow", "civitai")]
     assert ("cat", "header") in words
-    assert "animal" in e.search_text() and "meow" in e.search_text()
+    assert "animal" in e.search_text and "meow" in e.search_text
 
 
 def test_refresh_reports_added_changed_removed(lora_dir: Path, tmp_path: Path) -> None:
@@ -173,3 +173,19 @@ def test_cache_survives_restart_without_reading(lora_dir: Path, tmp_path: Path) 
     second = Library([lora_dir], cache_dir=tmp_path / "c")
     assert second.last_report.files_read == 0
     assert second.entries == first.entries
+
+
+def test_duplicate_groups_by_content(lora_dir: Path, tmp_path: Path) -> None:
+    a = write_lora(lora_dir / "a.safetensors", {"x": "1"}, seed=1)
+    (lora_dir / "copy").mkdir()
+    (lora_dir / "copy" / "a_copy.safetensors").write_bytes(a.read_bytes())
+    write_lora(lora_dir / "retagged.safetensors", {"x": "2, longer"}, seed=1)
+    write_lora(lora_dir / "other" / "a.safetensors", {"x": "1"}, seed=2)
+    write_lora(lora_dir / "unrelated.safetensors", {}, seed=3, keys={"w": (7, 7)})
+    lib = Library([lora_dir], cache_dir=tmp_path / "c")
+    groups = {(g.kind, tuple(sorted(e.relpath for e in g.entries))) for g in lib.duplicates()}
+    assert groups == {
+        ("same-file", ("a.safetensors", "copy/a_copy.safetensors")),
+        ("same-tensors", ("a.safetensors", "copy/a_copy.safetensors", "retagged.safetensors")),
+        ("same-name", ("a.safetensors", "other/a.safetensors")),
+    }

@@ -1,0 +1,116 @@
+"""Card data, escaping, search/filter/sort, folder tree, and the `scan` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from loraprompt.cli import main
+from loraprompt.library import Library
+from loraprompt.library.cards import card, escape_html, folder_tree, json_for_script, search
+
+from .conftest import SD1_KEYS, SDXL_KEYS, kohya_metadata, write_lora
+
+XSS = "\"'><img src=x onerror=alert(1)>\nline2"
+
+
+@pytest.fixture
+def lib(lora_dir: Path, tmp_path: Path) -> Library:
+    write_lora(lora_dir / "chars" / "hero.safetensors", kohya_metadata("hero", tags={"x": {"sword": 5}}), keys=SD1_KEYS)
+    write_lora(lora_dir / "chars" / "villains" / "boss2.safetensors", kohya_metadata("boss2"), keys=SDXL_KEYS)
+    write_lora(lora_dir / "chars" / "villains" / "boss10.safetensors", kohya_metadata("boss10"), keys=SDXL_KEYS)
+    write_lora(lora_dir / "styles" / "ink.safetensors", {}, keys={"x": (2, 2)})
+    write_lora(lora_dir / ".secret" / "hidden_one.safetensors", {})
+    big = write_lora(lora_dir / "zz_big.safetensors", {}, keys={**SD1_KEYS, "y": (256, 256)})
+    os.utime(big, ns=(1, time.time_ns() + 86_400 * 10**9))
+    (lora_dir / "styles" / "ink.json").write_text(json.dumps({"notes": "moody watercolour", "favorite": True}))
+    return Library([lora_dir], cache_dir=tmp_path / "c")
+
+
+def test_escape_html_neutralises_markup() -> None:
+    out = escape_html(XSS)
+    assert "<" not in out and ">" not in out and '"' not in out and "'" not in out and "\n" not in out
+    assert out.startswith("&quot;&#x27;&gt;&lt;img")
+    script = json_for_script({"name": XSS, "x": "</script><script>alert(1)</script>"})
+    assert "<" not in script and ">" not in script and "'" not in script
+    assert json.loads(script) == {"name": XSS, "x": "</script><script>alert(1)</script>"}
+
+
+def test_card_values_from_hostile_metadata(lora_dir: Path, tmp_path: Path) -> None:
+    write_lora(lora_dir / "evil.safetensors", {"ss_output_name": XSS, "ss_tag_frequency": json.dumps({"a": {XSS: 3}})})
+    (lora_dir / "evil.txt").write_text(XSS)
+    library = Library([lora_dir], cache_dir=tmp_path / "c")
+    (entry,) = library.entries
+    data = card(library, entry)
+    assert data["alias"] == XSS and data["description"] == XSS and [XSS, "header"] in data["trigger_words"]
+    rendered = "".join(escape_html(v) for v in (data["alias"], data["description"], data["trigger_words"][0][0]))
+    assert "<img" not in rendered and "onerror=alert(1)&gt;" in rendered
+
+
+def test_search_terms_match_tags_notes_and_paths(lib: Library) -> None:
+    names = lambda r: [e.name for e in r.entries]  # noqa: E731
+    assert names(search(lib, "sword")) == ["hero"]
+    assert names(search(lib, "watercolour")) == ["ink"]
+    assert names(search(lib, "villains boss1")) == ["boss10"]
+    assert names(search(lib, "HERO")) == ["hero"]
+    assert names(search(lib, "", favorites_only=True)) == ["ink"]
+
+
+def test_hidden_folders_need_a_longer_query(lib: Library) -> None:
+    assert "hidden_one" not in [e.name for e in search(lib).entries]
+    assert search(lib).hidden_folders == 1
+    assert [e.name for e in search(lib, "hidden").entries] == ["hidden_one"]
+
+
+def test_family_filter_reports_what_it_hides(lib: Library) -> None:
+    r = search(lib, family="sd1")
+    assert {e.name for e in r.entries} == {"hero", "ink", "zz_big"}  # unknown family stays visible
+    assert r.hidden_by_family == 2 and r.hidden_families == {"SDXL": 2}
+    assert r.filter_note() == "2 hidden by the SD1 filter"
+    assert search(lib).filter_note() == ""
+
+
+def test_sorts_and_folder_filter(lib: Library) -> None:
+    names = lambda r: [e.name for e in r.entries]  # noqa: E731
+    assert names(search(lib, folder="chars/villains")) == ["boss2", "boss10"]
+    assert names(search(lib, folder="chars", sort="name")) == ["boss2", "boss10", "hero"]
+    assert names(search(lib, sort="name", descending=True))[0] == "zz_big"
+    assert names(search(lib, sort="date", descending=True))[0] == "zz_big"
+    assert names(search(lib, sort="size", descending=True))[0] == "zz_big"
+    with pytest.raises(ValueError, match="unknown sort"):
+        search(lib, sort="stars")
+
+
+def test_folder_tree_counts(lib: Library) -> None:
+    tree = folder_tree(lib.entries)
+    assert tree["count"] == 6
+    kids = {k["name"]: k for k in tree["children"]}
+    assert list(kids) == [".secret", "chars", "styles"]
+    assert kids["chars"]["count"] == 3 and kids["chars"]["children"][0]["path"] == "chars/villains"
+    assert kids["chars"]["children"][0]["count"] == 2
+
+
+def test_scan_command_json(lib: Library, lora_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["scan", str(lora_dir), "--json", "--cache-dir", str(tmp_path / "c"), "--hashes", "--duplicates"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0 and len(doc["entries"]) == 6 and doc["files_read"] == 0
+    hero = next(r for r in doc["entries"] if r["name"] == "hero")
+    assert hero["family"] == "sd1" and len(hero["hashes"]["a1111_short"]) == 12
+    groups = {(g["kind"], tuple(g["files"])) for g in doc["duplicates"]}
+    assert groups == {
+        ("same-tensors", (".secret/hidden_one.safetensors", "chars/hero.safetensors")),
+        ("same-tensors", ("chars/villains/boss2.safetensors", "chars/villains/boss10.safetensors")),
+    }
+
+
+def test_scan_command_table_and_missing_folder(lora_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_lora(lora_dir / "one.safetensors", kohya_metadata("One"))
+    assert main(["scan", str(lora_dir), "--no-cache"]) == 0
+    out = capsys.readouterr()
+    assert "SD1" in out.out and "[One]" in out.out and "1 files" in out.err
+    assert main(["scan", str(tmp_path / "nowhere"), "--no-cache"]) == 1
+    assert "missing folder" in capsys.readouterr().err

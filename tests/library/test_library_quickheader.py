@@ -1,0 +1,72 @@
+"""The scan's header read refuses what cannot be used and agrees with `read_header` on metadata."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from loraprompt.errors import AdapterFileError
+from loraprompt.library.quickheader import read_quick_header
+from loraprompt.library.safetensors_header import read_header
+
+from .conftest import write_lora
+
+
+def raw_file(path: Path, header: object, data: bytes = b"", raw: bytes | None = None) -> Path:
+    body = raw if raw is not None else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(body)) + body + data)
+    return path
+
+
+def test_reads_metadata_and_shapes(tmp_path: Path) -> None:
+    p = write_lora(tmp_path / "a.safetensors", {"ss_output_name": "a"}, keys={"w": (2, 3)})
+    q = read_quick_header(p)
+    full = read_header(p)
+    assert q.metadata == full.metadata and q.shapes == {"w": (2, 3)}
+    assert (q.data_offset, q.file_size) == (full.data_offset, full.file_size)
+
+
+@pytest.mark.parametrize(
+    ("header", "data", "raw", "reason"),
+    [
+        (None, b"", b"", "too short"),
+        ({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0\0", None, "truncated or padded"),
+        ({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 8, None, "truncated or padded"),
+        ({"__metadata__": {"n": 1}}, b"", None, "not a string"),
+        ({"__metadata__": [1]}, b"", None, "not an object"),
+        ([1, 2], b"", None, "not a JSON object"),
+        (None, b"", b"{\"a\": ", "not valid JSON"),
+        (None, b"", b"\xff\xfe{}", "not UTF-8"),
+        ({"w": {"dtype": "F32", "shape": [1]}}, b"", None, "lacks a shape"),
+        ({"w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}, b"", None, "bad data_offsets"),
+    ],
+)
+def test_refused_with_the_file_named(tmp_path: Path, header: object, data: bytes, raw: bytes | None, reason: str) -> None:
+    p = tmp_path / "bad.safetensors"
+    if header is None and raw == b"":
+        p.write_bytes(b"1234567")
+    else:
+        raw_file(p, header, data, raw)
+    with pytest.raises(AdapterFileError, match=reason) as info:
+        read_quick_header(p)
+    assert info.value.path == str(p)
+
+
+def test_header_length_beyond_file_refused(tmp_path: Path) -> None:
+    p = tmp_path / "long.safetensors"
+    p.write_bytes(struct.pack("<Q", 10**6) + b"{}")
+    with pytest.raises(AdapterFileError, match="does not fit"):
+        read_quick_header(p)
+
+
+@pytest.mark.parametrize("metadata", [{"a": 5}, {"a": ["x"]}, {"a": None}])
+def test_same_metadata_verdict_as_read_header(tmp_path: Path, metadata: dict[str, object]) -> None:
+    p = raw_file(tmp_path / "m.safetensors", {"__metadata__": metadata})
+    with pytest.raises(AdapterFileError) as quick:
+        read_quick_header(p)
+    with pytest.raises(AdapterFileError) as full:
+        read_header(p)
+    assert (quick.value.reason, quick.value.key) == (full.value.reason, full.value.key)
