@@ -85,11 +85,14 @@ class AdapterCache:
 
 
 class DeltaCache:
-    """Float32 (ΔW, Δbias) pairs, least recently used first out, at most `limit_mb`."""
+    """Float32 tensors per key, at most `limit_mb`. The least recently used go first, but never
+    one used in the current `generation` (the patcher bumps it per sync), so a sync bigger than
+    the cache keeps what it cached first instead of thrashing."""
 
     def __init__(self, limit_mb: float) -> None:
         self.limit_bytes = int(limit_mb * MB)
-        self._entries: OrderedDict[Hashable, tuple[Tensor | None, Tensor | None, int]] = OrderedDict()
+        self.generation = 0
+        self._entries: OrderedDict[Hashable, tuple[tuple[Tensor | None, ...], int, int]] = OrderedDict()
         self._bytes = 0
 
     @property
@@ -97,26 +100,31 @@ class DeltaCache:
         """Bytes of tensors held now."""
         return self._bytes
 
-    def get(self, key: Hashable) -> tuple[Tensor | None, Tensor | None] | None:
-        """The cached pair, or None."""
+    def get(self, key: Hashable) -> tuple[Tensor | None, ...] | None:
+        """The cached tensors, or None."""
         hit = self._entries.get(key)
         if hit is None:
             return None
+        self._entries[key] = (hit[0], hit[1], self.generation)
         self._entries.move_to_end(key)
-        return hit[0], hit[1]
+        return hit[0]
 
-    def put(self, key: Hashable, dw: Tensor | None, db: Tensor | None) -> None:
-        """Keep a pair if it fits, evicting the oldest."""
-        size = sum(t.numel() * t.element_size() for t in (dw, db) if t is not None)
-        if size > self.limit_bytes:
-            return
+    def put(self, key: Hashable, *tensors: Tensor | None) -> bool:
+        """Keep `tensors` if they fit, evicting entries of older generations; True if kept."""
+        size = sum(t.numel() * t.element_size() for t in tensors if t is not None)
         old = self._entries.pop(key, None)
         if old is not None:
-            self._bytes -= old[2]
+            self._bytes -= old[1]
         while self._entries and self._bytes + size > self.limit_bytes:
-            self._bytes -= self._entries.popitem(last=False)[1][2]
-        self._entries[key] = (dw, db, size)
+            oldest = next(iter(self._entries.values()))
+            if oldest[2] == self.generation:
+                break
+            self._bytes -= self._entries.popitem(last=False)[1][1]
+        if self._bytes + size > self.limit_bytes:
+            return False
+        self._entries[key] = (tensors, size, self.generation)
         self._bytes += size
+        return True
 
     def clear(self) -> None:
         """Drop every entry."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from loraprompt.adapters.types import AdapterModule
 from loraprompt.cache import DeltaCache
 from loraprompt.errors import PatchError
 from loraprompt.keymaps import build_keymap
@@ -34,12 +35,12 @@ from loraprompt.plan import (
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
-    from loraprompt.adapters.types import AdapterModule
     from loraprompt.diagnostics import Diagnostic
     from loraprompt.keymaps import KeyMap
 
-# (ΔW or Δbias in float32, rows of a fused parameter or None, scale to add it with)
-Part = tuple["Tensor", "tuple[int, int] | None", float]
+# (float32 ΔW, or `up` when the next item is `down`; down or None; rows of a fused parameter or None;
+# the scale to add ΔW (or up @ down) with)
+Part = tuple["Tensor", "Tensor | None", "tuple[int, int] | None", float]
 
 
 @dataclass
@@ -138,8 +139,9 @@ class Patcher:
                 plan = self._plan(items, step, total_steps, report, skip)
                 changed = [k for k in plan if plan[k] != self._applied.get(k)]
                 changed += [k for k in self._applied if k not in plan]
+                self._deltas.generation += 1
                 try:
-                    parts = {k: self._parts(k, plan[k]) for k in changed if k in plan}
+                    parts = {k: self._checked(k, plan[k]) for k in changed if k in plan}
                 except PatchError as exc:
                     entry = self._owner(exc, items)
                     if entry is None:
@@ -225,8 +227,9 @@ class Patcher:
             found = self._params[key] = (weight, bias if isinstance(bias, torch.Tensor) else None)
         return found
 
-    def _parts(self, key: Key, contributions: tuple[Any, ...]) -> tuple[list[Part], list[Part]]:
-        """Float32 (weight parts, bias parts) of one key's contributions, validated."""
+    def _parts(self, key: Key, contributions: tuple[Any, ...]) -> tuple[list[Part], list[Part], bool]:
+        """Validated float32 (weight parts, bias parts) of one key, and whether every full delta
+        among them is held by the cache (else the caller may drop them and compute them again)."""
         weight, bias = self._param(key)
         backup = self._backups.get(key)
         base_w = backup[0] if backup is not None else weight
@@ -234,7 +237,16 @@ class Patcher:
         base32: list[Tensor | None] = [None, None]
         w_parts: list[Part] = []
         b_parts: list[Part] = []
+        kept = True
         for module, rows, strength in contributions:
+            target = weight if rows is None else weight[rows[0] : rows[1]]
+            factors = self._factors(module, key, target)
+            if factors is not None:
+                up, down, db = factors
+                w_parts.append((up, down, rows, strength))
+                if db is not None:
+                    b_parts.append((db, None, rows, strength))
+                continue
             linear = module.linear
             cache_key = (module, rows) if linear else (module, rows, strength)
             hit = self._deltas.get(cache_key)
@@ -242,15 +254,45 @@ class Patcher:
                 if base32[0] is None:
                     base32 = [base_w.float(), base_b.float() if base_b is not None else None]
                 hit = self._delta(module, key, rows, 1.0 if linear else strength, base32)
-                self._deltas.put(cache_key, *hit)
+                kept = self._deltas.put(cache_key, *hit) and kept
             scale = strength if linear else 1.0
             if hit[0] is not None:
-                w_parts.append((hit[0], rows, scale))
+                w_parts.append((hit[0], None, rows, scale))
             if hit[1] is not None:
-                if bias is None:
-                    raise _module_error(module, key, "has a bias delta but the module has no bias")
-                b_parts.append((hit[1], rows, scale))
-        return w_parts, b_parts
+                b_parts.append((hit[1], None, rows, scale))
+        if b_parts and bias is None:
+            raise _module_error(contributions[0][0], key, "has a bias delta but the module has no bias")
+        return w_parts, b_parts, kept
+
+    def _factors(
+        self, module: AdapterModule, key: Key, target: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor | None] | None:
+        """(scale·up, down, Δbias) in float32 on the weight's device for a plain low-rank LoRA
+        (ΔW = up @ down, written with one addmm, no full-size delta); None for other algorithms."""
+        if module.algorithm != "lora" or type(module).delta is not AdapterModule.delta:
+            return None  # only the reader's LoRA, whose delta is the shared scale·unit_delta
+        if module.dora_scale is not None or not target.is_contiguous():
+            return None
+        if "up" not in module.tensors or "down" not in module.tensors or "mid" in module.tensors:
+            return None
+        cache_key = (module, "factors")
+        hit = self._deltas.get(cache_key)
+        if hit is None:
+            up, down = module.tensors["up"], module.tensors["down"]
+            dyn = getattr(module, "dyn", None)
+            if dyn is not None:
+                up, down = up[:, :dyn], down[:dyn]
+            up = up.reshape(up.shape[0], -1).to(target.device, torch.float32) * module.scale
+            down = down.reshape(down.shape[0], -1).to(target.device, torch.float32)
+            if up.shape[0] != target.shape[0] or up.shape[1] != down.shape[0] or down[0].numel() != target[0].numel():
+                raise _module_error(
+                    module, key, f"up {tuple(up.shape)} @ down {tuple(down.shape)} does not fit {tuple(target.shape)}"
+                )
+            db = module.bias_delta()
+            hit = (up, down, None if db is None else db.to(target.device, torch.float32))
+            self._deltas.put(cache_key, *hit)
+        assert hit[0] is not None and hit[1] is not None
+        return hit[0], hit[1], hit[2]
 
     def _delta(
         self, module: AdapterModule, key: Key, rows: tuple[int, int] | None, strength: float,
@@ -271,13 +313,21 @@ class Patcher:
             raise _module_error(module, key, f"bias delta shape {tuple(db.shape)} does not fit the bias")
         return dw, db
 
-    def _write_all(self, changed: list[Key], plan: Plan, parts: dict[Key, tuple[list[Part], list[Part]]]) -> None:
+    def _checked(self, key: Key, contributions: tuple[Any, ...]) -> tuple[list[Part], list[Part]] | None:
+        """The parts of one key, validated; None when they are too big to hold until the write."""
+        w_parts, b_parts, kept = self._parts(key, contributions)
+        return (w_parts, b_parts) if kept else None
+
+    def _write_all(
+        self, changed: list[Key], plan: Plan, parts: dict[Key, tuple[list[Part], list[Part]] | None]
+    ) -> None:
         before = dict(self._applied)
         written: list[Key] = []
         try:
             for key in changed:
                 written.append(key)
-                self._write(key, parts.get(key))
+                new = plan.get(key)
+                self._write(key, (parts.get(key) or self._parts(key, new)[:2]) if new else None)
                 if key in plan:
                     self._applied[key] = plan[key]
                 else:
@@ -307,7 +357,7 @@ class Patcher:
         try:
             for key in keys:
                 old = before.get(key)
-                self._write(key, self._parts(key, old) if old else None)
+                self._write(key, self._parts(key, old)[:2] if old else None)
                 if old:
                     self._applied[key] = old
                 else:
@@ -328,21 +378,25 @@ def _module_error(module: AdapterModule, key: Key, reason: str) -> PatchError:
 
 
 def _combine(dst: Tensor, base: Tensor, parts: list[Part]) -> None:
-    """dst = cast(base + Σ scale·Δ), summed in float32, one write into dst."""
-    if dst.dtype == torch.float32:
-        rest = parts
-        if parts and parts[0][1] is None:
-            torch.add(base, parts[0][0], alpha=parts[0][2], out=dst)
+    """dst = cast(base + Σ scale·Δ), summed in float32 and written once; a low-rank part is one
+    addmm, fused with the copy from the backup when it covers the whole float32 weight."""
+    acc = dst if dst.dtype == torch.float32 else base.float()
+    rest = parts
+    if acc is dst:
+        first = parts[0] if parts else None
+        if first is not None and first[2] is None and first[1] is None:
+            torch.add(base, first[0], alpha=first[3], out=dst)
+            rest = parts[1:]
+        elif first is not None and first[2] is None and first[1] is not None:
+            torch.addmm(base.view(base.shape[0], -1), first[0], first[1], alpha=first[3], out=dst.view(dst.shape[0], -1))
             rest = parts[1:]
         else:
             dst.copy_(base)
-        for delta, rows, scale in rest:
-            (dst if rows is None else dst[rows[0] : rows[1]]).add_(delta, alpha=scale)
-        return
-    if not parts:
-        dst.copy_(base)
-        return
-    acc = base.float()
-    for delta, rows, scale in parts:
-        (acc if rows is None else acc[rows[0] : rows[1]]).add_(delta, alpha=scale)
-    dst.copy_(acc)
+    for delta, down, rows, scale in rest:
+        view = acc if rows is None else acc[rows[0] : rows[1]]
+        if down is None:
+            view.add_(delta.view(view.shape), alpha=scale)
+        else:
+            view.view(view.shape[0], -1).addmm_(delta, down, alpha=scale)
+    if acc is not dst:
+        dst.copy_(acc)

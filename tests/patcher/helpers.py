@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from loraprompt.adapters.types import Adapter, AdapterModule
+from loraprompt.keymaps import build_keymap
 
 
 @dataclass(eq=False)
@@ -85,12 +86,14 @@ def reference(
     components: dict[str, nn.Module], original: dict[str, Tensor], entries: list[tuple[Adapter, float, float]]
 ) -> dict[str, Tensor]:
     """The expected weights of base + entries, computed independently in float32 and cast once."""
-    names = {c: {n.replace(".", "_"): n for n, _ in m.named_modules()} for c, m in components.items()}
+    keymaps = {c: build_keymap(c, [n for n, _ in m.named_modules()]) for c, m in components.items()}
     acc: dict[str, Tensor] = {}
     for adapter, te, unet in entries:
         for module in adapter.modules.values():
             strength = unet if module.component == "unet" else te
-            name = names[module.component][module.path]
+            target = keymaps[module.component].lookup(module.path)
+            assert target is not None and target.rows is None, module.lora_key
+            name = target.module
             base = original[f"{module.component}:{name}.weight"].float()
             bias_name = f"{module.component}:{name}.bias"
             bias = original[bias_name].float() if bias_name in original else None

@@ -244,4 +244,6 @@ def test_strength_change_reuses_the_cached_unit_delta(model) -> None:
     uncached = Patcher(model, delta_cache_mb=0)
     for strength in (1.0, 0.5):
         uncached.sync([(a, strength, strength)])
-    assert calls == 3 * len(a.modules)
+    # without a cache each delta is computed to check it, dropped, and computed again to write it,
+    # so that at most one weight's delta is held at a time
+    assert calls == (1 + 2 * 2) * len(a.modules)
