@@ -28,9 +28,11 @@ class RankTarget:
         if self.conv_rank is not None and self.conv_rank < 1:
             raise ToolError(f"conv rank must be at least 1, got {self.conv_rank}")
 
-    def pick(self, singular: Tensor, conv: bool) -> int:
-        """The rank to keep given the singular values (descending)."""
-        limit = int(singular.numel())
+    def pick(self, singular: Tensor, conv: bool, size: int) -> int:
+        """The rank to keep given the singular values (descending) of a matrix whose larger side is `size`."""
+        # singular values at rounding-noise level carry nothing: dropping them is lossless
+        noise = float(singular[0]) * size * torch.finfo(torch.float32).eps if singular.numel() else 0.0
+        limit = max(1, int((singular > noise).sum()))
         if self.energy is None:
             wanted = self.conv_rank if conv and self.conv_rank is not None else self.rank
             return max(1, min(int(wanted or 1), limit))
@@ -57,7 +59,7 @@ def factorise(delta: Tensor, target: RankTarget) -> Factorised:
     conv = delta.dim() == 4
     matrix = delta.reshape(delta.shape[0], -1).float()
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
-    rank = target.pick(s, conv and delta.shape[2:] != (1, 1))
+    rank = target.pick(s, conv and delta.shape[2:] != (1, 1), max(matrix.shape))
     root = s[:rank].sqrt()
     up = u[:, :rank] * root
     down = root[:, None] * vh[:rank]

@@ -1,0 +1,136 @@
+"""Checkpoints as streams of tensors: single-file original layout or a diffusers folder."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from loraprompt.errors import ToolError
+from loraprompt.tools.io import read_header
+
+# single-file key prefix -> diffusers component (A1111/SGM/LDM names)
+SINGLE_FILE_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("model.diffusion_model.", "unet"),
+    ("cond_stage_model.", "text_encoder"),
+    ("conditioner.embedders.0.", "text_encoder"),
+    ("conditioner.embedders.1.", "text_encoder_2"),
+)
+DIFFUSERS_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+
+Spec = tuple[torch.dtype, tuple[int, ...]]
+
+
+@dataclass
+class TensorFile:
+    """One safetensors file of a checkpoint: its tensors' specs and which component each belongs to."""
+
+    path: Path
+    specs: dict[str, Spec]
+    metadata: dict[str, str]
+    component_of: dict[str, str] = field(default_factory=dict)  # key -> component (others: copied)
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint's layout ("single-file" or "diffusers"), root and tensor files."""
+
+    layout: str
+    root: Path
+    files: list[TensorFile]
+
+    def component_specs(self, component: str) -> dict[str, Spec]:
+        """Every tensor key -> spec of one component, across the files that hold it."""
+        return {k: f.specs[k] for f in self.files for k, c in f.component_of.items() if c == component}
+
+    def components(self) -> set[str]:
+        return {c for f in self.files for c in f.component_of.values()}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(d.itemsize * _numel(s) for f in self.files for d, s in f.specs.values())
+
+    def locate(self, key: str, component: str) -> TensorFile:
+        """The file holding `key` of `component`."""
+        for f in self.files:
+            if f.component_of.get(key) == component:
+                return f
+        raise ToolError(f"{self.root}: tensor {key!r} not found")
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    """Read the layout of a single-file `.safetensors` checkpoint or a diffusers folder (headers only)."""
+    root = Path(path)
+    if root.is_dir():
+        return _diffusers(root)
+    if root.suffix != ".safetensors":
+        raise ToolError(f"{root}: only .safetensors checkpoints and diffusers folders are supported "
+                        "(pickled .ckpt files are refused: they can run code)")
+    if not root.exists():
+        raise ToolError(f"{root}: no such checkpoint")
+    specs, metadata = read_header(root)
+    tf = TensorFile(root, specs, metadata)
+    for key in specs:
+        component = next((c for p, c in SINGLE_FILE_PREFIXES if key.startswith(p)), None)
+        if component is not None:
+            tf.component_of[key] = component
+    if "unet" not in tf.component_of.values():
+        raise ToolError(f"{root}: no model.diffusion_model.* tensors; not an SD1.x/SD2.x/SDXL checkpoint")
+    return Checkpoint("single-file", root, [tf])
+
+
+def _diffusers(root: Path) -> Checkpoint:
+    if not (root / "model_index.json").exists() and not (root / "unet").is_dir():
+        raise ToolError(f"{root}: a folder but not a diffusers model (no model_index.json or unet/)")
+    files = []
+    for component in DIFFUSERS_COMPONENTS:
+        folder = root / component
+        if not folder.is_dir():
+            continue
+        found = sorted(folder.glob("*.safetensors"))
+        if not found:
+            raise ToolError(f"{folder}: no .safetensors weights (pickled .bin weights are not supported)")
+        for file in found:
+            specs, metadata = read_header(file)
+            files.append(TensorFile(file, specs, metadata, dict.fromkeys(specs, component)))
+    if not any(f.path.parent.name == "unet" for f in files):
+        raise ToolError(f"{root}: no unet/ weights")
+    return Checkpoint("diffusers", root, files)
+
+
+class TensorReader:
+    """Open safetensors handles for a checkpoint; `get(file, key)` reads one tensor."""
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        self._stack = ExitStack()
+        self._handles: dict[Path, Any] = {}
+        self.checkpoint = checkpoint
+
+    def __enter__(self) -> TensorReader:
+        from safetensors import safe_open
+
+        for f in self.checkpoint.files:
+            self._handles[f.path] = self._stack.enter_context(safe_open(str(f.path), framework="pt", device="cpu"))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def get(self, file: TensorFile, key: str) -> torch.Tensor:
+        return self._handles[file.path].get_tensor(key)
+
+    def keys(self) -> Iterator[tuple[TensorFile, str]]:
+        for f in self.checkpoint.files:
+            for key in f.specs:
+                yield f, key

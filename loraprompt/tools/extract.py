@@ -1,0 +1,155 @@
+"""Extract a LoRA from a fine-tuned checkpoint and its base: SVD of each weight difference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import Tensor
+
+from loraprompt.errors import ToolError
+from loraprompt.keymaps import clip, unet
+from loraprompt.tools.checkpoint import SINGLE_FILE_PREFIXES, Checkpoint, TensorReader, open_checkpoint
+from loraprompt.tools.io import Progress, check_output, describe_inputs, parse_dtype, recipe_metadata
+from loraprompt.tools.lora import LoraFactors
+from loraprompt.tools.svd import RankTarget, factorise
+from loraprompt.tools.writer import write_lora
+
+_LDM_TOP = ("input_blocks.", "middle_block.", "output_blocks.", "time_embed.", "label_emb.", "out.")
+_TEXT_ROOTS = ("transformer.", "model.")
+
+
+@dataclass(frozen=True)
+class ExtractedModule:
+    """One extracted module: its rank and the fraction of the difference's norm it keeps."""
+
+    key: str
+    rank: int
+    kept: float
+
+
+@dataclass
+class ExtractReport:
+    """What an extraction produced; `unchanged` counts weights whose difference was below min_diff."""
+
+    output: Path
+    family: str | None
+    modules: list[ExtractedModule] = field(default_factory=list)
+    unchanged: int = 0
+
+    @property
+    def min_kept(self) -> float:
+        return min((m.kept for m in self.modules), default=1.0)
+
+
+def _relative(ckpt: Checkpoint, component: str, module: str) -> str:
+    """The module's name inside its component (the single-file prefix and wrapper removed)."""
+    if ckpt.layout != "single-file":
+        return module
+    for prefix, comp in SINGLE_FILE_PREFIXES:
+        if comp == component and module.startswith(prefix):
+            rel = module[len(prefix):]
+            if component == "unet":
+                return rel
+            for root in _TEXT_ROOTS:
+                if rel.startswith(root) and rel[len(root):].startswith(("text_model.", "transformer.resblocks.")):
+                    return rel[len(root):]
+            return rel
+    return module
+
+
+def _unet_path(rel: str, sgm: bool, up_attn: set[int]) -> str | None:
+    """kohya path of a UNet module: SGM/LDM names for SDXL (as kohya writes them), diffusers otherwise."""
+    is_ldm = rel.startswith(_LDM_TOP)
+    if sgm:
+        name = rel if is_ldm else unet.to_ldm(rel, up_attn)
+    else:
+        name = (unet.to_diffusers(rel) or unet.TOP_LEVEL_LDM.get(rel)) if is_ldm else rel
+    return None if name is None else name.replace(".", "_")
+
+
+def _text_paths(rel: str, param: str, rows: int) -> list[tuple[str, tuple[int, int] | None]]:
+    """kohya paths (transformers-4 names) of a text-encoder weight, with row slices for fused q/k/v."""
+    if param == "in_proj_weight":
+        width = rows // 3
+        return [(hf.replace(".", "_"), (i * width, (i + 1) * width))
+                for i, (hf, _) in enumerate(clip.openclip_aliases(rel))]
+    if param != "weight":
+        return []
+    aliases = clip.openclip_aliases(rel) if rel.startswith("transformer.resblocks.") else []
+    name = aliases[0][0] if aliases else clip.hf_canonical(rel)
+    if name is None or ".encoder.layers." not in name or not (".self_attn." in name or ".mlp." in name):
+        return []
+    return [(name.replace(".", "_"), None)]
+
+
+def _candidates(ckpt: Checkpoint, base: Checkpoint, family: str | None) -> list[tuple[str, str, str, tuple[int, int] | None]]:
+    """(component, tensor key, kohya path, rows) for every extractable weight present in both."""
+    out: list[tuple[str, str, str, tuple[int, int] | None]] = []
+    for component in sorted(ckpt.components()):
+        specs = ckpt.component_specs(component)
+        base_specs = base.component_specs(component)
+        rels = {k: _relative(ckpt, component, k.rpartition(".")[0]) for k in specs}
+        up_attn = unet.up_levels_with_attention(set(rels.values())) if component == "unet" else set()
+        for key, (dtype, shape) in specs.items():
+            if len(shape) not in (2, 4) or not dtype.is_floating_point:
+                continue
+            if key not in base_specs:
+                raise ToolError(f"{base.root}: has no {key!r} (is it the base of {ckpt.root}?)")
+            if base_specs[key][1] != shape:
+                raise ToolError(f"{key}: shape {list(shape)} in {ckpt.root} but {list(base_specs[key][1])} in {base.root}")
+            param = key.rpartition(".")[2]
+            paths: list[tuple[str, tuple[int, int] | None]]
+            if component == "unet":
+                path = _unet_path(rels[key], family == "sdxl", up_attn) if param == "weight" else None
+                paths = [] if path is None else [(path, None)]
+            else:
+                paths = _text_paths(rels[key], param, shape[0])
+            out += [(component, key, p, rows) for p, rows in paths]
+    return out
+
+
+def extract_lora(tuned: str | Path, base: str | Path, output: str | Path, target: RankTarget, *,
+                 fmt: str = "kohya", dtype: str | None = None, min_diff: float = 0.0,
+                 components: tuple[str, ...] = ("unet", "text_encoder", "text_encoder_2"),
+                 force: bool = False, progress: bool = False) -> ExtractReport:
+    """A LoRA approximating `tuned - base` per module (rank or energy target); weights whose largest
+    absolute difference is <= `min_diff` are left out."""
+    from loraprompt.keymaps import build_keymap
+
+    out = check_output(output, [tuned, base], force)
+    ckpt, ref = open_checkpoint(tuned), open_checkpoint(base)
+    if ckpt.layout != ref.layout:
+        raise ToolError(f"{tuned} is {ckpt.layout} but {base} is {ref.layout}; give both in one layout")
+    unet_specs = ckpt.component_specs("unet")
+    family = build_keymap("unet", sorted({k.rpartition(".")[0] for k in unet_specs}),
+                          {k: s for k, (_, s) in unet_specs.items()}).family
+    out_dtype = parse_dtype(dtype)
+    report = ExtractReport(out, family)
+    modules: list[LoraFactors] = []
+    todo = [c for c in _candidates(ckpt, ref, family) if c[0] in components]
+    bar = Progress(len(todo), "extract", progress)
+    with TensorReader(ckpt) as tuned_reader, TensorReader(ref) as base_reader:
+        for component, key, path, rows in todo:
+            new = tuned_reader.get(ckpt.locate(key, component), key)
+            old = base_reader.get(ref.locate(key, component), key)
+            delta: Tensor = new.float() - old.float()
+            if rows is not None:
+                delta = delta[rows[0]: rows[1]]
+            bar.update()
+            if float(delta.abs().max()) <= min_diff:
+                report.unchanged += 1
+                continue
+            fact = factorise(delta, target)
+            cast = out_dtype or new.dtype
+            modules.append(LoraFactors(component, path, fact.down.to(cast), fact.up.to(cast)))
+            report.modules.append(ExtractedModule(f"{component}/{path}", int(fact.down.shape[0]), fact.kept))
+    bar.close()
+    if not modules:
+        raise ToolError(f"{tuned} and {base} do not differ in any extractable weight (min_diff={min_diff})")
+    metadata = recipe_metadata("extract", inputs=describe_inputs([p for p in (tuned, base) if Path(p).is_file()]),
+                               rank=target.rank, energy=target.energy, conv_rank=target.conv_rank,
+                               min_diff=min_diff, min_kept=round(report.min_kept, 6))
+    write_lora(out, modules, fmt, metadata)
+    return report
+

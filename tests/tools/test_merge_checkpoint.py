@@ -1,0 +1,101 @@
+"""merge: the merged checkpoint holds exactly the weights the patcher gives the loaded model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from loraprompt.adapters import read_adapter
+from loraprompt.errors import ToolError
+from loraprompt.patcher import Patcher
+from loraprompt.tools.io import RECIPE_KEY, load_tensors
+from loraprompt.tools.merge import LoraSpec, merge_checkpoint
+from tests.fixtures.loras import FAMILIES, write_diffusers_lora, write_kohya_lora, write_lycoris
+from tests.tools.checkpoints import EXTRA, a1111_models, openclip_state, write_single_file
+
+
+def _patched(family: str, entries: list[tuple[Path, float, float]]) -> dict[str, dict[str, torch.Tensor]]:
+    """The patcher's weights on the diffusers/transformers models (SDXL's second encoder then
+    fused into OpenCLIP names, as the single file spells it)."""
+    models = FAMILIES[family](seed=0)
+    Patcher(models).sync([(read_adapter(p), te, unet) for p, te, unet in entries])
+    states = {c: m.state_dict() for c, m in models.items()}
+    if family == "sdxl":
+        states["text_encoder_2"] = openclip_state(states["text_encoder_2"])
+    return states
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_single_file_merge_equals_patcher(tmp_path: Path, family: str) -> None:
+    ckpt = tmp_path / "model.safetensors"
+    keys = write_single_file(a1111_models(family), family, ckpt)
+    lora = write_kohya_lora(family, tmp_path / "a.safetensors", seed=3).path
+    if family == "sdxl":
+        second = write_lycoris(family, tmp_path / "b.safetensors", "loha", seed=4).path
+    else:
+        second = write_diffusers_lora(family, tmp_path / "b.safetensors", seed=4).path
+    entries = [(lora, 0.6, 0.8), (second, 1.0, -0.5)]
+    report = merge_checkpoint(ckpt, [LoraSpec(*e) for e in entries], tmp_path / "merged.safetensors")
+    expected = _patched(family, entries)
+    merged, meta = load_tensors(report.output)
+    original, _ = load_tensors(ckpt)
+    assert sorted(merged) == sorted(original)
+    changed = 0
+    for key, (component, own) in keys.items():
+        patched = expected[component][own]
+        if torch.equal(patched, original[key]):
+            assert torch.equal(merged[key], original[key]), key
+        else:  # the patcher may fuse the low-rank product into one addmm: equal up to float32 rounding
+            torch.testing.assert_close(merged[key], patched, rtol=0, atol=1e-6, msg=key)
+            changed += 1
+    assert changed == report.weights_changed and changed > 40
+    assert {"text_encoder", "unet"} <= {keys[k][0] for k in keys if not torch.equal(merged[k], original[k])}
+    if family == "sdxl":
+        assert any(k.endswith("in_proj_weight") and not torch.equal(merged[k], original[k]) for k in keys)
+    assert torch.equal(merged[EXTRA], original[EXTRA])
+    recipe = json.loads(meta[RECIPE_KEY])
+    assert [(r["file"], r["te"], r["unet"]) for r in recipe["loras"]] == [("a.safetensors", 0.6, 0.8),
+                                                                          ("b.safetensors", 1.0, -0.5)]
+    assert meta["modelspec.title"] == "tiny"
+
+
+def test_fp16_output_is_the_fp32_merge_cast_once(tmp_path: Path) -> None:
+    ckpt = tmp_path / "model.safetensors"
+    write_single_file(a1111_models("sd1"), "sd1", ckpt)
+    lora = write_kohya_lora("sd1", tmp_path / "a.safetensors", seed=3).path
+    full = merge_checkpoint(ckpt, [(lora, 1.0, 1.0)], tmp_path / "m32.safetensors").output
+    half = merge_checkpoint(ckpt, [(lora, 1.0, 1.0)], tmp_path / "m16.safetensors", dtype="fp16").output
+    a, _ = load_tensors(full)
+    b, _ = load_tensors(half)
+    for key in a:
+        assert b[key].dtype == torch.float16
+        assert torch.equal(b[key], a[key].half()), key
+
+
+def test_wrong_family_lora_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
+    ckpt = tmp_path / "model.safetensors"
+    write_single_file(a1111_models("sd1"), "sd1", ckpt)
+    lora = write_kohya_lora("sdxl", tmp_path / "xl.safetensors", seed=3).path
+    with pytest.raises(ToolError, match="SDXL"):
+        merge_checkpoint(ckpt, [lora], tmp_path / "out.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "xl.safetensors"]
+
+
+def test_refuses_existing_output_without_force_and_never_the_input(tmp_path: Path) -> None:
+    ckpt = tmp_path / "model.safetensors"
+    write_single_file(a1111_models("sd1"), "sd1", ckpt)
+    lora = write_kohya_lora("sd1", tmp_path / "a.safetensors", seed=3).path
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(b"old")
+    with pytest.raises(ToolError, match="--force"):
+        merge_checkpoint(ckpt, [lora], out)
+    assert out.read_bytes() == b"old"
+    merge_checkpoint(ckpt, [lora], out, force=True)
+    with safe_open(str(out), "pt") as f:
+        assert RECIPE_KEY in (f.metadata() or {})
+    with pytest.raises(ToolError, match="input"):
+        merge_checkpoint(ckpt, [lora], ckpt, force=True)
