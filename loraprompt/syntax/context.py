@@ -9,7 +9,7 @@ from loraprompt.syntax.scanner import OPEN_TAG_RE
 AND_RE = re.compile(r"\bAND\b")
 _BRACKET = re.compile(r"\\.|[()\[\]]", re.S)
 _INNER = re.compile(r"\\.|[()\[\]|:]", re.S)
-AND_WEIGHT_RE = re.compile(r"\s*:\s*[-+]?(?:\d+\.?|\d*\.\d+)\s*$")
+AND_WEIGHT_RE = re.compile(r":\s*[-+]?(?:\d+\.?|\d*\.\d+)\s*$")
 
 
 def bracket_groups(text: str) -> list[tuple[int, int, str]]:
@@ -61,7 +61,7 @@ def contexts(text: str, cuts: list[int]) -> list[tuple[str, ...]]:
     """For each cut position (where a tag was removed), the enclosing syntax, outermost first."""
     if not cuts:
         return []
-    ands = [m.end() for m in AND_RE.finditer(text)]
+    ands = [m.end() for m in AND_RE.finditer(text)] if "AND" in text else []
     pairs = sorted(_pairs(text)) if ("[" in text or "(" in text) else []
     out: list[tuple[str, ...]] = []
     for cut in cuts:
@@ -75,13 +75,15 @@ def and_weight_traps(text: str, cuts: list[int]) -> list[tuple[int, int]]:
     """Spans (in ``text``) of AND weights that sit right after a removed tag or an unclosed tag."""
     traps: list[tuple[int, int]] = []
     start = 0
-    bounds = [(m.start(), m.end()) for m in AND_RE.finditer(text)] + [(len(text), len(text))]
+    bounds = [(m.start(), m.end()) for m in AND_RE.finditer(text)] if "AND" in text else []
+    bounds.append((len(text), len(text)))
     for and_start, and_end in bounds:
         part = text[start:and_start]
-        m = AND_WEIGHT_RE.search(part)
+        m = AND_WEIGHT_RE.search(part) if ":" in part else None
         if m is not None:
-            colon = start + part.index(":", m.start())
-            after_tag = any(start + m.start() <= cut <= colon for cut in cuts)
+            colon = start + m.start()
+            gap = start + len(part[:m.start()].rstrip())
+            after_tag = any(gap <= cut <= colon for cut in cuts)
             opener = [o for o in OPEN_TAG_RE.finditer(part, 0, colon - start) if ">" not in part[o.end():colon - start]]
             if after_tag or opener:
                 traps.append((colon, start + m.end()))

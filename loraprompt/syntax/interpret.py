@@ -26,6 +26,7 @@ KNOWN_KEYS = frozenset({
     "in", "mid", "out", "module", "hash", "sched", "te_sched", "unet_sched",
 })
 FLAGS = ("high", "low")
+_CANONICAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 _HASH = re.compile(r"[0-9a-fA-F]{10}|[0-9a-fA-F]{12}|[0-9a-fA-F]{64}")
 
 
@@ -105,11 +106,22 @@ def interpret_a1111(tag: Tag) -> tuple[LoraActivation | None, list[Diagnostic]]:
                           tag_index=tag.index, span=tag.span), r.diagnostics
 
 
+def is_plain(tag: Tag) -> bool:
+    """The common form ``<lora:name[:te[:unet]]>`` with canonical numbers: both profiles agree on it."""
+    p = tag.positional
+    return (bool(p) and not tag.named and len(p) <= 3 and p[0].strip() != ""
+            and all(_CANONICAL.fullmatch(v) is not None for v in p[1:]))
+
+
 def interpret(tag: Tag, default_weight: float = 1.0,
               presets: dict[str, tuple[str, ...]] | None = None) -> tuple[LoraActivation | None, list[Diagnostic]]:
     """loraprompt's reading of one tag; errors stay with this tag (None plus diagnostics)."""
-    r = _Reader(tag)
     p, n = tag.positional, tag.named
+    if p and is_plain(tag):  # fast path for the everyday tag; same result as the general path below
+        te = float(p[1]) if len(p) > 1 else default_weight
+        return LoraActivation(p[0], te, float(p[2]) if len(p) > 2 else te, None, tag.kind,
+                              tag_index=tag.index, span=tag.span), []
+    r = _Reader(tag)
     if not p:
         r.report("name-missing", "no name (every item is a key=value pair)", "error")
         return None, r.diagnostics

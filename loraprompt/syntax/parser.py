@@ -10,7 +10,7 @@ from typing import Literal
 from loraprompt.diagnostics import Diagnostic
 from loraprompt.errors import PromptSyntaxError
 from loraprompt.syntax.context import and_weight_traps, contexts
-from loraprompt.syntax.interpret import LORA_KINDS, interpret, interpret_a1111
+from loraprompt.syntax.interpret import LORA_KINDS, interpret, interpret_a1111, is_plain
 from loraprompt.syntax.model import ExtraActivation, LoraActivation, ParsedBatch, ParsedPrompt, Profile, Tag
 from loraprompt.syntax.scanner import OPEN_TAG_RE, scan, strip_comments, unclosed_openers
 from loraprompt.syntax.values import Schedule
@@ -175,9 +175,12 @@ def _loras(tags: list[Tag], profile: Profile, duplicates: Duplicates, default_we
     loras: list[LoraActivation] = []
     a1111_fails = False
     for tag in ordered:
-        plain, plain_diags = interpret_a1111(tag)
-        a1111_fails = a1111_fails or plain is None
-        activation, diags = (plain, plain_diags) if profile == "a1111" else interpret(tag, default_weight, presets)
+        if profile == "a1111":
+            activation, diags = interpret_a1111(tag)
+            a1111_fails = a1111_fails or activation is None
+        else:
+            activation, diags = interpret(tag, default_weight, presets)
+            a1111_fails = a1111_fails or (not is_plain(tag) and interpret_a1111(tag)[0] is None)
         diagnostics.extend(diags)
         if activation is not None:
             loras.append(activation)
