@@ -118,8 +118,8 @@ def interpret(tag: Tag, default_weight: float = 1.0,
     """loraprompt's reading of one tag; errors stay with this tag (None plus diagnostics)."""
     p, n = tag.positional, tag.named
     if p and is_plain(tag):  # fast path for the everyday tag; same result as the general path below
-        te = float(p[1]) if len(p) > 1 else default_weight
-        return LoraActivation(p[0], te, float(p[2]) if len(p) > 2 else te, None, tag.kind,
+        weight = float(p[1]) if len(p) > 1 else default_weight
+        return LoraActivation(p[0], weight, float(p[2]) if len(p) > 2 else weight, None, tag.kind,
                               tag_index=tag.index, span=tag.span), []
     r = _Reader(tag)
     if not p:
