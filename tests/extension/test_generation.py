@@ -121,3 +121,19 @@ def test_lowvram_hires_conds_activation_uses_hires_strengths(webui: Webui) -> No
     assert torch.allclose(webui.weight(TE_Q), want, atol=1e-6)
     extra_networks.activate(p, p.extra_network_data)
     assert torch.allclose(webui.weight(TE_Q), base + expected_delta(webui.files["style"], TE_Q), atol=1e-6)
+
+
+def test_block_weights_and_start_stop_reach_the_right_modules(webui: Webui) -> None:
+    started(webui)
+    mid = "lora_unet_mid_block_attentions_0_proj_out"
+    base = {k: webui.weight(k) for k in (Q, mid, TE_Q)}
+    lbw = "0.5,0,1,1,1,1,1,2,1,1,1,1,1,1,1,1,1"  # BASE IN01 IN02 IN04 IN05 IN07 IN08 M00 OUT03..OUT11
+    webui.generate(f"<lora:style:1:lbw={lbw}>")
+    delta = {k: expected_delta(webui.files["style"], k) for k in base}
+    assert torch.equal(webui.weight(Q), base[Q])
+    assert torch.allclose(webui.weight(mid), base[mid] + 2 * delta[mid], atol=1e-6)
+    assert torch.allclose(webui.weight(TE_Q), base[TE_Q] + 0.5 * delta[TE_Q], atol=1e-6)
+    seen: list[bool] = []
+    webui.modules.script_callbacks.on_cfg_denoiser(lambda params: seen.append(not torch.equal(webui.weight(Q), base[Q])))
+    webui.generate("<lora:style:1:start=1:stop=3>", steps=4)
+    assert seen == [False, True, True, False]
