@@ -7,6 +7,7 @@ exact results for ``AND``, prompt editing/alternation and emphasis.
 
 from __future__ import annotations
 
+from loraprompt.syntax.codes import DIAGNOSTIC_CODES
 from loraprompt.syntax.emphasis import attention, split_and
 from loraprompt.syntax.model import ExtraActivation, LoraActivation, ParsedBatch, ParsedPrompt, Tag
 from loraprompt.syntax.parser import activation_from_items, parse, parse_batch
@@ -16,6 +17,6 @@ from loraprompt.syntax.schedule import schedules
 from loraprompt.syntax.values import Schedule, StepPoint
 
 __all__ = [
-    "ExtraActivation", "LoraActivation", "ParsedBatch", "ParsedPrompt", "Schedule", "StepPoint", "Tag",
+    "DIAGNOSTIC_CODES", "ExtraActivation", "LoraActivation", "ParsedBatch", "ParsedPrompt", "Schedule", "StepPoint", "Tag",
     "activation_from_items", "attention", "format_activation", "parse", "parse_batch", "schedules", "split_and", "strip_comments",
 ]

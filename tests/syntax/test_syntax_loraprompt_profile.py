@@ -195,3 +195,14 @@ def test_activation_from_items_rejects_items_that_are_not_one_tag() -> None:
 
     with pytest.raises(ValueError, match="do not form one"):
         activation_from_items(["x>y"])
+
+
+def test_every_emitted_code_is_documented() -> None:
+    from loraprompt.syntax.codes import DIAGNOSTIC_CODES
+
+    prompts = [p for p, _, _ in DIAGNOSTICS] + ["<lora:a:1> <lora:a:2>", "x <lora:y:1>:0.5 AND [<lora:z:1>|b] (<lora:w:1>)"]
+    for prompt in prompts:
+        for profile in ("loraprompt", "a1111"):
+            for d in parse(prompt, profile=profile).diagnostics:  # type: ignore[arg-type]
+                assert d.code in DIAGNOSTIC_CODES, d
+                assert d.severity in DIAGNOSTIC_CODES[d.code][0]
