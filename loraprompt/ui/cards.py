@@ -26,8 +26,8 @@ USER_LABELS = {"description": "Description", "sd version": "SD version", "activa
                "preferred weight": "Preferred weight", "negative text": "Negative text", "notes": "Notes",
                "favorite": "Favorite", "nsfw": "NSFW"}
 USER_KEYS = tuple(USER_LABELS)
-_JSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "'": "\\u0027", "\u2028": "\\u2028",
-                 "\u2029": "\\u2029"}
+_JSON_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "'": "\\u0027",
+                               "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
 def _cap(text: str, limit: int) -> str:
@@ -36,8 +36,7 @@ def _cap(text: str, limit: int) -> str:
 
 def safe_json(value: Any) -> str:
     """JSON text that is also inert inside HTML: `<`, `>`, `&`, `'` and line separators escaped."""
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    return "".join(_JSON_ESCAPES.get(ch, ch) for ch in text) if any(c in text for c in _JSON_ESCAPES) else text
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).translate(_JSON_ESCAPES)
 
 
 def family_title(entry: Entry) -> str:
@@ -70,7 +69,7 @@ def card_record(entry: Entry, card_id: str, thumb_url: str | None) -> dict[str, 
         "family_title": family_title(entry),
         "triggers": [_cap(w, 60) for w, _ in entry.trigger_words()[:MAX_CARD_TRIGGERS]],
         "weight": default_weight(entry),
-        "search": _cap(entry.search_text(), MAX_SEARCH_TEXT),
+        "search": _cap(entry.search_text, MAX_SEARCH_TEXT),
         "size": entry.size,
         "mtime": entry.mtime,
         "thumb": thumb_url,

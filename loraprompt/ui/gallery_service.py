@@ -39,6 +39,7 @@ class _Snapshot:
     ids: Mapping[str, str]  # entry path -> card id
     records: tuple[dict[str, Any], ...]
     generation: int
+    records_json: str  # `records` as escaped JSON, serialised once per snapshot
 
 
 class GalleryService:
@@ -72,7 +73,7 @@ class GalleryService:
             by_id = cards.card_ids(entries, [str(r) for r in self.library.roots])
             ids = {e.path: card_id for card_id, e in by_id.items()}
             records = tuple(cards.card_record(e, ids[e.path], self._thumb_url(ids[e.path], e)) for e in entries)
-            self._snapshot = _Snapshot(entries, by_id, ids, records, self._generation)
+            self._snapshot = _Snapshot(entries, by_id, ids, records, self._generation, cards.safe_json(records))
             return self._snapshot
 
     def _thumb_url(self, card_id: str, entry: Entry) -> str | None:
@@ -85,26 +86,33 @@ class GalleryService:
         family = self.loaded_family()
         return family if family in cards.FAMILY_LABELS else None
 
-    def cards_document(self) -> dict[str, Any]:
-        """Everything the page needs to draw and filter the cards."""
-        snap = self.snapshot()
+    def _document_head(self, snap: _Snapshot) -> dict[str, Any]:
         report = self.library.last_report
         notes = []
         if report.pending:
             notes.append(f"{len(report.pending)} file(s) still being written; they appear once complete")
         if report.offline_roots:
             notes.append("not reachable, cards kept: " + ", ".join(report.offline_roots))
-        return {"cards": list(snap.records), "family": self.family(), "generation": snap.generation,
-                "notice": "; ".join(notes)}
+        return {"family": self.family(), "generation": snap.generation, "notice": "; ".join(notes)}
+
+    def cards_document(self) -> dict[str, Any]:
+        """Everything the page needs to draw and filter the cards."""
+        snap = self.snapshot()
+        return {**self._document_head(snap), "cards": list(snap.records)}
+
+    def cards_json(self) -> str:
+        """`cards_document()` as escaped JSON text, reusing the snapshot's serialised cards."""
+        snap = self.snapshot()
+        return cards.safe_json(self._document_head(snap))[:-1] + ',"cards":' + snap.records_json + "}"
 
     def state(self) -> dict[str, Any]:
         """What the page polls to notice a model switch or a changed folder."""
         return {"family": self.family(), "generation": self.snapshot().generation}
 
-    def refresh(self) -> dict[str, Any]:
-        """Rescan the folders and return the new cards document."""
+    def refresh(self) -> str:
+        """Rescan the folders and return the new cards document as JSON text."""
         self.library.refresh()
-        return self.cards_document()
+        return self.cards_json()
 
     def entry(self, card_id: object) -> Entry:
         """The entry of a card id; NotFound for anything else."""

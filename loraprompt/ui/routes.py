@@ -29,7 +29,8 @@ SAFE_HEADERS = {"X-Content-Type-Options": "nosniff", "Cross-Origin-Resource-Poli
 
 
 def _json(value: Any, status: int = 200) -> Response:
-    return Response(safe_json(value), status_code=status, media_type="application/json",
+    text = value if isinstance(value, str) else safe_json(value)
+    return Response(text, status_code=status, media_type="application/json",
                     headers={**SAFE_HEADERS, "Cache-Control": "no-store"})
 
 
@@ -79,7 +80,7 @@ def gallery_router(service: GalleryService, prefix: str = DEFAULT_PREFIX) -> API
 
     @router.get("/cards")
     def cards_route() -> Response:
-        return _json(service.cards_document())
+        return _json(service.cards_json())
 
     @router.get("/state")
     def state() -> Response:
