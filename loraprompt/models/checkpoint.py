@@ -1,0 +1,171 @@
+"""Load a local SD1.x/SD2.x/SDXL checkpoint fully offline: a single-file `.safetensors` (LDM/SGM
+layout, as Automatic1111 uses them) or a diffusers folder. The family is read from the file's
+keys and shapes; the diffusers configs and the CLIP tokenizer files ship with loraprompt, so
+nothing is looked up on a hub."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from loraprompt.errors import LoraPromptError
+from loraprompt.models import LoadedModel
+
+FAMILIES = ("sd1", "sd2", "sdxl")
+UNET = "model.diffusion_model."
+_CONTEXT_KEY = re.compile(r"^model\.diffusion_model\..*attn2\.to_k\.weight$")
+
+
+class CheckpointError(LoraPromptError):
+    """A checkpoint that cannot be loaded; the message names the file and the reason."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+def detect_family(shapes: Mapping[str, tuple[int, ...]], path: str | Path = "<checkpoint>") -> str:
+    """sd1, sd2 or sdxl from a single-file checkpoint's tensor names and shapes (LDM/SGM layout).
+    Refuses what txt2img cannot run: no UNet, the SDXL refiner, inpainting/instruct UNets."""
+    if not any(k.startswith(UNET) for k in shapes):
+        raise CheckpointError(path, "no UNet tensors (model.diffusion_model.*): not a Stable Diffusion checkpoint"
+                                    " (a LoRA belongs in the LoRA folder)")
+    conv_in = shapes.get(UNET + "input_blocks.0.0.weight")
+    if conv_in is not None and len(conv_in) == 4 and conv_in[1] != 4:
+        kind = {9: "an inpainting", 8: "an instruct-pix2pix"}.get(conv_in[1], f"a {conv_in[1]}-channel")
+        raise CheckpointError(path, f"{kind} UNet (input_blocks.0.0.weight has {conv_in[1]} input channels);"
+                                    " txt2img needs a 4-channel model")
+    if any(k.startswith("conditioner.embedders.1.") for k in shapes):
+        return "sdxl"
+    if any(k.startswith("conditioner.embedders.0.") for k in shapes):
+        raise CheckpointError(path, "an SDXL refiner (one OpenCLIP text encoder); load the SDXL base model")
+    if any(k.startswith("cond_stage_model.model.") for k in shapes):
+        return "sd2"
+    if any(k.startswith("cond_stage_model.transformer.") for k in shapes):
+        return "sd1"
+    context = next((s[1] for k, s in shapes.items() if _CONTEXT_KEY.match(k) and len(s) == 2), None)
+    by_context = {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(context or 0)
+    if by_context is None:
+        raise CheckpointError(path, f"no text encoder tensors and an unknown cross-attention width ({context});"
+                                    " cannot tell SD1/SD2/SDXL apart")
+    raise CheckpointError(path, f"has no text encoder tensors (UNet looks {by_context}); load a full checkpoint")
+
+
+def header_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from a `.safetensors` header (no tensor data is read)."""
+    from loraprompt.library.safetensors_header import read_header
+
+    return {name: info.shape for name, info in read_header(path).tensors.items()}
+
+
+def _package_bytes(name: str) -> bytes:
+    return resources.files("loraprompt.models").joinpath(name).read_bytes()
+
+
+def family_config(family: str) -> dict[str, Any]:
+    """The shipped diffusers configs of `family`: component folder -> config dict."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; expected one of {', '.join(FAMILIES)}")
+    return dict(json.loads(_package_bytes(f"config_{family}.json")))
+
+
+def write_config_dir(configs: Mapping[str, Any], root: str | Path) -> Path:
+    """Lay `configs` out as a diffusers repository under `root` (tokenizers get the shipped CLIP
+    vocabulary) and return it. The folder is named by a digest, so it is written only once."""
+    vocab = gzip.decompress(_package_bytes("clip_vocab.json.gz"))
+    merges = gzip.decompress(_package_bytes("clip_merges.txt.gz"))
+    text = json.dumps(configs, sort_keys=True)
+    folder = Path(root) / hashlib.sha256(text.encode() + vocab + merges).hexdigest()[:16]
+    if (folder / "model_index.json").is_file():
+        return folder
+    for component, config in configs.items():
+        if component == "model_index":
+            continue
+        sub = folder / component
+        sub.mkdir(parents=True, exist_ok=True)
+        if component.startswith("tokenizer"):
+            (sub / "tokenizer_config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
+            (sub / "vocab.json").write_bytes(vocab)
+            (sub / "merges.txt").write_bytes(merges)
+        else:
+            name = "scheduler_config.json" if component == "scheduler" else "config.json"
+            (sub / name).write_text(json.dumps(config, indent=1), encoding="utf-8")
+    (folder / "model_index.json").write_text(json.dumps(configs["model_index"], indent=1), encoding="utf-8")
+    return folder
+
+
+def default_config_root() -> Path:
+    """Where materialised config folders live: ~/.cache/loraprompt/configs."""
+    return Path.home() / ".cache" / "loraprompt" / "configs"
+
+
+def _device_dtype() -> tuple[str, Any]:
+    import torch
+
+    return ("cuda", torch.float16) if torch.cuda.is_available() else ("cpu", torch.float32)
+
+
+def _finish(pipe: Any, family: str, name: str, model_hash: str | None) -> LoadedModel:
+    device, _ = _device_dtype()
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedModel(pipe=pipe, family=family, name=name, model_hash=model_hash)
+
+
+def load_diffusers_folder(path: Path) -> LoadedModel:
+    """A diffusers pipeline folder (model_index.json and component folders), local files only."""
+    from diffusers import DiffusionPipeline
+
+    _, dtype = _device_dtype()
+    try:
+        pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True, torch_dtype=dtype,
+                                                 safety_checker=None, requires_safety_checker=False)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(path, f"cannot load as a diffusers folder: {exc}") from exc
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        family = "sdxl"
+    else:
+        family = "sd2" if pipe.unet.config.cross_attention_dim == 1024 else "sd1"
+    return _finish(pipe, family, path.name, None)
+
+
+def load_single_file(path: Path, *, configs: Mapping[str, Any] | None = None,
+                     config_root: str | Path | None = None) -> LoadedModel:
+    """A single-file `.safetensors` checkpoint, converted by diffusers with the shipped configs
+    (or `configs`, component -> config dict, for models of other sizes)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from loraprompt.library.hashes import file_hashes
+
+    family = detect_family(header_shapes(path), path)
+    configs = configs if configs is not None else family_config(family)
+    folder = write_config_dir(configs, config_root or default_config_root())
+    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    _, dtype = _device_dtype()
+    try:
+        pipe = cls.from_single_file(str(path), config=str(folder), local_files_only=True, torch_dtype=dtype)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(path, f"diffusers could not convert this {family} checkpoint: {exc}") from exc
+    return _finish(pipe, family, path.stem, file_hashes(path).get("autov2"))
+
+
+def load_checkpoint(path: str | Path) -> LoadedModel:
+    """A diffusers folder or a single-file `.safetensors` checkpoint, loaded offline."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if not (p / "model_index.json").is_file():
+            raise CheckpointError(p, "a folder without model_index.json is not a diffusers pipeline")
+        return load_diffusers_folder(p)
+    if not p.is_file():
+        raise CheckpointError(p, "no such file or folder")
+    if p.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
+        raise CheckpointError(p, "pickle checkpoints can run code when loaded; use a .safetensors file")
+    if p.suffix.lower() != ".safetensors":
+        raise CheckpointError(p, "expected a .safetensors file or a diffusers folder")
+    return load_single_file(p)
