@@ -30,8 +30,9 @@ class Tag:
     ``span`` is (start, end) in ``ParsedPrompt.source`` (the comment-stripped prompt), so
     ``source[start:end] == raw``. ``items`` is ``args.split(":")``; an item with exactly one ``=`` is
     ``named`` (key -> value, last one wins, untrimmed), every other item is ``positional``.
-    ``context`` lists the prompt syntax around the tag (``edit``, ``alternation``, ``emphasis``,
-    ``and``) innermost last.
+    ``context`` lists the prompt syntax around the tag, outermost first: ``and:I`` (AND part I > 0),
+    ``edit:before|after|number:N`` (``[a:b:N]`` branch and raw switch value), ``alternation:I/K``,
+    ``emphasis``. By default it changes nothing: the LoRA applies to every step and part.
     """
 
     kind: str

@@ -147,7 +147,7 @@ def _structure(text: str, tags: list[Tag], cuts: list[int], extra_kinds: set[str
         elif "\n" in t.raw:
             out.append(Diagnostic("unclosed-tag", f"tag {t.raw!r} runs past the end of its line", t.span,
                                   subject=t.kind))
-        for frame in dict.fromkeys(t.context):
+        for frame in dict.fromkeys(f.split(":", 1)[0] for f in t.context):
             if t.kind in LORA_KINDS:
                 code, where = _CONTEXT[frame]
                 out.append(Diagnostic(code, f"tag {t.raw!r} {where} applies to every step and every AND part, "

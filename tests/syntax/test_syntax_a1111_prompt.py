@@ -157,7 +157,28 @@ def test_leftover_number_becomes_and_weight() -> None:
 
 def test_tag_context_frames() -> None:
     parsed = parse("x AND ([a|<lora:p:1>]) [<lora:q:1>:b:3] <lora:r:1>")
-    assert [t.context for t in parsed.tags] == [("and", "emphasis", "alternation"), ("and", "edit"), ("and",)]
+    assert [t.context for t in parsed.tags] == [("and:1", "emphasis", "alternation:1/2"), ("and:1", "edit:before:3"),
+                                                ("and:1",)]
+
+
+CONTEXTS = [
+    ("[<lora:p:1>:b:0.5]", ("edit:before:0.5",)),
+    ("[a:<lora:p:1>b: 7 ]", ("edit:after:7",)),
+    ("[<lora:p:1>:3]", ("edit:after:3",)),
+    ("[cat:dog:<lora:z:1>7]", ("edit:number:7",)),
+    ("[a|b|<lora:p:1>]", ("alternation:2/3",)),
+    ("[a:b:c:<lora:p:1>]", ("emphasis",)),
+    ("[<lora:p:1>]", ("emphasis",)),
+    ("(a:1.2 <lora:p:1>)", ("emphasis",)),
+    ("a AND b AND <lora:p:1>", ("and:2",)),
+    ("\\[<lora:p:1>\\]", ()),
+]
+
+
+@pytest.mark.parametrize(("prompt", "context"), CONTEXTS)
+def test_context_frames(prompt: str, context: tuple[str, ...]) -> None:
+    (tag,) = parse(prompt).tags
+    assert tag.context == context
 
 
 # §5: the surprising behaviours, one row each: (number, prompt, a1111 text, a1111 loras, loraprompt loras)
