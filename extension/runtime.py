@@ -85,6 +85,7 @@ class Runtime:
         self.delta_cache_mb = delta_cache_mb
         self._patchers: weakref.WeakKeyDictionary[Any, Patcher] = weakref.WeakKeyDictionary()
         self._active: tuple[Patcher, list[PlanEntry]] | None = None
+        self._known_hashes: dict[str, str] = {}  # 12-hex hash -> path, for every LoRA applied
 
     @property
     def library(self) -> Any:
@@ -168,6 +169,9 @@ class Runtime:
     def lookup_hash(self, short: str) -> str | None:
         """The local name of the LoRA with A1111 hash `short` (only hashes already known, as A1111)."""
         found = self.library.find_by_hash(short, compute=False)
+        path = self._known_hashes.get(short.strip().lower()[:12])
+        if not found and path is not None:
+            found = [e for e in library_entries(self.library) if e.path == path]
         return str(self.library.display_name(found[0])) if found else None
 
     def _load(self, a: LoraActivation, profile: str, diagnostics: list[Diagnostic]) -> tuple[Any, Adapter] | None:
@@ -188,7 +192,10 @@ class Runtime:
             full = self.library.hashes(entry).get("a1111")
         except (LoraPromptError, OSError):
             return None
-        return str(full)[:12] if full else None
+        if not full:
+            return None
+        self._known_hashes[str(full)[:12]] = entry.path
+        return str(full)[:12]
 
 
 def library_entries(library: Any) -> Iterable[Any]:
