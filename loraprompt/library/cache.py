@@ -7,12 +7,16 @@ import hashlib
 import json
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from loraprompt.library.sidecars import atomic_write_text
 
 VERSION = 1
+# A file whose mtime is this close to when it was read may change again within the same
+# timestamp tick (coarse filesystem clocks, FAT's 2 s): such a record is used once, then re-read.
+RACY_NS = 2_000_000_000
 
 
 def default_cache_dir() -> Path:
@@ -47,13 +51,16 @@ class DiskCache:
     def get(self, path: str, size: int, mtime_ns: int) -> dict[str, Any] | None:
         """The cached record of `path` if its size and mtime still match, else None."""
         record = self._files.get(path)
-        if record is None or record.get("size") != size or record.get("mtime_ns") != mtime_ns:
+        if record is None or record.get("size") != size or record.get("mtime_ns") != mtime_ns or record.get("racy"):
             return None
         return record
 
     def put(self, path: str, size: int, mtime_ns: int, **values: Any) -> dict[str, Any]:
-        """Store values for `path` at this stat, replacing an older record."""
+        """Store values for `path` at this stat, replacing an older record (marked racy when the
+        file was modified less than RACY_NS before now)."""
         record = {"size": size, "mtime_ns": mtime_ns, **values}
+        if abs(mtime_ns - time.time_ns()) < RACY_NS:
+            record["racy"] = True
         with self._lock:
             self._files[path] = record
             self._dirty = True

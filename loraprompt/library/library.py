@@ -13,7 +13,7 @@ from typing import Any
 from loraprompt.diagnostics import Diagnostic
 from loraprompt.errors import LoraPromptError
 from loraprompt.library import paths, sidecars
-from loraprompt.library.cache import DiskCache, default_cache_dir
+from loraprompt.library.cache import RACY_NS, DiskCache, default_cache_dir
 from loraprompt.library.entry import Entry
 from loraprompt.library.hashes import HashCache, file_hashes
 from loraprompt.library.resolve import (
@@ -82,6 +82,7 @@ class Library:
         self._index = NameIndex([])
         self._allowed: frozenset[Path] | None = None
         self._checked_at = 0.0
+        self._scanned_ns = 0
         self.last_report = self.refresh()
 
     # ---- scanning -------------------------------------------------------------------------
@@ -94,6 +95,7 @@ class Library:
     def refresh(self) -> RefreshReport:
         """Rescan every root; reads only files whose size or mtime changed since the cache."""
         with self._lock:
+            scan_started = time.time_ns()
             old = dict(self._by_path)
             entries: list[Entry] = []
             dir_mtimes: dict[str, int] = {}
@@ -116,6 +118,7 @@ class Library:
             self._install(entries)
             self._dir_mtimes, self._offline, self._fingerprints = dir_mtimes, set(offline), fingerprints
             self._checked_at = time.monotonic()
+            self._scanned_ns = scan_started
             gone = {p for p in old if p not in self._by_path}
             sidecar_paths = self._cache.paths() - self._by_path.keys()
             live = [r for r in self.roots if str(r) not in self._offline]
@@ -143,7 +146,7 @@ class Library:
         (one stat per folder; edits inside a file are caught when it is resolved or refreshed)."""
         for path, mtime_ns in self._dir_mtimes.items():
             try:
-                if os.stat(path).st_mtime_ns != mtime_ns:
+                if os.stat(path).st_mtime_ns != mtime_ns or abs(mtime_ns - self._scanned_ns) < RACY_NS:
                     return True
             except OSError:
                 return True
@@ -186,12 +189,13 @@ class Library:
 
     def resolve(self, name: str, *, hash: str | None = None, profile: str = "loraprompt") -> Resolution:
         """The entry a tag's name (and optional `hash=`) means; see spec/syntax.md section 4.7.
-        Rescans once when nothing matched, as A1111 does; the entry returned is fresh."""
+        Rescans when nothing matched and a folder changed (A1111 rescans on a miss); the entry
+        returned is fresh."""
         if not name.strip() and not hash:
             return Resolution(None, (Diagnostic("E-NAME-EMPTY", "LoRA name is empty", severity="error", subject=name),))
         self._auto_check()
         result = self._resolve_once(name, hash, profile)
-        if result is None or (result.entry is None and not result.candidates):
+        if (result is None or (result.entry is None and not result.candidates)) and self.is_stale():
             self.refresh()
             result = self._resolve_once(name, hash, profile)
         if result is None:
@@ -226,8 +230,9 @@ class Library:
         return match_lenient(self._index, name)
 
     # ---- hashes ---------------------------------------------------------------------------
-    def hashes(self, entry: Entry, compute: bool = True) -> dict[str, str | None]:
-        """`file_hashes` of the file as it is now, from the cache when its stat still matches."""
+    def hashes(self, entry: Entry, compute: bool = True, *, save: bool = True) -> dict[str, str | None]:
+        """`file_hashes` of the file as it is now, from the cache when its stat still matches;
+        a newly computed value is written to the on-disk cache unless `save` is False."""
         path = entry.path
         try:
             st = os.stat(path)
@@ -242,6 +247,8 @@ class Library:
         after = os.stat(path)
         if record is not None and (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns):
             self._cache.update(path, hashes=value)
+            if save:
+                self._cache.save()
         return value
 
     def find_by_hash(self, wanted: str, compute: bool = True) -> list[Entry]:
@@ -252,9 +259,9 @@ class Library:
         found = [e for e in entries if hash_matches(self.hashes(e, compute=False), w)]
         if not found:
             claimed = [e for e in entries if (e.summary.sshs_model_hash or "").lower().startswith(w[:10])]
-            found = [e for e in claimed if hash_matches(self.hashes(e), w)]
+            found = [e for e in claimed if hash_matches(self.hashes(e, save=False), w)]
         if not found and compute:
-            found = [e for e in entries if not e.offline and not e.error and hash_matches(self.hashes(e), w)]
+            found = [e for e in entries if not e.offline and not e.error and hash_matches(self.hashes(e, save=False), w)]
         self._cache.save()
         return found
 
@@ -271,18 +278,18 @@ class Library:
                 continue
             by_tensors: dict[str, list[Entry]] = {}
             for e in same:
-                by_tensors.setdefault(self.hashes(e).get("a1111") or "", []).append(e)
+                by_tensors.setdefault(self.hashes(e, save=False).get("a1111") or "", []).append(e)
             for members in by_tensors.values():
                 if len(members) < 2:
                     continue
                 files: dict[str, list[Entry]] = {}
                 for e in members:
-                    files.setdefault(self.hashes(e).get("sha256") or "", []).append(e)
+                    files.setdefault(self.hashes(e, save=False).get("sha256") or "", []).append(e)
                 groups += [DuplicateGroup("same-file", tuple(f)) for f in files.values() if len(f) > 1]
                 if len(files) > 1:
                     groups.append(DuplicateGroup("same-tensors", tuple(members)))
         for named in self._index.stems.values():
-            if len(named) > 1 and len({self.hashes(e).get("sha256") for e in named}) > 1:
+            if len(named) > 1 and len({self.hashes(e, save=False).get("sha256") for e in named}) > 1:
                 groups.append(DuplicateGroup("same-name", tuple(named)))
         self._cache.save()
         return groups

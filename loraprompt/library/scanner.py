@@ -94,13 +94,14 @@ def walk(root: str, dir_mtimes: dict[str, int]) -> list[Folder]:
     return out
 
 
-def read_sidecars(folder: Folder, listing: dict[str, str], stem: str, cache: DiskCache) -> tuple[dict[str, Any], tuple[Any, ...]]:
-    """(kind -> value of each sidecar of `<stem>` in `folder`, their stats); a sidecar is read
-    only when its stat changed. `listing` is `folder.companions(stem)`."""
+def read_sidecars(folder: Folder, listing: dict[str, str], stem: str, cache: DiskCache) -> tuple[dict[str, Any], tuple[Any, ...], int]:
+    """(kind -> value of each sidecar of `<stem>` in `folder`, their stats, how many were read);
+    a sidecar is read only when its stat changed. `listing` is `folder.companions(filename)`."""
     values: dict[str, Any] = {}
     stamps: list[tuple[str, int, int]] = []
+    read = 0
     if not listing:
-        return values, ()
+        return values, (), 0
     for kind, wanted in sidecar_names(stem).items():
         found = find_names([wanted], listing)
         if not found:
@@ -114,9 +115,10 @@ def read_sidecars(folder: Folder, listing: dict[str, str], stem: str, cache: Dis
         record = cache.get(path, st.st_size, st.st_mtime_ns)
         if record is None:
             record = cache.put(path, st.st_size, st.st_mtime_ns, sidecar=sidecar_value(kind, Path(path)))
+            read += 1
         if record.get("sidecar") is not None:
             values[kind] = record["sidecar"]
-    return values, tuple(stamps)
+    return values, tuple(stamps), read
 
 
 def make_entry(
@@ -197,11 +199,12 @@ def scan_file(
         return None
     stem = os.path.splitext(filename)[0]
     listing = folder.companions(filename)
-    sidecars, stamps = read_sidecars(folder, listing, stem, cache)
+    sidecars, stamps, sidecars_read = read_sidecars(folder, listing, stem, cache)
     previews = tuple(find_names(preview_names(stem), listing)) if listing else ()
     fingerprint = (st.st_size, st.st_mtime_ns, stamps, previews, folder.hidden)
     old = previous.get(path)
-    entry = old[1] if old is not None and old[0] == fingerprint else None
+    reuse = old is not None and old[0] == fingerprint and not was_read and not sidecars_read
+    entry = old[1] if old is not None and reuse else None
     if entry is None:
         entry = make_entry(root, folder, filename, st=st, record=record, sidecars=sidecars, previews=previews)
     result.fingerprints[path] = (fingerprint, entry)

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,12 +36,17 @@ def write_lora(
     metadata: dict[str, str] | None = None,
     keys: dict[str, tuple[int, ...]] | None = None,
     seed: int = 0,
+    age_s: float = 60,
 ) -> Path:
-    """Write a small real safetensors LoRA with `metadata` and tensors of the given shapes."""
+    """Write a small real safetensors LoRA with `metadata` and tensors of the given shapes, its
+    mtime set `age_s` seconds in the past (files in a library are rarely seconds old; the cache
+    re-reads those that are, see cache.RACY_NS)."""
     rng = np.random.default_rng(seed)
     tensors = {k: rng.standard_normal(shape).astype(np.float16) for k, shape in (keys or SD1_KEYS).items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=metadata)
+    past = time.time_ns() - int(age_s * 1e9)
+    os.utime(path, ns=(past, past))
     return path
 
 

@@ -4,7 +4,9 @@ checks behaviour: a warm start opens no model or sidecar file, and a cold one op
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,6 +58,9 @@ def big_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if i % 10 == 0:
             (folder / f"lora{i}.json").write_text(json.dumps({"activation text": f"word{i}"}))
             (folder / f"lora{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    past = time.time_ns() - 60 * 10**9  # settled files: the cache re-reads only seconds-old ones
+    for path in root.rglob("*"):
+        os.utime(path, ns=(past, past))
     return root
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 from loraprompt.library import Library
@@ -91,10 +92,15 @@ def test_refresh_reports_added_changed_removed(lora_dir: Path, tmp_path: Path) -
 def test_automatic_staleness_check_sees_new_file(lora_dir: Path, tmp_path: Path) -> None:
     write_lora(lora_dir / "sub" / "a.safetensors")
     lib = Library([lora_dir], cache_dir=tmp_path / "c", auto_check_s=0)
+    assert lib.is_stale()  # folders modified within the filesystem's clock tick are re-checked
+    for d in (lora_dir, lora_dir / "sub"):
+        os.utime(d, ns=(1, time.time_ns() - 60 * 10**9))
+    lib.refresh()
     assert not lib.is_stale()
     write_lora(lora_dir / "sub" / "new.safetensors")
     assert lib.is_stale()
     assert {e.name for e in lib.entries} == {"a", "new"}
+    assert not lib.is_stale() or lib.refresh().files_read == 0
 
 
 def test_missing_drive_keeps_entries(tmp_path: Path) -> None:
@@ -189,3 +195,30 @@ def test_duplicate_groups_by_content(lora_dir: Path, tmp_path: Path) -> None:
         ("same-tensors", ("a.safetensors", "copy/a_copy.safetensors", "retagged.safetensors")),
         ("same-name", ("a.safetensors", "other/a.safetensors")),
     }
+
+
+def test_seconds_old_file_is_read_again_once(lora_dir: Path, tmp_path: Path) -> None:
+    write_lora(lora_dir / "fresh.safetensors", kohya_metadata("v1"), age_s=0)
+    write_lora(lora_dir / "old.safetensors", kohya_metadata("old"))
+    assert Library([lora_dir], cache_dir=tmp_path / "c").last_report.files_read == 2
+    # same size and mtime could hide a rewrite inside one filesystem clock tick: read it again
+    assert Library([lora_dir], cache_dir=tmp_path / "c").last_report.files_read == 1
+
+
+def test_hashes_are_cached_on_disk(lora_dir: Path, tmp_path: Path) -> None:
+    p = write_lora(lora_dir / "a.safetensors", kohya_metadata("a"))
+    first = Library([lora_dir], cache_dir=tmp_path / "c")
+    computed = first.hashes(first.entries[0])
+    second = Library([lora_dir], cache_dir=tmp_path / "c")
+    assert second.hashes(second.entries[0], compute=False) == computed
+    assert computed["sha256"] == hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_truncated_between_scan_and_load_is_reported(lora_dir: Path, tmp_path: Path) -> None:
+    p = write_lora(lora_dir / "t.safetensors", kohya_metadata("t"), keys={"w": (64, 64)})
+    lib = Library([lora_dir], cache_dir=tmp_path / "c", auto_check_s=3600)
+    assert lib.resolve("t").entry is not None
+    with open(p, "r+b") as f:
+        f.truncate(p.stat().st_size - 100)
+    entry = lib.resolve("t").entry
+    assert entry is not None and entry.error is not None and "truncated" in entry.error
