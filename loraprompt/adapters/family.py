@@ -13,6 +13,8 @@ FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
 # cross-attention context width / text-encoder width of the real models
 _CONTEXT_WIDTH = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 _TE_WIDTH = {1024: "sd2", 1280: "sdxl"}
+# parts that are 4-D exactly when the target layer is a conv
+_SHAPED_PARTS = ("down", "diff", "lokr_w2", "lokr_w2_b", "b2")
 
 _METADATA_RULES: tuple[tuple[str, str, str], ...] = (
     ("modelspec.architecture", r"stable-diffusion-xl|sdxl", "sdxl"),
@@ -71,10 +73,13 @@ def family_from_keys(adapter: Adapter) -> str | None:
 
 
 def _sd1_or_sd2(unet: list[AdapterModule]) -> str | None:
-    """SD2 projects in/out of its transformers with Linear layers, SD1 with 1x1 convs."""
+    """SD2 projects in/out of its transformers with Linear layers, SD1 with 1x1 convs; only
+    tensors that keep the layer's rank (2-D linear, 4-D conv) can tell."""
     for m in unet:
-        if m.path.endswith(("proj_in", "proj_out")) and m.algorithm not in ("oft", "boft"):
-            return "sd1" if any(t.dim() == 4 for t in m.tensors.values()) else "sd2"
+        if m.path.endswith(("proj_in", "proj_out")):
+            for part in _SHAPED_PARTS:
+                if part in m.tensors:
+                    return "sd1" if m.tensors[part].dim() == 4 else "sd2"
     return None
 
 
