@@ -95,3 +95,46 @@ def test_bad_input_leaves_no_output(tmp_path: Path) -> None:
     with pytest.raises(AdapterFileError, match=r"bad\.safetensors"):
         convert_lora(bad, tmp_path / "out.safetensors", "peft")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.safetensors"]
+
+
+def test_read_adapter_sees_identical_deltas_in_every_layout(tmp_path: Path, kohya_file: Path) -> None:
+    from loraprompt.adapters import read_adapter
+    from loraprompt.keymaps import keymap_for_module
+
+    peft = convert_lora(kohya_file, tmp_path / "p.safetensors", "peft").output
+    back = convert_lora(peft, tmp_path / "k.safetensors", "kohya").output
+    adapters = [read_adapter(p) for p in (kohya_file, peft, back)]
+    assert adapters[1].format != adapters[0].format
+    base = tiny_sd1(seed=0)
+    keymaps = {c: keymap_for_module(c, m) for c, m in base.items()}
+    modules = {c: dict(m.named_modules()) for c, m in base.items()}
+
+    def deltas(adapter: object) -> dict[str, torch.Tensor]:
+        out = {}
+        for module in adapter.modules.values():  # type: ignore[attr-defined]
+            target = keymaps[module.component].lookup(module.path)
+            weight = modules[module.component][target.module].weight.float()
+            out[target.module] = module.delta(weight, 0.8)[0]
+        return out
+
+    reference = deltas(adapters[0])
+    assert len(reference) == len(adapters[0].modules)
+    for other in adapters[1:]:
+        got = deltas(other)
+        assert sorted(got) == sorted(reference)
+        assert all(torch.equal(got[k], reference[k]) for k in reference)
+
+
+def test_our_kohya_writer_matches_diffusers_converter(tmp_path: Path, diffusers_file: Path) -> None:
+    """Same keys and tensors as diffusers' convert_state_dict_to_kohya, plus the alpha it omits."""
+    from diffusers.utils import convert_state_dict_to_kohya
+
+    from loraprompt.tools.lora import read_lora
+    from loraprompt.tools.writer import kohya_tensors
+
+    source, _ = load_tensors(diffusers_file)
+    theirs = convert_state_dict_to_kohya({k: v for k, v in source.items() if k.startswith("unet.")})
+    ours = kohya_tensors(m for m in read_lora(diffusers_file).modules.values() if m.component == "unet")
+    assert {k for k in ours if not k.endswith(".alpha")} == {k for k in theirs if not k.endswith(".alpha")}
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs if not k.endswith(".alpha"))
+    assert {float(v) for k, v in ours.items() if k.endswith(".alpha")} == {8.0}

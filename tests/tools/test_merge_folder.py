@@ -1,0 +1,68 @@
+"""merge into a diffusers folder: weights merged like the patcher's, every other file copied."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+from transformers import CLIPTextModel
+
+from loraprompt.adapters import read_adapter
+from loraprompt.errors import ToolError
+from loraprompt.patcher import Patcher
+from loraprompt.tools.io import RECIPE_KEY, load_tensors
+from loraprompt.tools.merge import merge_checkpoint
+from tests.fixtures.loras import write_kohya_lora
+from tests.fixtures.models import tiny_sd1
+
+
+def _folder(root: Path) -> Path:
+    models = tiny_sd1(seed=0)
+    models["unet"].save_pretrained(root / "unet")
+    models["text_encoder"].save_pretrained(root / "text_encoder")
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    (root / "scheduler").mkdir()
+    (root / "scheduler" / "scheduler_config.json").write_text("{}")
+    return root
+
+
+def test_folder_merge_equals_patcher_and_copies_the_rest(tmp_path: Path) -> None:
+    src = _folder(tmp_path / "model")
+    lora = write_kohya_lora("sd1", tmp_path / "a.safetensors", seed=3).path
+    report = merge_checkpoint(src, [(lora, 0.5, 1.5)], tmp_path / "merged")
+    assert report.layout == "diffusers" and report.weights_changed > 40
+    models = tiny_sd1(seed=0)
+    Patcher(models).sync([(read_adapter(lora), 0.5, 1.5)])
+    unet = UNet2DConditionModel.from_pretrained(report.output / "unet")
+    te = CLIPTextModel.from_pretrained(report.output / "text_encoder")
+    for loaded, patched in ((unet, models["unet"]), (te, models["text_encoder"])):
+        ours, theirs = loaded.state_dict(), patched.state_dict()
+        for key, tensor in theirs.items():
+            torch.testing.assert_close(ours[key], tensor, rtol=0, atol=1e-6, msg=key)
+    assert (report.output / "scheduler" / "scheduler_config.json").read_text() == "{}"
+    _, meta = load_tensors(report.output / "unet" / "diffusion_pytorch_model.safetensors")
+    assert json.loads(meta[RECIPE_KEY])["loras"][0]["unet"] == 1.5
+    assert not list(tmp_path.glob(".merged*"))
+
+
+def test_folder_output_needs_force_and_bad_lora_leaves_nothing(tmp_path: Path) -> None:
+    src = _folder(tmp_path / "model")
+    lora = write_kohya_lora("sd1", tmp_path / "a.safetensors", seed=3).path
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ToolError, match="--force"):
+        merge_checkpoint(src, [lora], out)
+    assert (out / "keep.txt").read_text() == "mine"
+    merge_checkpoint(src, [lora], out, force=True)
+    assert not (out / "keep.txt").exists() and (out / "unet").is_dir()
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x00" * 7)
+    from loraprompt.errors import AdapterFileError
+
+    with pytest.raises(AdapterFileError, match="broken"):
+        merge_checkpoint(src, [broken], tmp_path / "other")
+    assert not (tmp_path / "other").exists() and not list(tmp_path.glob(".other*"))
