@@ -30,10 +30,6 @@ _CANONICAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 _HASH = re.compile(r"[0-9a-fA-F]{10}|[0-9a-fA-F]{12}|[0-9a-fA-F]{64}")
 
 
-class TagError(Exception):
-    """Internal: stops interpreting a tag; the diagnostics already say why."""
-
-
 class _Reader:
     """Collects the diagnostics of one tag while its arguments are read."""
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Literal
@@ -20,7 +19,6 @@ _CONTEXT = {"edit": ("tag-in-edit", "inside a prompt-editing bracket"),
             "alternation": ("tag-in-edit", "inside an alternation bracket"),
             "emphasis": ("tag-in-emphasis", "inside emphasis (the emphasis does not change the LoRA)"),
             "and": ("tag-in-and", "in an AND part other than the first")}
-_UNCLOSED_AT_LINE_END = re.compile(r"<\w+:[^>\n]*\n")
 
 
 def parse(prompt: str, profile: Profile = "loraprompt", comments: bool = True, *, negative: bool = False,
@@ -40,13 +38,14 @@ def parse(prompt: str, profile: Profile = "loraprompt", comments: bool = True, *
     """
     if profile not in ("loraprompt", "a1111"):
         raise ValueError(f"unknown profile {profile!r}; use 'loraprompt' or 'a1111'")
+    kinds = frozenset(extra_kinds)
     source, origin, comment_spans = strip_comments(prompt) if comments else (prompt, None, [])
     text, tags = scan(source)
     diagnostics: list[Diagnostic] = _comment_traps(prompt, comment_spans)
     if tags:
         cuts = _cuts(tags)
         tags = [replace(t, context=ctx) if ctx else t for t, ctx in zip(tags, contexts(text, cuts))]
-        diagnostics.extend(_structure(text, tags, cuts, set(extra_kinds)))
+        diagnostics.extend(_structure(text, tags, cuts, kinds))
     else:
         diagnostics.extend(_unclosed(text, []))
     if negative:
@@ -59,7 +58,7 @@ def parse(prompt: str, profile: Profile = "loraprompt", comments: bool = True, *
     loras, lora_diags, drop_all = _loras(tags, profile, duplicates, default_weight, presets)
     diagnostics.extend(lora_diags)
     others = tuple(ExtraActivation(t.kind, t.positional[0] if t.positional else "", t.positional, t.named, t.index)
-                   for t in tags if t.kind in extra_kinds)
+                   for t in tags if t.kind in kinds)
     result = ParsedPrompt(text, source, tuple(tags), tuple(loras), others, tuple(diagnostics), profile,
                           drop_all, origin)
     return _checked(result, strict)
@@ -132,7 +131,7 @@ def _comment_traps(prompt: str, comment_spans: list[tuple[int, int]]) -> list[Di
     return out
 
 
-def _structure(text: str, tags: list[Tag], cuts: list[int], extra_kinds: set[str]) -> list[Diagnostic]:
+def _structure(text: str, tags: list[Tag], cuts: list[int], extra_kinds: frozenset[str]) -> list[Diagnostic]:
     out: list[Diagnostic] = []
     for t in tags:
         if t.kind not in LORA_KINDS and t.kind not in extra_kinds:
