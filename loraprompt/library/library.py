@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from loraprompt.diagnostics import Diagnostic
-from loraprompt.errors import LoraPromptError
+from loraprompt.errors import AdapterFileError, LoraPromptError
 from loraprompt.library import paths, sidecars
 from loraprompt.library.cache import RACY_NS, DiskCache, default_cache_dir
+from loraprompt.library.details import file_details
 from loraprompt.library.entry import Entry
 from loraprompt.library.hashes import HashCache, file_hashes
 from loraprompt.library.resolve import (
@@ -183,9 +184,10 @@ class Library:
             return new
 
     # ---- names ----------------------------------------------------------------------------
-    def display_name(self, entry: Entry) -> str:
-        """The name a card inserts, as A1111 does: the alias unless it is forbidden, else the stem."""
-        return self._index.display_name(entry)
+    def display_name(self, entry: Entry, prefer_filename: bool = False) -> str:
+        """The name a card inserts, as A1111 does: the alias unless it is forbidden or A1111's
+        `lora_preferred_name` option says "Filename" (`prefer_filename`), else the stem."""
+        return entry.name if prefer_filename else self._index.display_name(entry)
 
     def resolve(self, name: str, *, hash: str | None = None, profile: str = "loraprompt") -> Resolution:
         """The entry a tag's name (and optional `hash=`) means; see spec/syntax.md section 4.7.
@@ -306,6 +308,18 @@ class Library:
         with self._lock:
             self._install([updated if e.path == current.path else e for e in self._entries])
         return updated
+
+    def details(self, entry: Entry) -> dict[str, Any]:
+        """The details view of `entry` read fresh from its header: metadata `rows`, `tensors`,
+        `cover` ((bytes, content type) or None); `{"error": reason}` for a broken file."""
+        if entry.path not in self._by_path:
+            raise LoraPromptError(f"{entry.path}: not a file of this library")
+        if entry.kind != "safetensors":
+            return {"rows": [], "tensors": None, "cover": None}
+        try:
+            return file_details(entry.path)
+        except AdapterFileError as exc:
+            return {"error": exc.reason}
 
     def file_ref(self, path: str | os.PathLike[str]) -> str | None:
         """The relative reference a web route takes for a file under a root (see `safe_file`)."""

@@ -1,0 +1,68 @@
+"""The details view: metadata rows in A1111's order, nested JSON expanded, cover image checked."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+from loraprompt.library import Library
+from loraprompt.library.details import cover_image, metadata_rows
+
+from .conftest import kohya_metadata, write_lora
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 24
+
+
+def test_rows_order_and_nested_json() -> None:
+    meta = {"zeta": "1", "ss_resolution": "(512, 512)", "ss_sd_model_name": "v1-5",
+            "ss_dataset_dirs": json.dumps({"10_cat": {"n_repeats": 10, "img_count": 30}}),
+            "modelspec.title": "x" * 5000}
+    rows = metadata_rows(meta)
+    assert rows[:2] == [("ss_sd_model_name", "v1-5"), ("ss_resolution", "(512, 512)")]
+    assert ("ss_dataset_dirs/10_cat/img_count", "30") in rows
+    title = dict(rows)["modelspec.title"]
+    assert len(title) == 1000 and title.endswith("…")
+
+
+def test_cover_image_decoded_and_checked() -> None:
+    good = {"ssmd_cover_images": json.dumps([base64.b64encode(PNG).decode()])}
+    assert cover_image(good) == (PNG, "image/png")
+    assert cover_image({"ssmd_cover_images": json.dumps(["not base64!!"])}) is None
+    html_payload = base64.b64encode(b"<html><script>alert(1)</script>").decode()
+    assert cover_image({"ssmd_cover_images": json.dumps([html_payload])}) is None
+    assert cover_image({"ssmd_cover_images": "[1, 2"}) is None
+    assert cover_image({}) is None
+
+
+def test_library_details_fresh_from_file(lora_dir: Path, tmp_path: Path) -> None:
+    meta = {**kohya_metadata("a"), "ssmd_cover_images": json.dumps([base64.b64encode(PNG).decode()])}
+    write_lora(lora_dir / "a.safetensors", meta)
+    (lora_dir / "broken.safetensors").write_bytes(b"\x10\0\0\0\0\0\0\0{not json}xxxxxx")
+    lib = Library([lora_dir], cache_dir=tmp_path / "c", settle_s=0)
+    a = next(e for e in lib.entries if e.name == "a")
+    assert a.summary.has_cover_image
+    d = lib.details(a)
+    assert d["tensors"] == 3 and d["cover"] == (PNG, "image/png")
+    assert ("ss_tag_frequency/10_cat/cat", "30") in d["rows"]
+    assert ("ssmd_cover_images", f"{len(meta['ssmd_cover_images'])} characters of embedded images") in d["rows"]
+    broken = next(e for e in lib.entries if e.name == "broken")
+    assert "not valid JSON" in lib.details(broken)["error"]
+
+
+def test_display_name_prefers_filename_when_asked(lora_dir: Path, tmp_path: Path) -> None:
+    write_lora(lora_dir / "file_name.safetensors", kohya_metadata("Alias"))
+    lib = Library([lora_dir], cache_dir=tmp_path / "c")
+    (e,) = lib.entries
+    assert lib.display_name(e) == "Alias" and lib.display_name(e, prefer_filename=True) == "file_name"
+
+
+def test_library_imports_neither_torch_nor_gradio() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, loraprompt; lib = loraprompt.Library; import loraprompt.library.cli, loraprompt.library.cards; "
+            "print(sorted(m for m in ('torch', 'gradio', 'safetensors', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "[]"
