@@ -83,6 +83,10 @@ class DiskCache:
     def paths(self) -> set[str]:
         return set(self._files)
 
+    def peek(self, path: str) -> dict[str, Any] | None:
+        """The record of `path` whatever the file's stat is now (for files that are unreachable)."""
+        return self._files.get(path)
+
     def save(self) -> None:
         """Write the cache if anything changed (atomic; a failure to write only loses the cache)."""
         if self.path is None or not self._dirty:

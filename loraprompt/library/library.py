@@ -25,7 +25,7 @@ from loraprompt.library.resolve import (
     match_lenient,
     not_found,
 )
-from loraprompt.library.scanner import ScanResult, folder_of, scan_file, scan_root
+from loraprompt.library.scanner import ScanResult, cached_entries, folder_of, scan_file, scan_root
 
 
 @dataclass(frozen=True)
@@ -107,8 +107,8 @@ class Library:
             for root in self.roots:
                 if not root.is_dir():
                     offline.append(str(root))
-                    kept = [e for e in old.values() if e.root == str(root)]
-                    entries += [replace(e, offline=True) for e in kept]
+                    kept = [replace(e, offline=True) for e in old.values() if e.root == str(root)]
+                    entries += kept or cached_entries(str(root), self._cache)
                     continue
                 result = scan_root(str(root), self._cache, self.settle_s, self._fingerprints)
                 fingerprints.update(result.fingerprints)

@@ -8,7 +8,7 @@ import os
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -122,8 +122,7 @@ def read_sidecars(folder: Folder, listing: dict[str, str], stem: str, cache: Dis
 
 
 def make_entry(
-    root: str, folder: Folder, filename: str, *, st: os.stat_result, record: dict[str, Any], sidecars: dict[str, Any],
-    previews: tuple[str, ...],
+    root: str, folder: Folder, filename: str, *, record: dict[str, Any], sidecars: dict[str, Any], previews: tuple[str, ...],
 ) -> Entry:
     """An Entry from a header record, the sidecar values and the preview names found."""
     stem = os.path.splitext(filename)[0]
@@ -137,8 +136,8 @@ def make_entry(
         root=root,
         relpath=f"{folder.rel}/{filename}" if folder.rel else filename,
         folder=folder.rel,
-        size=st.st_size,
-        mtime_ns=st.st_mtime_ns,
+        size=record["size"],
+        mtime_ns=record["mtime_ns"],
         kind=str(record.get("kind", "safetensors")),
         detected_family=record.get("family"),
         family_source=record.get("family_source"),
@@ -206,9 +205,33 @@ def scan_file(
     reuse = old is not None and old[0] == fingerprint and not was_read and not sidecars_read
     entry = old[1] if old is not None and reuse else None
     if entry is None:
-        entry = make_entry(root, folder, filename, st=st, record=record, sidecars=sidecars, previews=previews)
+        entry = make_entry(root, folder, filename, record=record, sidecars=sidecars, previews=previews)
     result.fingerprints[path] = (fingerprint, entry)
     return entry
+
+
+def cached_entries(root: str, cache: DiskCache) -> list[Entry]:
+    """Entries of an unreachable root from what the cache knows (header records and sidecars;
+    previews are unknown), marked offline, in walk order."""
+    prefix = os.path.join(root, "")
+    out: list[Entry] = []
+    for path in cache.paths():
+        record = cache.peek(path)
+        if not path.startswith(prefix) or record is None or "kind" not in record:
+            continue
+        rel = os.path.relpath(os.path.dirname(path), root).replace(os.sep, "/")
+        rel = "" if rel == "." else rel
+        folder = Folder(os.path.dirname(path), rel, [], [], any(p.startswith(".") for p in rel.split("/") if p))
+        stem = os.path.splitext(os.path.basename(path))[0]
+        sidecars = {}
+        for kind, name in sidecar_names(stem).items():
+            side = cache.peek(os.path.join(folder.path, name))
+            if side is not None and side.get("sidecar") is not None:
+                sidecars[kind] = side["sidecar"]
+        entry = make_entry(root, folder, os.path.basename(path), record=record, sidecars=sidecars, previews=())
+        out.append(replace(entry, offline=True))
+    out.sort(key=lambda e: natural_key(e.relpath))
+    return out
 
 
 def folder_of(path: str, root: str) -> Folder:

@@ -113,7 +113,11 @@ def test_missing_drive_keeps_entries(tmp_path: Path) -> None:
     report = lib.refresh()
     assert report.offline_roots == (str(drive),) and report.removed == ()
     far = next(e for e in lib.entries if e.name == "far")
-    assert far.offline
+    assert far.offline and far.alias == "far"
+    # a new process while the drive is still missing lists its files from the cache
+    restarted = Library([local, drive], cache_dir=tmp_path / "c")
+    far2 = next(e for e in restarted.entries if e.name == "far")
+    assert far2.offline and far2.alias == "far" and far2.relpath == "far.safetensors" and far2.family == "sd1"
     # the cache kept the unplugged drive's records: plugging it back in reads nothing again
     (tmp_path / "unplugged").rename(tmp_path / "drive")
     lib2 = Library([local, drive], cache_dir=tmp_path / "c")
