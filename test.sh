@@ -19,10 +19,11 @@ if [ ! -x /usr/bin/chromium ]; then
   fi
 fi
 
-# Automatic1111 pins gradio 3.41.2: the gallery tab is also tested inside such an environment.
+# A stand-in for Automatic1111's environment (its pins: gradio 3.41.2, lark 1.1.2, numpy 1.26.2, no
+# torch): the gallery tab, the extension's tab code and the syntax tables also run inside it.
 if [ ! -x .venv-gradio3/bin/python ]; then "$PY" -m venv .venv-gradio3; fi
-if ! .venv-gradio3/bin/python -c "import gradio, sys; sys.exit(gradio.__version__ != '3.41.2')" 2>/dev/null; then
-  .venv-gradio3/bin/pip install -q --disable-pip-version-check -r tests/gradio3-requirements.txt
+if ! .venv-gradio3/bin/python -c "import gradio, lark, pytest, hypothesis, sys; sys.exit(gradio.__version__ != '3.41.2' or lark.__version__ != '1.1.2')" 2>/dev/null; then
+  .venv-gradio3/bin/pip install -q --disable-pip-version-check -r tests/gradio3-requirements.txt pytest hypothesis
 fi
 .venv-gradio3/bin/pip install -q --disable-pip-version-check --no-deps -e .
 
@@ -31,4 +32,5 @@ echo "== ruff (python 3.10 grammar)"; .venv/bin/ruff check --select E9 --target-
 echo "== mypy"; .venv/bin/mypy
 echo "== pytest"
 export LORAPROMPT_GRADIO3_PYTHON="$PWD/.venv-gradio3/bin/python"
+export LORAPROMPT_LARK112_PYTHON="$PWD/.venv-gradio3/bin/python"
 exec .venv/bin/python -m pytest "$@"
