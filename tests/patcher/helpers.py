@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from loraprompt.adapters.types import Adapter, AdapterModule
 from loraprompt.keymaps import build_keymap
+from loraprompt.patcher import Patcher
 
 
 @dataclass(eq=False)
@@ -108,3 +109,15 @@ def reference(
 def to_dtype(components: dict[str, nn.Module], dtype: torch.dtype) -> dict[str, nn.Module]:
     """The components cast to dtype (in place)."""
     return {k: v.to(dtype) for k, v in components.items()}
+
+
+class FailingPatcher(Patcher):
+    """Raises on the `fail_at`-th weight write from now (never when -1), to prove the rollback."""
+
+    fail_at = -1
+
+    def _write(self, key, parts):  # type: ignore[no-untyped-def]
+        self.fail_at -= 1
+        if self.fail_at == 0:
+            raise RuntimeError("injected")
+        super()._write(key, parts)

@@ -11,7 +11,14 @@ from loraprompt import Patcher
 from loraprompt.errors import FamilyMismatchError, PatchError
 from loraprompt.plan import PlanEntry
 from tests.fixtures.models import tiny_sd1, tiny_sdxl
-from tests.patcher.helpers import assert_bit_equal, make_adapter, reference, snapshot, to_dtype
+from tests.patcher.helpers import (
+    FailingPatcher,
+    assert_bit_equal,
+    make_adapter,
+    reference,
+    snapshot,
+    to_dtype,
+)
 
 TOL = {torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
@@ -128,18 +135,6 @@ def test_unmapped_keys_are_one_diagnostic_per_adapter(model) -> None:
     report = Patcher(model).sync([(a, 1.0, 1.0)])
     assert [d.code for d in report.diagnostics] == ["W-KEYS-UNMAPPED"]
     assert "5 of" in report.diagnostics[0].message
-
-
-class FailingPatcher(Patcher):
-    """Raises on the n-th weight write, to prove the rollback."""
-
-    fail_at = -1
-
-    def _write(self, key, parts):  # type: ignore[no-untyped-def]
-        self.fail_at -= 1
-        if self.fail_at == 0:
-            raise RuntimeError("injected")
-        super()._write(key, parts)
 
 
 @pytest.mark.parametrize("fail_at", [1, 5, 40])
