@@ -1,4 +1,4 @@
-"""Time to the first card on the page, for 1,000 and 10,000 LoRA files: loraprompt's gallery tab
+"""Time to the first card on the page (and of one search keystroke), for 1,000 and 10,000 LoRA files: loraprompt's gallery tab
 (virtualised grid fed by a JSON route) against a peer that renders every card server-side into one
 HTML string filled on page load, as Automatic1111's extra-networks page does. Both run under the
 installed gradio, from the same library scan, in the same process; Chromium measures both.
@@ -98,16 +98,31 @@ def build_servers(library: Any, thumb_dir: Path) -> tuple[str, str, list[Any]]:
     return urls[0], urls[1], servers
 
 
-def first_card_seconds(browser: Any, url: str, selector: str) -> tuple[float, int]:
-    """Seconds from navigation to the first `selector` element, and how many are in the DOM then."""
+# One search keystroke, timed in the page up to the next forced layout. Ours: the gallery's input
+# handler. Peer: A1111's `applyExtraNetworkFilter` way, one style.display write per card.
+OURS_SEARCH = """(q) => { const s = document.querySelector('.lp-search'); const t = performance.now();
+  s.value = q; s.dispatchEvent(new Event('input', {bubbles: true})); document.body.offsetHeight;
+  return [performance.now() - t, document.querySelectorAll('.lp-card').length]; }"""
+PEER_SEARCH = """(q) => { const t = performance.now(); let shown = 0;
+  for (const card of document.querySelectorAll('.card')) {
+    const text = (card.querySelector('.search_terms').textContent + ' ' + card.querySelector('.name').textContent).toLowerCase();
+    const visible = text.includes(q); card.style.display = visible ? '' : 'none'; shown += visible; }
+  document.body.offsetHeight; return [performance.now() - t, shown]; }"""
+
+
+def first_card_seconds(browser: Any, url: str, selector: str, search: str) -> tuple[float, int, float]:
+    """Seconds from navigation to the first `selector` element, how many are in the DOM then, and
+    the milliseconds one search keystroke ("lora_00") takes to show its results."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     start = time.perf_counter()
     page.goto(url, wait_until="commit")
     page.locator(selector).first.wait_for(timeout=600_000)
     elapsed = time.perf_counter() - start
     count = int(page.evaluate(f"document.querySelectorAll({selector!r}).length"))
+    search_ms, shown = page.evaluate(search, "lora_00")
+    assert shown > 0, "the search found nothing"
     page.close()
-    return elapsed, count
+    return elapsed, count, float(search_ms)
 
 
 def main() -> None:
@@ -130,14 +145,17 @@ def main() -> None:
             library = Library(folder, Path(tmp) / f"cache{n}")
             scan = time.perf_counter() - t0
             ours_url, peer_url, servers = build_servers(library, Path(tmp) / f"thumbs{n}")
-            first_card_seconds(browser, ours_url, ".lp-card")  # warm both servers once
-            first_card_seconds(browser, peer_url, ".card")
-            ours = [first_card_seconds(browser, ours_url, ".lp-card") for _ in range(args.repeats)]
-            peer = [first_card_seconds(browser, peer_url, ".card") for _ in range(args.repeats)]
-            o, q = statistics.median(t for t, _ in ours), statistics.median(t for t, _ in peer)
-            print(f"{n:>6} files (cold scan {scan:.2f} s): loraprompt {o * 1000:7.0f} ms ({ours[0][1]} cards in the DOM)"
-                  f" | server-rendered peer {q * 1000:7.0f} ms ({peer[0][1]} cards in the DOM)"
-                  f" | peer/loraprompt = {q / o:.2f}x", flush=True)
+            first_card_seconds(browser, ours_url, ".lp-card", OURS_SEARCH)  # warm both servers once
+            first_card_seconds(browser, peer_url, ".card", PEER_SEARCH)
+            ours = [first_card_seconds(browser, ours_url, ".lp-card", OURS_SEARCH) for _ in range(args.repeats)]
+            peer = [first_card_seconds(browser, peer_url, ".card", PEER_SEARCH) for _ in range(args.repeats)]
+            o, q = statistics.median(r[0] for r in ours), statistics.median(r[0] for r in peer)
+            os_, ps = statistics.median(r[2] for r in ours), statistics.median(r[2] for r in peer)
+            print(f"{n:>6} files (cold scan {scan:.2f} s)\n"
+                  f"  first card: loraprompt {o * 1000:6.0f} ms ({ours[0][1]} cards in the DOM) | "
+                  f"server-rendered peer {q * 1000:6.0f} ms ({peer[0][1]} cards in the DOM) | peer/loraprompt = {q / o:.2f}x\n"
+                  f"  one search keystroke: loraprompt {os_:6.1f} ms | peer {ps:6.1f} ms | peer/loraprompt = {ps / os_:.1f}x",
+                  flush=True)
             for server in servers:
                 server.should_exit = True
         browser.close()

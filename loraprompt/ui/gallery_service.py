@@ -3,6 +3,7 @@ prompt insertion and metadata saving over one `Library`. Routes (`routes.py`) ca
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -77,9 +78,14 @@ class GalleryService:
             return self._snapshot
 
     def _thumb_url(self, card_id: str, entry: Entry) -> str | None:
+        """The thumbnail URL, versioned by the preview's mtime so browsers refetch a replaced image."""
         if not entry.previews:
             return None
-        return "thumb?" + urlencode({"id": card_id, "v": entry.mtime_ns})
+        try:
+            version = os.stat(entry.previews[0]).st_mtime_ns
+        except OSError:
+            version = entry.mtime_ns
+        return "thumb?" + urlencode({"id": card_id, "v": version})
 
     def family(self) -> str | None:
         """The loaded model's family, or None when it is unknown."""

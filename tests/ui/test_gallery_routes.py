@@ -179,6 +179,24 @@ def test_metadata_editor_writes_the_sidecar_keeping_unknown_keys(gallery: Galler
     assert gallery.cards()["catgirl"]["favorite"] is True
 
 
+def test_metadata_editor_removes_a_flag_set_to_null(gallery: Gallery, gallery_folder: Path) -> None:
+    card_id = gallery.cards()["catgirl"]["id"]
+    assert gallery.post("metadata", {"id": card_id, "values": {"nsfw": True}}).json()["card"]["nsfw"] is True
+    assert gallery.post("metadata", {"id": card_id, "values": {"nsfw": None}}).json()["card"]["nsfw"] is False
+    saved = json.loads((gallery_folder / "characters" / "catgirl.json").read_text(encoding="utf-8"))
+    assert "nsfw" not in saved and saved["notes"] == "great with sunsets"
+
+
+def test_thumbnail_url_changes_when_the_preview_is_replaced(gallery: Gallery, gallery_folder: Path) -> None:
+    before = gallery.cards()["catgirl"]["thumb"]
+    preview = gallery_folder / "characters" / "catgirl.png"
+    write_preview(preview, (0, 255, 0))
+    os.utime(preview, ns=(preview.stat().st_atime_ns, preview.stat().st_mtime_ns + 10**9))
+    gallery.library.refresh()
+    after = gallery.cards()["catgirl"]["thumb"]
+    assert after != before and gallery.client.get(f"{API}/{after}").status_code == 200
+
+
 @pytest.mark.parametrize(
     ("values", "needle"),
     [({"preferred weight": "heavy"}, "preferred weight"), ({"sd version": "SD9"}, "sd version"),

@@ -542,7 +542,7 @@
         e.preventDefault();
         const values = {};
         for (const [k, input] of Object.entries(fields)) {
-          values[k] = input.type === "checkbox" ? input.checked
+          values[k] = input.type === "checkbox" ? (input.checked || null)
             : input.type === "number" ? (parseFloat(input.value) || 0) : input.value;
         }
         save.disabled = true;
