@@ -116,6 +116,7 @@ def test_lowvram_hires_conds_activation_uses_hires_strengths(webui: Webui) -> No
     p = processing.StableDiffusionProcessing(sd_model=webui.sd_model, prompt="", scripts=webui.runner)
     p.prompts, p.extra_network_data = extra_networks.parse_prompts(["<lora:style:1:hrte=0.25>"])
     p.hr_prompts, p.hr_extra_network_data = extra_networks.parse_prompts(["<lora:style:1:hrte=0.25>"])
+    p.seeds = p.subseeds = [0]
     extra_networks.activate(p, p.hr_extra_network_data)  # A1111's lowvram path: is_hr_pass still False
     want = base + 0.25 * expected_delta(webui.files["style"], TE_Q)
     assert torch.allclose(webui.weight(TE_Q), want, atol=1e-6)

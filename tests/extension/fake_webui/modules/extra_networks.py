@@ -73,7 +73,7 @@ def activate(p, extra_network_data):
         except Exception as e:
             errors_shown.append(e)
     if p.scripts is not None:
-        p.scripts.after_extra_networks_activate(p, batch_number=p.iteration, prompts=p.prompts, extra_network_data=extra_network_data)
+        p.scripts.after_extra_networks_activate(p, batch_number=p.iteration, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds, extra_network_data=extra_network_data)
 
 
 def deactivate(p, extra_network_data):

@@ -60,6 +60,7 @@ def process_images(p: StableDiffusionProcessing) -> Processed:
     for n in range(p.n_iter):
         p.iteration = n
         p.prompts, p.extra_network_data = extra_networks.parse_prompts(p.all_prompts[n * size:(n + 1) * size])
+        p.seeds = p.subseeds = list(range(n * size, (n + 1) * size))
         if not p.disable_extra_networks:
             extra_networks.activate(p, p.extra_network_data)
         _sample(p, p.steps)
