@@ -27,9 +27,9 @@ SAMPLERS: tuple[Sampler, ...] = (
     Sampler("Euler", "EulerDiscreteScheduler"),
     Sampler("DPM++ 2M", "DPMSolverMultistepScheduler", "Karras", {"use_karras_sigmas": True}),
     Sampler("DPM++ 2M", "DPMSolverMultistepScheduler"),
-    Sampler("DPM++ SDE", "DPMSolverSinglestepScheduler", "Karras", {"use_karras_sigmas": True}),
+    Sampler("DPM++ 2M SDE", "DPMSolverMultistepScheduler", "Karras",
+            {"use_karras_sigmas": True, "algorithm_type": "sde-dpmsolver++"}),
     Sampler("Heun", "HeunDiscreteScheduler"),
-    Sampler("LMS", "LMSDiscreteScheduler"),
     Sampler("DDIM", "DDIMScheduler"),
     Sampler("UniPC", "UniPCMultistepScheduler"),
 )

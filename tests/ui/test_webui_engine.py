@@ -1,0 +1,133 @@
+"""The web UI's txt2img engine and its gradio app without a browser: LoRAs from the prompt are
+patched for one generation and gone the next, images are saved with A1111 infotext, pasted
+infotext fills the fields."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import loraprompt
+from loraprompt.infotext import parse_infotext, parse_lora_hashes
+from loraprompt.library.hashes import file_hashes
+from loraprompt.models import load_demo
+from loraprompt.models.samplers import SAMPLER_LABELS, sampler_by_label
+from loraprompt.ui.txt2img import Txt2Img, Txt2ImgRequest, save_png
+from loraprompt.ui.webui import build_app, format_diagnostics, paste_values
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Txt2Img:
+    root = tmp_path_factory.mktemp("engine")
+    model, lora_dir = load_demo(root)
+    library = loraprompt.Library([str(lora_dir)], cache_dir=str(root / "cache"))
+    return Txt2Img(model, library, root / "outputs")
+
+
+def _request(prompt: str, **kw: Any) -> Txt2ImgRequest:
+    return Txt2ImgRequest(prompt, steps=kw.pop("steps", 3), seed=kw.pop("seed", 11), width=64, height=64, **kw)
+
+
+def test_lora_applies_for_one_generation_and_is_gone_the_next(engine: Txt2Img) -> None:
+    plain = engine.generate(_request("a cat"))
+    steps: list[tuple[int, int]] = []
+    with_lora = engine.generate(_request("a cat <lora:demo_sketch:0.9:0.6>"), on_step=lambda i, n: steps.append((i, n)))
+    again = engine.generate(_request("a cat"))
+
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+    base, lora, back = (np.asarray(r.image, dtype=np.float32) for r in (plain, with_lora, again))
+    assert np.abs(lora - base).mean() > 1.0  # the LoRA visibly changes the picture
+    assert np.array_equal(back, base)  # and removing it from the prompt restores the model exactly
+    assert [(a.name, a.te, a.unet) for a in with_lora.applied] == [("demo_sketch", 0.9, 0.6)]
+    assert with_lora.diagnostics == []
+
+
+def test_png_carries_a1111_infotext_with_lora_hashes(engine: Txt2Img) -> None:
+    result = engine.generate(_request("sunset <lora:demo_warm:0.5>, <lora:demo_neon:1>", negative_prompt="blurry",
+                                      sampler="DPM++ 2M Karras", cfg_scale=5.5, seed=123))
+    lora_dir = Path(engine.library.roots[0])
+    expected = {"demo_warm": file_hashes(lora_dir / "demo_warm.safetensors")["a1111_short"],
+                "demo_neon": file_hashes(lora_dir / "styles" / "demo_neon.safetensors")["a1111_short"]}
+    with Image.open(result.path) as png:
+        text = png.text["parameters"]
+    assert text == result.infotext
+    fields = parse_infotext(text)
+    assert fields["Prompt"] == "sunset <lora:demo_warm:0.5>, <lora:demo_neon:1>"
+    assert fields["Negative prompt"] == "blurry"
+    assert (fields["Sampler"], fields["Schedule type"], fields["CFG scale"]) == ("DPM++ 2M", "Karras", "5.5")
+    assert (fields["Seed"], fields["Size-1"], fields["Size-2"], fields["Model"]) == ("123", "64", "64", "loraprompt-demo")
+    assert parse_lora_hashes(fields["Lora hashes"]) == expected
+    assert result.path.parent.parent == engine.outputs_dir / "txt2img-images"
+
+
+def test_unknown_lora_is_a_diagnostic_not_a_failure(engine: Txt2Img) -> None:
+    result = engine.generate(_request("a dog <lora:nope:1> <lora:demo_warm:1>"))
+    assert [a.name for a in result.applied] == ["demo_warm"]
+    assert any(d.subject == "nope" and d.severity == "error" for d in result.diagnostics)
+    panel = format_diagnostics(result.diagnostics, result.applied)
+    assert "**applied** `demo_warm`" in panel and "`nope`" in panel
+    assert "Lora hashes" in result.infotext and "nope" not in parse_infotext(result.infotext)["Lora hashes"]
+
+
+def test_random_seed_is_recorded(engine: Txt2Img) -> None:
+    result = engine.generate(_request("a fish", seed=-1, steps=1))
+    assert 0 <= result.seed < 2**32
+    assert parse_infotext(result.infotext)["Seed"] == str(result.seed)
+
+
+def test_save_png_numbers_files_like_a1111(tmp_path: Path) -> None:
+    image = Image.new("RGB", (8, 8))
+    first = save_png(image, "p\nSteps: 1, Seed: 5, Size: 8x8", tmp_path, 5)
+    second = save_png(image, "q\nSteps: 1, Seed: 5, Size: 8x8", tmp_path, 5)
+    assert (first.name, second.name) == ("00000-5.png", "00001-5.png")
+    with Image.open(second) as png:
+        assert png.text["parameters"].startswith("q\n")
+
+
+def test_every_listed_sampler_generates(engine: Txt2Img) -> None:
+    images = {}
+    for label in SAMPLER_LABELS:
+        result = engine.generate(_request("a tree", sampler=label, steps=2))
+        images[label] = np.asarray(result.image)
+        assert parse_infotext(result.infotext)["Sampler"] == sampler_by_label(label).name
+    assert not np.array_equal(images["Euler"], images["DDIM"])  # the choice reaches the pipeline
+    with pytest.raises(ValueError, match="unknown sampler"):
+        sampler_by_label("Euler z")
+
+
+def test_paste_values_fill_fields_and_remap_by_hash(engine: Txt2Img) -> None:
+    lora_dir = Path(engine.library.roots[0])
+    short = file_hashes(lora_dir / "demo_warm.safetensors")["a1111_short"]
+    text = (f"a <lora:renamed:0.4>\nNegative prompt: ugly\nSteps: 9, Sampler: Euler, CFG scale: 6, Seed: 4, "
+            f'Size: 128x96, Lora hashes: "renamed: {short}"')
+    prompt, negative, sampler, steps, width, height, cfg, seed = paste_values(text, engine.library)
+    assert (prompt, negative, sampler) == ("a <lora:demo_warm:0.4>", "ugly", "Euler")
+    assert (steps, width, height, cfg, seed) == (9.0, 128.0, 96.0, 6.0, 4.0)
+
+
+def test_app_builds_with_demo_notice_and_gallery(engine: Txt2Img) -> None:
+    blocks, gallery = build_app(engine)
+    config = blocks.get_config_file()
+    ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
+    assert {"lp-prompt", "lp-generate", "lp-image", "lp-infotext", "lp-demo-notice", "lp-gallery"} <= ids
+    assert gallery.service is not None
+
+
+def test_cli_refuses_missing_lora_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from loraprompt.ui import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser, "webui")
+    args = parser.parse_args(["--data-dir", str(tmp_path), "--lora-dir", str(tmp_path / "nope")])
+    assert args.host == "127.0.0.1"  # loopback unless asked
+    assert cli.run(args) == 2
+    assert "is not a folder" in capsys.readouterr().err
