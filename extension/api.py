@@ -14,8 +14,7 @@ from .runtime import Runtime, library_entries
 
 
 def header_metadata(path: str) -> dict[str, Any]:
-    """A file's safetensors metadata with JSON-looking values decoded, as A1111 shows it; {} for
-    other formats and unreadable headers."""
+    """A file's safetensors metadata, `{`-values JSON-decoded as A1111 does; {} when unreadable."""
     if not path.lower().endswith(".safetensors"):
         return {}
     try:

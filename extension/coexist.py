@@ -37,8 +37,7 @@ def builtin_enabled() -> bool:
 
 
 def builtin_busy() -> list[str]:
-    """Names of networks the built-in currently has loaded (it would patch them on the next
-    forward); empty when it is idle or absent."""
+    """Networks the built-in has loaded (its hooks patch them on the next forward); [] when idle."""
     networks = builtin_networks()
     if networks is None:
         return []
@@ -46,8 +45,7 @@ def builtin_busy() -> list[str]:
 
 
 def claim(handler: Any) -> list[str]:
-    """Register `handler` as the extra network for `lora` and `lyco`; return the names of the
-    handlers it displaced (empty when it already held both)."""
+    """Register `handler` for `lora` and `lyco`; return the handlers it displaced."""
     displaced = []
     current = extra_networks.extra_network_registry.get(handler.name)
     if current is not handler:

@@ -36,8 +36,7 @@ def batch_prompts(p: Any) -> list[str]:
 
 
 def divergent_batch(p: Any, profile: str) -> list[Diagnostic]:
-    """A warning when later prompts of the batch ask for other LoRAs than the first (A1111
-    applies the first prompt's set to the whole batch)."""
+    """Warn when later prompts of the batch ask for other LoRAs (the first prompt's set applies)."""
     prompts = batch_prompts(p)
     if len(prompts) < 2:
         return []
@@ -56,9 +55,8 @@ def divergent_batch(p: Any, profile: str) -> list[Diagnostic]:
 
 
 def hires_activation(p: Any, params_list: list[Any]) -> bool:
-    """True for the hires pass, including A1111's lowvram path, which activates the hires set
-    before `is_hr_pass` is set (to compute the hires conds early); its params are the very
-    objects of `p.hr_extra_network_data`."""
+    """True for the hires pass, including A1111's lowvram early hires-conds activation."""
+    # lowvram activates p.hr_extra_network_data before setting is_hr_pass: same param objects
     if getattr(p, "is_hr_pass", False):
         return True
     hires_data = getattr(p, "hr_extra_network_data", None) or {}

@@ -42,11 +42,9 @@ def is_scheduled(a: LoraActivation, hires: bool) -> bool:
 
 
 def plan_entry(a: LoraActivation, adapter: Adapter, hires: bool, total_steps: int) -> PlanEntry:
-    """The patcher entry of one activation for one sampling pass of `total_steps` steps.
-
-    The text encoder runs once per pass (before sampling), so its strength is the one at the first
-    step the LoRA is active; start/stop, UNet schedules and block weights are evaluated per step.
-    """
+    """The patcher entry of one activation for one sampling pass of `total_steps` steps."""
+    # The text encoder runs once per pass, before sampling: its strength is taken at the first
+    # step the LoRA is active. start/stop, UNet schedules and block weights follow each step.
     first = a.start.resolve(total_steps) if a.start is not None else 0
     te = a.te_at(first, total_steps, hires=hires)  # includes lbw's BASE entry
     unet = a.unet_at(0, total_steps, hires=hires)
@@ -56,9 +54,10 @@ def plan_entry(a: LoraActivation, adapter: Adapter, hires: bool, total_steps: in
 
 
 class A1111Patcher(Patcher):
-    """A Patcher whose key maps also see parameter shapes, which OpenCLIP's fused q/k/v rows need
-    (SD2's and SDXL's second text encoder as A1111 holds them). Remove once Patcher._keymap uses
-    keymap_for_module itself (requested from the engine's owner)."""
+    """A Patcher whose key maps see parameter shapes (OpenCLIP's fused q/k/v rows need them)."""
+
+    # SD2's and SDXL's second text encoder as A1111 holds them. Remove once Patcher._keymap uses
+    # keymap_for_module itself (requested from the engine's owner).
 
     def _keymap(self, component: str) -> KeyMap:
         keymap = self._keymaps.get(component)

@@ -30,12 +30,10 @@ def _text_tower(embedder: Any) -> nn.Module:
 
 
 def model_components(sd_model: Any) -> dict[str, nn.Module]:
-    """The modules loraprompt patches, by diffusers component name.
-
-    SD1: `cond_stage_model.wrapped.transformer` (HF CLIP); SD2: `cond_stage_model.wrapped.model`
-    (OpenCLIP); SDXL: `conditioner.embedders[0]` (CLIP-L) and `[1]` (OpenCLIP bigG). The UNet is
-    `model.diffusion_model` (LDM/SGM names) in every family. The VAE is never touched.
-    """
+    """The modules loraprompt patches, by diffusers component name (never the VAE)."""
+    # SD1: cond_stage_model.wrapped.transformer (HF CLIP); SD2: cond_stage_model.wrapped.model
+    # (OpenCLIP); SDXL: conditioner.embedders[0] (CLIP-L) and [1] (OpenCLIP bigG), skipping the
+    # non-text embedders. The UNet is model.diffusion_model (LDM/SGM names) in every family.
     out: dict[str, nn.Module] = {"unet": sd_model.model.diffusion_model}
     conditioner = getattr(sd_model, "conditioner", None)
     if getattr(sd_model, "is_sdxl", False) and conditioner is not None:
