@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -139,11 +139,17 @@ def details_rows(entry: Entry, hashes: Mapping[str, str | None]) -> list[tuple[s
     return rows
 
 
-def details_html(entry: Entry, hashes: Mapping[str, str | None]) -> str:
-    """The details view: a table of every row, all text escaped."""
+def details_html(entry: Entry, hashes: Mapping[str, str | None], header_rows: Sequence[tuple[str, str]] = ()) -> str:
+    """The details view: a table of every row, then the raw header metadata rows (as A1111's
+    "Show internal metadata" lists them) in a collapsed section; all text escaped."""
     parts = ['<table class="lp-details-table">']
     parts += [_row(label, value, source) for label, value, source in details_rows(entry, hashes)]
     parts.append("</table>")
+    if header_rows:
+        parts.append(f"<details><summary>Header metadata ({len(header_rows)} rows)</summary>"
+                     '<table class="lp-details-table lp-header-table">')
+        parts += [_row(key, value) for key, value in header_rows]
+        parts.append("</table></details>")
     return "".join(parts)
 
 

@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 from loraprompt.errors import LoraPromptError
 from loraprompt.library import Entry, Library
 from loraprompt.library.cache import default_cache_dir
+from loraprompt.library.details import file_details
 from loraprompt.library.paths import content_type
 from loraprompt.library.sidecars import SD_VERSIONS
 from loraprompt.syntax import LoraActivation
@@ -80,7 +81,8 @@ class GalleryService:
     def _thumb_url(self, card_id: str, entry: Entry) -> str | None:
         """The thumbnail URL, versioned by the preview's mtime so browsers refetch a replaced image."""
         if not entry.previews:
-            return None
+            has_cover = entry.summary.has_cover_image and not entry.error
+            return "thumb?" + urlencode({"id": card_id, "v": entry.mtime_ns}) if has_cover else None
         try:
             version = os.stat(entry.previews[0]).st_mtime_ns
         except OSError:
@@ -141,9 +143,25 @@ class GalleryService:
         raise NotFound(f"{entry.relpath}: no preview image")
 
     def thumbnail(self, card_id: object) -> Path:
-        """The cached thumbnail file of a card's preview."""
-        path, _ = self.preview_file(card_id)
+        """The cached thumbnail of a card's preview file, else of the cover image in its header."""
+        try:
+            path, _ = self.preview_file(card_id)
+        except NotFound:
+            entry = self.entry(card_id)
+            if not entry.summary.has_cover_image:
+                raise
+            key = f"{entry.path}\0{entry.mtime_ns}\0{entry.size}\0cover"
+            return self.thumbs.thumbnail_of(key, lambda: self._cover(entry), f"{entry.relpath} (embedded cover image)")
         return self.thumbs.thumbnail(path)
+
+    def _cover(self, entry: Entry) -> bytes:
+        try:
+            cover = file_details(entry.path)["cover"]
+        except (LoraPromptError, OSError) as exc:
+            raise BadRequest(f"{entry.relpath}: cannot read the header ({exc})") from exc
+        if cover is None:
+            raise BadRequest(f"{entry.relpath}: the embedded cover image is not valid base64 of an image")
+        return bytes(cover[0])
 
     def details(self, card_id: object) -> dict[str, Any]:
         """The details view (escaped HTML), the preview's URL (relative to the routes) and the
@@ -154,9 +172,18 @@ class GalleryService:
             preview = "preview?" + urlencode({"id": card_id, "v": entry.mtime_ns})
         except NotFound:
             preview = None
-        hashes = self.library.hashes(entry) if not entry.offline and not entry.error else {}
-        return {"html": cards.details_html(entry, hashes), "preview": preview, "user": cards.user_values(entry),
-                "sd_versions": list(SD_VERSIONS)}
+        if preview is None and entry.summary.has_cover_image:
+            preview = self._thumb_url(str(card_id), entry)
+        hashes: dict[str, str | None] = {}
+        header_rows: list[tuple[str, str]] = []
+        if not entry.offline and not entry.error:
+            hashes = self.library.hashes(entry)
+            try:
+                header_rows = file_details(entry.path)["rows"] if entry.kind == "safetensors" else []
+            except (LoraPromptError, OSError):
+                header_rows = []
+        return {"html": cards.details_html(entry, hashes, header_rows), "preview": preview,
+                "user": cards.user_values(entry), "sd_versions": list(SD_VERSIONS)}
 
     # ---- actions ----------------------------------------------------------------------------
     def tag_name(self, entry: Entry) -> str:

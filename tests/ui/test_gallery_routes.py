@@ -3,6 +3,7 @@ items 18-22), and that actions reach the library and the prompt."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import struct
@@ -143,6 +144,42 @@ def test_corrupt_preview_gives_422(gallery_folder: Path, tmp_path: Path) -> None
     (gallery_folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(64))
     g = Gallery(gallery_folder, tmp_path / "c5")
     assert g.client.get(f"{API}/{g.cards()['broken']['thumb']}").status_code == 422
+
+
+def _png_bytes(color: tuple[int, int, int]) -> bytes:
+    from io import BytesIO
+
+    from PIL import Image
+
+    out = BytesIO()
+    Image.new("RGB", (300, 200), color).save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(("cover", "status"), [
+    (base64.b64encode(_png_bytes((9, 200, 9))).decode(), 200),
+    ("data:image/png;base64," + base64.b64encode(_png_bytes((9, 9, 200))).decode(), 200),
+    ("%%%not-base64%%%", 422),
+    (base64.b64encode(b"<svg onload=alert(1)>").decode(), 422),
+])
+def test_cover_image_in_the_header_becomes_the_thumbnail(gallery_folder: Path, tmp_path: Path, cover: str, status: int) -> None:
+    write_lora(gallery_folder / "covered.safetensors", SD1_KEYS, {"ssmd_cover_images": json.dumps([cover])})
+    g = Gallery(gallery_folder, tmp_path / "c6")
+    card = g.cards()["covered"]
+    r = g.client.get(f"{API}/{card['thumb']}")
+    assert r.status_code == status
+    if status == 200:
+        assert r.headers["content-type"] == "image/webp" and r.content[8:12] == b"WEBP"
+    else:
+        assert "covered.safetensors" in r.json()["detail"]
+    details = g.client.get(f"{API}/details", params={"id": card["id"]}).json()
+    assert details["preview"] == card["thumb"] and "Header metadata (1 rows)" in details["html"]
+
+
+def test_details_list_every_header_key_escaped(gallery: Gallery) -> None:
+    details = gallery.client.get(f"{API}/details", params={"id": gallery.cards()[XSS]["id"]}).json()
+    assert "<th>ss_output_name</th>" in details["html"] and "<img" not in details["html"]
+    assert details["preview"] is None and details["user"]["notes"] == XSS + "\nsecond line"
 
 
 def test_insert_formats_the_tag_on_the_server(gallery: Gallery) -> None:
