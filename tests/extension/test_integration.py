@@ -125,3 +125,13 @@ def test_settings_are_registered_with_prefix(webui: Webui) -> None:
     keys = [k for k in webui.modules.shared.opts.data_labels if k.startswith("loraprompt_")]
     assert "loraprompt_handle_lora_tags" in keys and "loraprompt_profile" in keys
     assert all(webui.modules.shared.opts.data_labels[k].section == ("loraprompt", "loraprompt") for k in keys)
+
+
+def test_script_unload_restores_and_releases_the_tag_types(webui: Webui) -> None:
+    started(webui)
+    before = snapshot(webui.sd_model)
+    webui.generate("<lora:style:1>")
+    webui.modules.script_callbacks.script_unloaded_callback()
+    assert changed(webui.sd_model, before) == []
+    assert "lora" not in webui.modules.extra_networks.extra_network_registry
+    assert "lyco" not in webui.modules.extra_networks.extra_network_aliases
