@@ -38,7 +38,12 @@ Mirrored (file:line in A1111 v1.10.1):
 - modules/processing.py:819        process_images(p) -> Processed (the extra-network steps of process_images_inner, :863)
 - modules/infotext_utils.py:234    parse_generation_parameters(x, skip_fields=None)
 - modules/ui_extra_networks.py:20  extra_pages; :89 register_page(page); :180 quote_js(s)
-- modules/ui_extra_networks.py:186 class ExtraNetworksPage: __init__(self, title), refresh(self) (:207), read_user_metadata(self, item, use_cache=True) (:210), search_terms_from_path(self, filename, possible_directories=None) (:225), create_item(self, name, index=None) (:625), list_items(self) (:628), allowed_directories_for_previews(self) (:631), get_sort_keys(self, path) (:634), find_preview(self, path) (:647), find_embedded_preview(self, path, name, metadata) (:660), find_description(self, path) (:671)
+- modules/ui_extra_networks.py:186 class ExtraNetworksPage: __init__(self, title), refresh(self) (:207), read_user_metadata(self, item, use_cache=True) (:210), search_terms_from_path(self, filename, possible_directories=None) (:225), create_item(self, name, index=None) (:625), list_items(self) (:628), allowed_directories_for_previews(self) (:631), get_sort_keys(self, path) (:634), find_preview(self, path) (:647), find_embedded_preview(self, path, name, metadata) (:660), find_description(self, path) (:671), link_preview(self, filename) (:220)
 - modules/launch_utils.py:121,139  is_installed(package), run_pip(command, desc=None, live=...) (re-exported by launch.py)
 - extensions-builtin/Lora/networks.py:731  loaded_networks; load_networks(names, te_multipliers=None, unet_multipliers=None, dyn_dims=None) (:281)  -> builtin_lora/networks.py
+
+Not A1111 API (the stand-in's own plumbing, kept minimal): ScriptRunner.load_module (A1111's
+load_scripts + initialize_scripts), script_callbacks.callback_map/clear_callbacks keyed by category,
+extra_networks.errors_shown (what modules.errors.display would print), processing.Processed's
+fields, builtin_lora/extra_networks_lora.ExtraNetworkLora.calls (what the built-in was asked).
 """
