@@ -1,16 +1,10 @@
-"""Stand-in for extensions-builtin/Lora/networks.py (A1111 v1.10.1): the state other extensions
-(loractl, lora-block-weight) drive. `network_apply_weights` stands for the torch hook the built-in
-installs: on a layer's forward it patches the layer when `loaded_networks` is non-empty."""
+"""Stand-in for extensions-builtin/Lora/networks.py (A1111 v1.10.1): `loaded_networks`, which the
+built-in's torch hooks apply on the next forward, and `load_networks`, which its handler and
+extensions such as loractl and lora-block-weight call to fill it."""
 
 loaded_networks = []
-forwards_that_patched = []
 
 
 def load_networks(names, te_multipliers=None, unet_multipliers=None, dyn_dims=None):
     loaded_networks.clear()
     loaded_networks.extend(names)
-
-
-def network_apply_weights(self):
-    if loaded_networks:
-        forwards_that_patched.append(self)
