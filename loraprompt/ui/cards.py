@@ -57,11 +57,12 @@ def default_weight(entry: Entry) -> float:
     return weight if weight is not None and math.isfinite(weight) else 1.0
 
 
-def card_record(entry: Entry, card_id: str, thumb_url: str | None) -> dict[str, Any]:
-    """The JSON a card is drawn from: short, capped values only."""
+def card_record(entry: Entry, card_id: str, thumb_url: str | None, tag_name: str) -> dict[str, Any]:
+    """The JSON a card is drawn from: short, capped values only; `tag_name` is the name it inserts."""
     return {
         "id": card_id,
         "name": entry.name,
+        "tag_name": tag_name,
         "alias": entry.alias,
         "folder": entry.folder,
         "family": entry.family,

@@ -42,6 +42,13 @@ class _Snapshot:
     records: tuple[dict[str, Any], ...]
     generation: int
     records_json: str  # `records` as escaped JSON, serialised once per snapshot
+    stems: Counter[str]  # how many files share each stem
+
+
+def _tag_name(entry: Entry, stems: Counter[str]) -> str:
+    """The name a card inserts: the file stem (filename first, unlike A1111's alias), or its path
+    under the root without the extension when another file has the same stem."""
+    return entry.relpath.rsplit(".", 1)[0] if stems[entry.name] > 1 else entry.name
 
 
 class GalleryService:
@@ -74,8 +81,10 @@ class GalleryService:
             self._generation += 1
             by_id = cards.card_ids(entries, [str(r) for r in self.library.roots])
             ids = {e.path: card_id for card_id, e in by_id.items()}
-            records = tuple(cards.card_record(e, ids[e.path], self._thumb_url(ids[e.path], e)) for e in entries)
-            self._snapshot = _Snapshot(entries, by_id, ids, records, self._generation, cards.safe_json(records))
+            stems = Counter(e.name for e in entries)
+            records = tuple(cards.card_record(e, ids[e.path], self._thumb_url(ids[e.path], e), _tag_name(e, stems))
+                            for e in entries)
+            self._snapshot = _Snapshot(entries, by_id, ids, records, self._generation, cards.safe_json(records), stems)
             return self._snapshot
 
     def _thumb_url(self, card_id: str, entry: Entry) -> str | None:
@@ -186,13 +195,6 @@ class GalleryService:
                 "user": cards.user_values(entry), "sd_versions": list(SD_VERSIONS)}
 
     # ---- actions ----------------------------------------------------------------------------
-    def tag_name(self, entry: Entry) -> str:
-        """The name a card inserts: the file stem, or its path under the root when stems collide."""
-        stems = Counter(e.name for e in self.snapshot().entries)
-        if stems[entry.name] > 1:
-            return entry.relpath.rsplit(".", 1)[0]
-        return entry.name
-
     def insert(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """Toggle a card's tag in the prompt: {id, te, unet, activation, prompt, negative}."""
         entry = self.entry(body.get("id"))
@@ -204,7 +206,7 @@ class GalleryService:
             unet = check_strength("UNet", body.get("unet"))
         except ValueError as exc:
             raise BadRequest(f"{entry.name}: {exc}") from exc
-        name = self.tag_name(entry)
+        name = _tag_name(entry, self.snapshot().stems)
         with_text = body.get("activation") is True
         result = toggle_tag(
             prompt, LoraActivation(name, te=te, unet=unet), {name, entry.name, entry.alias},

@@ -24,7 +24,7 @@ def by_name(library: Library) -> dict[str, cards.Entry]:
 
 def test_card_record_carries_what_the_card_shows(library: Library) -> None:
     entry = by_name(library)["catgirl"]
-    record = cards.card_record(entry, "0/characters/catgirl.safetensors", "thumb?id=x")
+    record = cards.card_record(entry, "0/characters/catgirl.safetensors", "thumb?id=x", "catgirl")
     assert record["name"] == "catgirl" and record["alias"] == "catgirl_v2"
     assert record["folder"] == "characters"
     assert record["family"] == "sd1" and record["badge"] == "SD1"
@@ -39,7 +39,7 @@ def test_card_record_carries_what_the_card_shows(library: Library) -> None:
 def test_family_title_names_its_source(library: Library) -> None:
     entries = by_name(library)
     assert cards.family_title(entries["watercolor"]) == "SDXL (from the tensor shapes)"
-    assert cards.card_record(entries["editable"], "e", None)["weight"] == 1.0
+    assert cards.card_record(entries["editable"], "e", None, "editable")["weight"] == 1.0
 
 
 def test_card_ids_are_root_index_and_relative_path(library: Library, gallery_folder: Path, tmp_path: Path) -> None:

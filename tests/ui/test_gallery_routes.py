@@ -192,6 +192,18 @@ def test_insert_formats_the_tag_on_the_server(gallery: Gallery) -> None:
     assert (again["prompt"], again["negative"], again["action"]) == ("a cat", "blurry", "removed")
 
 
+def test_same_stem_in_two_folders_inserts_the_folder_path(gallery_folder: Path, tmp_path: Path) -> None:
+    write_lora(gallery_folder / "styles" / "catgirl.safetensors", SD1_KEYS, seed=11)
+    g = Gallery(gallery_folder, tmp_path / "c7")
+    doc = g.client.get(f"{API}/cards").json()["cards"]
+    tags = sorted(c["tag_name"] for c in doc if c["name"] == "catgirl")
+    assert tags == ["characters/catgirl", "styles/catgirl"]
+    card_id = next(c["id"] for c in doc if c["tag_name"] == "styles/catgirl")
+    r = g.post("insert", {"id": card_id, "te": 1, "unet": 1, "activation": False, "prompt": "", "negative": None})
+    assert r.json()["prompt"] == "<lora:styles/catgirl:1>"
+    assert g.library.resolve("styles/catgirl").entry.path == str(gallery_folder / "styles" / "catgirl.safetensors")
+
+
 @pytest.mark.parametrize(
     ("body", "status", "needle"),
     [({"te": "x"}, 422, "text-encoder strength"), ({"unet": float("inf")}, 422, "UNet strength must be a finite number"),

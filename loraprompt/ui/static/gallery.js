@@ -96,7 +96,7 @@
       this.search.placeholder = "Search names, tags, trigger words, notes (press /)";
       this.search.setAttribute("aria-label", "Search LoRAs");
       this.sortSel = el("select", "lp-sort");
-      for (const [v, label] of [["name", "Name"], ["date", "Date"], ["size", "Size"]]) {
+      for (const [v, label] of [["name", "Name"], ["date", "Date"], ["size", "Size"], ["favorite", "Favorites first"]]) {
         const o = el("option", null, label);
         o.value = v;
         this.sortSel.appendChild(o);
@@ -257,9 +257,11 @@
 
     sortCards() {
       const key = this.sortKey, sign = this.sortDesc ? -1 : 1, collator = this.collator;
+      const byName = (a, b) => collator.compare(a.name, b.name);
       const cmp = key === "date" ? (a, b) => a.mtime - b.mtime
         : key === "size" ? (a, b) => a.size - b.size
-          : (a, b) => collator.compare(a.name, b.name);
+          : key === "favorite" ? (a, b) => (b.favorite - a.favorite) * sign || byName(a, b)
+            : byName;
       this.sorted = this.cards.slice().sort((a, b) => sign * cmp(a, b) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
     }
 
@@ -365,6 +367,11 @@
       badge.title = c.family_title;
       thumb.appendChild(badge);
       if (c.favorite) thumb.appendChild(el("span", "lp-fav", "★"));
+      if (c.tag_name !== c.name) {
+        const same = el("span", "lp-same-name", "same name");
+        same.title = "Another file is also named " + c.name + "; this card inserts <lora:" + c.tag_name + ":…>";
+        thumb.appendChild(same);
+      }
       const name = el("div", "lp-name", c.name);
       const trig = el("div", "lp-triggers");
       for (const w of c.triggers) trig.appendChild(el("span", "lp-chip", w));
