@@ -84,6 +84,8 @@ class KeyParts:
 def _dotted_component(module: str) -> tuple[str, str, bool]:
     """(component, module name, had an explicit prefix) for a dotted module name."""
     module = module.removeprefix(_PEFT_ROOT)
+    if module + "." in _DOTTED_COMPONENTS:
+        return module, "", True
     for prefix in _DOTTED_COMPONENTS:
         if module.startswith(prefix):
             return prefix[:-1], module[len(prefix) :].removeprefix(_PEFT_ROOT), True
