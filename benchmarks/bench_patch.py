@@ -140,11 +140,11 @@ def bench_loraprompt(components: dict[str, nn.Module], paths: list[Path], repeat
 def bench_limit(components: dict[str, nn.Module], paths: list[Path], repeat: int) -> dict[str, tuple[float, float]]:
     """addmm_/addmm/copy_ over exactly the weights loraprompt touches, with the same factors."""
     from loraprompt import read_adapter
-    from loraprompt.keymaps import build_keymap
+    from loraprompt.keymaps import keymap_for_module
 
     weights: list[torch.Tensor] = []
     factors: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[], []]
-    keymaps = {c: build_keymap(c, [n for n, _ in m.named_modules()]) for c, m in components.items()}
+    keymaps = {c: keymap_for_module(c, m) for c, m in components.items()}
     modules = {c: dict(m.named_modules()) for c, m in components.items()}
     for i, path in enumerate(paths):
         for module in read_adapter(path).modules.values():

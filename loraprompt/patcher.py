@@ -20,7 +20,8 @@ import torch
 from loraprompt.adapters.types import AdapterModule
 from loraprompt.cache import DeltaCache
 from loraprompt.errors import PatchError
-from loraprompt.keymaps import build_keymap
+from loraprompt.keymaps import keymap_for_module
+from loraprompt.keymaps.check import model_family
 from loraprompt.plan import (
     Key,
     Plan,
@@ -28,7 +29,6 @@ from loraprompt.plan import (
     Resolution,
     as_entry,
     build_plan,
-    model_family,
     resolve_adapter,
 )
 
@@ -81,10 +81,10 @@ class Patcher:
 
     def _setup(self, components: Mapping[str, nn.Module | None]) -> None:
         self.components: dict[str, nn.Module] = {k: v for k, v in components.items() if v is not None}
-        detected = model_family(self.components)
+        self._modules = {c: dict(m.named_modules()) for c, m in self.components.items()}
+        self._keymaps: dict[str, KeyMap] = {c: keymap_for_module(c, m) for c, m in self.components.items()}
+        detected = model_family(self._keymaps)
         self.family = detected if self._family_override is None else (self._family_override or None)
-        self._keymaps: dict[str, KeyMap] = {}
-        self._modules: dict[str, dict[str, nn.Module]] = {}
         self._params: dict[Key, tuple[Tensor, Tensor | None]] = {}
         self._backups: dict[Key, tuple[Tensor, Tensor | None]] = {}
         self._applied: Plan = {}
@@ -183,7 +183,7 @@ class Patcher:
         cached = self._resolved.get(id(adapter))
         if cached is not None and cached.adapter is adapter:
             return cached
-        keymaps = {c: self._keymap(c) for c in adapter.components() if c in self.components}
+        keymaps = {c: self._keymaps[c] for c in adapter.components() if c in self.components}
         resolution = resolve_adapter(adapter, keymaps, self.family, entry.label)
         if len(self._resolved) >= 64:
             self._resolved.clear()
@@ -196,7 +196,7 @@ class Patcher:
         self._failed[id(entry.adapter)] = (entry.adapter, exc)
         report.skipped.append(entry.label)
         report.diagnostics.append(
-            Diagnostic("E-PATCH", str(exc), severity="error", subject=entry.adapter.path)
+            Diagnostic("lora-refused", str(exc), severity="error", subject=entry.adapter.path)
         )
 
     def _owner(self, exc: PatchError, items: list[PlanEntry]) -> PlanEntry | None:
@@ -206,14 +206,6 @@ class Patcher:
                 if entry.adapter.modules[module.lora_key] is module:
                     return entry
         return None
-
-    def _keymap(self, component: str) -> KeyMap:
-        keymap = self._keymaps.get(component)
-        if keymap is None:
-            modules = dict(self.components[component].named_modules())
-            self._modules[component] = modules
-            keymap = self._keymaps[component] = build_keymap(component, list(modules))
-        return keymap
 
     def _param(self, key: Key) -> tuple[Tensor, Tensor | None]:
         found = self._params.get(key)

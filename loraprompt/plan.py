@@ -111,15 +111,6 @@ def unet_block(module_name: str) -> str | None:
     return None
 
 
-def model_family(components: Mapping[str, Any]) -> str | None:
-    """"sd1", "sd2" or "sdxl" from the loaded modules' configs; None when they cannot tell."""
-    if "text_encoder_2" in components:
-        return "sdxl"
-    config = getattr(components.get("unet"), "config", None)
-    dim = getattr(config, "cross_attention_dim", None)
-    return {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(dim) if isinstance(dim, int) else None
-
-
 @dataclass(eq=False)
 class Resolution:
     """An adapter mapped onto the loaded model: (module, key, rows, block) per mapped module."""
@@ -174,7 +165,7 @@ def resolve_adapter(
     if unmapped:
         diagnostics.append(
             Diagnostic(
-                "W-KEYS-UNMAPPED",
+                "lora-unmapped",
                 f"{len(unmapped)} of {len(adapter.modules)} modules of {label} match nothing in the "
                 f"loaded model (e.g. {', '.join(unmapped[:3])})",
                 subject=adapter.path,

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from loraprompt.adapters.types import Adapter, AdapterModule
-from loraprompt.keymaps import build_keymap
+from loraprompt.keymaps import keymap_for_module
 from loraprompt.patcher import Patcher
 
 
@@ -87,7 +87,7 @@ def reference(
     components: dict[str, nn.Module], original: dict[str, Tensor], entries: list[tuple[Adapter, float, float]]
 ) -> dict[str, Tensor]:
     """The expected weights of base + entries, computed independently in float32 and cast once."""
-    keymaps = {c: build_keymap(c, [n for n, _ in m.named_modules()]) for c, m in components.items()}
+    keymaps = {c: keymap_for_module(c, m) for c, m in components.items()}
     acc: dict[str, Tensor] = {}
     for adapter, te, unet in entries:
         for module in adapter.modules.values():

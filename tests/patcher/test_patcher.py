@@ -106,7 +106,7 @@ def test_skip_mode_applies_the_others_and_reports_the_bad_one(model) -> None:
     patcher = Patcher(model, on_error="skip")
     report = patcher.sync([(good, 1.0, 1.0), (bad, 1.0, 1.0)])
     assert report.skipped == ["misfit"]
-    assert [d.code for d in report.diagnostics] == ["E-PATCH"]
+    assert [d.code for d in report.diagnostics] == ["lora-refused"]
     assert_close(model, reference(model, original, [(good, 1.0, 1.0)]), torch.float32)
 
 
@@ -133,7 +133,7 @@ def test_unmapped_keys_are_one_diagnostic_per_adapter(model) -> None:
         module.path = "nowhere_" + module.path
         a.modules[module.lora_key] = module
     report = Patcher(model).sync([(a, 1.0, 1.0)])
-    assert [d.code for d in report.diagnostics] == ["W-KEYS-UNMAPPED"]
+    assert [d.code for d in report.diagnostics] == ["lora-unmapped"]
     assert "5 of" in report.diagnostics[0].message
 
 
