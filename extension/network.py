@@ -77,6 +77,8 @@ def note(p: Any, diagnostics: list[Diagnostic], in_infotext: bool) -> None:
     shown = [d for d in diagnostics if d.severity in SHOWN]
     for d in shown:
         p.comment(f"loraprompt {d.severity}: {d.message}")
+        if d.severity == "error" and webui.opt("loraprompt_error_popups", True):
+            webui.popup(f"loraprompt: {d.message}")
     if not shown or not in_infotext:
         return
     codes: list[str] = list(getattr(p, "loraprompt_notes", []))

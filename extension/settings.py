@@ -28,6 +28,9 @@ def options() -> dict[str, Any]:
         "loraprompt_diagnostics_in_infotext": info(True, "Add loraprompt's warnings to infotext").info(
             "they are always shown under the image"
         ),
+        "loraprompt_error_popups": info(True, "Show loraprompt's errors as popups").info(
+            "an unknown LoRA, a bad number, a LoRA for another model family"
+        ),
         "loraprompt_cache_mb": info(1024, "Adapters kept in memory (MB)", gr.Number, {"precision": 0}).needs_restart(),
         "loraprompt_delta_cache_mb": info(
             1024, "Computed weight deltas kept for fast switching (MB)", gr.Number, {"precision": 0}

@@ -72,6 +72,13 @@ def lora_dirs() -> list[str]:
     return seen
 
 
+def popup(message: str) -> None:
+    """A warning popup in the browser (gradio's toast); outside a UI request it is only logged."""
+    import gradio as gr
+
+    gr.Warning(message)
+
+
 def cache_dir() -> str:
     """Where the library keeps its scan cache: A1111's data folder, beside its own caches."""
     from modules import paths

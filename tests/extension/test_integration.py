@@ -7,6 +7,7 @@ import asyncio
 import importlib
 import json
 
+import pytest
 import torch
 
 from loraprompt.infotext import parse_lora_hashes
@@ -33,7 +34,8 @@ def test_lora_hashes_written_and_pasted_back_to_local_name(webui: Webui) -> None
 def test_unknown_lora_and_bad_number_reach_comments_and_infotext(webui: Webui) -> None:
     started(webui)
     base = webui.weight(Q)
-    result = webui.generate("<lora:style:0,8> <lora:missing:1> <lora:detail:1>")
+    with pytest.warns(UserWarning, match="missing"):  # gradio's popup, outside a UI request
+        result = webui.generate("<lora:style:0,8> <lora:missing:1> <lora:detail:1>")
     assert "missing" in result.comments
     assert "0,8" in result.comments
     notes = result.extra_generation_params["loraprompt"]
