@@ -38,8 +38,8 @@ def load_demo(data_dir: str | Path | None = None) -> tuple[LoadedModel, Path]:
     return LoadedModel(pipe=pipe, family="sd1", name="loraprompt-demo", is_demo=True), lora_dir
 
 
-def load_model(checkpoint: str | Path) -> LoadedModel:
+def load_model(checkpoint: str | Path, prediction_type: str | None = None) -> LoadedModel:
     """Load a local checkpoint fully offline (see `loraprompt.models.checkpoint`)."""
     from loraprompt.models.checkpoint import load_checkpoint
 
-    return load_checkpoint(checkpoint)
+    return load_checkpoint(checkpoint, prediction_type)

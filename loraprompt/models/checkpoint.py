@@ -136,15 +136,18 @@ def load_diffusers_folder(path: Path) -> LoadedModel:
 
 
 def load_single_file(path: Path, *, configs: Mapping[str, Any] | None = None,
-                     config_root: str | Path | None = None) -> LoadedModel:
+                     config_root: str | Path | None = None, prediction_type: str | None = None) -> LoadedModel:
     """A single-file `.safetensors` checkpoint, converted by diffusers with the shipped configs
-    (or `configs`, component -> config dict, for models of other sizes)."""
+    (or `configs`, component -> config dict, for models of other sizes). SD2 defaults to
+    v-prediction (the 768-v models); `prediction_type="epsilon"` suits SD2 512-base."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     from loraprompt.library.hashes import file_hashes
 
     family = detect_family(header_shapes(path), path)
-    configs = configs if configs is not None else family_config(family)
+    configs = dict(configs if configs is not None else family_config(family))
+    if prediction_type is not None:
+        configs["scheduler"] = {**configs["scheduler"], "prediction_type": prediction_type}
     folder = write_config_dir(configs, config_root or default_config_root())
     cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     _, dtype = _device_dtype()
@@ -155,8 +158,9 @@ def load_single_file(path: Path, *, configs: Mapping[str, Any] | None = None,
     return _finish(pipe, family, path.stem, file_hashes(path).get("autov2"))
 
 
-def load_checkpoint(path: str | Path) -> LoadedModel:
-    """A diffusers folder or a single-file `.safetensors` checkpoint, loaded offline."""
+def load_checkpoint(path: str | Path, prediction_type: str | None = None) -> LoadedModel:
+    """A diffusers folder or a single-file `.safetensors` checkpoint, loaded offline
+    (`prediction_type` overrides the shipped scheduler config of single files)."""
     p = Path(path).expanduser()
     if p.is_dir():
         if not (p / "model_index.json").is_file():
@@ -168,4 +172,4 @@ def load_checkpoint(path: str | Path) -> LoadedModel:
         raise CheckpointError(p, "pickle checkpoints can run code when loaded; use a .safetensors file")
     if p.suffix.lower() != ".safetensors":
         raise CheckpointError(p, "expected a .safetensors file or a diffusers folder")
-    return load_single_file(p)
+    return load_single_file(p, prediction_type=prediction_type)

@@ -14,6 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser, command_name: str) -> None:
     """Options of `loraprompt webui`."""
     parser.add_argument("--checkpoint", metavar="PATH",
                         help="single-file .safetensors checkpoint or diffusers folder (default: built-in demo)")
+    parser.add_argument("--prediction-type", choices=["epsilon", "v_prediction"],
+                        help="override the scheduler's prediction type of a single-file checkpoint"
+                             " (SD2 defaults to v_prediction, as the 768-v models need; SD2 512-base needs epsilon)")
     parser.add_argument("--lora-dir", metavar="DIR", action="append", default=[],
                         help="LoRA folder, scanned recursively; repeat for more (demo: its own folder)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
@@ -38,7 +41,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.checkpoint:
             print(f"loading {args.checkpoint} (offline) ...", flush=True)
-            model = load_model(args.checkpoint)
+            model = load_model(args.checkpoint, args.prediction_type)
+            if model.family == "sd2" and args.prediction_type is None and not Path(args.checkpoint).is_dir():
+                print("SD2 checkpoint: assuming v-prediction (768-v); pass --prediction-type epsilon for 512-base",
+                      flush=True)
         else:
             print(f"building the demo model; demo LoRAs in {data_dir / 'models' / 'Lora'}", flush=True)
             model, demo_loras = load_demo(data_dir)

@@ -154,6 +154,13 @@ def test_shipped_config_refuses_a_checkpoint_of_other_sizes(tiny_checkpoint: tup
         load_single_file(path, config_root=tmp_path)
 
 
+def test_prediction_type_override(tiny_checkpoint: tuple[Any, Path, dict[str, Any]], tmp_path: Path) -> None:
+    _, path, configs = tiny_checkpoint
+    loaded = load_single_file(path, configs=configs, config_root=tmp_path, prediction_type="v_prediction")
+    assert loaded.pipe.scheduler.config.prediction_type == "v_prediction"
+    assert configs["scheduler"]["prediction_type"] == "epsilon"  # the caller's configs are not changed
+
+
 def test_diffusers_folder_loads_offline(tiny_checkpoint: tuple[Any, Path, dict[str, Any]], tmp_path: Path) -> None:
     pipe = tiny_checkpoint[0]
     pipe.save_pretrained(tmp_path / "pipe")
