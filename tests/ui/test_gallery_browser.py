@@ -145,7 +145,7 @@ def test_hostile_names_and_metadata_stay_text(page: Any) -> None:
     hostile = page.locator(".lp-card").first
     assert hostile.locator(".lp-name").inner_text() == XSS
     hostile.locator(".lp-info").click()
-    table = page.locator(".lp-details-table")
+    table = page.locator(".lp-details-table").first
     table.wait_for()
     assert XSS + "\nsecond line" in table.inner_text()
     assert page.locator("img[src='x']").count() == 0 and page.dialogs == []
@@ -154,7 +154,7 @@ def test_hostile_names_and_metadata_stay_text(page: Any) -> None:
 def test_details_view_shows_metadata_with_sources(page: Any) -> None:
     show_all(page)
     card(page, "catgirl").locator(".lp-info").click()
-    table = page.locator(".lp-details-table")
+    table = page.locator(".lp-details-table").first
     table.wait_for()
     text = table.inner_text()
     for needle in ("catgirl_v2", "great with sunsets", "Network dim", "16", "(catgirl.json)", "(header)",
