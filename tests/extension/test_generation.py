@@ -138,3 +138,16 @@ def test_block_weights_and_start_stop_reach_the_right_modules(webui: Webui) -> N
     webui.modules.script_callbacks.on_cfg_denoiser(lambda params: seen.append(not torch.equal(webui.weight(Q), base[Q])))
     webui.generate("<lora:style:1:start=1:stop=3>", steps=4)
     assert seen == [False, True, True, False]
+
+
+def test_half_precision_model_patches_and_restores_bit_exactly(webui: Webui) -> None:
+    webui.sd_model.half()  # A1111 keeps the UNet and text encoder in fp16 on GPU
+    started(webui)
+    before = snapshot(webui.sd_model)
+    webui.generate("<lora:style:0.7>")
+    want = before[SD1_MODULES[Q][0] + ".weight"].float() + 0.7 * expected_delta(webui.files["style"], Q)
+    assert webui.weight(Q).dtype == torch.float16
+    assert torch.allclose(webui.weight(Q).float(), want, atol=2e-3)
+    webui.generate("<lora:detail:1> <lora:style:0.2>")
+    webui.generate("")
+    assert changed(webui.sd_model, before) == []
