@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from loraprompt.errors import ToolError
-from loraprompt.tools.io import read_header
+from loraprompt.tools.io import FileLayout, read_layout, read_tensor
 
 # single-file key prefix -> diffusers component (A1111/SGM/LDM names)
 SINGLE_FILE_PREFIXES: tuple[tuple[str, str], ...] = (
@@ -27,12 +27,22 @@ Spec = tuple[torch.dtype, tuple[int, ...]]
 
 @dataclass
 class TensorFile:
-    """One safetensors file of a checkpoint: its tensors' specs and which component each belongs to."""
+    """One safetensors file of a checkpoint: its layout and which component each tensor belongs to."""
 
-    path: Path
-    specs: dict[str, Spec]
-    metadata: dict[str, str]
+    layout: FileLayout
     component_of: dict[str, str] = field(default_factory=dict)  # key -> component (others: copied)
+
+    @property
+    def path(self) -> Path:
+        return self.layout.path
+
+    @property
+    def specs(self) -> dict[str, Spec]:
+        return self.layout.specs
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self.layout.metadata
 
 
 @dataclass
@@ -79,9 +89,8 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
                         "(pickled .ckpt files are refused: they can run code)")
     if not root.exists():
         raise ToolError(f"{root}: no such checkpoint")
-    specs, metadata = read_header(root)
-    tf = TensorFile(root, specs, metadata)
-    for key in specs:
+    tf = TensorFile(read_layout(root))
+    for key in tf.specs:
         component = next((c for p, c in SINGLE_FILE_PREFIXES if key.startswith(p)), None)
         if component is not None:
             tf.component_of[key] = component
@@ -102,15 +111,15 @@ def _diffusers(root: Path) -> Checkpoint:
         if not found:
             raise ToolError(f"{folder}: no .safetensors weights (pickled .bin weights are not supported)")
         for file in found:
-            specs, metadata = read_header(file)
-            files.append(TensorFile(file, specs, metadata, dict.fromkeys(specs, component)))
+            layout = read_layout(file)
+            files.append(TensorFile(layout, dict.fromkeys(layout.specs, component)))
     if not any(f.path.parent.name == "unet" for f in files):
         raise ToolError(f"{root}: no unet/ weights")
     return Checkpoint("diffusers", root, files)
 
 
 class TensorReader:
-    """Open safetensors handles for a checkpoint; `get(file, key)` reads one tensor."""
+    """Open file handles for a checkpoint; `get(file, key)` reads one tensor (bounded memory)."""
 
     def __init__(self, checkpoint: Checkpoint) -> None:
         self._stack = ExitStack()
@@ -118,17 +127,15 @@ class TensorReader:
         self.checkpoint = checkpoint
 
     def __enter__(self) -> TensorReader:
-        from safetensors import safe_open
-
         for f in self.checkpoint.files:
-            self._handles[f.path] = self._stack.enter_context(safe_open(str(f.path), framework="pt", device="cpu"))
+            self._handles[f.path] = self._stack.enter_context(open(f.path, "rb"))
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
 
     def get(self, file: TensorFile, key: str) -> torch.Tensor:
-        return self._handles[file.path].get_tensor(key)
+        return read_tensor(self._handles[file.path], file.layout, key)
 
     def keys(self) -> Iterator[tuple[TensorFile, str]]:
         for f in self.checkpoint.files:

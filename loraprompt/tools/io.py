@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -160,20 +162,39 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
         writer.close()
 
 
-def read_header(path: str | Path) -> tuple[dict[str, tuple[torch.dtype, tuple[int, ...]]], dict[str, str]]:
-    """Tensor dtypes/shapes and metadata of a safetensors file, without reading tensor data."""
-    from safetensors import safe_open
+@dataclass(frozen=True)
+class FileLayout:
+    """A safetensors file's tensors (dtype, shape, byte range) and metadata, from its header alone."""
 
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = dict(f.metadata() or {})
-            specs = {}
-            for key in f.keys():
-                sl = f.get_slice(key)
-                specs[key] = (_torch_dtype(sl.get_dtype(), path, key), tuple(sl.get_shape()))
-    except _READ_ERRORS as exc:
-        raise AdapterFileError(path, f"not a readable safetensors file ({exc})") from exc
-    return specs, metadata
+    path: Path
+    specs: dict[str, tuple[torch.dtype, tuple[int, ...]]]
+    ranges: dict[str, tuple[int, int]]  # absolute byte offsets in the file
+    metadata: dict[str, str]
+
+
+def read_layout(path: str | Path) -> FileLayout:
+    """Validate and read a safetensors header (no tensor data is read); AdapterFileError if broken."""
+    from loraprompt.library.safetensors_header import read_header
+
+    if not Path(path).is_file():
+        raise AdapterFileError(path, "no such file")
+    header = read_header(path)
+    specs = {k: (_torch_dtype(i.dtype, path, k), tuple(i.shape)) for k, i in header.tensors.items()}
+    ranges = {k: (header.data_offset + i.start, header.data_offset + i.end) for k, i in header.tensors.items()}
+    return FileLayout(Path(path), specs, ranges, dict(header.metadata))
+
+
+def read_tensor(handle: io.BufferedReader, layout: FileLayout, key: str) -> torch.Tensor:
+    """One tensor read with plain file reads into its own buffer (no memory map stays resident)."""
+    dtype, shape = layout.specs[key]
+    start, end = layout.ranges[key]
+    buf = bytearray(end - start)
+    handle.seek(start)
+    if handle.readinto(buf) != len(buf):
+        raise AdapterFileError(layout.path, "file is shorter than its header says", key=key)
+    if not buf:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(buf, dtype=dtype).reshape(shape)
 
 
 _FROM_CODE = {code: dtype for dtype, code in _DTYPES.items()}

@@ -54,17 +54,36 @@ class Factorised:
     kept: float
 
 
+def _top_svd(matrix: Tensor, k: int, power_iterations: int = 4) -> tuple[Tensor, Tensor, Tensor]:
+    """The top-k singular triplets by a seeded randomized range finder (Halko et al.), for k much
+    smaller than the matrix: a few thin matmuls instead of a full decomposition."""
+    gen = torch.Generator(device=matrix.device).manual_seed(0)
+    probe = torch.randn(matrix.shape[1], k, generator=gen, device=matrix.device, dtype=matrix.dtype)
+    q, _ = torch.linalg.qr(matrix @ probe)
+    for _ in range(power_iterations):
+        q, _ = torch.linalg.qr(matrix.T @ q)
+        q, _ = torch.linalg.qr(matrix @ q)
+    u, s, vh = torch.linalg.svd(q.T @ matrix, full_matrices=False)
+    return q @ u, s, vh
+
+
 def factorise(delta: Tensor, target: RankTarget) -> Factorised:
     """Split a float32 delta (out, in[, kh, kw]) into up (out, r[, 1, 1]) and down (r, in[, kh, kw])."""
     conv = delta.dim() == 4
     matrix = delta.reshape(delta.shape[0], -1).float()
-    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
-    rank = target.pick(s, conv and delta.shape[2:] != (1, 1), max(matrix.shape))
+    wide = conv and delta.shape[2:] != (1, 1)
+    wanted = (target.conv_rank if wide and target.conv_rank is not None else target.rank) or 0
+    sketch = wanted + 16
+    if target.energy is None and 4 * sketch < min(matrix.shape):
+        u, s, vh = _top_svd(matrix, sketch)
+    else:
+        u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    rank = target.pick(s, wide, max(matrix.shape))
     root = s[:rank].sqrt()
     up = u[:, :rank] * root
     down = root[:, None] * vh[:rank]
-    total = float(s.double().pow(2).sum())
-    kept = 1.0 if total == 0.0 else float(s[:rank].double().pow(2).sum() / total) ** 0.5
+    total = float(matrix.double().pow(2).sum())
+    kept = 1.0 if total == 0.0 else min(1.0, float(s[:rank].double().pow(2).sum() / total) ** 0.5)
     if conv:
         up = up.reshape(delta.shape[0], rank, 1, 1)
         down = down.reshape(rank, *delta.shape[1:])
