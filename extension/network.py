@@ -54,6 +54,17 @@ def divergent_batch(p: Any, profile: str) -> list[Diagnostic]:
     ]
 
 
+def with_sd_lora(p: Any, params_list: list[Any]) -> list[Any]:
+    """Honour the built-in's "Add network to prompt" option (`sd_lora`) as the built-in does."""
+    extra = str(webui.opt("sd_lora", "None") or "None")
+    if extra == "None" or any(x.items and x.items[0] == extra for x in params_list):
+        return params_list
+    weight = webui.opt("extra_networks_default_multiplier", 1.0)
+    tag = f"<lora:{extra}:{weight}>"
+    p.all_prompts = [x if tag in x else x + tag for x in getattr(p, "all_prompts", None) or []]
+    return [*params_list, extra_networks.ExtraNetworkParams(items=[extra, str(weight)])]
+
+
 def hires_activation(p: Any, params_list: list[Any]) -> bool:
     """True for the hires pass, including A1111's lowvram early hires-conds activation."""
     # lowvram activates p.hr_extra_network_data before setting is_hr_pass: same param objects
@@ -102,6 +113,7 @@ class LoraPromptNetwork(extra_networks.ExtraNetwork):
         """Apply exactly the LoRAs of `params_list` (none: restore)."""
         profile = str(webui.opt("loraprompt_profile", "loraprompt"))
         hires = hires_activation(p, params_list)
+        params_list = with_sd_lora(p, params_list)
         parsed = loraprompt.parse("".join(tag_text(x) for x in params_list), profile=profile, comments=False)
         diagnostics = list(parsed.diagnostics)
         if not hires:

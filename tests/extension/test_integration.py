@@ -137,3 +137,14 @@ def test_script_unload_restores_and_releases_the_tag_types(webui: Webui) -> None
     assert changed(webui.sd_model, before) == []
     assert "lora" not in webui.modules.extra_networks.extra_network_registry
     assert "lyco" not in webui.modules.extra_networks.extra_network_aliases
+
+
+def test_builtin_add_network_to_prompt_option_is_honoured(webui: Webui) -> None:
+    webui.enable_builtin()
+    started(webui)
+    webui.modules.shared.opts.data["sd_lora"] = "style"
+    base = webui.weight(Q)
+    result = webui.generate("a cat")
+    assert torch.allclose(webui.weight(Q), base + expected_delta(webui.files["style"], Q), atol=1e-6)
+    assert result.p.all_prompts == ["a cat<lora:style:1.0>"]
+    assert "style" in result.extra_generation_params["Lora hashes"]
