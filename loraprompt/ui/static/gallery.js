@@ -308,6 +308,7 @@
     layout(reset) {
       const width = this.scroller.clientWidth || 800;
       this.cols = Math.max(1, Math.floor((width - GAP) / (CARD_W + GAP)));
+      this.cardW = Math.max(CARD_W, Math.floor((width - GAP) / this.cols) - GAP);
       const rows = Math.ceil(this.view.length / this.cols);
       this.spacer.style.height = (rows * (CARD_H + GAP) + GAP) + "px";
       if (reset) {
@@ -339,7 +340,8 @@
           this.spacer.appendChild(node);
         }
         const row = Math.floor(i / this.cols), col = i % this.cols;
-        node.style.transform = "translate(" + (GAP + col * (CARD_W + GAP)) + "px," + (GAP + row * rowH) + "px)";
+        node.style.transform = "translate(" + (GAP + col * (this.cardW + GAP)) + "px," + (GAP + row * rowH) + "px)";
+        node.style.width = this.cardW + "px";
         node.classList.toggle("lp-cursor", i === this.cursor);
         node.setAttribute("aria-selected", i === this.cursor ? "true" : "false");
       }

@@ -1,0 +1,62 @@
+"""The card grid is virtualised: with hundreds of files only the visible rows are in the page, and
+scrolling or the keyboard brings any card in. Both gradio versions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from .conftest import SCREENSHOTS, SD1_KEYS, DemoServer, gradio_pythons, write_lora
+
+pytestmark = [pytest.mark.browser]
+FILES = 400
+
+
+@pytest.fixture(scope="module", params=gradio_pythons())
+def big_demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
+    base = tmp_path_factory.mktemp("big")
+    for i in range(FILES):
+        write_lora(base / "Lora" / f"set_{i % 4}" / f"lora_{i:04d}.safetensors", SD1_KEYS, seed=i)
+    server = DemoServer(request.param, base / "Lora", base / "cache")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def big_page(browser: Any, big_demo: DemoServer, request: pytest.FixtureRequest) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(big_demo.url)
+    page.locator(".lp-card").first.wait_for(timeout=30_000)
+    yield page
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{request.node.name}.png"))
+    context.close()
+
+
+def cards_in_dom(page: Any) -> int:
+    return int(page.evaluate("document.querySelectorAll('.lp-card').length"))
+
+
+def test_only_visible_rows_are_in_the_page_and_scrolling_reaches_the_end(big_page: Any) -> None:
+    assert big_page.locator(".lp-count").inner_text() == f"{FILES} of {FILES}"
+    initial = cards_in_dom(big_page)
+    assert 0 < initial < 80
+    big_page.locator(".lp-scroller").evaluate("s => { s.scrollTop = s.scrollHeight; }")
+    last = big_page.locator(".lp-card", has=big_page.locator(".lp-name", has_text=f"lora_{FILES - 1:04d}"))
+    last.wait_for()
+    assert last.is_visible() and cards_in_dom(big_page) < 80
+    assert big_page.locator(".lp-card", has=big_page.locator(".lp-name", has_text="lora_0000")).count() == 0
+
+
+def test_keyboard_end_moves_to_the_last_card_and_enter_inserts_it(big_page: Any) -> None:
+    big_page.locator(".lp-scroller").focus()
+    big_page.keyboard.press("End")
+    cursor = big_page.locator(".lp-card.lp-cursor .lp-name")
+    cursor.wait_for()
+    assert cursor.inner_text() == f"lora_{FILES - 1:04d}"
+    big_page.keyboard.press("Enter")
+    big_page.wait_for_function("() => document.querySelector('#demo_prompt textarea').value !== ''")
+    assert big_page.locator("#demo_prompt textarea").input_value() == f"<lora:lora_{FILES - 1:04d}:1>"
