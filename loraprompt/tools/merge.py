@@ -8,7 +8,8 @@ weights `Patcher.sync` gives the loaded model.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,49 +210,61 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 def merge_checkpoint(checkpoint: str | Path, loras: Sequence[LoraSpec | tuple[Any, ...] | str | Path],
-                     output: str | Path, *, dtype: str | None = None, family: str | None = None,
+                     output: str | Path, *, dtype: str | None = None, layout: str | None = None,
+                     configs: Mapping[str, Any] | None = None, family: str | None = None,
                      force: bool = False, progress: bool = False) -> MergeReport:
-    """Write `checkpoint` with `loras` merged in, in the same layout (single file or diffusers folder);
+    """Write `checkpoint` with `loras` merged in: in its own layout, or (`layout="diffusers"`) a
+    single file as a diffusers folder using the shipped configs of its family (or `configs`).
     `family` overrides the detected one ("" skips the check)."""
     specs = [_as_spec(item) for item in loras]
     if not specs:
         raise ToolError("no LoRAs to merge")
+    if layout not in (None, "single-file", "diffusers"):
+        raise ToolError(f"unknown layout {layout!r}; choose single-file or diffusers")
     out = check_output(output, [checkpoint, *(s.path for s in specs)], force)
     out_dtype = parse_dtype(dtype)
     ckpt = open_checkpoint(checkpoint)
+    target = layout or ckpt.layout
+    if ckpt.layout == "diffusers" and target == "single-file":
+        raise ToolError("writing a diffusers folder as a single file is not supported; merge into the folder")
     plan, found, diagnostics = plan_merge(ckpt, specs, family)
     recipe = recipe_metadata(
         "merge", checkpoint=describe_inputs([ckpt.root])[0] if ckpt.layout == "single-file" else ckpt.root.name,
         loras=[{**d, "te": s.te, "unet": s.unet} for d, s in zip(describe_inputs([s.path for s in specs]), specs)],
-        dtype=dtype)
-    report = MergeReport(out, ckpt.layout, found or None, diagnostics=diagnostics)
+        dtype=dtype, layout=target)
+    report = MergeReport(out, target, found or None, diagnostics=diagnostics)
     bar = Progress(ckpt.nbytes, "merge", progress)
     with TensorReader(ckpt) as reader:
         merger = _Merger(reader, plan, out_dtype)
-        if ckpt.layout == "single-file":
+        if target == "single-file":
             file = ckpt.files[0]
             with atomic_path(out) as tmp:
                 report.tensors_written = _write_file(merger, file, tmp, {**file.metadata, **recipe}, bar)
+        elif ckpt.layout == "diffusers":
+            with _staged(out, force) as staging:
+                report.tensors_written = _copy_folder(merger, ckpt, staging, recipe, bar)
         else:
-            report.tensors_written = _write_folder(merger, ckpt, out, recipe, bar, force=force)
+            from loraprompt.tools.layout import write_diffusers
+
+            if not found:
+                raise ToolError(f"{ckpt.root}: model family unknown; cannot pick diffusers configs")
+            with _staged(out, force) as staging:
+                report.tensors_written = write_diffusers(ckpt, merger.tensor, found, staging, configs=configs,
+                                                           metadata=recipe, bar=bar)
     bar.close()
     report.weights_changed = merger.changed
     return report
 
 
-def _write_folder(merger: _Merger, ckpt: Checkpoint, out: Path, recipe: dict[str, str], bar: Progress, *,
-                  force: bool) -> int:
-    """A diffusers folder: weight files merged, everything else copied; swapped in at the end."""
+@contextmanager
+def _staged(out: Path, force: bool) -> Iterator[Path]:
+    """A staging folder beside `out`, swapped in on success (replacing `out` when forced), removed on failure."""
     staging = out.parent / f".{out.name}.partial"
     if staging.exists():
         shutil.rmtree(staging)
-    written = 0
+    staging.mkdir()
     try:
-        weights = {f.path for f in ckpt.files}
-        shutil.copytree(ckpt.root, staging, ignore=lambda d, names: [n for n in names if Path(d, n) in weights])
-        for file in ckpt.files:
-            target = staging / file.path.relative_to(ckpt.root)
-            written += _write_file(merger, file, target, {**file.metadata, **recipe}, bar)
+        yield staging
         if out.exists() and force:
             old = out.parent / f".{out.name}.old"
             out.rename(old)
@@ -265,4 +278,15 @@ def _write_folder(merger: _Merger, ckpt: Checkpoint, out: Path, recipe: dict[str
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _copy_folder(merger: _Merger, ckpt: Checkpoint, staging: Path, recipe: dict[str, str], bar: Progress) -> int:
+    """A diffusers folder: weight files merged, everything else copied."""
+    weights = {f.path for f in ckpt.files}
+    shutil.copytree(ckpt.root, staging, dirs_exist_ok=True,
+                    ignore=lambda d, names: [n for n in names if Path(d, n) in weights])
+    written = 0
+    for file in ckpt.files:
+        target = staging / file.path.relative_to(ckpt.root)
+        written += _write_file(merger, file, target, {**file.metadata, **recipe}, bar)
     return written

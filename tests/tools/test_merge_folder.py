@@ -66,3 +66,28 @@ def test_folder_output_needs_force_and_bad_lora_leaves_nothing(tmp_path: Path) -
     with pytest.raises(AdapterFileError, match="broken"):
         merge_checkpoint(src, [broken], tmp_path / "other")
     assert not (tmp_path / "other").exists() and not list(tmp_path.glob(".other*"))
+
+
+def test_single_file_merged_into_a_diffusers_folder(tmp_path: Path) -> None:
+    """Other layout: the single file's merge, converted by diffusers' own key tables, loads back
+    into diffusers/transformers models equal to the patcher's."""
+    from tests.tools.checkpoints import a1111_models, write_single_file
+
+    ckpt = tmp_path / "model.safetensors"
+    tiny = a1111_models("sd1")
+    write_single_file(tiny, "sd1", ckpt)
+    lora = write_kohya_lora("sd1", tmp_path / "a.safetensors", seed=3).path
+    configs = {"model_index": {"_class_name": "StableDiffusionPipeline"}, "unet": dict(tiny["unet"].config),
+               "text_encoder": tiny["text_encoder"].config.to_dict()}
+    report = merge_checkpoint(ckpt, [(lora, 0.5, 1.5)], tmp_path / "folder", layout="diffusers", configs=configs)
+    assert report.layout == "diffusers"
+    models = tiny_sd1(seed=0)
+    Patcher(models).sync([(read_adapter(lora), 0.5, 1.5)])
+    unet = UNet2DConditionModel.from_pretrained(report.output / "unet")
+    te = CLIPTextModel.from_pretrained(report.output / "text_encoder")
+    for loaded, patched in ((unet, models["unet"]), (te, models["text_encoder"])):
+        ours, theirs = loaded.state_dict(), patched.state_dict()
+        assert sorted(ours) == sorted(theirs)
+        for key, tensor in theirs.items():
+            torch.testing.assert_close(ours[key], tensor, rtol=0, atol=1e-6, msg=key)
+    assert json.loads((report.output / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
