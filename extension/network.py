@@ -7,6 +7,7 @@ So `activate` always syncs: an empty list restores the base weights exactly.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -20,6 +21,7 @@ from . import coexist, webui
 from .runtime import Runtime
 
 SHOWN = ("error", "warning")
+log = logging.getLogger("loraprompt")
 
 
 def tag_text(params: Any) -> str:
@@ -133,15 +135,22 @@ class LoraPromptNetwork(extra_networks.ExtraNetwork):
             note(p, diagnostics, bool(webui.opt("loraprompt_diagnostics_in_infotext", True)))
             return
         sd_model = getattr(p, "sd_model", None) or webui.loaded_model()
-        applied = self.runtime.apply(
-            sd_model,
-            webui.model_components(sd_model),
-            webui.model_family(sd_model) if webui.opt("loraprompt_family_check", True) else "",
-            parsed.loras,
-            hires=hires,
-            total_steps=pass_steps(p, hires),
-            profile=profile,
-        )
+        try:
+            applied = self.runtime.apply(
+                sd_model,
+                webui.model_components(sd_model),
+                webui.model_family(sd_model) if webui.opt("loraprompt_family_check", True) else "",
+                parsed.loras,
+                hires=hires,
+                total_steps=pass_steps(p, hires),
+                profile=profile,
+            )
+        except Exception as exc:  # shown under the image too, not only in the console
+            log.exception("loraprompt: applying %s failed", [a.name for a in parsed.loras])
+            self.runtime.restore()
+            diagnostics.append(Diagnostic("E-APPLY", f"no LoRA applied: {exc}", severity="error"))
+            note(p, diagnostics, bool(webui.opt("loraprompt_diagnostics_in_infotext", True)))
+            return
         self._write_hashes(p, applied.hashes, hires)
         note(p, diagnostics + applied.diagnostics, bool(webui.opt("loraprompt_diagnostics_in_infotext", True)))
 

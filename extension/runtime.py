@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from loraprompt.adapters.types import Adapter
     from loraprompt.syntax.model import LoraActivation
 
+
 @dataclass
 class Applied:
     """What one activation did: `hashes` (infotext name -> 12-hex hash) and diagnostics."""
@@ -130,8 +131,8 @@ class Runtime:
                 out.hashes[lora_hash_name(a.name)] = short
             if a.dyn is not None:
                 out.diagnostics.append(
-                    Diagnostic("I-DYN-IGNORED", f"{a.name}: dyn={a.dyn} is not supported; the full rank is applied",
-                               severity="info", subject=a.name)
+                    Diagnostic("W-DYN-IGNORED", f"{a.name}: dyn={a.dyn} is not supported; the full rank is applied",
+                               subject=a.name)
                 )
         patcher = self.patcher(sd_model, components, family)
         self.restore(keep=patcher)
@@ -198,5 +199,6 @@ class Runtime:
 
 
 def library_entries(library: Any) -> Iterable[Any]:
+    """The library's entries, whether it exposes them as a list or a mapping."""
     entries = library.entries
     return entries.values() if isinstance(entries, Mapping) else entries

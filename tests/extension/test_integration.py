@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import os
 
 import pytest
 import torch
@@ -148,3 +149,22 @@ def test_builtin_add_network_to_prompt_option_is_honoured(webui: Webui) -> None:
     assert torch.allclose(webui.weight(Q), base + expected_delta(webui.files["style"], Q), atol=1e-6)
     assert result.p.all_prompts == ["a cat<lora:style:1.0>"]
     assert "style" in result.extra_generation_params["Lora hashes"]
+
+
+def test_broken_file_is_reported_and_the_others_still_apply(webui: Webui) -> None:
+    started(webui)
+    broken = webui.lora_dir / "broken.safetensors"
+    broken.write_bytes(len(b"{not json}").to_bytes(8, "little") + b"{not json}")
+    os.utime(broken, (1e9, 1e9))  # settled: not a file still being written
+    webui.state.runtime.refresh()
+    base = webui.weight(Q)
+    result = webui.generate("<lora:broken:1> <lora:style:1>")
+    assert "broken" in result.comments and "JSON" in result.comments, result.comments
+    assert torch.allclose(webui.weight(Q), base + expected_delta(webui.files["style"], Q), atol=1e-6)
+
+
+def test_unexpected_model_layout_is_reported_not_swallowed(webui: Webui) -> None:
+    started(webui)
+    del webui.sd_model.cond_stage_model  # e.g. a model type loraprompt does not know
+    result = webui.generate("<lora:style:1>")
+    assert "no LoRA applied" in result.comments
