@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import pytest
 from torch import nn
 
 from loraprompt.keymaps import KeyMap, build_keymap, keymap_for_module
 from loraprompt.keymaps import unet as unet_names
+from tests.fixtures.loras import ToolLoraCache
 from tests.fixtures.models import (
     SD2_TEXT_WIDTH,
     SDXL_TEXT_WIDTHS,
@@ -65,3 +67,9 @@ def _prefixed_keymap(component: str, module: nn.Module, prefix: str) -> KeyMap:
     names = [prefix + n if n else n for n, _ in module.named_modules()]
     shapes: Mapping[str, Sequence[int]] = {prefix + n: tuple(p.shape) for n, p in module.named_parameters()}
     return build_keymap(component, names, shapes)
+
+
+@pytest.fixture(scope="session")
+def tool_loras(tmp_path_factory: pytest.TempPathFactory) -> ToolLoraCache:
+    """Tool-written adapter files, each written once per session."""
+    return ToolLoraCache(tmp_path_factory.mktemp("tool-loras"))

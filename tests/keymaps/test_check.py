@@ -10,24 +10,24 @@ from safetensors.torch import save_file
 
 from loraprompt.adapters import read_adapter
 from loraprompt.keymaps import check_family
-from tests.fixtures.loras import write_diffusers_lora, write_kohya_lora
+from tests.fixtures.loras import ToolLoraCache
 from tests.keymaps.conftest import a1111_keymaps, diffusers_keymaps
 
 
 @pytest.mark.parametrize(("lora_family", "model_family"), [("sdxl", "sd1"), ("sd1", "sdxl"), ("sd2", "sd1"), ("sd1", "sd2")])
-def test_wrong_family_is_one_error_naming_both(tmp_path: Path, lora_family: str, model_family: str) -> None:
-    adapter = read_adapter(write_kohya_lora(lora_family, tmp_path / "x.safetensors").path)
+def test_wrong_family_is_one_error_naming_both(tool_loras: ToolLoraCache, lora_family: str, model_family: str) -> None:
+    adapter = read_adapter(tool_loras.get("kohya", lora_family).path)
     names = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
     for maps in (diffusers_keymaps(model_family), a1111_keymaps(model_family)):
         (diag,) = check_family(adapter, maps)
         assert diag.severity == "error" and diag.code == "lora-family-mismatch"
         assert f"this LoRA is for {names[lora_family]}, the loaded model is {names[model_family]}" in diag.message
-        assert diag.subject == "x"
+        assert diag.subject == adapter.name
 
 
 @pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
-def test_right_family_is_silent(tmp_path: Path, family: str) -> None:
-    adapter = read_adapter(write_diffusers_lora(family, tmp_path / "ok.safetensors").path)
+def test_right_family_is_silent(tool_loras: ToolLoraCache, family: str) -> None:
+    adapter = read_adapter(tool_loras.get("diffusers", family).path)
     assert check_family(adapter, diffusers_keymaps(family)) == []
     assert check_family(adapter, a1111_keymaps(family)) == []
 

@@ -12,7 +12,7 @@ from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, con
 from loraprompt.adapters import read_adapter
 from loraprompt.keymaps import KeyMap, build_keymap, keymap_for_module, map_adapter
 from loraprompt.keymaps import unet as unet_names
-from tests.fixtures.loras import write_diffusers_lora, write_kohya_lora
+from tests.fixtures.loras import ToolLoraCache
 from tests.fixtures.models import SD2_TEXT_WIDTH, tiny_openclip_text, tiny_sd1
 from tests.keymaps.conftest import FAMILY_MODELS, a1111_keymaps, diffusers_keymaps
 
@@ -83,9 +83,9 @@ def test_golden_keymaps(family: str, naming: str) -> None:
 
 @pytest.mark.parametrize("naming", ["diffusers", "a1111"])
 @pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
-@pytest.mark.parametrize("writer", [write_diffusers_lora, write_kohya_lora], ids=["diffusers", "kohya"])
-def test_every_fixture_key_maps_one_to_one_onto_existing_weights(tmp_path: Path, family: str, naming: str, writer) -> None:  # type: ignore[no-untyped-def]
-    adapter = read_adapter(writer(family, tmp_path / "f.safetensors").path)
+@pytest.mark.parametrize("writer", ["diffusers", "kohya"])
+def test_every_fixture_key_maps_one_to_one_onto_existing_weights(tool_loras: ToolLoraCache, family: str, naming: str, writer: str) -> None:
+    adapter = read_adapter(tool_loras.get(writer, family).path)
     maps = diffusers_keymaps(family) if naming == "diffusers" else a1111_keymaps(family)
     result = map_adapter(adapter, maps)
     assert result.unmapped == ()
