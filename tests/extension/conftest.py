@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,7 +160,9 @@ def webui(tmp_path: Path) -> Iterator[Webui]:
     shared.cmd_opts.lora_dir = str(lora_dir)
     shared.sd_model = TinySD1()
     try:
-        yield Webui(tmp_path, lora_dir, shared.sd_model)
+        with warnings.catch_warnings():  # the popups gradio logs outside a UI request
+            warnings.filterwarnings("ignore", message="loraprompt: ", category=UserWarning)
+            yield Webui(tmp_path, lora_dir, shared.sd_model)
     finally:
         sys.path[:] = saved_path
         _purge()
