@@ -73,6 +73,19 @@ def paste_values(text: str, library: Any) -> tuple[Any, ...]:
     )
 
 
+def png_infotext(path: str | None) -> str:
+    """The `parameters` text chunk of an uploaded PNG (empty when it has none)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path:
+        return ""
+    try:
+        with Image.open(path) as image:
+            return str(getattr(image, "text", {}).get("parameters", ""))
+    except (OSError, UnidentifiedImageError):
+        return ""
+
+
 def _gallery(library: Any, prompt: Any, negative: Any, loaded_family: str, thumb_dir: Path | None) -> Any:
     """The LoRA gallery tab (loraprompt.ui.gallery); card clicks write into the txt2img prompt."""
     import gradio as gr
@@ -113,6 +126,8 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None) -> tuple[Any, Any]
                         seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="lp-seed")
                         with gr.Accordion("Paste generation parameters", open=False):
                             pasted = gr.Textbox(label="Infotext", lines=4, elem_id="lp-paste-text")
+                            png = gr.File(label="…or drop a PNG made by loraprompt or Automatic1111",
+                                          file_types=[".png"], type="filepath", elem_id="lp-paste-png")
                             paste = gr.Button("Apply to the fields", elem_id="lp-paste")
                     with gr.Column():
                         image = gr.Image(label="Result", type="filepath", format="png", interactive=False,
@@ -137,6 +152,7 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None) -> tuple[Any, Any]
                        [image, infotext, saved, diagnostics], concurrency_limit=1)
         prompt.submit(run, [prompt, negative, sampler, steps, width, height, cfg, seed],
                       [image, infotext, saved, diagnostics], concurrency_limit=1)
+        png.upload(png_infotext, [png], [pasted])
         paste.click(lambda t: paste_values(t, engine.library), [pasted],
                     [prompt, negative, sampler, steps, width, height, cfg, seed])
     return app, gallery

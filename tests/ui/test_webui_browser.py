@@ -110,6 +110,12 @@ def test_generate_with_demo_lora_names_it_in_infotext(ui_page: Any, webui: WebUI
     assert parse_lora_hashes(fields["Lora hashes"]) == {"demo_warm": expected_hash}
 
     saved = Path(page.locator("#lp-saved textarea").input_value())
+    # Dropping the saved PNG back in reads its infotext, as A1111's PNG Info does.
+    page.get_by_text("Paste generation parameters").click()
+    page.locator("#lp-paste-png input[type=file]").set_input_files(str(saved))
+    page.wait_for_function("() => document.querySelector('#lp-paste-text textarea').value.includes('Lora hashes')",
+                           timeout=30_000)
+    assert page.locator("#lp-paste-text textarea").input_value() == infotext
     assert saved.parent.parent.parent == webui.data_dir / "outputs"
     with Image.open(saved) as png:
         assert png.text["parameters"] == infotext

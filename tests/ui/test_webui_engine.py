@@ -19,7 +19,7 @@ from loraprompt.library.hashes import file_hashes
 from loraprompt.models import load_demo
 from loraprompt.models.samplers import SAMPLER_LABELS, sampler_by_label
 from loraprompt.ui.txt2img import Txt2Img, Txt2ImgRequest, save_png
-from loraprompt.ui.webui import build_app, format_diagnostics, paste_values
+from loraprompt.ui.webui import build_app, format_diagnostics, paste_values, png_infotext
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -60,6 +60,7 @@ def test_png_carries_a1111_infotext_with_lora_hashes(engine: Txt2Img) -> None:
     with Image.open(result.path) as png:
         text = png.text["parameters"]
     assert text == result.infotext
+    assert png_infotext(str(result.path)) == text
     fields = parse_infotext(text)
     assert fields["Prompt"] == "sunset <lora:demo_warm:0.5>, <lora:demo_neon:1>"
     assert fields["Negative prompt"] == "blurry"
@@ -82,6 +83,14 @@ def test_random_seed_is_recorded(engine: Txt2Img) -> None:
     result = engine.generate(_request("a fish", seed=-1, steps=1))
     assert 0 <= result.seed < 2**32
     assert parse_infotext(result.infotext)["Seed"] == str(result.seed)
+
+
+def test_png_infotext_of_other_files_is_empty(tmp_path: Path) -> None:
+    Image.new("RGB", (4, 4)).save(tmp_path / "plain.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    assert png_infotext(str(tmp_path / "plain.png")) == ""
+    assert png_infotext(str(tmp_path / "broken.png")) == ""
+    assert png_infotext(None) == ""
 
 
 def test_save_png_numbers_files_like_a1111(tmp_path: Path) -> None:
