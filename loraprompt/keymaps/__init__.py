@@ -41,7 +41,8 @@ class Target:
     """A weight of the loaded model: `module` is a dotted name from named_modules(), `param` the
     parameter to patch ("weight" unless the model fuses it, e.g. OpenCLIP's "in_proj_weight"),
     `rows` a (start, stop) slice of that parameter's first dimension when several adapter modules
-    share one fused parameter (q/k/v in in_proj_weight), else None."""
+    share one fused parameter (q/k/v in in_proj_weight), else None. A rows target's bias is the
+    same slice of the fused bias (`in_proj_bias[start:stop]`)."""
 
     module: str
     param: str = "weight"
