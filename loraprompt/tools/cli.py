@@ -36,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         parser.add_argument("loras", nargs="+", help="LoRA specs PATH[:STRENGTH[:UNET]]")
         parser.add_argument("--checkpoint", type=Path, help="single-file .safetensors or diffusers folder")
         parser.add_argument("--no-family-check", action="store_true", help="merge even if families differ")
+        parser.add_argument("--layout", choices=("single-file", "diffusers"),
+                            help="output layout (default: the checkpoint's; a single file can become a diffusers folder)")
     elif name == "resize":
         parser.add_argument("input", type=Path, help="LoRA file")
     elif name == "extract":
@@ -102,10 +104,12 @@ def _run(args: argparse.Namespace) -> Any:
         if args.rank is not None or args.energy is not None or args.format:
             raise ToolError("--rank/--energy/--format apply to LoRA merges, not to merges into a checkpoint")
         return merge_checkpoint(args.checkpoint, [LoraSpec(*s) for s in specs], args.output, dtype=args.dtype,
-                                family="" if args.no_family_check else None, force=args.force,
-                                progress=progress)
+                                layout=args.layout, family="" if args.no_family_check else None,
+                                force=args.force, progress=progress)
     from loraprompt.tools.lora_merge import merge_loras
 
+    if args.layout or args.no_family_check:
+        raise ToolError("--layout/--no-family-check apply to merges into a checkpoint (--checkpoint)")
     if any(te != unet for _, te, unet in specs):
         raise ToolError("a LoRA merge takes one weight per LoRA (PATH:WEIGHT)")
     return merge_loras([p for p, _, _ in specs], [te for _, te, _ in specs], args.output, target=_target(args),
