@@ -1,0 +1,85 @@
+"""The extension's page-side pieces in a real Chromium: A1111's start-up order builds the LoRA tab
+and mounts its routes on a real FastAPI app; javascript/loraprompt.js (loaded as A1111 loads an
+extension's scripts, run on onUiLoaded) brings in the gallery, and a card click writes the tag into
+the textarea inside A1111's `#txt2img_prompt`."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import ROOT, Webui
+from .test_generation import started
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+SCRIPT_URL = "/file=extensions/loraprompt/javascript/loraprompt.js"
+# What A1111's page provides: onUiLoaded (script.js) and the prompt box by elem_id.
+PAGE = """<!doctype html><html><head><meta charset="utf-8">
+<script>var lpCallbacks = []; function onUiLoaded(cb) { lpCallbacks.push(cb); }
+document.addEventListener("DOMContentLoaded", function () { lpCallbacks.forEach(function (cb) { cb(); }); });</script>
+<script src="SCRIPT"></script></head>
+<body><div id="txt2img_prompt"><label><textarea>a cat</textarea></label></div>
+<div id="txt2img_neg_prompt"><label><textarea></textarea></label></div>GALLERY</body></html>"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def served(webui: Webui) -> Iterator[str]:
+    fastapi = pytest.importorskip("fastapi")
+    uvicorn = pytest.importorskip("uvicorn")
+    started(webui)
+    callbacks = importlib.import_module("modules.script_callbacks")
+    [(blocks, _, _)] = callbacks.ui_tabs_callback()
+    app = fastapi.FastAPI()
+    callbacks.app_started_callback(blocks, app)
+    gallery_html = webui.state.gallery.html.value
+    page = PAGE.replace("SCRIPT", SCRIPT_URL).replace("GALLERY", gallery_html)
+    app.get("/")(lambda: fastapi.responses.HTMLResponse(page))
+    app.get(SCRIPT_URL)(lambda: fastapi.responses.FileResponse(ROOT / "javascript" / "loraprompt.js"))
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.mark.browser
+def test_card_click_writes_the_tag_into_a1111s_prompt_box(served: str) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium to run the browser tests")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with urllib.request.urlopen(served + "/sdapi/v1/loras") as response:
+        assert sorted(x["name"] for x in json.load(response)) == ["detail", "style"]
+    with sync_api.sync_playwright() as p:
+        browser: Any = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(served)
+            card = page.locator(".lp-card", has_text="style").first
+            card.wait_for(timeout=30_000)
+            card.click()
+            page.wait_for_function("document.querySelector('#txt2img_prompt textarea').value.includes('<lora:style:')")
+            assert page.locator("#txt2img_prompt textarea").input_value().startswith("a cat")
+        finally:
+            browser.close()
