@@ -1,4 +1,5 @@
-"""Bounded caches: read adapters keyed by file identity, and the patcher's float32 deltas."""
+"""Bounded caches: read adapters keyed by file identity, and the patcher's float32 deltas and
+low-rank factors."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from loraprompt.adapters.types import Adapter
+    from loraprompt.adapters.types import Adapter, AdapterModule
 
 MB = 1024 * 1024
 
@@ -130,3 +131,27 @@ class DeltaCache:
         """Drop every entry."""
         self._entries.clear()
         self._bytes = 0
+
+
+def lowrank_factors(module: AdapterModule, target: Tensor) -> tuple[Tensor, Tensor, Tensor | None] | None:
+    """(scale·up, down, Δbias) in float32 on `target`'s device when `module` is the reader's plain
+    LoRA (ΔW = scale·up @ down: written with one addmm, no full-size delta), else None; ValueError
+    (naming the shapes) when the factors do not fit `target`."""
+    import torch
+
+    from loraprompt.adapters.types import AdapterModule
+
+    if module.algorithm != "lora" or type(module).delta is not AdapterModule.delta:
+        return None  # only the reader's LoRA, whose delta is the shared scale·unit_delta
+    if module.dora_scale is not None or "mid" in module.tensors or not {"up", "down"} <= module.tensors.keys():
+        return None
+    up, down = module.tensors["up"], module.tensors["down"]
+    dyn = getattr(module, "dyn", None)
+    if dyn is not None:
+        up, down = up[:, :dyn], down[:dyn]
+    up = up.reshape(up.shape[0], -1).to(target.device, torch.float32) * module.scale
+    down = down.reshape(down.shape[0], -1).to(target.device, torch.float32)
+    if up.shape[0] != target.shape[0] or up.shape[1] != down.shape[0] or down[0].numel() != target[0].numel():
+        raise ValueError(f"up {tuple(up.shape)} @ down {tuple(down.shape)} does not fit {tuple(target.shape)}")
+    db = module.bias_delta()
+    return up, down, None if db is None else db.to(target.device, torch.float32)

@@ -12,13 +12,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from loraprompt.adapters.types import AdapterModule
-from loraprompt.cache import DeltaCache
+from loraprompt.cache import DeltaCache, lowrank_factors
 from loraprompt.errors import PatchError
 from loraprompt.keymaps import keymap_for_module
 from loraprompt.keymaps.check import model_family
@@ -27,6 +25,7 @@ from loraprompt.plan import (
     Plan,
     PlanEntry,
     Resolution,
+    SyncReport,
     as_entry,
     build_plan,
     resolve_adapter,
@@ -35,7 +34,7 @@ from loraprompt.plan import (
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
-    from loraprompt.diagnostics import Diagnostic
+    from loraprompt.adapters.types import AdapterModule
     from loraprompt.keymaps import KeyMap
 
 # (float32 ΔW, or `up` when the next item is `down`; down or None; rows of a fused parameter or None;
@@ -43,24 +42,16 @@ if TYPE_CHECKING:
 Part = tuple["Tensor", "Tensor | None", "tuple[int, int] | None", float]
 
 
-@dataclass
-class SyncReport:
-    """What one sync did: diagnostics (one line per adapter), how many weights it wrote, how many
-    are patched now, and the adapters it skipped (on_error="skip")."""
-
-    diagnostics: list[Diagnostic] = field(default_factory=list)
-    written: int = 0
-    patched: int = 0
-    skipped: list[str] = field(default_factory=list)
-
-
 class Patcher:
     """Applies adapters to `components` ("unet", "text_encoder", "text_encoder_2" -> nn.Module).
 
     `family` is "sd1", "sd2" or "sdxl" (detected from the modules when None; "" disables the
-    check). `delta_cache_mb` bounds the cached float32 deltas that make a strength change or a
-    switch back to a recent adapter a single scaled add. `on_error` is "raise" (default: a bad
+    check). `delta_cache_mb` bounds the cached float32 deltas of algorithms other than plain
+    LoRA (those are written straight from their factors). `on_error` is "raise" (default: a bad
     adapter refuses the whole sync, the model untouched) or "skip" (drop that adapter, report it).
+    `keep_backups` keeps the backup of a weight after restoring it (memory: the touched weights,
+    once), so the next apply is a single write; a weight changed in place behind the patcher's back
+    (its tensor version moved) has its backup dropped and becomes the new base.
     """
 
     def __init__(
@@ -70,11 +61,13 @@ class Patcher:
         family: str | None = None,
         delta_cache_mb: float = 1024.0,
         on_error: str = "raise",
+        keep_backups: bool = True,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
         self.lock = threading.RLock()
         self.on_error = on_error
+        self.keep_backups = keep_backups
         self._deltas = DeltaCache(delta_cache_mb)
         self._family_override = family
         self._setup(components)
@@ -87,6 +80,7 @@ class Patcher:
         self.family = detected if self._family_override is None else (self._family_override or None)
         self._params: dict[Key, tuple[Tensor, Tensor | None]] = {}
         self._backups: dict[Key, tuple[Tensor, Tensor | None]] = {}
+        self._versions: dict[Key, tuple[int, int]] = {}
         self._applied: Plan = {}
         self._resolved: dict[int, Resolution] = {}
         self._failed: dict[int, tuple[Any, PatchError]] = {}
@@ -102,9 +96,15 @@ class Patcher:
         """Bytes held by backups (exactly the touched weights)."""
         return sum(t.numel() * t.element_size() for pair in self._backups.values() for t in pair if t is not None)
 
-    def restore(self) -> SyncReport:
-        """Copy every backup back: the model is bit-identical to before the first sync."""
-        return self.sync([])
+    def restore(self, *, release: bool = False) -> SyncReport:
+        """Copy every backup back: the model is bit-identical to before the first sync;
+        `release` also frees the backups."""
+        with self.lock:
+            report = self.sync([])
+            if release:
+                self._backups.clear()
+                self._versions.clear()
+            return report
 
     def forget(self, components: Mapping[str, nn.Module | None] | None = None) -> None:
         """Drop every backup, cache and mapping without writing (the model was replaced); use
@@ -116,9 +116,8 @@ class Patcher:
     def activated(self, entries: Iterable[Any], *, restore: bool = True) -> Iterator[SyncReport]:
         """Hold the lock, sync `entries`, yield the report, restore on exit (unless restore=False)."""
         with self.lock:
-            report = self.sync(entries)
             try:
-                yield report
+                yield self.sync(entries)
             finally:
                 if restore:
                     self.restore()
@@ -134,6 +133,7 @@ class Patcher:
         skip = (on_error or self.on_error) == "skip"
         with self.lock, torch.no_grad():
             report = SyncReport()
+            self._check_versions(report)
             items = [as_entry(e) for e in entries]
             while True:
                 plan = self._plan(items, step, total_steps, report, skip)
@@ -187,6 +187,7 @@ class Patcher:
         resolution = resolve_adapter(adapter, keymaps, self.family, entry.label)
         if len(self._resolved) >= 64:
             self._resolved.clear()
+            self._failed.clear()
         self._resolved[id(adapter)] = resolution
         return resolution
 
@@ -201,11 +202,8 @@ class Patcher:
 
     def _owner(self, exc: PatchError, items: list[PlanEntry]) -> PlanEntry | None:
         module = getattr(exc, "module", None)
-        for entry in items:
-            if module is not None and module.lora_key in entry.adapter.modules:
-                if entry.adapter.modules[module.lora_key] is module:
-                    return entry
-        return None
+        key = getattr(module, "lora_key", None)
+        return next((e for e in items if key is not None and e.adapter.modules.get(key) is module), None)
 
     def _param(self, key: Key) -> tuple[Tensor, Tensor | None]:
         found = self._params.get(key)
@@ -259,30 +257,19 @@ class Patcher:
     def _factors(
         self, module: AdapterModule, key: Key, target: Tensor
     ) -> tuple[Tensor, Tensor, Tensor | None] | None:
-        """(scale·up, down, Δbias) in float32 on the weight's device for a plain low-rank LoRA
-        (ΔW = up @ down, written with one addmm, no full-size delta); None for other algorithms."""
-        if module.algorithm != "lora" or type(module).delta is not AdapterModule.delta:
-            return None  # only the reader's LoRA, whose delta is the shared scale·unit_delta
-        if module.dora_scale is not None or not target.is_contiguous():
+        """Cached float32 (scale·up, down, Δbias) of a plain LoRA module; None for others."""
+        if not target.is_contiguous():
             return None
-        if "up" not in module.tensors or "down" not in module.tensors or "mid" in module.tensors:
-            return None
-        cache_key = (module, "factors")
-        hit = self._deltas.get(cache_key)
+        hit = self._deltas.get((module, "factors"))
         if hit is None:
-            up, down = module.tensors["up"], module.tensors["down"]
-            dyn = getattr(module, "dyn", None)
-            if dyn is not None:
-                up, down = up[:, :dyn], down[:dyn]
-            up = up.reshape(up.shape[0], -1).to(target.device, torch.float32) * module.scale
-            down = down.reshape(down.shape[0], -1).to(target.device, torch.float32)
-            if up.shape[0] != target.shape[0] or up.shape[1] != down.shape[0] or down[0].numel() != target[0].numel():
-                raise _module_error(
-                    module, key, f"up {tuple(up.shape)} @ down {tuple(down.shape)} does not fit {tuple(target.shape)}"
-                )
-            db = module.bias_delta()
-            hit = (up, down, None if db is None else db.to(target.device, torch.float32))
-            self._deltas.put(cache_key, *hit)
+            try:
+                found = lowrank_factors(module, target)
+            except ValueError as exc:
+                raise _module_error(module, key, str(exc)) from exc
+            if found is None:
+                return None
+            hit = found
+            self._deltas.put((module, "factors"), *hit)
         assert hit[0] is not None and hit[1] is not None
         return hit[0], hit[1], hit[2]
 
@@ -327,9 +314,25 @@ class Patcher:
         except BaseException:
             self._rollback(written, before)
             raise
-        for key in changed:
-            if key not in plan:
-                del self._backups[key]
+        if not self.keep_backups:
+            for key in changed:
+                if key not in plan:
+                    del self._backups[key]
+                    del self._versions[key]
+
+    def _check_versions(self, report: SyncReport) -> None:
+        """Drop the backups of weights written by someone else since our last write."""
+        stale = [key for key in self._backups if _versions(*self._params[key]) != self._versions.get(key)]
+        for key in stale:
+            del self._backups[key]
+            self._versions.pop(key, None)
+            self._applied.pop(key, None)
+        if stale:
+            from loraprompt.diagnostics import Diagnostic
+
+            report.diagnostics.append(Diagnostic("lora-model-changed", severity="info", message=(
+                f"{len(stale)} weights were changed outside the patcher (e.g. {'.'.join(stale[0])}); "
+                "their backups were dropped and their current values are the new base")))
 
     def _write(self, key: Key, parts: tuple[list[Part], list[Part]] | None) -> None:
         """Write base + parts into one weight (and its bias); base alone when parts is None."""
@@ -343,6 +346,7 @@ class Patcher:
         _combine(weight, backup[0], w_parts)
         if backup[1] is not None and bias is not None:
             _combine(bias, backup[1], b_parts)
+        self._versions[key] = _versions(weight, bias)
 
     def _rollback(self, keys: list[Key], before: Plan) -> None:
         """Put `keys` back to their state in `before`; to base everywhere if that fails too."""
@@ -354,13 +358,18 @@ class Patcher:
                     self._applied[key] = old
                 else:
                     self._applied.pop(key, None)
-                    self._backups.pop(key, None)
         except BaseException:
             for key in list(self._backups):
                 self._write(key, None)
             self._backups.clear()
+            self._versions.clear()
             self._applied.clear()
             raise
+
+
+def _versions(weight: Tensor, bias: Tensor | None) -> tuple[int, int]:
+    """The tensors' in-place write counters."""
+    return weight._version, -1 if bias is None else bias._version
 
 
 def _module_error(module: AdapterModule, key: Key, reason: str) -> PatchError:
@@ -373,18 +382,14 @@ def _combine(dst: Tensor, base: Tensor, parts: list[Part]) -> None:
     """dst = cast(base + Σ scale·Δ), summed in float32 and written once; a low-rank part is one
     addmm, fused with the copy from the backup when it covers the whole float32 weight."""
     acc = dst if dst.dtype == torch.float32 else base.float()
-    rest = parts
-    if acc is dst:
-        first = parts[0] if parts else None
-        if first is not None and first[2] is None and first[1] is None:
-            torch.add(base, first[0], alpha=first[3], out=dst)
-            rest = parts[1:]
-        elif first is not None and first[2] is None and first[1] is not None:
-            torch.addmm(base.view(base.shape[0], -1), first[0], first[1], alpha=first[3], out=dst.view(dst.shape[0], -1))
-            rest = parts[1:]
-        else:
-            dst.copy_(base)
-    for delta, down, rows, scale in rest:
+    first = parts[0] if parts and acc is dst and parts[0][2] is None else None
+    if first is not None and first[1] is None:
+        torch.add(base, first[0], alpha=first[3], out=dst)
+    elif first is not None and first[1] is not None:
+        torch.addmm(base.view(base.shape[0], -1), first[0], first[1], alpha=first[3], out=dst.view(dst.shape[0], -1))
+    elif acc is dst:
+        dst.copy_(base)
+    for delta, down, rows, scale in parts[1:] if first is not None else parts:
         view = acc if rows is None else acc[rows[0] : rows[1]]
         if down is None:
             view.add_(delta.view(view.shape), alpha=scale)

@@ -111,6 +111,17 @@ def unet_block(module_name: str) -> str | None:
     return None
 
 
+@dataclass
+class SyncReport:
+    """What one sync did: diagnostics (one line per adapter), how many weights it wrote, how many
+    are patched now, and the adapters it skipped (on_error="skip")."""
+
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    written: int = 0
+    patched: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
 @dataclass(eq=False)
 class Resolution:
     """An adapter mapped onto the loaded model: (module, key, rows, block) per mapped module."""

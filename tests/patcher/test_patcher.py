@@ -48,7 +48,30 @@ def test_sync_matches_reference_and_restore_is_bit_exact(model, dtype) -> None:
     assert_close(model, reference(model, original, [(b, 0.2, 2.0)]), dtype)
     patcher.restore()
     assert_bit_equal(model, original)
+    assert patcher.backup_nbytes > 0
+    assert patcher.sync([(b, 0.2, 2.0)]).written == len(patcher.applied)
+    assert_close(model, reference(model, original, [(b, 0.2, 2.0)]), dtype)
+    patcher.restore(release=True)
+    assert_bit_equal(model, original)
     assert patcher.backup_nbytes == 0
+
+
+@pytest.mark.parametrize("applied", [True, False])
+def test_weights_loaded_in_place_become_the_new_base(model, applied) -> None:
+    a = make_adapter(model, 1)
+    patcher = Patcher(model)
+    patcher.sync([(a, 1.0, 1.0)])
+    if not applied:
+        patcher.restore()
+    other = tiny_sd1(seed=5)
+    for name, component in model.items():
+        component.load_state_dict(other[name].state_dict())
+    reloaded = snapshot(model)
+    report = patcher.sync([(a, 0.5, 0.5)])
+    assert [d.code for d in report.diagnostics] == ["lora-model-changed"]
+    assert_close(model, reference(model, reloaded, [(a, 0.5, 0.5)]), torch.float32)
+    patcher.restore()
+    assert_bit_equal(model, reloaded)
 
 
 def test_unchanged_entries_write_nothing_and_a_te_change_writes_only_the_te(model) -> None:

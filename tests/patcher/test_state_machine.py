@@ -76,12 +76,13 @@ class PatcherMachine(RuleBasedStateMachine):
     def same_plan_writes_nothing(self) -> None:
         assert self.patcher.sync(self.plan).written == 0
 
-    @rule()
-    def restore(self) -> None:
-        self.patcher.restore()
+    @rule(release=st.booleans())
+    def restore(self, release: bool) -> None:
+        self.patcher.restore(release=release)
         self.plan = []
         assert_bit_equal(self.model, self.original)
-        assert self.patcher.backup_nbytes == 0
+        if release:
+            assert self.patcher.backup_nbytes == 0
 
     @rule(plan=PLAN, at=st.integers(1, 80))
     def failing_sync(self, plan: list[tuple[int, float, float]], at: int) -> None:
