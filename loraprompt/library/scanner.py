@@ -38,7 +38,7 @@ class Folder:
 
     def companions(self, filename: str) -> dict[str, str]:
         """A `make_listing` of the other names that start with `<stem>.` (sidecars, previews)."""
-        prefix = os.path.splitext(filename)[0] + "."
+        prefix = filename[: filename.rfind(".") + 1]  # model names always have an extension
         i = bisect.bisect_left(self.names, prefix)
         found = []
         while i < len(self.names) and self.names[i].startswith(prefix):
@@ -88,7 +88,7 @@ def walk(root: str, dir_mtimes: dict[str, int]) -> list[Folder]:
             elif os.path.splitext(item.name)[1].lower() in MODEL_EXTS:
                 models.append(item.name)
         names = sorted(item.name for item in items)
-        out.append(Folder(path, rel, names, sorted(models, key=natural_key), hidden))
+        out.append(Folder(path, rel, names, models, hidden))  # scan_root sorts the entries
         for name in sorted(subdirs, key=natural_key, reverse=True):
             stack.append((os.path.join(path, name), f"{rel}/{name}" if rel else name, hidden or name.startswith(".")))
     return out
@@ -125,14 +125,14 @@ def make_entry(
     root: str, folder: Folder, filename: str, *, record: dict[str, Any], sidecars: dict[str, Any], previews: tuple[str, ...],
 ) -> Entry:
     """An Entry from a header record, the sidecar values and the preview names found."""
-    stem = os.path.splitext(filename)[0]
+    stem = filename[: filename.rfind(".")]
     description = sidecars.get("description") or sidecars.get("description2") or ""
     imports: dict[str, Any] = {k: sidecars[k] for k in ("civitai", "lora_manager") if k in sidecars}
     notes = (record["family_conflict"],) if record.get("family_conflict") else ()
     return Entry(
         name=stem,
         alias=record.get("output_name") or stem if record.get("kind") == "safetensors" else stem,
-        path=os.path.join(folder.path, filename),
+        path=folder.path + os.sep + filename,
         root=root,
         relpath=f"{folder.rel}/{filename}" if folder.rel else filename,
         folder=folder.rel,
@@ -142,7 +142,7 @@ def make_entry(
         detected_family=record.get("family"),
         family_source=record.get("family_source"),
         summary_json=record.get("summary") or "",
-        previews=tuple(os.path.join(folder.path, n) for n in previews),
+        previews=tuple(folder.path + os.sep + n for n in previews),
         user=sidecars.get("user") or {},
         imports=imports,
         description=description,
@@ -186,7 +186,7 @@ def scan_file(
     previous: Mapping[str, tuple[Any, Entry]], result: ScanResult,
 ) -> Entry | None:
     """The entry of one model file (None while it is still being written), noted in `result`."""
-    path = os.path.join(folder.path, filename)
+    path = folder.path + os.sep + filename
     try:
         st = os.stat(path)
     except OSError:
@@ -196,7 +196,7 @@ def scan_file(
     if record is None:
         result.pending.append(path)
         return None
-    stem = os.path.splitext(filename)[0]
+    stem = filename[: filename.rfind(".")]
     listing = folder.companions(filename)
     sidecars, stamps, sidecars_read = read_sidecars(folder, listing, stem, cache)
     previews = tuple(find_names(preview_names(stem), listing)) if listing else ()
