@@ -104,6 +104,7 @@ class Library:
             offline: list[str] = []
             read = 0
             fingerprints: dict[str, Any] = {}
+            seen: set[str] = set()
             for root in self.roots:
                 if not root.is_dir():
                     offline.append(str(root))
@@ -112,6 +113,7 @@ class Library:
                     continue
                 result = scan_root(str(root), self._cache, self.settle_s, self._fingerprints)
                 fingerprints.update(result.fingerprints)
+                seen |= result.sidecars_seen
                 entries += result.entries
                 dir_mtimes.update(result.dir_mtimes)
                 pending += result.pending
@@ -121,9 +123,9 @@ class Library:
             self._checked_at = time.monotonic()
             self._scanned_ns = scan_started
             gone = {p for p in old if p not in self._by_path}
-            sidecar_paths = self._cache.paths() - self._by_path.keys()
-            live = [r for r in self.roots if str(r) not in self._offline]
-            self._cache.drop({p for p in sidecar_paths if any(Path(p).is_relative_to(r) for r in live) and not os.path.exists(p)})
+            unseen = self._cache.paths() - self._by_path.keys() - seen
+            live = tuple(os.path.join(str(r), "") for r in self.roots if str(r) not in self._offline)
+            self._cache.drop({p for p in unseen if p.startswith(live)})  # gone from a reachable root
             self._cache.save()
             changed = tuple(p for p, e in self._by_path.items() if p in old and (old[p].size, old[p].mtime_ns) != (e.size, e.mtime_ns))
             self.last_report = RefreshReport(

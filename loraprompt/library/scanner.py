@@ -57,6 +57,7 @@ class ScanResult:
     pending: list[str] = field(default_factory=list)  # files still being written
     read: int = 0  # model headers read (cache misses)
     fingerprints: dict[str, tuple[Any, Entry]] = field(default_factory=dict)
+    sidecars_seen: set[str] = field(default_factory=set)  # sidecar files found (their cache records stay)
 
 
 def walk(root: str, dir_mtimes: dict[str, int]) -> list[Folder]:
@@ -106,7 +107,7 @@ def read_sidecars(folder: Folder, listing: dict[str, str], stem: str, cache: Dis
         found = find_names([wanted], listing)
         if not found:
             continue
-        path = os.path.join(folder.path, found[0])
+        path = folder.path + os.sep + found[0]
         try:
             st = os.stat(path)
         except OSError:
@@ -199,6 +200,7 @@ def scan_file(
     stem = filename[: filename.rfind(".")]
     listing = folder.companions(filename)
     sidecars, stamps, sidecars_read = read_sidecars(folder, listing, stem, cache)
+    result.sidecars_seen.update(folder.path + os.sep + name for name, _, _ in stamps)
     previews = tuple(find_names(preview_names(stem), listing)) if listing else ()
     fingerprint = (st.st_size, st.st_mtime_ns, stamps, previews, folder.hidden)
     old = previous.get(path)

@@ -226,3 +226,18 @@ def test_truncated_between_scan_and_load_is_reported(lora_dir: Path, tmp_path: P
         f.truncate(p.stat().st_size - 100)
     entry = lib.resolve("t").entry
     assert entry is not None and entry.error is not None and "truncated" in entry.error
+
+
+def test_cache_forgets_removed_files_but_not_unplugged_ones(tmp_path: Path) -> None:
+    local, drive = tmp_path / "Lora", tmp_path / "drive" / "Lora"
+    a = write_lora(local / "a.safetensors")
+    (local / "a.json").write_text("{}")
+    write_lora(drive / "far.safetensors")
+    lib = Library([local, drive], cache_dir=tmp_path / "c")
+    cached = lambda: {Path(p).name for p in json.loads(next((tmp_path / "c").glob("*.json")).read_text())["files"]}  # noqa: E731
+    assert cached() == {"a.safetensors", "a.json", "far.safetensors"}
+    a.unlink()
+    (local / "a.json").unlink()
+    (tmp_path / "drive").rename(tmp_path / "away")
+    lib.refresh()
+    assert cached() == {"far.safetensors"}
