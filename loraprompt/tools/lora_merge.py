@@ -11,7 +11,7 @@ import torch
 from loraprompt.errors import ToolError
 from loraprompt.tools.io import Progress, check_output, describe_inputs, parse_dtype, recipe_metadata
 from loraprompt.tools.lora import LoraFactors, LoraSet, read_lora
-from loraprompt.tools.svd import RankTarget, factorise
+from loraprompt.tools.svd import RankTarget, factorise, factorise_product
 from loraprompt.tools.writer import write_lora
 
 
@@ -40,11 +40,16 @@ def _concat(key: str, parts: Sequence[tuple[LoraFactors, float]], dtype: torch.d
 
 def _svd(key: str, parts: Sequence[tuple[LoraFactors, float]], target: RankTarget,
          dtype: torch.dtype) -> tuple[LoraFactors, float]:
-    deltas = [m.delta() * w for m, w in parts]
-    if len({tuple(d.shape) for d in deltas}) != 1:
-        raise ToolError(f"{key}: inputs target different shapes {sorted({tuple(d.shape) for d in deltas})}")
-    fact = factorise(torch.stack(deltas).sum(0), target)
     first = parts[0][0]
+    if all(m.mid is None for m, _ in parts):
+        cat = _concat(key, parts, torch.float32)  # Σ w·ΔW = [w·s·up …] @ [down …]: SVD it without forming it
+        shape = (cat.up.shape[0], *cat.down.shape[1:])
+        fact = factorise_product(cat.up.reshape(shape[0], -1), cat.down.reshape(cat.rank, -1), target, shape)
+    else:
+        deltas = [m.delta() * w for m, w in parts]
+        if len({tuple(d.shape) for d in deltas}) != 1:
+            raise ToolError(f"{key}: inputs target different shapes {sorted({tuple(d.shape) for d in deltas})}")
+        fact = factorise(torch.stack(deltas).sum(0), target)
     return LoraFactors(first.component, first.path, fact.down.to(dtype), fact.up.to(dtype), None, None,
                        first.dotted), fact.kept
 

@@ -9,7 +9,7 @@ import torch
 
 from loraprompt.tools.io import Progress, check_output, describe_inputs, parse_dtype, recipe_metadata
 from loraprompt.tools.lora import LoraFactors, read_lora
-from loraprompt.tools.svd import RankTarget, factorise
+from loraprompt.tools.svd import RankTarget, factorise, factorise_product
 from loraprompt.tools.writer import write_lora
 
 
@@ -38,7 +38,11 @@ class ResizeReport:
 def resize_factors(module: LoraFactors, target: RankTarget, dtype: torch.dtype) -> tuple[LoraFactors, float]:
     """The module refactorised at the target rank, keeping its alpha/rank scale, and the kept norm."""
     scale = module.scale
-    fact = factorise(module.delta() / scale, target)
+    if module.mid is None:
+        shape = (module.up.shape[0], *module.down.shape[1:])
+        fact = factorise_product(module.up.reshape(shape[0], -1), module.down.reshape(module.rank, -1), target, shape)
+    else:
+        fact = factorise(module.delta() / scale, target)
     new_rank = int(fact.down.shape[0])
     alpha = None if module.alpha is None else scale * new_rank
     resized = LoraFactors(module.component, module.path, fact.down.to(dtype), fact.up.to(dtype), alpha,

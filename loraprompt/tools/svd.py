@@ -67,24 +67,41 @@ def _top_svd(matrix: Tensor, k: int, power_iterations: int = 4) -> tuple[Tensor,
     return q @ u, s, vh
 
 
+def _wide(shape: tuple[int, ...]) -> bool:
+    return len(shape) == 4 and shape[2:] != (1, 1)
+
+
+def _split(svd: tuple[Tensor, Tensor, Tensor], total: float, target: RankTarget, shape: tuple[int, ...]) -> Factorised:
+    """Keep the chosen rank of an SVD, split √S between up and down, reshape for convs."""
+    u, s, vh = svd
+    rank = target.pick(s, _wide(shape), max(u.shape[0], vh.shape[1]))
+    root = s[:rank].sqrt()
+    up = u[:, :rank] * root
+    down = root[:, None] * vh[:rank]
+    kept = 1.0 if total == 0.0 else min(1.0, float(s[:rank].double().pow(2).sum() / total) ** 0.5)
+    if len(shape) == 4:
+        up = up.reshape(shape[0], rank, 1, 1)
+        down = down.reshape(rank, *shape[1:])
+    return Factorised(up.contiguous(), down.contiguous(), kept)
+
+
 def factorise(delta: Tensor, target: RankTarget) -> Factorised:
     """Split a float32 delta (out, in[, kh, kw]) into up (out, r[, 1, 1]) and down (r, in[, kh, kw])."""
-    conv = delta.dim() == 4
-    matrix = delta.reshape(delta.shape[0], -1).float()
-    wide = conv and delta.shape[2:] != (1, 1)
-    wanted = (target.conv_rank if wide and target.conv_rank is not None else target.rank) or 0
+    shape = tuple(delta.shape)
+    matrix = delta.reshape(shape[0], -1).float()
+    wanted = (target.conv_rank if _wide(shape) and target.conv_rank is not None else target.rank) or 0
     sketch = wanted + 16
     if target.energy is None and 4 * sketch < min(matrix.shape):
         u, s, vh = _top_svd(matrix, sketch)
     else:
         u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
-    rank = target.pick(s, wide, max(matrix.shape))
-    root = s[:rank].sqrt()
-    up = u[:, :rank] * root
-    down = root[:, None] * vh[:rank]
-    total = float(matrix.double().pow(2).sum())
-    kept = 1.0 if total == 0.0 else min(1.0, float(s[:rank].double().pow(2).sum() / total) ** 0.5)
-    if conv:
-        up = up.reshape(delta.shape[0], rank, 1, 1)
-        down = down.reshape(rank, *delta.shape[1:])
-    return Factorised(up.contiguous(), down.contiguous(), kept)
+    return _split((u, s, vh), float(matrix.double().pow(2).sum()), target, shape)
+
+
+def factorise_product(up: Tensor, down: Tensor, target: RankTarget, shape: tuple[int, ...]) -> Factorised:
+    """The same for a delta given as up (out, r) @ down (r, n), never formed: QR of both thin
+    factors and an r x r SVD give its exact singular triplets."""
+    qu, ru = torch.linalg.qr(up.float())
+    qd, rd = torch.linalg.qr(down.float().T)
+    u, s, vh = torch.linalg.svd(ru @ rd.T)
+    return _split((qu @ u, s, vh @ qd.T), float(s.double().pow(2).sum()), target, shape)
