@@ -114,8 +114,8 @@ def format_infotext(info: GenerationInfo) -> str:
 
 
 def parse_infotext(text: str) -> dict[str, str]:
-    """Parse infotext into A1111's field dict: `Prompt`, `Negative prompt`, each `Key` (unquoted),
-    and `Size-1`/`Size-2` for `WxH` values. Defaults A1111 fills in are not invented here."""
+    """Infotext -> A1111's field dict (`Prompt`, `Negative prompt`, unquoted keys, `Size-1`/`Size-2`)."""
+    # Unlike A1111 this invents no defaults for missing fields; the caller decides.
     *lines, last = text.strip().split("\n")
     if len(_PAIR.findall(last)) < 3:
         lines.append(last)
@@ -153,8 +153,7 @@ class InfotextLora:
 
 
 def infotext_loras(fields: Mapping[str, str]) -> list[InfotextLora]:
-    """The LoRA tags of a parsed infotext's prompt (read by loraprompt's A1111-profile parser),
-    each paired with its `Lora hashes` entry when there is one."""
+    """The LoRA tags of a parsed infotext's prompt (A1111 profile), each with its `Lora hashes` entry."""
     from loraprompt.syntax import parse
 
     hashes = parse_lora_hashes(fields.get("Lora hashes", ""))
@@ -165,8 +164,7 @@ def infotext_loras(fields: Mapping[str, str]) -> list[InfotextLora]:
 
 
 def remap_lora_names(prompt: str, lora_hashes: Mapping[str, str], lookup: Callable[[str], str | None]) -> str:
-    """Rename `<lora:NAME:` tags whose NAME has a hash to the local name `lookup(hash)` returns
-    (A1111's paste behaviour); names without a hash or without a local match are kept."""
+    """Rename `<lora:NAME:` to the local name `lookup(hash of NAME)` gives, as A1111's paste does."""
 
     def rename(match: re.Match[str]) -> str:
         name = match.group(1)

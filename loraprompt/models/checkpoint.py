@@ -31,8 +31,7 @@ class CheckpointError(LoraPromptError):
 
 
 def detect_family(shapes: Mapping[str, tuple[int, ...]], path: str | Path = "<checkpoint>") -> str:
-    """sd1, sd2 or sdxl from a single-file checkpoint's tensor names and shapes (LDM/SGM layout).
-    Refuses what txt2img cannot run: no UNet, the SDXL refiner, inpainting/instruct UNets."""
+    """sd1/sd2/sdxl from LDM/SGM tensor names and shapes; CheckpointError for what txt2img can't run."""
     if not any(k.startswith(UNET) for k in shapes):
         raise CheckpointError(path, "no UNet tensors (model.diffusion_model.*): not a Stable Diffusion checkpoint"
                                     " (a LoRA belongs in the LoRA folder)")
@@ -76,8 +75,8 @@ def family_config(family: str) -> dict[str, Any]:
 
 
 def write_config_dir(configs: Mapping[str, Any], root: str | Path) -> Path:
-    """Lay `configs` out as a diffusers repository under `root` (tokenizers get the shipped CLIP
-    vocabulary) and return it. The folder is named by a digest, so it is written only once."""
+    """Lay `configs` out as a diffusers repository (with the shipped CLIP vocabulary) under `root`."""
+    # The folder is named by a digest of its content, so it is written once and never goes stale.
     vocab = gzip.decompress(_package_bytes("clip_vocab.json.gz"))
     merges = gzip.decompress(_package_bytes("clip_merges.txt.gz"))
     text = json.dumps(configs, sort_keys=True)
@@ -137,9 +136,8 @@ def load_diffusers_folder(path: Path) -> LoadedModel:
 
 def load_single_file(path: Path, *, configs: Mapping[str, Any] | None = None,
                      config_root: str | Path | None = None, prediction_type: str | None = None) -> LoadedModel:
-    """A single-file `.safetensors` checkpoint, converted by diffusers with the shipped configs
-    (or `configs`, component -> config dict, for models of other sizes). SD2 defaults to
-    v-prediction (the 768-v models); `prediction_type="epsilon"` suits SD2 512-base."""
+    """A single-file `.safetensors` checkpoint through diffusers with the shipped (or given) configs."""
+    # SD2 defaults to v-prediction (the 768-v models); prediction_type="epsilon" suits SD2 512-base.
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     from loraprompt.library.hashes import file_hashes
@@ -159,8 +157,7 @@ def load_single_file(path: Path, *, configs: Mapping[str, Any] | None = None,
 
 
 def load_checkpoint(path: str | Path, prediction_type: str | None = None) -> LoadedModel:
-    """A diffusers folder or a single-file `.safetensors` checkpoint, loaded offline
-    (`prediction_type` overrides the shipped scheduler config of single files)."""
+    """A diffusers folder or a single-file `.safetensors` checkpoint, loaded offline."""
     p = Path(path).expanduser()
     if p.is_dir():
         if not (p / "model_index.json").is_file():

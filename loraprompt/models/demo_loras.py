@@ -35,8 +35,7 @@ DEMO_LORAS: tuple[DemoLora, ...] = (
 
 
 def kohya_targets(pipe: Any) -> dict[str, Any]:
-    """kohya LoRA name -> torch module for the layers kohya's sd-scripts trains on SD1 models:
-    the UNet's transformer linears and projections, and the text encoder's attention and MLP."""
+    """kohya LoRA name -> module for what sd-scripts trains on SD1: UNet attention, TE attention/MLP."""
     targets: dict[str, Any] = {}
     for name, module in pipe.unet.named_modules():
         if ".attentions." in name and name.rsplit(".", 1)[-1] in {"to_q", "to_k", "to_v", "0", "proj", "2", "proj_in", "proj_out"}:
@@ -115,8 +114,7 @@ def preview_image(spec: DemoLora) -> Any:
 
 
 def write_demo_loras(pipe: Any, lora_dir: str | Path) -> list[Path]:
-    """Write every demo LoRA (with preview and sidecar) under `lora_dir`; files already there are
-    kept as they are, so a user's edits to a sidecar survive restarts. Returns the LoRA paths."""
+    """Write the demo LoRAs, previews and sidecars under `lora_dir`, keeping files already there."""
     from safetensors.torch import save_file
 
     root = Path(lora_dir)

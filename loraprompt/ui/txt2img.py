@@ -61,8 +61,7 @@ class Txt2ImgResult:
 
 
 class Txt2Img:
-    """Generates images with one loaded model and one LoRA library. LoRAs stay patched between
-    generations, so the next sync writes only what changed; a prompt without LoRAs restores."""
+    """txt2img with one model and one LoRA library (LoRAs stay patched until a prompt drops them)."""
 
     def __init__(self, model: LoadedModel, library: Any, outputs_dir: str | Path) -> None:
         self.model = model
@@ -143,8 +142,7 @@ class Txt2Img:
 
 
 def save_png(image: Any, infotext: str, outputs_dir: Path, seed: int) -> Path:
-    """Save as A1111 does: `<outputs>/txt2img-images/<date>/<NNNNN>-<seed>.png`, infotext in the
-    PNG `parameters` text chunk."""
+    """Save as A1111 does: `<outputs>/txt2img-images/<date>/<NNNNN>-<seed>.png` with `parameters`."""
     from PIL.PngImagePlugin import PngInfo
 
     folder = outputs_dir / "txt2img-images" / datetime.date.today().isoformat()
