@@ -35,7 +35,7 @@ class RefreshReport:
     added: tuple[str, ...] = ()
     changed: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
-    pending: tuple[str, ...] = ()  # files still being written: skipped until they settle
+    pending: tuple[str, ...] = ()  # files being written (new or rewritten): left out until they settle
     offline_roots: tuple[str, ...] = ()  # roots not reachable: their entries were kept
     files_read: int = 0
 
@@ -122,7 +122,7 @@ class Library:
             self._dir_mtimes, self._offline, self._fingerprints = dir_mtimes, set(offline), fingerprints
             self._checked_at = time.monotonic()
             self._scanned_ns = scan_started
-            gone = {p for p in old if p not in self._by_path}
+            gone = {p for p in old if p not in self._by_path} - set(pending)
             unseen = self._cache.paths() - self._by_path.keys() - seen
             live = tuple(os.path.join(str(r), "") for r in self.roots if str(r) not in self._offline)
             self._cache.drop({p for p in unseen if p.startswith(live)})  # gone from a reachable root

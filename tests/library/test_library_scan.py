@@ -241,3 +241,15 @@ def test_cache_forgets_removed_files_but_not_unplugged_ones(tmp_path: Path) -> N
     (tmp_path / "drive").rename(tmp_path / "away")
     lib.refresh()
     assert cached() == {"far.safetensors"}
+
+
+def test_file_being_rewritten_is_pending_not_removed(lora_dir: Path, tmp_path: Path) -> None:
+    p = write_lora(lora_dir / "a.safetensors", kohya_metadata("a"))
+    lib = Library([lora_dir], cache_dir=tmp_path / "c", settle_s=60)
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    report = lib.refresh()
+    assert report.pending == (str(p),) and report.removed == () and lib.entries == []
+    p.write_bytes(data)
+    assert lib.refresh().added == (str(p),)
+    assert [e.alias for e in lib.entries] == ["a"]
