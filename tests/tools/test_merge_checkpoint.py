@@ -99,3 +99,20 @@ def test_refuses_existing_output_without_force_and_never_the_input(tmp_path: Pat
         assert RECIPE_KEY in (f.metadata() or {})
     with pytest.raises(ToolError, match="input"):
         merge_checkpoint(ckpt, [lora], ckpt, force=True)
+
+
+def test_failure_while_streaming_leaves_no_partial_file(tmp_path: Path) -> None:
+    """A LoRA module that does not fit its weight fails mid-write; the temporary file is removed."""
+    from safetensors.torch import save_file
+
+    ckpt = tmp_path / "model.safetensors"
+    write_single_file(a1111_models("sd1"), "sd1", ckpt)
+    lora = write_kohya_lora("sd1", tmp_path / "a.safetensors", seed=3).path
+    tensors, meta = load_tensors(lora)
+    key = next(k for k in sorted(tensors) if k.startswith("lora_unet_up_blocks_3") and k.endswith("to_q.lora_down.weight"))
+    tensors[key] = torch.ones(tensors[key].shape[0], tensors[key].shape[1] + 1)
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata=meta)
+    with pytest.raises(ToolError, match="to_q"):
+        merge_checkpoint(ckpt, [bad], tmp_path / "out.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "bad.safetensors", "model.safetensors"]
