@@ -222,7 +222,7 @@ class Library:
             if exact is not None:
                 return exact
         if hash:
-            found = self.find_by_hash(hash)
+            found = self.find_by_hash(hash, compute=True)
             if found:
                 diags: tuple[Diagnostic, ...] = ()
                 if name.strip():
@@ -255,9 +255,10 @@ class Library:
                 self._cache.save()
         return value
 
-    def find_by_hash(self, wanted: str, compute: bool = True) -> list[Entry]:
-        """Entries whose hash matches `wanted` (A1111 short, AutoV2 prefix or full sha256): known
-        hashes first, then files whose header claims it, then (with `compute`) every other file."""
+    def find_by_hash(self, wanted: str, compute: bool = False) -> list[Entry]:
+        """Entries whose hash matches `wanted` (A1111 short, AutoV2 prefix or full sha256): hashes
+        already known, then files whose header claims it (verified), then, with `compute`, every
+        other file (reads the whole library: meant for an explicit `hash=` in a prompt)."""
         w = wanted.strip().lower()
         entries = self.entries
         found = [e for e in entries if hash_matches(self.hashes(e, compute=False), w)]

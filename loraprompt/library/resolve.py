@@ -49,9 +49,28 @@ class NameIndex:
             e.alias: e for e in self.entries if e.alias != e.name and e.alias.lower() not in self.forbidden
         }
 
+        self._tables: dict[tuple[Callable[[str], str], bool], dict[str, list[Entry]]] = {}
+
     def display_name(self, entry: Entry) -> str:
         """The name A1111's card inserts: the alias unless forbidden, else the stem."""
         return entry.alias if entry.alias.lower() not in self.forbidden else entry.name
+
+    def table(self, fk: Callable[[str], str], with_paths: bool) -> dict[str, list[Entry]]:
+        """Normalised key -> entries (walk order) over stems, usable aliases and, with
+        `with_paths`, relative paths without extension; built on first use."""
+        found = self._tables.get((fk, with_paths))
+        if found is None:
+            found = {}
+            for e in self.entries:
+                keys = {fk(e.name)}
+                if e.alias in self.aliases:
+                    keys.add(fk(e.alias))
+                if with_paths:
+                    keys.add(fk(_stem_of_relpath(e)))
+                for k in keys:
+                    found.setdefault(k, []).append(e)
+            self._tables[(fk, with_paths)] = found
+        return found
 
 
 def _unquote(q: str) -> str:
@@ -145,13 +164,7 @@ def match_lenient(index: NameIndex, name: str) -> Resolution | None:
         q = fq(name)
         if not q:
             continue
-        matches: list[Entry] = []
-        for e in index.entries:
-            keys = [e.name] + ([e.alias] if e.alias in index.aliases else [])
-            if with_paths:
-                keys.append(_stem_of_relpath(e))
-            if any(fk(k) == q for k in keys) and e not in matches:
-                matches.append(e)
+        matches = index.table(fk, with_paths).get(q, [])
         if len(matches) == 1:
             e = matches[0]
             msg = f"LoRA {name!r} matched {e.relpath} only {_STEP_TEXT[step]}; write {index.display_name(e)!r}"
