@@ -6,6 +6,7 @@ of the transformer blocks, the text encoder's attention and MLP) and written as 
 diffusers' convert_state_dict_to_kohya. Then, on a fresh model:
 
 - loraprompt: Patcher.sync([(A, 1, 1)]) / sync([(B, 1, 1)]) / sync([(A, .5, .5)]) / restore();
+  "first apply" also takes the backups (after restore(release=True)), "apply" reuses them;
 - diffusers + peft: load_lora_weights + fuse_lora; unfuse_lora + unload_lora_weights; a switch is
   both; a strength change is unfuse_lora + fuse_lora(lora_scale=.5);
 - the limit: in-place addmm_ over the same weights (apply), torch.addmm from a backup into the
@@ -126,6 +127,7 @@ def bench_loraprompt(components: dict[str, nn.Module], paths: list[Path], repeat
     a, b = (read_adapter(p) for p in paths)
     patcher = Patcher(components, delta_cache_mb=0)
     out = {
+        "first apply": measure(lambda: patcher.sync([(a, 1.0, 1.0)]), repeat, lambda: patcher.restore(release=True)),
         "apply": measure(lambda: patcher.sync([(a, 1.0, 1.0)]), repeat, patcher.restore),
         "switch": measure(lambda: patcher.sync([(b, 1.0, 1.0)]), repeat, lambda: patcher.sync([(a, 1.0, 1.0)])),
         "strength": measure(lambda: patcher.sync([(a, 0.5, 0.5)]), repeat, lambda: patcher.sync([(a, 1.0, 1.0)])),
@@ -174,6 +176,7 @@ def bench_limit(components: dict[str, nn.Module], paths: list[Path], repeat: int
 
     with torch.no_grad():
         out = {
+            "first apply": measure(lambda: apply(0), repeat, restore),
             "apply": measure(lambda: apply(0), repeat, restore),
             "switch": measure(lambda: from_backup(1), repeat, lambda: from_backup(0)),
             "strength": measure(lambda: from_backup(0, 0.5), repeat, lambda: from_backup(0)),
@@ -220,6 +223,7 @@ def bench_peer(components: dict[str, nn.Module], paths: list[Path], repeat: int)
         pipe.fuse_lora(lora_scale=0.5)
 
     out = {
+        "first apply": measure(lambda: load(0), repeat, unload),
         "apply": measure(lambda: load(0), repeat, unload),
         "restore": measure(unload, repeat, lambda: load(0)),
     }
@@ -251,7 +255,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["sd15", "sdxl", "tiny"], default="sd15", help="tiny: a smoke run")
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-peer", action="store_true", help="skip diffusers + peft (memory)")
     args = parser.parse_args()
@@ -273,12 +277,12 @@ def main() -> None:
 def report(results: dict[str, dict[str, tuple[float, float]]]) -> None:
     ours, limit, peer = results["loraprompt"], results["limit"], results.get("diffusers+peft")
     print(f"touched weights (backups): loraprompt {ours['backups'][1]:.0f} MB, limit {limit['backups'][1]:.0f} MB")
-    head = f"{'op':10} {'loraprompt':>11} {'limit':>9} {'ours/limit':>10}"
+    head = f"{'op':11} {'loraprompt':>11} {'limit':>9} {'ours/limit':>10}"
     if peer:
         head += f" {'diff+peft':>10} {'peer/ours':>9}"
     print(head + f" {'our peak MB':>11} {'limit MB':>9}" + (f" {'peer MB':>8}" if peer else ""))
-    for op in ("apply", "switch", "strength", "restore"):
-        line = f"{op:10} {ours[op][0]:10.3f}s {limit[op][0]:8.3f}s {ours[op][0] / limit[op][0]:9.2f}x"
+    for op in ("first apply", "apply", "switch", "strength", "restore"):
+        line = f"{op:11} {ours[op][0]:10.3f}s {limit[op][0]:8.3f}s {ours[op][0] / limit[op][0]:9.2f}x"
         if peer:
             line += f" {peer[op][0]:9.3f}s {peer[op][0] / ours[op][0]:8.1f}x"
         line += f" {ours[op][1]:11.0f} {limit[op][1]:9.0f}" + (f" {peer[op][1]:8.0f}" if peer else "")

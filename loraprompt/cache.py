@@ -29,12 +29,12 @@ def adapter_nbytes(adapter: Adapter) -> int:
 
 class AdapterCache:
     """Read adapters, least recently used first out, at most `limit_mb` of tensors; an entry is
-    keyed by (real path, size, mtime_ns), so a file changed on disk is read again."""
+    keyed by (real path, inode, size, mtime_ns), so a file changed or replaced on disk is read again."""
 
     def __init__(self, limit_mb: float = 1024.0, reader: Callable[[str], Adapter] | None = None) -> None:
         self.limit_bytes = int(limit_mb * MB)
         self._reader = reader
-        self._entries: OrderedDict[tuple[str, int, int], tuple[Adapter, int]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, int, int, int], tuple[Adapter, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -50,7 +50,7 @@ class AdapterCache:
         """The adapter in `path`, from the cache when the file is unchanged."""
         real = os.path.realpath(path)
         stat = os.stat(real)
-        key = (real, stat.st_size, stat.st_mtime_ns)
+        key = (real, stat.st_ino, stat.st_size, stat.st_mtime_ns)
         with self._lock:
             hit = self._entries.get(key)
             if hit is not None:
