@@ -19,8 +19,12 @@ FAMILIES = ("sd1", "sd2", "sdxl")
 SD_VERSION_NAMES = {"SD1": "sd1", "SD2": "sd2", "SDXL": "sdxl"}
 
 _CROSS_ATTN_DIMS = {2048: "sdxl", 1024: "sd2", 768: "sd1"}
+_DIT_MARKS = ("\ntransformer.", "\nlora_transformer_", "double_blocks", "single_blocks", "joint_blocks")
 _SDXL_MARKS = ("\nlora_te1_", "\nlora_te2_", "\nte1.", "\nte2.", "\nte1_", "\nte2_", "\ntext_encoder_2", "add_embedding", "label_emb")
-_SDXL_BLOCK = re.compile(r"transformer_blocks[._][1-9]")  # SD1/SD2 have one transformer block per attention
+# SD1/SD2 have one transformer block per UNet attention; SDXL has up to ten. SD3/Flux
+# `transformer.transformer_blocks.N` and `single_transformer_blocks.N` are not UNet blocks.
+_SDXL_BLOCK = re.compile(r"transformer_blocks[._][1-9]")
+_UNET_ATTENTION = re.compile(r"(?:attentions[._]\d+|_\d+_1|middle_block_1)[._]$")
 _TE_DIMS = {768: "sd1", 1024: "sd2"}
 
 
@@ -52,8 +56,13 @@ def family_from_tensors(shapes: Mapping[str, Sequence[int]]) -> str | None:
     """sd1/sd2/sdxl from key names (SDXL-only blocks, a second text encoder) and the width of
     cross-attention and text-encoder weights (tensor name -> shape); None when they cannot tell."""
     keys = "\n" + "\n".join(shapes)  # searched as one string: C speed over hundreds of keys
-    if any(p in keys for p in _SDXL_MARKS) or _SDXL_BLOCK.search(keys):
+    if any(p in keys for p in _DIT_MARKS):
+        return None  # SD3/Flux-style transformers: not a family this library patches
+    if any(p in keys for p in _SDXL_MARKS):
         return "sdxl"
+    for m in _SDXL_BLOCK.finditer(keys):
+        if _UNET_ATTENTION.search(keys, max(0, m.start() - 40), m.start()):
+            return "sdxl"
     if "attn2" in keys:
         for name in shapes:
             if "attn2" in name and ("to_k" in name or "to_v" in name):

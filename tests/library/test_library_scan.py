@@ -8,6 +8,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from loraprompt.library import Library
 
 from .conftest import SD1_KEYS, SD2_KEYS, SDXL_KEYS, kohya_metadata, write_lora
@@ -253,3 +255,29 @@ def test_file_being_rewritten_is_pending_not_removed(lora_dir: Path, tmp_path: P
     p.write_bytes(data)
     assert lib.refresh().added == (str(p),)
     assert [e.alias for e in lib.entries] == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("keys", "family"),
+    [
+        ({"lora_unet_input_blocks_4_1_transformer_blocks_1_attn1_to_q.lora_down.weight": (4, 640)}, "sdxl"),
+        ({"unet.down_blocks.2.attentions.0.transformer_blocks.3.attn1.to_q.lora_A.weight": (4, 1280)}, "sdxl"),
+        ({"lora_unet_middle_block_1_transformer_blocks_2_ff_net_2.lora_down.weight": (4, 5120)}, "sdxl"),
+        ({"lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": (4, 1024)}, "sd2"),
+        ({"transformer.transformer_blocks.1.attn.to_k.lora_A.weight": (4, 1536),
+          "text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight": (4, 1280)}, None),
+        ({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": (4, 3072)}, None),
+    ],
+)
+def test_family_from_key_names(lora_dir: Path, tmp_path: Path, keys: dict[str, tuple[int, ...]], family: str | None) -> None:
+    write_lora(lora_dir / "x.safetensors", {}, keys=keys)
+    (e,) = Library([lora_dir], cache_dir=tmp_path / "c").entries
+    assert e.family == family
+
+
+def test_pickle_files_listed_without_reading(lora_dir: Path, tmp_path: Path) -> None:
+    (lora_dir / "old.pt").write_bytes(b"\x80\x02}q\x00.")
+    (lora_dir / "older.CKPT").write_bytes(b"\x80\x02}q\x00.")
+    lib = Library([lora_dir], cache_dir=tmp_path / "c")
+    assert [(e.name, e.kind, e.family, e.error) for e in lib.entries] == [("old", "pickle", None, None), ("older", "pickle", None, None)]
+    assert lib.hashes(lib.entries[0])["a1111"] == hashlib.sha256(b"\x80\x02}q\x00.").hexdigest()
