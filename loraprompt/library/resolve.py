@@ -32,7 +32,9 @@ class Resolution:
 
 
 class NameIndex:
-    """Lookup tables over entries in walk order, built once per scan."""
+    """Lookup tables over entries in walk order, built once per scan. An alias shared by two
+    files, equal to any file's stem, or `none` is forbidden whatever the walk order (A1111
+    checks only files seen earlier, so a card could insert a name that resolves elsewhere)."""
 
     def __init__(self, entries: Sequence[Entry]) -> None:
         self.entries = list(entries)
