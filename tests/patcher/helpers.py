@@ -3,14 +3,19 @@ own Linear and 1x1-conv modules, and the independent reference the patcher must 
 
 from __future__ import annotations
 
+import functools
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from loraprompt.adapters import read_adapter
 from loraprompt.adapters.types import Adapter, AdapterModule
 from loraprompt.keymaps import keymap_for_module
 from loraprompt.patcher import Patcher
+from tests.fixtures.loras import write_diffusers_lora, write_kohya_lora, write_lycoris
 
 
 @dataclass(eq=False)
@@ -121,3 +126,19 @@ class FailingPatcher(Patcher):
         if self.fail_at == 0:
             raise RuntimeError("injected")
         super()._write(key, parts)
+
+
+@functools.cache
+def tool_adapters() -> tuple[Adapter, ...]:
+    """One file per tool, written once per test session."""
+    folder = Path(tempfile.mkdtemp(prefix="loraprompt-sm-"))
+    written = [
+        write_kohya_lora("sd1", folder / "kohya.safetensors", seed=1),
+        write_diffusers_lora("sd1", folder / "peft.safetensors", seed=2),
+        write_diffusers_lora("sd1", folder / "dora.safetensors", seed=3, use_dora=True),
+        write_lycoris("sd1", folder / "loha.safetensors", "loha", seed=4),
+        write_lycoris("sd1", folder / "lokr.safetensors", "lokr", seed=5),
+        write_lycoris("sd1", folder / "locon.safetensors", "locon", seed=6),
+    ]
+    return tuple(read_adapter(w.path) for w in written)
+

@@ -265,3 +265,21 @@ def test_strength_change_reuses_the_cached_unit_delta(model) -> None:
     # without a cache each delta is computed to check it, dropped, and computed again to write it,
     # so that at most one weight's delta is held at a time
     assert calls == (1 + 2 * 2) * len(a.modules)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_a_thousand_cycles_restore_bit_exactly_every_time(dtype) -> None:
+    from tests.patcher.helpers import tool_adapters
+
+    model = to_dtype({"text_encoder": tiny_sd1()["text_encoder"]}, dtype)
+    original = snapshot(model)
+    adapters = tool_adapters()
+    patcher = Patcher(model)
+    gen = torch.Generator().manual_seed(0)
+    for cycle in range(1000):
+        picks = torch.randint(0, len(adapters), (2,), generator=gen).tolist()
+        strengths = (torch.randint(-4, 5, (2,), generator=gen) / 4).tolist()
+        patcher.sync([(adapters[picks[0]], strengths[0], 1.0)])
+        patcher.sync([(adapters[i], s, 1.0) for i, s in zip(picks, strengths)])
+        patcher.restore(release=cycle % 7 == 0)
+        assert_bit_equal(model, original)

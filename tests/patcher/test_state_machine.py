@@ -8,37 +8,16 @@ fails leaves every tensor as it was before the call."""
 
 from __future__ import annotations
 
-import functools
-import tempfile
-from pathlib import Path
-
 import hypothesis.strategies as st
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from loraprompt import Patcher, read_adapter
+from loraprompt import Patcher
 from loraprompt.adapters.types import Adapter
-from tests.fixtures.loras import write_diffusers_lora, write_kohya_lora, write_lycoris
 from tests.fixtures.models import tiny_sd1
-from tests.patcher.helpers import FailingPatcher, assert_bit_equal, snapshot, to_dtype
-
-
-@functools.cache
-def adapters() -> tuple[Adapter, ...]:
-    """One file per tool, written once per test session."""
-    folder = Path(tempfile.mkdtemp(prefix="loraprompt-sm-"))
-    written = [
-        write_kohya_lora("sd1", folder / "kohya.safetensors", seed=1),
-        write_diffusers_lora("sd1", folder / "peft.safetensors", seed=2),
-        write_diffusers_lora("sd1", folder / "dora.safetensors", seed=3, use_dora=True),
-        write_lycoris("sd1", folder / "loha.safetensors", "loha", seed=4),
-        write_lycoris("sd1", folder / "lokr.safetensors", "lokr", seed=5),
-        write_lycoris("sd1", folder / "locon.safetensors", "locon", seed=6),
-    ]
-    return tuple(read_adapter(w.path) for w in written)
-
+from tests.patcher.helpers import FailingPatcher, assert_bit_equal, snapshot, to_dtype, tool_adapters
 
 STRENGTH = st.sampled_from([-1.0, -0.5, 0.0, 0.25, 0.5, 1.0, 1.5])
 PLAN = st.lists(st.tuples(st.integers(0, 5), STRENGTH, STRENGTH), max_size=3)
@@ -59,7 +38,7 @@ class PatcherMachine(RuleBasedStateMachine):
         self.plan: list[tuple[Adapter, float, float]] = []
 
     def entries(self, plan: list[tuple[int, float, float]]) -> list[tuple[Adapter, float, float]]:
-        return [(adapters()[i], te, unet) for i, te, unet in plan]
+        return [(tool_adapters()[i], te, unet) for i, te, unet in plan]
 
     @rule(plan=PLAN)
     def sync(self, plan: list[tuple[int, float, float]]) -> None:
