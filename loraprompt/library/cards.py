@@ -14,7 +14,7 @@ from loraprompt.library.library import Library
 from loraprompt.library.scanner import natural_key
 
 FAMILY_LABELS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
-SORTS = ("name", "date", "size", "path")
+SORTS = ("name", "date", "size", "path", "uses", "recent")
 MIN_HIDDEN_QUERY = 4  # A1111: models in dot-folders show only for searches this long
 
 
@@ -98,6 +98,10 @@ def _sort_key(sort: str, library: Library) -> Any:
         return lambda e: e.mtime_ns
     if sort == "size":
         return lambda e: e.size
+    if sort == "uses":
+        return lambda e: library.usage(e)[0]
+    if sort == "recent":
+        return lambda e: library.usage(e)[1]
     return None
 
 
@@ -115,7 +119,8 @@ def search(
     """Filter and sort entries. `query`: whitespace-separated terms, all of which must occur
     (case-insensitively) in the path, names, tags, trigger words, notes or descriptions. `folder`:
     that folder and below. `family`: the loaded model's family; entries of another known family
-    are hidden and counted (unknown ones stay). `sort`: "path" (walk order), "name", "date", "size"."""
+    are hidden and counted (unknown ones stay). `sort`: "path" (walk order), "name", "date", "size",
+    "uses" or "recent" (from `Library.note_use`)."""
     if sort not in SORTS:
         raise ValueError(f"unknown sort {sort!r}; use one of {', '.join(SORTS)}")
     pool = list(library.entries if entries is None else entries)

@@ -26,6 +26,7 @@ from loraprompt.library.resolve import (
     not_found,
 )
 from loraprompt.library.scanner import ScanResult, cached_entries, folder_of, scan_file, scan_root
+from loraprompt.library.usage import UsageLog
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class Library:
         self.roots = [Path(os.path.abspath(d)) for d in dirs]
         where = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self._cache = DiskCache(where if persist else None, [str(r) for r in self.roots])
+        self._usage = UsageLog(self._cache.path.with_name("usage-" + self._cache.path.name) if self._cache.path else None)
         self._hash_cache = HashCache()
         self.settle_s = settle_s
         self.auto_check_s = auto_check_s
@@ -323,6 +325,14 @@ class Library:
             return file_details(entry.path)
         except AdapterFileError as exc:
             return {"error": exc.reason}
+
+    def note_use(self, entries: Iterable[Entry | str]) -> None:
+        """Record that these entries (or file paths) were used in one generation."""
+        self._usage.note(e.path if isinstance(e, Entry) else os.path.abspath(e) for e in entries)
+
+    def usage(self, entry: Entry) -> tuple[int, int]:
+        """(times used, last use in ns since the epoch) of `entry`; (0, 0) when never used."""
+        return self._usage.get(entry.path)
 
     def file_ref(self, path: str | os.PathLike[str]) -> str | None:
         """The relative reference a web route takes for a file under a root (see `safe_file`)."""

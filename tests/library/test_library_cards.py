@@ -114,3 +114,16 @@ def test_scan_command_table_and_missing_folder(lora_dir: Path, tmp_path: Path, c
     assert "SD1" in out.out and "[One]" in out.out and "1 files" in out.err
     assert main(["scan", str(tmp_path / "nowhere"), "--no-cache"]) == 1
     assert "missing folder" in capsys.readouterr().err
+
+
+def test_most_and_last_used_sorts_survive_restart(lib: Library, lora_dir: Path, tmp_path: Path) -> None:
+    by_name = {e.name: e for e in lib.entries}
+    lib.note_use([by_name["ink"], by_name["hero"]])
+    lib.note_use([by_name["ink"], by_name["ink"]])  # named twice in one generation: one use
+    lib.note_use([str(lora_dir / "chars" / "villains" / "boss2.safetensors")])
+    again = Library([lora_dir], cache_dir=tmp_path / "c")
+    ink = next(e for e in again.entries if e.name == "ink")
+    assert again.usage(ink)[0] == 2
+    names = [e.name for e in search(again, sort="uses", descending=True).entries]
+    assert names[:3] == ["ink", "hero", "boss2"]  # ties keep walk order
+    assert search(again, sort="recent", descending=True).entries[0].name == "boss2"
