@@ -257,10 +257,10 @@ class Library:
                 self._cache.save()
         return value
 
-    def find_by_hash(self, wanted: str, compute: bool = False) -> list[Entry]:
+    def find_by_hash(self, wanted: str, compute: bool = True) -> list[Entry]:
         """Entries whose hash matches `wanted` (A1111 short, AutoV2 prefix or full sha256): hashes
         already known, then files whose header claims it (verified), then, with `compute`, every
-        other file (reads the whole library: meant for an explicit `hash=` in a prompt)."""
+        other file (may read the whole library; compute=False is A1111's known-hashes-only way)."""
         w = wanted.strip().lower()
         entries = self.entries
         found = [e for e in entries if hash_matches(self.hashes(e, compute=False), w)]

@@ -116,12 +116,12 @@ def test_find_by_hash_knows_only_computed_or_claimed_hashes(lora_dir: Path, tmp_
     lib = Library([lora_dir], cache_dir=tmp_path / "c")
     short = Library([lora_dir], persist=False).hashes(lib.entries[0])["a1111_short"]
     assert short is not None
-    assert lib.find_by_hash(short) == []  # A1111 semantics: only hashes already computed
-    assert [e.name for e in lib.find_by_hash(short, compute=True)] == ["a"]
-    assert [e.name for e in lib.find_by_hash(short)] == ["a"]  # now known (and cached)
+    assert lib.find_by_hash(short, compute=False) == []  # A1111 semantics: only hashes already computed
+    assert [e.name for e in lib.find_by_hash(short)] == ["a"]
+    assert [e.name for e in lib.find_by_hash(short, compute=False)] == ["a"]  # now known (and cached)
     # a header that claims a hash (kohya's sshs_model_hash) is checked before it is believed
     data_hash = hashlib.sha256(a.read_bytes()[8 + int.from_bytes(a.read_bytes()[:8], "little"):]).hexdigest()
     write_lora(lora_dir / "claims.safetensors", {"sshs_model_hash": data_hash}, seed=11)
     write_lora(lora_dir / "liar.safetensors", {"sshs_model_hash": data_hash}, seed=12)
     fresh = Library([lora_dir], cache_dir=tmp_path / "c2")
-    assert sorted(e.name for e in fresh.find_by_hash(data_hash[:12])) == ["claims"]
+    assert sorted(e.name for e in fresh.find_by_hash(data_hash[:12], compute=False)) == ["claims"]
