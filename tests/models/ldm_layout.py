@@ -47,8 +47,36 @@ def _clip_key(key: str) -> str:
     return "cond_stage_model.transformer." + (key if key.startswith("text_model.") else f"text_model.{key}")
 
 
-def ldm_state_dict(pipe: Any) -> dict[str, torch.Tensor]:
-    """The pipeline's UNet, VAE and text encoder under LDM names (VAE attention as 1x1 convs)."""
+def _text_model_keys(module: Any) -> dict[str, torch.Tensor]:
+    return {(k if k.startswith(("text_model.", "text_projection")) else f"text_model.{k}"): v
+            for k, v in module.state_dict().items()}
+
+
+def openclip_state_dict(text_encoder: Any, prefix: str) -> dict[str, torch.Tensor]:
+    """A transformers CLIP text tower under OpenCLIP names (fused q/k/v, `resblocks`), as SD2 and
+    SDXL checkpoints store their OpenCLIP encoders."""
+    sd = _text_model_keys(text_encoder)
+    out = {
+        "token_embedding.weight": sd["text_model.embeddings.token_embedding.weight"],
+        "positional_embedding": sd["text_model.embeddings.position_embedding.weight"],
+        "ln_final.weight": sd["text_model.final_layer_norm.weight"],
+        "ln_final.bias": sd["text_model.final_layer_norm.bias"],
+    }
+    if "text_projection.weight" in sd:
+        out["text_projection"] = sd["text_projection.weight"].T
+    for i in range(text_encoder.config.num_hidden_layers):
+        src, dst = f"text_model.encoder.layers.{i}.", f"transformer.resblocks.{i}."
+        for part in ("weight", "bias"):
+            out[f"{dst}attn.in_proj_{part}"] = torch.cat([sd[f"{src}self_attn.{p}_proj.{part}"] for p in "qkv"])
+            for a, b in (("self_attn.out_proj", "attn.out_proj"), ("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"),
+                         ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):
+                out[f"{dst}{b}.{part}"] = sd[f"{src}{a}.{part}"]
+    return {prefix + k: v for k, v in out.items()}
+
+
+def ldm_state_dict(pipe: Any, openclip_text: bool = False) -> dict[str, torch.Tensor]:
+    """The pipeline's UNet, VAE and text encoder(s) under LDM/SGM names (VAE attention as 1x1
+    convs; SDXL's second encoder, and SD2's only one when `openclip_text`, in OpenCLIP layout)."""
     out: dict[str, torch.Tensor] = {}
     unet = pipe.unet.state_dict()
     up_with_attention = {int(k.split(".")[1]) for k in unet if k.startswith("up_blocks.") and ".attentions." in k}
@@ -60,12 +88,19 @@ def ldm_state_dict(pipe: Any) -> dict[str, torch.Tensor]:
         if ".attn_1." in name and name.endswith(".weight") and value.dim() == 2:
             value = value[:, :, None, None]
         out[name] = value
-    for key, value in pipe.text_encoder.state_dict().items():
-        out[_clip_key(key)] = value
+    if openclip_text:
+        out.update(openclip_state_dict(pipe.text_encoder, "cond_stage_model.model."))
+    elif getattr(pipe, "text_encoder_2", None) is None:
+        for key, value in pipe.text_encoder.state_dict().items():
+            out[_clip_key(key)] = value
+    else:
+        for key, value in _text_model_keys(pipe.text_encoder).items():
+            out[f"conditioner.embedders.0.transformer.{key}"] = value
+        out.update(openclip_state_dict(pipe.text_encoder_2, "conditioner.embedders.1.model."))
     return {k: v.detach().contiguous().clone() for k, v in out.items()}
 
 
-def write_ldm_checkpoint(pipe: Any, path: Path) -> Path:
+def write_ldm_checkpoint(pipe: Any, path: Path, openclip_text: bool = False) -> Path:
     """Save `pipe` as one LDM-layout `.safetensors` file."""
-    save_file(ldm_state_dict(pipe), str(path))
+    save_file(ldm_state_dict(pipe, openclip_text), str(path))
     return path
