@@ -83,7 +83,7 @@ class Library:
         self._offline: set[str] = set()
         self._fingerprints: dict[str, Any] = {}
         self._index = NameIndex([])
-        self._allowed: frozenset[Path] | None = None
+        self._allowed: frozenset[Path] = frozenset()
         self._checked_at = 0.0
         self._scanned_ns = 0
         self.last_report = self.refresh()
@@ -107,6 +107,7 @@ class Library:
             read = 0
             fingerprints: dict[str, Any] = {}
             seen: set[str] = set()
+            linked: set[str] = set()
             for root in self.roots:
                 if not root.is_dir():
                     offline.append(str(root))
@@ -116,11 +117,13 @@ class Library:
                 result = scan_root(str(root), self._cache, self.settle_s, self._fingerprints)
                 fingerprints.update(result.fingerprints)
                 seen |= result.sidecars_seen
+                linked |= result.linked_previews
                 entries += result.entries
                 dir_mtimes.update(result.dir_mtimes)
                 pending += result.pending
                 read += result.read
             self._install(entries)
+            self._allowed = frozenset(Path(p) for p in linked)
             self._dir_mtimes, self._offline, self._fingerprints = dir_mtimes, set(offline), fingerprints
             self._checked_at = time.monotonic()
             self._scanned_ns = scan_started
@@ -144,7 +147,6 @@ class Library:
         self._entries = entries
         self._by_path = {e.path: e for e in entries}
         self._index = NameIndex(entries)
-        self._allowed = None
 
     def is_stale(self) -> bool:
         """True when a scanned folder's mtime changed, one vanished, or an offline root came back
@@ -344,6 +346,4 @@ class Library:
 
     def safe_file(self, ref: object, kind: str = "preview") -> Path | None:
         """The file a web route may serve for `ref`, or None; the policy is in `paths`."""
-        if self._allowed is None:
-            self._allowed = frozenset(Path(p).resolve() for e in self._entries for p in e.previews)
         return paths.safe_file(ref, self.roots, kind, self._allowed)

@@ -6,7 +6,8 @@ Policy, in order:
    left in one means double encoding), no drive letter, not absolute.
 2. The reference is joined to each root in turn and resolved with symlinks followed. The result
    must be a regular file inside a resolved root (compared by path components, so `LoraEvil/` is
-   not inside `Lora/`), or a preview the scan itself listed (a symlinked folder the walk followed).
+   not inside `Lora/`), or a preview the scan listed in a symlinked folder that the walk followed
+   out of the root, at the real path the scan saw (a file swapped for a symlink later is refused).
 3. For kind "preview" the resolved file must have an image extension and start with that image
    format's signature; `.safetensors`, `.json`, `.html`, `.svg` and everything else are refused.
 """

@@ -35,6 +35,7 @@ class Folder:
     names: list[str]
     models: list[str]
     hidden: bool
+    outside: str | None = None  # the real folder, when a symlink led the walk out of the root
 
     def companions(self, filename: str) -> dict[str, str]:
         """A `make_listing` of the other names that start with `<stem>.` (sidecars, previews)."""
@@ -58,6 +59,7 @@ class ScanResult:
     read: int = 0  # model headers read (cache misses)
     fingerprints: dict[str, tuple[Any, Entry]] = field(default_factory=dict)
     sidecars_seen: set[str] = field(default_factory=set)  # sidecar files found (their cache records stay)
+    linked_previews: set[str] = field(default_factory=set)  # real paths of previews outside the root
 
 
 def walk(root: str, dir_mtimes: dict[str, int]) -> list[Folder]:
@@ -173,7 +175,10 @@ def scan_root(root: str, cache: DiskCache, settle_s: float, previous: Mapping[st
     """Walk one root and build its entries in A1111's (natural-sorted) order, reusing the
     `previous` (fingerprint, entry) of a file whose stat, sidecars and previews are unchanged."""
     result = ScanResult()
+    real_root = os.path.join(os.path.realpath(root), "")
     for folder in walk(root, result.dir_mtimes):
+        real = os.path.join(os.path.realpath(folder.path), "")
+        folder.outside = real[:-1] if not real.startswith(real_root) else None
         for filename in folder.models:
             entry = scan_file(root, folder, filename, cache=cache, settle_s=settle_s, previous=previous, result=result)
             if entry is not None:
@@ -202,6 +207,8 @@ def scan_file(
     sidecars, stamps, sidecars_read = read_sidecars(folder, listing, stem, cache)
     result.sidecars_seen.update(folder.path + os.sep + name for name, _, _ in stamps)
     previews = tuple(find_names(preview_names(stem), listing)) if listing else ()
+    if folder.outside is not None:
+        result.linked_previews.update(folder.outside + os.sep + name for name in previews)
     fingerprint = (st.st_size, st.st_mtime_ns, stamps, previews, folder.hidden)
     old = previous.get(path)
     reuse = old is not None and old[0] == fingerprint and not was_read and not sidecars_read

@@ -107,3 +107,20 @@ def test_unknown_kind_is_a_programming_error(lib: Library) -> None:
 def test_check_ref_normalises_nothing() -> None:
     assert check_ref("sub/a.png") == "sub/a.png"
     assert check_ref("sub/./a.png") is None
+
+
+def test_preview_swapped_for_a_symlink_after_the_scan_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "Lora"
+    write_lora(root / "a.safetensors")
+    (root / "a.png").write_bytes(PNG)
+    outside = tmp_path / "other_drive"
+    write_lora(outside / "far.safetensors")
+    (outside / "far.png").write_bytes(PNG)
+    (root / "linked").symlink_to(outside)
+    (tmp_path / "secret.png").write_bytes(PNG)
+    lib = Library([root], cache_dir=tmp_path / "c", auto_check_s=3600)
+    for swapped in (root / "a.png", outside / "far.png"):
+        swapped.unlink()
+        swapped.symlink_to(tmp_path / "secret.png")
+    assert lib.safe_file("a.png") is None
+    assert lib.safe_file("linked/far.png") is None
