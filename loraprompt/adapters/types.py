@@ -85,6 +85,10 @@ class AdapterModule:
         delta and rescale it. False for DoRA and OFT-style (multiplicative) adapters."""
         return self.dora_scale is None
 
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        """Whether this module's tensors fit a weight of `shape` (checked without computing ΔW)."""
+        return True
+
     def unit_delta(self, weight: Tensor) -> Tensor:
         """ΔW at strength 1 before the alpha/rank scale, float32, any shape with weight's numel."""
         raise NotImplementedError

@@ -22,7 +22,7 @@ transformers <-> OpenCLIP, where q/k/v become row slices of `in_proj_weight`). `
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from loraprompt.keymaps import clip, unet
@@ -58,6 +58,7 @@ class KeyMap:
     family: str | None = None
     root: str = ""
     ambiguous: tuple[str, ...] = ()
+    shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # "module.param" -> shape
 
     def lookup(self, path: str) -> Target | None:
         """The target of a file's module path, or None when the loaded model has no such module."""
@@ -73,6 +74,13 @@ class KeyMap:
 
     def modules(self) -> set[str]:
         return {t.module for t in self.targets.values()}
+
+    def shape(self, target: Target) -> tuple[int, ...] | None:
+        """The shape of the (sliced) weight a target names, when the key map was built with shapes."""
+        shape = self.shapes.get(f"{target.module}.{target.param}")
+        if shape is None or target.rows is None:
+            return shape
+        return (target.rows[1] - target.rows[0], *shape[1:])
 
 
 def _kohya(name: str) -> str:
@@ -150,7 +158,7 @@ def build_keymap(component: str, module_names: Iterable[str], param_shapes: Mapp
         del targets[key]
     rel_shapes = {k[len(root) :]: v for k, v in shapes.items() if k.startswith(root)}
     family = model_family(component, set(rel_names.values()), rel_shapes)
-    return KeyMap(component, targets, family, root, tuple(sorted(ambiguous)))
+    return KeyMap(component, targets, family, root, tuple(sorted(ambiguous)), {k: tuple(v) for k, v in shapes.items()})
 
 
 def keymap_for_module(component: str, module: nn.Module) -> KeyMap:

@@ -38,6 +38,16 @@ def map_adapter(adapter: Adapter, keymaps: Mapping[str, KeyMap]) -> AdapterMappi
     return AdapterMapping(mapped, tuple(unmapped))
 
 
+def _misfits(adapter: Adapter, keymaps: Mapping[str, KeyMap], result: AdapterMapping) -> list[str]:
+    """Mapped modules whose tensors cannot fit their target weight (shape known from the key map)."""
+    out = []
+    for key, (component, target) in result.mapped.items():
+        shape = keymaps[component].shape(target)
+        if shape is not None and not adapter.modules[key].fits(shape):
+            out.append(key)
+    return out
+
+
 def model_family(keymaps: Mapping[str, KeyMap]) -> str | None:
     """The loaded model's family: the UNet's verdict first, then the text encoders'."""
     order = ("unet", "text_encoder_2", "text_encoder")
@@ -64,9 +74,15 @@ def check_family(adapter: Adapter, keymaps: Mapping[str, KeyMap]) -> list[Diagno
             )
         ]
     result = map_adapter(adapter, keymaps)
+    total = len(adapter.modules)
+    misfits = _misfits(adapter, keymaps, result)
+    if misfits:
+        first = ", ".join(misfits[:SHOWN_KEYS])
+        data = {"misfits": len(misfits), "total": total, "first": misfits[:SHOWN_KEYS]}
+        message = f"{len(misfits)} of {total} modules do not fit the loaded model's weights (first: {first})"
+        return [Diagnostic("lora-shape-mismatch", message, severity="error", subject=subject, data=data)]
     if not result.unmapped:
         return []
-    total = len(adapter.modules)
     first = ", ".join(result.unmapped[:SHOWN_KEYS])
     data = {"unmapped": len(result.unmapped), "total": total, "first": list(result.unmapped[:SHOWN_KEYS])}
     if not result.mapped:

@@ -114,6 +114,8 @@ def test_delta_contract(case: str, layer: str, dtype: str) -> None:
     weight = _rand(*shape, seed=9)
     bias = _rand(shape[0], seed=10)
     mod = _module(case, shape, DTYPES[dtype])
+    assert mod.fits(shape)
+    assert not mod.fits((shape[0] * 2, *shape[1:]))
     dw1, db1 = mod.delta(weight, 1.0, bias)
     assert dw1 is not None and dw1.shape == weight.shape and dw1.dtype == torch.float32
     assert db1 is None or (db1.shape == bias.shape and db1.dtype == torch.float32)

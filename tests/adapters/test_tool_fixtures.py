@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from loraprompt.adapters import read_adapter
-from loraprompt.keymaps import keymap_for_module, map_adapter
+from loraprompt.keymaps import check_family, keymap_for_module, map_adapter
 from tests.adapters.merging import merge
 from tests.fixtures.loras import ToolLora, write_diffusers_lora, write_kohya_lora, write_lycoris
 
@@ -28,6 +28,7 @@ def _check(tool: ToolLora, strength: float, tol: float, *, fmt: str | None = Non
         assert adapter.algorithms() == algorithms
     assert adapter.unclaimed == ()
     keymaps = {c: keymap_for_module(c, m) for c, m in models.items()}
+    assert check_family(adapter, keymaps) == []
     targets = [t for _, t in map_adapter(adapter, keymaps).mapped.values()]
     assert len(set(targets)) == len(targets) == len(adapter.modules), "two adapter modules share one target"
     got = merge(models, adapter, strength)

@@ -57,3 +57,15 @@ def test_nothing_mapping_is_an_error(tmp_path: Path) -> None:
     (diag,) = check_family(adapter, diffusers_keymaps("sd1"))
     assert diag.severity == "error" and diag.code == "lora-no-match"
     assert "single_transformer_blocks_0_attn_to_q" in diag.message
+
+
+def test_modules_that_do_not_fit_are_one_error(tmp_path: Path) -> None:
+    """Same module names, other widths (an unlabelled SD1-shaped LoRA on the SD2-shaped model)."""
+    names = [f"lora_te_text_model_encoder_layers_{i}_self_attn_q_proj" for i in range(2)]
+    adapter = read_adapter(_lora(tmp_path / "narrow.safetensors", names))
+    assert adapter.family is None
+    assert check_family(adapter, diffusers_keymaps("sd1")) == []
+    for maps in (diffusers_keymaps("sd2"), a1111_keymaps("sd2")):
+        (diag,) = check_family(adapter, maps)
+        assert diag.severity == "error" and diag.code == "lora-shape-mismatch"
+        assert diag.message.startswith("2 of 2 modules do not fit")

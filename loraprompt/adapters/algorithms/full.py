@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -23,6 +24,9 @@ class FullModule(AdapterModule):
     @property
     def scale(self) -> float:
         return float(self.tensors["scale"]) if "scale" in self.tensors else 1.0
+
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        return self.tensors[self.weight_part].numel() == math.prod(shape)
 
     def unit_delta(self, weight: Tensor) -> Tensor:
         return self.tensor(self.weight_part, weight)

@@ -29,6 +29,9 @@ class GLoRAModule(AdapterModule):
             return 1.0
         return super().scale
 
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        return self.tensors["b1"].shape[0] == shape[0] and self.tensors["a1"].shape[0] == shape[1]
+
     def unit_delta(self, weight: Tensor) -> Tensor:
         b1, b2 = self.tensor("b1", weight), self.tensor("b2", weight)
         if "bm" in self.tensors:

@@ -22,6 +22,10 @@ class IA3Module(AdapterModule):
     def scale(self) -> float:
         return float(self.tensors["scale"]) if "scale" in self.tensors else 1.0
 
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        on_input = "on_input" in self.tensors and bool(self.tensors["on_input"].flatten()[0])
+        return self.tensors["weight"].numel() == shape[1 if on_input else 0]
+
     def unit_delta(self, weight: Tensor) -> Tensor:
         w = self.tensor("weight", weight).flatten()
         on_input = "on_input" in self.tensors and bool(self.tensors["on_input"].flatten()[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -22,6 +23,12 @@ class LoHaModule(AdapterModule):
     @property
     def rank(self) -> int:
         return int(self.tensors["hada_w1_b"].shape[0])
+
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        wa, wb = self.tensors["hada_w1_a"], self.tensors["hada_w1_b"]
+        if "hada_t1" in self.tensors:
+            return wa.shape[1] == shape[0] and wb.shape[1] * math.prod(self.tensors["hada_t1"].shape[2:]) == math.prod(shape[1:])
+        return wa.shape[0] == shape[0] and wb.shape[1] == math.prod(shape[1:])
 
     def _factor(self, i: int, weight: Tensor) -> Tensor:
         wa, wb = self.tensor(f"hada_w{i}_a", weight), self.tensor(f"hada_w{i}_b", weight)

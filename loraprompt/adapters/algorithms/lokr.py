@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -42,6 +43,21 @@ class LoKrModule(AdapterModule):
         if self.rank is None:
             return 1.0
         return super().scale
+
+    def _half_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        t = self.tensors
+        w1 = tuple(t["lokr_w1"].shape) if "lokr_w1" in t else (t["lokr_w1_a"].shape[0], t["lokr_w1_b"].shape[1])
+        if "lokr_w2" in t:
+            w2 = tuple(t["lokr_w2"].shape)
+        elif "lokr_t2" in t:
+            w2 = (t["lokr_w2_a"].shape[1], t["lokr_w2_b"].shape[1], *t["lokr_t2"].shape[2:])
+        else:
+            w2 = (t["lokr_w2_a"].shape[0], *t["lokr_w2_b"].shape[1:])
+        return w1, w2
+
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        w1, w2 = self._half_shapes()
+        return w1[0] * w2[0] == shape[0] and math.prod(w1[1:]) * math.prod(w2[1:]) == math.prod(shape[1:])
 
     def unit_delta(self, weight: Tensor) -> Tensor:
         t = self.tensors

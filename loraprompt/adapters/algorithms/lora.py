@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -23,6 +24,11 @@ class LoraModule(AdapterModule):
     @property
     def rank(self) -> int:
         return int(self.tensors["down"].shape[0])
+
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        up, down = self.tensors["up"], self.tensors["down"]
+        kernel = self.tensors["mid"].shape[2:] if "mid" in self.tensors else down.shape[2:]
+        return up.shape[0] == shape[0] and down.shape[1] * math.prod(kernel) == math.prod(shape[1:])
 
     def unit_delta(self, weight: Tensor) -> Tensor:
         up = self.tensor("up", weight)

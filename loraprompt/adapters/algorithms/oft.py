@@ -43,6 +43,10 @@ class OFTModule(AdapterModule):
     def linear(self) -> bool:
         return "rescale" not in self.tensors and self.dora_scale is None
 
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        blocks = self.tensors["diag"] if "diag" in self.tensors else self.tensors["blocks"]
+        return blocks.shape[-3] * blocks.shape[-1] == shape[0]
+
     def rotation(self, weight: Tensor) -> Tensor:
         """The per-block rotation R, shape (n, b, b)."""
         if "diag" in self.tensors:
