@@ -81,6 +81,7 @@ class DiskCache:
                 self._dirty = True
 
     def paths(self) -> set[str]:
+        """Every path with a record."""
         return set(self._files)
 
     def peek(self, path: str) -> dict[str, Any] | None:

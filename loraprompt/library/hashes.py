@@ -32,7 +32,7 @@ def stat_key(path: str | Path) -> HashKey:
 
 
 class HashCache:
-    """Thread-safe in-memory map from `stat_key` to hashes; `seed` loads values from a disk cache."""
+    """Thread-safe in-memory map from `stat_key` to hashes."""
 
     def __init__(self) -> None:
         self._values: dict[HashKey, dict[str, str | None]] = {}
@@ -44,6 +44,7 @@ class HashCache:
         return dict(value) if value is not None else None
 
     def seed(self, key: HashKey, value: dict[str, str | None]) -> None:
+        """Store the hashes of the file version `key`."""
         with self._lock:
             self._values[key] = dict(value)
 

@@ -15,7 +15,6 @@ from typing import Any
 MAX_SHOWN = 1000  # characters of one metadata value kept for display
 MAX_TAGS = 24  # tag frequencies kept in the summary (A1111 shows the top 24)
 MAX_TRIGGERS = 24  # as many as A1111's "training dataset tags" shows
-FAMILIES = ("sd1", "sd2", "sdxl")
 SD_VERSION_NAMES = {"SD1": "sd1", "SD2": "sd2", "SDXL": "sdxl"}
 
 _CROSS_ATTN_DIMS = {2048: "sdxl", 1024: "sd2", 768: "sd1"}

@@ -26,10 +26,6 @@ class Resolution:
     how: str = ""  # "stem", "alias", "hash", or the fallback step that matched
     candidates: tuple[Entry, ...] = ()
 
-    @property
-    def ok(self) -> bool:
-        return self.entry is not None
-
 
 class NameIndex:
     """Lookup tables over entries in walk order, built once per scan. An alias shared by two
