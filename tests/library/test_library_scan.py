@@ -281,3 +281,14 @@ def test_pickle_files_listed_without_reading(lora_dir: Path, tmp_path: Path) -> 
     lib = Library([lora_dir], cache_dir=tmp_path / "c")
     assert [(e.name, e.kind, e.family, e.error) for e in lib.entries] == [("old", "pickle", None, None), ("older", "pickle", None, None)]
     assert lib.hashes(lib.entries[0])["a1111"] == hashlib.sha256(b"\x80\x02}q\x00.").hexdigest()
+
+
+@pytest.mark.parametrize("content", ["{truncated", '{"version": 999, "files": {}}', "[]"])
+def test_unusable_cache_file_is_rebuilt(lora_dir: Path, tmp_path: Path, content: str) -> None:
+    write_lora(lora_dir / "a.safetensors", kohya_metadata("a"))
+    Library([lora_dir], cache_dir=tmp_path / "c")
+    (cache_file,) = (tmp_path / "c").glob("library-*.json")
+    cache_file.write_text(content)
+    lib = Library([lora_dir], cache_dir=tmp_path / "c")
+    assert lib.last_report.files_read == 1 and lib.entries[0].alias == "a"
+    assert json.loads(cache_file.read_text())["version"] == 1
