@@ -17,6 +17,7 @@ The A1111 peer needs `diskcache` (A1111 pins 5.6.3): pip install diskcache==5.6.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -161,6 +162,9 @@ def main() -> None:
     parser.add_argument("--tensors", type=int, default=200, help="tensors per file (header size)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (the best is kept)")
     args = parser.parse_args()
+    if importlib.util.find_spec("diskcache") is None:
+        raise SystemExit("bench_scan: the A1111 peer needs diskcache (A1111 pins 5.6.3): pip install diskcache==5.6.3")
+    print("ratios above 1 mean loraprompt is faster than that peer")
     for count in args.sizes:
         run_size(count, args.tensors, args.repeat)
 
