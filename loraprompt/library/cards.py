@@ -55,6 +55,7 @@ def card(library: Library, entry: Entry) -> dict[str, Any]:
         "family": entry.family,
         "family_label": family_label(entry.family),
         "family_source": "user" if entry.family != entry.detected_family else entry.family_source,
+        "base_model": entry.base_model,
         "trigger_words": [list(t) for t in entry.trigger_words()],
         "activation_text": entry.activation_text,
         "negative_text": str(entry.user.get("negative text") or ""),

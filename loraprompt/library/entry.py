@@ -108,6 +108,15 @@ class Entry:
         return chosen or self.detected_family
 
     @property
+    def base_model(self) -> str | None:
+        """The finest base-model name known (e.g. "Pony", "Flux.1 D"): Civitai's, Lora-Manager's,
+        then the header's `ss_base_model_version` / `modelspec.architecture`; None if none says."""
+        for source in (self.imports.get("civitai", {}), self.imports.get("lora_manager", {})):
+            if source.get("base_model"):
+                return str(source["base_model"])
+        return self.summary.base_model_version
+
+    @property
     def preview(self) -> str | None:
         """The preview A1111 would show (first found), or None."""
         return self.previews[0] if self.previews else None

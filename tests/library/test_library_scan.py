@@ -61,14 +61,18 @@ def test_previews_in_a1111_order_and_sidecars(lora_dir: Path, tmp_path: Path) ->
         (lora_dir / name).write_bytes(PNG)
     (lora_dir / "a.json").write_text(json.dumps({"activation text": "cat ears, hat", "preferred weight": 0.7, "modelId": 5}))
     (lora_dir / "a.civitai.info").write_text(json.dumps({"id": 9, "modelId": 5, "trainedWords": ["meow"], "model": {"name": "Cats", "nsfw": True}}))
+    write_lora(lora_dir / "pony.safetensors", kohya_metadata("pony", base="sdxl_base_v1-0"), keys=SDXL_KEYS)
+    (lora_dir / "pony.civitai.info").write_text(json.dumps({"baseModel": "Pony", "trainedWords": []}))
     (lora_dir / "a.metadata.json").write_text(json.dumps({"tags": ["animal"], "favorite": True, "usage_tips": '{"strength": 0.6}'}))
     (lora_dir / "a.txt").write_text("A cat style.")
     lib = Library([lora_dir], cache_dir=tmp_path / "c")
-    (e,) = lib.entries
+    e, pony = lib.entries
+    assert pony.base_model == "Pony" and pony.family == "sdxl"
     names = [Path(p).name for p in e.previews]
     assert names == ["a.png", "a.preview.png", "a.jpg", "a.preview.webp"] and e.preview == str(lora_dir / "a.png")
     assert e.user["modelId"] == 5 and e.preferred_weight == 0.7 and e.activation_text == "cat ears, hat"
     assert e.imports["civitai"]["trained_words"] == ["meow"] and e.nsfw and e.favorite
+    assert e.base_model == "sd_v1"  # the civitai.info here names no base model
     assert e.description == "A cat style."
     words = e.trigger_words()
     assert words[:3] == [("cat ears", "user"), ("hat", "user"), ("meow", "civitai")]
