@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
 RANK = 32
 PEER_LIMIT_GIB = 9.0  # the shared machine's budget for one heavy job
 UNET_TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k",
@@ -77,8 +79,9 @@ def layout(family: str) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[str
         module, _, param = key.rpartition(".")
         ldm = f"model.diffusion_model.{to_ldm(module, up_attn)}.{param}"
         shapes[ldm] = tuple(t.shape)
-        if param == "weight" and module.endswith(UNET_TARGETS):
-            targets["lora_unet_" + to_ldm(module, up_attn).replace(".", "_")] = (ldm, None, t.shape[0])
+        if param == "weight" and module.endswith(UNET_TARGETS):  # kohya names: SGM for SDXL, diffusers for SD1
+            name = to_ldm(module, up_attn) if family == "sdxl" else module
+            targets["lora_unet_" + name.replace(".", "_")] = (ldm, None, t.shape[0])
     for component, (prefix, lora_prefix) in TE_PREFIX[family].items():
         for key, t in models[component].state_dict().items():
             hf = key if key.startswith(("text_model.", "text_projection")) else f"text_model.{key}"
@@ -181,8 +184,10 @@ def child(task: str, work: Path) -> None:
 
 
 def _measure(task: str, work: Path) -> dict[str, float]:
-    done = subprocess.run([sys.executable, __file__, "--child", task, "--work", str(work)], check=True,
-                          capture_output=True, text=True)
+    done = subprocess.run([sys.executable, __file__, "--child", task, "--work", str(work)],
+                          check=False, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{task} failed:\n{done.stderr[-3000:]}")
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 

@@ -1,8 +1,9 @@
 """Merge LoRAs into a checkpoint at UNet/text-encoder strengths, streaming one tensor at a time.
 
-The arithmetic is the patcher's: per weight, the float32 base plus each contribution's delta
-(unit delta times strength for linear adapters), cast once. So the merged file holds exactly the
-weights `Patcher.sync` gives the loaded model.
+The plan is the patcher's (`loraprompt.plan` over the checkpoint's own key maps) and so is the
+arithmetic: per weight, the float32 base plus each contribution's delta (unit delta times
+strength for linear adapters), cast once. The merged file holds the weights `Patcher.sync` gives
+the loaded model (to float32 rounding: the patcher may fuse a plain LoRA's up @ down into one addmm).
 """
 
 from __future__ import annotations
