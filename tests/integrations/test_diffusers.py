@@ -122,3 +122,14 @@ def test_a_replaced_unet_is_restored_and_forgotten(setup, tmp_path) -> None:
     assert_bit_equal({"unet": original_unet}, weights)
     with torch.no_grad(), loraprompt.activate(pipe, "<lora:style:1>", library=library):
         assert patcher.applied
+
+
+def test_block_weights_follow_lbw(setup) -> None:
+    pipe, library, before = setup
+    zeros = ",".join(["1"] + ["0"] * 16)  # BASE (text encoder) 1, every UNet block 0
+    with loraprompt.activate(pipe, f"a cat <lora:style:1:lbw={zeros}>", library=library) as prompt:
+        assert not [d for d in prompt.diagnostics if d.severity == "error"]
+        te_only = generate(pipe, prompt)
+    with loraprompt.activate(pipe, "a cat <lora:style:1:0>", library=library) as prompt:
+        assert np.array_equal(generate(pipe, prompt), te_only)
+    assert not np.array_equal(te_only, before)

@@ -50,8 +50,8 @@ def generate(pipe: StableDiffusionPipeline, prompt: str, steps: int = 3):
 
 
 def write_kohya_lora(path: Path, components: dict[str, nn.Module], seed: int, rank: int = 2) -> Path:
-    """A kohya-format LoRA (lora_up/lora_down/alpha) on every Linear and 1x1 conv of the UNet and
-    the text encoder's attention and MLP, named the way kohya names them."""
+    """A kohya-format LoRA (lora_up/lora_down/alpha) on every Linear and 1x1 conv of the UNet's
+    transformer blocks and the text encoder's attention and MLP, named the way kohya names them."""
     gen = torch.Generator().manual_seed(seed)
     tensors: dict[str, torch.Tensor] = {}
     prefixes = {"unet": ("lora_unet_", ""), "text_encoder": ("lora_te_", "text_model_")}
@@ -63,6 +63,8 @@ def write_kohya_lora(path: Path, components: dict[str, nn.Module], seed: int, ra
                 continue
             if component == "text_encoder" and not any(p in name for p in ("self_attn", "mlp")):
                 continue
+            if component == "unet" and ".attentions." not in name:
+                continue  # kohya's networks.lora: the transformer blocks only
             key = prefix + inner + name.replace(".", "_")
             out_f, in_f = child.weight.shape[:2]
             up = torch.randn(out_f, rank, generator=gen) * 0.3
