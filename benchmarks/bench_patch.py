@@ -64,13 +64,13 @@ def build(model: str, dtype: torch.dtype, seed: int = 0) -> dict[str, nn.Module]
     return {"unet": unet.to(dtype).eval()}
 
 
-def make_loras(model: str, folder: Path, rank: int = 16) -> list[Path]:
-    """Two kohya LoRA files made with peft on the model and converted by diffusers."""
+def make_loras(model: str, folder: Path, rank: int = 16, dtype: torch.dtype = torch.float32) -> list[Path]:
+    """Two kohya LoRA files made with peft on the model (built in `dtype`) and converted by diffusers."""
     from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
     from peft import LoraConfig, get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    components = build(model, torch.float32)
+    components = build(model, dtype)
     paths = []
     for name in ("A", "B"):
         torch.manual_seed(len(paths) + 1)
@@ -134,6 +134,7 @@ def bench_loraprompt(components: dict[str, nn.Module], paths: list[Path], repeat
         "restore": measure(patcher.restore, repeat, lambda: patcher.sync([(a, 1.0, 1.0)])),
     }
     patcher.sync([(a, 1.0, 1.0)])
+    out["unchanged"] = measure(lambda: patcher.sync([(a, 1.0, 1.0)]), repeat)
     out["backups"] = (0.0, patcher.backup_nbytes / 2**20)
     patcher.restore()
     return out
@@ -264,7 +265,7 @@ def main() -> None:
     dtype = DTYPES[args.dtype]
     folder = Path(tempfile.mkdtemp())
     t0 = time.perf_counter()
-    paths = make_loras(args.model, folder)
+    paths = make_loras(args.model, folder, dtype=dtype if args.model == "sdxl" else torch.float32)
     components = build(args.model, dtype)
     print(f"# {args.model} {args.dtype}, {args.threads} thread(s), LoRAs made in {time.perf_counter() - t0:.0f}s")
     results = {"loraprompt": bench_loraprompt(components, paths, args.repeat),
@@ -287,6 +288,7 @@ def report(results: dict[str, dict[str, tuple[float, float]]]) -> None:
             line += f" {peer[op][0]:9.3f}s {peer[op][0] / ours[op][0]:8.1f}x"
         line += f" {ours[op][1]:11.0f} {limit[op][1]:9.0f}" + (f" {peer[op][1]:8.0f}" if peer else "")
         print(line)
+    print(f"loraprompt sync with nothing changed (a step of a static prompt): {ours['unchanged'][0] * 1e3:.2f} ms")
     if peer:
         print(f"diffusers+peft max |drift| of to_q weights after fuse/unfuse cycles: {peer['drift'][0]:.3g}")
 
