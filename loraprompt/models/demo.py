@@ -38,7 +38,7 @@ def build_demo_tokenizer() -> Any:
     return CLIPTokenizer(vocab=demo_vocab(), merges=[], model_max_length=77)
 
 
-def _unet_config() -> dict[str, Any]:
+def demo_unet_config() -> dict[str, Any]:
     return {
         "sample_size": DEMO_SIZE // 8,
         "in_channels": 4,
@@ -53,7 +53,7 @@ def _unet_config() -> dict[str, Any]:
     }
 
 
-def _vae_config() -> dict[str, Any]:
+def demo_vae_config() -> dict[str, Any]:
     return {
         "in_channels": 3,
         "out_channels": 3,
@@ -67,7 +67,7 @@ def _vae_config() -> dict[str, Any]:
     }
 
 
-def _text_config(vocab_size: int, start_id: int, end_id: int) -> dict[str, Any]:
+def demo_text_config(vocab_size: int, start_id: int, end_id: int) -> dict[str, Any]:
     return {
         "vocab_size": vocab_size,
         "hidden_size": 32,
@@ -97,11 +97,11 @@ def build_demo_pipeline(seed: int = DEMO_SEED) -> Any:
     vocab = demo_vocab()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet: Any = UNet2DConditionModel(**_unet_config())
+        unet: Any = UNet2DConditionModel(**demo_unet_config())
         torch.manual_seed(seed + 1)
-        vae: Any = AutoencoderKL(**_vae_config())
+        vae: Any = AutoencoderKL(**demo_vae_config())
         torch.manual_seed(seed + 2)
-        text_encoder: Any = CLIPTextModel(CLIPTextConfig(**_text_config(len(vocab), vocab[START], vocab[END])))
+        text_encoder: Any = CLIPTextModel(CLIPTextConfig(**demo_text_config(len(vocab), vocab[START], vocab[END])))
     scheduler = EulerAncestralDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,

@@ -94,6 +94,7 @@ class Txt2Img:
         import torch
 
         from loraprompt.integrations.diffusers import activate
+        from loraprompt.ui.txt2img_prompt import prompt_embeddings
 
         sampler = sampler_by_label(request.sampler)
         seed = random.randint(0, MAX_SEED) if request.seed < 0 else int(request.seed)
@@ -110,8 +111,7 @@ class Txt2Img:
             with activate(pipe, request.prompt, self.library, steps=steps, on_error="skip", restore=False) as active, \
                     torch.inference_mode():
                 image = pipe(
-                    prompt=str(active),
-                    negative_prompt=request.negative_prompt or None,
+                    **prompt_embeddings(pipe, str(active), request.negative_prompt),
                     num_inference_steps=steps,
                     guidance_scale=float(request.cfg_scale),
                     width=int(request.width),

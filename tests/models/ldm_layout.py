@@ -1,5 +1,5 @@
-"""Write a diffusers SD1 pipeline as a single-file checkpoint in the original LDM layout (what
-Automatic1111 loads and Civitai serves), for the checkpoint-loading tests."""
+"""Tiny SD1/SD2/SDXL models from (shrunk) shipped configs, written as single-file checkpoints in the
+original LDM/SGM layout (what Automatic1111 loads and Civitai serves), for the loading tests."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 from loraprompt.keymaps.unet import to_ldm
+from loraprompt.models.checkpoint import family_config
+from loraprompt.models.demo import demo_text_config, demo_unet_config, demo_vae_config
 
 VAE_RESNET = {"conv_shortcut": "nin_shortcut"}
 VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
@@ -104,3 +106,44 @@ def write_ldm_checkpoint(pipe: Any, path: Path, openclip_text: bool = False) -> 
     """Save `pipe` as one LDM-layout `.safetensors` file."""
     save_file(ldm_state_dict(pipe, openclip_text), str(path))
     return path
+
+
+def tiny_sdxl_configs() -> dict[str, Any]:
+    """The shipped SDXL configs with tiny sizes (CLIP-L-like width 32, bigG-like width 48)."""
+    cfg = family_config("sdxl")
+    text = {k: v for k, v in demo_text_config(49408, 49406, 49407).items() if k not in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    unet = {**cfg["unet"], "block_out_channels": [32, 64, 64], "norm_num_groups": 16, "attention_head_dim": [2, 4, 4],
+            "transformer_layers_per_block": [1, 1, 2], "cross_attention_dim": 32 + 48, "addition_time_embed_dim": 8,
+            "projection_class_embeddings_input_dim": 48 + 6 * 8, "addition_embed_type_num_heads": 8, "sample_size": 32}
+    return {**cfg, "unet": unet, "vae": {**cfg["vae"], **demo_vae_config()},
+            "text_encoder": {**cfg["text_encoder"], **text},
+            "text_encoder_2": {**cfg["text_encoder_2"], **text, "hidden_size": 48, "intermediate_size": 96,
+                               "projection_dim": 48}}
+
+
+def tiny_sd2_configs() -> dict[str, Any]:
+    """The shipped SD2 configs with tiny sizes (an OpenCLIP-H-like gelu text tower of width 48)."""
+    cfg = family_config("sd2")
+    text = {k: v for k, v in demo_text_config(49408, 49406, 49407).items() if k not in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    return {**cfg, "unet": {**cfg["unet"], **demo_unet_config(), "cross_attention_dim": 48, "attention_head_dim": [2, 4, 4, 4],
+                            "use_linear_projection": True},
+            "vae": {**cfg["vae"], **demo_vae_config()},
+            "text_encoder": {**cfg["text_encoder"], **text, "hidden_size": 48, "intermediate_size": 96, "projection_dim": 48}}
+
+
+def components_from_configs(configs: dict[str, Any]) -> Any:
+    """Random-weight components built from `configs` (what a trainer would have saved)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    def text(key: str, cls: Any) -> Any:
+        return cls(CLIPTextConfig(**{k: v for k, v in configs[key].items() if k != "architectures"})).eval()
+
+    torch.manual_seed(9)
+    source = type("Pipe", (), {})()
+    source.unet = UNet2DConditionModel.from_config(configs["unet"]).eval()
+    source.vae = AutoencoderKL.from_config(configs["vae"]).eval()
+    source.text_encoder = text("text_encoder", CLIPTextModel)
+    if "text_encoder_2" in configs:
+        source.text_encoder_2 = text("text_encoder_2", CLIPTextModelWithProjection)
+    return source

@@ -22,8 +22,13 @@ from loraprompt.models.checkpoint import (
     load_single_file,
     write_config_dir,
 )
-from loraprompt.models.demo import _text_config, _unet_config, _vae_config, build_demo_pipeline
-from tests.models.ldm_layout import write_ldm_checkpoint
+from loraprompt.models.demo import build_demo_pipeline, demo_text_config, demo_unet_config, demo_vae_config
+from tests.models.ldm_layout import (
+    components_from_configs,
+    tiny_sd2_configs,
+    tiny_sdxl_configs,
+    write_ldm_checkpoint,
+)
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -113,12 +118,12 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path
     from transformers import CLIPTextConfig, CLIPTextModel
 
     pipe = build_demo_pipeline()
-    text = _text_config(49408, 49406, 49407)
+    text = demo_text_config(49408, 49406, 49407)
     torch.manual_seed(5)
     pipe.text_encoder = CLIPTextModel(CLIPTextConfig(**text)).eval()
     path = write_ldm_checkpoint(pipe, tmp_path_factory.mktemp("ckpt") / "tiny-sd1.safetensors")
     cfg = family_config("sd1")
-    configs = {**cfg, "unet": {**cfg["unet"], **_unet_config()}, "vae": {**cfg["vae"], **_vae_config()},
+    configs = {**cfg, "unet": {**cfg["unet"], **demo_unet_config()}, "vae": {**cfg["vae"], **demo_vae_config()},
                "text_encoder": {**cfg["text_encoder"], **text}}
     return pipe, path, configs
 
@@ -188,51 +193,10 @@ def test_config_files_are_valid_json() -> None:
         assert cfg["model_index"]["_class_name"].startswith("StableDiffusion")
 
 
-def _tiny_sdxl_configs() -> dict[str, Any]:
-    """The shipped SDXL configs with tiny sizes (CLIP-L-like width 32, bigG-like width 48)."""
-    cfg = family_config("sdxl")
-    text = {k: v for k, v in _text_config(49408, 49406, 49407).items() if k not in ("bos_token_id", "eos_token_id", "pad_token_id")}
-    unet = {**cfg["unet"], "block_out_channels": [32, 64, 64], "norm_num_groups": 16, "attention_head_dim": [2, 4, 4],
-            "transformer_layers_per_block": [1, 1, 2], "cross_attention_dim": 32 + 48, "addition_time_embed_dim": 8,
-            "projection_class_embeddings_input_dim": 48 + 6 * 8, "addition_embed_type_num_heads": 8, "sample_size": 32}
-    return {**cfg, "unet": unet, "vae": {**cfg["vae"], **_vae_config()},
-            "text_encoder": {**cfg["text_encoder"], **text},
-            "text_encoder_2": {**cfg["text_encoder_2"], **text, "hidden_size": 48, "intermediate_size": 96,
-                               "projection_dim": 48}}
-
-
-def _tiny_sd2_configs() -> dict[str, Any]:
-    """The shipped SD2 configs with tiny sizes (an OpenCLIP-H-like gelu text tower of width 48)."""
-    cfg = family_config("sd2")
-    text = {k: v for k, v in _text_config(49408, 49406, 49407).items() if k not in ("bos_token_id", "eos_token_id", "pad_token_id")}
-    return {**cfg, "unet": {**cfg["unet"], **_unet_config(), "cross_attention_dim": 48, "attention_head_dim": [2, 4, 4, 4],
-                            "use_linear_projection": True},
-            "vae": {**cfg["vae"], **_vae_config()},
-            "text_encoder": {**cfg["text_encoder"], **text, "hidden_size": 48, "intermediate_size": 96, "projection_dim": 48}}
-
-
-def _from_configs(configs: dict[str, Any]) -> Any:
-    """Random-weight components built from `configs` (what a trainer would have saved)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    def text(key: str, cls: Any) -> Any:
-        return cls(CLIPTextConfig(**{k: v for k, v in configs[key].items() if k != "architectures"})).eval()
-
-    torch.manual_seed(9)
-    source = type("Pipe", (), {})()
-    source.unet = UNet2DConditionModel.from_config(configs["unet"]).eval()
-    source.vae = AutoencoderKL.from_config(configs["vae"]).eval()
-    source.text_encoder = text("text_encoder", CLIPTextModel)
-    if "text_encoder_2" in configs:
-        source.text_encoder_2 = text("text_encoder_2", CLIPTextModelWithProjection)
-    return source
-
-
 @pytest.mark.parametrize("family", ["sd2", "sdxl"])
 def test_openclip_families_load_offline_bit_exact(family: str, tmp_path: Path) -> None:
-    configs = _tiny_sdxl_configs() if family == "sdxl" else _tiny_sd2_configs()
-    source = _from_configs(configs)
+    configs = tiny_sdxl_configs() if family == "sdxl" else tiny_sd2_configs()
+    source = components_from_configs(configs)
     path = write_ldm_checkpoint(source, tmp_path / f"tiny-{family}.safetensors", openclip_text=family == "sd2")
 
     assert detect_family(header_shapes(path), path) == family

@@ -1,0 +1,92 @@
+"""A1111-style conditioning for the web UI: plain prompts give exactly diffusers' embeddings;
+emphasis, BREAK and prompts past 75 tokens change them the way Automatic1111 does."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+import torch
+
+from loraprompt.models.checkpoint import write_config_dir
+from loraprompt.models.demo import build_demo_pipeline
+from loraprompt.ui.txt2img_prompt import CHUNK, prompt_embeddings, weighted_chunks
+from tests.models.ldm_layout import components_from_configs, tiny_sdxl_configs
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="module")
+def sd1() -> Any:
+    return build_demo_pipeline()
+
+
+@pytest.fixture(scope="module")
+def sdxl(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTokenizer
+
+    configs = tiny_sdxl_configs()
+    parts = components_from_configs(configs)
+    folder = write_config_dir(configs, tmp_path_factory.mktemp("xl"))
+    return StableDiffusionXLPipeline(
+        vae=parts.vae, text_encoder=parts.text_encoder, text_encoder_2=parts.text_encoder_2,
+        tokenizer=CLIPTokenizer.from_pretrained(str(folder / "tokenizer")),
+        tokenizer_2=CLIPTokenizer.from_pretrained(str(folder / "tokenizer_2")),
+        unet=parts.unet, scheduler=EulerDiscreteScheduler.from_config(configs["scheduler"]),
+    )
+
+
+def test_plain_prompt_equals_diffusers_sd1(sd1: Any) -> None:
+    kw = prompt_embeddings(sd1, "a cat on a mat", "blurry")
+    ours = sd1.encode_prompt("a cat on a mat", "cpu", 1, True, "blurry")
+    assert torch.equal(kw["prompt_embeds"], ours[0]) and torch.equal(kw["negative_prompt_embeds"], ours[1])
+    empty = sd1.encode_prompt("x", "cpu", 1, True, None)[1]
+    assert torch.equal(prompt_embeddings(sd1, "x", "")["negative_prompt_embeds"], empty)
+
+
+def test_plain_prompt_equals_diffusers_sdxl(sdxl: Any) -> None:
+    for negative in ("ugly", ""):
+        kw = prompt_embeddings(sdxl, "a photo of a cat", negative)
+        ref = sdxl.encode_prompt("a photo of a cat", device="cpu", negative_prompt=negative or None)
+        names = ["prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"]
+        for name, want in zip(names, ref):
+            assert torch.equal(kw[name], want), (negative, name)
+
+
+def test_emphasis_weights_tokens_like_a1111(sd1: Any) -> None:
+    assert weighted_chunks(sd1.tokenizer, "(cat:1)") == weighted_chunks(sd1.tokenizer, "cat")
+    chunk = weighted_chunks(sd1.tokenizer, "a (cat:1.5) [dog]")[0]
+    assert {w for _, w in chunk} == {1.0, 1.5, 1 / 1.1}
+    plain = prompt_embeddings(sd1, "a cat dog", "")["prompt_embeds"]
+    strong = prompt_embeddings(sd1, "a (cat:1.5) dog", "")["prompt_embeds"]
+    assert plain.shape == strong.shape and not torch.equal(plain, strong)
+    assert torch.allclose(plain.mean(), strong.mean(), atol=1e-6)  # A1111 keeps the mean
+
+
+def test_long_prompts_and_break_make_chunks(sd1: Any, sdxl: Any) -> None:
+    long = " ".join(f"w{i}" for i in range(60))  # byte-level demo tokenizer: > 75 tokens
+    chunks = weighted_chunks(sd1.tokenizer, long)
+    assert len(chunks) > 1 and all(len(c) == CHUNK for c in chunks[:-1])
+    kw = prompt_embeddings(sd1, long, "short")
+    assert kw["prompt_embeds"].shape[1] == 77 * len(chunks) == kw["negative_prompt_embeds"].shape[1]
+    tail = prompt_embeddings(sd1, long + " extra", "short")["prompt_embeds"]
+    assert not torch.equal(kw["prompt_embeds"], tail)  # words past token 75 still count
+    assert len(weighted_chunks(sdxl.tokenizer, "a cat BREAK a dog")) == 2
+    xl = prompt_embeddings(sdxl, "a cat BREAK a dog", "")
+    assert xl["prompt_embeds"].shape[1] == 154 and xl["pooled_prompt_embeds"].shape == (1, 48)
+
+
+def test_sdxl_pipeline_runs_on_the_embeddings(sdxl: Any) -> None:
+    kw = prompt_embeddings(sdxl, "a (red:1.3) house BREAK at night", "blurry")
+    image = sdxl(**kw, num_inference_steps=1, width=64, height=64, output_type="np").images[0]
+    assert image.shape == (64, 64, 3)
+
+
+def test_bad_emphasis_weight_is_a_prompt_error(sd1: Any) -> None:
+    from loraprompt.errors import PromptSyntaxError
+
+    with pytest.raises(PromptSyntaxError):
+        prompt_embeddings(sd1, "(cat:1.2.3)", "")
+
