@@ -1,11 +1,9 @@
 """The one module that writes model weights: diffed sync against exact backups.
 
-`Patcher.sync(entries)` makes the model equal to base + exactly those adapters. It computes every
-delta of the new plan (float32, on the weight's device) before writing anything; then, for each
-weight whose contributions changed, it writes base + Σ strength·Δ cast once into the weight's
-dtype. A weight no longer patched gets its backup copied back (never a subtraction). Any exception
-while writing puts every weight back to its state before the call.
-"""
+`Patcher.sync(entries)` makes the model equal to base + exactly those adapters: every delta of the
+new plan is computed and checked (float32, on the weight's device) before anything is written; each
+weight whose contributions changed gets base + Σ strength·Δ, cast once. Restoring copies backups
+back (never a subtraction); an exception while writing puts every weight back as it was."""
 
 from __future__ import annotations
 
@@ -20,25 +18,16 @@ from loraprompt.cache import DeltaCache, lowrank_factors
 from loraprompt.errors import PatchError
 from loraprompt.keymaps import keymap_for_module
 from loraprompt.keymaps.check import model_family
-from loraprompt.plan import (
-    Key,
-    Plan,
-    PlanEntry,
-    Resolution,
-    SyncReport,
-    as_entry,
-    build_plan,
-    resolve_adapter,
-)
+from loraprompt.plan import Key, Plan, PlanEntry, SyncReport, as_entry, build_plan, resolve_adapter
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
     from loraprompt.adapters.types import AdapterModule
     from loraprompt.keymaps import KeyMap
+    from loraprompt.plan import Resolution
 
-# (float32 ΔW, or `up` when the next item is `down`; down or None; rows of a fused parameter or None;
-# the scale to add ΔW (or up @ down) with)
+# (float32 ΔW, or up when `down` follows; down or None; rows of a fused parameter or None; scale)
 Part = tuple["Tensor", "Tensor | None", "tuple[int, int] | None", float]
 
 
@@ -321,12 +310,19 @@ class Patcher:
                     del self._versions[key]
 
     def _check_versions(self, report: SyncReport) -> None:
-        """Drop the backups of weights written by someone else since our last write."""
-        stale = [key for key in self._backups if _versions(*self._params[key]) != self._versions.get(key)]
-        for key in stale:
-            del self._backups[key]
-            self._versions.pop(key, None)
-            self._applied.pop(key, None)
+        """Follow weights moved or cast since our last write (`.to()`: the backups follow); drop
+        the backups of weights written by someone else (they become the new base)."""
+        stale = []
+        for key, (w_backup, b_backup) in list(self._backups.items()):
+            weight, bias = self._params[key]
+            if (w_backup.device, w_backup.dtype) != (weight.device, weight.dtype):
+                self._backups[key] = (w_backup.to(weight), None if b_backup is None or bias is None else b_backup.to(bias))
+                self._versions[key] = _versions(weight, bias)
+                self._deltas.clear()
+            elif _versions(weight, bias) != self._versions.get(key):
+                stale.append(key)
+                del self._backups[key], self._versions[key]
+                self._applied.pop(key, None)
         if stale:
             from loraprompt.diagnostics import Diagnostic
 

@@ -25,8 +25,8 @@ from loraprompt.adapters.types import COMPONENTS, Adapter
 from loraprompt.cache import AdapterCache
 from loraprompt.diagnostics import Diagnostic
 from loraprompt.errors import AdapterFileError
-from loraprompt.patcher import Patcher, SyncReport
-from loraprompt.plan import PlanEntry
+from loraprompt.patcher import Patcher
+from loraprompt.plan import PlanEntry, SyncReport
 
 __all__ = ["DEFAULT_CACHE", "ActivePrompt", "activate", "entry_for", "patcher_for"]
 

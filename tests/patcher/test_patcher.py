@@ -283,3 +283,18 @@ def test_a_thousand_cycles_restore_bit_exactly_every_time(dtype) -> None:
         patcher.sync([(adapters[i], s, 1.0) for i, s in zip(picks, strengths)])
         patcher.restore(release=cycle % 7 == 0)
         assert_bit_equal(model, original)
+
+
+def test_backups_follow_a_model_cast_while_patched(model) -> None:
+    a = make_adapter(model, 1)
+    original = snapshot(model)
+    patcher = Patcher(model)
+    patcher.sync([(a, 1.0, 1.0)])
+    for component in model.values():
+        component.to(torch.float16)
+    report = patcher.restore()
+    assert not report.diagnostics
+    assert_bit_equal(model, {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in original.items()})
+    patcher.sync([(a, 0.5, 0.5)])
+    half = {k: v.to(torch.float16) for k, v in original.items()}
+    assert_close(model, reference(model, half, [(a, 0.5, 0.5)]), torch.float16)
