@@ -133,3 +133,29 @@ def test_block_weights_follow_lbw(setup) -> None:
     with loraprompt.activate(pipe, "a cat <lora:style:1:0>", library=library) as prompt:
         assert np.array_equal(generate(pipe, prompt), te_only)
     assert not np.array_equal(te_only, before)
+
+
+class ComponentsOnly:
+    """What activate reads from a pipeline: its unet and text encoders."""
+
+    def __init__(self, models) -> None:
+        for name, module in models.items():
+            setattr(self, name, module)
+
+
+def test_sdxl_components_are_all_patched_and_restored(tmp_path) -> None:
+    from tests.fixtures.loras import write_kohya_lora as tool_kohya
+    from tests.fixtures.models import tiny_sdxl
+
+    made = tool_kohya("sdxl", tmp_path / "xl.safetensors", strength=0.5)
+    models = tiny_sdxl()
+    pipe = ComponentsOnly(models)
+    original = snapshot(models)
+    with loraprompt.activate(pipe, "<lora:xl:0.5>", library={"xl": str(made.path)}) as prompt:
+        assert prompt == "" and not prompt.diagnostics
+        for component, state in made.merged.items():
+            now = models[component].state_dict()
+            for key, expected in state.items():
+                torch.testing.assert_close(now[key], expected, rtol=1e-5, atol=1e-5)
+        assert {k[0] for k in patcher_for(pipe).applied} == {"unet", "text_encoder", "text_encoder_2"}
+    assert_bit_equal(models, original)
