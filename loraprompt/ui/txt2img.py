@@ -18,6 +18,7 @@ from loraprompt.errors import LoraPromptError
 from loraprompt.infotext import GenerationInfo, format_infotext
 from loraprompt.models import LoadedModel
 from loraprompt.models.samplers import SAMPLER_LABELS, make_scheduler, sampler_by_label
+from loraprompt.ui.txt2img_prompt import Conditioning
 
 StepCallback = Callable[[int, int], None]
 MAX_SEED = 2**32 - 1
@@ -94,30 +95,35 @@ class Txt2Img:
         import torch
 
         from loraprompt.integrations.diffusers import activate
-        from loraprompt.ui.txt2img_prompt import prompt_embeddings
 
         sampler = sampler_by_label(request.sampler)
         seed = random.randint(0, MAX_SEED) if request.seed < 0 else int(request.seed)
         steps = int(request.steps)
         pipe = self.model.pipe
 
+        conditioning: Conditioning | None = None
+
         def step_end(_pipe: Any, step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             if on_step is not None:
                 on_step(step + 1, steps)
+            if conditioning is not None:
+                kwargs.update(conditioning.step_update(step, _pipe.do_classifier_free_guidance))
             return kwargs
 
         with self._lock:
             pipe.scheduler = make_scheduler(sampler, self._base_scheduler_config)
             with activate(pipe, request.prompt, self.library, steps=steps, on_error="skip", restore=False) as active, \
                     torch.inference_mode():
+                conditioning = Conditioning(pipe, str(active), request.negative_prompt, steps)
                 image = pipe(
-                    **prompt_embeddings(pipe, str(active), request.negative_prompt),
+                    **conditioning.kwargs,
                     num_inference_steps=steps,
                     guidance_scale=float(request.cfg_scale),
                     width=int(request.width),
                     height=int(request.height),
                     generator=torch.Generator("cpu").manual_seed(seed),
                     callback_on_step_end=step_end,
+                    callback_on_step_end_tensor_inputs=conditioning.tensor_names,
                 ).images[0]
             applied = self._applied(active.entries)
             diagnostics = list(active.diagnostics)

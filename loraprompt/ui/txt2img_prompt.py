@@ -1,6 +1,7 @@
-"""Prompt conditioning as Automatic1111 computes it: emphasis (`(word:1.2)`, `[word]`), `BREAK`, and
-prompts longer than 75 tokens in 75-token chunks, encoded by the pipeline's own text encoders and
-passed to diffusers as embeddings. A plain prompt gives exactly diffusers' own embeddings."""
+"""Prompt conditioning as Automatic1111 computes it: prompt editing (`[a:b:0.5]`, `[a|b]`), emphasis
+(`(word:1.2)`, `[word]`), `BREAK`, and prompts longer than 75 tokens in 75-token chunks, encoded by
+the pipeline's own text encoders and passed to diffusers as embeddings (switched between steps by
+the step-end callback). A plain prompt gives exactly diffusers' own embeddings."""
 
 from __future__ import annotations
 
@@ -67,22 +68,58 @@ def _conditioning(pipe: Any, chunks: dict[str, list[Chunk]], count: int) -> tupl
     return torch.cat(parts, dim=1), pooled
 
 
-def prompt_embeddings(pipe: Any, prompt: str, negative: str) -> dict[str, Any]:
-    """Keyword arguments for an SD/SDXL pipeline call carrying A1111-style conditioning."""
-    import torch
+def _is_sdxl(pipe: Any) -> bool:
+    return getattr(pipe, "text_encoder_2", None) is not None
 
-    names = ["tokenizer", "tokenizer_2"] if getattr(pipe, "text_encoder_2", None) is not None else ["tokenizer"]
-    pos = {n: weighted_chunks(getattr(pipe, n), prompt) for n in names}
-    neg = {n: weighted_chunks(getattr(pipe, n), negative) for n in names}
-    count = max(len(c) for c in [*pos.values(), *neg.values()])
-    with torch.no_grad():
-        embeds, pooled = _conditioning(pipe, pos, count)
-        negative_embeds, negative_pooled = _conditioning(pipe, neg, count)
-    kwargs = {"prompt_embeds": embeds, "negative_prompt_embeds": negative_embeds}
-    if len(names) == 2:
-        if not negative and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
-            negative_embeds, negative_pooled = torch.zeros_like(negative_embeds), torch.zeros_like(negative_pooled)
-            kwargs["negative_prompt_embeds"] = negative_embeds
-        kwargs["pooled_prompt_embeds"] = pooled
-        kwargs["negative_pooled_prompt_embeds"] = negative_pooled
-    return kwargs
+
+class Conditioning:
+    """A prompt pair's conditioning over the steps: `kwargs` start the pipeline, `step_update` switches."""
+
+    def __init__(self, pipe: Any, prompt: str, negative: str, steps: int) -> None:
+        import torch
+
+        from loraprompt.syntax import schedules
+
+        self.sdxl = _is_sdxl(pipe)
+        self.positive, self.negative = schedules(prompt, steps), schedules(negative, steps)
+        names = ["tokenizer", "tokenizer_2"] if self.sdxl else ["tokenizer"]
+        texts = {t for _, t in self.positive} | {t for _, t in self.negative}
+        chunks = {t: {n: weighted_chunks(getattr(pipe, n), t) for n in names} for t in texts}
+        count = max(len(c) for per in chunks.values() for c in per.values())
+        with torch.no_grad():
+            self.embeds = {t: _conditioning(pipe, chunks[t], count) for t in texts}
+        if self.sdxl and not negative and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+            hidden, pooled = self.embeds[negative]
+            self.embeds[negative] = (torch.zeros_like(hidden), torch.zeros_like(pooled))
+        self.tensor_names = ["prompt_embeds", "add_text_embeds"] if self.sdxl else ["prompt_embeds"]
+
+    @staticmethod
+    def _text(schedule: list[tuple[int, str]], step: int) -> str:
+        return next((text for end, text in schedule if step <= end), schedule[-1][1])
+
+    def texts(self, step: int) -> tuple[str, str]:
+        """(positive, negative) prompt text in force at 1-based `step`."""
+        return self._text(self.positive, step), self._text(self.negative, step)
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """Pipeline keyword arguments with the conditioning of step 1."""
+        pos, neg = self.texts(1)
+        out = {"prompt_embeds": self.embeds[pos][0], "negative_prompt_embeds": self.embeds[neg][0]}
+        if self.sdxl:
+            out["pooled_prompt_embeds"] = self.embeds[pos][1]
+            out["negative_pooled_prompt_embeds"] = self.embeds[neg][1]
+        return out
+
+    def step_update(self, done: int, guided: bool) -> dict[str, Any]:
+        """Tensors for `callback_on_step_end` after 0-based step `done` when the next step's text differs."""
+        import torch
+
+        now, upcoming = self.texts(done + 1), self.texts(done + 2)
+        if now == upcoming:
+            return {}
+        (pos_h, pos_p), (neg_h, neg_p) = self.embeds[upcoming[0]], self.embeds[upcoming[1]]
+        out = {"prompt_embeds": torch.cat([neg_h, pos_h]) if guided else pos_h}
+        if self.sdxl:
+            out["add_text_embeds"] = torch.cat([neg_p, pos_p]) if guided else pos_p
+        return out

@@ -11,10 +11,14 @@ import torch
 
 from loraprompt.models.checkpoint import write_config_dir
 from loraprompt.models.demo import build_demo_pipeline
-from loraprompt.ui.txt2img_prompt import CHUNK, prompt_embeddings, weighted_chunks
+from loraprompt.ui.txt2img_prompt import CHUNK, Conditioning, weighted_chunks
 from tests.models.ldm_layout import components_from_configs, tiny_sdxl_configs
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def prompt_embeddings(pipe: Any, prompt: str, negative: str) -> dict[str, Any]:
+    return Conditioning(pipe, prompt, negative, steps=1).kwargs
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +82,20 @@ def test_long_prompts_and_break_make_chunks(sd1: Any, sdxl: Any) -> None:
     assert xl["prompt_embeds"].shape[1] == 154 and xl["pooled_prompt_embeds"].shape == (1, 48)
 
 
-def test_sdxl_pipeline_runs_on_the_embeddings(sdxl: Any) -> None:
-    kw = prompt_embeddings(sdxl, "a (red:1.3) house BREAK at night", "blurry")
-    image = sdxl(**kw, num_inference_steps=1, width=64, height=64, output_type="np").images[0]
+def test_sdxl_pipeline_runs_with_edited_prompt(sdxl: Any) -> None:
+    cond = Conditioning(sdxl, "a [(red:1.3):blue:1] house BREAK at night", "blurry", steps=2)
+    switched: list[set[str]] = []
+
+    def step_end(pipe: Any, step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        update = cond.step_update(step, pipe.do_classifier_free_guidance)
+        switched.append(set(update))
+        kwargs.update(update)
+        return kwargs
+
+    image = sdxl(**cond.kwargs, num_inference_steps=2, width=64, height=64, output_type="np",
+                 callback_on_step_end=step_end, callback_on_step_end_tensor_inputs=cond.tensor_names).images[0]
     assert image.shape == (64, 64, 3)
+    assert switched[0] == {"prompt_embeds", "add_text_embeds"}  # pooled embeddings switch too
 
 
 def test_bad_emphasis_weight_is_a_prompt_error(sd1: Any) -> None:
@@ -90,3 +104,31 @@ def test_bad_emphasis_weight_is_a_prompt_error(sd1: Any) -> None:
     with pytest.raises(PromptSyntaxError):
         prompt_embeddings(sd1, "(cat:1.2.3)", "")
 
+
+
+def test_prompt_editing_switches_conditioning_between_steps(sd1: Any) -> None:
+    cond = Conditioning(sd1, "a [cat:dog:0.5] [in rain|in snow]", "", steps=4)
+    assert [cond.texts(s)[0] for s in (1, 2, 3, 4)] == ["a cat in rain", "a cat in snow", "a dog in rain", "a dog in snow"]
+    update = cond.step_update(1, guided=True)  # after step 2, for step 3
+    neg, pos = cond.embeds[""][0], cond.embeds["a dog in rain"][0]
+    assert torch.equal(update["prompt_embeds"], torch.cat([neg, pos]))
+    assert torch.equal(cond.step_update(1, guided=False)["prompt_embeds"], pos)
+    steady = Conditioning(sd1, "a [cat:cat:0.5]", "", steps=4)
+    assert all(steady.step_update(i, True) == {} for i in range(4))
+
+
+def test_prompt_editing_reaches_the_image(sd1: Any) -> None:
+    def draw(prompt: str) -> Any:
+        cond = Conditioning(sd1, prompt, "", steps=4)
+
+        def step_end(pipe: Any, step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            kwargs.update(cond.step_update(step, pipe.do_classifier_free_guidance))
+            return kwargs
+
+        return sd1(**cond.kwargs, num_inference_steps=4, width=64, height=64, output_type="np",
+                   generator=torch.Generator().manual_seed(1), callback_on_step_end=step_end,
+                   callback_on_step_end_tensor_inputs=cond.tensor_names).images[0]
+
+    edited, red, blue = draw("a [red:blue:0.5] house"), draw("a red house"), draw("a blue house")
+    assert not (edited == red).all() and not (edited == blue).all()
+    assert (draw("a [red:red:0.5] house") == red).all()
