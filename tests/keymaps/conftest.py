@@ -16,6 +16,7 @@ from loraprompt.keymaps import KeyMap, build_keymap, keymap_for_module
 from loraprompt.keymaps import unet as unet_names
 from tests.fixtures.loras import ToolLoraCache
 from tests.fixtures.models import (
+    MLP_RATIO,
     SD2_TEXT_WIDTH,
     SDXL_TEXT_WIDTHS,
     tiny_openclip_text,
@@ -55,10 +56,10 @@ def a1111_keymaps(family: str) -> dict[str, KeyMap]:
     if family == "sd1":
         maps["text_encoder"] = _prefixed_keymap("text_encoder", models["text_encoder"], "text_model.")
     elif family == "sd2":
-        maps["text_encoder"] = keymap_for_module("text_encoder", tiny_openclip_text(SD2_TEXT_WIDTH))
+        maps["text_encoder"] = keymap_for_module("text_encoder", tiny_openclip_text(SD2_TEXT_WIDTH, mlp_ratio=MLP_RATIO))
     else:
         maps["text_encoder"] = _prefixed_keymap("text_encoder", models["text_encoder"], "text_model.")
-        maps["text_encoder_2"] = keymap_for_module("text_encoder_2", tiny_openclip_text(SDXL_TEXT_WIDTHS[1]))
+        maps["text_encoder_2"] = keymap_for_module("text_encoder_2", tiny_openclip_text(SDXL_TEXT_WIDTHS[1], mlp_ratio=MLP_RATIO))
     return maps
 
 
