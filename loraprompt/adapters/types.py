@@ -17,7 +17,7 @@ Naming:
 Modes: "reference" computes each delta as the tool that wrote the file does when it merges
 (LyCORIS, PEFT/diffusers, kohya); "a1111" reproduces Automatic1111 v1.10.1 where it differs
 (DoRA always normalised per input column and scaled linearly by the multiplier; alpha ignored for
-GLoRA, IA3 and full-factor LoKr).
+GLoRA, IA3 and full-factor LoKr; W2's rank first for LoKr; BOFT's W' − W scaled linearly).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class AdapterModule:
     @property
     def linear(self) -> bool:
         """True when delta(weight, s) == s * delta(weight, 1); the patcher may then cache the unit
-        delta and rescale it. False for DoRA and OFT-style (multiplicative) adapters."""
+        delta and rescale it. False for DoRA, LyCORIS BOFT and rescaled OFT."""
         return self.dora_scale is None
 
     def fits(self, shape: tuple[int, ...]) -> bool:

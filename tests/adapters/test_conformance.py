@@ -213,3 +213,22 @@ def test_a1111_ignores_glora_alpha() -> None:
     ref = GLoRAModule("unet", "x", "glora", glora(shape), alpha=1.0)
     a1111 = GLoRAModule("unet", "x", "glora", glora(shape), alpha=1.0, mode="a1111")
     torch.testing.assert_close(a1111.delta(weight, 1.0)[0], ref.delta(weight, 1.0)[0] * R)
+
+
+def test_a1111_boft_is_linear_and_agrees_at_full_strength() -> None:
+    shape = SHAPES["conv3x3"]
+    weight = _rand(*shape, seed=9)
+    ref = BOFTModule("unet", "x", "boft", boft(shape))
+    a1111 = BOFTModule("unet", "x", "boft", boft(shape), mode="a1111")
+    assert a1111.linear and not ref.linear
+    torch.testing.assert_close(a1111.delta(weight, 1.0)[0], ref.delta(weight, 1.0)[0])
+    torch.testing.assert_close(a1111.delta(weight, 0.3)[0], 0.3 * ref.delta(weight, 1.0)[0])
+
+
+def test_lokr_rank_order_differs_between_lycoris_and_a1111() -> None:
+    tensors = {"lokr_w1_a": _rand(2, 2, seed=1), "lokr_w1_b": _rand(2, 2, seed=2), "lokr_w2_a": _rand(4, 3, seed=3), "lokr_w2_b": _rand(3, 3, seed=4)}
+    ref = LoKrModule("unet", "x", "lokr", tensors, alpha=6.0)
+    a1111 = LoKrModule("unet", "x", "lokr", tensors, alpha=6.0, mode="a1111")
+    assert (ref.scale, a1111.scale) == (3.0, 2.0)
+    weight = torch.zeros(8, 6)
+    torch.testing.assert_close(ref.delta(weight, 1.0)[0] * 2, a1111.delta(weight, 1.0)[0] * 3)

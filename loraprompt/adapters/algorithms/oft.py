@@ -74,7 +74,8 @@ class OFTModule(AdapterModule):
 
 @dataclass(eq=False)
 class BOFTModule(OFTModule):
-    """Butterfly OFT: `blocks` of shape (m, n, b, b), m stages; strength bends each stage."""
+    """Butterfly OFT: `blocks` of shape (m, n, b, b), m stages. LyCORIS bends every stage towards
+    identity by the strength; A1111 scales the finished W' − W linearly."""
 
     name: ClassVar[str] = "boft"
 
@@ -85,7 +86,7 @@ class BOFTModule(OFTModule):
 
     @property
     def linear(self) -> bool:
-        return False
+        return self.mode == "a1111" and self.dora_scale is None
 
     def butterfly(self, weight: Tensor, strength: float) -> Tensor:
         """W' (before rescale) with every stage interpolated towards identity by `strength`."""
@@ -103,13 +104,18 @@ class BOFTModule(OFTModule):
             x = x.flatten(0, 1).unflatten(0, (-1, k, 2)).transpose(1, 2).flatten(0, 2)
         return x
 
+    def _rotated(self, weight: Tensor, strength: float) -> Tensor:
+        out = self.butterfly(weight, strength)
+        if "rescale" in self.tensors:
+            out = out * self.tensor("rescale", weight).reshape(-1, *[1] * (weight.dim() - 1))
+        return out
+
     def unit_delta(self, weight: Tensor) -> Tensor:
-        return self.butterfly(weight, 1.0) - weight
+        return self._rotated(weight, 1.0) - weight
 
     def delta(self, weight: Tensor, strength: float, bias: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
-        """BOFT's strength acts inside every stage (LyCORIS' merge), so it bypasses the linear path."""
+        """LyCORIS: the strength acts inside every stage, so it bypasses the linear finishing step."""
+        if self.mode == "a1111":
+            return super(OFTModule, self).delta(weight, strength, bias)
         w = weight.float()
-        out = self.butterfly(w, strength)
-        if "rescale" in self.tensors:
-            out = out * self.tensor("rescale", w).reshape(-1, *[1] * (w.dim() - 1))
-        return out - w, None
+        return self._rotated(w, strength) - w, None
