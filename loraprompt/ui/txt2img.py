@@ -36,6 +36,7 @@ class Txt2ImgRequest:
     width: int = 512
     height: int = 512
     sampler: str = SAMPLER_LABELS[0]
+    clip_skip: int = 1  # A1111's "Clip skip" (SD1/SD2; SDXL always uses its penultimate layer)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ class Txt2Img:
         sampler = sampler_by_label(request.sampler)
         seed = random.randint(0, MAX_SEED) if request.seed < 0 else int(request.seed)
         steps = int(request.steps)
+        clip_skip = 1 if self.model.family == "sdxl" else max(1, int(request.clip_skip))
         pipe = self.model.pipe
 
         conditioning: Conditioning | None = None
@@ -114,7 +116,7 @@ class Txt2Img:
             pipe.scheduler = make_scheduler(sampler, self._base_scheduler_config)
             with activate(pipe, request.prompt, self.library, steps=steps, on_error="skip", restore=False) as active, \
                     torch.inference_mode():
-                conditioning = Conditioning(pipe, str(active), request.negative_prompt, steps)
+                conditioning = Conditioning(pipe, str(active), request.negative_prompt, steps, clip_skip)
                 image = pipe(
                     **conditioning.kwargs,
                     num_inference_steps=steps,
@@ -140,7 +142,7 @@ class Txt2Img:
             model=self.model.name,
             model_hash=self.model.model_hash,
             lora_hashes={a.name: a.short_hash for a in applied if a.short_hash},
-            extra={"Version": f"loraprompt {loraprompt.__version__}"},
+            extra={"Clip skip": clip_skip if clip_skip > 1 else None, "Version": f"loraprompt {loraprompt.__version__}"},
         )
         infotext = format_infotext(info)
         path = save_png(image, infotext, self.outputs_dir, seed)

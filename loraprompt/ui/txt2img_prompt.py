@@ -33,7 +33,7 @@ def weighted_chunks(tokenizer: Any, text: str) -> list[Chunk]:
     return chunks
 
 
-def _encode(tokenizer: Any, encoder: Any, chunk: Chunk, penultimate: bool) -> tuple[Any, Any]:
+def _encode(tokenizer: Any, encoder: Any, chunk: Chunk, skip: int) -> tuple[Any, Any]:
     """One chunk through `encoder`: weighted hidden states (mean kept, as A1111 does) and pooled output."""
     import torch
 
@@ -41,14 +41,19 @@ def _encode(tokenizer: Any, encoder: Any, chunk: Chunk, penultimate: bool) -> tu
     ids = [tokenizer.bos_token_id, *(t for t, _ in chunk), tokenizer.eos_token_id, *[tokenizer.pad_token_id] * pad]
     weights = [1.0, *(w for _, w in chunk), 1.0, *[1.0] * pad]
     out = encoder(torch.tensor([ids], device=encoder.device), output_hidden_states=True)
-    hidden = out.hidden_states[-2] if penultimate else out.last_hidden_state
+    if skip == 0:  # SDXL: the penultimate layer without the final norm
+        hidden = out.hidden_states[-2]
+    elif skip == 1:
+        hidden = out.last_hidden_state
+    else:  # A1111's clip skip: an earlier layer, then the final norm
+        hidden = getattr(encoder, "text_model", encoder).final_layer_norm(out.hidden_states[-skip])
     original_mean = hidden.mean()
     hidden = hidden * torch.tensor(weights, device=hidden.device, dtype=hidden.dtype).reshape(1, -1, 1)
     hidden = hidden * (original_mean / hidden.mean())
     return hidden, getattr(out, "text_embeds", None)
 
 
-def _conditioning(pipe: Any, chunks: dict[str, list[Chunk]], count: int) -> tuple[Any, Any]:
+def _conditioning(pipe: Any, chunks: dict[str, list[Chunk]], count: int, clip_skip: int) -> tuple[Any, Any]:
     """Hidden states of `count` chunks (empty ones pad a shorter prompt) and the first chunk's pooled output."""
     import torch
 
@@ -60,7 +65,7 @@ def _conditioning(pipe: Any, chunks: dict[str, list[Chunk]], count: int) -> tupl
         for tok_name, enc_name in towers:
             chunk_list = chunks[tok_name]
             hidden, pool = _encode(getattr(pipe, tok_name), getattr(pipe, enc_name),
-                                   chunk_list[i] if i < len(chunk_list) else [], penultimate=sdxl)
+                                   chunk_list[i] if i < len(chunk_list) else [], 0 if sdxl else clip_skip)
             per_tower.append(hidden)
             if i == 0 and enc_name == towers[-1][1]:
                 pooled = pool
@@ -75,7 +80,7 @@ def _is_sdxl(pipe: Any) -> bool:
 class Conditioning:
     """A prompt pair's conditioning over the steps: `kwargs` start the pipeline, `step_update` switches."""
 
-    def __init__(self, pipe: Any, prompt: str, negative: str, steps: int) -> None:
+    def __init__(self, pipe: Any, prompt: str, negative: str, steps: int, clip_skip: int = 1) -> None:
         import torch
 
         from loraprompt.syntax import schedules
@@ -87,7 +92,7 @@ class Conditioning:
         chunks = {t: {n: weighted_chunks(getattr(pipe, n), t) for n in names} for t in texts}
         count = max(len(c) for per in chunks.values() for c in per.values())
         with torch.no_grad():
-            self.embeds = {t: _conditioning(pipe, chunks[t], count) for t in texts}
+            self.embeds = {t: _conditioning(pipe, chunks[t], count, clip_skip) for t in texts}
         if self.sdxl and not negative and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
             hidden, pooled = self.embeds[negative]
             self.embeds[negative] = (torch.zeros_like(hidden), torch.zeros_like(pooled))

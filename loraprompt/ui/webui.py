@@ -70,6 +70,7 @@ def paste_values(text: str, library: Any) -> tuple[Any, ...]:
         number("Size-2"),
         number("CFG scale"),
         number("Seed"),
+        number("Clip skip") if "Clip skip" in fields else 1,  # A1111 omits it when it is 1
     )
 
 
@@ -124,6 +125,8 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None) -> tuple[Any, Any]
                         height = gr.Slider(64, 2048, value=default, step=8, label="Height", elem_id="lp-height")
                         cfg = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG scale", elem_id="lp-cfg")
                         seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="lp-seed")
+                        clip_skip = gr.Slider(1, 12, value=1, step=1, label="Clip skip (SD1/SD2)", elem_id="lp-clip-skip",
+                                              visible=model.family != "sdxl")
                         with gr.Accordion("Paste generation parameters", open=False):
                             pasted = gr.Textbox(label="Infotext", lines=4, elem_id="lp-paste-text")
                             png = gr.File(label="…or drop a PNG made by loraprompt or Automatic1111",
@@ -139,8 +142,8 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None) -> tuple[Any, Any]
             gallery = _gallery(engine.library, prompt, negative, model.family, thumb_dir)
 
         def run(*values: Any, progress: gr.Progress = gr.Progress()) -> tuple[str, str, str, str]:  # noqa: B008
-            p, n, s, st, w, h, c, sd = values
-            request = Txt2ImgRequest(p, n, int(st), float(c), int(sd if sd is not None else -1), int(w), int(h), s)
+            p, n, s, st, w, h, c, sd, cs = values
+            request = Txt2ImgRequest(p, n, int(st), float(c), int(sd if sd is not None else -1), int(w), int(h), s, int(cs))
             progress(0, desc="Patching LoRAs")
             try:
                 result = engine.generate(request, on_step=lambda i, total: progress((i, total), desc="Sampling"))
@@ -148,13 +151,13 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None) -> tuple[Any, Any]
                 raise gr.Error(str(exc)) from exc
             return str(result.path), result.infotext, str(result.path), format_diagnostics(result.diagnostics, result.applied)
 
-        generate.click(run, [prompt, negative, sampler, steps, width, height, cfg, seed],
+        generate.click(run, [prompt, negative, sampler, steps, width, height, cfg, seed, clip_skip],
                        [image, infotext, saved, diagnostics], concurrency_limit=1)
-        prompt.submit(run, [prompt, negative, sampler, steps, width, height, cfg, seed],
+        prompt.submit(run, [prompt, negative, sampler, steps, width, height, cfg, seed, clip_skip],
                       [image, infotext, saved, diagnostics], concurrency_limit=1)
         png.upload(png_infotext, [png], [pasted])
         paste.click(lambda t: paste_values(t, engine.library), [pasted],
-                    [prompt, negative, sampler, steps, width, height, cfg, seed])
+                    [prompt, negative, sampler, steps, width, height, cfg, seed, clip_skip])
     return app, gallery
 
 

@@ -79,6 +79,14 @@ def test_unknown_lora_is_a_diagnostic_not_a_failure(engine: Txt2Img) -> None:
     assert "Lora hashes" in result.infotext and "nope" not in parse_infotext(result.infotext)["Lora hashes"]
 
 
+def test_clip_skip_is_written_only_when_not_one(engine: Txt2Img) -> None:
+    one = engine.generate(_request("a bird", steps=1))
+    two = engine.generate(_request("a bird", steps=1, clip_skip=2))
+    assert "Clip skip" not in parse_infotext(one.infotext)
+    assert parse_infotext(two.infotext)["Clip skip"] == "2"
+    assert not np.array_equal(np.asarray(one.image), np.asarray(two.image))
+
+
 def test_random_seed_is_recorded(engine: Txt2Img) -> None:
     result = engine.generate(_request("a fish", seed=-1, steps=1))
     assert 0 <= result.seed < 2**32
@@ -117,10 +125,11 @@ def test_paste_values_fill_fields_and_remap_by_hash(engine: Txt2Img) -> None:
     lora_dir = Path(engine.library.roots[0])
     short = file_hashes(lora_dir / "demo_warm.safetensors")["a1111_short"]
     text = (f"a <lora:renamed:0.4>\nNegative prompt: ugly\nSteps: 9, Sampler: Euler, CFG scale: 6, Seed: 4, "
-            f'Size: 128x96, Lora hashes: "renamed: {short}"')
-    prompt, negative, sampler, steps, width, height, cfg, seed = paste_values(text, engine.library)
+            f'Size: 128x96, Clip skip: 2, Lora hashes: "renamed: {short}"')
+    prompt, negative, sampler, steps, width, height, cfg, seed, clip_skip = paste_values(text, engine.library)
     assert (prompt, negative, sampler) == ("a <lora:demo_warm:0.4>", "ugly", "Euler")
-    assert (steps, width, height, cfg, seed) == (9.0, 128.0, 96.0, 6.0, 4.0)
+    assert (steps, width, height, cfg, seed, clip_skip) == (9.0, 128.0, 96.0, 6.0, 4.0, 2.0)
+    assert paste_values("x\nSteps: 1, Seed: 2, Size: 8x8", engine.library)[-1] == 1  # absent means 1
 
 
 def test_app_builds_with_demo_notice_and_gallery(engine: Txt2Img) -> None:

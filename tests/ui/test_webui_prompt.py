@@ -3,6 +3,7 @@ emphasis, BREAK and prompts past 75 tokens change them the way Automatic1111 doe
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any
 
@@ -48,6 +49,22 @@ def test_plain_prompt_equals_diffusers_sd1(sd1: Any) -> None:
     assert torch.equal(kw["prompt_embeds"], ours[0]) and torch.equal(kw["negative_prompt_embeds"], ours[1])
     empty = sd1.encode_prompt("x", "cpu", 1, True, None)[1]
     assert torch.equal(prompt_embeddings(sd1, "x", "")["negative_prompt_embeds"], empty)
+
+
+def test_clip_skip_is_the_output_of_a_shorter_encoder(sd1: Any) -> None:
+    # A1111's "Clip skip: 2" = the text encoder without its last layer (the final norm still applied).
+    kw = Conditioning(sd1, "a cat", "ugly", steps=1, clip_skip=2).kwargs
+    shorter = copy.deepcopy(sd1.text_encoder)
+    tower = getattr(shorter, "text_model", shorter)
+    tower.encoder.layers = tower.encoder.layers[:-1]
+    original = sd1.text_encoder
+    sd1.text_encoder = shorter
+    try:
+        ref = sd1.encode_prompt("a cat", "cpu", 1, True, "ugly")
+    finally:
+        sd1.text_encoder = original
+    assert torch.equal(kw["prompt_embeds"], ref[0]) and torch.equal(kw["negative_prompt_embeds"], ref[1])
+    assert not torch.equal(kw["prompt_embeds"], prompt_embeddings(sd1, "a cat", "ugly")["prompt_embeds"])
 
 
 def test_plain_prompt_equals_diffusers_sdxl(sdxl: Any) -> None:
