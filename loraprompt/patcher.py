@@ -44,13 +44,8 @@ class Patcher:
     """
 
     def __init__(
-        self,
-        components: Mapping[str, nn.Module | None],
-        *,
-        family: str | None = None,
-        delta_cache_mb: float = 1024.0,
-        on_error: str = "raise",
-        keep_backups: bool = True,
+        self, components: Mapping[str, nn.Module | None], *, family: str | None = None,
+        delta_cache_mb: float = 1024.0, on_error: str = "raise", keep_backups: bool = True,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -375,17 +370,23 @@ def _module_error(module: AdapterModule, key: Key, reason: str) -> PatchError:
 
 
 def _combine(dst: Tensor, base: Tensor, parts: list[Part]) -> None:
-    """dst = cast(base + Σ scale·Δ), summed in float32 and written once; a low-rank part is one
-    addmm, fused with the copy from the backup when it covers the whole float32 weight."""
+    """dst = cast(base + Σ scale·Δ), summed in float32 and written once. A single part is one
+    fused op from the backup (addmm in float32; a float32 add cast into fp16/bf16 otherwise)."""
+    if len(parts) == 1 and parts[0][2] is None:
+        delta, down, _, scale = parts[0]
+        if down is not None and dst.dtype == torch.float32:
+            torch.addmm(base.view(base.shape[0], -1), delta, down, alpha=scale, out=dst.view(dst.shape[0], -1))
+            return
+        full = delta.view(base.shape) if down is None else torch.mm(delta, down).view(base.shape)
+        torch.add(base, full, alpha=scale, out=dst)
+        return
     acc = dst if dst.dtype == torch.float32 else base.float()
-    first = parts[0] if parts and acc is dst and parts[0][2] is None else None
-    if first is not None and first[1] is None:
-        torch.add(base, first[0], alpha=first[3], out=dst)
-    elif first is not None and first[1] is not None:
-        torch.addmm(base.view(base.shape[0], -1), first[0], first[1], alpha=first[3], out=dst.view(dst.shape[0], -1))
+    if acc is dst and parts and parts[0][2] is None:
+        _combine(dst, base, parts[:1])
+        parts = parts[1:]
     elif acc is dst:
         dst.copy_(base)
-    for delta, down, rows, scale in parts[1:] if first is not None else parts:
+    for delta, down, rows, scale in parts:
         view = acc if rows is None else acc[rows[0] : rows[1]]
         if down is None:
             view.add_(delta.view(view.shape), alpha=scale)
