@@ -45,7 +45,7 @@ class Patcher:
 
     def __init__(
         self, components: Mapping[str, nn.Module | None], *, family: str | None = None,
-        delta_cache_mb: float = 1024.0, on_error: str = "raise", keep_backups: bool = True,
+        delta_cache_mb: float = 512.0, on_error: str = "raise", keep_backups: bool = True,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")

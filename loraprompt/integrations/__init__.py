@@ -1,1 +1,1 @@
-"""integrations"""
+"""Integrations with pipeline libraries (diffusers); each is an optional import."""
