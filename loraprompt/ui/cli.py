@@ -30,6 +30,11 @@ def run(args: argparse.Namespace) -> int:
     """Load the model and the library, then serve until interrupted."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        print("loraprompt webui needs the web UI extra: pip install 'loraprompt[ui]'", file=sys.stderr)
+        return 2
     from loraprompt.errors import LoraPromptError
     from loraprompt.library import Library
     from loraprompt.models import default_data_dir, load_demo, load_model

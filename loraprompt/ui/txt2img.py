@@ -18,6 +18,7 @@ from loraprompt.errors import LoraPromptError
 from loraprompt.infotext import GenerationInfo, format_infotext
 from loraprompt.models import LoadedModel
 from loraprompt.models.samplers import SAMPLER_LABELS, make_scheduler, sampler_by_label
+from loraprompt.syntax import split_and
 from loraprompt.ui.txt2img_prompt import Conditioning
 
 StepCallback = Callable[[int, int], None]
@@ -129,6 +130,9 @@ class Txt2Img:
                 ).images[0]
             applied = self._applied(active.entries)
             diagnostics = list(active.diagnostics)
+        if len(split_and(str(active))) > 1:
+            diagnostics.append(Diagnostic("W-AND-UNSUPPORTED", "AND (composable diffusion) is not supported by the"
+                                          " standalone UI: the parts were encoded as one prompt", subject="AND"))
         info = GenerationInfo(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt,

@@ -87,6 +87,12 @@ def test_clip_skip_is_written_only_when_not_one(engine: Txt2Img) -> None:
     assert not np.array_equal(np.asarray(one.image), np.asarray(two.image))
 
 
+def test_and_is_reported_as_unsupported(engine: Txt2Img) -> None:
+    result = engine.generate(_request("a cat AND a dog", steps=1))
+    assert [d.code for d in result.diagnostics] == ["W-AND-UNSUPPORTED"]
+    assert engine.generate(_request("a cat ANDROID", steps=1)).diagnostics == []
+
+
 def test_random_seed_is_recorded(engine: Txt2Img) -> None:
     result = engine.generate(_request("a fish", seed=-1, steps=1))
     assert 0 <= result.seed < 2**32
