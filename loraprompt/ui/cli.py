@@ -69,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
     engine = Txt2Img(model, library, outputs)
     print(f"loraprompt webui: {model.name} ({model.family}), {len(library.entries)} LoRAs, outputs in {outputs}",
           flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"loraprompt webui: listening on {args.host}: anyone who can reach it can generate and browse LoRAs",
+              file=sys.stderr)
     serve(engine, args.host, args.port or free_port(args.host), [str(outputs)], data_dir / "thumbs")
     return 0
 
