@@ -105,10 +105,8 @@ def _bias_key(weight_key: str) -> str:
     return f"{stem}.{'bias' if param == 'weight' else param.replace('weight', 'bias')}"
 
 
-def _parts(contribs: tuple[Contribution, ...], base: Tensor, bias: Tensor | None, where: str) -> tuple[Parts, Parts]:
-    """Float32 weight and bias parts (delta, rows, scale), computed exactly as the patcher does."""
-    w32 = base.float()
-    b32 = bias.float() if bias is not None else None
+def _parts(contribs: tuple[Contribution, ...], w32: Tensor, b32: Tensor | None, where: str) -> tuple[Parts, Parts]:
+    """Float32 weight and bias parts (delta, rows, scale) from the float32 base weight and bias."""
     w_parts: Parts = []
     b_parts: Parts = []
     for module, rows, strength in contribs:
@@ -133,9 +131,8 @@ def _parts(contribs: tuple[Contribution, ...], base: Tensor, bias: Tensor | None
     return w_parts, b_parts
 
 
-def _apply(base: Tensor, parts: Parts) -> Tensor:
-    """base + Σ scale·Δ in float32 (the patcher's order of additions)."""
-    acc = base.float().clone()
+def _apply(acc: Tensor, parts: Parts) -> Tensor:
+    """acc (a float32 tensor of our own) += Σ scale·Δ, in the patcher's order of additions."""
     for delta, rows, scale in parts:
         (acc if rows is None else acc[rows[0]: rows[1]]).add_(delta, alpha=scale)
     return acc
@@ -159,30 +156,33 @@ class _Merger:
 
     def tensor(self, file: TensorFile, key: str) -> Tensor:
         """The output tensor for `key` of `file`."""
-        tensor = self.reader.get(file, key)
+        tensor = self.reader.get(file, key)  # a fresh buffer: ours to modify in place
         component = file.component_of.get(key)
         parts: Parts = []
+        acc = tensor
         if component is not None and (component, key) in self.plan:
-            parts, bias_parts = self._compute(component, key, tensor)
+            acc = tensor.float()
+            parts, bias_parts = self._compute(component, key, acc)
             if bias_parts:
                 self.pending[(component, _bias_key(key))] = bias_parts
         elif component is not None and (component, key) in self.bias_of:
+            acc = tensor.float()
             found = self.pending.pop((component, key), None)
             parts = found if found is not None else self._compute(component, self.bias_of[(component, key)])[1]
         if parts:
             self.changed += 1
-            return _apply(tensor, parts).to(self.out_dtype(tensor.dtype))
+            return _apply(acc, parts).to(self.out_dtype(tensor.dtype))
         return tensor.to(self.out_dtype(tensor.dtype))
 
     def _compute(self, component: str, weight_key: str, weight: Tensor | None = None) -> tuple[Parts, Parts]:
-        """(weight parts, bias parts) of one planned weight, reading what is not given."""
+        """(weight parts, bias parts) of one planned weight (given in float32), reading what is not given."""
         ckpt = self.reader.checkpoint
         if weight is None:
-            weight = self.reader.get(ckpt.locate(weight_key, component), weight_key)
+            weight = self.reader.get(ckpt.locate(weight_key, component), weight_key).float()
         bias_key = _bias_key(weight_key)
         bias = None
         if (component, bias_key) in self.present:
-            bias = self.reader.get(ckpt.locate(bias_key, component), bias_key)
+            bias = self.reader.get(ckpt.locate(bias_key, component), bias_key).float()
         return _parts(self.plan[(component, weight_key)], weight, bias, f"{component}:{weight_key}")
 
 
