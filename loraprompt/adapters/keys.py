@@ -68,6 +68,9 @@ _DOTTED_PART = re.compile(
 _PROCESSOR = re.compile(r"\.processor\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<dir>up|down)\.weight$")
 _DOTTED_COMPONENTS = ("unet.", "text_encoder.", "text_encoder_2.")
 _PEFT_ROOT = "base_model.model."
+# diffusers' convert_state_dict_to_kohya leaves PEFT DoRA magnitudes as
+# `lora_unet_…_attn1.to_q.lora_magnitude_vector` (dots kept in the module name)
+_MANGLED_MAGNITUDE = ".lora_magnitude_vector"
 _TEXT_HINTS = ("text_model.", "encoder.layers.")
 
 
@@ -96,6 +99,9 @@ def _dotted_component(module: str) -> tuple[str, str, bool]:
 def split_key(key: str) -> KeyParts | None:
     """The parts of one tensor key, or None when no scheme claims it."""
     for prefix, component in KOHYA_PREFIXES.items():
+        if key.startswith(prefix) and key.endswith(_MANGLED_MAGNITUDE):
+            module = key[len(prefix) : -len(_MANGLED_MAGNITUDE)].replace(".", "_")
+            return KeyParts(component, module, "magnitude", "kohya") if module else None
         if key.startswith(prefix):
             module, _, tail = key[len(prefix) :].partition(".")
             part = KOHYA_PARTS.get(tail)
@@ -118,7 +124,7 @@ def split_key(key: str) -> KeyParts | None:
             return None
         return KeyParts(component, path, part, "diffusers" if explicit else "peft")
     if m["mag"]:
-        return KeyParts(component, path, "dora_scale", "diffusers" if explicit else "peft")
+        return KeyParts(component, path, "magnitude", "diffusers" if explicit else "peft")
     if m["diff"]:
         return KeyParts(component, path, m["diff"], "diffusers-old")
     return KeyParts(component, path, "alpha", "diffusers" if explicit else "peft")

@@ -20,7 +20,7 @@ from loraprompt.adapters.loading import load_tensors
 from loraprompt.adapters.types import MODES, Adapter, AdapterModule
 from loraprompt.errors import AdapterFileError
 
-COMMON_PARTS = frozenset({"alpha", "scale", "dora_scale"})
+COMMON_PARTS = frozenset({"alpha", "scale", "dora_scale", "magnitude"})  # magnitude: PEFT's DoRA vector
 PEFT_METADATA_KEY = "lora_adapter_metadata"
 RANKED = frozenset({"lora", "loha", "lokr", "glora"})  # alpha divides by a rank; OFT's alpha is a constraint
 
@@ -96,8 +96,11 @@ def _build(
     if "scale" in parts:
         _scalar(path, parts["scale"][0], parts["scale"][1], "scale")
     extra: dict[str, Any] = {"scheme": scheme}
+    if "dora_scale" in parts and "magnitude" in parts:
+        raise AdapterFileError(path, "both dora_scale and lora_magnitude_vector", key=parts["magnitude"][0])
     dora = parts["dora_scale"][1] if "dora_scale" in parts else None
-    if dora is not None and scheme in ("peft", "diffusers"):
+    if "magnitude" in parts:
+        dora = parts["magnitude"][1]
         extra["dora"] = "peft"
     if alpha == 0 and cls.name in RANKED:
         raise AdapterFileError(path, "alpha is zero", key=parts["alpha"][0])

@@ -58,6 +58,11 @@ def test_peft_dora(tmp_path: Path, family: str, strength: float) -> None:
     _check(tool, strength, TOL[torch.float32])
 
 
+def test_kohya_dora_with_the_converters_mangled_magnitude_keys(tmp_path: Path) -> None:
+    tool = write_kohya_lora("sd1", tmp_path / "kd.safetensors", use_dora=True, strength=0.5)
+    _check(tool, 0.5, TOL[torch.float32], fmt="kohya")
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_files(tmp_path: Path, dtype: torch.dtype) -> None:
     tool = write_diffusers_lora("sd1", tmp_path / "h.safetensors", dtype=dtype)
