@@ -72,6 +72,11 @@ class Txt2Img:
         self.outputs_dir = Path(outputs_dir)
         self._base_scheduler_config = model.pipe.scheduler.config
         self._lock = threading.Lock()
+        self._interrupted = threading.Event()
+
+    def interrupt(self) -> None:
+        """Stop the running generation after its current step (the image so far is kept)."""
+        self._interrupted.set()
 
     def _short_hash(self, path: str) -> str | None:
         """A1111's `Lora hashes` value: the first 12 hex digits of the tensor-data sha256."""
@@ -105,15 +110,20 @@ class Txt2Img:
         pipe = self.model.pipe
 
         conditioning: Conditioning | None = None
+        done = [0]
 
         def step_end(_pipe: Any, step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            done[0] = step + 1
             if on_step is not None:
                 on_step(step + 1, steps)
+            if self._interrupted.is_set():
+                _pipe._interrupt = True  # diffusers skips the remaining steps, then decodes
             if conditioning is not None:
                 kwargs.update(conditioning.step_update(step, _pipe.do_classifier_free_guidance))
             return kwargs
 
         with self._lock:
+            self._interrupted.clear()
             pipe.scheduler = make_scheduler(sampler, self._base_scheduler_config)
             with activate(pipe, request.prompt, self.library, steps=steps, on_error="skip", restore=False) as active, \
                     torch.inference_mode():
@@ -130,6 +140,9 @@ class Txt2Img:
                 ).images[0]
             applied = self._applied(active.entries)
             diagnostics = list(active.diagnostics)
+        if done[0] < steps and self._interrupted.is_set():
+            diagnostics.append(Diagnostic("I-INTERRUPTED", f"interrupted after step {done[0]} of {steps}",
+                                          severity="info", data={"step": done[0]}))
         if len(split_and(str(active))) > 1:
             diagnostics.append(Diagnostic("W-AND-UNSUPPORTED", "AND (composable diffusion) is not supported by the"
                                           " standalone UI: the parts were encoded as one prompt", subject="AND"))

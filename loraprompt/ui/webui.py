@@ -116,6 +116,7 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None) -> tuple[Any, Any]
                         negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="lp-negative")
                     with gr.Column(scale=1, min_width=160):
                         generate = gr.Button("Generate", variant="primary", elem_id="lp-generate")
+                        interrupt = gr.Button("Interrupt", elem_id="lp-interrupt")
                 with gr.Row():
                     with gr.Column():
                         sampler = gr.Dropdown(list(SAMPLER_LABELS), value=SAMPLER_LABELS[0], label="Sampler", elem_id="lp-sampler")
@@ -155,6 +156,7 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None) -> tuple[Any, Any]
                        [image, infotext, saved, diagnostics], concurrency_limit=1)
         prompt.submit(run, [prompt, negative, sampler, steps, width, height, cfg, seed, clip_skip],
                       [image, infotext, saved, diagnostics], concurrency_limit=1)
+        interrupt.click(engine.interrupt, None, None, queue=False)
         png.upload(png_infotext, [png], [pasted])
         paste.click(lambda t: paste_values(t, engine.library), [pasted],
                     [prompt, negative, sampler, steps, width, height, cfg, seed, clip_skip])

@@ -5,6 +5,7 @@ names the LoRA with its A1111 hash. Screenshots go to artifacts/screenshots/."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -168,3 +169,18 @@ def test_pasting_infotext_fills_the_fields_and_remaps_lora_by_hash(ui_page: Any,
     assert page.locator("#lp-height input[type=number]").input_value() == "192"
     assert page.locator("#lp-seed input").input_value() == "7"
     assert page.locator("#lp-sampler input").input_value() == "DPM++ 2M Karras"
+
+
+def test_interrupt_button_stops_a_long_generation(ui_page: Any) -> None:
+    page = ui_page
+    page.locator("#lp-prompt textarea").fill("a very long render")
+    page.locator("#lp-steps input[type=number]").fill("150")
+    page.locator("#lp-generate").click()
+    page.get_by_text("Sampling").first.wait_for(timeout=60_000)
+    page.locator("#lp-interrupt").click()
+    page.wait_for_function("() => document.querySelector('#lp-infotext textarea').value.includes('Steps: 150')",
+                           timeout=120_000)
+    page.locator("#lp-image img").wait_for(timeout=30_000)
+    panel = page.locator("#lp-diagnostics").inner_text()
+    match = re.search(r"interrupted after step (\d+) of 150", panel)
+    assert match is not None and int(match.group(1)) < 150, panel

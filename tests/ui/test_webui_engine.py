@@ -93,6 +93,21 @@ def test_and_is_reported_as_unsupported(engine: Txt2Img) -> None:
     assert engine.generate(_request("a cat ANDROID", steps=1)).diagnostics == []
 
 
+def test_interrupt_stops_after_the_current_step(engine: Txt2Img) -> None:
+    seen: list[int] = []
+
+    def on_step(i: int, total: int) -> None:
+        seen.append(i)
+        if i == 2:
+            engine.interrupt()
+
+    result = engine.generate(_request("a cat", steps=10), on_step=on_step)
+    assert seen == [1, 2] and result.image.size == (64, 64) and result.path.is_file()
+    assert [(d.code, d.data) for d in result.diagnostics] == [("I-INTERRUPTED", {"step": 2})]
+    full = engine.generate(_request("a cat", steps=3), on_step=lambda i, n: seen.append(i))
+    assert seen[2:] == [1, 2, 3] and full.diagnostics == []  # the next generation runs to the end
+
+
 def test_random_seed_is_recorded(engine: Txt2Img) -> None:
     result = engine.generate(_request("a fish", seed=-1, steps=1))
     assert 0 <= result.seed < 2**32
