@@ -3,7 +3,8 @@
 Schemes: kohya and LyCORIS (`lora_unet_<path>.<part>`, `lora_te[12]_…`), diffusers/PEFT dotted
 keys (`unet.<module>.lora_A.weight`, with or without `unet.`/`text_encoder.`/`base_model.model.`),
 diffusers' LoRA layers (`….lora.down.weight`, `lora_linear_layer`), and the old
-attention-processor format (`….processor.to_q_lora.down.weight`).
+attention-processor format (`….processor.to_q_lora.down.weight`), and ComfyUI's dotted kohya
+parts under `diffusion_model.` / `text_encoders.clip_[lgh].transformer.`.
 """
 
 from __future__ import annotations
@@ -68,6 +69,14 @@ _DOTTED_PART = re.compile(
 _PROCESSOR = re.compile(r"\.processor\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<dir>up|down)\.weight$")
 _DOTTED_COMPONENTS = ("unet.", "text_encoder.", "text_encoder_2.")
 _PEFT_ROOT = "base_model.model."
+# ComfyUI's dotted kohya-style keys: model prefix -> component
+COMFY_PREFIXES: dict[str, str] = {
+    "diffusion_model.": "unet",
+    "text_encoders.clip_l.transformer.": "text_encoder",
+    "text_encoders.clip_h.transformer.": "text_encoder",
+    "text_encoders.clip_g.transformer.": "text_encoder_2",
+}
+_TAILS_LONGEST_FIRST = sorted(KOHYA_PARTS, key=len, reverse=True)
 # diffusers' convert_state_dict_to_kohya leaves PEFT DoRA magnitudes as
 # `lora_unet_…_attn1.to_q.lora_magnitude_vector` (dots kept in the module name)
 _MANGLED_MAGNITUDE = ".lora_magnitude_vector"
@@ -96,6 +105,14 @@ def _dotted_component(module: str) -> tuple[str, str, bool]:
     return component, module, False
 
 
+def _comfy(rest: str, component: str) -> KeyParts | None:
+    """`<dotted module>.<kohya part>` under one of ComfyUI's model prefixes."""
+    for tail in _TAILS_LONGEST_FIRST:
+        if rest.endswith("." + tail) and len(rest) > len(tail) + 1:
+            return KeyParts(component, rest[: -len(tail) - 1].replace(".", "_"), KOHYA_PARTS[tail], "comfyui")
+    return None
+
+
 def split_key(key: str) -> KeyParts | None:
     """The parts of one tensor key, or None when no scheme claims it."""
     for prefix, component in KOHYA_PREFIXES.items():
@@ -106,6 +123,9 @@ def split_key(key: str) -> KeyParts | None:
             module, _, tail = key[len(prefix) :].partition(".")
             part = KOHYA_PARTS.get(tail)
             return None if part is None or not module else KeyParts(component, module, part, "kohya")
+    for prefix, component in COMFY_PREFIXES.items():
+        if key.startswith(prefix):
+            return _comfy(key[len(prefix) :], component)
     m = _PROCESSOR.search(key)
     if m:
         proj = "to_out_0" if m["proj"] == "to_out" else m["proj"]
