@@ -39,18 +39,22 @@ _LIBRARIES: dict[tuple[str, ...], Any] = {}
 
 class ActivePrompt(str):
     """The prompt with its tags stripped (pass it to the pipeline), plus what happened:
-    `parsed`, `entries` (the applied PlanEntry list), `report` and `diagnostics`."""
+    `parsed`, `entries` (the applied PlanEntry list), `report`, `diagnostics`, and `steps`: the
+    report of each sampling step's re-sync when a schedule is followed (empty otherwise)."""
 
     parsed: Any
     entries: list[PlanEntry]
     report: SyncReport
     diagnostics: list[Diagnostic]
+    steps: list[SyncReport]
 
     def __new__(
-        cls, text: str, parsed: Any, entries: list[PlanEntry], report: SyncReport, diagnostics: list[Diagnostic]
+        cls, text: str, parsed: Any, entries: list[PlanEntry], report: SyncReport, diagnostics: list[Diagnostic],
+        *, steps: list[SyncReport],
     ) -> ActivePrompt:
         self = super().__new__(cls, text)
         self.parsed, self.entries, self.report, self.diagnostics = parsed, entries, report, diagnostics
+        self.steps = steps
         return self
 
 
@@ -201,12 +205,10 @@ def activate(
         report = patcher.sync(entries, step=0, total_steps=total, on_error=on_error)
         entries = [e for e in entries if e.label not in report.skipped]
         diagnostics.extend(report.diagnostics)
-        hook = None
-        if not static:
-            step_hook = _StepHook(pipe, patcher, entries, total)
-            hook = pipe.unet.register_forward_pre_hook(step_hook, with_kwargs=True)
+        step_hook = _StepHook(pipe, patcher, entries, total)
+        hook = None if static else pipe.unet.register_forward_pre_hook(step_hook, with_kwargs=True)
         try:
-            yield ActivePrompt(parsed.text, parsed, entries, report, diagnostics)
+            yield ActivePrompt(parsed.text, parsed, entries, report, diagnostics, steps=step_hook.reports)
         finally:
             if hook is not None:
                 hook.remove()
