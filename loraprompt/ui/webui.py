@@ -21,6 +21,12 @@ SEVERITY_MARK = {"error": "**error**", "warning": "**warning**", "info": "info"}
 CSS = "#lp-diagnostics ul { margin: 0; } #lp-demo-notice { border-left: 4px solid #e8a33d; padding-left: 8px; }"
 
 
+def _gradio_major() -> int:
+    import gradio as gr
+
+    return int(gr.__version__.split(".")[0])
+
+
 def format_diagnostics(diagnostics: list[Diagnostic], applied: list[Any]) -> str:
     """Markdown for the diagnostics panel: one line per applied LoRA, then each message."""
     lines = [f"- **applied** `{a.name}` te={_strength(a.te)} unet={_strength(a.unet)} (hash {a.short_hash or 'unknown'})"
@@ -103,7 +109,9 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None) -> tuple[Any, Any]
     import gradio as gr
 
     model = engine.model
-    with gr.Blocks(title="loraprompt", analytics_enabled=False) as app:
+    # gradio 6 takes the page's CSS at mount time, gradio 4 and 5 in Blocks
+    styling: dict[str, Any] = {"css": CSS} if _gradio_major() < 6 else {}
+    with gr.Blocks(title="loraprompt", analytics_enabled=False, **styling) as app:
         gr.Markdown(f"## loraprompt · model: `{model.name}` ({model.family})")
         if model.is_demo:
             gr.Markdown(DEMO_NOTICE, elem_id="lp-demo-notice")
@@ -172,6 +180,7 @@ def serve(engine: Txt2Img, host: str, port: int, allowed: list[str], thumb_dir: 
     blocks, gallery = build_app(engine, thumb_dir)
     app = FastAPI()
     gallery.mount(app)
-    app = gr.mount_gradio_app(app, blocks, path="/", allowed_paths=allowed, css=CSS, show_error=True)
+    styling: dict[str, Any] = {"css": CSS} if _gradio_major() >= 6 else {}
+    app = gr.mount_gradio_app(app, blocks, path="/", allowed_paths=allowed, show_error=True, **styling)
     print(f"loraprompt webui: http://{host}:{port}/", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
