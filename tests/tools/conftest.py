@@ -69,3 +69,16 @@ def kohya_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def diffusers_file(tmp_path: Path) -> Path:
     return write_diffusers_lora(tmp_path, seed=2)
+
+
+@pytest.fixture(scope="session")
+def sd1_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Read-only inputs shared by the merge tests: a tiny SD1 single-file checkpoint and a kohya
+    LoRA for it (the tools never write over an input; copy before changing one)."""
+    from tests.fixtures.loras import write_kohya_lora as tool_kohya
+    from tests.tools.checkpoints import a1111_models, write_single_file
+
+    root = tmp_path_factory.mktemp("sd1_inputs")
+    write_single_file(a1111_models("sd1"), "sd1", root / "model.safetensors")
+    return {"checkpoint": root / "model.safetensors",
+            "lora": tool_kohya("sd1", root / "a.safetensors", seed=3).path}

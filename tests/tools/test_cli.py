@@ -12,8 +12,6 @@ from loraprompt.cli import main
 from loraprompt.tools.cli import parse_lora_spec
 from loraprompt.tools.io import load_tensors
 from loraprompt.tools.lora import read_lora
-from tests.fixtures.loras import write_kohya_lora
-from tests.tools.checkpoints import a1111_models, write_single_file
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -26,8 +24,9 @@ def test_lora_spec(text: str, expected: tuple[str, float, float]) -> None:
     assert parse_lora_spec(text) == expected
 
 
-def test_convert_resize_merge_extract_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    lora = write_kohya_lora("sd1", tmp_path / "a.safetensors", seed=3).path
+def test_convert_resize_merge_extract_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           sd1_inputs: dict[str, Path]) -> None:
+    lora = sd1_inputs["lora"]
     peft = tmp_path / "a_peft.safetensors"
     assert main(["convert", str(lora), "--to", "peft", "-o", str(peft)]) == 0
     assert read_lora(peft).format == "peft"
@@ -39,8 +38,7 @@ def test_convert_resize_merge_extract_from_the_command_line(tmp_path: Path, caps
     both = tmp_path / "both.safetensors"
     assert main(["merge", f"{lora}:0.5", f"{small}:0.5", "-o", str(both), "--quiet"]) == 0
     assert {m.rank for m in read_lora(both).modules.values()} == {6}
-    ckpt = tmp_path / "model.safetensors"
-    write_single_file(a1111_models("sd1"), "sd1", ckpt)
+    ckpt = sd1_inputs["checkpoint"]
     merged = tmp_path / "merged.safetensors"
     assert main(["merge", "--checkpoint", str(ckpt), f"{lora}:1:0.5", "-o", str(merged), "--dtype", "fp16",
                  "--quiet"]) == 0
@@ -52,8 +50,9 @@ def test_convert_resize_merge_extract_from_the_command_line(tmp_path: Path, caps
     assert all(m.rank <= 4 for m in read_lora(out).modules.values())
 
 
-def test_errors_are_one_line_and_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    lora = write_kohya_lora("sd1", tmp_path / "a.safetensors", seed=3).path
+def test_errors_are_one_line_and_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       sd1_inputs: dict[str, Path]) -> None:
+    lora = sd1_inputs["lora"]
     out = tmp_path / "b.safetensors"
     out.write_bytes(b"x")
     assert main(["convert", str(lora), "--to", "peft", "-o", str(out)]) == 1

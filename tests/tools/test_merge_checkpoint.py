@@ -63,10 +63,8 @@ def test_single_file_merge_equals_patcher(tmp_path: Path, family: str) -> None:
     assert meta["modelspec.title"] == "tiny"
 
 
-def test_fp16_output_is_the_fp32_merge_cast_once(tmp_path: Path) -> None:
-    ckpt = tmp_path / "model.safetensors"
-    write_single_file(a1111_models("sd1"), "sd1", ckpt)
-    lora = write_kohya_lora("sd1", tmp_path / "a.safetensors", seed=3).path
+def test_fp16_output_is_the_fp32_merge_cast_once(tmp_path: Path, sd1_inputs: dict[str, Path]) -> None:
+    ckpt, lora = sd1_inputs["checkpoint"], sd1_inputs["lora"]
     full = merge_checkpoint(ckpt, [(lora, 1.0, 1.0)], tmp_path / "m32.safetensors").output
     half = merge_checkpoint(ckpt, [(lora, 1.0, 1.0)], tmp_path / "m16.safetensors", dtype="fp16").output
     a, _ = load_tensors(full)
@@ -76,19 +74,15 @@ def test_fp16_output_is_the_fp32_merge_cast_once(tmp_path: Path) -> None:
         assert torch.equal(b[key], a[key].half()), key
 
 
-def test_wrong_family_lora_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
-    ckpt = tmp_path / "model.safetensors"
-    write_single_file(a1111_models("sd1"), "sd1", ckpt)
+def test_wrong_family_lora_is_refused_and_leaves_nothing(tmp_path: Path, sd1_inputs: dict[str, Path]) -> None:
     lora = write_kohya_lora("sdxl", tmp_path / "xl.safetensors", seed=3).path
     with pytest.raises(ToolError, match="SDXL"):
-        merge_checkpoint(ckpt, [lora], tmp_path / "out.safetensors")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "xl.safetensors"]
+        merge_checkpoint(sd1_inputs["checkpoint"], [lora], tmp_path / "out.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["xl.safetensors"]
 
 
-def test_refuses_existing_output_without_force_and_never_the_input(tmp_path: Path) -> None:
-    ckpt = tmp_path / "model.safetensors"
-    write_single_file(a1111_models("sd1"), "sd1", ckpt)
-    lora = write_kohya_lora("sd1", tmp_path / "a.safetensors", seed=3).path
+def test_refuses_existing_output_without_force_and_never_the_input(tmp_path: Path, sd1_inputs: dict[str, Path]) -> None:
+    ckpt, lora = sd1_inputs["checkpoint"], sd1_inputs["lora"]
     out = tmp_path / "out.safetensors"
     out.write_bytes(b"old")
     with pytest.raises(ToolError, match="--force"):
@@ -101,18 +95,15 @@ def test_refuses_existing_output_without_force_and_never_the_input(tmp_path: Pat
         merge_checkpoint(ckpt, [lora], ckpt, force=True)
 
 
-def test_failure_while_streaming_leaves_no_partial_file(tmp_path: Path) -> None:
+def test_failure_while_streaming_leaves_no_partial_file(tmp_path: Path, sd1_inputs: dict[str, Path]) -> None:
     """A LoRA module that does not fit its weight fails mid-write; the temporary file is removed."""
     from safetensors.torch import save_file
 
-    ckpt = tmp_path / "model.safetensors"
-    write_single_file(a1111_models("sd1"), "sd1", ckpt)
-    lora = write_kohya_lora("sd1", tmp_path / "a.safetensors", seed=3).path
-    tensors, meta = load_tensors(lora)
+    tensors, meta = load_tensors(sd1_inputs["lora"])
     key = next(k for k in sorted(tensors) if k.startswith("lora_unet_up_blocks_3") and k.endswith("to_q.lora_down.weight"))
     tensors[key] = torch.ones(tensors[key].shape[0], tensors[key].shape[1] + 1)
     bad = tmp_path / "bad.safetensors"
     save_file(tensors, str(bad), metadata=meta)
     with pytest.raises(ToolError, match="to_q"):
-        merge_checkpoint(ckpt, [bad], tmp_path / "out.safetensors")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "bad.safetensors", "model.safetensors"]
+        merge_checkpoint(sd1_inputs["checkpoint"], [bad], tmp_path / "out.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.safetensors"]
