@@ -127,6 +127,18 @@ class DeltaCache:
         self._bytes += size
         return True
 
+    def factors(self, module: AdapterModule, target: Tensor) -> tuple[Tensor, Tensor, Tensor | None] | None:
+        """`lowrank_factors(module, target)`, kept (they are small) while the cache has room."""
+        hit = self.get((module, "factors"))
+        if hit is None:
+            found = lowrank_factors(module, target)
+            if found is None:
+                return None
+            self.put((module, "factors"), *found)
+            return found
+        assert hit[0] is not None and hit[1] is not None
+        return hit[0], hit[1], hit[2]
+
     def clear(self) -> None:
         """Drop every entry."""
         self._entries.clear()
@@ -141,6 +153,8 @@ def lowrank_factors(module: AdapterModule, target: Tensor) -> tuple[Tensor, Tens
 
     from loraprompt.adapters.types import AdapterModule
 
+    if not target.is_contiguous():
+        return None
     if module.algorithm != "lora" or type(module).delta is not AdapterModule.delta:
         return None  # only the reader's LoRA, whose delta is the shared scale·unit_delta
     if module.dora_scale is not None or "mid" in module.tensors or not {"up", "down"} <= module.tensors.keys():

@@ -8,13 +8,13 @@ back (never a subtraction); an exception while writing puts every weight back as
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from loraprompt.cache import DeltaCache, lowrank_factors
+from loraprompt.cache import DeltaCache
 from loraprompt.errors import PatchError
 from loraprompt.keymaps import keymap_for_module
 from loraprompt.keymaps.check import model_family
@@ -69,6 +69,7 @@ class Patcher:
         self._resolved: dict[int, Resolution] = {}
         self._failed: dict[int, tuple[Any, PatchError]] = {}
         self._deltas.clear()
+        self._scratch: dict[torch.device, Tensor] = {}
 
     @property
     def applied(self) -> Plan:
@@ -214,7 +215,10 @@ class Patcher:
         kept = True
         for module, rows, strength in contributions:
             target = weight if rows is None else weight[rows[0] : rows[1]]
-            factors = self._factors(module, key, target)
+            try:
+                factors = self._deltas.factors(module, target)
+            except ValueError as exc:
+                raise _module_error(module, key, str(exc)) from exc
             if factors is not None:
                 up, down, db = factors
                 w_parts.append((up, down, rows, strength))
@@ -237,25 +241,6 @@ class Patcher:
         if b_parts and bias is None:
             raise _module_error(contributions[0][0], key, "has a bias delta but the module has no bias")
         return w_parts, b_parts, kept
-
-    def _factors(
-        self, module: AdapterModule, key: Key, target: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor | None] | None:
-        """Cached float32 (scale·up, down, Δbias) of a plain LoRA module; None for others."""
-        if not target.is_contiguous():
-            return None
-        hit = self._deltas.get((module, "factors"))
-        if hit is None:
-            try:
-                found = lowrank_factors(module, target)
-            except ValueError as exc:
-                raise _module_error(module, key, str(exc)) from exc
-            if found is None:
-                return None
-            hit = found
-            self._deltas.put((module, "factors"), *hit)
-        assert hit[0] is not None and hit[1] is not None
-        return hit[0], hit[1], hit[2]
 
     def _delta(
         self, module: AdapterModule, key: Key, rows: tuple[int, int] | None, strength: float,
@@ -334,10 +319,17 @@ class Patcher:
         if parts is not None and parts[1] and backup[1] is None and bias is not None:
             backup = self._backups[key] = (backup[0], bias.detach().clone())
         w_parts, b_parts = parts if parts is not None else ([], [])
-        _combine(weight, backup[0], w_parts)
+        _combine(weight, backup[0], w_parts, self._float_scratch)
         if backup[1] is not None and bias is not None:
-            _combine(bias, backup[1], b_parts)
+            _combine(bias, backup[1], b_parts, self._float_scratch)
         self._versions[key] = _versions(weight, bias)
+
+    def _float_scratch(self, like: Tensor) -> Tensor:
+        """A reused float32 buffer shaped like `like` (fresh allocations fault in every page)."""
+        buf = self._scratch.get(like.device)
+        if buf is None or buf.numel() < like.numel():
+            buf = self._scratch[like.device] = torch.empty(like.numel(), dtype=torch.float32, device=like.device)
+        return buf[: like.numel()].view(like.shape)
 
     def _rollback(self, keys: list[Key], before: Plan) -> None:
         """Put `keys` back to their state in `before`; to base everywhere if that fails too."""
@@ -369,23 +361,22 @@ def _module_error(module: AdapterModule, key: Key, reason: str) -> PatchError:
     return error
 
 
-def _combine(dst: Tensor, base: Tensor, parts: list[Part]) -> None:
-    """dst = cast(base + Σ scale·Δ), summed in float32 and written once. A single part is one
-    fused op from the backup (addmm in float32; a float32 add cast into fp16/bf16 otherwise)."""
-    if len(parts) == 1 and parts[0][2] is None:
-        delta, down, _, scale = parts[0]
-        if down is not None and dst.dtype == torch.float32:
-            torch.addmm(base.view(base.shape[0], -1), delta, down, alpha=scale, out=dst.view(dst.shape[0], -1))
-            return
-        full = delta.view(base.shape) if down is None else torch.mm(delta, down).view(base.shape)
-        torch.add(base, full, alpha=scale, out=dst)
-        return
-    acc = dst if dst.dtype == torch.float32 else base.float()
-    if acc is dst and parts and parts[0][2] is None:
-        _combine(dst, base, parts[:1])
-        parts = parts[1:]
-    elif acc is dst:
+def _combine(dst: Tensor, base: Tensor, parts: list[Part], scratch: Callable[[Tensor], Tensor]) -> None:
+    """dst = cast(base + Σ scale·Δ), summed in float32 and written once: into a float32 weight
+    straight from the backup (one addmm/add for the first part), else in a float32 scratch."""
+    if not parts:
         dst.copy_(base)
+        return
+    acc = dst if dst.dtype == torch.float32 else scratch(dst)
+    delta, down, rows, scale = parts[0]
+    if acc is dst and rows is None and down is not None:
+        torch.addmm(base.view(base.shape[0], -1), delta, down, alpha=scale, out=dst.view(dst.shape[0], -1))
+        parts = parts[1:]
+    elif acc is dst and rows is None:
+        torch.add(base, delta.view(base.shape), alpha=scale, out=dst)
+        parts = parts[1:]
+    else:
+        acc.copy_(base)
     for delta, down, rows, scale in parts:
         view = acc if rows is None else acc[rows[0] : rows[1]]
         if down is None:
