@@ -14,11 +14,39 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from operator import gt, itemgetter
+from typing import Any
 
 from loraprompt.errors import AdapterFileError
 from loraprompt.library.safetensors_header import MAX_HEADER, MAX_METADATA_VALUE
+
+# In the header text a tensor entry's keys appear unescaped; inside names and metadata strings
+# every quote is escaped, so these patterns match only entry keys. Counts equal to the number of
+# entries mean every entry has integer offsets and a shape list.
+_OFFSETS = re.compile(rb'"data_offsets"\s*:\s*\[\s*(\d+)\s*,\s*(\d+)\s*\]')
+_SHAPE = re.compile(rb'"shape"\s*:\s*\[')
+
+
+class _Shapes(Mapping[str, tuple[int, ...]]):
+    """Tensor name -> shape, read from the parsed header only for the names asked for."""
+
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self._doc = doc
+
+    def __getitem__(self, name: str) -> tuple[int, ...]:
+        entry = self._doc[name]
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        return tuple(shape) if isinstance(shape, list) else ()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._doc)
+
+    def __len__(self) -> int:
+        return len(self._doc)
 
 
 @dataclass(frozen=True)
@@ -26,7 +54,7 @@ class QuickHeader:
     """Metadata, tensor shapes by name, where the data starts and the file size."""
 
     metadata: dict[str, str]
-    shapes: dict[str, tuple[int, ...]]
+    shapes: Mapping[str, tuple[int, ...]]
     data_offset: int
     file_size: int
 
@@ -74,18 +102,31 @@ def read_quick_header(path: str | os.PathLike[str]) -> QuickHeader:
         if len(value) > MAX_METADATA_VALUE:
             raise AdapterFileError(spath, f"metadata value of {len(value)} characters is too large", key=key)
     data_offset = 8 + len(raw)
+    pairs = _OFFSETS.findall(raw)
+    end = -1
+    if len(pairs) == len(doc) and len(_SHAPE.findall(raw)) == len(doc):
+        # map/itemgetter/operator iterate in C: no Python loop over hundreds of tensors
+        starts = list(map(int, map(itemgetter(0), pairs)))
+        stops = list(map(int, map(itemgetter(1), pairs)))
+        if not any(map(gt, starts, stops)):
+            end = max(stops, default=0)
+    if end < 0:
+        end = _checked_end(spath, doc)
+    if end != size - data_offset:
+        raise AdapterFileError(spath, f"tensor data ends at {end}, the data section holds {size - data_offset} bytes (truncated or padded file)")
+    return QuickHeader(metadata, _Shapes(doc), data_offset, size)
+
+
+def _checked_end(spath: str, doc: dict[str, Any]) -> int:
+    """Where the tensor data ends, entry by entry, naming the first entry that is malformed."""
     end = 0
-    shapes: dict[str, tuple[int, ...]] = {}
     for name, entry in doc.items():
         try:
             start, stop = entry["data_offsets"]
-            shape = tuple(entry["shape"])
+            tuple(entry["shape"])
         except (TypeError, KeyError, ValueError) as exc:
             raise AdapterFileError(spath, "tensor entry lacks a shape or two data_offsets", key=name) from exc
         if type(start) is not int or type(stop) is not int or stop < start or start < 0:
             raise AdapterFileError(spath, f"bad data_offsets {entry['data_offsets']!r}", key=name)
         end = max(end, stop)
-        shapes[name] = shape
-    if end != size - data_offset:
-        raise AdapterFileError(spath, f"tensor data ends at {end}, the data section holds {size - data_offset} bytes (truncated or padded file)")
-    return QuickHeader(metadata, shapes, data_offset, size)
+    return end

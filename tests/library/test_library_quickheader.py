@@ -70,3 +70,18 @@ def test_same_metadata_verdict_as_read_header(tmp_path: Path, metadata: dict[str
     with pytest.raises(AdapterFileError) as full:
         read_header(p)
     assert (quick.value.reason, quick.value.key) == (full.value.reason, full.value.key)
+
+
+def test_offsets_that_are_not_plain_integers_are_refused(tmp_path: Path) -> None:
+    p = raw_file(tmp_path / "f.safetensors", {"w": {"dtype": "F32", "shape": [1], "data_offsets": [0.0, 4]}}, b"\0" * 4)
+    with pytest.raises(AdapterFileError, match="bad data_offsets"):
+        read_quick_header(p)
+
+
+def test_a_name_that_looks_like_an_entry_does_not_fool_the_count(tmp_path: Path) -> None:
+    name = 'x"data_offsets":[0,99]"shape":['
+    header = {name: {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "__metadata__": {"m": '"data_offsets":[0,9]'}}
+    q = read_quick_header(raw_file(tmp_path / "n.safetensors", header, b"\0" * 4))
+    assert q.shapes[name] == (1,) and q.metadata["m"].startswith('"data')
+    with pytest.raises(AdapterFileError, match="truncated or padded"):
+        read_quick_header(raw_file(tmp_path / "t.safetensors", header, b"\0" * 3))
