@@ -146,9 +146,9 @@ class _Merger:
         self.reader = reader
         self.plan = plan
         self.dtype = dtype
-        self.bias_of = {(c, _bias_key(k)): k for c, k in plan}
         self.pending: dict[tuple[str, str], Parts] = {}
         self.present = {(c, k) for f in reader.checkpoint.files for k, c in f.component_of.items()}
+        self.bias_of = {(c, _bias_key(k)): k for c, k in plan if (c, _bias_key(k)) in self.present}
         self.changed = 0
 
     def out_dtype(self, dtype: torch.dtype) -> torch.dtype:
@@ -163,12 +163,12 @@ class _Merger:
         if component is not None and (component, key) in self.plan:
             acc = tensor.float()
             parts, bias_parts = self._compute(component, key, acc)
-            if bias_parts:
+            if (component, _bias_key(key)) in self.bias_of:  # kept (even empty) so the bias is not recomputed
                 self.pending[(component, _bias_key(key))] = bias_parts
         elif component is not None and (component, key) in self.bias_of:
-            acc = tensor.float()
             found = self.pending.pop((component, key), None)
             parts = found if found is not None else self._compute(component, self.bias_of[(component, key)])[1]
+            acc = tensor.float() if parts else tensor
         if parts:
             self.changed += 1
             return _apply(acc, parts).to(self.out_dtype(tensor.dtype))
