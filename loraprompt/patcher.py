@@ -190,8 +190,9 @@ class Patcher:
         key = getattr(module, "lora_key", None)
         return next((e for e in items if key is not None and e.adapter.modules.get(key) is module), None)
 
-    def _param(self, key: Key) -> tuple[Tensor, Tensor | None]:
-        found = self._params.get(key)
+    def _param(self, key: Key, fresh: bool = False) -> tuple[Tensor, Tensor | None]:
+        """The weight (and bias) a key names; `fresh` looks again instead of using the cache."""
+        found = None if fresh else self._params.get(key)
         if found is None:
             component, name, param = key
             module = self._modules[component].get(name)
@@ -291,15 +292,17 @@ class Patcher:
 
     def _check_versions(self, report: SyncReport) -> None:
         """Follow weights moved or cast since our last write (`.to()`: the backups follow); drop
-        the backups of weights written by someone else (they become the new base)."""
+        the backups of weights written or replaced by someone else (they become the new base)."""
         stale = []
         for key, (w_backup, b_backup) in list(self._backups.items()):
-            weight, bias = self._params[key]
-            if (w_backup.device, w_backup.dtype) != (weight.device, weight.dtype):
+            old = self._params[key]
+            weight, bias = self._param(key, fresh=True)
+            replaced = old[0] is not weight or old[1] is not bias  # new parameters: a new model
+            if not replaced and (w_backup.device, w_backup.dtype) != (weight.device, weight.dtype):
                 self._backups[key] = (w_backup.to(weight), None if b_backup is None or bias is None else b_backup.to(bias))
                 self._versions[key] = _versions(weight, bias)
                 self._deltas.clear()
-            elif _versions(weight, bias) != self._versions.get(key):
+            elif replaced or _versions(weight, bias) != self._versions.get(key):
                 stale.append(key)
                 del self._backups[key], self._versions[key]
                 self._applied.pop(key, None)

@@ -298,3 +298,18 @@ def test_backups_follow_a_model_cast_while_patched(model) -> None:
     patcher.sync([(a, 0.5, 0.5)])
     half = {k: v.to(torch.float16) for k, v in original.items()}
     assert_close(model, reference(model, half, [(a, 0.5, 0.5)]), torch.float16)
+
+
+def test_replaced_parameters_are_a_new_base(model) -> None:
+    a = make_adapter(model, 1)
+    patcher = Patcher(model)
+    patcher.sync([(a, 1.0, 1.0)])
+    other = tiny_sd1(seed=6)
+    for name, component in model.items():
+        component.load_state_dict(other[name].state_dict(), assign=True)
+    replaced = snapshot(model)
+    report = patcher.sync([(a, 0.5, 0.5)])
+    assert [d.code for d in report.diagnostics] == ["lora-model-changed"]
+    assert_close(model, reference(model, replaced, [(a, 0.5, 0.5)]), torch.float32)
+    patcher.restore()
+    assert_bit_equal(model, replaced)
