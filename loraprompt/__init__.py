@@ -30,9 +30,30 @@ _EXPORTS: dict[str, str] = {
     "Patcher": "loraprompt.patcher",
     "Library": "loraprompt.library",
     "activate": "loraprompt.integrations.diffusers",
+    "activation_from_items": "loraprompt.syntax",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "Adapter",
+    "AdapterFileError",
+    "AdapterModule",
+    "Diagnostic",
+    "FamilyMismatchError",
+    "Library",
+    "LoraActivation",
+    "LoraPromptError",
+    "ParsedPrompt",
+    "PatchError",
+    "Patcher",
+    "PromptSyntaxError",
+    "__version__",
+    "activate",
+    "activation_from_items",
+    "format_activation",
+    "parse",
+    "parse_batch",
+    "read_adapter",
+]
 
 
 def __getattr__(name: str) -> Any:
