@@ -18,8 +18,11 @@ MAX_TRIGGERS = 24  # as many as A1111's "training dataset tags" shows
 SD_VERSION_NAMES = {"SD1": "sd1", "SD2": "sd2", "SDXL": "sdxl"}
 
 _CROSS_ATTN_DIMS = {2048: "sdxl", 1024: "sd2", 768: "sd1"}
-_DIT_MARKS = ("\ntransformer.", "\nlora_transformer_", "double_blocks", "single_blocks", "joint_blocks")
-_SDXL_MARKS = ("\nlora_te1_", "\nlora_te2_", "\nte1.", "\nte2.", "\nte1_", "\nte2_", "\ntext_encoder_2", "add_embedding", "label_emb")
+# key prefixes and inner parts that name SD3/Flux-style transformers, or SDXL-only modules
+_DIT_PREFIXES = ("transformer.", "lora_transformer_")
+_DIT_PARTS = ("double_blocks", "single_blocks", "joint_blocks")
+_SDXL_PREFIXES = ("lora_te1_", "lora_te2_", "te1.", "te2.", "te1_", "te2_", "text_encoder_2")
+_SDXL_PARTS = ("add_embedding", "label_emb")
 # SD1/SD2 have one transformer block per UNet attention; SDXL has up to ten. SD3/Flux
 # `transformer.transformer_blocks.N` and `single_transformer_blocks.N` are not UNet blocks.
 _SDXL_BLOCK = re.compile(r"transformer_blocks[._][1-9]")
@@ -54,10 +57,11 @@ def family_from_metadata(metadata: Mapping[str, str]) -> str | None:
 def family_from_tensors(shapes: Mapping[str, Sequence[int]]) -> str | None:
     """sd1/sd2/sdxl from key names (SDXL-only blocks, a second text encoder) and the width of
     cross-attention and text-encoder weights (tensor name -> shape); None when they cannot tell."""
-    keys = "\n" + "\n".join(shapes)  # searched as one string: C speed over hundreds of keys
-    if any(p in keys for p in _DIT_MARKS):
+    keys = "\n".join(shapes)  # searched as one string: C speed over hundreds of keys
+    heads = {k[:18] for k in shapes}  # a file's keys share a few prefixes
+    if any(h.startswith(_DIT_PREFIXES) for h in heads) or any(p in keys for p in _DIT_PARTS):
         return None  # SD3/Flux-style transformers: not a family this library patches
-    if any(p in keys for p in _SDXL_MARKS):
+    if any(h.startswith(_SDXL_PREFIXES) for h in heads) or any(p in keys for p in _SDXL_PARTS):
         return "sdxl"
     for m in _SDXL_BLOCK.finditer(keys):
         if _UNET_ATTENTION.search(keys, max(0, m.start() - 40), m.start()):
