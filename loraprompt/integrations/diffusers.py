@@ -151,8 +151,9 @@ def _entries(parsed: Any, library: Any, cache: AdapterCache, on_error: str,
 
 
 class _StepHook:
-    """A UNet forward pre-hook: counts sampling steps by timestep and syncs the UNet's strengths
-    for each step (the text encoders keep their step-0 strengths: they already ran)."""
+    """A UNet forward pre-hook: counts sampling steps by timestep (restarting when it rises: a
+    second generation in the same block) and syncs the UNet's strengths for each step (the text
+    encoders keep their step-0 strengths: they already ran)."""
 
     def __init__(self, pipe: Any, patcher: Patcher, entries: list[PlanEntry], steps: int) -> None:
         self.pipe, self.patcher, self.steps = pipe, patcher, steps
@@ -166,7 +167,9 @@ class _StepHook:
         timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
         value = float(timestep.flatten()[0]) if isinstance(timestep, torch.Tensor) else timestep
         if value != self.last or self.step < 0:
-            self.step += 1
+            # timesteps fall during sampling: a higher one is the next generation's first step
+            restart = isinstance(value, float) and isinstance(self.last, float) and value > self.last
+            self.step = 0 if restart else self.step + 1
             self.last = value
             total = getattr(self.pipe, "_num_timesteps", None) or self.steps
             self.reports.append(self.patcher.sync(self.entries, step=self.step, total_steps=total, on_error="skip"))

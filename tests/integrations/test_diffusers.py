@@ -89,6 +89,9 @@ def test_stop_schedule_removes_the_lora_from_the_unet_after_its_step(setup) -> N
         # te=0: only UNet weights are patched. Step 0 is as applied on entry, step 1 takes the
         # LoRA off the UNet, step 2 changes nothing
         assert [r.written for r in prompt.steps] == [0, prompt.report.patched, 0]
+        # a second generation in the same block starts the schedule again
+        assert np.array_equal(generate(pipe, prompt), gated)
+        assert [r.written for r in prompt.steps[3:]] == [prompt.report.patched, prompt.report.patched, 0]
     with loraprompt.activate(pipe, "a cat <lora:style:0:1>", library=library) as prompt:
         always = generate(pipe, prompt)
     # the same LoRA on step 0 only: neither the plain image nor the LoRA on every step
