@@ -10,7 +10,8 @@ diffusers' convert_state_dict_to_kohya. Then, on a fresh model:
 - diffusers + peft: load_lora_weights + fuse_lora; unfuse_lora + unload_lora_weights; a switch is
   both; a strength change is unfuse_lora + fuse_lora(lora_scale=.5);
 - the limit: in-place addmm_ over the same weights (apply), torch.addmm from a backup into the
-  weight (switch, strength), and a plain copy_ of backups (restore).
+  weight (switch, strength), and a plain copy_ of backups (restore), all in the model's dtype
+  (for fp16/bf16 that is half-precision math, where loraprompt sums in float32 by design).
 
 Times are medians of --repeat runs; memory is the peak resident growth during the operation
 (VmHWM, reset before each). Run it under the shared lock:
