@@ -16,7 +16,6 @@ from loraprompt.cache import AdapterCache
 from loraprompt.diagnostics import Diagnostic
 from loraprompt.errors import LoraPromptError
 from loraprompt.infotext import lora_hash_name
-from loraprompt.keymaps import KeyMap, keymap_for_module
 from loraprompt.patcher import Patcher
 from loraprompt.plan import PlanEntry
 from loraprompt.syntax.values import Schedule
@@ -54,21 +53,6 @@ def plan_entry(a: LoraActivation, adapter: Adapter, hires: bool, total_steps: in
     return PlanEntry(adapter, te=te, unet=unet, unet_at=unet_at, block_at=block_at, name=a.name)
 
 
-class A1111Patcher(Patcher):
-    """A Patcher whose key maps see parameter shapes (OpenCLIP's fused q/k/v rows need them)."""
-
-    # SD2's and SDXL's second text encoder as A1111 holds them. Remove once Patcher._keymap uses
-    # keymap_for_module itself (requested from the engine's owner).
-
-    def _keymap(self, component: str) -> KeyMap:
-        keymap = self._keymaps.get(component)
-        if keymap is None:
-            module = self.components[component]
-            self._modules[component] = dict(module.named_modules())
-            keymap = self._keymaps[component] = keymap_for_module(component, module)
-        return keymap
-
-
 class Runtime:
     """Applies parsed activations to A1111's model and remembers what it did."""
 
@@ -102,7 +86,7 @@ class Runtime:
         """The Patcher of this model object (created on first use)."""
         patcher = self._patchers.get(sd_model)
         if patcher is None:
-            patcher = A1111Patcher(components, family=family, delta_cache_mb=self.delta_cache_mb, on_error="skip")
+            patcher = Patcher(components, family=family, delta_cache_mb=self.delta_cache_mb, on_error="skip")
             self._patchers[sd_model] = patcher
         return patcher
 
