@@ -68,3 +68,32 @@ def test_energy_target_and_identical_models(tmp_path: Path) -> None:
     with pytest.raises(ToolError, match="do not differ"):
         extract_lora(base, base.with_name("base.safetensors"), tmp_path / "none.safetensors", RankTarget(rank=2))
     assert not (tmp_path / "none.safetensors").exists()
+
+
+def test_extract_from_diffusers_folders_round_trips_through_merge(tmp_path: Path) -> None:
+    """Folders in diffusers layout: the extracted LoRA, merged back into the base, gives the tuned weights."""
+    import json
+
+    from diffusers import UNet2DConditionModel
+
+    from tests.fixtures.models import tiny_sd1
+
+    gen = torch.Generator().manual_seed(9)
+    for name, change in (("base", False), ("tuned", True)):
+        models = tiny_sd1(seed=0)
+        if change:
+            with torch.no_grad():
+                q = models["unet"].down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q.weight
+                q += 0.05 * torch.randn(q.shape[0], 2, generator=gen) @ torch.randn(2, q.shape[1], generator=gen)
+        models["unet"].save_pretrained(tmp_path / name / "unet")
+        models["text_encoder"].save_pretrained(tmp_path / name / "text_encoder")
+        (tmp_path / name / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    report = extract_lora(tmp_path / "tuned", tmp_path / "base", tmp_path / "x.safetensors", RankTarget(rank=8),
+                          min_diff=1e-7)
+    assert [(m.key, m.rank) for m in report.modules] == [
+        ("unet/down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q", 2)]
+    rebuilt = merge_checkpoint(tmp_path / "base", [report.output], tmp_path / "rebuilt").output
+    ours = UNet2DConditionModel.from_pretrained(rebuilt / "unet").state_dict()
+    tuned = UNet2DConditionModel.from_pretrained(tmp_path / "tuned" / "unet").state_dict()
+    for key, tensor in tuned.items():
+        torch.testing.assert_close(ours[key], tensor, rtol=0, atol=2e-6, msg=key)
