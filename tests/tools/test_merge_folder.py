@@ -91,3 +91,27 @@ def test_single_file_merged_into_a_diffusers_folder(tmp_path: Path) -> None:
         for key, tensor in theirs.items():
             torch.testing.assert_close(ours[key], tensor, rtol=0, atol=1e-6, msg=key)
     assert json.loads((report.output / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
+
+
+def test_sdxl_single_file_to_diffusers_unfuses_openclip(tmp_path: Path) -> None:
+    """SDXL's OpenCLIP encoder (fused q/k/v) comes out as transformers' CLIPTextModelWithProjection."""
+    from transformers import CLIPTextModelWithProjection
+
+    from tests.fixtures.loras import FAMILIES
+    from tests.tools.checkpoints import a1111_models, write_single_file
+
+    ckpt = tmp_path / "model.safetensors"
+    tiny = a1111_models("sdxl")
+    write_single_file(tiny, "sdxl", ckpt)
+    lora = write_kohya_lora("sdxl", tmp_path / "a.safetensors", seed=3).path
+    reference = FAMILIES["sdxl"](seed=0)
+    configs = {"model_index": {"_class_name": "StableDiffusionXLPipeline"}, "unet": dict(tiny["unet"].config),
+               "text_encoder": tiny["text_encoder"].config.to_dict(),
+               "text_encoder_2": reference["text_encoder_2"].config.to_dict()}
+    report = merge_checkpoint(ckpt, [(lora, 1.0, 1.0)], tmp_path / "folder", layout="diffusers", configs=configs)
+    Patcher(reference).sync([(read_adapter(lora), 1.0, 1.0)])
+    te2 = CLIPTextModelWithProjection.from_pretrained(report.output / "text_encoder_2")
+    ours, theirs = te2.state_dict(), reference["text_encoder_2"].state_dict()
+    assert sorted(ours) == sorted(theirs)
+    for key, tensor in theirs.items():
+        torch.testing.assert_close(ours[key], tensor, rtol=0, atol=1e-6, msg=key)
