@@ -63,15 +63,17 @@ def test_single_file_merge_equals_patcher(tmp_path: Path, family: str) -> None:
     assert meta["modelspec.title"] == "tiny"
 
 
-def test_fp16_output_is_the_fp32_merge_cast_once(tmp_path: Path, sd1_inputs: dict[str, Path]) -> None:
+@pytest.mark.parametrize(("name", "dtype"), [("fp16", torch.float16), ("bf16", torch.bfloat16)])
+def test_half_outputs_are_the_fp32_merge_cast_once(tmp_path: Path, sd1_inputs: dict[str, Path], name: str,
+                                                    dtype: torch.dtype) -> None:
     ckpt, lora = sd1_inputs["checkpoint"], sd1_inputs["lora"]
     full = merge_checkpoint(ckpt, [(lora, 1.0, 1.0)], tmp_path / "m32.safetensors").output
-    half = merge_checkpoint(ckpt, [(lora, 1.0, 1.0)], tmp_path / "m16.safetensors", dtype="fp16").output
+    half = merge_checkpoint(ckpt, [(lora, 1.0, 1.0)], tmp_path / "half.safetensors", dtype=name).output
     a, _ = load_tensors(full)
     b, _ = load_tensors(half)
     for key in a:
-        assert b[key].dtype == torch.float16
-        assert torch.equal(b[key], a[key].half()), key
+        assert b[key].dtype == dtype
+        assert torch.equal(b[key], a[key].to(dtype)), key
 
 
 def test_wrong_family_lora_is_refused_and_leaves_nothing(tmp_path: Path, sd1_inputs: dict[str, Path]) -> None:
