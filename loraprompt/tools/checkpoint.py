@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from loraprompt.errors import ToolError
-from loraprompt.tools.io import FileLayout, read_layout, read_tensor
+from loraprompt.tools.io import FileLayout, read_layout, read_tensor, spec_nbytes
 
 # single-file key prefix -> diffusers component (A1111/SGM/LDM names)
 SINGLE_FILE_PREFIXES: tuple[tuple[str, str], ...] = (
@@ -62,7 +62,7 @@ class Checkpoint:
 
     @property
     def nbytes(self) -> int:
-        return sum(d.itemsize * _numel(s) for f in self.files for d, s in f.specs.values())
+        return sum(spec_nbytes(d, s) for f in self.files for d, s in f.specs.values())
 
     def locate(self, key: str, component: str) -> TensorFile:
         """The file holding `key` of `component`."""
@@ -71,12 +71,6 @@ class Checkpoint:
                 return f
         raise ToolError(f"{self.root}: tensor {key!r} not found")
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def open_checkpoint(path: str | Path) -> Checkpoint:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import sys
 import tempfile
@@ -103,6 +104,11 @@ def dtype_code(dtype: torch.dtype) -> str:
     return _DTYPES[dtype]
 
 
+def spec_nbytes(dtype: torch.dtype, shape: Sequence[int]) -> int:
+    """Bytes of a tensor of this dtype and shape."""
+    return dtype.itemsize * math.prod(shape)
+
+
 class StreamingWriter:
     """Writes a safetensors file one tensor at a time: the header is fixed up front from the specs."""
 
@@ -118,7 +124,7 @@ class StreamingWriter:
             header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
         offset = 0
         for name, dtype, shape in specs:
-            size = dtype.itemsize * _numel(shape)
+            size = spec_nbytes(dtype, shape)
             header[name] = {"dtype": dtype_code(dtype), "shape": list(shape), "data_offsets": [offset, offset + size]}
             offset += size
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
@@ -145,12 +151,6 @@ class StreamingWriter:
         if self._next != len(self._order):
             raise ToolError(f"internal: {len(self._order) - self._next} tensors were never written")
 
-
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> None:

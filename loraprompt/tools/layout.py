@@ -17,7 +17,7 @@ from torch import Tensor
 
 from loraprompt.errors import ToolError
 from loraprompt.tools.checkpoint import Checkpoint, TensorFile
-from loraprompt.tools.io import Progress, save_tensors
+from loraprompt.tools.io import Progress, save_tensors, spec_nbytes
 
 # component -> (single-file prefix per family, weight file name)
 _PREFIX = {
@@ -76,12 +76,6 @@ def write_diffusers(ckpt: Checkpoint, tensor: Callable[[TensorFile, str], Tensor
         save_tensors(staging / component / _FILE[component],
                      {k: v.contiguous() for k, v in sorted(converted.items())}, {"format": "pt", **metadata})
         written += len(converted)
-        bar.update(sum(file.specs[k][0].itemsize * _numel(file.specs[k][1]) for k in keys))
+        bar.update(sum(spec_nbytes(*file.specs[k]) for k in keys))
     return written
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n

@@ -29,6 +29,7 @@ from loraprompt.tools.io import (
     describe_inputs,
     parse_dtype,
     recipe_metadata,
+    spec_nbytes,
 )
 
 # (adapter module, rows of a fused parameter or None, strength), as in loraprompt.plan
@@ -198,16 +199,10 @@ def _write_file(merger: _Merger, file: TensorFile, target: Path, metadata: dict[
         writer = StreamingWriter(handle, specs, metadata)
         for key in keys:
             writer.write(key, merger.tensor(file, key))
-            bar.update(file.specs[key][0].itemsize * _numel(file.specs[key][1]))
+            bar.update(spec_nbytes(*file.specs[key]))
         writer.close()
     return len(keys)
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def merge_checkpoint(checkpoint: str | Path, loras: Sequence[LoraSpec | tuple[Any, ...] | str | Path],
