@@ -20,7 +20,7 @@ SINGLE_FILE_PREFIXES: tuple[tuple[str, str], ...] = (
     ("conditioner.embedders.0.", "text_encoder"),
     ("conditioner.embedders.1.", "text_encoder_2"),
 )
-DIFFUSERS_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+DIFFUSERS_COMPONENTS = ("unet", "text_encoder", "text_encoder_2", "vae")
 
 Spec = tuple[torch.dtype, tuple[int, ...]]
 

@@ -71,7 +71,7 @@ def _keymaps(ckpt: Checkpoint) -> dict[str, Any]:
     from loraprompt.keymaps import build_keymap
 
     out = {}
-    for component in sorted(ckpt.components()):
+    for component in sorted(ckpt.components() & {"unet", "text_encoder", "text_encoder_2"}):
         specs = ckpt.component_specs(component)
         names = sorted({k.rpartition(".")[0] for k in specs})
         out[component] = build_keymap(component, names, {k: s for k, (_, s) in specs.items()})
@@ -209,8 +209,9 @@ def merge_checkpoint(checkpoint: str | Path, loras: Sequence[LoraSpec | tuple[An
                      output: str | Path, *, dtype: str | None = None, layout: str | None = None,
                      configs: Mapping[str, Any] | None = None, family: str | None = None,
                      force: bool = False, progress: bool = False) -> MergeReport:
-    """Write `checkpoint` with `loras` merged in: in its own layout, or (`layout="diffusers"`) a
-    single file as a diffusers folder using the shipped configs of its family (or `configs`).
+    """Write `checkpoint` with `loras` merged in: in its own layout, or in the other one (a single
+    file as a diffusers folder with the shipped configs of its family or `configs`; a diffusers
+    folder's unet/text encoders/vae as one original-layout file).
     `family` overrides the detected one ("" skips the check)."""
     specs = [_as_spec(item) for item in loras]
     if not specs:
@@ -221,8 +222,6 @@ def merge_checkpoint(checkpoint: str | Path, loras: Sequence[LoraSpec | tuple[An
     out_dtype = parse_dtype(dtype)
     ckpt = open_checkpoint(checkpoint)
     target = layout or ckpt.layout
-    if ckpt.layout == "diffusers" and target == "single-file":
-        raise ToolError("writing a diffusers folder as a single file is not supported; merge into the folder")
     plan, found, diagnostics = plan_merge(ckpt, specs, family)
     recipe = recipe_metadata(
         "merge", checkpoint=describe_inputs([ckpt.root])[0] if ckpt.layout == "single-file" else ckpt.root.name,
@@ -232,10 +231,18 @@ def merge_checkpoint(checkpoint: str | Path, loras: Sequence[LoraSpec | tuple[An
     bar = Progress(ckpt.nbytes, "merge", progress)
     with TensorReader(ckpt) as reader:
         merger = _Merger(reader, plan, out_dtype)
-        if target == "single-file":
+        if target == "single-file" and ckpt.layout == "single-file":
             file = ckpt.files[0]
             with atomic_path(out) as tmp:
                 report.tensors_written = _write_file(merger, file, tmp, {**file.metadata, **recipe}, bar)
+        elif target == "single-file":
+            from loraprompt.tools.to_single import write_single
+
+            if not found:
+                raise ToolError(f"{ckpt.root}: model family unknown; cannot pick the single-file names")
+            with atomic_path(out) as tmp:
+                report.tensors_written = write_single(ckpt, merger.tensor, found, tmp, out_dtype=merger.out_dtype,
+                                                      metadata=recipe, bar=bar)
         elif ckpt.layout == "diffusers":
             with _staged(out, force) as staging:
                 report.tensors_written = _copy_folder(merger, ckpt, staging, recipe, bar)

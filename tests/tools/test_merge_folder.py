@@ -115,3 +115,29 @@ def test_sdxl_single_file_to_diffusers_unfuses_openclip(tmp_path: Path) -> None:
     assert sorted(ours) == sorted(theirs)
     for key, tensor in theirs.items():
         torch.testing.assert_close(ours[key], tensor, rtol=0, atol=1e-6, msg=key)
+
+
+def test_folder_merged_into_a_single_file(tmp_path: Path) -> None:
+    """Other layout: a diffusers folder's merge as one original-layout file, equal to the patcher's
+    weights in single-file names (VAE included, unchanged)."""
+    from diffusers import AutoencoderKL
+
+    from tests.tools.checkpoints import single_file_keys
+
+    src = _folder(tmp_path / "model")
+    torch.manual_seed(0)
+    AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4).save_pretrained(src / "vae")
+    lora = write_kohya_lora("sd1", tmp_path / "a.safetensors", seed=3).path
+    report = merge_checkpoint(src, [(lora, 0.5, 1.5)], tmp_path / "one.safetensors", layout="single-file",
+                              dtype="fp16")
+    assert report.layout == "single-file"
+    models = tiny_sd1(seed=0)
+    Patcher(models).sync([(read_adapter(lora), 0.5, 1.5)])
+    merged, meta = load_tensors(report.output)
+    states = {c: m.state_dict() for c, m in models.items()}
+    for key, (component, own) in single_file_keys(models, "sd1").items():
+        assert merged[key].dtype == torch.float16
+        torch.testing.assert_close(merged[key], states[component][own].half(), rtol=0, atol=1e-3, msg=key)
+    assert merged["first_stage_model.encoder.mid.attn_1.q.weight"].dim() == 4
+    assert json.loads(meta[RECIPE_KEY])["layout"] == "single-file"
