@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         parser.add_argument("--checkpoint", type=Path, help="single-file .safetensors or diffusers folder")
         parser.add_argument("--no-family-check", action="store_true", help="merge even if families differ")
         parser.add_argument("--layout", choices=("single-file", "diffusers"),
-                            help="output layout (default: the checkpoint's; a single file can become a diffusers folder)")
+                            help="output layout (default: the checkpoint's; either can be written as the other)")
     elif name == "resize":
         parser.add_argument("input", type=Path, help="LoRA file")
     elif name == "extract":
