@@ -152,10 +152,17 @@ class LoraPromptNetwork(extra_networks.ExtraNetwork):
             note(p, diagnostics, bool(webui.opt("loraprompt_diagnostics_in_infotext", True)))
             return
         self._write_hashes(p, applied.hashes, hires)
+        self._note_use(p, applied.paths)
         note(p, diagnostics + applied.diagnostics, bool(webui.opt("loraprompt_diagnostics_in_infotext", True)))
 
     def deactivate(self, p: Any) -> None:
         """Nothing to do: the weights stay patched until the next activate syncs (diffed)."""
+
+    def _note_use(self, p: Any, paths: list[str]) -> None:
+        """Count each applied LoRA once per generation job (its batches and hires pass re-activate)."""
+        seen: set[str] = getattr(p, "loraprompt_used", None) or set()
+        self.runtime.note_use(x for x in paths if x not in seen)
+        p.loraprompt_used = seen | set(paths)
 
     @staticmethod
     def _write_hashes(p: Any, hashes: dict[str, str], hires: bool) -> None:

@@ -29,10 +29,12 @@ if TYPE_CHECKING:
 
 @dataclass
 class Applied:
-    """What one activation did: `hashes` (infotext name -> 12-hex hash) and diagnostics."""
+    """What one activation did: `hashes` (infotext name -> 12-hex hash), the `paths` of the
+    LoRA files actually patched in, and diagnostics."""
 
     hashes: dict[str, str] = field(default_factory=dict)
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
 
 
 def is_scheduled(a: LoraActivation, hires: bool) -> bool:
@@ -104,12 +106,14 @@ class Runtime:
         """Make the model equal to base + exactly `activations` (an empty list restores)."""
         out = Applied()
         entries: list[PlanEntry] = []
+        files: list[str] = []
         for a in activations:
             loaded = self._load(a, profile, out.diagnostics)
             if loaded is None:
                 continue
             entry, adapter = loaded
             entries.append(plan_entry(a, adapter, hires, total_steps))
+            files.append(entry.path)
             short = self._short_hash(entry)
             if short:
                 out.hashes[lora_hash_name(a.name)] = short
@@ -125,8 +129,15 @@ class Runtime:
         for skipped in report.skipped:
             out.hashes.pop(lora_hash_name(skipped), None)
         kept = [e for e in entries if e.label not in report.skipped]
+        out.paths = list(dict.fromkeys(f for f, e in zip(files, entries) if e.label not in report.skipped))
         self._active = (patcher, kept) if any(e.scheduled for e in kept) else None
         return out
+
+    def note_use(self, paths: Iterable[str]) -> None:
+        """Count one use of each LoRA file in the library's history ("most used" / "last used")."""
+        paths = list(paths)
+        if paths:
+            self.library.note_use(paths)
 
     def step(self, step: int, total_steps: int) -> None:
         """Re-apply scheduled strengths for sampling `step` (a no-op without schedules)."""
