@@ -170,3 +170,25 @@ def test_cli_refuses_missing_lora_dir(tmp_path: Path, capsys: pytest.CaptureFixt
     assert args.host == "127.0.0.1"  # loopback unless asked
     assert cli.run(args) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def _uses(engine: Txt2Img) -> dict[str, tuple[int, int]]:
+    return {e.name: engine.library.usage(e) for e in engine.library.entries}
+
+
+def test_each_applied_lora_is_counted_once_per_generation(engine: Txt2Img) -> None:
+    before = _uses(engine)
+    engine.generate(_request("a cat <lora:demo_warm:0.5> <lora:demo_warm:0.5> <lora:demo_neon:1:unet_sched=0@0,1@1>"))
+    middle = _uses(engine)
+    engine.generate(_request("a cat <lora:demo_neon:1> <lora:missing:1>"))
+    engine.generate(_request("a plain cat"))
+    after = _uses(engine)
+
+    assert middle["demo_warm"][0] == before["demo_warm"][0] + 1  # named twice, one generation
+    assert middle["demo_neon"][0] == before["demo_neon"][0] + 1  # scheduled strengths count too
+    assert middle["demo_warm"][1] > before["demo_warm"][1]
+    assert after["demo_neon"][0] == before["demo_neon"][0] + 2
+    assert after["demo_neon"][1] > middle["demo_neon"][1]
+    assert after["demo_warm"] == middle["demo_warm"]
+    unused = set(after) - {"demo_warm", "demo_neon"}
+    assert unused and all(after[n] == before[n] for n in unused)
