@@ -3,8 +3,8 @@
 
 `safetensors_header.read_header` validates every tensor entry in Python (about 10 µs per tensor);
 over 10,000 files of ~800 tensors that is minutes. The scan instead checks what decides whether a
-file is usable and what the gallery shows: the same size, UTF-8, JSON-object and metadata rules
-as `read_header` (so both give the same verdict on metadata, robustness item 7), every tensor
+file is usable and what the gallery shows: `read_header`'s own size, UTF-8, JSON-object and
+metadata checks (so both give the same verdict on metadata, robustness item 7), every tensor
 entry an object with two integer `data_offsets`, and the data ending exactly at the end of the
 file (a half-written or padded file is caught). Overlaps, gaps, duplicate names, dtypes and
 shapes are left to `read_header`, which every loader runs before touching tensor data.
@@ -12,17 +12,15 @@ shapes are left to `read_header`, which every loader runs before touching tensor
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from operator import gt, itemgetter
 from typing import Any
 
 from loraprompt.errors import AdapterFileError
-from loraprompt.library.safetensors_header import MAX_HEADER, MAX_METADATA_VALUE
+from loraprompt.library.safetensors_header import check_metadata, parse_header, read_prefix
 
 # In the header text a tensor entry's keys appear unescaped; inside names and metadata strings
 # every quote is escaped, so this pattern matches only entry keys. As many matches as entries
@@ -58,48 +56,13 @@ class QuickHeader:
     file_size: int
 
 
-def _prefix(path: str) -> tuple[bytes, int]:
-    if os.path.isdir(path):
-        raise AdapterFileError(path, "is a directory, not a safetensors file")
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size < 8:
-                raise AdapterFileError(path, f"file is {size} bytes, too short for a safetensors header")
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > MAX_HEADER:
-                raise AdapterFileError(path, f"header length {n} exceeds the {MAX_HEADER}-byte limit")
-            if n < 2 or 8 + n > size:
-                raise AdapterFileError(path, f"header length {n} does not fit in a {size}-byte file")
-            raw = f.read(n)
-    except OSError as exc:
-        raise AdapterFileError(path, f"cannot read: {exc.strerror or exc}") from exc
-    if len(raw) != n:
-        raise AdapterFileError(path, "file was truncated while reading the header")
-    return raw, size
-
-
 def read_quick_header(path: str | os.PathLike[str]) -> QuickHeader:
     """The scan's view of a safetensors header (see the module docstring); AdapterFileError
     naming the file (and key) when it is not usable."""
     spath = os.fspath(path)
-    raw, size = _prefix(spath)
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise AdapterFileError(spath, f"header is not UTF-8 (byte {exc.start})") from exc
-    except json.JSONDecodeError as exc:
-        raise AdapterFileError(spath, f"header is not valid JSON: {exc.msg} at char {exc.pos}") from exc
-    if not isinstance(doc, dict):
-        raise AdapterFileError(spath, "header is not a JSON object")
-    metadata = doc.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict):
-        raise AdapterFileError(spath, "__metadata__ is not an object", key="__metadata__")
-    for key, value in metadata.items():
-        if not isinstance(value, str):
-            raise AdapterFileError(spath, f"metadata value is a {type(value).__name__}, not a string", key=key)
-        if len(value) > MAX_METADATA_VALUE:
-            raise AdapterFileError(spath, f"metadata value of {len(value)} characters is too large", key=key)
+    raw, size = read_prefix(spath)
+    doc = parse_header(spath, raw)
+    metadata = check_metadata(spath, doc.pop("__metadata__", None))
     data_offset = 8 + len(raw)
     pairs = _OFFSETS.findall(raw)
     end = -1

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from loraprompt.errors import AdapterFileError
@@ -78,12 +78,12 @@ def _no_duplicates(path: str):  # type: ignore[no-untyped-def]
     return hook
 
 
-def _read_prefix(path: str, max_header: int) -> tuple[bytes, int]:
-    p = Path(path)
-    if p.is_dir():
+def read_prefix(path: str, max_header: int = MAX_HEADER) -> tuple[bytes, int]:
+    """The header bytes and the file size, after the size checks every reader shares."""
+    if os.path.isdir(path):
         raise AdapterFileError(path, "is a directory, not a safetensors file")
     try:
-        with open(p, "rb") as f:
+        with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size < 8:
                 raise AdapterFileError(path, f"file is {size} bytes, too short for a safetensors header")
@@ -98,6 +98,23 @@ def _read_prefix(path: str, max_header: int) -> tuple[bytes, int]:
     if len(raw) != n:
         raise AdapterFileError(path, "file was truncated while reading the header")
     return raw, size
+
+
+def parse_header(
+    path: str, raw: bytes, object_pairs_hook: Callable[[list[tuple[str, Any]]], dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The header bytes as a JSON object; AdapterFileError when they are not UTF-8 JSON of an object."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise AdapterFileError(path, f"header is not UTF-8 (byte {exc.start})") from exc
+    try:
+        doc = json.loads(text, object_pairs_hook=object_pairs_hook)
+    except json.JSONDecodeError as exc:
+        raise AdapterFileError(path, f"header is not valid JSON: {exc.msg} at char {exc.pos}") from exc
+    if not isinstance(doc, dict):
+        raise AdapterFileError(path, "header is not a JSON object")
+    return doc
 
 
 def _tensor_info(path: str, name: str, entry: Any) -> TensorInfo:
@@ -131,7 +148,8 @@ def _tensor_info(path: str, name: str, entry: Any) -> TensorInfo:
     return TensorInfo(dtype, tuple(shape), start, end)
 
 
-def _metadata(path: str, raw: Any) -> dict[str, str]:
+def check_metadata(path: str, raw: Any) -> dict[str, str]:
+    """`__metadata__` as a dict of strings ({} when absent); AdapterFileError naming the bad key."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -161,18 +179,9 @@ def _check_layout(path: str, tensors: dict[str, TensorInfo], data_size: int) -> 
 def read_header(path: str | os.PathLike[str], max_header: int = MAX_HEADER) -> SafetensorsHeader:
     """Read and fully validate a safetensors header; AdapterFileError on anything malformed."""
     spath = os.fspath(path)
-    raw, size = _read_prefix(spath, max_header)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise AdapterFileError(spath, f"header is not UTF-8 (byte {exc.start})") from exc
-    try:
-        doc = json.loads(text, object_pairs_hook=_no_duplicates(spath))
-    except json.JSONDecodeError as exc:
-        raise AdapterFileError(spath, f"header is not valid JSON: {exc.msg} at char {exc.pos}") from exc
-    if not isinstance(doc, dict):
-        raise AdapterFileError(spath, "header is not a JSON object")
-    metadata = _metadata(spath, doc.pop("__metadata__", None))
+    raw, size = read_prefix(spath, max_header)
+    doc = parse_header(spath, raw, _no_duplicates(spath))
+    metadata = check_metadata(spath, doc.pop("__metadata__", None))
     tensors = {name: _tensor_info(spath, name, entry) for name, entry in doc.items()}
     data_offset = 8 + len(raw)
     _check_layout(spath, tensors, size - data_offset)
