@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from loraprompt.ui.cards import safe_json
 from loraprompt.ui.gallery_service import BadRequest, GalleryService, NotFound
 from loraprompt.ui.gallery_thumbs import ThumbnailError
+from loraprompt.ui.gallery_usage import usage_document, with_usage
 
 DEFAULT_PREFIX = "loraprompt/gallery"
 STATIC_DIR = Path(__file__).parent / "static"
@@ -80,11 +81,15 @@ def gallery_router(service: GalleryService, prefix: str = DEFAULT_PREFIX) -> API
 
     @router.get("/cards")
     def cards_route() -> Response:
-        return _json(service.cards_json())
+        return _json(with_usage(service, service.cards_json()))
 
     @router.get("/state")
     def state() -> Response:
-        return _json(service.state())
+        return _json({**service.state(), "usage_stamp": usage_document(service)["stamp"]})
+
+    @router.get("/usage")
+    def usage() -> Response:
+        return _json(usage_document(service))
 
     @router.get("/details")
     def details(id: str = "") -> Response:
@@ -120,7 +125,7 @@ def gallery_router(service: GalleryService, prefix: str = DEFAULT_PREFIX) -> API
         body = await _post_body(request)
         if isinstance(body, Response):
             return body
-        return _json(await run_in_threadpool(service.refresh))
+        return _json(await run_in_threadpool(lambda: with_usage(service, service.refresh())))
 
     return router
 

@@ -57,6 +57,7 @@
       this.hiddenByFamily = 0;
       this.family = null;
       this.generation = null;
+      this.usageStamp = null;
       this.strengths = new Map();
       this.nodes = new Map();
       this.cursor = 0;
@@ -96,7 +97,8 @@
       this.search.placeholder = "Search names, tags, trigger words, notes (press /)";
       this.search.setAttribute("aria-label", "Search LoRAs");
       this.sortSel = el("select", "lp-sort");
-      for (const [v, label] of [["name", "Name"], ["date", "Date"], ["size", "Size"], ["favorite", "Favorites first"]]) {
+      for (const [v, label] of [["name", "Name"], ["date", "Date"], ["size", "Size"], ["favorite", "Favorites first"],
+        ["uses", "Most used"], ["recent", "Last used"]]) {
         const o = el("option", null, label);
         o.value = v;
         this.sortSel.appendChild(o);
@@ -188,6 +190,7 @@
       this.family = data.family;
       this.generation = data.generation;
       this.byId = new Map(this.cards.map((c) => [c.id, c]));
+      this.setUsage(data.usage || {}, data.usage_stamp);
       this.sortCards();
       for (const c of this.cards) {
         if (!this.strengths.has(c.id)) this.strengths.set(c.id, { te: c.weight, unet: c.weight });
@@ -202,9 +205,27 @@
       if (this.root.offsetParent === null) return;
       try {
         const s = await this.request("state");
-        if (s.generation !== this.generation) await this.load();
-        else if (s.family !== this.family) { this.family = s.family; this.applyFilter(); }
+        if (s.generation !== this.generation) { await this.load(); return; }
+        if (s.usage_stamp !== this.usageStamp) await this.loadUsage();
+        if (s.family !== this.family) { this.family = s.family; this.applyFilter(); }
       } catch (err) { /* the server is restarting; the next poll retries */ }
+    }
+
+    setUsage(usage, stamp) {
+      // card id -> [times used, last use in ms]: generations made with each LoRA
+      for (const c of this.cards) {
+        const u = usage[c.id];
+        c.uses = u ? u[0] : 0;
+        c.last_used = u ? u[1] : 0;
+      }
+      this.usageStamp = stamp;
+    }
+
+    async loadUsage() {
+      const data = await this.request("usage");
+      this.setUsage(data.usage, data.stamp);
+      this.sortCards();
+      this.applyFilter();
     }
 
     async refresh() {
@@ -261,7 +282,9 @@
       const cmp = key === "date" ? (a, b) => a.mtime - b.mtime
         : key === "size" ? (a, b) => a.size - b.size
           : key === "favorite" ? (a, b) => (b.favorite - a.favorite) * sign || byName(a, b)
-            : byName;
+            : key === "uses" ? (a, b) => b.uses - a.uses || b.last_used - a.last_used || byName(a, b)
+              : key === "recent" ? (a, b) => b.last_used - a.last_used || byName(a, b)
+                : byName;
       this.sorted = this.cards.slice().sort((a, b) => sign * cmp(a, b) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
     }
 
@@ -353,7 +376,9 @@
       card.setAttribute("role", "option");
       card.classList.toggle("lp-nsfw", !!c.nsfw);
       card.classList.toggle("lp-misfit", !!this.misfit(c));
-      card.title = c.name + (c.alias && c.alias !== c.name ? " (alias " + c.alias + ")" : "") + "\n" + c.folder;
+      card.title = c.name + (c.alias && c.alias !== c.name ? " (alias " + c.alias + ")" : "") + "\n" + c.folder
+        + (c.uses ? "\nUsed in " + c.uses + " generation" + (c.uses === 1 ? "" : "s") + ", last "
+          + new Date(c.last_used).toLocaleString() : "");
       const thumb = el("div", "lp-thumb");
       if (c.thumb) {
         const img = el("img");
@@ -573,6 +598,8 @@
     replaceCard(card) {
       const i = this.cards.findIndex((c) => c.id === card.id);
       if (i < 0) return;
+      card.uses = this.cards[i].uses;
+      card.last_used = this.cards[i].last_used;
       this.cards[i] = card;
       this.byId.set(card.id, card);
       this.strengths.set(card.id, { te: card.weight, unet: card.weight });

@@ -1,0 +1,31 @@
+"""How often and when each card's LoRA was used in a generation, for the gallery's "Most used" and
+"Last used" sorts. Kept beside the card records, not in them: the records are serialised once per
+library snapshot, while a generation changes the usage without changing any entry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loraprompt.ui.cards import safe_json
+from loraprompt.ui.gallery_service import GalleryService
+
+
+def usage_document(service: GalleryService) -> dict[str, Any]:
+    """{"stamp": a value that changes whenever a generation is recorded for any card, "usage":
+    card id -> [times used, last use in ms since the epoch] for the cards used at least once}."""
+    snap = service.snapshot()
+    usage: dict[str, list[int]] = {}
+    total = latest = 0
+    for entry in snap.entries:
+        uses, last_ns = service.library.usage(entry)
+        if uses:
+            usage[snap.ids[entry.path]] = [uses, last_ns // 1_000_000]
+            total += uses
+            latest = max(latest, last_ns)
+    return {"stamp": f"{total}-{latest}", "usage": usage}
+
+
+def with_usage(service: GalleryService, cards_json: str) -> str:
+    """A cards document (JSON text of an object) with `usage_stamp` and `usage` added at the end."""
+    doc = usage_document(service)
+    return cards_json[:-1] + ',"usage_stamp":' + safe_json(doc["stamp"]) + ',"usage":' + safe_json(doc["usage"]) + "}"
