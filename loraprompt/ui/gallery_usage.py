@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loraprompt.ui.cards import safe_json
+from loraprompt.library.cards import json_for_script
 from loraprompt.ui.gallery_service import GalleryService
 
 
@@ -28,4 +28,4 @@ def usage_document(service: GalleryService) -> dict[str, Any]:
 def with_usage(service: GalleryService, cards_json: str) -> str:
     """A cards document (JSON text of an object) with `usage_stamp` and `usage` added at the end."""
     doc = usage_document(service)
-    return cards_json[:-1] + ',"usage_stamp":' + safe_json(doc["stamp"]) + ',"usage":' + safe_json(doc["usage"]) + "}"
+    return cards_json[:-1] + ',"usage_stamp":' + json_for_script(doc["stamp"]) + ',"usage":' + json_for_script(doc["usage"]) + "}"
