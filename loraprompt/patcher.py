@@ -8,13 +8,14 @@ back (never a subtraction); an exception while writing puts every weight back as
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from loraprompt.cache import DeltaCache
+from loraprompt.combine import Part, combine_into, weight_parts
 from loraprompt.errors import PatchError
 from loraprompt.keymaps import keymap_for_module
 from loraprompt.keymaps.check import model_family
@@ -23,13 +24,8 @@ from loraprompt.plan import Key, Plan, PlanEntry, SyncReport, as_entry, build_pl
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
-    from loraprompt.adapters.types import AdapterModule
     from loraprompt.keymaps import KeyMap
     from loraprompt.plan import Resolution
-
-# (float32 ΔW, or up when `down` follows; down or None; rows of a fused parameter or None; scale)
-Part = tuple["Tensor", "Tensor | None", "tuple[int, int] | None", float]
-
 
 class Patcher:
     """Applies adapters to `components` ("unet", "text_encoder", "text_encoder_2" -> nn.Module).
@@ -210,57 +206,7 @@ class Patcher:
         backup = self._backups.get(key)
         base_w = backup[0] if backup is not None else weight
         base_b = backup[1] if backup is not None and backup[1] is not None else bias
-        base32: list[Tensor | None] = [None, None]
-        w_parts: list[Part] = []
-        b_parts: list[Part] = []
-        kept = True
-        for module, rows, strength in contributions:
-            target = weight if rows is None else weight[rows[0] : rows[1]]
-            try:
-                factors = self._deltas.factors(module, target)
-            except ValueError as exc:
-                raise _module_error(module, key, str(exc)) from exc
-            if factors is not None:
-                up, down, db = factors
-                w_parts.append((up, down, rows, strength))
-                if db is not None:
-                    b_parts.append((db, None, rows, strength))
-                continue
-            linear = module.linear
-            cache_key = (module, rows) if linear else (module, rows, strength)
-            hit = self._deltas.get(cache_key)
-            if hit is None:
-                if base32[0] is None:
-                    base32 = [base_w.float(), base_b.float() if base_b is not None else None]
-                hit = self._delta(module, key, rows, 1.0 if linear else strength, base32)
-                kept = self._deltas.put(cache_key, *hit) and kept
-            scale = strength if linear else 1.0
-            if hit[0] is not None:
-                w_parts.append((hit[0], None, rows, scale))
-            if hit[1] is not None:
-                b_parts.append((hit[1], None, rows, scale))
-        if b_parts and bias is None:
-            raise _module_error(contributions[0][0], key, "has a bias delta but the module has no bias")
-        return w_parts, b_parts, kept
-
-    def _delta(
-        self, module: AdapterModule, key: Key, rows: tuple[int, int] | None, strength: float,
-        base32: list[Tensor | None],
-    ) -> tuple[Tensor | None, Tensor | None]:
-        w, b = base32
-        assert w is not None
-        if rows is not None:
-            w = w[rows[0] : rows[1]]
-            b = b[rows[0] : rows[1]] if b is not None else None
-        try:
-            dw, db = module.delta(w, strength, b)
-        except (ValueError, RuntimeError) as exc:
-            raise _module_error(module, key, str(exc)) from exc
-        if dw is not None and dw.shape != w.shape:
-            raise _module_error(module, key, f"delta shape {tuple(dw.shape)} != weight shape {tuple(w.shape)}")
-        if db is not None and (b is None or db.shape != b.shape):
-            raise _module_error(module, key, f"bias delta shape {tuple(db.shape)} does not fit the bias")
-        return dw, db
+        return weight_parts(contributions, base_w, base_b, ".".join(key), self._deltas)
 
     def _checked(self, key: Key, contributions: tuple[Any, ...]) -> tuple[list[Part], list[Part]] | None:
         """The parts of one key, validated; None when they are too big to hold until the write."""
@@ -322,9 +268,9 @@ class Patcher:
         if parts is not None and parts[1] and backup[1] is None and bias is not None:
             backup = self._backups[key] = (backup[0], bias.detach().clone())
         w_parts, b_parts = parts if parts is not None else ([], [])
-        _combine(weight, backup[0], w_parts, self._float_scratch)
+        combine_into(weight, backup[0], w_parts, self._float_scratch)
         if backup[1] is not None and bias is not None:
-            _combine(bias, backup[1], b_parts, self._float_scratch)
+            combine_into(bias, backup[1], b_parts, self._float_scratch)
         self._versions[key] = _versions(weight, bias)
 
     def _float_scratch(self, like: Tensor) -> Tensor:
@@ -356,35 +302,3 @@ class Patcher:
 def _versions(weight: Tensor, bias: Tensor | None) -> tuple[int, int]:
     """The tensors' in-place write counters."""
     return weight._version, -1 if bias is None else bias._version
-
-
-def _module_error(module: AdapterModule, key: Key, reason: str) -> PatchError:
-    error = PatchError(f"{module.lora_key} -> {key[0]}.{key[1]}.{key[2]}: {reason}; nothing applied")
-    error.module = module  # type: ignore[attr-defined]
-    return error
-
-
-def _combine(dst: Tensor, base: Tensor, parts: list[Part], scratch: Callable[[Tensor], Tensor]) -> None:
-    """dst = cast(base + Σ scale·Δ), summed in float32 and written once: into a float32 weight
-    straight from the backup (one addmm/add for the first part), else in a float32 scratch."""
-    if not parts:
-        dst.copy_(base)
-        return
-    acc = dst if dst.dtype == torch.float32 else scratch(dst)
-    delta, down, rows, scale = parts[0]
-    if acc is dst and rows is None and down is not None:
-        torch.addmm(base.view(base.shape[0], -1), delta, down, alpha=scale, out=dst.view(dst.shape[0], -1))
-        parts = parts[1:]
-    elif acc is dst and rows is None:
-        torch.add(base, delta.view(base.shape), alpha=scale, out=dst)
-        parts = parts[1:]
-    else:
-        acc.copy_(base)
-    for delta, down, rows, scale in parts:
-        view = acc if rows is None else acc[rows[0] : rows[1]]
-        if down is None:
-            view.add_(delta.view(view.shape), alpha=scale)
-        else:
-            view.view(view.shape[0], -1).addmm_(delta, down, alpha=scale)
-    if acc is not dst:
-        dst.copy_(acc)

@@ -1,9 +1,9 @@
 """Merge LoRAs into a checkpoint at UNet/text-encoder strengths, streaming one tensor at a time.
 
 The plan is the patcher's (`loraprompt.plan` over the checkpoint's own key maps) and so is the
-arithmetic: per weight, the float32 base plus each contribution's delta (unit delta times
-strength for linear adapters), cast once. The merged file holds the weights `Patcher.sync` gives
-the loaded model (to float32 rounding: the patcher may fuse a plain LoRA's up @ down into one addmm).
+arithmetic (`loraprompt.combine.combined`, the step `Patcher.sync` writes with): each planned
+weight is the bit-exact value the patcher gives the model loaded in the output dtype (the
+checkpoint's own unless `dtype` is given).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from loraprompt.combine import combined
 from loraprompt.diagnostics import Diagnostic
 from loraprompt.errors import PatchError, ToolError
 from loraprompt.tools.checkpoint import Checkpoint, TensorFile, TensorReader, open_checkpoint
@@ -34,7 +35,6 @@ from loraprompt.tools.io import (
 
 # (adapter module, rows of a fused parameter or None, strength), as in loraprompt.plan
 Contribution = tuple[Any, "tuple[int, int] | None", float]
-Parts = list[tuple[Tensor, "tuple[int, int] | None", float]]
 
 
 @dataclass(frozen=True)
@@ -106,39 +106,6 @@ def _bias_key(weight_key: str) -> str:
     return f"{stem}.{'bias' if param == 'weight' else param.replace('weight', 'bias')}"
 
 
-def _parts(contribs: tuple[Contribution, ...], w32: Tensor, b32: Tensor | None, where: str) -> tuple[Parts, Parts]:
-    """Float32 weight and bias parts (delta, rows, scale) from the float32 base weight and bias."""
-    w_parts: Parts = []
-    b_parts: Parts = []
-    for module, rows, strength in contribs:
-        linear = module.linear
-        w, b = w32, b32
-        if rows is not None:
-            w = w32[rows[0]: rows[1]]
-            b = b32[rows[0]: rows[1]] if b32 is not None else None
-        try:
-            dw, db = module.delta(w, 1.0 if linear else strength, b)
-        except (ValueError, RuntimeError) as exc:
-            raise ToolError(f"{module.lora_key} -> {where}: {exc}") from exc
-        if dw is not None and dw.shape != w.shape:
-            raise ToolError(f"{module.lora_key} -> {where}: delta shape {tuple(dw.shape)} != weight {tuple(w.shape)}")
-        scale = strength if linear else 1.0
-        if dw is not None:
-            w_parts.append((dw, rows, scale))
-        if db is not None:
-            if b is None or db.shape != b.shape:
-                raise ToolError(f"{module.lora_key} -> {where}: bias delta does not fit the module's bias")
-            b_parts.append((db, rows, scale))
-    return w_parts, b_parts
-
-
-def _apply(acc: Tensor, parts: Parts) -> Tensor:
-    """acc (a float32 tensor of our own) += Σ scale·Δ, in the patcher's order of additions."""
-    for delta, rows, scale in parts:
-        (acc if rows is None else acc[rows[0]: rows[1]]).add_(delta, alpha=scale)
-    return acc
-
-
 class _Merger:
     """Streams one checkpoint file, merging planned weights and their biases."""
 
@@ -147,7 +114,7 @@ class _Merger:
         self.reader = reader
         self.plan = plan
         self.dtype = dtype
-        self.pending: dict[tuple[str, str], Parts] = {}
+        self.pending: dict[tuple[str, str], Tensor | None] = {}
         self.present = {(c, k) for f in reader.checkpoint.files for k, c in f.component_of.items()}
         self.bias_of = {(c, _bias_key(k)): k for c, k in plan if (c, _bias_key(k)) in self.present}
         self.changed = 0
@@ -156,35 +123,43 @@ class _Merger:
         return self.dtype if self.dtype is not None and dtype.is_floating_point else dtype
 
     def tensor(self, file: TensorFile, key: str) -> Tensor:
-        """The output tensor for `key` of `file`."""
-        tensor = self.reader.get(file, key)  # a fresh buffer: ours to modify in place
+        """The output tensor for `key` of `file`: the patcher's result on the model loaded in the
+        output dtype when planned (or the bias of a planned weight), else the tensor cast."""
+        tensor = self.reader.get(file, key)
+        tensor = tensor.to(self.out_dtype(tensor.dtype))
         component = file.component_of.get(key)
-        parts: Parts = []
-        acc = tensor
         if component is not None and (component, key) in self.plan:
-            acc = tensor.float()
-            parts, bias_parts = self._compute(component, key, acc)
-            if (component, _bias_key(key)) in self.bias_of:  # kept (even empty) so the bias is not recomputed
-                self.pending[(component, _bias_key(key))] = bias_parts
-        elif component is not None and (component, key) in self.bias_of:
-            found = self.pending.pop((component, key), None)
-            parts = found if found is not None else self._compute(component, self.bias_of[(component, key)])[1]
-            acc = tensor.float() if parts else tensor
-        if parts:
+            merged, bias = self._merge(component, key, tensor)
+            if (component, _bias_key(key)) in self.bias_of:  # kept (even unchanged) so it is not recomputed
+                self.pending[(component, _bias_key(key))] = bias
             self.changed += 1
-            return _apply(acc, parts).to(self.out_dtype(tensor.dtype))
-        return tensor.to(self.out_dtype(tensor.dtype))
+            return merged
+        if component is not None and (component, key) in self.bias_of:
+            if (component, key) in self.pending:
+                bias = self.pending.pop((component, key))
+            else:
+                bias = self._merge(component, self.bias_of[(component, key)])[1]
+            if bias is not None:
+                self.changed += 1
+                return bias
+        return tensor
 
-    def _compute(self, component: str, weight_key: str, weight: Tensor | None = None) -> tuple[Parts, Parts]:
-        """(weight parts, bias parts) of one planned weight (given in float32), reading what is not given."""
+    def _merge(self, component: str, weight_key: str, weight: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """`combined` for one planned weight (given in the output dtype, else read): the new weight
+        and the new bias (None when the bias is unchanged)."""
         ckpt = self.reader.checkpoint
         if weight is None:
-            weight = self.reader.get(ckpt.locate(weight_key, component), weight_key).float()
+            weight = self.reader.get(ckpt.locate(weight_key, component), weight_key)
+            weight = weight.to(self.out_dtype(weight.dtype))
         bias_key = _bias_key(weight_key)
         bias = None
         if (component, bias_key) in self.present:
-            bias = self.reader.get(ckpt.locate(bias_key, component), bias_key).float()
-        return _parts(self.plan[(component, weight_key)], weight, bias, f"{component}:{weight_key}")
+            bias = self.reader.get(ckpt.locate(bias_key, component), bias_key)
+            bias = bias.to(self.out_dtype(bias.dtype))
+        try:
+            return combined(weight, bias, self.plan[(component, weight_key)], f"{component}:{weight_key}")
+        except PatchError as exc:
+            raise ToolError(str(exc)) from exc
 
 
 def _ordered(file: TensorFile) -> list[str]:

@@ -18,10 +18,11 @@ from tests.fixtures.loras import FAMILIES, write_diffusers_lora, write_kohya_lor
 from tests.tools.checkpoints import EXTRA, a1111_models, openclip_state, write_single_file
 
 
-def _patched(family: str, entries: list[tuple[Path, float, float]]) -> dict[str, dict[str, torch.Tensor]]:
-    """The patcher's weights on the diffusers/transformers models (SDXL's second encoder then
-    fused into OpenCLIP names, as the single file spells it)."""
-    models = FAMILIES[family](seed=0)
+def _patched(family: str, entries: list[tuple[Path, float, float]], dtype: torch.dtype = torch.float32
+             ) -> dict[str, dict[str, torch.Tensor]]:
+    """The patcher's weights on the diffusers/transformers models in `dtype` (SDXL's second encoder
+    then fused into OpenCLIP names, as the single file spells it)."""
+    models = {c: m.to(dtype) for c, m in FAMILIES[family](seed=0).items()}
     Patcher(models).sync([(read_adapter(p), te, unet) for p, te, unet in entries])
     states = {c: m.state_dict() for c, m in models.items()}
     if family == "sdxl":
@@ -49,8 +50,8 @@ def test_single_file_merge_equals_patcher(tmp_path: Path, family: str) -> None:
         patched = expected[component][own]
         if torch.equal(patched, original[key]):
             assert torch.equal(merged[key], original[key]), key
-        else:  # the patcher may fuse the low-rank product into one addmm: equal up to float32 rounding
-            torch.testing.assert_close(merged[key], patched, rtol=0, atol=1e-6, msg=key)
+        else:
+            assert torch.equal(merged[key], patched), key
             changed += 1
     assert changed == report.weights_changed and changed > 40
     assert {"text_encoder", "unet"} <= {keys[k][0] for k in keys if not torch.equal(merged[k], original[k])}
@@ -63,17 +64,33 @@ def test_single_file_merge_equals_patcher(tmp_path: Path, family: str) -> None:
     assert meta["modelspec.title"] == "tiny"
 
 
+@pytest.mark.parametrize("native", [False, True], ids=["fp32-checkpoint", "half-checkpoint"])
 @pytest.mark.parametrize(("name", "dtype"), [("fp16", torch.float16), ("bf16", torch.bfloat16)])
-def test_half_outputs_are_the_fp32_merge_cast_once(tmp_path: Path, sd1_inputs: dict[str, Path], name: str,
-                                                    dtype: torch.dtype) -> None:
-    ckpt, lora = sd1_inputs["checkpoint"], sd1_inputs["lora"]
-    full = merge_checkpoint(ckpt, [(lora, 1.0, 1.0)], tmp_path / "m32.safetensors").output
-    half = merge_checkpoint(ckpt, [(lora, 1.0, 1.0)], tmp_path / "half.safetensors", dtype=name).output
-    a, _ = load_tensors(full)
-    b, _ = load_tensors(half)
-    for key in a:
-        assert b[key].dtype == dtype
-        assert torch.equal(b[key], a[key].to(dtype)), key
+def test_half_outputs_equal_the_patcher_on_a_half_model(tmp_path: Path, name: str, dtype: torch.dtype,
+                                                        native: bool) -> None:
+    """fp16/bf16 output (asked for, or the checkpoint's own): the checkpoint as loaded in that dtype,
+    then patched (the patcher sums in float32 from the half weight and casts once), bit for bit;
+    unplanned tensors are just cast."""
+    ckpt = tmp_path / "model.safetensors"
+    keys = write_single_file(a1111_models("sd1"), "sd1", ckpt, dtype if native else torch.float32)
+    lora = write_kohya_lora("sd1", tmp_path / "a.safetensors", seed=3).path
+    second = write_lycoris("sd1", tmp_path / "b.safetensors", "loha", seed=4).path
+    entries = [(lora, 0.7, 1.2), (second, 1.0, 0.9)]
+    report = merge_checkpoint(ckpt, [LoraSpec(*e) for e in entries], tmp_path / "half.safetensors",
+                              dtype=None if native else name)
+    expected = _patched("sd1", entries, dtype)
+    merged, _ = load_tensors(report.output)
+    original, _ = load_tensors(ckpt)
+    changed = 0
+    for key, tensor in merged.items():
+        assert tensor.dtype == dtype, key
+        if key in keys:
+            component, own = keys[key]
+            assert torch.equal(tensor, expected[component][own]), key
+            changed += not torch.equal(tensor, original[key].to(dtype))
+        else:
+            assert torch.equal(tensor, original[key].to(dtype)), key
+    assert changed > 40 and report.weights_changed >= changed
 
 
 def test_wrong_family_lora_is_refused_and_leaves_nothing(tmp_path: Path, sd1_inputs: dict[str, Path]) -> None:

@@ -1,0 +1,143 @@
+"""The last step of patching one weight: base + Σ strength·Δ, summed in float32 and cast once.
+
+`weight_parts` computes and checks the float32 parts of one weight's contributions, `combine_into`
+writes base + parts into a tensor, and `combined` does both into new tensors. `Patcher.sync` (in
+place, with its caches and scratch buffer) and the merge tool (streaming a file) both go through
+them, so a merged checkpoint is bit-identical to the patched model of the same dtype."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from loraprompt.cache import lowrank_factors
+from loraprompt.errors import PatchError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from loraprompt.adapters.types import AdapterModule
+    from loraprompt.cache import DeltaCache
+
+# (float32 ΔW, or up when `down` follows; down or None; rows of a fused parameter or None; scale)
+Part = tuple["Tensor", "Tensor | None", "tuple[int, int] | None", float]
+Scratch = Callable[["Tensor"], "Tensor"]
+
+
+def module_error(module: AdapterModule, where: str, reason: str) -> PatchError:
+    """A PatchError naming the adapter module and the weight; `.module` tells whose it is."""
+    error = PatchError(f"{module.lora_key} -> {where}: {reason}; nothing applied")
+    error.module = module  # type: ignore[attr-defined]
+    return error
+
+
+def weight_parts(
+    contributions: Sequence[tuple[Any, tuple[int, int] | None, float]], base_w: Tensor, base_b: Tensor | None,
+    where: str, cache: DeltaCache | None = None,
+) -> tuple[list[Part], list[Part], bool]:
+    """Validated float32 (weight parts, bias parts) of `contributions` ((adapter module, rows or
+    None, strength), as in a plan) on the base weight and bias, and whether `cache` holds every
+    full delta among them. A plain LoRA gives its factors (written with one addmm); another
+    algorithm its full delta, unit-strength for linear ones (scaled when written)."""
+    base32: list[Tensor | None] = [None, None]
+    w_parts: list[Part] = []
+    b_parts: list[Part] = []
+    kept = True
+    for module, rows, strength in contributions:
+        target = base_w if rows is None else base_w[rows[0] : rows[1]]
+        try:
+            factors = cache.factors(module, target) if cache is not None else lowrank_factors(module, target)
+        except ValueError as exc:
+            raise module_error(module, where, str(exc)) from exc
+        if factors is not None:
+            up, down, db = factors
+            w_parts.append((up, down, rows, strength))
+            if db is not None:
+                b_parts.append((db, None, rows, strength))
+            continue
+        linear = module.linear
+        cache_key = (module, rows) if linear else (module, rows, strength)
+        hit = cache.get(cache_key) if cache is not None else None
+        if hit is None:
+            if base32[0] is None:
+                base32 = [base_w.float(), base_b.float() if base_b is not None else None]
+            hit = _delta(module, where, rows, 1.0 if linear else strength, base32)
+            kept = (cache is not None and cache.put(cache_key, *hit)) and kept
+        scale = strength if linear else 1.0
+        if hit[0] is not None:
+            w_parts.append((hit[0], None, rows, scale))
+        if hit[1] is not None:
+            b_parts.append((hit[1], None, rows, scale))
+    if b_parts and base_b is None:
+        raise module_error(contributions[0][0], where, "has a bias delta but the module has no bias")
+    return w_parts, b_parts, kept
+
+
+def _delta(
+    module: AdapterModule, where: str, rows: tuple[int, int] | None, strength: float, base32: list[Tensor | None],
+) -> tuple[Tensor | None, Tensor | None]:
+    w, b = base32
+    assert w is not None
+    if rows is not None:
+        w = w[rows[0] : rows[1]]
+        b = b[rows[0] : rows[1]] if b is not None else None
+    try:
+        dw, db = module.delta(w, strength, b)
+    except (ValueError, RuntimeError) as exc:
+        raise module_error(module, where, str(exc)) from exc
+    if dw is not None and dw.shape != w.shape:
+        raise module_error(module, where, f"delta shape {tuple(dw.shape)} != weight shape {tuple(w.shape)}")
+    if db is not None and (b is None or db.shape != b.shape):
+        raise module_error(module, where, f"bias delta shape {tuple(db.shape)} does not fit the bias")
+    return dw, db
+
+
+def new_scratch(like: Tensor) -> Tensor:
+    """A fresh float32 buffer shaped like `like`."""
+    return torch.empty(like.shape, dtype=torch.float32, device=like.device)
+
+
+def combine_into(dst: Tensor, base: Tensor, parts: list[Part], scratch: Scratch = new_scratch) -> None:
+    """dst = cast(base + Σ scale·Δ), summed in float32 and written once: into a float32 `dst`
+    straight from `base` (one addmm/add for the first part), else in a float32 `scratch(dst)`."""
+    if not parts:
+        dst.copy_(base)
+        return
+    acc = dst if dst.dtype == torch.float32 else scratch(dst)
+    delta, down, rows, scale = parts[0]
+    if acc is dst and rows is None and down is not None:
+        torch.addmm(base.view(base.shape[0], -1), delta, down, alpha=scale, out=dst.view(dst.shape[0], -1))
+        parts = parts[1:]
+    elif acc is dst and rows is None:
+        torch.add(base, delta.view(base.shape), alpha=scale, out=dst)
+        parts = parts[1:]
+    else:
+        acc.copy_(base)
+    for delta, down, rows, scale in parts:
+        view = acc if rows is None else acc[rows[0] : rows[1]]
+        if down is None:
+            view.add_(delta.view(view.shape), alpha=scale)
+        else:
+            view.view(view.shape[0], -1).addmm_(delta, down, alpha=scale)
+    if acc is not dst:
+        dst.copy_(acc)
+
+
+def combined(
+    base_w: Tensor, base_b: Tensor | None, contributions: Sequence[tuple[Any, tuple[int, int] | None, float]],
+    where: str = "weight",
+) -> tuple[Tensor, Tensor | None]:
+    """(new weight, new bias or None when the bias is unchanged) in the base's dtype: exactly what
+    `Patcher.sync` writes into a weight equal to `base_w` (bias `base_b`) for these contributions;
+    PatchError naming `where` when one does not fit."""
+    with torch.no_grad():
+        w_parts, b_parts, _ = weight_parts(contributions, base_w, base_b, where)
+        new_w = torch.empty_like(base_w)
+        combine_into(new_w, base_w, w_parts)
+        new_b = None
+        if base_b is not None and b_parts:
+            new_b = torch.empty_like(base_b)
+            combine_into(new_b, base_b, b_parts)
+        return new_w, new_b
