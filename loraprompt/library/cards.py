@@ -16,6 +16,8 @@ from loraprompt.library.scanner import natural_key
 FAMILY_LABELS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
 SORTS = ("name", "date", "size", "path", "uses", "recent")
 MIN_HIDDEN_QUERY = 4  # A1111: models in dot-folders show only for searches this long
+_JSON_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "'": "\\u0027",
+                               "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
 def escape_html(text: object) -> str:
@@ -25,17 +27,14 @@ def escape_html(text: object) -> str:
 
 
 def json_for_script(value: Any) -> str:
-    """JSON safe to embed inside a `<script>` element or an HTML attribute."""
-    text = json.dumps(value, ensure_ascii=False)
-    for raw, esc in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e"), ("'", "\\u0027"),
-                     ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
-        text = text.replace(raw, esc)
-    return text
+    """Compact JSON safe to embed inside a `<script>` element or an HTML attribute (`<`, `>`, `&`,
+    `'` and line separators as `\\u` escapes); ValueError on NaN or infinity, which JSON lacks."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).translate(_JSON_ESCAPES)
 
 
-def family_label(family: str | None) -> str:
-    """The badge text A1111 uses for an SD version."""
-    return FAMILY_LABELS.get(family or "", "Unknown")
+def family_label(family: str | None, unknown: str = "Unknown") -> str:
+    """The badge text A1111 uses for an SD version; `unknown` for anything else."""
+    return FAMILY_LABELS.get(family or "", unknown)
 
 
 def card(library: Library, entry: Entry) -> dict[str, Any]:

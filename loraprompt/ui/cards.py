@@ -1,4 +1,5 @@
-"""Library entries as card data (JSON) and as an escaped details table (HTML); no gradio.
+"""Library entries as the gallery's card records (JSON) and as an escaped details table (HTML); no
+gradio. Labels, HTML escaping and script-safe JSON come from `loraprompt.library.cards`.
 
 Everything that comes from files (names, metadata, sidecars) is escaped here or sent as JSON whose
 `<`, `>`, `&` and quotes are `\\u` escapes, so it stays inert wherever a page puts it.
@@ -6,7 +7,6 @@ Everything that comes from files (names, metadata, sidecars) is escaped here or 
 
 from __future__ import annotations
 
-import html
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -14,9 +14,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from loraprompt.library import Entry
+from loraprompt.library.cards import escape_html, family_label, json_for_script
 from loraprompt.library.metadata import SD_VERSION_NAMES
 
-FAMILY_LABELS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
 MAX_CARD_TRIGGERS = 8
 MAX_CARD_TEXT = 200
 MAX_SEARCH_TEXT = 4000
@@ -26,22 +26,16 @@ USER_LABELS = {"description": "Description", "sd version": "SD version", "activa
                "preferred weight": "Preferred weight", "negative text": "Negative text", "notes": "Notes",
                "favorite": "Favorite", "nsfw": "NSFW"}
 USER_KEYS = tuple(USER_LABELS)
-_JSON_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "'": "\\u0027",
-                               "\u2028": "\\u2028", "\u2029": "\\u2029"})
+safe_json = json_for_script  # the name routes.py imports
 
 
 def _cap(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def safe_json(value: Any) -> str:
-    """JSON text that is also inert inside HTML: `<`, `>`, `&`, `'` and line separators escaped."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).translate(_JSON_ESCAPES)
-
-
 def family_title(entry: Entry) -> str:
     """Where the badge's base model comes from, in words."""
-    label = FAMILY_LABELS.get(entry.family or "", "Unknown base model")
+    label = family_label(entry.family, "Unknown base model")
     if entry.family and entry.family == SD_VERSION_NAMES.get(str(entry.user.get("sd version"))):
         return f"{label} (set in {entry.name}.json)"
     if entry.family_source == "keys":
@@ -66,7 +60,7 @@ def card_record(entry: Entry, card_id: str, thumb_url: str | None, tag_name: str
         "alias": entry.alias,
         "folder": entry.folder,
         "family": entry.family,
-        "badge": FAMILY_LABELS.get(entry.family or "", "?"),
+        "badge": family_label(entry.family, "?"),
         "family_title": family_title(entry),
         "triggers": [_cap(w, 60) for w, _ in entry.trigger_words()[:MAX_CARD_TRIGGERS]],
         "weight": default_weight(entry),
@@ -87,10 +81,10 @@ def user_values(entry: Entry) -> dict[str, Any]:
 
 def _row(label: str, value: Any, source: str | None = None) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    cell = html.escape(_cap(text, MAX_DETAIL_TEXT))
+    cell = escape_html(_cap(text, MAX_DETAIL_TEXT))
     if source:
-        cell += f' <span class="lp-source">({html.escape(source)})</span>'
-    return f"<tr><th>{html.escape(label)}</th><td>{cell}</td></tr>"
+        cell += f' <span class="lp-source">({escape_html(source)})</span>'
+    return f"<tr><th>{escape_html(label)}</th><td>{cell}</td></tr>"
 
 
 def _when(mtime: float) -> str:

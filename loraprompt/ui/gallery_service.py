@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 from loraprompt.errors import LoraPromptError
 from loraprompt.library import Entry, Library
 from loraprompt.library.cache import default_cache_dir
+from loraprompt.library.cards import FAMILY_LABELS, json_for_script
 from loraprompt.library.details import file_details
 from loraprompt.library.paths import content_type
 from loraprompt.library.sidecars import SD_VERSIONS
@@ -84,7 +85,7 @@ class GalleryService:
             stems = Counter(e.name for e in entries)
             records = tuple(cards.card_record(e, ids[e.path], self._thumb_url(ids[e.path], e), _tag_name(e, stems))
                             for e in entries)
-            self._snapshot = _Snapshot(entries, by_id, ids, records, self._generation, cards.safe_json(records), stems)
+            self._snapshot = _Snapshot(entries, by_id, ids, records, self._generation, json_for_script(records), stems)
             return self._snapshot
 
     def _thumb_url(self, card_id: str, entry: Entry) -> str | None:
@@ -101,7 +102,7 @@ class GalleryService:
     def family(self) -> str | None:
         """The loaded model's family, or None when it is unknown."""
         family = self.loaded_family()
-        return family if family in cards.FAMILY_LABELS else None
+        return family if family in FAMILY_LABELS else None
 
     def _document_head(self, snap: _Snapshot) -> dict[str, Any]:
         report = self.library.last_report
@@ -120,7 +121,7 @@ class GalleryService:
     def cards_json(self) -> str:
         """`cards_document()` as escaped JSON text, reusing the snapshot's serialised cards."""
         snap = self.snapshot()
-        return cards.safe_json(self._document_head(snap))[:-1] + ',"cards":' + snap.records_json + "}"
+        return json_for_script(self._document_head(snap))[:-1] + ',"cards":' + snap.records_json + "}"
 
     def state(self) -> dict[str, Any]:
         """What the page polls to notice a model switch or a changed folder."""

@@ -40,6 +40,19 @@ def test_escape_html_neutralises_markup() -> None:
     assert json.loads(script) == {"name": XSS, "x": "</script><script>alert(1)</script>"}
 
 
+def test_json_for_script_escapes_html_and_round_trips() -> None:
+    value = {"name": XSS + "\u2028&", "n": [1.5]}
+    text = json_for_script(value)
+    for bad in ("<", ">", "&", "'", "\u2028"):
+        assert bad not in text
+    assert json.loads(text) == value
+
+
+def test_json_for_script_refuses_non_finite_numbers() -> None:
+    with pytest.raises(ValueError):
+        json_for_script({"x": float("nan")})
+
+
 def test_card_values_from_hostile_metadata(lora_dir: Path, tmp_path: Path) -> None:
     write_lora(lora_dir / "evil.safetensors", {"ss_output_name": XSS, "ss_tag_frequency": json.dumps({"a": {XSS: 3}})})
     (lora_dir / "evil.txt").write_text(XSS)

@@ -53,19 +53,6 @@ def test_card_ids_are_root_index_and_relative_path(library: Library, gallery_fol
     assert ids["1/editable.safetensors"].root == str(other)
 
 
-def test_safe_json_escapes_html_and_round_trips() -> None:
-    value = {"name": XSS + "\u2028&", "n": [1.5]}
-    text = cards.safe_json(value)
-    for bad in ("<", ">", "&", "'", "\u2028"):
-        assert bad not in text
-    assert json.loads(text) == value
-
-
-def test_safe_json_refuses_non_finite_numbers() -> None:
-    with pytest.raises(ValueError):
-        cards.safe_json({"x": float("nan")})
-
-
 def test_details_html_escapes_every_field(library: Library) -> None:
     entry = by_name(library)[XSS]
     page = cards.details_html(entry, {"sha256": "ab" * 32})
