@@ -127,7 +127,8 @@ def _adapter_for(activation: Any, library: Any, cache: AdapterCache, diagnostics
             return found
         return cache.get(found)
     resolution = library.resolve(activation.name, hash=getattr(activation, "hash", None))
-    diagnostics.extend(resolution.diagnostics)
+    # the library knows names, not prompts: point its diagnostics at the tag
+    diagnostics.extend(d if d.span is not None else replace(d, span=activation.span) for d in resolution.diagnostics)
     return None if resolution.entry is None else cache.get(resolution.entry.path)
 
 

@@ -66,6 +66,17 @@ def test_an_unknown_name_is_a_diagnostic_and_changes_nothing(setup) -> None:
         assert np.array_equal(generate(pipe, prompt), before)
 
 
+def test_library_diagnostics_point_at_their_tag(setup) -> None:
+    pipe, library, _ = setup
+    text = "a cat <lora:style:0.5>, <lora:nosuchthing:1> <lora:other:1:hash=deadbeef0000>"
+    with loraprompt.activate(pipe, text, library=library) as prompt:
+        by_code = {d.code: d for d in prompt.diagnostics}
+        missing, mismatch = by_code["E-NAME-NOTFOUND"], by_code["W-HASH-MISMATCH"]
+        assert text[missing.span[0]:missing.span[1]] == "<lora:nosuchthing:1>"
+        assert text[mismatch.span[0]:mismatch.span[1]] == "<lora:other:1:hash=deadbeef0000>"
+        assert f"at {missing.span[0]}-{missing.span[1]}" in str(missing)
+
+
 def test_a_broken_file_raises_or_is_skipped(setup, tmp_path) -> None:
     pipe, library, before = setup
     broken = tmp_path / "broken.safetensors"
