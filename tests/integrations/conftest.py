@@ -1,17 +1,5 @@
-"""One torch thread for these tests: tiny models gain nothing from more, and on a shared
-machine a second spinning thread makes them many times slower."""
+"""One torch thread for these tests (see tests/fixtures/threads.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-import torch
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.fixtures.threads import one_torch_thread  # noqa: F401  (an autouse fixture)
