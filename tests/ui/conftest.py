@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,8 @@ def gallery_folder(tmp_path: Path) -> Path:
     return make_gallery_folder(tmp_path)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -100,34 +102,38 @@ def gradio_pythons() -> list[Any]:
     return params
 
 
-class DemoServer:
-    """The gallery demo running in a child process on 127.0.0.1."""
+class ServerProcess:
+    """A child process serving HTTP on a free loopback port (`url`), its output in `log`; a context
+    manager that stops it on exit."""
 
-    def __init__(self, python: str, lora: Path, cache: Path, family: str = "none") -> None:
-        self.port = _free_port()
+    what = "server"
+
+    def __init__(self, log: Path) -> None:
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
-        self.lora = lora
-        self.log = cache / "server.log"
-        cache.mkdir(parents=True, exist_ok=True)
-        cmd = [python, "-m", "loraprompt.ui.gallery_demo", "--lora-dir", str(lora), "--port", str(self.port),
-               "--cache-dir", str(cache), "--family", family, "--poll", "0.5"]
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        self.gradio = self._wait()
+        self.log = log
+        log.parent.mkdir(parents=True, exist_ok=True)
 
-    def _wait(self, timeout: float = 90.0) -> str:
+    def start(self, cmd: list[str], ready: str, timeout: float, pause: float = 0.3, env: dict[str, str] | None = None) -> None:
+        """Run `cmd` from the repository and wait until GET `url + ready` answers 200."""
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"gallery demo exited: {self.log.read_text(errors='replace')[-3000:]}")
+                raise RuntimeError(f"{self.what} exited: {self.log_tail()}")
             try:
-                with urllib.request.urlopen(self.url + "loraprompt/gallery/state", timeout=2) as r:
+                with urllib.request.urlopen(self.url + ready, timeout=2) as r:
                     if r.status == 200:
-                        return self.log.read_text(errors="replace").split("gradio ")[-1].split(")")[0]
+                        return
             except OSError:
-                time.sleep(0.3)
+                time.sleep(pause)
         self.stop()
-        raise RuntimeError(f"gallery demo did not start in {timeout} s: {self.log.read_text(errors='replace')[-3000:]}")
+        raise RuntimeError(f"{self.what} did not start in {timeout} s: {self.log_tail()}")
+
+    def log_tail(self) -> str:
+        """The end of the child's output."""
+        return self.log.read_text(errors="replace")[-3000:]
 
     def stop(self) -> None:
         """Stop the child process."""
@@ -137,14 +143,33 @@ class DemoServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
 
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class DemoServer(ServerProcess):
+    """The gallery demo running in a child process on 127.0.0.1."""
+
+    what = "gallery demo"
+
+    def __init__(self, python: str, lora: Path, cache: Path, family: str = "none") -> None:
+        super().__init__(cache / "server.log")
+        self.lora = lora
+        cmd = [python, "-m", "loraprompt.ui.gallery_demo", "--lora-dir", str(lora), "--port", str(self.port),
+               "--cache-dir", str(cache), "--family", family, "--poll", "0.5"]
+        self.start(cmd, "loraprompt/gallery/state", timeout=90.0)
+        self.gradio = self.log.read_text(errors="replace").split("gradio ")[-1].split(")")[0]
+
 
 @pytest.fixture(scope="module", params=gradio_pythons())
 def demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
     """The demo app (loaded model: SDXL) over a fresh fixture folder, once per gradio version."""
     base = tmp_path_factory.mktemp("gallery")
-    server = DemoServer(request.param, make_gallery_folder(base), base / "cache", family="sdxl")
-    yield server
-    server.stop()
+    with DemoServer(request.param, make_gallery_folder(base), base / "cache", family="sdxl") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -159,16 +184,25 @@ def browser() -> Iterator[Any]:
         b.close()
 
 
+@contextmanager
+def open_page(browser: Any, url: str, ready: str, shot: str, *, viewport: tuple[int, int] = (1280, 900),
+              full_page: bool = True) -> Iterator[Any]:
+    """A new page at `url` once the selector `ready` is in it, its dialogs dismissed and their
+    messages kept in `page.dialogs`; afterwards a screenshot to SCREENSHOTS/`shot`."""
+    context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+    pg = context.new_page()
+    pg.dialogs = []
+    pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))
+    pg.goto(url)
+    pg.locator(ready).first.wait_for(timeout=30_000)
+    yield pg
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    pg.screenshot(path=str(SCREENSHOTS / shot), full_page=full_page)
+    context.close()
+
+
 @pytest.fixture
 def page(browser: Any, demo: DemoServer, request: pytest.FixtureRequest) -> Iterator[Any]:
     """A page with the demo loaded and the first cards drawn; a screenshot is saved afterwards."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    pg = context.new_page()
-    pg.dialogs = []  # type: ignore[attr-defined]
-    pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))  # type: ignore[attr-defined]
-    pg.goto(demo.url)
-    pg.locator(".lp-card").first.wait_for(timeout=30_000)
-    yield pg
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    pg.screenshot(path=str(SCREENSHOTS / f"{request.node.name.replace('/', '_')}.png"), full_page=True)
-    context.close()
+    with open_page(browser, demo.url, ".lp-card", f"{request.node.name.replace('/', '_')}.png") as pg:
+        yield pg

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import SCREENSHOTS, SD1_KEYS, DemoServer, gradio_pythons, write_lora
+from .conftest import SD1_KEYS, DemoServer, gradio_pythons, open_page, write_lora
 
 pytestmark = [pytest.mark.browser]
 FILES = 400
@@ -19,21 +19,14 @@ def big_demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     base = tmp_path_factory.mktemp("big")
     for i in range(FILES):
         write_lora(base / "Lora" / f"set_{i % 4}" / f"lora_{i:04d}.safetensors", SD1_KEYS, seed=i)
-    server = DemoServer(request.param, base / "Lora", base / "cache")
-    yield server
-    server.stop()
+    with DemoServer(request.param, base / "Lora", base / "cache") as server:
+        yield server
 
 
 @pytest.fixture
 def big_page(browser: Any, big_demo: DemoServer, request: pytest.FixtureRequest) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.goto(big_demo.url)
-    page.locator(".lp-card").first.wait_for(timeout=30_000)
-    yield page
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{request.node.name}.png"))
-    context.close()
+    with open_page(browser, big_demo.url, ".lp-card", f"{request.node.name}.png", full_page=False) as page:
+        yield page
 
 
 def cards_in_dom(page: Any) -> int:

@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,69 +17,35 @@ from PIL import Image
 from loraprompt.infotext import parse_infotext, parse_lora_hashes
 from loraprompt.library.hashes import file_hashes
 
-REPO = Path(__file__).resolve().parents[2]
-SCREENSHOTS = REPO / "artifacts" / "screenshots"
+from .conftest import SCREENSHOTS, ServerProcess, open_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-class WebUI:
+class WebUI(ServerProcess):
     """`python -m loraprompt webui` on a free loopback port with a temporary data dir."""
 
+    what = "webui"
+
     def __init__(self, data_dir: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        self.url = f"http://127.0.0.1:{self.port}/"
+        super().__init__(data_dir / "webui.log")
         self.data_dir = data_dir
-        self.log = data_dir / "webui.log"
-        data_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
         cmd = [sys.executable, "-m", "loraprompt", "webui", "--data-dir", str(data_dir), "--port", str(self.port)]
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        self._wait()
-
-    def _wait(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"webui exited: {self.log.read_text(errors='replace')[-3000:]}")
-            try:
-                with urllib.request.urlopen(self.url, timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"webui did not start in {timeout} s: {self.log.read_text(errors='replace')[-3000:]}")
-
-    def stop(self) -> None:
-        """Stop the server process."""
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        self.start(cmd, "", timeout=120.0, pause=0.5, env=env)
 
 
 @pytest.fixture(scope="module")
 def webui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebUI]:
-    server = WebUI(tmp_path_factory.mktemp("webui"))
-    yield server
-    server.stop()
+    with WebUI(tmp_path_factory.mktemp("webui")) as server:
+        yield server
 
 
 @pytest.fixture
 def ui_page(browser: Any, webui: WebUI, request: pytest.FixtureRequest) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.goto(webui.url)
-    page.locator("#lp-prompt textarea").wait_for(timeout=30_000)
-    yield page
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"webui_{request.node.name}.png"), full_page=True)
-    context.close()
+    with open_page(browser, webui.url, "#lp-prompt textarea", f"webui_{request.node.name}.png",
+                   viewport=(1400, 1000)) as page:
+        yield page
 
 
 def test_generate_with_demo_lora_names_it_in_infotext(ui_page: Any, webui: WebUI) -> None:
