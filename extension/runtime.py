@@ -135,9 +135,7 @@ class Runtime:
 
     def note_use(self, paths: Iterable[str]) -> None:
         """Count one use of each LoRA file in the library's history ("most used" / "last used")."""
-        paths = list(paths)
-        if paths:
-            self.library.note_use(paths)
+        self.library.note_use(paths)
 
     def step(self, step: int, total_steps: int) -> None:
         """Re-apply scheduled strengths for sampling `step` (a no-op without schedules)."""

@@ -36,10 +36,14 @@ class UsageLog:
         return self._uses.get(path, (0, 0))
 
     def note(self, paths: Iterable[str]) -> None:
-        """Count one use of each file (a file named twice in one call counts once) and save."""
+        """Count one use of each file (a file named twice in one call counts once) and save;
+        no files, no write."""
+        used = set(paths)
+        if not used:
+            return
         now = time.time_ns()
         with self._lock:
-            for p in set(paths):
+            for p in used:
                 count, _ = self._uses.get(p, (0, 0))
                 self._uses[p] = (count + 1, now)
             text = json.dumps({k: list(v) for k, v in self._uses.items()}, ensure_ascii=False)

@@ -140,8 +140,7 @@ class Txt2Img:
                 ).images[0]
             applied = self._applied(active.entries)
             diagnostics = list(active.diagnostics)
-        if applied:  # the "most used" / "last used" gallery sorts count generations, not prompts typed
-            self.library.note_use(a.path for a in applied)
+        self.library.note_use(a.path for a in applied)  # for the gallery's "most used" / "last used" sorts
         if done[0] < steps and self._interrupted.is_set():
             diagnostics.append(Diagnostic("I-INTERRUPTED", f"interrupted after step {done[0]} of {steps}",
                                           severity="info", data={"step": done[0]}))

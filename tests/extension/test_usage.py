@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from loraprompt.library import Library
 
@@ -57,3 +58,13 @@ def test_history_survives_a_new_library_on_the_same_cache(webui: Webui) -> None:
     cache_dir = sys.modules["loraprompt_a1111.webui"].cache_dir()
     reopened = Library(library.roots, cache_dir=cache_dir)
     assert uses(reopened)["detail"][0] == 1
+
+
+def test_generations_without_loras_leave_the_history_file_alone(webui: Webui) -> None:
+    started(webui)
+    cache_dir = Path(sys.modules["loraprompt_a1111.webui"].cache_dir())
+    webui.generate("no tags at all")
+    webui.generate("<lora:nowhere:1>")
+    assert list(cache_dir.glob("usage-*")) == []
+    webui.generate("<lora:style:1>")
+    assert len(list(cache_dir.glob("usage-*"))) == 1
