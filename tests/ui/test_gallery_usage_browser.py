@@ -25,9 +25,8 @@ def demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     library.note_use([str(lora / "styles" / "watercolor.safetensors")])
     library.note_use([str(lora / "styles" / "watercolor.safetensors")])
     library.note_use([str(lora / "styles" / "sketchy_lines.safetensors")])
-    server = DemoServer(request.param, lora, cache, family="sdxl")
-    yield server
-    server.stop()
+    with DemoServer(request.param, lora, cache, family="sdxl") as server:
+        yield server
 
 
 def shown_order(page: Any) -> list[str]:
