@@ -6,5 +6,5 @@ cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0
-.venv/bin/pip install -q --disable-pip-version-check -e ".[ui]"
+.venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e ".[ui]"
 exec .venv/bin/loraprompt webui "$@"

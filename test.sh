@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 # The pinned CPU wheel first: an unpinned torch requirement could pull a multi-GB CUDA build.
 .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0
-.venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
+.venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]"
 
 # A real browser for the web UI tests (Debian's Chromium; Playwright cannot download one here).
 if [ ! -x /usr/bin/chromium ]; then
@@ -25,7 +25,7 @@ fi
 # a 3.10 venv would need other pins: today's matplotlib/contourpy wheels that gradio 3 pulls are 3.11+.)
 if [ ! -x .venv-gradio3/bin/python ]; then "$PY" -m venv .venv-gradio3; fi
 if ! .venv-gradio3/bin/python -c "import gradio, lark, pytest, hypothesis, sys; sys.exit(gradio.__version__ != '3.41.2' or lark.__version__ != '1.1.2')" 2>/dev/null; then
-  .venv-gradio3/bin/pip install -q --disable-pip-version-check -r tests/gradio3-requirements.txt pytest hypothesis
+  .venv-gradio3/bin/pip install -q --disable-pip-version-check -c tests/gradio3-constraints.txt -r tests/gradio3-requirements.txt pytest hypothesis
 fi
 .venv-gradio3/bin/pip install -q --disable-pip-version-check --no-deps -e .
 
