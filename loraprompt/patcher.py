@@ -2,8 +2,9 @@
 
 `Patcher.sync(entries)` makes the model equal to base + exactly those adapters: every delta of the
 new plan is computed and checked (float32, on the weight's device) before anything is written; each
-weight whose contributions changed gets base + Σ strength·Δ, cast once. Restoring copies backups
-back (never a subtraction); an exception while writing puts every weight back as it was."""
+weight whose contributions changed gets base + Σ strength·Δ, cast once (`loraprompt.combine`,
+which the merge tool shares). Restoring copies backups back (never a subtraction); an exception
+while writing puts every weight back as it was."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
     from loraprompt.keymaps import KeyMap
     from loraprompt.plan import Resolution
+
 
 class Patcher:
     """Applies adapters to `components` ("unet", "text_encoder", "text_encoder_2" -> nn.Module).
