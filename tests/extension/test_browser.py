@@ -12,7 +12,6 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,8 +19,6 @@ import pytest
 from .conftest import ROOT, Webui
 from .test_generation import started
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 SCRIPT_URL = "/file=extensions/loraprompt/javascript/loraprompt.js"
 # What A1111's page provides: onUiLoaded (script.js) and the prompt box by elem_id.
 PAGE = """<!doctype html><html><head><meta charset="utf-8">
@@ -65,21 +62,17 @@ def served(webui: Webui) -> Iterator[str]:
 
 
 @pytest.mark.browser
-def test_card_click_writes_the_tag_into_a1111s_prompt_box(served: str) -> None:
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium to run the browser tests")
-    sync_api = pytest.importorskip("playwright.sync_api")
+def test_card_click_writes_the_tag_into_a1111s_prompt_box(served: str, browser: Any) -> None:
     with urllib.request.urlopen(served + "/sdapi/v1/loras") as response:
         assert sorted(x["name"] for x in json.load(response)) == ["detail", "style"]
-    with sync_api.sync_playwright() as p:
-        browser: Any = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            page = browser.new_page()
-            page.goto(served)
-            card = page.locator(".lp-card", has_text="style").first
-            card.wait_for(timeout=30_000)
-            card.click()
-            page.wait_for_function("document.querySelector('#txt2img_prompt textarea').value.includes('<lora:style:')")
-            assert page.locator("#txt2img_prompt textarea").input_value().startswith("a cat")
-        finally:
-            browser.close()
+    page = browser.new_page()
+    try:
+        page.goto(served)
+        card = page.locator(".lp-card", has_text="style").first
+        card.wait_for(timeout=30_000)
+        card.click()
+        page.wait_for_function("document.querySelector('#txt2img_prompt textarea').value.includes('<lora:style:')")
+        assert page.locator("#txt2img_prompt textarea").input_value().startswith("a cat")
+    finally:
+        page.close()
+
