@@ -7,6 +7,7 @@ is in the search terms (type "sdxl" to filter); the loraprompt tab has the visib
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -20,10 +21,21 @@ from .runtime import Runtime, library_entries
 SD_VERSIONS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
 
 
-def card_prompt(name: str, preferred_weight: float | None, activation_text: str) -> str:
+def preferred_weight(value: Any) -> float | None:
+    """A `preferred weight` from `<stem>.json` as a number, None for 0 or anything not a finite number."""
+    if isinstance(value, bool):
+        return None
+    try:
+        weight = float(value)
+    except (TypeError, ValueError):
+        return None
+    return weight if math.isfinite(weight) and weight != 0 else None
+
+
+def card_prompt(name: str, weight: float | None, activation_text: str) -> str:
     """The JavaScript expression A1111 evaluates when a card is clicked (the built-in's form)."""
-    weight = str(preferred_weight) if preferred_weight else "opts.extra_networks_default_multiplier"
-    expr = quote_js(f"<lora:{name}:") + " + " + weight + " + " + quote_js(">")
+    multiplier = str(weight) if weight else "opts.extra_networks_default_multiplier"
+    expr = quote_js(f"<lora:{name}:") + " + " + multiplier + " + " + quote_js(">")
     return expr + (" + " + quote_js(" " + activation_text) if activation_text else "")
 
 
@@ -61,7 +73,8 @@ class LoraPromptPage(ui_extra_networks.ExtraNetworksPage):
         }
         self.read_user_metadata(item)
         user = item["user_metadata"]
-        weight = user.get("preferred weight") or None
+        # A1111 pastes the raw value into the click's JavaScript; a number only keeps sidecar text out of it
+        weight = preferred_weight(user.get("preferred weight"))
         item["prompt"] = card_prompt(self.runtime.library.display_name(entry), weight, str(user.get("activation text") or ""))
         negative = user.get("negative text")
         item["negative_prompt"] = quote_js(f"({negative}:1)" if negative else "")

@@ -168,3 +168,15 @@ def test_unexpected_model_layout_is_reported_not_swallowed(webui: Webui) -> None
     del webui.sd_model.cond_stage_model  # e.g. a model type loraprompt does not know
     result = webui.generate("<lora:style:1>")
     assert "no LoRA applied" in result.comments
+
+
+def test_cards_page_preferred_weight_from_a_sidecar_is_a_number_not_code(webui: Webui) -> None:
+    started(webui)
+    (webui.lora_dir / "style.json").write_text(json.dumps({"preferred weight": "1+alert(document.cookie)"}))
+    (webui.lora_dir / "detail.json").write_text(json.dumps({"preferred weight": "0.7"}))
+    webui.state.runtime.refresh()
+    page = importlib.import_module("modules.ui_extra_networks").extra_pages[0]
+    items = {i["name"]: i for i in page.list_items()}
+    # the prompt is JavaScript A1111 evaluates on click: a sidecar's text never becomes code in it
+    assert items["style"]["prompt"] == '"<lora:style:" + opts.extra_networks_default_multiplier + ">"'
+    assert items["detail"]["prompt"] == '"<lora:detail:" + 0.7 + ">"'
