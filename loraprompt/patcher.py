@@ -87,6 +87,7 @@ class Patcher:
             if release:
                 self._backups.clear()
                 self._versions.clear()
+                self._deltas.clear()  # unwatched from now on: a later base may differ
             return report
 
     def forget(self, components: Mapping[str, nn.Module | None] | None = None) -> None:
@@ -256,6 +257,8 @@ class Patcher:
                 self._applied.pop(key, None)
         if stale:
             from loraprompt.diagnostics import Diagnostic
+
+            self._deltas.clear()  # IA3, GLoRA, OFT and DoRA deltas were computed from the old base
 
             report.diagnostics.append(Diagnostic("lora-model-changed", severity="info", message=(
                 f"{len(stale)} weights were changed outside the patcher (e.g. {'.'.join(stale[0])}); "

@@ -313,3 +313,22 @@ def test_replaced_parameters_are_a_new_base(model) -> None:
     assert_close(model, reference(model, replaced, [(a, 0.5, 0.5)]), torch.float32)
     patcher.restore()
     assert_bit_equal(model, replaced)
+
+
+@pytest.mark.parametrize("release", [False, True])
+def test_weight_dependent_deltas_follow_weights_loaded_in_place(model, release) -> None:
+    from loraprompt.adapters.algorithms.ia3 import IA3Module
+    from loraprompt.adapters.types import Adapter
+    from tests.patcher.helpers import patchable
+
+    name, module = patchable(model["unet"])[0]
+    ia3 = IA3Module("unet", name.replace(".", "_"), "ia3", {"weight": torch.full((module.weight.shape[0],), 0.5)})
+    adapter = Adapter("/virtual/ia3.safetensors", "ia3", "test", {ia3.lora_key: ia3})
+    patcher = Patcher(model)
+    patcher.sync([(adapter, 1.0, 1.0)])
+    patcher.restore(release=release)
+    other = tiny_sd1(seed=5)
+    model["unet"].load_state_dict(other["unet"].state_dict())
+    reloaded = snapshot(model)
+    patcher.sync([(adapter, 1.0, 1.0)])
+    assert_close(model, reference(model, reloaded, [(adapter, 1.0, 1.0)]), torch.float32)
