@@ -49,13 +49,12 @@ class LoraPromptPage(ui_extra_networks.ExtraNetworksPage):
     def refresh(self) -> None:
         self.runtime.refresh()
 
-    def _entry(self, name: str) -> Any:
-        return next((e for e in library_entries(self.runtime.library) if e.name == name), None)
-
     def create_item(self, name: str, index: int | None = None, enable_filter: bool = True) -> dict[str, Any] | None:
-        entry = self._entry(name)
-        if entry is None:
-            return None
+        entry = next((e for e in library_entries(self.runtime.library) if e.name == name), None)
+        return None if entry is None else self._item(entry, index)
+
+    def _item(self, entry: Any, index: int | None) -> dict[str, Any]:
+        """One card's item dict, as the built-in page builds it."""
         path = os.path.splitext(entry.path)[0]
         metadata = header_metadata(entry.path)
         family = entry.family
@@ -81,10 +80,9 @@ class LoraPromptPage(ui_extra_networks.ExtraNetworksPage):
         return item
 
     def list_items(self) -> Iterator[dict[str, Any]]:
+        # by entry, not by name: two folders may hold the same stem, and a lookup per card is quadratic
         for index, entry in enumerate(list(library_entries(self.runtime.library))):
-            item = self.create_item(entry.name, index)
-            if item is not None:
-                yield item
+            yield self._item(entry, index)
 
     def allowed_directories_for_previews(self) -> list[str]:
         return [str(root) for root in getattr(self.runtime.library, "roots", [])]

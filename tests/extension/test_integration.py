@@ -180,3 +180,13 @@ def test_cards_page_preferred_weight_from_a_sidecar_is_a_number_not_code(webui: 
     # the prompt is JavaScript A1111 evaluates on click: a sidecar's text never becomes code in it
     assert items["style"]["prompt"] == '"<lora:style:" + opts.extra_networks_default_multiplier + ">"'
     assert items["detail"]["prompt"] == '"<lora:detail:" + 0.7 + ">"'
+
+
+def test_cards_page_lists_each_file_once_when_two_folders_hold_the_same_stem(webui: Webui) -> None:
+    started(webui)
+    (webui.lora_dir / "sub").mkdir()
+    webui.write_lora("sub/style", seed=5)
+    webui.state.runtime.refresh()
+    page = importlib.import_module("modules.ui_extra_networks").extra_pages[0]
+    filenames = sorted(os.path.relpath(i["filename"], webui.lora_dir) for i in page.list_items())
+    assert filenames == ["detail.safetensors", os.path.join("sub", "style.safetensors"), "style.safetensors"]
