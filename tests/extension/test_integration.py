@@ -189,4 +189,4 @@ def test_cards_page_lists_each_file_once_when_two_folders_hold_the_same_stem(web
     webui.state.runtime.refresh()
     page = importlib.import_module("modules.ui_extra_networks").extra_pages[0]
     filenames = sorted(os.path.relpath(i["filename"], webui.lora_dir) for i in page.list_items())
-    assert filenames == ["detail.safetensors", os.path.join("sub", "style.safetensors"), "style.safetensors"]
+    assert filenames == sorted(["detail.safetensors", "style.safetensors", os.path.join("sub", "style.safetensors")])
