@@ -121,8 +121,12 @@ class TensorReader:
         self.checkpoint = checkpoint
 
     def __enter__(self) -> TensorReader:
-        for f in self.checkpoint.files:
-            self._handles[f.path] = self._stack.enter_context(open(f.path, "rb"))
+        try:
+            for f in self.checkpoint.files:
+                self._handles[f.path] = self._stack.enter_context(open(f.path, "rb"))
+        except BaseException:
+            self._stack.close()  # __exit__ does not run when __enter__ raises
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -141,3 +141,16 @@ def test_folder_merged_into_a_single_file(tmp_path: Path) -> None:
         assert torch.equal(merged[key], states[component][own]), key
     assert merged["first_stage_model.encoder.mid.attn_1.q.weight"].dim() == 4
     assert json.loads(meta[RECIPE_KEY])["layout"] == "single-file"
+
+
+def test_reader_closes_what_it_opened_when_a_file_is_gone(tmp_path: Path) -> None:
+    from loraprompt.tools.checkpoint import TensorReader, open_checkpoint
+
+    ckpt = open_checkpoint(_folder(tmp_path / "model"))
+    first, last = ckpt.files[0].path, ckpt.files[-1].path
+    assert first != last
+    last.unlink()
+    reader = TensorReader(ckpt)
+    with pytest.raises(FileNotFoundError, match=last.name):
+        reader.__enter__()
+    assert reader._handles[first].closed
