@@ -75,12 +75,13 @@ def read_text(path: Path, limit: int = MAX_SIDECAR_BYTES) -> str | None:
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
-    """A sidecar JSON object, or None when missing, invalid or not an object."""
+    """A sidecar JSON object, or None when missing, invalid or not an object; NaN and Infinity
+    (which Python's json accepts, JSON does not) read as null, so the page's JSON can carry them."""
     text = read_text(path)
     if text is None:
         return None
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_constant=lambda _: None)
     except ValueError:
         return None
     return doc if isinstance(doc, dict) else None

@@ -305,3 +305,14 @@ def test_routes_go_before_an_existing_catch_all(gallery_folder: Path, tmp_path: 
 
     mount_gallery_routes(app, GalleryService(Library(gallery_folder, persist=False), None, tmp_path / "t"))
     assert "cards" in TestClient(app).get(f"{API}/cards").json()
+
+
+def test_sidecar_with_nan_and_infinity_still_opens_its_details(gallery: Gallery, gallery_folder: Path) -> None:
+    # Python's json reads NaN/Infinity (other tools write them); the page's JSON cannot carry them
+    (gallery_folder / "characters" / "catgirl.json").write_text('{"preferred weight": NaN, "notes": "ok", "activation text": Infinity}')
+    gallery.library.refresh()
+    card = gallery.cards()["catgirl"]
+    assert card["weight"] == 1.0
+    r = gallery.client.get(f"{API}/details", params={"id": card["id"]})
+    assert r.status_code == 200
+    assert r.json()["user"]["notes"] == "ok"
