@@ -7,6 +7,7 @@ A1111's app when it starts (callbacks.app_started).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from . import coexist, webui
@@ -15,16 +16,19 @@ TAB_ID = "loraprompt"
 TARGETS = (("txt2img", "txt2img_prompt", "txt2img_neg_prompt"), ("img2img", "img2img_prompt", "img2img_neg_prompt"))
 
 
+_TAG = re.compile(r"<\w+:[^>]*>")
+
+
 def notice(handles_tags: bool, builtin: bool) -> str:
-    """Who applies <lora:...> tags, in one paragraph for the top of the tab."""
+    """Who applies <lora:...> tags, in one Markdown paragraph for the top of the tab."""
     if handles_tags:
-        return coexist.NOTICE if builtin else "loraprompt handles <lora:...> and <lyco:...> tags."
-    if builtin:
-        return "A1111's built-in Lora extension handles <lora:...> tags; this gallery only inserts them."
-    return (
-        "Nothing handles <lora:...> tags: A1111's built-in Lora extension is disabled and "
-        "'Handle <lora:...> tags with loraprompt' is off (Settings > loraprompt)."
-    )
+        text = coexist.NOTICE if builtin else "loraprompt handles <lora:...> and <lyco:...> tags."
+    elif builtin:
+        text = "A1111's built-in Lora extension handles <lora:...> tags; this gallery only inserts them."
+    else:
+        text = ("Nothing handles <lora:...> tags: A1111's built-in Lora extension is disabled and "
+                "'Handle <lora:...> tags with loraprompt' is off (Settings > loraprompt).")
+    return _TAG.sub(lambda m: f"`{m.group(0)}`", text)  # bare, Markdown makes `<lora:...>` a link
 
 
 def build_tab(state: Any) -> list[tuple[Any, str, str]]:

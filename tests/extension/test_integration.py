@@ -190,3 +190,14 @@ def test_cards_page_lists_each_file_once_when_two_folders_hold_the_same_stem(web
     page = importlib.import_module("modules.ui_extra_networks").extra_pages[0]
     filenames = sorted(os.path.relpath(i["filename"], webui.lora_dir) for i in page.list_items())
     assert filenames == sorted(["detail.safetensors", "style.safetensors", os.path.join("sub", "style.safetensors")])
+
+
+def test_tab_notice_shows_the_tags_as_written_in_markdown(webui: Webui) -> None:
+    from markdown_it import MarkdownIt  # what gradio renders gr.Markdown with
+
+    started(webui)
+    tab = importlib.import_module("loraprompt_a1111.tab")
+    for handles, builtin in ((True, True), (True, False), (False, True), (False, False)):
+        rendered = MarkdownIt().render(tab.notice(handles, builtin))
+        assert "<a " not in rendered  # `<lora:...>` unquoted is a CommonMark autolink
+        assert "&lt;lora:...&gt;" in rendered
