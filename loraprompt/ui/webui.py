@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ DEMO_NOTICE = (
     "`loraprompt webui --checkpoint model.safetensors --lora-dir models/Lora` to draw pictures."
 )
 SEVERITY_MARK = {"error": "**error**", "warning": "**warning**", "info": "info"}
+_MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
 CSS = "#lp-diagnostics ul { margin: 0; } #lp-demo-notice { border-left: 4px solid #e8a33d; padding-left: 8px; }"
 
 
@@ -29,12 +31,23 @@ def _gradio_major() -> int:
 
 def format_diagnostics(diagnostics: list[Diagnostic], applied: list[Any]) -> str:
     """Markdown for the diagnostics panel: one line per applied LoRA, then each message."""
-    lines = [f"- **applied** `{a.name}` te={_strength(a.te)} unet={_strength(a.unet)} (hash {a.short_hash or 'unknown'})"
+    lines = [f"- **applied** {_code(a.name)} te={_strength(a.te)} unet={_strength(a.unet)} (hash {a.short_hash or 'unknown'})"
              for a in applied]
     for d in diagnostics:
-        who = f"`{d.subject}`: " if d.subject else ""
-        lines.append(f"- {SEVERITY_MARK.get(d.severity, d.severity)} {who}{d.message}")
+        who = f"{_code(d.subject)}: " if d.subject else ""
+        lines.append(f"- {SEVERITY_MARK.get(d.severity, d.severity)} {who}{_literal(d.message)}")
     return "\n".join(lines) if lines else "No LoRA in the prompt: the model runs unpatched."
+
+
+def _literal(text: str) -> str:
+    """`text` shown as written in Markdown: prompt text such as `<lora:x:abc>` is an autolink otherwise."""
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", text).replace("\n", " ")
+
+
+def _code(text: str) -> str:
+    """`text` as a Markdown code span, fenced by more backticks than it holds."""
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    return f"{fence} {text} {fence}" if "`" in text else f"{fence}{text}{fence}"
 
 
 def _strength(value: float | None) -> str:

@@ -192,3 +192,15 @@ def test_each_applied_lora_is_counted_once_per_generation(engine: Txt2Img) -> No
     assert after["demo_warm"] == middle["demo_warm"]
     unused = set(after) - {"demo_warm", "demo_neon"}
     assert unused and all(after[n] == before[n] for n in unused)
+
+
+def test_diagnostics_panel_shows_prompt_text_literally_in_markdown() -> None:
+    from markdown_it import MarkdownIt  # a CommonMark renderer, as gr.Markdown's
+
+    prompt = "<lora:my_*lora*_x:abc> <lora:a`b:1e400>"
+    parsed = loraprompt.syntax.parse(prompt)
+    assert parsed.diagnostics
+    html = MarkdownIt().render(format_diagnostics(list(parsed.diagnostics), []))
+    assert "<a " not in html and "<em>" not in html  # no autolink, no emphasis from the user's text
+    assert "&lt;lora:my_*lora*_x:abc&gt;" in html
+    assert "&lt;lora:a`b:1e400&gt;" in html
