@@ -39,12 +39,13 @@ def lora_list(runtime: Runtime) -> list[dict[str, Any]]:
 
 
 def add_routes(app: Any, runtime: Runtime) -> None:
-    """Register both routes on A1111's FastAPI app."""
+    """Register both routes on A1111's FastAPI app, as plain functions: they read files, so FastAPI
+    runs them in its threadpool instead of on the event loop every other request waits on."""
 
     @app.get("/sdapi/v1/loras")
-    async def get_loras() -> list[dict[str, Any]]:
+    def get_loras() -> list[dict[str, Any]]:
         return lora_list(runtime)
 
     @app.post("/sdapi/v1/refresh-loras")
-    async def refresh_loras() -> None:
+    def refresh_loras() -> None:
         runtime.refresh()

@@ -57,12 +57,15 @@ def test_a1111_profile_drops_every_lora_on_a_bad_tag_and_says_so(webui: Webui) -
 def test_api_routes_list_and_refresh(webui: Webui) -> None:
     started(webui)
     routes = webui.app.routes
-    listed = asyncio.run(routes[("GET", "/sdapi/v1/loras")]())
+    # both read files (a header per LoRA, a rescan): plain functions, which FastAPI runs in its
+    # threadpool; a coroutine would stall A1111's event loop, and with it every other request
+    assert not any(asyncio.iscoroutinefunction(fn) for fn in routes.values())
+    listed = routes[("GET", "/sdapi/v1/loras")]()
     assert sorted(x["name"] for x in listed) == ["detail", "style"]
     assert listed[0]["metadata"] == {"ss_network_module": "networks.lora"}
     webui.write_lora("new", seed=3)
-    assert asyncio.run(routes[("POST", "/sdapi/v1/refresh-loras")]()) is None
-    assert "new" in [x["name"] for x in asyncio.run(routes[("GET", "/sdapi/v1/loras")]())]
+    assert routes[("POST", "/sdapi/v1/refresh-loras")]() is None
+    assert "new" in [x["name"] for x in routes[("GET", "/sdapi/v1/loras")]()]
 
 
 def test_cards_page_items_insert_tags_with_preferred_weight(webui: Webui) -> None:
