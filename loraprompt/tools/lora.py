@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -115,7 +116,8 @@ def _read_peft(path: str | Path, tensors: Mapping[str, Tensor], metadata: Mappin
         groups.setdefault((component, rest[: -len(part) - 1]), {})[_PEFT_PARTS[part]] = tensor
     modules = {}
     for (component, dotted), parts in groups.items():
-        alpha = _peft_alpha(config.get(component), dotted)
+        rank = parts["down"].shape[0] if "down" in parts else 1
+        alpha = _peft_alpha(config.get(component), dotted, rank)
         if alpha is not None:
             parts["alpha"] = torch.tensor(alpha)
         factors = _factors(path, f"{component}.{dotted}", component, dotted.replace(".", "_"), parts)
@@ -151,14 +153,18 @@ def _peft_config(path: str | Path, metadata: Mapping[str, str]) -> dict[str, dic
     return config
 
 
-def _peft_alpha(config: Mapping[str, object] | None, dotted: str) -> float | None:
-    """A module's lora_alpha under PEFT's rules: alpha_pattern (suffix regex) beats lora_alpha."""
+def _peft_alpha(config: Mapping[str, object] | None, dotted: str, rank: int) -> float | None:
+    """A module's alpha under PEFT's rules: alpha_pattern (suffix regex) beats lora_alpha; with
+    use_rslora the scale is alpha/sqrt(rank), kept here as alpha·sqrt(rank) over the rank."""
     if not config:
         return None
     pattern = config.get("alpha_pattern") or {}
     assert isinstance(pattern, dict)
+    alpha = config.get("lora_alpha")
     for key, value in pattern.items():
         if re.match(rf"(.*\.)?({key})$", dotted):
-            return float(value)
-    alpha = config.get("lora_alpha")
-    return None if alpha is None else float(alpha)  # type: ignore[arg-type]
+            alpha = value
+            break
+    if alpha is None:
+        return None
+    return float(alpha) * math.sqrt(rank) if config.get("use_rslora") else float(alpha)  # type: ignore[arg-type]

@@ -138,3 +138,26 @@ def test_our_kohya_writer_matches_diffusers_converter(tmp_path: Path, diffusers_
     assert {k for k in ours if not k.endswith(".alpha")} == {k for k in theirs if not k.endswith(".alpha")}
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs if not k.endswith(".alpha"))
     assert {float(v) for k, v in ours.items() if k.endswith(".alpha")} == {8.0}
+
+
+def test_rslora_files_keep_peft_scale(tmp_path: Path) -> None:
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    from loraprompt.adapters import read_adapter
+    from loraprompt.tools.lora import read_lora
+
+    models = tiny_sd1(seed=0)
+    config = LoraConfig(r=4, lora_alpha=8, use_rslora=True, target_modules=["to_q", "to_v"], init_lora_weights=False)
+    models["unet"].add_adapter(config)
+    StableDiffusionLoraLoaderMixin.save_lora_weights(
+        tmp_path, unet_lora_layers=get_peft_model_state_dict(models["unet"]),
+        unet_lora_adapter_metadata=config.to_dict(), weight_name="rs.safetensors")
+    path = tmp_path / "rs.safetensors"
+    state, meta = load_tensors(path)
+    fused, base = _fuse(state, json.loads(meta["lora_adapter_metadata"])), tiny_sd1(seed=0)["unet"].state_dict()
+    modules = read_lora(path).modules
+    assert modules
+    for module in modules.values():
+        key = f"{module.dotted}.weight"
+        torch.testing.assert_close(module.delta(), fused[key] - base[key], rtol=1e-4, atol=1e-5)
+        assert read_adapter(path).modules[module.key].scale == pytest.approx(module.scale)
