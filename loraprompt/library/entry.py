@@ -162,10 +162,15 @@ class Entry:
 
     @cached_property
     def search_text(self) -> str:
-        """Case-folded text a search matches: path, names, tags, trigger words, notes, description."""
+        """Case-folded text a search matches (see `search_words`)."""
+        return self.search_words.casefold()
+
+    @cached_property
+    def search_words(self) -> str:
+        """What a search matches, as written: path, names, tags, trigger words, notes, description."""
         parts = [self.relpath, self.name, self.alias, self.description, str(self.user.get("notes") or "")]
         parts += [str(self.user.get("description") or ""), self.activation_text]
         parts += [w for w, _ in self.trigger_words()] + [t for t, _ in self.summary.tags]
         parts += self.imports.get("lora_manager", {}).get("tags", [])
         parts += [str(self.imports.get("lora_manager", {}).get("notes") or "")]
-        return "\n".join(parts).casefold()
+        return "\n".join(parts)

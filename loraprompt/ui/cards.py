@@ -64,7 +64,7 @@ def card_record(entry: Entry, card_id: str, thumb_url: str | None, tag_name: str
         "family_title": family_title(entry),
         "triggers": [_cap(w, 60) for w, _ in entry.trigger_words()[:MAX_CARD_TRIGGERS]],
         "weight": default_weight(entry),
-        "search": _cap(entry.search_text, MAX_SEARCH_TEXT),
+        "search": _cap(entry.search_words.lower(), MAX_SEARCH_TEXT),  # lower(), as the page's toLowerCase()
         "size": entry.size,
         "mtime": entry.mtime,
         "thumb": thumb_url,

@@ -84,3 +84,12 @@ def test_details_caps_long_values(library: Library, gallery_folder: Path) -> Non
 def test_user_values_keep_only_editor_keys(library: Library) -> None:
     values = cards.user_values(by_name(library)["catgirl"])
     assert values["preferred weight"] == 0.7 and "modelId" not in values
+
+
+def test_card_search_text_is_lowercased_as_the_page_lowercases_what_is_typed(gallery_folder: Path, tmp_path: Path) -> None:
+    # gallery.js matches `typed.toLowerCase()` inside the record's text: Python's casefold() turns
+    # "ß" into "ss", which toLowerCase() never does, so "Straße" could not be found by its own name
+    (gallery_folder / "editable.json").write_text(json.dumps({"notes": "Straße ΣΊΣΥΦΟΣ"}), encoding="utf-8")
+    entry = next(e for e in Library(gallery_folder, tmp_path / "c", persist=False).entries if e.name == "editable")
+    search = cards.card_record(entry, "e", None, "editable")["search"]
+    assert "straße σίσυφος" in search  # what "Straße ΣΊΣΥΦΟΣ".toLowerCase() gives in a browser
