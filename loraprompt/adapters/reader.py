@@ -70,6 +70,7 @@ def _peft_alpha(config: dict[str, Any], module_path: str, rank: int) -> float | 
     for pattern, value in (config.get("alpha_pattern") or {}).items():
         if re.match(rf"(.*_)?{re.escape(str(pattern).replace('.', '_'))}$", module_path):
             alpha = value
+            break  # PEFT's get_pattern_key: the first matching pattern wins
     if alpha is None:
         return None
     alpha = float(alpha)

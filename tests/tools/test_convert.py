@@ -140,14 +140,16 @@ def test_our_kohya_writer_matches_diffusers_converter(tmp_path: Path, diffusers_
     assert {float(v) for k, v in ours.items() if k.endswith(".alpha")} == {8.0}
 
 
-def test_rslora_files_keep_peft_scale(tmp_path: Path) -> None:
+@pytest.mark.parametrize("options", [{"use_rslora": True}, {"alpha_pattern": {"to_q": 16, "attn1.to_q": 2}}])
+def test_peft_alpha_rules_are_followed(tmp_path: Path, options: dict) -> None:
+    """use_rslora scales by alpha/sqrt(r); the first matching alpha_pattern wins, as in PEFT."""
     from peft import LoraConfig, get_peft_model_state_dict
 
     from loraprompt.adapters import read_adapter
     from loraprompt.tools.lora import read_lora
 
     models = tiny_sd1(seed=0)
-    config = LoraConfig(r=4, lora_alpha=8, use_rslora=True, target_modules=["to_q", "to_v"], init_lora_weights=False)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_v"], init_lora_weights=False, **options)
     models["unet"].add_adapter(config)
     StableDiffusionLoraLoaderMixin.save_lora_weights(
         tmp_path, unet_lora_layers=get_peft_model_state_dict(models["unet"]),
