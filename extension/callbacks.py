@@ -50,6 +50,7 @@ def register() -> State:
         new_library,
         cache_mb=float(webui.opt("loraprompt_cache_mb", 1024)),
         delta_cache_mb=float(webui.opt("loraprompt_delta_cache_mb", 1024)),
+        prefer_filename=lambda: webui.opt("lora_preferred_name", "Alias from file") == "Filename",
     )
     STATE = State(runtime, LoraPromptNetwork(runtime), bool(webui.opt("loraprompt_handle_lora_tags", True)))
     script_callbacks.on_before_ui(before_ui, name="loraprompt")

@@ -74,7 +74,7 @@ class LoraPromptPage(ui_extra_networks.ExtraNetworksPage):
         user = item["user_metadata"]
         # A1111 pastes the raw value into the click's JavaScript; a number only keeps sidecar text out of it
         weight = preferred_weight(user.get("preferred weight"))
-        item["prompt"] = card_prompt(self.runtime.library.display_name(entry), weight, str(user.get("activation text") or ""))
+        item["prompt"] = card_prompt(self.runtime.display_name(entry), weight, str(user.get("activation text") or ""))
         negative = user.get("negative text")
         item["negative_prompt"] = quote_js(f"({negative}:1)" if negative else "")
         return item

@@ -64,8 +64,10 @@ class Runtime:
         cache_mb: float = 1024.0,
         delta_cache_mb: float = 1024.0,
         reader: Callable[[str], Adapter] | None = None,
+        prefer_filename: Callable[[], bool] = lambda: False,
     ) -> None:
         self._library_factory = library
+        self.prefer_filename = prefer_filename
         self._library: Any = None
         self.adapters = AdapterCache(cache_mb, reader)
         self.delta_cache_mb = delta_cache_mb
@@ -165,7 +167,12 @@ class Runtime:
         path = self._known_hashes.get(short.strip().lower()[:12])
         if not found and path is not None:
             found = [e for e in library_entries(self.library) if e.path == path]
-        return str(self.library.display_name(found[0])) if found else None
+        return self.display_name(found[0]) if found else None
+
+    def display_name(self, entry: Any) -> str:
+        """The name cards and pasted infotext use for `entry`: its alias, or the file stem when
+        A1111's `lora_preferred_name` says "Filename" (A1111's `get_alias`)."""
+        return str(self.library.display_name(entry, prefer_filename=self.prefer_filename()))
 
     def _load(self, a: LoraActivation, profile: str, diagnostics: list[Diagnostic]) -> tuple[Any, Adapter] | None:
         resolution = self.library.resolve(a.name, hash=a.hash, profile=profile)

@@ -204,3 +204,21 @@ def test_tab_notice_shows_the_tags_as_written_in_markdown(webui: Webui) -> None:
         rendered = MarkdownIt().render(tab.notice(handles, builtin))
         assert "<a " not in rendered  # `<lora:...>` unquoted is a CommonMark autolink
         assert "&lt;lora:...&gt;" in rendered
+
+
+def test_cards_page_and_paste_honour_lora_preferred_name(webui: Webui) -> None:
+    started(webui)
+    path = webui.write_lora("aliased", seed=7, metadata={"ss_network_module": "networks.lora", "ss_output_name": "pretty"})
+    webui.state.runtime.refresh()
+    page = importlib.import_module("modules.ui_extra_networks").extra_pages[0]
+    short = file_hashes(path)["a1111"][:12]
+    webui.generate("<lora:aliased:1>")  # as in A1111, only hashes already computed are known
+
+    def prompt() -> str:
+        return str({i["name"]: i for i in page.list_items()}["aliased"]["prompt"])
+
+    assert prompt().startswith('"<lora:pretty:"')  # A1111's default: "Alias from file"
+    assert webui.state.runtime.lookup_hash(short) == "pretty"
+    webui.modules.shared.opts.data["lora_preferred_name"] = "Filename"  # the built-in's option, kept in config.json
+    assert prompt().startswith('"<lora:aliased:"')
+    assert webui.state.runtime.lookup_hash(short) == "aliased"
