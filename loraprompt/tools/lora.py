@@ -134,6 +134,8 @@ def _factors(path: str | Path, where: str, component: str, mpath: str, parts: Ma
     if down.dim() not in (2, 4) or up.dim() != down.dim() or up.shape[1] != down.shape[0]:
         raise AdapterFileError(path, f"up {list(up.shape)} and down {list(down.shape)} do not fit", key=where)
     alpha = parts.get("alpha")
+    if alpha is not None and (alpha.numel() != 1 or float(alpha.float().item()) == 0.0):
+        raise AdapterFileError(path, f"alpha must be a non-zero scalar, got {alpha.flatten()[:4].tolist()}", key=where)
     return LoraFactors(component, mpath, down, up, None if alpha is None else float(alpha.float().item()),
                        parts.get("mid"))
 

@@ -163,3 +163,17 @@ def test_peft_alpha_rules_are_followed(tmp_path: Path, options: dict) -> None:
         key = f"{module.dotted}.weight"
         torch.testing.assert_close(module.delta(), fused[key] - base[key], rtol=1e-4, atol=1e-5)
         assert read_adapter(path).modules[module.key].scale == pytest.approx(module.scale)
+
+
+@pytest.mark.parametrize("alpha", [torch.ones(2), torch.tensor(0.0)])
+def test_bad_alpha_is_refused_naming_file_and_key(tmp_path: Path, alpha: torch.Tensor) -> None:
+    from safetensors.torch import save_file
+
+    from loraprompt.errors import AdapterFileError
+
+    bad = tmp_path / "bad.safetensors"
+    name = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    save_file({f"{name}.lora_down.weight": torch.ones(2, 8), f"{name}.lora_up.weight": torch.ones(8, 2),
+               f"{name}.alpha": alpha}, str(bad))
+    with pytest.raises(AdapterFileError, match=rf"bad\.safetensors.*{name.removeprefix('lora_unet_')}.*alpha"):
+        convert_lora(bad, tmp_path / "out.safetensors", "peft")
