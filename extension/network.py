@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from modules import extra_networks
@@ -18,7 +19,7 @@ from loraprompt.diagnostics import Diagnostic
 from loraprompt.infotext import format_lora_hashes
 
 from . import coexist, webui
-from .runtime import Runtime
+from .runtime import Runtime, library_entries
 
 SHOWN = ("error", "warning")
 log = logging.getLogger("loraprompt")
@@ -56,10 +57,11 @@ def divergent_batch(p: Any, profile: str) -> list[Diagnostic]:
     ]
 
 
-def with_sd_lora(p: Any, params_list: list[Any]) -> list[Any]:
-    """Honour the built-in's "Add network to prompt" option (`sd_lora`) as the built-in does."""
+def with_sd_lora(p: Any, params_list: list[Any], available: Callable[[str], bool]) -> list[Any]:
+    """Honour the built-in's "Add network to prompt" option (`sd_lora`) as the built-in does: only
+    for a file stem `available` knows, when the prompt does not mention it already."""
     extra = str(webui.opt("sd_lora", "None") or "None")
-    if extra == "None" or any(x.items and x.items[0] == extra for x in params_list):
+    if extra == "None" or any(x.items and x.items[0] == extra for x in params_list) or not available(extra):
         return params_list
     weight = webui.opt("extra_networks_default_multiplier", 1.0)
     tag = f"<lora:{extra}:{weight}>"
@@ -115,7 +117,7 @@ class LoraPromptNetwork(extra_networks.ExtraNetwork):
         """Apply exactly the LoRAs of `params_list` (none: restore)."""
         profile = str(webui.opt("loraprompt_profile", "loraprompt"))
         hires = hires_activation(p, params_list)
-        params_list = with_sd_lora(p, params_list)
+        params_list = with_sd_lora(p, params_list, self._is_stem)
         parsed = loraprompt.parse("".join(tag_text(x) for x in params_list), profile=profile, comments=False)
         diagnostics = list(parsed.diagnostics)
         if not hires:
@@ -154,6 +156,10 @@ class LoraPromptNetwork(extra_networks.ExtraNetwork):
         self._write_hashes(p, applied.hashes, hires)
         self._note_use(p, applied.paths)
         note(p, diagnostics + applied.diagnostics, bool(webui.opt("loraprompt_diagnostics_in_infotext", True)))
+
+    def _is_stem(self, name: str) -> bool:
+        """True when a LoRA file has this stem (A1111's `available_networks` keys)."""
+        return any(e.name == name for e in library_entries(self.runtime.library))
 
     def deactivate(self, p: Any) -> None:
         """Nothing to do: the weights stay patched until the next activate syncs (diffed)."""

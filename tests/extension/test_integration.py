@@ -152,6 +152,11 @@ def test_builtin_add_network_to_prompt_option_is_honoured(webui: Webui) -> None:
     assert torch.allclose(webui.weight(Q), base + expected_delta(webui.files["style"], Q), atol=1e-6)
     assert result.p.all_prompts == ["a cat<lora:style:1.0>"]
     assert "style" in result.extra_generation_params["Lora hashes"]
+    # a LoRA deleted since the option was set: A1111 adds nothing (it checks available_networks)
+    webui.modules.shared.opts.data["sd_lora"] = "deleted_since"
+    result = webui.generate("a dog")
+    assert result.p.all_prompts == ["a dog"]
+    assert not result.comments
 
 
 def test_broken_file_is_reported_and_the_others_still_apply(webui: Webui) -> None:
