@@ -7,6 +7,7 @@ import math
 import os
 import re
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ def _check_finite(path: str, tensors: dict[str, Tensor]) -> None:
             raise AdapterFileError(path, "tensor contains NaN or Inf", key=key)
 
 
-def _peft_alphas(path: str, metadata: dict[str, str]) -> dict[str, dict[str, Any]]:
+def peft_configs(path: str | Path, metadata: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     """component -> {"lora_alpha", "alpha_pattern", "use_rslora", ...} from diffusers' header."""
     raw = metadata.get(PEFT_METADATA_KEY)
     if not raw:
@@ -145,7 +146,7 @@ def read_adapter(path: str | os.PathLike[str], mode: str = "reference") -> Adapt
         group[kp.part] = (key, tensors[key])
         schemes[kp.scheme] += 1
         group_scheme[(kp.component, kp.path)] = kp.scheme
-    peft = _peft_alphas(spath, metadata)
+    peft = peft_configs(spath, metadata)
     modules: dict[str, AdapterModule] = {}
     for (comp, mpath), parts in groups.items():
         if set(parts) <= COMMON_PARTS:  # an alpha (or dora_scale) without weights

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -12,10 +11,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from loraprompt.adapters.reader import PEFT_METADATA_KEY, peft_configs
 from loraprompt.errors import AdapterFileError
 from loraprompt.tools.io import RECIPE_KEY, load_tensors
 
-PEFT_METADATA_KEY = "lora_adapter_metadata"
 KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder",
                   "lora_te2_": "text_encoder_2"}
 PEFT_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
@@ -105,7 +104,7 @@ def _read_kohya(path: str | Path, tensors: Mapping[str, Tensor]) -> dict[str, Lo
 
 
 def _read_peft(path: str | Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, str]) -> dict[str, LoraFactors]:
-    config = _peft_config(path, metadata)
+    config = peft_configs(path, metadata)
     groups: dict[tuple[str, str], dict[str, Tensor]] = {}
     for key, tensor in tensors.items():
         component, _, rest = key.partition(".")
@@ -138,21 +137,6 @@ def _factors(path: str | Path, where: str, component: str, mpath: str, parts: Ma
         raise AdapterFileError(path, f"alpha must be a non-zero scalar, got {alpha.flatten()[:4].tolist()}", key=where)
     return LoraFactors(component, mpath, down, up, None if alpha is None else float(alpha.float().item()),
                        parts.get("mid"))
-
-
-def _peft_config(path: str | Path, metadata: Mapping[str, str]) -> dict[str, dict[str, object]]:
-    raw = metadata.get(PEFT_METADATA_KEY)
-    if not raw:
-        return {}
-    try:
-        flat = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise AdapterFileError(path, f"metadata {PEFT_METADATA_KEY} is not JSON ({exc})") from exc
-    config: dict[str, dict[str, object]] = {}
-    for key, value in flat.items():
-        component, _, field_name = key.partition(".")
-        config.setdefault(component, {})[field_name] = value
-    return config
 
 
 def _peft_alpha(config: Mapping[str, object] | None, dotted: str, rank: int) -> float | None:

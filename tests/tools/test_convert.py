@@ -177,3 +177,17 @@ def test_bad_alpha_is_refused_naming_file_and_key(tmp_path: Path, alpha: torch.T
                f"{name}.alpha": alpha}, str(bad))
     with pytest.raises(AdapterFileError, match=rf"bad\.safetensors.*{name.removeprefix('lora_unet_')}.*alpha"):
         convert_lora(bad, tmp_path / "out.safetensors", "peft")
+
+
+def test_peft_metadata_that_is_not_an_object_is_ignored_like_read_adapter_does(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from loraprompt.adapters import read_adapter
+    from loraprompt.tools.lora import read_lora
+
+    path = tmp_path / "odd.safetensors"
+    name = "unet.down_blocks.0.attentions.0.proj_in"
+    save_file({f"{name}.lora_A.weight": torch.ones(2, 8), f"{name}.lora_B.weight": torch.ones(8, 2)}, str(path),
+              metadata={"lora_adapter_metadata": "[1]"})
+    [module] = read_lora(path).modules.values()
+    assert module.alpha is None and read_adapter(path).modules[module.key].alpha is None
