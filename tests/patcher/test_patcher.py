@@ -332,3 +332,16 @@ def test_weight_dependent_deltas_follow_weights_loaded_in_place(model, release) 
     reloaded = snapshot(model)
     patcher.sync([(adapter, 1.0, 1.0)])
     assert_close(model, reference(model, reloaded, [(adapter, 1.0, 1.0)]), torch.float32)
+
+
+def test_fp8_files_apply_like_their_float32_values(model, tmp_path) -> None:
+    from loraprompt.adapters import read_adapter
+    from tests.fixtures.loras import write_kohya_lora
+
+    lora = write_kohya_lora("sd1", tmp_path / "f8.safetensors", dtype=torch.float8_e4m3fn)
+    adapter = read_adapter(lora.path)
+    assert {t.dtype for m in adapter.modules.values() for t in m.tensors.values()} == {torch.float8_e4m3fn}
+    original = snapshot(model)
+    report = Patcher(model).sync([(adapter, 1.0, 1.0)])
+    assert report.patched > 0
+    assert_close(model, reference(model, original, [(adapter, 1.0, 1.0)]), torch.float32)
