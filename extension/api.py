@@ -25,7 +25,7 @@ def header_metadata(path: str) -> dict[str, Any]:
         if isinstance(value, str) and value.startswith("{"):
             try:
                 metadata[key] = json.loads(value)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested deeper than json can parse
                 pass
     return metadata
 

@@ -31,6 +31,17 @@ def _flatten(prefix: str, value: Any, rows: list[tuple[str, str]]) -> None:
         rows.append((cap(prefix, 300), cap(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False), MAX_SHOWN)))
 
 
+def _expand(key: str, value: dict[str, Any], rows: list[tuple[str, str]]) -> bool:
+    """Add the `key/sub` rows of `value`; False, adding none, when it is too deep to expand."""
+    before = len(rows)
+    try:
+        _flatten(key, value, rows)
+    except RecursionError:
+        del rows[before:]
+        return False
+    return True
+
+
 def metadata_rows(metadata: Mapping[str, str]) -> list[tuple[str, str]]:
     """(key, value) rows to show: A1111's first keys, then the rest sorted; JSON objects expanded
     to `key/sub` rows; the embedded cover images summarised; at most MAX_ROWS rows."""
@@ -45,11 +56,9 @@ def metadata_rows(metadata: Mapping[str, str]) -> list[tuple[str, str]]:
         if value[:1] == "{" and len(value) <= MAX_NESTED_JSON:
             try:
                 parsed = json.loads(value)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested deeper than json can parse
                 parsed = None
-        if isinstance(parsed, dict):
-            _flatten(key, parsed, rows)
-        else:
+        if not (isinstance(parsed, dict) and _expand(key, parsed, rows)):
             rows.append((key, cap(value)))
         if len(rows) >= MAX_ROWS:
             break
@@ -64,7 +73,7 @@ def cover_image(metadata: Mapping[str, str]) -> tuple[bytes, str] | None:
         return None
     try:
         images = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(images, list) or not images or not isinstance(images[0], str):
         return None

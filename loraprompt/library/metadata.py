@@ -99,7 +99,7 @@ def tag_frequency(metadata: Mapping[str, str]) -> list[tuple[str, int]]:
         return []
     try:
         doc = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json can parse
         return []
     totals: dict[str, int] = {}
     if isinstance(doc, dict):

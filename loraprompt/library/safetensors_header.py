@@ -112,6 +112,8 @@ def parse_header(
         doc = json.loads(text, object_pairs_hook=object_pairs_hook)
     except json.JSONDecodeError as exc:
         raise AdapterFileError(path, f"header is not valid JSON: {exc.msg} at char {exc.pos}") from exc
+    except RecursionError as exc:
+        raise AdapterFileError(path, "header JSON is nested too deeply to read") from exc
     if not isinstance(doc, dict):
         raise AdapterFileError(path, "header is not a JSON object")
     return doc

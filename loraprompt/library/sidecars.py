@@ -82,7 +82,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
     try:
         doc = json.loads(text, parse_constant=lambda _: None)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json can parse
         return None
     return doc if isinstance(doc, dict) else None
 
@@ -120,7 +120,7 @@ def lora_manager_summary(doc: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(usage, str):
         try:
             usage = json.loads(usage)
-        except ValueError:
+        except (ValueError, RecursionError):
             usage = {}
     usage = usage if isinstance(usage, dict) else {}
     strength = usage.get("strength")

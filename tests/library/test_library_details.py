@@ -6,8 +6,12 @@ import base64
 import json
 from pathlib import Path
 
+import pytest
+
+from loraprompt.errors import AdapterFileError
 from loraprompt.library import Library
 from loraprompt.library.details import cover_image, metadata_rows
+from loraprompt.library.safetensors_header import read_header
 
 from .conftest import kohya_metadata, write_lora
 
@@ -66,3 +70,27 @@ def test_library_imports_neither_torch_nor_gradio() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "[]"
+
+
+def test_deeply_nested_json_in_a_header_or_sidecar_is_shown_not_a_crash(lora_dir: Path, tmp_path: Path) -> None:
+    # json.loads raises RecursionError (not ValueError) past ~1000 levels: one hostile file must not
+    # stop the scan of the whole folder, nor the details view
+    deep = '{"a":' * 5000 + "1" + "}" * 5000
+    write_lora(lora_dir / "deep.safetensors", {"ss_tag_frequency": deep, "ss_dataset_dirs": deep,
+                                                "ssmd_cover_images": "[" * 5000 + "]" * 5000})
+    write_lora(lora_dir / "ok.safetensors", kohya_metadata("ok"))
+    (lora_dir / "ok.json").write_text("[" * 100_000)
+    (lora_dir / "ok.metadata.json").write_text(json.dumps({"usage_tips": "[" * 100_000}))
+    lib = Library([lora_dir], cache_dir=tmp_path / "c", settle_s=0)
+    entries = {e.name: e for e in lib.entries}
+    assert set(entries) == {"deep", "ok"}
+    assert entries["deep"].summary.tags == () or entries["deep"].summary.tags == []
+    assert entries["ok"].user == {}
+    rows = dict(lib.details(entries["deep"])["rows"])
+    assert rows["ss_dataset_dirs"].startswith('{"a":{"a":')
+    assert lib.details(entries["deep"])["cover"] is None
+    header = lora_dir / "nested_header.safetensors"
+    text = b'{"__metadata__":' + b'{"a":' * 5000 + b"1" + b"}" * 5001
+    header.write_bytes(len(text).to_bytes(8, "little") + text)
+    with pytest.raises(AdapterFileError, match="nested"):
+        read_header(header)
