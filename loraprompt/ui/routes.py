@@ -53,7 +53,7 @@ async def _post_body(request: Request) -> dict[str, Any] | Response:
         return _error(413, f"request body over {MAX_BODY} bytes")
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json can parse
         return _error(400, "request body is not JSON")
     if not isinstance(body, dict):
         return _error(400, "request body must be a JSON object")

@@ -316,3 +316,8 @@ def test_sidecar_with_nan_and_infinity_still_opens_its_details(gallery: Gallery,
     r = gallery.client.get(f"{API}/details", params={"id": card["id"]})
     assert r.status_code == 200
     assert r.json()["user"]["notes"] == "ok"
+
+
+def test_deeply_nested_json_body_is_a_400_not_a_500(gallery: Gallery) -> None:
+    r = gallery.client.post(f"{API}/insert", content="[" * 100_000, headers=POST_HEADERS)
+    assert r.status_code == 400 and "JSON" in r.json()["detail"]
