@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -76,9 +77,10 @@ def paste_values(text: str, library: Any) -> tuple[Any, ...]:
 
     def number(key: str) -> Any:
         try:
-            return float(fields[key])
+            value = float(fields[key])
         except (KeyError, ValueError):
             return gr.update()
+        return value if math.isfinite(value) else gr.update()  # float() reads "nan" and "inf"
 
     return (
         prompt,

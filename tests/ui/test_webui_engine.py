@@ -151,6 +151,9 @@ def test_paste_values_fill_fields_and_remap_by_hash(engine: Txt2Img) -> None:
     assert (prompt, negative, sampler) == ("a <lora:demo_warm:0.4>", "ugly", "Euler")
     assert (steps, width, height, cfg, seed, clip_skip) == (9.0, 128.0, 96.0, 6.0, 4.0, 2.0)
     assert paste_values("x\nSteps: 1, Seed: 2, Size: 8x8", engine.library)[-1] == 1  # absent means 1
+    # float() reads "nan" and "inf": such fields are left as they are, like unreadable ones
+    _, _, _, steps, _, _, cfg, seed, _ = paste_values("x\nSteps: nan, CFG scale: inf, Seed: -Infinity", engine.library)
+    assert all(isinstance(v, dict) and v.get("__type__") == "update" and "value" not in v for v in (steps, cfg, seed))
 
 
 def test_app_builds_with_demo_notice_and_gallery(engine: Txt2Img) -> None:
