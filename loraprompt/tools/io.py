@@ -207,9 +207,13 @@ def _torch_dtype(code: str, path: str | Path, key: str) -> torch.dtype:
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors and metadata of a small safetensors file (a LoRA), in file key order."""
+    """All tensors and metadata of a small safetensors file (a LoRA), in file key order; the header
+    is validated first, as for read_adapter (safetensors accepts e.g. a name given twice)."""
     from safetensors import safe_open
 
+    from loraprompt.library.safetensors_header import read_header
+
+    read_header(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})

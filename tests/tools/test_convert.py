@@ -191,3 +191,21 @@ def test_peft_metadata_that_is_not_an_object_is_ignored_like_read_adapter_does(t
               metadata={"lora_adapter_metadata": "[1]"})
     [module] = read_lora(path).modules.values()
     assert module.alpha is None and read_adapter(path).modules[module.key].alpha is None
+
+
+def test_a_tensor_named_twice_is_refused(tmp_path: Path) -> None:
+    import struct
+
+    from loraprompt.errors import AdapterFileError
+
+    name = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    entry = '{"dtype": "F32", "shape": [2, 8], "data_offsets": [%d, %d]}'
+    header = (f'{{"{name}.lora_up.weight": {entry % (0, 64)}, "{name}.lora_down.weight": {entry % (64, 128)}, '
+              f'"{name}.lora_down.weight": {entry % (64, 128)}}}').replace("[2, 8], \"data_offsets\": [0, 64]",
+                                                                         "[8, 2], \"data_offsets\": [0, 64]")
+    raw = header.encode()
+    bad = tmp_path / "twice.safetensors"
+    bad.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 128)
+    with pytest.raises(AdapterFileError, match=r"twice\.safetensors.*twice"):
+        convert_lora(bad, tmp_path / "out.safetensors", "peft")
+    assert not (tmp_path / "out.safetensors").exists()
