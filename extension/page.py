@@ -15,6 +15,7 @@ from typing import Any
 from modules import ui_extra_networks
 from modules.ui_extra_networks import quote_js
 
+from . import webui
 from .api import header_metadata
 from .runtime import Runtime, library_entries
 
@@ -65,7 +66,7 @@ class LoraPromptPage(ui_extra_networks.ExtraNetworksPage):
             "preview": self.find_preview(path) or self.find_embedded_preview(path, entry.name, metadata),
             "description": self.find_description(path),
             "search_terms": [t for t in (self.search_terms_from_path(entry.path), SD_VERSIONS.get(family or "")) if t],
-            "local_preview": f"{path}.png",
+            "local_preview": f"{path}.{webui.opt('samples_format', 'png')}",
             "metadata": metadata,
             "sort_keys": {"default": index, **self.get_sort_keys(entry.path)},
             "sd_version": SD_VERSIONS.get(family or "", "Unknown"),

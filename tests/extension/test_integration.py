@@ -227,3 +227,11 @@ def test_cards_page_and_paste_honour_lora_preferred_name(webui: Webui) -> None:
     webui.modules.shared.opts.data["lora_preferred_name"] = "Filename"  # the built-in's option, kept in config.json
     assert prompt().startswith('"<lora:aliased:"')
     assert webui.state.runtime.lookup_hash(short) == "aliased"
+
+
+def test_cards_page_local_preview_uses_the_samples_format(webui: Webui) -> None:
+    started(webui)
+    page = importlib.import_module("modules.ui_extra_networks").extra_pages[0]
+    assert {i["name"]: i for i in page.list_items()}["style"]["local_preview"] == str(webui.lora_dir / "style.png")
+    webui.modules.shared.opts.data["samples_format"] = "jpg"  # "Replace preview" saves <stem>.<samples_format>
+    assert {i["name"]: i for i in page.list_items()}["style"]["local_preview"] == str(webui.lora_dir / "style.jpg")
