@@ -132,6 +132,8 @@ def _factors(path: str | Path, where: str, component: str, mpath: str, parts: Ma
     down, up = parts["down"], parts["up"]
     if down.dim() not in (2, 4) or up.dim() != down.dim() or up.shape[1] != down.shape[0]:
         raise AdapterFileError(path, f"up {list(up.shape)} and down {list(down.shape)} do not fit", key=where)
+    if any(not bool(t.float().isfinite().all()) for t in parts.values()):
+        raise AdapterFileError(path, "NaN or Inf in the module's tensors", key=where)
     alpha = parts.get("alpha")
     if alpha is not None and (alpha.numel() != 1 or float(alpha.float().item()) == 0.0):
         raise AdapterFileError(path, f"alpha must be a non-zero scalar, got {alpha.flatten()[:4].tolist()}", key=where)

@@ -209,3 +209,19 @@ def test_a_tensor_named_twice_is_refused(tmp_path: Path) -> None:
     with pytest.raises(AdapterFileError, match=r"twice\.safetensors.*twice"):
         convert_lora(bad, tmp_path / "out.safetensors", "peft")
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_nan_lora_is_refused_naming_file_and_module(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from loraprompt.errors import AdapterFileError
+    from loraprompt.tools.resize import resize_lora
+    from loraprompt.tools.svd import RankTarget
+
+    bad = tmp_path / "nan.safetensors"
+    name = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    up = torch.ones(8, 2)
+    up[1, 1] = float("nan")
+    save_file({f"{name}.lora_down.weight": torch.ones(2, 8), f"{name}.lora_up.weight": up}, str(bad))
+    with pytest.raises(AdapterFileError, match=r"nan\.safetensors.*proj_in.*NaN"):
+        resize_lora(bad, tmp_path / "out.safetensors", RankTarget(rank=1))
