@@ -130,10 +130,13 @@ def extract_lora(tuned: str | Path, base: str | Path, output: str | Path, target
     todo = [c for c in _candidates(ckpt, ref, family) if c[0] in components]
     bar = Progress(len(todo), "extract", progress)
     with TensorReader(ckpt) as tuned_reader, TensorReader(ref) as base_reader:
+        last: tuple[tuple[str, str], Tensor, Tensor] | None = None  # q/k/v of one fused weight come in a row
         for component, key, path, rows in todo:
-            new = tuned_reader.get(ckpt.locate(key, component), key)
-            old = base_reader.get(ref.locate(key, component), key)
-            delta: Tensor = new.float() - old.float()
+            if last is None or last[0] != (component, key):
+                new = tuned_reader.get(ckpt.locate(key, component), key)
+                full = new.float() - base_reader.get(ref.locate(key, component), key).float()
+                last = ((component, key), new, full)
+            _, new, delta = last
             if rows is not None:
                 delta = delta[rows[0]: rows[1]]
             bar.update()
