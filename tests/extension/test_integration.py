@@ -235,3 +235,18 @@ def test_cards_page_local_preview_uses_the_samples_format(webui: Webui) -> None:
     assert {i["name"]: i for i in page.list_items()}["style"]["local_preview"] == str(webui.lora_dir / "style.png")
     webui.modules.shared.opts.data["samples_format"] = "jpg"  # "Replace preview" saves <stem>.<samples_format>
     assert {i["name"]: i for i in page.list_items()}["style"]["local_preview"] == str(webui.lora_dir / "style.jpg")
+
+
+def test_header_metadata_is_read_once_per_file_version(webui: Webui) -> None:
+    started(webui)
+    api = importlib.import_module("loraprompt_a1111.api")
+    tags = json.dumps({"10_x": {"ink": 3}})
+    path = webui.write_lora("tagged", seed=8, metadata={"ss_tag_frequency": tags})
+    first, second = api.header_metadata(str(path)), api.header_metadata(str(path))
+    assert first == second == {"ss_tag_frequency": {"10_x": {"ink": 3}}}
+    assert first["ss_tag_frequency"] is second["ss_tag_frequency"]  # cached: not read and decoded again
+    first["extra"] = 1  # a caller changing its copy changes nothing for the next one
+    assert "extra" not in api.header_metadata(str(path))
+    webui.write_lora("tagged", seed=8, metadata={"ss_tag_frequency": json.dumps({"10_x": {"ink": 4}})})
+    os.utime(path, ns=(os.stat(path).st_mtime_ns + 10**9,) * 2)
+    assert api.header_metadata(str(path)) == {"ss_tag_frequency": {"10_x": {"ink": 4}}}
