@@ -125,15 +125,7 @@ class _Merger:
     def tensor(self, file: TensorFile, key: str) -> Tensor:
         """The output tensor for `key` of `file`: the patcher's result on the model loaded in the
         output dtype when planned (or the bias of a planned weight), else the tensor cast."""
-        tensor = self.reader.get(file, key)
-        tensor = tensor.to(self.out_dtype(tensor.dtype))
         component = file.component_of.get(key)
-        if component is not None and (component, key) in self.plan:
-            merged, bias = self._merge(component, key, tensor)
-            if (component, _bias_key(key)) in self.bias_of:  # kept (even unchanged) so it is not recomputed
-                self.pending[(component, _bias_key(key))] = bias
-            self.changed += 1
-            return merged
         if component is not None and (component, key) in self.bias_of:
             if (component, key) in self.pending:
                 bias = self.pending.pop((component, key))
@@ -142,6 +134,14 @@ class _Merger:
             if bias is not None:
                 self.changed += 1
                 return bias
+        tensor = self.reader.get(file, key)
+        tensor = tensor.to(self.out_dtype(tensor.dtype))
+        if component is not None and (component, key) in self.plan:
+            merged, bias = self._merge(component, key, tensor)
+            if (component, _bias_key(key)) in self.bias_of:  # kept (even unchanged) so it is not recomputed
+                self.pending[(component, _bias_key(key))] = bias
+            self.changed += 1
+            return merged
         return tensor
 
     def _merge(self, component: str, weight_key: str, weight: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
