@@ -127,6 +127,12 @@ class DeltaCache:
         self._bytes += size
         return True
 
+    def discard(self, prefix: tuple[Hashable, ...]) -> None:
+        """Drop every entry whose key (a tuple) starts with `prefix`."""
+        n = len(prefix)
+        for key in [k for k in self._entries if isinstance(k, tuple) and k[:n] == prefix]:
+            self._bytes -= self._entries.pop(key)[1]
+
     def factors(self, module: AdapterModule, target: Tensor) -> tuple[Tensor, Tensor, Tensor | None] | None:
         """`lowrank_factors(module, target)`, kept (they are small) while the cache has room."""
         hit = self.get((module, "factors"))

@@ -238,6 +238,8 @@ class Patcher:
                 if key not in plan:
                     del self._backups[key]
                     del self._versions[key]
+                    for module, rows, _ in before.get(key, ()):  # unwatched now: a later base may differ
+                        self._deltas.discard((module, rows))
 
     def _check_versions(self, report: SyncReport) -> None:
         """Follow weights moved or cast since our last write (`.to()`: the backups follow); drop

@@ -315,8 +315,8 @@ def test_replaced_parameters_are_a_new_base(model) -> None:
     assert_bit_equal(model, replaced)
 
 
-@pytest.mark.parametrize("release", [False, True])
-def test_weight_dependent_deltas_follow_weights_loaded_in_place(model, release) -> None:
+@pytest.mark.parametrize(("release", "keep"), [(False, True), (True, True), (False, False)])
+def test_weight_dependent_deltas_follow_weights_loaded_in_place(model, release, keep) -> None:
     from loraprompt.adapters.algorithms.ia3 import IA3Module
     from loraprompt.adapters.types import Adapter
     from tests.patcher.helpers import patchable
@@ -324,7 +324,7 @@ def test_weight_dependent_deltas_follow_weights_loaded_in_place(model, release) 
     name, module = patchable(model["unet"])[0]
     ia3 = IA3Module("unet", name.replace(".", "_"), "ia3", {"weight": torch.full((module.weight.shape[0],), 0.5)})
     adapter = Adapter("/virtual/ia3.safetensors", "ia3", "test", {ia3.lora_key: ia3})
-    patcher = Patcher(model)
+    patcher = Patcher(model, keep_backups=keep)
     patcher.sync([(adapter, 1.0, 1.0)])
     patcher.restore(release=release)
     other = tiny_sd1(seed=5)
