@@ -178,3 +178,12 @@ def test_refresh_shows_a_new_file_and_date_sort_puts_it_first(page: Any, demo: D
                         || a.getBoundingClientRect().left - b.getBoundingClientRect().left)[0]
         .querySelector('.lp-name').textContent""")
     assert first == "brand_new"
+
+
+def test_a_corrupt_saved_sort_does_not_stop_the_gallery(page: Any) -> None:
+    page.evaluate("localStorage.setItem('loraprompt.gallery.sort', '{not json')")
+    page.reload()
+    page.locator(".lp-card").first.wait_for(timeout=30_000)
+    assert "watercolor" in names_shown(page)  # other tests of this module add cards
+    assert page.locator(".lp-sort").input_value() == "name"  # the default sort
+    page.evaluate("localStorage.removeItem('loraprompt.gallery.sort')")

@@ -63,7 +63,10 @@
       this.cursor = 0;
       this.folder = "";
       this.showAll = false;
-      const saved = JSON.parse(localStorage.getItem("loraprompt.gallery.sort") || "{}");
+      let saved = {};
+      try {
+        saved = JSON.parse(localStorage.getItem("loraprompt.gallery.sort") || "{}") || {};
+      } catch (err) { /* another script's value, or a hand edit: default sort */ }
       this.sortKey = saved.key || "name";
       this.sortDesc = !!saved.desc;
       this.build();
