@@ -132,11 +132,6 @@ class LoraActivation:
         weight = self.blocks.get(block)
         return value if weight is None else value * _block_value(weight, rng)
 
-    @property
-    def block_weights(self) -> Mapping[str, BlockValue]:
-        """lbw multipliers by block id (empty without ``lbw``)."""
-        return self.blocks
-
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "name": self.name, "kind": self.kind, "te": strength_json(self.te),

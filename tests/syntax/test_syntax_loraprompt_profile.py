@@ -54,7 +54,7 @@ LBW_MIDD = {"BASE": 1.0, "IN01": 0.0, "IN02": 0.0, "IN04": 0.0, "IN05": 1.0, "IN
 def test_block_weight_preset(prompt: str) -> None:
     parsed = parse(prompt)
     (lora,) = parsed.loras
-    assert dict(lora.block_weights) == LBW_MIDD and lora.lbw == "MIDD"
+    assert dict(lora.blocks) == LBW_MIDD and lora.lbw == "MIDD"
     positional = "lbw-positional" in [d.code for d in parsed.diagnostics]
     assert positional == prompt.endswith(":MIDD>")
 
