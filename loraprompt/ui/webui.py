@@ -127,7 +127,7 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None) -> tuple[Any, Any]
     # gradio 6 takes the page's CSS at mount time, gradio 4 and 5 in Blocks
     styling: dict[str, Any] = {"css": CSS} if _gradio_major() < 6 else {}
     with gr.Blocks(title="loraprompt", analytics_enabled=False, **styling) as app:
-        gr.Markdown(f"## loraprompt · model: `{model.name}` ({model.family})")
+        gr.Markdown(f"## loraprompt · model: {_code(model.name)} ({model.family})")
         if model.is_demo:
             gr.Markdown(DEMO_NOTICE, elem_id="lp-demo-notice")
         with gr.Tabs():

@@ -207,3 +207,10 @@ def test_diagnostics_panel_shows_prompt_text_literally_in_markdown() -> None:
     assert "<a " not in html and "<em>" not in html  # no autolink, no emphasis from the user's text
     assert "&lt;lora:my_*lora*_x:abc&gt;" in html
     assert "&lt;lora:a`b:1e400&gt;" in html
+
+
+@pytest.mark.parametrize(("name", "shown"), [("plain", "`plain`"), ("a`b", "`` a`b ``"), ("x``y", "``` x``y ```")])
+def test_code_spans_survive_backticks_in_names(name: str, shown: str) -> None:
+    from loraprompt.ui.webui import _code
+
+    assert _code(name) == shown
