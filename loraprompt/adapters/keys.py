@@ -105,6 +105,12 @@ def _dotted_component(module: str) -> tuple[str, str, bool]:
     return component, module, False
 
 
+def dotted_module(key: str) -> str | None:
+    """The dotted module name (no component prefix) of a PEFT/diffusers key, else None."""
+    m = _DOTTED_PART.search(key)
+    return _dotted_component(key[: m.start()])[1] or None if m else None
+
+
 def _comfy(rest: str, component: str) -> KeyParts | None:
     """`<dotted module>.<kohya part>` under one of ComfyUI's model prefixes."""
     for tail in _TAILS_LONGEST_FIRST:

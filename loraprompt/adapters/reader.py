@@ -16,7 +16,7 @@ from torch import Tensor
 
 from loraprompt.adapters.algorithms import ALGORITHMS, BOFTModule
 from loraprompt.adapters.family import detect_family
-from loraprompt.adapters.keys import KeyParts, split_key
+from loraprompt.adapters.keys import KeyParts, dotted_module, split_key
 from loraprompt.adapters.loading import load_tensors
 from loraprompt.adapters.types import MODES, Adapter, AdapterModule
 from loraprompt.errors import AdapterFileError
@@ -67,12 +67,16 @@ def peft_configs(path: str | Path, metadata: Mapping[str, str]) -> dict[str, dic
     return out
 
 
-def _peft_alpha(config: dict[str, Any], module_path: str, rank: int) -> float | None:
-    alpha = config.get("lora_alpha")
-    for pattern, value in (config.get("alpha_pattern") or {}).items():
-        if re.match(rf"(.*_)?{re.escape(str(pattern).replace('.', '_'))}$", module_path):
-            alpha = value
-            break  # PEFT's get_pattern_key: the first matching pattern wins
+def peft_pattern_value(patterns: Mapping[str, Any] | None, dotted: str, default: Any) -> Any:
+    """PEFT's get_pattern_key: the first pattern p with the regex (.*\\.)?(p)$ on the dotted name wins."""
+    for pattern, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?({pattern})$", dotted):
+            return value
+    return default
+
+
+def _peft_alpha(config: dict[str, Any], dotted: str, rank: int) -> float | None:
+    alpha = peft_pattern_value(config.get("alpha_pattern"), dotted, config.get("lora_alpha"))
     if alpha is None:
         return None
     alpha = float(alpha)
@@ -111,8 +115,9 @@ def _build(
               source_keys=tuple(sorted(k for k, _ in parts.values())), extra=extra, mode=mode)
     if cls.name == "lora":
         _check_lora(path, mod)
-        if alpha is None and comp in peft:
-            mod.alpha = _peft_alpha(peft[comp], mpath, mod.rank or 1)
+        dotted = dotted_module(parts["down"][0])
+        if alpha is None and comp in peft and dotted is not None:
+            mod.alpha = _peft_alpha(peft[comp], dotted, mod.rank or 1)
     return mod
 
 

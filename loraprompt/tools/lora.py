@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from loraprompt.adapters.reader import PEFT_METADATA_KEY, peft_configs
+from loraprompt.adapters.reader import PEFT_METADATA_KEY, peft_configs, peft_pattern_value
 from loraprompt.errors import AdapterFileError
 from loraprompt.tools.io import RECIPE_KEY, load_tensors
 
@@ -148,11 +147,7 @@ def _peft_alpha(config: Mapping[str, object] | None, dotted: str, rank: int) -> 
         return None
     pattern = config.get("alpha_pattern") or {}
     assert isinstance(pattern, dict)
-    alpha = config.get("lora_alpha")
-    for key, value in pattern.items():
-        if re.match(rf"(.*\.)?({key})$", dotted):
-            alpha = value
-            break
+    alpha = peft_pattern_value(pattern, dotted, config.get("lora_alpha"))
     if alpha is None:
         return None
     return float(alpha) * math.sqrt(rank) if config.get("use_rslora") else float(alpha)  # type: ignore[arg-type]

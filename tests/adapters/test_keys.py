@@ -110,3 +110,17 @@ def test_peft_alpha_from_header_and_pattern(tmp_path: Path) -> None:
     assert mods[f"unet/{Q.replace('.', '_')}_to_k"].scale == 0.5
     save_file(tensors, str(tmp_path / "plain.safetensors"))
     assert read_adapter(tmp_path / "plain.safetensors").modules[f"unet/{Q.replace('.', '_')}_to_q"].scale == 1.0
+
+
+@pytest.mark.parametrize(("pattern", "hits_q"), [("q", False), ("to_q", True), ("attn1.to_q", True), ("attn1_to_q", False), ("to_.", True)])
+def test_peft_alpha_pattern_matches_dotted_name_like_peft(tmp_path: Path, pattern: str, hits_q: bool) -> None:
+    import json
+
+    from peft.utils.other import get_pattern_key
+
+    tensors = _pair(f"unet.{Q}.to_q", (4, 16), (16, 4), "lora_A.weight", "lora_B.weight")
+    meta = {"lora_adapter_metadata": json.dumps({"unet.lora_alpha": 8, "unet.r": 4, "unet.alpha_pattern": {pattern: 2}})}
+    save_file(tensors, str(tmp_path / "p.safetensors"), metadata=meta)
+    scale = read_adapter(tmp_path / "p.safetensors").modules[f"unet/{Q.replace('.', '_')}_to_q"].scale
+    assert hits_q == (get_pattern_key([pattern], f"{Q}.to_q") == pattern)  # PEFT's own rule agrees
+    assert scale == (0.5 if hits_q else 2.0)
