@@ -213,7 +213,12 @@ class Patcher:
 
     def _checked(self, key: Key, contributions: tuple[Any, ...]) -> tuple[list[Part], list[Part]] | None:
         """The parts of one key, validated; None when they are too big to hold until the write."""
-        w_parts, b_parts, kept = self._parts(key, contributions)
+        try:
+            w_parts, b_parts, kept = self._parts(key, contributions)
+        except PatchError as exc:
+            if getattr(exc, "module", None) is None and contributions:  # a bad target: blame its first adapter
+                exc.module = contributions[0][0]  # type: ignore[attr-defined]
+            raise
         return (w_parts, b_parts) if kept else None
 
     def _write_all(

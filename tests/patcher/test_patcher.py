@@ -15,6 +15,7 @@ from tests.patcher.helpers import (
     FailingPatcher,
     assert_bit_equal,
     make_adapter,
+    patchable,
     reference,
     snapshot,
     to_dtype,
@@ -330,3 +331,18 @@ def test_fp8_files_apply_like_their_float32_values(model, tmp_path) -> None:
     report = Patcher(model).sync([(adapter, 1.0, 1.0)])
     assert report.patched > 0
     assert_close(model, reference(model, original, [(adapter, 1.0, 1.0)]), torch.float32)
+
+
+def test_skip_mode_skips_an_adapter_whose_target_is_not_floating_point(model) -> None:
+    good, bad = make_adapter(model, 1), make_adapter(model, 2, name="intlora")
+    target = next(m for m in bad.modules.values() if m.component == "unet")
+    module = model["unet"].get_submodule(next(n for n, _ in patchable(model["unet"]) if n.replace(".", "_") == target.path))
+    module.weight = torch.nn.Parameter(torch.zeros(module.weight.shape, dtype=torch.int32), requires_grad=False)
+    original = snapshot(model)
+    with pytest.raises(PatchError, match=r"intlora \(/virtual/intlora\.safetensors\).*floating-point"):
+        Patcher(model).sync([(good, 1.0, 1.0), (bad, 1.0, 1.0)])
+    assert_bit_equal(model, original)
+    report = Patcher(model, on_error="skip").sync([(good, 1.0, 1.0), (bad, 1.0, 1.0)])
+    assert report.skipped == ["intlora"]
+    assert "intlora.safetensors" in report.diagnostics[-1].message
+    assert_close(model, reference(model, original, [(good, 1.0, 1.0)]), torch.float32)
