@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -34,7 +35,8 @@ DEFAULT_CACHE = AdapterCache(limit_mb=2048)
 DEFAULT_STEPS = 50  # diffusers' default num_inference_steps: the TE's step-0 value needs a total
 
 _PATCHERS: weakref.WeakKeyDictionary[Any, Patcher] = weakref.WeakKeyDictionary()
-_LIBRARIES: dict[tuple[str, ...], Any] = {}
+_LIBRARY_LIMIT = 8  # Library objects kept (least recently used dropped first)
+_LIBRARIES: OrderedDict[tuple[str, ...], Any] = OrderedDict()
 
 
 class ActivePrompt(str):
@@ -108,10 +110,14 @@ def _library(library: Any) -> Any:
         library = [library]
     if isinstance(library, Sequence) and not isinstance(library, str):
         key = tuple(os.path.abspath(os.fspath(d)) for d in library)
-        if key not in _LIBRARIES:
+        if key in _LIBRARIES:
+            _LIBRARIES.move_to_end(key)
+        else:
             from loraprompt.library import Library
 
             _LIBRARIES[key] = Library(list(key))
+            while len(_LIBRARIES) > _LIBRARY_LIMIT:
+                _LIBRARIES.popitem(last=False)
         return _LIBRARIES[key]
     return library
 

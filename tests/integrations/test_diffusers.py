@@ -176,3 +176,19 @@ def test_sdxl_components_are_all_patched_and_restored(tmp_path) -> None:
                 torch.testing.assert_close(now[key], expected, rtol=1e-5, atol=1e-5)
         assert {k[0] for k in patcher_for(pipe).applied} == {"unet", "text_encoder", "text_encoder_2"}
     assert_bit_equal(models, original)
+
+
+def test_the_library_per_folder_memo_is_a_small_lru(tmp_path) -> None:
+    import os
+
+    from loraprompt.integrations import diffusers as integration
+
+    folders = [tmp_path / f"lib{i}" for i in range(integration._LIBRARY_LIMIT + 5)]
+    for folder in folders:
+        folder.mkdir()
+    first = integration._library(folders[0])
+    for folder in folders[1:]:
+        assert integration._library(str(folder)) is integration._library(folder)  # a hit is the same Library
+        assert integration._library(folders[0]) is first  # recently used: kept
+        assert len(integration._LIBRARIES) <= integration._LIBRARY_LIMIT
+    assert (os.path.abspath(folders[1]),) not in integration._LIBRARIES  # least recently used: evicted
