@@ -124,3 +124,18 @@ def test_peft_alpha_pattern_matches_dotted_name_like_peft(tmp_path: Path, patter
     scale = read_adapter(tmp_path / "p.safetensors").modules[f"unet/{Q.replace('.', '_')}_to_q"].scale
     assert hits_q == (get_pattern_key([pattern], f"{Q}.to_q") == pattern)  # PEFT's own rule agrees
     assert scale == (0.5 if hits_q else 2.0)
+
+
+@pytest.mark.parametrize("bias_key", ["lora_up.bias", "lora_B.bias"])
+def test_a1111_mode_ignores_the_lora_up_bias_and_reference_applies_it(tmp_path: Path, bias_key: str) -> None:
+    kohya = bias_key.startswith("lora_up")
+    prefix = "lora_unet_mid_block_attentions_0_proj_in" if kohya else "unet.mid_block.attentions.0.proj_in"
+    tensors = _pair(prefix, (2, 16), (8, 2), *(() if kohya else ("lora_A.weight", "lora_B.weight")))
+    tensors[f"{prefix}.{bias_key}"] = torch.randn(8)
+    save_file(tensors, str(tmp_path / "b.safetensors"))
+    weight, bias = torch.randn(8, 16), torch.randn(8)
+    ref = next(iter(read_adapter(tmp_path / "b.safetensors").modules.values())).delta(weight, 0.5, bias)
+    a1111 = next(iter(read_adapter(tmp_path / "b.safetensors", mode="a1111").modules.values())).delta(weight, 0.5, bias)
+    assert ref[1] is not None and torch.allclose(ref[1], tensors[f"{prefix}.{bias_key}"] * 0.5)
+    assert a1111[1] is None or not bool(a1111[1].any())
+    assert ref[0] is not None and a1111[0] is not None and torch.allclose(ref[0], a1111[0])

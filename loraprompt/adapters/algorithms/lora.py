@@ -45,5 +45,5 @@ class LoraModule(AdapterModule):
         return out
 
     def bias_delta(self) -> Tensor | None:
-        bias = self.tensors.get("bias")
-        return None if bias is None else bias.float() * self.scale
+        bias = self.tensors.get("bias")  # lora_up.bias / lora_B.bias: A1111 never reads it
+        return None if bias is None or self.mode == "a1111" else bias.float() * self.scale
