@@ -34,14 +34,7 @@ def test_folder_merge_equals_patcher_and_copies_the_rest(tmp_path: Path) -> None
     lora = write_kohya_lora("sd1", tmp_path / "a.safetensors", seed=3).path
     report = merge_checkpoint(src, [(lora, 0.5, 1.5)], tmp_path / "merged")
     assert report.layout == "diffusers" and report.weights_changed > 40
-    models = tiny_sd1(seed=0)
-    Patcher(models).sync([(read_adapter(lora), 0.5, 1.5)])
-    unet = UNet2DConditionModel.from_pretrained(report.output / "unet")
-    te = CLIPTextModel.from_pretrained(report.output / "text_encoder")
-    for loaded, patched in ((unet, models["unet"]), (te, models["text_encoder"])):
-        ours, theirs = loaded.state_dict(), patched.state_dict()
-        for key, tensor in theirs.items():
-            assert torch.equal(ours[key], tensor), key
+    _assert_folder_is_patched_sd1(report.output, lora, same_keys=False)
     assert (report.output / "scheduler" / "scheduler_config.json").read_text() == "{}"
     _, meta = load_tensors(report.output / "unet" / "diffusion_pytorch_model.safetensors")
     assert json.loads(meta[RECIPE_KEY])["loras"][0]["unet"] == 1.5
@@ -81,15 +74,7 @@ def test_single_file_merged_into_a_diffusers_folder(tmp_path: Path) -> None:
                "text_encoder": tiny["text_encoder"].config.to_dict()}
     report = merge_checkpoint(ckpt, [(lora, 0.5, 1.5)], tmp_path / "folder", layout="diffusers", configs=configs)
     assert report.layout == "diffusers"
-    models = tiny_sd1(seed=0)
-    Patcher(models).sync([(read_adapter(lora), 0.5, 1.5)])
-    unet = UNet2DConditionModel.from_pretrained(report.output / "unet")
-    te = CLIPTextModel.from_pretrained(report.output / "text_encoder")
-    for loaded, patched in ((unet, models["unet"]), (te, models["text_encoder"])):
-        ours, theirs = loaded.state_dict(), patched.state_dict()
-        assert sorted(ours) == sorted(theirs)
-        for key, tensor in theirs.items():
-            assert torch.equal(ours[key], tensor), key
+    _assert_folder_is_patched_sd1(report.output, lora, same_keys=True)
     assert json.loads((report.output / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
 
 
@@ -154,3 +139,17 @@ def test_reader_closes_what_it_opened_when_a_file_is_gone(tmp_path: Path) -> Non
     with pytest.raises(FileNotFoundError, match=last.name):
         reader.__enter__()
     assert reader._handles[first].closed
+
+
+def _assert_folder_is_patched_sd1(folder: Path, lora: Path, *, same_keys: bool) -> None:
+    """The folder's UNet and text encoder equal tiny SD1 patched with `lora` at te 0.5, unet 1.5."""
+    models = tiny_sd1(seed=0)
+    Patcher(models).sync([(read_adapter(lora), 0.5, 1.5)])
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    te = CLIPTextModel.from_pretrained(folder / "text_encoder")
+    for loaded, patched in ((unet, models["unet"]), (te, models["text_encoder"])):
+        ours, theirs = loaded.state_dict(), patched.state_dict()
+        if same_keys:
+            assert sorted(ours) == sorted(theirs)
+        for key, tensor in theirs.items():
+            assert torch.equal(ours[key], tensor), key
