@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from loraprompt.library import Entry
-from loraprompt.library.cards import escape_html, family_label, json_for_script
+from loraprompt.library.cards import escape_html, family_label
 from loraprompt.library.metadata import SD_VERSION_NAMES
 
 MAX_CARD_TRIGGERS = 8
@@ -26,7 +26,6 @@ USER_LABELS = {"description": "Description", "sd version": "SD version", "activa
                "preferred weight": "Preferred weight", "negative text": "Negative text", "notes": "Notes",
                "favorite": "Favorite", "nsfw": "NSFW"}
 USER_KEYS = tuple(USER_LABELS)
-safe_json = json_for_script  # the name routes.py imports
 
 
 def _cap(text: str, limit: int) -> str:

@@ -17,7 +17,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from loraprompt.ui.cards import safe_json
+from loraprompt.library.cards import json_for_script
 from loraprompt.ui.gallery_service import BadRequest, GalleryService, NotFound
 from loraprompt.ui.gallery_thumbs import ThumbnailError
 from loraprompt.ui.gallery_usage import usage_document, with_usage
@@ -30,7 +30,7 @@ SAFE_HEADERS = {"X-Content-Type-Options": "nosniff", "Cross-Origin-Resource-Poli
 
 
 def _json(value: Any, status: int = 200) -> Response:
-    text = value if isinstance(value, str) else safe_json(value)
+    text = value if isinstance(value, str) else json_for_script(value)
     return Response(text, status_code=status, media_type="application/json",
                     headers={**SAFE_HEADERS, "Cache-Control": "no-store"})
 
