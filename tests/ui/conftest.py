@@ -67,7 +67,8 @@ def make_gallery_folder(root: Path) -> Path:
     write_lora(lora / "styles" / "watercolor.safetensors", SDXL_KEYS,
                {"modelspec.architecture": "stable-diffusion-xl-v1-base/lora", "modelspec.trigger_phrase": "wcstyle"}, seed=2)
     write_preview(lora / "styles" / "watercolor.preview.jpg", (40, 120, 220))
-    write_lora(lora / "styles" / "sketchy_lines.safetensors", SDXL_KEYS, {}, seed=3)
+    sketch_tags = json.dumps({"5_sketch": {f"pencil stroke {i}": 30 - i for i in range(10)}})  # more chips than fit
+    write_lora(lora / "styles" / "sketchy_lines.safetensors", SDXL_KEYS, {"ss_tag_frequency": sketch_tags}, seed=3)
     write_lora(lora / "styles" / "deep" / "ink_wash.safetensors", SD1_KEYS, {"ss_base_model_version": "sd_v1"}, seed=4)
     write_preview(lora / "styles" / "deep" / "ink_wash.webp", (20, 20, 20))
     write_lora(lora / "editable.safetensors", SD1_KEYS, {}, seed=5)

@@ -50,6 +50,28 @@ def test_cards_render_with_badges_thumbnails_and_a_visible_filter(page: Any, dem
     assert page.locator(".lp-filter-note").inner_text() == "Showing 4 cards that do not fit SDXL"
 
 
+CHIP_BOXES = """cards => cards.map(card => {
+  const box = card.querySelector('.lp-triggers').getBoundingClientRect();
+  return [...card.querySelectorAll('.lp-chip')].map(chip => {
+    const r = chip.getBoundingClientRect();
+    return {height: r.height, lineHeight: parseFloat(getComputedStyle(chip).lineHeight), top: r.top - box.top,
+            bottom: r.bottom - box.top, boxHeight: box.height};
+  });
+})"""
+
+
+def test_trigger_chips_are_one_line_high_and_never_cut_in_half(page: Any) -> None:
+    """Issue 15 bug 2: a lone row of chips stretched to the box's height and a third row showed
+    as a strip of empty chip tops under the chips."""
+    chips = [c for per_card in page.locator(".lp-card").evaluate_all(CHIP_BOXES) for c in per_card]
+    sketchy = card(page, "sketchy_lines").locator(".lp-chip")
+    assert sketchy.count() == 8  # MAX_CARD_TRIGGERS of its 10 tags: more than two rows hold
+    assert chips and all(c["height"] == c["lineHeight"] for c in chips), chips
+    visible = [c for c in chips if c["top"] < c["boxHeight"]]
+    assert all(c["bottom"] <= c["boxHeight"] for c in visible), chips  # a row is shown whole or not at all
+    assert len(visible) < len(chips)  # sketchy_lines' third row is cut off
+
+
 def test_search_matches_notes_and_trigger_words_and_slash_focuses_it(page: Any) -> None:
     show_all(page)
     page.locator("body").click(position={"x": 5, "y": 5})
