@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from . import coexist, webui
 from .runtime import Runtime, library_entries
 
 SHOWN = ("error", "warning")
+_SPEC_CODE = re.compile(r"[EWI]-[A-Z0-9]+(?:-[A-Z0-9]+)*")
 log = logging.getLogger("loraprompt")
 
 
@@ -87,6 +89,14 @@ def pass_steps(p: Any, hires: bool) -> int:
     return steps
 
 
+def infotext_code(d: Diagnostic) -> str:
+    """The code as the spec writes it (section 4.8): severity letter, then the code in capitals,
+    e.g. `E-WEIGHT-SYNTAX` for the parser's `weight-syntax`; codes already written so are kept."""
+    if _SPEC_CODE.fullmatch(d.code):
+        return d.code
+    return f"{d.severity[:1].upper()}-{d.code.upper()}"
+
+
 def note(p: Any, diagnostics: list[Diagnostic], in_infotext: bool) -> None:
     """Show diagnostics under the image (`p.comment`) and, compactly, in the infotext."""
     shown = [d for d in diagnostics if d.severity in SHOWN]
@@ -99,7 +109,7 @@ def note(p: Any, diagnostics: list[Diagnostic], in_infotext: bool) -> None:
     codes: list[str] = list(getattr(p, "loraprompt_notes", []))
     for d in shown:
         subject = os.path.splitext(os.path.basename(d.subject))[0] if d.subject else ""
-        label = f"{d.code} {subject}" if subject else d.code
+        label = f"{infotext_code(d)} {subject}" if subject else infotext_code(d)
         if label not in codes:
             codes.append(label)
     p.loraprompt_notes = codes

@@ -16,7 +16,8 @@ TAB_ID = "loraprompt"
 TARGETS = (("txt2img", "txt2img_prompt", "txt2img_neg_prompt"), ("img2img", "img2img_prompt", "img2img_neg_prompt"))
 
 
-_TAG = re.compile(r"<\w+:[^>]*>")
+# Tags, and tag arguments such as `unet=0@0,1@0.5` (which Markdown turns into a mailto: link)
+_LITERAL = re.compile(r"<\w+:[^>]*>|\b\w+=[\w.@]*(?:,[\w.@]+)*")
 
 
 def notice(handles_tags: bool, builtin: bool) -> str:
@@ -28,7 +29,7 @@ def notice(handles_tags: bool, builtin: bool) -> str:
     else:
         text = ("Nothing handles <lora:...> tags: A1111's built-in Lora extension is disabled and "
                 "'Handle <lora:...> tags with loraprompt' is off (Settings > loraprompt).")
-    return _TAG.sub(lambda m: f"`{m.group(0)}`", text)  # bare, Markdown makes `<lora:...>` a link
+    return _LITERAL.sub(lambda m: f"`{m.group(0)}`", text)  # code spans: Markdown leaves them as written
 
 
 def build_tab(state: Any) -> list[tuple[Any, str, str]]:

@@ -12,9 +12,12 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.fixtures.browser import ServerProcess, gradio_pythons
 
 from .conftest import ROOT, Webui
 from .test_generation import started
@@ -76,3 +79,24 @@ def test_card_click_writes_the_tag_into_a1111s_prompt_box(served: str, browser: 
     finally:
         page.close()
 
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("python", gradio_pythons())
+def test_tab_notice_renders_tags_and_arguments_as_written(python: str, browser: Any, tmp_path: Path) -> None:
+    """Issue 15 bug 3: gradio's Markdown made `unet=0@0,1@0.5` a mailto: link of `1@0.5`. Every tag
+    and tag argument of the notice is a code span, shown exactly as the user types it."""
+    with ServerProcess(tmp_path / "notice.log") as server:
+        server.start([python, str(ROOT / "tests" / "extension" / "notice_page.py"), str(ROOT), str(server.port)], "", 90.0)
+        page = browser.new_page()
+        try:
+            page.goto(server.url)
+            notices = page.locator(".lp-notice p")
+            notices.nth(3).wait_for(timeout=30_000)
+            texts = notices.all_inner_texts()
+            assert page.locator(".lp-notice a, .lp-notice strong, .lp-notice em").count() == 0
+            codes = page.locator(".lp-notice code").all_inner_texts()
+        finally:
+            page.close()
+    assert "unet=0@0,1@0.5" in codes and "sched=" in codes and "<lora:...>" in codes
+    assert any("(sched=, unet=0@0,1@0.5, lbw=, start=, stop=, hr=)" in t for t in texts), texts

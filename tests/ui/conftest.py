@@ -5,12 +5,6 @@ gradio 3.41.2 (Automatic1111's), and a headless Chromium driven by Playwright.""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +15,8 @@ import pytest
 from PIL import Image
 from safetensors.numpy import save_file
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.fixtures.browser import REPO, ServerProcess, gradio_pythons
+
 SCREENSHOTS = REPO / "artifacts" / "screenshots"
 XSS = "\"'><img src=x onerror=alert(1)>"
 
@@ -81,71 +76,6 @@ def make_gallery_folder(root: Path) -> Path:
 def gallery_folder(tmp_path: Path) -> Path:
     """A fresh copy of the gallery fixture folder."""
     return make_gallery_folder(tmp_path)
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def gradio_pythons() -> list[Any]:
-    """pytest params: the interpreters to serve the demo with (current gradio, gradio 3.41.2)."""
-    g3 = os.environ.get("LORAPROMPT_GRADIO3_PYTHON") or str(REPO / ".venv-gradio3" / "bin" / "python")
-    params = [pytest.param(sys.executable, id="gradio-current")]
-    reason = f"gradio 3.41.2 interpreter not found at {g3} (test.sh creates .venv-gradio3)"
-    params.append(pytest.param(g3, id="gradio-3.41.2", marks=[
-        pytest.mark.gradio3, pytest.mark.skipif(not Path(g3).exists(), reason=reason)]))
-    return params
-
-
-class ServerProcess:
-    """A child process serving HTTP on a free loopback port (`url`), its output in `log`; a context
-    manager that stops it on exit."""
-
-    what = "server"
-
-    def __init__(self, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.log = log
-        log.parent.mkdir(parents=True, exist_ok=True)
-
-    def start(self, cmd: list[str], ready: str, timeout: float, pause: float = 0.3, env: dict[str, str] | None = None) -> None:
-        """Run `cmd` from the repository and wait until GET `url + ready` answers 200."""
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.what} exited: {self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.url + ready, timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(pause)
-        self.stop()
-        raise RuntimeError(f"{self.what} did not start in {timeout} s: {self.log_tail()}")
-
-    def log_tail(self) -> str:
-        """The end of the child's output."""
-        return self.log.read_text(errors="replace")[-3000:]
-
-    def stop(self) -> None:
-        """Stop the child process."""
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-    def __enter__(self) -> ServerProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 class DemoServer(ServerProcess):
