@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("loraprompt.adapters.cli", "describe a LoRA/LyCORIS file: format, family, ranks, hashes"),
     "scan": ("loraprompt.library.cli", "scan LoRA folders and list what was found"),
     "webui": ("loraprompt.ui.cli", "launch the standalone web UI (demo model unless --checkpoint)"),
+    "serve": ("loraprompt.serve.cli", "serve A1111's /sdapi/v1 and Replicate-style /predictions APIs (no web page)"),
     "merge": ("loraprompt.tools.cli", "merge LoRAs into a checkpoint, or LoRAs into one LoRA"),
     "convert": ("loraprompt.tools.cli", "convert a LoRA between kohya and diffusers/PEFT layouts"),
     "resize": ("loraprompt.tools.cli", "change a LoRA's rank by SVD"),

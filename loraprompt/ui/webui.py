@@ -195,6 +195,9 @@ def serve(engine: Txt2Img, host: str, port: int, allowed: list[str], thumb_dir: 
     blocks, gallery = build_app(engine, thumb_dir)
     app = FastAPI()
     gallery.mount(app)
+    from loraprompt.serve.app import mount_api
+
+    mount_api(app, engine)  # /sdapi/v1/* and /predictions on the same model queue
     styling: dict[str, Any] = {"css": CSS} if _gradio_major() >= 6 else {}
     app = gr.mount_gradio_app(app, blocks, path="/", allowed_paths=allowed, show_error=True, **styling)
     print(f"loraprompt webui: http://{host}:{port}/", flush=True)

@@ -1,0 +1,106 @@
+"""The FastAPI application: both APIs behind optional HTTP basic auth (A1111's `--api-auth`),
+CORS only when asked, and every `ServeError` answered with its status and the field it names."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from typing import Any
+
+from loraprompt.serve.errors import ServeError
+from loraprompt.serve.service import Service
+
+
+def parse_auth(spec: str | None) -> dict[str, str]:
+    """`user:pass[,user2:pass2]` (A1111's --api-auth) -> {user: password}; ValueError when malformed."""
+    users: dict[str, str] = {}
+    for pair in (spec or "").split(","):
+        if not pair.strip():
+            continue
+        user, sep, password = pair.strip().partition(":")
+        if not sep or not user:
+            raise ValueError(f"--api-auth expects user:password[,user2:password2], got {pair.strip()!r}")
+        users[user] = password
+    return users
+
+
+def _auth_dependency(users: dict[str, str]) -> Any:
+    from fastapi import HTTPException, Request
+
+    def check(request: Request) -> None:
+        header = request.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                user, _, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                user, password = "", ""
+            known = users.get(user)
+            if known is not None and secrets.compare_digest(known.encode(), password.encode()):
+                return
+        raise HTTPException(401, "Incorrect username or password", headers={"WWW-Authenticate": "Basic"})
+
+    return check
+
+
+def add_api(app: Any, service: Service, *, api_auth: str | None = None) -> None:
+    """Add /sdapi/v1/* and /predictions to `app` (a FastAPI app), behind basic auth when given."""
+    from fastapi import APIRouter, Depends, Request
+    from fastapi.responses import JSONResponse
+
+    from loraprompt.serve import predictions, sdapi
+
+    users = parse_auth(api_auth)
+    router = APIRouter(dependencies=[Depends(_auth_dependency(users))] if users else [])
+    sdapi.add_routes(router, service)
+    predictions.add_routes(router, service)
+    app.include_router(router)
+
+    async def serve_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServeError)
+        return JSONResponse({"detail": exc.detail()}, status_code=exc.status)
+
+    app.add_exception_handler(ServeError, serve_error)
+
+    from fastapi.exception_handlers import http_exception_handler
+    from starlette.exceptions import HTTPException
+
+    async def unreadable_body(request: Request, exc: Exception) -> Any:
+        # FastAPI answers a body that is not UTF-8 with 400; on our routes it is malformed JSON like any other
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 400 and request.url.path.startswith(("/sdapi/", "/predictions")):
+            return JSONResponse({"detail": [{"loc": ["body"], "msg": f"malformed JSON: {exc.detail}",
+                                             "type": "json_invalid"}]}, status_code=422)
+        return await http_exception_handler(request, exc)  # type: ignore[arg-type]
+
+    app.add_exception_handler(HTTPException, unreadable_body)
+    app.state.loraprompt_service = service
+
+
+def build_app(service: Service, *, api_auth: str | None = None, cors_origins: list[str] | None = None,
+              cors_origin_regex: str | None = None) -> Any:
+    """A FastAPI app serving both APIs (what `loraprompt serve` runs)."""
+    from fastapi import FastAPI
+    from fastapi.middleware.cors import CORSMiddleware
+
+    app = FastAPI(title="loraprompt", description="Automatic1111-compatible and Replicate-style APIs",
+                  docs_url="/docs", redoc_url=None)
+    if cors_origins or cors_origin_regex:
+        app.add_middleware(CORSMiddleware, allow_origins=cors_origins or [], allow_origin_regex=cors_origin_regex,
+                           allow_methods=["*"], allow_headers=["*"], allow_credentials=True)
+    add_api(app, service, api_auth=api_auth)
+
+    @app.get("/health-check")
+    def health() -> dict[str, Any]:
+        return {"status": "READY", "model": service.model.name, "queued": service.backend.pending}
+
+    return app
+
+
+def mount_api(app: Any, engine: Any, **options: Any) -> Service:
+    """Serve both APIs inside another FastAPI app (the web UI) on its model's engine: the UI and
+    the API share the model's one queue (Txt2Img serializes generations)."""
+    service = Service(engine, **options)
+    add_api(app, service)
+    return service

@@ -1,0 +1,287 @@
+"""Jobs and the one queue per loaded model.
+
+A job is a list of `ImageTask`s (one per image, each with its own prompt and seed). The model's
+worker thread runs jobs one at a time, and inside a job runs the images grouped by LoRA set (so
+the patcher switches sets as rarely as possible) while keeping the outputs in request order.
+Each image is one `Txt2Img.generate` call: an image of a batch is, by construction, the image that
+generating it alone gives. After a failed, cancelled or interrupted job the model is restored.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loraprompt.diagnostics import Diagnostic
+
+log = logging.getLogger("loraprompt.serve")
+
+
+@dataclass(frozen=True)
+class ImageTask:
+    """One image to generate: everything `Txt2ImgRequest` takes, with a fixed seed."""
+
+    prompt: str
+    negative_prompt: str = ""
+    steps: int = 20
+    cfg_scale: float = 7.0
+    seed: int = 0
+    width: int = 512
+    height: int = 512
+    sampler: str = "Euler a"  # a label of loraprompt.models.samplers.SAMPLER_LABELS
+    clip_skip: int = 1
+    pins: tuple[tuple[str, str], ...] = ()  # (name, file) of LoRAs the prompt names by a pinned name
+
+    def request(self) -> Any:
+        from loraprompt.ui.txt2img import Txt2ImgRequest
+
+        return Txt2ImgRequest(self.prompt, self.negative_prompt, self.steps, self.cfg_scale, self.seed,
+                              self.width, self.height, self.sampler, self.clip_skip)
+
+
+@dataclass
+class ImageOutput:
+    """One generated image: PNG bytes (A1111 `parameters` chunk included) and what was applied."""
+
+    png: bytes
+    infotext: str
+    seed: int
+    loras: list[dict[str, Any]] = field(default_factory=list)  # name, path, te, unet, short_hash
+    diagnostics: list[dict[str, Any]] = field(default_factory=list)  # code, severity, message, subject
+    interrupted: bool = False
+    path: str | None = None  # where it was saved, when kept
+    replica: str | None = None  # the Ray Serve replica that made it (None in a single process)
+
+
+def lora_set_key(prompt: str) -> str:
+    """The LoRA set a prompt asks for, as canonical tags in application order ("" for none).
+    Two prompts with the same key patch the model identically."""
+    from loraprompt.syntax import format_activation, parse
+
+    return " ".join(format_activation(a) for a in parse(prompt).loras)
+
+
+def grouped_order(tasks: Sequence[ImageTask]) -> list[int]:
+    """Indices of `tasks` grouped by LoRA set (groups in order of first appearance, request order
+    inside a group): the fewest patcher switches without reordering the outputs."""
+    groups: dict[str, list[int]] = {}
+    for i, task in enumerate(tasks):
+        groups.setdefault(lora_set_key(task.prompt), []).append(i)
+    return [i for members in groups.values() for i in members]
+
+
+class Job:
+    """Images being made for one request; its status moves queued -> running -> one of
+    succeeded, failed, canceled. `interrupt()` (A1111) stops it keeping the images made so far;
+    `cancel()` (Replicate) stops it and it ends canceled."""
+
+    def __init__(self, tasks: Sequence[ImageTask], *, keep: bool = False, job_id: str | None = None) -> None:
+        self.id = job_id or uuid.uuid4().hex
+        self.tasks = list(tasks)
+        self.keep = keep
+        self.status = "queued"
+        self.outputs: list[ImageOutput | None] = [None] * len(self.tasks)
+        self.error: str | None = None
+        self.logs: list[str] = []
+        self.created_at = time.time()
+        self.started_at: float | None = None
+        self.completed_at: float | None = None
+        self.image_no = 0  # images finished
+        self.step = 0  # sampling step of the current image
+        self.interrupted = False
+        self._cancel = threading.Event()
+        self._canceled = False
+        self._done = threading.Event()
+        self._on_done: list[Callable[[Job], None]] = []
+
+    # ---- control ------------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Stop the job; it ends `canceled` (a queued job never starts)."""
+        self._canceled = True
+        self._cancel.set()
+
+    def interrupt(self) -> None:
+        """Stop after the current sampling step; the images made so far are the result."""
+        self.interrupted = True
+        self._cancel.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._cancel.is_set()
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._canceled
+
+    # ---- state --------------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        self.logs.append(message)
+        log.info("job %s: %s", self.id[:8], message)
+
+    def start(self) -> None:
+        self.status = "running"
+        self.started_at = time.time()
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        self.status = status
+        self.error = error
+        if error:
+            self.log(f"error: {error}")
+        self.completed_at = time.time()
+        self._done.set()
+        for callback in list(self._on_done):
+            try:
+                callback(self)
+            except Exception:  # a listener must not stop the worker
+                log.exception("job %s: done callback failed", self.id[:8])
+
+    def on_done(self, callback: Callable[[Job], None]) -> None:
+        """Call `callback(job)` when the job ends (at once if it already has)."""
+        self._on_done.append(callback)
+        if self._done.is_set():
+            callback(self)
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the job ends (True) or `timeout` seconds pass (False)."""
+        return self._done.wait(timeout)
+
+    @property
+    def images(self) -> list[ImageOutput]:
+        """The images made, in request order (an interrupted job has fewer)."""
+        return [o for o in self.outputs if o is not None]
+
+
+def output_of(result: Any, keep: bool) -> ImageOutput:
+    """An `ImageOutput` from a `Txt2ImgResult`; the saved PNG is deleted unless `keep`."""
+    path = Path(result.path)
+    png = path.read_bytes()
+    if not keep:
+        path.unlink(missing_ok=True)
+    loras = [{"name": a.name, "path": a.path, "te": a.te, "unet": a.unet, "short_hash": a.short_hash}
+             for a in result.applied]
+    return ImageOutput(png, result.infotext, result.seed, loras, [diagnostic_json(d) for d in result.diagnostics],
+                       interrupted=any(d.code == "I-INTERRUPTED" for d in result.diagnostics),
+                       path=str(path) if keep else None)
+
+
+def diagnostic_json(d: Diagnostic) -> dict[str, Any]:
+    return {"code": d.code, "severity": d.severity, "message": d.message, "subject": d.subject}
+
+
+def restore_model(engine: Any) -> None:
+    """Copy the model's original weights back (no LoRA applied)."""
+    from loraprompt.integrations.diffusers import patcher_for
+
+    patcher_for(engine.model.pipe).restore()
+
+
+def run_job(engine: Any, job: Job, on_image: Callable[[int, ImageOutput], None] | None = None) -> None:
+    """Run `job` on `engine` (a `Txt2Img`) in this thread, images grouped by LoRA set."""
+    if job.cancel_requested:
+        job.finish("canceled")
+        return
+    job.start()
+    clean = False
+    try:
+        for index in grouped_order(job.tasks):
+            if job.stop_requested:
+                break
+            task = job.tasks[index]
+            job.step = 0
+
+            def on_step(step: int, total: int) -> None:
+                job.step = step
+                if job.stop_requested:
+                    engine.interrupt()
+
+            result = engine.generate(task.request(), on_step=on_step)
+            output = output_of(result, job.keep)
+            for d in output.diagnostics:
+                if d["severity"] in ("error", "warning"):
+                    job.log(f"image {index}: {d['severity']} {d['code']}: {d['message']}")
+            if job.cancel_requested:
+                break
+            job.outputs[index] = output
+            job.image_no += 1
+            if on_image is not None:
+                on_image(index, output)
+        clean = not job.stop_requested
+    except Exception as exc:  # the job fails; the server goes on
+        log.exception("job %s failed", job.id[:8])
+        restore_model(engine)
+        job.finish("failed", f"{type(exc).__name__}: {exc}")
+        return
+    if not clean:
+        restore_model(engine)  # a stopped job leaves no LoRA behind
+        job.log("canceled" if job.cancel_requested else f"interrupted after {job.image_no} of {len(job.tasks)} images")
+    job.finish("canceled" if job.cancel_requested else "succeeded")
+
+
+class ModelQueue:
+    """The one queue of a loaded model: a worker thread runs its jobs one at a time."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.current: Job | None = None
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._waiting: list[Job] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._work, name="loraprompt-model-queue", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> Job:
+        with self._lock:
+            self._waiting.append(job)
+        self._queue.put(job)
+        return job
+
+    @property
+    def pending(self) -> int:
+        """Jobs waiting (not counting the running one)."""
+        with self._lock:
+            return len(self._waiting)
+
+    def interrupt(self) -> None:
+        """A1111's interrupt: stop the running job, keeping what it made."""
+        job = self.current
+        if job is not None:
+            job.interrupt()
+            self.engine.interrupt()
+
+    def cancel(self, job: Job) -> None:
+        job.cancel()
+        if self.current is job:
+            self.engine.interrupt()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the worker after the running job (queued jobs end canceled)."""
+        with self._lock:
+            for job in self._waiting:
+                job.cancel()
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            with self._lock:
+                if job in self._waiting:
+                    self._waiting.remove(job)
+                self.current = job
+            try:
+                run_job(self.engine, job)
+            finally:
+                self.current = None

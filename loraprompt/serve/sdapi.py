@@ -1,0 +1,299 @@
+"""Automatic1111's `/sdapi/v1/*` as its clients (e.g. the `webuiapi` package) use it: txt2img,
+loras, refresh-loras, samplers, schedulers, sd-models, options, progress, interrupt.
+
+`prompt` (and `negative_prompt`) may also be a list, one per image: each image then gets the
+LoRAs its own prompt names (A1111 lets the first prompt decide for the whole batch).
+Fields A1111 has and this server does not use are accepted, and named in `info["warnings"]`
+when their value would change the image."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from loraprompt.infotext import parse_infotext
+from loraprompt.models.samplers import SAMPLER_LABELS, SAMPLERS
+from loraprompt.serve.errors import ServeError, invalid
+from loraprompt.serve.jobs import ImageTask, Job
+from loraprompt.serve.service import SAMPLER_NAMES, SCHEDULERS, Service, sampler_label
+
+log = logging.getLogger("loraprompt.serve")
+
+
+class Txt2ImgBody(BaseModel):
+    """A1111's StableDiffusionTxt2ImgProcessingAPI, the fields this server uses; any other field
+    is kept (extra="allow") and looked at by `unused_warnings`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str | list[str] = ""
+    negative_prompt: str | list[str] = ""
+    steps: int = 50
+    cfg_scale: float = 7.0
+    seed: int = -1
+    width: int = 512
+    height: int = 512
+    sampler_name: str | None = None
+    sampler_index: str = "Euler"
+    scheduler: str | None = None
+    batch_size: int = 1
+    n_iter: int = 1
+    send_images: bool = True
+    save_images: bool = False
+    override_settings: dict[str, Any] | None = Field(default_factory=dict)
+
+
+# A1111 fields that change the image when set, and the value at which they do nothing
+_INERT: dict[str, tuple[Any, ...]] = {
+    "enable_hr": (False, None),
+    "restore_faces": (False, None),
+    "tiling": (False, None),
+    "subseed_strength": (0, 0.0, None),
+    "styles": ([], None),
+    "alwayson_scripts": ({}, None),
+    "script_name": (None, ""),
+    "script_args": ([], None),
+    "refiner_checkpoint": (None, ""),
+    "init_images": ([], None),
+    "mask": (None, ""),
+}
+# A1111 fields that are inert here whatever their value (sampler fine-tuning, saving, hires
+# settings that only act with enable_hr, tracking)
+_QUIET = {
+    "sampler_index", "subseed", "seed_resize_from_h", "seed_resize_from_w", "eta", "s_churn", "s_tmax", "s_tmin",
+    "s_noise", "s_min_uncond", "do_not_save_samples", "do_not_save_grid", "override_settings_restore_afterwards",
+    "firstphase_width", "firstphase_height", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x",
+    "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt",
+    "hr_additional_modules", "denoising_strength", "refiner_switch_at", "disable_extra_networks", "comments",
+    "force_task_id", "infotext", "firstpass_image", "sampler_name", "scheduler", "batch_size", "n_iter",
+    "send_images", "save_images", "prompt", "negative_prompt", "steps", "cfg_scale", "seed", "width", "height",
+    "override_settings", "distilled_cfg_scale", "user",
+}
+_USED_SETTINGS = {"CLIP_stop_at_last_layers", "sd_model_checkpoint", "samples_format"}
+
+
+def unused_warnings(body: Txt2ImgBody, model_title: str, model_name: str) -> list[str]:
+    """One line per A1111 field that was set to something this server does not do."""
+    warnings: list[str] = []
+    extra = body.model_extra or {}
+    for key, value in extra.items():
+        if key in _INERT:
+            if value not in _INERT[key]:
+                warnings.append(f"{key}={json.dumps(value)[:80]} is not supported by loraprompt serve; ignored")
+        elif key not in _QUIET:
+            warnings.append(f"unknown field {key!r} ignored")
+    for key, value in (body.override_settings or {}).items():
+        if key == "sd_model_checkpoint" and value not in (model_title, model_name):
+            warnings.append(f"override_settings.sd_model_checkpoint={value!r}: only {model_title!r} is loaded; ignored")
+        elif key not in _USED_SETTINGS:
+            warnings.append(f"override_settings.{key} is not supported by loraprompt serve; ignored")
+    return warnings
+
+
+def _per_image(value: str | list[str], count: int, field: str) -> list[str]:
+    if isinstance(value, str):
+        return [value] * count
+    if len(value) != count:
+        raise invalid(field, f"has {len(value)} prompts for {count} images (batch_size x n_iter)")
+    return list(value)
+
+
+def png_b64(png: bytes) -> str:
+    return base64.b64encode(png).decode("ascii")
+
+
+def model_title(service: Service) -> str:
+    m = service.model
+    return f"{m.name} [{m.model_hash}]" if m.model_hash else m.name
+
+
+def txt2img_tasks(service: Service, body: Txt2ImgBody) -> tuple[list[ImageTask], int]:
+    """The images a txt2img body asks for, checked against the limits; and the clip skip."""
+    count = body.batch_size * body.n_iter
+    if body.batch_size < 1:
+        raise invalid("batch_size", f"must be at least 1, got {body.batch_size}")
+    if body.n_iter < 1:
+        raise invalid("n_iter", f"must be at least 1, got {body.n_iter}")
+    service.check(steps=body.steps, width=body.width, height=body.height, images=count)
+    label = sampler_label(body.sampler_name or body.sampler_index, body.scheduler,
+                          "sampler_name" if body.sampler_name else "sampler_index")
+    settings = body.override_settings or {}
+    clip_skip = settings.get("CLIP_stop_at_last_layers", 1)
+    if not isinstance(clip_skip, int) or isinstance(clip_skip, bool) or not 1 <= clip_skip <= 12:
+        raise invalid(("override_settings", "CLIP_stop_at_last_layers"), f"must be an integer from 1 to 12, got {clip_skip!r}")
+    prompts = _per_image(body.prompt, count, "prompt")
+    negatives = _per_image(body.negative_prompt, count, "negative_prompt")
+    seeds = service.seeds(body.seed, count)
+    tasks = [ImageTask(p, n, body.steps, body.cfg_scale, s, body.width, body.height, label, clip_skip,
+                       service.library.pins_in(p))
+             for p, n, s in zip(prompts, negatives, seeds)]
+    return tasks, clip_skip
+
+
+def txt2img_info(service: Service, body: Txt2ImgBody, job: Job, *, label: str, clip_skip: int,
+                 warnings: list[str]) -> dict[str, Any]:
+    """A1111's `info` (Processed.js()) for the images made, plus `warnings` and `loras`."""
+    images = job.images
+    done = [t for t, o in zip(job.tasks, job.outputs) if o is not None]
+    first = done[0] if done else job.tasks[0]
+    fields = parse_infotext(images[0].infotext) if images else {}
+    sampler = next(s for s in SAMPLERS if s.label == label)
+    extra = {k: v for k, v in fields.items() if k == "Lora hashes"}
+    return {
+        "prompt": first.prompt,
+        "all_prompts": [t.prompt for t in done],
+        "negative_prompt": first.negative_prompt,
+        "all_negative_prompts": [t.negative_prompt for t in done],
+        "seed": first.seed,
+        "all_seeds": [o.seed for o in images],
+        "subseed": first.seed,
+        "all_subseeds": [o.seed for o in images],
+        "subseed_strength": 0,
+        "width": body.width,
+        "height": body.height,
+        "sampler_name": sampler.name,
+        "scheduler": (sampler.schedule_type or "automatic").lower() if sampler.schedule_type else "automatic",
+        "cfg_scale": body.cfg_scale,
+        "steps": body.steps,
+        "batch_size": body.batch_size,
+        "restore_faces": False,
+        "face_restoration_model": None,
+        "sd_model_name": service.model.name,
+        "sd_model_hash": service.model.model_hash,
+        "sd_vae_name": None,
+        "sd_vae_hash": None,
+        "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1,
+        "denoising_strength": None,
+        "extra_generation_params": extra,
+        "index_of_first_image": 0,
+        "infotexts": [o.infotext for o in images],
+        "styles": [],
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created_at)),
+        "clip_skip": clip_skip,
+        "is_using_inpainting_conditioning": False,
+        "version": _version(),
+        "warnings": warnings + [line for line in job.logs if not line.startswith("interrupted")],
+        "loras": [o.loras for o in images],
+        "interrupted": job.interrupted,
+    }
+
+
+def _version() -> str:
+    import loraprompt
+
+    return f"loraprompt {loraprompt.__version__}"
+
+
+def lora_metadata(path: str) -> dict[str, Any]:
+    """A file's safetensors metadata with `{`-values JSON-decoded, as A1111's /sdapi/v1/loras has it."""
+    from loraprompt.errors import AdapterFileError
+    from loraprompt.library.safetensors_header import read_header
+
+    if not path.lower().endswith(".safetensors"):
+        return {}
+    try:
+        metadata: dict[str, Any] = dict(read_header(path).metadata)
+    except (AdapterFileError, OSError):
+        return {}
+    for key, value in metadata.items():
+        if isinstance(value, str) and value.startswith("{"):
+            try:
+                metadata[key] = json.loads(value)
+            except (ValueError, RecursionError):
+                pass
+    return metadata
+
+
+def add_routes(router: Any, service: Service) -> None:
+    """Register the /sdapi/v1 routes on a FastAPI app or router (plain functions: FastAPI runs
+    them in its threadpool, so waiting for the model never blocks the event loop)."""
+
+    @router.post("/sdapi/v1/txt2img")
+    def txt2img(body: Txt2ImgBody) -> dict[str, Any]:
+        tasks, clip_skip = txt2img_tasks(service, body)
+        warnings = unused_warnings(body, model_title(service), service.model.name)
+        for w in warnings:
+            log.warning("txt2img: %s", w)
+        job = service.run(tasks, keep=body.save_images)
+        job.wait()
+        if job.status == "failed":
+            raise ServeError(500, (), f"generation failed: {job.error}")
+        info = txt2img_info(service, body, job, label=tasks[0].sampler, clip_skip=clip_skip, warnings=warnings)
+        return {
+            "images": [png_b64(o.png) for o in job.images] if body.send_images else [],
+            "parameters": body.model_dump(),
+            "info": json.dumps(info),
+        }
+
+    @router.get("/sdapi/v1/loras")
+    def loras() -> list[dict[str, Any]]:
+        return [{"name": e.name, "alias": e.alias, "path": e.path, "metadata": lora_metadata(e.path)}
+                for e in service.library.base.entries if not e.error]
+
+    @router.post("/sdapi/v1/refresh-loras")
+    def refresh_loras() -> None:
+        service.library.base.refresh()
+
+    @router.get("/sdapi/v1/samplers")
+    def samplers() -> list[dict[str, Any]]:
+        out = []
+        for name in SAMPLER_NAMES:
+            labels = [s.label for s in SAMPLERS if s.name == name]
+            karras = f"{name} Karras" in SAMPLER_LABELS
+            out.append({"name": name, "aliases": [lab for lab in labels if lab != name],
+                        "options": {"scheduler": "karras"} if karras else {}})
+        return out
+
+    @router.get("/sdapi/v1/schedulers")
+    def schedulers() -> list[dict[str, Any]]:
+        return [{"name": s, "label": s.capitalize(), "aliases": None, "default_rho": -1, "need_inner_model": False}
+                for s in SCHEDULERS]
+
+    @router.get("/sdapi/v1/sd-models")
+    def sd_models() -> list[dict[str, Any]]:
+        m = service.model
+        return [{"title": model_title(service), "model_name": m.name, "hash": m.model_hash, "sha256": None,
+                 "filename": m.name, "config": None}]
+
+    @router.get("/sdapi/v1/options")
+    def options() -> dict[str, Any]:
+        return {"sd_model_checkpoint": model_title(service), "CLIP_stop_at_last_layers": 1, "samples_format": "png",
+                "sd_checkpoint_hash": service.model.model_hash}
+
+    @router.post("/sdapi/v1/options")
+    def set_options(body: dict[str, Any]) -> None:
+        wanted = body.get("sd_model_checkpoint")
+        if wanted is not None and wanted not in (model_title(service), service.model.name):
+            raise invalid("sd_model_checkpoint", f"only {model_title(service)!r} is loaded; this server cannot switch models",
+                          choices=[model_title(service)])
+        for key in body:
+            if key not in _USED_SETTINGS:
+                log.warning("options: %s is not supported by loraprompt serve; ignored", key)
+
+    @router.get("/sdapi/v1/progress")
+    def progress() -> dict[str, Any]:
+        job = service.backend.current
+        pending = service.backend.pending
+        if job is None:
+            return {"progress": 0.0, "eta_relative": 0.0, "current_image": None, "textinfo": None,
+                    "state": {"skipped": False, "interrupted": False, "job": "", "job_count": pending,
+                              "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}}
+        total = len(job.tasks)
+        steps = job.tasks[0].steps
+        fraction = (job.image_no + job.step / max(steps, 1)) / max(total, 1)
+        elapsed = time.time() - (job.started_at or time.time())
+        eta = elapsed / fraction - elapsed if fraction > 0 else 0.0
+        return {"progress": round(fraction, 4), "eta_relative": round(eta, 3), "current_image": None, "textinfo": None,
+                "state": {"skipped": False, "interrupted": job.interrupted, "job": f"job {job.id[:8]}",
+                          "job_count": pending + 1, "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created_at)),
+                          "job_no": job.image_no, "sampling_step": job.step, "sampling_steps": steps}}
+
+    @router.post("/sdapi/v1/interrupt")
+    def interrupt() -> None:
+        service.backend.interrupt()

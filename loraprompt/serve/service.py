@@ -1,0 +1,166 @@
+"""What both APIs share: the model's description, the LoRA library and sources, the limits, the
+sampler names, and the backend that runs jobs (the local model queue, or Ray Serve replicas)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from loraprompt.models.samplers import SAMPLER_LABELS, SAMPLERS
+from loraprompt.serve.errors import ServeError, invalid
+from loraprompt.serve.jobs import ImageTask, Job, ModelQueue
+from loraprompt.serve.loras import DEFAULT_MAX_DOWNLOAD_MB, DEFAULT_TIMEOUT_S, LoraSources, PinnedLibrary
+
+MAX_SEED = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for (`loraprompt serve --max-steps/--max-size/--max-images`)."""
+
+    max_steps: int = 150
+    max_size: int = 2048
+    max_images: int = 16
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The loaded model as the APIs describe it."""
+
+    name: str
+    family: str
+    model_hash: str | None = None
+    is_demo: bool = False
+
+    @property
+    def native_size(self) -> int:
+        """The default image side: 256 for the demo, 1024 for SDXL, 512 otherwise."""
+        return 256 if self.is_demo else 1024 if self.family == "sdxl" else 512
+
+    @classmethod
+    def of(cls, model: Any) -> ModelInfo:
+        return cls(model.name, model.family, model.model_hash, bool(model.is_demo))
+
+
+class Backend(Protocol):
+    """Runs jobs: `LocalBackend` on this process's model, `ray_app.RayBackend` on replicas."""
+
+    def submit(self, job: Job) -> Job: ...
+    def cancel(self, job: Job) -> None: ...
+    def interrupt(self) -> None: ...
+    @property
+    def current(self) -> Job | None: ...
+    @property
+    def pending(self) -> int: ...
+
+
+class LocalBackend(ModelQueue):
+    """The model of this process, behind its one queue."""
+
+    def submit(self, job: Job) -> Job:
+        library = getattr(self.engine, "library", None)
+        if isinstance(library, PinnedLibrary):
+            for task in job.tasks:
+                library.add_pins(task.pins)
+        return super().submit(job)
+
+
+# A1111 >= 1.9 names a sampler and a schedule type apart; "automatic" is the sampler's default
+# (Karras for DPM++ 2M and DPM++ 2M SDE). The web UI's labels ("DPM++ 2M Karras") are A1111's
+# older combined names and are accepted too.
+SAMPLER_NAMES: tuple[str, ...] = tuple(dict.fromkeys(s.name for s in SAMPLERS))
+SCHEDULERS = ("automatic", "karras", "uniform")
+
+
+def sampler_label(name: str | None, scheduler: str | None, field: str = "sampler_name") -> str:
+    """The web UI sampler label for A1111's (sampler_name, scheduler); 422 listing the choices."""
+    name = (name or "Euler a").strip()
+    sched = (scheduler or "automatic").strip().lower()
+    if name in SAMPLER_LABELS and (sched == "automatic" or name not in SAMPLER_NAMES):
+        karras = f"{name} Karras"
+        return karras if sched == "automatic" and karras in SAMPLER_LABELS else name
+    if name not in SAMPLER_NAMES:
+        choices = list(dict.fromkeys(SAMPLER_NAMES + SAMPLER_LABELS))
+        raise invalid(field, f"unknown sampler {name!r}; choose one of: {', '.join(choices)}", choices=choices)
+    if sched not in SCHEDULERS:
+        raise invalid("scheduler", f"unknown scheduler {scheduler!r}; choose one of: {', '.join(SCHEDULERS)}",
+                      choices=list(SCHEDULERS))
+    label = f"{name} Karras" if sched == "karras" else name
+    if label not in SAMPLER_LABELS:
+        offered = [s.schedule_type or "uniform" for s in SAMPLERS if s.name == name]
+        raise invalid("scheduler", f"{name!r} has no {scheduler!r} schedule here; choose one of: automatic, "
+                      + ", ".join(o.lower() for o in offered), choices=["automatic", *(o.lower() for o in offered)])
+    return label
+
+
+class Service:
+    """The state the routes share. `engine` is a `Txt2Img`; without one (the Ray ingress),
+    `model` and `library` describe what the replicas load and `backend` reaches them."""
+
+    def __init__(
+        self,
+        engine: Any = None,
+        *,
+        model: ModelInfo | None = None,
+        library: Any = None,
+        backend: Backend | None = None,
+        download_dir: str | Path | None = None,
+        limits: Limits | None = None,
+        max_download_mb: float = DEFAULT_MAX_DOWNLOAD_MB,
+        download_timeout_s: float = DEFAULT_TIMEOUT_S,
+        keep_predictions: int = 256,
+    ) -> None:
+        base_library = engine.library if engine is not None else library
+        if isinstance(base_library, PinnedLibrary):
+            pinned = base_library
+        else:
+            if download_dir is None:
+                from loraprompt.models import default_data_dir
+
+                download_dir = default_data_dir() / "downloads"
+            pinned = PinnedLibrary(base_library, download_dir)
+        if engine is not None:
+            engine.library = pinned  # the engine resolves pinned names from now on
+        self.engine = engine
+        self.library = pinned
+        self.model = model or ModelInfo.of(engine.model)
+        self.sources = LoraSources(pinned, max_download_bytes=int(max_download_mb * (1 << 20)),
+                                   timeout_s=download_timeout_s)
+        self.limits = limits or Limits()
+        self.backend: Backend = backend if backend is not None else LocalBackend(engine)
+        self.keep_predictions = keep_predictions
+        self.predictions: dict[str, Any] = {}
+
+    def check(self, *, steps: int, width: int, height: int, images: int, fields: dict[str, str] | None = None) -> None:
+        """422 naming the field when a request asks for more than the limits allow."""
+        names = {"steps": "steps", "width": "width", "height": "height", "images": "batch_size", **(fields or {})}
+        locs = {k: tuple(v.split(".")) for k, v in names.items()}
+        lim = self.limits
+        if not 1 <= steps <= lim.max_steps:
+            raise invalid(locs["steps"], f"must be between 1 and {lim.max_steps} (--max-steps), got {steps}")
+        for key, value in (("width", width), ("height", height)):
+            if not 64 <= value <= lim.max_size:
+                raise invalid(locs[key], f"must be between 64 and {lim.max_size} (--max-size), got {value}")
+            if value % 8:
+                raise invalid(locs[key], f"must be a multiple of 8, got {value}")
+        if not 1 <= images <= lim.max_images:
+            raise invalid(locs["images"], f"asks for {images} images; between 1 and {lim.max_images} (--max-images)")
+
+    @staticmethod
+    def seeds(seed: int | None, count: int) -> list[int]:
+        """A1111's seeds for a batch: `seed + i` (a random start for None or -1), wrapped to 32 bits."""
+        start = random.randint(0, MAX_SEED) if seed is None or seed < 0 else int(seed)
+        return [(start + i) % (MAX_SEED + 1) for i in range(count)]
+
+    def run(self, tasks: list[ImageTask], *, keep: bool = False, job_id: str | None = None) -> Job:
+        """Queue the tasks as one job."""
+        if not tasks:
+            raise ServeError(422, (), "nothing to generate")
+        return self.backend.submit(Job(tasks, keep=keep, job_id=job_id))
+
+    def close(self) -> None:
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()

@@ -1,0 +1,161 @@
+"""The A1111 API driven by the real `webuiapi` client against a started server: txt2img with a
+`<lora:…>` tag (infotext with `Lora hashes`, in `info` and in the PNG), the LoRA list and its
+refresh, samplers, models, options, progress, interrupt; bad input answered 422 naming the field."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+import webuiapi
+from PIL import Image
+
+from loraprompt.infotext import parse_infotext, parse_lora_hashes
+from loraprompt.library.hashes import file_hashes
+from tests.serve.conftest import SMALL, Served
+
+
+def client(served: Served, **kw: Any) -> webuiapi.WebUIApi:
+    return webuiapi.WebUIApi(host="127.0.0.1", port=served.port, **kw)
+
+
+def test_webuiapi_txt2img_with_a_lora_tag_returns_infotext_with_lora_hashes(served: Served) -> None:
+    api = client(served, sampler="DPM++ 2M", steps=3)
+    result = api.txt2img(prompt="a cat <lora:demo_warm:0.8>", negative_prompt="blurry", seed=42, width=64, height=64,
+                         cfg_scale=5)
+    expected = file_hashes(served.lora_dir / "demo_warm.safetensors")["a1111_short"]
+
+    assert len(result.images) == 1 and result.images[0].size == (64, 64)
+    infotext = result.info["infotexts"][0]
+    fields = parse_infotext(infotext)
+    assert parse_lora_hashes(fields["Lora hashes"]) == {"demo_warm": expected}
+    assert fields["Seed"] == "42" and fields["Sampler"] == "DPM++ 2M" and fields["Schedule type"] == "Karras"
+    assert fields["Negative prompt"] == "blurry" and fields["Steps"] == "3"
+    assert result.info["extra_generation_params"]["Lora hashes"] == fields["Lora hashes"]
+    assert result.info["all_seeds"] == [42] and result.info["sd_model_name"] == "loraprompt-demo"
+    assert result.images[0].info["parameters"] == infotext  # the PNG carries it too, as A1111's API does
+    assert result.info["loras"][0][0]["name"] == "demo_warm" and result.info["loras"][0][0]["unet"] == 0.8
+    assert result.parameters["prompt"] == "a cat <lora:demo_warm:0.8>"
+    assert not list((served.root / "outputs").rglob("*.png"))  # save_images=False: nothing kept
+
+
+def test_webuiapi_batch_gets_a1111_seeds_and_the_lora_changes_the_image(served: Served) -> None:
+    api = client(served, sampler="Euler", steps=3)
+    with_lora = api.txt2img(prompt="a cat <lora:demo_sketch:1>", seed=7, batch_size=2, n_iter=2, width=64, height=64)
+    plain = api.txt2img(prompt="a cat", seed=7, width=64, height=64)
+
+    assert with_lora.info["all_seeds"] == [7, 8, 9, 10] and len(with_lora.images) == 4
+    a = np.asarray(with_lora.images[0].convert("RGB"), dtype=np.float32)
+    b = np.asarray(plain.images[0].convert("RGB"), dtype=np.float32)
+    assert a.std() > 1.0 and b.std() > 1.0  # real pictures, not a blank
+    assert np.abs(a - b).mean() > 1.0  # the LoRA changes the same seed's image
+    assert "Lora hashes" not in plain.info["infotexts"][0]
+
+
+def test_webuiapi_lists_and_refreshes_loras(served: Served) -> None:
+    api = client(served)
+    names = {lora["name"]: lora for lora in api.get_loras()}
+    assert set(names) == {"demo_warm", "demo_sketch", "demo_neon"}
+    assert names["demo_neon"]["path"] == str(served.lora_dir / "styles" / "demo_neon.safetensors")
+    assert names["demo_warm"]["metadata"]["ss_network_dim"] == "4"
+    assert names["demo_warm"]["metadata"]["ss_tag_frequency"] == {"demo": {"warm": 10, "orange": 9}}  # JSON decoded
+
+    copy = served.lora_dir / "fresh_copy.safetensors"
+    shutil.copy(served.lora_dir / "demo_warm.safetensors", copy)
+    try:
+        assert requests.post(f"{served.url}/sdapi/v1/refresh-loras", timeout=30).status_code == 200
+        assert "fresh_copy" in {lora["name"] for lora in api.get_loras()}
+    finally:
+        copy.unlink()
+        served.service.library.base.refresh()
+
+
+def test_webuiapi_samplers_models_options_progress_interrupt(served: Served) -> None:
+    api = client(served)
+    samplers = {s["name"]: s for s in api.get_samplers()}
+    assert {"Euler a", "Euler", "DPM++ 2M", "DDIM"} <= set(samplers)
+    assert samplers["DPM++ 2M"]["options"] == {"scheduler": "karras"}
+    assert "automatic" in api.util_get_scheduler_names()
+    models = api.get_sd_models()
+    assert models[0]["model_name"] == "loraprompt-demo"
+    assert api.get_options()["sd_model_checkpoint"] == models[0]["title"]
+    assert api.util_get_current_model() == models[0]["title"]
+    progress = api.get_progress()
+    assert progress["state"]["job_count"] == 0 and progress["progress"] == 0.0
+    assert api.interrupt() is None  # nothing running: a no-op, as in A1111
+
+
+def test_unused_a1111_fields_are_accepted_and_named(served: Served) -> None:
+    api = client(served, steps=3)
+    result = api.txt2img(prompt="a cat", seed=1, width=64, height=64, enable_hr=True, restore_faces=True,
+                         styles=["my style"], override_settings={"sd_vae": "x.vae.pt", "CLIP_stop_at_last_layers": 2})
+    warnings = "\n".join(result.info["warnings"])
+    for name in ("enable_hr", "restore_faces", "styles", "override_settings.sd_vae"):
+        assert name in warnings
+    assert "hr_scale" not in warnings and "eta" not in warnings  # webuiapi's defaults: inert, not reported
+    assert result.info["clip_skip"] == 2 and "Clip skip: 2" in result.info["infotexts"][0]
+
+
+def _post(served: Served, body: Any, path: str = "/sdapi/v1/txt2img", **kw: Any) -> requests.Response:
+    if isinstance(body, (str, bytes)):
+        return requests.post(served.url + path, data=body, headers={"Content-Type": "application/json"}, timeout=60, **kw)
+    return requests.post(served.url + path, json=body, timeout=60, **kw)
+
+
+@pytest.mark.parametrize(("body", "field", "words"), [
+    ({"prompt": "x", "steps": "many"}, "steps", "integer"),
+    ({"prompt": "x", "cfg_scale": [1]}, "cfg_scale", "number"),
+    ({"prompt": 3}, "prompt", ""),
+    ({"prompt": "x", **SMALL, "width": 70}, "width", "multiple of 8"),
+    ({"prompt": "x", **SMALL, "steps": 61}, "steps", "--max-steps"),
+    ({"prompt": "x", **SMALL, "height": 1024}, "height", "--max-size"),
+    ({"prompt": "x", **SMALL, "batch_size": 3, "n_iter": 3}, "batch_size", "--max-images"),
+    ({"prompt": ["a", "b"], **SMALL, "batch_size": 3}, "prompt", "2 prompts for 3 images"),
+    ({"prompt": "x", **SMALL, "override_settings": {"CLIP_stop_at_last_layers": 99}}, "CLIP_stop_at_last_layers", "1 to 12"),
+])
+def test_bad_input_is_422_naming_the_field(served: Served, body: dict[str, Any], field: str, words: str) -> None:
+    response = _post(served, body)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert field in detail[0]["loc"], detail
+    assert words in detail[0]["msg"]
+
+
+def test_unknown_sampler_is_422_listing_the_choices(served: Served) -> None:
+    response = _post(served, {"prompt": "x", **SMALL, "sampler_name": "LMS"})
+    assert response.status_code == 422
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["body", "sampler_name"]
+    assert "Euler a" in detail["msg"] and "DPM++ 2M Karras" in detail["msg"]
+    assert "Euler a" in detail["ctx"]["choices"]
+    response = _post(served, {"prompt": "x", **SMALL, "sampler_name": "Euler", "scheduler": "exponential"})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "scheduler"]
+
+
+@pytest.mark.parametrize("raw", ['{"prompt": "x",', "[1, 2]", "null", '{"prompt": "x"} trailing', "\xff"])
+def test_malformed_json_is_422_and_the_server_goes_on(served: Served, raw: str) -> None:
+    response = _post(served, raw.encode("latin-1"))
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"][0] == "body"
+    assert requests.get(served.url + "/sdapi/v1/samplers", timeout=10).status_code == 200
+
+
+def test_send_images_false_and_a_tag_for_a_missing_lora_are_not_errors(served: Served) -> None:
+    response = _post(served, {"prompt": "a cat <lora:no_such_lora:1>", **SMALL, "seed": 3, "send_images": False})
+    assert response.status_code == 200
+    body = response.json()
+    info = json.loads(body["info"])
+    assert body["images"] == [] and len(info["infotexts"]) == 1
+    assert any("no_such_lora" in w for w in info["warnings"])  # A1111 draws without it; we also say why
+
+
+def test_png_in_the_response_decodes_as_webuiapi_expects(served: Served) -> None:
+    body = _post(served, {"prompt": "x", **SMALL, "seed": 9}).json()
+    image = Image.open(io.BytesIO(base64.b64decode(body["images"][0])))
+    assert image.format == "PNG" and image.info["parameters"] == json.loads(body["info"])["infotexts"][0]
