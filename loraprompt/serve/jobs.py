@@ -100,6 +100,8 @@ class Job:
         self._canceled = False
         self._done = threading.Event()
         self._on_done: list[Callable[[Job], None]] = []
+        self._state_lock = threading.Lock()
+        self._finished = False
 
     # ---- control ------------------------------------------------------------------------
     def cancel(self) -> None:
@@ -130,23 +132,29 @@ class Job:
         self.started_at = time.time()
 
     def finish(self, status: str, error: str | None = None) -> None:
-        self.status = status
-        self.error = error
+        """End the job; `on_done` callbacks run before `wait()` returns."""
         if error:
             self.log(f"error: {error}")
-        self.completed_at = time.time()
-        self._done.set()
-        for callback in list(self._on_done):
+        with self._state_lock:
+            self.status = status
+            self.error = error
+            self.completed_at = time.time()
+            self._finished = True
+            callbacks = list(self._on_done)
+        for callback in callbacks:
             try:
                 callback(self)
             except Exception:  # a listener must not stop the worker
                 log.exception("job %s: done callback failed", self.id[:8])
+        self._done.set()
 
     def on_done(self, callback: Callable[[Job], None]) -> None:
         """Call `callback(job)` when the job ends (at once if it already has)."""
-        self._on_done.append(callback)
-        if self._done.is_set():
-            callback(self)
+        with self._state_lock:
+            if not self._finished:
+                self._on_done.append(callback)
+                return
+        callback(self)
 
     @property
     def done(self) -> bool:

@@ -212,7 +212,7 @@ class LoraSources:
             raise
         except (urllib.error.URLError, OSError, ValueError) as exc:
             part.unlink(missing_ok=True)
-            reason = getattr(exc, "reason", None) or exc
+            reason = f"HTTP {exc.code} {exc.reason}" if isinstance(exc, urllib.error.HTTPError) else getattr(exc, "reason", None) or exc
             raise DownloadFailed(f"could not download {url}: {reason}") from exc
         name = digest.hexdigest() + suffix
         target = self.library.download_dir / name
