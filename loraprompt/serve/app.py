@@ -8,6 +8,8 @@ import binascii
 import secrets
 from typing import Any
 
+from fastapi import Request
+
 from loraprompt.serve.errors import ServeError
 from loraprompt.serve.service import Service
 
@@ -26,7 +28,7 @@ def parse_auth(spec: str | None) -> dict[str, str]:
 
 
 def _auth_dependency(users: dict[str, str]) -> Any:
-    from fastapi import HTTPException, Request
+    from fastapi import HTTPException
 
     def check(request: Request) -> None:
         header = request.headers.get("authorization", "")
@@ -46,7 +48,7 @@ def _auth_dependency(users: dict[str, str]) -> Any:
 
 def add_api(app: Any, service: Service, *, api_auth: str | None = None) -> None:
     """Add /sdapi/v1/* and /predictions to `app` (a FastAPI app), behind basic auth when given."""
-    from fastapi import APIRouter, Depends, Request
+    from fastapi import APIRouter, Depends
     from fastapi.responses import JSONResponse
 
     from loraprompt.serve import predictions, sdapi
