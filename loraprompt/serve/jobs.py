@@ -90,6 +90,7 @@ class Job:
         self.outputs: list[ImageOutput | None] = [None] * len(self.tasks)
         self.error: str | None = None
         self.logs: list[str] = []
+        self.warnings: list[str] = []  # the lines of `logs` a client should see as warnings
         self.created_at = time.time()
         self.started_at: float | None = None
         self.completed_at: float | None = None
@@ -126,6 +127,10 @@ class Job:
     def log(self, message: str) -> None:
         self.logs.append(message)
         log.info("job %s: %s", self.id[:8], message)
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        self.log(message)
 
     def start(self) -> None:
         self.status = "running"
@@ -217,7 +222,7 @@ def run_job(engine: Any, job: Job, on_image: Callable[[int, ImageOutput], None] 
             output = output_of(result, job.keep)
             for d in output.diagnostics:
                 if d["severity"] in ("error", "warning"):
-                    job.log(f"image {index}: {d['severity']} {d['code']}: {d['message']}")
+                    job.warn(f"image {index}: {d['severity']} {d['code']}: {d['message']}")
             if job.cancel_requested:
                 break
             job.outputs[index] = output

@@ -178,8 +178,9 @@ def txt2img_info(service: Service, body: Txt2ImgBody, job: Job, *, label: str, c
         "clip_skip": clip_skip,
         "is_using_inpainting_conditioning": False,
         "version": _version(),
-        "warnings": warnings + [line for line in job.logs if not line.startswith("interrupted")],
+        "warnings": warnings + job.warnings,
         "loras": [o.loras for o in images],
+        "replicas": [o.replica for o in images],
         "interrupted": job.interrupted,
     }
 
