@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("loraprompt.tools.cli", "convert a LoRA between kohya and diffusers/PEFT layouts"),
     "resize": ("loraprompt.tools.cli", "change a LoRA's rank by SVD"),
     "extract": ("loraprompt.tools.cli", "extract a LoRA from a fine-tuned checkpoint and its base"),
+    "train": ("loraprompt.train.cli", "train a LoRA from a few images (a folder or a .zip)"),
 }
 
 

@@ -128,6 +128,29 @@ def _format(schemes: Counter[str], algorithms: set[str], metadata: dict[str, str
     return scheme
 
 
+def bundled_embeddings(path: str, tensors: Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+    """A1111 v1.10's bundled embeddings: `bundle_emb.<name>.string_to_param.<k>` or `.clip_l`/`.clip_g`."""
+    out: dict[str, dict[str, Tensor]] = {}
+    for key, tensor in tensors.items():
+        if not key.startswith("bundle_emb."):
+            continue
+        name, _, part = key[len("bundle_emb."):].partition(".")
+        part = "string_to_param" if part.startswith("string_to_param") else part
+        if not name or part not in ("string_to_param", "clip_l", "clip_g"):
+            continue  # A1111 ignores what it cannot use; so do we (the key stays in `unclaimed`)
+        if tensor.dim() == 1:
+            tensor = tensor[None]
+        if tensor.dim() != 2 or not tensor.is_floating_point():
+            raise AdapterFileError(path, f"bundled embedding must be a (vectors, width) float tensor, got {tuple(tensor.shape)}", key=key)
+        out.setdefault(name, {})[part] = tensor
+    return out
+
+
+def _is_embedding_key(key: str, embeddings: Mapping[str, Any]) -> bool:
+    name, _, part = key.removeprefix("bundle_emb.").partition(".")
+    return key.startswith("bundle_emb.") and name in embeddings and (part.partition(".")[0] in embeddings[name])
+
+
 def read_adapter(path: str | os.PathLike[str], mode: str = "reference") -> Adapter:
     """Read any supported LoRA/LyCORIS file; AdapterFileError (naming file and key) on bad input."""
     if mode not in MODES:
@@ -141,6 +164,7 @@ def read_adapter(path: str | os.PathLike[str], mode: str = "reference") -> Adapt
     schemes: Counter[str] = Counter()
     group_scheme: dict[tuple[str, str], str] = {}
     unclaimed: list[str] = []
+    embeddings = bundled_embeddings(spath, tensors)
     for key in sorted(tensors):
         kp: KeyParts | None = None if key.startswith("bundle_emb.") else split_key(key)
         if kp is None:
@@ -169,7 +193,8 @@ def read_adapter(path: str | os.PathLike[str], mode: str = "reference") -> Adapt
         format=_format(schemes, {m.algorithm for m in modules.values()}, metadata),
         modules=modules,
         metadata=metadata,
-        unclaimed=tuple(unclaimed),
+        unclaimed=tuple(k for k in unclaimed if not _is_embedding_key(k, embeddings)),
+        embeddings=embeddings,
         size=stat.st_size,
         mtime_ns=stat.st_mtime_ns,
     )

@@ -74,6 +74,8 @@ def summarize(adapter: Adapter, hashes: dict[str, str | None] | None = None) -> 
         "ranks": ranks(adapter),
         "dora": sum(1 for m in adapter.modules.values() if m.dora_scale is not None),
         "unclaimed": {"count": len(adapter.unclaimed), "first": list(adapter.unclaimed[:5])},
+        "embeddings": {name: {part: list(t.shape) for part, t in sorted(parts.items())}
+                       for name, parts in sorted(adapter.embeddings.items())},
         "metadata": {k: cap(metadata[k]) for k in METADATA_KEYS if k in metadata},
         "modelspec": modelspec,
         "trigger_words": [{"tag": t, "count": n} for t, n in trigger_words(metadata)],
@@ -98,6 +100,9 @@ def render(info: dict[str, Any]) -> str:
         lines.append(f"  {key}: {value}")
     if info["trigger_words"]:
         lines.append("  trigger words: " + ", ".join(f"{w['tag']} ({w['count']})" for w in info["trigger_words"]))
+    if info["embeddings"]:
+        lines.append("  bundled embeddings: " + ", ".join(
+            f"{name} ({' '.join(f'{p} {s[0]}x{s[1]}' for p, s in parts.items())})" for name, parts in info["embeddings"].items()))
     if info["unclaimed"]["count"]:
         lines.append(f"  {info['unclaimed']['count']} keys not read (first: {', '.join(info['unclaimed']['first'])})")
     return "\n".join(lines)

@@ -124,6 +124,9 @@ class Adapter:
     metadata: dict[str, str] = field(default_factory=dict)
     family: str | None = None  # "sd1", "sd2", "sdxl" or None when the keys cannot tell
     unclaimed: tuple[str, ...] = ()  # tensor keys no algorithm claimed (reported once)
+    # bundled textual-inversion embeddings (A1111 v1.10's bundle_emb.*): token -> {"string_to_param"
+    # (SD1/SD2) or "clip_l"/"clip_g" (SDXL): (vectors, width)}
+    embeddings: dict[str, dict[str, Tensor]] = field(default_factory=dict)
     size: int = 0
     mtime_ns: int = 0
 

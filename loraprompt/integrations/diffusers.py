@@ -26,6 +26,7 @@ from loraprompt.adapters.types import COMPONENTS, Adapter
 from loraprompt.cache import AdapterCache
 from loraprompt.diagnostics import Diagnostic
 from loraprompt.errors import AdapterFileError
+from loraprompt.integrations.embeddings import apply_embeddings
 from loraprompt.patcher import Patcher
 from loraprompt.plan import PlanEntry, SyncReport
 
@@ -215,12 +216,15 @@ def activate(
         report = patcher.sync(entries, step=0, total_steps=total, on_error=on_error)
         entries = [e for e in entries if e.label not in report.skipped]
         diagnostics.extend(report.diagnostics)
+        embeddings = apply_embeddings(pipe, [e.adapter for e in entries])  # bundle_emb.* while active
+        diagnostics.extend(embeddings.diagnostics)
         step_hook = _StepHook(pipe, patcher, entries, total)
         hook = None if static else pipe.unet.register_forward_pre_hook(step_hook, with_kwargs=True)
         try:
-            yield ActivePrompt(parsed.text, parsed, entries, report, diagnostics, steps=step_hook.reports)
+            yield ActivePrompt(embeddings.expand(parsed.text), parsed, entries, report, diagnostics, steps=step_hook.reports)
         finally:
             if hook is not None:
                 hook.remove()
+            embeddings.restore()
             if restore:
                 patcher.restore()

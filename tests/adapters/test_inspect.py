@@ -44,7 +44,8 @@ def test_inspect_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert info["modules"] == {"text_encoder_2": 1, "unet": 3}
     assert info["ranks"] == {"4/2": 3, "8": 1}
     assert info["size"] == path.stat().st_size
-    assert info["unclaimed"] == {"count": 1, "first": ["bundle_emb.alice.clip_l"]}
+    assert info["unclaimed"] == {"count": 0, "first": []}
+    assert info["embeddings"] == {"alice": {"clip_l": [1, 768]}}
     assert info["trigger_words"][:3] == [{"tag": "alice", "count": 12}, {"tag": "red hair", "count": 9}, {"tag": "forest", "count": 4}]
     assert {"tag": "smile", "count": 3} in info["trigger_words"]
     assert info["metadata"]["ss_base_model_version"] == "sdxl_base_v1-0"
@@ -62,6 +63,6 @@ def test_inspect_text_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[s
     out = capsys.readouterr()
     assert "format: kohya" in out.out and "family: SDXL" in out.out
     assert "trigger words: alice (12), red hair (9)" in out.out
-    assert "1 keys not read (first: bundle_emb.alice.clip_l)" in out.out
+    assert "bundled embeddings: alice (clip_l 1x768)" in out.out and "keys not read" not in out.out
     assert "hashes" not in out.out
     assert f"{tmp_path / 'bad.safetensors'}: file is 1 bytes" in out.err

@@ -1,0 +1,88 @@
+"""`loraprompt train IMAGES --checkpoint PATH|demo --output FILE.safetensors [...]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from loraprompt.train.config import FORMATS, PRECISIONS, TASKS, TrainConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument("images", nargs="?", metavar="IMAGES",
+                        help="a folder of images (captions in <image>.txt beside them) or a .zip of them")
+    parser.add_argument("--checkpoint", default="demo", help="a .safetensors checkpoint, a diffusers folder, or 'demo'")
+    parser.add_argument("--output", "-o", required=True, help="the LoRA file to write (.safetensors)")
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
+    parser.add_argument("--lr", type=float, default=1e-4, help="UNet learning rate")
+    parser.add_argument("--lr-te", type=float, default=5e-5, help="text encoder learning rate")
+    parser.add_argument("--lr-token", type=float, default=5e-4, help="pivotal token learning rate")
+    parser.add_argument("--train-te", action=argparse.BooleanOptionalAction, default=True,
+                        help="also train LoRA layers on the text encoder(s)")
+    parser.add_argument("--ff", action="store_true", help="also train the UNet's feed-forward layers")
+    parser.add_argument("--resolution", type=int, default=None, help="training side in pixels (default: the model's)")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda when present)")
+    parser.add_argument("--mixed-precision", choices=PRECISIONS, default="no")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--task", choices=TASKS, default="object", help="sets the caption template, flips and init word")
+    parser.add_argument("--token", default="<s1>", help="the trigger word (the activation text)")
+    parser.add_argument("--init-word", default=None, help="word the pivotal token's embedding starts from")
+    parser.add_argument("--pivotal", action="store_true", help="learn the token's embedding (bundled in the file)")
+    parser.add_argument("--caption-template", default=None, help="caption for images without .txt; {token} is replaced")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips")
+    parser.add_argument("--min-snr-gamma", type=float, default=None)
+    parser.add_argument("--noise-offset", type=float, default=0.0)
+    parser.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default=None)
+    parser.add_argument("--sample-every", type=int, default=0, help="save a sample image every N steps")
+    parser.add_argument("--sample-prompt", default=None)
+    parser.add_argument("--sample-steps", type=int, default=20)
+    parser.add_argument("--save-every", type=int, default=0, help="save a resumable state every N steps")
+    parser.add_argument("--resume", default=None, metavar="DIR", help="continue the run saved in DIR")
+    parser.add_argument("--format", choices=FORMATS, default="kohya")
+    parser.add_argument("--force", action="store_true", help="replace an existing output")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    from loraprompt.train.config import RECIPE_FIELDS
+    from loraprompt.train.errors import TrainError
+    from loraprompt.train.trainer import read_state
+
+    values = {k: v for k, v in vars(args).items() if k not in ("command", "quiet")}
+    if args.resume:
+        saved = read_state(args.resume)["config"]
+        # the saved run's recipe wins, so `--resume DIR --output F` is enough
+        values.update({k: saved[k] for k in RECIPE_FIELDS if k in saved})
+        values["images"] = values["images"] or saved.get("images")
+    if not values.get("images"):
+        raise TrainError("IMAGES is required: a folder or a .zip of training images")
+    return TrainConfig.from_dict(values)
+
+
+def run(args: argparse.Namespace) -> int:
+    from loraprompt.train.errors import TrainError, TrainInterrupted
+    from loraprompt.train.trainer import train
+
+    def event(kind: str, data: dict[str, object]) -> None:
+        if kind == "skipped":
+            print(f"skipped {data['file']}: {data['reason']}", file=sys.stderr)
+        elif kind == "sample" and not args.quiet:
+            print(f"\nsample at step {data['step']}: {data['path']}", file=sys.stderr)
+
+    try:
+        config = config_from_args(args)
+        result = train(config, on_event=event, progress=not args.quiet)
+    except TrainInterrupted as exc:
+        print(f"\nloraprompt train: {exc}", file=sys.stderr)
+        return 130 if "interrupted" in str(exc) else 1
+    except TrainError as exc:
+        print(f"loraprompt train: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {result.output} ({result.steps} steps, {result.seconds:.1f} s, final loss"
+          f" {result.losses[-1]:.4f}); {result.json_path.name}, "
+          f"{result.preview_path.name if result.preview_path else 'no preview'}")
+    return 0

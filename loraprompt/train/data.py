@@ -1,0 +1,181 @@
+"""Training images: a folder or a `.zip`, captions from `<image>.txt` (kohya) or a template,
+aspect-ratio buckets. Bad images are skipped and named; a zip is checked before anything is
+extracted (no `../`, absolute paths or symlinks; a cap on its total uncompressed size)."""
+
+from __future__ import annotations
+
+import stat
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+from loraprompt.train.errors import TrainError
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
+MAX_ZIP_BYTES = 2 * 1024**3  # total uncompressed size of a zip's images and captions
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # PIL's decompression-bomb guard, raised to 64 MP
+
+
+@dataclass
+class TrainImage:
+    """One usable image with its caption and the bucket it was fitted to."""
+
+    name: str  # file name relative to the image folder (what errors and tag counts name)
+    image: Any  # PIL RGB image, cropped and resized to `size`
+    caption: str
+    original_size: tuple[int, int]  # (height, width) before fitting: SDXL's size time id
+    crop_top_left: tuple[int, int]  # (top, left) of the crop, in the resized image: SDXL's crop time id
+    size: tuple[int, int]  # (height, width) of the bucket
+
+
+@dataclass
+class Dataset:
+    images: list[TrainImage]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file name, why)
+
+    def tag_frequency(self) -> dict[str, int]:
+        """kohya's ss_tag_frequency for one folder: comma-separated caption tags and their counts."""
+        counts: Counter[str] = Counter()
+        for item in self.images:
+            counts.update(t.strip() for t in item.caption.split(",") if t.strip())
+        return dict(counts)
+
+
+def _unsafe_entry(info: zipfile.ZipInfo) -> str | None:
+    """Why a zip entry would escape the extraction folder, or None."""
+    name = info.filename
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        return "is a symbolic link"
+    posix, windows = PurePosixPath(name), PureWindowsPath(name)
+    if posix.is_absolute() or windows.is_absolute() or windows.drive or name.startswith(("/", "\\")):
+        return "is an absolute path"
+    if ".." in posix.parts or ".." in windows.parts:
+        return "escapes the folder (..)"
+    return None
+
+
+def extract_zip(path: Path, dest: Path, max_bytes: int = MAX_ZIP_BYTES) -> Path:
+    """Extract the images and captions of `path` into `dest`; TrainError naming the entry when a
+    zip entry would escape `dest`, or when the zip would unpack to more than `max_bytes`."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise TrainError(f"{path}: not a readable zip file ({exc})") from exc
+    with zf:
+        wanted: list[zipfile.ZipInfo] = []
+        total = 0
+        for info in zf.infolist():
+            why = _unsafe_entry(info)
+            if why is not None:
+                raise TrainError(f"{path}: zip entry {info.filename!r} {why}; refusing to extract this zip")
+            suffix = PurePosixPath(info.filename).suffix.lower()
+            if info.is_dir() or (suffix not in IMAGE_SUFFIXES and suffix != ".txt"):
+                continue  # non-images (and macOS __MACOSX folders' non-images) are ignored
+            if any(part.startswith("__MACOSX") for part in PurePosixPath(info.filename).parts):
+                continue
+            total += info.file_size
+            if total > max_bytes:
+                raise TrainError(f"{path}: unpacks to more than {max_bytes / 1024**2:.0f} MiB of images"
+                                 " (the zip size cap); use fewer or smaller images")
+            wanted.append(info)
+        written = 0
+        for info in wanted:
+            target = dest / PurePosixPath(info.filename)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, open(target, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    written += len(chunk)
+                    if written > max_bytes:  # a header that lies about sizes
+                        raise TrainError(f"{path}: unpacks to more than {max_bytes / 1024**2:.0f} MiB"
+                                         " (the zip size cap)")
+                    out.write(chunk)
+    return dest
+
+
+def bucket_sizes(resolution: int, step: int) -> list[tuple[int, int]]:
+    """(height, width) buckets of about resolution² pixels, sides multiples of `step`, ratios up to 2:1."""
+    area = resolution * resolution
+    out = set()
+    side = step * max(1, int(resolution / 2**0.5 / step))
+    while side <= resolution * 2:
+        other = max(step, int(area / side) // step * step)
+        if max(side, other) / min(side, other) <= 2.0:
+            out.add((side, other))
+            out.add((other, side))
+        side += step
+    out.add((resolution // step * step, resolution // step * step))
+    return sorted(out)
+
+
+def nearest_bucket(height: int, width: int, buckets: list[tuple[int, int]]) -> tuple[int, int]:
+    import math
+
+    ratio = math.log(height / width)
+    return min(buckets, key=lambda b: (abs(math.log(b[0] / b[1]) - ratio), -b[0] * b[1]))
+
+
+def fit(image: Any, size: tuple[int, int]) -> tuple[Any, tuple[int, int]]:
+    """Resize to cover `size` (height, width) and centre-crop; returns the image and (top, left)."""
+    from PIL import Image
+
+    h, w = size
+    scale = max(h / image.height, w / image.width)
+    rh, rw = max(h, round(image.height * scale)), max(w, round(image.width * scale))
+    resized = image.resize((rw, rh), Image.Resampling.LANCZOS)
+    top, left = (rh - h) // 2, (rw - w) // 2
+    return resized.crop((left, top, left + w, top + h)), (top, left)
+
+
+def caption_for(image_path: Path, template: str, token: str, *, require_token: bool) -> str:
+    """`<image>.txt` beside the image (kohya), else the template; `{token}` is replaced either way.
+    With pivotal tuning the token must appear, so a caption without it gets it in front."""
+    side = image_path.with_suffix(".txt")
+    if side.is_file():
+        text = " ".join(side.read_text(encoding="utf-8", errors="replace").split())
+    else:
+        text = template
+    text = text.replace("{token}", token)
+    if require_token and token not in text:
+        text = f"{token}, {text}" if text else token
+    return text
+
+
+def image_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def load_dataset(folder: Path, *, resolution: int, step: int, template: str, token: str,
+                 require_token: bool) -> Dataset:
+    """Every readable image under `folder`, fitted to its bucket; unreadable ones are skipped and named."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, MAX_IMAGE_PIXELS)
+    buckets = bucket_sizes(resolution, step)
+    images: list[TrainImage] = []
+    skipped: list[tuple[str, str]] = []
+    for path in image_files(folder):
+        name = path.relative_to(folder).as_posix()
+        try:
+            with Image.open(path) as probe:
+                probe.verify()  # truncated or corrupt files fail here or on load below
+            with Image.open(path) as img:
+                img.load()
+                rgb = img.convert("RGB")
+        except Exception as exc:  # PIL raises many kinds (OSError, SyntaxError, ValueError, DecompressionBombError)
+            skipped.append((name, f"{type(exc).__name__}: {exc}"))
+            continue
+        if rgb.width < 8 or rgb.height < 8:
+            skipped.append((name, f"too small ({rgb.width}x{rgb.height})"))
+            continue
+        size = nearest_bucket(rgb.height, rgb.width, buckets)
+        fitted, crop = fit(rgb, size)
+        images.append(TrainImage(name, fitted, caption_for(path, template, token, require_token=require_token),
+                                 (rgb.height, rgb.width), crop, size))
+    if not images:
+        detail = "; ".join(f"{n}: {why}" for n, why in skipped[:5]) or "no .png/.jpg/.jpeg/.webp/.bmp files"
+        raise TrainError(f"{folder}: no usable image ({detail})")
+    return Dataset(images, skipped)

@@ -1,0 +1,129 @@
+"""The files a training run leaves: the LoRA (kohya keys with alpha, or PEFT), kohya's `ss_*` and
+the `modelspec.*` metadata that A1111, Civitai and galleries read, the pivotal token bundled as A1111
+v1.10 reads it (`bundle_emb.<token>.string_to_param.*`, or `.clip_l`/`.clip_g` on SDXL), the
+`<stem>.json` user metadata with the token as activation text, and `<stem>.preview.png`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from loraprompt.library.sidecars import atomic_write_text
+from loraprompt.tools.io import RECIPE_KEY, atomic_path, save_tensors
+from loraprompt.tools.writer import kohya_tensors, peft_tensors
+from loraprompt.train.config import TrainConfig
+
+BASE_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
+ARCHITECTURE = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512", "sdxl": "stable-diffusion-xl-v1-base"}
+SD_VERSION = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
+
+
+def bundle_tensors(token: str, vectors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A1111 v1.10's bundled-embedding keys for one token learned in each text encoder."""
+    if "text_encoder_2" in vectors:
+        return {f"bundle_emb.{token}.clip_l": vectors["text_encoder"].contiguous(),
+                f"bundle_emb.{token}.clip_g": vectors["text_encoder_2"].contiguous()}
+    return {f"bundle_emb.{token}.string_to_param.*": vectors["text_encoder"].contiguous()}
+
+
+def metadata(config: TrainConfig, *, family: str, base_name: str, base_hash: str | None, dataset: Any,
+             started: float, finished: float, steps: int, resolution: int, prediction_type: str,
+             folder_name: str) -> dict[str, str]:
+    """kohya `ss_*` (as sd-scripts writes them, values as strings) and SAI `modelspec.*`."""
+    out_name = Path(config.output).stem
+    when = dt.datetime.fromtimestamp(finished, dt.timezone.utc)
+    n_images = len(dataset.images)
+    batches_per_epoch = max(1, -(-n_images // config.batch_size))
+    meta = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(config.rank),
+        "ss_network_alpha": str(config.network_alpha),
+        "ss_network_args": json.dumps({"ff": config.ff}) if config.ff else "null",
+        "ss_base_model_version": BASE_VERSION[family],
+        "ss_v2": str(family == "sd2"),
+        "ss_sd_model_name": base_name,
+        "ss_new_sd_model_hash": base_hash or "",
+        "ss_output_name": out_name,
+        "ss_num_train_images": str(n_images),
+        "ss_num_reg_images": "0",
+        "ss_resolution": f"({resolution}, {resolution})",
+        "ss_enable_bucket": "True",
+        "ss_max_train_steps": str(config.steps),
+        "ss_steps": str(steps),
+        "ss_epoch": str(-(-steps // batches_per_epoch)),
+        "ss_num_epochs": str(-(-config.steps // batches_per_epoch)),
+        "ss_batch_size_per_device": str(config.batch_size),
+        "ss_learning_rate": str(config.lr),
+        "ss_unet_lr": str(config.lr),
+        "ss_text_encoder_lr": str(config.lr_te if config.train_te else 0.0),
+        "ss_network_train_unet_only": str(not config.train_te),
+        "ss_seed": str(config.seed),
+        "ss_mixed_precision": config.mixed_precision,
+        "ss_gradient_checkpointing": str(config.gradient_checkpointing),
+        "ss_min_snr_gamma": str(config.min_snr_gamma) if config.min_snr_gamma else "None",
+        "ss_noise_offset": str(config.noise_offset) if config.noise_offset else "None",
+        "ss_flip_aug": str(config.do_flip),
+        "ss_optimizer": "torch.optim.AdamW",
+        "ss_lr_scheduler": "constant",
+        "ss_training_started_at": str(started),
+        "ss_training_finished_at": str(finished),
+        "ss_training_comment": f"trained with loraprompt ({config.task}); activation text: {config.token}",
+        "ss_tag_frequency": json.dumps({folder_name: dataset.tag_frequency()}),
+        "ss_dataset_dirs": json.dumps({folder_name: {"n_repeats": 1, "img_count": n_images}}),
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": f"{ARCHITECTURE[family]}/lora",
+        "modelspec.implementation": "https://github.com/Stability-AI/generative-models" if family == "sdxl"
+                                    else "diffusers",
+        "modelspec.title": out_name,
+        "modelspec.date": when.strftime("%Y-%m-%dT%H:%M:%S"),
+        "modelspec.resolution": f"{resolution}x{resolution}",
+        "modelspec.prediction_type": "v" if prediction_type == "v_prediction" else "epsilon",
+        "modelspec.trigger_phrase": config.token,
+        "modelspec.description": f"LoRA trained by loraprompt on {n_images} images ({config.task})",
+    }
+    if config.pivotal:
+        meta["ss_embeddings"] = json.dumps([config.token])
+    meta[RECIPE_KEY] = json.dumps({"tool": "train", **config.recipe(), "steps": steps}, sort_keys=True, default=str)
+    return meta
+
+
+def write_lora_file(path: Path, factors: list[Any], fmt: str, meta: dict[str, str],
+                    bundle: dict[str, Tensor] | None) -> None:
+    """The LoRA file, atomically (a temporary file renamed onto `path` only when complete)."""
+    if fmt == "kohya":
+        tensors = kohya_tensors(factors)
+        extra: dict[str, str] = {}
+    else:
+        tensors, extra = peft_tensors(factors)
+    tensors = {k: v.to(torch.float16) if v.is_floating_point() and v.dim() else v for k, v in tensors.items()}
+    tensors.update({k: v.float() for k, v in (bundle or {}).items()})
+    save_tensors(path, tensors, {**meta, **extra})
+
+
+def user_metadata(config: TrainConfig, family: str, recipe: dict[str, Any]) -> dict[str, Any]:
+    """A1111's `<stem>.json` (the card's user metadata) with the token as activation text."""
+    return {
+        "description": f"Trained by loraprompt from {recipe['images']} images ({config.task}).",
+        "sd version": SD_VERSION[family],
+        "activation text": config.token,
+        "preferred weight": 1.0 if config.task != "style" else 0.8,
+        "negative text": "",
+        "notes": f"loraprompt train: {recipe['steps']} steps, rank {config.rank}, alpha {config.network_alpha},"
+                 f" lr {config.lr}" + (f", TE lr {config.lr_te}" if config.train_te else ", UNet only")
+                 + (", pivotal token" if config.pivotal else ""),
+        "loraprompt_train": recipe,
+    }
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(doc, indent=4, ensure_ascii=False))
+
+
+def write_png(path: Path, image: Any) -> None:
+    with atomic_path(path, ".png") as tmp:
+        image.save(tmp, format="PNG")

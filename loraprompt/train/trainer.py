@@ -1,0 +1,467 @@
+"""The training loop: diffusers models, peft LoRA layers, accelerate for devices and mixed precision.
+
+Every random draw of step k (which images, flips, noise, timesteps) comes from a generator seeded
+with (seed, k), and the epoch order from (seed, epoch), so a run resumed from a saved state at step
+k continues exactly as the uninterrupted run would: the state is the LoRA weights, the pivotal
+vectors, the optimizer's moments and the loss history. Ctrl-C or a crash saves that state first.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from loraprompt.train import export
+from loraprompt.train.config import RECIPE_FIELDS, TrainConfig
+from loraprompt.train.data import Dataset, extract_zip, load_dataset
+from loraprompt.train.errors import TrainError, TrainInterrupted
+from loraprompt.train.model import Base, PivotalToken, add_lora, encode, load_base, lora_parameters, trained_factors
+
+STATE_FILE = "state.pt"
+STATE_VERSION = 1
+Event = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    json_path: Path
+    preview_path: Path | None
+    steps: int
+    losses: list[float]
+    skipped: list[tuple[str, str]]
+    seconds: float
+    samples: list[Path] = field(default_factory=list)
+
+
+def default_state_dir(output: str | Path) -> Path:
+    out = Path(output)
+    return out.with_name(f"{out.stem}.train-state")
+
+
+def read_state(state_dir: str | Path) -> dict[str, Any]:
+    path = Path(state_dir) / STATE_FILE
+    if not path.is_file():
+        raise TrainError(f"{state_dir}: no training state ({STATE_FILE}) to resume from")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise TrainError(f"{path}: cannot read the training state ({exc})") from exc
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        raise TrainError(f"{path}: not a loraprompt training state (version {STATE_VERSION})")
+    return state
+
+
+def is_oom(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the allocator failures CPU and MPS raise as RuntimeError."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
+                                              or "failed to allocate" in text)
+
+
+def oom_message(config: TrainConfig, resolution: int) -> str:
+    lower = [f"--batch-size (now {config.batch_size})", f"--resolution (now {resolution})"]
+    if not config.gradient_checkpointing:
+        lower.append("turn on --gradient-checkpointing")
+    if config.mixed_precision == "no":
+        lower.append("use --mixed-precision bf16 or fp16")
+    if config.train_te:
+        lower.append("--no-train-te")
+    return "out of memory while training; lower " + ", ".join(lower)
+
+
+class _Order:
+    """Aspect-ratio-bucketed batches: each batch holds images of one bucket; the order of an epoch
+    depends only on (seed, epoch)."""
+
+    def __init__(self, sizes: list[tuple[int, int]], batch_size: int, seed: int) -> None:
+        self.by_bucket: dict[tuple[int, int], list[int]] = {}
+        for i, size in enumerate(sizes):
+            self.by_bucket.setdefault(size, []).append(i)
+        self.batch_size, self.seed = batch_size, seed
+        self.per_epoch = sum(-(-len(v) // batch_size) for v in self.by_bucket.values())
+        self._epoch, self._batches = -1, list[list[int]]()
+
+    def batch(self, step: int) -> list[int]:
+        epoch, pos = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            batches = []
+            for size in sorted(self.by_bucket):
+                items = self.by_bucket[size]
+                perm = [items[i] for i in torch.randperm(len(items), generator=gen).tolist()]
+                batches += [perm[i:i + self.batch_size] for i in range(0, len(perm), self.batch_size)]
+            self._batches = [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+            self._epoch = epoch
+        return self._batches[pos]
+
+
+def _to_tensor(image: Any) -> Tensor:
+    import numpy as np
+
+    array = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)
+    return array.permute(2, 0, 1)
+
+
+class Trainer:
+    """One run. `run()` trains and writes the outputs; `Trainer` can also be driven step by step."""
+
+    def __init__(self, config: TrainConfig, *, base: Base | None = None, on_event: Event | None = None,
+                 progress: bool = False) -> None:
+        self.config = config
+        self.on_event = on_event or (lambda kind, data: None)
+        self.progress = progress
+        self.output = Path(config.output)
+        self._check_output()
+        self.state_dir = Path(config.resume or config.state_dir or default_state_dir(self.output))
+        self.resume_state = read_state(config.resume) if config.resume else None
+        if self.resume_state is not None:
+            saved = self.resume_state["config"]
+            differ = [k for k in RECIPE_FIELDS if saved.get(k) != getattr(config, k)]
+            if differ:
+                raise TrainError(f"--resume {config.resume}: the saved run used other settings for "
+                                 f"{', '.join(differ)}; resume with the same settings")
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        src = Path(config.images)
+        if not (src.is_dir() or (src.is_file() and src.suffix.lower() == ".zip")):
+            raise TrainError(f"{src}: IMAGES must be a folder of images or a .zip of them")
+        self.base = base if base is not None else load_base(config.checkpoint, config.prediction_type)
+        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
+                                   if config.device == "auto" else config.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise TrainError("--device cuda: no CUDA device is available")
+        self.resolution = config.resolution or self.base.native_resolution()
+        self.dataset = self._load_images()
+        self.losses: list[float] = []
+        self.step = 0
+        self.samples: list[Path] = []
+
+    # -- set-up -------------------------------------------------------------------------------
+    def _check_output(self) -> None:
+        out = self.output
+        if not out.name or out.suffix.lower() != ".safetensors":
+            raise TrainError(f"--output {out}: expected a .safetensors file name")
+        if out.exists() and not self.config.force:
+            raise TrainError(f"{out}: output exists; pass --force to replace it")
+        if not out.parent.is_dir():
+            raise TrainError(f"{out}: folder {out.parent} does not exist")
+
+    def _load_images(self) -> Dataset:
+        src = Path(self.config.images)
+        if src.is_file() and src.suffix.lower() == ".zip":
+            self._tmp = tempfile.TemporaryDirectory(prefix="loraprompt-train-")
+            folder = extract_zip(src, Path(self._tmp.name), self.config.max_zip_bytes or export_cap())
+        elif src.is_dir():
+            folder = src
+        else:
+            raise TrainError(f"{src}: IMAGES must be a folder of images or a .zip of them")
+        pipe = self.base.pipe
+        vae_factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+        unet_factor = 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+        dataset = load_dataset(folder, resolution=self.resolution, step=vae_factor * unet_factor,
+                               template=self.config.template, token=self.config.token,
+                               require_token=self.config.pivotal)
+        for name, why in dataset.skipped:
+            self.on_event("skipped", {"file": name, "reason": why})
+        return dataset
+
+    def _prepare(self) -> None:
+        from accelerate import Accelerator
+        from diffusers import DDPMScheduler
+
+        config, base, pipe = self.config, self.base, self.base.pipe
+        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.prediction = config.prediction_type or base.prediction_type
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)  # the LoRA A matrices' initialisation
+            self.pivotal = PivotalToken(base, config.token, config.word) if config.pivotal else None
+            self.trained = add_lora(base, config)
+        cpu = self.device.type == "cpu"
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=cpu)
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
+        for _, _, encoder in base.text_encoders:
+            encoder.to(self.device, self.weight_dtype)
+        pipe.unet.to(self.device, self.weight_dtype)
+        pipe.vae.to(self.device, torch.float32)  # encoded once, in float32 (SDXL's VAE overflows in fp16)
+        for module in self.trained.values():
+            for p in module.parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()
+        if config.gradient_checkpointing:
+            pipe.unet.enable_gradient_checkpointing()
+            for name, module in self.trained.items():
+                if name != "unet":
+                    module.gradient_checkpointing_enable()
+        self._cache_latents()
+        self.params = {name: lora_parameters(m) for name, m in self.trained.items()}
+        groups = [{"params": list(self.params["unet"].values()), "lr": config.lr}]
+        groups += [{"params": list(p.values()), "lr": config.lr_te} for n, p in self.params.items() if n != "unet"]
+        if self.pivotal is not None:
+            for vec in self.pivotal.vectors.values():
+                vec.data = vec.data.to(self.device)
+            groups.append({"params": list(self.pivotal.vectors.values()), "lr": config.lr_token, "weight_decay": 0.0})
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        optimizer = torch.optim.AdamW(groups, weight_decay=1e-2, **fused)
+        prepared = self.accelerator.prepare(*self.trained.values(), optimizer)
+        self.optimizer = prepared[-1]
+        self.order = _Order([img.size for img in self.dataset.images], config.batch_size, config.seed)
+        if not config.train_te and self.pivotal is None:
+            with torch.no_grad():
+                self.fixed_text = {c: encode(base, [c], self.device) for c in {i.caption for i in self.dataset.images}}
+        if self.resume_state is not None:
+            self._load(self.resume_state)
+
+    def _cache_latents(self) -> None:
+        vae = self.base.pipe.vae
+        scale = float(vae.config.scaling_factor)
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        self.latents: list[Tensor] = []
+        self.flipped: list[Tensor] = []
+        with torch.no_grad():
+            for item in self.dataset.images:
+                pixels = _to_tensor(item.image)[None].to(self.device)
+                both = torch.cat([pixels, pixels.flip(-1)]) if self.config.do_flip else pixels
+                lat = (vae.encode(both).latent_dist.mean - shift) * scale
+                self.latents.append(lat[0].to(self.weight_dtype))
+                self.flipped.append(lat[-1].to(self.weight_dtype))
+
+    # -- state --------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "step": self.step,
+            "losses": list(self.losses),
+            "config": self.config.to_dict(),
+            "params": {n: {k: v.detach().cpu().clone() for k, v in p.items()} for n, p in self.params.items()},
+            "vectors": {} if self.pivotal is None else {k: v.detach().cpu().clone() for k, v in self.pivotal.vectors.items()},
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def save_state(self) -> Path:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        target = self.state_dir / STATE_FILE
+        fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=self.state_dir)
+        os.close(fd)
+        try:
+            torch.save(self.state(), tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self.on_event("state", {"step": self.step, "path": str(self.state_dir)})
+        return self.state_dir
+
+    def _load(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for name, tensors in state["params"].items():
+                mine = self.params[name]
+                if tensors.keys() != mine.keys():
+                    raise TrainError(f"{self.config.resume}: the saved {name} LoRA has other layers than this model")
+                for key, value in tensors.items():
+                    mine[key].copy_(value)
+            if self.pivotal is not None:
+                for key, value in state["vectors"].items():
+                    self.pivotal.vectors[key].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.losses = [float(x) for x in state["losses"]]
+
+    # -- one step -----------------------------------------------------------------------------
+    def _conditioning(self, captions: list[str], items: list[Any], flips: Tensor) -> tuple[Tensor, dict[str, Any]]:
+        base = self.base
+        if hasattr(self, "fixed_text"):
+            parts = [self.fixed_text[c] for c in captions]
+            states = torch.cat([p.states for p in parts])
+            pooled = torch.cat([p.pooled for p in parts]) if parts[0].pooled is not None else None
+        else:
+            enc = encode(base, captions, self.device)
+            states, pooled = enc.states, enc.pooled
+        extra: dict[str, Any] = {}
+        if base.family == "sdxl":
+            ids = []
+            for item, flip in zip(items, flips.tolist()):
+                (oh, ow), (top, left), (th, tw) = item.original_size, item.crop_top_left, item.size
+                ids.append([oh, ow, top, left, th, tw])
+            extra["added_cond_kwargs"] = {"text_embeds": pooled,
+                                          "time_ids": torch.tensor(ids, dtype=states.dtype, device=self.device)}
+        return states, extra
+
+    def loss_at(self, step: int) -> Tensor:
+        """The training loss of step `step` (its batch, noise and timesteps)."""
+        config = self.config
+        indices = self.order.batch(step)
+        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step + 1)
+        flips = (torch.rand(len(indices), generator=gen) < 0.5) & config.do_flip
+        latents = torch.stack([(self.flipped if f else self.latents)[i] for i, f in zip(indices, flips.tolist())])
+        noise = torch.randn(latents.shape, generator=gen)
+        if config.noise_offset:
+            noise = noise + config.noise_offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1, generator=gen)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(indices),), generator=gen)
+        noise, timesteps = noise.to(self.device, latents.dtype), timesteps.to(self.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        items = [self.dataset.images[i] for i in indices]
+        with self.accelerator.autocast():
+            states, extra = self._conditioning([it.caption for it in items], items, flips)
+            pred = self.base.pipe.unet(noisy, timesteps, states.to(self.weight_dtype), **extra).sample
+        if self.prediction == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        elif self.prediction == "epsilon":
+            target = noise
+        else:
+            raise TrainError(f"prediction type {self.prediction!r} is not supported (epsilon or v_prediction)")
+        loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        if config.min_snr_gamma:
+            alphas = self.noise_scheduler.alphas_cumprod.to(self.device)[timesteps].float()
+            snr = alphas / (1 - alphas)
+            weight = snr.clamp(max=config.min_snr_gamma) / (snr + 1 if self.prediction == "v_prediction" else snr)
+            loss = loss * weight
+        return loss.mean()
+
+    def train_step(self) -> float:
+        self.base.pipe.unet.train()
+        loss = self.loss_at(self.step)
+        self.accelerator.backward(loss)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.accelerator.clip_grad_norm_(params, 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise TrainError(f"the loss became {value} at step {self.step + 1}; lower --lr"
+                             + (" or use --mixed-precision bf16 instead of fp16" if self.config.mixed_precision == "fp16" else ""))
+        self.step += 1
+        self.losses.append(value)
+        return value
+
+    # -- samples ------------------------------------------------------------------------------
+    def sample(self, prompt: str | None = None) -> Any:
+        """An image from the model as trained so far (the LoRA layers and token are in place)."""
+        config = self.config
+        text = prompt or config.sample_prompt or config.template.replace("{token}", config.token)
+        unet = self.base.pipe.unet
+        unet.eval()
+        gen = torch.Generator(self.device).manual_seed(config.seed)
+        with self.accelerator.autocast():
+            image = self.base.pipe(text, num_inference_steps=config.sample_steps, height=self.resolution,
+                                   width=self.resolution, generator=gen).images[0]
+        return image
+
+    def _sample_to_file(self) -> None:
+        folder = self.state_dir / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"step-{self.step:06d}.png"
+        export.write_png(path, self.sample())
+        self.samples.append(path)
+        self.on_event("sample", {"step": self.step, "path": str(path)})
+
+    # -- the run ------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        config = self.config
+        started = time.time()
+        try:
+            self._prepare()
+            start_step = self.step
+            self.on_event("start", {"steps": config.steps, "step": self.step, "images": len(self.dataset.images),
+                                    "resolution": self.resolution, "device": str(self.device)})
+            t0 = time.perf_counter()
+            while self.step < config.steps:
+                loss = self.train_step()
+                rate = (self.step - start_step) / max(time.perf_counter() - t0, 1e-9)
+                eta = (config.steps - self.step) / rate if rate > 0 else 0.0
+                self.on_event("step", {"step": self.step, "steps": config.steps, "loss": loss,
+                                       "steps_per_s": rate, "eta_s": eta})
+                if self.progress:
+                    _bar(self.step, config.steps, loss, rate, eta)
+                if config.sample_every and self.step % config.sample_every == 0 and self.step < config.steps:
+                    self._sample_to_file()
+                if config.save_every and self.step % config.save_every == 0 and self.step < config.steps:
+                    self.save_state()
+            if self.progress:
+                sys.stderr.write("\n")
+            preview = self.sample()
+            return self._write(preview, started)
+        except KeyboardInterrupt:
+            where = self._save_after_failure()
+            raise TrainInterrupted(f"interrupted at step {self.step}; resume with --resume {where}",
+                                   str(where), self.step) from None
+        except TrainError:
+            self._save_after_failure()
+            raise
+        except Exception as exc:
+            where = self._save_after_failure()
+            hint = f"; the state at step {self.step} is in {where} (--resume {where})" if where else ""
+            if is_oom(exc):
+                raise TrainError(oom_message(config, self.resolution) + hint) from exc
+            raise TrainInterrupted(f"training failed at step {self.step + 1}: {type(exc).__name__}: {exc}{hint}",
+                                   str(where or ""), self.step) from exc
+        finally:
+            if self._tmp is not None:
+                self._tmp.cleanup()
+
+    def _save_after_failure(self) -> Path | None:
+        if not hasattr(self, "optimizer") or self.step == 0:
+            return None
+        try:
+            return self.save_state()
+        except Exception:  # the original failure matters more than a failed save
+            return None
+
+    def _write(self, preview: Any, started: float) -> TrainResult:
+        config, base = self.config, self.base
+        finished = time.time()
+        meta = export.metadata(config, family=base.family, base_name=base.name, base_hash=base.model_hash,
+                               dataset=self.dataset, started=started, finished=finished, steps=self.step,
+                               resolution=self.resolution, prediction_type=self.prediction,
+                               folder_name=Path(config.images).stem or "images")
+        factors = trained_factors(self.trained, config.network_alpha)
+        bundle = None
+        if self.pivotal is not None:
+            bundle = export.bundle_tensors(config.token, {k: v.detach().float().cpu() for k, v in self.pivotal.vectors.items()})
+        recipe = {**config.recipe(), "steps": self.step, "images": len(self.dataset.images),
+                  "final_loss": self.losses[-1] if self.losses else None, "base_model": base.name}
+        self._check_output()  # still free (or --force) at the end of a long run
+        export.write_lora_file(self.output, factors, config.format, meta, bundle)
+        json_path = self.output.with_suffix(".json")
+        export.write_json(json_path, export.user_metadata(config, base.family, recipe))
+        preview_path = self.output.with_name(f"{self.output.stem}.preview.png")
+        export.write_png(preview_path, preview)
+        if not config.save_every and self.state_dir == default_state_dir(self.output) and self.state_dir.exists():
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+        result = TrainResult(self.output, json_path, preview_path, self.step, list(self.losses),
+                             list(self.dataset.skipped), finished - started, list(self.samples))
+        self.on_event("done", {"output": str(self.output), "steps": self.step, "seconds": result.seconds})
+        return result
+
+
+def export_cap() -> int:
+    from loraprompt.train.data import MAX_ZIP_BYTES
+
+    return MAX_ZIP_BYTES
+
+
+def _bar(step: int, total: int, loss: float, rate: float, eta: float) -> None:
+    width = 25
+    done = width * step // max(total, 1)
+    sys.stderr.write(f"\rtrain [{'#' * done:<{width}}] {step}/{total} loss {loss:.4f} {rate:.2f} steps/s"
+                     f" ETA {int(eta) // 60}:{int(eta) % 60:02d} ")
+    sys.stderr.flush()
+
+
+def train(config: TrainConfig, *, base: Base | None = None, on_event: Event | None = None,
+          progress: bool = False) -> TrainResult:
+    """Train a LoRA as `config` says and write it (plus `<stem>.json` and `<stem>.preview.png`)."""
+    return Trainer(config, base=base, on_event=on_event, progress=progress).run()

@@ -1,0 +1,85 @@
+"""`loraprompt train` on the built-in demo model: the files it leaves, what it refuses, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from safetensors import safe_open
+
+from loraprompt.cli import main
+
+from .conftest import write_images
+
+DEMO = ["--checkpoint", "demo", "--steps", "2", "--resolution", "64", "--rank", "4", "--sample-steps", "1", "-q"]
+
+
+def _metadata(path: Path) -> tuple[list[str], dict[str, str]]:
+    with safe_open(str(path), "pt") as f:
+        return list(f.keys()), dict(f.metadata())
+
+
+def test_demo_run_writes_kohya_lora_metadata_json_and_preview(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images = write_images(tmp_path / "photos")
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (images / "notes.md").write_text("not an image")
+    out = tmp_path / "mine.safetensors"
+    assert main(["train", str(images), "--output", str(out), *DEMO]) == 0
+    captured = capsys.readouterr()
+    assert "skipped broken.png:" in captured.err and "notes.md" not in captured.err
+    assert f"wrote {out}" in captured.out
+
+    keys, meta = _metadata(out)
+    assert keys and all(k.startswith(("lora_unet_", "lora_te_")) for k in keys)
+    assert {k.rsplit(".", 1)[0].rsplit(".", 1)[-1] for k in keys} >= {"lora_down", "lora_up"}
+    assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.alpha" in keys
+    assert "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight" in keys
+    assert meta["ss_network_module"] == "networks.lora"
+    assert (meta["ss_network_dim"], meta["ss_network_alpha"]) == ("4", "4.0")
+    assert meta["ss_base_model_version"] == "sd_v1" and meta["ss_v2"] == "False"
+    assert meta["ss_num_train_images"] == "3" and meta["ss_steps"] == "2" and meta["ss_max_train_steps"] == "2"
+    assert meta["ss_resolution"] == "(64, 64)" and meta["ss_output_name"] == "mine"
+    assert float(meta["ss_training_finished_at"]) >= float(meta["ss_training_started_at"])
+    tags = json.loads(meta["ss_tag_frequency"])["photos"]
+    assert tags["red stripes"] == 1 and tags["a photo of <s1>"] == 3
+    assert meta["modelspec.architecture"] == "stable-diffusion-v1/lora"
+    assert meta["modelspec.sai_model_spec"] == "1.0.0" and meta["modelspec.title"] == "mine"
+
+    doc = json.loads((tmp_path / "mine.json").read_text())
+    assert doc["activation text"] == "<s1>" and doc["sd version"] == "SD1"
+    assert doc["loraprompt_train"]["steps"] == 2 and doc["loraprompt_train"]["rank"] == 4
+    with Image.open(tmp_path / "mine.preview.png") as preview:
+        assert preview.size == (64, 64)
+    assert not (tmp_path / "mine.train-state").exists()  # no --save-every: nothing left to resume
+
+    before = out.read_bytes()
+    assert main(["train", str(images), "--output", str(out), *DEMO]) == 1
+    assert "output exists; pass --force" in capsys.readouterr().err
+    assert out.read_bytes() == before
+
+
+def test_no_usable_image_is_an_error_naming_the_files_and_writes_nothing(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    images = tmp_path / "photos"
+    images.mkdir()
+    (images / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    (images / "b.png").write_bytes(b"")
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    assert main(["train", str(images), "--output", str(outdir / "x.safetensors"), *DEMO]) == 1
+    err = capsys.readouterr().err
+    assert "no usable image" in err and "a.jpg" in err and "b.png" in err
+    assert list(outdir.iterdir()) == []
+
+
+def test_bad_settings_are_refused_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images = write_images(tmp_path / "photos", count=1)
+    assert main(["train", str(images), "--output", str(tmp_path / "x.ckpt"), *DEMO]) == 1
+    assert ".safetensors" in capsys.readouterr().err
+    assert main(["train", str(images), "--output", str(tmp_path / "x.safetensors"), *DEMO, "--rank", "0"]) == 1
+    assert "--rank must be at least 1" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "missing"), "--output", str(tmp_path / "x.safetensors"), *DEMO]) == 1
+    assert "IMAGES must be a folder" in capsys.readouterr().err
+    assert list(tmp_path.glob("x.*")) == []
