@@ -96,10 +96,10 @@ class PivotalToken:
                 start = table.weight[torch.tensor(init_ids)].float().mean(0, keepdim=True)
             self.vectors[component] = nn.Parameter(start.clone())
             self.ids[component] = new_id
-            before, after = self._hook(component, new_id)
+            before, after = self._hook(component, new_id, table.num_embeddings)
             self.hooks += [table.register_forward_pre_hook(before), table.register_forward_hook(after)]
 
-    def _hook(self, component: str, new_id: int) -> Any:
+    def _hook(self, component: str, new_id: int, rows: int) -> Any:
         # The new id may lie past the table (real CLIP tables end with the vocabulary): a pre-hook
         # notes where it appears and clamps it to a real row, the forward hook puts the vector there.
         hits: list[Tensor] = []
@@ -107,7 +107,7 @@ class PivotalToken:
         def before(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
             ids = args[0]
             hits.append((ids == new_id).unsqueeze(-1))
-            return (ids.clamp(max=module.num_embeddings - 1), *args[1:])
+            return (ids.clamp(max=rows - 1), *args[1:])
 
         def after(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
             return torch.where(hits.pop(), self.vectors[component][0].to(output.dtype), output)
@@ -131,13 +131,14 @@ def add_lora(base: Base, config: TrainConfig) -> dict[str, nn.Module]:
     unet = base.pipe.unet
     targets = list(UNET_TARGETS) + (list(UNET_FF_TARGETS) if config.ff else [])
     unet.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.network_alpha, init_lora_weights="gaussian",
+    alpha: Any = config.network_alpha  # peft annotates int; scaling = alpha / r takes any number
+    unet.add_adapter(LoraConfig(r=config.rank, lora_alpha=alpha, init_lora_weights="gaussian",
                                 target_modules=targets), adapter_name=ADAPTER)
     trained: dict[str, nn.Module] = {"unet": unet}
     for component, _, encoder in base.text_encoders:
         encoder.requires_grad_(False)
         if config.train_te:
-            encoder.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.network_alpha,
+            encoder.add_adapter(LoraConfig(r=config.rank, lora_alpha=alpha,
                                            init_lora_weights="gaussian", target_modules=te_module_names(encoder)),
                                 adapter_name=ADAPTER)
             trained[component] = encoder

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,15 @@ from loraprompt.train import export
 from loraprompt.train.config import RECIPE_FIELDS, TrainConfig
 from loraprompt.train.data import Dataset, extract_zip, load_dataset
 from loraprompt.train.errors import TrainError, TrainInterrupted
-from loraprompt.train.model import Base, PivotalToken, add_lora, encode, load_base, lora_parameters, trained_factors
+from loraprompt.train.model import (
+    Base,
+    PivotalToken,
+    add_lora,
+    encode,
+    load_base,
+    lora_parameters,
+    trained_factors,
+)
 
 STATE_FILE = "state.pt"
 STATE_VERSION = 1
@@ -205,7 +213,7 @@ class Trainer:
             pipe.unet.enable_gradient_checkpointing()
             for name, module in self.trained.items():
                 if name != "unet":
-                    module.gradient_checkpointing_enable()
+                    cast(Any, module).gradient_checkpointing_enable()
         self._cache_latents()
         self.params = {name: lora_parameters(m) for name, m in self.trained.items()}
         groups = [{"params": list(self.params["unet"].values()), "lr": config.lr}]
@@ -214,8 +222,7 @@ class Trainer:
             for vec in self.pivotal.vectors.values():
                 vec.data = vec.data.to(self.device)
             groups.append({"params": list(self.pivotal.vectors.values()), "lr": config.lr_token, "weight_decay": 0.0})
-        fused = {"fused": True} if self.device.type == "cuda" else {}
-        optimizer = torch.optim.AdamW(groups, weight_decay=1e-2, **fused)
+        optimizer = torch.optim.AdamW(groups, weight_decay=1e-2, fused=True if self.device.type == "cuda" else None)
         prepared = self.accelerator.prepare(*self.trained.values(), optimizer)
         self.optimizer = prepared[-1]
         self.order = _Order([img.size for img in self.dataset.images], config.batch_size, config.seed)
@@ -281,19 +288,20 @@ class Trainer:
         self.losses = [float(x) for x in state["losses"]]
 
     # -- one step -----------------------------------------------------------------------------
-    def _conditioning(self, captions: list[str], items: list[Any], flips: Tensor) -> tuple[Tensor, dict[str, Any]]:
+    def _conditioning(self, captions: list[str], items: list[Any]) -> tuple[Tensor, dict[str, Any]]:
         base = self.base
         if hasattr(self, "fixed_text"):
             parts = [self.fixed_text[c] for c in captions]
             states = torch.cat([p.states for p in parts])
-            pooled = torch.cat([p.pooled for p in parts]) if parts[0].pooled is not None else None
+            pooled_parts = [p.pooled for p in parts if p.pooled is not None]
+            pooled = torch.cat(pooled_parts) if pooled_parts else None
         else:
             enc = encode(base, captions, self.device)
             states, pooled = enc.states, enc.pooled
         extra: dict[str, Any] = {}
         if base.family == "sdxl":
             ids = []
-            for item, flip in zip(items, flips.tolist()):
+            for item in items:
                 (oh, ow), (top, left), (th, tw) = item.original_size, item.crop_top_left, item.size
                 ids.append([oh, ow, top, left, th, tw])
             extra["added_cond_kwargs"] = {"text_embeds": pooled,
@@ -315,7 +323,7 @@ class Trainer:
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         items = [self.dataset.images[i] for i in indices]
         with self.accelerator.autocast():
-            states, extra = self._conditioning([it.caption for it in items], items, flips)
+            states, extra = self._conditioning([it.caption for it in items], items)
             pred = self.base.pipe.unet(noisy, timesteps, states.to(self.weight_dtype), **extra).sample
         if self.prediction == "v_prediction":
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)

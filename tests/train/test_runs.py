@@ -1,0 +1,124 @@
+"""Runs through the Python API on the tiny SD1 pipeline: resume equals an uninterrupted run, Ctrl-C
+and crashes leave a resumable state and nothing at the output, zips are checked, OOM names settings."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from loraprompt.train import TrainConfig, TrainError, TrainInterrupted, train
+from loraprompt.train.data import extract_zip
+
+from .conftest import sd1_base, write_images
+
+
+def _config(images: Path, out: Path, **kw: Any) -> TrainConfig:
+    values: dict[str, Any] = {"images": str(images), "output": str(out), "steps": 6, "rank": 2, "lr": 1e-3,
+                              "resolution": 32, "sample_steps": 1, "batch_size": 2, "task": "style", "seed": 7}
+    return TrainConfig(**{**values, **kw})
+
+
+def _stop_at(step: int, exc: BaseException) -> Any:
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        if kind == "step" and data["step"] == step:
+            raise exc
+
+    return on_event
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt(), RuntimeError("disk on fire")], ids=["ctrl-c", "crash"])
+def test_interrupted_run_resumes_to_exactly_the_uninterrupted_result(tmp_path: Path, images: Path,
+                                                                     failure: BaseException) -> None:
+    whole = train(_config(images, tmp_path / "whole.safetensors"), base=sd1_base(tmp_path / "a"))
+
+    out = tmp_path / "split.safetensors"
+    with pytest.raises(TrainInterrupted) as info:
+        train(_config(images, out), base=sd1_base(tmp_path / "b"), on_event=_stop_at(3, failure))
+    assert info.value.step == 3 and Path(info.value.state_dir) == tmp_path / "split.train-state"
+    assert "--resume" in str(info.value)
+    assert not out.exists() and not out.with_suffix(".json").exists()
+
+    resumed = train(_config(images, out, resume=info.value.state_dir), base=sd1_base(tmp_path / "c"))
+    assert resumed.losses == whole.losses  # the history, and every step after the resume
+    a, b = load_file(str(whole.output)), load_file(str(out))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_other_settings_is_refused(tmp_path: Path, images: Path) -> None:
+    out = tmp_path / "x.safetensors"
+    with pytest.raises(TrainInterrupted) as info:
+        train(_config(images, out), base=sd1_base(tmp_path / "a"), on_event=_stop_at(2, KeyboardInterrupt()))
+    with pytest.raises(TrainError, match="rank"):
+        train(_config(images, out, rank=4, resume=info.value.state_dir), base=sd1_base(tmp_path / "b"))
+
+
+def test_out_of_memory_names_the_settings_to_lower(tmp_path: Path, images: Path) -> None:
+    base = sd1_base(tmp_path / "a")
+
+    def allocate_too_much(module: Any, args: Any) -> None:  # a real allocator failure, mid-step
+        torch.empty(1 << 60, dtype=torch.uint8)
+
+    base.pipe.unet.register_forward_pre_hook(allocate_too_much)
+    out = tmp_path / "x.safetensors"
+    with pytest.raises(TrainError) as info:
+        train(_config(images, out, batch_size=2), base=base)
+    message = str(info.value)
+    assert message.startswith("out of memory")
+    for setting in ("--batch-size (now 2)", "--resolution (now 32)", "--gradient-checkpointing", "--mixed-precision"):
+        assert setting in message
+    assert not out.exists()
+
+
+def _zip(path: Path, entries: dict[str, bytes], symlink: str | None = None) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+        if symlink:
+            info = zipfile.ZipInfo(symlink)
+            info.external_attr = (0o120777 << 16)
+            zf.writestr(info, "/etc/passwd")
+    return path
+
+
+def test_zip_trains_and_ignores_non_images(tmp_path: Path) -> None:
+    folder = write_images(tmp_path / "src", count=2)
+    entries = {f"set/{p.name}": p.read_bytes() for p in folder.iterdir()}
+    entries["set/readme.pdf"] = b"%PDF"
+    entries["__MACOSX/set/._img0.png"] = b"junk"
+    archive = _zip(tmp_path / "set.zip", entries)
+    result = train(_config(archive, tmp_path / "z.safetensors", steps=1), base=sd1_base(tmp_path / "a"))
+    assert result.output.exists() and result.skipped == []
+    assert load_file(str(result.output))
+
+
+@pytest.mark.parametrize(("entry", "why"), [("../evil.png", "escapes the folder"), ("/abs/evil.png", "absolute"),
+                                            ("C:\\evil.png", "absolute"), ("ok/..\\..\\evil.png", "escapes")])
+def test_zip_entries_escaping_the_folder_are_refused(tmp_path: Path, entry: str, why: str) -> None:
+    archive = _zip(tmp_path / "bad.zip", {"fine.png": b"x", entry: b"x"})
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(TrainError, match=why) as info:
+        extract_zip(archive, dest)
+    assert repr(entry) in str(info.value)
+    assert list(dest.iterdir()) == [] and not (tmp_path / "evil.png").exists()
+
+
+def test_zip_symlinks_and_size_cap_are_refused(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(TrainError, match=r"'link\.png' is a symbolic link"):
+        extract_zip(_zip(tmp_path / "link.zip", {"a.png": b"x"}, symlink="link.png"), dest)
+    big = _zip(tmp_path / "big.zip", {"a.png": b"\0" * 4000, "b.png": b"\0" * 4000})
+    with pytest.raises(TrainError, match="zip size cap"):
+        extract_zip(big, dest, max_bytes=6000)
+    assert list(dest.iterdir()) == []
+    fake = tmp_path / "fake.zip"
+    fake.write_bytes(b"PK not a zip")
+    with pytest.raises(TrainError, match=r"fake\.zip: not a readable zip"):
+        extract_zip(fake, dest)
