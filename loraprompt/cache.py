@@ -10,6 +10,7 @@ from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import torch
     from torch import Tensor
 
     from loraprompt.adapters.types import Adapter, AdapterModule
@@ -133,14 +134,18 @@ class DeltaCache:
         for key in [k for k in self._entries if isinstance(k, tuple) and k[:n] == prefix]:
             self._bytes -= self._entries.pop(key)[1]
 
-    def factors(self, module: AdapterModule, target: Tensor) -> tuple[Tensor, Tensor, Tensor | None] | None:
-        """`lowrank_factors(module, target)`, kept (they are small) while the cache has room."""
-        hit = self.get((module, "factors"))
+    def factors(
+        self, module: AdapterModule, target: Tensor, device: torch.device | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None] | None:
+        """`lowrank_factors(module, target, device)`, kept per device (they are small) while the
+        cache has room: a model moved to another device and back finds them again."""
+        key = (module, "factors", device or target.device)
+        hit = self.get(key)
         if hit is None:
-            found = lowrank_factors(module, target)
+            found = lowrank_factors(module, target, device)
             if found is None:
                 return None
-            self.put((module, "factors"), *found)
+            self.put(key, *found)
             return found
         assert hit[0] is not None and hit[1] is not None
         return hit[0], hit[1], hit[2]
@@ -151,8 +156,11 @@ class DeltaCache:
         self._bytes = 0
 
 
-def lowrank_factors(module: AdapterModule, target: Tensor) -> tuple[Tensor, Tensor, Tensor | None] | None:
-    """(scale·up, down, Δbias) in float32 on `target`'s device when `module` is the reader's plain
+def lowrank_factors(
+    module: AdapterModule, target: Tensor, device: torch.device | None = None
+) -> tuple[Tensor, Tensor, Tensor | None] | None:
+    """(scale·up, down, Δbias) in float32 on `device` (default: `target`'s; computed on the adapter's device,
+    usually the CPU, then copied without blocking) when `module` is the reader's plain
     LoRA (ΔW = scale·up @ down: written with one addmm, no full-size delta), else None; ValueError
     (naming the shapes) when the factors do not fit `target`."""
     import torch
@@ -169,9 +177,25 @@ def lowrank_factors(module: AdapterModule, target: Tensor) -> tuple[Tensor, Tens
     dyn = getattr(module, "dyn", None)
     if dyn is not None:
         up, down = up[:, :dyn], down[:dyn]
-    up = up.reshape(up.shape[0], -1).to(target.device, torch.float32) * module.scale
-    down = down.reshape(down.shape[0], -1).to(target.device, torch.float32)
+    up = up.reshape(up.shape[0], -1).to(torch.float32) * module.scale
+    down = down.reshape(down.shape[0], -1).to(torch.float32)
     if up.shape[0] != target.shape[0] or up.shape[1] != down.shape[0] or down[0].numel() != target[0].numel():
         raise ValueError(f"up {tuple(up.shape)} @ down {tuple(down.shape)} does not fit {tuple(target.shape)}")
     db = module.bias_delta()
-    return up, down, None if db is None else db.to(target.device, torch.float32)
+    db = None if db is None else db.to(torch.float32)
+    where = device or target.device
+    return to_device(up, where), to_device(down, where), None if db is None else to_device(db, where)
+
+
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """`t` on `device`; a CPU tensor goes through pinned memory without blocking the host (a
+    pageable host-to-device copy waits for the device), pageable when pinning is refused."""
+    if t.device == device:
+        return t
+    if t.device.type == "cpu" and device.type == "cuda":
+        try:
+            t = t.pin_memory()
+        except RuntimeError:
+            return t.to(device)
+        return t.to(device, non_blocking=True)
+    return t.to(device)

@@ -35,12 +35,14 @@ def module_error(module: AdapterModule, where: str, reason: str) -> PatchError:
 
 def weight_parts(
     contributions: Sequence[tuple[Any, tuple[int, int] | None, float]], base_w: Tensor, base_b: Tensor | None,
-    where: str, cache: DeltaCache | None = None,
+    where: str, cache: DeltaCache | None = None, *, device: torch.device | None = None,
 ) -> tuple[list[Part], list[Part], bool]:
     """Validated float32 (weight parts, bias parts) of `contributions` ((adapter module, rows or
-    None, strength), as in a plan) on the base weight and bias, and whether `cache` holds every
-    full delta among them. A plain LoRA gives its factors (written with one addmm); another
+    None, strength), as in a plan) on the base weight and bias, on `device` (default: the base's;
+    the patcher's backups may live in host memory while the weight is on the GPU), and whether
+    `cache` holds every full delta among them. A plain LoRA gives its factors (written with one addmm); another
     algorithm its full delta, unit-strength for linear ones (scaled when written)."""
+    device = device or base_w.device
     base32: list[Tensor | None] = [None, None]
     w_parts: list[Part] = []
     b_parts: list[Part] = []
@@ -48,7 +50,7 @@ def weight_parts(
     for module, rows, strength in contributions:
         target = base_w if rows is None else base_w[rows[0] : rows[1]]
         try:
-            factors = cache.factors(module, target) if cache is not None else lowrank_factors(module, target)
+            factors = cache.factors(module, target, device) if cache is not None else lowrank_factors(module, target, device)
         except ValueError as exc:
             raise module_error(module, where, str(exc)) from exc
         if factors is not None:
@@ -58,11 +60,11 @@ def weight_parts(
                 b_parts.append((db, None, rows, strength))
             continue
         linear = module.linear
-        cache_key = (module, rows) if linear else (module, rows, strength)
+        cache_key = (module, rows, device) if linear else (module, rows, device, strength)
         hit = cache.get(cache_key) if cache is not None else None
         if hit is None:
             if base32[0] is None:
-                base32 = [base_w.float(), base_b.float() if base_b is not None else None]
+                base32 = [base_w.to(device, torch.float32), base_b.to(device, torch.float32) if base_b is not None else None]
             hit = _delta(module, where, rows, 1.0 if linear else strength, base32)
             kept = (cache is not None and cache.put(cache_key, *hit)) and kept
         scale = strength if linear else 1.0
@@ -99,29 +101,69 @@ def new_scratch(like: Tensor) -> Tensor:
     return torch.empty(like.shape, dtype=torch.float32, device=like.device)
 
 
+def stacked_factors(lowrank: Sequence[Part]) -> tuple[Tensor, Tensor, float]:
+    """(up, down, alpha) with alpha · up @ down == Σ scaleᵢ · upᵢ @ downᵢ over low-rank parts of
+    the same rows: the scaled up factors side by side and the down factors stacked, so any number
+    of LoRAs on one weight is one matmul whose sum is rounded once. A single part is passed as it
+    is (its scale as alpha)."""
+    if len(lowrank) == 1:
+        up, down, _, scale = lowrank[0]
+        assert down is not None
+        return up, down, scale
+    ref = lowrank[0][0]
+    ups = torch.empty(ref.shape[0], sum(p[0].shape[1] for p in lowrank), dtype=ref.dtype, device=ref.device)
+    col = 0
+    for up, _, _, scale in lowrank:
+        torch.mul(up, scale, out=ups[:, col : col + up.shape[1]])
+        col += up.shape[1]
+    return ups, torch.cat([p[1] for p in lowrank if p[1] is not None]), 1.0
+
+
+def _by_rows(parts: Sequence[Part]) -> dict[tuple[int, int] | None, list[Part]]:
+    """Parts grouped by the rows they write (None: the whole weight first), in order: a fused
+    q/k/v parameter is then combined exactly as three separate weights would be."""
+    groups: dict[tuple[int, int] | None, list[Part]] = {}
+    for part in sorted(parts, key=lambda p: p[2] is not None):
+        groups.setdefault(part[2], []).append(part)
+    return groups
+
+
+def _pinned(t: Tensor) -> bool:
+    return t.device.type == "cpu" and t.is_pinned()
+
+
 def combine_into(dst: Tensor, base: Tensor, parts: list[Part], scratch: Scratch = new_scratch) -> None:
-    """dst = cast(base + Σ scale·Δ), summed in float32 and written once: into a float32 `dst`
-    straight from `base` (one addmm/add for the first part), else in a float32 `scratch(dst)`."""
+    """dst = cast(base + Σ scale·Δ), summed in float32 and written once. Every low-rank part goes
+    into one addmm (`stacked_factors`); full deltas are added after it. A float32 `dst` is summed in
+    place (straight from `base` when it lies on dst's device), another dtype in a float32
+    `scratch(dst)`; 1-byte floats (fp8) saturate instead of overflowing to NaN. `base` may live on
+    another device (backups in pinned host memory): it is copied over without blocking."""
     if not parts:
-        dst.copy_(base)
+        dst.copy_(base, non_blocking=_pinned(base))
         return
+    lowrank = _by_rows([p for p in parts if p[1] is not None])
+    full = [p for p in parts if p[1] is None]
     acc = dst if dst.dtype == torch.float32 else scratch(dst)
-    delta, down, rows, scale = parts[0]
-    if acc is dst and rows is None and down is not None:
-        torch.addmm(base.view(base.shape[0], -1), delta, down, alpha=scale, out=dst.view(dst.shape[0], -1))
-        parts = parts[1:]
-    elif acc is dst and rows is None:
-        torch.add(base, delta.view(base.shape), alpha=scale, out=dst)
-        parts = parts[1:]
+    same = acc is dst and base.device == dst.device
+    if same and None in lowrank:
+        up, down, alpha = stacked_factors(lowrank.pop(None))
+        torch.addmm(base.view(base.shape[0], -1), up, down, alpha=alpha, out=acc.view(acc.shape[0], -1))
+    elif same and not lowrank and full[0][2] is None:
+        torch.add(base, full[0][0].view(base.shape), alpha=full[0][3], out=dst)
+        full = full[1:]
     else:
-        acc.copy_(base)
-    for delta, down, rows, scale in parts:
+        acc.copy_(base, non_blocking=_pinned(base))
+    for rows, group in lowrank.items():
         view = acc if rows is None else acc[rows[0] : rows[1]]
-        if down is None:
-            view.add_(delta.view(view.shape), alpha=scale)
-        else:
-            view.view(view.shape[0], -1).addmm_(delta, down, alpha=scale)
+        up, down, alpha = stacked_factors(group)
+        view.view(view.shape[0], -1).addmm_(up, down, alpha=alpha)
+    for delta, _, rows, scale in full:
+        view = acc if rows is None else acc[rows[0] : rows[1]]
+        view.add_(delta.view(view.shape), alpha=scale)
     if acc is not dst:
+        if dst.element_size() == 1:  # fp8: a value past the largest finite one would become NaN
+            limit = torch.finfo(dst.dtype).max
+            acc.clamp_(-limit, limit)
         dst.copy_(acc)
 
 

@@ -4,23 +4,38 @@
 new plan is computed and checked (float32, on the weight's device) before anything is written; each
 weight whose contributions changed gets base + Σ strength·Δ, cast once (`loraprompt.combine`,
 which the merge tool shares). Restoring copies backups back (never a subtraction); an exception
-while writing puts every weight back as it was."""
+while writing puts every weight back as it was, and running out of device memory says how much
+was needed and which setting to change.
+
+On a GPU the backups live on the card or in pinned host memory (`backups=`), restored with
+non-blocking copies; nothing on the hot path waits for the device (no `.item()` or tensor truth
+tests per weight: adapters are checked once, on the CPU, when resolved). With
+`schedules="unfused"`, LoRAs whose UNet strength changes during sampling are not written at all:
+their low-rank path runs in the modules' forward (`loraprompt.unfused`) with each step's strength."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from loraprompt.cache import DeltaCache
+from loraprompt.cache import DeltaCache, lowrank_factors
 from loraprompt.combine import Part, combine_into, weight_parts
 from loraprompt.errors import PatchError
 from loraprompt.keymaps import keymap_for_module
 from loraprompt.keymaps.check import model_family
 from loraprompt.plan import Key, Plan, PlanEntry, SyncReport, as_entry, build_plan, resolve_adapter
+from loraprompt.unfused import LowRankHooks, unfusable
+
+MiB = 2**20
+BACKUPS = ("auto", "device", "host")
+SCHEDULES = ("fused", "unfused")
+# torch >= 2.5 names it torch.OutOfMemoryError; A1111's torch 2.1 only torch.cuda.OutOfMemoryError
+OutOfMemoryError: type[Exception] = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -39,17 +54,48 @@ class Patcher:
     `keep_backups` keeps the backup of a weight after restoring it (memory: the touched weights,
     once), so the next apply is a single write; a weight changed in place behind the patcher's back
     (its tensor version moved) has its backup dropped and becomes the new base.
+
+    `backups` says where the backups of weights on a GPU live: "device" (fastest, costs VRAM),
+    "host" (pinned CPU memory, restored with non-blocking copies; pageable, with a diagnostic, when
+    pinning is refused) or "auto" (on the device while its free memory stays above `reserve_mb`,
+    else on the host, weight by weight; a device backup that runs out of memory goes to the host).
+    Weights on the CPU are backed up in CPU memory whatever the setting. A model moved between
+    syncs (`.to()`, A1111's --medvram/--lowvram) keeps its backups where they are.
+
+    `schedules="unfused"` runs the UNet modules of LoRAs whose strength changes during sampling
+    (start/stop, keyframes, scheduled block weights) unfused: their plain-LoRA factors are added in
+    the module's forward with the step's strength, so a step costs two small matmuls per module
+    instead of rewriting weights; constant LoRAs stay fused. The default "fused" writes every
+    step's weights (the weights then always equal base + the plan).
+
+    `float_base(module, param)` may return a higher-precision copy of a low-precision (fp8)
+    weight, which the deltas are then added to (A1111's "Cache FP16 weight for LoRA"); the
+    backups stay the weights themselves, so a restore is still bit-exact.
     """
 
     def __init__(
         self, components: Mapping[str, nn.Module | None], *, family: str | None = None,
         delta_cache_mb: float = 512.0, on_error: str = "raise", keep_backups: bool = True,
+        backups: str = "auto", reserve_mb: float = 1024.0, schedules: str = "fused",
+        float_base: Callable[[nn.Module, str], Tensor | None] | None = None,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+        if backups not in BACKUPS:
+            raise ValueError(f"backups must be one of {', '.join(BACKUPS)}, not {backups!r}")
+        if schedules not in SCHEDULES:
+            raise ValueError(f"schedules must be 'fused' or 'unfused', not {schedules!r}")
         self.lock = threading.RLock()
         self.on_error = on_error
         self.keep_backups = keep_backups
+        self.backups = backups
+        self.reserve_bytes = int(reserve_mb * MiB)
+        self.schedules = schedules
+        self.float_base = float_base
+        self._pin = True  # pinned host memory works until refused once
+        self._notes: list[Any] = []
+        self._room: dict[torch.device, int] = {}
+        self._hooks = LowRankHooks()
         self._deltas = DeltaCache(delta_cache_mb)
         self._family_override = family
         self._setup(components)
@@ -63,11 +109,14 @@ class Patcher:
         self._params: dict[Key, tuple[Tensor, Tensor | None]] = {}
         self._backups: dict[Key, tuple[Tensor, Tensor | None]] = {}
         self._versions: dict[Key, tuple[int, int]] = {}
+        self._where: dict[Key, torch.device] = {}  # the weight's device at our last write
         self._applied: Plan = {}
         self._resolved: dict[int, Resolution] = {}
         self._failed: dict[int, tuple[Any, PatchError]] = {}
         self._deltas.clear()
         self._scratch: dict[torch.device, Tensor] = {}
+        if hasattr(self, "_hooks"):
+            self._hooks.clear()
 
     @property
     def applied(self) -> Plan:
@@ -79,14 +128,25 @@ class Patcher:
         """Bytes held by backups (exactly the touched weights)."""
         return sum(t.numel() * t.element_size() for pair in self._backups.values() for t in pair if t is not None)
 
+    @property
+    def backup_bytes(self) -> dict[str, int]:
+        """Bytes of backups on a GPU ("device") and in CPU memory ("host")."""
+        out = {"device": 0, "host": 0}
+        for pair in self._backups.values():
+            for t in pair:
+                if t is not None:
+                    out["host" if t.device.type == "cpu" else "device"] += t.numel() * t.element_size()
+        return out
+
     def restore(self, *, release: bool = False) -> SyncReport:
-        """Copy every backup back: the model is bit-identical to before the first sync;
-        `release` also frees the backups."""
+        """Copy every backup back (and remove the unfused modules' hooks): the model is
+        bit-identical to before the first sync; `release` also frees the backups."""
         with self.lock:
             report = self.sync([])
             if release:
                 self._backups.clear()
                 self._versions.clear()
+                self._where.clear()
                 self._deltas.clear()  # unwatched from now on: a later base may differ
             return report
 
@@ -118,14 +178,17 @@ class Patcher:
         with self.lock, torch.no_grad():
             report = SyncReport()
             self._check_versions(report)
+            self._room.clear()
             items = [as_entry(e) for e in entries]
             while True:
-                plan = self._plan(items, step, total_steps, report, skip)
+                plan, unfused = self._plan(items, step, total_steps, report, skip)
                 changed = [k for k in plan if plan[k] != self._applied.get(k)]
                 changed += [k for k in self._applied if k not in plan]
                 self._deltas.generation += 1
                 try:
                     parts = {k: self._checked(k, plan[k]) for k in changed if k in plan}
+                    for key, contributions in unfused.items():
+                        self._check_unfused(key, contributions)
                 except PatchError as exc:
                     entry = self._owner(exc, items)
                     if entry is None:
@@ -136,16 +199,28 @@ class Patcher:
                     self._skip(entry, named, report)
                     items = [e for e in items if e is not entry]
                     continue
+                except OutOfMemoryError as exc:
+                    raise self._out_of_memory(changed, plan, exc) from exc
                 break
-            self._write_all(changed, plan, parts)
+            try:
+                self._write_all(changed, plan, parts)
+            except OutOfMemoryError as exc:  # _write_all has put every weight back
+                raise self._out_of_memory(changed, plan, exc) from exc
+            report.unfused = self._hooks.update(
+                {k: self._module_of(k) for k in unfused}, unfused, self._deltas
+            )
             report.written = len(changed)
             report.patched = len(self._applied)
+            report.backups = self.backup_bytes
+            report.diagnostics.extend(self._notes)
+            self._notes.clear()
             return report
 
     def _plan(
         self, items: list[PlanEntry], step: int | None, total: int | None, report: SyncReport, skip: bool
-    ) -> Plan:
-        resolved = []
+    ) -> tuple[Plan, Plan]:
+        """(the fused plan, the unfused one: UNet modules of scheduled entries run in the forward)."""
+        resolved, unfused_items = [], []
         for entry in list(items):
             try:
                 resolution = self._resolve(entry)
@@ -156,8 +231,34 @@ class Patcher:
                 items.remove(entry)
                 continue
             report.diagnostics.extend(resolution.diagnostics)
-            resolved.append((resolution, *entry.strengths(step, total)))
-        return build_plan(resolved)
+            te, unet = entry.strengths(step, total)
+            if self.schedules == "unfused" and (entry.unet_at is not None or entry.block_at is not None):
+                hooked = [item for item in resolution.items if self._unfusable(item)]
+                if hooked:
+                    fused = [item for item in resolution.items if not self._unfusable(item)]
+                    resolution = replace(resolution, items=fused)
+                    unfused_items.append((replace(resolution, items=hooked), te, unet))
+            resolved.append((resolution, te, unet))
+        unfused = build_plan(unfused_items, keep_zero=True)
+        return build_plan(resolved), unfused
+
+    def _unfusable(self, item: tuple[Any, Key, tuple[int, int] | None, str | None]) -> bool:
+        module, key, rows, _ = item
+        return key[0] == "unet" and key[2] == "weight" and rows is None and unfusable(module, self._module_of(key))
+
+    def _module_of(self, key: Key) -> nn.Module:
+        return self._modules[key[0]][key[1]]
+
+    def _check_unfused(self, key: Key, contributions: tuple[Any, ...]) -> None:
+        """Validate the factors of an unfused module (before anything is written)."""
+        weight, _ = self._param(key)
+        for module, _, _ in contributions:
+            try:
+                self._deltas.factors(module, weight) if weight.is_contiguous() else lowrank_factors(module, weight)
+            except ValueError as exc:
+                from loraprompt.combine import module_error
+
+                raise module_error(module, ".".join(key), str(exc)) from exc
 
     def _resolve(self, entry: PlanEntry) -> Resolution:
         adapter = entry.adapter
@@ -203,13 +304,30 @@ class Patcher:
         return found
 
     def _parts(self, key: Key, contributions: tuple[Any, ...]) -> tuple[list[Part], list[Part], bool]:
-        """Validated float32 (weight parts, bias parts) of one key, and whether every full delta
-        among them is held by the cache (else the caller may drop them and compute them again)."""
+        """Validated float32 (weight parts, bias parts) of one key on the weight's device, and
+        whether every full delta among them is held by the cache (else the caller may drop them and
+        compute them again)."""
+        weight, _ = self._param(key)
+        base_w, base_b = self._base(key)
+        return weight_parts(contributions, base_w, base_b, ".".join(key), self._deltas, device=weight.device)
+
+    def _base(self, key: Key) -> tuple[Tensor, Tensor | None]:
+        """The base values the deltas of `key` are added to: its float copy (`float_base`) when
+        there is one, else its backup, else the weight itself (not patched yet)."""
         weight, bias = self._param(key)
         backup = self._backups.get(key)
         base_w = backup[0] if backup is not None else weight
         base_b = backup[1] if backup is not None and backup[1] is not None else bias
-        return weight_parts(contributions, base_w, base_b, ".".join(key), self._deltas)
+        if self.float_base is not None:
+            module = self._module_of(key)
+            param = key[2]
+            found_w = self.float_base(module, param)
+            found_b = self.float_base(module, "bias" if param == "weight" else param.replace("weight", "bias"))
+            if found_w is not None and found_w.shape == weight.shape:
+                base_w = found_w
+            if found_b is not None and bias is not None and found_b.shape == bias.shape:
+                base_b = found_b
+        return base_w, base_b
 
     def _checked(self, key: Key, contributions: tuple[Any, ...]) -> tuple[list[Part], list[Part]] | None:
         """The parts of one key, validated; None when they are too big to hold until the write."""
@@ -247,18 +365,25 @@ class Patcher:
                         self._deltas.discard((module, rows))
 
     def _check_versions(self, report: SyncReport) -> None:
-        """Follow weights moved or cast since our last write (`.to()`: the backups follow); drop
+        """Follow weights cast since our last write (the backups are cast where they live) or
+        moved to another device (the backups stay where they are: restoring copies across); drop
         the backups of weights written or replaced by someone else (they become the new base)."""
         stale = []
         for key, (w_backup, b_backup) in list(self._backups.items()):
             old = self._params[key]
             weight, bias = self._param(key, fresh=True)
             replaced = old[0] is not weight or old[1] is not bias  # new parameters: a new model
-            if not replaced and (w_backup.device, w_backup.dtype) != (weight.device, weight.dtype):
-                self._backups[key] = (w_backup.to(weight), None if b_backup is None or bias is None else b_backup.to(bias))
+            if not replaced and w_backup.dtype != weight.dtype:
+                self._backups[key] = (self._cast(w_backup, weight.dtype),
+                                      None if b_backup is None or bias is None else self._cast(b_backup, bias.dtype))
                 self._versions[key] = _versions(weight, bias)
-                self._deltas.clear()
+                self._deltas.clear()  # weight-dependent deltas were computed from the old values
             elif replaced or _versions(weight, bias) != self._versions.get(key):
+                if not replaced and self._where.get(key) != weight.device:
+                    # moved by a torch that counts the move as a write: the values came along
+                    self._where[key] = weight.device
+                    self._versions[key] = _versions(weight, bias)
+                    continue
                 stale.append(key)
                 del self._backups[key], self._versions[key]
                 self._applied.pop(key, None)
@@ -276,14 +401,89 @@ class Patcher:
         weight, bias = self._param(key)
         backup = self._backups.get(key)
         if backup is None:
-            backup = self._backups[key] = (weight.detach().clone(), None)
+            backup = self._backups[key] = (self._backup_of(weight), None)
         if parts is not None and parts[1] and backup[1] is None and bias is not None:
-            backup = self._backups[key] = (backup[0], bias.detach().clone())
+            backup = self._backups[key] = (backup[0], self._backup_of(bias))
         w_parts, b_parts = parts if parts is not None else ([], [])
-        combine_into(weight, backup[0], w_parts, self._float_scratch)
+        base_w, base_b = self._base(key) if self.float_base is not None and parts is not None else backup
+        combine_into(weight, base_w if w_parts else backup[0], w_parts, self._float_scratch)
         if backup[1] is not None and bias is not None:
-            combine_into(bias, backup[1], b_parts, self._float_scratch)
+            combine_into(bias, base_b if b_parts and base_b is not None else backup[1], b_parts, self._float_scratch)
         self._versions[key] = _versions(weight, bias)
+        self._where[key] = weight.device
+
+    def _backup_of(self, t: Tensor) -> Tensor:
+        """A copy of `t` where `backups` says: on its device, or in (pinned) host memory."""
+        if t.device.type == "cpu":
+            return t.detach().clone()
+        if self.backups == "device" or (self.backups == "auto" and self._has_room(t)):
+            try:
+                return t.detach().clone()
+            except OutOfMemoryError:
+                if self.backups == "device":
+                    raise
+        return self._host_copy(t)
+
+    def _has_room(self, t: Tensor) -> bool:
+        """Whether a device backup of `t` leaves `reserve_mb` free (free memory is asked once per
+        device per sync, then counted down)."""
+        if t.device.type != "cuda":
+            return True
+        room = self._room.get(t.device)
+        if room is None:
+            free, _ = torch.cuda.mem_get_info(t.device)
+            room = free - self.reserve_bytes
+        nbytes = t.numel() * t.element_size()
+        self._room[t.device] = room - nbytes if room >= nbytes else room
+        return room >= nbytes
+
+    def _host_copy(self, t: Tensor) -> Tensor:
+        """`t` copied into pinned host memory without blocking; pageable (and a diagnostic, once)
+        when pinning is refused (no pinned allocator, or the OS limit on locked memory)."""
+        buf = None
+        if self._pin:
+            try:
+                buf = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
+            except RuntimeError as exc:
+                from loraprompt.diagnostics import Diagnostic
+
+                self._pin = False
+                self._notes.append(Diagnostic("lora-backups-pageable", severity="warning", message=(
+                    f"pinned host memory was refused ({exc}); LoRA backups are kept in ordinary host "
+                    "memory, so restoring a weight waits for the copy")))
+        if buf is None:
+            buf = torch.empty(t.shape, dtype=t.dtype, device="cpu")
+        buf.copy_(t, non_blocking=buf.is_pinned())
+        return buf
+
+    def _cast(self, backup: Tensor, dtype: torch.dtype) -> Tensor:
+        """A backup cast to the weight's new dtype, where it lives."""
+        cast = backup.to(dtype)
+        return self._host_copy(cast) if backup.device.type == "cpu" and backup.is_pinned() else cast
+
+    def _out_of_memory(self, changed: list[Key], plan: Plan, exc: BaseException) -> PatchError:
+        """A PatchError saying how much device memory the sync needed and what to change."""
+        device_backups = scratch = factors = 0
+        where = None
+        for key in changed:
+            weight, _ = self._param(key)
+            where = where or str(weight.device)
+            on_host = weight.device.type != "cpu" and self.backups == "host"
+            if key not in self._backups and not on_host:
+                device_backups += weight.numel() * weight.element_size()
+            if weight.dtype != torch.float32:
+                scratch = max(scratch, weight.numel() * 4)
+            for module, _, _ in plan.get(key, ()):
+                factors += sum(t.numel() * 4 for k, t in module.tensors.items() if k in ("up", "down"))
+        needed = device_backups + scratch + factors
+        return PatchError(
+            f"out of memory on {where} while applying LoRAs; the model is as it was. This sync needed "
+            f"about {needed / MiB:.0f} MiB more there ({device_backups / MiB:.0f} MiB of backups, "
+            f"{scratch / MiB:.0f} MiB of float32 scratch, {factors / MiB:.0f} MiB of LoRA factors). Keep "
+            "the backups in host memory (Patcher(backups='host'); in A1111: Settings > loraprompt > "
+            "'Where LoRA backups live' = host; in the web UI: --backups host), or use fewer or "
+            f"lower-rank LoRAs. ({exc})".replace("\n", " ")
+        )
 
     def _float_scratch(self, like: Tensor) -> Tensor:
         """A reused float32 buffer shaped like `like` (fresh allocations fault in every page)."""

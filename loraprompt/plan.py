@@ -114,12 +114,16 @@ def unet_block(module_name: str) -> str | None:
 @dataclass
 class SyncReport:
     """What one sync did: diagnostics (one line per adapter), how many weights it wrote, how many
-    are patched now, and the adapters it skipped (on_error="skip")."""
+    are patched now, the adapters it skipped (on_error="skip"), how many modules run a scheduled
+    LoRA unfused (in their forward), and the bytes of backups held on a GPU ("device") and in
+    CPU memory ("host")."""
 
     diagnostics: list[Diagnostic] = field(default_factory=list)
     written: int = 0
     patched: int = 0
     skipped: list[str] = field(default_factory=list)
+    unfused: int = 0
+    backups: dict[str, int] = field(default_factory=lambda: {"device": 0, "host": 0})
 
 
 @dataclass(eq=False)
@@ -132,14 +136,28 @@ class Resolution:
     diagnostics: list[Diagnostic] = field(default_factory=list)
 
 
-def _finite(module: AdapterModule) -> bool:
-    tensors = list(module.tensors.values())
-    if module.dora_scale is not None:
-        tensors.append(module.dora_scale)
-    if module.alpha is not None and not math.isfinite(module.alpha):
-        return False
-    # 1-byte floats (fp8) have no isfinite kernel: checked through float32
-    return all(bool((t if t.element_size() > 1 else t.float()).isfinite().all()) for t in tensors if t.is_floating_point())
+def _finite(modules: Iterable[AdapterModule]) -> AdapterModule | None:
+    """The first module with NaN/inf in its tensors or alpha, or None. Done once per adapter when
+    it is resolved, on the CPU where the reader leaves tensors; tensors on a GPU are read back in
+    one copy per device, never one host-device synchronisation per module."""
+    import torch
+
+    flags: dict[torch.device, list[tuple[AdapterModule, Any]]] = {}
+    for module in modules:
+        if module.alpha is not None and not math.isfinite(module.alpha):
+            return module
+        tensors = list(module.tensors.values())
+        if module.dora_scale is not None:
+            tensors.append(module.dora_scale)
+        for t in tensors:
+            if t.is_floating_point():  # 1-byte floats (fp8) have no isfinite kernel: via float32
+                flags.setdefault(t.device, []).append((module, (t if t.element_size() > 1 else t.float()).isfinite().all()))
+    for found in flags.values():
+        ok = torch.stack([flag for _, flag in found]).cpu().tolist()
+        bad = next((module for (module, _), good in zip(found, ok) if not good), None)
+        if bad is not None:
+            return bad
+    return None
 
 
 def resolve_adapter(
@@ -164,10 +182,11 @@ def resolve_adapter(
         if target is None:
             unmapped.append(lora_key)
             continue
-        if not _finite(module):
-            raise PatchError(f"{where}: NaN or Inf in the tensors of {lora_key}; nothing applied")
         block = unet_block(target.module) if module.component == "unet" else None
         items.append((module, (module.component, target.module, target.param), target.rows, block))
+    bad = _finite(item[0] for item in items)
+    if bad is not None:
+        raise PatchError(f"{where}: NaN or Inf in the tensors of {bad.lora_key}; nothing applied")
     if not items and adapter.modules:
         raise PatchError(
             f"{where}: none of its {len(adapter.modules)} modules matches the loaded model "
@@ -187,9 +206,10 @@ def resolve_adapter(
     return Resolution(adapter, items, tuple(unmapped), diagnostics)
 
 
-def build_plan(resolved: Iterable[tuple[Resolution, float, UnetFn]]) -> Plan:
+def build_plan(resolved: Iterable[tuple[Resolution, float, UnetFn]], keep_zero: bool = False) -> Plan:
     """Group (resolution, te strength, block -> UNet strength) into weight key -> contributions,
-    in entry order; zero strengths contribute nothing."""
+    in entry order; zero strengths contribute nothing (unless `keep_zero`: a LoRA unfused for a
+    schedule keeps its place while it is off)."""
     plan: dict[Key, list[Contribution]] = {}
     for resolution, te, unet_for in resolved:
         per_block: dict[str | None, float] = {}
@@ -200,6 +220,6 @@ def build_plan(resolved: Iterable[tuple[Resolution, float, UnetFn]]) -> Plan:
                     strength = per_block[block] = unet_for(block)
             else:
                 strength = te
-            if strength != 0.0:
+            if strength != 0.0 or keep_zero:
                 plan.setdefault(key, []).append((module, rows, strength))
     return {key: tuple(contribs) for key, contribs in plan.items()}

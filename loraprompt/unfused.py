@@ -1,0 +1,153 @@
+"""Scheduled LoRAs without rewriting weights: the low-rank path added in the module's forward.
+
+A LoRA whose UNet strength changes during sampling (start/stop, keyframes, scheduled block
+weights) would otherwise rewrite every weight it touches at each step. Instead, for each Linear or
+Conv2d it targets, a forward hook adds `s · up(down(x))` to the module's output, `s` being that
+step's strength; the weight keeps only the constant LoRAs (fused). Changing the strength between
+steps sets Python floats: no kernel, no copy, no host-device synchronisation.
+
+Per hooked module and forward: one matmul (or conv) through the stacked down factors of every
+unfused LoRA on it, then one addmm (or 1x1 conv + add) per LoRA whose strength is not zero; a LoRA
+at zero (before its start, after its stop) costs nothing. The factors are cast once to the input's
+dtype and device and kept (a model moved to another device gets them again there, the old copy
+is dropped).
+
+Tolerance against the fused weights at the same constant strength: the same sums in another
+order, so float32 outputs agree to ~1e-6 relative to the output's scale; in fp16/bf16 the fused
+weight is rounded once to the weight's dtype while the unfused path rounds `x·downᵀ` and the
+product, so they agree to about the dtype's resolution (~1e-3 fp16, ~8e-3 bf16, relative to
+the output's scale). tests/patcher/test_unfused.py checks these bounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from loraprompt.adapters.types import AdapterModule
+    from loraprompt.cache import DeltaCache
+    from loraprompt.plan import Contribution, Key
+
+
+def unfusable(adapter_module: AdapterModule, module: nn.Module) -> bool:
+    """Whether `adapter_module` can run in `module`'s forward: the reader's plain LoRA (no DoRA,
+    no Tucker mid, no bias delta) on a Linear or a plain Conv2d (one group, zero padding)."""
+    from loraprompt.adapters.types import AdapterModule
+
+    if adapter_module.algorithm != "lora" or type(adapter_module).delta is not AdapterModule.delta:
+        return False
+    tensors = adapter_module.tensors
+    if adapter_module.dora_scale is not None or "mid" in tensors or not {"up", "down"} <= tensors.keys():
+        return False
+    if adapter_module.bias_delta() is not None:
+        return False
+    if isinstance(module, nn.Linear):
+        return True
+    return isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros"
+
+
+class _Hook:
+    """The forward hook of one module: factors per LoRA and each one's current strength."""
+
+    def __init__(self, module: nn.Module, adapter_modules: tuple[AdapterModule, ...],
+                 factors: list[tuple[Tensor, Tensor]]) -> None:
+        self.adapter_modules = adapter_modules
+        self.strengths = [0.0] * len(adapter_modules)
+        self._factors32 = factors  # float32 (scale·up, down) per LoRA, flattened
+        self._cast: tuple[Any, Tensor, list[Tensor]] | None = None
+        self.handle = module.register_forward_hook(self)
+
+    def _prepared(self, module: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """(stacked down factors, up factors) in x's dtype on x's device, cast once."""
+        where = (x.device, x.dtype)
+        if self._cast is None or self._cast[0] != where:
+            down = torch.cat([d for _, d in self._factors32]).to(x.device, x.dtype)
+            ups = [u.to(x.device, x.dtype) for u, _ in self._factors32]
+            if isinstance(module, nn.Conv2d):
+                down = down.view(down.shape[0], module.in_channels, *module.kernel_size)
+                ups = [u.view(u.shape[0], u.shape[1], 1, 1) for u in ups]
+            else:
+                ups = [u.t().contiguous() for u in ups]  # (rank, out): h @ upᵀ as one addmm
+            self._cast = (where, down, ups)
+        return self._cast[1], self._cast[2]
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor | None:
+        active = [(i, s) for i, s in enumerate(self.strengths) if s != 0.0]
+        if not active:
+            return None
+        x = args[0]
+        down, ups = self._prepared(module, x)
+        inplace = not torch.is_grad_enabled() and output.is_contiguous()
+        if isinstance(module, nn.Conv2d):
+            h = F.conv2d(x, down, None, module.stride, module.padding, module.dilation)
+        else:
+            h = F.linear(x, down)
+        col = 0
+        offsets = []
+        for up in ups:
+            rank = up.shape[1] if isinstance(module, nn.Conv2d) else up.shape[0]
+            offsets.append((col, col + rank))
+            col += rank
+        for i, s in active:
+            c0, c1 = offsets[i]
+            if isinstance(module, nn.Conv2d):
+                add = F.conv2d(h[:, c0:c1], ups[i])
+                output = output.add_(add, alpha=s) if inplace else output + s * add
+            elif inplace:
+                flat = output.view(-1, output.shape[-1])
+                flat.addmm_(h.reshape(-1, h.shape[-1])[:, c0:c1], ups[i], alpha=s)
+            else:
+                output = output + s * (h[..., c0:c1] @ ups[i])
+        return output
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+class LowRankHooks:
+    """The unfused LoRAs of one patcher: weight key -> forward hook on its module."""
+
+    def __init__(self) -> None:
+        self._hooks: dict[Key, _Hook] = {}
+
+    def __len__(self) -> int:
+        return len(self._hooks)
+
+    def update(self, modules: Mapping[Key, nn.Module], plan: Mapping[Key, tuple[Contribution, ...]],
+               cache: DeltaCache) -> int:
+        """Hook exactly the modules of `plan` (key -> (adapter module, rows, strength)) with those
+        strengths; a module whose set of LoRAs is unchanged only gets new strengths. Returns the
+        number of hooked modules."""
+        from loraprompt.cache import lowrank_factors
+
+        for key in [k for k in self._hooks if k not in plan]:
+            self._hooks.pop(key).remove()
+        for key, contributions in plan.items():
+            adapter_modules = tuple(c[0] for c in contributions)
+            hook = self._hooks.get(key)
+            if hook is None or hook.adapter_modules != adapter_modules:
+                if hook is not None:
+                    hook.remove()
+                module = modules[key]
+                weight = module.get_parameter("weight")
+                factors = []
+                for m in adapter_modules:
+                    found = cache.factors(m, weight) if weight.is_contiguous() else lowrank_factors(m, weight)
+                    assert found is not None  # unfusable() said it is a plain LoRA
+                    factors.append((found[0], found[1]))
+                hook = self._hooks[key] = _Hook(module, adapter_modules, factors)
+            hook.strengths = [float(c[2]) for c in contributions]
+        return len(self._hooks)
+
+    def clear(self) -> None:
+        """Remove every hook."""
+        for hook in self._hooks.values():
+            hook.remove()
+        self._hooks.clear()

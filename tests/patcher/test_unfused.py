@@ -1,0 +1,114 @@
+"""Step-scheduled LoRAs run unfused (schedules="unfused"): their low-rank path in the modules'
+forward with each step's strength, constant LoRAs fused. Tolerances are those stated in
+loraprompt/unfused.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from loraprompt import Patcher
+from loraprompt.plan import PlanEntry
+from tests.fixtures.models import SD1_TEXT_WIDTH, tiny_sd1
+from tests.patcher.helpers import assert_bit_equal, snapshot
+from tests.patcher.test_engine import make_adapter
+
+# max |unfused - fused| relative to max |output| at the same constant strength
+TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-5, torch.bfloat16: 3e-2}  # fp64 weights are summed in float32
+
+
+@pytest.fixture
+def model() -> dict[str, torch.nn.Module]:
+    return tiny_sd1()
+
+
+def unet_out(model, dtype=torch.float32) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    sample = torch.randn(2, 4, 8, 8, generator=gen).to(dtype)
+    context = torch.randn(2, 5, SD1_TEXT_WIDTH, generator=gen).to(dtype)
+    with torch.no_grad():
+        return model["unet"](sample, 10, encoder_hidden_states=context).sample
+
+
+def ramp(adapter, te: float = 1.0) -> PlanEntry:
+    """UNet strength step/total: 0 at step 0, rising each step."""
+    return PlanEntry(adapter, te=te, unet=0.0, unet_at=lambda s, n: s / n, name=adapter.name)
+
+
+def constant(adapter, value: float) -> PlanEntry:
+    return PlanEntry(adapter, te=1.0, unet=value, unet_at=lambda s, n: value, name=adapter.name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_unfused_matches_fused_at_a_constant_strength_within_the_stated_tolerance(model, dtype) -> None:
+    model = {k: v.to(dtype) for k, v in model.items()}
+    base = snapshot(model)
+    static, scheduled = make_adapter(model, 1), make_adapter(model, 2, every=1)
+    fused = Patcher(model)
+    fused.sync([(static, 1.0, 0.7), (scheduled, 1.0, 0.6)])
+    expected = unet_out(model, dtype)
+    fused.restore()
+    patcher = Patcher(model, schedules="unfused")
+    report = patcher.sync([(static, 1.0, 0.7), constant(scheduled, 0.6)], step=3, total_steps=10)
+    assert report.unfused > 0
+    got = unet_out(model, dtype)
+    error = float((got.double() - expected.double()).abs().max() / expected.double().abs().max())
+    assert error <= TOLERANCE[dtype], error
+    assert error > 0  # really another computation, not the fused weights
+    # the scheduled LoRA wrote no UNet weight: only the static one and the text encoder did
+    static_modules = set(map(id, static.modules.values()))
+    unet_parts = [c for k, cs in patcher.applied.items() if k[0] == "unet" for c in cs]
+    assert unet_parts and all(id(c[0]) in static_modules for c in unet_parts)
+    patcher.restore()
+    assert_bit_equal(model, base)
+
+
+def test_a_schedule_changes_no_weight_between_steps_and_follows_each_steps_strength(model) -> None:
+    base_out = unet_out(model)
+    adapter = make_adapter(model, 2, every=1)
+    patcher = Patcher(model, schedules="unfused")
+    fused = Patcher(model)
+    outs = []
+    for step in range(4):
+        report = patcher.sync([ramp(adapter, te=0.0)], step=step, total_steps=4)
+        assert report.written == 0 and report.unfused > 0
+        outs.append(unet_out(model))
+    assert torch.equal(outs[0], base_out)  # strength 0: the hooks add nothing at all
+    patcher.restore()
+    for step in (1, 3):
+        fused.sync([(adapter, 0.0, step / 4)])
+        expected = unet_out(model)
+        fused.restore()
+        assert float((outs[step] - expected).abs().max() / expected.abs().max()) <= TOLERANCE[torch.float32]
+    assert torch.equal(unet_out(model), base_out)  # restore removed every hook
+
+
+def test_unfused_follows_a_model_cast_and_a_change_of_mode(model) -> None:
+    adapter = make_adapter(model, 3, every=1)
+    patcher = Patcher(model, schedules="unfused")
+    patcher.sync([constant(adapter, 0.5)], step=0, total_steps=2)
+    model = {k: v.double() for k, v in model.items()}  # the hooks cast their factors again
+    got = unet_out(model, torch.float64)
+    patcher.schedules = "fused"
+    report = patcher.sync([constant(adapter, 0.5)], step=1, total_steps=2)
+    assert report.unfused == 0 and report.written > 0
+    expected = unet_out(model, torch.float64)
+    assert float((got - expected).abs().max() / expected.abs().max()) <= TOLERANCE[torch.float64]
+    patcher.schedules = "unfused"
+    assert patcher.sync([constant(adapter, 0.5)], step=1, total_steps=2).unfused > 0
+    assert float((unet_out(model, torch.float64) - expected).abs().max() / expected.abs().max()) <= TOLERANCE[torch.float64]
+
+
+def test_a_bad_scheduled_lora_is_refused_before_anything_is_written(model) -> None:
+    from loraprompt.errors import PatchError
+
+    adapter = make_adapter(model, 4, every=1)
+    bad = next(m for m in adapter.modules.values() if m.component == "unet")
+    bad.tensors = {"up": bad.tensors["up"], "down": torch.ones(bad.tensors["down"].shape[0], 3)}
+    good = make_adapter(model, 1)
+    base, base_out = snapshot(model), unet_out(model)
+    patcher = Patcher(model, schedules="unfused")
+    with pytest.raises(PatchError, match="does not fit"):
+        patcher.sync([(good, 1.0, 1.0), constant(adapter, 1.0)], step=0, total_steps=2)
+    assert_bit_equal(model, base)
+    assert torch.equal(unet_out(model), base_out)
