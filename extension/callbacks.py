@@ -51,6 +51,7 @@ def register() -> State:
         cache_mb=float(webui.opt("loraprompt_cache_mb", 1024)),
         delta_cache_mb=float(webui.opt("loraprompt_delta_cache_mb", 1024)),
         prefer_filename=lambda: webui.opt("lora_preferred_name", "Alias from file") == "Filename",
+        backups=lambda: str(webui.opt("loraprompt_backups", "auto")),
     )
     STATE = State(runtime, LoraPromptNetwork(runtime), bool(webui.opt("loraprompt_handle_lora_tags", True)))
     script_callbacks.on_before_ui(before_ui, name="loraprompt")
@@ -104,7 +105,8 @@ def model_loaded(sd_model: Any) -> None:
 
 
 def cfg_denoiser(params: Any) -> None:
-    """Before each sampling step: re-apply scheduled strengths."""
+    """Before each sampling step: the step's strengths for scheduled LoRAs (those run unfused,
+    in their modules' forward: no weight is rewritten)."""
     _state().runtime.step(int(params.sampling_step), int(params.total_sampling_steps))
 
 

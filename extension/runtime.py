@@ -16,7 +16,7 @@ from loraprompt.cache import AdapterCache
 from loraprompt.diagnostics import Diagnostic
 from loraprompt.errors import LoraPromptError
 from loraprompt.infotext import lora_hash_name
-from loraprompt.patcher import Patcher
+from loraprompt.patcher import BACKUPS, Patcher
 from loraprompt.plan import PlanEntry
 from loraprompt.syntax.values import Schedule
 
@@ -35,6 +35,7 @@ class Applied:
     hashes: dict[str, str] = field(default_factory=dict)
     diagnostics: list[Diagnostic] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
+    backups: dict[str, int] = field(default_factory=dict)  # bytes of backups on "device" / "host"
 
 
 def is_scheduled(a: LoraActivation, hires: bool) -> bool:
@@ -65,9 +66,12 @@ class Runtime:
         delta_cache_mb: float = 1024.0,
         reader: Callable[[str], Adapter] | None = None,
         prefer_filename: Callable[[], bool] = lambda: False,
+        *,
+        backups: Callable[[], str] = lambda: "auto",
     ) -> None:
         self._library_factory = library
         self.prefer_filename = prefer_filename
+        self.backups = backups
         self._library: Any = None
         self.adapters = AdapterCache(cache_mb, reader)
         self.delta_cache_mb = delta_cache_mb
@@ -87,11 +91,19 @@ class Runtime:
         self.library.refresh()
 
     def patcher(self, sd_model: Any, components: Mapping[str, nn.Module], family: str | None) -> Patcher:
-        """The Patcher of this model object (created on first use)."""
+        """The Patcher of this model object (created on first use), with the backups setting now.
+        Scheduled LoRAs run unfused (`on_cfg_denoiser` only sets each step's strengths); with
+        A1111's "FP8 weight" and "Cache FP16 weight for LoRA", the deltas are added to the fp16
+        copies A1111 keeps (`fp16_weight`, `fp16_bias`)."""
         patcher = self._patchers.get(sd_model)
+        backups = self.backups()
         if patcher is None:
-            patcher = Patcher(components, family=family, delta_cache_mb=self.delta_cache_mb, on_error="skip")
+            patcher = Patcher(components, family=family, delta_cache_mb=self.delta_cache_mb, on_error="skip",
+                              backups=backups if backups in BACKUPS else "auto", schedules="unfused",
+                              float_base=_fp16_copy)
             self._patchers[sd_model] = patcher
+        elif backups in BACKUPS:
+            patcher.backups = backups
         return patcher
 
     def apply(
@@ -128,6 +140,7 @@ class Runtime:
         self.restore(keep=patcher)
         report = patcher.sync(entries)
         out.diagnostics.extend(report.diagnostics)
+        out.backups = report.backups
         for skipped in report.skipped:
             out.hashes.pop(lora_hash_name(skipped), None)
         kept = [e for e in entries if e.label not in report.skipped]
@@ -196,6 +209,11 @@ class Runtime:
             return None
         self._known_hashes[str(full)[:12]] = entry.path
         return str(full)[:12]
+
+
+def _fp16_copy(module: nn.Module, param: str) -> Any:
+    """A1111's CPU fp16 copy of an fp8 weight or bias (made with "Cache FP16 weight for LoRA")."""
+    return getattr(module, f"fp16_{param}", None)
 
 
 def library_entries(library: Any) -> Iterable[Any]:

@@ -32,6 +32,13 @@ def options() -> dict[str, Any]:
             "an unknown LoRA, a bad number, a LoRA for another model family"
         ),
         "loraprompt_cache_mb": info(1024, "Adapters kept in memory (MB)", gr.Number, {"precision": 0}).needs_restart(),
+        "loraprompt_backups": info(
+            "auto", "Where LoRA backups live", gr.Radio, {"choices": ["auto", "device", "host"]}
+        ).info(
+            "the original weights a LoRA replaces, copied back when it is removed. auto: on the GPU while it "
+            "keeps 1 GB free, else in pinned RAM; host: always in RAM (least VRAM: SDXL needs ~4.8 GB "
+            "less); device: always on the GPU (fastest switching)"
+        ),
         "loraprompt_delta_cache_mb": info(
             1024, "Computed weight deltas kept for fast switching (MB)", gr.Number, {"precision": 0}
         ).needs_restart(),

@@ -62,8 +62,8 @@ class Patcher:
     Weights on the CPU are backed up in CPU memory whatever the setting. A model moved between
     syncs (`.to()`, A1111's --medvram/--lowvram) keeps its backups where they are.
 
-    `schedules="unfused"` runs the UNet modules of LoRAs whose strength changes during sampling
-    (start/stop, keyframes, scheduled block weights) unfused: their plain-LoRA factors are added in
+    `schedules="unfused"` runs the UNet modules of LoRAs whose UNet strength changes during
+    sampling (entries with `unet_at`: start/stop, keyframes) unfused: their plain-LoRA factors are added in
     the module's forward with the step's strength, so a step costs two small matmuls per module
     instead of rewriting weights; constant LoRAs stay fused. The default "fused" writes every
     step's weights (the weights then always equal base + the plan).
@@ -232,7 +232,9 @@ class Patcher:
                 continue
             report.diagnostics.extend(resolution.diagnostics)
             te, unet = entry.strengths(step, total)
-            if self.schedules == "unfused" and (entry.unet_at is not None or entry.block_at is not None):
+            # a UNet strength that follows the step (unet_at); static block weights (block_at
+            # alone) stay fused, and a block_at that does change per step is rewritten per step
+            if self.schedules == "unfused" and entry.unet_at is not None:
                 hooked = [item for item in resolution.items if self._unfusable(item)]
                 if hooked:
                     fused = [item for item in resolution.items if not self._unfusable(item)]
@@ -318,7 +320,7 @@ class Patcher:
         backup = self._backups.get(key)
         base_w = backup[0] if backup is not None else weight
         base_b = backup[1] if backup is not None and backup[1] is not None else bias
-        if self.float_base is not None:
+        if self.float_base is not None and weight.element_size() == 1:
             module = self._module_of(key)
             param = key[2]
             found_w = self.float_base(module, param)

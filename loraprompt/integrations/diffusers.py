@@ -5,9 +5,11 @@
 
 The tags are parsed and stripped, each LoRA is resolved in the library, read (through a bounded
 cache) and applied to the pipeline's UNet and text encoders for the duration of the block; on exit
-the weights are copied back bit-exactly. Step schedules (`start=`/`stop=`, keyframed weights) and
-block weights are followed during sampling by a forward pre-hook on the UNet that re-syncs before
-each step, rewriting only the weights whose strength changed.
+the weights are copied back bit-exactly. Step schedules (`start=`/`stop=`, keyframed weights) are
+followed during sampling by a forward pre-hook on the UNet that re-syncs before each step: a
+scheduled LoRA's plain-LoRA modules run unfused (their low-rank path in the forward, with the
+step's strength: no weight is rewritten, see `loraprompt.unfused`) while constant LoRAs stay fused;
+`schedules="fused"` rewrites the changed weights each step instead.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from loraprompt.cache import AdapterCache
 from loraprompt.diagnostics import Diagnostic
 from loraprompt.errors import AdapterFileError
 from loraprompt.integrations.embeddings import apply_embeddings
-from loraprompt.patcher import Patcher
+from loraprompt.patcher import BACKUPS, Patcher
 from loraprompt.plan import PlanEntry, SyncReport
 
 __all__ = ["DEFAULT_CACHE", "ActivePrompt", "activate", "entry_for", "patcher_for"]
@@ -61,19 +63,25 @@ class ActivePrompt(str):
         return self
 
 
-def patcher_for(pipe: Any) -> Patcher:
-    """The pipeline's Patcher; a new model (a replaced component) restores and forgets the old."""
+def patcher_for(pipe: Any, *, backups: str | None = None) -> Patcher:
+    """The pipeline's Patcher; a new model (a replaced component) restores and forgets the old.
+    `backups` ("auto", "device" or "host", see Patcher) sets where the backups of weights taken
+    from now on live (default "auto": on the GPU while it has room to spare)."""
     components = {name: getattr(pipe, name, None) for name in COMPONENTS}
     components = {k: v for k, v in components.items() if v is not None}
     patcher = _PATCHERS.get(pipe)
+    if backups is not None and backups not in BACKUPS:
+        raise ValueError(f"backups must be one of {', '.join(BACKUPS)}, not {backups!r}")
     if patcher is None:
-        patcher = _PATCHERS[pipe] = Patcher(components)
+        patcher = _PATCHERS[pipe] = Patcher(components, schedules="unfused", backups=backups or "auto")
     elif patcher.components.keys() != components.keys() or any(
         patcher.components[k] is not v for k, v in components.items()
     ):
         with patcher.lock:
             patcher.restore()
             patcher.forget(components)
+    if backups is not None:
+        patcher.backups = backups
     return patcher
 
 
@@ -97,6 +105,9 @@ def entry_for(activation: Any, adapter: Adapter) -> PlanEntry:
     def block_at(block: str, step: int, total: int) -> float:
         return float(activation.unet_at(step, total, block=block))
 
+    if _is_static(activation):  # static block weights: fused, never re-synced per step
+        return PlanEntry(adapter, te=float(activation.te_at(0, 1)), unet=float(activation.unet_at(0, 1)),
+                         block_at=block_at, name=activation.name)
     return PlanEntry(
         adapter,
         te_at=activation.te_at,
@@ -194,14 +205,17 @@ def activate(
     cache: AdapterCache | None = None,
     on_error: str = "raise",
     restore: bool = True,
+    schedules: str = "unfused",
 ) -> Iterator[ActivePrompt]:
     """Apply the LoRAs tagged in `prompt` to `pipe` for the block; yield the stripped prompt.
 
     `library` is a folder, a list of folders, a `loraprompt.Library`, or a mapping name -> file
     path or Adapter. `steps` is the number of sampling steps (for fractional start/stop and
     keyframes before sampling starts; default 50). `on_error="skip"` drops a LoRA that cannot
-    apply and reports it in `diagnostics` instead of raising. The patcher's lock is held for the
-    whole block, so concurrent generations on one pipeline never see each other's LoRAs.
+    apply and reports it in `diagnostics` instead of raising. `schedules="fused"` rewrites the
+    weights of a step-scheduled LoRA at each step instead of running it unfused. The patcher's
+    lock is held for the whole block, so concurrent generations on one pipeline never see each
+    other's LoRAs.
     """
     from loraprompt.syntax import parse
 
@@ -213,6 +227,7 @@ def activate(
     patcher = patcher_for(pipe)
     total = steps or DEFAULT_STEPS
     with patcher.lock:
+        patcher.schedules = schedules
         report = patcher.sync(entries, step=0, total_steps=total, on_error=on_error)
         entries = [e for e in entries if e.label not in report.skipped]
         diagnostics.extend(report.diagnostics)

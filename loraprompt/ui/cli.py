@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser, command_name: str) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     parser.add_argument("--port", type=int, default=7860, help="port (0: any free port; default 7860)")
     parser.add_argument("--outputs", metavar="DIR", help="where images are saved (default: DATA_DIR/outputs)")
+    parser.add_argument("--backups", choices=["auto", "device", "host"], default="auto",
+                        help="where LoRA backups of GPU weights live: auto (on the GPU while it has room), "
+                             "device, or host (pinned RAM: least VRAM)")
     parser.add_argument("--data-dir", metavar="DIR",
                         help="demo LoRAs, library cache and outputs (default: $LORAPROMPT_HOME or ~/.cache/loraprompt/demo)")
 
@@ -36,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
         print("loraprompt webui needs the web UI extra: pip install 'loraprompt[ui]'", file=sys.stderr)
         return 2
     from loraprompt.errors import LoraPromptError
+    from loraprompt.integrations.diffusers import patcher_for
     from loraprompt.library import Library
     from loraprompt.models import default_data_dir, load_demo, load_model
     from loraprompt.ui.txt2img import Txt2Img
@@ -67,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     outputs.mkdir(parents=True, exist_ok=True)
     library = Library([str(d) for d in lora_dirs], cache_dir=str(data_dir / "cache"))
     engine = Txt2Img(model, library, outputs)
+    patcher_for(model.pipe, backups=getattr(args, "backups", "auto"))
     print(f"loraprompt webui: {model.name} ({model.family}), {len(library.entries)} LoRAs, outputs in {outputs}",
           flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):

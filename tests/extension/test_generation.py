@@ -15,6 +15,15 @@ PROJ_IN = "lora_unet_down_blocks_0_attentions_0_proj_in"
 TE_Q = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
 
 
+def applied_weight(webui: Webui, key: str) -> torch.Tensor:
+    """The weight a Linear's forward applies: fused LoRAs plus scheduled ones running unfused in
+    its forward hook (x = identity, so the output is the effective weight, transposed)."""
+    module = webui.sd_model.get_submodule(SD1_MODULES[key][0])
+    with torch.no_grad():
+        out = module(torch.eye(module.in_features, dtype=module.weight.dtype))
+    return (out - module.bias if module.bias is not None else out).T
+
+
 def started(webui: Webui) -> Webui:
     webui.write_lora("style", seed=1)
     webui.write_lora("detail", seed=2)
@@ -92,11 +101,15 @@ def test_step_schedule_changes_unet_strength_per_step(webui: Webui) -> None:
     base = webui.weight(Q)
     te_base = webui.weight(TE_Q)
     seen: list[torch.Tensor] = []
-    webui.modules.script_callbacks.on_cfg_denoiser(lambda params: seen.append(webui.weight(Q)))
+    weights: list[torch.Tensor] = []
+    webui.modules.script_callbacks.on_cfg_denoiser(lambda params: seen.append(applied_weight(webui, Q)))
+    webui.modules.script_callbacks.on_cfg_denoiser(lambda params: weights.append(webui.weight(Q)))
     webui.generate("<lora:style:1:unet=0@0,1@4>", steps=5)
     delta = expected_delta(webui.files["style"], Q)
     got = [float(((w - base) * delta).sum() / (delta * delta).sum()) for w in seen]
     assert [round(x, 4) for x in got] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    # the schedule runs unfused: its strength changes in the forward, the weight is never rewritten
+    assert all(torch.equal(w, base) for w in weights)
     assert torch.allclose(webui.weight(TE_Q), te_base + expected_delta(webui.files["style"], TE_Q), atol=1e-6)
 
 
@@ -135,7 +148,9 @@ def test_block_weights_and_start_stop_reach_the_right_modules(webui: Webui) -> N
     assert torch.allclose(webui.weight(mid), base[mid] + 2 * delta[mid], atol=1e-6)
     assert torch.allclose(webui.weight(TE_Q), base[TE_Q] + 0.5 * delta[TE_Q], atol=1e-6)
     seen: list[bool] = []
-    webui.modules.script_callbacks.on_cfg_denoiser(lambda params: seen.append(not torch.equal(webui.weight(Q), base[Q])))
+    webui.modules.script_callbacks.on_cfg_denoiser(
+        lambda params: seen.append(not torch.equal(applied_weight(webui, Q), base[Q]))
+    )
     webui.generate("<lora:style:1:start=1:stop=3>", steps=4)
     assert seen == [False, True, True, False]
 

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The engine on a GPU, in one run: the CUDA tests, then bench_patch for SD1.5 and SDXL (fp16, and
+# SD1.5 bf16), backups on the device and in pinned host memory, against diffusers + peft and the
+# limit, plus the per-step cost of a scheduled LoRA. Everything goes to $OUT (default ./gpu-results).
+#
+# The GPU machines have torch, transformers, safetensors, accelerate and peft but neither diffusers
+# nor lark, and no network. Bring their wheels, on a machine with PyPI access, before the run:
+#     benchmarks/gpu_run.sh --fetch-wheels        # pure-Python wheels into benchmarks/wheels/
+# then run it on the GPU machine (with the device tool: carry benchmarks/wheels):
+#     benchmarks/gpu_run.sh
+# About 8 minutes on an H200 (SDXL from config with random weights is built on the GPU).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+WHEELS=benchmarks/wheels
+PY=${PYTHON:-python3}
+
+if [[ "${1:-}" == "--fetch-wheels" ]]; then
+    mkdir -p "$WHEELS"
+    PIP=${PIP:-/work/main/.venv/bin/pip}
+    # --no-deps: only what the GPU image lacks; all pure Python, so any Python 3 / platform takes them
+    "$PIP" download --no-deps --only-binary=:all: -d "$WHEELS" \
+        diffusers==0.42.1 lark==1.3.1 importlib_metadata zipp
+    ls -l "$WHEELS"
+    exit 0
+fi
+
+OUT=${OUT:-gpu-results}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/gpu_run.log") 2>&1
+for module in diffusers lark importlib_metadata; do
+    if ! "$PY" -c "import $module" 2>/dev/null; then
+        "$PY" -m pip install --no-index --no-deps --find-links "$WHEELS" "$module" \
+            || echo "# could not install $module from $WHEELS (run --fetch-wheels first)"
+    fi
+done
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+"$PY" -c "import torch, diffusers, peft; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'diffusers', diffusers.__version__, 'peft', peft.__version__, torch.cuda.get_device_name())"
+export PYTHONPATH=$PWD
+
+echo "## CUDA tests"
+timeout 150 "$PY" -m pytest tests/patcher/test_cuda.py -q -p no:cacheprovider 2>&1 | tail -25
+
+run() {  # bench_patch with a time limit; its output goes to $OUT/bench-<name>.txt too
+    local name=$1; shift
+    echo "## bench_patch $*"
+    timeout "$LIMIT" "$PY" -m benchmarks.bench_patch --device cuda --repeat 7 "$@" 2>&1 \
+        | grep -v -i "warn" | tee "$OUT/bench-$name.txt"
+}
+LIMIT=150 run sd15-fp16 --model sd15 --dtype fp16
+LIMIT=240 run sdxl-fp16 --model sdxl --dtype fp16
+LIMIT=120 run sd15-bf16 --model sd15 --dtype bf16 --no-per-step
+echo "## done: $OUT"
