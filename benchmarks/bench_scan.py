@@ -10,6 +10,7 @@ Files have realistic headers (kohya key names, `ss_*` metadata with tag frequenc
 tensors. "Cold" means no application cache; the OS page cache is warm for everyone.
 
     PYTHONPATH=. python benchmarks/bench_scan.py [--sizes 1000 10000] [--tensors 200] [--repeat 3]
+    PYTHONPATH=. python benchmarks/bench_scan.py --sizes 100000 --repeat 1 --keep /tmp/lp-bench --peers a1111
 
 The A1111 peer needs `diskcache` (A1111 pins 5.6.3): pip install diskcache==5.6.3.
 """
@@ -22,6 +23,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -133,16 +136,38 @@ def timed(fn: Callable[[int], int], expect: int, repeat: int) -> float:
     return best
 
 
-def run_size(count: int, tensors: int, repeat: int) -> None:
-    """Measure and print every scanner at one library size, in a temporary folder."""
+def library_memory(root: Path, cache_dir: Path) -> tuple[float, float]:
+    """(MiB the Library's objects hold once built, MiB the process grew by) for a warm scan, measured
+    in a fresh interpreter: tracemalloc's count of live allocations, and resident memory."""
+    code = (
+        "import gc, os, sys, tracemalloc; from loraprompt.library import Library\n"
+        "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE')\n"
+        "gc.collect(); before = rss(); lib = Library([sys.argv[1]], cache_dir=sys.argv[2]); gc.collect(); grew = rss() - before\n"
+        "tracemalloc.start(); lib = Library([sys.argv[1]], cache_dir=sys.argv[2]); gc.collect()\n"
+        "print(tracemalloc.get_traced_memory()[0], grew)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(root), str(cache_dir)], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    held, grew = (int(x) for x in out.stdout.split())
+    return held / 2**20, grew / 2**20
+
+
+def run_size(count: int, tensors: int, repeat: int, keep: Path | None = None, walk_peer: bool = True) -> None:
+    """Measure and print every scanner at one library size, in a temporary folder (the files in
+    `keep`/<count> are made once and reused: 100,000 files take minutes to write)."""
     work = Path(tempfile.mkdtemp(prefix="bench_scan_"))
     try:
-        root = work / "Lora"
-        make_files(root, count, tensors)
+        root = keep / f"{count}-{tensors}" if keep else work / "Lora"
+        done = root.with_name(root.name + ".complete")
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)
+            make_files(root, count, tensors)
+            if keep:
+                done.write_text("made by bench_scan.py\n")
         size_mb = sum(p.stat().st_size for p in root.rglob("*.safetensors")) / 1e6
         print(f"\n== {count} files ({size_mb:.0f} MB, {tensors} tensors each; best of {repeat} warm runs)")
         cold_runs = max(1, min(repeat, 3000 // count))
-        plain = timed(lambda i: peer_safe_open(root), count, cold_runs)
+        plain = timed(lambda i: peer_safe_open(root), count, cold_runs) if walk_peer else float("nan")
         a_cold = timed(lambda i: peer_a1111(root, work / f"a1111-{i}"), count, cold_runs)
         a_warm = timed(lambda i: peer_a1111(root, work / "a1111-0"), count, repeat)
         o_cold = timed(lambda i: ours(root, work / f"ours-{i}"), count, cold_runs)
@@ -152,6 +177,8 @@ def run_size(count: int, tensors: int, repeat: int) -> None:
         print(f"A1111 warm (diskcache)    {a_warm:8.3f} s")
         print(f"loraprompt cold           {o_cold:8.3f} s   {plain / o_cold:5.2f}x vs safe_open walk, {a_cold / o_cold:5.2f}x vs A1111 cold")
         print(f"loraprompt warm           {o_warm:8.3f} s   {a_warm / o_warm:5.2f}x vs A1111 warm, {plain / o_warm:5.1f}x vs safe_open walk")
+        held, grew = library_memory(root, work / "ours-0")
+        print(f"loraprompt memory         {held:8.0f} MiB held by the library's objects, process grew {grew:.0f} MiB")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -161,12 +188,15 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--tensors", type=int, default=200, help="tensors per file (header size)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (the best is kept)")
+    parser.add_argument("--keep", type=Path, help="make the files once in this folder and reuse them (for 100000)")
+    parser.add_argument("--peers", choices=("all", "a1111"), default="all",
+                        help="a1111: leave out the slow safe_open walk (at 100,000 files it takes minutes)")
     args = parser.parse_args()
     if importlib.util.find_spec("diskcache") is None:
         raise SystemExit("bench_scan: the A1111 peer needs diskcache (A1111 pins 5.6.3): pip install diskcache==5.6.3")
     print("ratios above 1 mean loraprompt is faster than that peer")
     for count in args.sizes:
-        run_size(count, args.tensors, args.repeat)
+        run_size(count, args.tensors, args.repeat, args.keep, args.peers == "all")
 
 
 if __name__ == "__main__":

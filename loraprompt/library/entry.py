@@ -38,7 +38,7 @@ def header_record(path: Path) -> dict[str, Any]:
     summary = summarize(header.metadata)
     record: dict[str, Any] = {
         "kind": "safetensors",
-        "summary": json.dumps(summary.to_json(), ensure_ascii=False),
+        "summary": json.dumps(summary.to_cache(), ensure_ascii=False, separators=(",", ":")),
         "output_name": summary.output_name,
         "family": family,
         "family_source": source,

@@ -148,15 +148,43 @@ class MetadataSummary:
         out["modelspec"] = dict(self.modelspec)
         return out
 
+    def to_cache(self) -> dict[str, Any]:
+        """`to_json` without the values `from_json` restores by itself: fields at their defaults,
+        and trigger words that are just the trigger phrase and the top tags (a library of 100,000
+        files keeps this in memory and in its cache file)."""
+        full = self.to_json()
+        if tuple(full["trigger_words"]) == self._derived_triggers():
+            del full["trigger_words"]
+        defaults = MetadataSummary()
+        return {k: v for k, v in full.items() if k == "trigger_words" or (v != getattr(defaults, k) and v not in ([], {}))}
+
+    def _derived_triggers(self) -> tuple[str, ...]:
+        """The trigger words `summarize` finds from the trigger phrase and the tags kept here."""
+        return _triggers(_split_phrases(self.modelspec.get("trigger_phrase", "")), [t for t, _ in self.tags])
+
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> MetadataSummary:
-        """Inverse of `to_json`."""
+        """Inverse of `to_json` and of `to_cache`."""
         values = dict(doc)
         values["tags"] = tuple((str(t), int(c)) for t, c in values.get("tags", ()))
-        values["trigger_words"] = tuple(values.get("trigger_words", ()))
         values["modelspec"] = dict(values.get("modelspec", {}))
         known = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in values.items() if k in known})
+        summary = cls(**{k: v for k, v in values.items() if k in known and k != "trigger_words"})
+        words = tuple(values["trigger_words"]) if "trigger_words" in values else summary._derived_triggers()
+        object.__setattr__(summary, "trigger_words", words)
+        return summary
+
+
+def _triggers(phrases: Sequence[str], tags: Sequence[str]) -> tuple[str, ...]:
+    """Trigger words: the trigger phrase's parts, then tags by count, each once, capped."""
+    out: list[str] = []
+    for phrase in [*phrases, *tags]:
+        phrase = cap(phrase, 200)
+        if phrase not in out:
+            out.append(phrase)
+            if len(out) == MAX_TRIGGERS:
+                break
+    return tuple(out)
 
 
 def summarize(metadata: Mapping[str, str]) -> MetadataSummary:
@@ -167,18 +195,14 @@ def summarize(metadata: Mapping[str, str]) -> MetadataSummary:
         return cap(value) if isinstance(value, str) and value != "" else None
 
     tags = tag_frequency(metadata)
-    triggers: list[str] = []
-    for phrase in _split_phrases(metadata.get("modelspec.trigger_phrase", "")) + [t for t, _ in tags]:
-        phrase = cap(phrase, 200)
-        if phrase not in triggers:
-            triggers.append(phrase)
+    triggers = _triggers(_split_phrases(metadata.get("modelspec.trigger_phrase", "")), [t for t, _ in tags])
     modelspec = {k[len("modelspec.") :]: cap(v) for k, v in metadata.items() if k.startswith("modelspec.") and "thumbnail" not in k}
     epochs = get("ss_num_epochs") or get("ss_epoch")
     return MetadataSummary(
         output_name=get("ss_output_name") or modelspec.get("title"),
         base_model=get("ss_sd_model_name"),
         base_model_version=get("ss_base_model_version") or modelspec.get("architecture"),
-        trigger_words=tuple(triggers[:MAX_TRIGGERS]),
+        trigger_words=triggers,
         tags=tuple((cap(t, 200), c) for t, c in tags[:MAX_TAGS]),
         resolution=get("ss_resolution") or modelspec.get("resolution"),
         epochs=epochs,

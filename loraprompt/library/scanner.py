@@ -124,36 +124,55 @@ def read_sidecars(folder: Folder, listing: dict[str, str], stem: str, cache: Dis
     return values, tuple(stamps), read
 
 
+_NONE: dict[str, Any] = {}  # the `user` and `imports` of the many entries that have none (never mutated)
+
+
 def make_entry(
     root: str, folder: Folder, filename: str, *, record: dict[str, Any], sidecars: dict[str, Any], previews: tuple[str, ...],
+    path: str | None = None,
 ) -> Entry:
-    """An Entry from a header record, the sidecar values and the preview names found."""
+    """An Entry from a header record, the sidecar values and the preview names found; `path`, the
+    file's path when the caller has it as a string already (kept once in memory)."""
     stem = filename[: filename.rfind(".")]
     description = sidecars.get("description") or sidecars.get("description2") or ""
-    imports: dict[str, Any] = {k: sidecars[k] for k in ("civitai", "lora_manager") if k in sidecars}
+    imports: dict[str, Any] = {k: sidecars[k] for k in ("civitai", "lora_manager") if k in sidecars} if sidecars else _NONE
     notes = (record["family_conflict"],) if record.get("family_conflict") else ()
-    return Entry(
-        name=stem,
-        alias=record.get("output_name") or stem if record.get("kind") == "safetensors" else stem,
-        path=folder.path + os.sep + filename,
-        root=root,
-        relpath=f"{folder.rel}/{filename}" if folder.rel else filename,
-        folder=folder.rel,
-        size=record["size"],
-        mtime_ns=record["mtime_ns"],
-        kind=str(record.get("kind", "safetensors")),
-        detected_family=record.get("family"),
-        family_source=record.get("family_source"),
-        summary_json=record.get("summary") or "",
-        previews=tuple(folder.path + os.sep + n for n in previews),
-        user=sidecars.get("user") or {},
-        imports=imports,
-        description=description,
-        error=record.get("error"),
-        hidden=folder.hidden,
-        data_offset=record.get("data_offset"),
-        notes=notes,
-    )
+    return new_entry({
+        "name": stem,
+        "alias": record.get("output_name") or stem if record.get("kind") == "safetensors" else stem,
+        "path": path or folder.path + os.sep + filename,
+        "root": root,
+        "relpath": f"{folder.rel}/{filename}" if folder.rel else filename,
+        "folder": folder.rel,
+        "size": record["size"],
+        "mtime_ns": record["mtime_ns"],
+        "kind": str(record.get("kind", "safetensors")),
+        "detected_family": record.get("family"),
+        "family_source": record.get("family_source"),
+        "summary_json": record.get("summary") or "",
+        "previews": tuple(folder.path + os.sep + n for n in previews) if previews else (),
+        "user": sidecars.get("user") or _NONE,
+        "imports": imports or _NONE,
+        "description": description,
+        "error": record.get("error"),
+        "hidden": folder.hidden,
+        "offline": False,
+        "data_offset": record.get("data_offset"),
+        "notes": notes,
+    })
+
+
+_ENTRY_FIELDS = frozenset(Entry.__dataclass_fields__)
+
+
+def new_entry(values: dict[str, Any]) -> Entry:
+    """`Entry(**values)` for `values` naming every field, without the frozen dataclass's __init__
+    (one object.__setattr__ per field): a warm scan of 100,000 files builds 100,000 entries."""
+    if values.keys() != _ENTRY_FIELDS:
+        raise TypeError(f"new_entry needs exactly Entry's fields; got {sorted(values.keys() ^ _ENTRY_FIELDS)} wrong")
+    entry = object.__new__(Entry)
+    entry.__dict__.update(values)
+    return entry
 
 
 def model_record(path: str, st: os.stat_result, cache: DiskCache, settle_s: float) -> tuple[dict[str, Any] | None, bool]:
@@ -214,7 +233,7 @@ def scan_file(
     reuse = old is not None and old[0] == fingerprint and not was_read and not sidecars_read
     entry = old[1] if old is not None and reuse else None
     if entry is None:
-        entry = make_entry(root, folder, filename, record=record, sidecars=sidecars, previews=previews)
+        entry = make_entry(root, folder, filename, record=record, sidecars=sidecars, previews=previews, path=path)
     result.fingerprints[path] = (fingerprint, entry)
     return entry
 

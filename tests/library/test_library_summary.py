@@ -1,0 +1,60 @@
+"""The cached form of a header's training-metadata summary: compact (a library of 100,000 files
+keeps one per file in memory and in its cache file) and read back to exactly the same summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from loraprompt.library.metadata import MAX_TRIGGERS, MetadataSummary, summarize
+
+from .conftest import write_lora
+
+
+def frequency(tags: dict[str, int]) -> str:
+    return json.dumps({"10_subject": tags})
+
+
+CASES = {
+    "empty": {},
+    "kohya": {"ss_output_name": "cat", "ss_base_model_version": "sd_v1", "ss_network_dim": "16",
+              "ss_tag_frequency": frequency({f"tag {i}": 100 - i for i in range(60)})},
+    "phrase repeats a tag": {"modelspec.trigger_phrase": "tag 3, wcstyle, tag 3",
+                             "ss_tag_frequency": frequency({f"tag {i}": 100 - i for i in range(30)})},
+    "phrase only": {"modelspec.trigger_phrase": "a, b", "modelspec.architecture": "stable-diffusion-xl-v1-base/lora"},
+    "long phrase": {"modelspec.trigger_phrase": "x" * 1500 + ", y"},  # capped differently from the tags
+    "cover": {"ssmd_cover_images": "[\"abc\"]", "ss_tag_frequency": frequency({"one": 1})},
+}
+
+
+@pytest.mark.parametrize("metadata", CASES.values(), ids=CASES.keys())
+def test_cached_summary_reads_back_the_same(metadata: dict[str, str]) -> None:
+    summary = summarize(metadata)
+    cached = json.loads(json.dumps(summary.to_cache()))
+    assert MetadataSummary.from_json(cached) == summary
+    assert MetadataSummary.from_json(summary.to_json()) == summary  # the full form still reads
+
+
+def test_cached_summary_leaves_out_what_it_can_derive() -> None:
+    summary = summarize(CASES["kohya"])
+    cached = summary.to_cache()
+    assert len(summary.trigger_words) == MAX_TRIGGERS and "trigger_words" not in cached
+    assert set(cached) == {"output_name", "base_model_version", "dim", "tags", "metadata_keys"}
+    assert len(json.dumps(cached)) < len(json.dumps(summary.to_json())) / 2
+
+
+def test_a_scanned_entry_equals_the_dataclass_built_one(tmp_path: Path) -> None:
+    """The scan builds entries without the frozen dataclass's __init__ (speed at 100,000 files):
+    they must be the same values, with every field set."""
+    from loraprompt.library import Library
+    from loraprompt.library.entry import Entry
+    from loraprompt.library.scanner import new_entry
+
+    write_lora(tmp_path / "Lora" / "a.safetensors", {"ss_output_name": "alias_a", "ss_tag_frequency": frequency({"x": 2})})
+    (entry,) = Library(tmp_path / "Lora", tmp_path / "cache").entries
+    values = {name: getattr(entry, name) for name in Entry.__dataclass_fields__}
+    assert Entry(**values) == entry and entry.alias == "alias_a" and entry.summary.trigger_words == ("x",)
+    with pytest.raises(TypeError, match="offline"):
+        new_entry({k: v for k, v in values.items() if k != "offline"})
