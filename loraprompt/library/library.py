@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,7 @@ class Library:
         self._cache = DiskCache(where if persist else None, [str(r) for r in self.roots])
         self._usage = UsageLog(self._cache.path.with_name("usage-" + self._cache.path.name) if self._cache.path else None)
         self._hash_cache = HashCache()
+        self._computed: dict[str, tuple[int, int, str]] = {}  # path -> (size, mtime_ns, a1111) hashed here
         self.settle_s = settle_s
         self.auto_check_s = auto_check_s
         self._lock = threading.RLock()
@@ -86,6 +87,7 @@ class Library:
         self._allowed: frozenset[Path] = frozenset()
         self._checked_at = 0.0
         self._scanned_ns = 0
+        self.version = 0  # goes up whenever the entries change (see `changed_since`)
         self.last_report = self.refresh()
 
     # ---- scanning -------------------------------------------------------------------------
@@ -130,7 +132,9 @@ class Library:
             gone = {p for p in old if p not in self._by_path} - set(pending)
             unseen = self._cache.paths() - self._by_path.keys() - seen
             live = tuple(os.path.join(str(r), "") for r in self.roots if str(r) not in self._offline)
-            self._cache.drop({p for p in unseen if p.startswith(live)})  # gone from a reachable root
+            dropped = {p for p in unseen if p.startswith(live)}  # gone from a reachable root
+            self._keep_hashes_of_moved(dropped, [p for p in self._by_path if p not in old])
+            self._cache.drop(dropped)
             self._cache.save()
             changed = tuple(p for p, e in self._by_path.items() if p in old and (old[p].size, old[p].mtime_ns) != (e.size, e.mtime_ns))
             self.last_report = RefreshReport(
@@ -143,10 +147,32 @@ class Library:
             )
             return self.last_report
 
+    def _keep_hashes_of_moved(self, dropped: set[str], added: list[str]) -> None:
+        """A file renamed or moved keeps its inode, size and mtime: give its new path the hashes
+        already computed for the old one (usage history and duplicate groups go by hash)."""
+        moved: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for path in dropped:
+            record = self._cache.peek(path)
+            if record and record.get("hashes") and record.get("ino") is not None:
+                moved[(record["ino"], record["size"], record["mtime_ns"])] = record["hashes"]
+        for path in added if moved else ():
+            record = self._cache.peek(path)
+            if record and not record.get("hashes"):
+                hashes = moved.get((record.get("ino"), record["size"], record["mtime_ns"]))
+                if hashes is not None:
+                    self._cache.update(path, hashes=hashes)
+
     def _install(self, entries: list[Entry]) -> None:
         self._entries = entries
         self._by_path = {e.path: e for e in entries}
         self._index = NameIndex(entries)
+        self.version += 1
+
+    def current_version(self) -> int:
+        """`version` after the cheap automatic staleness check that `entries` makes: compare it with
+        a version seen before to learn whether anything changed without copying the entries."""
+        self._auto_check()
+        return self.version
 
     def is_stale(self) -> bool:
         """True when a scanned folder's mtime changed, one vanished, or an offline root came back
@@ -253,6 +279,8 @@ class Library:
             return {}
         value = file_hashes(path, cache=self._hash_cache)
         after = os.stat(path)
+        if (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns) and value.get("a1111"):
+            self._computed[path] = (st.st_size, st.st_mtime_ns, str(value["a1111"]))
         if record is not None and (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns):
             self._cache.update(path, hashes=value)
             if save:
@@ -274,33 +302,61 @@ class Library:
         self._cache.save()
         return found
 
-    def duplicates(self) -> list[DuplicateGroup]:
-        """Groups of files with the same bytes, the same tensors under another header, or the same
-        name with other content. Only files whose tensor data sizes are equal are hashed."""
-        groups: list[DuplicateGroup] = []
+    def duplicate_candidates(self) -> list[Entry]:
+        """Entries that can be in a duplicate group: those sharing their tensor data size or their
+        stem with another file. Only these are hashed to find the groups."""
         by_size: dict[int, list[Entry]] = {}
         for e in self.entries:
             if not e.error and not e.offline:
                 by_size.setdefault(e.size - (e.data_offset or 0), []).append(e)
-        for same in by_size.values():
-            if len(same) < 2:
-                continue
-            by_tensors: dict[str, list[Entry]] = {}
-            for e in same:
-                by_tensors.setdefault(self.hashes(e, save=False).get("a1111") or "", []).append(e)
-            for members in by_tensors.values():
-                if len(members) < 2:
-                    continue
-                files: dict[str, list[Entry]] = {}
-                for e in members:
-                    files.setdefault(self.hashes(e, save=False).get("sha256") or "", []).append(e)
-                groups += [DuplicateGroup("same-file", tuple(f)) for f in files.values() if len(f) > 1]
-                if len(files) > 1:
-                    groups.append(DuplicateGroup("same-tensors", tuple(members)))
+        out = {e.path: e for same in by_size.values() if len(same) > 1 for e in same}
         for named in self._index.stems.values():
-            if len(named) > 1 and len({self.hashes(e, save=False).get("sha256") for e in named}) > 1:
-                groups.append(DuplicateGroup("same-name", tuple(named)))
+            if len(named) > 1:
+                out.update((e.path, e) for e in named if not e.error and not e.offline)
+        return list(out.values())
+
+    def duplicates(
+        self, progress: Callable[[int, int], None] | None = None, stop: threading.Event | None = None,
+    ) -> list[DuplicateGroup]:
+        """Groups of files with the same bytes, the same tensors under another header, or the same
+        name with other content. Only `duplicate_candidates` are hashed (each file read once, the
+        hashes cached); `progress(done, total)` is called after each file hashed, and a set `stop`
+        ends the hashing early (the groups then cover the files hashed so far)."""
+        candidates = self.duplicate_candidates()
+        hashes: dict[str, Mapping[str, str | None]] = {}
+        for e in candidates:
+            record = self._cache.get(e.path, e.size, e.mtime_ns)
+            hashes[e.path] = (record or {}).get("hashes") or {}
+        todo = [e for e in candidates if not hashes[e.path]]
+        for done, entry in enumerate(todo, 1):
+            if stop is not None and stop.is_set():
+                break
+            try:
+                hashes[entry.path] = self.hashes(entry, save=False)
+            except AdapterFileError:
+                pass  # vanished or unreadable since the scan: left out
+            if progress is not None:
+                progress(done, len(todo))
         self._cache.save()
+        groups: list[DuplicateGroup] = []
+        by_tensors: dict[tuple[int, str], list[Entry]] = {}
+        for e in candidates:
+            content = hashes[e.path].get("a1111")
+            if content:
+                by_tensors.setdefault((e.size - (e.data_offset or 0), content), []).append(e)
+        for members in by_tensors.values():
+            if len(members) < 2:
+                continue
+            files: dict[str, list[Entry]] = {}
+            for e in members:
+                files.setdefault(hashes[e.path].get("sha256") or "", []).append(e)
+            groups += [DuplicateGroup("same-file", tuple(f)) for f in files.values() if len(f) > 1]
+            if len(files) > 1:
+                groups.append(DuplicateGroup("same-tensors", tuple(members)))
+        for named in self._index.stems.values():
+            sums = [hashes.get(e.path, {}).get("sha256") for e in named]
+            if len(named) > 1 and all(sums) and len(set(sums)) > 1:
+                groups.append(DuplicateGroup("same-name", tuple(named)))
         return groups
 
     # ---- sidecars and files ---------------------------------------------------------------
@@ -329,12 +385,53 @@ class Library:
             return {"error": exc.reason}
 
     def note_use(self, entries: Iterable[Entry | str]) -> None:
-        """Record that these entries (or file paths) were used in one generation."""
-        self._usage.note(e.path if isinstance(e, Entry) else os.path.abspath(e) for e in entries)
+        """Record that these entries (or file paths) were used in one generation; the history is
+        kept by the files' content hash (computed if not known yet; a generation computes it for
+        `Lora hashes` anyway), so a renamed file keeps it. Unreadable files are left out."""
+        used: list[tuple[str, str]] = []
+        for e in entries:
+            path = e.path if isinstance(e, Entry) else os.path.abspath(e)
+            entry = self._by_path.get(path)
+            try:
+                hashes = self.hashes(entry) if entry is not None else file_hashes(path, cache=self._hash_cache)
+            except AdapterFileError:
+                continue
+            if hashes.get("a1111"):
+                used.append((str(hashes["a1111"]), path))
+        self._usage.note(used)
+
+    def known_hash(self, entry: Entry) -> str | None:
+        """The content (A1111 tensor) hash of `entry` if it was computed for this version of the
+        file; never reads or stats the file."""
+        record = self._cache.get(entry.path, entry.size, entry.mtime_ns)
+        hashes = record.get("hashes") if record is not None else None
+        if hashes:
+            return hashes.get("a1111")
+        computed = self._computed.get(entry.path)  # e.g. a file too new for the disk cache to keep
+        return computed[2] if computed is not None and computed[:2] == (entry.size, entry.mtime_ns) else None
 
     def usage(self, entry: Entry) -> tuple[int, int]:
         """(times used, last use in ns since the epoch) of `entry`; (0, 0) when never used."""
-        return self._usage.get(entry.path)
+        return self._usage.get(self.known_hash(entry), entry.path)
+
+    @property
+    def usage_stamp(self) -> int:
+        """A number that changes whenever the usage history does."""
+        return self._usage.stamp
+
+    def migrate_usage(self) -> int:
+        """Move history kept by path (written before it was kept by content) to the files' hashes,
+        hashing those files now; returns how many moved. Files not in the library stay as they are."""
+        moved = 0
+        for path in self._usage.legacy_paths():
+            entry = self._by_path.get(path)
+            if entry is None or entry.offline or entry.error:
+                continue
+            content = self.hashes(entry).get("a1111")
+            if content:
+                self._usage.migrate(path, str(content))
+                moved += 1
+        return moved
 
     def file_ref(self, path: str | os.PathLike[str]) -> str | None:
         """The relative reference a web route takes for a file under a root (see `safe_file`)."""

@@ -187,7 +187,7 @@ def model_record(path: str, st: os.stat_result, cache: DiskCache, settle_s: floa
         if time.time() - st.st_mtime_ns / 1e9 < settle_s:
             return None, True
         values = {"kind": "safetensors", "summary": "", "family": None, "error": exc.reason}
-    return cache.put(path, st.st_size, st.st_mtime_ns, **values), True
+    return cache.put(path, st.st_size, st.st_mtime_ns, ino=st.st_ino, **values), True
 
 
 def scan_root(root: str, cache: DiskCache, settle_s: float, previous: Mapping[str, tuple[Any, Entry]]) -> ScanResult:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from loraprompt.errors import LoraPromptError
-from loraprompt.library import Entry, Library
+from loraprompt.library import DuplicateGroup, Entry, Library
 from loraprompt.library.cache import default_cache_dir
 from loraprompt.library.cards import FAMILY_LABELS, json_for_script
 from loraprompt.library.details import file_details
@@ -27,6 +28,14 @@ from loraprompt.ui.gallery_thumbs import ThumbCache
 EDITABLE = frozenset(cards.USER_KEYS)
 
 
+_STARTED = time.time_ns()  # makes the usage stamp differ across server restarts
+
+
+def usage_stamp(library: Library) -> str:
+    """A value that changes whenever a generation is recorded (O(1); the page reloads the usage then)."""
+    return f"{_STARTED}-{library.usage_stamp}"
+
+
 class NotFound(LookupError):
     """No card, preview or file answers the request."""
 
@@ -37,6 +46,7 @@ class BadRequest(ValueError):
 
 @dataclass(frozen=True)
 class _Snapshot:
+    version: int  # the library's version it was built from
     entries: tuple[Entry, ...]
     by_id: Mapping[str, Entry]
     ids: Mapping[str, str]  # entry path -> card id
@@ -68,24 +78,33 @@ class GalleryService:
         self._lock = threading.Lock()
         self._snapshot: _Snapshot | None = None
         self._generation = 0
+        self._background: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._hashing = {"done": 0, "total": 0, "running": False}
+        self._groups: tuple[DuplicateGroup, ...] = ()
+        self._groups_version = -1  # the library version the groups were found for
+        self._groups_stamp = 0
 
     # ---- reading ----------------------------------------------------------------------------
     def snapshot(self) -> _Snapshot:
         """Card records for the library as it is now, rebuilt only when its entries changed."""
-        entries = tuple(self.library.entries)
+        version = self.library.current_version()
+        old = self._snapshot
+        if old is not None and old.version == version:
+            return old  # a poll costs the same with 10 or 100,000 cards
         with self._lock:
             old = self._snapshot
-            if old is not None and len(old.entries) == len(entries) and all(
-                a is b for a, b in zip(old.entries, entries)
-            ):
+            version = self.library.version
+            if old is not None and old.version == version:
                 return old
+            entries = tuple(self.library.entries)
             self._generation += 1
             by_id = cards.card_ids(entries, [str(r) for r in self.library.roots])
             ids = {e.path: card_id for card_id, e in by_id.items()}
             stems = Counter(e.name for e in entries)
             records = tuple(cards.card_record(e, ids[e.path], self._thumb_url(ids[e.path], e), _tag_name(e, stems))
                             for e in entries)
-            self._snapshot = _Snapshot(entries, by_id, ids, records, self._generation, json_for_script(records), stems)
+            self._snapshot = _Snapshot(version, entries, by_id, ids, records, self._generation, json_for_script(records), stems)
             return self._snapshot
 
     def _thumb_url(self, card_id: str, entry: Entry) -> str | None:
@@ -124,8 +143,59 @@ class GalleryService:
         return json_for_script(self._document_head(snap))[:-1] + ',"cards":' + snap.records_json + "}"
 
     def state(self) -> dict[str, Any]:
-        """What the page polls to notice a model switch or a changed folder."""
-        return {"family": self.family(), "generation": self.snapshot().generation}
+        """What the page polls to notice a model switch, a changed folder, new usage or new
+        duplicate groups; its cost does not grow with the number of cards."""
+        snap = self.snapshot()
+        self.start_background()
+        return {"family": self.family(), "generation": snap.generation, "usage_stamp": usage_stamp(self.library),
+                "hashing": dict(self._hashing), "duplicates_stamp": self._groups_stamp}
+
+    # ---- background: usage history by content, duplicate groups, thumbnail pruning ------------
+    def start_background(self) -> None:
+        """Hash what is needed in a background thread, once per library version: move usage kept
+        by path to content hashes, then find the duplicate groups (`duplicates()`), then prune the
+        thumbnail cache. Progress is in `state()["hashing"]`."""
+        with self._lock:
+            busy = self._background is not None and self._background.is_alive()
+            if busy or self._groups_version == self.library.version or self._stop.is_set():
+                return
+            self._groups_version = self.library.version
+            self._hashing = {"done": 0, "total": 0, "running": True}
+            self._background = threading.Thread(target=self._run_background, name="loraprompt-gallery-hashing", daemon=True)
+            self._background.start()
+
+    def _run_background(self) -> None:
+        try:
+            self.library.migrate_usage()
+
+            def progress(done: int, total: int) -> None:
+                self._hashing = {"done": done, "total": total, "running": True}
+
+            groups = tuple(self.library.duplicates(progress, self._stop))
+            with self._lock:
+                if groups != self._groups:
+                    self._groups = groups
+                    self._groups_stamp += 1
+            self.thumbs.prune()
+        except Exception:  # a background convenience: never take the gallery down
+            import logging
+
+            logging.getLogger("loraprompt").exception("gallery: finding duplicates failed")
+        finally:
+            self._hashing = {**self._hashing, "running": False}
+
+    def stop_background(self, timeout: float = 10.0) -> None:
+        """Stop the background hashing (at the next file) and wait for it."""
+        self._stop.set()
+        thread = self._background
+        if thread is not None:
+            thread.join(timeout)
+
+    def duplicates(self) -> dict[str, Any]:
+        """The duplicate groups found so far, as card ids: {"groups": [{"kind", "ids"}], "hashing"}."""
+        snap = self.snapshot()
+        groups = [{"kind": g.kind, "ids": [snap.ids[e.path] for e in g.entries if e.path in snap.ids]} for g in self._groups]
+        return {"groups": [g for g in groups if len(g["ids"]) > 1], "hashing": dict(self._hashing), "stamp": self._groups_stamp}
 
     def refresh(self) -> str:
         """Rescan the folders and return the new cards document as JSON text."""

@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,12 +19,61 @@ class ThumbnailError(ValueError):
     """The preview cannot be made into a thumbnail (not an image, too big, corrupt)."""
 
 
+MAX_AGE_S = 30 * 86400  # a thumbnail not served for this long is deleted by `prune`
+MAX_CACHE_BYTES = 1 << 30  # and the oldest go first while the cache is bigger than this
+TOUCH_AFTER_S = 86400  # a served thumbnail's mtime (its "last served") is refreshed at most daily
+
+
 class ThumbCache:
-    """Thumbnails under `cache_dir`, made on first request and reused while the source is unchanged."""
+    """Thumbnails under `cache_dir`, made on first request and reused while the source is unchanged.
+    A thumbnail's mtime says when it was last served; `prune` deletes those unused for a month (a
+    replaced or deleted preview leaves its old thumbnail behind) and keeps the folder under a size
+    cap. Galleries of other libraries may share the folder: age, not the current cards, decides."""
 
     def __init__(self, cache_dir: str | os.PathLike[str], size: int = THUMB_SIZE) -> None:
         self.cache_dir = Path(cache_dir)
         self.size = size
+
+    def prune(self, max_age_s: float = MAX_AGE_S, max_bytes: int = MAX_CACHE_BYTES, now: float | None = None) -> int:
+        """Delete thumbnails not served for `max_age_s`, then the least recently served while the
+        rest is over `max_bytes`; returns how many were deleted. Other files are left alone."""
+        now = time.time() if now is None else now
+        found: list[tuple[float, int, Path]] = []
+        try:
+            subdirs = [d for d in self.cache_dir.iterdir() if len(d.name) == 2 and d.is_dir()]
+        except OSError:
+            return 0
+        for sub in subdirs:
+            try:
+                with os.scandir(sub) as it:
+                    for item in it:
+                        if item.name.endswith((".webp", ".tmp")) and item.is_file():
+                            st = item.stat()
+                            found.append((st.st_mtime, st.st_size, Path(item.path)))
+            except OSError:
+                continue
+        found.sort()
+        total = sum(size for _, size, _ in found)
+        deleted = 0
+        for mtime, size, path in found:
+            if now - mtime < max_age_s and total <= max_bytes:
+                break
+            try:
+                path.unlink()
+            except OSError:
+                continue
+            total -= size
+            deleted += 1
+        return deleted
+
+    def _served(self, target: Path) -> Path:
+        """Note that `target` was just served (its mtime, at most once a day) and return it."""
+        try:
+            if time.time() - target.stat().st_mtime > TOUCH_AFTER_S:
+                os.utime(target)
+        except OSError:
+            pass
+        return target
 
     def _cached(self, key: str) -> Path:
         digest = hashlib.sha256(f"{key}\0{self.size}".encode()).hexdigest()
@@ -42,14 +92,14 @@ class ThumbCache:
                 raise ThumbnailError(f"{source}: preview larger than {MAX_SOURCE_BYTES // 2**20} MB")
         except OSError as exc:
             raise ThumbnailError(f"{source}: cannot read ({exc.strerror})") from exc
-        return target if target.is_file() else self._store(target, self._render(source, str(source)))
+        return self._served(target) if target.is_file() else self._store(target, self._render(source, str(source)))
 
     def thumbnail_of(self, key: str, load: Callable[[], bytes], label: str) -> Path:
         """The cached thumbnail of the image bytes `load()` gives (called only when not cached),
         identified by `key` (e.g. a header's cover image)."""
         target = self._cached(key)
         if target.is_file():
-            return target
+            return self._served(target)
         data = load()
         if len(data) > MAX_SOURCE_BYTES:
             raise ThumbnailError(f"{label}: image larger than {MAX_SOURCE_BYTES // 2**20} MB")

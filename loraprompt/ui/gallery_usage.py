@@ -7,22 +7,20 @@ from __future__ import annotations
 from typing import Any
 
 from loraprompt.library.cards import json_for_script
-from loraprompt.ui.gallery_service import GalleryService
+from loraprompt.ui.gallery_service import GalleryService, usage_stamp
 
 
 def usage_document(service: GalleryService) -> dict[str, Any]:
     """{"stamp": a value that changes whenever a generation is recorded for any card, "usage":
     card id -> [times used, last use in ms since the epoch] for the cards used at least once}."""
     snap = service.snapshot()
+    stamp = usage_stamp(service.library)
     usage: dict[str, list[int]] = {}
-    total = latest = 0
     for entry in snap.entries:
         uses, last_ns = service.library.usage(entry)
         if uses:
             usage[snap.ids[entry.path]] = [uses, last_ns // 1_000_000]
-            total += uses
-            latest = max(latest, last_ns)
-    return {"stamp": f"{total}-{latest}", "usage": usage}
+    return {"stamp": stamp, "usage": usage}
 
 
 def with_usage(service: GalleryService, cards_json: str) -> str:

@@ -85,7 +85,11 @@ def gallery_router(service: GalleryService, prefix: str = DEFAULT_PREFIX) -> API
 
     @router.get("/state")
     def state() -> Response:
-        return _json({**service.state(), "usage_stamp": usage_document(service)["stamp"]})
+        return _json(service.state())
+
+    @router.get("/duplicates")
+    def duplicates() -> Response:
+        return _json(service.duplicates())
 
     @router.get("/usage")
     def usage() -> Response:

@@ -1,0 +1,49 @@
+"""Usage history is kept by content: a renamed or moved file keeps it, and history written by path
+(before) moves to the file's hash."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from loraprompt.library import Library
+
+from .conftest import write_lora
+
+
+def test_renamed_file_keeps_its_history(tmp_path: Path) -> None:
+    lora = tmp_path / "Lora"
+    a = write_lora(lora / "a.safetensors", seed=1)
+    write_lora(lora / "b.safetensors", seed=2)
+    lib = Library(lora, tmp_path / "cache")
+    lib.note_use([str(a)])
+    lib.note_use([str(a)])
+    (lora / "moved").mkdir()
+    os.rename(a, lora / "moved" / "renamed.safetensors")
+    lib.refresh()
+    reopened = Library(lora, tmp_path / "cache")  # another process, reading the files on disk
+    for library in (lib, reopened):
+        by_name = {e.name: e for e in library.entries}
+        assert library.usage(by_name["renamed"])[0] == 2  # the hash came with the rename: no file read
+        assert library.usage(by_name["b"]) == (0, 0)
+
+
+def test_history_kept_by_path_moves_to_the_hash(tmp_path: Path) -> None:
+    lora = tmp_path / "Lora"
+    a = write_lora(lora / "a.safetensors", seed=1)
+    lib = Library(lora, tmp_path / "cache")
+    assert lib._usage.path is not None
+    lib._usage.path.write_text(json.dumps({str(a): [5, 1_700_000_000_000_000_000], "/gone.safetensors": [1, 1]}))
+    lib = Library(lora, tmp_path / "cache")
+    (entry,) = lib.entries
+    assert lib.usage(entry) == (5, 1_700_000_000_000_000_000)  # read as it was
+    assert lib.migrate_usage() == 1
+    lib.note_use([entry])
+    doc = json.loads(lib._usage.path.read_text())
+    assert doc["by_path"] == {"/gone.safetensors": [1, 1]}  # not in this library: left as it is
+    assert list(doc["by_hash"]) == [lib.hashes(entry)["a1111"]] and doc["by_hash"][lib.hashes(entry)["a1111"]][0] == 6
+    os.rename(a, lora / "b.safetensors")
+    lib.refresh()
+    (moved,) = lib.entries
+    assert lib.usage(moved)[0] == 6
