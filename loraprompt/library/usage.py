@@ -37,6 +37,7 @@ class UsageLog:
         self.path = path
         self._by_hash: dict[str, tuple[int, int]] = {}
         self._by_path: dict[str, tuple[int, int]] = {}  # version 1 history, until its file's hash is known
+        self._seen: dict[str, tuple[int, int, str]] = {}  # path -> (size, mtime_ns, hash) of files noted
         self._lock = threading.Lock()
         self.stamp = 0  # changes whenever the history does
         if path is None:
@@ -54,6 +55,10 @@ class UsageLog:
                     pair = _pair(value)
                     if pair is not None:
                         target[str(name)] = pair
+            seen = doc.get("seen")
+            for name, value in (seen.items() if isinstance(seen, dict) else ()):
+                if isinstance(value, list) and len(value) == 3 and isinstance(value[2], str) and _pair(value[:2]):
+                    self._seen[str(name)] = (value[0], value[1], value[2])
         else:  # version 1: {path: [uses, last_ns]}
             for name, value in doc.items():
                 pair = _pair(value)
@@ -68,6 +73,11 @@ class UsageLog:
             if found is not None:
                 return found
         return self._by_path.get(path, (0, 0))
+
+    def hash_at(self, path: str, size: int, mtime_ns: int) -> str | None:
+        """The hash of the file noted at `path` when it still has that size and mtime."""
+        seen = self._seen.get(path)
+        return seen[2] if seen is not None and seen[:2] == (size, mtime_ns) else None
 
     def legacy_paths(self) -> list[str]:
         """Paths whose history is still kept by path (their hash was not known yet)."""
@@ -85,25 +95,27 @@ class UsageLog:
             text = self._text()
         self._write(text)
 
-    def note(self, used: Iterable[tuple[str, str]]) -> None:
-        """Count one use of each (content hash, path) (a file named twice in one call counts once)
-        and save; no files, no write."""
-        pairs = dict(used)
-        if not pairs:
+    def note(self, used: Iterable[tuple[str, str, int, int]]) -> None:
+        """Count one use of each (content hash, path, size, mtime_ns) (the same content twice in one
+        call counts once) and save; no files, no write."""
+        files = {u[0]: u for u in used}
+        if not files:
             return
         now = time.time_ns()
         with self._lock:
-            for content_hash, path in pairs.items():
+            for content_hash, path, size, mtime_ns in files.values():
                 count, _ = self._by_hash.get(content_hash, (0, 0))
                 old = self._by_path.pop(path, (0, 0))
                 self._by_hash[content_hash] = (count + old[0] + 1, now)
+                self._seen[path] = (size, mtime_ns, content_hash)
             self.stamp += 1
             text = self._text()
         self._write(text)
 
     def _text(self) -> str:
         return json.dumps({"version": VERSION, "by_hash": {k: list(v) for k, v in self._by_hash.items()},
-                           "by_path": {k: list(v) for k, v in self._by_path.items()}}, ensure_ascii=False)
+                           "by_path": {k: list(v) for k, v in self._by_path.items()},
+                           "seen": {k: list(v) for k, v in self._seen.items()}}, ensure_ascii=False)
 
     def _write(self, text: str) -> None:
         if self.path is not None:
