@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import secrets
 from typing import Any
 
@@ -77,7 +78,29 @@ def add_api(app: Any, service: Service, *, api_auth: str | None = None) -> None:
         return await http_exception_handler(request, exc)  # type: ignore[arg-type]
 
     app.add_exception_handler(HTTPException, unreadable_body)
+
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.exceptions import RequestValidationError
+
+    async def invalid_request(_request: Request, exc: Exception) -> JSONResponse:
+        # FastAPI's own answer echoes the input, and a NaN or Infinity in it (Python's json reads
+        # them) cannot be written back as JSON: that was a 500
+        assert isinstance(exc, RequestValidationError)
+        return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422)
+
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.state.loraprompt_service = service
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every non-finite float written as text (JSON has no NaN or Infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
 
 
 def build_app(service: Service, *, api_auth: str | None = None, cors_origins: list[str] | None = None,

@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser, command_name: str = "serve") 
     limits.add_argument("--max-steps", type=int, default=150, help="sampling steps (default 150)")
     limits.add_argument("--max-size", type=int, default=2048, help="width and height in pixels (default 2048)")
     limits.add_argument("--max-images", type=int, default=16, help="images per request (default 16)")
+    limits.add_argument("--max-queue", type=int, default=64, help="requests waiting for the model; more get 503 (default 64)")
     limits.add_argument("--max-download-mb", type=float, default=1024, help="size cap of a LoRA downloaded from a URL (default 1024)")
     limits.add_argument("--download-timeout", type=float, default=60, help="seconds before a LoRA download gives up (default 60)")
     ray = parser.add_argument_group("scale-out on Ray Serve (pip install 'ray[serve]')")
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"loraprompt serve: {exc}", file=sys.stderr)
         return 2
     config = config_of(args)
-    limits = Limits(args.max_steps, args.max_size, args.max_images)
+    limits = Limits(args.max_steps, args.max_size, args.max_images, args.max_queue)
     cors = [o.strip() for o in (args.cors_allow_origins or "").split(",") if o.strip()]
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_auth:
         print(f"loraprompt serve: listening on {args.host} without --api-auth: anyone who can reach it can generate",

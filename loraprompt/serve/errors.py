@@ -27,7 +27,7 @@ class ServeError(Exception):
         return f"{where}: {self.message}" if where else self.message
 
 
-_TYPES = {422: "value_error", 403: "forbidden", 404: "not_found", 413: "too_large", 502: "download_failed"}
+_TYPES = {422: "value_error", 403: "forbidden", 404: "not_found", 409: "conflict", 413: "too_large", 503: "busy"}
 
 
 def invalid(field: str | tuple[str, ...], message: str, **ctx: Any) -> ServeError:

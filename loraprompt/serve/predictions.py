@@ -47,7 +47,7 @@ _QUIET = {"disable_safety_checker", "go_fast", "megapixels", "model", "replicate
 class PredictionInput(BaseModel):
     """The inputs of Replicate's LoRA and Flux fine-tune models that apply to txt2img here."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     prompt: str
     negative_prompt: str = ""
@@ -264,6 +264,8 @@ def add_routes(router: Any, service: Service) -> None:
     @router.post("/predictions", status_code=201)
     def create(body: PredictionRequest, prefer: str | None = Header(default=None)) -> Any:
         inp = body.input
+        if body.id is not None and body.id in store:
+            raise ServeError(409, "id", f"a prediction {body.id!r} exists already")
         pred = Prediction(body.id or uuid.uuid4().hex[:26], inp.model_dump(exclude_unset=True),
                           inp.output_format, inp.output_quality)
         for key in (inp.model_extra or {}):

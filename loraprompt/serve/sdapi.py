@@ -29,7 +29,7 @@ class Txt2ImgBody(BaseModel):
     """A1111's StableDiffusionTxt2ImgProcessingAPI, the fields this server uses; any other field
     is kept (extra="allow") and looked at by `unused_warnings`."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     prompt: str | list[str] = ""
     negative_prompt: str | list[str] = ""

@@ -18,11 +18,13 @@ MAX_SEED = 2**32 - 1
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may ask for (`loraprompt serve --max-steps/--max-size/--max-images`)."""
+    """What one request may ask for (`loraprompt serve --max-steps/--max-size/--max-images`), and
+    how many jobs may wait for the model (`--max-queue`; more are answered 503)."""
 
     max_steps: int = 150
     max_size: int = 2048
     max_images: int = 16
+    max_queue: int = 64
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,9 @@ class Service:
         """Queue the tasks as one job."""
         if not tasks:
             raise ServeError(422, (), "nothing to generate")
+        if self.backend.pending >= self.limits.max_queue:
+            raise ServeError(503, (), f"{self.backend.pending} jobs are waiting (--max-queue {self.limits.max_queue});"
+                             " try again later")
         return self.backend.submit(Job(tasks, keep=keep, job_id=job_id))
 
     def close(self) -> None:

@@ -92,6 +92,9 @@ def test_limits_are_configurable(served: Served) -> None:
     assert client.post("/sdapi/v1/txt2img", json={"prompt": "x", **SMALL, "width": 136}).status_code == 422
     response = client.post("/predictions", json={"input": {"prompt": "x", "num_outputs": 3, "num_inference_steps": 2, "width": 64, "height": 64}})
     assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "input", "num_outputs"]
+    busy = TestClient(build_app(Service(served.engine, backend=served.service.backend, limits=Limits(max_queue=0))))
+    response = busy.post("/sdapi/v1/txt2img", json={"prompt": "x", **SMALL})
+    assert response.status_code == 503 and "--max-queue" in response.json()["detail"][0]["msg"]
 
 
 def test_api_auth_like_a1111(served: Served) -> None:

@@ -85,6 +85,8 @@ def test_async_prediction_is_polled_to_success(served: Served) -> None:
     seeds = [parse_infotext(decode(uri).info["parameters"])["Seed"] for uri in pred["output"]]
     assert seeds == ["5", "6"]
     assert requests.get(f"{served.url}/predictions/nope", timeout=10).status_code == 404
+    again = requests.post(f"{served.url}/predictions", json={"id": pred["id"], "input": {"prompt": "x", **TINY}}, timeout=10)
+    assert again.status_code == 409 and again.json()["detail"][0]["loc"] == ["body", "id"]
 
 
 def test_flux_style_inputs(served: Served) -> None:

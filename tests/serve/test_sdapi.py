@@ -138,7 +138,8 @@ def test_unknown_sampler_is_422_listing_the_choices(served: Served) -> None:
     assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "scheduler"]
 
 
-@pytest.mark.parametrize("raw", ['{"prompt": "x",', "[1, 2]", "null", '{"prompt": "x"} trailing', "\xff"])
+@pytest.mark.parametrize("raw", ['{"prompt": "x",', "[1, 2]", "null", '{"prompt": "x"} trailing', "\xff",
+                                 '{"prompt": "x", "cfg_scale": NaN}', '{"prompt": "x", "cfg_scale": Infinity}'])
 def test_malformed_json_is_422_and_the_server_goes_on(served: Served, raw: str) -> None:
     response = _post(served, raw.encode("latin-1"))
     assert response.status_code == 422
@@ -159,3 +160,28 @@ def test_png_in_the_response_decodes_as_webuiapi_expects(served: Served) -> None
     body = _post(served, {"prompt": "x", **SMALL, "seed": 9}).json()
     image = Image.open(io.BytesIO(base64.b64decode(body["images"][0])))
     assert image.format == "PNG" and image.info["parameters"] == json.loads(body["info"])["infotexts"][0]
+
+
+def test_progress_and_interrupt_of_a_running_batch(served: Served) -> None:
+    import threading
+    import time
+
+    api = client(served, sampler="Euler", steps=60)
+    result: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: result.update(r=api.txt2img(
+        prompt="a cat <lora:demo_sketch:0.5>", seed=5, batch_size=4, width=128, height=128)))
+    worker.start()
+    deadline = time.monotonic() + 60
+    while (progress := api.get_progress())["state"]["sampling_step"] < 2:
+        assert time.monotonic() < deadline and worker.is_alive()
+        time.sleep(0.05)
+    assert progress["state"]["job_count"] >= 1 and progress["state"]["sampling_steps"] == 60
+    assert 0 < progress["progress"] < 1
+    api.interrupt()
+    worker.join(60)
+    interrupted = result["r"]
+    assert interrupted.info["interrupted"] is True
+    assert 1 <= len(interrupted.images) < 4  # A1111 keeps what was made, the current image included
+    assert "Steps: 60" in interrupted.info["infotexts"][0]
+    assert served.is_pristine()  # an interrupted request leaves no LoRA behind
+    assert api.get_progress()["state"]["job_count"] == 0
