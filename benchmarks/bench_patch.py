@@ -452,6 +452,7 @@ def profile(components: dict[str, nn.Module], paths: list[Path], backups: str) -
 
     a, b = (read_adapter(p) for p in paths)
     patcher = Patcher(components, delta_cache_mb=0, backups=backups)
+    patcher.sync([(b, 1.0, 1.0)])  # both resolved (mapped and checked once) and backed up
     patcher.sync([(a, 1.0, 1.0)])
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE.type == "cuda" else [])
     for label, fn in (("switch A->B", lambda: patcher.sync([(b, 1.0, 1.0)])), ("restore", patcher.restore)):

@@ -90,7 +90,8 @@ class Patcher:
         self.keep_backups = keep_backups
         self.backups = backups
         self.reserve_bytes = int(reserve_mb * MiB)
-        self.schedules = schedules
+        self._fast: tuple[list[Any], list[tuple[PlanEntry, Resolution]]] | None = None
+        self._schedules = schedules
         self.float_base = float_base
         self._pin = True  # pinned host memory works until refused once
         self._notes: list[Any] = []
@@ -115,8 +116,24 @@ class Patcher:
         self._failed: dict[int, tuple[Any, PatchError]] = {}
         self._deltas.clear()
         self._scratch: dict[torch.device, Tensor] = {}
+        self._splits: dict[int, tuple[Resolution, Resolution, Resolution]] = {}
+        self._fast = None
+        self._bytes = {"device": 0, "host": 0}
         if hasattr(self, "_hooks"):
             self._hooks.clear()
+
+    @property
+    def schedules(self) -> str:
+        """"fused" or "unfused" (see the class docstring); takes effect at the next sync."""
+        return self._schedules
+
+    @schedules.setter
+    def schedules(self, value: str) -> None:
+        if value not in SCHEDULES:
+            raise ValueError(f"schedules must be 'fused' or 'unfused', not {value!r}")
+        with self.lock:
+            self._schedules = value
+            self._fast = None
 
     @property
     def applied(self) -> Plan:
@@ -176,19 +193,26 @@ class Patcher:
         `on_error` (default: the patcher's) is "skip"."""
         skip = (on_error or self.on_error) == "skip"
         with self.lock, torch.no_grad():
+            given = list(entries)
+            fast = self._fast
+            if step is not None and fast is not None and len(fast[0]) == len(given) and all(
+                    a is b or (type(a) is tuple and a == b) for a, b in zip(fast[0], given)):
+                return self._step_strengths(fast[1], step, total_steps)
+            self._fast = None
+            items = [as_entry(e) for e in given]
             report = SyncReport()
             self._check_versions(report)
             self._room.clear()
-            items = [as_entry(e) for e in entries]
             while True:
-                plan, unfused = self._plan(items, step, total_steps, report, skip)
+                plan, unfused, hooked = self._plan(items, step, total_steps, report, skip)
                 changed = [k for k in plan if plan[k] != self._applied.get(k)]
                 changed += [k for k in self._applied if k not in plan]
                 self._deltas.generation += 1
                 try:
                     parts = {k: self._checked(k, plan[k]) for k in changed if k in plan}
                     for key, contributions in unfused.items():
-                        self._check_unfused(key, contributions)
+                        if not self._hooks.hooked(key, tuple(c[0] for c in contributions)):
+                            self._check_unfused(key, contributions)
                 except PatchError as exc:
                     entry = self._owner(exc, items)
                     if entry is None:
@@ -211,16 +235,36 @@ class Patcher:
             )
             report.written = len(changed)
             report.patched = len(self._applied)
-            report.backups = self.backup_bytes
+            report.backups = self._bytes = self.backup_bytes
             report.diagnostics.extend(self._notes)
             self._notes.clear()
+            if hooked is not None and unfused and len(items) == len(given):  # none skipped
+                self._fast = (given, hooked)
             return report
+
+    def _step_strengths(self, hooked: list[tuple[PlanEntry, Resolution]], step: int, total: int | None) -> SyncReport:
+        """A sync between sampling steps whose only change is the strength of unfused LoRAs: the
+        hooks get the step's strengths (Python floats), nothing else is looked at or written."""
+        strengths: dict[Key, list[float]] = {}
+        for entry, resolution in hooked:
+            _, unet_for = entry.strengths(step, total)
+            per_block: dict[str | None, float] = {}
+            for _, key, _, block in resolution.items:
+                strength = per_block.get(block)
+                if strength is None:
+                    strength = per_block[block] = unet_for(block)
+                strengths.setdefault(key, []).append(strength)
+        self._hooks.set_strengths(strengths)
+        return SyncReport(patched=len(self._applied), unfused=len(self._hooks), backups=dict(self._bytes))
 
     def _plan(
         self, items: list[PlanEntry], step: int | None, total: int | None, report: SyncReport, skip: bool
-    ) -> tuple[Plan, Plan]:
-        """(the fused plan, the unfused one: UNet modules of scheduled entries run in the forward)."""
+    ) -> tuple[Plan, Plan, list[tuple[PlanEntry, Resolution]] | None]:
+        """(the fused plan, the unfused one: UNet modules of scheduled entries run in the forward,
+        and those entries with their unfused part when the fused plan cannot change between
+        steps, else None)."""
         resolved, unfused_items = [], []
+        hooked_entries: list[tuple[PlanEntry, Resolution]] | None = []
         for entry in list(items):
             try:
                 resolution = self._resolve(entry)
@@ -235,14 +279,31 @@ class Patcher:
             # a UNet strength that follows the step (unet_at); static block weights (block_at
             # alone) stay fused, and a block_at that does change per step is rewritten per step
             if self.schedules == "unfused" and entry.unet_at is not None:
-                hooked = [item for item in resolution.items if self._unfusable(item)]
-                if hooked:
-                    fused = [item for item in resolution.items if not self._unfusable(item)]
-                    resolution = replace(resolution, items=fused)
-                    unfused_items.append((replace(resolution, items=hooked), te, unet))
+                fused, hooked = self._split(resolution)
+                if hooked.items:
+                    unfused_items.append((hooked, te, unet))
+                    if hooked_entries is not None:
+                        hooked_entries.append((entry, hooked))
+                if any(item[1][0] == "unet" for item in fused.items):
+                    hooked_entries = None  # fused UNet modules follow the step too
+                resolution = fused
+            elif entry.scheduled:
+                hooked_entries = None
+            if entry.te_at is not None:
+                hooked_entries = None
             resolved.append((resolution, te, unet))
         unfused = build_plan(unfused_items, keep_zero=True)
-        return build_plan(resolved), unfused
+        return build_plan(resolved), unfused, hooked_entries
+
+    def _split(self, resolution: Resolution) -> tuple[Resolution, Resolution]:
+        """(the fused part, the unfused part) of a scheduled adapter's resolution, worked out once."""
+        found = self._splits.get(id(resolution))
+        if found is None or found[0] is not resolution:
+            hooked = [item for item in resolution.items if self._unfusable(item)]
+            fused = [item for item in resolution.items if not self._unfusable(item)]
+            found = self._splits[id(resolution)] = (
+                resolution, replace(resolution, items=fused), replace(resolution, items=hooked))
+        return found[1], found[2]
 
     def _unfusable(self, item: tuple[Any, Key, tuple[int, int] | None, str | None]) -> bool:
         module, key, rows, _ = item
@@ -275,6 +336,7 @@ class Patcher:
         if len(self._resolved) >= 64:
             self._resolved.clear()
             self._failed.clear()
+            self._splits.clear()
         self._resolved[id(adapter)] = resolution
         return resolution
 

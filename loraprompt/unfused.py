@@ -61,6 +61,12 @@ class _Hook:
         self.adapter_modules = adapter_modules
         self.strengths = [0.0] * len(adapter_modules)
         self._factors32 = factors  # float32 (scale·up, down) per LoRA, flattened
+        self._conv = isinstance(module, nn.Conv2d)
+        self._columns: list[tuple[int, int]] = []
+        col = 0
+        for up, _ in factors:
+            self._columns.append((col, col + up.shape[1]))
+            col += up.shape[1]
         self._cast: tuple[Any, Tensor, list[Tensor]] | None = None
         self.handle = module.register_forward_hook(self)
 
@@ -68,6 +74,7 @@ class _Hook:
         """(stacked down factors, up factors) in x's dtype on x's device, cast once."""
         where = (x.device, x.dtype)
         if self._cast is None or self._cast[0] != where:
+            self._cast = None  # a moved model: drop the old device's copy first
             down = torch.cat([d for _, d in self._factors32]).to(x.device, x.dtype)
             ups = [u.to(x.device, x.dtype) for u, _ in self._factors32]
             if isinstance(module, nn.Conv2d):
@@ -79,32 +86,31 @@ class _Hook:
         return self._cast[1], self._cast[2]
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor | None:
-        active = [(i, s) for i, s in enumerate(self.strengths) if s != 0.0]
-        if not active:
+        strengths = self.strengths
+        if not any(strengths):
             return None
         x = args[0]
         down, ups = self._prepared(module, x)
         inplace = not torch.is_grad_enabled() and output.is_contiguous()
-        if isinstance(module, nn.Conv2d):
+        flat = None
+        if self._conv:
+            assert isinstance(module, nn.Conv2d)
             h = F.conv2d(x, down, None, module.stride, module.padding, module.dilation)
         else:
             h = F.linear(x, down)
-        col = 0
-        offsets = []
-        for up in ups:
-            rank = up.shape[1] if isinstance(module, nn.Conv2d) else up.shape[0]
-            offsets.append((col, col + rank))
-            col += rank
-        for i, s in active:
-            c0, c1 = offsets[i]
-            if isinstance(module, nn.Conv2d):
-                add = F.conv2d(h[:, c0:c1], ups[i])
+            h2d = h.view(-1, h.shape[-1]) if h.is_contiguous() else h.reshape(-1, h.shape[-1])
+            flat = output.view(-1, output.shape[-1]) if inplace else None
+        single = len(ups) == 1
+        for s, (c0, c1), up in zip(strengths, self._columns, ups):
+            if s == 0.0:
+                continue
+            if self._conv:
+                add = F.conv2d(h if single else h[:, c0:c1], up)
                 output = output.add_(add, alpha=s) if inplace else output + s * add
-            elif inplace:
-                flat = output.view(-1, output.shape[-1])
-                flat.addmm_(h.reshape(-1, h.shape[-1])[:, c0:c1], ups[i], alpha=s)
+            elif flat is not None:
+                flat.addmm_(h2d if single else h2d[:, c0:c1], up, alpha=s)
             else:
-                output = output + s * (h[..., c0:c1] @ ups[i])
+                output = output + s * ((h if single else h[..., c0:c1]) @ up)
         return output
 
     def remove(self) -> None:
@@ -119,6 +125,11 @@ class LowRankHooks:
 
     def __len__(self) -> int:
         return len(self._hooks)
+
+    def hooked(self, key: Key, adapter_modules: tuple[AdapterModule, ...]) -> bool:
+        """Whether `key` already runs exactly these adapter modules (validated when hooked)."""
+        hook = self._hooks.get(key)
+        return hook is not None and hook.adapter_modules == adapter_modules
 
     def update(self, modules: Mapping[Key, nn.Module], plan: Mapping[Key, tuple[Contribution, ...]],
                cache: DeltaCache) -> int:
@@ -145,6 +156,11 @@ class LowRankHooks:
                 hook = self._hooks[key] = _Hook(module, adapter_modules, factors)
             hook.strengths = [float(c[2]) for c in contributions]
         return len(self._hooks)
+
+    def set_strengths(self, strengths: Mapping[Key, list[float]]) -> None:
+        """New strengths for hooked modules (in the order of their LoRAs)."""
+        for key, values in strengths.items():
+            self._hooks[key].strengths = values
 
     def clear(self) -> None:
         """Remove every hook."""

@@ -112,3 +112,24 @@ def test_a_bad_scheduled_lora_is_refused_before_anything_is_written(model) -> No
         patcher.sync([(good, 1.0, 1.0), constant(adapter, 1.0)], step=0, total_steps=2)
     assert_bit_equal(model, base)
     assert torch.equal(unet_out(model), base_out)
+
+
+def test_steps_with_the_same_entries_only_set_strengths_and_agree_with_a_full_sync(model) -> None:
+    from tests.patcher.test_engine import count_ops
+
+    scheduled, static = make_adapter(model, 2, every=1), make_adapter(model, 1)
+    entries = [ramp(scheduled, te=0.5), (static, 1.0, 0.5)]
+    patcher = Patcher(model, schedules="unfused")
+    patcher.sync(entries, step=0, total_steps=4)
+    outs = []
+    for step in range(4):
+        ops = count_ops(lambda s=step: patcher.sync(entries, step=s, total_steps=4), "aten::copy_", "aten::addmm")
+        assert ops == {"aten::copy_": 0, "aten::addmm": 0}  # no tensor touched between steps
+        outs.append(unet_out(model))
+    patcher.restore()
+    other = Patcher(model, schedules="unfused")
+    for step in range(4):  # new entry objects each time: the full sync
+        report = other.sync([ramp(scheduled, te=0.5), (static, 1.0, 0.5)], step=step, total_steps=4)
+        assert step == 0 or report.written == 0
+        assert torch.equal(unet_out(model), outs[step]), step
+    other.restore()
