@@ -18,6 +18,7 @@ class LoadedModel:
     name: str
     model_hash: str | None = None  # AutoV2 (first 10 hex of the file's sha256) for single files
     is_demo: bool = False
+    source: str | None = None  # the checkpoint file or folder it was loaded from (what training starts from)
 
 
 def default_data_dir() -> Path:
@@ -42,4 +43,6 @@ def load_model(checkpoint: str | Path, prediction_type: str | None = None) -> Lo
     """Load a local checkpoint fully offline (see `loraprompt.models.checkpoint`)."""
     from loraprompt.models.checkpoint import load_checkpoint
 
-    return load_checkpoint(checkpoint, prediction_type)
+    model = load_checkpoint(checkpoint, prediction_type)
+    model.source = str(Path(checkpoint).expanduser())
+    return model

@@ -164,6 +164,9 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None) -> tuple[Any, Any]
                         saved = gr.Textbox(label="Saved to", interactive=False, elem_id="lp-saved")
                         diagnostics = gr.Markdown(elem_id="lp-diagnostics")
             gallery = _gallery(engine.library, prompt, negative, model.family, thumb_dir)
+            from loraprompt.ui.train_tab import add_train_tab
+
+            add_train_tab(engine, thumb_dir.parent if thumb_dir else None)
 
         def run(*values: Any, progress: gr.Progress = gr.Progress()) -> tuple[str, str, str, str]:  # noqa: B008
             p, n, s, st, w, h, c, sd, cs = values

@@ -9,10 +9,9 @@ from pathlib import Path
 import torch
 
 from loraprompt.train import TrainConfig, train
+from loraprompt.train.model import Base
 from tests.extension.conftest import Webui, webui
 from tests.extension.ldm import changed, snapshot
-
-from loraprompt.train.model import Base
 
 from .conftest import sd1_base
 

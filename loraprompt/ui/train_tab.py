@@ -1,0 +1,266 @@
+"""The web UI's Train tab: drop images (or a .zip, or name a folder), set the main knobs, and train a
+LoRA in a worker process, so generation in the other tab never waits on it. The page polls the
+job: a live loss plot, samples as they come, and the finished LoRA lands in the first LoRA folder,
+where the gallery shows it on its next refresh."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import re
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loraprompt.train.config import TASKS
+
+NAME = re.compile(r"^[\w][\w .()+-]{0,99}$")
+
+
+def _worker(config: dict[str, Any], events: Any) -> None:
+    """The training process: run `train` and send every event back (then "error" or "done")."""
+    import torch
+
+    from loraprompt.train import TrainConfig, TrainError, train
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    parent = os.getppid()
+
+    def orphaned() -> None:  # the web UI was killed: do not train on for nobody
+        while True:
+            time.sleep(2.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=orphaned, daemon=True).start()
+    try:
+        train(TrainConfig.from_dict(config), on_event=lambda kind, data: events.put((kind, data)))
+    except TrainError as exc:
+        events.put(("error", {"message": str(exc)}))
+    except BaseException as exc:  # the page must hear about any failure
+        events.put(("error", {"message": f"{type(exc).__name__}: {exc}"}))
+
+
+@dataclass
+class TrainJob:
+    """One run in a worker process; `poll()` folds its events into the fields the page shows."""
+
+    name: str
+    config: dict[str, Any]
+    status: str = "starting"  # starting, training, done, error, stopped
+    message: str = ""
+    steps: int = 0
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    samples: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    output: str | None = None
+    started: float = field(default_factory=time.time)
+    rate: float = 0.0
+    eta: float = 0.0
+
+    def start(self) -> None:
+        ctx = mp.get_context("spawn")
+        self.events = ctx.Queue()
+        self.process = ctx.Process(target=_worker, args=(self.config, self.events), daemon=True)
+        self.process.start()
+
+    @property
+    def running(self) -> bool:
+        return self.status in ("starting", "training")
+
+    def poll(self) -> None:
+        import queue
+
+        while True:
+            try:
+                kind, data = self.events.get_nowait()
+            except queue.Empty:
+                break
+            self._event(kind, data)
+        if self.running and not self.process.is_alive():
+            self.process.join(timeout=1)
+            if self.running:  # died without a word (killed, out of memory at the OS level)
+                self.status, self.message = "error", f"the training process exited (code {self.process.exitcode})"
+
+    def _event(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "start":
+            self.status, self.steps = "training", int(data["steps"])
+        elif kind == "step":
+            self.losses.append((int(data["step"]), float(data["loss"])))
+            self.rate, self.eta = float(data["steps_per_s"]), float(data["eta_s"])
+        elif kind == "sample":
+            self.samples.append(str(data["path"]))
+        elif kind == "skipped":
+            self.skipped.append(f"{data['file']}: {data['reason']}")
+        elif kind == "done":
+            self.status, self.output = "done", str(data["output"])
+        elif kind == "error":
+            stopped = "interrupted" in str(data["message"])
+            self.status, self.message = ("stopped" if stopped else "error"), str(data["message"])
+
+    def stop(self) -> None:
+        """Ctrl-C for the worker: it saves a resumable state and reports "interrupted"."""
+        if self.running and self.process.is_alive() and self.process.pid is not None:
+            os.kill(self.process.pid, signal.SIGINT)
+
+    def summary(self) -> str:
+        lines = [f"**{self.name}**: {self.status}"]
+        if self.losses:
+            step, loss = self.losses[-1]
+            lines.append(f"step {step}/{self.steps} · loss {loss:.4f} · {self.rate:.2f} steps/s · "
+                         f"ETA {int(self.eta) // 60}:{int(self.eta) % 60:02d}")
+        if self.output:
+            lines.append(f"saved `{self.output}`: it is in the LoRA gallery as `<lora:{self.name}:1>`"
+                         f" (activation text `{self.config['token']}`)")
+        if self.message:
+            lines.append(self.message)
+        if self.skipped:
+            lines.append("skipped: " + "; ".join(self.skipped[:5]))
+        return "\n\n".join(lines)
+
+
+class Trainer:
+    """The tab's state: at most one job at a time (training takes the machine)."""
+
+    def __init__(self, lora_dir: Path, work_dir: Path, checkpoint: str, library: Any = None) -> None:
+        self.lora_dir, self.work_dir, self.checkpoint, self.library = lora_dir, work_dir, checkpoint, library
+        self.job: TrainJob | None = None
+        self._lock = threading.Lock()
+
+    def start(self, name: str, files: list[str] | None, folder: str, knobs: dict[str, Any]) -> TrainJob:
+        from loraprompt.train import TrainConfig, TrainError
+
+        name = (name or "").strip()
+        if not NAME.match(name):
+            raise TrainError("give the LoRA a name: letters, digits, spaces, . ( ) + - (up to 100)")
+        with self._lock:
+            if self.job is not None and self.job.running:
+                raise TrainError(f"{self.job.name} is still training; stop it first")
+            output = self.lora_dir / f"{name}.safetensors"
+            if output.exists() and not knobs.get("force"):
+                raise TrainError(f"{output.name} exists in the LoRA folder; pick another name or tick Replace")
+            job_dir = self.work_dir / name
+            images = self._images(job_dir, files or [], folder)
+            config = TrainConfig(images=str(images), output=str(output), checkpoint=self.checkpoint,
+                                 state_dir=str(job_dir / "state"), **knobs)
+            self.job = TrainJob(name, config.to_dict())
+            self.job.start()
+            return self.job
+
+    def _images(self, job_dir: Path, files: list[str], folder: str) -> Path:
+        from loraprompt.train import TrainError
+
+        if files:
+            target = job_dir / "images"
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir(parents=True)
+            zips = [f for f in files if f.lower().endswith(".zip")]
+            if zips and len(files) == 1:
+                return Path(zips[0])
+            for f in files:
+                shutil.copy(f, target / Path(f).name)
+            return target
+        if folder.strip():
+            path = Path(folder.strip()).expanduser()
+            if not (path.is_dir() or path.suffix.lower() == ".zip"):
+                raise TrainError(f"{path}: not a folder or a .zip")
+            return path
+        raise TrainError("drop some images (or a .zip), or name a folder of images")
+
+    def poll(self) -> TrainJob | None:
+        job = self.job
+        if job is not None:
+            before = job.status
+            job.poll()
+            if before != "done" and job.status == "done" and self.library is not None:
+                self.library.refresh()  # the gallery's next poll shows the new card
+        return job
+
+
+def _plot_value(job: TrainJob | None) -> Any:
+    import pandas as pd
+
+    rows = job.losses if job else []
+    return pd.DataFrame({"step": [s for s, _ in rows], "loss": [v for _, v in rows]})
+
+
+def build_train_tab(trainer: Trainer) -> Any:
+    """The Train tab's components and handlers (inside an open `gr.Blocks`/`gr.Tabs`)."""
+    import gradio as gr
+
+    from loraprompt.train import TrainError
+
+    with gr.Tab("Train", elem_id="lp-train-tab") as tab:
+        with gr.Row():
+            with gr.Column(scale=3):
+                files = gr.File(label="Training images (or one .zip); captions as <image>.txt",
+                                file_count="multiple", type="filepath", elem_id="lp-train-files")
+                folder = gr.Textbox(label="…or a folder of images on this machine", elem_id="lp-train-folder")
+                name = gr.Textbox(label="LoRA name", value="my_lora", elem_id="lp-train-name")
+                with gr.Row():
+                    task = gr.Dropdown(list(TASKS), value="object", label="Task", elem_id="lp-train-task")
+                    token = gr.Textbox(label="Trigger token", value="<s1>", elem_id="lp-train-token")
+                    pivotal = gr.Checkbox(label="Pivotal tuning (learn the token)", value=False,
+                                          elem_id="lp-train-pivotal")
+                with gr.Row():
+                    steps = gr.Number(label="Steps", value=500, precision=0, elem_id="lp-train-steps")
+                    rank = gr.Number(label="Rank", value=16, precision=0, elem_id="lp-train-rank")
+                    lr = gr.Number(label="Learning rate", value=1e-4, elem_id="lp-train-lr")
+                    resolution = gr.Number(label="Resolution (0: the model's)", value=0, precision=0,
+                                           elem_id="lp-train-resolution")
+                with gr.Row():
+                    train_te = gr.Checkbox(label="Train the text encoder", value=True, elem_id="lp-train-te")
+                    sample_every = gr.Number(label="Sample every N steps (0: off)", value=100, precision=0,
+                                             elem_id="lp-train-sample-every")
+                    force = gr.Checkbox(label="Replace an existing LoRA of that name", value=False,
+                                        elem_id="lp-train-force")
+                with gr.Row():
+                    start = gr.Button("Start training", variant="primary", elem_id="lp-train-start")
+                    stop = gr.Button("Stop (saves a resumable state)", elem_id="lp-train-stop")
+            with gr.Column(scale=2):
+                status = gr.Markdown("No training yet.", elem_id="lp-train-status")
+                plot = gr.LinePlot(_plot_value(None), x="step", y="loss", title="Training loss",
+                                   elem_id="lp-train-loss")
+                samples = gr.Gallery(label="Samples", columns=3, elem_id="lp-train-samples")
+
+        def begin(*values: Any) -> str:
+            fs, fo, nm, tk, tok, piv, st, rk, lrate, res, te, every, frc = values
+            knobs = {"task": tk, "token": (tok or "<s1>").strip(), "pivotal": bool(piv), "steps": int(st or 1),
+                     "rank": int(rk or 16), "lr": float(lrate or 1e-4), "resolution": int(res) or None,
+                     "train_te": bool(te), "sample_every": int(every or 0), "force": bool(frc)}
+            try:
+                job = trainer.start(nm, list(fs or []), fo or "", knobs)
+            except TrainError as exc:
+                raise gr.Error(str(exc)) from exc
+            return job.summary()
+
+        def refresh() -> tuple[str, Any, list[str]]:
+            job = trainer.poll()
+            if job is None:
+                return "No training yet.", _plot_value(None), []
+            return job.summary(), _plot_value(job), list(job.samples)
+
+        start.click(begin, [files, folder, name, task, token, pivotal, steps, rank, lr, resolution, train_te,
+                            sample_every, force], [status])
+        stop.click(lambda: trainer.job.stop() if trainer.job else None, None, None, queue=False)
+        timer = gr.Timer(1.0)
+        timer.tick(refresh, None, [status, plot, samples], queue=False)
+    return tab
+
+
+def add_train_tab(engine: Any, data_dir: Path | None) -> Any:
+    """The Train tab for the web UI's engine: LoRAs go to its first LoRA folder, work files under
+    `data_dir/train`, the base is the loaded model's file (or the demo). None without a LoRA folder."""
+    import tempfile
+
+    roots = list(getattr(engine.library, "roots", []) or [])
+    model = engine.model
+    checkpoint = "demo" if model.is_demo else (getattr(model, "source", None) or "")
+    if not roots or not checkpoint:
+        return None
+    work = (data_dir or Path(tempfile.gettempdir()) / "loraprompt") / "train"
+    return build_train_tab(Trainer(Path(roots[0]), work, checkpoint, engine.library))
