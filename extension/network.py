@@ -19,7 +19,7 @@ import loraprompt
 from loraprompt.diagnostics import Diagnostic
 from loraprompt.infotext import format_lora_hashes
 
-from . import coexist, webui
+from . import coexist, embeddings, webui
 from .runtime import Runtime, library_entries
 
 SHOWN = ("error", "warning")
@@ -160,9 +160,11 @@ class LoraPromptNetwork(extra_networks.ExtraNetwork):
         except Exception as exc:  # shown under the image too, not only in the console
             log.exception("loraprompt: applying %s failed", [a.name for a in parsed.loras])
             self.runtime.restore()
+            embeddings.sync(sd_model, [])
             diagnostics.append(Diagnostic("E-APPLY", f"no LoRA applied: {exc}", severity="error"))
             note(p, diagnostics, bool(webui.opt("loraprompt_diagnostics_in_infotext", True)))
             return
+        applied.diagnostics += embeddings.sync(sd_model, applied.adapters)
         self._write_hashes(p, applied.hashes, hires)
         self._note_use(p, applied.paths)
         note(p, diagnostics + applied.diagnostics, bool(webui.opt("loraprompt_diagnostics_in_infotext", True)))

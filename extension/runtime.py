@@ -36,6 +36,7 @@ class Applied:
     diagnostics: list[Diagnostic] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     backups: dict[str, int] = field(default_factory=dict)  # bytes of backups on "device" / "host"
+    adapters: list[Adapter] = field(default_factory=list)  # the adapters patched in (their bundled embeddings)
 
 
 def is_scheduled(a: LoraActivation, hires: bool) -> bool:
@@ -144,6 +145,7 @@ class Runtime:
         for skipped in report.skipped:
             out.hashes.pop(lora_hash_name(skipped), None)
         kept = [e for e in entries if e.label not in report.skipped]
+        out.adapters = [e.adapter for e in kept]
         out.paths = list(dict.fromkeys(f for f, e in zip(files, entries) if e.label not in report.skipped))
         self._active = (patcher, kept) if any(e.scheduled for e in kept) else None
         return out

@@ -1,12 +1,15 @@
 """A trained LoRA in the A1111 stand-in (tests/extension/fake_webui) through the extension: it
-applies to the LDM-named model and is undone by the next prompt."""
+applies to the LDM-named model and is undone by the next prompt, and its bundled token is in A1111's
+embedding database exactly while the LoRA is in the prompt."""
 
 from __future__ import annotations
 
+import importlib
 import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from loraprompt.train import TrainConfig, train
 from loraprompt.train.model import Base
@@ -48,3 +51,26 @@ def test_trained_lora_applies_in_the_a1111_stand_in(webui: Webui, tmp_path: Path
         assert any(module in k for k in moved), (module, moved)
     webui.generate("no tags")
     assert changed(webui.sd_model, before) == []
+
+
+def test_bundled_token_is_registered_while_its_lora_is_active(webui: Webui, tmp_path: Path, images: Path) -> None:
+    out = tmp_path / "piv.safetensors"
+    train(TrainConfig(images=str(images), output=str(out), steps=2, rank=2, resolution=32, sample_steps=1,
+                      pivotal=True, token="<s1>"), base=stand_in_shaped(tmp_path / "tok"))
+    shutil.copy(out, webui.lora_dir / out.name)
+    vector = load_file(str(out))["bundle_emb.<s1>.string_to_param.*"]
+    webui.load_extension()
+    webui.start()
+    db = importlib.import_module("modules.sd_hijack").model_hijack.embedding_db
+    webui.generate("a photo of <s1> <lora:piv:1>")
+    embedding = db.word_embeddings["<s1>"]
+    assert torch.equal(embedding.vec, vector) and embedding.vectors == 1 and embedding.shape == 16
+    assert embedding.shorthash == "piv" and embedding.filename == "piv.safetensors/<s1>"
+    webui.generate("a photo of <s1>")  # the LoRA left the prompt: so did its token
+    assert "<s1>" not in db.word_embeddings
+
+    textual_inversion = importlib.import_module("modules.textual_inversion.textual_inversion")
+    mine = textual_inversion.Embedding(torch.ones(1, 16), "<s1>")
+    db.register_embedding(mine, webui.sd_model)  # an embedding file of the same name wins, as in A1111
+    result = webui.generate("a photo of <s1> <lora:piv:1>")
+    assert db.word_embeddings["<s1>"] is mine and "W-EMBEDDING-SKIPPED" in result.extra_generation_params["loraprompt"]
