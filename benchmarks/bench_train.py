@@ -38,7 +38,8 @@ def build_pipe(folder: Path) -> Any:
     configs = family_config("sd1")
     root = write_config_dir(configs, folder)
     torch.manual_seed(0)
-    return StableDiffusionPipeline(
+    t0 = time.perf_counter()
+    pipe = StableDiffusionPipeline(
         vae=AutoencoderKL.from_config(configs["vae"]),
         text_encoder=CLIPTextModel(CLIPTextConfig(**configs["text_encoder"])),
         tokenizer=CLIPTokenizer.from_pretrained(str(root / "tokenizer")),
@@ -46,6 +47,8 @@ def build_pipe(folder: Path) -> Any:
         scheduler=DDPMScheduler.from_config(configs["scheduler"]),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
+    print(f"  (built the SD1.5-sized pipeline in {time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    return pipe
 
 
 def _peak(device: str) -> float:

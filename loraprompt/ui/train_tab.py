@@ -123,7 +123,7 @@ class TrainJob:
         return "\n\n".join(lines)
 
 
-class Trainer:
+class TrainJobs:
     """The tab's state: at most one job at a time (training takes the machine)."""
 
     def __init__(self, lora_dir: Path, work_dir: Path, checkpoint: str, library: Any = None) -> None:
@@ -188,7 +188,7 @@ def _plot_value(job: TrainJob | None) -> Any:
     return pd.DataFrame({"step": [s for s, _ in rows], "loss": [v for _, v in rows]})
 
 
-def build_train_tab(trainer: Trainer) -> Any:
+def build_train_tab(trainer: TrainJobs) -> Any:
     """The Train tab's components and handlers (inside an open `gr.Blocks`/`gr.Tabs`)."""
     import gradio as gr
 
@@ -263,4 +263,4 @@ def add_train_tab(engine: Any, data_dir: Path | None) -> Any:
     if not roots or not checkpoint:
         return None
     work = (data_dir or Path(tempfile.gettempdir()) / "loraprompt") / "train"
-    return build_train_tab(Trainer(Path(roots[0]), work, checkpoint, engine.library))
+    return build_train_tab(TrainJobs(Path(roots[0]), work, checkpoint, engine.library))

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from loraprompt.train import TrainConfig, TrainError, TrainInterrupted, train
@@ -122,3 +123,16 @@ def test_zip_symlinks_and_size_cap_are_refused(tmp_path: Path) -> None:
     fake.write_bytes(b"PK not a zip")
     with pytest.raises(TrainError, match=r"fake\.zip: not a readable zip"):
         extract_zip(fake, dest)
+
+
+def test_v_prediction_min_snr_offset_noise_bf16_and_checkpointing_train(tmp_path: Path, images: Path) -> None:
+    out = tmp_path / "v.safetensors"
+    result = train(_config(images, out, steps=2, prediction_type="v_prediction", min_snr_gamma=5.0, noise_offset=0.05,
+                           mixed_precision="bf16", gradient_checkpointing=True), base=sd1_base(tmp_path / "a"))
+    assert len(result.losses) == 2 and all(0 < x < 100 for x in result.losses)
+    meta = load_file(str(out))
+    assert all(torch.isfinite(t.float()).all() for t in meta.values())
+    with safe_open(str(out), "pt") as f:
+        md = f.metadata()
+    assert md["modelspec.prediction_type"] == "v" and md["ss_min_snr_gamma"] == "5.0"
+    assert md["ss_mixed_precision"] == "bf16" and md["ss_noise_offset"] == "0.05"
