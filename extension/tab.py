@@ -48,5 +48,6 @@ def build_tab(state: Any) -> list[tuple[Any, str, str]]:
             thumb_dir=webui.cache_dir(),
             load_script=False,
             elem_id=f"{TAB_ID}_gallery",
+            builtin_names=lambda: not state.handles_tags,  # then the built-in resolves the names cards insert
         )
     return [(blocks, "LoRA", TAB_ID)]

@@ -3,6 +3,8 @@
 (function () {
     "use strict";
     var BASE = "loraprompt/gallery/static/";
+    // the order of loraprompt.ui.routes.SCRIPTS (a test checks they agree)
+    var SCRIPTS = ["gallery-base.js", "gallery-grid.js", "gallery-dialogs.js", "gallery-duplicates.js", "gallery.js"];
 
     function loraPromptAddAssets() {
         if (!document.querySelector("link[data-lp-gallery]")) {
@@ -13,10 +15,14 @@
             document.head.appendChild(link);
         }
         if (!window.loraPromptGallery && !document.querySelector("script[data-lp-gallery]")) {
-            var script = document.createElement("script");
-            script.src = BASE + "gallery.js";
-            script.dataset.lpGallery = "1";
-            document.head.appendChild(script);
+            // the parts share window.LoraPromptGalleryParts; async=false runs them in this order
+            SCRIPTS.forEach(function (name) {
+                var script = document.createElement("script");
+                script.src = BASE + name;
+                script.async = false;
+                script.dataset.lpGallery = "1";
+                document.head.appendChild(script);
+            });
         }
     }
 

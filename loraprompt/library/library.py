@@ -28,6 +28,14 @@ from loraprompt.library.resolve import (
 from loraprompt.library.scanner import ScanResult, cached_entries, folder_of, scan_file, scan_root
 from loraprompt.library.usage import UsageLog
 
+TAG_BREAKERS = ":>=#"  # in a tag's name: split its items, end it, make a named item, start a comment
+
+
+def stand_in_name(name: str) -> str:
+    """`name` with the characters that break a tag made `_`: what the gallery writes, with
+    `hash=`, for a file whose name cannot be written in a tag (resolved without a warning)."""
+    return "".join("_" if c in TAG_BREAKERS else c for c in name)
+
 
 @dataclass(frozen=True)
 class RefreshReport:
@@ -221,6 +229,10 @@ class Library:
         `lora_preferred_name` option says "Filename" (`prefer_filename`), else the stem."""
         return entry.name if prefer_filename else self._index.display_name(entry)
 
+    def aliases(self) -> Mapping[str, Entry]:
+        """Aliases a tag may use (A1111's rules: not shared, not another file's stem), to their entry."""
+        return self._index.aliases
+
     def resolve(self, name: str, *, hash: str | None = None, profile: str = "loraprompt") -> Resolution:
         """The entry a tag's name (and optional `hash=`) means; see spec/syntax.md section 4.7.
         Rescans when nothing matched and a folder changed (A1111 rescans on a miss); the entry
@@ -255,7 +267,8 @@ class Library:
             found = self.find_by_hash(hash, compute=True)
             if found:
                 diags: tuple[Diagnostic, ...] = ()
-                if name.strip():
+                stand_ins = {stand_in_name(found[0].name), stand_in_name(found[0].relpath.rsplit(".", 1)[0])}
+                if name.strip() and name.removesuffix("_by_hash") not in stand_ins:
                     diags = (Diagnostic("W-NAME-BY-HASH", f"LoRA {name!r} not found by name; {found[0].relpath} has hash {hash}",
                                         subject=name),)
                 return Resolution(found[0], diags, "hash", tuple(found))

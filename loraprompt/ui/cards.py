@@ -50,12 +50,14 @@ def default_weight(entry: Entry) -> float:
     return weight if weight is not None and math.isfinite(weight) else 1.0
 
 
-def card_record(entry: Entry, card_id: str, thumb_url: str | None, tag_name: str) -> dict[str, Any]:
-    """The JSON a card is drawn from: short, capped values only; `tag_name` is the name it inserts."""
+def card_record(entry: Entry, card_id: str, thumb_url: str | None, tag_name: str, tag_note: str = "") -> dict[str, Any]:
+    """The JSON a card is drawn from: short, capped values only; `tag_name` is the name it inserts
+    and `tag_note` why that is not simply the file's stem (empty when it is)."""
     return {
         "id": card_id,
         "name": entry.name,
         "tag_name": tag_name,
+        "tag_note": tag_note,
         "alias": entry.alias,
         "folder": entry.folder,
         "family": entry.family,

@@ -18,7 +18,7 @@ from typing import Any
 
 from loraprompt.library import Library
 from loraprompt.ui.gallery_service import GalleryService
-from loraprompt.ui.routes import DEFAULT_PREFIX, STATIC_DIR, mount_gallery_routes
+from loraprompt.ui.routes import DEFAULT_PREFIX, SCRIPTS, STATIC_DIR, mount_gallery_routes
 
 
 @dataclass(frozen=True)
@@ -72,13 +72,14 @@ def _targets(prompt_targets: Sequence[Any] | Any) -> list[dict[str, str | None]]
 def static_version() -> str:
     """A short hash of the gallery's script and style, to bust browser caches after an update."""
     digest = hashlib.sha256()
-    for name in ("gallery.js", "gallery.css"):
+    for name in (*SCRIPTS, "gallery.css"):
         digest.update((STATIC_DIR / name).read_bytes())
     return digest.hexdigest()[:12]
 
 
 def loader_js(prefix: str = DEFAULT_PREFIX) -> str:
-    """The page-load snippet that adds the gallery's stylesheet and script once per page."""
+    """The page-load snippet that adds the gallery's stylesheet and its scripts, in order (inserted
+    scripts with async=false run in insertion order), once per page."""
     base = json.dumps(prefix.strip("/") + "/static/")
     version = json.dumps("?v=" + static_version())
     return (
@@ -87,8 +88,9 @@ def loader_js(prefix: str = DEFAULT_PREFIX) -> str:
         " const l = document.createElement('link'); l.rel = 'stylesheet'; l.href = base + 'gallery.css' + v;"
         " l.dataset.lpGallery = '1'; document.head.appendChild(l); }"
         " if (!window.loraPromptGallery && !document.querySelector('script[data-lp-gallery]')) {"
-        " const s = document.createElement('script'); s.src = base + 'gallery.js' + v;"
-        " s.dataset.lpGallery = '1'; document.head.appendChild(s); } }"
+        " for (const name of " + json.dumps(list(SCRIPTS)) + ") {"
+        " const s = document.createElement('script'); s.src = base + name + v; s.async = false;"
+        " s.dataset.lpGallery = '1'; document.head.appendChild(s); } } }"
     )
 
 
@@ -113,15 +115,17 @@ def build_gallery_tab(
     poll_seconds: float = 4.0,
     load_script: bool = True,
     elem_id: str = "lp-gallery",
+    builtin_names: Callable[[], bool] | None = None,
 ) -> GalleryTab:
     """Create the gallery's components inside the current gr.Blocks (call it inside `with
     gr.Blocks()`, or inside a `gr.Tab`). `prompt_targets`: textboxes, elem_ids or PromptTargets;
     `loaded_family()`: sd1/sd2/sdxl of the loaded model, or None (asked again on every poll).
-    Call `.mount(app)` on the result with the FastAPI app that serves the page."""
+    `builtin_names()`: True when A1111's built-in Lora extension handles the tags, so cards insert
+    names it resolves. Call `.mount(app)` on the result with the FastAPI app that serves the page."""
     import gradio as gr
     from gradio.context import Context
 
-    service = GalleryService(library, loaded_family, thumb_dir)
+    service = GalleryService(library, loaded_family, thumb_dir, builtin_names)
     component = gr.HTML(root_html(prefix, _targets(prompt_targets), poll_seconds), elem_id=elem_id)
     if load_script:
         blocks = Context.root_block

@@ -18,6 +18,7 @@ from loraprompt.library import DuplicateGroup, Entry, Library
 from loraprompt.library.cache import default_cache_dir
 from loraprompt.library.cards import FAMILY_LABELS, json_for_script
 from loraprompt.library.details import file_details
+from loraprompt.library.library import TAG_BREAKERS, stand_in_name
 from loraprompt.library.paths import content_type
 from loraprompt.library.sidecars import SD_VERSIONS
 from loraprompt.syntax import LoraActivation
@@ -54,12 +55,47 @@ class _Snapshot:
     generation: int
     records_json: str  # `records` as escaped JSON, serialised once per snapshot
     stems: Counter[str]  # how many files share each stem
+    builtin: bool  # names chosen for A1111's built-in handler
+    choices: Mapping[str, TagChoice]  # entry path -> what its card inserts
 
 
-def _tag_name(entry: Entry, stems: Counter[str]) -> str:
-    """The name a card inserts: the file stem (filename first, unlike A1111's alias), or its path
-    under the root without the extension when another file has the same stem."""
-    return entry.relpath.rsplit(".", 1)[0] if stems[entry.name] > 1 else entry.name
+@dataclass(frozen=True)
+class TagChoice:
+    """What a card inserts: `name`, with `hash=` when `by_hash` (no name of the file can be
+    written in a tag), and `note` saying why when the file's own stem is not what is inserted."""
+
+    name: str
+    by_hash: bool = False
+    note: str = ""
+
+
+def _breakers(name: str) -> str:
+    return " ".join(dict.fromkeys(c for c in name if c in TAG_BREAKERS))
+
+
+def tag_choice(library: Library, entry: Entry, stems: Counter[str], builtin: bool) -> TagChoice:
+    """The name a card inserts. loraprompt's handler: the file stem (filename first, unlike A1111's
+    alias), or its path under the root without the extension when another file has the same stem.
+    A1111's built-in handler (`builtin`) resolves stems and aliases only, the last file of a stem
+    winning. A name with `:`, `>`, `=` or `#` breaks the tag: the card inserts the alias when that
+    is clean, else (loraprompt only) a clean name with `hash=`, and says so."""
+    shared = stems[entry.name] > 1
+    wanted = entry.name if builtin or not shared else entry.relpath.rsplit(".", 1)[0]
+    bad = _breakers(wanted)
+    if not bad:
+        note = (f"{stems[entry.name]} files are named {entry.name}; A1111's built-in Lora loads the last one it "
+                "finds, whichever card is clicked") if builtin and shared else ""
+        return TagChoice(wanted, False, note)
+    alias = library.display_name(entry)
+    why = f"The name {wanted} contains {bad}, which break a <lora:...> tag"
+    if alias != entry.name and not _breakers(alias):
+        return TagChoice(alias, False, f"{why}; the card inserts the file's alias {alias}")
+    if builtin:
+        return TagChoice(wanted, False, f"{why}, and A1111's built-in Lora has no other name for it: rename the file")
+    clean = stand_in_name(wanted)
+    if clean in stems or clean in library.aliases():
+        clean += "_by_hash"
+    return TagChoice(clean, True, f"{why}; the card inserts {clean} with the file's hash=, which finds it")
 
 
 class GalleryService:
@@ -71,9 +107,11 @@ class GalleryService:
         library: Library,
         loaded_family: Callable[[], str | None] | None = None,
         thumb_dir: str | Path | None = None,
+        builtin_names: Callable[[], bool] | None = None,
     ) -> None:
         self.library = library
         self.loaded_family = loaded_family or (lambda: None)
+        self.builtin_names = builtin_names or (lambda: False)  # True: A1111's built-in Lora handles the tags
         self.thumbs = ThumbCache(thumb_dir if thumb_dir is not None else default_cache_dir() / "thumbs")
         self._lock = threading.Lock()
         self._snapshot: _Snapshot | None = None
@@ -89,22 +127,26 @@ class GalleryService:
     def snapshot(self) -> _Snapshot:
         """Card records for the library as it is now, rebuilt only when its entries changed."""
         version = self.library.current_version()
+        builtin = bool(self.builtin_names())
         old = self._snapshot
-        if old is not None and old.version == version:
+        if old is not None and (old.version, old.builtin) == (version, builtin):
             return old  # a poll costs the same with 10 or 100,000 cards
         with self._lock:
             old = self._snapshot
             version = self.library.version
-            if old is not None and old.version == version:
+            if old is not None and (old.version, old.builtin) == (version, builtin):
                 return old
             entries = tuple(self.library.entries)
             self._generation += 1
             by_id = cards.card_ids(entries, [str(r) for r in self.library.roots])
             ids = {e.path: card_id for card_id, e in by_id.items()}
             stems = Counter(e.name for e in entries)
-            records = tuple(cards.card_record(e, ids[e.path], self._thumb_url(ids[e.path], e), _tag_name(e, stems))
-                            for e in entries)
-            self._snapshot = _Snapshot(version, entries, by_id, ids, records, self._generation, json_for_script(records), stems)
+            builtin = bool(self.builtin_names())
+            choices = {e.path: tag_choice(self.library, e, stems, builtin) for e in entries}
+            records = tuple(cards.card_record(e, ids[e.path], self._thumb_url(ids[e.path], e), choices[e.path].name,
+                                              choices[e.path].note) for e in entries)
+            self._snapshot = _Snapshot(version, entries, by_id, ids, records, self._generation, json_for_script(records), stems,
+                                       builtin, choices)
             return self._snapshot
 
     def _thumb_url(self, card_id: str, entry: Entry) -> str | None:
@@ -277,15 +319,21 @@ class GalleryService:
             unet = check_strength("UNet", body.get("unet"))
         except ValueError as exc:
             raise BadRequest(f"{entry.name}: {exc}") from exc
-        name = _tag_name(entry, self.snapshot().stems)
+        choice = self.snapshot().choices[entry.path]
+        short = None
+        if choice.by_hash:
+            short = self.library.hashes(entry).get("a1111_short")
+            if not short:
+                raise BadRequest(f"{entry.relpath}: cannot read the file to find its hash")
         with_text = body.get("activation") is True
         result = toggle_tag(
-            prompt, LoraActivation(name, te=te, unet=unet), {name, entry.name, entry.alias},
+            prompt, LoraActivation(choice.name, te=te, unet=unet, hash=short), {choice.name, entry.name, entry.alias},
             activation_text=entry.activation_text if with_text else "", negative=negative,
             negative_text=str(entry.user.get("negative text") or ""),
         )
+        message = f"{result.action.capitalize()} {result.tag}" + (f". {choice.note}" if choice.note else "")
         return {"prompt": result.prompt, "negative": result.negative, "action": result.action, "tag": result.tag,
-                "message": f"{result.action.capitalize()} {result.tag}"}
+                "message": message}
 
     def save_metadata(self, card_id: object, values: object) -> dict[str, Any]:
         """Write the editor's values into the card's `<stem>.json` (other keys kept)."""

@@ -24,7 +24,10 @@ from loraprompt.ui.gallery_usage import usage_document, with_usage
 
 DEFAULT_PREFIX = "loraprompt/gallery"
 STATIC_DIR = Path(__file__).parent / "static"
-STATIC_FILES = {"gallery.js": "text/javascript; charset=utf-8", "gallery.css": "text/css; charset=utf-8"}
+# The gallery's script is split into parts that share window.LoraPromptGalleryParts: load them in
+# this order (`gallery.loader_js` and the extension's javascript/loraprompt.js do).
+SCRIPTS = ("gallery-base.js", "gallery-grid.js", "gallery-dialogs.js", "gallery-duplicates.js", "gallery.js")
+STATIC_FILES = {**{name: "text/javascript; charset=utf-8" for name in SCRIPTS}, "gallery.css": "text/css; charset=utf-8"}
 MAX_BODY = 1024 * 1024
 SAFE_HEADERS = {"X-Content-Type-Options": "nosniff", "Cross-Origin-Resource-Policy": "same-origin"}
 

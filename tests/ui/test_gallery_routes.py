@@ -321,3 +321,13 @@ def test_sidecar_with_nan_and_infinity_still_opens_its_details(gallery: Gallery,
 def test_deeply_nested_json_body_is_a_400_not_a_500(gallery: Gallery) -> None:
     r = gallery.client.post(f"{API}/insert", content="[" * 100_000, headers=POST_HEADERS)
     assert r.status_code == 400 and "JSON" in r.json()["detail"]
+
+
+def test_every_script_part_is_served_and_both_loaders_load_them_in_order() -> None:
+    from loraprompt.ui.gallery import loader_js
+    from loraprompt.ui.routes import SCRIPTS, STATIC_DIR
+
+    assert sorted(p.name for p in STATIC_DIR.glob("*.js")) == sorted(SCRIPTS) and SCRIPTS[-1] == "gallery.js"
+    extension_loader = (Path(__file__).parents[2] / "javascript" / "loraprompt.js").read_text()
+    assert json.dumps(list(SCRIPTS)) in extension_loader
+    assert json.dumps(list(SCRIPTS)) in loader_js()

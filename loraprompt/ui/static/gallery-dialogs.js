@@ -1,0 +1,126 @@
+// loraprompt gallery, part 3 of 5: the details view and the metadata editor (dialogs), added to
+// Gallery. The details table is rendered by the server with everything escaped.
+(function () {
+  "use strict";
+  const LP = window.LoraPromptGalleryParts;
+  if (!LP || !LP.Gallery || LP.Gallery.prototype.showDetails) return;
+  const { el } = LP;
+
+  Object.assign(LP.Gallery.prototype, {
+    openDialog(title) {
+      const d = this.dialog;
+      d.textContent = "";
+      const head = el("div", "lp-dialog-head");
+      head.appendChild(el("h3", null, title));
+      const close = el("button", "lp-btn lp-close", "✕");
+      close.type = "button";
+      close.title = "Close";
+      close.addEventListener("click", () => d.close());
+      head.appendChild(close);
+      const body = el("div", "lp-dialog-body");
+      d.append(head, body);
+      if (!d.open) d.showModal();
+      return body;
+    },
+
+    async showDetails(c) {
+      const body = this.openDialog(c.name);
+      try {
+        const data = await this.request("details?" + new URLSearchParams({ id: c.id }));
+        body.innerHTML = data.html; // rendered and escaped by loraprompt.ui.cards.details_html
+        if (data.preview) {
+          const img = el("img", "lp-details-preview");
+          img.alt = "";
+          img.src = this.api + "/" + data.preview;
+          body.prepend(img);
+        }
+      } catch (err) {
+        body.appendChild(el("p", "lp-error", err.message));
+      }
+    },
+
+    async showEditor(c) {
+      const body = this.openDialog("Edit " + c.name);
+      let data;
+      try {
+        data = await this.request("details?" + new URLSearchParams({ id: c.id }));
+      } catch (err) {
+        body.appendChild(el("p", "lp-error", err.message));
+        return;
+      }
+      const form = el("form", "lp-editor");
+      const fields = {};
+      const add = (key, label, kind) => {
+        const row = el("label", "lp-field");
+        row.appendChild(el("span", null, label));
+        let input;
+        if (kind === "select") {
+          input = el("select");
+          for (const v of data.sd_versions) { const o = el("option", null, v); o.value = v; input.appendChild(o); }
+          input.value = data.user[key] || "Unknown";
+        } else if (kind === "checkbox") {
+          input = el("input");
+          input.type = "checkbox";
+          input.checked = !!data.user[key];
+        } else if (kind === "number") {
+          input = el("input");
+          input.type = "number";
+          input.step = "0.05";
+          input.value = String(data.user[key] || 0);
+        } else {
+          input = el(kind === "area" ? "textarea" : "input");
+          input.value = data.user[key] || "";
+        }
+        input.name = key;
+        row.appendChild(input);
+        form.appendChild(row);
+        fields[key] = input;
+      };
+      add("description", "Description", "area");
+      add("sd version", "SD version", "select");
+      add("activation text", "Activation text", "text");
+      add("preferred weight", "Preferred weight (0 = default)", "number");
+      add("negative text", "Negative prompt", "text");
+      add("notes", "Notes", "area");
+      add("favorite", "Favorite", "checkbox");
+      add("nsfw", "NSFW (blur the preview)", "checkbox");
+      const status = el("p", "lp-editor-status");
+      const save = el("button", "lp-btn lp-save", "Save");
+      save.type = "submit";
+      form.append(save, status);
+      form.addEventListener("submit", async (e) => {
+        e.preventDefault();
+        const values = {};
+        for (const [k, input] of Object.entries(fields)) {
+          values[k] = input.type === "checkbox" ? (input.checked || null)
+            : input.type === "number" ? (parseFloat(input.value) || 0) : input.value;
+        }
+        save.disabled = true;
+        try {
+          const r = await this.request("metadata", { id: c.id, values: values });
+          this.replaceCard(r.card);
+          status.textContent = "Saved to " + r.file;
+          status.classList.remove("lp-error");
+        } catch (err) {
+          status.textContent = "Not saved: " + err.message;
+          status.classList.add("lp-error");
+        } finally {
+          save.disabled = false;
+        }
+      });
+      body.appendChild(form);
+    },
+
+    replaceCard(card) {
+      const i = this.cards.findIndex((c) => c.id === card.id);
+      if (i < 0) return;
+      card.uses = this.cards[i].uses;
+      card.last_used = this.cards[i].last_used;
+      this.cards[i] = card;
+      this.byId.set(card.id, card);
+      this.strengths.set(card.id, { te: card.weight, unet: card.weight });
+      this.sortCards();
+      this.applyFilter();
+    },
+  });
+})();

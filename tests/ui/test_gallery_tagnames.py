@@ -1,0 +1,72 @@
+"""What a card inserts when the file's own name does not work in a tag: stems with `:`, `>`, `=` or
+`#`, and folder paths (two files with one stem) when A1111's built-in Lora handles the tags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import loraprompt
+from loraprompt.library import Library
+from loraprompt.ui.gallery_service import GalleryService
+
+from .conftest import SD1_KEYS, write_lora
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    lora = tmp_path / "Lora"
+    write_lora(lora / "style: ink.safetensors", SD1_KEYS, {}, seed=1)  # no alias
+    write_lora(lora / "a=b#c.safetensors", SD1_KEYS, {"ss_output_name": "abc_clean"}, seed=2)  # a clean alias
+    write_lora(lora / "x>y.safetensors", SD1_KEYS, {"ss_output_name": "bad:alias"}, seed=3)
+    write_lora(lora / "one" / "twin.safetensors", SD1_KEYS, {}, seed=4)
+    write_lora(lora / "two" / "twin.safetensors", SD1_KEYS, {}, seed=5)
+    write_lora(lora / "plain.safetensors", SD1_KEYS, {}, seed=6)
+    return lora
+
+
+def service(folder: Path, tmp_path: Path, builtin: bool) -> GalleryService:
+    return GalleryService(Library(folder, tmp_path / "cache", settle_s=0.0), None, tmp_path / "thumbs", lambda: builtin)
+
+
+def click(svc: GalleryService, relpath: str, prompt: str = "") -> dict[str, object]:
+    card_id = next(r["id"] for r in svc.snapshot().records if r["id"].endswith("/" + relpath))
+    return svc.insert({"id": card_id, "te": 0.5, "unet": 0.5, "prompt": prompt})
+
+
+@pytest.mark.parametrize("relpath", ["style: ink.safetensors", "a=b#c.safetensors", "x>y.safetensors",
+                                     "one/twin.safetensors", "two/twin.safetensors", "plain.safetensors"])
+def test_loraprompt_resolves_every_inserted_tag_to_its_file(folder: Path, tmp_path: Path, relpath: str) -> None:
+    svc = service(folder, tmp_path, builtin=False)
+    result = click(svc, relpath, "a cat")
+    parsed = loraprompt.parse(str(result["prompt"]))
+    assert parsed.diagnostics == () and len(parsed.loras) == 1, result
+    resolved = svc.library.resolve(parsed.loras[0].name, hash=parsed.loras[0].hash)
+    assert resolved.entry is not None and resolved.entry.relpath == relpath
+    # a folder path (two files named twin) resolves with the path fallback's warning, as before
+    assert [d.code for d in resolved.diagnostics] == (["W-NAME-PATH"] if "twin" in relpath else [])
+    record = next(r for r in svc.snapshot().records if r["id"].endswith("/" + relpath))
+    assert bool(record["tag_note"]) == (relpath in ("style: ink.safetensors", "a=b#c.safetensors", "x>y.safetensors"))
+    assert click(svc, relpath, str(result["prompt"]))["prompt"] == "a cat"  # a second click removes it
+
+
+def test_cards_say_why_and_what_they_insert(folder: Path, tmp_path: Path) -> None:
+    svc = service(folder, tmp_path, builtin=False)
+    notes = {r["name"]: (r["tag_name"], r["tag_note"]) for r in svc.snapshot().records}
+    assert notes["style: ink"] == ("style_ ink", "The name style: ink contains :, which break a <lora:...> tag; "
+                                   "the card inserts style_ ink with the file's hash=, which finds it")
+    assert notes["a=b#c"][0] == "abc_clean" and "contains = #" in notes["a=b#c"][1]
+    assert notes["plain"] == ("plain", "")
+    ink = next(e for e in svc.library.entries if e.name == "style: ink")
+    assert click(svc, "style: ink.safetensors")["tag"] == f"<lora:style_ ink:0.5:hash={svc.library.hashes(ink)['a1111_short']}>"
+
+
+def test_with_the_builtin_handling_tags_cards_insert_names_it_resolves(folder: Path, tmp_path: Path) -> None:
+    svc = service(folder, tmp_path, builtin=True)
+    records = {r["id"].split("/", 1)[1]: r for r in svc.snapshot().records}
+    assert records["one/twin.safetensors"]["tag_name"] == "twin"  # A1111 knows stems, not folder paths
+    assert "the last one it finds" in records["two/twin.safetensors"]["tag_note"]
+    assert records["a=b#c.safetensors"]["tag_name"] == "abc_clean"  # A1111 registers aliases too
+    assert records["style: ink.safetensors"]["tag_note"].endswith("has no other name for it: rename the file")
+    assert "hash=" not in str(click(svc, "style: ink.safetensors")["tag"])  # the built-in knows no hash=
