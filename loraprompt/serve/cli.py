@@ -40,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser, command_name: str = "serve") 
     ray.add_argument("--replicas", type=int, default=2, help="model replicas (default 2)")
     ray.add_argument("--ray-address", metavar="ADDRESS", help="join this Ray cluster (default: start a local one, or RAY_ADDRESS)")
     ray.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs each replica reserves (default 0: CPU)")
+    ray.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs each replica reserves (default 1)")
     ray.add_argument("--sets-per-replica", type=int, default=4,
                      help="LoRA sets each replica keeps loaded for Ray Serve's multiplexed routing (default 4)")
 

@@ -42,8 +42,9 @@ class ImageTask:
     def request(self) -> Any:
         from loraprompt.ui.txt2img import Txt2ImgRequest
 
-        return Txt2ImgRequest(self.prompt, self.negative_prompt, self.steps, self.cfg_scale, self.seed,
-                              self.width, self.height, self.sampler, self.clip_skip)
+        return Txt2ImgRequest(prompt=self.prompt, negative_prompt=self.negative_prompt, steps=self.steps,
+                              cfg_scale=self.cfg_scale, seed=self.seed, width=self.width, height=self.height,
+                              sampler=self.sampler, clip_skip=self.clip_skip)
 
 
 @dataclass

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import threading
 import time
 from typing import Any
@@ -229,7 +230,7 @@ def build_application(config: Any, *, replicas: int = 2, sets_per_replica: int =
     model: Any = serve.deployment(replica_cls, name="ModelReplica", num_replicas=replicas,
                              ray_actor_options=actor_options, max_ongoing_requests=8)
     ingress: Any = serve.deployment(serve.ingress()(ApiIngress), name="ApiIngress",
-                               ray_actor_options={"num_cpus": 0.1, **({"runtime_env": {"env_vars": env}} if env else {})})
+                               ray_actor_options={"num_cpus": 0, **({"runtime_env": {"env_vars": env}} if env else {})})
     return ingress.bind(model.bind(config), {"config": config, "routing": routing, **options})
 
 
@@ -240,12 +241,16 @@ def run_ray(args: argparse.Namespace, config: Any, limits: Limits, cors: list[st
     ray.init(address=args.ray_address or os.environ.get("RAY_ADDRESS"), include_dashboard=False)
     serve.start(http_options={"host": args.host, "port": args.port})
     app = build_application(config, replicas=args.replicas, sets_per_replica=args.sets_per_replica,
-                            gpus_per_replica=args.gpus_per_replica, limits=limits, api_auth=args.api_auth,
+                            gpus_per_replica=args.gpus_per_replica, cpus_per_replica=args.cpus_per_replica, limits=limits, api_auth=args.api_auth,
                             cors_origins=cors, cors_origin_regex=args.cors_allow_origins_regex,
                             max_download_mb=args.max_download_mb, download_timeout_s=args.download_timeout)
     serve.run(app, name="loraprompt", route_prefix="/")
     print(f"loraprompt serve --ray: {args.replicas} replicas; http://{args.host}:{args.port}/sdapi/v1/txt2img and"
           " /predictions", flush=True)
+    def stop(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # a service manager's stop shuts Serve and Ray down too
     try:
         while True:
             time.sleep(3600)

@@ -70,9 +70,7 @@ _QUIET = {
     "firstphase_width", "firstphase_height", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x",
     "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt",
     "hr_additional_modules", "denoising_strength", "refiner_switch_at", "disable_extra_networks", "comments",
-    "force_task_id", "infotext", "firstpass_image", "sampler_name", "scheduler", "batch_size", "n_iter",
-    "send_images", "save_images", "prompt", "negative_prompt", "steps", "cfg_scale", "seed", "width", "height",
-    "override_settings", "distilled_cfg_scale", "user",
+    "force_task_id", "infotext", "firstpass_image", "distilled_cfg_scale", "user",
 }
 _USED_SETTINGS = {"CLIP_stop_at_last_layers", "sd_model_checkpoint", "samples_format"}
 
