@@ -331,7 +331,7 @@ class Patcher:
         cached = self._resolved.get(id(adapter))
         if cached is not None and cached.adapter is adapter:
             return cached
-        keymaps = {c: self._keymaps[c] for c in adapter.components() if c in self.components}
+        keymaps = self._keymaps
         resolution = resolve_adapter(adapter, keymaps, self.family, entry.label)
         if len(self._resolved) >= 64:
             self._resolved.clear()
@@ -351,6 +351,7 @@ class Patcher:
 
     def _owner(self, exc: PatchError, items: list[PlanEntry]) -> PlanEntry | None:
         module = getattr(exc, "module", None)
+        module = getattr(module, "extra", {}).get("parent", module)  # a row slice of a fused file module
         key = getattr(module, "lora_key", None)
         return next((e for e in items if key is not None and e.adapter.modules.get(key) is module), None)
 

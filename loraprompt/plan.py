@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from loraprompt.diagnostics import Diagnostic
+from loraprompt.keymaps.family import FAMILY_NAMES
 
 if TYPE_CHECKING:
     from loraprompt.adapters.types import Adapter, AdapterModule
     from loraprompt.keymaps import KeyMap
 
-TE_COMPONENTS = ("text_encoder", "text_encoder_2")
-FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
+TE_COMPONENTS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
 # (component, dotted module name, parameter name): one weight of the loaded model
 Key = tuple[str, str, str]
@@ -177,22 +177,34 @@ def resolve_adapter(
     items: list[tuple[AdapterModule, Key, tuple[int, int] | None, str | None]] = []
     unmapped: list[str] = []
     for lora_key, module in adapter.modules.items():
-        keymap = keymaps.get(module.component)
+        keymap = _keymap_for(module.component, keymaps)
         target = keymap.lookup(module.path) if keymap is not None else None
-        if target is None:
+        pieces = keymap.pieces(module.path) if keymap is not None and target is None else None
+        if target is None and pieces is None:
             unmapped.append(lora_key)
             continue
+        if pieces is not None:
+            items += _split(module, pieces, where)
+            continue
+        assert target is not None
         block = unet_block(target.module) if module.component == "unet" else None
         items.append((module, (module.component, target.module, target.param), target.rows, block))
     bad = _finite(item[0] for item in items)
     if bad is not None:
+        bad = bad.extra.get("parent", bad)
         raise PatchError(f"{where}: NaN or Inf in the tensors of {bad.lora_key}; nothing applied")
+    missing = _missing_components(adapter, keymaps, unmapped)
+    if not items and missing is not None and len(missing.data["components"]) == len(adapter.components()):
+        raise PatchError(f"{where}: {missing.message.removeprefix(adapter.name + ': ')}; wrong model family?")
     if not items and adapter.modules:
         raise PatchError(
             f"{where}: none of its {len(adapter.modules)} modules matches the loaded model "
             f"(e.g. {unmapped[0]}); wrong model family?"
         )
     diagnostics = []
+    if missing:
+        diagnostics.append(missing)
+        unmapped = [k for k in unmapped if adapter.modules[k].component not in missing.data["components"]]
     if unmapped:
         diagnostics.append(
             Diagnostic(
@@ -206,6 +218,51 @@ def resolve_adapter(
     return Resolution(adapter, items, tuple(unmapped), diagnostics)
 
 
+def _keymap_for(component: str, keymaps: Mapping[str, KeyMap]) -> KeyMap | None:
+    """The key map for an adapter component; `lora_unet_…` modules of a file whose family nothing
+    told are tried on a diffusion transformer when the model has no UNet."""
+    found = keymaps.get(component)
+    if found is None and component == "unet":
+        found = keymaps.get("transformer")
+    return found
+
+
+def _split(module: AdapterModule, pieces: Any, where: str) -> list[tuple[AdapterModule, Key, tuple[int, int] | None, None]]:
+    """One item per loaded module a fused file module's rows go to (see `adapters.slices`)."""
+    from loraprompt.adapters.slices import row_slice
+    from loraprompt.errors import PatchError
+
+    total = max(stop for _, (_, stop) in pieces)
+    out = []
+    for target, rows in pieces:
+        try:
+            part = row_slice(module, rows, total)
+        except ValueError as exc:
+            raise PatchError(f"{where}: {exc}; nothing applied") from exc
+        out.append((part, (module.component, target.module, target.param), target.rows, None))
+    return out
+
+
+_COMPONENT_WORDS = {"text_encoder_3": "a T5 text encoder", "text_encoder_2": "a second text encoder",
+                    "text_encoder": "a text encoder", "transformer": "a diffusion transformer", "unet": "a UNet"}
+
+
+def _missing_components(adapter: Adapter, keymaps: Mapping[str, KeyMap], unmapped: list[str]) -> Diagnostic | None:
+    """One diagnostic for the modules of components the loaded model does not have (a T5 LoRA on
+    a model without T5 says so instead of listing its keys as unmatched)."""
+    absent = sorted(c for c in {adapter.modules[k].component for k in unmapped} if _keymap_for(c, keymaps) is None)
+    if not absent:
+        return None
+    counts = {c: sum(1 for m in adapter.modules.values() if m.component == c) for c in absent}
+    first = [k for k in unmapped if adapter.modules[k].component in absent][:3]
+    words = "; ".join(f"{n} modules target {_COMPONENT_WORDS.get(c, c)} ({c})" for c, n in counts.items())
+    words += f" (e.g. {', '.join(first)})"
+    return Diagnostic(
+        "lora-component-missing", f"{adapter.name}: {words}, which the loaded model does not have; they are not applied",
+        subject=adapter.path, data={"components": absent, "counts": counts},
+    )
+
+
 def build_plan(resolved: Iterable[tuple[Resolution, float, UnetFn]], keep_zero: bool = False) -> Plan:
     """Group (resolution, te strength, block -> UNet strength) into weight key -> contributions,
     in entry order; zero strengths contribute nothing (unless `keep_zero`: a LoRA unfused for a
@@ -214,7 +271,7 @@ def build_plan(resolved: Iterable[tuple[Resolution, float, UnetFn]], keep_zero: 
     for resolution, te, unet_for in resolved:
         per_block: dict[str | None, float] = {}
         for module, key, rows, block in resolution.items:
-            if module.component == "unet":
+            if module.component not in TE_COMPONENTS:  # the UNet or the diffusion transformer
                 strength = per_block.get(block)
                 if strength is None:
                     strength = per_block[block] = unet_for(block)

@@ -4,7 +4,12 @@ Schemes: kohya and LyCORIS (`lora_unet_<path>.<part>`, `lora_te[12]_…`), diffu
 keys (`unet.<module>.lora_A.weight`, with or without `unet.`/`text_encoder.`/`base_model.model.`),
 diffusers' LoRA layers (`….lora.down.weight`, `lora_linear_layer`), and the old
 attention-processor format (`….processor.to_q_lora.down.weight`), and ComfyUI's dotted kohya
-parts under `diffusion_model.` / `text_encoders.clip_[lgh].transformer.`.
+parts under `diffusion_model.` / `text_encoders.clip_[lgh].transformer.` (also with PEFT's
+`lora_A`/`lora_B`, as BFL and ai-toolkit write Flux files), and XLabs' Flux processors
+(`double_blocks.N.processor.qkv_lora1.down.weight`, read as the BFL module they adapt).
+Transformer (SD3/Flux/Wan) modules are read under the component "unet" when the key does not
+say (`lora_unet_…`, `diffusion_model.…`); the reader moves them to "transformer" once the family
+detector has seen the whole file.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ KOHYA_PREFIXES: dict[str, str] = {
     "lora_te_": "text_encoder",
     "lora_te1_": "text_encoder",
     "lora_te2_": "text_encoder_2",
+    "lora_te3_": "text_encoder_3",
+    "lora_transformer_": "transformer",
     "oft_unet_": "unet",
 }
 
@@ -67,7 +74,7 @@ _DOTTED_PART = re.compile(
     r"|(?P<alpha>alpha))$"
 )
 _PROCESSOR = re.compile(r"\.processor\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<dir>up|down)\.weight$")
-_DOTTED_COMPONENTS = ("unet.", "text_encoder.", "text_encoder_2.")
+_DOTTED_COMPONENTS = ("unet.", "transformer.", "text_encoder.", "text_encoder_2.", "text_encoder_3.")
 _PEFT_ROOT = "base_model.model."
 # ComfyUI's dotted kohya-style keys: model prefix -> component
 COMFY_PREFIXES: dict[str, str] = {
@@ -75,6 +82,14 @@ COMFY_PREFIXES: dict[str, str] = {
     "text_encoders.clip_l.transformer.": "text_encoder",
     "text_encoders.clip_h.transformer.": "text_encoder",
     "text_encoders.clip_g.transformer.": "text_encoder_2",
+    "text_encoders.t5xxl.transformer.": "text_encoder_3",
+}
+# XLabs' Flux LoRA processors: (block kind, projection, stream) -> the BFL module they adapt
+_XLABS = re.compile(r"^(?:diffusion_model\.)?(?P<kind>double|single)_blocks\.(?P<i>\d+)\.processor\.(?P<proj>qkv|proj)_lora(?P<stream>[12]?)\.(?P<dir>down|up)\.weight$")
+_XLABS_MODULE = {
+    ("double", "qkv", "1"): "img_attn_qkv", ("double", "qkv", "2"): "txt_attn_qkv",
+    ("double", "proj", "1"): "img_attn_proj", ("double", "proj", "2"): "txt_attn_proj",
+    ("single", "qkv", ""): "qkv", ("single", "proj", ""): "linear2",
 }
 _TAILS_LONGEST_FIRST = sorted(KOHYA_PARTS, key=len, reverse=True)
 # diffusers' convert_state_dict_to_kohya leaves PEFT DoRA magnitudes as
@@ -112,7 +127,15 @@ def dotted_module(key: str) -> str | None:
 
 
 def _comfy(rest: str, component: str) -> KeyParts | None:
-    """`<dotted module>.<kohya part>` under one of ComfyUI's model prefixes."""
+    """`<dotted module>.<kohya part>` (or PEFT's `lora_A.weight`) under one of ComfyUI's model prefixes."""
+    m = _DOTTED_PART.search(rest)
+    if m and (m["peft"] or m["mag"]) and m.start() > 0:
+        path = rest[: m.start()].replace(".", "_")
+        if m["mag"]:
+            return KeyParts(component, path, "magnitude", "comfyui")
+        if m["peft_kind"] == "bias":
+            return KeyParts(component, path, "bias", "comfyui") if m["peft"] == "lora_B" else None
+        return KeyParts(component, path, "down" if m["peft"] == "lora_A" else "up", "comfyui")
     for tail in _TAILS_LONGEST_FIRST:
         if rest.endswith("." + tail) and len(rest) > len(tail) + 1:
             return KeyParts(component, rest[: -len(tail) - 1].replace(".", "_"), KOHYA_PARTS[tail], "comfyui")
@@ -129,6 +152,10 @@ def split_key(key: str) -> KeyParts | None:
             module, _, tail = key[len(prefix) :].partition(".")
             part = KOHYA_PARTS.get(tail)
             return None if part is None or not module else KeyParts(component, module, part, "kohya")
+    m = _XLABS.match(key)
+    if m:
+        xlabs = _XLABS_MODULE.get((m["kind"], m["proj"], m["stream"]))
+        return KeyParts("transformer", f"{m['kind']}_blocks_{m['i']}_{xlabs}", m["dir"], "xlabs") if xlabs else None
     for prefix, component in COMFY_PREFIXES.items():
         if key.startswith(prefix):
             return _comfy(key[len(prefix) :], component)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from loraprompt.adapters.algorithms import ALGORITHMS, BOFTModule
-from loraprompt.adapters.family import detect_family
+from loraprompt.adapters.family import detect_file_family
 from loraprompt.adapters.keys import KeyParts, dotted_module, split_key
 from loraprompt.adapters.loading import load_tensors
 from loraprompt.adapters.types import MODES, Adapter, AdapterModule
@@ -198,6 +198,22 @@ def read_adapter(path: str | os.PathLike[str], mode: str = "reference") -> Adapt
         size=stat.st_size,
         mtime_ns=stat.st_mtime_ns,
     )
-    adapter.family = detect_family(adapter)
+    detection = detect_file_family({key: tuple(t.shape) for key, t in tensors.items()}, metadata)
+    adapter.family, adapter.family_source, adapter.family_conflict = detection.family, detection.source, detection.conflict
+    if detection.denoiser == "transformer":
+        _to_transformer(adapter)
     return adapter
+
+
+def _to_transformer(adapter: Adapter) -> None:
+    """Move the modules read under "unet" (`lora_unet_…`, `diffusion_model.…`) to "transformer":
+    the file is for a diffusion transformer (SD3, Flux, Wan), whose component diffusers calls so."""
+    moved: dict[str, AdapterModule] = {}
+    for mod in adapter.modules.values():
+        if mod.component == "unet":
+            mod.component = "transformer"
+        if mod.lora_key in moved:
+            raise AdapterFileError(adapter.path, f"two modules for {mod.lora_key}", key=mod.source_keys[0])
+        moved[mod.lora_key] = mod
+    adapter.modules = moved
 

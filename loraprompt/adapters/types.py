@@ -4,7 +4,8 @@ An `Adapter` is what `read_adapter(path)` returns: one `AdapterModule` per targe
 base model, whatever file layout it came from (kohya, diffusers/PEFT, LyCORIS, ...).
 
 Naming:
-- `component` is a diffusers component name: "unet", "text_encoder" or "text_encoder_2".
+- `component` is a diffusers component name: "unet", "transformer" (SD3/Flux/Wan),
+  "text_encoder", "text_encoder_2" or "text_encoder_3" (the T5 of SD3 and Flux, kohya's `lora_te3_`).
 - `path` is the module's path inside that component as the file spells it, with every "." turned
   into "_" (kohya's spelling), e.g. "down_blocks_0_attentions_0_proj_in",
   "input_blocks_4_1_transformer_blocks_0_attn1_to_q" (SGM/LDM naming) or
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     from torch import Tensor
 
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
 MODES = ("reference", "a1111")
 
 
@@ -122,7 +123,9 @@ class Adapter:
     format: str  # "kohya", "peft", "diffusers", "diffusers-old", "lycoris", ...
     modules: dict[str, AdapterModule]  # lora_key -> module
     metadata: dict[str, str] = field(default_factory=dict)
-    family: str | None = None  # "sd1", "sd2", "sdxl" or None when the keys cannot tell
+    family: str | None = None  # "sd1", "sd2", "sdxl", "sd3", "flux", "wan" or None when nothing tells
+    family_source: str | None = None  # "keys" (names and shapes) or "metadata"
+    family_conflict: str | None = None  # the metadata disagreeing with the names and shapes
     unclaimed: tuple[str, ...] = ()  # tensor keys no algorithm claimed (reported once)
     # bundled textual-inversion embeddings (A1111 v1.10's bundle_emb.*): token -> {"string_to_param"
     # (SD1/SD2) or "clip_l"/"clip_g" (SDXL): (vectors, width)}

@@ -13,6 +13,12 @@ Roots expected per component (names relative to the module handed over; a longer
   A1111's `cond_stage_model.transformer` (SD1) / `conditioner.embedders.0.transformer` (SDXL), or
   the OpenCLIP model A1111 uses for SD2: `cond_stage_model.model` (`transformer.resblocks.N…`).
 - "text_encoder_2": `CLIPTextModelWithProjection`, or A1111's `conditioner.embedders.1.model`.
+- "transformer": a diffusers `SD3Transformer2DModel`, `FluxTransformer2DModel` or
+  `WanTransformer3DModel`; files may name its modules natively (BFL/kohya `double_blocks.N.img_attn.qkv`,
+  SAI `joint_blocks.N.x_block.attn.qkv`, Wan `blocks.N.self_attn.q`, see `keymaps.dit`). A native
+  module that is several diffusers modules stacked by rows is a `fused` entry: its delta's rows
+  are split over them (`KeyMap.pieces`).
+- "text_encoder_3": SD3's T5 encoder (`lora_te3_…`, kohya's name for the T5 of SD3 and Flux).
 Every module is reachable under the model's own name (kohya spelling: dots as underscores) and
 under its counterpart in the other naming (diffusers <-> LDM/SGM, transformers 4 <-> 5,
 transformers <-> OpenCLIP, where q/k/v become row slices of `in_proj_weight`). `param_shapes`
@@ -25,7 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from loraprompt.keymaps import clip, unet
+from loraprompt.keymaps import clip, dit, unet
 
 if TYPE_CHECKING:
     from torch import nn
@@ -59,6 +65,17 @@ class KeyMap:
     root: str = ""
     ambiguous: tuple[str, ...] = ()
     shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # "module.param" -> shape
+    fused: Mapping[str, tuple[tuple[Target, tuple[int, int]], ...]] = field(default_factory=dict)
+
+    def pieces(self, path: str) -> tuple[tuple[Target, tuple[int, int]], ...] | None:
+        """For a file module that is several loaded modules stacked by rows: (target, rows of the
+        file module's delta) per loaded module, else None."""
+        found = self.fused.get(path)
+        if found is None:
+            for prefix in _PATH_PREFIXES:
+                if path.startswith(prefix) and path[len(prefix) :] in self.fused:
+                    return self.fused[path[len(prefix) :]]
+        return found
 
     def lookup(self, path: str) -> Target | None:
         """The target of a file's module path, or None when the loaded model has no such module."""
@@ -144,7 +161,19 @@ def build_keymap(component: str, module_names: Iterable[str], param_shapes: Mapp
         if targets.setdefault(key, target) != target:
             ambiguous.add(key)
 
-    if component == "unet":
+    fused: dict[str, tuple[tuple[Target, tuple[int, int]], ...]] = {}
+    if component == "transformer":
+        rel_set = set(rel_names.values())
+        rel_shapes = {k[len(root) :]: v for k, v in shapes.items() if k.startswith(root)}
+        for full, name in rel_names.items():
+            add(name, Target(full))
+        dit_family = dit.dit_model_family(rel_set)
+        for native, pieces in (dit.native_aliases(dit_family, rel_set, rel_shapes) if dit_family else {}).items():
+            if len(pieces) == 1 and pieces[0].rows is None:
+                add(native, Target(root + pieces[0].module))
+            else:
+                fused[_kohya(native)] = tuple((Target(root + p.module, rows=p.rows), (p.start, p.stop)) for p in pieces)
+    elif component == "unet":
         up_attn = unet.up_levels_with_attention(set(rel_names.values()))
         for full, rel in rel_names.items():
             for alias in _unet_aliases(rel, up_attn):
@@ -158,7 +187,7 @@ def build_keymap(component: str, module_names: Iterable[str], param_shapes: Mapp
         del targets[key]
     rel_shapes = {k[len(root) :]: v for k, v in shapes.items() if k.startswith(root)}
     family = model_family(component, set(rel_names.values()), rel_shapes)
-    return KeyMap(component, targets, family, root, tuple(sorted(ambiguous)), {k: tuple(v) for k, v in shapes.items()})
+    return KeyMap(component, targets, family, root, tuple(sorted(ambiguous)), {k: tuple(v) for k, v in shapes.items()}, fused)
 
 
 def keymap_for_module(component: str, module: nn.Module) -> KeyMap:

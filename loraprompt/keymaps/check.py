@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from loraprompt.diagnostics import Diagnostic
@@ -12,30 +12,38 @@ if TYPE_CHECKING:
     from loraprompt.adapters.types import Adapter
     from loraprompt.keymaps import KeyMap, Target
 
-FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
+from loraprompt.keymaps.family import FAMILY_NAMES
+
 SHOWN_KEYS = 5
 
 
 @dataclass(frozen=True)
 class AdapterMapping:
-    """lora_key -> (component, Target) for the modules that map, and the lora_keys that do not."""
+    """lora_key -> (component, Target) for the modules that map, the lora_keys that do not, and
+    lora_key -> (component, ((Target, rows of its delta), ...)) for file modules the loaded model
+    holds as several modules stacked by rows."""
 
     mapped: dict[str, tuple[str, Target]]
     unmapped: tuple[str, ...]
+    fused: dict[str, tuple[str, tuple[tuple[Target, tuple[int, int]], ...]]] = field(default_factory=dict)
 
 
 def map_adapter(adapter: Adapter, keymaps: Mapping[str, KeyMap]) -> AdapterMapping:
     """Resolve every module of `adapter` against the loaded components' key maps."""
     mapped: dict[str, tuple[str, Target]] = {}
+    fused: dict[str, tuple[str, tuple[tuple[Target, tuple[int, int]], ...]]] = {}
     unmapped: list[str] = []
     for key, mod in sorted(adapter.modules.items()):
         keymap = keymaps.get(mod.component)
         target = keymap.lookup(mod.path) if keymap is not None else None
-        if target is None:
-            unmapped.append(key)
-        else:
+        pieces = keymap.pieces(mod.path) if keymap is not None and target is None else None
+        if target is not None:
             mapped[key] = (mod.component, target)
-    return AdapterMapping(mapped, tuple(unmapped))
+        elif pieces is not None:
+            fused[key] = (mod.component, pieces)
+        else:
+            unmapped.append(key)
+    return AdapterMapping(mapped, tuple(unmapped), fused)
 
 
 def _misfits(adapter: Adapter, keymaps: Mapping[str, KeyMap], result: AdapterMapping) -> list[str]:
@@ -45,12 +53,21 @@ def _misfits(adapter: Adapter, keymaps: Mapping[str, KeyMap], result: AdapterMap
         shape = keymaps[component].shape(target)
         if shape is not None and not adapter.modules[key].fits(shape):
             out.append(key)
+    for key, (component, pieces) in result.fused.items():
+        shapes = [keymaps[component].shape(t) for t, _ in pieces]
+        if any(s is None for s in shapes):
+            continue
+        rows = max(stop for _, (_, stop) in pieces)
+        first = shapes[0]
+        assert first is not None
+        if any(s is not None and s[1:] != first[1:] for s in shapes) or not adapter.modules[key].fits((rows, *first[1:])):
+            out.append(key)
     return out
 
 
 def model_family(keymaps: Mapping[str, KeyMap]) -> str | None:
     """The loaded model's family: the UNet's verdict first, then the text encoders'."""
-    order = ("unet", "text_encoder_2", "text_encoder")
+    order = ("transformer", "unet", "text_encoder_2", "text_encoder")
     for component in order:
         km = keymaps.get(component)
         if km is not None and km.family is not None:
@@ -85,7 +102,7 @@ def check_family(adapter: Adapter, keymaps: Mapping[str, KeyMap]) -> list[Diagno
         return []
     first = ", ".join(result.unmapped[:SHOWN_KEYS])
     data = {"unmapped": len(result.unmapped), "total": total, "first": list(result.unmapped[:SHOWN_KEYS])}
-    if not result.mapped:
+    if not result.mapped and not result.fused:
         fam = f" (made for {FAMILY_NAMES[adapter.family]})" if adapter.family else ""
         return [Diagnostic("lora-no-match", f"none of the {total} modules{fam} match the loaded model (first: {first})", severity="error", subject=subject, data=data)]
     return [Diagnostic("lora-unmapped", f"{len(result.unmapped)} of {total} modules match nothing in the loaded model (first: {first})", subject=subject, data=data)]

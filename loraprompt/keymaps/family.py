@@ -1,11 +1,162 @@
-"""Which family a loaded component belongs to, from its module names and parameter shapes."""
+"""The one family detector: which model family a loaded component, or an adapter file, is for.
+
+Files: `detect_file_family(shapes, metadata)` over the tensor names and shapes of a file (the
+safetensors header is enough, so the library calls it without torch; the reader calls it with the
+loaded tensors' shapes) and its `__metadata__`. The evidence is weighed in this order:
+1. diffusion-transformer module names (`double_blocks`, `joint_blocks`, Wan's `blocks.N.self_attn`,
+   ...: no SD model has them), with the hidden width telling SD3 from Flux in diffusers naming;
+2. shapes: the cross-attention context width (768 SD1, 1024 SD2, 2048 SDXL), the text encoders'
+   widths, and whether the transformer projections are 1x1 convs (SD1) or linears (SD2);
+3. names only SDXL has (`label_emb`, `add_embedding`, a second CLIP, SGM attention blocks with
+   several transformer blocks); a `lora_te1_` prefix alone says nothing (diffusers writes it for SD1);
+4. the trainer's metadata (`modelspec.architecture`, `ss_base_model_version`, `ss_v2`).
+A disagreement between the first three and the metadata is reported as `conflict`.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from loraprompt.keymaps.dit import (
+    DIT_BY_NAME,
+    DIT_FAMILIES,
+    MMDIT_FILE_KEYS,
+    MMDIT_WIDTH_KEYS,
+    dit_model_family,
+)
+
+# family -> label shown to users (badges, messages); DiT labels come from their tables
+FAMILY_NAMES: dict[str, str] = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", **{f.name: f.label for f in DIT_FAMILIES}}
+DIT = frozenset(DIT_BY_NAME)
 
 _CONTEXT_WIDTH = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+_TE_WIDTH = {768: "sd1", 1024: "sd2"}
+_TE2 = re.compile(r"^(?:lora_te2_|text_encoder_2\.|te2[._]|text_encoders\.clip_g\.)", re.M)
+_TE1 = re.compile(r"^(?:lora_te1?_|text_encoder\.|text_encoders\.clip_[lh]\.|te1?[._])", re.M)
+_SDXL_NAMES = re.compile(r"add_embedding|label_emb")
+# SD1/SD2 have one transformer block per UNet attention, SDXL up to ten
+_SDXL_BLOCK = re.compile(r"(?:attentions[._]\d+|_\d+_1|\.\d+\.1|middle_block[._]1)[._]transformer_blocks[._][1-9]")
+_SGM = re.compile(r"^(?:lora_unet_|unet\.|diffusion_model\.)?(?:input_blocks|output_blocks|middle_block)[._]", re.M)
+_FOUR_LEVELS = re.compile(r"down_blocks[._]3[._]|down_blocks[._]0[._]attentions")
+# tensors that keep the layer's rank: 4-D exactly when the layer is a conv
+_SHAPED_TAILS = ("lora_down.weight", "lora_A.weight", "lora_A.default.weight", ".diff", "lokr_w2", "lokr_w2_b", "b2.weight")
+
+_METADATA_SD: tuple[tuple[str, str, str], ...] = (
+    ("modelspec.architecture", r"^stable-diffusion-xl", "sdxl"),
+    ("modelspec.architecture", r"^stable-diffusion-v2", "sd2"),
+    ("modelspec.architecture", r"^stable-diffusion-v1", "sd1"),
+    ("ss_base_model_version", r"^sdxl", "sdxl"),
+    ("ss_base_model_version", r"^sd_v2", "sd2"),
+    ("ss_base_model_version", r"^sd_v1", "sd1"),
+    ("ss_v2", r"^true$", "sd2"),
+)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A file's family, where it came from ("keys" for names and shapes, "metadata"), a note when
+    the metadata disagrees, and whether its denoiser modules are a UNet's or a transformer's."""
+
+    family: str | None
+    source: str | None = None
+    conflict: str | None = None
+    denoiser: str = "unet"
+
+
+def family_from_metadata(metadata: Mapping[str, str]) -> str | None:
+    """The family a training tool recorded in the header, if any."""
+    rules = [(key, pattern, f.name) for f in DIT_FAMILIES for key, pattern in f.metadata] + list(_METADATA_SD)
+    for key, pattern, family in rules:
+        value = metadata.get(key)
+        if isinstance(value, str) and value and re.search(pattern, value.strip(), re.IGNORECASE):
+            return family
+    if "ss_network_module" in metadata and metadata.get("ss_v2") == "False" and not metadata.get("ss_base_model_version"):
+        return "sd1"  # kohya before ss_base_model_version: not v2 and not SDXL (SDXL wrote the version)
+    return None
+
+
+def _lines(keys: str, pattern: re.Pattern[str], limit: int = 64) -> Iterator[str]:
+    """Up to `limit` whole keys (lines of `keys`) matching `pattern`, found at C speed."""
+    for n, m in enumerate(pattern.finditer(keys)):
+        if n >= limit:
+            break
+        start, end = keys.rfind("\n", 0, m.start()) + 1, keys.find("\n", m.end())
+        yield keys[start : end if end >= 0 else len(keys)]
+
+
+def _width(keys: str, shapes: Mapping[str, Sequence[int]], pattern: re.Pattern[str], widths: Mapping[int, str]) -> str | None:
+    for name in _lines(keys, pattern):
+        found = next((widths[d] for d in shapes.get(name) or () if d in widths), None)
+        if found:
+            return found
+    return None
+
+
+def _dit(keys: str, shapes: Mapping[str, Sequence[int]]) -> tuple[bool, str | None]:
+    """(whether the keys are a diffusion transformer's, which family when they tell)."""
+    for family in DIT_FAMILIES:
+        if family.file_keys.search(keys):
+            return True, family.name
+    if not MMDIT_FILE_KEYS.search(keys):
+        return False, None
+    by_width = {w: f.name for f in DIT_FAMILIES for w in f.widths}
+    found = _width(keys, shapes, MMDIT_WIDTH_KEYS, by_width)
+    if found:
+        return True, found
+    if re.search(r"transformer_blocks[._]\d+[._]attn2[._]|pos_embed", keys):
+        return True, "sd3"  # SD3.5's dual attention; the patch embedding is a conv in SD3 only
+    if re.search(r"x_embedder|guidance_embedder", keys):
+        return True, "flux"
+    return True, None
+
+
+def _sd_by_shapes(keys: str, shapes: Mapping[str, Sequence[int]]) -> str | None:
+    found = _width(keys, shapes, re.compile(r"attn2[._]to_[kv]"), _CONTEXT_WIDTH)
+    if found:
+        return found
+    te2 = bool(_TE2.search(keys))
+    if te2 and _width(keys, shapes, re.compile(r"^(?:lora_te2_|text_encoder_2\.|text_encoders\.clip_g\.).*(?:q_proj|k_proj|v_proj|fc1)", re.M), {1280: "sdxl"}):
+        return "sdxl"
+    if not te2:
+        te = re.compile(r"^(?:lora_te1?_|text_encoder\.|text_encoders\.clip_[lh]\.).*(?:self_attn|mlp)", re.M)
+        found = _width(keys, shapes, te, _TE_WIDTH)
+        if found:
+            return found
+    if _FOUR_LEVELS.search(keys):
+        for name in _lines(keys, re.compile(r"proj_in")):
+            if name.endswith(_SHAPED_TAILS) and name in shapes:
+                return "sd1" if len(shapes[name]) == 4 else "sd2"
+    return None
+
+
+def _sd_by_names(keys: str) -> str | None:
+    if _SDXL_NAMES.search(keys) or _TE2.search(keys) or _SDXL_BLOCK.search(keys) or _SGM.search(keys):
+        return "sdxl"
+    down = {int(x) for x in re.findall(r"down_blocks[._](\d+)[._]attentions", keys)}
+    if down and max(down) <= 2 and 0 not in down and not _FOUR_LEVELS.search(keys):
+        return "sdxl"  # SDXL's first level has no attention and there is no fourth
+    return None
+
+
+def detect_file_family(shapes: Mapping[str, Sequence[int]], metadata: Mapping[str, str] | None = None) -> Detection:
+    """The family of an adapter file from its tensor names -> shapes and its header metadata."""
+    metadata = metadata or {}
+    keys = "\n".join(shapes)  # searched as one string: C speed over thousands of keys
+    by_meta = family_from_metadata(metadata)
+    is_dit, family = _dit(keys, shapes)
+    if not is_dit:
+        family = _sd_by_shapes(keys, shapes) or _sd_by_names(keys)
+    elif family is None and by_meta in DIT:
+        return Detection(by_meta, "metadata", denoiser="transformer")
+    denoiser = "transformer" if is_dit else "unet"
+    if family is None:
+        return Detection(by_meta, "metadata" if by_meta else None, denoiser=denoiser)
+    conflict = None
+    if by_meta and by_meta != family:
+        conflict = f"the metadata says {FAMILY_NAMES[by_meta]}, the tensor names and shapes say {FAMILY_NAMES[family]}"
+    return Detection(family, "keys", conflict, denoiser)
 
 
 def _unet_family(names: set[str], shapes: Mapping[str, Sequence[int]]) -> str | None:
@@ -24,11 +175,14 @@ def _unet_family(names: set[str], shapes: Mapping[str, Sequence[int]]) -> str | 
 
 
 def model_family(component: str, names: set[str], shapes: Mapping[str, Sequence[int]]) -> str | None:
-    """"sd1", "sd2", "sdxl" or None for one loaded component (names relative to its root)."""
+    """The family of one loaded component (names relative to its root), or None."""
+    if component == "transformer":
+        return dit_model_family(names)
     if component == "unet":
         return _unet_family(names, shapes)
     if component == "text_encoder_2":
-        return "sdxl"
+        # SDXL's second text encoder is a CLIP; SD3's is too (its transformer decides), Flux's is T5
+        return None if any(".SelfAttention." in n or n.startswith("block.") for n in names) else "sdxl"
     if any(n.startswith("transformer.resblocks.") for n in names):
         return "sd2"
     return None

@@ -8,11 +8,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from loraprompt.keymaps.family import detect_file_family
 from loraprompt.library.metadata import (
     SD_VERSION_NAMES,
     MetadataSummary,
-    family_from_metadata,
-    family_from_tensors,
     summarize,
 )
 from loraprompt.library.quickheader import read_quick_header
@@ -32,21 +31,19 @@ def header_record(path: Path) -> dict[str, Any]:
     if path.suffix.lower() != ".safetensors":
         return {"kind": "pickle", "summary": "", "family": None, "family_source": None}
     header = read_quick_header(path)
-    by_keys = family_from_tensors(header.shapes)
-    by_meta = family_from_metadata(header.metadata)
-    family, source = (by_keys, "keys") if by_keys else (by_meta, "metadata" if by_meta else None)
+    found = detect_file_family(header.shapes, header.metadata)
     summary = summarize(header.metadata)
     record: dict[str, Any] = {
         "kind": "safetensors",
         "summary": json.dumps(summary.to_cache(), ensure_ascii=False, separators=(",", ":")),
         "output_name": summary.output_name,
-        "family": family,
-        "family_source": source,
+        "family": found.family,
+        "family_source": found.source,
         "data_offset": header.data_offset,
         "tensors": len(header.shapes),
     }
-    if by_keys and by_meta and by_keys != by_meta:
-        record["family_conflict"] = f"metadata says {by_meta}, tensor shapes say {by_keys}"
+    if found.conflict:
+        record["family_conflict"] = found.conflict
     return record
 
 

@@ -1,4 +1,5 @@
-"""What a LoRA file's header says about it: model family, and a summary of the training metadata
+"""What a LoRA file's header says about it: model family (the reader's detector,
+`loraprompt.keymaps.family`), and a summary of the training metadata
 (base model, trigger words from `ss_tag_frequency`, resolution, epochs, dim/alpha, modelspec.*).
 
 Pure functions over the header's `metadata` and tensor entries; values shown are capped.
@@ -7,28 +8,16 @@ Pure functions over the header's `metadata` and tensor entries; values shown are
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from loraprompt.keymaps.family import detect_file_family
 
 MAX_SHOWN = 1000  # characters of one metadata value kept for display
 MAX_TAGS = 24  # tag frequencies kept in the summary (A1111 shows the top 24)
 MAX_TRIGGERS = 24  # as many as A1111's "training dataset tags" shows
 SD_VERSION_NAMES = {"SD1": "sd1", "SD2": "sd2", "SDXL": "sdxl"}
-
-_CROSS_ATTN_DIMS = {2048: "sdxl", 1024: "sd2", 768: "sd1"}
-# key prefixes and inner parts that name SD3/Flux-style transformers, or SDXL-only modules
-_DIT_PREFIXES = ("transformer.", "lora_transformer_")
-_DIT_PARTS = ("double_blocks", "single_blocks", "joint_blocks")
-_SDXL_PREFIXES = ("lora_te1_", "lora_te2_", "te1.", "te2.", "te1_", "te2_", "text_encoder_2")
-_SDXL_PARTS = ("add_embedding", "label_emb")
-# SD1/SD2 have one transformer block per UNet attention; SDXL has up to ten. SD3/Flux
-# `transformer.transformer_blocks.N` and `single_transformer_blocks.N` are not UNet blocks.
-_SDXL_BLOCK = re.compile(r"transformer_blocks[._][1-9]")
-_UNET_ATTENTION = re.compile(r"(?:attentions[._]\d+|_\d+_1|middle_block_1)[._]$")
-_TE_DIMS = {768: "sd1", 1024: "sd2"}
-
 
 def cap(value: str, limit: int = MAX_SHOWN) -> str:
     """`value` cut to `limit` characters, with an ellipsis when it was longer."""
@@ -36,60 +25,14 @@ def cap(value: str, limit: int = MAX_SHOWN) -> str:
 
 
 def family_from_metadata(metadata: Mapping[str, str]) -> str | None:
-    """sd1/sd2/sdxl from kohya's `ss_*` keys or `modelspec.architecture`, else None."""
-    arch = metadata.get("modelspec.architecture", "").lower()
-    if arch.startswith("stable-diffusion-xl"):
-        return "sdxl"
-    if arch.startswith("stable-diffusion-v2"):
-        return "sd2"
-    if arch.startswith("stable-diffusion-v1"):
-        return "sd1"
-    version = metadata.get("ss_base_model_version", "").lower()
-    if version.startswith("sdxl"):
-        return "sdxl"
-    if version.startswith("sd_v2") or metadata.get("ss_v2") == "True":
-        return "sd2"
-    if version.startswith("sd_v1") or (version == "" and "ss_network_module" in metadata and "ss_v2" in metadata):
-        return "sd1"
-    return None
+    """The family a trainer recorded (`modelspec.architecture`, `ss_base_model_version`, `ss_v2`)."""
+    return detect_file_family({}, metadata).family
 
 
 def family_from_tensors(shapes: Mapping[str, Sequence[int]]) -> str | None:
-    """sd1/sd2/sdxl from key names (SDXL-only blocks, a second text encoder) and the width of
-    cross-attention and text-encoder weights (tensor name -> shape); None when they cannot tell."""
-    keys = "\n".join(shapes)  # searched as one string: C speed over hundreds of keys
-    heads = {k[:18] for k in shapes}  # a file's keys share a few prefixes
-    if any(h.startswith(_DIT_PREFIXES) for h in heads) or any(p in keys for p in _DIT_PARTS):
-        return None  # SD3/Flux-style transformers: not a family this library patches
-    if any(h.startswith(_SDXL_PREFIXES) for h in heads) or any(p in keys for p in _SDXL_PARTS):
-        return "sdxl"
-    for m in _SDXL_BLOCK.finditer(keys):
-        if _UNET_ATTENTION.search(keys, max(0, m.start() - 40), m.start()):
-            return "sdxl"
-    for name in _keys_containing(keys, "attn2"):
-        if "to_k" not in name and "to_v" not in name:
-            continue
-        found = next((_CROSS_ATTN_DIMS[d] for d in shapes.get(name) or () if d in _CROSS_ATTN_DIMS), None)
-        if found:
-            return found
-    for name in _keys_containing(keys, "self_attn"):
-        if "lora_te_" in name or "text_encoder" in name:
-            found = next((_TE_DIMS[d] for d in shapes.get(name) or () if d in _TE_DIMS), None)
-            if found:
-                return found
-    return None
-
-
-def _keys_containing(keys: str, needle: str, limit: int = 64) -> Iterator[str]:
-    """Up to `limit` keys (lines of `keys`) that contain `needle`, found at C speed."""
-    pos = keys.find(needle)
-    for _ in range(limit):
-        if pos < 0:
-            break
-        start, end = keys.rfind("\n", 0, pos) + 1, keys.find("\n", pos)
-        end = len(keys) if end < 0 else end
-        yield keys[start:end]
-        pos = keys.find(needle, end)
+    """The family from tensor names and shapes alone (the one detector, without metadata)."""
+    found = detect_file_family(shapes, {})
+    return found.family if found.source == "keys" else None
 
 
 def tag_frequency(metadata: Mapping[str, str]) -> list[tuple[str, int]]:

@@ -53,10 +53,17 @@ def test_unmapped_modules_are_one_warning_with_count_and_first_keys(tmp_path: Pa
 
 
 def test_nothing_mapping_is_an_error(tmp_path: Path) -> None:
-    adapter = read_adapter(_lora(tmp_path / "none.safetensors", ["lora_unet_single_transformer_blocks_0_attn_to_q"]))
+    adapter = read_adapter(_lora(tmp_path / "none.safetensors", ["lora_unet_decoder_stage_0_attn_to_q"]))
     (diag,) = check_family(adapter, diffusers_keymaps("sd1"))
     assert diag.severity == "error" and diag.code == "lora-no-match"
-    assert "single_transformer_blocks_0_attn_to_q" in diag.message
+    assert "decoder_stage_0_attn_to_q" in diag.message
+
+
+def test_a_flux_lora_on_sd1_is_refused_by_name(tmp_path: Path) -> None:
+    adapter = read_adapter(_lora(tmp_path / "flux.safetensors", ["lora_unet_single_transformer_blocks_0_attn_to_q"]))
+    assert adapter.family == "flux" and adapter.components() == {"transformer"}
+    (diag,) = check_family(adapter, diffusers_keymaps("sd1"))
+    assert diag.code == "lora-family-mismatch" and diag.message == "this LoRA is for Flux.1, the loaded model is SD1.x"
 
 
 def test_modules_that_do_not_fit_are_one_error(tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ def test_family_from_keys_metadata_and_sidecar(lora_dir: Path, tmp_path: Path) -
     assert fam["xl"] == ("sdxl", "keys") and fam["v2"] == ("sd2", "keys") and fam["v1"] == ("sd1", "keys")
     assert fam["meta"] == ("sdxl", "metadata") and fam["unknown"] == (None, None)
     assert fam["conflict"] == ("sdxl", "keys")
-    assert next(e for e in lib.entries if e.name == "conflict").notes == ("metadata says sd1, tensor shapes say sdxl",)
+    assert next(e for e in lib.entries if e.name == "conflict").notes == ("the metadata says SD1.x, the tensor names and shapes say SDXL",)
     user = next(e for e in lib.entries if e.name == "user")
     assert user.family == "sd2" and user.detected_family is None
 
@@ -269,8 +269,14 @@ def test_file_being_rewritten_is_pending_not_removed(lora_dir: Path, tmp_path: P
         ({"lora_unet_middle_block_1_transformer_blocks_2_ff_net_2.lora_down.weight": (4, 5120)}, "sdxl"),
         ({"lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": (4, 1024)}, "sd2"),
         ({"transformer.transformer_blocks.1.attn.to_k.lora_A.weight": (4, 1536),
-          "text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight": (4, 1280)}, None),
-        ({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": (4, 3072)}, None),
+          "text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight": (4, 1280)}, "sd3"),
+        ({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": (4, 3072)}, "flux"),
+        ({"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": (4, 3072)}, "flux"),
+        ({"diffusion_model.blocks.0.self_attn.q.lora_A.weight": (4, 5120)}, "wan"),
+        # diffusers' convert_state_dict_to_kohya writes lora_te1_ for SD1: the shapes decide
+        ({"lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": (4, 768),
+          "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": (4, 768)}, "sd1"),
+        ({"lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": (4, 768)}, "sd1"),
     ],
 )
 def test_family_from_key_names(lora_dir: Path, tmp_path: Path, keys: dict[str, tuple[int, ...]], family: str | None) -> None:
