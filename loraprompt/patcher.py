@@ -29,6 +29,7 @@ from loraprompt.errors import PatchError
 from loraprompt.keymaps import keymap_for_module
 from loraprompt.keymaps.check import model_family
 from loraprompt.plan import Key, Plan, PlanEntry, SyncReport, as_entry, build_plan, resolve_adapter
+from loraprompt.quantized import Unfused, weight_path
 from loraprompt.unfused import LowRankHooks, unfusable
 
 MiB = 2**20
@@ -102,8 +103,13 @@ class Patcher:
         self._setup(components)
 
     def _setup(self, components: Mapping[str, nn.Module | None]) -> None:
+        previous: Unfused | None = getattr(self, "_packed", None)
+        if previous is not None:
+            previous.clear()
         self.components: dict[str, nn.Module] = {k: v for k, v in components.items() if v is not None}
         self._modules = {c: dict(m.named_modules()) for c, m in self.components.items()}
+        self._packed = Unfused(self._modules)  # packed 4-bit weights: the LoRA beside them
+        self._packed_next: Plan = {}
         self._keymaps: dict[str, KeyMap] = {c: keymap_for_module(c, m) for c, m in self.components.items()}
         detected = model_family(self._keymaps)
         self.family = detected if self._family_override is None else (self._family_override or None)
@@ -233,8 +239,12 @@ class Patcher:
             report.unfused = self._hooks.update(
                 {k: self._module_of(k) for k in unfused}, unfused, self._deltas
             )
-            report.written = len(changed)
-            report.patched = len(self._applied)
+            moved = {k for k in {*self._packed_next, *self._packed.applied} if self._packed_next.get(k) != self._packed.applied.get(k)}
+            self._packed.apply(self._packed_next)  # packed 4-bit weights: the LoRA beside them
+            report.written = len(changed) + len(moved)
+            report.patched = len(self._applied) + len(self._packed.applied)
+            report.paths = {".".join(k): weight_path(self._param(k)[0]) for k in self._applied}
+            report.paths |= {".".join(k): path for k, path in self._packed.paths().items()}
             report.backups = self._bytes = self.backup_bytes
             report.diagnostics.extend(self._notes)
             self._notes.clear()
@@ -293,7 +303,8 @@ class Patcher:
                 hooked_entries = None
             resolved.append((resolution, te, unet))
         unfused = build_plan(unfused_items, keep_zero=True)
-        return build_plan(resolved), unfused, hooked_entries
+        plan, self._packed_next = self._packed.split(build_plan(resolved))
+        return plan, unfused, hooked_entries
 
     def _split(self, resolution: Resolution) -> tuple[Resolution, Resolution]:
         """(the fused part, the unfused part) of a scheduled adapter's resolution, worked out once."""

@@ -116,7 +116,8 @@ class SyncReport:
     """What one sync did: diagnostics (one line per adapter), how many weights it wrote, how many
     are patched now, the adapters it skipped (on_error="skip"), how many modules run a scheduled
     LoRA unfused (in their forward), and the bytes of backups held on a GPU ("device") and in
-    CPU memory ("host")."""
+    CPU memory ("host"), and the path each patched weight takes ("in place (bfloat16)",
+    "fp8 requantized (float8_e4m3fn)", "unfused (nf4)": `loraprompt.quantized`)."""
 
     diagnostics: list[Diagnostic] = field(default_factory=list)
     written: int = 0
@@ -124,6 +125,7 @@ class SyncReport:
     skipped: list[str] = field(default_factory=list)
     unfused: int = 0
     backups: dict[str, int] = field(default_factory=lambda: {"device": 0, "host": 0})
+    paths: dict[str, str] = field(default_factory=dict)  # patched weight -> how (loraprompt.quantized)
 
 
 @dataclass(eq=False)

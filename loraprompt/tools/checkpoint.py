@@ -20,7 +20,8 @@ SINGLE_FILE_PREFIXES: tuple[tuple[str, str], ...] = (
     ("conditioner.embedders.0.", "text_encoder"),
     ("conditioner.embedders.1.", "text_encoder_2"),
 )
-DIFFUSERS_COMPONENTS = ("unet", "text_encoder", "text_encoder_2", "vae")
+DIFFUSERS_COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae")
+DENOISERS = ("unet", "transformer")  # SD1/SD2/SDXL; SD3, Flux.1, Wan 2.x
 
 Spec = tuple[torch.dtype, tuple[int, ...]]
 
@@ -94,8 +95,8 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
 
 
 def _diffusers(root: Path) -> Checkpoint:
-    if not (root / "model_index.json").exists() and not (root / "unet").is_dir():
-        raise ToolError(f"{root}: a folder but not a diffusers model (no model_index.json or unet/)")
+    if not (root / "model_index.json").exists() and not any((root / d).is_dir() for d in DENOISERS):
+        raise ToolError(f"{root}: a folder but not a diffusers model (no model_index.json, unet/ or transformer/)")
     files = []
     for component in DIFFUSERS_COMPONENTS:
         folder = root / component
@@ -107,8 +108,8 @@ def _diffusers(root: Path) -> Checkpoint:
         for file in found:
             layout = read_layout(file)
             files.append(TensorFile(layout, dict.fromkeys(layout.specs, component)))
-    if not any(f.path.parent.name == "unet" for f in files):
-        raise ToolError(f"{root}: no unet/ weights")
+    if not any(f.path.parent.name in DENOISERS for f in files):
+        raise ToolError(f"{root}: no unet/ or transformer/ weights")
     return Checkpoint("diffusers", root, files)
 
 

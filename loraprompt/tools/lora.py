@@ -15,8 +15,8 @@ from loraprompt.errors import AdapterFileError
 from loraprompt.tools.io import RECIPE_KEY, load_tensors
 
 KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder",
-                  "lora_te2_": "text_encoder_2"}
-PEFT_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+                  "lora_te2_": "text_encoder_2", "lora_te3_": "text_encoder_3", "lora_transformer_": "transformer"}
+PEFT_COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
 _KOHYA_PARTS = {"lora_down.weight": "down", "lora_up.weight": "up", "lora_mid.weight": "mid", "alpha": "alpha"}
 _PEFT_PARTS = {"lora_A.weight": "down", "lora_B.weight": "up"}
 

@@ -71,7 +71,7 @@ def _keymaps(ckpt: Checkpoint) -> dict[str, Any]:
     from loraprompt.keymaps import build_keymap
 
     out = {}
-    for component in sorted(ckpt.components() & {"unet", "text_encoder", "text_encoder_2"}):
+    for component in sorted(ckpt.components() & {"unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3"}):
         specs = ckpt.component_specs(component)
         names = sorted({k.rpartition(".")[0] for k in specs})
         out[component] = build_keymap(component, names, {k: s for k, (_, s) in specs.items()})
@@ -87,7 +87,7 @@ def plan_merge(ckpt: Checkpoint, loras: Sequence[LoraSpec], family: str | None =
 
     keymaps = _keymaps(ckpt)
     if family is None:
-        family = keymaps["unet"].family if "unet" in keymaps else None
+        family = next((keymaps[c].family for c in ("unet", "transformer") if c in keymaps), None)
     resolved, diagnostics = [], []
     for spec in loras:
         adapter = read_adapter(spec.path)

@@ -12,11 +12,17 @@ _SEGMENTS = sorted(
         "time_embedding", "linear_1", "linear_2", "add_embedding", "add_k_proj", "add_v_proj",
         "text_model", "self_attn", "q_proj", "k_proj", "v_proj", "out_proj", "layer_norm1", "layer_norm2",
         "final_layer_norm", "token_embedding", "position_embedding", "text_projection", "class_embedding",
+        # SD3 / Flux.1 / Wan 2.x transformers (diffusers names)
+        "single_transformer_blocks", "add_q_proj", "to_add_out", "ff_context", "norm1_context", "proj_mlp",
+        "time_text_embed", "timestep_embedder", "text_embedder", "guidance_embedder", "context_embedder",
+        "x_embedder", "norm_out", "pos_embed", "condition_embedder", "time_embedder", "time_proj",
+        "image_embedder", "patch_embedding",
     },
     key=len,
     reverse=True,
 )
 _SGM_MARKERS = ("input_blocks_", "middle_block_", "output_blocks_")
+_NATIVE_DIT = ("double_blocks_", "single_blocks_", "joint_blocks_", "blocks_", "img_in", "txt_in", "final_layer_")
 
 
 def dotted_name(component: str, path: str) -> str:
@@ -24,6 +30,9 @@ def dotted_name(component: str, path: str) -> str:
     if component == "unet" and path.startswith((*_SGM_MARKERS, "diffusion_model_")):
         raise ToolError(f"{component}/{path}: LDM/SGM-named UNet module; diffusers/PEFT files need "
                         "diffusers block names (convert from a diffusers-named kohya file)")
+    if component in ("unet", "transformer") and path.startswith(_NATIVE_DIT):
+        raise ToolError(f"{component}/{path}: a natively named (BFL/SAI/Wan) transformer module; PEFT files use "
+                        "diffusers names, and a fused q/k/v module has no one diffusers module to go to")
     out: list[str] = []
     rest = path
     while rest:

@@ -23,7 +23,8 @@ def kohya_tensors(modules: Iterable[LoraFactors]) -> dict[str, Tensor]:
     mods = list(modules)
     two_te = any(m.component == "text_encoder_2" for m in mods)
     prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te1_" if two_te else "lora_te_",
-                "text_encoder_2": "lora_te2_"}
+                "text_encoder_2": "lora_te2_", "text_encoder_3": "lora_te3_",
+                "transformer": "lora_transformer_"}  # ai-toolkit's prefix for diffusers-named DiT modules
     out: dict[str, Tensor] = {}
     for m in mods:
         name = prefixes[m.component] + m.path

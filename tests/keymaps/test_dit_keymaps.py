@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def test_fused_pieces_tile_their_rows_and_fit_their_targets(family: str) -> None
     keymap = keymap_for_module("transformer", dit.tiny_transformer(family))
     for alias, pieces in keymap.fused.items():
         starts = [rows for _, rows in pieces]
-        assert starts[0][0] == 0 and all(a[1] == b[0] for a, b in zip(starts, starts[1:])), alias
+        assert starts[0][0] == 0 and all(a[1] == b[0] for a, b in itertools.pairwise(starts)), alias
         for target, (start, stop) in pieces:
             shape = keymap.shape(target)
             assert shape is not None and shape[0] == stop - start, alias

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from loraprompt.library import Library
+from loraprompt.library.cache import VERSION as CACHE_VERSION
 
 from .conftest import SD1_KEYS, SD2_KEYS, SDXL_KEYS, kohya_metadata, write_lora
 
@@ -301,4 +302,4 @@ def test_unusable_cache_file_is_rebuilt(lora_dir: Path, tmp_path: Path, content:
     cache_file.write_text(content)
     lib = Library([lora_dir], cache_dir=tmp_path / "c")
     assert lib.last_report.files_read == 1 and lib.entries[0].alias == "a"
-    assert json.loads(cache_file.read_text())["version"] == 1
+    assert json.loads(cache_file.read_text())["version"] == CACHE_VERSION

@@ -1,0 +1,144 @@
+"""Weights the patcher cannot rewrite exactly, and which path each patched weight takes.
+
+Paths (`Patcher.sync(...).paths`, one per patched weight):
+- "in place (<dtype>)": float32/float16/bfloat16 weights get base + Σ strength·Δ, summed in
+  float32 and cast once (`loraprompt.combine`).
+- "fp8 requantized (<dtype>)": float8 weights take the same path: dequantised to float32 from
+  the exact backup, summed, requantised once, so repeated switches never accumulate rounding.
+- "unfused (<kind>)": a weight stored in a packed quantized form (bitsandbytes 4-bit NF4/FP4 as
+  Forge runs Flux) cannot be rewritten without requantising it, which would change the base
+  model for every later generation; the LoRA stays out of the weight and runs beside it in the
+  module's forward (x·downᵀ·upᵀ·scale·strength for a LoRA; x·ΔWᵀ for other linear algorithms).
+  Restoring removes the hooks; the packed weight is never touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from loraprompt.errors import PatchError
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+    from torch.utils.hooks import RemovableHandle
+
+    from loraprompt.plan import Key, Plan
+
+FP8 = {getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz") if hasattr(torch, n)}
+
+
+def packed_kind(module: nn.Module | None, param: str = "weight") -> str | None:
+    """"nf4"/"fp4"/… when the module's weight is a packed quantized tensor (bitsandbytes 4-bit),
+    else None."""
+    weight = getattr(module, param, None)
+    if not isinstance(weight, torch.Tensor) or weight.is_floating_point():
+        return None
+    state = getattr(weight, "quant_state", None)
+    if state is None:
+        return None
+    return str(getattr(state, "quant_type", None) or getattr(weight, "quant_type", "4bit"))
+
+
+def weight_path(weight: Tensor) -> str:
+    """How a floating-point weight is patched (see the module docstring)."""
+    name = str(weight.dtype).removeprefix("torch.")
+    return f"fp8 requantized ({name})" if weight.dtype in FP8 else f"in place ({name})"
+
+
+def _logical_shape(module: nn.Module) -> tuple[int, int]:
+    return int(module.out_features), int(module.in_features)  # type: ignore[arg-type]
+
+
+class Unfused:
+    """LoRA contributions kept beside packed quantized weights, in forward hooks."""
+
+    def __init__(self, modules: Mapping[str, Mapping[str, nn.Module]]) -> None:
+        self._modules = modules
+        self._hooks: dict[Key, RemovableHandle] = {}
+        self.applied: Plan = {}
+
+    def split(self, plan: Plan) -> tuple[Plan, Plan]:
+        """(the plan's in-place part, its unfused part, checked: PatchError when a contribution
+        cannot run beside a packed weight). Nothing is changed."""
+        dense: dict[Key, Any] = {}
+        unfused: dict[Key, Any] = {}
+        for key, contributions in plan.items():
+            component, name, param = key
+            module = self._modules.get(component, {}).get(name)
+            if packed_kind(module, param) is None:
+                dense[key] = contributions
+                continue
+            assert module is not None
+            for adapter_module, rows, _strength in contributions:
+                if not adapter_module.linear or adapter_module.algorithm in ("ia3", "glora", "oft", "boft"):
+                    raise _error(adapter_module, key, "its delta depends on the base weight, which is stored packed (4-bit)")
+                _factors(adapter_module, module, key, rows)  # shapes checked now
+            unfused[key] = contributions
+        return dense, unfused
+
+    def apply(self, unfused: Plan) -> None:
+        """Hooks for exactly `unfused` (already checked by `split`)."""
+        for key in [k for k in self._hooks if unfused.get(k) != self.applied.get(k)]:
+            self._hooks.pop(key).remove()
+            self.applied.pop(key, None)
+        for key, contributions in unfused.items():
+            if key in self._hooks:
+                continue
+            module = self._modules[key[0]][key[1]]
+            terms = [(*_factors(m, module, key, rows), rows, strength) for m, rows, strength in contributions]
+            self._hooks[key] = module.register_forward_hook(_hook(terms))
+            self.applied[key] = contributions
+
+    def paths(self) -> dict[Key, str]:
+        return {k: f"unfused ({packed_kind(self._modules[k[0]][k[1]], k[2])})" for k in self.applied}
+
+    def clear(self) -> None:
+        self.apply({})
+
+
+def _error(module: Any, key: Key, reason: str) -> PatchError:
+    error = PatchError(f"{module.lora_key} -> {'.'.join(key)}: {reason}; nothing applied")
+    error.module = module  # type: ignore[attr-defined]
+    return error
+
+
+def _factors(
+    adapter_module: Any, module: nn.Module, key: Key, rows: tuple[int, int] | None
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """(up·scale, down) of a LoRA, or (ΔW, None) of another linear algorithm, in float32, and Δbias."""
+    from loraprompt.cache import lowrank_factors
+
+    out_f, in_f = _logical_shape(module)
+    out_f = out_f if rows is None else rows[1] - rows[0]
+    device = next((t.device for t in module.parameters()), torch.device("cpu"))
+    like = torch.zeros((out_f, in_f), dtype=torch.float32, device=device)
+    try:
+        factors = lowrank_factors(adapter_module, like)
+        if factors is not None:
+            up, down, db = factors
+            return up, down, db
+        dw, db = adapter_module.delta(like, 1.0, None)
+    except ValueError as exc:
+        raise _error(adapter_module, key, str(exc)) from exc
+    bias = adapter_module.bias_delta()
+    return dw.reshape(out_f, in_f), None, None if bias is None else bias.float().to(device)
+
+
+def _hook(terms: list[tuple[Tensor, Tensor | None, Tensor | None, tuple[int, int] | None, float]]) -> Any:
+    def forward_hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
+        x = args[0].to(torch.float32)
+        extra = torch.zeros(output.shape, dtype=torch.float32, device=output.device)
+        for first, down, db, rows, strength in terms:
+            y = (x @ down.T) @ first.T if down is not None else x @ first.T
+            if db is not None:
+                y = y + db
+            if rows is None:
+                extra += strength * y
+            else:
+                extra[..., rows[0] : rows[1]] += strength * y
+        return output + extra.to(output.dtype)
+
+    return forward_hook

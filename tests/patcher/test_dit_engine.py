@@ -1,0 +1,138 @@
+"""The patcher on diffusion transformers in the dtypes Flux users run: bf16, fp8 (dequantised,
+summed in float32, requantised once) and bitsandbytes NF4 (the LoRA unfused, beside the packed
+weight). Each reports the path every patched weight took; restore is bit-exact."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from loraprompt import Patcher, read_adapter
+from tests.fixtures import dit
+
+HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
+
+
+@pytest.fixture(scope="module")
+def flux_loras(tmp_path_factory: pytest.TempPathFactory) -> tuple[dit.PeftLora, dit.PeftLora]:
+    root = tmp_path_factory.mktemp("flux")
+    return dit.write_peft("flux", root / "a.safetensors", seed=1), dit.write_peft("flux", root / "b.safetensors", seed=2)
+
+
+def _deltas(lora: dit.PeftLora, strength: float) -> dict[str, torch.Tensor]:
+    """Weight name -> the float32 delta diffusers fuses (from a float32 model)."""
+    base = dit.tiny_transformer("flux").state_dict()
+    fused = dit.peft_fused(lora, strength)
+    return {k: fused[k] - base[k] for k in base if not torch.equal(fused[k], base[k])}
+
+
+def _ulps_apart(a: torch.Tensor, b: torch.Tensor) -> int:
+    """The largest distance in representable steps of a's dtype between a and b (same dtype)."""
+    view = {1: torch.int8, 2: torch.int16}[a.element_size()]
+    return int((a.view(view).to(torch.int32) - b.view(view).to(torch.int32)).abs().max())
+
+
+def _to_fp8(model: torch.nn.Module) -> torch.nn.Module:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.weight.data = module.weight.data.to(torch.float8_e4m3fn)
+    return model
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn])
+def test_low_precision_weights_are_summed_in_float32_and_cast_once(flux_loras: tuple, dtype: torch.dtype) -> None:
+    a, b = flux_loras
+    model = dit.tiny_transformer("flux", dtype=torch.bfloat16) if dtype == torch.bfloat16 else _to_fp8(dit.tiny_transformer("flux"))
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    patcher = Patcher({"transformer": model})
+    adapter_a, adapter_b = read_adapter(a.path), read_adapter(b.path)
+    report = patcher.sync([(adapter_a, 0.8, 0.8)])
+    name = str(dtype).removeprefix("torch.")
+    expected_path = f"fp8 requantized ({name})" if dtype != torch.bfloat16 else f"in place ({name})"
+    assert len(report.paths) == len(a.factors) and set(report.paths.values()) == {expected_path}
+    once = {k: v.clone() for k, v in model.state_dict().items()}
+    for key, delta in _deltas(a, 0.8).items():
+        expected = (base[key].float() + delta).to(dtype)
+        assert once[key].dtype == dtype and _ulps_apart(once[key], expected) <= 1, key
+    for _ in range(3):  # switching back and forth never accumulates rounding: always from the backup
+        patcher.sync([(adapter_b, 1.0, 1.0)])
+        patcher.sync([(adapter_a, 0.8, 0.8)])
+    assert all(torch.equal(v, once[k]) for k, v in model.state_dict().items())
+    patcher.restore()
+    assert all(torch.equal(v, base[k]) for k, v in model.state_dict().items())
+
+
+def _to_nf4(model: torch.nn.Module) -> torch.nn.Module:
+    import bitsandbytes as bnb
+
+    for _name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.Linear) and child.in_features % 2 == 0:
+                q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                      compute_dtype=torch.float32, quant_type="nf4")
+                q.weight = bnb.nn.Params4bit(child.weight.data.clone(), requires_grad=False, quant_type="nf4")
+                if child.bias is not None:
+                    q.bias = torch.nn.Parameter(child.bias.data.clone(), requires_grad=False)
+                setattr(module, child_name, q.to("cpu"))
+    return model
+
+
+def _dequantized(model: torch.nn.Module) -> torch.nn.Module:
+    """The same model with every NF4 weight dequantised into a float32 Linear."""
+    import bitsandbytes as bnb
+
+    plain = dit.tiny_transformer("flux")
+    for (_name, module), (_, twin) in zip(model.named_modules(), plain.named_modules()):
+        if isinstance(module, bnb.nn.Linear4bit):
+            twin.weight.data = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state).float()
+            if module.bias is not None:
+                twin.bias.data = module.bias.data.clone()
+    return plain
+
+
+def _flux_inputs() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(3)
+    return dict(
+        hidden_states=torch.randn(1, 16, 8, generator=gen), encoder_hidden_states=torch.randn(1, 4, 16, generator=gen),
+        pooled_projections=torch.randn(1, 12, generator=gen), timestep=torch.tensor([0.5]), guidance=torch.tensor([3.0]),
+        img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(4, 3),
+    )
+
+
+@pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed (not in the test extra: it adds seconds to every peft import)")
+def test_nf4_weights_get_the_lora_unfused_and_stay_untouched(flux_loras: tuple) -> None:
+    a, _ = flux_loras
+    model = _to_nf4(dit.tiny_transformer("flux"))
+    packed = {k: v.clone() for k, v in model.state_dict().items()}
+    inputs = _flux_inputs()
+    with torch.no_grad():
+        before = model(**inputs).sample
+    patcher = Patcher({"transformer": model})
+    report = patcher.sync([(read_adapter(a.path), 0.8, 0.8)])
+    assert "unfused (nf4)" in report.paths.values() and len(report.paths) == len(a.factors)
+    assert all(torch.equal(v, packed[k]) for k, v in model.state_dict().items())  # the packed bytes never change
+    # the reference: the dequantised model with the LoRA fused in float32 by the ordinary path
+    reference = _dequantized(model)
+    Patcher({"transformer": reference}).sync([(read_adapter(a.path), 0.8, 0.8)])
+    with torch.no_grad():
+        ours, theirs = model(**inputs).sample, reference(**inputs).sample
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(ours, before)
+    patcher.restore()
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).sample, before)
+
+
+def test_row_slices_and_swapped_halves_follow_in_bf16(tmp_path: Path) -> None:
+    """A kohya Flux file (fused qkv, linear1, final-layer halves) on a bf16 model: each split
+    piece is cast once into its own weight."""
+    lora = dit.write_peft("flux", tmp_path / "p.safetensors")
+    path = dit.native_file(lora, tmp_path / "k.safetensors", "kohya")
+    model = dit.tiny_transformer("flux", dtype=torch.bfloat16)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    Patcher({"transformer": model}).sync([(read_adapter(path), 1.0, 1.0)])
+    for key, delta in _deltas(lora, 1.0).items():
+        assert _ulps_apart(model.state_dict()[key], (base[key].float() + delta).to(torch.bfloat16)) <= 1, key
