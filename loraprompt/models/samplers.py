@@ -25,6 +25,8 @@ class Sampler:
 SAMPLERS: tuple[Sampler, ...] = (
     Sampler("Euler a", "EulerAncestralDiscreteScheduler"),
     Sampler("Euler", "EulerDiscreteScheduler"),
+    Sampler("LMS", "LMSDiscreteScheduler"),  # diffusers' LMS integrates its coefficients with scipy
+    Sampler("LMS", "LMSDiscreteScheduler", "Karras", {"use_karras_sigmas": True}),
     Sampler("DPM++ 2M", "DPMSolverMultistepScheduler", "Karras", {"use_karras_sigmas": True}),
     Sampler("DPM++ 2M", "DPMSolverMultistepScheduler"),
     Sampler("DPM++ 2M SDE", "DPMSolverMultistepScheduler", "Karras",
