@@ -85,7 +85,7 @@ class GenerationInfo:
             "Steps": self.steps,
             "Sampler": self.sampler,
             "Schedule type": self.schedule_type,
-            "CFG scale": _number(self.cfg_scale),
+            "CFG scale": number(self.cfg_scale),
             "Seed": self.seed,
             "Size": f"{self.width}x{self.height}",
             "Model hash": self.model_hash,
@@ -97,9 +97,10 @@ class GenerationInfo:
         return params
 
 
-def _number(value: float) -> str:
+def number(value: float) -> str:
     """A1111 prints CFG 7 as `7` and 7.5 as `7.5`."""
     return str(int(value)) if float(value).is_integer() else str(value)
+
 
 
 def format_infotext(info: GenerationInfo) -> str:

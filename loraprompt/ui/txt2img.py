@@ -5,6 +5,7 @@ with A1111-style infotext. The web UI is a thin shell around `Txt2Img.generate`.
 from __future__ import annotations
 
 import datetime
+import math
 import random
 import threading
 from collections.abc import Callable
@@ -15,10 +16,27 @@ from typing import Any
 import loraprompt
 from loraprompt.diagnostics import Diagnostic
 from loraprompt.errors import LoraPromptError
-from loraprompt.infotext import GenerationInfo, format_infotext
+from loraprompt.infotext import GenerationInfo, format_infotext, number
 from loraprompt.models import LoadedModel
 from loraprompt.models.samplers import SAMPLER_LABELS, make_scheduler, sampler_by_label
-from loraprompt.syntax import split_and
+from loraprompt.ui.composable import ComposableHook, composable
+from loraprompt.ui.hires import (
+    LATENT_UPSCALERS,
+    HiresOptions,
+    crop_latents,
+    hires_lora_prompt,
+    hires_size,
+    upscale_images,
+)
+from loraprompt.ui.img2img import (
+    LATENT_RESIZE,
+    decode,
+    encode,
+    img2img_pipeline,
+    resize_image,
+    resize_latents,
+    resize_mode,
+)
 from loraprompt.ui.txt2img_prompt import Conditioning
 
 StepCallback = Callable[[int, int], None]
@@ -27,7 +45,11 @@ MAX_SEED = 2**32 - 1
 
 @dataclass
 class Txt2ImgRequest:
-    """One txt2img request as the UI collects it; seed -1 means a random seed."""
+    """One generation request as the UI collects it; seed -1 means a random seed.
+
+    With `init_image` (a PIL image or a file path) it is img2img: the image is brought to
+    width x height by `resize_mode` and denoised by `denoising_strength`. `hires` adds A1111's
+    hires fix to txt2img. `batch_count` batches of `batch_size` images use seeds seed, seed+1, ..."""
 
     prompt: str
     negative_prompt: str = ""
@@ -37,7 +59,17 @@ class Txt2ImgRequest:
     width: int = 512
     height: int = 512
     sampler: str = SAMPLER_LABELS[0]
-    clip_skip: int = 1  # A1111's "Clip skip" (SD1/SD2; SDXL always uses its penultimate layer)
+    clip_skip: int = 1  # A1111's "Clip skip" (on SDXL: CLIP-L only, as A1111's "sdxl_clip_l_skip")
+    batch_count: int = 1
+    batch_size: int = 1
+    hires: HiresOptions | None = None
+    init_image: Any = None
+    denoising_strength: float = 0.75
+    resize_mode: str = "Just resize"
+
+
+MAX_BATCH_COUNT = 100
+MAX_BATCH_SIZE = 8
 
 
 @dataclass(frozen=True)
@@ -52,8 +84,20 @@ class AppliedLora:
 
 
 @dataclass
+class GeneratedImage:
+    """One image of a generation, saved with its own infotext (its own seed)."""
+
+    image: Any
+    path: Path
+    infotext: str
+    seed: int
+
+
+@dataclass
 class Txt2ImgResult:
-    """What one generation produced and what the user should be told about it."""
+    """What one generation produced and what the user should be told about it. `image`, `path`,
+    `infotext` and `seed` are the first image's; `images` has them all, and `grid` (saved at
+    `grid_path`) puts them side by side when there is more than one, as A1111 does."""
 
     image: Any
     path: Path
@@ -61,10 +105,72 @@ class Txt2ImgResult:
     seed: int
     applied: list[AppliedLora] = field(default_factory=list)
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    images: list[GeneratedImage] = field(default_factory=list)
+    grid: Any = None
+    grid_path: Path | None = None
+
+
+class _Progress:
+    """Sampling steps done over every batch and pass, reported as (done, total)."""
+
+    def __init__(self, total: int, on_step: StepCallback | None) -> None:
+        self.total, self.done, self.on_step = total, 0, on_step
+
+    def step(self) -> None:
+        self.done += 1
+        if self.on_step is not None:
+            self.on_step(self.done, self.total)
+
+
+def _check(request: Txt2ImgRequest) -> None:
+    """ValueError naming the field of `request` that cannot run."""
+    if not 1 <= int(request.batch_count) <= MAX_BATCH_COUNT:
+        raise ValueError(f"batch count must be between 1 and {MAX_BATCH_COUNT}, not {request.batch_count}")
+    if not 1 <= int(request.batch_size) <= MAX_BATCH_SIZE:
+        raise ValueError(f"batch size must be between 1 and {MAX_BATCH_SIZE}, not {request.batch_size}")
+    if int(request.steps) < 1:
+        raise ValueError(f"steps must be at least 1, not {request.steps}")
+    if int(request.width) < 8 or int(request.height) < 8:
+        raise ValueError(f"width and height must be at least 8, not {request.width}x{request.height}")
+    if request.init_image is not None:
+        resize_mode(request.resize_mode)
+        if not 0.0 < float(request.denoising_strength) <= 1.0:
+            raise ValueError(f"denoising strength must be in (0, 1], not {request.denoising_strength:g}")
+        if request.hires is not None:
+            raise ValueError("hires fix is a txt2img feature: clear the init image or turn hires fix off")
+    if request.hires is not None:
+        request.hires.check()
+
+
+def _open_image(image: Any) -> Any:
+    """A PIL image from a PIL image or a path; ValueError naming the file it cannot read."""
+    from PIL import Image, UnidentifiedImageError
+
+    if hasattr(image, "convert"):
+        return image.convert("RGB")
+    try:
+        with Image.open(image) as opened:
+            return opened.convert("RGB")
+    except (OSError, UnidentifiedImageError) as exc:
+        raise ValueError(f"init image {image}: cannot read it as an image ({exc})") from exc
+
+
+def img2img_steps(steps: int, strength: float) -> int:
+    """How many steps an img2img pass of `steps` at `strength` runs: int(steps * strength), as in
+    A1111 and diffusers, but at least one (see `img2img_schedule`)."""
+    return max(1, min(int(steps * strength), steps))
+
+
+def img2img_schedule(steps: int, strength: float) -> int:
+    """The `num_inference_steps` to give diffusers so that `img2img_steps` steps run. When
+    steps * strength < 1, diffusers would run none (and fail); a finer schedule of ceil(1/strength)
+    steps runs one step from the noise level `strength` asks for."""
+    return steps if steps * strength >= 1 else math.ceil(1 / strength)
 
 
 class Txt2Img:
-    """txt2img with one model and one LoRA library (LoRAs stay patched until a prompt drops them)."""
+    """txt2img/img2img with one model and one LoRA library (LoRAs stay patched until a prompt drops
+    them); `switch_model` replaces the model."""
 
     def __init__(self, model: LoadedModel, library: Any, outputs_dir: str | Path) -> None:
         self.model = model
@@ -77,6 +183,32 @@ class Txt2Img:
     def interrupt(self) -> None:
         """Stop the running generation after its current step (the image so far is kept)."""
         self._interrupted.set()
+
+    def switch_model(self, load: Callable[[], LoadedModel], reload_previous: Callable[[], LoadedModel]) -> LoadedModel:
+        """Replace the model by `load()`. The old pipeline is restored, its patcher forgets it and
+        it is released before the new one loads (one model in memory, as A1111 keeps by default);
+        when loading fails, `reload_previous()` brings the old one back and the error is raised."""
+        import gc
+
+        from loraprompt.integrations.diffusers import patcher_for
+
+        with self._lock:
+            old = self.model
+            patcher = patcher_for(old.pipe)
+            patcher.restore(release=True)
+            patcher.forget({})
+            del old, patcher
+            self.model = None  # type: ignore[assignment]
+            _free_memory(gc)
+            try:
+                self.model = load()
+            except BaseException:
+                self.model = reload_previous()
+                raise
+            finally:
+                _free_memory(gc)
+            self._base_scheduler_config = self.model.pipe.scheduler.config
+            return self.model
 
     def _short_hash(self, path: str) -> str | None:
         """A1111's `Lora hashes` value: the first 12 hex digits of the tensor-data sha256."""
@@ -97,91 +229,194 @@ class Txt2Img:
             for e in entries
         ]
 
+    def _sample(self, run: Any, cond: Conditioning, *, generator: Any, batch: int, cfg: float,
+                progress: _Progress, **kwargs: Any) -> Any:
+        """One pipeline call with per-step prompt switching, AND, progress and interrupt."""
+        hook = ComposableHook(cond, batch) if cond.composable else None
+
+        def step_end(pipe: Any, step: int, _t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            progress.step()
+            if self._interrupted.is_set():
+                pipe._interrupt = True  # diffusers skips the remaining steps, then decodes
+            if hook is not None:
+                hook.step = step + 2
+            else:
+                tensors.update(cond.step_update(step, pipe.do_classifier_free_guidance, batch))
+            return tensors
+
+        with composable(self.model.pipe.unet, hook):
+            return run(**cond.kwargs, guidance_scale=float(cfg), num_images_per_prompt=batch, generator=generator,
+                       callback_on_step_end=step_end, callback_on_step_end_tensor_inputs=cond.tensor_names,
+                       **kwargs).images
+
     def generate(self, request: Txt2ImgRequest, on_step: StepCallback | None = None) -> Txt2ImgResult:
-        """Run one txt2img generation and save it; the patcher is synced before every run."""
+        """Run a generation (batch_count x batch_size images) and save every image; the patcher is
+        synced before every pass."""
+        _check(request)
+        sampler = sampler_by_label(request.sampler)
+        seed = random.randint(0, MAX_SEED) if request.seed < 0 else int(request.seed)
+        steps, count, size = int(request.steps), int(request.batch_count), int(request.batch_size)
+        clip_skip = max(1, int(request.clip_skip))
+        init = None if request.init_image is None else _open_image(request.init_image)
+        strength = float(request.denoising_strength)
+        first_steps = steps if init is None else img2img_steps(steps, strength)
+        hires = request.hires
+        hr_steps = (hires.steps or steps) if hires is not None else 0
+        hr_run = img2img_steps(hr_steps, hires.denoising_strength) if hires is not None else 0
+        progress = _Progress(count * (first_steps + hr_run), on_step)
+
+        pictures: list[tuple[Any, int]] = []
+        applied: dict[str, AppliedLora] = {}
+        diagnostics: list[Diagnostic] = []
+        with self._lock:
+            self._interrupted.clear()
+            self.model.pipe.scheduler = make_scheduler(sampler, self._base_scheduler_config)
+            for n in range(count):
+                if n and self._interrupted.is_set():
+                    break
+                seeds = [(seed + n * size + i) % (MAX_SEED + 1) for i in range(size)]
+                images, used, notes = self._batch(request, seeds, init, progress)
+                pictures.extend(zip(images, seeds))
+                for a in used:
+                    applied.setdefault(a.path, a)
+                diagnostics.extend(d for d in notes if d not in diagnostics)
+        applied_list = list(applied.values())
+        self.library.note_use(a.path for a in applied_list)  # for the gallery's "most used" / "last used" sorts
+        if progress.done < progress.total and self._interrupted.is_set():
+            diagnostics.append(Diagnostic("I-INTERRUPTED", f"interrupted after step {progress.done} of {progress.total}",
+                                          severity="info", data={"step": progress.done}))
+        return self._save(request, pictures, sampler=sampler, clip_skip=clip_skip, applied=applied_list,
+                          diagnostics=diagnostics, img2img=init is not None)
+
+    def _batch(self, request: Txt2ImgRequest, seeds: list[int], init: Any,
+               progress: _Progress) -> tuple[list[Any], list[AppliedLora], list[Diagnostic]]:
+        """One batch: the first pass (txt2img or img2img), then the hires pass when asked for."""
         import torch
 
         from loraprompt.integrations.diffusers import activate
+        from loraprompt.syntax import parse
 
-        sampler = sampler_by_label(request.sampler)
-        seed = random.randint(0, MAX_SEED) if request.seed < 0 else int(request.seed)
-        steps = int(request.steps)
-        clip_skip = 1 if self.model.family == "sdxl" else max(1, int(request.clip_skip))
-        pipe = self.model.pipe
+        pipe, steps, batch = self.model.pipe, int(request.steps), len(seeds)
+        clip_skip = max(1, int(request.clip_skip))
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        generator: Any = generators[0] if batch == 1 else generators
+        hires = request.hires
+        latent_hires = hires is not None and hires.upscaler in LATENT_UPSCALERS
+        width, height = int(request.width), int(request.height)
+        with activate(pipe, request.prompt, self.library, steps=steps, on_error="skip", restore=False) as active, \
+                torch.inference_mode():
+            cond = Conditioning(pipe, str(active), request.negative_prompt, steps, clip_skip, composable=True)
+            if init is None:
+                out = self._sample(pipe, cond, generator=generator, batch=batch, cfg=request.cfg_scale, progress=progress,
+                                   num_inference_steps=steps,
+                                   width=width, height=height, output_type="latent" if latent_hires else "pil")
+            else:
+                run = img2img_pipeline(pipe)
+                run.scheduler = pipe.scheduler
+                strength = float(request.denoising_strength)
+                picture = resize_image(request.resize_mode, init, width, height)
+                image: Any = picture
+                if request.resize_mode == LATENT_RESIZE:
+                    image = resize_latents(encode(pipe, [picture]), width, height)
+                pipe._num_timesteps = img2img_steps(steps, strength)  # what the LoRA step schedule counts
+                out = self._sample(run, cond, generator=generator, batch=batch, cfg=request.cfg_scale, progress=progress,
+                                   image=image, strength=strength, num_inference_steps=img2img_schedule(steps, strength))
+        used = self._applied(active.entries)
+        notes = list(active.diagnostics)
+        if hires is None or self._interrupted.is_set():
+            return (decode(pipe, out) if latent_hires else list(out)), used, notes
 
-        conditioning: Conditioning | None = None
-        done = [0]
+        size = hires_size(width, height, hires)
+        hr_steps = hires.steps or steps
+        if latent_hires:
+            mode, antialias = LATENT_UPSCALERS[hires.upscaler]
+            upscaled: Any = crop_latents(resize_latents(out, size.upscale_w, size.upscale_h, mode, antialias), size)
+        else:
+            upscaled = upscale_images(list(out), size, hires.upscaler)
+        hr_prompt = parse(hires.prompt or request.prompt).text
+        hr_negative = hires.negative_prompt or request.negative_prompt
+        run = img2img_pipeline(pipe)
+        run.scheduler = pipe.scheduler
+        with activate(pipe, hires_lora_prompt(request.prompt, hires.prompt), self.library, steps=hr_steps,
+                      on_error="skip", restore=False) as hr_active, torch.inference_mode():
+            hr_cond = Conditioning(pipe, hr_prompt, hr_negative, steps, clip_skip, composable=True, hires_steps=hr_steps)
+            pipe._num_timesteps = img2img_steps(hr_steps, hires.denoising_strength)
+            final = self._sample(run, hr_cond, generator=generator, batch=batch, cfg=request.cfg_scale, progress=progress,
+                                 image=upscaled, strength=hires.denoising_strength,
+                                 num_inference_steps=img2img_schedule(hr_steps, hires.denoising_strength))
+        used += [a for a in self._applied(hr_active.entries) if a not in used]
+        # the hires tags are rewritten from the first pass's: the same message at another span is no news
+        seen = {(d.code, d.subject, d.message) for d in notes}
+        notes += [d for d in hr_active.diagnostics if (d.code, d.subject, d.message) not in seen]
+        return list(final), used, notes
 
-        def step_end(_pipe: Any, step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            done[0] = step + 1
-            if on_step is not None:
-                on_step(step + 1, steps)
-            if self._interrupted.is_set():
-                _pipe._interrupt = True  # diffusers skips the remaining steps, then decodes
-            if conditioning is not None:
-                kwargs.update(conditioning.step_update(step, _pipe.do_classifier_free_guidance))
-            return kwargs
+    def _save(self, request: Txt2ImgRequest, pictures: list[tuple[Any, int]], *, sampler: Any, clip_skip: int,
+              applied: list[AppliedLora], diagnostics: list[Diagnostic], img2img: bool) -> Txt2ImgResult:
+        """Write every image (and the grid of a batch) with A1111 infotext."""
+        from loraprompt.ui.hires import infotext_fields
+        from loraprompt.ui.xy_grid import image_grid
 
-        with self._lock:
-            self._interrupted.clear()
-            pipe.scheduler = make_scheduler(sampler, self._base_scheduler_config)
-            with activate(pipe, request.prompt, self.library, steps=steps, on_error="skip", restore=False) as active, \
-                    torch.inference_mode():
-                conditioning = Conditioning(pipe, str(active), request.negative_prompt, steps, clip_skip)
-                image = pipe(
-                    **conditioning.kwargs,
-                    num_inference_steps=steps,
-                    guidance_scale=float(request.cfg_scale),
-                    width=int(request.width),
-                    height=int(request.height),
-                    generator=torch.Generator("cpu").manual_seed(seed),
-                    callback_on_step_end=step_end,
-                    callback_on_step_end_tensor_inputs=conditioning.tensor_names,
-                ).images[0]
-            applied = self._applied(active.entries)
-            diagnostics = list(active.diagnostics)
-        self.library.note_use(a.path for a in applied)  # for the gallery's "most used" / "last used" sorts
-        if done[0] < steps and self._interrupted.is_set():
-            diagnostics.append(Diagnostic("I-INTERRUPTED", f"interrupted after step {done[0]} of {steps}",
-                                          severity="info", data={"step": done[0]}))
-        if len(split_and(str(active))) > 1:
-            diagnostics.append(Diagnostic("W-AND-UNSUPPORTED", "AND (composable diffusion) is not supported by the"
-                                          " standalone UI: the parts were encoded as one prompt", subject="AND"))
-        info = GenerationInfo(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            steps=steps,
-            sampler=sampler.name,
-            schedule_type=sampler.schedule_type,
-            cfg_scale=float(request.cfg_scale),
-            seed=seed,
-            width=image.width,
-            height=image.height,
-            model=self.model.name,
-            model_hash=self.model.model_hash,
-            lora_hashes={a.name: a.short_hash for a in applied if a.short_hash},
-            extra={"Clip skip": clip_skip if clip_skip > 1 else None, "Version": f"loraprompt {loraprompt.__version__}"},
-        )
-        infotext = format_infotext(info)
-        path = save_png(image, infotext, self.outputs_dir, seed)
-        return Txt2ImgResult(image, path, infotext, seed, applied, diagnostics)
+        kind = "img2img" if img2img else "txt2img"
+        extra: dict[str, Any] = {}
+        if img2img:
+            extra["Denoising strength"] = number(float(request.denoising_strength))
+        elif request.hires is not None:
+            extra["Denoising strength"] = number(request.hires.denoising_strength)
+        extra["Clip skip"] = clip_skip if clip_skip > 1 else None
+        if request.hires is not None and not img2img:
+            extra.update(infotext_fields(request.hires, request.prompt, request.negative_prompt))
+        extra["Version"] = f"loraprompt {loraprompt.__version__}"
+        saved: list[GeneratedImage] = []
+        for image, image_seed in pictures:
+            info = GenerationInfo(
+                prompt=request.prompt,
+                negative_prompt=request.negative_prompt,
+                steps=int(request.steps),
+                sampler=sampler.name,
+                schedule_type=sampler.schedule_type,
+                cfg_scale=float(request.cfg_scale),
+                seed=image_seed,
+                width=int(request.width),
+                height=int(request.height),
+                model=self.model.name,
+                model_hash=self.model.model_hash,
+                lora_hashes={a.name: a.short_hash for a in applied if a.short_hash},
+                extra=extra,
+            )
+            infotext = format_infotext(info)
+            path = save_png(image, infotext, self.outputs_dir, image_seed, f"{kind}-images")
+            saved.append(GeneratedImage(image, path, infotext, image_seed))
+        first = saved[0]
+        result = Txt2ImgResult(first.image, first.path, first.infotext, first.seed, applied, diagnostics, saved)
+        if len(saved) > 1:
+            result.grid = image_grid([g.image for g in saved])
+            result.grid_path = save_png(result.grid, first.infotext, self.outputs_dir, first.seed, f"{kind}-grids")
+        return result
 
 
-def save_png(image: Any, infotext: str, outputs_dir: Path, seed: int) -> Path:
-    """Save as A1111 does: `<outputs>/txt2img-images/<date>/<NNNNN>-<seed>.png` with `parameters`."""
+def _free_memory(gc: Any) -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def save_png(image: Any, infotext: str, outputs_dir: Path, seed: int, kind: str = "txt2img-images") -> Path:
+    """Save as A1111 does: `<outputs>/<kind>/<date>/<NNNNN>-<seed>.png` with `parameters`."""
     from PIL.PngImagePlugin import PngInfo
 
-    folder = outputs_dir / "txt2img-images" / datetime.date.today().isoformat()
+    folder = outputs_dir / kind / datetime.date.today().isoformat()
     folder.mkdir(parents=True, exist_ok=True)
     numbers = [int(p.name[:5]) for p in folder.glob("*.png") if p.name[:5].isdigit()]
-    number = max(numbers, default=-1) + 1
+    index = max(numbers, default=-1) + 1
     meta = PngInfo()
     meta.add_text("parameters", infotext)
     while True:
-        path = folder / f"{number:05d}-{seed}.png"
+        path = folder / f"{index:05d}-{seed}.png"
         try:
             with open(path, "xb") as f:
                 image.save(f, format="PNG", pnginfo=meta)
             return path
         except FileExistsError:
-            number += 1
+            index += 1

@@ -33,16 +33,20 @@ def weighted_chunks(tokenizer: Any, text: str) -> list[Chunk]:
     return chunks
 
 
-def _encode(tokenizer: Any, encoder: Any, chunk: Chunk, skip: int) -> tuple[Any, Any]:
-    """One chunk through `encoder`: weighted hidden states (mean kept, as A1111 does) and pooled output."""
+def _encode(tokenizer: Any, encoder: Any, chunk: Chunk, skip: int, norm: bool = True) -> tuple[Any, Any]:
+    """One chunk through `encoder`: weighted hidden states (mean kept, as A1111 does) and pooled output.
+
+    `skip` counts layers from the end: 1 is the last layer, 2 the penultimate (A1111's "Clip skip").
+    With `norm` the final layer norm follows, as for SD1/SD2 (`last_hidden_state` for skip 1);
+    without it the layer's raw output is taken, as SDXL's encoders are read."""
     import torch
 
     pad = CHUNK - len(chunk)
     ids = [tokenizer.bos_token_id, *(t for t, _ in chunk), tokenizer.eos_token_id, *[tokenizer.pad_token_id] * pad]
     weights = [1.0, *(w for _, w in chunk), 1.0, *[1.0] * pad]
     out = encoder(torch.tensor([ids], device=encoder.device), output_hidden_states=True)
-    if skip == 0:  # SDXL: the penultimate layer without the final norm
-        hidden = out.hidden_states[-2]
+    if not norm:
+        hidden = out.hidden_states[-skip]
     elif skip == 1:
         hidden = out.last_hidden_state
     else:  # A1111's clip skip: an earlier layer, then the final norm
@@ -53,19 +57,30 @@ def _encode(tokenizer: Any, encoder: Any, chunk: Chunk, skip: int) -> tuple[Any,
     return hidden, getattr(out, "text_embeds", None)
 
 
+def sdxl_layers(clip_skip: int) -> list[int]:
+    """The hidden layer (counted from the end, before the final norm) each SDXL encoder is read at.
+
+    SDXL reads both encoders at their penultimate layer. A1111 applies "Clip skip" to SDXL's
+    CLIP-L only, and only with its `sdxl_clip_l_skip` setting: then CLIP-L is read at layer
+    -clip_skip and OpenCLIP-G stays at -2. Clip skip 1 (no "Clip skip" in the infotext) keeps
+    SDXL's own penultimate layer, which is what A1111 does by default; 2 is the same layer."""
+    return [max(2, int(clip_skip)), 2]
+
+
 def _conditioning(pipe: Any, chunks: dict[str, list[Chunk]], count: int, clip_skip: int) -> tuple[Any, Any]:
     """Hidden states of `count` chunks (empty ones pad a shorter prompt) and the first chunk's pooled output."""
     import torch
 
     sdxl = getattr(pipe, "text_encoder_2", None) is not None
     towers = [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")] if sdxl else [("tokenizer", "text_encoder")]
+    layers = sdxl_layers(clip_skip) if sdxl else [clip_skip]
     parts, pooled = [], None
     for i in range(count):
         per_tower = []
-        for tok_name, enc_name in towers:
+        for (tok_name, enc_name), layer in zip(towers, layers):
             chunk_list = chunks[tok_name]
             hidden, pool = _encode(getattr(pipe, tok_name), getattr(pipe, enc_name),
-                                   chunk_list[i] if i < len(chunk_list) else [], 0 if sdxl else clip_skip)
+                                   chunk_list[i] if i < len(chunk_list) else [], layer, norm=not sdxl)
             per_tower.append(hidden)
             if i == 0 and enc_name == towers[-1][1]:
                 pooled = pool
@@ -78,17 +93,26 @@ def _is_sdxl(pipe: Any) -> bool:
 
 
 class Conditioning:
-    """A prompt pair's conditioning over the steps: `kwargs` start the pipeline, `step_update` switches."""
+    """A prompt pair's conditioning over the steps: `kwargs` start the pipeline, `step_update` switches.
 
-    def __init__(self, pipe: Any, prompt: str, negative: str, steps: int, clip_skip: int = 1) -> None:
+    With `composable`, the prompt is split on `AND` first (A1111's composable diffusion): each
+    part has its own schedule and weight (`parts`, `weights`), and `part_embeds(step)` gives all of
+    them for `loraprompt.ui.composable`; `kwargs` and `step_update` then follow the first part.
+    `hires_steps` schedules the prompts for a hires pass of that many steps (A1111's rules)."""
+
+    def __init__(self, pipe: Any, prompt: str, negative: str, steps: int, clip_skip: int = 1, *,
+                 composable: bool = False, hires_steps: int | None = None) -> None:
         import torch
 
-        from loraprompt.syntax import schedules
+        from loraprompt.syntax import schedules, split_and
 
         self.sdxl = _is_sdxl(pipe)
-        self.positive, self.negative = schedules(prompt, steps), schedules(negative, steps)
+        parts = split_and(prompt) if composable else [(prompt, 1.0)]
+        self.weights = [w for _, w in parts]
+        self.part_schedules = [schedules(text, steps, hires_steps) for text, _ in parts]
+        self.positive, self.negative = self.part_schedules[0], schedules(negative, steps, hires_steps)
         names = ["tokenizer", "tokenizer_2"] if self.sdxl else ["tokenizer"]
-        texts = {t for _, t in self.positive} | {t for _, t in self.negative}
+        texts = {t for schedule in self.part_schedules for _, t in schedule} | {t for _, t in self.negative}
         chunks = {t: {n: weighted_chunks(getattr(pipe, n), t) for n in names} for t in texts}
         count = max(len(c) for per in chunks.values() for c in per.values())
         with torch.no_grad():
@@ -97,6 +121,16 @@ class Conditioning:
             hidden, pooled = self.embeds[negative]
             self.embeds[negative] = (torch.zeros_like(hidden), torch.zeros_like(pooled))
         self.tensor_names = ["prompt_embeds", "add_text_embeds"] if self.sdxl else ["prompt_embeds"]
+
+    @property
+    def composable(self) -> bool:
+        """True when the sampler must combine several parts (more than one, or one weighted part)."""
+        return len(self.weights) > 1 or self.weights[0] != 1.0
+
+    def part_embeds(self, step: int) -> tuple[tuple[Any, Any], list[tuple[Any, Any]]]:
+        """(negative, [each part]) (hidden states, pooled) in force at 1-based `step`."""
+        negative = self.embeds[self._text(self.negative, step)]
+        return negative, [self.embeds[self._text(s, step)] for s in self.part_schedules]
 
     @staticmethod
     def _text(schedule: list[tuple[int, str]], step: int) -> str:
@@ -116,15 +150,18 @@ class Conditioning:
             out["negative_pooled_prompt_embeds"] = self.embeds[neg][1]
         return out
 
-    def step_update(self, done: int, guided: bool) -> dict[str, Any]:
-        """Tensors for `callback_on_step_end` after 0-based step `done` when the next step's text differs."""
+    def step_update(self, done: int, guided: bool, batch: int = 1) -> dict[str, Any]:
+        """Tensors for `callback_on_step_end` after 0-based step `done` when the next step's text differs
+        (for `batch` images per prompt, laid out as diffusers does: every negative, then every positive)."""
         import torch
 
         now, upcoming = self.texts(done + 1), self.texts(done + 2)
         if now == upcoming:
             return {}
         (pos_h, pos_p), (neg_h, neg_p) = self.embeds[upcoming[0]], self.embeds[upcoming[1]]
+        pos_h, neg_h = pos_h.repeat(batch, 1, 1), neg_h.repeat(batch, 1, 1)
         out = {"prompt_embeds": torch.cat([neg_h, pos_h]) if guided else pos_h}
         if self.sdxl:
+            pos_p, neg_p = pos_p.repeat(batch, 1), neg_p.repeat(batch, 1)
             out["add_text_embeds"] = torch.cat([neg_p, pos_p]) if guided else pos_p
         return out

@@ -149,3 +149,36 @@ def test_prompt_editing_reaches_the_image(sd1: Any) -> None:
     edited, red, blue = draw("a [red:blue:0.5] house"), draw("a red house"), draw("a blue house")
     assert not (edited == red).all() and not (edited == blue).all()
     assert (draw("a [red:red:0.5] house") == red).all()
+
+
+def test_sdxl_clip_skip_reads_clip_l_at_an_earlier_layer(sdxl: Any) -> None:
+    # A1111 with "sdxl_clip_l_skip": CLIP-L at hidden_states[-clip_skip] (no final norm), OpenCLIP-G
+    # always at its penultimate layer; clip skip 1 and 2 are SDXL's own penultimate layer.
+    width = sdxl.text_encoder.config.hidden_size
+    one, two, three = (Conditioning(sdxl, "a cat", "", steps=1, clip_skip=n).kwargs["prompt_embeds"] for n in (1, 2, 3))
+    assert torch.equal(one, two)
+    assert not torch.equal(one[..., :width], three[..., :width])
+    assert torch.equal(one[..., width:], three[..., width:])
+    ids = sdxl.tokenizer("a cat", padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        hidden = sdxl.text_encoder(ids, output_hidden_states=True).hidden_states[-3]
+    assert torch.allclose(three[..., :width], hidden, atol=1e-5)
+
+
+def test_and_on_sdxl_sums_parts_with_pooled_and_time_embeddings(sdxl: Any) -> None:
+    from loraprompt.ui.composable import ComposableHook, composable
+
+    def draw(prompt: str, cfg: float = 5.0) -> Any:
+        cond = Conditioning(sdxl, prompt, "blurry", steps=2, composable=True)
+        hook = ComposableHook(cond, 2) if cond.composable else None
+        with composable(sdxl.unet, hook):
+            return sdxl(**cond.kwargs, num_inference_steps=2, width=64, height=64, output_type="np",
+                        guidance_scale=cfg, num_images_per_prompt=2,
+                        generator=[torch.Generator().manual_seed(s) for s in (1, 2)]).images
+
+    plain = draw("a red house")
+    halves = draw("a red house :0.5 AND a red house :0.5")
+    assert abs(plain - halves).max() < 1e-3
+    assert abs(draw("a red house :2", cfg=2.5) - plain).max() < 1e-3
+    mixed = draw("a red house AND a blue car")
+    assert mixed.shape == plain.shape and abs(mixed - plain).max() > 1e-3

@@ -1,0 +1,98 @@
+"""img2img for the web UI: A1111's resize modes, and the diffusers img2img pipeline that shares the
+loaded pipeline's modules (so the LoRAs the patcher applied to them are in force)."""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+RESIZE_MODES: tuple[str, ...] = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
+LATENT_RESIZE = RESIZE_MODES[3]
+_IMG2IMG: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def resize_mode(name: str) -> str:
+    """`name` when it is one of A1111's resize modes; ValueError naming them otherwise."""
+    if name not in RESIZE_MODES:
+        raise ValueError(f"unknown resize mode {name!r}; choose one of: {', '.join(RESIZE_MODES)}")
+    return name
+
+
+def resize_image(mode: str, image: Any, width: int, height: int) -> Any:
+    """`image` brought to width x height as A1111's resize modes do (Lanczos resampling).
+
+    Just resize: stretch. Crop and resize: scale to cover, then crop the middle. Resize and fill:
+    scale to fit, centre, and fill the bands by stretching the image's edge rows or columns.
+    The latent mode resizes later, in latent space; here it only rounds to a multiple of 8."""
+    from PIL import Image
+
+    resize_mode(mode)
+    image = image.convert("RGB")
+    lanczos = Image.Resampling.LANCZOS
+    if mode == LATENT_RESIZE:
+        w, h = max(8, image.width // 8 * 8), max(8, image.height // 8 * 8)
+        return image if (w, h) == image.size else image.resize((w, h), lanczos)
+    if mode == "Just resize":
+        return image.resize((width, height), lanczos)
+    ratio, src_ratio = width / height, image.width / image.height
+    if (ratio > src_ratio) if mode == "Crop and resize" else (ratio < src_ratio):
+        src_w, src_h = width, image.height * width // image.width
+    else:
+        src_w, src_h = image.width * height // image.height, height
+    resized = image.resize((max(1, src_w), max(1, src_h)), lanczos)
+    out = Image.new("RGB", (width, height))
+    out.paste(resized, box=(width // 2 - src_w // 2, height // 2 - src_h // 2))
+    if mode == "Resize and fill":
+        if ratio < src_ratio:
+            fill = height // 2 - src_h // 2
+            if fill > 0:
+                out.paste(resized.resize((width, fill), box=(0, 0, width, 0)), box=(0, 0))
+                out.paste(resized.resize((width, fill), box=(0, resized.height, width, resized.height)),
+                          box=(0, fill + src_h))
+        elif ratio > src_ratio:
+            fill = width // 2 - src_w // 2
+            if fill > 0:
+                out.paste(resized.resize((fill, height), box=(0, 0, 0, height)), box=(0, 0))
+                out.paste(resized.resize((fill, height), box=(resized.width, 0, resized.width, height)),
+                          box=(fill + src_w, 0))
+    return out
+
+
+def img2img_pipeline(pipe: Any) -> Any:
+    """The img2img pipeline over `pipe`'s own modules (built once per pipeline)."""
+    found = _IMG2IMG.get(pipe)
+    if found is None:
+        from diffusers import AutoPipelineForImage2Image
+
+        found = AutoPipelineForImage2Image.from_pipe(pipe)
+        found.set_progress_bar_config(disable=True)
+        _IMG2IMG[pipe] = found
+    return found
+
+
+def encode(pipe: Any, images: list[Any]) -> Any:
+    """PIL images -> scaled latents (the distribution's mean), as the pipeline's VAE sees them."""
+    import torch
+
+    vae = pipe.vae
+    pixels = pipe.image_processor.preprocess(images).to(vae.device, vae.dtype)
+    with torch.no_grad():
+        latents = vae.encode(pixels).latent_dist.mode()
+    return latents * vae.config.scaling_factor
+
+
+def resize_latents(latents: Any, width: int, height: int, mode: str = "bilinear", antialias: bool = False) -> Any:
+    """Latents interpolated to an image size of width x height (A1111's latent upscale)."""
+    import torch
+
+    return torch.nn.functional.interpolate(latents, size=(height // 8, width // 8), mode=mode, antialias=antialias)
+
+
+def decode(pipe: Any, latents: Any) -> list[Any]:
+    """Scaled latents -> PIL images through the pipeline's VAE."""
+    import torch
+
+    vae = pipe.vae
+    with torch.no_grad():
+        pixels = vae.decode(latents.to(vae.device, vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+    return list(pipe.image_processor.postprocess(pixels, output_type="pil"))

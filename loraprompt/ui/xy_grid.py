@@ -1,0 +1,207 @@
+"""Grids: the grid of a batch (A1111's `image_grid`), and the X/Y strength grid that tests a LoRA:
+rows of one LoRA's weights against columns of seeds or of a second LoRA's weights, rendered as one
+image with the row and column labels drawn on it (A1111's X/Y/Z plot is the model)."""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+COLUMN_KINDS = ("Seed", "Second LoRA weight")
+MAX_CELLS = 100
+_RANGE = re.compile(r"^\s*([+-]?[\d.]+)\s*-\s*([+-]?[\d.]+)\s*(?:\(\s*\+?\s*([\d.]+)\s*\)|\[\s*(\d+)\s*\])?\s*$")
+
+
+def image_grid(images: list[Any], rows: int | None = None) -> Any:
+    """Images in a grid as A1111 lays a batch out: rows = floor(sqrt(n)), lowered until it divides n."""
+    from PIL import Image
+
+    if rows is None:
+        rows = max(1, math.floor(math.sqrt(len(images))))
+        while len(images) % rows:
+            rows -= 1
+    cols = math.ceil(len(images) / rows)
+    w, h = images[0].size
+    grid = Image.new("RGB", (cols * w, rows * h), "black")
+    for i, image in enumerate(images):
+        grid.paste(image, box=(i % cols * w, i // cols * h))
+    return grid
+
+
+def parse_values(text: str, what: str, integers: bool = False) -> list[float]:
+    """A1111's X/Y value lists: `0, 0.5, 1`, a range `0-1 (+0.25)` (step) or `0-1 [5]` (count);
+    a plain range `1-4` steps by 1. ValueError naming `what` and the item it cannot read."""
+    values: list[float] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        match = _RANGE.match(item) if not re.fullmatch(r"[+-]?[\d.]+", item) else None
+        try:
+            if match is None:
+                values.append(float(item))
+                continue
+            start, end = float(match.group(1)), float(match.group(2))
+            if match.group(4):
+                count = int(match.group(4))
+                values.extend(start + (end - start) * i / max(1, count - 1) for i in range(count))
+            else:
+                step = float(match.group(3) or 1.0)
+                if step <= 0:
+                    raise ValueError
+                n = math.floor((end - start) / step + 1e-9) + 1
+                values.extend(start + step * i for i in range(max(0, n)))
+        except ValueError:
+            raise ValueError(f"{what}: cannot read {item!r} (write numbers such as 0, 0.5, 1 or a range 0-1 (+0.25))") from None
+    if not values:
+        raise ValueError(f"{what}: no values given")
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{what}: values must be finite numbers")
+    values = [round(v, 6) for v in values]
+    if integers:
+        if any(v != int(v) for v in values):
+            raise ValueError(f"{what}: seeds must be whole numbers")
+        return [float(int(v)) for v in values]
+    return values
+
+
+def set_lora_weight(prompt: str, name: str, weight: float) -> str:
+    """`prompt` with LoRA `name` at `weight` (text encoder and UNet): its tags are rewritten in place,
+    their other options kept; a prompt without it gets the tag appended."""
+    from loraprompt.syntax import format_activation, parse
+
+    parsed = parse(prompt)
+    found = [a for a in parsed.loras if a.name == name and a.span is not None]
+    if not found:
+        return f"{prompt.rstrip()} <lora:{name}:{weight:g}>".lstrip()
+    out = prompt
+    for a in sorted(found, key=lambda a: a.span[0], reverse=True):  # type: ignore[index]
+        start, end = a.span  # type: ignore[misc]
+        tag = format_activation(replace(a, te=weight, unet=weight, hr_te=None, hr_unet=None))
+        out = out[:start] + tag + out[end:]
+    return out
+
+
+@dataclass
+class StrengthGrid:
+    """Rows: `lora` at each of `weights`. Columns: `seeds` (kind "Seed"; -1 draws one), or
+    `lora2` at each of `weights2` (kind "Second LoRA weight", on the first seed)."""
+
+    lora: str
+    weights: list[float]
+    columns: str = "Seed"
+    seeds: list[int] = field(default_factory=lambda: [-1])
+    lora2: str = ""
+    weights2: list[float] = field(default_factory=list)
+
+    def check(self) -> None:
+        """ValueError naming what is missing or too large."""
+        if not self.lora.strip():
+            raise ValueError("X/Y grid: name the LoRA whose weights make the rows")
+        if self.columns not in COLUMN_KINDS:
+            raise ValueError(f"X/Y grid: columns must be one of {', '.join(COLUMN_KINDS)}, not {self.columns!r}")
+        if self.columns == COLUMN_KINDS[1] and (not self.lora2.strip() or not self.weights2):
+            raise ValueError("X/Y grid: name the second LoRA and its weights for the columns")
+        if not self.weights or len(self.weights) * len(self.column_values()) > MAX_CELLS:
+            raise ValueError(f"X/Y grid: between 1 and {MAX_CELLS} cells, not {len(self.weights)}x{len(self.column_values())}")
+
+    def column_values(self) -> list[float]:
+        return list(self.weights2) if self.columns == COLUMN_KINDS[1] else [float(s) for s in self.seeds]
+
+
+@dataclass
+class GridResult:
+    """The labelled grid image, where it was saved, its infotext (the first cell's) and the cells."""
+
+    image: Any
+    path: Any
+    infotext: str
+    cells: list[Any]
+    diagnostics: list[Any]
+
+
+def _font(size: int) -> Any:
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def labelled_grid(images: list[list[Any]], row_labels: list[str], col_labels: list[str]) -> Any:
+    """Rows x columns of equal-size images with the column labels above and the row labels on the left."""
+    from PIL import Image, ImageDraw
+
+    w, h = images[0][0].size
+    font = _font(max(12, min(32, w // 10)))
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def box(text: str) -> tuple[int, int]:
+        left, top, right, bottom = probe.textbbox((0, 0), text, font=font)
+        return int(right - left), int(bottom - top)
+
+    pad = max(6, w // 32)
+    left = max(box(t)[0] for t in row_labels) + 2 * pad
+    top = max(box(t)[1] for t in col_labels) + 2 * pad
+    grid = Image.new("RGB", (left + w * len(col_labels), top + h * len(row_labels)), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, text in enumerate(col_labels):
+        tw, th = box(text)
+        draw.text((left + c * w + (w - tw) // 2, (top - th) // 2), text, fill="black", font=font)
+    for r, text in enumerate(row_labels):
+        tw, th = box(text)
+        draw.text((left - pad - tw, top + r * h + (h - th) // 2), text, fill="black", font=font)
+        for c, image in enumerate(images[r]):
+            grid.paste(image, box=(left + c * w, top + r * h))
+    return grid
+
+
+def render_strength_grid(engine: Any, request: Any, spec: StrengthGrid,
+                         on_step: Callable[[int, int], None] | None = None) -> GridResult:
+    """Generate every cell with `engine.generate` (one image each, saved with its infotext) and
+    save the labelled grid under `<outputs>/txt2img-grids`. An interrupt leaves grey cells."""
+    from PIL import Image
+
+    from loraprompt.ui.txt2img import MAX_SEED, save_png
+
+    spec.check()
+    by_seed = spec.columns == COLUMN_KINDS[0]
+    first_seed = random.randint(0, MAX_SEED) if request.seed < 0 else int(request.seed)
+    seeds = [random.randint(0, MAX_SEED) if s < 0 else int(s) for s in spec.seeds] if by_seed else [first_seed]
+    columns = [float(s) for s in seeds] if by_seed else list(spec.weights2)
+    total_cells = len(spec.weights) * len(columns)
+    cells: list[Any] = []
+    diagnostics: list[Any] = []
+    rows: list[list[Any]] = []
+    for r, weight in enumerate(spec.weights):
+        row: list[Any] = []
+        for c, value in enumerate(columns):
+            index = r * len(columns) + c
+            if engine._interrupted.is_set() and cells:
+                row.append(None)
+                continue
+            prompt = set_lora_weight(request.prompt, spec.lora, weight)
+            seed = int(value) if by_seed else seeds[0]
+            if not by_seed:
+                prompt = set_lora_weight(prompt, spec.lora2, value)
+
+            def step(i: int, n: int, index: int = index) -> None:
+                if on_step is not None:
+                    on_step(index * n + i, total_cells * n)
+
+            result = engine.generate(replace(request, prompt=prompt, seed=seed, batch_count=1, batch_size=1), on_step=step)
+            cells.append(result)
+            diagnostics.extend(d for d in result.diagnostics if d not in diagnostics)
+            row.append(result.image)
+        rows.append(row)
+    size = cells[0].image.size
+    filled = [[image if image is not None else Image.new("RGB", size, "grey") for image in row] for row in rows]
+    row_labels = [f"{spec.lora}: {w:g}" for w in spec.weights]
+    col_labels = [f"Seed: {int(v)}" for v in columns] if by_seed else [f"{spec.lora2}: {v:g}" for v in columns]
+    grid = labelled_grid(filled, row_labels, col_labels)
+    path = save_png(grid, cells[0].infotext, engine.outputs_dir, cells[0].seed, "txt2img-grids")
+    return GridResult(grid, path, cells[0].infotext, cells, diagnostics)
