@@ -170,3 +170,29 @@ def load_checkpoint(path: str | Path, prediction_type: str | None = None) -> Loa
     if p.suffix.lower() != ".safetensors":
         raise CheckpointError(p, "expected a .safetensors file or a diffusers folder")
     return load_single_file(p, prediction_type=prediction_type)
+
+
+def scan_checkpoints(folder: str | Path) -> dict[str, Path]:
+    """The checkpoints in `folder` (recursively), by the name the UI lists: single-file
+    `.safetensors` by their path relative to `folder` without the suffix (as A1111 titles them),
+    diffusers folders (with model_index.json) by their relative path. LoRAs are told apart by
+    their header (no UNet tensors) and left out; so are files whose header cannot be read."""
+    from loraprompt.errors import LoraPromptError
+
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise CheckpointError(root, "the checkpoint folder does not exist")
+    found: dict[str, Path] = {}
+    for index in sorted(root.rglob("model_index.json")):
+        found[index.parent.relative_to(root).as_posix() or index.parent.name] = index.parent
+    folders = tuple(found.values())
+    for path in sorted(root.rglob("*.safetensors")):
+        if any(f in path.parents for f in folders):
+            continue  # a diffusers folder's component weights
+        try:
+            shapes = header_shapes(path)
+        except (LoraPromptError, OSError, ValueError):
+            continue
+        if any(k.startswith(UNET) for k in shapes):
+            found[path.relative_to(root).with_suffix("").as_posix()] = path
+    return dict(sorted(found.items(), key=lambda item: item[0].lower()))

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser, command_name: str) -> None:
@@ -17,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser, command_name: str) -> None:
     parser.add_argument("--prediction-type", choices=["epsilon", "v_prediction"],
                         help="override the scheduler's prediction type of a single-file checkpoint"
                              " (SD2 defaults to v_prediction, as the 768-v models need; SD2 512-base needs epsilon)")
+    parser.add_argument("--checkpoint-dir", metavar="DIR",
+                        help="folder of checkpoints (.safetensors files, diffusers folders) for the checkpoint dropdown")
     parser.add_argument("--lora-dir", metavar="DIR", action="append", default=[],
                         help="LoRA folder, scanned recursively; repeat for more (demo: its own folder)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
@@ -67,6 +72,11 @@ def run(args: argparse.Namespace) -> int:
         if not d.is_dir():
             print(f"loraprompt webui: --lora-dir {d} is not a folder", file=sys.stderr)
             return 2
+    try:
+        checkpoints = model_choices(model, args, data_dir)
+    except LoraPromptError as exc:
+        print(f"loraprompt webui: {exc}", file=sys.stderr)
+        return 2
     outputs = Path(args.outputs) if args.outputs else data_dir / "outputs"
     outputs.mkdir(parents=True, exist_ok=True)
     library = Library([str(d) for d in lora_dirs], cache_dir=str(data_dir / "cache"))
@@ -77,8 +87,28 @@ def run(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"loraprompt webui: listening on {args.host}: anyone who can reach it can generate and browse LoRAs",
               file=sys.stderr)
-    serve(engine, args.host, args.port or free_port(args.host), [str(outputs)], data_dir / "thumbs")
+    serve(engine, args.host, args.port or free_port(args.host), [str(outputs)], data_dir / "thumbs", checkpoints=checkpoints)
     return 0
+
+
+def model_choices(model: Any, args: argparse.Namespace, data_dir: Path) -> dict[str, Callable[[], Any]]:
+    """The checkpoint dropdown: the loaded model (under its name), then --checkpoint-dir's checkpoints."""
+    from loraprompt.models import load_demo, load_model
+    from loraprompt.models.checkpoint import scan_checkpoints
+
+    if not args.checkpoint_dir:
+        return {}
+    prediction = args.prediction_type
+    if args.checkpoint:
+        first = Path(args.checkpoint).expanduser().resolve()
+        choices: dict[str, Callable[[], Any]] = {model.name: lambda: load_model(first, prediction)}
+    else:
+        first = None
+        choices = {model.name: lambda: load_demo(data_dir)[0]}
+    for name, path in scan_checkpoints(args.checkpoint_dir).items():
+        if path.resolve() != first and name not in choices:
+            choices[name] = functools.partial(load_model, path, prediction)
+    return choices
 
 
 def free_port(host: str) -> int:

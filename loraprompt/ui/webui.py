@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from loraprompt.diagnostics import Diagnostic
 from loraprompt.errors import LoraPromptError
 from loraprompt.infotext import parse_infotext, parse_lora_hashes, remap_lora_names
+from loraprompt.models import LoadedModel
 from loraprompt.models.samplers import SAMPLER_LABELS
-from loraprompt.ui.txt2img import Txt2Img, Txt2ImgRequest
+from loraprompt.ui.hires import HIRES_UPSCALERS, HiresOptions
+from loraprompt.ui.img2img import RESIZE_MODES
+from loraprompt.ui.txt2img import MAX_BATCH_COUNT, MAX_BATCH_SIZE, Txt2Img, Txt2ImgRequest
+from loraprompt.ui.xy_grid import COLUMN_KINDS, StrengthGrid, parse_values, render_strength_grid
 
 DEMO_NOTICE = (
     "**Demo model.** This is loraprompt's built-in demo: a tiny Stable-Diffusion-shaped model with "
@@ -95,6 +100,44 @@ def paste_values(text: str, library: Any) -> tuple[Any, ...]:
     )
 
 
+PASTE_EXTRAS = ("hires", "hr-upscaler", "hr-scale", "hr-resize-x", "hr-resize-y", "hr-steps", "hr-denoising",
+                "hr-prompt", "hr-negative", "denoising")
+
+
+def paste_extras(text: str) -> tuple[Any, ...]:
+    """Hires fix and denoising fields (in PASTE_EXTRAS order) from pasted infotext, as A1111 pastes
+    them: hires fix is on when the text has `Hires upscale`, `Hires resize` or `Hires upscaler`, and
+    its `Denoising strength` is the hires pass's; otherwise it is img2img's."""
+    import gradio as gr
+
+    fields = parse_infotext(text)
+    keep = gr.update()
+
+    def number(key: str, default: Any = keep) -> Any:
+        try:
+            value = float(fields[key])
+        except (KeyError, ValueError):
+            return default
+        return value if math.isfinite(value) else default
+
+    hires = any(k in fields for k in ("Hires upscale", "Hires resize-1", "Hires upscaler"))
+    if not hires:
+        return (False, *([keep] * 8), number("Denoising strength"))
+    upscaler = fields.get("Hires upscaler")
+    return (
+        True,
+        upscaler if upscaler in HIRES_UPSCALERS else keep,
+        number("Hires upscale", 2.0),
+        number("Hires resize-1", 0),
+        number("Hires resize-2", 0),
+        number("Hires steps", 0),
+        number("Denoising strength"),
+        fields.get("Hires prompt", ""),
+        fields.get("Hires negative prompt", ""),
+        keep,
+    )
+
+
 def png_infotext(path: str | None) -> str:
     """The `parameters` text chunk of an uploaded PNG (empty when it has none)."""
     from PIL import Image, UnidentifiedImageError
@@ -108,49 +151,155 @@ def png_infotext(path: str | None) -> str:
         return ""
 
 
-def _gallery(library: Any, prompt: Any, negative: Any, loaded_family: str, thumb_dir: Path | None) -> Any:
+def _gallery(engine: Txt2Img, prompt: Any, negative: Any, thumb_dir: Path | None) -> Any:
     """The LoRA gallery tab (loraprompt.ui.gallery); card clicks write into the txt2img prompt."""
     import gradio as gr
 
     from loraprompt.ui.gallery import PromptTarget, build_gallery_tab
 
     with gr.Tab("LoRA gallery", elem_id="lp-gallery-tab"):
-        return build_gallery_tab(library, [PromptTarget("txt2img", prompt, negative)],
-                                 loaded_family=lambda: loaded_family, thumb_dir=thumb_dir)
+        # the family follows the loaded model, which the checkpoint dropdown can change
+        return build_gallery_tab(engine.library, [PromptTarget("txt2img", prompt, negative)],
+                                 loaded_family=lambda: engine.model.family, thumb_dir=thumb_dir)
 
 
-def build_app(engine: Txt2Img, thumb_dir: Path | None = None) -> tuple[Any, Any]:
-    """The gradio Blocks around `engine` and its gallery tab (whose routes need mounting)."""
+ModelLoader = Callable[[], LoadedModel]
+
+
+def heading(model: LoadedModel) -> str:
+    return f"## loraprompt · model: {_code(model.name)} ({model.family})"
+
+
+def build_request(values: dict[str, Any]) -> Txt2ImgRequest:
+    """A Txt2ImgRequest from the UI's field values (by elem_id without `lp-`)."""
+    def integer(key: str, default: int) -> int:
+        value = values.get(key)
+        return default if value is None else int(value)
+
+    hires = None
+    if values.get("hires"):
+        hires = HiresOptions(
+            upscaler=values["hr-upscaler"], scale=float(values["hr-scale"]), resize_x=integer("hr-resize-x", 0),
+            resize_y=integer("hr-resize-y", 0), steps=integer("hr-steps", 0),
+            denoising_strength=float(values["hr-denoising"]), prompt=values.get("hr-prompt") or "",
+            negative_prompt=values.get("hr-negative") or "",
+        )
+    return Txt2ImgRequest(
+        values["prompt"], values.get("negative") or "", integer("steps", 20), float(values["cfg"]),
+        integer("seed", -1), integer("width", 512), integer("height", 512), values["sampler"],
+        integer("clip-skip", 1), batch_count=integer("batch-count", 1), batch_size=integer("batch-size", 1),
+        hires=hires, init_image=values.get("init-image") or None,
+        denoising_strength=float(values.get("denoising", 0.75)), resize_mode=values.get("resize-mode") or RESIZE_MODES[0],
+    )
+
+
+def build_strength_grid(values: dict[str, Any]) -> StrengthGrid:
+    """The X/Y strength grid's settings from the UI's field values."""
+    kind = values["xy-columns"]
+    spec = StrengthGrid(
+        lora=(values.get("xy-lora") or "").strip(),
+        weights=parse_values(values.get("xy-weights") or "", "LoRA weights (rows)"),
+        columns=kind,
+    )
+    if kind == COLUMN_KINDS[0]:
+        spec.seeds = [int(v) for v in parse_values(values.get("xy-seeds") or "", "Seeds (columns)", integers=True)]
+    else:
+        spec.lora2 = (values.get("xy-lora2") or "").strip()
+        spec.weights2 = parse_values(values.get("xy-weights2") or "", "Second LoRA weights (columns)")
+    return spec
+
+
+def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
+              checkpoints: dict[str, ModelLoader] | None = None) -> tuple[Any, Any]:
+    """The gradio Blocks around `engine` and its gallery tab (whose routes need mounting).
+    `checkpoints` (name -> loader) fills the checkpoint dropdown; it should hold the loaded model
+    under `engine.model.name` (so a failed switch can load it again), which is listed first."""
     import gradio as gr
 
     model = engine.model
+    choices = dict(checkpoints or {})
     # gradio 6 takes the page's CSS at mount time, gradio 4 and 5 in Blocks
     styling: dict[str, Any] = {"css": CSS} if _gradio_major() < 6 else {}
+    fields: dict[str, Any] = {}
+
+    def field(component: Any) -> Any:
+        fields[component.elem_id.removeprefix("lp-")] = component
+        return component
+
     with gr.Blocks(title="loraprompt", analytics_enabled=False, **styling) as app:
-        gr.Markdown(f"## loraprompt · model: {_code(model.name)} ({model.family})")
-        if model.is_demo:
-            gr.Markdown(DEMO_NOTICE, elem_id="lp-demo-notice")
+        with gr.Row():
+            title = gr.Markdown(heading(model), elem_id="lp-heading")
+            checkpoint = gr.Dropdown([model.name, *(c for c in choices if c != model.name)], value=model.name,
+                                     label="Checkpoint", elem_id="lp-checkpoint", visible=bool(choices),
+                                     interactive=True)
+        demo_notice = gr.Markdown(DEMO_NOTICE, elem_id="lp-demo-notice", visible=model.is_demo)
         with gr.Tabs():
             with gr.Tab("txt2img", elem_id="lp-txt2img-tab"):
                 with gr.Row():
                     with gr.Column(scale=4):
-                        prompt = gr.Textbox(label="Prompt", lines=3, elem_id="lp-prompt",
-                                            placeholder="a photo of a cat <lora:name:0.8>")
-                        negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="lp-negative")
+                        prompt = field(gr.Textbox(label="Prompt", lines=3, elem_id="lp-prompt",
+                                                  placeholder="a photo of a cat <lora:name:0.8>"))
+                        negative = field(gr.Textbox(label="Negative prompt", lines=2, elem_id="lp-negative"))
                     with gr.Column(scale=1, min_width=160):
                         generate = gr.Button("Generate", variant="primary", elem_id="lp-generate")
                         interrupt = gr.Button("Interrupt", elem_id="lp-interrupt")
                 with gr.Row():
                     with gr.Column():
-                        sampler = gr.Dropdown(list(SAMPLER_LABELS), value=SAMPLER_LABELS[0], label="Sampler", elem_id="lp-sampler")
-                        steps = gr.Slider(1, 150, value=20, step=1, label="Steps", elem_id="lp-steps")
+                        sampler = field(gr.Dropdown(list(SAMPLER_LABELS), value=SAMPLER_LABELS[0], label="Sampler",
+                                                    elem_id="lp-sampler"))
+                        steps = field(gr.Slider(1, 150, value=20, step=1, label="Steps", elem_id="lp-steps"))
                         default = 256 if model.is_demo else (1024 if model.family == "sdxl" else 512)
-                        width = gr.Slider(64, 2048, value=default, step=8, label="Width", elem_id="lp-width")
-                        height = gr.Slider(64, 2048, value=default, step=8, label="Height", elem_id="lp-height")
-                        cfg = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG scale", elem_id="lp-cfg")
-                        seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="lp-seed")
-                        clip_skip = gr.Slider(1, 12, value=1, step=1, label="Clip skip (SD1/SD2)", elem_id="lp-clip-skip",
-                                              visible=model.family != "sdxl")
+                        with gr.Row():
+                            width = field(gr.Slider(64, 2048, value=default, step=8, label="Width", elem_id="lp-width"))
+                            field(gr.Slider(1, MAX_BATCH_COUNT, value=1, step=1, label="Batch count",
+                                                          elem_id="lp-batch-count"))
+                        with gr.Row():
+                            height = field(gr.Slider(64, 2048, value=default, step=8, label="Height", elem_id="lp-height"))
+                            field(gr.Slider(1, MAX_BATCH_SIZE, value=1, step=1, label="Batch size",
+                                                         elem_id="lp-batch-size"))
+                        cfg = field(gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG scale", elem_id="lp-cfg"))
+                        seed = field(gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="lp-seed"))
+                        clip_skip = field(gr.Slider(1, 12, value=1, step=1, label="Clip skip (on SDXL: CLIP-L only)",
+                                                    elem_id="lp-clip-skip"))
+                        with gr.Accordion("Hires. fix", open=False, elem_id="lp-hires-box"):
+                            field(gr.Checkbox(False, label="Enable hires fix", elem_id="lp-hires"))
+                            with gr.Row():
+                                field(gr.Dropdown(list(HIRES_UPSCALERS), value="Latent", label="Upscaler",
+                                                  elem_id="lp-hr-upscaler"))
+                                field(gr.Slider(0, 150, value=0, step=1, label="Hires steps (0: same as Steps)",
+                                                elem_id="lp-hr-steps"))
+                                field(gr.Slider(0.01, 1.0, value=0.7, step=0.01, label="Denoising strength",
+                                                elem_id="lp-hr-denoising"))
+                            with gr.Row():
+                                field(gr.Slider(1.0, 4.0, value=2.0, step=0.05, label="Upscale by", elem_id="lp-hr-scale"))
+                                field(gr.Slider(0, 2048, value=0, step=8, label="Resize width to", elem_id="lp-hr-resize-x"))
+                                field(gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
+                                                elem_id="lp-hr-resize-y"))
+                            field(gr.Textbox(label="Hires prompt (empty: the prompt; its LoRA tags replace the first"
+                                                   " pass's, else hr=/hrte=/hrunet= apply)", lines=2, elem_id="lp-hr-prompt"))
+                            field(gr.Textbox(label="Hires negative prompt", lines=1, elem_id="lp-hr-negative"))
+                        with gr.Accordion("img2img (an init image turns Generate into img2img)", open=False,
+                                          elem_id="lp-img2img-box"):
+                            field(gr.Image(label="Init image", type="pil", sources=["upload", "clipboard"],
+                                           elem_id="lp-init-image"))
+                            field(gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize mode",
+                                           elem_id="lp-resize-mode"))
+                            field(gr.Slider(0.01, 1.0, value=0.75, step=0.01, label="Denoising strength",
+                                            elem_id="lp-denoising"))
+                        with gr.Accordion("X/Y strength grid", open=False, elem_id="lp-xy-box"):
+                            lora_names = sorted({engine.library.display_name(e) for e in engine.library.entries})
+                            field(gr.Dropdown(lora_names, label="LoRA (rows)", allow_custom_value=True,
+                                              elem_id="lp-xy-lora"))
+                            field(gr.Textbox("0, 0.25, 0.5, 0.75, 1", label="Its weights (rows): 0, 0.5, 1 or 0-1 (+0.25)",
+                                             elem_id="lp-xy-weights"))
+                            field(gr.Radio(list(COLUMN_KINDS), value=COLUMN_KINDS[0], label="Columns",
+                                           elem_id="lp-xy-columns"))
+                            field(gr.Textbox("-1, -1, -1", label="Seeds (columns; -1: random)", elem_id="lp-xy-seeds"))
+                            with gr.Row():
+                                field(gr.Dropdown(lora_names, label="Second LoRA (columns)", allow_custom_value=True,
+                                                  elem_id="lp-xy-lora2"))
+                                field(gr.Textbox("0, 0.5, 1", label="Its weights (columns)", elem_id="lp-xy-weights2"))
+                            xy_generate = gr.Button("Generate X/Y grid", elem_id="lp-xy-generate")
                         with gr.Accordion("Paste generation parameters", open=False):
                             pasted = gr.Textbox(label="Infotext", lines=4, elem_id="lp-paste-text")
                             png = gr.File(label="…or drop a PNG made by loraprompt or Automatic1111",
@@ -159,43 +308,84 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None) -> tuple[Any, Any]
                     with gr.Column():
                         image = gr.Image(label="Result", type="filepath", format="png", interactive=False,
                                          elem_id="lp-image")
+                        batch = gr.Gallery(label="Images of the batch", visible=False, columns=4, height="auto",
+                                           elem_id="lp-batch")
                         infotext = gr.Textbox(label="Generation parameters (PNG infotext)", lines=4,
                                               interactive=False, elem_id="lp-infotext")
                         saved = gr.Textbox(label="Saved to", interactive=False, elem_id="lp-saved")
                         diagnostics = gr.Markdown(elem_id="lp-diagnostics")
-            gallery = _gallery(engine.library, prompt, negative, model.family, thumb_dir)
+            gallery = _gallery(engine, prompt, negative, thumb_dir)
             from loraprompt.ui.train_tab import add_train_tab
 
             add_train_tab(engine, thumb_dir.parent if thumb_dir else None)
 
-        def run(*values: Any, progress: gr.Progress = gr.Progress()) -> tuple[str, str, str, str]:  # noqa: B008
-            p, n, s, st, w, h, c, sd, cs = values
-            request = Txt2ImgRequest(p, n, int(st), float(c), int(sd if sd is not None else -1), int(w), int(h), s, int(cs))
+        inputs = set(fields.values())
+        outputs = [image, batch, infotext, saved, diagnostics]
+
+        def run(values: dict[Any, Any], progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
+            named = {c.elem_id.removeprefix("lp-"): v for c, v in values.items()}
             progress(0, desc="Patching LoRAs")
             try:
+                request = build_request(named)
                 result = engine.generate(request, on_step=lambda i, total: progress((i, total), desc="Sampling"))
             except (LoraPromptError, ValueError) as exc:
                 raise gr.Error(str(exc)) from exc
-            return str(result.path), result.infotext, str(result.path), format_diagnostics(result.diagnostics, result.applied)
+            many = len(result.images) > 1
+            shown = result.grid_path if many and result.grid_path else result.path
+            paths = [str(g.path) for g in result.images]
+            return (str(shown), gr.update(value=paths if many else None, visible=many), result.infotext,
+                    "\n".join(([str(result.grid_path)] if many and result.grid_path else []) + paths),
+                    format_diagnostics(result.diagnostics, result.applied))
 
-        generate.click(run, [prompt, negative, sampler, steps, width, height, cfg, seed, clip_skip],
-                       [image, infotext, saved, diagnostics], concurrency_limit=1)
-        prompt.submit(run, [prompt, negative, sampler, steps, width, height, cfg, seed, clip_skip],
-                      [image, infotext, saved, diagnostics], concurrency_limit=1)
+        def run_grid(values: dict[Any, Any], progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
+            named = {c.elem_id.removeprefix("lp-"): v for c, v in values.items()}
+            progress(0, desc="Patching LoRAs")
+            try:
+                request = build_request(named)
+                spec = build_strength_grid(named)
+                grid = render_strength_grid(engine, request, spec,
+                                            on_step=lambda i, total: progress((i, total), desc="Sampling the grid"))
+            except (LoraPromptError, ValueError) as exc:
+                raise gr.Error(str(exc)) from exc
+            applied = grid.cells[0].applied if grid.cells else []
+            return (str(grid.path), gr.update(value=[str(c.path) for c in grid.cells], visible=True), grid.infotext,
+                    str(grid.path), format_diagnostics(grid.diagnostics, applied))
+
+        current = [model.name]
+
+        def switch(name: str) -> tuple[Any, ...]:
+            if name == current[0]:
+                return gr.update(), gr.update()
+            previous, loader = current[0], choices.get(name)
+            if loader is None or previous not in choices:
+                raise gr.Error(f"checkpoint {name!r} is not in the list; restart with --checkpoint-dir")
+            try:
+                loaded = engine.switch_model(loader, choices[previous])
+            except (LoraPromptError, OSError, ValueError) as exc:
+                raise gr.Error(f"{name}: {exc} ({previous} is loaded again)") from exc
+            current[0] = name
+            return heading(loaded), gr.update(visible=loaded.is_demo)
+
+        generate.click(run, inputs, outputs, concurrency_limit=1, concurrency_id="generate")
+        prompt.submit(run, inputs, outputs, concurrency_limit=1, concurrency_id="generate")
+        xy_generate.click(run_grid, inputs, outputs, concurrency_limit=1, concurrency_id="generate")
+        checkpoint.change(switch, [checkpoint], [title, demo_notice], concurrency_limit=1, concurrency_id="generate")
         interrupt.click(engine.interrupt, None, None, queue=False)
         png.upload(png_infotext, [png], [pasted])
-        paste.click(lambda t: paste_values(t, engine.library), [pasted],
-                    [prompt, negative, sampler, steps, width, height, cfg, seed, clip_skip])
+        paste.click(lambda t: (*paste_values(t, engine.library), *paste_extras(t)), [pasted],
+                    [prompt, negative, sampler, steps, width, height, cfg, seed, clip_skip,
+                     *(fields[key] for key in PASTE_EXTRAS)])
     return app, gallery
 
 
-def serve(engine: Txt2Img, host: str, port: int, allowed: list[str], thumb_dir: Path | None = None) -> None:
+def serve(engine: Txt2Img, host: str, port: int, allowed: list[str], thumb_dir: Path | None = None, *,
+          checkpoints: dict[str, ModelLoader] | None = None) -> None:
     """Serve the UI and the gallery's routes on host:port until interrupted."""
     import gradio as gr
     import uvicorn
     from fastapi import FastAPI
 
-    blocks, gallery = build_app(engine, thumb_dir)
+    blocks, gallery = build_app(engine, thumb_dir, checkpoints)
     app = FastAPI()
     gallery.mount(app)
     from loraprompt.serve.app import mount_api

@@ -1,0 +1,177 @@
+"""The web UI's generation features driven by Chromium: batches with their grid and gallery, hires
+fix, img2img from an uploaded image, the X/Y strength grid, and the checkpoint dropdown. The
+server runs the built-in demo with `--checkpoint-dir` holding a second (diffusers) model.
+Screenshots go to artifacts/screenshots/."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from loraprompt.infotext import parse_infotext
+
+from .conftest import SCREENSHOTS, ServerProcess, open_page
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+class WebUI(ServerProcess):
+    """`python -m loraprompt webui --checkpoint-dir ...` on a free loopback port."""
+
+    what = "webui"
+
+    def __init__(self, data_dir: Path, checkpoints: Path) -> None:
+        super().__init__(data_dir / "webui.log")
+        self.data_dir = data_dir
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+        cmd = [sys.executable, "-m", "loraprompt", "webui", "--data-dir", str(data_dir), "--port", str(self.port),
+               "--checkpoint-dir", str(checkpoints)]
+        self.start(cmd, "", timeout=180.0, pause=0.5, env=env)
+
+
+@pytest.fixture(scope="module")
+def webui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebUI]:
+    from loraprompt.models.demo import build_demo_pipeline
+
+    root = tmp_path_factory.mktemp("webui-gen")
+    build_demo_pipeline(77).save_pretrained(str(root / "checkpoints" / "other-model"))
+    with WebUI(root / "data", root / "checkpoints") as server:
+        yield server
+
+
+@pytest.fixture
+def page(browser: Any, webui: WebUI, request: pytest.FixtureRequest) -> Iterator[Any]:
+    with open_page(browser, webui.url, "#lp-prompt textarea", f"webui_{request.node.name}.png",
+                   viewport=(1400, 1100)) as pg:
+        yield pg
+
+
+def _text(page: Any, elem_id: str, value: str) -> None:
+    page.locator(f"#{elem_id}").locator("textarea, input").first.fill(value)
+
+
+def _number(page: Any, elem_id: str, value: float) -> None:
+    page.locator(f"#{elem_id} input[type=number]").fill(str(value))
+
+
+def _small(page: Any, prompt: str, steps: int = 2) -> None:
+    _text(page, "lp-prompt", prompt)
+    _number(page, "lp-steps", steps)
+    _number(page, "lp-width", 64)
+    _number(page, "lp-height", 64)
+    page.locator("#lp-seed input").fill("21")
+
+
+def _wait_for_infotext(page: Any, needle: str) -> dict[str, str]:
+    page.wait_for_function(f"() => document.querySelector('#lp-infotext textarea').value.includes({needle!r})",
+                           timeout=180_000)
+    return parse_infotext(page.locator("#lp-infotext textarea").input_value())
+
+
+def _saved(page: Any) -> list[Path]:
+    return [Path(line) for line in page.locator("#lp-saved textarea").input_value().splitlines()]
+
+
+def test_batch_count_and_size_show_a_grid_and_every_image(page: Any) -> None:
+    _small(page, "a batch of cats")
+    _number(page, "lp-batch-count", 2)
+    _number(page, "lp-batch-size", 2)
+    page.locator("#lp-generate").click()
+    fields = _wait_for_infotext(page, "a batch of cats")
+    page.wait_for_function("() => document.querySelectorAll('#lp-batch img').length >= 4", timeout=60_000)
+    saved = _saved(page)
+    assert fields["Seed"] == "21" and len(saved) == 5  # the grid, then the four images
+    assert saved[0].parent.parent.name == "txt2img-grids"
+    with Image.open(saved[0]) as grid:
+        assert grid.size == (128, 128)
+    seeds = []
+    for path in saved[1:]:
+        with Image.open(path) as png:
+            seeds.append(parse_infotext(png.text["parameters"])["Seed"])
+    assert seeds == ["21", "22", "23", "24"]
+    page.screenshot(path=str(SCREENSHOTS / "webui_batch.png"))
+
+
+def test_hires_fix_upscales_with_its_own_prompt(page: Any) -> None:
+    _small(page, "a hires castle")
+    page.get_by_text("Hires. fix").click()
+    page.locator("#lp-hires input[type=checkbox]").check()
+    _number(page, "lp-hr-scale", 1.5)
+    _number(page, "lp-hr-steps", 2)
+    _text(page, "lp-hr-prompt", "a detailed castle")
+    page.locator("#lp-generate").click()
+    fields = _wait_for_infotext(page, "Hires upscale")
+    assert (fields["Hires upscale"], fields["Hires upscaler"], fields["Hires prompt"]) == ("1.5", "Latent",
+                                                                                           "a detailed castle")
+    assert fields["Size-1"] == "64" and fields["Denoising strength"] == "0.7"
+    with Image.open(_saved(page)[0]) as png:
+        assert png.size == (96, 96)
+    page.screenshot(path=str(SCREENSHOTS / "webui_hires.png"))
+    # pasting that infotext back turns hires fix on with its settings, as A1111's paste does
+    infotext = page.locator("#lp-infotext textarea").input_value()
+    page.locator("#lp-hires input[type=checkbox]").uncheck()
+    _number(page, "lp-hr-scale", 2)
+    page.get_by_text("Paste generation parameters").click()
+    page.locator("#lp-paste-text textarea").fill(infotext)
+    page.locator("#lp-paste").click()
+    page.wait_for_function("() => document.querySelector('#lp-hires input[type=checkbox]').checked", timeout=10_000)
+    assert page.locator("#lp-hr-scale input[type=number]").input_value() == "1.5"
+    assert page.locator("#lp-hr-prompt textarea").input_value() == "a detailed castle"
+
+
+def test_img2img_from_an_uploaded_image(page: Any, tmp_path: Path) -> None:
+    init = tmp_path / "init.png"
+    Image.new("RGB", (80, 60), (200, 40, 40)).save(init)
+    _small(page, "a red square, img2img")
+    page.get_by_text("img2img (an init image").click()
+    page.locator("#lp-init-image input[type=file]").set_input_files(str(init))
+    page.locator("#lp-init-image img").wait_for(timeout=30_000)
+    page.get_by_label("Crop and resize").check()
+    _number(page, "lp-denoising", 0.4)
+    page.locator("#lp-generate").click()
+    fields = _wait_for_infotext(page, "img2img")
+    assert fields["Denoising strength"] == "0.4"
+    saved = _saved(page)[0]
+    assert saved.parent.parent.name == "img2img-images"
+    with Image.open(saved) as png:
+        assert png.size == (64, 64)
+    page.screenshot(path=str(SCREENSHOTS / "webui_img2img.png"))
+
+
+def test_xy_strength_grid_is_one_labelled_image(page: Any) -> None:
+    _small(page, "a lighthouse <lora:demo_warm:1>")
+    page.get_by_text("X/Y strength grid").click()
+    lora = page.locator("#lp-xy-lora input")
+    lora.fill("demo_warm")
+    lora.press("Enter")
+    _text(page, "lp-xy-weights", "0, 0.5, 1")
+    _text(page, "lp-xy-seeds", "3, 4")
+    page.locator("#lp-xy-generate").click()
+    page.wait_for_function("() => document.querySelector('#lp-saved textarea').value.includes('txt2img-grids')",
+                           timeout=240_000)
+    grid_path = _saved(page)[0]
+    with Image.open(grid_path) as grid:
+        assert grid.width > 2 * 64 and grid.height > 3 * 64  # cells plus the label margins
+        assert parse_infotext(grid.text["parameters"])["Prompt"] == "a lighthouse <lora:demo_warm:0>"
+    page.wait_for_function("() => document.querySelectorAll('#lp-batch img').length >= 6", timeout=60_000)
+    page.screenshot(path=str(SCREENSHOTS / "webui_xy_grid.png"))
+
+
+def test_checkpoint_dropdown_switches_the_model(page: Any) -> None:
+    assert "loraprompt-demo" in page.locator("#lp-heading").inner_text()
+    page.locator("#lp-checkpoint input").click()
+    page.get_by_role("option", name="other-model").click()
+    page.wait_for_function("() => document.querySelector('#lp-heading').innerText.includes('other-model')",
+                           timeout=120_000)
+    assert not page.locator("#lp-demo-notice").is_visible()
+    _small(page, "a switched model")
+    page.locator("#lp-generate").click()
+    fields = _wait_for_infotext(page, "a switched model")
+    assert fields["Model"] == "other-model"
+    page.screenshot(path=str(SCREENSHOTS / "webui_checkpoint.png"))
