@@ -164,6 +164,7 @@ def _gallery(engine: Txt2Img, prompt: Any, negative: Any, thumb_dir: Path | None
 
 
 ModelLoader = Callable[[], LoadedModel]
+API_FIELDS = ("prompt", "negative", "sampler", "steps", "width", "height", "cfg", "seed", "clip-skip")
 
 
 def heading(model: LoadedModel) -> str:
@@ -232,7 +233,7 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
             checkpoint = gr.Dropdown([model.name, *(c for c in choices if c != model.name)], value=model.name,
                                      label="Checkpoint", elem_id="lp-checkpoint", visible=bool(choices),
                                      interactive=True)
-        demo_notice = gr.Markdown(DEMO_NOTICE, elem_id="lp-demo-notice", visible=model.is_demo)
+        demo_notice = gr.Markdown(DEMO_NOTICE if model.is_demo else "", elem_id="lp-demo-notice", visible=model.is_demo)
         with gr.Tabs():
             with gr.Tab("txt2img", elem_id="lp-txt2img-tab"):
                 with gr.Row():
@@ -319,11 +320,13 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
 
             add_train_tab(engine, thumb_dir.parent if thumb_dir else None)
 
-        inputs = set(fields.values())
+        # the API keeps the first nine parameters of the first web UI; the new fields follow
+        keys = [*API_FIELDS, *(k for k in fields if k not in API_FIELDS)]
+        inputs = [fields[k] for k in keys]
         outputs = [image, batch, infotext, saved, diagnostics]
 
-        def run(values: dict[Any, Any], progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
-            named = {c.elem_id.removeprefix("lp-"): v for c, v in values.items()}
+        def run(*values: Any, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
+            named = dict(zip(keys, values))
             progress(0, desc="Patching LoRAs")
             try:
                 request = build_request(named)
@@ -337,8 +340,8 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
                     "\n".join(([str(result.grid_path)] if many and result.grid_path else []) + paths),
                     format_diagnostics(result.diagnostics, result.applied))
 
-        def run_grid(values: dict[Any, Any], progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
-            named = {c.elem_id.removeprefix("lp-"): v for c, v in values.items()}
+        def run_grid(*values: Any, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
+            named = dict(zip(keys, values))
             progress(0, desc="Patching LoRAs")
             try:
                 request = build_request(named)
@@ -364,7 +367,7 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
             except (LoraPromptError, OSError, ValueError) as exc:
                 raise gr.Error(f"{name}: {exc} ({previous} is loaded again)") from exc
             current[0] = name
-            return heading(loaded), gr.update(visible=loaded.is_demo)
+            return heading(loaded), gr.update(value=DEMO_NOTICE if loaded.is_demo else "", visible=loaded.is_demo)
 
         generate.click(run, inputs, outputs, concurrency_limit=1, concurrency_id="generate")
         prompt.submit(run, inputs, outputs, concurrency_limit=1, concurrency_id="generate")

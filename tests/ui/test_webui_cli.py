@@ -54,7 +54,7 @@ def test_webui_serves_a_checkpoint_folder(tmp_path: Path) -> None:
                 time.sleep(0.5)
         assert "draws noise" not in page and "tiny-model" in page
         client = client_mod.Client(url, verbose=False)
-        _image, infotext, saved, panel = client.predict(
+        _image, _batch, infotext, saved, panel = client.predict(
             "a cat <lora:demo_neon:0.5>", "", "Euler", 3, 64, 64, 7.0, 5, 1, api_name="/run")
         fields = parse_infotext(infotext)
         assert fields["Model"] == "tiny-model" and fields["Sampler"] == "Euler"
