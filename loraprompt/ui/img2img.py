@@ -4,6 +4,8 @@ loaded pipeline's modules (so the LoRAs the patcher applied to them are in force
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 RESIZE_MODES: tuple[str, ...] = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
@@ -70,15 +72,32 @@ def img2img_pipeline(pipe: Any) -> Any:
     return found
 
 
+@contextmanager
+def _vae_precision(vae: Any) -> Iterator[Any]:
+    """The VAE in float32 for the block when its config asks for it (SDXL's overflows in float16),
+    as the diffusers pipelines upcast it; yields the dtype to feed it."""
+    import torch
+
+    dtype = vae.dtype
+    upcast = dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    if upcast:
+        vae.to(dtype=torch.float32)
+    try:
+        yield torch.float32 if upcast else dtype
+    finally:
+        if upcast:
+            vae.to(dtype=dtype)
+
+
 def encode(pipe: Any, images: list[Any]) -> Any:
     """PIL images -> scaled latents (the distribution's mean), as the pipeline's VAE sees them."""
     import torch
 
     vae = pipe.vae
-    pixels = pipe.image_processor.preprocess(images).to(vae.device, vae.dtype)
-    with torch.no_grad():
+    with _vae_precision(vae) as dtype, torch.no_grad():
+        pixels = pipe.image_processor.preprocess(images).to(vae.device, dtype)
         latents = vae.encode(pixels).latent_dist.mode()
-    return latents * vae.config.scaling_factor
+    return (latents * vae.config.scaling_factor).to(pipe.unet.dtype)
 
 
 def resize_latents(latents: Any, width: int, height: int, mode: str = "bilinear", antialias: bool = False) -> Any:
@@ -93,6 +112,6 @@ def decode(pipe: Any, latents: Any) -> list[Any]:
     import torch
 
     vae = pipe.vae
-    with torch.no_grad():
-        pixels = vae.decode(latents.to(vae.device, vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
-    return list(pipe.image_processor.postprocess(pixels, output_type="pil"))
+    with _vae_precision(vae) as dtype, torch.no_grad():
+        pixels = vae.decode(latents.to(vae.device, dtype) / vae.config.scaling_factor, return_dict=False)[0]
+    return list(pipe.image_processor.postprocess(pixels.float(), output_type="pil"))

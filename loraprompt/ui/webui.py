@@ -320,7 +320,7 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
 
             add_train_tab(engine, thumb_dir.parent if thumb_dir else None)
 
-        # the API keeps the first nine parameters of the first web UI; the new fields follow
+        # the first nine are the first web UI's (its /run API); the new fields follow
         keys = [*API_FIELDS, *(k for k in fields if k not in API_FIELDS)]
         inputs = [fields[k] for k in keys]
         outputs = [image, batch, infotext, saved, diagnostics]
@@ -369,9 +369,14 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
             current[0] = name
             return heading(loaded), gr.update(value=DEMO_NOTICE if loaded.is_demo else "", visible=loaded.is_demo)
 
-        generate.click(run, inputs, outputs, concurrency_limit=1, concurrency_id="generate")
-        prompt.submit(run, inputs, outputs, concurrency_limit=1, concurrency_id="generate")
-        xy_generate.click(run_grid, inputs, outputs, concurrency_limit=1, concurrency_id="generate")
+        generate.click(run, inputs, outputs, concurrency_limit=1, concurrency_id="generate", api_name="generate")
+        prompt.submit(run, inputs, outputs, concurrency_limit=1, concurrency_id="generate", api_name=False)
+        # the first web UI's API, /run with its nine parameters, for scripts written against it
+        legacy = gr.Button(visible=False, elem_id="lp-run-api")
+        legacy.click(run, inputs[:len(API_FIELDS)], outputs, concurrency_limit=1, concurrency_id="generate",
+                     api_name="run")
+        xy_generate.click(run_grid, inputs, outputs, concurrency_limit=1, concurrency_id="generate",
+                          api_name="xy_grid")
         checkpoint.change(switch, [checkpoint], [title, demo_notice], concurrency_limit=1, concurrency_id="generate")
         interrupt.click(engine.interrupt, None, None, queue=False)
         png.upload(png_infotext, [png], [pasted])

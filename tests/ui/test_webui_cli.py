@@ -42,7 +42,7 @@ def test_webui_serves_a_checkpoint_folder(tmp_path: Path) -> None:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # a loaded shared CI machine needs more than 2 minutes
         while True:
             assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
             assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
