@@ -128,7 +128,7 @@ def test_bad_input_is_422_naming_the_field(served: Served, body: dict[str, Any],
 
 
 def test_unknown_sampler_is_422_listing_the_choices(served: Served) -> None:
-    response = _post(served, {"prompt": "x", **SMALL, "sampler_name": "LMS"})
+    response = _post(served, {"prompt": "x", **SMALL, "sampler_name": "DPM adaptive"})
     assert response.status_code == 422
     detail = response.json()["detail"][0]
     assert detail["loc"] == ["body", "sampler_name"]
