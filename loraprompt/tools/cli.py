@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         parser.add_argument("--to", required=True, choices=("kohya", "peft"), help="target layout")
         return
     parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="output dtype (default: the input's)")
+    parser.add_argument("--device", default="cpu", metavar="{cpu,cuda,cuda:N,auto}",
+                        help="where the arithmetic runs (default: cpu; auto: cuda when available); tensors "
+                             "are read and written on the CPU" + (" (merges into a checkpoint)" if name == "merge" else ""))
     if name == "merge":
         parser.add_argument("loras", nargs="+", help="LoRA specs PATH[:STRENGTH[:UNET]]")
         parser.add_argument("--checkpoint", type=Path, help="single-file .safetensors or diffusers folder")
@@ -89,14 +92,14 @@ def _run(args: argparse.Namespace) -> Any:
         from loraprompt.tools.resize import resize_lora
 
         return resize_lora(args.input, args.output, _target(args), fmt=args.format, dtype=args.dtype,
-                           force=args.force, progress=progress)
+                           force=args.force, progress=progress, device=args.device)
     if args.command == "extract":
         from loraprompt.tools.extract import extract_lora
 
         components = ("unet",) if args.unet_only else ("unet", "text_encoder", "text_encoder_2")
         return extract_lora(args.tuned, args.base, args.output, _target(args), fmt=args.format or "kohya",
                             dtype=args.dtype, min_diff=args.min_diff, components=components,
-                            force=args.force, progress=progress)
+                            force=args.force, progress=progress, device=args.device)
     specs = [parse_lora_spec(s) for s in args.loras]
     if args.checkpoint is not None:
         from loraprompt.tools.merge import LoraSpec, merge_checkpoint
@@ -105,11 +108,11 @@ def _run(args: argparse.Namespace) -> Any:
             raise ToolError("--rank/--energy/--format apply to LoRA merges, not to merges into a checkpoint")
         return merge_checkpoint(args.checkpoint, [LoraSpec(*s) for s in specs], args.output, dtype=args.dtype,
                                 layout=args.layout, family="" if args.no_family_check else None,
-                                force=args.force, progress=progress)
+                                force=args.force, progress=progress, device=args.device)
     from loraprompt.tools.lora_merge import merge_loras
 
-    if args.layout or args.no_family_check:
-        raise ToolError("--layout/--no-family-check apply to merges into a checkpoint (--checkpoint)")
+    if args.layout or args.no_family_check or args.device != "cpu":
+        raise ToolError("--layout/--no-family-check/--device apply to merges into a checkpoint (--checkpoint)")
     if any(te != unet for _, te, unet in specs):
         raise ToolError("a LoRA merge takes one weight per LoRA (PATH:WEIGHT)")
     return merge_loras([p for p, _, _ in specs], [te for _, te, _ in specs], args.output, target=_target(args),

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import torch
 from torch import Tensor
 
 from loraprompt.errors import ToolError
 from loraprompt.keymaps import clip, unet
 from loraprompt.tools.checkpoint import SINGLE_FILE_PREFIXES, Checkpoint, TensorReader, open_checkpoint
-from loraprompt.tools.io import Progress, check_output, describe_inputs, parse_dtype, recipe_metadata
+from loraprompt.tools.io import (
+    Progress,
+    check_output,
+    describe_inputs,
+    parse_dtype,
+    recipe_metadata,
+    spec_nbytes,
+)
 from loraprompt.tools.lora import LoraFactors
+from loraprompt.tools.stream import overlapped, resolve_device, to_host
 from loraprompt.tools.svd import RankTarget, factorise
 from loraprompt.tools.writer import write_lora
 
@@ -36,6 +46,7 @@ class ExtractReport:
     family: str | None
     modules: list[ExtractedModule] = field(default_factory=list)
     unchanged: int = 0
+    device: str = "cpu"
 
     @property
     def min_kept(self) -> float:
@@ -112,12 +123,19 @@ def _candidates(ckpt: Checkpoint, base: Checkpoint, family: str | None) -> list[
 def extract_lora(tuned: str | Path, base: str | Path, output: str | Path, target: RankTarget, *,
                  fmt: str = "kohya", dtype: str | None = None, min_diff: float = 0.0,
                  components: tuple[str, ...] = ("unet", "text_encoder", "text_encoder_2"),
-                 force: bool = False, progress: bool = False) -> ExtractReport:
+                 force: bool = False, progress: bool = False, device: str | torch.device | None = None
+                 ) -> ExtractReport:
     """A LoRA approximating `tuned - base` per module (rank or energy target); weights whose largest
-    absolute difference is <= `min_diff` are left out."""
+    absolute difference is <= `min_diff` are left out. Both files are read ahead in a thread while
+    the differences are factorised on `device` ("cpu" by default, "cuda", "auto"); a weight whose
+    bytes are equal in both is skipped without arithmetic. Memory: the read-ahead budget (128 MiB)
+    plus one weight's float32 difference and its SVD work, and the extracted factors."""
     from loraprompt.keymaps import build_keymap
 
     out = check_output(output, [tuned, base], force)
+    if min_diff < 0:
+        raise ToolError(f"min_diff must be >= 0, got {min_diff}")
+    compute_on = resolve_device(device)
     ckpt, ref = open_checkpoint(tuned), open_checkpoint(base)
     if ckpt.layout != ref.layout:
         raise ToolError(f"{tuned} is {ckpt.layout} but {base} is {ref.layout}; give both in one layout")
@@ -125,28 +143,55 @@ def extract_lora(tuned: str | Path, base: str | Path, output: str | Path, target
     family = build_keymap("unet", sorted({k.rpartition(".")[0] for k in unet_specs}),
                           {k: s for k, (_, s) in unet_specs.items()}).family
     out_dtype = parse_dtype(dtype)
-    report = ExtractReport(out, family)
+    report = ExtractReport(out, family, device=str(compute_on))
     modules: list[LoraFactors] = []
     todo = [c for c in _candidates(ckpt, ref, family) if c[0] in components]
+    weights: dict[tuple[str, str], list[tuple[str, tuple[int, int] | None]]] = {}
+    for component, key, path, rows in todo:  # q/k/v slices of one fused weight: one read, one difference
+        weights.setdefault((component, key), []).append((path, rows))
     bar = Progress(len(todo), "extract", progress)
-    with TensorReader(ckpt) as tuned_reader, TensorReader(ref) as base_reader:
-        last: tuple[tuple[str, str], Tensor, Tensor] | None = None  # q/k/v of one fused weight come in a row
-        for component, key, path, rows in todo:
-            if last is None or last[0] != (component, key):
-                new = tuned_reader.get(ckpt.locate(key, component), key)
-                full = new.float() - base_reader.get(ref.locate(key, component), key).float()
-                last = ((component, key), new, full)
-            _, new, delta = last
-            if rows is not None:
-                delta = delta[rows[0]: rows[1]]
-            bar.update()
+
+    def load(item: tuple[str, str]) -> tuple[Tensor, Tensor | None]:
+        component, key = item
+        new = tuned_reader.get(ckpt.locate(key, component), key)
+        old = base_reader.get(ref.locate(key, component), key)
+        if new.dtype == old.dtype and torch.equal(new.view(torch.uint8), old.view(torch.uint8)):
+            return new[:0], None  # bit-identical: nothing to extract, nothing kept in memory
+        return new, old
+
+    def compute(item: tuple[str, str], loaded: tuple[Tensor, Tensor | None]) -> list[tuple[str, Any]]:
+        new, old = loaded
+        cast = out_dtype or new.dtype
+        if old is None:
+            return [(path, None) for path, _ in weights[item]]
+        full = new.to(compute_on).float() - old.to(compute_on).float()
+        results: list[tuple[str, Any]] = []
+        for path, rows in weights[item]:
+            delta = full if rows is None else full[rows[0]: rows[1]]
             if float(delta.abs().max()) <= min_diff:
-                report.unchanged += 1
+                results.append((path, None))
                 continue
             fact = factorise(delta, target)
-            cast = out_dtype or new.dtype
-            modules.append(LoraFactors(component, path, fact.down.to(cast), fact.up.to(cast)))
-            report.modules.append(ExtractedModule(f"{component}/{path}", int(fact.down.shape[0]), fact.kept))
+            results.append((path, (to_host(fact.down).to(cast), to_host(fact.up).to(cast), fact.kept)))
+        return results
+
+    def store(item: tuple[str, str], results: list[tuple[str, Any]]) -> None:
+        component = item[0]
+        for path, found in results:
+            bar.update()
+            if found is None:
+                report.unchanged += 1
+                continue
+            down, up, kept = found
+            modules.append(LoraFactors(component, path, down, up))
+            report.modules.append(ExtractedModule(f"{component}/{path}", int(down.shape[0]), kept))
+
+    def size(item: tuple[str, str]) -> int:
+        dtype, shape = ckpt.locate(item[1], item[0]).specs[item[1]]
+        return 2 * spec_nbytes(dtype, shape)
+
+    with TensorReader(ckpt) as tuned_reader, TensorReader(ref) as base_reader:
+        overlapped(list(weights), load, compute, store, size=size)
     bar.close()
     if not modules:
         raise ToolError(f"{tuned} and {base} do not differ in any extractable weight (min_diff={min_diff})")
@@ -155,4 +200,3 @@ def extract_lora(tuned: str | Path, base: str | Path, output: str | Path, target
                                min_diff=min_diff, min_kept=round(report.min_kept, 6))
     write_lora(out, modules, fmt, metadata)
     return report
-

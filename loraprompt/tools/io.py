@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
@@ -129,8 +130,9 @@ class StreamingWriter:
             offset += size
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
         raw += b" " * (-len(raw) % 8)
-        handle.write(len(raw).to_bytes(8, "little"))
-        handle.write(raw)
+        self._kernel_copy = hasattr(os, "copy_file_range")
+        self._write_all(memoryview(len(raw).to_bytes(8, "little")))
+        self._write_all(memoryview(raw))
         self._next = 0
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
@@ -143,14 +145,69 @@ class StreamingWriter:
                             f"declared {dtype}{list(shape)}")
         flat = tensor.detach().to("cpu").contiguous().reshape(-1)
         if flat.numel():
-            self._handle.write(flat.view(torch.uint8).numpy().data)
+            self._write_all(memoryview(flat.view(torch.uint8).numpy().data))
         self._next += 1
+
+    def copy(self, name: str, source: IO[bytes], start: int, end: int) -> None:
+        """Write the next tensor as the bytes `start:end` of the open file `source` (an unchanged
+        tensor of an input): copied by the kernel (copy_file_range) where it can, else in chunks,
+        without ever holding the tensor in memory."""
+        if self._next >= len(self._order) or self._order[self._next] != name:
+            raise ToolError(f"internal: tensor {name!r} written out of order")
+        if end - start != spec_nbytes(*self._specs[name]):
+            raise ToolError(f"internal: tensor {name!r} is {end - start} bytes, declared "
+                            f"{spec_nbytes(*self._specs[name])}")
+        self._handle.flush()
+        done = _kernel_copy(source, self._handle, start, end) if self._kernel_copy else 0
+        if done < 0:
+            self._kernel_copy = False
+            done = 0
+        position = start + done
+        while position < end:
+            source.seek(position)
+            chunk = source.read(min(end - position, _CHUNK))
+            if not chunk:
+                raise AdapterFileError(getattr(source, "name", "input"), "file is shorter than its header says",
+                                       key=name)
+            self._write_all(memoryview(chunk))
+            position += len(chunk)
+        self._next += 1
+
+    def _write_all(self, data: memoryview) -> None:
+        while data:  # an unbuffered (raw) handle may write less than asked
+            written = self._handle.write(data)
+            data = data[written if written is not None else len(data):]
 
     def close(self) -> None:
         """Check that every declared tensor was written."""
         if self._next != len(self._order):
             raise ToolError(f"internal: {len(self._order) - self._next} tensors were never written")
 
+
+
+_CHUNK = 16 << 20
+
+
+def _kernel_copy(source: IO[bytes], target: IO[bytes], start: int, end: int) -> int:
+    """Bytes copied from `source` at `start` to `target`'s position by os.copy_file_range (the data
+    never enters this process), up to `end`; -1 when the kernel or file system cannot do it."""
+    done = 0
+    try:
+        source.fileno(), target.fileno()
+    except (io.UnsupportedOperation, AttributeError):
+        return -1  # not a real file (e.g. BytesIO)
+    try:
+        while start + done < end:
+            n = os.copy_file_range(source.fileno(), target.fileno(), end - start - done, start + done)
+            if n == 0:
+                break  # the input is shorter than its header; the chunked path says so
+            done += n
+    except OSError as exc:
+        if done or exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF,
+                                     errno.EPERM):
+            raise
+        return -1
+    return done
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> None:

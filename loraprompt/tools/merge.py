@@ -32,6 +32,7 @@ from loraprompt.tools.io import (
     recipe_metadata,
     spec_nbytes,
 )
+from loraprompt.tools.stream import overlapped, resolve_device, to_host
 
 # (adapter module, rows of a fused parameter or None, strength), as in loraprompt.plan
 Contribution = tuple[Any, "tuple[int, int] | None", float]
@@ -56,6 +57,8 @@ class MergeReport:
     weights_changed: int = 0
     tensors_written: int = 0
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    device: str = "cpu"
+    buffers: dict[str, int] = field(default_factory=dict)  # peak bytes held by the read-ahead/write-behind
 
 
 def _as_spec(item: LoraSpec | tuple[Any, ...] | str | Path) -> LoraSpec:
@@ -106,14 +109,24 @@ def _bias_key(weight_key: str) -> str:
     return f"{stem}.{'bias' if param == 'weight' else param.replace('weight', 'bias')}"
 
 
+@dataclass(frozen=True)
+class _Copy:
+    """An unchanged tensor: its bytes are copied from the input file to the output as they are."""
+
+    file: TensorFile
+    key: str
+
+
 class _Merger:
-    """Streams one checkpoint file, merging planned weights and their biases."""
+    """Merges planned weights and their biases, key by key: `load` only reads (it runs in the
+    read-ahead thread), `finish` computes (on `device`) and keeps the state."""
 
     def __init__(self, reader: TensorReader, plan: dict[tuple[str, str], tuple[Contribution, ...]],
-                 dtype: torch.dtype | None) -> None:
+                 dtype: torch.dtype | None, device: torch.device | None = None) -> None:
         self.reader = reader
         self.plan = plan
         self.dtype = dtype
+        self.device = device or torch.device("cpu")
         self.pending: dict[tuple[str, str], Tensor | None] = {}
         self.present = {(c, k) for f in reader.checkpoint.files for k, c in f.component_of.items()}
         self.bias_of = {(c, _bias_key(k)): k for c, k in plan if (c, _bias_key(k)) in self.present}
@@ -122,9 +135,42 @@ class _Merger:
     def out_dtype(self, dtype: torch.dtype) -> torch.dtype:
         return self.dtype if self.dtype is not None and dtype.is_floating_point else dtype
 
-    def tensor(self, file: TensorFile, key: str) -> Tensor:
-        """The output tensor for `key` of `file`: the patcher's result on the model loaded in the
-        output dtype when planned (or the bias of a planned weight), else the tensor cast."""
+    def _cast(self, tensor: Tensor) -> Tensor:
+        return tensor.to(self.out_dtype(tensor.dtype))
+
+    def load(self, file: TensorFile, key: str, reader: TensorReader | None = None) -> Any:
+        """What `finish` needs for `key`, read with `reader` (default: the merger's): the tensor, the
+        (weight, bias or None) of a planned weight, a `_Copy` for a tensor written unchanged, or None
+        for a bias the weight's merge gives. Reads only, so it can run in another thread."""
+        reader = reader or self.reader
+        component = file.component_of.get(key)
+        if component is not None and (component, key) in self.bias_of:
+            weight_key = self.bias_of[(component, key)]
+            if weight_key in file.specs and _ordered_before(weight_key, key):
+                return None  # the weight's merge (earlier in this file) gives the bias
+        if component is not None and (component, key) in self.plan:
+            bias_key = _bias_key(key)
+            bias = None
+            if (component, bias_key) in self.present:
+                bias = reader.get(self.reader.checkpoint.locate(bias_key, component), bias_key)
+            return reader.get(file, key), bias
+        return self._unchanged(file, key, reader)
+
+    def _unchanged(self, file: TensorFile, key: str, reader: TensorReader) -> Tensor | _Copy:
+        dtype = file.specs[key][0]
+        return _Copy(file, key) if self.out_dtype(dtype) == dtype else reader.get(file, key)
+
+    def copied(self, file: TensorFile, key: str) -> bool:
+        """Whether `key` is written as the input's bytes (not planned, not a planned weight's bias,
+        dtype kept): it then holds no memory on its way through."""
+        component = file.component_of.get(key)
+        if component is not None and ((component, key) in self.plan or (component, key) in self.bias_of):
+            return False
+        return self.out_dtype(file.specs[key][0]) == file.specs[key][0]
+
+    def finish(self, file: TensorFile, key: str, loaded: Any) -> Tensor | _Copy:
+        """The output for `key` of `file`: the patcher's result on the model loaded in the output
+        dtype when planned (or the bias of a planned weight), else the tensor (cast, or copied)."""
         component = file.component_of.get(key)
         if component is not None and (component, key) in self.bias_of:
             if (component, key) in self.pending:
@@ -134,60 +180,103 @@ class _Merger:
             if bias is not None:
                 self.changed += 1
                 return bias
-        tensor = self.reader.get(file, key)
-        tensor = tensor.to(self.out_dtype(tensor.dtype))
-        if component is not None and (component, key) in self.plan:
-            merged, bias = self._merge(component, key, tensor)
+            if loaded is None:  # an unchanged bias, not read ahead
+                loaded = self._unchanged(file, key, self.reader)
+        if isinstance(loaded, _Copy):
+            return loaded
+        if isinstance(loaded, tuple):
+            weight, bias = loaded
+            merged, new_bias = self._merge(component or "", key, weight, bias)
             if (component, _bias_key(key)) in self.bias_of:  # kept (even unchanged) so it is not recomputed
-                self.pending[(component, _bias_key(key))] = bias
+                self.pending[(component or "", _bias_key(key))] = new_bias
             self.changed += 1
             return merged
-        return tensor
+        return self._cast(loaded)
 
-    def _merge(self, component: str, weight_key: str, weight: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """`combined` for one planned weight (given in the output dtype, else read): the new weight
-        and the new bias (None when the bias is unchanged)."""
+    def tensor(self, file: TensorFile, key: str) -> Tensor:
+        """The output tensor for `key` of `file`, read and computed now (for the layout converters)."""
+        out = self.finish(file, key, self.load(file, key))
+        return self.reader.get(out.file, out.key) if isinstance(out, _Copy) else out
+
+    def _merge(self, component: str, weight_key: str, weight: Tensor | None = None, bias: Tensor | None = None
+               ) -> tuple[Tensor, Tensor | None]:
+        """`combined` for one planned weight (and its bias; both read when not given), computed on
+        the merger's device in the output dtype: the new weight and the new bias (None when the
+        bias is unchanged), on the CPU."""
         ckpt = self.reader.checkpoint
         if weight is None:
             weight = self.reader.get(ckpt.locate(weight_key, component), weight_key)
-            weight = weight.to(self.out_dtype(weight.dtype))
-        bias_key = _bias_key(weight_key)
-        bias = None
-        if (component, bias_key) in self.present:
-            bias = self.reader.get(ckpt.locate(bias_key, component), bias_key)
-            bias = bias.to(self.out_dtype(bias.dtype))
+            bias_key = _bias_key(weight_key)
+            if (component, bias_key) in self.present:
+                bias = self.reader.get(ckpt.locate(bias_key, component), bias_key)
+        weight = self._cast(weight.to(self.device))
+        bias = None if bias is None else self._cast(bias.to(self.device))
         try:
-            return combined(weight, bias, self.plan[(component, weight_key)], f"{component}:{weight_key}")
+            new_w, new_b = combined(weight, bias, self.plan[(component, weight_key)], f"{component}:{weight_key}")
         except PatchError as exc:
             raise ToolError(str(exc)) from exc
+        return to_host(new_w), None if new_b is None else to_host(new_b)
+
+
+def _order_key(key: str) -> tuple[str, bool, str]:
+    module, _, param = key.rpartition(".")
+    return module, "bias" in param, key
+
+
+def _ordered_before(first: str, second: str) -> bool:
+    return _order_key(first) < _order_key(second)
 
 
 def _ordered(file: TensorFile) -> list[str]:
     """Keys with each module's weight before its bias, so a bias delta is ready when needed."""
-    return sorted(file.specs, key=lambda k: (k.rpartition(".")[0], "bias" in k.rpartition(".")[2], k))
+    return sorted(file.specs, key=_order_key)
 
 
-def _write_file(merger: _Merger, file: TensorFile, target: Path, metadata: dict[str, str], bar: Progress) -> int:
+def _write_file(merger: _Merger, file: TensorFile, target: Path, metadata: dict[str, str], bar: Progress, *,
+                stats: dict[str, int] | None = None) -> int:
+    """One output file: keys read ahead in a thread (with their own file handles), merged here,
+    written behind in another thread; unchanged tensors are copied file to file."""
     keys = _ordered(file)
     specs = [(k, merger.out_dtype(file.specs[k][0]), file.specs[k][1]) for k in keys]
-    with open(target, "wb") as handle:
-        writer = StreamingWriter(handle, specs, metadata)
-        for key in keys:
-            writer.write(key, merger.tensor(file, key))
-            bar.update(spec_nbytes(*file.specs[key]))
-        writer.close()
-    return len(keys)
 
+    def size(key: str) -> int:
+        dtype, shape = file.specs[key]
+        if merger.copied(file, key):
+            return 0
+        return max(spec_nbytes(dtype, shape), spec_nbytes(merger.out_dtype(dtype), shape))
+
+    with TensorReader(merger.reader.checkpoint) as ahead, open(file.path, "rb") as source, \
+            open(target, "wb", buffering=0) as handle:
+        writer = StreamingWriter(handle, specs, metadata)
+
+        def store(key: str, out: Tensor | _Copy) -> None:
+            if isinstance(out, _Copy):
+                writer.copy(key, source, *file.layout.ranges[key])
+            else:
+                writer.write(key, out)
+            bar.update(spec_nbytes(*file.specs[key]))
+
+        peaks = overlapped(keys, lambda key: merger.load(file, key, ahead),
+                           lambda key, loaded: merger.finish(file, key, loaded), store, size=size)
+        writer.close()
+    if stats is not None:
+        for name, value in peaks.items():
+            stats[name] = max(stats.get(name, 0), value)
+    return len(keys)
 
 
 def merge_checkpoint(checkpoint: str | Path, loras: Sequence[LoraSpec | tuple[Any, ...] | str | Path],
                      output: str | Path, *, dtype: str | None = None, layout: str | None = None,
                      configs: Mapping[str, Any] | None = None, family: str | None = None,
-                     force: bool = False, progress: bool = False) -> MergeReport:
+                     force: bool = False, progress: bool = False, device: str | torch.device | None = None
+                     ) -> MergeReport:
     """Write `checkpoint` with `loras` merged in: in its own layout, or in the other one (a single
     file as a diffusers folder with the shipped configs of its family or `configs`; a diffusers
     folder's unet/text encoders/vae as one original-layout file).
-    `family` overrides the detected one ("" skips the check)."""
+    `family` overrides the detected one ("" skips the check). Planned weights are computed on
+    `device` ("cpu" by default, "cuda", "auto"): bit-identical to the patcher on a model on that
+    device. Memory: in the same layout, the read-ahead and write-behind budgets (128 MiB each) plus
+    one weight's float32 working set and the LoRAs; a layout change holds one component."""
     specs = [_as_spec(item) for item in loras]
     if not specs:
         raise ToolError("no LoRAs to merge")
@@ -195,6 +284,7 @@ def merge_checkpoint(checkpoint: str | Path, loras: Sequence[LoraSpec | tuple[An
         raise ToolError(f"unknown layout {layout!r}; choose single-file or diffusers")
     out = check_output(output, [checkpoint, *(s.path for s in specs)], force)
     out_dtype = parse_dtype(dtype)
+    compute_on = resolve_device(device)
     ckpt = open_checkpoint(checkpoint)
     target = layout or ckpt.layout
     plan, found, diagnostics = plan_merge(ckpt, specs, family)
@@ -202,14 +292,15 @@ def merge_checkpoint(checkpoint: str | Path, loras: Sequence[LoraSpec | tuple[An
         "merge", checkpoint=describe_inputs([ckpt.root])[0] if ckpt.layout == "single-file" else ckpt.root.name,
         loras=[{**d, "te": s.te, "unet": s.unet} for d, s in zip(describe_inputs([s.path for s in specs]), specs)],
         dtype=dtype, layout=target)
-    report = MergeReport(out, target, found or None, diagnostics=diagnostics)
+    report = MergeReport(out, target, found or None, diagnostics=diagnostics, device=str(compute_on))
     bar = Progress(ckpt.nbytes, "merge", progress)
     with TensorReader(ckpt) as reader:
-        merger = _Merger(reader, plan, out_dtype)
+        merger = _Merger(reader, plan, out_dtype, compute_on)
         if target == "single-file" and ckpt.layout == "single-file":
             file = ckpt.files[0]
             with atomic_path(out) as tmp:
-                report.tensors_written = _write_file(merger, file, tmp, {**file.metadata, **recipe}, bar)
+                report.tensors_written = _write_file(merger, file, tmp, {**file.metadata, **recipe}, bar,
+                                                     stats=report.buffers)
         elif target == "single-file":
             from loraprompt.tools.to_single import write_single
 
@@ -220,7 +311,7 @@ def merge_checkpoint(checkpoint: str | Path, loras: Sequence[LoraSpec | tuple[An
                                                       metadata=recipe, bar=bar)
         elif ckpt.layout == "diffusers":
             with _staged(out, force) as staging:
-                report.tensors_written = _copy_folder(merger, ckpt, staging, recipe, bar)
+                report.tensors_written = _copy_folder(merger, ckpt, staging, recipe, bar, stats=report.buffers)
         else:
             from loraprompt.tools.layout import write_diffusers
 
@@ -258,7 +349,8 @@ def _staged(out: Path, force: bool) -> Iterator[Path]:
         raise
 
 
-def _copy_folder(merger: _Merger, ckpt: Checkpoint, staging: Path, recipe: dict[str, str], bar: Progress) -> int:
+def _copy_folder(merger: _Merger, ckpt: Checkpoint, staging: Path, recipe: dict[str, str], bar: Progress, *,
+                 stats: dict[str, int]) -> int:
     """A diffusers folder: weight files merged, everything else copied."""
     weights = {f.path for f in ckpt.files}
     shutil.copytree(ckpt.root, staging, dirs_exist_ok=True,
@@ -266,5 +358,5 @@ def _copy_folder(merger: _Merger, ckpt: Checkpoint, staging: Path, recipe: dict[
     written = 0
     for file in ckpt.files:
         target = staging / file.path.relative_to(ckpt.root)
-        written += _write_file(merger, file, target, {**file.metadata, **recipe}, bar)
+        written += _write_file(merger, file, target, {**file.metadata, **recipe}, bar, stats=stats)
     return written
