@@ -2,9 +2,14 @@
 against a naive peer (load every tensor with safetensors.torch.load_file, torch ops, save_file), in
 the same run. Each measurement runs in its own process so its peak RSS is its own; each side runs
 twice (ours, peer, peer, ours) and the faster run counts, since page-cache writeback on a shared
-machine makes single runs noisy.
+machine makes single runs noisy. The load average is printed with each family: on a shared machine
+the ratios, measured in the same minutes, are what counts.
+
+`--device cuda` runs the arithmetic of both sides on the GPU (tensors read and written on the CPU,
+as `loraprompt merge|extract --device cuda` does) and adds each side's peak VRAM.
 
 Run: flock /tmp/loraprompt-heavy.lock .venv/bin/python benchmarks/bench_tools.py [--families sd1 sdxl]
+     [--device cpu|cuda] [--no-extract]
 Files go to a temporary folder under /tmp and are deleted at the end.
 """
 
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -129,75 +135,83 @@ def write_lora(path: Path, shapes: dict[str, tuple[int, ...]], targets: dict[str
     save_file(tensors, str(path))
 
 
-def peer_merge(ckpt: Path, lora: Path, targets: dict[str, Any], out: Path) -> None:
-    """The naive way: everything in memory, W += scale · up @ down per module, save_file."""
+def peer_merge(ckpt: Path, lora: Path, targets: dict[str, Any], out: Path, device: str = "cpu") -> None:
+    """The naive way: everything in memory, W += scale · up @ down per module (on `device`), save_file."""
     from safetensors.torch import load_file, save_file
 
     sd = load_file(str(ckpt))
     lr = load_file(str(lora))
     for name, (key, slot, width) in targets.items():
-        up, down = lr[f"{name}.lora_up.weight"].float(), lr[f"{name}.lora_down.weight"].float()
+        up, down = lr[f"{name}.lora_up.weight"].to(device).float(), lr[f"{name}.lora_down.weight"].to(device).float()
         scale = float(lr[f"{name}.alpha"]) / down.shape[0]
         delta = (up.flatten(1) @ down.flatten(1)).reshape(up.shape[0], *down.shape[1:]) * scale
-        w = sd[key].float()
+        w = sd[key].to(device).float()
         rows = slice(None) if slot is None else slice(slot * width, (slot + 1) * width)
         w[rows] += delta
-        sd[key] = w.half()
+        sd[key] = w.half().cpu()
     save_file(sd, str(out))
 
 
-def peer_extract(tuned: Path, base: Path, keys: list[str], out: Path) -> None:
+def peer_extract(tuned: Path, base: Path, keys: list[str], out: Path, device: str = "cpu") -> None:
     """The naive way: both checkpoints in memory, torch.svd_lowrank per changed weight, save_file."""
     from safetensors.torch import load_file, save_file
 
     a, b = load_file(str(tuned)), load_file(str(base))
     lora = {}
     for key in keys:
-        diff = a[key].float() - b[key].float()
+        diff = a[key].to(device).float() - b[key].to(device).float()
         if float(diff.abs().max()) == 0.0:
             continue
         u, s, v = torch.svd_lowrank(diff.flatten(1), q=RANK + 16, niter=4)
-        lora[f"{key}.lora_up.weight"] = (u[:, :RANK] * s[:RANK].sqrt()).half().contiguous()
-        lora[f"{key}.lora_down.weight"] = (s[:RANK].sqrt()[:, None] * v[:, :RANK].T).half().contiguous()
+        lora[f"{key}.lora_up.weight"] = (u[:, :RANK] * s[:RANK].sqrt()).half().cpu().contiguous()
+        lora[f"{key}.lora_down.weight"] = (s[:RANK].sqrt()[:, None] * v[:, :RANK].T).half().cpu().contiguous()
     save_file(lora, str(out))
 
 
-def child(task: str, work: Path) -> None:
-    """One measured task in this process; prints seconds and peak RSS as JSON."""
+def child(task: str, work: Path, device: str) -> None:
+    """One measured task in this process; prints seconds, peak RSS (and peak VRAM) as JSON."""
     targets = json.loads((work / "targets.json").read_text())
     ckpt, lora = work / "model.safetensors", work / "lora.safetensors"
     start = time.perf_counter()
     if task == "ours-merge":
         from loraprompt.tools.merge import merge_checkpoint
 
-        merge_checkpoint(ckpt, [lora], work / "ours.safetensors", force=True)
+        merge_checkpoint(ckpt, [lora], work / "ours.safetensors", force=True, device=device)
     elif task == "peer-merge":
-        peer_merge(ckpt, lora, targets, work / "peer.safetensors")
+        peer_merge(ckpt, lora, targets, work / "peer.safetensors", device)
     elif task == "ours-extract":
         from loraprompt.tools.extract import extract_lora
         from loraprompt.tools.svd import RankTarget
 
-        extract_lora(work / "ours.safetensors", ckpt, work / "x_ours.safetensors", RankTarget(rank=RANK), force=True)
+        extract_lora(work / "ours.safetensors", ckpt, work / "x_ours.safetensors", RankTarget(rank=RANK), force=True,
+                     device=device)
     elif task == "peer-extract":  # the same weights our extract examines: every eligible one
         from loraprompt.tools.checkpoint import open_checkpoint
         from loraprompt.tools.extract import _candidates
 
         found = _candidates(open_checkpoint(work / "ours.safetensors"), open_checkpoint(ckpt), None)
         keys = sorted({key for _, key, _, _ in found})
-        peer_extract(work / "ours.safetensors", ckpt, keys, work / "x_peer.safetensors")
+        peer_extract(work / "ours.safetensors", ckpt, keys, work / "x_peer.safetensors", device)
     seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    result = {"seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.startswith("cuda"):
+        result["vram_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    print(json.dumps(result))
 
 
-def _measure(task: str, work: Path) -> dict[str, float]:
-    done = subprocess.run([sys.executable, __file__, "--child", task, "--work", str(work)],
+def _measure(task: str, work: Path, device: str) -> dict[str, float]:
+    done = subprocess.run([sys.executable, __file__, "--child", task, "--work", str(work), "--device", device],
                           check=False, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"{task} failed:\n{done.stderr[-3000:]}")
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def run_family(family: str, root: Path, extract: bool, big_peer: bool) -> None:
+def _vram(r: dict[str, float]) -> str:
+    return f" {r['vram_mb']:7.0f} MB VRAM" if "vram_mb" in r else ""
+
+
+def run_family(family: str, root: Path, extract: bool, big_peer: bool, device: str) -> None:
     work = root / family
     work.mkdir()
     shapes, targets = layout(family)
@@ -205,19 +219,20 @@ def run_family(family: str, root: Path, extract: bool, big_peer: bool) -> None:
     write_lora(work / "lora.safetensors", shapes, targets)
     (work / "targets.json").write_text(json.dumps(targets))
     size = (work / "model.safetensors").stat().st_size / 2**30
-    print(f"{family}: checkpoint {size:.2f} GiB fp16, LoRA rank {RANK} on {len(targets)} modules")
+    print(f"{family}: checkpoint {size:.2f} GiB fp16, LoRA rank {RANK} on {len(targets)} modules, device {device}, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     pairs = [("merge", "ours-merge", "peer-merge")] + ([("extract", "ours-extract", "peer-extract")] if extract else [])
     for label, ours, peer in pairs:
-        a = _measure(ours, work)
+        a = _measure(ours, work, device)
         if 2 * size <= PEER_LIMIT_GIB or big_peer:  # ours, peer, peer, ours: best of two cancels drift
-            b = min(_measure(peer, work), _measure(peer, work), key=lambda r: r["seconds"])
-            a = min(a, _measure(ours, work), key=lambda r: r["seconds"])
+            b = min(_measure(peer, work, device), _measure(peer, work, device), key=lambda r: r["seconds"])
+            a = min(a, _measure(ours, work, device), key=lambda r: r["seconds"])
         if 2 * size > PEER_LIMIT_GIB and not big_peer:
-            print(f"  {label:<8} loraprompt {a['seconds']:7.1f} s {a['peak_mb']:8.0f} MB peak | naive peer skipped: "
+            print(f"  {label:<8} loraprompt {a['seconds']:7.1f} s {a['peak_mb']:8.0f} MB peak{_vram(a)} | naive peer skipped: "
                   f"it holds ~{2 * size:.0f} GiB (two checkpoints, or one plus save_file's buffer); --big-peer runs it")
             continue
-        print(f"  {label:<8} loraprompt {a['seconds']:7.1f} s {a['peak_mb']:8.0f} MB peak | "
-              f"naive {b['seconds']:7.1f} s {b['peak_mb']:8.0f} MB peak | "
+        print(f"  {label:<8} loraprompt {a['seconds']:7.1f} s {a['peak_mb']:8.0f} MB peak{_vram(a)} | "
+              f"naive {b['seconds']:7.1f} s {b['peak_mb']:8.0f} MB peak{_vram(b)} | "
               f"time ratio {b['seconds'] / a['seconds']:.2f}x, memory ratio {b['peak_mb'] / a['peak_mb']:.2f}x")
     shutil.rmtree(work)
 
@@ -227,17 +242,18 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", default=["sd1", "sdxl"], choices=["sd1", "sdxl"])
     parser.add_argument("--no-extract", action="store_true")
     parser.add_argument("--big-peer", action="store_true", help="run the naive peer even past ~9 GiB of RAM")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where both sides compute")
     parser.add_argument("--child")
     parser.add_argument("--work", type=Path)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.work)
+        child(args.child, args.work, args.device)
         return
     torch.set_num_threads(2)
     root = Path(tempfile.mkdtemp(prefix="loraprompt-bench-tools-", dir="/tmp"))
     try:
         for family in args.families:
-            run_family(family, root, not args.no_extract, args.big_peer)
+            run_family(family, root, not args.no_extract, args.big_peer, args.device)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
