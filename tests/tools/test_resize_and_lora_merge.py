@@ -14,7 +14,7 @@ from loraprompt.tools.lora import read_lora
 from loraprompt.tools.lora_merge import merge_loras
 from loraprompt.tools.resize import resize_lora
 from loraprompt.tools.svd import RankTarget
-from tests.tools.conftest import write_kohya_lora
+from tests.fixtures.loras import write_kohya_lora
 
 
 def _deltas(path: Path) -> dict[str, torch.Tensor]:
@@ -53,7 +53,7 @@ def test_resize_by_energy_keeps_at_least_that_energy(tmp_path: Path, kohya_file:
 
 
 def test_exact_merge_equals_weighted_sum_of_deltas(tmp_path: Path, kohya_file: Path) -> None:
-    other = write_kohya_lora(tmp_path / "other.safetensors", seed=7, rank=2, alpha=1.0)
+    other = write_kohya_lora("sd1", tmp_path / "other.safetensors", seed=7, rank=2, alpha=1.0, sd_scripts_names=True).path
     report = merge_loras([kohya_file, other], [0.7, -1.5], tmp_path / "m.safetensors")
     merged = read_lora(report.output)
     a, b = _deltas(kohya_file), _deltas(other)
@@ -64,7 +64,7 @@ def test_exact_merge_equals_weighted_sum_of_deltas(tmp_path: Path, kohya_file: P
 
 
 def test_svd_merge_to_the_summed_rank_is_exact_and_lower_ranks_lose_norm(tmp_path: Path, kohya_file: Path) -> None:
-    other = write_kohya_lora(tmp_path / "other.safetensors", seed=7, rank=2, alpha=1.0)
+    other = write_kohya_lora("sd1", tmp_path / "other.safetensors", seed=7, rank=2, alpha=1.0, sd_scripts_names=True).path
     full = merge_loras([kohya_file, other], [1.0, 1.0], tmp_path / "full.safetensors", target=RankTarget(rank=6))
     a, b = _deltas(kohya_file), _deltas(other)
     for key, module in read_lora(full.output).modules.items():
