@@ -125,6 +125,8 @@ class Patcher:
         self._splits: dict[int, tuple[Resolution, Resolution, Resolution]] = {}
         self._fast = None
         self._bytes = {"device": 0, "host": 0}
+        self._bytes_stale = False  # backups cast or dropped since _bytes was counted
+        self._paths: dict[str, str] = {}
         if hasattr(self, "_hooks"):
             self._hooks.clear()
 
@@ -167,6 +169,7 @@ class Patcher:
         with self.lock:
             report = self.sync([])
             if release:
+                self._bytes, self._bytes_stale = {"device": 0, "host": 0}, False
                 self._backups.clear()
                 self._versions.clear()
                 self._where.clear()
@@ -245,7 +248,10 @@ class Patcher:
             report.patched = len(self._applied) + len(self._packed.applied)
             report.paths = {".".join(k): weight_path(self._param(k)[0]) for k in self._applied}
             report.paths |= {".".join(k): path for k, path in self._packed.paths().items()}
-            report.backups = self._bytes = self.backup_bytes
+            self._paths = report.paths
+            if changed or self._bytes_stale:  # counted again only when backups may have changed
+                self._bytes, self._bytes_stale = self.backup_bytes, False
+            report.backups = dict(self._bytes)
             report.diagnostics.extend(self._notes)
             self._notes.clear()
             if hooked is not None and unfused and len(items) == len(given):  # none skipped
@@ -265,7 +271,8 @@ class Patcher:
                     strength = per_block[block] = unet_for(block)
                 strengths.setdefault(key, []).append(strength)
         self._hooks.set_strengths(strengths)
-        return SyncReport(patched=len(self._applied), unfused=len(self._hooks), backups=dict(self._bytes))
+        return SyncReport(patched=len(self._applied) + len(self._packed.applied), unfused=len(self._hooks),
+                          backups=dict(self._bytes), paths=self._paths)
 
     def _plan(
         self, items: list[PlanEntry], step: int | None, total: int | None, report: SyncReport, skip: bool
@@ -450,6 +457,7 @@ class Patcher:
             weight, bias = self._param(key, fresh=True)
             replaced = old[0] is not weight or old[1] is not bias  # new parameters: a new model
             if not replaced and w_backup.dtype != weight.dtype:
+                self._bytes_stale = True
                 self._backups[key] = (self._cast(w_backup, weight.dtype),
                                       None if b_backup is None or bias is None else self._cast(b_backup, bias.dtype))
                 self._versions[key] = _versions(weight, bias)
@@ -461,6 +469,7 @@ class Patcher:
                     self._versions[key] = _versions(weight, bias)
                     continue
                 stale.append(key)
+                self._bytes_stale = True
                 del self._backups[key], self._versions[key]
                 self._applied.pop(key, None)
         if stale:
@@ -581,6 +590,7 @@ class Patcher:
         except BaseException:
             for key in list(self._backups):
                 self._write(key, None)
+            self._bytes_stale = True
             self._backups.clear()
             self._versions.clear()
             self._applied.clear()
