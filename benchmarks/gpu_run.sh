@@ -19,7 +19,7 @@ if [[ "${1:-}" == "--fetch-wheels" ]]; then
     PIP=${PIP:-/work/main/.venv/bin/pip}
     # --no-deps: only what the GPU image lacks; all pure Python, so any Python 3 / platform takes them
     "$PIP" download --no-deps --only-binary=:all: -d "$WHEELS" \
-        diffusers==0.42.1 lark==1.3.1 importlib_metadata zipp
+        diffusers==0.42.1 lark==1.3.1 importlib_metadata==8.7.0 zipp requests urllib3 certifi idna charset_normalizer
     ls -l "$WHEELS"
     exit 0
 fi
@@ -27,9 +27,10 @@ fi
 OUT=${OUT:-gpu-results}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu_run.log") 2>&1
-for module in diffusers lark importlib_metadata; do
+# only what is missing, without touching what the image has (torch, transformers, peft, ...)
+for module in zipp importlib_metadata idna certifi urllib3 charset_normalizer requests lark diffusers; do
     if ! "$PY" -c "import $module" 2>/dev/null; then
-        "$PY" -m pip install --no-index --no-deps --find-links "$WHEELS" "$module" \
+        "$PY" -m pip install --no-index --no-deps --find-links "$WHEELS" "${module//_/-}" \
             || echo "# could not install $module from $WHEELS (run --fetch-wheels first)"
     fi
 done
