@@ -1,0 +1,192 @@
+"""LoRA switch and restore on a Flux.1 transformer: loraprompt vs diffusers + peft vs the in-place limit.
+
+A FluxTransformer2DModel is built from config with random weights (--double/--single blocks at
+--width; Flux.1-dev is 19/38/3072, about 24 GB in bf16: a GPU run, e.g. --device cuda on an H200;
+the CPU default is a few blocks at the real width). Two rank --rank PEFT LoRAs A and B on every
+attention and MLP Linear are written with FluxPipeline.save_lora_weights, and A also as a kohya
+file with fused q/k/v (BFL names), so the row-split path is timed too. Then, on one model:
+
+- loraprompt: Patcher.sync A (first apply, takes the backups), switch A -> B, switch B -> A
+  (kohya file), restore();
+- diffusers + peft: load_lora_adapter + fuse_lora (apply), unfuse_lora + unload + load + fuse
+  (switch), unfuse_lora + unload_lora (restore);
+- the limit: one in-place addmm_ of rank-r factors into each touched weight (apply/switch) and a
+  copy_ of each touched weight (restore), in the model's dtype.
+
+Times are medians of --repeat runs, printed with the ratio to diffusers + peft and to the limit.
+    python -m benchmarks.bench_dit                     # CPU, 2 double + 2 single blocks, bf16
+    python -m benchmarks.bench_dit --device cuda --double 19 --single 38
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], object], device: torch.device, repeat: int, setup: Callable[[], object] | None = None) -> float:
+    times = []
+    for _ in range(repeat):
+        if setup is not None:
+            setup()
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def build(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    from diffusers import FluxTransformer2DModel
+
+    heads = args.width // 128
+    with torch.device(device):
+        model = FluxTransformer2DModel(num_layers=args.double, num_single_layers=args.single, attention_head_dim=128,
+                                       num_attention_heads=heads, guidance_embeds=True).to(dtype)
+    return model.eval().requires_grad_(False)
+
+
+def write_loras(model: torch.nn.Module, rank: int, root: Path) -> tuple[Path, Path, Path]:
+    from diffusers import FluxPipeline
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    targets = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+               "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp", "proj_out"]
+    paths = []
+    for name, seed in (("a", 1), ("b", 2)):
+        model.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, init_lora_weights="gaussian"), adapter_name=name)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            _fill(model, name, gen)
+        state = {k: v.cpu() for k, v in get_peft_model_state_dict(model, adapter_name=name).items()}
+        FluxPipeline.save_lora_weights(str(root), transformer_lora_layers=state, weight_name=f"{name}.safetensors")
+        paths.append(root / f"{name}.safetensors")
+        model.delete_adapters(name)
+    model.unload_lora()  # the PEFT wrappers go: the patcher sees the plain model
+    kohya = _kohya_from(paths[0], root / "a_kohya.safetensors")
+    return paths[0], paths[1], kohya
+
+
+def _fill(model: torch.nn.Module, name: str, gen: torch.Generator) -> None:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+            if isinstance(module, BaseTunerLayer):
+                for weight in (module.lora_A[name].weight, module.lora_B[name].weight):
+                    weight.copy_((torch.randn(weight.shape, generator=gen) * 0.01).to(weight))
+
+
+def _kohya_from(peft: Path, out: Path) -> Path:
+    """The PEFT file's q/k/v (and single blocks' q/k/v/MLP) fused under BFL names, block-diagonal ups."""
+    import re
+
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(peft))
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for key, a in sd.items():
+        if key.endswith("lora_A.weight"):
+            module = key[len("transformer.") : -len(".lora_A.weight")]
+            factors[module] = (a, sd[key.replace("lora_A", "lora_B")])
+    out_sd: dict[str, torch.Tensor] = {}
+    groups: dict[str, list[str]] = {}
+    for module in factors:
+        m = re.match(r"transformer_blocks\.(\d+)\.attn\.(to_[qkv]|add_[qkv]_proj)$", module)
+        s = re.match(r"single_transformer_blocks\.(\d+)\.(?:attn\.to_[qkv]|proj_mlp)$", module)
+        if m:
+            groups.setdefault(f"double_blocks_{m[1]}_{'img' if m[2].startswith('to_') else 'txt'}_attn_qkv", []).append(module)
+        elif s:
+            groups.setdefault(f"single_blocks_{s[1]}_linear1", []).append(module)
+        else:
+            out_sd[f"lora_transformer_{module.replace('.', '_')}.lora_down.weight"] = factors[module][0]
+            out_sd[f"lora_transformer_{module.replace('.', '_')}.lora_up.weight"] = factors[module][1]
+    order = {"to_q": 0, "to_k": 1, "to_v": 2, "add_q_proj": 0, "add_k_proj": 1, "add_v_proj": 2, "proj_mlp": 3}
+    for native, modules in groups.items():
+        modules.sort(key=lambda m: order[m.rsplit(".", 1)[-1]])
+        out_sd[f"lora_unet_{native}.lora_down.weight"] = torch.cat([factors[m][0] for m in modules])
+        out_sd[f"lora_unet_{native}.lora_up.weight"] = torch.block_diag(*[factors[m][1] for m in modules])
+        out_sd[f"lora_unet_{native}.alpha"] = torch.tensor(float(out_sd[f"lora_unet_{native}.lora_down.weight"].shape[0]))
+    save_file({k: v.contiguous() for k, v in out_sd.items()}, str(out))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--double", type=int, default=2)
+    parser.add_argument("--single", type=int, default=2)
+    parser.add_argument("--width", type=int, default=3072)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+
+    from diffusers import FluxPipeline
+
+    from loraprompt import Patcher, read_adapter
+
+    model = build(args, device, dtype)
+    with tempfile.TemporaryDirectory() as tmp:
+        path_a, path_b, path_k = write_loras(model, args.rank, Path(tmp))
+        a, b, k = read_adapter(path_a), read_adapter(path_b), read_adapter(path_k)
+        patcher = Patcher({"transformer": model})
+        ours = {
+            "first apply": _timed(lambda: patcher.sync([(a, 1, 1)]), device, args.repeat, lambda: patcher.restore(release=True)),
+            "switch": _timed(lambda: (patcher.sync([(b, 1, 1)]), patcher.sync([(a, 1, 1)])), device, args.repeat),
+            "switch (kohya, fused q/k/v)": _timed(lambda: (patcher.sync([(k, 1, 1)]), patcher.sync([(a, 1, 1)])), device, args.repeat),
+            "restore": _timed(patcher.restore, device, args.repeat, lambda: patcher.sync([(a, 1, 1)])),
+        }
+        ours["switch"] /= 2
+        ours["switch (kohya, fused q/k/v)"] /= 2
+        patcher.restore(release=True)
+
+        def load(path: Path, name: str) -> None:
+            state, alphas = FluxPipeline.lora_state_dict(str(path), return_alphas=True)
+            FluxPipeline.load_lora_into_transformer(state, network_alphas=alphas, transformer=model, adapter_name=name)
+            model.fuse_lora(lora_scale=1.0, adapter_names=[name])
+
+        def unload() -> None:
+            model.unfuse_lora()
+            model.unload_lora()
+
+        peer = {
+            "first apply": _timed(lambda: load(path_a, "a"), device, args.repeat, lambda: unload() if getattr(model, "peft_config", None) else None),
+            "switch": _timed(lambda: (unload(), load(path_b, "b")), device, args.repeat),
+            "restore": _timed(unload, device, args.repeat, lambda: load(path_a, "a")),
+        }
+        touched = [m.weight for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and any(
+            n.endswith(t) for t in ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+                                    "net.0.proj", "net.2", "proj_mlp", "proj_out")) and not n.startswith("proj_out")]
+        ups = [torch.zeros(w.shape[0], args.rank, dtype=dtype, device=device) for w in touched]
+        downs = [torch.zeros(args.rank, w.shape[1], dtype=dtype, device=device) for w in touched]
+        backups = [w.clone() for w in touched]
+        limit = {
+            "first apply": _timed(lambda: [w.addmm_(u, d) for w, u, d in zip(touched, ups, downs)], device, args.repeat),
+            "switch": _timed(lambda: [torch.addmm(c, u, d, out=w) for w, c, u, d in zip(touched, backups, ups, downs)], device, args.repeat),
+            "restore": _timed(lambda: [w.copy_(c) for w, c in zip(touched, backups)], device, args.repeat),
+        }
+    params = sum(p.numel() for p in model.parameters())
+    print(f"Flux transformer {args.double} double + {args.single} single blocks, width {args.width}, "
+          f"{params / 1e9:.2f} B params, {args.dtype} on {device}; rank {args.rank}, {len(touched)} weights")
+    print(f"{'operation':30} {'loraprompt':>11} {'diffusers+peft':>15} {'limit':>9} {'vs peft':>8} {'vs limit':>9}")
+    for op, t in ours.items():
+        base = op if op in peer else "switch"
+        print(f"{op:30} {t * 1e3:9.1f}ms {peer[base] * 1e3:13.1f}ms {limit[base] * 1e3:7.1f}ms "
+              f"{peer[base] / t:7.2f}x {limit[base] / t:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()
