@@ -119,3 +119,12 @@ def test_header_only_detection_needs_no_torch(tmp_path: Path) -> None:
     save_file({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.zeros(4, 3072),
                "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.zeros(9216, 4)}, str(path))
     assert _library_family(path, tmp_path)[:2] == ("flux", "keys")
+
+
+def test_gallery_cards_badge_dit_families(tmp_path: Path) -> None:
+    from loraprompt.ui.cards import card_record
+
+    path = dit.write_peft("flux", tmp_path / "lib" / "flux.safetensors").path
+    (entry,) = Library([path.parent], cache_dir=tmp_path / "cache").entries
+    record = card_record(entry, "flux", None, "flux")
+    assert (record["family"], record["badge"], record["family_title"]) == ("flux", "Flux", "Flux (from the tensor shapes)")
