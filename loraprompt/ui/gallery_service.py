@@ -29,6 +29,7 @@ from loraprompt.ui.gallery_thumbs import ThumbCache
 EDITABLE = frozenset(cards.USER_KEYS)
 
 
+BACKGROUND_PAUSE = 1.0  # the background hashing rests this many times as long as it read each file
 _STARTED = time.time_ns()  # makes the usage stamp differ across server restarts
 
 
@@ -210,8 +211,14 @@ class GalleryService:
         try:
             self.library.migrate_usage()
 
+            last = time.monotonic()
+
             def progress(done: int, total: int) -> None:
+                # at most half of the time spent reading: a big library's hashing must not hog the disk
+                nonlocal last
                 self._hashing = {"done": done, "total": total, "running": True}
+                self._stop.wait(min(2.0, time.monotonic() - last) * BACKGROUND_PAUSE)
+                last = time.monotonic()
 
             groups = tuple(self.library.duplicates(progress, self._stop))
             with self._lock:
