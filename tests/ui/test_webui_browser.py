@@ -60,7 +60,7 @@ def test_generate_with_demo_lora_names_it_in_infotext(ui_page: Any, webui: WebUI
     page.screenshot(path=str(SCREENSHOTS / "webui_progress.png"))
     infotext_box = page.locator("#lp-infotext textarea")
     page.wait_for_function(
-        "() => document.querySelector('#lp-infotext textarea').value.includes('Lora hashes')", timeout=120_000
+        "() => document.querySelector('#lp-infotext textarea').value.includes('Lora hashes')", timeout=300_000
     )
     page.locator("#lp-image img").wait_for(timeout=30_000)
     infotext = infotext_box.input_value()
@@ -92,7 +92,7 @@ def test_unknown_lora_is_reported_and_image_still_made(ui_page: Any) -> None:
     page.locator("#lp-steps input[type=number]").fill("4")
     page.locator("#lp-generate").click()
     diagnostics = page.locator("#lp-diagnostics")
-    diagnostics.get_by_text("no_such_lora").first.wait_for(timeout=120_000)
+    diagnostics.get_by_text("no_such_lora").first.wait_for(timeout=300_000)
     assert "not found" in diagnostics.inner_text()
     assert "Lora hashes" not in page.locator("#lp-infotext textarea").input_value()
 
