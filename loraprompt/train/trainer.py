@@ -471,5 +471,8 @@ def _bar(step: int, total: int, loss: float, rate: float, eta: float) -> None:
 
 def train(config: TrainConfig, *, base: Base | None = None, on_event: Event | None = None,
           progress: bool = False) -> TrainResult:
-    """Train a LoRA as `config` says and write it (plus `<stem>.json` and `<stem>.preview.png`)."""
+    """Train a LoRA as `config` says and write it (plus `<stem>.json` and `<stem>.preview.png`).
+
+    `base` (default: loaded from `config.checkpoint`) is trained in place: it keeps the peft layers
+    (and, with `pivotal`, the new token in its tokenizers) afterwards, so pass a pipeline you own."""
     return Trainer(config, base=base, on_event=on_event, progress=progress).run()
