@@ -189,6 +189,7 @@ class Trainer:
 
     def _prepare(self) -> None:
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
         from diffusers import DDPMScheduler
 
         config, base, pipe = self.config, self.base, self.base.pipe
@@ -199,6 +200,9 @@ class Trainer:
             self.pivotal = PivotalToken(base, config.token, config.word) if config.pivotal else None
             self.trained = add_lora(base, config)
         cpu = self.device.type == "cpu"
+        # accelerate keeps one process-wide state and refuses a second run with another precision;
+        # a run here is one process's only training, so start from a clean state each time
+        AcceleratorState._reset_state(reset_partial_state=True)
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=cpu)
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
         for _, _, encoder in base.text_encoders:
