@@ -69,32 +69,37 @@ class LocalBackend(ModelQueue):
         return super().submit(job)
 
 
-# A1111 >= 1.9 names a sampler and a schedule type apart; "automatic" is the sampler's default
-# (Karras for DPM++ 2M and DPM++ 2M SDE). The web UI's labels ("DPM++ 2M Karras") are A1111's
-# older combined names and are accepted too.
+# A1111 >= 1.9 names a sampler and a schedule type apart; "automatic" is the sampler's own default
+# (v1.10.1's samplers_k_diffusion: Karras for DPM++ 2M, DPM++ SDE and DPM++ 2S a; exponential for the
+# DPM++ SDE variants, offered here only as Karras; the model's own schedule for Euler, LMS, Heun...).
+# The web UI's labels ("DPM++ 2M Karras") are A1111's older combined names and are accepted too.
 SAMPLER_NAMES: tuple[str, ...] = tuple(dict.fromkeys(s.name for s in SAMPLERS))
 SCHEDULERS = ("automatic", "karras", "uniform")
+KARRAS_BY_DEFAULT = frozenset({"DPM++ 2M", "DPM++ SDE", "DPM++ 2S a"})
 
 
 def sampler_label(name: str | None, scheduler: str | None, field: str = "sampler_name") -> str:
     """The web UI sampler label for A1111's (sampler_name, scheduler); 422 listing the choices."""
     name = (name or "Euler a").strip()
     sched = (scheduler or "automatic").strip().lower()
-    if name in SAMPLER_LABELS and (sched == "automatic" or name not in SAMPLER_NAMES):
-        karras = f"{name} Karras"
-        return karras if sched == "automatic" and karras in SAMPLER_LABELS else name
+    if name in SAMPLER_LABELS and name not in SAMPLER_NAMES:
+        return name  # an older combined name such as "DPM++ 2M Karras" says its schedule itself
     if name not in SAMPLER_NAMES:
         choices = list(dict.fromkeys(SAMPLER_NAMES + SAMPLER_LABELS))
         raise invalid(field, f"unknown sampler {name!r}; choose one of: {', '.join(choices)}", choices=choices)
     if sched not in SCHEDULERS:
         raise invalid("scheduler", f"unknown scheduler {scheduler!r}; choose one of: {', '.join(SCHEDULERS)}",
                       choices=list(SCHEDULERS))
-    label = f"{name} Karras" if sched == "karras" else name
-    if label not in SAMPLER_LABELS:
-        offered = [s.schedule_type or "uniform" for s in SAMPLERS if s.name == name]
+    offered = [s.schedule_type for s in SAMPLERS if s.name == name]  # None: the model's own schedule
+    if sched == "automatic":
+        want = "Karras" if name in KARRAS_BY_DEFAULT or None not in offered else None
+    else:
+        want = "Karras" if sched == "karras" else None
+    if want not in offered:
+        kinds = [(o or "uniform").lower() for o in offered]
         raise invalid("scheduler", f"{name!r} has no {scheduler!r} schedule here; choose one of: automatic, "
-                      + ", ".join(o.lower() for o in offered), choices=["automatic", *(o.lower() for o in offered)])
-    return label
+                      + ", ".join(kinds), choices=["automatic", *kinds])
+    return f"{name} {want}" if want else name
 
 
 class Service:

@@ -185,3 +185,29 @@ def test_progress_and_interrupt_of_a_running_batch(served: Served) -> None:
     assert "Steps: 60" in interrupted.info["infotexts"][0]
     assert served.is_pristine()  # an interrupted request leaves no LoRA behind
     assert api.get_progress()["state"]["job_count"] == 0
+
+
+@pytest.mark.parametrize(("name", "scheduler", "label"), [
+    ("DPM++ 2M", None, "DPM++ 2M Karras"),  # A1111 v1.10.1's default schedule for DPM++ 2M is Karras
+    ("DPM++ 2M", "uniform", "DPM++ 2M"),
+    ("LMS", None, "LMS"),  # ...but LMS, Euler and Heun keep the model's own schedule
+    ("LMS", "automatic", "LMS"),
+    ("LMS", "karras", "LMS Karras"),
+    ("Euler", "automatic", "Euler"),
+    ("DPM++ 2M SDE", "automatic", "DPM++ 2M SDE Karras"),  # the only schedule offered for it here
+    ("DPM++ 2M Karras", "uniform", "DPM++ 2M Karras"),  # an old combined name says its schedule itself
+])
+def test_automatic_scheduler_is_the_samplers_own_default(name: str, scheduler: str | None, label: str) -> None:
+    from loraprompt.serve.service import sampler_label
+
+    assert sampler_label(name, scheduler) == label
+
+
+def test_a_schedule_a_sampler_lacks_is_422_listing_what_it_has() -> None:
+    from loraprompt.serve.errors import ServeError
+    from loraprompt.serve.service import sampler_label
+
+    with pytest.raises(ServeError) as caught:
+        sampler_label("DPM++ 2M SDE", "uniform")
+    error = caught.value
+    assert error.status == 422 and error.field == ("scheduler",) and error.ctx["choices"] == ["automatic", "karras"]
