@@ -132,13 +132,20 @@ class Service:
             engine.library = pinned  # the engine resolves pinned names from now on
         self.engine = engine
         self.library = pinned
-        self.model = model or ModelInfo.of(engine.model)
+        self._model = model
         self.sources = LoraSources(pinned, max_download_bytes=int(max_download_mb * (1 << 20)),
                                    timeout_s=download_timeout_s)
         self.limits = limits or Limits()
         self.backend: Backend = backend if backend is not None else LocalBackend(engine)
         self.keep_predictions = keep_predictions
         self.predictions: dict[str, Any] = {}
+
+    @property
+    def model(self) -> ModelInfo:
+        """What is loaded now: the web UI's checkpoint dropdown can swap the engine's model."""
+        if self._model is not None:
+            return self._model
+        return ModelInfo.of(self.engine.model)
 
     def check(self, *, steps: int, width: int, height: int, images: int, fields: dict[str, str] | None = None) -> None:
         """422 naming the field when a request asks for more than the limits allow."""

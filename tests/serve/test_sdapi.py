@@ -211,3 +211,17 @@ def test_a_schedule_a_sampler_lacks_is_422_listing_what_it_has() -> None:
         sampler_label("DPM++ 2M SDE", "uniform")
     error = caught.value
     assert error.status == 422 and error.field == ("scheduler",) and error.ctx["choices"] == ["automatic", "karras"]
+
+
+def test_options_and_models_follow_a_checkpoint_switch(served: Served) -> None:
+    """The web UI's dropdown replaces `engine.model` (Txt2Img.switch_model); the API must say so."""
+    import dataclasses
+
+    original = served.engine.model
+    served.engine.model = dataclasses.replace(original, name="other-model", model_hash="0123456789", is_demo=False)
+    try:
+        options = requests.get(f"{served.url}/sdapi/v1/options", timeout=30).json()
+        assert options["sd_model_checkpoint"].startswith("other-model")
+        assert [m["model_name"] for m in requests.get(f"{served.url}/sdapi/v1/sd-models", timeout=30).json()] == ["other-model"]
+    finally:
+        served.engine.model = original
