@@ -144,6 +144,8 @@ def _finite(modules: Iterable[AdapterModule]) -> AdapterModule | None:
     one copy per device, never one host-device synchronisation per module."""
     import torch
 
+    from loraprompt.adapters.finite import finite_flag
+
     flags: dict[torch.device, list[tuple[AdapterModule, Any]]] = {}
     for module in modules:
         if module.alpha is not None and not math.isfinite(module.alpha):
@@ -152,8 +154,8 @@ def _finite(modules: Iterable[AdapterModule]) -> AdapterModule | None:
         if module.dora_scale is not None:
             tensors.append(module.dora_scale)
         for t in tensors:
-            if t.is_floating_point():  # 1-byte floats (fp8) have no isfinite kernel: via float32
-                flags.setdefault(t.device, []).append((module, (t if t.element_size() > 1 else t.float()).isfinite().all()))
+            if t.is_floating_point():
+                flags.setdefault(t.device, []).append((module, finite_flag(t)))
     for found in flags.values():
         ok = torch.stack([flag for _, flag in found]).cpu().tolist()
         bad = next((module for (module, _), good in zip(found, ok) if not good), None)

@@ -11,11 +11,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from loraprompt.adapters.algorithms import ALGORITHMS, BOFTModule
 from loraprompt.adapters.family import detect_file_family
+from loraprompt.adapters.finite import all_finite
 from loraprompt.adapters.keys import KeyParts, dotted_module, split_key
 from loraprompt.adapters.loading import load_tensors
 from loraprompt.adapters.types import MODES, Adapter, AdapterModule
@@ -45,8 +45,7 @@ def _scalar(path: str, key: str, t: Tensor, what: str) -> float:
 
 def _check_finite(path: str, tensors: dict[str, Tensor]) -> None:
     for key, t in tensors.items():
-        # no float32 copy of fp16/bf16 files; 1-byte floats (fp8) have no isfinite kernel
-        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t if t.element_size() > 1 else t.float()).all()):
+        if t.is_floating_point() and not all_finite(t):
             raise AdapterFileError(path, "tensor contains NaN or Inf", key=key)
 
 

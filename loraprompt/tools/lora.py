@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from loraprompt.adapters.finite import all_finite
 from loraprompt.adapters.reader import PEFT_METADATA_KEY, peft_configs, peft_pattern_value
 from loraprompt.errors import AdapterFileError
 from loraprompt.tools.io import RECIPE_KEY, load_tensors
@@ -131,7 +132,7 @@ def _factors(path: str | Path, where: str, component: str, mpath: str, parts: Ma
     down, up = parts["down"], parts["up"]
     if down.dim() not in (2, 4) or up.dim() != down.dim() or up.shape[1] != down.shape[0]:
         raise AdapterFileError(path, f"up {list(up.shape)} and down {list(down.shape)} do not fit", key=where)
-    if any(not bool(t.float().isfinite().all()) for t in parts.values()):
+    if any(t.is_floating_point() and not all_finite(t) for t in parts.values()):
         raise AdapterFileError(path, "NaN or Inf in the module's tensors", key=where)
     alpha = parts.get("alpha")
     if alpha is not None and (alpha.numel() != 1 or float(alpha.float().item()) == 0.0):
