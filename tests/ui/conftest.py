@@ -5,6 +5,8 @@ gradio 3.41.2 (Automatic1111's), and a headless Chromium driven by Playwright.""
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,6 +92,19 @@ class DemoServer(ServerProcess):
                "--cache-dir", str(cache), "--family", family, "--poll", "0.5"]
         self.start(cmd, "loraprompt/gallery/state", timeout=90.0)
         self.gradio = self.log.read_text(errors="replace").split("gradio ")[-1].split(")")[0]
+
+
+class WebUI(ServerProcess):
+    """`python -m loraprompt webui [extra args]` on a free loopback port with its own data dir."""
+
+    what = "webui"
+
+    def __init__(self, data_dir: Path, *extra: str, timeout: float = 120.0) -> None:
+        super().__init__(data_dir / "webui.log")
+        self.data_dir = data_dir
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+        cmd = [sys.executable, "-m", "loraprompt", "webui", "--data-dir", str(data_dir), "--port", str(self.port), *extra]
+        self.start(cmd, "", timeout=timeout, pause=0.5, env=env)
 
 
 @pytest.fixture(scope="module", params=gradio_pythons())

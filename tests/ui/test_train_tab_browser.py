@@ -3,8 +3,6 @@ worker process, watch the loss plot and the samples fill in, and find the new Lo
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,20 +12,9 @@ from safetensors import safe_open
 
 from tests.train.conftest import write_images
 
-from .conftest import SCREENSHOTS, ServerProcess, open_page
+from .conftest import SCREENSHOTS, WebUI, open_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-class WebUI(ServerProcess):
-    what = "webui"
-
-    def __init__(self, data_dir: Path) -> None:
-        super().__init__(data_dir / "webui.log")
-        self.data_dir = data_dir
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-        cmd = [sys.executable, "-m", "loraprompt", "webui", "--data-dir", str(data_dir), "--port", str(self.port)]
-        self.start(cmd, "", timeout=120.0, pause=0.5, env=env)
 
 
 @pytest.fixture

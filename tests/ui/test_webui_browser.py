@@ -4,9 +4,7 @@ names the LoRA with its A1111 hash. Screenshots go to artifacts/screenshots/."""
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,22 +15,9 @@ from PIL import Image
 from loraprompt.infotext import parse_infotext, parse_lora_hashes
 from loraprompt.library.hashes import file_hashes
 
-from .conftest import SCREENSHOTS, ServerProcess, open_page
+from .conftest import SCREENSHOTS, WebUI, open_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-class WebUI(ServerProcess):
-    """`python -m loraprompt webui` on a free loopback port with a temporary data dir."""
-
-    what = "webui"
-
-    def __init__(self, data_dir: Path) -> None:
-        super().__init__(data_dir / "webui.log")
-        self.data_dir = data_dir
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-        cmd = [sys.executable, "-m", "loraprompt", "webui", "--data-dir", str(data_dir), "--port", str(self.port)]
-        self.start(cmd, "", timeout=120.0, pause=0.5, env=env)
 
 
 @pytest.fixture(scope="module")

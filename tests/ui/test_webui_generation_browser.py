@@ -5,8 +5,6 @@ Screenshots go to artifacts/screenshots/."""
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,23 +14,9 @@ from PIL import Image
 
 from loraprompt.infotext import parse_infotext
 
-from .conftest import SCREENSHOTS, ServerProcess, open_page
+from .conftest import SCREENSHOTS, WebUI, open_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-class WebUI(ServerProcess):
-    """`python -m loraprompt webui --checkpoint-dir ...` on a free loopback port."""
-
-    what = "webui"
-
-    def __init__(self, data_dir: Path, checkpoints: Path) -> None:
-        super().__init__(data_dir / "webui.log")
-        self.data_dir = data_dir
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-        cmd = [sys.executable, "-m", "loraprompt", "webui", "--data-dir", str(data_dir), "--port", str(self.port),
-               "--checkpoint-dir", str(checkpoints)]
-        self.start(cmd, "", timeout=180.0, pause=0.5, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +25,7 @@ def webui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebUI]:
 
     root = tmp_path_factory.mktemp("webui-gen")
     build_demo_pipeline(77).save_pretrained(str(root / "checkpoints" / "other-model"))
-    with WebUI(root / "data", root / "checkpoints") as server:
+    with WebUI(root / "data", "--checkpoint-dir", str(root / "checkpoints"), timeout=180.0) as server:
         yield server
 
 

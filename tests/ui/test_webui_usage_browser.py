@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import open_page
-from .test_webui_browser import WebUI
+from .conftest import WebUI, open_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
