@@ -188,3 +188,40 @@ def read_header(path: str | os.PathLike[str], max_header: int = MAX_HEADER) -> S
     data_offset = 8 + len(raw)
     _check_layout(spath, tensors, size - data_offset)
     return SafetensorsHeader(metadata, tensors, data_offset, size)
+
+
+# path -> ((mtime_ns, size), metadata): A1111's card pages and /sdapi/v1/loras ask for every file on
+# every call, and A1111 keeps this metadata from its scan instead of reading each header again
+_DECODED: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
+
+
+def decoded_metadata(path: str) -> dict[str, Any]:
+    """A `.safetensors` file's metadata with `{`-values JSON-decoded, as A1111 returns it in
+    /sdapi/v1/loras; {} when unreadable. Read once per version (mtime, size) of the file; each
+    caller gets its own dict."""
+    if not path.lower().endswith(".safetensors"):
+        return {}
+    try:
+        st = os.stat(path)
+    except OSError:
+        return {}
+    version = (st.st_mtime_ns, st.st_size)
+    cached = _DECODED.get(path)
+    if cached is None or cached[0] != version:
+        cached = (version, _decode_metadata(path))
+        _DECODED[path] = cached
+    return dict(cached[1])
+
+
+def _decode_metadata(path: str) -> dict[str, Any]:
+    try:
+        metadata: dict[str, Any] = dict(read_header(path).metadata)
+    except (AdapterFileError, OSError):
+        return {}
+    for key, value in metadata.items():
+        if isinstance(value, str) and value.startswith("{"):
+            try:
+                metadata[key] = json.loads(value)
+            except (ValueError, RecursionError):  # RecursionError: nested deeper than json can parse
+                pass
+    return metadata

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from loraprompt.infotext import parse_infotext
+from loraprompt.library.safetensors_header import decoded_metadata
 from loraprompt.models.samplers import SAMPLER_LABELS, SAMPLERS
 from loraprompt.serve.errors import ServeError, invalid
 from loraprompt.serve.jobs import ImageTask, Job
@@ -189,26 +190,6 @@ def _version() -> str:
     return f"loraprompt {loraprompt.__version__}"
 
 
-def lora_metadata(path: str) -> dict[str, Any]:
-    """A file's safetensors metadata with `{`-values JSON-decoded, as A1111's /sdapi/v1/loras has it."""
-    from loraprompt.errors import AdapterFileError
-    from loraprompt.library.safetensors_header import read_header
-
-    if not path.lower().endswith(".safetensors"):
-        return {}
-    try:
-        metadata: dict[str, Any] = dict(read_header(path).metadata)
-    except (AdapterFileError, OSError):
-        return {}
-    for key, value in metadata.items():
-        if isinstance(value, str) and value.startswith("{"):
-            try:
-                metadata[key] = json.loads(value)
-            except (ValueError, RecursionError):
-                pass
-    return metadata
-
-
 def add_routes(router: Any, service: Service) -> None:
     """Register the /sdapi/v1 routes on a FastAPI app or router (plain functions: FastAPI runs
     them in its threadpool, so waiting for the model never blocks the event loop)."""
@@ -232,7 +213,7 @@ def add_routes(router: Any, service: Service) -> None:
 
     @router.get("/sdapi/v1/loras")
     def loras() -> list[dict[str, Any]]:
-        return [{"name": e.name, "alias": e.alias, "path": e.path, "metadata": lora_metadata(e.path)}
+        return [{"name": e.name, "alias": e.alias, "path": e.path, "metadata": decoded_metadata(e.path)}
                 for e in service.library.base.entries if not e.error]
 
     @router.post("/sdapi/v1/refresh-loras")
