@@ -3,18 +3,15 @@ way A1111's create_ui does, mount its routes and fetch cards. Prints OK. Usage: 
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 root, lora_dir, cache_dir = (Path(a) for a in sys.argv[1:4])
-sys.path[:0] = [str(root / "tests" / "extension" / "fake_webui"), str(root)]
-glue = root / "extension"
-spec = importlib.util.spec_from_file_location("loraprompt_a1111", glue / "__init__.py", submodule_search_locations=[str(glue)])
-assert spec is not None and spec.loader is not None
-sys.modules["loraprompt_a1111"] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(sys.modules["loraprompt_a1111"])
+sys.path.insert(0, str(root))
+from tests.extension.glue import load_glue  # noqa: E402
+
+load_glue(root)
 
 import gradio as gr  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
