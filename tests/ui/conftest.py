@@ -94,6 +94,16 @@ class DemoServer(ServerProcess):
         self.gradio = self.log.read_text(errors="replace").split("gradio ")[-1].split(")")[0]
 
 
+def demo_engine(root: Path) -> Any:
+    """A `Txt2Img` on the built-in demo model, its LoRA folder and a library cache under `root`."""
+    import loraprompt
+    from loraprompt.models import load_demo
+    from loraprompt.ui.txt2img import Txt2Img
+
+    model, lora_dir = load_demo(root)
+    return Txt2Img(model, loraprompt.Library([str(lora_dir)], cache_dir=str(root / "cache")), root / "outputs")
+
+
 class WebUI(ServerProcess):
     """`python -m loraprompt webui [extra args]` on a free loopback port with its own data dir."""
 

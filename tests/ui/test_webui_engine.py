@@ -16,10 +16,11 @@ from PIL import Image
 import loraprompt
 from loraprompt.infotext import parse_infotext, parse_lora_hashes
 from loraprompt.library.hashes import file_hashes
-from loraprompt.models import load_demo
 from loraprompt.models.samplers import SAMPLER_LABELS, sampler_by_label
 from loraprompt.ui.txt2img import Txt2Img, Txt2ImgRequest, save_png
 from loraprompt.ui.webui import build_app, format_diagnostics, paste_values, png_infotext
+
+from .conftest import demo_engine
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -27,10 +28,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Txt2Img:
-    root = tmp_path_factory.mktemp("engine")
-    model, lora_dir = load_demo(root)
-    library = loraprompt.Library([str(lora_dir)], cache_dir=str(root / "cache"))
-    return Txt2Img(model, library, root / "outputs")
+    return demo_engine(tmp_path_factory.mktemp("engine"))
 
 
 def _request(prompt: str, **kw: Any) -> Txt2ImgRequest:

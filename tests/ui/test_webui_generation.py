@@ -30,15 +30,14 @@ from loraprompt.ui.xy_grid import (
     set_lora_weight,
 )
 
+from .conftest import demo_engine
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Txt2Img:
-    root = tmp_path_factory.mktemp("generation")
-    model, lora_dir = load_demo(root)
-    library = loraprompt.Library([str(lora_dir)], cache_dir=str(root / "cache"))
-    return Txt2Img(model, library, root / "outputs")
+    return demo_engine(tmp_path_factory.mktemp("generation"))
 
 
 def _request(prompt: str, **kw: Any) -> Txt2ImgRequest:
