@@ -4,7 +4,6 @@ with A1111-style infotext. The web UI is a thin shell around `Txt2Img.generate`.
 
 from __future__ import annotations
 
-import datetime
 import math
 import random
 import threading
@@ -13,10 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import loraprompt
 from loraprompt.diagnostics import Diagnostic
 from loraprompt.errors import LoraPromptError
-from loraprompt.infotext import GenerationInfo, format_infotext, number
+from loraprompt.infotext import GenerationInfo, format_infotext
 from loraprompt.models import LoadedModel
 from loraprompt.models.samplers import SAMPLER_LABELS, make_scheduler, sampler_by_label
 from loraprompt.ui.composable import ComposableHook, composable
@@ -37,6 +35,7 @@ from loraprompt.ui.img2img import (
     resize_latents,
     resize_mode,
 )
+from loraprompt.ui.outputs import infotext_extra, save_png
 from loraprompt.ui.txt2img_prompt import Conditioning
 
 StepCallback = Callable[[int, int], None]
@@ -353,19 +352,10 @@ class Txt2Img:
     def _save(self, request: Txt2ImgRequest, pictures: list[tuple[Any, int]], *, sampler: Any, clip_skip: int,
               applied: list[AppliedLora], diagnostics: list[Diagnostic], img2img: bool) -> Txt2ImgResult:
         """Write every image (and the grid of a batch) with A1111 infotext."""
-        from loraprompt.ui.hires import infotext_fields
         from loraprompt.ui.xy_grid import image_grid
 
         kind = "img2img" if img2img else "txt2img"
-        extra: dict[str, Any] = {}
-        if img2img:
-            extra["Denoising strength"] = number(float(request.denoising_strength))
-        elif request.hires is not None:
-            extra["Denoising strength"] = number(request.hires.denoising_strength)
-        extra["Clip skip"] = clip_skip if clip_skip > 1 else None
-        if request.hires is not None and not img2img:
-            extra.update(infotext_fields(request.hires, request.prompt, request.negative_prompt))
-        extra["Version"] = f"loraprompt {loraprompt.__version__}"
+        extra = infotext_extra(request, clip_skip, img2img)
         saved: list[GeneratedImage] = []
         for image, image_seed in pictures:
             info = GenerationInfo(
@@ -400,23 +390,3 @@ def _free_memory(gc: Any) -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def save_png(image: Any, infotext: str, outputs_dir: Path, seed: int, kind: str = "txt2img-images") -> Path:
-    """Save as A1111 does: `<outputs>/<kind>/<date>/<NNNNN>-<seed>.png` with `parameters`."""
-    from PIL.PngImagePlugin import PngInfo
-
-    folder = outputs_dir / kind / datetime.date.today().isoformat()
-    folder.mkdir(parents=True, exist_ok=True)
-    numbers = [int(p.name[:5]) for p in folder.glob("*.png") if p.name[:5].isdigit()]
-    index = max(numbers, default=-1) + 1
-    meta = PngInfo()
-    meta.add_text("parameters", infotext)
-    while True:
-        path = folder / f"{index:05d}-{seed}.png"
-        try:
-            with open(path, "xb") as f:
-                image.save(f, format="PNG", pnginfo=meta)
-            return path
-        except FileExistsError:
-            index += 1
