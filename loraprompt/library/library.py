@@ -6,7 +6,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,46 +15,28 @@ from loraprompt.errors import AdapterFileError, LoraPromptError
 from loraprompt.library import paths, sidecars
 from loraprompt.library.cache import RACY_NS, DiskCache, default_cache_dir
 from loraprompt.library.details import file_details
+from loraprompt.library.duplicates import DuplicateGroup, duplicate_candidates, find_duplicates
 from loraprompt.library.entry import Entry
 from loraprompt.library.hashes import HashCache, file_hashes
 from loraprompt.library.resolve import (
+    TAG_BREAKERS,  # noqa: F401  (re-exported: the gallery imports it from here)
     NameIndex,
     Resolution,
     hash_matches,
     match_exact,
     match_lenient,
     not_found,
+    stand_in_name,
 )
-from loraprompt.library.scanner import ScanResult, cached_entries, folder_of, scan_file, scan_root
+from loraprompt.library.scanner import (
+    RefreshReport,
+    ScanResult,
+    cached_entries,
+    folder_of,
+    scan_file,
+    scan_root,
+)
 from loraprompt.library.usage import UsageLog
-
-TAG_BREAKERS = ":>=#"  # in a tag's name: split its items, end it, make a named item, start a comment
-
-
-def stand_in_name(name: str) -> str:
-    """`name` with the characters that break a tag made `_`: what the gallery writes, with
-    `hash=`, for a file whose name cannot be written in a tag (resolved without a warning)."""
-    return "".join("_" if c in TAG_BREAKERS else c for c in name)
-
-
-@dataclass(frozen=True)
-class RefreshReport:
-    """What one refresh changed, by absolute path."""
-
-    added: tuple[str, ...] = ()
-    changed: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
-    pending: tuple[str, ...] = ()  # files being written (new or rewritten): left out until they settle
-    offline_roots: tuple[str, ...] = ()  # roots not reachable: their entries were kept
-    files_read: int = 0
-
-
-@dataclass(frozen=True)
-class DuplicateGroup:
-    """Files that are the same: `kind` is "same-file", "same-tensors" or "same-name"."""
-
-    kind: str
-    entries: tuple[Entry, ...] = field(default_factory=tuple)
 
 
 class Library:
@@ -316,61 +298,17 @@ class Library:
         return found
 
     def duplicate_candidates(self) -> list[Entry]:
-        """Entries that can be in a duplicate group: those sharing their tensor data size or their
-        stem with another file. Only these are hashed to find the groups."""
-        by_size: dict[int, list[Entry]] = {}
-        for e in self.entries:
-            if not e.error and not e.offline:
-                by_size.setdefault(e.size - (e.data_offset or 0), []).append(e)
-        out = {e.path: e for same in by_size.values() if len(same) > 1 for e in same}
-        for named in self._index.stems.values():
-            if len(named) > 1:
-                out.update((e.path, e) for e in named if not e.error and not e.offline)
-        return list(out.values())
+        """Entries that can be in a duplicate group (see `duplicates.duplicate_candidates`)."""
+        return duplicate_candidates(self.entries, self._index.stems)
 
     def duplicates(
         self, progress: Callable[[int, int], None] | None = None, stop: threading.Event | None = None,
     ) -> list[DuplicateGroup]:
-        """Groups of files with the same bytes, the same tensors under another header, or the same
-        name with other content. Only `duplicate_candidates` are hashed (each file read once, the
-        hashes cached); `progress(done, total)` is called after each file hashed, and a set `stop`
-        ends the hashing early (the groups then cover the files hashed so far)."""
-        candidates = self.duplicate_candidates()
-        hashes: dict[str, Mapping[str, str | None]] = {}
-        for e in candidates:
-            record = self._cache.get(e.path, e.size, e.mtime_ns)
-            hashes[e.path] = (record or {}).get("hashes") or {}
-        todo = [e for e in candidates if not hashes[e.path]]
-        for done, entry in enumerate(todo, 1):
-            if stop is not None and stop.is_set():
-                break
-            try:
-                hashes[entry.path] = self.hashes(entry, save=False)
-            except AdapterFileError:
-                pass  # vanished or unreadable since the scan: left out
-            if progress is not None:
-                progress(done, len(todo))
-        self._cache.save()
-        groups: list[DuplicateGroup] = []
-        by_tensors: dict[tuple[int, str], list[Entry]] = {}
-        for e in candidates:
-            content = hashes[e.path].get("a1111")
-            if content:
-                by_tensors.setdefault((e.size - (e.data_offset or 0), content), []).append(e)
-        for members in by_tensors.values():
-            if len(members) < 2:
-                continue
-            files: dict[str, list[Entry]] = {}
-            for e in members:
-                files.setdefault(hashes[e.path].get("sha256") or "", []).append(e)
-            groups += [DuplicateGroup("same-file", tuple(f)) for f in files.values() if len(f) > 1]
-            if len(files) > 1:
-                groups.append(DuplicateGroup("same-tensors", tuple(members)))
-        for named in self._index.stems.values():
-            sums = [hashes.get(e.path, {}).get("sha256") for e in named]
-            if len(named) > 1 and all(sums) and len(set(sums)) > 1:
-                groups.append(DuplicateGroup("same-name", tuple(named)))
-        return groups
+        """Groups of duplicate files; only `duplicate_candidates` are hashed (`find_duplicates`)."""
+        return find_duplicates(
+            self.duplicate_candidates(), self._index.stems,
+            lambda e: (self._cache.get(e.path, e.size, e.mtime_ns) or {}).get("hashes") or {},
+            lambda e: self.hashes(e, save=False), self._cache.save, progress=progress, stop=stop)
 
     # ---- sidecars and files ---------------------------------------------------------------
     def write_user_metadata(self, entry: Entry, updates: Mapping[str, Any]) -> Entry:

@@ -16,6 +16,14 @@ from loraprompt.library.entry import MODEL_EXTS, Entry
 _ESCAPED = re.compile(r"\\([()\[\]{}|:<>\\])")
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 
+TAG_BREAKERS = ":>=#"  # in a tag's name: split its items, end it, make a named item, start a comment
+
+
+def stand_in_name(name: str) -> str:
+    """`name` with the characters that break a tag made `_`: what the gallery writes, with
+    `hash=`, for a file whose name cannot be written in a tag (resolved without a warning)."""
+    return "".join("_" if c in TAG_BREAKERS else c for c in name)
+
 
 @dataclass(frozen=True)
 class Resolution:

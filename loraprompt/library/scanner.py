@@ -25,6 +25,18 @@ def natural_key(text: str) -> list[Any]:
     return [int(t) if t.isdigit() else t.casefold() for t in _DIGITS.split(text)]
 
 
+@dataclass(frozen=True)
+class RefreshReport:
+    """What one refresh changed, by absolute path."""
+
+    added: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    pending: tuple[str, ...] = ()  # files being written (new or rewritten): left out until they settle
+    offline_roots: tuple[str, ...] = ()  # roots not reachable: their entries were kept
+    files_read: int = 0
+
+
 @dataclass
 class Folder:
     """One walked folder: its absolute path, its path relative to the root (`/`-separated), its
