@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The engine on a GPU, in one run: the CUDA tests, then bench_patch for SD1.5 and SDXL (fp16, and
 # SD1.5 bf16), backups on the device and in pinned host memory, against diffusers + peft and the
-# limit, plus the per-step cost of a scheduled LoRA. Everything goes to $OUT (default ./gpu-results).
+# limit, plus the per-step cost of a scheduled LoRA, then bench_dit at Flux.1-dev size. Everything
+# goes to $OUT (default ./gpu-results).
 #
 # The GPU machines have torch, transformers, safetensors, accelerate and peft but neither diffusers
 # nor lark, and no network. Bring their wheels, on a machine with PyPI access, before the run:
 #     benchmarks/gpu_run.sh --fetch-wheels        # pure-Python wheels into benchmarks/wheels/
 # then run it on the GPU machine (with the device tool: carry benchmarks/wheels):
 #     benchmarks/gpu_run.sh
-# About 8 minutes on an H200 (SDXL from config with random weights is built on the GPU).
+# At most ~9.5 minutes on an H200 (every step has its own time limit; models are built on the GPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=benchmarks/wheels
@@ -40,7 +41,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 export PYTHONPATH=$PWD
 
 echo "## CUDA tests"
-timeout 150 "$PY" -m pytest tests/patcher/test_cuda.py -q -p no:cacheprovider 2>&1 | tail -25
+timeout 80 "$PY" -m pytest tests/patcher/test_cuda.py tests/patcher/test_combine_half.py -k "not cpu" \
+    -q -p no:cacheprovider 2>&1 | tail -25
 
 run() {  # bench_patch with a time limit; its output goes to $OUT/bench-<name>.txt too
     local name=$1; shift
@@ -48,7 +50,11 @@ run() {  # bench_patch with a time limit; its output goes to $OUT/bench-<name>.t
     timeout "$LIMIT" "$PY" -m benchmarks.bench_patch --device cuda --repeat 7 "$@" 2>&1 \
         | grep -v -i "warn" | tee "$OUT/bench-$name.txt"
 }
-LIMIT=150 run sd15-fp16 --model sd15 --dtype fp16
-LIMIT=240 run sdxl-fp16 --model sdxl --dtype fp16
-LIMIT=120 run sd15-bf16 --model sd15 --dtype bf16 --no-per-step
+# each step has its own limit, so one that hangs cannot eat the others' time (≈ 9.5 min in all)
+LIMIT=120 run sd15-fp16 --model sd15 --dtype fp16 --profile
+LIMIT=190 run sdxl-fp16 --model sdxl --dtype fp16 --repeat 5
+echo "## bench_dit: Flux.1-dev size (19 double + 38 single blocks), bf16"
+timeout 110 "$PY" -m benchmarks.bench_dit --device cuda --double 19 --single 38 2>&1 \
+    | grep -v -i "warn" | tee "$OUT/bench-dit.txt"
+LIMIT=50 run sd15-bf16 --model sd15 --dtype bf16 --no-per-step --backups device --repeat 5
 echo "## done: $OUT"
