@@ -173,7 +173,7 @@ def match_lenient(index: NameIndex, name: str) -> Resolution | None:
         matches = index.table(fk, with_paths).get(q, [])
         if len(matches) == 1:
             e = matches[0]
-            msg = f"LoRA {name!r} matched {e.relpath} only {_STEP_TEXT[step]}; write {index.display_name(e)!r}"
+            msg = f"LoRA {name!r} matched {e.relpath} only {_STEP_TEXT[step]}; {_advice(index, e)}"
             return Resolution(e, (Diagnostic(code, msg, subject=name, data={"step": step}),), step)
         if len(matches) > 1:
             listed = ", ".join(m.relpath for m in matches[:10])
@@ -182,6 +182,20 @@ def match_lenient(index: NameIndex, name: str) -> Resolution | None:
                               data={"step": step, "candidates": [m.relpath for m in matches]})
             return Resolution(None, (diag,), step, tuple(matches))
     return None
+
+
+def _advice(index: NameIndex, e: Entry) -> str:
+    """What to write instead: the name A1111's card inserts for `e` when that name finds `e`. When
+    other files share `e`'s stem, that name finds the last of them, and only the folder path (which
+    A1111's built-in Lora does not read) or `hash=` chooses `e`."""
+    name = index.display_name(e)
+    found = match_exact(index, name)
+    if found is None or found.entry is e:
+        return f"write {name!r}"
+    shared = len(index.stems.get(e.name, ()))
+    return (f"{shared} files are named {e.name!r} and {name!r} finds {found.entry.relpath}, so the folder path "
+            f"{_stem_of_relpath(e)!r} is the name that chooses this one (Automatic1111's built-in Lora does not "
+            "read folder paths: rename the file to use it there)")
 
 
 def hash_matches(hashes: dict[str, str | None], wanted: str) -> bool:

@@ -60,6 +60,28 @@ def test_ambiguous_fallback_lists_candidates(lib: Library) -> None:
     assert {e.relpath for e in r.candidates} == {"a/same.safetensors", "b/Same.safetensors"}
 
 
+def test_path_hint_names_what_chooses_the_file(lora_dir: Path, tmp_path: Path) -> None:
+    """A folder path given for one of two files sharing a stem: the hint must not say to write the
+    stem (that finds the other file); it says the path is what chooses it, and where it does not work."""
+    write_lora(lora_dir / "one" / "twin.safetensors", {}, seed=21)
+    write_lora(lora_dir / "two" / "twin.safetensors", {}, seed=22)
+    write_lora(lora_dir / "styles" / "solo.safetensors", {}, seed=23)
+    lib = Library([lora_dir], cache_dir=tmp_path / "c")
+    assert lib.resolve("twin").entry.relpath == "two/twin.safetensors"  # type: ignore[union-attr]
+    for written in ("one/twin", "one\\twin.safetensors", "ONE/Twin"):
+        r = lib.resolve(written)
+        assert r.entry is not None and r.entry.relpath == "one/twin.safetensors"
+        message = r.diagnostics[0].message
+        assert "write 'twin'" not in message, message
+        assert "2 files are named 'twin' and 'twin' finds two/twin.safetensors" in message
+        assert "the folder path 'one/twin' is the name that chooses this one" in message
+        assert "built-in Lora does not read folder paths" in message
+    # the last of the twins is what the stem finds, and a lone file's stem finds it: the hint says so
+    assert lib.resolve("two/twin").diagnostics[0].message.endswith("write 'twin'")
+    solo = lib.resolve("styles/solo")
+    assert [d.code for d in solo.diagnostics] == ["W-NAME-PATH"] and solo.diagnostics[0].message.endswith("write 'solo'")
+
+
 def test_forbidden_aliases_resolve_only_as_stems(lib: Library) -> None:
     # two files share "shared"; "none" is forbidden; "detail_tweaker" as an alias collides with a stem
     for name in ("shared", "none"):
