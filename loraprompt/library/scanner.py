@@ -202,6 +202,18 @@ def model_record(path: str, st: os.stat_result, cache: DiskCache, settle_s: floa
     return cache.put(path, st.st_size, st.st_mtime_ns, ino=st.st_ino, **values), True
 
 
+def _stamps(folder: str, names: tuple[str, ...]) -> tuple[tuple[str, int, int], ...]:
+    """(name, size, mtime_ns) of each of `names` in `folder` (-1s for one that cannot be read)."""
+    stamps = []
+    for name in names:
+        try:
+            st = os.stat(folder + os.sep + name)
+            stamps.append((name, st.st_size, st.st_mtime_ns))
+        except OSError:
+            stamps.append((name, -1, -1))
+    return tuple(stamps)
+
+
 def scan_root(root: str, cache: DiskCache, settle_s: float, previous: Mapping[str, tuple[Any, Entry]]) -> ScanResult:
     """Walk one root and build its entries in A1111's (natural-sorted) order, reusing the
     `previous` (fingerprint, entry) of a file whose stat, sidecars and previews are unchanged."""
@@ -240,7 +252,9 @@ def scan_file(
     previews = tuple(find_names(preview_names(stem), listing)) if listing else ()
     if folder.outside is not None:
         result.linked_previews.update(folder.outside + os.sep + name for name in previews)
-    fingerprint = (st.st_size, st.st_mtime_ns, stamps, previews, folder.hidden)
+    # a preview replaced under the same name makes a new entry, so whatever is keyed by entries
+    # (the gallery's cards and thumbnail URLs) sees it, whether or not the model file was re-read
+    fingerprint = (st.st_size, st.st_mtime_ns, stamps, _stamps(folder.path, previews), folder.hidden)
     old = previous.get(path)
     reuse = old is not None and old[0] == fingerprint and not was_read and not sidecars_read
     entry = old[1] if old is not None and reuse else None

@@ -216,6 +216,26 @@ def test_seconds_old_file_is_read_again_once(lora_dir: Path, tmp_path: Path) -> 
     assert Library([lora_dir], cache_dir=tmp_path / "c").last_report.files_read == 1
 
 
+def test_a_preview_replaced_under_its_name_gives_a_new_entry(lora_dir: Path, tmp_path: Path) -> None:
+    """Entries are reused only while the file, its sidecars and its previews are unchanged. A preview
+    overwritten in place (same name, model file untouched and out of the racy window, so not read
+    again) must still give a new entry: the gallery's cards and thumbnail URLs are keyed by entries
+    (a card kept its old thumbnail URL when the machine was slow enough to leave the racy window)."""
+    write_lora(lora_dir / "a.safetensors", kohya_metadata("a"), seed=1)
+    write_lora(lora_dir / "b.safetensors", kohya_metadata("b"), seed=2)
+    for stem in "ab":
+        (lora_dir / f"{stem}.png").write_bytes(PNG)
+        os.utime(lora_dir / f"{stem}.png", (time.time() - 60, time.time() - 60))
+    lib = Library([lora_dir], cache_dir=tmp_path / "c")
+    a, b = (lib.get(lora_dir / f"{stem}.safetensors") for stem in "ab")
+    (lora_dir / "a.png").write_bytes(PNG + b"\0")  # A1111's "replace preview" writes in place
+    report = lib.refresh()
+    assert report.files_read == 0 and report.changed == ()
+    new_a = lib.get(lora_dir / "a.safetensors")
+    assert new_a is not a and new_a is not None and new_a.previews == a.previews  # type: ignore[union-attr]
+    assert lib.get(lora_dir / "b.safetensors") is b  # an unchanged file keeps its entry
+
+
 def test_hashes_are_cached_on_disk(lora_dir: Path, tmp_path: Path) -> None:
     p = write_lora(lora_dir / "a.safetensors", kohya_metadata("a"))
     first = Library([lora_dir], cache_dir=tmp_path / "c")
