@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from typing import Any
 
 from modules import ui_extra_networks
 from modules.ui_extra_networks import quote_js
+
+from loraprompt.errors import LoraPromptError
+from loraprompt.library.cards import escape_html
+from loraprompt.library.resolve import TagChoice, writable_name
 
 from . import webui
 from .api import header_metadata
@@ -33,10 +37,12 @@ def preferred_weight(value: Any) -> float | None:
     return weight if math.isfinite(weight) and weight != 0 else None
 
 
-def card_prompt(name: str, weight: float | None, activation_text: str) -> str:
-    """The JavaScript expression A1111 evaluates when a card is clicked (the built-in's form)."""
+def card_prompt(name: str, weight: float | None, activation_text: str, short_hash: str | None = None) -> str:
+    """The JavaScript expression A1111 evaluates when a card is clicked (the built-in's form, with
+    `hash=` after the strength when the file has no name that can be written in a tag)."""
     multiplier = str(weight) if weight else "opts.extra_networks_default_multiplier"
-    expr = quote_js(f"<lora:{name}:") + " + " + multiplier + " + " + quote_js(">")
+    end = f":hash={short_hash}>" if short_hash else ">"
+    expr = quote_js(f"<lora:{name}:") + " + " + multiplier + " + " + quote_js(end)
     return expr + (" + " + quote_js(" " + activation_text) if activation_text else "")
 
 
@@ -51,10 +57,32 @@ class LoraPromptPage(ui_extra_networks.ExtraNetworksPage):
         self.runtime.refresh()
 
     def create_item(self, name: str, index: int | None = None, enable_filter: bool = True) -> dict[str, Any] | None:
-        entry = next((e for e in library_entries(self.runtime.library) if e.name == name), None)
-        return None if entry is None else self._item(entry, index)
+        entries = list(library_entries(self.runtime.library))
+        entry = next((e for e in entries if e.name == name), None)
+        return None if entry is None else self._item(entry, index, {e.name for e in entries})
 
-    def _item(self, entry: Any, index: int | None) -> dict[str, Any]:
+    def _tag_name(self, entry: Any, stems: Container[str]) -> tuple[TagChoice, str | None]:
+        """What the card inserts (and its short hash when by hash): the name A1111's card would
+        (`lora_preferred_name`), unless it holds `: > = #`, which break the tag (loraprompt.library.resolve)."""
+        profile = str(webui.opt("loraprompt_profile", "loraprompt"))
+        no_hash = "loraprompt's a1111 profile (no hash=)" if profile == "a1111" else None
+        library = self.runtime.library
+        choice = writable_name(library, entry, self.runtime.display_name(entry), taken=stems, no_hash=no_hash)
+        if not choice.by_hash:
+            return choice, None
+        try:
+            short = library.hashes(entry).get("a1111_short")
+        except (LoraPromptError, OSError) as exc:
+            short, why = None, str(exc)
+        else:
+            why = "no hash"
+        if not short:
+            wanted = self.runtime.display_name(entry)
+            return TagChoice(wanted, False, f"The name {wanted} breaks a <lora:...> tag and its hash cannot be read "
+                                            f"({why}): rename the file"), None
+        return choice, short
+
+    def _item(self, entry: Any, index: int | None, stems: Container[str] = ()) -> dict[str, Any]:
         """One card's item dict, as the built-in page builds it."""
         path = os.path.splitext(entry.path)[0]
         metadata = header_metadata(entry.path)
@@ -75,15 +103,21 @@ class LoraPromptPage(ui_extra_networks.ExtraNetworksPage):
         user = item["user_metadata"]
         # A1111 pastes the raw value into the click's JavaScript; a number only keeps sidecar text out of it
         weight = preferred_weight(user.get("preferred weight"))
-        item["prompt"] = card_prompt(self.runtime.display_name(entry), weight, str(user.get("activation text") or ""))
+        choice, short = self._tag_name(entry, stems)
+        item["prompt"] = card_prompt(choice.name, weight, str(user.get("activation text") or ""), short)
+        if choice.note:  # on the card, as the gallery's "name" badge says it; A1111 shows descriptions as HTML
+            item["description"] = f'<span class="loraprompt-tag-note">\u26a0 {escape_html(choice.note)}</span>' + (
+                f"<br>{item['description']}" if item.get("description") else "")
         negative = user.get("negative text")
         item["negative_prompt"] = quote_js(f"({negative}:1)" if negative else "")
         return item
 
     def list_items(self) -> Iterator[dict[str, Any]]:
         # by entry, not by name: two folders may hold the same stem, and a lookup per card is quadratic
-        for index, entry in enumerate(list(library_entries(self.runtime.library))):
-            yield self._item(entry, index)
+        entries = list(library_entries(self.runtime.library))
+        stems = {e.name for e in entries}
+        for index, entry in enumerate(entries):
+            yield self._item(entry, index, stems)
 
     def allowed_directories_for_previews(self) -> list[str]:
         return [str(root) for root in getattr(self.runtime.library, "roots", [])]

@@ -7,8 +7,9 @@ from __future__ import annotations
 import difflib
 import re
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from loraprompt.diagnostics import Diagnostic
 from loraprompt.library.entry import MODEL_EXTS, Entry
@@ -23,6 +24,42 @@ def stand_in_name(name: str) -> str:
     """`name` with the characters that break a tag made `_`: what the gallery writes, with
     `hash=`, for a file whose name cannot be written in a tag (resolved without a warning)."""
     return "".join("_" if c in TAG_BREAKERS else c for c in name)
+
+
+def tag_breakers(name: str) -> str:
+    """The characters of `name` that break a tag, each once, space-separated ("" when none)."""
+    return " ".join(dict.fromkeys(c for c in name if c in TAG_BREAKERS))
+
+
+@dataclass(frozen=True)
+class TagChoice:
+    """What a card inserts: `name`, with `hash=` when `by_hash` (no name of the file can be
+    written in a tag), and `note` saying why when the file's own name is not what is inserted."""
+
+    name: str
+    by_hash: bool = False
+    note: str = ""
+
+
+def writable_name(library: Any, entry: Entry, wanted: str, *, taken: Container[str] = (),
+                  no_hash: str | None = None) -> TagChoice:
+    """`wanted` when it can be written in a tag. A name with `:`, `>`, `=` or `#` breaks the tag:
+    then the file's alias (`library.display_name`) when that is clean, else a clean stand-in
+    (`stand_in_name`, `_by_hash` added when it is in `taken`) to be written with `hash=`. When the
+    handler reads no `hash=`, `no_hash` names it and the choice is `wanted` with "rename the file"."""
+    bad = tag_breakers(wanted)
+    if not bad:
+        return TagChoice(wanted)
+    alias = library.display_name(entry)
+    why = f"The name {wanted} contains {bad}, which break a <lora:...> tag"
+    if alias != entry.name and not tag_breakers(alias):
+        return TagChoice(alias, False, f"{why}; the card inserts the file's alias {alias}")
+    if no_hash is not None:
+        return TagChoice(wanted, False, f"{why}, and {no_hash} has no other name for it: rename the file")
+    clean = stand_in_name(wanted)
+    if clean in taken or clean in library.aliases():
+        clean += "_by_hash"
+    return TagChoice(clean, True, f"{why}; the card inserts {clean} with the file's hash=, which finds it")
 
 
 @dataclass(frozen=True)
@@ -190,7 +227,7 @@ def _advice(index: NameIndex, e: Entry) -> str:
     A1111's built-in Lora does not read) or `hash=` chooses `e`."""
     name = index.display_name(e)
     found = match_exact(index, name)
-    if found is None or found.entry is e:
+    if found is None or found.entry is None or found.entry is e:
         return f"write {name!r}"
     shared = len(index.stems.get(e.name, ()))
     return (f"{shared} files are named {e.name!r} and {name!r} finds {found.entry.relpath}, so the folder path "

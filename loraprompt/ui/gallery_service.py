@@ -18,8 +18,8 @@ from loraprompt.library import DuplicateGroup, Entry, Library
 from loraprompt.library.cache import default_cache_dir
 from loraprompt.library.cards import FAMILY_LABELS, json_for_script
 from loraprompt.library.details import file_details
-from loraprompt.library.library import TAG_BREAKERS, stand_in_name
 from loraprompt.library.paths import content_type
+from loraprompt.library.resolve import TagChoice, tag_breakers, writable_name
 from loraprompt.library.sidecars import SD_VERSIONS
 from loraprompt.syntax import LoraActivation
 from loraprompt.ui import cards
@@ -60,20 +60,6 @@ class _Snapshot:
     choices: Mapping[str, TagChoice]  # entry path -> what its card inserts
 
 
-@dataclass(frozen=True)
-class TagChoice:
-    """What a card inserts: `name`, with `hash=` when `by_hash` (no name of the file can be
-    written in a tag), and `note` saying why when the file's own stem is not what is inserted."""
-
-    name: str
-    by_hash: bool = False
-    note: str = ""
-
-
-def _breakers(name: str) -> str:
-    return " ".join(dict.fromkeys(c for c in name if c in TAG_BREAKERS))
-
-
 def tag_choice(library: Library, entry: Entry, stems: Counter[str], builtin: bool) -> TagChoice:
     """The name a card inserts. loraprompt's handler: the file stem (filename first, unlike A1111's
     alias), or its path under the root without the extension when another file has the same stem.
@@ -82,21 +68,10 @@ def tag_choice(library: Library, entry: Entry, stems: Counter[str], builtin: boo
     is clean, else (loraprompt only) a clean name with `hash=`, and says so."""
     shared = stems[entry.name] > 1
     wanted = entry.name if builtin or not shared else entry.relpath.rsplit(".", 1)[0]
-    bad = _breakers(wanted)
-    if not bad:
-        note = (f"{stems[entry.name]} files are named {entry.name}; A1111's built-in Lora loads the last one it "
-                "finds, whichever card is clicked") if builtin and shared else ""
-        return TagChoice(wanted, False, note)
-    alias = library.display_name(entry)
-    why = f"The name {wanted} contains {bad}, which break a <lora:...> tag"
-    if alias != entry.name and not _breakers(alias):
-        return TagChoice(alias, False, f"{why}; the card inserts the file's alias {alias}")
-    if builtin:
-        return TagChoice(wanted, False, f"{why}, and A1111's built-in Lora has no other name for it: rename the file")
-    clean = stand_in_name(wanted)
-    if clean in stems or clean in library.aliases():
-        clean += "_by_hash"
-    return TagChoice(clean, True, f"{why}; the card inserts {clean} with the file's hash=, which finds it")
+    if builtin and shared and not tag_breakers(wanted):
+        return TagChoice(wanted, False, f"{stems[entry.name]} files are named {entry.name}; A1111's built-in Lora "
+                                        "loads the last one it finds, whichever card is clicked")
+    return writable_name(library, entry, wanted, taken=stems, no_hash="A1111's built-in Lora" if builtin else None)
 
 
 class GalleryService:

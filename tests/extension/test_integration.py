@@ -250,3 +250,39 @@ def test_header_metadata_is_read_once_per_file_version(webui: Webui) -> None:
     webui.write_lora("tagged", seed=8, metadata={"ss_tag_frequency": json.dumps({"10_x": {"ink": 4}})})
     os.utime(path, ns=(os.stat(path).st_mtime_ns + 10**9,) * 2)
     assert api.header_metadata(str(path)) == {"ss_tag_frequency": {"10_x": {"ink": 4}}}
+
+
+def card_tag(item: dict[str, object], multiplier: str = "1") -> str:
+    """The tag a click on the card writes: A1111 evaluates item["prompt"] with the default multiplier."""
+    return str(eval(str(item["prompt"]), {"opts": type("Opts", (), {"extra_networks_default_multiplier": multiplier})}))
+
+
+def test_cards_page_warns_about_names_that_break_a_tag_and_inserts_a_working_one(webui: Webui) -> None:
+    """Stems with `: > = #` (which end or split a <lora:...> tag): the card says so in its
+    description, as the gallery's badge does, and inserts the alias or a clean name with hash=."""
+    started(webui)
+    ink = webui.write_lora("style: ink", seed=11)
+    webui.write_lora("x>y", seed=12, metadata={"ss_network_module": "networks.lora", "ss_output_name": "xy_clean"})
+    webui.state.runtime.refresh()
+    page = importlib.import_module("modules.ui_extra_networks").extra_pages[0]
+    items = {i["name"]: i for i in page.list_items()}
+    short = file_hashes(ink)["a1111"][:12]
+    assert card_tag(items["style: ink"]) == f"<lora:style_ ink:1:hash={short}>"
+    note = str(items["style: ink"]["description"])
+    assert note.startswith('<span class="loraprompt-tag-note">\u26a0 The name style: ink contains :, which break a '
+                           "&lt;lora:...&gt; tag; the card inserts style_ ink with the file&#x27;s hash=")
+    assert card_tag(items["x>y"]) == "<lora:xy_clean:1>" and not items["x>y"].get("description")  # A1111 inserts the alias
+    webui.modules.shared.opts.data["lora_preferred_name"] = "Filename"
+    items = {i["name"]: i for i in page.list_items()}
+    assert card_tag(items["x>y"]) == "<lora:xy_clean:1>"
+    assert "The name x&gt;y contains &gt;" in str(items["x>y"]["description"])
+    assert not items["style"].get("description")  # a plain name: no note
+    # what the card inserts applies that file, with nothing to complain about
+    base = webui.weight(Q)
+    result = webui.generate("a cat " + card_tag(items["style: ink"], "0.5"))
+    assert "loraprompt" not in result.extra_generation_params
+    assert torch.allclose(webui.weight(Q), base + 0.5 * expected_delta(webui.files["style: ink"], Q), atol=1e-6)
+    # the a1111 profile reads no hash=: the card says to rename the file instead
+    webui.modules.shared.opts.data["loraprompt_profile"] = "a1111"
+    item = {i["name"]: i for i in page.list_items()}["style: ink"]
+    assert "hash=" not in card_tag(item) and str(item["description"]).endswith("rename the file</span>")
