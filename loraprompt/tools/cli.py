@@ -11,6 +11,8 @@ from typing import Any
 
 from loraprompt.errors import LoraPromptError, ToolError
 
+FORMATS = ("kohya", "peft", "comfyui", "bfl", "xlabs")  # = tools.writer.FORMATS, without importing torch
+
 EPILOG = {
     "merge": "LoRA spec: PATH[:STRENGTH[:UNET]] (one number sets both text encoder and UNet). With "
              "--checkpoint the LoRAs are merged into it; without, into one LoRA (exact, or --rank/--energy).",
@@ -29,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     if name == "convert":
         parser.add_argument("input", type=Path, help="LoRA file (kohya or PEFT/diffusers)")
-        parser.add_argument("--to", required=True, choices=("kohya", "peft"), help="target layout")
+        parser.add_argument("--to", required=True, choices=FORMATS, help="target layout")
         return
     parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="output dtype (default: the input's)")
     parser.add_argument("--device", default="cpu", metavar="{cpu,cuda,cuda:N,auto}",
@@ -52,8 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     target.add_argument("--rank", type=int, help="target rank")
     target.add_argument("--energy", type=float, help="smallest rank keeping this fraction of each module's norm")
     parser.add_argument("--conv-rank", type=int, help="rank for 3x3 conv modules (default: --rank)")
-    parser.add_argument("--format", choices=("kohya", "peft"),
-                        help="output LoRA layout (default: the input's; kohya for extract)")
+    parser.add_argument("--format", choices=FORMATS,
+                        help="output LoRA layout (default: the input's; for extract kohya, or peft for an "
+                             "SD3/Flux/Wan transformer); comfyui/bfl/xlabs name transformer modules natively")
 
 
 def parse_lora_spec(text: str) -> tuple[str, float, float]:
@@ -96,8 +99,8 @@ def _run(args: argparse.Namespace) -> Any:
     if args.command == "extract":
         from loraprompt.tools.extract import extract_lora
 
-        components = ("unet",) if args.unet_only else ("unet", "text_encoder", "text_encoder_2")
-        return extract_lora(args.tuned, args.base, args.output, _target(args), fmt=args.format or "kohya",
+        components = ("unet", "transformer") if args.unet_only else ("unet", "transformer", "text_encoder", "text_encoder_2")
+        return extract_lora(args.tuned, args.base, args.output, _target(args), fmt=args.format,
                             dtype=args.dtype, min_diff=args.min_diff, components=components,
                             force=args.force, progress=progress, device=args.device)
     specs = [parse_lora_spec(s) for s in args.loras]

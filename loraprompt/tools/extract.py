@@ -114,6 +114,8 @@ def _candidates(ckpt: Checkpoint, base: Checkpoint, family: str | None) -> list[
             if component == "unet":
                 path = _unet_path(rels[key], family == "sdxl", up_attn) if param == "weight" else None
                 paths = [] if path is None else [(path, None)]
+            elif component == "transformer":  # SD3/Flux/Wan in diffusers names: one module per weight
+                paths = [(rels[key].replace(".", "_"), None)] if param == "weight" else []
             else:
                 paths = _text_paths(rels[key], param, shape[0])
             out += [(component, key, p, rows) for p, rows in paths]
@@ -121,8 +123,8 @@ def _candidates(ckpt: Checkpoint, base: Checkpoint, family: str | None) -> list[
 
 
 def extract_lora(tuned: str | Path, base: str | Path, output: str | Path, target: RankTarget, *,
-                 fmt: str = "kohya", dtype: str | None = None, min_diff: float = 0.0,
-                 components: tuple[str, ...] = ("unet", "text_encoder", "text_encoder_2"),
+                 fmt: str | None = None, dtype: str | None = None, min_diff: float = 0.0,
+                 components: tuple[str, ...] = ("unet", "transformer", "text_encoder", "text_encoder_2"),
                  force: bool = False, progress: bool = False, device: str | torch.device | None = None
                  ) -> ExtractReport:
     """A LoRA approximating `tuned - base` per module (rank or energy target); weights whose largest
@@ -139,9 +141,13 @@ def extract_lora(tuned: str | Path, base: str | Path, output: str | Path, target
     ckpt, ref = open_checkpoint(tuned), open_checkpoint(base)
     if ckpt.layout != ref.layout:
         raise ToolError(f"{tuned} is {ckpt.layout} but {base} is {ref.layout}; give both in one layout")
-    unet_specs = ckpt.component_specs("unet")
-    family = build_keymap("unet", sorted({k.rpartition(".")[0] for k in unet_specs}),
+    denoiser = "transformer" if "transformer" in ckpt.components() else "unet"
+    unet_specs = ckpt.component_specs(denoiser)
+    family = build_keymap(denoiser, sorted({k.rpartition(".")[0] for k in unet_specs}),
                           {k: s for k, (_, s) in unet_specs.items()}).family
+    # kohya for SD1/SD2/SDXL; for SD3/Flux/Wan folders PEFT (`transformer.<module>.lora_A.weight`),
+    # which diffusers' load_lora_weights and ComfyUI read (`lora_transformer_…`: ComfyUI, not diffusers)
+    fmt = fmt or ("peft" if denoiser == "transformer" else "kohya")
     out_dtype = parse_dtype(dtype)
     report = ExtractReport(out, family, device=str(compute_on))
     modules: list[LoraFactors] = []
@@ -183,7 +189,8 @@ def extract_lora(tuned: str | Path, base: str | Path, output: str | Path, target
                 report.unchanged += 1
                 continue
             down, up, kept = found
-            modules.append(LoraFactors(component, path, down, up))
+            dotted = item[1].rpartition(".")[0] if component == "transformer" else None  # diffusers folder: its own name
+            modules.append(LoraFactors(component, path, down, up, dotted=dotted))
             report.modules.append(ExtractedModule(f"{component}/{path}", int(down.shape[0]), kept))
 
     def size(item: tuple[str, str]) -> int:

@@ -1,4 +1,12 @@
-"""Plain LoRA factors (down, up, alpha, optional CP mid) read losslessly from kohya or PEFT files."""
+"""Plain LoRA factors (down, up, alpha, optional CP mid) read losslessly from LoRA files.
+
+Layouts (`LoraSet.format`): "kohya" (`lora_unet_<path>.lora_down.weight` + `.alpha`), "peft"
+(`transformer.<module>.lora_A.weight`, alpha from `lora_adapter_metadata`), and the layouts
+diffusion-transformer LoRAs come in: "comfyui" (`diffusion_model.<module>.lora_down.weight` +
+`.alpha`, also `text_encoders.clip_l.transformer.…`), "bfl" (`diffusion_model.<module>.lora_A.weight`,
+as BFL and ai-toolkit write Flux files; alpha baked into up unless an `.alpha` is stored) and
+"xlabs" (`double_blocks.N.processor.qkv_lora1.down.weight`, read under the BFL module it adapts).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,7 @@ import torch
 from torch import Tensor
 
 from loraprompt.adapters.finite import all_finite
+from loraprompt.adapters.keys import COMFY_PREFIXES
 from loraprompt.adapters.reader import PEFT_METADATA_KEY, peft_configs, peft_pattern_value
 from loraprompt.errors import AdapterFileError
 from loraprompt.tools.io import RECIPE_KEY, load_tensors
@@ -20,6 +29,13 @@ KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_":
 PEFT_COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
 _KOHYA_PARTS = {"lora_down.weight": "down", "lora_up.weight": "up", "lora_mid.weight": "mid", "alpha": "alpha"}
 _PEFT_PARTS = {"lora_A.weight": "down", "lora_B.weight": "up"}
+_NATIVE_PARTS = {"comfyui": {**_KOHYA_PARTS}, "bfl": {**_PEFT_PARTS, "alpha": "alpha"}}
+# XLabs' Flux processors: (kind, projection, stream) <-> the BFL module they adapt
+XLABS_MODULES = {
+    ("double", "qkv_lora1"): "img_attn.qkv", ("double", "qkv_lora2"): "txt_attn.qkv",
+    ("double", "proj_lora1"): "img_attn.proj", ("double", "proj_lora2"): "txt_attn.proj",
+    ("single", "qkv_lora"): "qkv", ("single", "proj_lora"): "linear2",
+}
 
 
 @dataclass(eq=False)
@@ -84,7 +100,51 @@ def read_lora(path: str | Path) -> LoraSet:
         raise AdapterFileError(path, "file holds no tensors")
     if any(k.startswith("lora_") for k in tensors):
         return LoraSet(str(path), "kohya", _read_kohya(path, tensors), metadata)
+    if any(".processor." in k and k.startswith(("double_blocks.", "single_blocks.")) for k in tensors):
+        return LoraSet(str(path), "xlabs", _read_xlabs(path, tensors), metadata)
+    if any(k.startswith(tuple(COMFY_PREFIXES)) for k in tensors):
+        fmt = "bfl" if any(k.endswith(".lora_A.weight") for k in tensors) else "comfyui"
+        return LoraSet(str(path), fmt, _read_native(path, tensors, fmt), metadata)
     return LoraSet(str(path), "peft", _read_peft(path, tensors, metadata), metadata)
+
+
+def _read_native(path: str | Path, tensors: Mapping[str, Tensor], fmt: str) -> dict[str, LoraFactors]:
+    """ComfyUI (`diffusion_model.<module>.lora_down.weight`) or BFL (`….lora_A.weight`) keys."""
+    parts_of = _NATIVE_PARTS[fmt]
+    groups: dict[tuple[str, str], dict[str, Tensor]] = {}
+    for key, tensor in tensors.items():
+        prefix = next((p for p in COMFY_PREFIXES if key.startswith(p)), None)
+        rest = key[len(prefix):] if prefix else ""
+        part = next((p for p in parts_of if rest.endswith("." + p)), None)
+        if prefix is None or part is None:
+            raise AdapterFileError(path, f"not a plain {fmt} LoRA key (expected diffusion_model.<module> with "
+                                         f"{' / '.join(sorted(parts_of))})", key=key)
+        groups.setdefault((COMFY_PREFIXES[prefix], rest[: -len(part) - 1]), {})[parts_of[part]] = tensor
+    return _grouped(path, groups)
+
+
+def _read_xlabs(path: str | Path, tensors: Mapping[str, Tensor]) -> dict[str, LoraFactors]:
+    """XLabs' `double_blocks.N.processor.qkv_lora1.down.weight`, under the BFL module it adapts (scale 1)."""
+    groups: dict[tuple[str, str], dict[str, Tensor]] = {}
+    for key, tensor in tensors.items():
+        head, _, tail = key.partition(".processor.")
+        kind, _, index = head.removeprefix("diffusion_model.").partition("_blocks.")
+        proc, _, part = tail.partition(".")
+        native = XLABS_MODULES.get((kind, proc))
+        if native is None or not index.isdigit() or part not in ("down.weight", "up.weight"):
+            raise AdapterFileError(path, "not an XLabs Flux LoRA key (expected double_blocks.N.processor."
+                                         "qkv_lora1.down.weight and the like)", key=key)
+        groups.setdefault(("unet", f"{kind}_blocks.{index}.{native}"), {})[part.partition(".")[0]] = tensor
+    return _grouped(path, groups)
+
+
+def _grouped(path: str | Path, groups: Mapping[tuple[str, str], dict[str, Tensor]]) -> dict[str, LoraFactors]:
+    modules = {}
+    for (component, dotted), parts in groups.items():
+        factors = _factors(path, f"{component}/{dotted}", component, dotted.replace(".", "_"), parts)
+        factors.dotted = dotted
+        modules[factors.key] = factors
+    return modules
 
 
 def _read_kohya(path: str | Path, tensors: Mapping[str, Tensor]) -> dict[str, LoraFactors]:

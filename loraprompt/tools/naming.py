@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from functools import cache
+
 from loraprompt.errors import ToolError
 
 # Module-name segments that themselves contain "_" (diffusers UNet and transformers CLIP).
@@ -42,3 +45,28 @@ def dotted_name(component: str, path: str) -> str:
         out.append(seg)
         rest = rest[len(seg) + 1:]
     return ".".join(out)
+
+
+@cache
+def _native_templates() -> tuple[tuple[re.Pattern[str], str], ...]:
+    from loraprompt.keymaps.dit import DIT_FAMILIES
+
+    out = []
+    for family in DIT_FAMILIES:
+        for native in family.table:
+            kohya = re.escape(native.replace(".", "_")).replace(r"\{i\}", r"(\d+)")
+            out.append((re.compile(f"^{kohya}$"), native))
+    return tuple(out)
+
+
+def native_dotted(path: str) -> str | None:
+    """`double_blocks_0_img_attn_qkv` -> `double_blocks.0.img_attn.qkv`: a natively named (BFL, SAI,
+    Wan) transformer module in kohya spelling back to its dotted name, else None."""
+    for pattern, native in _native_templates():
+        m = pattern.match(path)
+        if m:
+            out = native
+            for index in m.groups():
+                out = out.replace("{i}", index, 1)
+            return out
+    return None

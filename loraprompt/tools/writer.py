@@ -1,4 +1,7 @@
-"""Our own LoRA writers: kohya (`lora_unet_…`) and PEFT/diffusers (`unet.….lora_A.weight`)."""
+"""Our own LoRA writers: kohya (`lora_unet_…`), PEFT/diffusers (`unet.….lora_A.weight`), and the
+layouts diffusion-transformer LoRAs come in: ComfyUI (`diffusion_model.<module>.lora_down.weight` +
+`.alpha`), BFL/ai-toolkit (`diffusion_model.<module>.lora_A.weight`, alpha/rank baked into up) and
+XLabs (`double_blocks.N.processor.qkv_lora1.down.weight`, alpha/rank baked into up)."""
 
 from __future__ import annotations
 
@@ -10,12 +13,16 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from loraprompt.adapters.keys import COMFY_PREFIXES
 from loraprompt.errors import ToolError
 from loraprompt.tools.io import save_tensors
-from loraprompt.tools.lora import PEFT_METADATA_KEY, LoraFactors
-from loraprompt.tools.naming import dotted_name
+from loraprompt.tools.lora import PEFT_METADATA_KEY, XLABS_MODULES, LoraFactors
+from loraprompt.tools.naming import dotted_name, native_dotted
 
-FORMATS = ("kohya", "peft")
+FORMATS = ("kohya", "peft", "comfyui", "bfl", "xlabs")
+_COMFY_PREFIX = {"unet": "diffusion_model.", "transformer": "diffusion_model.",
+                 **{c: p for p, c in reversed(COMFY_PREFIXES.items()) if c != "unet"}}
+_XLABS_NAMES = {f"{kind}_blocks.{{}}.{native}": proc for (kind, proc), native in XLABS_MODULES.items()}
 
 
 def kohya_tensors(modules: Iterable[LoraFactors]) -> dict[str, Tensor]:
@@ -62,6 +69,46 @@ def peft_tensors(modules: Iterable[LoraFactors]) -> tuple[dict[str, Tensor], dic
     return out, {PEFT_METADATA_KEY: json.dumps(config, indent=2, sort_keys=True)}
 
 
+def _native_name(m: LoraFactors) -> str:
+    """The dotted module name a ComfyUI/BFL/XLabs key uses: a transformer module's native (BFL,
+    SAI, Wan) name, as those tools map only native names under `diffusion_model.`."""
+    if m.component in ("unet", "transformer"):
+        native = native_dotted(m.path)
+        if native is not None:
+            return native
+        if m.component == "unet" and m.dotted is not None:
+            return m.dotted
+        raise ToolError(f"{m.key}: ComfyUI, BFL and XLabs files name a transformer's modules natively "
+                        "(double_blocks.N.img_attn.qkv, …); this diffusers-named module has none (write kohya or peft)")
+    return m.dotted or dotted_name(m.component, m.path)
+
+
+def native_tensors(modules: Iterable[LoraFactors], fmt: str) -> dict[str, Tensor]:
+    """ComfyUI, BFL or XLabs keys (see the module docstring)."""
+    out: dict[str, Tensor] = {}
+    for m in modules:
+        if m.mid is not None:
+            raise ToolError(f"{m.key}: CP/Tucker (lora_mid) modules have no {fmt} form")
+        name = _native_name(m)
+        up = m.up if m.alpha is None or fmt == "comfyui" else (m.up.float() * m.scale).to(m.up.dtype)
+        if fmt == "xlabs":
+            kind, _, rest = name.partition("_blocks.")
+            index, _, native = rest.partition(".")
+            proc = _XLABS_NAMES.get(f"{kind}_blocks.{{}}.{native}")
+            if proc is None or not index.isdigit():
+                raise ToolError(f"{m.key}: XLabs files adapt Flux's double/single block attention only, not {name}")
+            out |= {f"{kind}_blocks.{index}.processor.{proc}.down.weight": m.down,
+                    f"{kind}_blocks.{index}.processor.{proc}.up.weight": up}
+            continue
+        name = _COMFY_PREFIX[m.component] + name
+        if fmt == "comfyui":
+            out[f"{name}.alpha"] = torch.tensor(float(m.rank if m.alpha is None else m.alpha), dtype=m.down.dtype)
+            out |= {f"{name}.lora_down.weight": m.down, f"{name}.lora_up.weight": up}
+        else:
+            out |= {f"{name}.lora_A.weight": m.down, f"{name}.lora_B.weight": up}
+    return out
+
+
 def _number(value: float) -> float | int:
     return int(value) if float(value).is_integer() else value
 
@@ -73,5 +120,7 @@ def write_lora(path: Path, modules: Iterable[LoraFactors], fmt: str, metadata: d
     elif fmt == "peft":
         tensors, extra = peft_tensors(modules)
         save_tensors(path, tensors, {**metadata, **extra})
+    elif fmt in FORMATS:
+        save_tensors(path, native_tensors(modules, fmt), metadata)
     else:
         raise ToolError(f"unknown LoRA format {fmt!r}; choose one of {', '.join(FORMATS)}")

@@ -1,0 +1,191 @@
+"""resize, extract and convert on SD3 and Flux.1 LoRAs, in every layout they come in.
+
+References: the PEFT files `save_lora_weights` writes on tiny transformers built from config, the
+other layouts produced from the same weights (tests/fixtures/dit.py), diffusers' own
+`load_lora_weights` + `fuse_lora` on the tiny pipelines, and a full SVD for the truncations."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from loraprompt import Patcher, read_adapter
+from loraprompt.errors import ToolError
+from loraprompt.tools import convert_lora, extract_lora
+from loraprompt.tools.lora import read_lora
+from loraprompt.tools.resize import resize_lora
+from loraprompt.tools.svd import RankTarget
+from tests.fixtures import dit
+
+LAYOUTS = [("flux", "peft"), ("flux", "kohya"), ("flux", "comfyui"), ("flux", "bfl"), ("flux", "xlabs"),
+           ("sd3", "peft"), ("sd3", "kohya"), ("sd3", "comfyui"), ("sd3", "bfl")]
+
+
+def _file(lora: dit.PeftLora, tmp_path: Path, layout: str) -> Path:
+    return lora.path if layout == "peft" else dit.native_file(lora, tmp_path / f"{layout}.safetensors", layout)
+
+
+def _patched(family: str, path: Path, strength: float = 1.0, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    model = dit.tiny_transformer(family, dtype=dtype)
+    report = Patcher({"transformer": model}).sync([(read_adapter(path), strength, strength)])
+    assert report.diagnostics == []
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _diffusers_pipeline_fuse(family: str, path: Path, strength: float = 1.0, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """The tiny pipeline's transformer after diffusers' own `load_lora_weights` and `fuse_lora`."""
+    import diffusers
+
+    cls = getattr(diffusers, dit.PIPELINES[family])
+    parts = {p: None for p in inspect.signature(cls.__init__).parameters if p != "self"}
+    pipe = cls(**{**parts, "transformer": dit.tiny_transformer(family, dtype=dtype)})
+    pipe.load_lora_weights(str(path))
+    pipe.fuse_lora(lora_scale=strength)
+    return {k.replace(".base_layer", ""): v.detach().clone() for k, v in pipe.transformer.state_dict().items() if "lora_" not in k}
+
+
+def _close(ours: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], atol: float = 1e-5) -> None:
+    assert ours.keys() == ref.keys()
+    for key, value in ref.items():
+        torch.testing.assert_close(ours[key].float(), value.float(), rtol=0, atol=atol, msg=key)
+
+
+@pytest.mark.parametrize(("family", "layout"), LAYOUTS)
+def test_resize_to_full_rank_keeps_the_layout_and_every_delta(tmp_path: Path, family: str, layout: str) -> None:
+    lora = dit.write_peft(family, tmp_path / "peft.safetensors")
+    source = _file(lora, tmp_path, layout)
+    report = resize_lora(source, tmp_path / "resized.safetensors", RankTarget(rank=64))
+    assert report.min_kept == pytest.approx(1.0, abs=1e-5)
+    before, after = read_lora(source), read_lora(report.output)
+    assert after.format == before.format and after.modules.keys() == before.modules.keys()
+    assert load_file(str(report.output)).keys() == load_file(str(source)).keys()  # the same key names, as others read them
+    adapter = read_adapter(report.output)
+    assert (adapter.family, adapter.format) == (read_adapter(source).family, read_adapter(source).format)
+    _close(_patched(family, report.output, 0.8), _patched(family, source, 0.8))
+
+
+def test_resize_truncates_a_fused_flux_module_optimally_and_splits_it_by_rows(tmp_path: Path) -> None:
+    """kohya's `single_blocks.0.linear1` is q/k/v+MLP stacked (rank 4·4 here): resized to rank 2 it
+    is the best rank-2 approximation of the whole fused delta, whose rows go to to_q/to_k/to_v/proj_mlp."""
+    lora = dit.write_peft("flux", tmp_path / "peft.safetensors")
+    source = dit.native_file(lora, tmp_path / "kohya.safetensors", "kohya")
+    report = resize_lora(source, tmp_path / "r2.safetensors", RankTarget(rank=2))
+    key = "unet/single_blocks_0_linear1"
+    original = read_lora(source).modules[key].delta()
+    resized = read_lora(report.output).modules[key]
+    assert resized.rank == 2
+    u, s, vh = torch.linalg.svd(original.double(), full_matrices=False)
+    best = (u[:, :2] * s[:2]) @ vh[:2]
+    torch.testing.assert_close(resized.delta().double(), best, rtol=0, atol=1e-5)
+    row = next(m for m in report.modules if m.key == key)
+    assert (row.old_rank, row.new_rank) == (16, 2)
+    assert row.kept == pytest.approx(float(s[:2].norm() / s.norm()), abs=1e-5)
+    base, ours = dit.tiny_transformer("flux").state_dict(), _patched("flux", report.output)
+    start = 0
+    for name in ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"):
+        weight = f"single_transformer_blocks.0.{name}.weight"
+        rows = base[weight].shape[0]
+        torch.testing.assert_close(ours[weight].double(), base[weight].double() + best[start : start + rows], rtol=0, atol=1e-5)
+        start += rows
+    assert start == original.shape[0]
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_a_resized_bf16_peft_file_loads_in_diffusers_load_lora_weights(tmp_path: Path, family: str) -> None:
+    lora = dit.write_peft(family, tmp_path / "peft.safetensors", dtype=torch.bfloat16)
+    report = resize_lora(lora.path, tmp_path / "resized.safetensors", RankTarget(rank=lora.rank))
+    assert {t.dtype for t in load_file(str(report.output)).values()} == {torch.bfloat16}
+    theirs = _diffusers_pipeline_fuse(family, report.output, 0.7)
+    _close(_patched(family, report.output, 0.7), theirs, atol=1e-6)  # diffusers reads it as we do
+    _close(theirs, _diffusers_pipeline_fuse(family, lora.path, 0.7), atol=2e-2)  # ≈ the original (bf16 factors)
+    smaller = resize_lora(lora.path, tmp_path / "r2.safetensors", RankTarget(rank=2)).output
+    _close(_patched(family, smaller, 0.7), _diffusers_pipeline_fuse(family, smaller, 0.7), atol=1e-6)
+
+
+def _flux_blocks(native: str) -> bool:  # what diffusers' kohya/ComfyUI converter reads on tiny widths
+    return native.startswith(("double_blocks.", "single_blocks.")) and not native.endswith(".linear1")
+
+
+@pytest.mark.parametrize(("layout", "include"), [("xlabs", None), ("comfyui", _flux_blocks), ("kohya", _flux_blocks)])
+def test_resized_flux_native_files_read_by_diffusers_converters_as_by_us(tmp_path: Path, layout: str, include: object) -> None:
+    lora = dit.write_peft("flux", tmp_path / "peft.safetensors")
+    source = dit.native_file(lora, tmp_path / f"{layout}.safetensors", layout, include=include)
+    resized = resize_lora(source, tmp_path / "r.safetensors", RankTarget(rank=3)).output
+    theirs = dit.diffusers_fused("flux", resized, 0.9)
+    base = dit.tiny_transformer("flux").state_dict()
+    assert any(not torch.equal(theirs[k], base[k]) for k in base)
+    _close(_patched("flux", resized, 0.9), theirs, atol=1e-6)
+
+
+def _folder(root: Path, family: str, state: dict[str, torch.Tensor] | None = None, dtype: torch.dtype = torch.float32) -> Path:
+    model = dit.tiny_transformer(family, dtype=dtype)
+    if state is not None:
+        model.load_state_dict({k: v.to(dtype) for k, v in state.items()})
+    model.save_pretrained(root / "transformer")
+    (root / "model_index.json").write_text(json.dumps({"_class_name": dit.PIPELINES[family]}))
+    return root
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_extract_from_a_dit_folder_recovers_the_delta_and_loads_in_diffusers(tmp_path: Path, family: str) -> None:
+    lora = dit.write_peft(family, tmp_path / "peft.safetensors")
+    tuned_state = dit.peft_fused(lora)  # base + ΔW, as diffusers fuses it
+    base, tuned = _folder(tmp_path / "base", family), _folder(tmp_path / "tuned", family, tuned_state)
+    report = extract_lora(tuned, base, tmp_path / "x.safetensors", RankTarget(rank=lora.rank))
+    assert report.family == family and len(report.modules) == len(lora.factors)
+    assert report.min_kept == pytest.approx(1.0, abs=1e-5)
+    keys = load_file(str(report.output)).keys()
+    assert keys == {f"transformer.{m}.lora_{p}.weight" for m in lora.factors for p in "AB"}  # PEFT, diffusers' names
+    _close(_patched(family, report.output), tuned_state)
+    _close(_diffusers_pipeline_fuse(family, report.output), tuned_state)
+    kohya = extract_lora(tuned, base, tmp_path / "k.safetensors", RankTarget(rank=lora.rank), fmt="kohya").output
+    assert all(k.startswith("lora_transformer_") for k in load_file(str(kohya)))  # OneTrainer's, read by ComfyUI
+    _close(_patched(family, kohya), tuned_state)
+
+
+def test_extract_from_bf16_flux_folders_stays_bf16_within_its_rounding(tmp_path: Path) -> None:
+    lora = dit.write_peft("flux", tmp_path / "peft.safetensors")
+    tuned_state = dit.peft_fused(lora)
+    base = _folder(tmp_path / "base", "flux", dtype=torch.bfloat16)
+    tuned = _folder(tmp_path / "tuned", "flux", tuned_state, dtype=torch.bfloat16)
+    report = extract_lora(tuned, base, tmp_path / "x.safetensors", RankTarget(energy=0.999))
+    assert {t.dtype for t in load_file(str(report.output)).values()} == {torch.bfloat16}
+    ours = _patched("flux", report.output, dtype=torch.bfloat16)
+    want = {k: v.to(torch.bfloat16) for k, v in tuned_state.items()}
+    for key, value in want.items():  # bf16 keeps ~3 significant digits of weights ~0.1-1
+        assert (ours[key].float() - value.float()).abs().max() <= 0.02, key
+    # diffusers fuses in bf16 (we sum in float32 and cast once): the same within bf16 rounding
+    _close(_diffusers_pipeline_fuse("flux", report.output, dtype=torch.bfloat16), ours, atol=0.02)
+
+
+def test_convert_between_native_layouts_keeps_the_delta(tmp_path: Path) -> None:
+    lora = dit.write_peft("flux", tmp_path / "peft.safetensors")
+    comfy = dit.native_file(lora, tmp_path / "comfy.safetensors", "comfyui")
+    kohya = convert_lora(comfy, tmp_path / "kohya.safetensors", "kohya").output
+    assert load_file(str(kohya)).keys() == load_file(str(dit.native_file(lora, tmp_path / "k.safetensors", "kohya"))).keys()
+    bfl = convert_lora(kohya, tmp_path / "bfl.safetensors", "bfl").output
+    assert all(k.startswith("diffusion_model.") and ".lora_" in k for k in load_file(str(bfl)))
+    ref = _patched("flux", comfy, 0.6)
+    for path in (kohya, bfl):
+        _close(_patched("flux", path, 0.6), ref)
+
+
+def test_native_layouts_refuse_diffusers_named_modules_and_xlabs_other_modules(tmp_path: Path) -> None:
+    lora = dit.write_peft("flux", tmp_path / "peft.safetensors")
+    with pytest.raises(ToolError, match=r"transformer/\w+: ComfyUI, BFL and XLabs files name a transformer.s modules natively"):
+        convert_lora(lora.path, tmp_path / "c.safetensors", "comfyui")
+    kohya = dit.native_file(lora, tmp_path / "kohya.safetensors", "kohya")
+    with pytest.raises(ToolError, match=r"XLabs files adapt Flux's double/single block attention only"):
+        convert_lora(kohya, tmp_path / "x.safetensors", "xlabs")
+    assert not (tmp_path / "c.safetensors").exists() and not (tmp_path / "x.safetensors").exists()
+
+
+def test_the_cli_offers_every_writer_format() -> None:
+    from loraprompt.tools import cli, writer
+
+    assert cli.FORMATS == writer.FORMATS
