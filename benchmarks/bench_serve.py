@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from loraprompt.serve.jobs import ImageTask, Job
+from loraprompt.ui.txt2img import Txt2ImgRequest
 
 
 def write_loras(pipe: Any, folder: Path, count: int) -> list[str]:
@@ -59,8 +60,8 @@ def workload(names: list[str], requests: int, *, zipf: float, steps: int, size: 
     rng = np.random.default_rng(seed)
     weights = 1.0 / np.arange(1, len(names) + 1) ** zipf
     picks = rng.choice(len(names), size=requests, p=weights / weights.sum())
-    return [ImageTask(f"a picture <lora:{names[k]}:0.6>", steps=steps, seed=1000 + i, width=size, height=size,
-                      sampler="Euler") for i, k in enumerate(picks)]
+    return [ImageTask(Txt2ImgRequest(f"a picture <lora:{names[k]}:0.6>", steps=steps, seed=1000 + i, width=size,
+                                     height=size, sampler="Euler")) for i, k in enumerate(picks)]
 
 
 def measure(submit: Callable[[Job], Job], tasks: list[ImageTask], clients: int) -> dict[str, Any]:
@@ -85,7 +86,7 @@ def measure(submit: Callable[[Job], Job], tasks: list[ImageTask], clients: int) 
             if job.status != "succeeded":
                 failures.append(job.error or job.status)
             else:
-                replicas.append((job.images[0].replica, task.prompt))
+                replicas.append((job.images[0].replica, task.request.prompt))
 
     start = time.perf_counter()
     threads = [threading.Thread(target=client) for _ in range(clients)]

@@ -17,34 +17,23 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loraprompt.diagnostics import Diagnostic
+
+if TYPE_CHECKING:
+    from loraprompt.ui.txt2img import Txt2ImgRequest
 
 log = logging.getLogger("loraprompt.serve")
 
 
 @dataclass(frozen=True)
 class ImageTask:
-    """One image to generate: everything `Txt2ImgRequest` takes, with a fixed seed."""
+    """One image to generate: its request (batch of one, a fixed seed) and the LoRAs its prompt
+    names by a pinned name, as (name, file)."""
 
-    prompt: str
-    negative_prompt: str = ""
-    steps: int = 20
-    cfg_scale: float = 7.0
-    seed: int = 0
-    width: int = 512
-    height: int = 512
-    sampler: str = "Euler a"  # a label of loraprompt.models.samplers.SAMPLER_LABELS
-    clip_skip: int = 1
-    pins: tuple[tuple[str, str], ...] = ()  # (name, file) of LoRAs the prompt names by a pinned name
-
-    def request(self) -> Any:
-        from loraprompt.ui.txt2img import Txt2ImgRequest
-
-        return Txt2ImgRequest(prompt=self.prompt, negative_prompt=self.negative_prompt, steps=self.steps,
-                              cfg_scale=self.cfg_scale, seed=self.seed, width=self.width, height=self.height,
-                              sampler=self.sampler, clip_skip=self.clip_skip)
+    request: Txt2ImgRequest
+    pins: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -74,7 +63,7 @@ def grouped_order(tasks: Sequence[ImageTask]) -> list[int]:
     inside a group): the fewest patcher switches without reordering the outputs."""
     groups: dict[str, list[int]] = {}
     for i, task in enumerate(tasks):
-        groups.setdefault(lora_set_key(task.prompt), []).append(i)
+        groups.setdefault(lora_set_key(task.request.prompt), []).append(i)
     return [i for members in groups.values() for i in members]
 
 
@@ -176,17 +165,18 @@ class Job:
         return [o for o in self.outputs if o is not None]
 
 
-def output_of(result: Any, keep: bool) -> ImageOutput:
-    """An `ImageOutput` from a `Txt2ImgResult`; the saved PNG is deleted unless `keep`."""
-    path = Path(result.path)
-    png = path.read_bytes()
-    if not keep:
-        path.unlink(missing_ok=True)
+def output_of(result: Any) -> ImageOutput:
+    """An `ImageOutput` from a `Txt2ImgResult`: the saved PNG's bytes when it was saved (kept), else
+    the in-memory image encoded as saving it would have."""
+    from loraprompt.ui.outputs import png_bytes
+
+    path = None if result.path is None else Path(result.path)
+    png = path.read_bytes() if path is not None else png_bytes(result.image, result.infotext)
     loras = [{"name": a.name, "path": a.path, "te": a.te, "unet": a.unet, "short_hash": a.short_hash}
              for a in result.applied]
     return ImageOutput(png, result.infotext, result.seed, loras, [diagnostic_json(d) for d in result.diagnostics],
                        interrupted=any(d.code == "I-INTERRUPTED" for d in result.diagnostics),
-                       path=str(path) if keep else None)
+                       path=None if path is None else str(path))
 
 
 def diagnostic_json(d: Diagnostic) -> dict[str, Any]:
@@ -219,8 +209,8 @@ def run_job(engine: Any, job: Job, on_image: Callable[[int, ImageOutput], None] 
                 if job.stop_requested:
                     engine.interrupt()
 
-            result = engine.generate(task.request(), on_step=on_step)
-            output = output_of(result, job.keep)
+            result = engine.generate(task.request, on_step=on_step, save=job.keep)
+            output = output_of(result)
             for d in output.diagnostics:
                 if d["severity"] in ("error", "warning"):
                     job.warn(f"image {index}: {d['severity']} {d['code']}: {d['message']}")

@@ -25,6 +25,7 @@ from loraprompt.serve.errors import ServeError, invalid
 from loraprompt.serve.jobs import ImageTask, Job
 from loraprompt.serve.loras import DownloadFailed, trigger_of
 from loraprompt.serve.service import Service
+from loraprompt.ui.txt2img import Txt2ImgRequest
 
 log = logging.getLogger("loraprompt.serve")
 
@@ -214,8 +215,8 @@ def prepare(service: Service, pred: Prediction, inp: PredictionInput) -> list[Im
     seeds = service.seeds(inp.seed, inp.num_outputs)
     pred.logs.append(f"prompt: {prompt}")
     pred.logs.append(f"seeds: {', '.join(map(str, seeds))}; sampler {label}; {width}x{height}, {inp.num_inference_steps} steps")
-    return [ImageTask(prompt, inp.negative_prompt, inp.num_inference_steps, inp.guidance_scale, s, width, height,
-                      label, 1, pins) for s in seeds]
+    return [ImageTask(Txt2ImgRequest(prompt, inp.negative_prompt, inp.num_inference_steps, inp.guidance_scale, s,
+                                     width, height, label, 1), pins) for s in seeds]
 
 
 def finish(pred: Prediction, job: Job) -> None:

@@ -156,7 +156,7 @@ class RayBackend:
     def _drive(self, job: Job) -> None:
         groups: dict[str, list[int]] = {}
         for i, task in enumerate(job.tasks):
-            groups.setdefault(lora_set_key(task.prompt), []).append(i)
+            groups.setdefault(lora_set_key(task.request.prompt), []).append(i)
         job.start()
         calls = []
         for key, members in groups.items():

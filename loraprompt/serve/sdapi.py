@@ -22,6 +22,7 @@ from loraprompt.models.samplers import SAMPLER_LABELS, SAMPLERS
 from loraprompt.serve.errors import ServeError, invalid
 from loraprompt.serve.jobs import ImageTask, Job
 from loraprompt.serve.service import SAMPLER_NAMES, SCHEDULERS, Service, sampler_label
+from loraprompt.ui.txt2img import Txt2ImgRequest
 
 log = logging.getLogger("loraprompt.serve")
 
@@ -128,7 +129,7 @@ def txt2img_tasks(service: Service, body: Txt2ImgBody) -> tuple[list[ImageTask],
     prompts = _per_image(body.prompt, count, "prompt")
     negatives = _per_image(body.negative_prompt, count, "negative_prompt")
     seeds = service.seeds(body.seed, count)
-    tasks = [ImageTask(p, n, body.steps, body.cfg_scale, s, body.width, body.height, label, clip_skip,
+    tasks = [ImageTask(Txt2ImgRequest(p, n, body.steps, body.cfg_scale, s, body.width, body.height, label, clip_skip),
                        service.library.pins_in(p))
              for p, n, s in zip(prompts, negatives, seeds)]
     return tasks, clip_skip
@@ -138,8 +139,8 @@ def txt2img_info(service: Service, body: Txt2ImgBody, job: Job, *, label: str, c
                  warnings: list[str]) -> dict[str, Any]:
     """A1111's `info` (Processed.js()) for the images made, plus `warnings` and `loras`."""
     images = job.images
-    done = [t for t, o in zip(job.tasks, job.outputs) if o is not None]
-    first = done[0] if done else job.tasks[0]
+    done = [t.request for t, o in zip(job.tasks, job.outputs) if o is not None]
+    first = done[0] if done else job.tasks[0].request
     fields = parse_infotext(images[0].infotext) if images else {}
     sampler = next(s for s in SAMPLERS if s.label == label)
     extra = {k: v for k, v in fields.items() if k == "Lora hashes"}
@@ -204,7 +205,7 @@ def add_routes(router: Any, service: Service) -> None:
         job.wait()
         if job.status == "failed":
             raise ServeError(500, (), f"generation failed: {job.error}")
-        info = txt2img_info(service, body, job, label=tasks[0].sampler, clip_skip=clip_skip, warnings=warnings)
+        info = txt2img_info(service, body, job, label=tasks[0].request.sampler, clip_skip=clip_skip, warnings=warnings)
         return {
             "images": [png_b64(o.png) for o in job.images] if body.send_images else [],
             "parameters": body.model_dump(),
@@ -265,7 +266,7 @@ def add_routes(router: Any, service: Service) -> None:
                     "state": {"skipped": False, "interrupted": False, "job": "", "job_count": pending,
                               "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}}
         total = len(job.tasks)
-        steps = job.tasks[0].steps
+        steps = job.tasks[0].request.steps
         fraction = (job.image_no + job.step / max(steps, 1)) / max(total, 1)
         elapsed = time.time() - (job.started_at or time.time())
         eta = elapsed / fraction - elapsed if fraction > 0 else 0.0

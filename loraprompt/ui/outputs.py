@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import datetime
+import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import loraprompt
 from loraprompt.infotext import number
@@ -31,21 +32,33 @@ def infotext_extra(request: Txt2ImgRequest, clip_skip: int, img2img: bool) -> di
     return extra
 
 
-def save_png(image: Any, infotext: str, outputs_dir: Path, seed: int, kind: str = "txt2img-images") -> Path:
-    """Save as A1111 does: `<outputs>/<kind>/<date>/<NNNNN>-<seed>.png` with `parameters`."""
+def _write_png(image: Any, infotext: str, out: IO[bytes]) -> None:
+    """`image` as PNG with the infotext in a `parameters` text chunk, as A1111 writes it."""
     from PIL.PngImagePlugin import PngInfo
 
+    meta = PngInfo()
+    meta.add_text("parameters", infotext)
+    image.save(out, format="PNG", pnginfo=meta)
+
+
+def png_bytes(image: Any, infotext: str) -> bytes:
+    """The bytes `save_png` would write for `image`, without a file."""
+    out = io.BytesIO()
+    _write_png(image, infotext, out)
+    return out.getvalue()
+
+
+def save_png(image: Any, infotext: str, outputs_dir: Path, seed: int, kind: str = "txt2img-images") -> Path:
+    """Save as A1111 does: `<outputs>/<kind>/<date>/<NNNNN>-<seed>.png` with `parameters`."""
     folder = outputs_dir / kind / datetime.date.today().isoformat()
     folder.mkdir(parents=True, exist_ok=True)
     numbers = [int(p.name[:5]) for p in folder.glob("*.png") if p.name[:5].isdigit()]
     index = max(numbers, default=-1) + 1
-    meta = PngInfo()
-    meta.add_text("parameters", infotext)
     while True:
         path = folder / f"{index:05d}-{seed}.png"
         try:
             with open(path, "xb") as f:
-                image.save(f, format="PNG", pnginfo=meta)
+                _write_png(image, infotext, f)
             return path
         except FileExistsError:
             index += 1

@@ -84,10 +84,11 @@ class AppliedLora:
 
 @dataclass
 class GeneratedImage:
-    """One image of a generation, saved with its own infotext (its own seed)."""
+    """One image of a generation with its own infotext (its own seed); `path` is where it was
+    saved (None when the generation was asked not to save)."""
 
     image: Any
-    path: Path
+    path: Path | None
     infotext: str
     seed: int
 
@@ -96,10 +97,11 @@ class GeneratedImage:
 class Txt2ImgResult:
     """What one generation produced and what the user should be told about it. `image`, `path`,
     `infotext` and `seed` are the first image's; `images` has them all, and `grid` (saved at
-    `grid_path`) puts them side by side when there is more than one, as A1111 does."""
+    `grid_path`) puts them side by side when there is more than one, as A1111 does. Paths are
+    None when nothing was saved (`generate(save=False)`)."""
 
     image: Any
-    path: Path
+    path: Path | None
     infotext: str
     seed: int
     applied: list[AppliedLora] = field(default_factory=list)
@@ -248,9 +250,11 @@ class Txt2Img:
                        callback_on_step_end=step_end, callback_on_step_end_tensor_inputs=cond.tensor_names,
                        **kwargs).images
 
-    def generate(self, request: Txt2ImgRequest, on_step: StepCallback | None = None) -> Txt2ImgResult:
-        """Run a generation (batch_count x batch_size images) and save every image; the patcher is
-        synced before every pass."""
+    def generate(self, request: Txt2ImgRequest, on_step: StepCallback | None = None, *,
+                 save: bool = True) -> Txt2ImgResult:
+        """Run a generation (batch_count x batch_size images) and, with `save`, write every image as
+        a PNG with its infotext (else the images stay in memory: `outputs.png_bytes` encodes one as
+        saving would); the patcher is synced before every pass."""
         _check(request)
         sampler = sampler_by_label(request.sampler)
         seed = random.randint(0, MAX_SEED) if request.seed < 0 else int(request.seed)
@@ -285,7 +289,7 @@ class Txt2Img:
             diagnostics.append(Diagnostic("I-INTERRUPTED", f"interrupted after step {progress.done} of {progress.total}",
                                           severity="info", data={"step": progress.done}))
         return self._save(request, pictures, sampler=sampler, clip_skip=clip_skip, applied=applied_list,
-                          diagnostics=diagnostics, img2img=init is not None)
+                          diagnostics=diagnostics, img2img=init is not None, save=save)
 
     def _batch(self, request: Txt2ImgRequest, seeds: list[int], init: Any,
                progress: _Progress) -> tuple[list[Any], list[AppliedLora], list[Diagnostic]]:
@@ -350,8 +354,8 @@ class Txt2Img:
         return list(final), used, notes
 
     def _save(self, request: Txt2ImgRequest, pictures: list[tuple[Any, int]], *, sampler: Any, clip_skip: int,
-              applied: list[AppliedLora], diagnostics: list[Diagnostic], img2img: bool) -> Txt2ImgResult:
-        """Write every image (and the grid of a batch) with A1111 infotext."""
+              applied: list[AppliedLora], diagnostics: list[Diagnostic], img2img: bool, save: bool) -> Txt2ImgResult:
+        """Every image (and the grid of a batch) with A1111 infotext, written to files when `save`."""
         from loraprompt.ui.xy_grid import image_grid
 
         kind = "img2img" if img2img else "txt2img"
@@ -374,13 +378,14 @@ class Txt2Img:
                 extra=extra,
             )
             infotext = format_infotext(info)
-            path = save_png(image, infotext, self.outputs_dir, image_seed, f"{kind}-images")
+            path = save_png(image, infotext, self.outputs_dir, image_seed, f"{kind}-images") if save else None
             saved.append(GeneratedImage(image, path, infotext, image_seed))
         first = saved[0]
         result = Txt2ImgResult(first.image, first.path, first.infotext, first.seed, applied, diagnostics, saved)
         if len(saved) > 1:
             result.grid = image_grid([g.image for g in saved])
-            result.grid_path = save_png(result.grid, first.infotext, self.outputs_dir, first.seed, f"{kind}-grids")
+            if save:
+                result.grid_path = save_png(result.grid, first.infotext, self.outputs_dir, first.seed, f"{kind}-grids")
         return result
 
 

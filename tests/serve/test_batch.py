@@ -20,6 +20,7 @@ from PIL import Image
 from loraprompt.serve.app import build_app, parse_auth
 from loraprompt.serve.jobs import ImageTask, grouped_order, lora_set_key
 from loraprompt.serve.service import Limits, Service
+from loraprompt.ui.txt2img import Txt2ImgRequest
 from tests.serve.conftest import SMALL, Served, ServerThread
 
 A = "a cat <lora:demo_warm:0.7>"
@@ -40,7 +41,7 @@ def txt2img(served: Served, **body: Any) -> tuple[list[np.ndarray], dict[str, An
 def test_lora_set_key_and_grouped_order() -> None:
     assert lora_set_key(A) == lora_set_key("a dog <lora:demo_warm:0.7>") != lora_set_key(B)
     assert lora_set_key(NONE) == ""
-    tasks = [ImageTask(p) for p in (A, B, A, NONE, B, C)]
+    tasks = [ImageTask(Txt2ImgRequest(p)) for p in (A, B, A, NONE, B, C)]
     assert grouped_order(tasks) == [0, 2, 1, 4, 3, 5]
 
 

@@ -5,8 +5,10 @@ refresh, samplers, models, options, progress, interrupt; bad input answered 422 
 from __future__ import annotations
 
 import base64
+import datetime
 import io
 import json
+import os
 import shutil
 from typing import Any
 
@@ -43,6 +45,30 @@ def test_webuiapi_txt2img_with_a_lora_tag_returns_infotext_with_lora_hashes(serv
     assert result.info["loras"][0][0]["name"] == "demo_warm" and result.info["loras"][0][0]["unet"] == 0.8
     assert result.parameters["prompt"] == "a cat <lora:demo_warm:0.8>"
     assert not list((served.root / "outputs").rglob("*.png"))  # save_images=False: nothing kept
+
+
+def test_images_are_written_only_with_save_images_and_the_kept_file_is_what_was_sent(served: Served) -> None:
+    """save_images=False (the default) encodes the images in memory: no file is written (and
+    deleted) in the outputs folder. save_images=True keeps the PNG, byte for byte what was sent."""
+    folder = served.root / "outputs" / "txt2img-images" / datetime.date.today().isoformat()
+    folder.mkdir(parents=True, exist_ok=True)
+    os.utime(folder, ns=(10**18, 10**18))  # a file made and removed there would set it to now
+    before = set(folder.iterdir())
+
+    def png(**body: Any) -> bytes:
+        response = requests.post(f"{served.url}/sdapi/v1/txt2img",
+                                 json={"prompt": "a cat <lora:demo_warm:0.5>", "seed": 5, **SMALL, **body}, timeout=300)
+        assert response.status_code == 200, response.text
+        return base64.b64decode(response.json()["images"][0])
+
+    sent = png()
+    assert folder.stat().st_mtime_ns == 10**18 and set(folder.iterdir()) == before
+    kept = png(save_images=True)
+    (written,) = set(folder.iterdir()) - before
+    assert written.name.endswith("-5.png") and written.read_bytes() == kept
+    assert kept == sent  # the same image and infotext, whichever way it was encoded
+    with Image.open(io.BytesIO(sent)) as image:
+        assert parse_infotext(image.text["parameters"])["Seed"] == "5"
 
 
 def test_webuiapi_batch_gets_a1111_seeds_and_the_lora_changes_the_image(served: Served) -> None:

@@ -21,6 +21,7 @@ from loraprompt.models import load_demo
 from loraprompt.models.checkpoint import CheckpointError, load_checkpoint, scan_checkpoints
 from loraprompt.ui.hires import HiresOptions, hires_lora_prompt, hires_size
 from loraprompt.ui.img2img import resize_image
+from loraprompt.ui.outputs import png_bytes
 from loraprompt.ui.txt2img import Txt2Img, Txt2ImgRequest
 from loraprompt.ui.xy_grid import (
     StrengthGrid,
@@ -64,6 +65,19 @@ def test_batch_uses_seed_plus_i_with_infotext_per_image_and_a_grid(engine: Txt2I
         assert np.abs(_pixels(alone.image) - _pixels(g.image)).max() <= 2.0, g.seed
     with pytest.raises(ValueError, match="batch size"):
         engine.generate(_request("a cat", batch_size=9))
+
+
+def test_generate_without_saving_keeps_the_images_in_memory(engine: Txt2Img) -> None:
+    folder = engine.outputs_dir / "txt2img-images"
+    before = sorted(folder.rglob("*")) if folder.exists() else []
+    unsaved = engine.generate(_request("a cat <lora:demo_warm:0.5>", batch_size=2), save=False)
+    assert (sorted(folder.rglob("*")) if folder.exists() else []) == before
+    assert unsaved.path is None and unsaved.grid_path is None and [g.path for g in unsaved.images] == [None, None]
+    assert unsaved.grid is not None  # the grid is still drawn
+    saved = engine.generate(_request("a cat <lora:demo_warm:0.5>", batch_size=2))
+    for u, s in zip(unsaved.images, saved.images):
+        assert u.infotext == s.infotext and np.array_equal(_pixels(u.image), _pixels(s.image))
+        assert s.path is not None and png_bytes(u.image, u.infotext) == s.path.read_bytes()
 
 
 def test_and_is_a1111s_weighted_sum_of_noise_predictions(engine: Txt2Img) -> None:
