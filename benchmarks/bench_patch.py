@@ -45,6 +45,7 @@ from torch import nn
 
 UNET_TARGETS = r".*(attn1|attn2)\.(to_q|to_k|to_v|to_out\.0)$|.*ff\.net\.(0\.proj|2)$|.*attentions\.\d+\.(proj_in|proj_out)$"
 TE_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+DELTA_CACHE_MB: float | None = None  # --delta-cache-mb; None: the Patcher's default (factors kept on the device)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -166,7 +167,7 @@ def bench_loraprompt(components: dict[str, nn.Module], paths: list[Path], repeat
 
     a, b = (read_adapter(p) for p in paths)
     before = allocated()
-    patcher = Patcher(components, delta_cache_mb=0, backups=backups)
+    patcher = Patcher(components, backups=backups, **({} if DELTA_CACHE_MB is None else {"delta_cache_mb": DELTA_CACHE_MB}))
     out = {
         "first apply": measure(lambda: patcher.sync([(a, 1.0, 1.0)]), repeat, lambda: patcher.restore(release=True)),
         "apply": measure(lambda: patcher.sync([(a, 1.0, 1.0)]), repeat, patcher.restore),
@@ -396,7 +397,7 @@ def quiet() -> None:
 
 
 def main() -> None:
-    global DEVICE
+    global DEVICE, DELTA_CACHE_MB
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["sd15", "sdxl", "tiny"], default="sd15", help="tiny: a smoke run")
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32")
@@ -412,8 +413,11 @@ def main() -> None:
     parser.add_argument("--latent", type=int, default=None, help="latent size of the step (default 64, sdxl 128)")
     parser.add_argument("--profile", action="store_true",
                         help="torch.profiler over one switch A->B and one restore: where the time goes")
+    parser.add_argument("--delta-cache-mb", type=float, default=None,
+                        help="the Patcher's delta/factor cache (default: its default; 0 recomputes factors every sync)")
     args = parser.parse_args()
     DEVICE = torch.device(args.device)
+    DELTA_CACHE_MB = args.delta_cache_mb
     torch.set_num_threads(args.threads)
     quiet()
     dtype = DTYPES[args.dtype]

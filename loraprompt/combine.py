@@ -194,6 +194,16 @@ def half_gemm_into(dst: Tensor, base: Tensor, lowrank: dict[tuple[int, int] | No
     (`split_factors`: hi + lo in dst's dtype, 3× the rank), so the product keeps float32-like
     factors; plain half factors (what peft's fuse uses) would move ~3% of the elements of a typical
     LoRA'd weight by one step. Used on CUDA; the groups must be `_disjoint`."""
+    matmul = torch.backends.cuda.matmul
+    reduced = matmul.allow_fp16_reduced_precision_reduction, matmul.allow_bf16_reduced_precision_reduction
+    matmul.allow_fp16_reduced_precision_reduction = matmul.allow_bf16_reduced_precision_reduction = False
+    try:
+        _half_gemm_into(dst, base, lowrank)
+    finally:
+        matmul.allow_fp16_reduced_precision_reduction, matmul.allow_bf16_reduced_precision_reduction = reduced
+
+
+def _half_gemm_into(dst: Tensor, base: Tensor, lowrank: dict[tuple[int, int] | None, list[Part]]) -> None:
     first = next(iter(lowrank))
     if first is None and base.device == dst.device:
         up, down, alpha = _half_factors(lowrank[None], dst.dtype)
