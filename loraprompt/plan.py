@@ -180,19 +180,21 @@ def resolve_adapter(
         )
     items: list[tuple[AdapterModule, Key, tuple[int, int] | None, str | None]] = []
     unmapped: list[str] = []
+    maps = {c: _keymap_for(c, keymaps) for c in adapter.components()}
     for lora_key, module in adapter.modules.items():
-        keymap = _keymap_for(module.component, keymaps)
+        keymap = maps[module.component]
         target = keymap.lookup(module.path) if keymap is not None else None
         pieces = keymap.pieces(module.path) if keymap is not None and target is None else None
         if target is None and pieces is None:
             unmapped.append(lora_key)
             continue
+        assert keymap is not None
         if pieces is not None:
-            items += _split(module, pieces, where)
+            items += _split(module, keymap.component, pieces, where)
             continue
         assert target is not None
         block = unet_block(target.module) if module.component == "unet" else None
-        items.append((module, (module.component, target.module, target.param), target.rows, block))
+        items.append((module, (keymap.component, target.module, target.param), target.rows, block))
     bad = _finite(item[0] for item in items)
     if bad is not None:
         bad = bad.extra.get("parent", bad)
@@ -228,10 +230,18 @@ def _keymap_for(component: str, keymaps: Mapping[str, KeyMap]) -> KeyMap | None:
     found = keymaps.get(component)
     if found is None and component == "unet":
         found = keymaps.get("transformer")
+    if found is None and component == "text_encoder_3":
+        # kohya's `lora_te3_` is the T5 of SD3 (text_encoder_3) and of Flux.1 (its text_encoder_2)
+        found = next((k for c, k in keymaps.items() if c in TE_COMPONENTS and is_t5(k)), None)
     return found
 
 
-def _split(module: AdapterModule, pieces: Any, where: str) -> list[tuple[AdapterModule, Key, tuple[int, int] | None, None]]:
+def is_t5(keymap: KeyMap) -> bool:
+    """Whether a text encoder's key map is a T5 encoder's (`encoder.block.N.layer.0.SelfAttention.q`)."""
+    return any(".SelfAttention." in t.module for t in keymap.targets.values())
+
+
+def _split(module: AdapterModule, component: str, pieces: Any, where: str) -> list[tuple[AdapterModule, Key, tuple[int, int] | None, None]]:
     """One item per loaded module a fused file module's rows go to (see `adapters.slices`)."""
     from loraprompt.adapters.slices import row_slice
     from loraprompt.errors import PatchError
@@ -243,7 +253,7 @@ def _split(module: AdapterModule, pieces: Any, where: str) -> list[tuple[Adapter
             part = row_slice(module, rows, total)
         except ValueError as exc:
             raise PatchError(f"{where}: {exc}; nothing applied") from exc
-        out.append((part, (module.component, target.module, target.param), target.rows, None))
+        out.append((part, (component, target.module, target.param), target.rows, None))
     return out
 
 

@@ -27,6 +27,8 @@ transformers <-> OpenCLIP, where q/k/v become row slices of `in_proj_weight`). `
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -37,7 +39,8 @@ if TYPE_CHECKING:
     from torch import nn
 
 # anchors that locate the component's root inside a longer module name, per naming
-_ANCHORS = ("input_blocks.", "down_blocks.", "text_model.encoder.", "transformer.resblocks.", "encoder.layers.")
+_ANCHORS = ("input_blocks.", "down_blocks.", "text_model.encoder.", "transformer.resblocks.", "encoder.layers.",
+            "double_blocks.", "joint_blocks.")
 # prefixes a file may put in front of a path (A1111 internal names)
 _PATH_PREFIXES = ("diffusion_model_", "model_diffusion_model_", "transformer_", "model_", "0_", "1_")
 
@@ -143,11 +146,42 @@ def _text_aliases(rel: str, full: str, shapes: Mapping[str, Sequence[int]], open
 
 
 def build_keymap(component: str, module_names: Iterable[str], param_shapes: Mapping[str, Sequence[int]] | None = None) -> KeyMap:
-    """Every alias a file may use for each module of one loaded component."""
-    from loraprompt.keymaps.family import model_family
-
+    """Every alias a file may use for each module of one loaded component. A model still wrapped
+    by PEFT (`to_q.base_layer`, `to_q.lora_A.default`) is mapped under its own module names: a
+    target is the wrapped `base_layer`, and PEFT's adapter modules are no targets."""
     names = [n for n in module_names if n]
     shapes = dict(param_shapes or {})
+    if not any(n.endswith(".base_layer") or ".base_layer." in n for n in names):
+        return _build_keymap(component, names, shapes)
+    real: dict[str, str] = {}  # module name without base_layer -> the loaded module holding the weight
+    for n in names:
+        if _PEFT_OWN.search(n):
+            continue
+        if n.endswith(".base_layer"):
+            real[n.removesuffix(".base_layer")] = n  # the weight's module, not PEFT's wrapper around it
+        else:
+            real.setdefault(n.replace(".base_layer", ""), n)
+    plain_shapes = {k.replace(".base_layer.", "."): v for k, v in shapes.items() if not _PEFT_OWN.search(k)}
+    keymap = _build_keymap(component, list(real), plain_shapes)
+
+    def loaded(target: Target) -> Target:
+        return dataclasses.replace(target, module=real.get(target.module, target.module))
+
+    return dataclasses.replace(
+        keymap,
+        targets={a: loaded(t) for a, t in keymap.targets.items()},
+        fused={a: tuple((loaded(t), rows) for t, rows in pieces) for a, pieces in keymap.fused.items()},
+        shapes={k: tuple(v) for k, v in shapes.items() if not _PEFT_OWN.search(k)},
+    )
+
+
+# PEFT's own modules and parameters inside a wrapped layer
+_PEFT_OWN = re.compile(r"\.(?:lora_(?:A|B|dropout|embedding_A|embedding_B|magnitude_vector)|hada_\w+|lokr_\w+|oft_\w+)(?:\.|$)")
+
+
+def _build_keymap(component: str, names: list[str], shapes: dict[str, Sequence[int]]) -> KeyMap:
+    from loraprompt.keymaps.family import model_family
+
     owners = {k.rpartition(".")[0] for k in shapes}
     root = _root(names)
     rel_names = {n: n[len(root) :] for n in names if n.startswith(root) and len(n) > len(root)}
@@ -167,12 +201,18 @@ def build_keymap(component: str, module_names: Iterable[str], param_shapes: Mapp
         rel_shapes = {k[len(root) :]: v for k, v in shapes.items() if k.startswith(root)}
         for full, name in rel_names.items():
             add(name, Target(full))
-        dit_family = dit.dit_model_family(rel_set)
-        for native, pieces in (dit.native_aliases(dit_family, rel_set, rel_shapes) if dit_family else {}).items():
-            if len(pieces) == 1 and pieces[0].rows is None:
-                add(native, Target(root + pieces[0].module))
+        naming = dit.dit_model_naming(rel_set)
+        if naming is None:
+            aliases = {}
+        elif naming[1] == "diffusers":
+            aliases = dit.native_aliases(naming[0], rel_set, rel_shapes)
+        else:  # loaded under native names (ComfyUI/Forge): diffusers names are rows of fused weights
+            aliases = dit.diffusers_aliases(naming[0], rel_set, rel_shapes)
+        for alias, pieces in aliases.items():
+            if len(pieces) == 1 and pieces[0].start == 0 and (pieces[0].rows is None or (naming and naming[1] == "native")):
+                add(alias, Target(root + pieces[0].module, rows=pieces[0].rows))
             else:
-                fused[_kohya(native)] = tuple((Target(root + p.module, rows=p.rows), (p.start, p.stop)) for p in pieces)
+                fused[_kohya(alias)] = tuple((Target(root + p.module, rows=p.rows), (p.start, p.stop)) for p in pieces)
     elif component == "unet":
         up_attn = unet.up_levels_with_attention(set(rel_names.values()))
         for full, rel in rel_names.items():

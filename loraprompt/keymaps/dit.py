@@ -108,7 +108,8 @@ _FILE_PREFIX = r"(?:lora_unet_|lora_transformer_|transformer\.|diffusion_model\.
 class DitFamily:
     """One diffusion-transformer family: its name/label, native -> diffusers table, and rules.
 
-    `model_names`: a loaded diffusers model is this family when one of its module names matches.
+    `model_names`: a loaded diffusers model is this family when one of its module names matches;
+    `native_names`: the same for a model loaded under its native names (ComfyUI, Forge, BFL code).
     `file_keys`: a file is for this family when one of its keys matches (any layout).
     `widths`: hidden widths of the released models, telling this family from another whose
     diffusers names are the same (SD3 and Flux share `transformer_blocks.N.attn.add_q_proj`).
@@ -121,6 +122,7 @@ class DitFamily:
     file_keys: re.Pattern[str]
     widths: frozenset[int]
     metadata: tuple[tuple[str, str], ...]
+    native_names: re.Pattern[str] | None = None
 
 
 DIT_FAMILIES: tuple[DitFamily, ...] = (
@@ -134,6 +136,7 @@ DIT_FAMILIES: tuple[DitFamily, ...] = (
         ),
         frozenset({3072}),
         (("modelspec.architecture", r"^flux[-_.]?1"), ("ss_base_model_version", r"^flux")),
+        re.compile(r"^double_blocks\.\d+\.img_attn\.qkv$"),
     ),
     DitFamily(
         "sd3", "SD3", SD3,
@@ -141,6 +144,7 @@ DIT_FAMILIES: tuple[DitFamily, ...] = (
         re.compile(r"^" + _FILE_PREFIX + r"joint_blocks[._]\d+[._](?:x_block|context_block)", re.M),
         frozenset({1536, 2432}),
         (("modelspec.architecture", r"^stable-diffusion-(?:v)?3"), ("ss_base_model_version", r"^sd3")),
+        re.compile(r"^joint_blocks\.\d+\.x_block\.attn\.qkv$"),
     ),
     DitFamily(
         "wan", "Wan 2.x", WAN,
@@ -148,6 +152,7 @@ DIT_FAMILIES: tuple[DitFamily, ...] = (
         re.compile(r"^" + _FILE_PREFIX + r"blocks[._]\d+[._](?:self_attn|cross_attn|attn1|attn2|ffn)[._]", re.M),
         frozenset(),
         (("modelspec.architecture", r"^wan"), ("ss_base_model_version", r"^wan")),
+        re.compile(r"^blocks\.\d+\.self_attn\.q$"),
     ),
 )
 DIT_BY_NAME = {f.name: f for f in DIT_FAMILIES}
@@ -161,12 +166,21 @@ MMDIT_FILE_KEYS = re.compile(
 MMDIT_WIDTH_KEYS = re.compile(r"^" + _FILE_PREFIX + r"transformer_blocks[._]\d+[._]attn[._](?:to_[qkv]|add_[qkv]_proj)[._].*$", re.M)
 
 
-def dit_model_family(names: set[str]) -> str | None:
-    """The DiT family of a loaded diffusers transformer (names relative to its root), else None."""
+def dit_model_naming(names: set[str]) -> tuple[str, str] | None:
+    """(family, "diffusers" or "native") of a loaded transformer (names relative to its root), else None."""
     for family in DIT_FAMILIES:
         if any(family.model_names.match(n) for n in names):
-            return family.name
+            return family.name, "diffusers"
+    for family in DIT_FAMILIES:
+        if family.native_names is not None and any(family.native_names.match(n) for n in names):
+            return family.name, "native"
     return None
+
+
+def dit_model_family(names: set[str]) -> str | None:
+    """The DiT family of a loaded transformer, in diffusers or native names, else None."""
+    found = dit_model_naming(names)
+    return None if found is None else found[0]
 
 
 @dataclass(frozen=True)
@@ -222,3 +236,58 @@ def _pieces(targets: list[str], names: set[str], shapes: Mapping[str, Sequence[i
             pieces.append(Piece(module, start, start + rows))
         start += rows
     return tuple(pieces)
+
+
+def diffusers_aliases(family: str, names: set[str], shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[Piece, ...]]:
+    """For a model loaded under native names: diffusers module name -> pieces of native modules
+    (`Piece.module` native, `start`/`stop` rows of the diffusers module's delta, `rows` rows of the
+    native weight; rows None: the whole weight), and the same for a native name that is the first
+    rows of another (XLabs' `single_blocks.N.qkv` in `linear1`). Heights of the stacked modules:
+    each is the native weight's width (q, k, v), the last takes the remaining rows (Flux's MLP)."""
+    table = DIT_BY_NAME[family].table
+    out: dict[str, tuple[Piece, ...]] = {}
+    stacked: dict[str, list[tuple[str, tuple[int, int]]]] = {}  # native -> [(diffusers, rows)]
+    for native, value in table.items():
+        targets = (value,) if isinstance(value, str) else value
+        for name in _instances(native, names):
+            i = name.split(".")[1] if "{i}" in native else ""
+            shape = shapes.get(f"{name}.weight")
+            if shape is None:
+                continue
+            rows, width = int(shape[0]), int(shape[1]) if len(shape) > 1 else 0
+            mods = [t.replace("{i}", i) for t in targets]
+            if len(mods) == 1:
+                module = mods[0].lstrip("~")
+                if mods[0].startswith("~") and len(shape) == 2 and rows == 2 * width:
+                    half = rows // 2
+                    out[module] = (Piece(name, 0, half, (half, rows)), Piece(name, half, rows, (0, half)))
+                else:
+                    out[module] = (Piece(name, 0, 0),)
+                continue
+            heights = [width] * (len(mods) - 1) + [rows - width * (len(mods) - 1)]
+            start, placed = 0, []
+            for module, height in zip(mods, heights):
+                out[module] = (Piece(name, 0, height, (start, start + height)),)
+                placed.append((module, (start, start + height)))
+                start += height
+            stacked[name] = placed
+    for native, value in table.items():  # a native name that is the first rows of a loaded one
+        if isinstance(value, str) or "{i}" not in native:
+            continue
+        for other, value2 in table.items():
+            if other == native or isinstance(value2, str) or value2[: len(value)] != value:
+                continue
+            for name in _instances(other, names):
+                i = name.split(".")[1]
+                placed = stacked.get(name, [])[: len(value)]
+                if len(placed) == len(value):
+                    out[native.replace("{i}", i)] = (Piece(name, 0, placed[-1][1][1], (0, placed[-1][1][1])),)
+    return out
+
+
+def _instances(native: str, names: set[str]) -> list[str]:
+    """The loaded module names a table entry (with `{i}`) stands for."""
+    if "{i}" not in native:
+        return [native] if native in names else []
+    pattern = _template(native)
+    return sorted((n for n in names if pattern.match(n)), key=lambda n: int(n.split(".")[1]))
