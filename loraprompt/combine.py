@@ -134,13 +134,16 @@ def _pinned(t: Tensor) -> bool:
     return t.device.type == "cpu" and t.is_pinned()
 
 
-def combine_into(dst: Tensor, base: Tensor, parts: list[Part], scratch: Scratch = new_scratch) -> None:
+def combine_into(dst: Tensor, base: Tensor, parts: list[Part], scratch: Scratch = new_scratch,
+                 dequant: Tensor | None = None) -> None:
     """dst = cast(base + Σ scale·Δ), summed in float32 and written once. Every low-rank part goes
     into one addmm (`stacked_factors`); full deltas are added after it. A float32 `dst` is summed in
     place (straight from `base` when it lies on dst's device), another dtype in a float32
     `scratch(dst)`; 1-byte floats (fp8) saturate instead of overflowing to NaN. `base` may live on
     another device (backups in pinned host memory): it is copied over without blocking. On CUDA an
-    fp16/bf16 `dst` whose parts are all low-rank takes `half_gemm_into` (no float32 copy)."""
+    fp16/bf16 `dst` whose parts are all low-rank takes `half_gemm_into` (no float32 copy). With a
+    `dequant` scale (scaled fp8), `base` is the dequantised weight and the sum is divided by the scale
+    before it is requantised into `dst`."""
     if not parts:
         dst.copy_(base, non_blocking=_pinned(base))
         return
@@ -167,6 +170,8 @@ def combine_into(dst: Tensor, base: Tensor, parts: list[Part], scratch: Scratch 
         view = acc if rows is None else acc[rows[0] : rows[1]]
         view.add_(delta.view(view.shape), alpha=scale)
     if acc is not dst:
+        if dequant is not None:
+            acc.div_(dequant.to(acc.device))
         if dst.element_size() == 1:  # fp8: a value past the largest finite one would become NaN
             limit = torch.finfo(dst.dtype).max
             acc.clamp_(-limit, limit)
@@ -254,15 +259,17 @@ def split_factors(up: Tensor, down: Tensor, dtype: torch.dtype) -> tuple[Tensor,
 
 def combined(
     base_w: Tensor, base_b: Tensor | None, contributions: Sequence[tuple[Any, tuple[int, int] | None, float]],
-    where: str = "weight",
+    where: str = "weight", scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """(new weight, new bias or None when the bias is unchanged) in the base's dtype: exactly what
     `Patcher.sync` writes into a weight equal to `base_w` (bias `base_b`) for these contributions;
-    PatchError naming `where` when one does not fit."""
+    PatchError naming `where` when one does not fit. `scale`: a scaled fp8 weight's dequantisation
+    scale (`quantized.fp8_scale`)."""
     with torch.no_grad():
-        w_parts, b_parts, _ = weight_parts(contributions, base_w, base_b, where)
+        base = base_w if scale is None else base_w.float() * scale.to(base_w.device)
+        w_parts, b_parts, _ = weight_parts(contributions, base, base_b, where)
         new_w = torch.empty_like(base_w)
-        combine_into(new_w, base_w, w_parts)
+        combine_into(new_w, base if w_parts else base_w, w_parts, dequant=scale if w_parts else None)
         new_b = None
         if base_b is not None and b_parts:
             new_b = torch.empty_like(base_b)

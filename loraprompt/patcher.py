@@ -30,7 +30,7 @@ from loraprompt.errors import PatchError
 from loraprompt.keymaps import keymap_for_module
 from loraprompt.keymaps.check import model_family
 from loraprompt.plan import Key, Plan, PlanEntry, SyncReport, as_entry, build_plan, resolve_adapter
-from loraprompt.quantized import Unfused, weight_path
+from loraprompt.quantized import Unfused, fp8_scale, weight_path
 from loraprompt.unfused import LowRankHooks, unfusable
 
 SCHEDULES = ("fused", "unfused")
@@ -228,7 +228,7 @@ class Patcher(Backups):
             self._packed.apply(self._packed_next)  # packed 4-bit weights: the LoRA beside them
             report.written = len(changed) + len(moved)
             report.patched = len(self._applied) + len(self._packed.applied)
-            report.paths = {".".join(k): weight_path(self._param(k)[0]) for k in self._applied}
+            report.paths = {".".join(k): weight_path(self._param(k)[0], self._scale(k)) for k in self._applied}
             report.paths |= {".".join(k): path for k, path in self._packed.paths().items()}
             self._paths = report.paths
             if changed or self._bytes_stale:  # counted again only when backups may have changed
@@ -376,13 +376,22 @@ class Patcher(Backups):
         base_w, base_b = self._base(key)
         return weight_parts(contributions, base_w, base_b, ".".join(key), self._deltas, device=weight.device)
 
+    def _scale(self, key: Key) -> Tensor | None:
+        """The dequantisation scale of a scaled fp8 weight (`quantized.fp8_scale`), else None."""
+        weight, _ = self._param(key)
+        return fp8_scale(self._module_of(key), key[2], weight) if weight.element_size() == 1 else None
+
     def _base(self, key: Key) -> tuple[Tensor, Tensor | None]:
         """The base values the deltas of `key` are added to: its float copy (`float_base`) when
-        there is one, else its backup, else the weight itself (not patched yet)."""
+        there is one, else its backup, else the weight itself (not patched yet); a scaled fp8
+        one dequantised (fp8 · scale, in float32)."""
         weight, bias = self._param(key)
         backup = self._backups.get(key)
         base_w = backup[0] if backup is not None else weight
         base_b = backup[1] if backup is not None and backup[1] is not None else bias
+        scale = self._scale(key)
+        if scale is not None:
+            return base_w.to(weight.device).float() * scale.to(weight.device), base_b
         if self.float_base is not None and weight.element_size() == 1:
             module = self._module_of(key)
             param = key[2]
@@ -438,8 +447,9 @@ class Patcher(Backups):
         if parts is not None and parts[1] and backup[1] is None and bias is not None:
             backup = self._backups[key] = (backup[0], self._backup_of(bias))
         w_parts, b_parts = parts if parts is not None else ([], [])
-        base_w, base_b = self._base(key) if self.float_base is not None and parts is not None else backup
-        combine_into(weight, base_w if w_parts else backup[0], w_parts, self._float_scratch)
+        scale = self._scale(key) if w_parts else None
+        base_w, base_b = self._base(key) if (self.float_base is not None or scale is not None) and parts is not None else backup
+        combine_into(weight, base_w if w_parts else backup[0], w_parts, self._float_scratch, scale)
         if backup[1] is not None and bias is not None:
             combine_into(bias, base_b if b_parts and base_b is not None else backup[1], b_parts, self._float_scratch)
         self._versions[key] = _versions(weight, bias)

@@ -5,6 +5,10 @@ Paths (`Patcher.sync(...).paths`, one per patched weight):
   float32 and cast once (`loraprompt.combine`).
 - "fp8 requantized (<dtype>)": float8 weights take the same path: dequantised to float32 from
   the exact backup, summed, requantised once, so repeated switches never accumulate rounding.
+- "fp8 requantized (<dtype>, scaled)": a scaled fp8 weight (ComfyUI's scaled fp8 checkpoints keep
+  a float32 `scale_weight` beside each fp8 `weight`; other quantizers call it `weight_scale`; one
+  value per tensor, or per output row) is dequantised with its scale (fp8 · scale), summed in
+  float32, divided by the same scale and requantised once; the scale itself is never changed.
 - "unfused (<kind>)": a weight stored in a packed quantized form (bitsandbytes 4-bit NF4/FP4 as
   Forge runs Flux) cannot be rewritten without requantising it, which would change the base
   model for every later generation; the LoRA stays out of the weight and runs beside it in the
@@ -42,10 +46,33 @@ def packed_kind(module: nn.Module | None, param: str = "weight") -> str | None:
     return str(getattr(state, "quant_type", None) or getattr(weight, "quant_type", "4bit"))
 
 
-def weight_path(weight: Tensor) -> str:
+def weight_path(weight: Tensor, scale: Tensor | None = None) -> str:
     """How a floating-point weight is patched (see the module docstring)."""
     name = str(weight.dtype).removeprefix("torch.")
-    return f"fp8 requantized ({name})" if weight.dtype in FP8 else f"in place ({name})"
+    if weight.dtype in FP8:
+        return f"fp8 requantized ({name}, scaled)" if scale is not None else f"fp8 requantized ({name})"
+    return f"in place ({name})"
+
+
+SCALE_NAMES = ("scale_weight", "weight_scale")  # ComfyUI's scaled fp8; other fp8 quantizers
+
+
+def fp8_scale(module: nn.Module | None, param: str, weight: Tensor) -> Tensor | None:
+    """The float32 dequantisation scale of a scaled fp8 `weight` (shaped to broadcast over it:
+    one value, or one per output row), or None when the weight is not fp8 or has no scale."""
+    if weight.dtype not in FP8 or param != "weight":
+        return None
+    for name in SCALE_NAMES:
+        scale = getattr(module, name, None)
+        if not isinstance(scale, torch.Tensor) or not scale.is_floating_point():
+            continue
+        if scale.numel() == 1:
+            return scale.detach().reshape(()).float()
+        if scale.numel() == weight.shape[0]:
+            return scale.detach().float().reshape(weight.shape[0], *([1] * (weight.dim() - 1)))
+        raise PatchError(f"{name} of shape {tuple(scale.shape)} does not fit the fp8 weight {tuple(weight.shape)}: "
+                         "only per-tensor and per-row scales are supported")
+    return None
 
 
 def _logical_shape(module: nn.Module) -> tuple[int, int]:

@@ -21,6 +21,7 @@ from torch import Tensor
 from loraprompt.combine import combined
 from loraprompt.diagnostics import Diagnostic
 from loraprompt.errors import PatchError, ToolError
+from loraprompt.quantized import SCALE_NAMES, fp8_scale
 from loraprompt.tools.checkpoint import Checkpoint, TensorFile, TensorReader, open_checkpoint
 from loraprompt.tools.io import (
     Progress,
@@ -209,13 +210,31 @@ class _Merger:
             bias_key = _bias_key(weight_key)
             if (component, bias_key) in self.present:
                 bias = self.reader.get(ckpt.locate(bias_key, component), bias_key)
+        scale = self._scale(component, weight_key, weight)
         weight = self._cast(weight.to(self.device))
         bias = None if bias is None else self._cast(bias.to(self.device))
         try:
-            new_w, new_b = combined(weight, bias, self.plan[(component, weight_key)], f"{component}:{weight_key}")
+            new_w, new_b = combined(weight, bias, self.plan[(component, weight_key)], f"{component}:{weight_key}", scale)
         except PatchError as exc:
             raise ToolError(str(exc)) from exc
         return to_host(new_w), None if new_b is None else to_host(new_b)
+
+
+    def _scale(self, component: str, weight_key: str, weight: Tensor) -> Tensor | None:
+        """The dequantisation scale stored beside a scaled fp8 weight (`<module>.scale_weight`, as
+        ComfyUI writes them, or `.weight_scale`); ToolError when the output would cast it."""
+        if weight.element_size() != 1 or not weight_key.endswith(".weight"):
+            return None
+        stem = weight_key.removesuffix(".weight")
+        for name in SCALE_NAMES:
+            key = f"{stem}.{name}"
+            if (component, key) in self.present:
+                if self.out_dtype(weight.dtype) != weight.dtype:
+                    raise ToolError(f"{component}:{weight_key} is scaled fp8 ({key}); write it in its own dtype (no --dtype)")
+                holder = torch.nn.Module()
+                holder.register_buffer(name, self.reader.get(self.reader.checkpoint.locate(key, component), key))
+                return fp8_scale(holder, "weight", weight)
+        return None
 
 
 def _order_key(key: str) -> tuple[str, bool, str]:
