@@ -35,9 +35,9 @@ _CONTEXT_WIDTH = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 _TE_WIDTH = {768: "sd1", 1024: "sd2"}
 _TE2 = re.compile(r"^(?:lora_te2_|text_encoder_2\.|te2[._]|text_encoders\.clip_g\.)", re.M)
 _TE1 = re.compile(r"^(?:lora_te1?_|text_encoder\.|text_encoders\.clip_[lh]\.|te1?[._])", re.M)
-_SDXL_NAMES = re.compile(r"add_embedding|label_emb")
 # SD1/SD2 have one transformer block per UNet attention, SDXL up to ten
 _SDXL_BLOCK = re.compile(r"(?:attentions[._]\d+|_\d+_1|\.\d+\.1|middle_block[._]1)[._]transformer_blocks[._][1-9]")
+_SDXL_BLOCK_HINT = re.compile(r"transformer_blocks[._][1-9]")
 _SGM = re.compile(r"^(?:lora_unet_|unet\.|diffusion_model\.)?(?:input_blocks|output_blocks|middle_block)[._]", re.M)
 _FOUR_LEVELS = re.compile(r"down_blocks[._]3[._]|down_blocks[._]0[._]attentions")
 # tensors that keep the layer's rank: 4-D exactly when the layer is a conv
@@ -77,12 +77,37 @@ def family_from_metadata(metadata: Mapping[str, str]) -> str | None:
     return None
 
 
+_LINE_STARTS: dict[re.Pattern[str], re.Pattern[str]] = {}
+
+
+def _at_line_start(pattern: re.Pattern[str]) -> re.Pattern[str]:
+    """`pattern` with its `^` (re.M: at a key's start) made a literal newline, for `keys`
+    strings that start with one. The regex engine tries a `^` pattern at every character of a
+    string, but a pattern led by a literal only where that literal is: over a file's 16 kB of key
+    names that is ~90 µs against a few, and the library's cold scan runs a dozen per file."""
+    found = _LINE_STARTS.get(pattern)
+    if found is None:
+        text = pattern.pattern
+        if text.startswith("^"):
+            text = "\n" + text[1:].removesuffix("$")  # `.*$` ran to the key's end; `.*` does too
+            found = re.compile(text, pattern.flags & ~re.M)
+        else:
+            found = pattern
+        _LINE_STARTS[pattern] = found
+    return found
+
+
+def _search(pattern: re.Pattern[str], keys: str) -> bool:
+    return _at_line_start(pattern).search(keys) is not None
+
+
 def _lines(keys: str, pattern: re.Pattern[str], limit: int = 64) -> Iterator[str]:
     """Up to `limit` whole keys (lines of `keys`) matching `pattern`, found at C speed."""
-    for n, m in enumerate(pattern.finditer(keys)):
+    for n, m in enumerate(_at_line_start(pattern).finditer(keys)):
         if n >= limit:
             break
-        start, end = keys.rfind("\n", 0, m.start()) + 1, keys.find("\n", m.end())
+        # a match led by the newline before its key starts one character on
+        start, end = keys.rfind("\n", 0, m.start() + 1) + 1, keys.find("\n", m.end())
         yield keys[start : end if end >= 0 else len(keys)]
 
 
@@ -97,9 +122,9 @@ def _width(keys: str, shapes: Mapping[str, Sequence[int]], pattern: re.Pattern[s
 def _dit(keys: str, shapes: Mapping[str, Sequence[int]]) -> tuple[bool, str | None]:
     """(whether the keys are a diffusion transformer's, which family when they tell)."""
     for family in DIT_FAMILIES:
-        if family.file_keys.search(keys):
+        if _search(family.file_keys, keys):
             return True, family.name
-    if not MMDIT_FILE_KEYS.search(keys):
+    if not _search(MMDIT_FILE_KEYS, keys):
         return False, None
     by_width = {w: f.name for f in DIT_FAMILIES for w in f.widths}
     found = _width(keys, shapes, MMDIT_WIDTH_KEYS, by_width)
@@ -116,7 +141,7 @@ def _sd_by_shapes(keys: str, shapes: Mapping[str, Sequence[int]]) -> str | None:
     found = _width(keys, shapes, re.compile(r"attn2[._]to_[kv]"), _CONTEXT_WIDTH)
     if found:
         return found
-    te2 = bool(_TE2.search(keys))
+    te2 = _search(_TE2, keys)
     if te2 and _width(keys, shapes, re.compile(r"^(?:lora_te2_|text_encoder_2\.|text_encoders\.clip_g\.).*(?:q_proj|k_proj|v_proj|fc1)", re.M), {1280: "sdxl"}):
         return "sdxl"
     if not te2:
@@ -132,7 +157,10 @@ def _sd_by_shapes(keys: str, shapes: Mapping[str, Sequence[int]]) -> str | None:
 
 
 def _sd_by_names(keys: str) -> str | None:
-    if _SDXL_NAMES.search(keys) or _TE2.search(keys) or _SDXL_BLOCK.search(keys) or _SGM.search(keys):
+    if "add_embedding" in keys or "label_emb" in keys or _search(_TE2, keys) or _search(_SGM, keys):
+        return "sdxl"
+    # the literal first: the engine finds it fast, the whole pattern (no literal lead) slowly
+    if _SDXL_BLOCK_HINT.search(keys) and _SDXL_BLOCK.search(keys):
         return "sdxl"
     down = {int(x) for x in re.findall(r"down_blocks[._](\d+)[._]attentions", keys)}
     if down and max(down) <= 2 and 0 not in down and not _FOUR_LEVELS.search(keys):
@@ -143,7 +171,7 @@ def _sd_by_names(keys: str) -> str | None:
 def detect_file_family(shapes: Mapping[str, Sequence[int]], metadata: Mapping[str, str] | None = None) -> Detection:
     """The family of an adapter file from its tensor names -> shapes and its header metadata."""
     metadata = metadata or {}
-    keys = "\n".join(shapes)  # searched as one string: C speed over thousands of keys
+    keys = "\n" + "\n".join(shapes)  # searched as one string: C speed over thousands of keys
     by_meta = family_from_metadata(metadata)
     is_dit, family = _dit(keys, shapes)
     if not is_dit:

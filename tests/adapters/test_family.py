@@ -128,3 +128,35 @@ def test_gallery_cards_badge_dit_families(tmp_path: Path) -> None:
     (entry,) = Library([path.parent], cache_dir=tmp_path / "cache").entries
     record = card_record(entry, "flux", None, "flux")
     assert (record["family"], record["badge"], record["family_title"]) == ("flux", "Flux", "Flux (from the tensor shapes)")
+
+
+def test_line_start_search_finds_the_same_keys_as_the_anchored_patterns() -> None:
+    """The detector searches one newline-joined string with `^` patterns rewritten to start with
+    the newline (the regex engine then skips to each key instead of trying every character): the
+    keys found must be exactly those the original `^`/re.M pattern matches one by one."""
+    from loraprompt.keymaps import family as fam
+    from loraprompt.keymaps.dit import DIT_FAMILIES, MMDIT_FILE_KEYS, MMDIT_WIDTH_KEYS
+
+    keys = [
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight",
+        "lora_unet_input_blocks_4_1_transformer_blocks_1_attn1_to_q.alpha",
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight",
+        "lora_te2_text_model_encoder_layers_3_mlp_fc1.lora_down.weight",
+        "text_encoder_2.text_model.encoder.layers.0.self_attn.k_proj.lora_A.weight",
+        "transformer.transformer_blocks.0.attn.add_q_proj.lora_A.weight",
+        "transformer_blocks.12.attn.to_k.lora_B.weight",
+        "diffusion_model.double_blocks.3.img_attn.qkv.lora_A.weight",
+        "lora_unet_single_blocks_7_linear1.lora_down.weight",
+        "diffusion_model.joint_blocks.2.x_block.attn.qkv.lora_down.weight",
+        "blocks.4.self_attn.q.lora_A.weight",
+        "xdouble_blocks.1.img_mod.lin.lora_A.weight",  # not at a key's start: no family
+        "unet.middle_block.1.proj_in.lora_down.weight",
+    ]
+    joined = "\n" + "\n".join(keys)
+    patterns = [f.file_keys for f in DIT_FAMILIES] + [MMDIT_FILE_KEYS, MMDIT_WIDTH_KEYS, fam._TE1, fam._TE2, fam._SGM]
+    for pattern in patterns:
+        expected = [k for k in keys if pattern.search(k)]
+        assert expected, pattern.pattern  # every pattern is exercised by at least one key
+        assert list(fam._lines(joined, pattern)) == expected, pattern.pattern
+        assert fam._search(pattern, joined)
+        assert not fam._search(pattern, "\n" + "\n".join(k for k in keys if k not in expected))
