@@ -9,12 +9,13 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from loraprompt.library.sidecars import atomic_write_text
 
-VERSION = 2  # 2: one family detector for the library and the reader (SD1 files with lora_te1_ keys)
+VERSION = 3  # 3: records are rows (lists), not objects; 2: one family detector (SD1 files with lora_te1_ keys)
 # A file whose mtime is this close to when it was read may change again within the same
 # timestamp tick (coarse filesystem clocks, FAT's 2 s): such a record is used once, then re-read.
 RACY_NS = 2_000_000_000
@@ -28,25 +29,78 @@ def default_cache_dir() -> Path:
     return Path(base) / "loraprompt"
 
 
-_WORDS = ("kind", "family", "family_source")  # a few distinct short values, repeated in every record
+# A record is a row: [size, mtime_ns, extras, *COLUMNS] where extras is None or a dict of the rare
+# values (hashes, sidecar, error, racy, ...). A model file's record has every column, a sidecar's
+# none. A list of 13 is ~160 bytes where a dict of the same values was ~650: 100,000 records
+# held 126 MiB as dicts.
+COLUMNS = ("ino", "kind", "summary", "output_name", "family", "family_source", "data_offset", "tensors")
+_AT = {"size": 0, "mtime_ns": 1, **{name: i + 3 for i, name in enumerate(COLUMNS)}}
+_WORDS = (_AT["kind"], _AT["family"], _AT["family_source"])  # a few distinct short values in every record
 
 
-def _share_words(record: Any) -> None:
-    """Make the record's repeated short strings one object each (100,000 records hold 300,000)."""
-    if isinstance(record, dict):
-        for key in _WORDS:
-            value = record.get(key)
-            if isinstance(value, str):
-                record[key] = sys.intern(value)
+class Record(Mapping[str, Any]):
+    """A read-only dict-like view of one cache row (what `get`, `put` and `peek` return)."""
+
+    __slots__ = ("_row",)
+
+    def __init__(self, row: list[Any]) -> None:
+        self._row = row
+
+    def __getitem__(self, key: str) -> Any:
+        row = self._row
+        at = _AT.get(key)
+        if at is not None:
+            if at < len(row):
+                return row[at]
+            raise KeyError(key)
+        extras = row[2]
+        if extras is None:
+            raise KeyError(key)
+        return extras[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        row = self._row
+        at = _AT.get(key)
+        if at is not None:
+            return row[at] if at < len(row) else default
+        extras = row[2]
+        return default if extras is None else extras.get(key, default)
+
+    def __iter__(self) -> Iterator[str]:
+        row = self._row
+        yield from (key for key, at in _AT.items() if at < len(row))
+        yield from row[2] or ()
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def _row(size: int, mtime_ns: int, values: Mapping[str, Any]) -> list[Any]:
+    """The row of a record with these values."""
+    extras = {k: v for k, v in values.items() if k not in _AT}
+    if any(name in values for name in COLUMNS):
+        row: list[Any] = [size, mtime_ns, extras or None, *(values.get(name) for name in COLUMNS)]
+        for at in _WORDS:
+            word = row[at]
+            if isinstance(word, str):
+                row[at] = sys.intern(word)
+        return row
+    return [size, mtime_ns, extras or None]
+
+
+def _valid(row: Any) -> bool:
+    return (isinstance(row, list) and len(row) in (3, 3 + len(COLUMNS)) and type(row[0]) is int and type(row[1]) is int
+            and (row[2] is None or isinstance(row[2], dict)))
 
 
 class DiskCache:
-    """Map path -> {"size", "mtime_ns", ...values}; a value is served only while the stat matches."""
+    """Map path -> record of values ("size", "mtime_ns", ...); a record is served only while the
+    file's stat matches."""
 
     def __init__(self, cache_dir: Path | None, roots: list[str]) -> None:
         digest = hashlib.sha256("\0".join(sorted(roots)).encode()).hexdigest()[:16]
         self.path = cache_dir / f"library-{digest}.json" if cache_dir is not None else None
-        self._files: dict[str, dict[str, Any]] = {}
+        self._files: dict[str, list[Any]] = {}
         self._dirty = False
         self._lock = threading.Lock()
         self._load()
@@ -59,34 +113,41 @@ class DiskCache:
         except (OSError, ValueError):
             return
         if isinstance(doc, dict) and doc.get("version") == VERSION and isinstance(doc.get("files"), dict):
-            self._files = doc["files"]
-            for record in self._files.values():
-                _share_words(record)
+            files = doc["files"]
+            if not all(map(_valid, files.values())):
+                return  # written by hand or by another program: rebuilt
+            intern = sys.intern
+            for row in files.values():
+                if len(row) > 3:
+                    for at in _WORDS:
+                        if type(row[at]) is str:
+                            row[at] = intern(row[at])
+            self._files = files
 
-    def get(self, path: str, size: int, mtime_ns: int) -> dict[str, Any] | None:
+    def get(self, path: str, size: int, mtime_ns: int) -> Record | None:
         """The cached record of `path` if its size and mtime still match, else None."""
-        record = self._files.get(path)
-        if record is None or record.get("size") != size or record.get("mtime_ns") != mtime_ns or record.get("racy"):
+        row = self._files.get(path)
+        if row is None or row[0] != size or row[1] != mtime_ns or (row[2] is not None and row[2].get("racy")):
             return None
-        return record
+        return Record(row)
 
-    def put(self, path: str, size: int, mtime_ns: int, **values: Any) -> dict[str, Any]:
+    def put(self, path: str, size: int, mtime_ns: int, **values: Any) -> Record:
         """Store values for `path` at this stat, replacing an older record (marked racy when the
         file was modified less than RACY_NS before now)."""
-        record = {"size": size, "mtime_ns": mtime_ns, **values}
-        _share_words(record)
         if abs(mtime_ns - time.time_ns()) < RACY_NS:
-            record["racy"] = True
+            values["racy"] = True
+        row = _row(size, mtime_ns, values)
         with self._lock:
-            self._files[path] = record
+            self._files[path] = row
             self._dirty = True
-        return record
+        return Record(row)
 
     def update(self, path: str, **values: Any) -> None:
         """Add values to an existing record (e.g. hashes computed later)."""
         with self._lock:
-            if path in self._files:
-                self._files[path].update(values)
+            row = self._files.get(path)
+            if row is not None:
+                self._files[path] = _row(row[0], row[1], {**Record(row), **values})
                 self._dirty = True
 
     def drop(self, paths: set[str]) -> None:
@@ -100,9 +161,10 @@ class DiskCache:
         """Every path with a record."""
         return set(self._files)
 
-    def peek(self, path: str) -> dict[str, Any] | None:
+    def peek(self, path: str) -> Record | None:
         """The record of `path` whatever the file's stat is now (for files that are unreachable)."""
-        return self._files.get(path)
+        row = self._files.get(path)
+        return Record(row) if row is not None else None
 
     def save(self) -> None:
         """Write the cache if anything changed (atomic; a failure to write only loses the cache)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +60,16 @@ def sidecar_value(kind: str, path: Path) -> Any:
     return text[:MAX_DESCRIPTION] if text is not None else None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Entry:
     """A model file in the library, as plain values. `path` is absolute; `relpath` and `folder`
-    are relative to `root`, with `/` separators; `name` is the file stem A1111 uses."""
+    are relative to `root`, with `/` separators; `name` is the file stem A1111 uses.
+
+    Entries are shared (snapshots, threads): treat them as immutable and make changed copies with
+    `dataclasses.replace`. Slots, and not frozen: a library of 100,000 files builds and holds
+    100,000 entries, and a `__dict__` of these fields took ~400 bytes of each, a frozen
+    dataclass's __init__ (one object.__setattr__ per field) ~5 µs. `summary` and the search text
+    are computed on first use and kept in `_memo`."""
 
     name: str
     alias: str
@@ -87,11 +92,22 @@ class Entry:
     offline: bool = False
     data_offset: int | None = None
     notes: tuple[str, ...] = ()
+    _memo: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
-    @cached_property
+    def _remember(self, name: str, value: Any) -> Any:
+        if self._memo is None:
+            self._memo = {}
+        self._memo[name] = value
+        return value
+
+    @property
     def summary(self) -> MetadataSummary:
-        """The header's training metadata summary."""
-        return MetadataSummary.from_json(json.loads(self.summary_json)) if self.summary_json else MetadataSummary()
+        """The header's training metadata summary (parsed from `summary_json` on first use)."""
+        memo = self._memo
+        if memo is not None and "summary" in memo:
+            return memo["summary"]  # type: ignore[no-any-return]
+        found = MetadataSummary.from_json(json.loads(self.summary_json)) if self.summary_json else MetadataSummary()
+        return self._remember("summary", found)  # type: ignore[no-any-return]
 
     @property
     def mtime(self) -> float:
@@ -157,14 +173,23 @@ class Entry:
         add(self.summary.trigger_words, "header")
         return out
 
-    @cached_property
+    @property
     def search_text(self) -> str:
         """Case-folded text a search matches (see `search_words`)."""
-        return self.search_words.casefold()
+        memo = self._memo
+        if memo is not None and "search_text" in memo:
+            return memo["search_text"]  # type: ignore[no-any-return]
+        return self._remember("search_text", self.search_words.casefold())  # type: ignore[no-any-return]
 
-    @cached_property
+    @property
     def search_words(self) -> str:
         """What a search matches, as written: path, names, tags, trigger words, notes, description."""
+        memo = self._memo
+        if memo is not None and "search_words" in memo:
+            return memo["search_words"]  # type: ignore[no-any-return]
+        return self._remember("search_words", self._search_words())  # type: ignore[no-any-return]
+
+    def _search_words(self) -> str:
         parts = [self.relpath, self.name, self.alias, self.description, str(self.user.get("notes") or "")]
         parts += [str(self.user.get("description") or ""), self.activation_text]
         parts += [w for w, _ in self.trigger_words()] + [t for t, _ in self.summary.tags]

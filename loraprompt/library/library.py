@@ -38,6 +38,8 @@ from loraprompt.library.scanner import (
 )
 from loraprompt.library.usage import UsageLog
 
+_NO_RECORD: Mapping[str, Any] = {}
+
 
 class Library:
     """LoRA files under `dirs`, scanned recursively, with an on-disk cache in `cache_dir`
@@ -72,7 +74,7 @@ class Library:
         self._by_path: dict[str, Entry] = {}
         self._dir_mtimes: dict[str, int] = {}
         self._offline: set[str] = set()
-        self._fingerprints: dict[str, Any] = {}
+        self._marks: dict[str, Any] = {}  # path -> the sidecars and previews its entry was made with
         self._index = NameIndex([])
         self._allowed: frozenset[Path] = frozenset()
         self._checked_at = 0.0
@@ -97,7 +99,7 @@ class Library:
             pending: list[str] = []
             offline: list[str] = []
             read = 0
-            fingerprints: dict[str, Any] = {}
+            marks: dict[str, Any] = {}
             seen: set[str] = set()
             linked: set[str] = set()
             for root in self.roots:
@@ -106,8 +108,8 @@ class Library:
                     kept = [replace(e, offline=True) for e in old.values() if e.root == str(root)]
                     entries += kept or cached_entries(str(root), self._cache)
                     continue
-                result = scan_root(str(root), self._cache, self.settle_s, self._fingerprints)
-                fingerprints.update(result.fingerprints)
+                result = scan_root(str(root), self._cache, self.settle_s, old, self._marks)
+                marks.update(result.marks)
                 seen |= result.sidecars_seen
                 linked |= result.linked_previews
                 entries += result.entries
@@ -116,7 +118,7 @@ class Library:
                 read += result.read
             self._install(entries)
             self._allowed = frozenset(Path(p) for p in linked)
-            self._dir_mtimes, self._offline, self._fingerprints = dir_mtimes, set(offline), fingerprints
+            self._dir_mtimes, self._offline, self._marks = dir_mtimes, set(offline), marks
             self._checked_at = time.monotonic()
             self._scanned_ns = scan_started
             gone = {p for p in old if p not in self._by_path} - set(pending)
@@ -197,10 +199,12 @@ class Library:
         with self._lock:
             result = ScanResult()
             folder = folder_of(entry.path, entry.root)
-            new = scan_file(entry.root, folder, os.path.basename(entry.path), cache=self._cache, settle_s=0.0, previous={}, result=result)
+            new = scan_file(entry.root, folder, os.path.basename(entry.path), cache=self._cache, settle_s=0.0, previous={}, marks={},
+                            result=result)
             if new is None:
                 return None
-            self._fingerprints.update(result.fingerprints)
+            self._marks.pop(entry.path, None)
+            self._marks.update(result.marks)
             self._install([new if e.path == entry.path else e for e in self._entries])
             self._cache.save()
             return new
@@ -307,7 +311,7 @@ class Library:
         """Groups of duplicate files; only `duplicate_candidates` are hashed (`find_duplicates`)."""
         return find_duplicates(
             self.duplicate_candidates(), self._index.stems,
-            lambda e: (self._cache.get(e.path, e.size, e.mtime_ns) or {}).get("hashes") or {},
+            lambda e: (self._cache.get(e.path, e.size, e.mtime_ns) or _NO_RECORD).get("hashes") or {},
             lambda e: self.hashes(e, save=False), self._cache.save, progress=progress, stop=stop)
 
     # ---- sidecars and files ---------------------------------------------------------------

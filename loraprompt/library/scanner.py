@@ -69,7 +69,7 @@ class ScanResult:
     dir_mtimes: dict[str, int] = field(default_factory=dict)
     pending: list[str] = field(default_factory=list)  # files still being written
     read: int = 0  # model headers read (cache misses)
-    fingerprints: dict[str, tuple[Any, Entry]] = field(default_factory=dict)
+    marks: dict[str, Any] = field(default_factory=dict)  # path -> `file_mark` of files that have one
     sidecars_seen: set[str] = field(default_factory=set)  # sidecar files found (their cache records stay)
     linked_previews: set[str] = field(default_factory=set)  # real paths of previews outside the root
 
@@ -140,7 +140,7 @@ _NONE: dict[str, Any] = {}  # the `user` and `imports` of the many entries that 
 
 
 def make_entry(
-    root: str, folder: Folder, filename: str, *, record: dict[str, Any], sidecars: dict[str, Any], previews: tuple[str, ...],
+    root: str, folder: Folder, filename: str, *, record: Mapping[str, Any], sidecars: dict[str, Any], previews: tuple[str, ...],
     path: str | None = None,
 ) -> Entry:
     """An Entry from a header record, the sidecar values and the preview names found; `path`, the
@@ -149,45 +149,32 @@ def make_entry(
     description = sidecars.get("description") or sidecars.get("description2") or ""
     imports: dict[str, Any] = {k: sidecars[k] for k in ("civitai", "lora_manager") if k in sidecars} if sidecars else _NONE
     notes = (record["family_conflict"],) if record.get("family_conflict") else ()
-    return new_entry({
-        "name": stem,
-        "alias": record.get("output_name") or stem if record.get("kind") == "safetensors" else stem,
-        "path": path or folder.path + os.sep + filename,
-        "root": root,
-        "relpath": f"{folder.rel}/{filename}" if folder.rel else filename,
-        "folder": folder.rel,
-        "size": record["size"],
-        "mtime_ns": record["mtime_ns"],
-        "kind": str(record.get("kind", "safetensors")),
-        "detected_family": record.get("family"),
-        "family_source": record.get("family_source"),
-        "summary_json": record.get("summary") or "",
-        "previews": tuple(folder.path + os.sep + n for n in previews) if previews else (),
-        "user": sidecars.get("user") or _NONE,
-        "imports": imports or _NONE,
-        "description": description,
-        "error": record.get("error"),
-        "hidden": folder.hidden,
-        "offline": False,
-        "data_offset": record.get("data_offset"),
-        "notes": notes,
-    })
+    return Entry(
+        name=stem,
+        alias=record.get("output_name") or stem if record.get("kind") == "safetensors" else stem,
+        path=path or folder.path + os.sep + filename,
+        root=root,
+        relpath=f"{folder.rel}/{filename}" if folder.rel else filename,
+        folder=folder.rel,
+        size=record["size"],
+        mtime_ns=record["mtime_ns"],
+        kind=str(record.get("kind", "safetensors")),
+        detected_family=record.get("family"),
+        family_source=record.get("family_source"),
+        summary_json=record.get("summary") or "",
+        previews=tuple(folder.path + os.sep + n for n in previews) if previews else (),
+        user=sidecars.get("user") or _NONE,
+        imports=imports or _NONE,
+        description=description,
+        error=record.get("error"),
+        hidden=folder.hidden,
+        offline=False,
+        data_offset=record.get("data_offset"),
+        notes=notes,
+    )
 
 
-_ENTRY_FIELDS = frozenset(Entry.__dataclass_fields__)
-
-
-def new_entry(values: dict[str, Any]) -> Entry:
-    """`Entry(**values)` for `values` naming every field, without the frozen dataclass's __init__
-    (one object.__setattr__ per field): a warm scan of 100,000 files builds 100,000 entries."""
-    if values.keys() != _ENTRY_FIELDS:
-        raise TypeError(f"new_entry needs exactly Entry's fields; got {sorted(values.keys() ^ _ENTRY_FIELDS)} wrong")
-    entry = object.__new__(Entry)
-    entry.__dict__.update(values)
-    return entry
-
-
-def model_record(path: str, st: os.stat_result, cache: DiskCache, settle_s: float) -> tuple[dict[str, Any] | None, bool]:
+def model_record(path: str, st: os.stat_result, cache: DiskCache, settle_s: float) -> tuple[Mapping[str, Any] | None, bool]:
     """(cached or freshly read header record, whether the file was read); (None, True) for a
     broken file modified less than `settle_s` ago: probably still being written, skipped."""
     record = cache.get(path, st.st_size, st.st_mtime_ns)
@@ -214,16 +201,16 @@ def _stamps(folder: str, names: tuple[str, ...]) -> tuple[tuple[str, int, int], 
     return tuple(stamps)
 
 
-def scan_root(root: str, cache: DiskCache, settle_s: float, previous: Mapping[str, tuple[Any, Entry]]) -> ScanResult:
+def scan_root(root: str, cache: DiskCache, settle_s: float, previous: Mapping[str, Entry], marks: Mapping[str, Any]) -> ScanResult:
     """Walk one root and build its entries in A1111's (natural-sorted) order, reusing the
-    `previous` (fingerprint, entry) of a file whose stat, sidecars and previews are unchanged."""
+    `previous` entry of a file whose stat and `marks` (sidecars, previews) are unchanged."""
     result = ScanResult()
     real_root = os.path.join(os.path.realpath(root), "")
     for folder in walk(root, result.dir_mtimes):
         real = os.path.join(os.path.realpath(folder.path), "")
         folder.outside = real[:-1] if not real.startswith(real_root) else None
         for filename in folder.models:
-            entry = scan_file(root, folder, filename, cache=cache, settle_s=settle_s, previous=previous, result=result)
+            entry = scan_file(root, folder, filename, cache=cache, settle_s=settle_s, previous=previous, marks=marks, result=result)
             if entry is not None:
                 result.entries.append(entry)
     result.entries.sort(key=lambda e: natural_key(e.relpath))
@@ -232,7 +219,7 @@ def scan_root(root: str, cache: DiskCache, settle_s: float, previous: Mapping[st
 
 def scan_file(
     root: str, folder: Folder, filename: str, *, cache: DiskCache, settle_s: float,
-    previous: Mapping[str, tuple[Any, Entry]], result: ScanResult,
+    previous: Mapping[str, Entry], marks: Mapping[str, Any], result: ScanResult,
 ) -> Entry | None:
     """The entry of one model file (None while it is still being written), noted in `result`."""
     path = folder.path + os.sep + filename
@@ -248,19 +235,20 @@ def scan_file(
     stem = filename[: filename.rfind(".")]
     listing = folder.companions(filename)
     sidecars, stamps, sidecars_read = read_sidecars(folder, listing, stem, cache)
-    result.sidecars_seen.update(folder.path + os.sep + name for name, _, _ in stamps)
+    if stamps:
+        result.sidecars_seen.update(folder.path + os.sep + name for name, _, _ in stamps)
     previews = tuple(find_names(preview_names(stem), listing)) if listing else ()
     if folder.outside is not None:
         result.linked_previews.update(folder.outside + os.sep + name for name in previews)
     # a preview replaced under the same name makes a new entry, so whatever is keyed by entries
     # (the gallery's cards and thumbnail URLs) sees it, whether or not the model file was re-read
-    fingerprint = (st.st_size, st.st_mtime_ns, stamps, _stamps(folder.path, previews), folder.hidden)
-    old = previous.get(path)
-    reuse = old is not None and old[0] == fingerprint and not was_read and not sidecars_read
-    entry = old[1] if old is not None and reuse else None
-    if entry is None:
+    mark = (stamps, _stamps(folder.path, previews), folder.hidden) if stamps or previews or folder.hidden else None
+    entry = previous.get(path)
+    if (entry is None or entry.offline or was_read or sidecars_read or entry.size != st.st_size or entry.mtime_ns != st.st_mtime_ns
+            or marks.get(path) != mark):
         entry = make_entry(root, folder, filename, record=record, sidecars=sidecars, previews=previews, path=path)
-    result.fingerprints[path] = (fingerprint, entry)
+    if mark is not None:  # most files have no sidecar or preview: nothing kept for them
+        result.marks[path] = mark
     return entry
 
 

@@ -129,6 +129,9 @@ def test_missing_drive_keeps_entries(tmp_path: Path) -> None:
     (tmp_path / "unplugged").rename(tmp_path / "drive")
     lib2 = Library([local, drive], cache_dir=tmp_path / "c")
     assert lib2.last_report.files_read == 0 and {e.name for e in lib2.entries} == {"near", "far"}
+    # and the library that saw it go sees it come back: the same stat, but no longer offline
+    assert lib.refresh().offline_roots == ()
+    assert not next(e for e in lib.entries if e.name == "far").offline
 
 
 def test_half_written_file_skipped_until_it_settles(lora_dir: Path, tmp_path: Path) -> None:
@@ -314,12 +317,15 @@ def test_pickle_files_listed_without_reading(lora_dir: Path, tmp_path: Path) -> 
     assert lib.hashes(lib.entries[0])["a1111"] == hashlib.sha256(b"\x80\x02}q\x00.").hexdigest()
 
 
-@pytest.mark.parametrize("content", ["{truncated", '{"version": 999, "files": {}}', "[]"])
+@pytest.mark.parametrize("content", ["{truncated", '{"version": 999, "files": {}}', "[]",
+                                     '{"version": VERSION, "files": {PATH: {"size": 1, "mtime_ns": 2}}}',
+                                     '{"version": VERSION, "files": {PATH: [1, "2", null]}}'])
 def test_unusable_cache_file_is_rebuilt(lora_dir: Path, tmp_path: Path, content: str) -> None:
     write_lora(lora_dir / "a.safetensors", kohya_metadata("a"))
     Library([lora_dir], cache_dir=tmp_path / "c")
     (cache_file,) = (tmp_path / "c").glob("library-*.json")
-    cache_file.write_text(content)
+    bad_record = content.replace("PATH", json.dumps(str(lora_dir / "a.safetensors"))).replace("VERSION", str(CACHE_VERSION))
+    cache_file.write_text(bad_record)
     lib = Library([lora_dir], cache_dir=tmp_path / "c")
     assert lib.last_report.files_read == 1 and lib.entries[0].alias == "a"
     assert json.loads(cache_file.read_text())["version"] == CACHE_VERSION
