@@ -15,7 +15,7 @@ from loraprompt.errors import AdapterFileError, LoraPromptError
 from loraprompt.library import paths, sidecars
 from loraprompt.library.cache import RACY_NS, DiskCache, default_cache_dir
 from loraprompt.library.details import file_details
-from loraprompt.library.duplicates import DuplicateGroup, duplicate_candidates, find_duplicates
+from loraprompt.library.duplicates import DuplicateGroup, duplicate_candidates, find_duplicates, sample_hash
 from loraprompt.library.entry import Entry
 from loraprompt.library.hashes import HashCache, file_hashes
 from loraprompt.library.resolve import (
@@ -312,7 +312,22 @@ class Library:
         return find_duplicates(
             self.duplicate_candidates(), self._index.stems,
             lambda e: (self._cache.get(e.path, e.size, e.mtime_ns) or _NO_RECORD).get("hashes") or {},
-            lambda e: self.hashes(e, save=False), self._cache.save, progress=progress, stop=stop)
+            lambda e: self.hashes(e, save=False), self._cache.save, progress=progress, stop=stop, sample=self._sample)
+
+    def _sample(self, entry: Entry) -> str | None:
+        """`duplicates.sample_hash` of the file, kept in the cache record while its stat matches;
+        None when the file cannot be read."""
+        record = self._cache.get(entry.path, entry.size, entry.mtime_ns)
+        if record is not None and record.get("sample"):
+            return str(record["sample"])
+        try:
+            value = sample_hash(entry.path, entry.data_offset or 0)
+            st = os.stat(entry.path)
+        except OSError:
+            return None
+        if record is not None and (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns):
+            self._cache.update(entry.path, sample=value)
+        return value
 
     # ---- sidecars and files ---------------------------------------------------------------
     def write_user_metadata(self, entry: Entry, updates: Mapping[str, Any]) -> Entry:
