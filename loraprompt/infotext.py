@@ -71,6 +71,8 @@ class GenerationInfo:
     sampler: str = "Euler a"
     schedule_type: str | None = None
     cfg_scale: float = 7.0
+    distilled_cfg_scale: float | None = None  # Flux.1-dev's guidance, as Forge writes it
+    shift: float | None = None  # a flow-matching model's timestep shift (SD3), as Forge writes it
     seed: int = 0
     width: int = 512
     height: int = 512
@@ -86,6 +88,8 @@ class GenerationInfo:
             "Sampler": self.sampler,
             "Schedule type": self.schedule_type,
             "CFG scale": number(self.cfg_scale),
+            "Distilled CFG Scale": None if self.distilled_cfg_scale is None else number(self.distilled_cfg_scale),
+            "Shift": None if self.shift is None else number(self.shift),
             "Seed": self.seed,
             "Size": f"{self.width}x{self.height}",
             "Model hash": self.model_hash,

@@ -1,12 +1,12 @@
-"""loraprompt for diffusers SD1.x/SD2.x/SDXL pipelines.
+"""loraprompt for diffusers SD1.x/SD2.x/SDXL, SD3 and Flux.1 pipelines.
 
     with loraprompt.activate(pipe, "a cat <lora:style:0.8>", library="models/Lora") as prompt:
         image = pipe(prompt).images[0]
 
 The tags are parsed and stripped, each LoRA is resolved in the library, read (through a bounded
-cache) and applied to the pipeline's UNet and text encoders for the duration of the block; on exit
+cache) and applied to the pipeline's UNet (or transformer) and text encoders for the duration of the block; on exit
 the weights are copied back bit-exactly. Step schedules (`start=`/`stop=`, keyframed weights) are
-followed during sampling by a forward pre-hook on the UNet that re-syncs before each step: a
+followed during sampling by a forward pre-hook on the UNet (or transformer) that re-syncs before each step: a
 scheduled LoRA's plain-LoRA modules run unfused (their low-rank path in the forward, with the
 step's strength: no weight is rewritten, see `loraprompt.unfused`) while constant LoRAs stay fused;
 `schedules="fused"` rewrites the changed weights each step instead.
@@ -194,6 +194,12 @@ class _StepHook:
             self.reports.append(self.patcher.sync(self.entries, step=self.step, total_steps=total, on_error="skip"))
 
 
+def _denoiser(pipe: Any) -> Any:
+    """The module each sampling step runs: the UNet, or the transformer of SD3/Flux pipelines."""
+    unet = getattr(pipe, "unet", None)
+    return unet if unet is not None else pipe.transformer
+
+
 @contextmanager
 def activate(
     pipe: Any,
@@ -234,7 +240,7 @@ def activate(
         embeddings = apply_embeddings(pipe, [e.adapter for e in entries])  # bundle_emb.* while active
         diagnostics.extend(embeddings.diagnostics)
         step_hook = _StepHook(pipe, patcher, entries, total)
-        hook = None if static else pipe.unet.register_forward_pre_hook(step_hook, with_kwargs=True)
+        hook = None if static else _denoiser(pipe).register_forward_pre_hook(step_hook, with_kwargs=True)
         try:
             yield ActivePrompt(embeddings.expand(parsed.text), parsed, entries, report, diagnostics, steps=step_hook.reports)
         finally:

@@ -1,5 +1,5 @@
 """Offline model loading for the web UI: the built-in demo, or a local checkpoint (single-file
-SD1.x/SD2.x/SDXL or a diffusers folder), never anything from a hub."""
+SD1.x/SD2.x/SDXL, or a diffusers folder of those, SD3/SD3.5 or Flux.1), never anything from a hub."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ class LoadedModel:
     """A pipeline ready for txt2img and what the UI and infotext say about it."""
 
     pipe: Any
-    family: str  # "sd1", "sd2" or "sdxl": what the gallery's base-model filter compares with
+    family: str  # "sd1", "sd2", "sdxl", "sd3" or "flux": what the gallery's base-model filter compares with
     name: str
     model_hash: str | None = None  # AutoV2 (first 10 hex of the file's sha256) for single files
     is_demo: bool = False

@@ -1,7 +1,8 @@
-"""Load a local SD1.x/SD2.x/SDXL checkpoint fully offline: a single-file `.safetensors` (LDM/SGM
-layout, as Automatic1111 uses them) or a diffusers folder. The family is read from the file's
-keys and shapes; the diffusers configs and the CLIP tokenizer files ship with loraprompt, so
-nothing is looked up on a hub."""
+"""Load a local checkpoint fully offline: an SD1.x/SD2.x/SDXL single-file `.safetensors` (LDM/SGM
+layout, as Automatic1111 uses them), or a diffusers folder of SD1.x/SD2.x/SDXL, SD3/SD3.5 or
+Flux.1. The family is read from the file's keys and shapes; the SD diffusers configs and the CLIP
+tokenizer files ship with loraprompt, so nothing is looked up on a hub. SD3 and Flux single files
+are refused with the reason: diffusers needs their configs and the T5 tokenizer, which do not ship."""
 
 from __future__ import annotations
 
@@ -18,8 +19,13 @@ from loraprompt.errors import LoraPromptError
 from loraprompt.models import LoadedModel
 
 FAMILIES = ("sd1", "sd2", "sdxl")
+DIT_PIPELINES = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}  # txt2img pipelines the web UI runs
 UNET = "model.diffusion_model."
 _CONTEXT_KEY = re.compile(r"^model\.diffusion_model\..*attn2\.to_k\.weight$")
+# single-file diffusion transformers (BFL/ComfyUI and SAI layouts, with or without the LDM prefix)
+_DIT_SINGLE = (("flux", re.compile(r"^(?:model\.diffusion_model\.)?double_blocks\.\d+\.img_attn\.")),
+               ("sd3", re.compile(r"^(?:model\.diffusion_model\.)?joint_blocks\.\d+\.x_block\.")))
+_DIT_LABELS = {"sd3": "SD3", "flux": "Flux.1"}
 
 
 class CheckpointError(LoraPromptError):
@@ -32,6 +38,9 @@ class CheckpointError(LoraPromptError):
 
 def detect_family(shapes: Mapping[str, tuple[int, ...]], path: str | Path = "<checkpoint>") -> str:
     """sd1/sd2/sdxl from LDM/SGM tensor names and shapes; CheckpointError for what txt2img can't run."""
+    dit = single_file_dit(shapes)
+    if dit is not None:
+        raise CheckpointError(path, dit_single_file_reason(dit))
     if not any(k.startswith(UNET) for k in shapes):
         raise CheckpointError(path, "no UNet tensors (model.diffusion_model.*): not a Stable Diffusion checkpoint"
                                     " (a LoRA belongs in the LoRA folder)")
@@ -54,6 +63,26 @@ def detect_family(shapes: Mapping[str, tuple[int, ...]], path: str | Path = "<ch
         raise CheckpointError(path, f"no text encoder tensors and an unknown cross-attention width ({context});"
                                     " cannot tell SD1/SD2/SDXL apart")
     raise CheckpointError(path, f"has no text encoder tensors (UNet looks {by_context}); load a full checkpoint")
+
+
+def single_file_dit(shapes: Mapping[str, object]) -> str | None:
+    """"sd3" or "flux" when a single file holds that diffusion transformer, else None."""
+    for family, pattern in _DIT_SINGLE:
+        if any(pattern.match(k) for k in shapes):
+            return family
+    return None
+
+
+def dit_single_file_reason(family: str) -> str:
+    """Why an SD3/Flux single file cannot load offline, and what to load instead."""
+    label = _DIT_LABELS.get(family, family)
+    return (f"a single-file {label} checkpoint: diffusers needs the model's configs and its T5 tokenizer to load one,"
+            f" and loraprompt ships neither (they are not on this machine offline); load the model as a diffusers"
+            f" folder instead (its repository layout with model_index.json, or `{_PIPELINE_OF[family]}"
+            f".from_single_file(...).save_pretrained(DIR)` where the configs are at hand), then --checkpoint DIR")
+
+
+_PIPELINE_OF = {family: cls for cls, family in DIT_PIPELINES.items()}
 
 
 def header_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
@@ -104,30 +133,49 @@ def default_config_root() -> Path:
     return Path.home() / ".cache" / "loraprompt" / "configs"
 
 
-def _device_dtype() -> tuple[str, Any]:
+def _device_dtype(family: str | None = None) -> tuple[str, Any]:
+    """float16 on a GPU for SD (bfloat16 for SD3/Flux, which overflow in float16), float32 on the CPU."""
     import torch
 
-    return ("cuda", torch.float16) if torch.cuda.is_available() else ("cpu", torch.float32)
+    if not torch.cuda.is_available():
+        return "cpu", torch.float32
+    return "cuda", torch.bfloat16 if family in _DIT_LABELS else torch.float16
 
 
 def _finish(pipe: Any, family: str, name: str, model_hash: str | None) -> LoadedModel:
-    device, _ = _device_dtype()
+    device, _ = _device_dtype(family)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return LoadedModel(pipe=pipe, family=family, name=name, model_hash=model_hash)
 
 
+def _pipeline_class(path: Path) -> str:
+    """The `_class_name` of a diffusers folder's model_index.json (empty when unreadable)."""
+    try:
+        index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    return str(index.get("_class_name", "")) if isinstance(index, dict) else ""
+
+
 def load_diffusers_folder(path: Path) -> LoadedModel:
-    """A diffusers pipeline folder (model_index.json and component folders), local files only."""
+    """A diffusers pipeline folder (model_index.json and component folders), local files only:
+    SD1.x/SD2.x/SDXL (a UNet), SD3/SD3.5 or Flux.1 (a transformer)."""
     from diffusers import DiffusionPipeline
 
-    _, dtype = _device_dtype()
+    dit = DIT_PIPELINES.get(_pipeline_class(path))
+    _, dtype = _device_dtype(dit)
+    extra: dict[str, Any] = {} if dit else {"safety_checker": None, "requires_safety_checker": False}
     try:
-        pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True, torch_dtype=dtype,
-                                                 safety_checker=None, requires_safety_checker=False)
+        pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True, torch_dtype=dtype, **extra)
     except (OSError, ValueError) as exc:
         raise CheckpointError(path, f"cannot load as a diffusers folder: {exc}") from exc
-    if getattr(pipe, "text_encoder_2", None) is not None:
+    if dit is not None:
+        family = dit
+    elif getattr(pipe, "unet", None) is None:
+        runs = ", ".join(["StableDiffusionPipeline", "StableDiffusionXLPipeline", *DIT_PIPELINES])
+        raise CheckpointError(path, f"a {type(pipe).__name__}: the web UI runs {runs} folders")
+    elif getattr(pipe, "text_encoder_2", None) is not None:
         family = "sdxl"
     else:
         family = "sd2" if pipe.unet.config.cross_attention_dim == 1024 else "sd1"
@@ -172,11 +220,12 @@ def load_checkpoint(path: str | Path, prediction_type: str | None = None) -> Loa
     return load_single_file(p, prediction_type=prediction_type)
 
 
-def scan_checkpoints(folder: str | Path) -> dict[str, Path]:
+def scan_checkpoints(folder: str | Path, skipped: list[tuple[Path, str]] | None = None) -> dict[str, Path]:
     """The checkpoints in `folder` (recursively), by the name the UI lists: single-file
     `.safetensors` by their path relative to `folder` without the suffix (as A1111 titles them),
     diffusers folders (with model_index.json) by their relative path. LoRAs are told apart by
-    their header (no UNet tensors) and left out; so are files whose header cannot be read."""
+    their header (no UNet tensors) and left out; so are files whose header cannot be read. SD3 and
+    Flux single files cannot load offline: they are left out and added to `skipped` with the reason."""
     from loraprompt.errors import LoraPromptError
 
     root = Path(folder).expanduser()
@@ -193,6 +242,10 @@ def scan_checkpoints(folder: str | Path) -> dict[str, Path]:
             shapes = header_shapes(path)
         except (LoraPromptError, OSError, ValueError):
             continue
-        if any(k.startswith(UNET) for k in shapes):
+        dit = single_file_dit(shapes)
+        if dit is not None:
+            if skipped is not None:
+                skipped.append((path, dit_single_file_reason(dit)))
+        elif any(k.startswith(UNET) for k in shapes):
             found[path.relative_to(root).with_suffix("").as_posix()] = path
     return dict(sorted(found.items(), key=lambda item: item[0].lower()))

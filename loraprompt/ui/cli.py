@@ -1,5 +1,5 @@
 """`loraprompt webui`: launch the standalone web UI on loopback (the built-in demo model unless
-`--checkpoint` names a local SD1.x/SD2.x/SDXL checkpoint)."""
+`--checkpoint` names a local SD1.x/SD2.x/SDXL checkpoint, or an SD3/Flux.1 diffusers folder)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from typing import Any
 def add_arguments(parser: argparse.ArgumentParser, command_name: str) -> None:
     """Options of `loraprompt webui`."""
     parser.add_argument("--checkpoint", metavar="PATH",
-                        help="single-file .safetensors checkpoint or diffusers folder (default: built-in demo)")
+                        help="single-file SD1/SD2/SDXL .safetensors checkpoint, or a diffusers folder (SD1/SD2/SDXL,"
+                             " SD3/SD3.5, Flux.1) (default: built-in demo)")
     parser.add_argument("--prediction-type", choices=["epsilon", "v_prediction"],
                         help="override the scheduler's prediction type of a single-file checkpoint"
                              " (SD2 defaults to v_prediction, as the 768-v models need; SD2 512-base needs epsilon)")
@@ -105,7 +106,11 @@ def model_choices(model: Any, args: argparse.Namespace, data_dir: Path) -> dict[
     else:
         first = None
         choices = {model.name: lambda: load_demo(data_dir)[0]}
-    for name, path in scan_checkpoints(args.checkpoint_dir).items():
+    skipped: list[tuple[Path, str]] = []
+    found = scan_checkpoints(args.checkpoint_dir, skipped)
+    for path, reason in skipped:
+        print(f"loraprompt webui: not in the checkpoint list: {path}: {reason}", file=sys.stderr)
+    for name, path in found.items():
         if path.resolve() != first and name not in choices:
             choices[name] = functools.partial(load_model, path, prediction)
     return choices

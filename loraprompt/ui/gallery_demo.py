@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-FAMILIES = ("none", "sd1", "sd2", "sdxl")
+FAMILIES = ("none", "sd1", "sd2", "sdxl", "sd3", "flux")
 
 
 def build_demo(library: Any, family: str = "none", thumb_dir: str | Path | None = None, poll_seconds: float = 4.0) -> tuple[Any, Any]:

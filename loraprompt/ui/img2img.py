@@ -3,6 +3,7 @@ loaded pipeline's modules (so the LoRAs the patcher applied to them are in force
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -115,3 +116,29 @@ def decode(pipe: Any, latents: Any) -> list[Any]:
     with _vae_precision(vae) as dtype, torch.no_grad():
         pixels = vae.decode(latents.to(vae.device, dtype) / vae.config.scaling_factor, return_dict=False)[0]
     return list(pipe.image_processor.postprocess(pixels.float(), output_type="pil"))
+
+
+def open_image(image: Any) -> Any:
+    """A PIL image from a PIL image or a path; ValueError naming the file it cannot read."""
+    from PIL import Image, UnidentifiedImageError
+
+    if hasattr(image, "convert"):
+        return image.convert("RGB")
+    try:
+        with Image.open(image) as opened:
+            return opened.convert("RGB")
+    except (OSError, UnidentifiedImageError) as exc:
+        raise ValueError(f"init image {image}: cannot read it as an image ({exc})") from exc
+
+
+def img2img_steps(steps: int, strength: float) -> int:
+    """How many steps an img2img pass of `steps` at `strength` runs: int(steps * strength), as in
+    A1111 and diffusers, but at least one (see `img2img_schedule`)."""
+    return max(1, min(int(steps * strength), steps))
+
+
+def img2img_schedule(steps: int, strength: float) -> int:
+    """The `num_inference_steps` to give diffusers so that `img2img_steps` steps run. When
+    steps * strength < 1, diffusers would run none (and fail); a finer schedule of ceil(1/strength)
+    steps runs one step from the noise level `strength` asks for."""
+    return steps if steps * strength >= 1 else math.ceil(1 / strength)

@@ -4,6 +4,7 @@ parameters (LoRA names remapped by hash, hires fix and denoising) and the text o
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from loraprompt.infotext import parse_infotext, parse_lora_hashes, remap_lora_names
@@ -21,14 +22,15 @@ def hash_lookup(library: Any) -> Any:
     return lookup
 
 
-def paste_values(text: str, library: Any) -> tuple[Any, ...]:
-    """Field values from pasted infotext, with LoRA names remapped by hash as A1111 does."""
+def paste_values(text: str, library: Any, labels: Sequence[str] = SAMPLER_LABELS) -> tuple[Any, ...]:
+    """Field values from pasted infotext, with LoRA names remapped by hash as A1111 does;
+    `labels`: the sampler labels the loaded model offers."""
     import gradio as gr
 
     fields = parse_infotext(text)
     prompt = remap_lora_names(fields["Prompt"], parse_lora_hashes(fields.get("Lora hashes", "")), hash_lookup(library))
     label = " ".join(x for x in (fields.get("Sampler"), fields.get("Schedule type")) if x)
-    if label not in SAMPLER_LABELS:
+    if label not in labels:
         label = fields.get("Sampler", "")
 
     def number(key: str) -> Any:
@@ -41,7 +43,7 @@ def paste_values(text: str, library: Any) -> tuple[Any, ...]:
     return (
         prompt,
         fields["Negative prompt"],
-        label if label in SAMPLER_LABELS else gr.update(),
+        label if label in labels else gr.update(),
         number("Steps"),
         number("Size-1"),
         number("Size-2"),
@@ -52,13 +54,14 @@ def paste_values(text: str, library: Any) -> tuple[Any, ...]:
 
 
 PASTE_EXTRAS = ("hires", "hr-upscaler", "hr-scale", "hr-resize-x", "hr-resize-y", "hr-steps", "hr-denoising",
-                "hr-prompt", "hr-negative", "denoising")
+                "hr-prompt", "hr-negative", "denoising", "distilled-cfg", "shift")
 
 
 def paste_extras(text: str) -> tuple[Any, ...]:
     """Hires fix and denoising fields (in PASTE_EXTRAS order) from pasted infotext, as A1111 pastes
     them: hires fix is on when the text has `Hires upscale`, `Hires resize` or `Hires upscaler`, and
-    its `Denoising strength` is the hires pass's; otherwise it is img2img's."""
+    its `Denoising strength` is the hires pass's; otherwise it is img2img's. Forge's `Distilled
+    CFG Scale` and `Shift` (Flux, SD3) fill their fields when present."""
     import gradio as gr
 
     fields = parse_infotext(text)
@@ -72,8 +75,9 @@ def paste_extras(text: str) -> tuple[Any, ...]:
         return value if math.isfinite(value) else default
 
     hires = any(k in fields for k in ("Hires upscale", "Hires resize-1", "Hires upscaler"))
+    flow = (number("Distilled CFG Scale"), number("Shift"))
     if not hires:
-        return (False, *([keep] * 8), number("Denoising strength"))
+        return (False, *([keep] * 8), number("Denoising strength"), *flow)
     upscaler = fields.get("Hires upscaler")
     return (
         True,
@@ -86,6 +90,7 @@ def paste_extras(text: str) -> tuple[Any, ...]:
         fields.get("Hires prompt", ""),
         fields.get("Hires negative prompt", ""),
         keep,
+        *flow,
     )
 
 

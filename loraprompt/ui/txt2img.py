@@ -4,7 +4,6 @@ with A1111-style infotext. The web UI is a thin shell around `Txt2Img.generate`.
 
 from __future__ import annotations
 
-import math
 import random
 import threading
 from collections.abc import Callable
@@ -16,8 +15,9 @@ from loraprompt.diagnostics import Diagnostic
 from loraprompt.errors import LoraPromptError
 from loraprompt.infotext import GenerationInfo, format_infotext
 from loraprompt.models import LoadedModel
-from loraprompt.models.samplers import SAMPLER_LABELS, make_scheduler, sampler_by_label
+from loraprompt.models.samplers import Sampler, make_scheduler, model_shift, sampler_by_label, samplers_for
 from loraprompt.ui.composable import ComposableHook, composable
+from loraprompt.ui.dit_prompt import DIT_FAMILIES, DitConditioning, check_dit_request, dit_infotext
 from loraprompt.ui.hires import (
     LATENT_UPSCALERS,
     HiresOptions,
@@ -31,6 +31,9 @@ from loraprompt.ui.img2img import (
     decode,
     encode,
     img2img_pipeline,
+    img2img_schedule,
+    img2img_steps,
+    open_image,
     resize_image,
     resize_latents,
     resize_mode,
@@ -48,7 +51,9 @@ class Txt2ImgRequest:
 
     With `init_image` (a PIL image or a file path) it is img2img: the image is brought to
     width x height by `resize_mode` and denoised by `denoising_strength`. `hires` adds A1111's
-    hires fix to txt2img. `batch_count` batches of `batch_size` images use seeds seed, seed+1, ..."""
+    hires fix to txt2img. `batch_count` batches of `batch_size` images use seeds seed, seed+1, ...
+    `sampler` "" is the model's first sampler. `distilled_cfg_scale` is Flux.1-dev's guidance and
+    `shift` replaces an SD3 model's timestep shift (None: the model's own)."""
 
     prompt: str
     negative_prompt: str = ""
@@ -57,7 +62,7 @@ class Txt2ImgRequest:
     seed: int = -1
     width: int = 512
     height: int = 512
-    sampler: str = SAMPLER_LABELS[0]
+    sampler: str = ""
     clip_skip: int = 1  # A1111's "Clip skip" (on SDXL: CLIP-L only, as A1111's "sdxl_clip_l_skip")
     batch_count: int = 1
     batch_size: int = 1
@@ -65,6 +70,8 @@ class Txt2ImgRequest:
     init_image: Any = None
     denoising_strength: float = 0.75
     resize_mode: str = "Just resize"
+    distilled_cfg_scale: float = 3.5
+    shift: float | None = None
 
 
 MAX_BATCH_COUNT = 100
@@ -143,32 +150,6 @@ def _check(request: Txt2ImgRequest) -> None:
         request.hires.check()
 
 
-def _open_image(image: Any) -> Any:
-    """A PIL image from a PIL image or a path; ValueError naming the file it cannot read."""
-    from PIL import Image, UnidentifiedImageError
-
-    if hasattr(image, "convert"):
-        return image.convert("RGB")
-    try:
-        with Image.open(image) as opened:
-            return opened.convert("RGB")
-    except (OSError, UnidentifiedImageError) as exc:
-        raise ValueError(f"init image {image}: cannot read it as an image ({exc})") from exc
-
-
-def img2img_steps(steps: int, strength: float) -> int:
-    """How many steps an img2img pass of `steps` at `strength` runs: int(steps * strength), as in
-    A1111 and diffusers, but at least one (see `img2img_schedule`)."""
-    return max(1, min(int(steps * strength), steps))
-
-
-def img2img_schedule(steps: int, strength: float) -> int:
-    """The `num_inference_steps` to give diffusers so that `img2img_steps` steps run. When
-    steps * strength < 1, diffusers would run none (and fail); a finer schedule of ceil(1/strength)
-    steps runs one step from the noise level `strength` asks for."""
-    return steps if steps * strength >= 1 else math.ceil(1 / strength)
-
-
 class Txt2Img:
     """txt2img/img2img with one model and one LoRA library (LoRAs stay patched until a prompt drops
     them); `switch_model` replaces the model."""
@@ -180,6 +161,11 @@ class Txt2Img:
         self._base_scheduler_config = model.pipe.scheduler.config
         self._lock = threading.Lock()
         self._interrupted = threading.Event()
+
+    @property
+    def samplers(self) -> tuple[Sampler, ...]:
+        """The samplers that fit the loaded model (flow-matching ones for SD3 and Flux)."""
+        return samplers_for(self._base_scheduler_config)
 
     def interrupt(self) -> None:
         """Stop the running generation after its current step (the image so far is kept)."""
@@ -242,13 +228,12 @@ class Txt2Img:
             if hook is not None:
                 hook.step = step + 2
             else:
-                tensors.update(cond.step_update(step, pipe.do_classifier_free_guidance, batch))
+                tensors.update(cond.step_update(step, getattr(pipe, "do_classifier_free_guidance", False), batch))
             return tensors
 
-        with composable(self.model.pipe.unet, hook):
-            return run(**cond.kwargs, guidance_scale=float(cfg), num_images_per_prompt=batch, generator=generator,
-                       callback_on_step_end=step_end, callback_on_step_end_tensor_inputs=cond.tensor_names,
-                       **kwargs).images
+        with composable(getattr(self.model.pipe, "unet", None), hook):
+            return run(**cond.call_kwargs(batch, float(cfg)), generator=generator, callback_on_step_end=step_end,
+                       callback_on_step_end_tensor_inputs=cond.tensor_names, **kwargs).images
 
     def generate(self, request: Txt2ImgRequest, on_step: StepCallback | None = None, *,
                  save: bool = True) -> Txt2ImgResult:
@@ -256,11 +241,14 @@ class Txt2Img:
         a PNG with its infotext (else the images stay in memory: `outputs.png_bytes` encodes one as
         saving would); the patcher is synced before every pass."""
         _check(request)
-        sampler = sampler_by_label(request.sampler)
+        if self.model.family in DIT_FAMILIES:
+            check_dit_request(request, self.model.family)
+        samplers = self.samplers
+        sampler = sampler_by_label(request.sampler, samplers) if request.sampler else samplers[0]
         seed = random.randint(0, MAX_SEED) if request.seed < 0 else int(request.seed)
         steps, count, size = int(request.steps), int(request.batch_count), int(request.batch_size)
         clip_skip = max(1, int(request.clip_skip))
-        init = None if request.init_image is None else _open_image(request.init_image)
+        init = None if request.init_image is None else open_image(request.init_image)
         strength = float(request.denoising_strength)
         first_steps = steps if init is None else img2img_steps(steps, strength)
         hires = request.hires
@@ -273,7 +261,7 @@ class Txt2Img:
         diagnostics: list[Diagnostic] = []
         with self._lock:
             self._interrupted.clear()
-            self.model.pipe.scheduler = make_scheduler(sampler, self._base_scheduler_config)
+            self.model.pipe.scheduler = make_scheduler(sampler, self._base_scheduler_config, request.shift)
             for n in range(count):
                 if n and self._interrupted.is_set():
                     break
@@ -308,7 +296,13 @@ class Txt2Img:
         width, height = int(request.width), int(request.height)
         with activate(pipe, request.prompt, self.library, steps=steps, on_error="skip", restore=False) as active, \
                 torch.inference_mode():
-            cond = Conditioning(pipe, str(active), request.negative_prompt, steps, clip_skip, composable=True)
+            if self.model.family in DIT_FAMILIES:
+                cond: Any = DitConditioning(pipe, self.model.family, str(active), request.negative_prompt, steps,
+                                            distilled_cfg=request.distilled_cfg_scale)
+                notes_extra = cond.notes()
+            else:
+                cond, notes_extra = Conditioning(pipe, str(active), request.negative_prompt, steps, clip_skip,
+                                                 composable=True), []
             if init is None:
                 out = self._sample(pipe, cond, generator=generator, batch=batch, cfg=request.cfg_scale, progress=progress,
                                    num_inference_steps=steps,
@@ -325,7 +319,7 @@ class Txt2Img:
                 out = self._sample(run, cond, generator=generator, batch=batch, cfg=request.cfg_scale, progress=progress,
                                    image=image, strength=strength, num_inference_steps=img2img_schedule(steps, strength))
         used = self._applied(active.entries)
-        notes = list(active.diagnostics)
+        notes = list(active.diagnostics) + notes_extra
         if hires is None or self._interrupted.is_set():
             return (decode(pipe, out) if latent_hires else list(out)), used, notes
 
@@ -376,6 +370,7 @@ class Txt2Img:
                 model_hash=self.model.model_hash,
                 lora_hashes={a.name: a.short_hash for a in applied if a.short_hash},
                 extra=extra,
+                **dit_infotext(self.model.pipe, self.model.family, request, model_shift(self._base_scheduler_config)),
             )
             infotext = format_infotext(info)
             path = save_png(image, infotext, self.outputs_dir, image_seed, f"{kind}-images") if save else None

@@ -150,6 +150,10 @@ class Conditioning:
             out["negative_pooled_prompt_embeds"] = self.embeds[neg][1]
         return out
 
+    def call_kwargs(self, batch: int, cfg: float) -> dict[str, Any]:
+        """Pipeline keyword arguments for `batch` images per prompt with step 1's conditioning."""
+        return {**self.kwargs, "guidance_scale": cfg, "num_images_per_prompt": batch}
+
     def step_update(self, done: int, guided: bool, batch: int = 1) -> dict[str, Any]:
         """Tensors for `callback_on_step_end` after 0-based step `done` when the next step's text differs
         (for `batch` images per prompt, laid out as diffusers does: every negative, then every positive)."""

@@ -10,7 +10,8 @@ from typing import Any
 from loraprompt.diagnostics import Diagnostic
 from loraprompt.errors import LoraPromptError
 from loraprompt.models import LoadedModel
-from loraprompt.models.samplers import SAMPLER_LABELS
+from loraprompt.models.samplers import model_shift
+from loraprompt.ui.dit_prompt import has_distilled_guidance
 from loraprompt.ui.hires import HIRES_UPSCALERS, HiresOptions
 from loraprompt.ui.img2img import RESIZE_MODES
 from loraprompt.ui.paste import PASTE_EXTRAS, hash_lookup, paste_extras, paste_values, png_infotext  # noqa: F401 (hash_lookup: re-export)
@@ -79,6 +80,21 @@ def heading(model: LoadedModel) -> str:
     return f"## loraprompt · model: {_code(model.name)} ({model.family})"
 
 
+def model_fields(engine: Txt2Img) -> dict[str, dict[str, Any]]:
+    """What the loaded model decides in the form: the sampler list (flow-matching samplers for
+    SD3/Flux), Flux-dev's distilled CFG and SD3's shift (shown only for those models), and the CFG
+    scale a model starts with (1 on Flux: it is distilled, true CFG is off)."""
+    model = engine.model
+    labels = [s.label for s in engine.samplers]
+    shift = model_shift(model.pipe.scheduler.config) if model.family in ("sd3", "flux") else None
+    return {
+        "sampler": {"choices": labels, "value": labels[0]},
+        "distilled-cfg": {"visible": model.family == "flux" and has_distilled_guidance(model.pipe)},
+        "shift": {"visible": shift is not None, "value": shift or 3.0},
+        "cfg": {"value": 1.0 if model.family == "flux" else 7.0},
+    }
+
+
 def build_request(values: dict[str, Any]) -> Txt2ImgRequest:
     """A Txt2ImgRequest from the UI's field values (by elem_id without `lp-`)."""
     def integer(key: str, default: int) -> int:
@@ -99,6 +115,8 @@ def build_request(values: dict[str, Any]) -> Txt2ImgRequest:
         integer("clip-skip", 1), batch_count=integer("batch-count", 1), batch_size=integer("batch-size", 1),
         hires=hires, init_image=values.get("init-image") or None,
         denoising_strength=float(values.get("denoising", 0.75)), resize_mode=values.get("resize-mode") or RESIZE_MODES[0],
+        distilled_cfg_scale=float(values.get("distilled-cfg") or 3.5),
+        shift=float(values["shift"]) if values.get("shift") else None,
     )
 
 
@@ -130,6 +148,7 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
     # gradio 6 takes the page's CSS at mount time, gradio 4 and 5 in Blocks
     styling: dict[str, Any] = {"css": CSS} if _gradio_major() < 6 else {}
     fields: dict[str, Any] = {}
+    initial = model_fields(engine)
 
     def field(component: Any) -> Any:
         fields[component.elem_id.removeprefix("lp-")] = component
@@ -154,10 +173,10 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
                         interrupt = gr.Button("Interrupt", elem_id="lp-interrupt")
                 with gr.Row():
                     with gr.Column():
-                        sampler = field(gr.Dropdown(list(SAMPLER_LABELS), value=SAMPLER_LABELS[0], label="Sampler",
-                                                    elem_id="lp-sampler"))
+                        sampler = field(gr.Dropdown(initial["sampler"]["choices"], value=initial["sampler"]["value"],
+                                                    label="Sampler", elem_id="lp-sampler"))
                         steps = field(gr.Slider(1, 150, value=20, step=1, label="Steps", elem_id="lp-steps"))
-                        default = 256 if model.is_demo else (1024 if model.family == "sdxl" else 512)
+                        default = 256 if model.is_demo else (1024 if model.family in ("sdxl", "sd3", "flux") else 512)
                         with gr.Row():
                             width = field(gr.Slider(64, 2048, value=default, step=8, label="Width", elem_id="lp-width"))
                             field(gr.Slider(1, MAX_BATCH_COUNT, value=1, step=1, label="Batch count",
@@ -166,7 +185,13 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
                             height = field(gr.Slider(64, 2048, value=default, step=8, label="Height", elem_id="lp-height"))
                             field(gr.Slider(1, MAX_BATCH_SIZE, value=1, step=1, label="Batch size",
                                                          elem_id="lp-batch-size"))
-                        cfg = field(gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG scale", elem_id="lp-cfg"))
+                        cfg = field(gr.Slider(1.0, 30.0, value=initial["cfg"]["value"], step=0.5, label="CFG scale",
+                                              elem_id="lp-cfg"))
+                        with gr.Row():
+                            distilled = field(gr.Slider(0.0, 30.0, value=3.5, step=0.1, label="Distilled CFG Scale",
+                                                        elem_id="lp-distilled-cfg", **initial["distilled-cfg"]))
+                            shift = field(gr.Slider(0.1, 10.0, step=0.1, label="Shift", elem_id="lp-shift",
+                                                    **initial["shift"]))
                         seed = field(gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="lp-seed"))
                         clip_skip = field(gr.Slider(1, 12, value=1, step=1, label="Clip skip (on SDXL: CLIP-L only)",
                                                     elem_id="lp-clip-skip"))
@@ -266,7 +291,7 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
 
         def switch(name: str) -> tuple[Any, ...]:
             if name == current[0]:
-                return gr.update(), gr.update()
+                return (gr.update(),) * 6
             previous, loader = current[0], choices.get(name)
             if loader is None or previous not in choices:
                 raise gr.Error(f"checkpoint {name!r} is not in the list; restart with --checkpoint-dir")
@@ -275,7 +300,9 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
             except (LoraPromptError, OSError, ValueError) as exc:
                 raise gr.Error(f"{name}: {exc} ({previous} is loaded again)") from exc
             current[0] = name
-            return heading(loaded), gr.update(value=DEMO_NOTICE if loaded.is_demo else "", visible=loaded.is_demo)
+            now = model_fields(engine)
+            return (heading(loaded), gr.update(value=DEMO_NOTICE if loaded.is_demo else "", visible=loaded.is_demo),
+                    *(gr.update(**now[k]) for k in ("sampler", "distilled-cfg", "shift", "cfg")))
 
         generate.click(run, inputs, outputs, concurrency_limit=1, concurrency_id="generate", api_name="generate")
         prompt.submit(run, inputs, outputs, concurrency_limit=1, concurrency_id="generate", api_name=False)
@@ -285,10 +312,12 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
                      api_name="run")
         xy_generate.click(run_grid, inputs, outputs, concurrency_limit=1, concurrency_id="generate",
                           api_name="xy_grid")
-        checkpoint.change(switch, [checkpoint], [title, demo_notice], concurrency_limit=1, concurrency_id="generate")
+        checkpoint.change(switch, [checkpoint], [title, demo_notice, sampler, distilled, shift, cfg], concurrency_limit=1,
+                          concurrency_id="generate")
         interrupt.click(engine.interrupt, None, None, queue=False)
         png.upload(png_infotext, [png], [pasted])
-        paste.click(lambda t: (*paste_values(t, engine.library), *paste_extras(t)), [pasted],
+        paste.click(lambda t: (*paste_values(t, engine.library, [s.label for s in engine.samplers]), *paste_extras(t)),
+                    [pasted],
                     [prompt, negative, sampler, steps, width, height, cfg, seed, clip_skip,
                      *(fields[key] for key in PASTE_EXTRAS)])
     return app, gallery
