@@ -38,6 +38,9 @@ _AT = {"size": 0, "mtime_ns": 1, **{name: i + 3 for i, name in enumerate(COLUMNS
 _WORDS = (_AT["kind"], _AT["family"], _AT["family_source"])  # a few distinct short values in every record
 
 
+_NO_EXTRAS: dict[str, Any] = {}
+
+
 class Record(Mapping[str, Any]):
     """A read-only dict-like view of one cache row (what `get`, `put` and `peek` return)."""
 
@@ -65,6 +68,17 @@ class Record(Mapping[str, Any]):
             return row[at] if at < len(row) else default
         extras = row[2]
         return default if extras is None else extras.get(key, default)
+
+    def header_values(self) -> tuple[Any, ...]:
+        """(size, mtime_ns, kind, summary, output_name, family, family_source, data_offset, error,
+        family_conflict) in one call: what an entry is made of (100,000 times in a warm scan)."""
+        row = self._row
+        extras = row[2] or _NO_EXTRAS
+        if len(row) == 3:
+            return row[0], row[1], None, None, None, None, None, None, extras.get("error"), extras.get("family_conflict")
+        _, _, _, _, kind, summary, output_name, family, family_source, data_offset, _ = row
+        return (row[0], row[1], kind, summary, output_name, family, family_source, data_offset, extras.get("error"),
+                extras.get("family_conflict"))
 
     def __iter__(self) -> Iterator[str]:
         row = self._row
@@ -109,7 +123,7 @@ class DiskCache:
         if self.path is None:
             return
         try:
-            doc = json.loads(self.path.read_text(encoding="utf-8"))
+            doc = json.loads(self.path.read_bytes().decode("utf-8"))  # no newline translation: 100 MB at 100,000 files
         except (OSError, ValueError):
             return
         if isinstance(doc, dict) and doc.get("version") == VERSION and isinstance(doc.get("files"), dict):

@@ -13,16 +13,25 @@ from pathlib import Path
 from typing import Any
 
 from loraprompt.errors import AdapterFileError
-from loraprompt.library.cache import DiskCache
+from loraprompt.library.cache import DiskCache, Record
 from loraprompt.library.entry import MODEL_EXTS, Entry, header_record, sidecar_value
 from loraprompt.library.sidecars import find_names, make_listing, preview_names, sidecar_names
 
 _DIGITS = re.compile(r"(\d+)")
 
 
-def natural_key(text: str) -> list[Any]:
-    """Sort key that orders `lora2` before `lora10`, case-insensitively."""
-    return [int(t) if t.isdigit() else t.casefold() for t in _DIGITS.split(text)]
+def _number(match: re.Match[str]) -> str:
+    digits = str(int(match.group()))
+    return "\0" + chr(len(digits)) + digits
+
+
+def natural_key(text: str) -> str:
+    """Sort key that orders `lora2` before `lora10`, case-insensitively: A1111's key (the text
+    split into digit runs compared as integers and other runs compared case-folded) as one
+    string, which sorts 100,000 paths several times faster than lists do. A digit run becomes
+    NUL, its length and its digits: NUL sorts below any character of a name, as the end of a
+    shorter run does in A1111's list comparison, and length then digits order integers."""
+    return _DIGITS.sub(_number, text.casefold())
 
 
 @dataclass(frozen=True)
@@ -140,41 +149,46 @@ _NONE: dict[str, Any] = {}  # the `user` and `imports` of the many entries that 
 
 
 def make_entry(
-    root: str, folder: Folder, filename: str, *, record: Mapping[str, Any], sidecars: dict[str, Any], previews: tuple[str, ...],
+    root: str, folder: Folder, filename: str, *, record: Record, sidecars: dict[str, Any], previews: tuple[str, ...],
     path: str | None = None,
 ) -> Entry:
     """An Entry from a header record, the sidecar values and the preview names found; `path`, the
     file's path when the caller has it as a string already (kept once in memory)."""
     stem = filename[: filename.rfind(".")]
-    description = sidecars.get("description") or sidecars.get("description2") or ""
-    imports: dict[str, Any] = {k: sidecars[k] for k in ("civitai", "lora_manager") if k in sidecars} if sidecars else _NONE
-    notes = (record["family_conflict"],) if record.get("family_conflict") else ()
+    size, mtime_ns, kind, summary, output_name, family, family_source, data_offset, error, conflict = record.header_values()
+    kind = kind or "safetensors"
+    if sidecars:
+        description = sidecars.get("description") or sidecars.get("description2") or ""
+        imports: dict[str, Any] = {k: sidecars[k] for k in ("civitai", "lora_manager") if k in sidecars} or _NONE
+        user = sidecars.get("user") or _NONE
+    else:
+        description, imports, user = "", _NONE, _NONE
     return Entry(
         name=stem,
-        alias=record.get("output_name") or stem if record.get("kind") == "safetensors" else stem,
+        alias=output_name or stem if kind == "safetensors" else stem,
         path=path or folder.path + os.sep + filename,
         root=root,
         relpath=f"{folder.rel}/{filename}" if folder.rel else filename,
         folder=folder.rel,
-        size=record["size"],
-        mtime_ns=record["mtime_ns"],
-        kind=str(record.get("kind", "safetensors")),
-        detected_family=record.get("family"),
-        family_source=record.get("family_source"),
-        summary_json=record.get("summary") or "",
+        size=size,
+        mtime_ns=mtime_ns,
+        kind=kind,
+        detected_family=family,
+        family_source=family_source,
+        summary_json=summary or "",
         previews=tuple(folder.path + os.sep + n for n in previews) if previews else (),
-        user=sidecars.get("user") or _NONE,
-        imports=imports or _NONE,
+        user=user,
+        imports=imports,
         description=description,
-        error=record.get("error"),
+        error=error,
         hidden=folder.hidden,
         offline=False,
-        data_offset=record.get("data_offset"),
-        notes=notes,
+        data_offset=data_offset,
+        notes=(conflict,) if conflict else (),
     )
 
 
-def model_record(path: str, st: os.stat_result, cache: DiskCache, settle_s: float) -> tuple[Mapping[str, Any] | None, bool]:
+def model_record(path: str, st: os.stat_result, cache: DiskCache, settle_s: float) -> tuple[Record | None, bool]:
     """(cached or freshly read header record, whether the file was read); (None, True) for a
     broken file modified less than `settle_s` ago: probably still being written, skipped."""
     record = cache.get(path, st.st_size, st.st_mtime_ns)
@@ -213,7 +227,7 @@ def scan_root(root: str, cache: DiskCache, settle_s: float, previous: Mapping[st
             entry = scan_file(root, folder, filename, cache=cache, settle_s=settle_s, previous=previous, marks=marks, result=result)
             if entry is not None:
                 result.entries.append(entry)
-    result.entries.sort(key=lambda e: natural_key(e.relpath))
+    result.entries.sort(key=lambda e: natural_key(e.relpath))  # walk order differs: a folder's files mix with its subfolders
     return result
 
 

@@ -329,3 +329,24 @@ def test_unusable_cache_file_is_rebuilt(lora_dir: Path, tmp_path: Path, content:
     lib = Library([lora_dir], cache_dir=tmp_path / "c")
     assert lib.last_report.files_read == 1 and lib.entries[0].alias == "a"
     assert json.loads(cache_file.read_text())["version"] == CACHE_VERSION
+
+
+def test_natural_key_orders_as_a1111s_list_key() -> None:
+    """The scan's one-string sort key orders (and ties) names exactly as A1111's list key, which
+    compares digit runs as integers and the rest case-folded (`lora.x` before `lora2.x`)."""
+    import itertools
+    import random
+    import re
+
+    from loraprompt.library.scanner import natural_key
+
+    def a1111(text: str) -> list[object]:
+        return [int(t) if t.isdigit() else t.casefold() for t in re.split(r"(\d+)", text)]
+
+    rng = random.Random(15)
+    alphabet = "aAbZ_-./ ~é0123456789"
+    names = ["lora", "lora2", "lora10", "lora.safetensors", "lora2.safetensors", "Lora007", "lora7", "a/b", "a/b/c", "a-1", "a1",
+             "x٣", "x3", "x10"] + ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 9))) for _ in range(3000)]
+    for a, b in itertools.pairwise(names):
+        assert (a1111(a) < a1111(b), a1111(a) == a1111(b)) == (natural_key(a) < natural_key(b), natural_key(a) == natural_key(b)), (a, b)
+    assert sorted(names, key=a1111) == sorted(names, key=natural_key)
