@@ -25,12 +25,33 @@ class State:
     network: LoraPromptNetwork
     handles_tags: bool
     gallery: Any = None  # the GalleryTab, once the UI is built
+    handed_back: str | None = None  # why the built-in has the tags now (an SD3 model is loaded)
+    notice: str | None = None  # the hand-back line still to show under the next image
 
     def claim(self) -> None:
         """Be the `lora`/`lyco` handler (see coexist.py for why this is repeated)."""
         displaced = coexist.claim(self.network)
         if displaced:
             log.info("loraprompt: took over <lora:...> from %s", ", ".join(displaced))
+
+    def follow_model(self, sd_model: Any) -> None:
+        """Claim the tags, or hand them to the built-in while a model it handles and loraprompt
+        does not (SD3) is loaded; each change is said once (log, and under the next image)."""
+        if not self.handles_tags:
+            return
+        reason = coexist.builtin_model(sd_model)
+        if reason is not None and coexist.builtin_enabled():
+            if self.handed_back != reason:
+                self.runtime.restore()
+                coexist.hand_back(self.network)
+                self.handed_back, self.notice = reason, coexist.hand_back_notice(reason)
+                log.warning("%s", self.notice)
+            return
+        if self.handed_back is not None:
+            coexist.clear_builtin()
+            self.handed_back, self.notice = None, None
+            log.warning("loraprompt: an SD1/SD2/SDXL model is loaded; loraprompt handles <lora:...> tags again")
+        self.claim()
 
 
 STATE: State | None = None
@@ -88,8 +109,8 @@ def app_started(demo: Any, app: Any) -> None:
     """Claim again (every before_ui has run by now) and serve the LoRA API without the built-in."""
     state = _state()
     if state.handles_tags:
-        state.claim()
-        if coexist.builtin_enabled():
+        state.follow_model(webui.loaded_model())
+        if coexist.builtin_enabled() and state.handed_back is None:
             log.warning("%s", coexist.NOTICE)
     if not coexist.builtin_enabled():
         from .api import add_routes
@@ -100,8 +121,11 @@ def app_started(demo: Any, app: Any) -> None:
 
 
 def model_loaded(sd_model: Any) -> None:
-    """A1111 (re)loaded weights into `sd_model`: backups of the old weights are now wrong."""
-    _state().runtime.forget(sd_model)
+    """A1111 (re)loaded weights into `sd_model`: backups of the old weights are now wrong; an SD3
+    model's tags go to the built-in, an SD1/SD2/SDXL model's come back (see coexist.py)."""
+    state = _state()
+    state.runtime.forget(sd_model)
+    state.follow_model(sd_model)
 
 
 def cfg_denoiser(params: Any) -> None:

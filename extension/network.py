@@ -147,6 +147,14 @@ class LoraPromptNetwork(extra_networks.ExtraNetwork):
             note(p, diagnostics, bool(webui.opt("loraprompt_diagnostics_in_infotext", True)))
             return
         sd_model = getattr(p, "sd_model", None) or webui.loaded_model()
+        unsupported = coexist.builtin_model(sd_model)
+        if unsupported is not None:  # SD3 without the built-in (with it, the tags went to it)
+            self.runtime.restore()
+            if params_list:
+                diagnostics.append(Diagnostic("E-MODEL-UNSUPPORTED", coexist.unsupported_notice(unsupported),
+                                              severity="error"))
+            note(p, diagnostics, bool(webui.opt("loraprompt_diagnostics_in_infotext", True)))
+            return
         try:
             applied = self.runtime.apply(
                 sd_model,

@@ -46,7 +46,10 @@ def model_components(sd_model: Any) -> dict[str, nn.Module]:
 
 
 def model_family(sd_model: Any) -> str | None:
-    """"sd1", "sd2" or "sdxl" from A1111's own flags; None for other models (SD3, ...)."""
+    """"sd1", "sd2", "sdxl" or "sd3" from A1111's own flags (the gallery's base-model filter);
+    None for other models."""
+    if getattr(sd_model, "is_sd3", False) is True:
+        return "sd3"
     if getattr(sd_model, "is_sdxl", False):
         return "sdxl"
     if getattr(sd_model, "is_sd2", False):

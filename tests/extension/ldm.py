@@ -181,6 +181,65 @@ class TinySD2(nn.Module):
         self.eval()
 
 
+class SelfAttention(nn.Module):
+    """modules/models/sd3/mmdit.py's SelfAttention: fused q/k/v and the output projection."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+
+class DismantledBlock(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.attn = SelfAttention(dim)
+
+
+class JointBlock(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.context_block = DismantledBlock(dim)
+        self.x_block = DismantledBlock(dim)
+
+
+class MMDiT(nn.Module):
+    def __init__(self, dim: int = 8, depth: int = 2) -> None:
+        super().__init__()
+        self.joint_blocks = nn.ModuleList(JointBlock(dim) for _ in range(depth))
+
+
+class SD3Cond(nn.Module):
+    """modules/models/sd3/sd3_cond.py's SD3Cond (its text encoders are not touched here)."""
+
+
+class TinySD3(nn.Module):
+    """What A1111 v1.10.1 calls `sd_model` for an SD3 checkpoint (modules/models/sd3/sd3_model.py's
+    SD3Inferencer): `model.diffusion_model` is the MMDiT, `is_sd3` is set by sd_models.set_model_type,
+    and `diffusers_weight_mapping()` yields (diffusers name, A1111 network layer name) pairs, which
+    the built-in Lora extension uses for SD3 LoRAs."""
+
+    is_sd1, is_sd2, is_sdxl, is_sd3 = False, False, False, True
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.model = nn.Module()
+        self.model.diffusion_model = MMDiT()
+        self.cond_stage_model = SD3Cond()
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+        self.eval()
+
+    def diffusers_weight_mapping(self) -> object:
+        for i in range(len(self.model.diffusion_model.joint_blocks)):
+            for q in "qkv":
+                yield (f"transformer.transformer_blocks.{i}.attn.to_{q}",
+                       f"diffusion_model_joint_blocks_{i}_x_block_attn_qkv_{q}_proj")
+            yield f"transformer.transformer_blocks.{i}.attn.to_out.0", f"diffusion_model_joint_blocks_{i}_x_block_attn_proj"
+
+
 def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
     """A copy of every parameter, by name."""
     return {k: v.detach().clone() for k, v in module.state_dict().items()}

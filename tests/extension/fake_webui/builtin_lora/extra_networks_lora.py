@@ -18,7 +18,7 @@ class ExtraNetworkLora(extra_networks.ExtraNetwork):
         pass
 
 
-def before_ui():
-    handler = ExtraNetworkLora()
-    extra_networks.register_extra_network(handler)
-    extra_networks.register_extra_network_alias(handler, "lyco")
+def before_ui():  # scripts/lora_script.py keeps the handler on the networks module
+    networks.extra_network_lora = ExtraNetworkLora()
+    extra_networks.register_extra_network(networks.extra_network_lora)
+    extra_networks.register_extra_network_alias(networks.extra_network_lora, "lyco")

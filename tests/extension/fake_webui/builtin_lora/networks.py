@@ -3,6 +3,7 @@ built-in's torch hooks apply on the next forward, and `load_networks`, which its
 extensions such as loractl and lora-block-weight call to fill it."""
 
 loaded_networks = []
+extra_network_lora = None  # set by scripts/lora_script.py's before_ui: the built-in's `lora` handler
 
 
 def load_networks(names, te_multipliers=None, unet_multipliers=None, dyn_dims=None):
