@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from loraprompt.diagnostics import Diagnostic
+from loraprompt.keymaps.dit import DIT_BY_NAME as DIT_NAMES
 from loraprompt.keymaps.family import FAMILY_NAMES
 
 if TYPE_CHECKING:
@@ -230,6 +231,9 @@ def _keymap_for(component: str, keymaps: Mapping[str, KeyMap]) -> KeyMap | None:
     found = keymaps.get(component)
     if found is None and component == "unet":
         found = keymaps.get("transformer")
+    if found is None and component == "transformer":  # a single-file DiT checkpoint's diffusion_model
+        unet = keymaps.get("unet")
+        found = unet if unet is not None and unet.family in DIT_NAMES else None
     if found is None and component == "text_encoder_3":
         # kohya's `lora_te3_` is the T5 of SD3 (text_encoder_3) and of Flux.1 (its text_encoder_2)
         found = next((k for c, k in keymaps.items() if c in TE_COMPONENTS and is_t5(k)), None)

@@ -179,6 +179,11 @@ def build_keymap(component: str, module_names: Iterable[str], param_shapes: Mapp
 _PEFT_OWN = re.compile(r"\.(?:lora_(?:A|B|dropout|embedding_A|embedding_B|magnitude_vector)|hada_\w+|lokr_\w+|oft_\w+)(?:\.|$)")
 
 
+def _native_dit(names: Iterable[str]) -> bool:
+    """Whether module names are a diffusion transformer's under its native (BFL/SAI) names."""
+    return any(n.startswith(("double_blocks.", "joint_blocks.")) for n in names)
+
+
 def _build_keymap(component: str, names: list[str], shapes: dict[str, Sequence[int]]) -> KeyMap:
     from loraprompt.keymaps.family import model_family
 
@@ -196,7 +201,8 @@ def _build_keymap(component: str, names: list[str], shapes: dict[str, Sequence[i
             ambiguous.add(key)
 
     fused: dict[str, tuple[tuple[Target, tuple[int, int]], ...]] = {}
-    if component == "transformer":
+    if component == "transformer" or (component == "unet" and _native_dit(rel_names.values())):
+        # (a single-file SD3/Flux/Wan checkpoint's `model.diffusion_model.` is read as the "unet")
         rel_set = set(rel_names.values())
         rel_shapes = {k[len(root) :]: v for k, v in shapes.items() if k.startswith(root)}
         for full, name in rel_names.items():

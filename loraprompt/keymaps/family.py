@@ -207,7 +207,7 @@ def model_family(component: str, names: set[str], shapes: Mapping[str, Sequence[
     if component == "transformer":
         return dit_model_family(names)
     if component == "unet":
-        return _unet_family(names, shapes)
+        return _unet_family(names, shapes) or dit_model_family(names)
     if component == "text_encoder_2":
         # SDXL's second text encoder is a CLIP; SD3's is too (its transformer decides), Flux's is T5
         return None if any(".SelfAttention." in n or n.startswith("block.") for n in names) else "sdxl"

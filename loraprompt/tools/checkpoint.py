@@ -20,6 +20,7 @@ SINGLE_FILE_PREFIXES: tuple[tuple[str, str], ...] = (
     ("conditioner.embedders.0.", "text_encoder"),
     ("conditioner.embedders.1.", "text_encoder_2"),
 )
+_BARE_DIT = ("double_blocks.", "single_blocks.", "joint_blocks.")  # a transformer file without prefix
 DIFFUSERS_COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae")
 DENOISERS = ("unet", "transformer")  # SD1/SD2/SDXL; SD3, Flux.1, Wan 2.x
 
@@ -89,8 +90,11 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         component = next((c for p, c in SINGLE_FILE_PREFIXES if key.startswith(p)), None)
         if component is not None:
             tf.component_of[key] = component
+    if "unet" not in tf.component_of.values() and any(k.startswith(_BARE_DIT) for k in tf.specs):
+        tf.component_of = dict.fromkeys(tf.specs, "unet")  # a bare BFL/SAI transformer (flux1-dev.safetensors)
     if "unet" not in tf.component_of.values():
-        raise ToolError(f"{root}: no model.diffusion_model.* tensors; not an SD1.x/SD2.x/SDXL checkpoint")
+        raise ToolError(f"{root}: no model.diffusion_model.* tensors; not an SD1.x/SD2.x/SDXL checkpoint "
+                        "(nor a Flux.1/SD3 transformer under its native names)")
     return Checkpoint("single-file", root, [tf])
 
 

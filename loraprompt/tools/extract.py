@@ -11,6 +11,7 @@ from torch import Tensor
 
 from loraprompt.errors import ToolError
 from loraprompt.keymaps import clip, unet
+from loraprompt.quantized import SCALE_NAMES, fp8_scale
 from loraprompt.tools.checkpoint import SINGLE_FILE_PREFIXES, Checkpoint, TensorReader, open_checkpoint
 from loraprompt.tools.io import (
     Progress,
@@ -122,6 +123,19 @@ def _candidates(ckpt: Checkpoint, base: Checkpoint, family: str | None) -> list[
     return out
 
 
+def _fp8_scale(ckpt: Checkpoint, reader: TensorReader, component: str, key: str, weight: Tensor) -> Tensor | None:
+    """The scale stored beside a scaled fp8 weight (`<module>.scale_weight`, ComfyUI), else None."""
+    if weight.element_size() != 1 or not key.endswith(".weight"):
+        return None
+    for name in SCALE_NAMES:
+        found = f"{key.removesuffix('.weight')}.{name}"
+        if any(f.component_of.get(found) == component for f in ckpt.files):
+            holder = torch.nn.Module()
+            holder.register_buffer(name, reader.get(ckpt.locate(found, component), found))
+            return fp8_scale(holder, "weight", weight)
+    return None
+
+
 def extract_lora(tuned: str | Path, base: str | Path, output: str | Path, target: RankTarget, *,
                  fmt: str | None = None, dtype: str | None = None, min_diff: float = 0.0,
                  components: tuple[str, ...] = ("unet", "transformer", "text_encoder", "text_encoder_2"),
@@ -157,17 +171,25 @@ def extract_lora(tuned: str | Path, base: str | Path, output: str | Path, target
         weights.setdefault((component, key), []).append((path, rows))
     bar = Progress(len(todo), "extract", progress)
 
+    fp8_sources: set[tuple[str, str]] = set()
+
     def load(item: tuple[str, str]) -> tuple[Tensor, Tensor | None]:
         component, key = item
         new = tuned_reader.get(ckpt.locate(key, component), key)
         old = base_reader.get(ref.locate(key, component), key)
-        if new.dtype == old.dtype and torch.equal(new.view(torch.uint8), old.view(torch.uint8)):
+        new_scale, old_scale = _fp8_scale(ckpt, tuned_reader, component, key, new), _fp8_scale(ref, base_reader, component, key, old)
+        same_scale = new_scale is old_scale or (new_scale is not None and old_scale is not None and torch.equal(new_scale, old_scale))
+        if new.dtype == old.dtype and torch.equal(new.view(torch.uint8), old.view(torch.uint8)) and same_scale:
             return new[:0], None  # bit-identical: nothing to extract, nothing kept in memory
+        if new.element_size() == 1:  # fp8 (scaled: times its scale); the factors come out in bf16
+            new = new.float() * new_scale if new_scale is not None else new.float()
+            old = old.float() * old_scale if old_scale is not None else old.float()
+            fp8_sources.add(item)
         return new, old
 
     def compute(item: tuple[str, str], loaded: tuple[Tensor, Tensor | None]) -> list[tuple[str, Any]]:
         new, old = loaded
-        cast = out_dtype or new.dtype
+        cast = out_dtype or (torch.bfloat16 if item in fp8_sources else new.dtype)
         if old is None:
             return [(path, None) for path, _ in weights[item]]
         full = new.to(compute_on).float() - old.to(compute_on).float()

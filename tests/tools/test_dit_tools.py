@@ -189,3 +189,95 @@ def test_the_cli_offers_every_writer_format() -> None:
     from loraprompt.tools import cli, writer
 
     assert cli.FORMATS == writer.FORMATS
+
+
+def _single_file(path: Path, model: torch.nn.Module, prefix: str) -> Path:
+    from safetensors.torch import save_file
+
+    save_file({prefix + k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.mark.parametrize(("prefix", "dtype"), [("model.diffusion_model.", torch.bfloat16), ("", torch.float8_e4m3fn)])
+def test_merge_into_a_native_single_file_flux_equals_the_patcher(tmp_path: Path, prefix: str, dtype: torch.dtype) -> None:
+    """ComfyUI's checkpoints (`model.diffusion_model.double_blocks…`) and BFL's bare transformer
+    files (`double_blocks…`; here scaled fp8 with `scale_weight`, as ComfyUI's fp8 files) take
+    LoRAs in every layout, bit-identical to the patcher on the model loaded under those names."""
+    from loraprompt.tools import merge_checkpoint
+    from tests.patcher.test_scaled_fp8 import LIMIT
+
+    lora = dit.write_peft("flux", tmp_path / "peft.safetensors")
+    kohya = dit.native_file(lora, tmp_path / "kohya.safetensors", "kohya")
+
+    def loaded() -> torch.nn.Module:
+        native, _ = dit.native_model("flux")
+        if dtype != torch.float8_e4m3fn:
+            return native.to(dtype)
+        with torch.no_grad():
+            for module in native.modules():
+                if isinstance(module, torch.nn.Linear):
+                    scale = module.weight.abs().max() / LIMIT
+                    module.weight = torch.nn.Parameter((module.weight / scale).to(dtype), requires_grad=False)
+                    module.register_parameter("scale_weight", torch.nn.Parameter(scale.float(), requires_grad=False))
+        return native
+
+    checkpoint = _single_file(tmp_path / "flux.safetensors", loaded(), prefix)
+    report = merge_checkpoint(checkpoint, [(lora.path, 1.0, 0.8), (kohya, 1.0, 0.5)], tmp_path / "merged.safetensors")
+    assert report.family == "flux" and report.diagnostics == []
+    merged = load_file(str(report.output))
+    model = loaded()
+    patch = Patcher({"transformer": model}).sync([(read_adapter(lora.path), 1.0, 0.8), (read_adapter(kohya), 1.0, 0.5)])
+    assert patch.diagnostics == []
+    expected = {prefix + k: v for k, v in model.state_dict().items()}
+    assert merged.keys() == expected.keys()
+    raw = lambda t: t.view(torch.uint8) if t.element_size() == 1 else t  # noqa: E731
+    assert all(torch.equal(raw(merged[k]), raw(v)) for k, v in expected.items())
+    base = {prefix + k: v for k, v in loaded().state_dict().items()}
+    assert sum(not torch.equal(raw(merged[k]), raw(base[k])) for k in base) >= 20
+
+
+def test_extract_from_bare_bfl_flux_files_writes_kohya_native_modules(tmp_path: Path) -> None:
+    lora = dit.write_peft("flux", tmp_path / "peft.safetensors")
+    tuned_state = dit.peft_fused(lora)
+    tuned_model = dit.tiny_transformer("flux")
+    tuned_model.load_state_dict(tuned_state)
+    base = _single_file(tmp_path / "base.safetensors", dit.native_model("flux")[0], "")
+    tuned = _single_file(tmp_path / "tuned.safetensors", dit.native_model("flux", source=tuned_model)[0], "")
+    report = extract_lora(tuned, base, tmp_path / "x.safetensors", RankTarget(rank=16))
+    assert report.family == "flux" and report.min_kept == pytest.approx(1.0, abs=1e-5)
+    keys = load_file(str(report.output)).keys()
+    assert "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight" in keys  # kohya's own Flux names
+    assert "lora_unet_single_blocks_1_linear1.lora_up.weight" in keys
+    _close(_patched("flux", report.output), tuned_state)  # split by rows onto the diffusers model
+
+
+def test_extract_from_scaled_fp8_files_uses_their_scales(tmp_path: Path) -> None:
+    """At full rank the extracted delta is exactly dequant(tuned) - dequant(base) (fp8 · scale_weight)."""
+    from tests.patcher.test_scaled_fp8 import LIMIT
+
+    lora = dit.write_peft("flux", tmp_path / "peft.safetensors")
+    tuned_model = dit.tiny_transformer("flux")
+    tuned_model.load_state_dict(dit.peft_fused(lora))
+
+    def scaled(source: torch.nn.Module | None) -> tuple[Path, dict[str, torch.Tensor]]:
+        native, _ = dit.native_model("flux", source=source)
+        real = {}
+        with torch.no_grad():
+            for name, module in native.named_modules():
+                if isinstance(module, torch.nn.Linear):
+                    scale = module.weight.abs().max() / LIMIT
+                    module.weight = torch.nn.Parameter((module.weight / scale).to(torch.float8_e4m3fn), requires_grad=False)
+                    module.register_parameter("scale_weight", torch.nn.Parameter(scale.float(), requires_grad=False))
+                    real[name] = module.weight.float() * scale
+        tag = "tuned" if source is not None else "base"
+        return _single_file(tmp_path / f"{tag}.safetensors", native, "model.diffusion_model."), real
+
+    (base, base_w), (tuned, tuned_w) = scaled(None), scaled(tuned_model)
+    report = extract_lora(tuned, base, tmp_path / "x.safetensors", RankTarget(rank=200), dtype="fp32")
+    modules = read_lora(report.output).modules
+    assert {m.down.dtype for m in modules.values()} == {torch.float32}
+    for name in ("double_blocks.0.img_attn.qkv", "single_blocks.1.linear1", "final_layer.adaLN_modulation.1"):
+        got = modules[f"unet/{name.replace('.', '_')}"].delta()
+        torch.testing.assert_close(got, tuned_w[name] - base_w[name], rtol=0, atol=1e-5)
+    default = extract_lora(tuned, base, tmp_path / "d.safetensors", RankTarget(rank=4)).output
+    assert {t.dtype for k, t in load_file(str(default)).items() if not k.endswith(".alpha")} == {torch.bfloat16}
