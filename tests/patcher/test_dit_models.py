@@ -164,3 +164,26 @@ def test_a_model_still_wrapped_by_peft_maps_onto_its_base_layers(tmp_path: Path,
                 torch.testing.assert_close(value, ref[key.replace(".base_layer", "")], rtol=0, atol=1e-6, msg=key)
     patcher.restore()
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_a_peft_wrapped_sd1_unet_and_text_encoder_map_too(tmp_path: Path) -> None:
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from tests.fixtures.loras import write_kohya_lora
+
+    lora = write_kohya_lora("sd1", tmp_path / "sd1.safetensors")
+    models = lora.base()
+    for name in ("unet", "text_encoder"):
+        inject_adapter_in_model(LoraConfig(r=2, target_modules=["to_q", "to_k", "q_proj", "v_proj"]), models[name])
+    before = {c: {k: v.clone() for k, v in m.state_dict().items()} for c, m in models.items()}
+    patcher = Patcher(models)
+    assert patcher.sync([(read_adapter(lora.path), 1.0, 1.0)]).diagnostics == []
+    for component in ("unet", "text_encoder"):
+        state = models[component].state_dict()
+        for key, value in state.items():
+            if "lora_" in key:
+                assert torch.equal(value, before[component][key]), key
+            else:
+                torch.testing.assert_close(value, lora.merged[component][key.replace(".base_layer", "")], rtol=0, atol=1e-5, msg=key)
+    patcher.restore()
+    assert all(torch.equal(v, before[c][k]) for c, m in models.items() for k, v in m.state_dict().items())

@@ -23,7 +23,8 @@ from loraprompt.tools.svd import RankTarget
 from tests.fixtures import dit
 
 LAYOUTS = [("flux", "peft"), ("flux", "kohya"), ("flux", "comfyui"), ("flux", "bfl"), ("flux", "xlabs"),
-           ("sd3", "peft"), ("sd3", "kohya"), ("sd3", "comfyui"), ("sd3", "bfl")]
+           ("sd3", "peft"), ("sd3", "kohya"), ("sd3", "comfyui"), ("sd3", "bfl"),
+           ("wan", "peft"), ("wan", "musubi"), ("wan", "comfyui"), ("wan", "bfl")]
 
 
 def _file(lora: dit.PeftLora, tmp_path: Path, layout: str) -> Path:
@@ -131,7 +132,7 @@ def _folder(root: Path, family: str, state: dict[str, torch.Tensor] | None = Non
     return root
 
 
-@pytest.mark.parametrize("family", ["flux", "sd3"])
+@pytest.mark.parametrize("family", ["flux", "sd3", "wan"])
 def test_extract_from_a_dit_folder_recovers_the_delta_and_loads_in_diffusers(tmp_path: Path, family: str) -> None:
     lora = dit.write_peft(family, tmp_path / "peft.safetensors")
     tuned_state = dit.peft_fused(lora)  # base + ΔW, as diffusers fuses it
