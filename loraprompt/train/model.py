@@ -67,6 +67,8 @@ def load_base(checkpoint: str, prediction_type: str | None = None) -> Base:
         loaded = load_checkpoint(checkpoint, prediction_type)
     except CheckpointError as exc:
         raise TrainError(str(exc)) from exc
+    if loaded.family not in NATIVE_RESOLUTION:  # the web UI loads SD3/Flux folders; training is SD's
+        raise TrainError(f"{checkpoint}: a {loaded.family} model; training runs on SD1.x, SD2.x and SDXL checkpoints")
     pipe = loaded.pipe.to("cpu", torch.float32)
     return Base(pipe, loaded.family, loaded.name, loaded.model_hash)
 

@@ -241,3 +241,11 @@ def test_checkpoint_switch_changes_the_form_fields(folders: dict[str, Path], tmp
     eng.switch_model(lambda: load_model(folders["flux"]), lambda: load_model(folders["sd3"]))
     fields = model_fields(eng)
     assert fields["distilled-cfg"]["visible"] and not fields["shift"]["visible"] and fields["cfg"]["value"] == 1.0
+
+
+def test_training_from_a_dit_folder_is_refused_by_name(folders: dict[str, Path]) -> None:
+    from loraprompt.train.errors import TrainError
+    from loraprompt.train.model import load_base
+
+    with pytest.raises(TrainError, match=r"a flux model; training runs on SD1\.x, SD2\.x and SDXL"):
+        load_base(str(folders["flux"]))
