@@ -11,11 +11,10 @@ diffusers' convert_state_dict_to_kohya. Then, on a fresh model:
   both; a strength change is unfuse_lora + fuse_lora(lora_scale=.5);
 - the limit: in-place addmm_ over the same weights (apply), torch.addmm from a backup into the
   weight (switch, strength), and a plain copy_ of backups (restore), all in the model's dtype
-  (for fp16/bf16 that is half-precision math, as loraprompt's split-factor half GEMM on CUDA).
+  (for fp16/bf16 that is half-precision math, where loraprompt sums in float32).
 
 On a GPU (--device cuda) loraprompt runs once per --backups place (device: backups on the card;
-host: in pinned host memory), and for fp16/bf16 once more with the float32-scratch sum instead of
-the split-factor half GEMM (loraprompt.combine.HALF_GEMM) and the limit has a host variant: the pinned host->device copy of the
+host: in pinned host memory) and the limit has a host variant: the pinned host->device copy of the
 touched weights. --per-step (default on CUDA) also times one UNet step (batch 2, 512² for SD1.5,
 1024² for SDXL) without LoRA, with a step-scheduled LoRA run unfused by loraprompt (its sync per
 step included), and with the LoRA unfused by peft.
@@ -435,12 +434,6 @@ def main() -> None:
     if args.profile:
         profile(components, paths, places[0])
     results = {f"loraprompt {p}": bench_loraprompt(components, paths, args.repeat, p) for p in places}
-    if cuda and dtype != torch.float32 and "device" in places:  # the float32-scratch path, for comparison
-        from loraprompt import combine
-
-        combine.HALF_GEMM = False
-        results["loraprompt device, float32 sum"] = bench_loraprompt(components, paths, args.repeat, "device")
-        combine.HALF_GEMM = True
     results["limit"] = bench_limit(components, paths, args.repeat)
     if not args.no_peer:
         try:

@@ -135,16 +135,20 @@ class DeltaCache:
             self._bytes -= self._entries.pop(key)[1]
 
     def factors(
-        self, module: AdapterModule, target: Tensor, device: torch.device | None = None
+        self, module: AdapterModule, target: Tensor, device: torch.device | None = None, *, pinned: bool = False,
     ) -> tuple[Tensor, Tensor, Tensor | None] | None:
         """`lowrank_factors(module, target, device)`, kept per device (they are small) while the
-        cache has room: a model moved to another device and back finds them again."""
-        key = (module, "factors", device or target.device)
+        cache has room: a model moved to another device and back finds them again. `pinned`: kept
+        in pinned host memory instead (for weights whose backups live there, so the card holds
+        neither), to be copied to the device without blocking at each use."""
+        key = (module, "factors", "pinned" if pinned else device or target.device)
         hit = self.get(key)
         if hit is None:
-            found = lowrank_factors(module, target, device)
+            found = lowrank_factors(module, target, torch.device("cpu") if pinned else device)
             if found is None:
                 return None
+            if pinned:
+                found = _pinned(found[0]), _pinned(found[1]), None if found[2] is None else _pinned(found[2])
             self.put(key, *found)
             return found
         assert hit[0] is not None and hit[1] is not None
@@ -177,14 +181,23 @@ def lowrank_factors(
     dyn = getattr(module, "dyn", None)
     if dyn is not None:
         up, down = up[:, :dyn], down[:dyn]
-    up = up.reshape(up.shape[0], -1).to(torch.float32) * module.scale
-    down = down.reshape(down.shape[0], -1).to(torch.float32)
-    if up.shape[0] != target.shape[0] or up.shape[1] != down.shape[0] or down[0].numel() != target[0].numel():
-        raise ValueError(f"up {tuple(up.shape)} @ down {tuple(down.shape)} does not fit {tuple(target.shape)}")
-    db = module.bias_delta()
-    db = None if db is None else db.to(torch.float32)
+    up_cols, down_cols = up[0].numel(), down[0].numel()
+    if up.shape[0] != target.shape[0] or up_cols != down.shape[0] or down_cols != target[0].numel():
+        raise ValueError(f"up {(up.shape[0], up_cols)} @ down {(down.shape[0], down_cols)} does not fit {tuple(target.shape)}")
+    # moved in the file's dtype (half the bytes of float32 for most files), widened and scaled there:
+    # on a GPU that is two small kernels instead of a host pass over every factor
     where = device or target.device
-    return to_device(up, where), to_device(down, where), None if db is None else to_device(db, where)
+    up = to_device(up, where).reshape(up.shape[0], up_cols).to(torch.float32) * module.scale  # never in place: may be the file's own tensor
+    down = to_device(down, where).reshape(down.shape[0], down_cols).to(torch.float32)
+    db = module.bias_delta()
+    return up, down, None if db is None else to_device(db.to(torch.float32), where)
+
+
+def _pinned(t: Tensor) -> Tensor:
+    try:
+        return t.pin_memory()
+    except RuntimeError:  # no CUDA, or the driver refused: pageable, copied with a wait
+        return t
 
 
 def to_device(t: Tensor, device: torch.device) -> Tensor:
@@ -193,6 +206,8 @@ def to_device(t: Tensor, device: torch.device) -> Tensor:
     if t.device == device:
         return t
     if t.device.type == "cpu" and device.type == "cuda":
+        if t.is_pinned():
+            return t.to(device, non_blocking=True)
         try:
             t = t.pin_memory()
         except RuntimeError:

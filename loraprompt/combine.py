@@ -7,14 +7,13 @@ them, so a merged checkpoint is bit-identical to the patched model of the same d
 
 from __future__ import annotations
 
-import itertools
-import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from loraprompt.cache import lowrank_factors
+from loraprompt.cache import lowrank_factors, to_device
 from loraprompt.errors import PatchError
 
 if TYPE_CHECKING:
@@ -37,13 +36,14 @@ def module_error(module: AdapterModule, where: str, reason: str) -> PatchError:
 
 def weight_parts(
     contributions: Sequence[tuple[Any, tuple[int, int] | None, float]], base_w: Tensor, base_b: Tensor | None,
-    where: str, cache: DeltaCache | None = None, *, device: torch.device | None = None,
+    where: str, cache: DeltaCache | None = None, *, device: torch.device | None = None, pinned: bool = False,
 ) -> tuple[list[Part], list[Part], bool]:
     """Validated float32 (weight parts, bias parts) of `contributions` ((adapter module, rows or
     None, strength), as in a plan) on the base weight and bias, on `device` (default: the base's;
     the patcher's backups may live in host memory while the weight is on the GPU), and whether
     `cache` holds every full delta among them. A plain LoRA gives its factors (written with one addmm); another
-    algorithm its full delta, unit-strength for linear ones (scaled when written)."""
+    algorithm its full delta, unit-strength for linear ones (scaled when written). `pinned`: the
+    cache keeps the factors in pinned host memory and they are copied over for this use."""
     device = device or base_w.device
     base32: list[Tensor | None] = [None, None]
     w_parts: list[Part] = []
@@ -52,11 +52,15 @@ def weight_parts(
     for module, rows, strength in contributions:
         target = base_w if rows is None else base_w[rows[0] : rows[1]]
         try:
-            factors = cache.factors(module, target, device) if cache is not None else lowrank_factors(module, target, device)
+            factors = cache.factors(module, target, device, pinned=pinned) if cache is not None \
+                else lowrank_factors(module, target, device)
         except ValueError as exc:
             raise module_error(module, where, str(exc)) from exc
         if factors is not None:
             up, down, db = factors
+            if pinned:  # copied over for this use, without blocking
+                up, down = to_device(up, device), to_device(down, device)
+                db = None if db is None else to_device(db, device)
             w_parts.append((up, down, rows, strength))
             if db is not None:
                 b_parts.append((db, None, rows, strength))
@@ -124,6 +128,8 @@ def stacked_factors(lowrank: Sequence[Part]) -> tuple[Tensor, Tensor, float]:
 def _by_rows(parts: Sequence[Part]) -> dict[tuple[int, int] | None, list[Part]]:
     """Parts grouped by the rows they write (None: the whole weight first), in order: a fused
     q/k/v parameter is then combined exactly as three separate weights would be."""
+    if all(p[2] is None for p in parts):  # the common case: whole weights only
+        return {None: list(parts)} if parts else {}
     groups: dict[tuple[int, int] | None, list[Part]] = {}
     for part in sorted(parts, key=lambda p: p[2] is not None):
         groups.setdefault(part[2], []).append(part)
@@ -140,17 +146,44 @@ def combine_into(dst: Tensor, base: Tensor, parts: list[Part], scratch: Scratch 
     into one addmm (`stacked_factors`); full deltas are added after it. A float32 `dst` is summed in
     place (straight from `base` when it lies on dst's device), another dtype in a float32
     `scratch(dst)`; 1-byte floats (fp8) saturate instead of overflowing to NaN. `base` may live on
-    another device (backups in pinned host memory): it is copied over without blocking. On CUDA an
-    fp16/bf16 `dst` whose parts are all low-rank takes `half_gemm_into` (no float32 copy). With a
+    another device (backups in pinned host memory): it is copied over without blocking. An
+    fp16/bf16 `dst` whose parts are all whole-weight LoRAs takes `_product_then_sum`. With a
     `dequant` scale (scaled fp8), `base` is the dequantised weight and the sum is divided by the scale
     before it is requantised into `dst`."""
     if not parts:
         dst.copy_(base, non_blocking=_pinned(base))
         return
+    if dst.is_cuda:
+        with _ieee_matmuls():
+            _combine_into(dst, base, parts, scratch, dequant)
+    else:
+        _combine_into(dst, base, parts, scratch, dequant)
+
+
+@contextmanager
+def _ieee_matmuls() -> Iterator[None]:
+    """Float32 matmuls in full precision for the duration, whatever the host set: Automatic1111
+    turns TF32 on (torch.backends.cuda.matmul.allow_tf32), which would round the factors to 10 bits.
+    A process using the newer fp32_precision API keeps its own choice."""
+    matmul = torch.backends.cuda.matmul
+    try:
+        tf32 = matmul.allow_tf32
+    except RuntimeError:  # torch refuses to mix the legacy flag with fp32_precision settings
+        tf32 = False
+    if tf32:
+        matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        if tf32:
+            matmul.allow_tf32 = True
+
+
+def _combine_into(dst: Tensor, base: Tensor, parts: list[Part], scratch: Scratch, dequant: Tensor | None) -> None:
     lowrank = _by_rows([p for p in parts if p[1] is not None])
     full = [p for p in parts if p[1] is None]
-    if HALF_GEMM and not full and dst.is_cuda and dst.dtype in HALF and _disjoint(lowrank):
-        half_gemm_into(dst, base, lowrank)
+    if not full and list(lowrank) == [None] and dst.dtype in (torch.float16, torch.bfloat16):
+        _product_then_sum(dst, base, lowrank[None], scratch)
         return
     acc = dst if dst.dtype == torch.float32 else scratch(dst)
     same = acc is dst and base.device == dst.device
@@ -178,83 +211,27 @@ def combine_into(dst: Tensor, base: Tensor, parts: list[Part], scratch: Scratch 
         dst.copy_(acc)
 
 
-HALF = (torch.float16, torch.bfloat16)
-HALF_GEMM = True  # False: fp16/bf16 on CUDA also go through the float32 scratch (benchmarks compare both)
+def _product_then_sum(dst: Tensor, base: Tensor, lowrank: list[Part], scratch: Scratch) -> None:
+    """dst = cast(base + alpha·up@down) for a 2-byte `dst`: the float32 product into the scratch,
+    then one mixed-dtype add that reads the base, sums in float32 and rounds once into dst. Two
+    kernels and 12 bytes per element, where copying the base into the scratch, adding the product
+    there and copying back takes three and 20: on a GPU a switch is bound by kernels per weight
+    (SD1.5) and bytes (SDXL). The product is rounded to float32 before the add (within 2⁻²⁴ of the
+    fused addmm, which the fp16/bf16 result almost never sees). A pinned host base (backups in host
+    memory) is first copied into dst."""
+    up, down, alpha = stacked_factors(lowrank)
+    acc, flat, base = _matrix(scratch(dst)), _matrix(dst), _matrix(base)
+    torch.mm(up, down, out=acc)
+    if base.device == dst.device:
+        torch.add(base, acc, alpha=alpha, out=flat)
+    else:
+        flat.copy_(base, non_blocking=_pinned(base))
+        flat.add_(acc, alpha=alpha)
 
 
-def _disjoint(groups: dict[tuple[int, int] | None, list[Part]]) -> bool:
-    """Whether no element is written by two groups (so each is rounded once): the whole weight
-    alone, or row ranges that do not overlap (the q/k/v slices of a fused parameter)."""
-    if None in groups:
-        return len(groups) == 1
-    ranges = sorted(r for r in groups if r is not None)
-    return all(a[1] <= b[0] for a, b in itertools.pairwise(ranges))
-
-
-def half_gemm_into(dst: Tensor, base: Tensor, lowrank: dict[tuple[int, int] | None, list[Part]]) -> None:
-    """dst = base + Σ scale·up@down for an fp16/bf16 `dst`, each element rounded once, without a
-    float32 copy of the weight: one half-precision GEMM per row group, accumulating in float32 and
-    adding the base in its epilogue, so it reads 2 and writes 2 bytes per element where the float32
-    scratch path moves 20, in one kernel where that takes three. The factors enter split in two
-    (`split_factors`: hi + lo in dst's dtype, 3× the rank), so the product keeps float32-like
-    factors; plain half factors (what peft's fuse uses) would move ~3% of the elements of a typical
-    LoRA'd weight by one step. Used on CUDA; the groups must be `_disjoint`."""
-    matmul = torch.backends.cuda.matmul
-    reduced = matmul.allow_fp16_reduced_precision_reduction, matmul.allow_bf16_reduced_precision_reduction
-    matmul.allow_fp16_reduced_precision_reduction = matmul.allow_bf16_reduced_precision_reduction = False
-    try:
-        _half_gemm_into(dst, base, lowrank)
-    finally:
-        matmul.allow_fp16_reduced_precision_reduction, matmul.allow_bf16_reduced_precision_reduction = reduced
-
-
-def _half_gemm_into(dst: Tensor, base: Tensor, lowrank: dict[tuple[int, int] | None, list[Part]]) -> None:
-    first = next(iter(lowrank))
-    if first is None and base.device == dst.device:
-        up, down, alpha = _half_factors(lowrank[None], dst.dtype)
-        torch.addmm(base.view(base.shape[0], -1), up, down, alpha=alpha, out=dst.view(dst.shape[0], -1))
-        return
-    dst.copy_(base, non_blocking=_pinned(base))
-    for rows, group in lowrank.items():
-        view = dst if rows is None else dst[rows[0] : rows[1]]
-        up, down, alpha = _half_factors(group, dst.dtype)
-        view.view(view.shape[0], -1).addmm_(up, down, alpha=alpha)
-
-
-_SPLITS: dict[tuple[int, int, torch.dtype], tuple[Tensor, Tensor]] = {}
-
-
-def _half_factors(group: Sequence[Part], dtype: torch.dtype) -> tuple[Tensor, Tensor, float]:
-    """(up, down, alpha) in `dtype` for one GEMM over `group`. A single LoRA's split is kept as long
-    as its float32 factors live (the patcher's factor cache hands back the same tensors every sync)."""
-    if len(group) > 1:
-        ups, downs, alpha = stacked_factors(group)
-        return (*split_factors(ups, downs, dtype), alpha)
-    up, down, _, scale = group[0]
-    assert down is not None
-    key = (id(up), id(down), dtype)
-    hit = _SPLITS.get(key)
-    if hit is None:
-        hit = _SPLITS[key] = split_factors(up, down, dtype)
-        weakref.finalize(up, _SPLITS.pop, key, None)
-        weakref.finalize(down, _SPLITS.pop, key, None)
-    return hit[0], hit[1], scale
-
-
-def split_factors(up: Tensor, down: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Float32 factors as [hi | lo | hi] @ [hi; hi; lo] in `dtype` (hi = the rounded factor, lo = what
-    rounding lost): the product differs from up @ down by lo·lo, ~2⁻²² of it in fp16 (lo is
-    subnormal for tiny factors, costing absolute precision far below a step of the weight)."""
-    rank = up.shape[1]
-    ups = torch.empty(up.shape[0], 3 * rank, dtype=dtype, device=up.device)
-    downs = torch.empty(3 * rank, down.shape[1], dtype=dtype, device=down.device)
-    hi_u, lo_u = ups[:, :rank], ups[:, rank : 2 * rank]
-    hi_u.copy_(up)
-    torch.sub(up, hi_u, out=lo_u)
-    ups[:, 2 * rank :].copy_(hi_u)
-    downs[: 2 * rank].view(2, rank, -1).copy_(down.expand(2, *down.shape))
-    torch.sub(down, downs[:rank], out=downs[2 * rank :])
-    return ups, downs
+def _matrix(t: Tensor) -> Tensor:
+    """`t` as rows × the rest (a Linear weight already is: no view made)."""
+    return t if t.dim() == 2 else t.view(t.shape[0], -1)
 
 
 def combined(

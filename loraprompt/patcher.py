@@ -34,6 +34,7 @@ from loraprompt.quantized import Unfused, fp8_scale, weight_path
 from loraprompt.unfused import LowRankHooks, unfusable
 
 SCHEDULES = ("fused", "unfused")
+_BUFFER = torch.Size([-1])  # the scratch buffer's own entry among its views
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -118,12 +119,13 @@ class Patcher(Backups):
         self._resolved: dict[int, Resolution] = {}
         self._failed: dict[int, tuple[Any, PatchError]] = {}
         self._deltas.clear()
-        self._scratch: dict[torch.device, Tensor] = {}
+        self._scratch: dict[torch.device, dict[torch.Size, Tensor]] = {}  # the buffer (_BUFFER) and its views
         self._splits: dict[int, tuple[Resolution, Resolution, Resolution]] = {}
         self._fast = None
         self._bytes = {"device": 0, "host": 0}
-        self._bytes_stale = False  # backups cast or dropped since _bytes was counted
+        self._bytes_stale = False  # backups taken, cast or dropped since _bytes was counted
         self._paths: dict[str, str] = {}
+        self._weight_paths: dict[Key, tuple[str, str]] = {}  # applied key -> (its name, how it is patched)
         if hasattr(self, "_hooks"):
             self._hooks.clear()
 
@@ -228,11 +230,17 @@ class Patcher(Backups):
             self._packed.apply(self._packed_next)  # packed 4-bit weights: the LoRA beside them
             report.written = len(changed) + len(moved)
             report.patched = len(self._applied) + len(self._packed.applied)
-            report.paths = {".".join(k): weight_path(self._param(k)[0], self._scale(k)) for k in self._applied}
+            if self._bytes_stale:  # backups taken, cast or dropped: count again, and the paths may differ
+                self._bytes, self._bytes_stale = self.backup_bytes, False
+                self._weight_paths.clear()
+            for key in list(self._applied) if not self._weight_paths else changed:  # O(changed), not O(patched)
+                if key in self._applied:
+                    self._weight_paths[key] = (".".join(key), weight_path(self._param(key)[0], self._scale(key)))
+                else:
+                    self._weight_paths.pop(key, None)
+            report.paths = dict(self._weight_paths.values())
             report.paths |= {".".join(k): path for k, path in self._packed.paths().items()}
             self._paths = report.paths
-            if changed or self._bytes_stale:  # counted again only when backups may have changed
-                self._bytes, self._bytes_stale = self.backup_bytes, False
             report.backups = dict(self._bytes)
             report.diagnostics.extend(self._notes)
             self._notes.clear()
@@ -374,7 +382,11 @@ class Patcher(Backups):
         compute them again)."""
         weight, _ = self._param(key)
         base_w, base_b = self._base(key)
-        return weight_parts(contributions, base_w, base_b, ".".join(key), self._deltas, device=weight.device)
+        backup = self._backups.get(key)
+        # factors live where the weight's backup lives: with backups in host memory the card holds neither
+        pinned = weight.is_cuda and (backup[0].device.type == "cpu" if backup is not None else self.backups == "host")
+        return weight_parts(contributions, base_w, base_b, ".".join(key), self._deltas, device=weight.device,
+                            pinned=pinned)
 
     def _scale(self, key: Key) -> Tensor | None:
         """The dequantisation scale of a scaled fp8 weight (`quantized.fp8_scale`), else None."""
@@ -434,6 +446,7 @@ class Patcher(Backups):
             for key in changed:
                 if key not in plan:
                     del self._backups[key]
+                    self._bytes_stale = True
                     del self._versions[key]
                     for module, rows, _ in before.get(key, ()):  # unwatched now: a later base may differ
                         self._deltas.discard((module, rows))
@@ -444,8 +457,10 @@ class Patcher(Backups):
         backup = self._backups.get(key)
         if backup is None:
             backup = self._backups[key] = (self._backup_of(weight), None)
+            self._bytes_stale = True
         if parts is not None and parts[1] and backup[1] is None and bias is not None:
             backup = self._backups[key] = (backup[0], self._backup_of(bias))
+            self._bytes_stale = True
         w_parts, b_parts = parts if parts is not None else ([], [])
         scale = self._scale(key) if w_parts else None
         base_w, base_b = self._base(key) if (self.float_base is not None or scale is not None) and parts is not None else backup
@@ -456,11 +471,16 @@ class Patcher(Backups):
         self._where[key] = weight.device
 
     def _float_scratch(self, like: Tensor) -> Tensor:
-        """A reused float32 buffer shaped like `like` (fresh allocations fault in every page)."""
-        buf = self._scratch.get(like.device)
-        if buf is None or buf.numel() < like.numel():
-            buf = self._scratch[like.device] = torch.empty(like.numel(), dtype=torch.float32, device=like.device)
-        return buf[: like.numel()].view(like.shape)
+        """A reused float32 buffer shaped like `like` (fresh allocations fault in every page); its
+        views are kept per shape, as making one costs as much as a small kernel launch."""
+        views = self._scratch.get(like.device)
+        if views is None or views[_BUFFER].numel() < like.numel():
+            views = self._scratch[like.device] = {
+                _BUFFER: torch.empty(like.numel(), dtype=torch.float32, device=like.device)}
+        view = views.get(like.shape)
+        if view is None:
+            view = views[like.shape] = views[_BUFFER][: like.numel()].view(like.shape)
+        return view
 
     def _rollback(self, keys: list[Key], before: Plan) -> None:
         """Put `keys` back to their state in `before`; to base everywhere if that fails too."""

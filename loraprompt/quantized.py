@@ -85,6 +85,7 @@ class Unfused:
     def __init__(self, modules: Mapping[str, Mapping[str, nn.Module]]) -> None:
         self._modules = modules
         self._hooks: dict[Key, RemovableHandle] = {}
+        self._kinds: dict[Key, tuple[Any, str | None]] = {}  # key -> (its parameter, packed_kind)
         self.applied: Plan = {}
 
     def split(self, plan: Plan) -> tuple[Plan, Plan]:
@@ -95,7 +96,11 @@ class Unfused:
         for key, contributions in plan.items():
             component, name, param = key
             module = self._modules.get(component, {}).get(name)
-            if packed_kind(module, param) is None:
+            weight = getattr(module, param, None)
+            known = self._kinds.get(key)
+            if known is None or known[0] is not weight:  # looked at again only for a new parameter
+                known = self._kinds[key] = (weight, packed_kind(module, param))
+            if known[1] is None:
                 dense[key] = contributions
                 continue
             assert module is not None

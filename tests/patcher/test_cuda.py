@@ -47,6 +47,22 @@ def test_backups_where_asked_and_restore_bit_exact(backups, dtype) -> None:
     assert_bit_equal(model, original)
 
 
+def test_host_backups_keep_the_factors_off_the_card_too() -> None:
+    """The VRAM target of host backups (issue 11: ≤ 64 MiB + the largest weight in float32): the
+    H200 run held 1297 MiB on SDXL while the factor cache kept LoRA factors on the card."""
+    model = on_gpu()
+    original = snapshot(model)
+    a, b = make_adapter(model, 1, every=1), make_adapter(model, 2, every=1)
+    patcher = Patcher(model, backups="host")
+    patcher.sync([(a, 1.0, 1.0)])
+    patcher.sync([(b, 0.5, 0.5), (a, 0.3, 0.3)])
+    cached = [t for entry, _, _ in patcher._deltas._entries.values() for t in entry if t is not None]
+    assert cached and all(t.device.type == "cpu" and t.is_pinned() for t in cached)
+    assert_close(model, reference(model, original, [(b, 0.5, 0.5), (a, 0.3, 0.3)]), torch.float16)
+    patcher.restore()
+    assert_bit_equal(model, original)
+
+
 def test_auto_keeps_backups_on_the_host_without_room() -> None:
     model = on_gpu()
     free, _ = torch.cuda.mem_get_info()
