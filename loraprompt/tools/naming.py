@@ -48,25 +48,32 @@ def dotted_name(component: str, path: str) -> str:
 
 
 @cache
-def _native_templates() -> tuple[tuple[re.Pattern[str], str], ...]:
+def _native_templates() -> tuple[tuple[re.Pattern[str], str, tuple[str, ...]], ...]:
     from loraprompt.keymaps.dit import DIT_FAMILIES
 
     out = []
     for family in DIT_FAMILIES:
-        for native in family.table:
+        for native, value in family.table.items():
             kohya = re.escape(native.replace(".", "_")).replace(r"\{i\}", r"(\d+)")
-            out.append((re.compile(f"^{kohya}$"), native))
+            out.append((re.compile(f"^{kohya}$"), native, (value,) if isinstance(value, str) else tuple(value)))
     return tuple(out)
 
 
-def native_dotted(path: str) -> str | None:
-    """`double_blocks_0_img_attn_qkv` -> `double_blocks.0.img_attn.qkv`: a natively named (BFL, SAI,
-    Wan) transformer module in kohya spelling back to its dotted name, else None."""
-    for pattern, native in _native_templates():
+def native_entry(path: str) -> tuple[str, tuple[str, ...]] | None:
+    """`double_blocks_0_img_attn_qkv` -> (`double_blocks.0.img_attn.qkv`, the diffusers modules it
+    stacks by rows: `transformer_blocks.0.attn.to_q`, …; "~": adaLN halves swapped), for a natively
+    named (BFL, SAI, Wan) transformer module in kohya spelling, else None."""
+    for pattern, native, targets in _native_templates():
         m = pattern.match(path)
         if m:
-            out = native
             for index in m.groups():
-                out = out.replace("{i}", index, 1)
-            return out
+                native = native.replace("{i}", index, 1)
+                targets = tuple(t.replace("{i}", index, 1) for t in targets)
+            return native, targets
     return None
+
+
+def native_dotted(path: str) -> str | None:
+    """`double_blocks_0_img_attn_qkv` -> `double_blocks.0.img_attn.qkv` (see `native_entry`)."""
+    found = native_entry(path)
+    return None if found is None else found[0]

@@ -17,7 +17,7 @@ from loraprompt.adapters.keys import COMFY_PREFIXES
 from loraprompt.errors import ToolError
 from loraprompt.tools.io import save_tensors
 from loraprompt.tools.lora import PEFT_METADATA_KEY, XLABS_MODULES, LoraFactors
-from loraprompt.tools.naming import dotted_name, native_dotted
+from loraprompt.tools.naming import dotted_name, native_dotted, native_entry
 
 FORMATS = ("kohya", "peft", "comfyui", "bfl", "xlabs")
 _COMFY_PREFIX = {"unet": "diffusion_model.", "transformer": "diffusion_model.",
@@ -43,11 +43,38 @@ def kohya_tensors(modules: Iterable[LoraFactors]) -> dict[str, Tensor]:
     return out
 
 
+def diffusers_modules(m: LoraFactors) -> list[LoraFactors]:
+    """A natively named transformer module (BFL/SAI/Wan: `double_blocks_0_img_attn_qkv`) as the
+    diffusers modules it stacks by rows, exactly: each keeps `down` and alpha and takes its rows of
+    `up` (q, k, v each as high as the module is wide, Flux's MLP the rest); an adaLN projection has
+    its two halves swapped as diffusers stores them. Any other module is returned as it is."""
+    found = native_entry(m.path) if m.component in ("unet", "transformer") else None
+    if found is None:
+        return [m]
+    native, targets = found
+    rows, width = int(m.up.shape[0]), int(m.down.shape[1])
+    if len(targets) == 1:
+        name, up = targets[0].lstrip("~"), m.up
+        if targets[0].startswith("~") and m.down.dim() == 2 and rows == 2 * width:
+            up = torch.cat([up[rows // 2 :], up[: rows // 2]])
+        return [LoraFactors("transformer", name.replace(".", "_"), m.down, up, m.alpha, m.mid, name)]
+    heights = [width] * (len(targets) - 1) + [rows - width * (len(targets) - 1)]
+    if heights[-1] <= 0:
+        raise ToolError(f"{m.key}: up has {rows} rows, too few for {native}'s {len(targets)} stacked modules "
+                        f"({width} rows each)")
+    out, start = [], 0
+    for name, height in zip(targets, heights):
+        out.append(LoraFactors("transformer", name.replace(".", "_"), m.down, m.up[start : start + height], m.alpha, m.mid, name))
+        start += height
+    return out
+
+
 def peft_tensors(modules: Iterable[LoraFactors]) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """PEFT keys and the `lora_adapter_metadata` header entry (r, lora_alpha and their patterns)."""
+    """PEFT keys and the `lora_adapter_metadata` header entry (r, lora_alpha and their patterns);
+    natively named transformer modules are written as their diffusers modules (`diffusers_modules`)."""
     out: dict[str, Tensor] = {}
     per_component: dict[str, list[tuple[str, int, float]]] = {}
-    for m in modules:
+    for m in (part for module in modules for part in diffusers_modules(module)):
         if m.mid is not None:
             raise ToolError(f"{m.key}: CP/Tucker (lora_mid) modules have no PEFT form")
         dotted = m.dotted or dotted_name(m.component, m.path)

@@ -282,3 +282,22 @@ def test_extract_from_scaled_fp8_files_uses_their_scales(tmp_path: Path) -> None
         torch.testing.assert_close(got, tuned_w[name] - base_w[name], rtol=0, atol=1e-5)
     default = extract_lora(tuned, base, tmp_path / "d.safetensors", RankTarget(rank=4)).output
     assert {t.dtype for k, t in load_file(str(default)).items() if not k.endswith(".alpha")} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize(("family", "layout"), [("flux", "kohya"), ("flux", "comfyui"), ("flux", "bfl"), ("flux", "xlabs"),
+                                                ("sd3", "kohya"), ("sd3", "comfyui"), ("wan", "musubi")])
+def test_native_files_convert_to_peft_that_diffusers_loads(tmp_path: Path, family: str, layout: str) -> None:
+    """A fused native module becomes its diffusers modules (the same down, its rows of up; adaLN
+    halves swapped back): exact, and loadable by diffusers' load_lora_weights on tiny widths, where
+    its kohya converter is not (SAI-named SD3 files it does not read at all)."""
+    lora = dit.write_peft(family, tmp_path / "peft.safetensors")
+    native = dit.native_file(lora, tmp_path / f"{layout}.safetensors", layout)
+    peft = convert_lora(native, tmp_path / "converted.safetensors", "peft").output
+    keys = load_file(str(peft)).keys()
+    assert all(k.startswith("transformer.") for k in keys)
+    theirs = _diffusers_pipeline_fuse(family, peft, 0.9)
+    _close(_patched(family, peft, 0.9), theirs, atol=1e-6)
+    ref = _patched(family, native, 0.9)
+    _close(theirs, ref, atol=1e-6)
+    if layout != "xlabs":
+        _close(theirs, _diffusers_pipeline_fuse(family, lora.path, 0.9), atol=1e-6)  # = the original PEFT file's fuse

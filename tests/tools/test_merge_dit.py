@@ -62,13 +62,3 @@ def test_convert_a_dit_lora_peft_kohya_peft_keeps_every_tensor(tmp_path: Path, f
         model = dit.tiny_transformer(family)
         Patcher({"transformer": model}).sync([(read_adapter(path), 0.7, 0.7)])
         assert all(torch.allclose(v, ref[k], rtol=0, atol=1e-6) for k, v in model.state_dict().items())
-
-
-def test_converting_a_fused_native_flux_lora_to_peft_is_refused(tmp_path: Path) -> None:
-    from loraprompt.tools import convert_lora
-
-    lora = dit.write_peft("flux", tmp_path / "peft.safetensors")
-    path = dit.native_file(lora, tmp_path / "k.safetensors", "kohya")
-    with pytest.raises(ToolError, match=r"unet/double_blocks_0_img_attn_\w+: a natively named \(BFL/SAI/Wan\) transformer module"):
-        convert_lora(path, tmp_path / "out.safetensors", "peft")
-    assert not (tmp_path / "out.safetensors").exists()
