@@ -1,4 +1,4 @@
-"""The standalone web UI: a txt2img tab driven by `Txt2Img` and the LoRA gallery tab beside it."""
+"""The standalone web UI: txt2img and img2img tabs driven by `Txt2Img`, the LoRA gallery tab and the Train tab."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ from loraprompt.errors import LoraPromptError
 from loraprompt.models import LoadedModel
 from loraprompt.models.samplers import model_shift
 from loraprompt.ui.dit_prompt import has_distilled_guidance
+from loraprompt.ui.forms import Form, prompt_row, results, sampling
+from loraprompt.ui.gallery import PromptTarget
 from loraprompt.ui.hires import HIRES_UPSCALERS, HiresOptions
 from loraprompt.ui.img2img import RESIZE_MODES
 from loraprompt.ui.paste import PASTE_EXTRAS, hash_lookup, paste_extras, paste_values, png_infotext  # noqa: F401 (hash_lookup: re-export)
-from loraprompt.ui.txt2img import MAX_BATCH_COUNT, MAX_BATCH_SIZE, Txt2Img, Txt2ImgRequest
+from loraprompt.ui.txt2img import Txt2Img, Txt2ImgRequest
 from loraprompt.ui.xy_grid import COLUMN_KINDS, StrengthGrid, parse_values, render_strength_grid
 
 DEMO_NOTICE = (
@@ -60,19 +62,19 @@ def _strength(value: float | None) -> str:
     return "scheduled" if value is None else f"{value:g}"
 
 
-def _gallery(engine: Txt2Img, prompt: Any, negative: Any, thumb_dir: Path | None) -> Any:
-    """The LoRA gallery tab (loraprompt.ui.gallery); card clicks write into the txt2img prompt."""
+def _gallery(engine: Txt2Img, targets: list[Any], thumb_dir: Path | None) -> Any:
+    """The LoRA gallery tab (loraprompt.ui.gallery); card clicks write into the chosen tab's prompt."""
     import gradio as gr
 
-    from loraprompt.ui.gallery import PromptTarget, build_gallery_tab
+    from loraprompt.ui.gallery import build_gallery_tab
 
     with gr.Tab("LoRA gallery", elem_id="lp-gallery-tab"):
         # the family follows the loaded model, which the checkpoint dropdown can change
-        return build_gallery_tab(engine.library, [PromptTarget("txt2img", prompt, negative)],
-                                 loaded_family=lambda: engine.model.family, thumb_dir=thumb_dir)
+        return build_gallery_tab(engine.library, targets, loaded_family=lambda: engine.model.family, thumb_dir=thumb_dir)
 
 
 ModelLoader = Callable[[], LoadedModel]
+MODEL_FIELDS = ("sampler", "distilled-cfg", "shift", "cfg")  # what `model_fields` sets, in this order
 API_FIELDS = ("prompt", "negative", "sampler", "steps", "width", "height", "cfg", "seed", "clip-skip")
 
 
@@ -147,12 +149,9 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
     choices = dict(checkpoints or {})
     # gradio 6 takes the page's CSS at mount time, gradio 4 and 5 in Blocks
     styling: dict[str, Any] = {"css": CSS} if _gradio_major() < 6 else {}
-    fields: dict[str, Any] = {}
+    txt, i2i = Form(), Form("i2i-")
     initial = model_fields(engine)
-
-    def field(component: Any) -> Any:
-        fields[component.elem_id.removeprefix("lp-")] = component
-        return component
+    field = txt.add
 
     with gr.Blocks(title="loraprompt", analytics_enabled=False, **styling) as app:
         with gr.Row():
@@ -161,40 +160,12 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
                                      label="Checkpoint", elem_id="lp-checkpoint", visible=bool(choices),
                                      interactive=True)
         demo_notice = gr.Markdown(DEMO_NOTICE if model.is_demo else "", elem_id="lp-demo-notice", visible=model.is_demo)
-        with gr.Tabs():
-            with gr.Tab("txt2img", elem_id="lp-txt2img-tab"):
-                with gr.Row():
-                    with gr.Column(scale=4):
-                        prompt = field(gr.Textbox(label="Prompt", lines=3, elem_id="lp-prompt",
-                                                  placeholder="a photo of a cat <lora:name:0.8>"))
-                        negative = field(gr.Textbox(label="Negative prompt", lines=2, elem_id="lp-negative"))
-                    with gr.Column(scale=1, min_width=160):
-                        generate = gr.Button("Generate", variant="primary", elem_id="lp-generate")
-                        interrupt = gr.Button("Interrupt", elem_id="lp-interrupt")
+        with gr.Tabs() as tabs:
+            with gr.Tab("txt2img", id="txt2img", elem_id="lp-txt2img-tab"):
+                prompt_row(txt)
                 with gr.Row():
                     with gr.Column():
-                        sampler = field(gr.Dropdown(initial["sampler"]["choices"], value=initial["sampler"]["value"],
-                                                    label="Sampler", elem_id="lp-sampler"))
-                        steps = field(gr.Slider(1, 150, value=20, step=1, label="Steps", elem_id="lp-steps"))
-                        default = 256 if model.is_demo else (1024 if model.family in ("sdxl", "sd3", "flux") else 512)
-                        with gr.Row():
-                            width = field(gr.Slider(64, 2048, value=default, step=8, label="Width", elem_id="lp-width"))
-                            field(gr.Slider(1, MAX_BATCH_COUNT, value=1, step=1, label="Batch count",
-                                                          elem_id="lp-batch-count"))
-                        with gr.Row():
-                            height = field(gr.Slider(64, 2048, value=default, step=8, label="Height", elem_id="lp-height"))
-                            field(gr.Slider(1, MAX_BATCH_SIZE, value=1, step=1, label="Batch size",
-                                                         elem_id="lp-batch-size"))
-                        cfg = field(gr.Slider(1.0, 30.0, value=initial["cfg"]["value"], step=0.5, label="CFG scale",
-                                              elem_id="lp-cfg"))
-                        with gr.Row():
-                            distilled = field(gr.Slider(0.0, 30.0, value=3.5, step=0.1, label="Distilled CFG Scale",
-                                                        elem_id="lp-distilled-cfg", **initial["distilled-cfg"]))
-                            shift = field(gr.Slider(0.1, 10.0, step=0.1, label="Shift", elem_id="lp-shift",
-                                                    **initial["shift"]))
-                        seed = field(gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="lp-seed"))
-                        clip_skip = field(gr.Slider(1, 12, value=1, step=1, label="Clip skip (on SDXL: CLIP-L only)",
-                                                    elem_id="lp-clip-skip"))
+                        sampling(txt, model, initial)
                         with gr.Accordion("Hires. fix", open=False, elem_id="lp-hires-box"):
                             field(gr.Checkbox(False, label="Enable hires fix", elem_id="lp-hires"))
                             with gr.Row():
@@ -212,14 +183,6 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
                             field(gr.Textbox(label="Hires prompt (empty: the prompt; its LoRA tags replace the first"
                                                    " pass's, else hr=/hrte=/hrunet= apply)", lines=2, elem_id="lp-hr-prompt"))
                             field(gr.Textbox(label="Hires negative prompt", lines=1, elem_id="lp-hr-negative"))
-                        with gr.Accordion("img2img (an init image turns Generate into img2img)", open=False,
-                                          elem_id="lp-img2img-box"):
-                            field(gr.Image(label="Init image", type="pil", sources=["upload", "clipboard"],
-                                           elem_id="lp-init-image"))
-                            field(gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize mode",
-                                           elem_id="lp-resize-mode"))
-                            field(gr.Slider(0.01, 1.0, value=0.75, step=0.01, label="Denoising strength",
-                                            elem_id="lp-denoising"))
                         with gr.Accordion("X/Y strength grid", open=False, elem_id="lp-xy-box"):
                             lora_names = sorted({engine.library.display_name(e) for e in engine.library.entries})
                             field(gr.Dropdown(lora_names, label="LoRA (rows)", allow_custom_value=True,
@@ -240,38 +203,52 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
                                           file_types=[".png"], type="filepath", elem_id="lp-paste-png")
                             paste = gr.Button("Apply to the fields", elem_id="lp-paste")
                     with gr.Column():
-                        image = gr.Image(label="Result", type="filepath", format="png", interactive=False,
-                                         elem_id="lp-image")
-                        batch = gr.Gallery(label="Images of the batch", visible=False, columns=4, height="auto",
-                                           elem_id="lp-batch")
-                        infotext = gr.Textbox(label="Generation parameters (PNG infotext)", lines=4,
-                                              interactive=False, elem_id="lp-infotext")
-                        saved = gr.Textbox(label="Saved to", interactive=False, elem_id="lp-saved")
-                        diagnostics = gr.Markdown(elem_id="lp-diagnostics")
-            gallery = _gallery(engine, prompt, negative, thumb_dir)
+                        results(txt)
+                        send = gr.Button("Send to img2img", elem_id="lp-send-to-img2img")
+            with gr.Tab("img2img", id="img2img", elem_id="lp-img2img-tab"):
+                prompt_row(i2i)
+                with gr.Row():
+                    with gr.Column():
+                        i2i.add(gr.Image(label="Init image", type="pil", sources=["upload", "clipboard"],
+                                         elem_id="lp-i2i-init-image"))
+                        i2i.add(gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize mode",
+                                         elem_id="lp-i2i-resize-mode"))
+                        sampling(i2i, model, initial, after_cfg=lambda form: form.add(gr.Slider(
+                            0.01, 1.0, value=0.75, step=0.01, label="Denoising strength", elem_id="lp-i2i-denoising")))
+                    with gr.Column():
+                        results(i2i)
+            gallery = _gallery(engine, [PromptTarget("txt2img", txt.fields["prompt"], txt.fields["negative"]),
+                                        PromptTarget("img2img", i2i.fields["prompt"], i2i.fields["negative"])], thumb_dir)
             from loraprompt.ui.train_tab import add_train_tab
 
             add_train_tab(engine, thumb_dir.parent if thumb_dir else None)
+        def handler(form: Form, img2img: bool) -> tuple[list[Any], Any]:
+            """The inputs of a tab's Generate (the first web UI's nine first) and its handler."""
+            keys = [*API_FIELDS, *(k for k in form.fields if k not in API_FIELDS)]
 
-        # the first nine are the first web UI's (its /run API); the new fields follow
-        keys = [*API_FIELDS, *(k for k in fields if k not in API_FIELDS)]
-        inputs = [fields[k] for k in keys]
-        outputs = [image, batch, infotext, saved, diagnostics]
+            def run(*values: Any, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
+                named = dict(zip(keys, values))
+                if img2img and named.get("init-image") is None:
+                    raise gr.Error("img2img needs an init image: upload one, or use Send to img2img under a txt2img result")
+                progress(0, desc="Patching LoRAs")
+                try:
+                    request = build_request(named)
+                    result = engine.generate(request, on_step=lambda i, total: progress((i, total), desc="Sampling"))
+                except (LoraPromptError, ValueError) as exc:
+                    raise gr.Error(str(exc)) from exc
+                many = len(result.images) > 1
+                shown = result.grid_path if many and result.grid_path else result.path
+                paths = [str(g.path) for g in result.images]
+                return (str(shown), gr.update(value=paths if many else None, visible=many), result.infotext,
+                        "\n".join(([str(result.grid_path)] if many and result.grid_path else []) + paths),
+                        format_diagnostics(result.diagnostics, result.applied))
 
-        def run(*values: Any, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
-            named = dict(zip(keys, values))
-            progress(0, desc="Patching LoRAs")
-            try:
-                request = build_request(named)
-                result = engine.generate(request, on_step=lambda i, total: progress((i, total), desc="Sampling"))
-            except (LoraPromptError, ValueError) as exc:
-                raise gr.Error(str(exc)) from exc
-            many = len(result.images) > 1
-            shown = result.grid_path if many and result.grid_path else result.path
-            paths = [str(g.path) for g in result.images]
-            return (str(shown), gr.update(value=paths if many else None, visible=many), result.infotext,
-                    "\n".join(([str(result.grid_path)] if many and result.grid_path else []) + paths),
-                    format_diagnostics(result.diagnostics, result.applied))
+            return [form.fields[k] for k in keys], run
+
+        inputs, run = handler(txt, img2img=False)
+        outputs = txt.results
+        i2i_inputs, run_i2i = handler(i2i, img2img=True)
+        keys = [*API_FIELDS, *(k for k in txt.fields if k not in API_FIELDS)]
 
         def run_grid(*values: Any, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
             named = dict(zip(keys, values))
@@ -287,11 +264,24 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
             return (str(grid.path), gr.update(value=[str(c.path) for c in grid.cells], visible=True), grid.infotext,
                     str(grid.path), format_diagnostics(grid.diagnostics, applied))
 
+        def send_to_img2img(saved: str, infotext: str) -> tuple[Any, ...]:
+            """A1111's "Send to img2img": the first image of the txt2img result (the grid of an X/Y
+            grid) and the parameters it was made with (its infotext), then the img2img tab."""
+            found = [Path(line) for line in (saved or "").splitlines() if line.strip()]
+            images = [p for p in found if p.parent.parent.name.endswith("-images")] or found
+            outputs_dir = engine.outputs_dir.resolve()
+            if not images or not infotext or not images[0].resolve().is_relative_to(outputs_dir):
+                raise gr.Error("Generate an image first: Send to img2img sends the txt2img result")
+            return (str(images[0]), *paste_values(infotext, engine.library, labels()), gr.Tabs(selected="img2img"))
+
         current = [model.name]
+
+        def labels() -> list[str]:
+            return [s.label for s in engine.samplers]  # the loaded model's samplers
 
         def switch(name: str) -> tuple[Any, ...]:
             if name == current[0]:
-                return (gr.update(),) * 6
+                return (gr.update(),) * (2 + len(MODEL_FIELDS) * 2)
             previous, loader = current[0], choices.get(name)
             if loader is None or previous not in choices:
                 raise gr.Error(f"checkpoint {name!r} is not in the list; restart with --checkpoint-dir")
@@ -302,24 +292,27 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
             current[0] = name
             now = model_fields(engine)
             return (heading(loaded), gr.update(value=DEMO_NOTICE if loaded.is_demo else "", visible=loaded.is_demo),
-                    *(gr.update(**now[k]) for k in ("sampler", "distilled-cfg", "shift", "cfg")))
+                    *(gr.update(**now[k]) for _ in (txt, i2i) for k in MODEL_FIELDS))
 
-        generate.click(run, inputs, outputs, concurrency_limit=1, concurrency_id="generate", api_name="generate")
-        prompt.submit(run, inputs, outputs, concurrency_limit=1, concurrency_id="generate", api_name=False)
+        for form, handle, ins, outs, api in ((txt, run, inputs, outputs, "generate"),
+                                             (i2i, run_i2i, i2i_inputs, i2i.results, "img2img")):
+            form.parts["generate"].click(handle, ins, outs, concurrency_limit=1, concurrency_id="generate", api_name=api)
+            form.fields["prompt"].submit(handle, ins, outs, concurrency_limit=1, concurrency_id="generate", api_name=False)
+            form.parts["interrupt"].click(engine.interrupt, None, None, queue=False)
         # the first web UI's API, /run with its nine parameters, for scripts written against it
         legacy = gr.Button(visible=False, elem_id="lp-run-api")
         legacy.click(run, inputs[:len(API_FIELDS)], outputs, concurrency_limit=1, concurrency_id="generate",
                      api_name="run")
         xy_generate.click(run_grid, inputs, outputs, concurrency_limit=1, concurrency_id="generate",
                           api_name="xy_grid")
-        checkpoint.change(switch, [checkpoint], [title, demo_notice, sampler, distilled, shift, cfg], concurrency_limit=1,
-                          concurrency_id="generate")
-        interrupt.click(engine.interrupt, None, None, queue=False)
+        send.click(send_to_img2img, [txt.parts["saved"], txt.parts["infotext"]],
+                   [i2i.fields["init-image"], *(i2i.fields[k] for k in API_FIELDS), tabs], api_visibility="private")
+        checkpoint.change(switch, [checkpoint], [title, demo_notice, *(f.fields[k] for f in (txt, i2i) for k in MODEL_FIELDS)],
+                          concurrency_limit=1, concurrency_id="generate")
         png.upload(png_infotext, [png], [pasted])
-        paste.click(lambda t: (*paste_values(t, engine.library, [s.label for s in engine.samplers]), *paste_extras(t)),
-                    [pasted],
-                    [prompt, negative, sampler, steps, width, height, cfg, seed, clip_skip,
-                     *(fields[key] for key in PASTE_EXTRAS)])
+        # txt2img's paste: its own fields, and img2img's denoising strength (where A1111 keeps it)
+        paste.click(lambda t: (*paste_values(t, engine.library, labels()), *paste_extras(t)), [pasted],
+                    [*(txt.fields[k] for k in API_FIELDS), *(txt.fields[k] if k in txt.fields else i2i.fields[k] for k in PASTE_EXTRAS)])
     return app, gallery
 
 

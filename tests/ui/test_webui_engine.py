@@ -161,6 +161,12 @@ def test_app_builds_with_demo_notice_and_gallery(engine: Txt2Img) -> None:
     ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
     assert {"lp-prompt", "lp-generate", "lp-image", "lp-infotext", "lp-demo-notice", "lp-gallery"} <= ids
     assert gallery.service is not None
+    # img2img is a tab of its own with the same form (its elem_ids prefixed), not part of txt2img's
+    assert {"lp-img2img-tab", "lp-i2i-prompt", "lp-i2i-generate", "lp-i2i-init-image", "lp-i2i-resize-mode",
+            "lp-i2i-denoising", "lp-i2i-sampler", "lp-i2i-seed", "lp-i2i-image", "lp-send-to-img2img"} <= ids
+    assert not {"lp-init-image", "lp-img2img-box"} & ids
+    endpoints = {d.get("api_name") for d in config["dependencies"]}
+    assert {"generate", "img2img", "run", "xy_grid"} <= endpoints
 
 
 def test_cli_refuses_missing_lora_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,5 +1,6 @@
 """The web UI's generation features driven by Chromium: batches with their grid and gallery, hires
-fix, img2img from an uploaded image, the X/Y strength grid, and the checkpoint dropdown. The
+fix, the img2img tab (an uploaded image, Send to img2img, gallery cards into its prompt), the X/Y
+strength grid, and the checkpoint dropdown. The
 server runs the built-in demo with `--checkpoint-dir` holding a second (diffusers) model.
 Screenshots go to artifacts/screenshots/."""
 
@@ -44,22 +45,22 @@ def _number(page: Any, elem_id: str, value: float) -> None:
     page.locator(f"#{elem_id} input[type=number]").fill(str(value))
 
 
-def _small(page: Any, prompt: str, steps: int = 2) -> None:
-    _text(page, "lp-prompt", prompt)
-    _number(page, "lp-steps", steps)
-    _number(page, "lp-width", 64)
-    _number(page, "lp-height", 64)
-    page.locator("#lp-seed input").fill("21")
+def _small(page: Any, prompt: str, steps: int = 2, prefix: str = "") -> None:
+    _text(page, f"lp-{prefix}prompt", prompt)
+    _number(page, f"lp-{prefix}steps", steps)
+    _number(page, f"lp-{prefix}width", 64)
+    _number(page, f"lp-{prefix}height", 64)
+    page.locator(f"#lp-{prefix}seed input").fill("21")
 
 
-def _wait_for_infotext(page: Any, needle: str) -> dict[str, str]:
-    page.wait_for_function(f"() => document.querySelector('#lp-infotext textarea').value.includes({needle!r})",
+def _wait_for_infotext(page: Any, needle: str, box: str = "lp-infotext") -> dict[str, str]:
+    page.wait_for_function(f"() => document.querySelector('#{box} textarea').value.includes({needle!r})",
                            timeout=180_000)
-    return parse_infotext(page.locator("#lp-infotext textarea").input_value())
+    return parse_infotext(page.locator(f"#{box} textarea").input_value())
 
 
-def _saved(page: Any) -> list[Path]:
-    return [Path(line) for line in page.locator("#lp-saved textarea").input_value().splitlines()]
+def _saved(page: Any, box: str = "lp-saved") -> list[Path]:
+    return [Path(line) for line in page.locator(f"#{box} textarea").input_value().splitlines()]
 
 
 def test_batch_count_and_size_show_a_grid_and_every_image(page: Any) -> None:
@@ -109,23 +110,59 @@ def test_hires_fix_upscales_with_its_own_prompt(page: Any) -> None:
     assert page.locator("#lp-hr-prompt textarea").input_value() == "a detailed castle"
 
 
-def test_img2img_from_an_uploaded_image(page: Any, tmp_path: Path) -> None:
+def test_img2img_tab_from_an_uploaded_image(page: Any, tmp_path: Path) -> None:
     init = tmp_path / "init.png"
     Image.new("RGB", (80, 60), (200, 40, 40)).save(init)
-    _small(page, "a red square, img2img")
-    page.get_by_text("img2img (an init image").click()
-    page.locator("#lp-init-image input[type=file]").set_input_files(str(init))
-    page.locator("#lp-init-image img").wait_for(timeout=30_000)
+    page.get_by_role("tab", name="img2img").click()
+    page.locator("#lp-i2i-generate").click()  # no init image yet: the error says what is missing
+    page.get_by_text("img2img needs an init image").first.wait_for(timeout=30_000)
+    _small(page, "a red square, img2img", prefix="i2i-")
+    page.locator("#lp-i2i-init-image input[type=file]").set_input_files(str(init))
+    page.locator("#lp-i2i-init-image img").wait_for(timeout=30_000)
     page.get_by_label("Crop and resize").check()
-    _number(page, "lp-denoising", 0.4)
-    page.locator("#lp-generate").click()
-    fields = _wait_for_infotext(page, "img2img")
-    assert fields["Denoising strength"] == "0.4"
-    saved = _saved(page)[0]
+    _number(page, "lp-i2i-denoising", 0.4)
+    page.locator("#lp-i2i-generate").click()
+    fields = _wait_for_infotext(page, "img2img", "lp-i2i-infotext")
+    assert fields["Denoising strength"] == "0.4" and fields["Seed"] == "21"
+    saved = _saved(page, "lp-i2i-saved")[0]
     assert saved.parent.parent.name == "img2img-images"
     with Image.open(saved) as png:
         assert png.size == (64, 64)
+    assert page.locator("#lp-infotext textarea").input_value() == ""  # txt2img's result is its own
     page.screenshot(path=str(SCREENSHOTS / "webui_img2img.png"))
+
+
+def test_send_to_img2img_brings_the_image_and_its_parameters(page: Any) -> None:
+    page.locator("#lp-send-to-img2img").click()  # nothing made yet on this page
+    page.get_by_text("Generate an image first").first.wait_for(timeout=30_000)
+    _small(page, "a blue boat <lora:demo_warm:0.6>")
+    page.locator("#lp-seed input").fill("-1")  # the seed sent is the one drawn
+    page.locator("#lp-generate").click()
+    made = _wait_for_infotext(page, "a blue boat")
+    page.locator("#lp-send-to-img2img").click()
+    page.locator("#lp-i2i-init-image img").wait_for(timeout=30_000)
+    assert page.locator("#lp-img2img-tab").is_visible() and not page.locator("#lp-txt2img-tab").is_visible()
+    assert page.locator("#lp-i2i-prompt textarea").input_value() == "a blue boat <lora:demo_warm:0.6>"
+    assert page.locator("#lp-i2i-seed input").input_value() == made["Seed"]
+    assert page.locator("#lp-i2i-steps input[type=number]").input_value() == "2"
+    assert page.locator("#lp-i2i-width input[type=number]").input_value() == "64"
+    _number(page, "lp-i2i-denoising", 0.5)
+    page.locator("#lp-i2i-generate").click()
+    fields = _wait_for_infotext(page, "Denoising strength", "lp-i2i-infotext")
+    assert fields["Prompt"] == "a blue boat <lora:demo_warm:0.6>" and fields["Seed"] == made["Seed"]
+    assert "demo_warm" in fields["Lora hashes"] and fields["Size-1"] == "64"
+    with Image.open(_saved(page, "lp-i2i-saved")[0]) as png:
+        assert png.size == (64, 64)
+    # a gallery card writes into the prompt of the tab chosen in its target list
+    page.get_by_role("tab", name="LoRA gallery").click()
+    page.locator(".lp-card", has_text="demo_sketch").first.wait_for(timeout=30_000)
+    page.locator("select.lp-target").select_option(label="img2img")
+    page.locator(".lp-card", has_text="demo_sketch").first.click()
+    page.wait_for_function("() => document.querySelector('#lp-i2i-prompt textarea').value.includes('<lora:demo_sketch')",
+                           timeout=10_000)
+    assert "demo_sketch" not in page.locator("#lp-prompt textarea").input_value()
+    page.get_by_role("tab", name="img2img").click()
+    page.screenshot(path=str(SCREENSHOTS / "webui_send_to_img2img.png"))
 
 
 def test_xy_strength_grid_is_one_labelled_image(page: Any) -> None:
