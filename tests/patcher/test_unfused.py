@@ -133,3 +133,51 @@ def test_steps_with_the_same_entries_only_set_strengths_and_agree_with_a_full_sy
         assert step == 0 or report.written == 0
         assert torch.equal(unet_out(model), outs[step]), step
     other.restore()
+
+
+def test_the_low_rank_path_leaves_the_module_as_it_found_it() -> None:
+    """The unfused path replaces a module's forward (hooks would put every call on nn.Module's slow
+    path): removing it restores the class forward, or the instance forward that was there before
+    (accelerate's offload wrappers set one); a wrapper set on top of ours survives, ours inert."""
+    from torch import nn
+
+    from loraprompt.unfused import _Hook
+
+    def factors(linear: nn.Linear) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(torch.ones(linear.out_features, 2), torch.ones(2, linear.in_features))]
+
+    x = torch.randn(3, 4)
+    plain = nn.Linear(4, 5)
+    expected = plain(x)
+    hook = _Hook(plain, ("a",), factors(plain))  # type: ignore[arg-type]
+    hook.strengths = [0.5]
+    assert not torch.equal(plain(x), expected) and not plain._forward_hooks
+    torch.testing.assert_close(plain(x), expected + 0.5 * x.sum(1, keepdim=True) * 2)
+    hook.remove()
+    assert "forward" not in plain.__dict__ and torch.equal(plain(x), expected)
+
+    wrapped = nn.Linear(4, 5)
+    calls: list[int] = []
+    original = wrapped.forward
+
+    def offload(*args, **kwargs):  # an instance forward set by someone else first
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    wrapped.forward = offload
+    hook = _Hook(wrapped, ("a",), factors(wrapped))  # type: ignore[arg-type]
+    hook.strengths = [1.0]
+    wrapped(x)
+    hook.remove()
+    assert wrapped.forward is offload and len(calls) == 1
+
+    hook = _Hook(wrapped, ("a",), factors(wrapped))  # type: ignore[arg-type]
+    hook.strengths = [1.0]
+    ours = wrapped.forward
+
+    def on_top(*args, **kwargs):  # wrapped again on top of ours
+        return ours(*args, **kwargs)
+
+    wrapped.forward = on_top
+    hook.remove()
+    assert torch.equal(wrapped(x), nn.functional.linear(x, wrapped.weight, wrapped.bias))  # ours inert
