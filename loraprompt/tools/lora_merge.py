@@ -12,7 +12,7 @@ from loraprompt.errors import ToolError
 from loraprompt.tools.io import Progress, check_output, describe_inputs, parse_dtype, recipe_metadata
 from loraprompt.tools.lora import LoraFactors, LoraSet, read_lora
 from loraprompt.tools.svd import RankTarget, factorise, factorise_product
-from loraprompt.tools.writer import write_lora
+from loraprompt.tools.writer import diffusers_modules, write_lora
 
 
 @dataclass(frozen=True)
@@ -65,10 +65,14 @@ def merge_loras(sources: Sequence[str | Path], weights: Sequence[float], output:
     out = check_output(output, sources, force)
     loras: list[LoraSet] = [read_lora(s) for s in sources]
     out_dtype = parse_dtype(dtype) or loras[0].dtype
+    # a transformer adapted under both namings (a PEFT file's to_q, a kohya file's fused qkv): the
+    # native modules become their diffusers modules (exact), so each weight is one merged module
+    named = {m.component == "transformer" for lora in loras for m in lora.modules.values()}
     grouped: dict[str, list[tuple[LoraFactors, float]]] = {}
     for lora, weight in zip(loras, weights):
-        for key, module in lora.modules.items():
-            grouped.setdefault(key, []).append((module, float(weight)))
+        for module in lora.modules.values():
+            for part in diffusers_modules(module) if named == {True, False} else [module]:
+                grouped.setdefault(part.key, []).append((part, float(weight)))
     merged, min_kept = [], 1.0
     bar = Progress(len(grouped), "merge", progress)
     for key, parts in grouped.items():

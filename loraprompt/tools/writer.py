@@ -78,6 +78,8 @@ def peft_tensors(modules: Iterable[LoraFactors]) -> tuple[dict[str, Tensor], dic
         if m.mid is not None:
             raise ToolError(f"{m.key}: CP/Tucker (lora_mid) modules have no PEFT form")
         dotted = m.dotted or dotted_name(m.component, m.path)
+        if f"{m.component}.{dotted}.lora_A.weight" in out:
+            raise ToolError(f"{m.key}: two modules of the input are {m.component}.{dotted} in PEFT names")
         out[f"{m.component}.{dotted}.lora_A.weight"] = m.down
         out[f"{m.component}.{dotted}.lora_B.weight"] = m.up
         alpha = float(m.rank if m.alpha is None else m.alpha)

@@ -301,3 +301,17 @@ def test_native_files_convert_to_peft_that_diffusers_loads(tmp_path: Path, famil
     _close(theirs, ref, atol=1e-6)
     if layout != "xlabs":
         _close(theirs, _diffusers_pipeline_fuse(family, lora.path, 0.9), atol=1e-6)  # = the original PEFT file's fuse
+
+
+@pytest.mark.parametrize("fmt", ["peft", "kohya"])
+def test_merging_a_peft_and_a_native_flux_lora_sums_them_exactly(tmp_path: Path, fmt: str) -> None:
+    from loraprompt.tools.lora_merge import merge_loras
+
+    first = dit.write_peft("flux", tmp_path / "a.safetensors")
+    second = dit.native_file(dit.write_peft("flux", tmp_path / "b.safetensors", seed=5), tmp_path / "b_kohya.safetensors", "kohya")
+    merged = merge_loras([first.path, second], [0.6, 0.9], tmp_path / "ab.safetensors", fmt=fmt).output
+    model = dit.tiny_transformer("flux")
+    Patcher({"transformer": model}).sync([(read_adapter(first.path), 0.6, 0.6), (read_adapter(second), 0.9, 0.9)])
+    _close(_patched("flux", merged), model.state_dict())
+    if fmt == "peft":
+        _close(_diffusers_pipeline_fuse("flux", merged), model.state_dict())
