@@ -23,18 +23,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from loraprompt.backups import BACKUPS, Backups, MiB, OutOfMemoryError, _versions
+from loraprompt.backups import BACKUPS, Backups, MiB, OutOfMemoryError
 from loraprompt.cache import DeltaCache, lowrank_factors
-from loraprompt.combine import Part, combine_into, weight_parts
 from loraprompt.errors import PatchError
 from loraprompt.keymaps import keymap_for_module
 from loraprompt.keymaps.check import model_family
 from loraprompt.plan import Key, Plan, PlanEntry, SyncReport, as_entry, build_plan, resolve_adapter
-from loraprompt.quantized import Unfused, fp8_scale, weight_path
+from loraprompt.quantized import Unfused, weight_path
 from loraprompt.unfused import LowRankHooks, unfusable
+from loraprompt.writes import Writes
 
 SCHEDULES = ("fused", "unfused")
-_BUFFER = torch.Size([-1])  # the scratch buffer's own entry among its views
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -43,7 +42,7 @@ if TYPE_CHECKING:
     from loraprompt.plan import Resolution
 
 
-class Patcher(Backups):
+class Patcher(Backups, Writes):
     """Applies adapters to `components` ("unet", "text_encoder", "text_encoder_2" -> nn.Module).
 
     `family` is "sd1", "sd2" or "sdxl" (detected from the modules when None; "" disables the
@@ -375,128 +374,3 @@ class Patcher(Backups):
             bias = getattr(module, "bias" if param == "weight" else param.replace("weight", "bias"), None)
             found = self._params[key] = (weight, bias if isinstance(bias, torch.Tensor) else None)
         return found
-
-    def _parts(self, key: Key, contributions: tuple[Any, ...]) -> tuple[list[Part], list[Part], bool]:
-        """Validated float32 (weight parts, bias parts) of one key on the weight's device, and
-        whether every full delta among them is held by the cache (else the caller may drop them and
-        compute them again)."""
-        weight, _ = self._param(key)
-        base_w, base_b = self._base(key)
-        backup = self._backups.get(key)
-        # factors live where the weight's backup lives: with backups in host memory the card holds neither
-        pinned = weight.is_cuda and (backup[0].device.type == "cpu" if backup is not None else self.backups == "host")
-        return weight_parts(contributions, base_w, base_b, ".".join(key), self._deltas, device=weight.device,
-                            pinned=pinned)
-
-    def _scale(self, key: Key) -> Tensor | None:
-        """The dequantisation scale of a scaled fp8 weight (`quantized.fp8_scale`), else None."""
-        weight, _ = self._param(key)
-        return fp8_scale(self._module_of(key), key[2], weight) if weight.element_size() == 1 else None
-
-    def _base(self, key: Key) -> tuple[Tensor, Tensor | None]:
-        """The base values the deltas of `key` are added to: its float copy (`float_base`) when
-        there is one, else its backup, else the weight itself (not patched yet); a scaled fp8
-        one dequantised (fp8 · scale, in float32)."""
-        weight, bias = self._param(key)
-        backup = self._backups.get(key)
-        base_w = backup[0] if backup is not None else weight
-        base_b = backup[1] if backup is not None and backup[1] is not None else bias
-        scale = self._scale(key)
-        if scale is not None:
-            return base_w.to(weight.device).float() * scale.to(weight.device), base_b
-        if self.float_base is not None and weight.element_size() == 1:
-            module = self._module_of(key)
-            param = key[2]
-            found_w = self.float_base(module, param)
-            found_b = self.float_base(module, "bias" if param == "weight" else param.replace("weight", "bias"))
-            if found_w is not None and found_w.shape == weight.shape:
-                base_w = found_w
-            if found_b is not None and bias is not None and found_b.shape == bias.shape:
-                base_b = found_b
-        return base_w, base_b
-
-    def _checked(self, key: Key, contributions: tuple[Any, ...]) -> tuple[list[Part], list[Part]] | None:
-        """The parts of one key, validated; None when they are too big to hold until the write."""
-        try:
-            w_parts, b_parts, kept = self._parts(key, contributions)
-        except PatchError as exc:
-            if getattr(exc, "module", None) is None and contributions:  # a bad target: blame its first adapter
-                exc.module = contributions[0][0]  # type: ignore[attr-defined]
-            raise
-        return (w_parts, b_parts) if kept else None
-
-    def _write_all(
-        self, changed: list[Key], plan: Plan, parts: dict[Key, tuple[list[Part], list[Part]] | None]
-    ) -> None:
-        before = dict(self._applied)
-        written: list[Key] = []
-        try:
-            for key in changed:
-                written.append(key)
-                new = plan.get(key)
-                self._write(key, (parts.get(key) or self._parts(key, new)[:2]) if new else None)
-                if key in plan:
-                    self._applied[key] = plan[key]
-                else:
-                    self._applied.pop(key, None)
-        except BaseException:
-            self._rollback(written, before)
-            raise
-        if not self.keep_backups:
-            for key in changed:
-                if key not in plan:
-                    del self._backups[key]
-                    self._bytes_stale = True
-                    del self._versions[key]
-                    for module, rows, _ in before.get(key, ()):  # unwatched now: a later base may differ
-                        self._deltas.discard((module, rows))
-
-    def _write(self, key: Key, parts: tuple[list[Part], list[Part]] | None) -> None:
-        """Write base + parts into one weight (and its bias); base alone when parts is None."""
-        weight, bias = self._param(key)
-        backup = self._backups.get(key)
-        if backup is None:
-            backup = self._backups[key] = (self._backup_of(weight), None)
-            self._bytes_stale = True
-        if parts is not None and parts[1] and backup[1] is None and bias is not None:
-            backup = self._backups[key] = (backup[0], self._backup_of(bias))
-            self._bytes_stale = True
-        w_parts, b_parts = parts if parts is not None else ([], [])
-        scale = self._scale(key) if w_parts else None
-        base_w, base_b = self._base(key) if (self.float_base is not None or scale is not None) and parts is not None else backup
-        combine_into(weight, base_w if w_parts else backup[0], w_parts, self._float_scratch, scale)
-        if backup[1] is not None and bias is not None:
-            combine_into(bias, base_b if b_parts and base_b is not None else backup[1], b_parts, self._float_scratch)
-        self._versions[key] = _versions(weight, bias)
-        self._where[key] = weight.device
-
-    def _float_scratch(self, like: Tensor) -> Tensor:
-        """A reused float32 buffer shaped like `like` (fresh allocations fault in every page); its
-        views are kept per shape, as making one costs as much as a small kernel launch."""
-        views = self._scratch.get(like.device)
-        if views is None or views[_BUFFER].numel() < like.numel():
-            views = self._scratch[like.device] = {
-                _BUFFER: torch.empty(like.numel(), dtype=torch.float32, device=like.device)}
-        view = views.get(like.shape)
-        if view is None:
-            view = views[like.shape] = views[_BUFFER][: like.numel()].view(like.shape)
-        return view
-
-    def _rollback(self, keys: list[Key], before: Plan) -> None:
-        """Put `keys` back to their state in `before`; to base everywhere if that fails too."""
-        try:
-            for key in keys:
-                old = before.get(key)
-                self._write(key, self._parts(key, old)[:2] if old else None)
-                if old:
-                    self._applied[key] = old
-                else:
-                    self._applied.pop(key, None)
-        except BaseException:
-            for key in list(self._backups):
-                self._write(key, None)
-            self._bytes_stale = True
-            self._backups.clear()
-            self._versions.clear()
-            self._applied.clear()
-            raise
