@@ -157,17 +157,26 @@ class Entry:
 
     def trigger_words(self) -> list[tuple[str, str]]:
         """(word, source) pairs: the user's activation text first, then Civitai's trained words,
-        Lora-Manager's, the header's trigger phrase and training tags by count."""
+        Lora-Manager's, the header's trigger phrase and training tags by count (computed once)."""
+        memo = self._memo
+        if memo is None or "trigger_words" not in memo:
+            memo = self._memo if self._remember("trigger_words", tuple(self._trigger_words())) is not None else None
+        assert memo is not None
+        return list(memo["trigger_words"])
+
+    def _trigger_words(self) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
         seen: set[str] = set()
 
         def add(words: Any, source: str) -> None:
             for w in words or ():
-                if isinstance(w, str) and w.strip() and w.strip() not in seen:
-                    seen.add(w.strip())
-                    out.append((w.strip(), source))
+                if isinstance(w, str):
+                    w = w.strip()
+                    if w and w not in seen:
+                        seen.add(w)
+                        out.append((w, source))
 
-        add([p for p in self.activation_text.split(",")], "user")
+        add(self.activation_text.split(","), "user")
         add(self.imports.get("civitai", {}).get("trained_words"), "civitai")
         add(self.imports.get("lora_manager", {}).get("trained_words"), "lora_manager")
         add(self.summary.trigger_words, "header")
@@ -192,7 +201,9 @@ class Entry:
     def _search_words(self) -> str:
         parts = [self.relpath, self.name, self.alias, self.description, str(self.user.get("notes") or "")]
         parts += [str(self.user.get("description") or ""), self.activation_text]
-        parts += [w for w, _ in self.trigger_words()] + [t for t, _ in self.summary.tags]
+        words = [w for w, _ in self.trigger_words()]
+        shown = set(words)
+        parts += words + [t for t, _ in self.summary.tags if t not in shown]  # trigger words are mostly the top tags
         parts += self.imports.get("lora_manager", {}).get("tags", [])
         parts += [str(self.imports.get("lora_manager", {}).get("notes") or "")]
         return "\n".join(parts)

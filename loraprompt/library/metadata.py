@@ -120,11 +120,11 @@ class MetadataSummary:
 
 def _triggers(phrases: Sequence[str], tags: Sequence[str]) -> tuple[str, ...]:
     """Trigger words: the trigger phrase's parts, then tags by count, each once, capped."""
-    out: list[str] = []
+    out: dict[str, None] = {}  # ordered, with O(1) membership
     for phrase in [*phrases, *tags]:
         phrase = cap(phrase, 200)
         if phrase not in out:
-            out.append(phrase)
+            out[phrase] = None
             if len(out) == MAX_TRIGGERS:
                 break
     return tuple(out)
