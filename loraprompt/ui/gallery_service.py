@@ -3,12 +3,12 @@ prompt insertion and metadata saving over one `Library`. Routes (`routes.py`) ca
 
 from __future__ import annotations
 
+import heapq
 import os
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlencode
@@ -20,6 +20,7 @@ from loraprompt.library.cards import FAMILY_LABELS, json_for_script
 from loraprompt.library.details import file_details
 from loraprompt.library.paths import content_type
 from loraprompt.library.resolve import TagChoice, tag_breakers, writable_name
+from loraprompt.library.scanner import natural_key
 from loraprompt.library.sidecars import SD_VERSIONS
 from loraprompt.syntax import LoraActivation
 from loraprompt.ui import cards
@@ -27,6 +28,11 @@ from loraprompt.ui.gallery_insert import check_strength, toggle_tag
 from loraprompt.ui.gallery_thumbs import ThumbCache
 
 EDITABLE = frozenset(cards.USER_KEYS)
+# the page's sorts a first page can be chosen by (others take the library's order): the page
+# sorts by name with a numeric, case-insensitive collator, which natural_key follows
+FIRST_SORTS: dict[str, Callable[[Entry], Any]] = {
+    "name": lambda e: natural_key(e.name), "date": lambda e: e.mtime_ns, "size": lambda e: e.size,
+}
 
 
 BACKGROUND_PAUSE = 1.0  # the background hashing rests this many times as long as it read each file
@@ -46,18 +52,53 @@ class BadRequest(ValueError):
     """The request's values are wrong; the message says which."""
 
 
-@dataclass(frozen=True)
 class _Snapshot:
-    version: int  # the library's version it was built from
-    entries: tuple[Entry, ...]
-    by_id: Mapping[str, Entry]
-    ids: Mapping[str, str]  # entry path -> card id
-    records: tuple[dict[str, Any], ...]
-    generation: int
-    records_json: str  # `records` as escaped JSON, serialised once per snapshot
-    stems: Counter[str]  # how many files share each stem
-    builtin: bool  # names chosen for A1111's built-in handler
-    choices: Mapping[str, TagChoice]  # entry path -> what its card inserts
+    """The cards of one library version. Records are made on demand (the first page of a big
+    library is served before the other 100,000 records exist) and kept; the full list's JSON is
+    serialised once."""
+
+    def __init__(self, service: GalleryService, version: int, entries: tuple[Entry, ...], generation: int, builtin: bool) -> None:
+        self.service = service
+        self.version = version  # the library's version it was built from
+        self.entries = entries
+        self.generation = generation
+        self.builtin = builtin  # names chosen for A1111's built-in handler
+        self.by_id: Mapping[str, Entry] = cards.card_ids(entries, [str(r) for r in service.library.roots])
+        self.ids: Mapping[str, str] = {e.path: card_id for card_id, e in self.by_id.items()}  # entry path -> card id
+        self.stems: Counter[str] = Counter(e.name for e in entries)  # how many files share each stem
+        self._choices: dict[str, TagChoice] = {}
+        self._records: dict[str, dict[str, Any]] = {}
+        self._json: str | None = None
+        self._lock = threading.Lock()
+
+    def choice(self, entry: Entry) -> TagChoice:
+        """What the card of `entry` inserts."""
+        found = self._choices.get(entry.path)
+        if found is None:
+            found = self._choices[entry.path] = tag_choice(self.service.library, entry, self.stems, self.builtin)
+        return found
+
+    def record(self, entry: Entry) -> dict[str, Any]:
+        """The card record of `entry`."""
+        found = self._records.get(entry.path)
+        if found is None:
+            card_id = self.ids[entry.path]
+            choice = self.choice(entry)
+            found = cards.card_record(entry, card_id, self.service._thumb_url(card_id, entry), choice.name, choice.note)
+            self._records[entry.path] = found
+        return found
+
+    @property
+    def records(self) -> tuple[dict[str, Any], ...]:
+        """Every card record, in the library's order."""
+        return tuple(self.record(e) for e in self.entries)
+
+    def records_json(self) -> str:
+        """`records` as escaped JSON, serialised once per snapshot."""
+        with self._lock:
+            if self._json is None:
+                self._json = json_for_script(self.records)
+            return self._json
 
 
 def tag_choice(library: Library, entry: Entry, stems: Counter[str], builtin: bool) -> TagChoice:
@@ -112,17 +153,8 @@ class GalleryService:
             version = self.library.version
             if old is not None and (old.version, old.builtin) == (version, builtin):
                 return old
-            entries = tuple(self.library.entries)
             self._generation += 1
-            by_id = cards.card_ids(entries, [str(r) for r in self.library.roots])
-            ids = {e.path: card_id for card_id, e in by_id.items()}
-            stems = Counter(e.name for e in entries)
-            builtin = bool(self.builtin_names())
-            choices = {e.path: tag_choice(self.library, e, stems, builtin) for e in entries}
-            records = tuple(cards.card_record(e, ids[e.path], self._thumb_url(ids[e.path], e), choices[e.path].name,
-                                              choices[e.path].note) for e in entries)
-            self._snapshot = _Snapshot(version, entries, by_id, ids, records, self._generation, json_for_script(records), stems,
-                                       builtin, choices)
+            self._snapshot = _Snapshot(self, version, tuple(self.library.entries), self._generation, builtin)
             return self._snapshot
 
     def _thumb_url(self, card_id: str, entry: Entry) -> str | None:
@@ -158,7 +190,22 @@ class GalleryService:
     def cards_json(self) -> str:
         """`cards_document()` as escaped JSON text, reusing the snapshot's serialised cards."""
         snap = self.snapshot()
-        return json_for_script(self._document_head(snap))[:-1] + ',"cards":' + snap.records_json + "}"
+        return json_for_script(self._document_head(snap))[:-1] + ',"cards":' + snap.records_json() + "}"
+
+    def first_cards(self, limit: int, sort: str = "name", descending: bool = False) -> tuple[dict[str, Any], list[Entry]]:
+        """The first `limit` cards in the page's sort order (`FIRST_SORTS`; others: the library's
+        order) as a cards document marked `partial` with the `total`, and their entries: what a
+        page shows while the whole list (`cards_json`) is made, which takes seconds at 100,000."""
+        snap = self.snapshot()
+        key = FIRST_SORTS.get(sort)
+        if key is None:
+            first = list(snap.entries[:limit])
+        else:
+            pick = heapq.nlargest if descending else heapq.nsmallest
+            first = pick(limit, snap.entries, key=key)
+        doc = {**self._document_head(snap), "cards": [snap.record(e) for e in first], "partial": len(first) < len(snap.entries),
+               "total": len(snap.entries)}
+        return doc, first
 
     def state(self) -> dict[str, Any]:
         """What the page polls to notice a model switch, a changed folder, new usage or new
@@ -301,7 +348,7 @@ class GalleryService:
             unet = check_strength("UNet", body.get("unet"))
         except ValueError as exc:
             raise BadRequest(f"{entry.name}: {exc}") from exc
-        choice = self.snapshot().choices[entry.path]
+        choice = self.snapshot().choice(entry)
         short = None
         if choice.by_hash:
             short = self.library.hashes(entry).get("a1111_short")
@@ -334,5 +381,5 @@ class GalleryService:
             raise BadRequest(str(exc)) from exc
         snap = self.snapshot()
         card_id = snap.ids[updated.path]
-        record = next(r for r in snap.records if r["id"] == card_id)
+        record = snap.record(snap.by_id[card_id])
         return {"card": record, "file": PurePosixPath(updated.relpath).with_suffix(".json").as_posix()}

@@ -29,6 +29,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 SCRIPTS = ("gallery-base.js", "gallery-grid.js", "gallery-dialogs.js", "gallery-duplicates.js", "gallery.js")
 STATIC_FILES = {**{name: "text/javascript; charset=utf-8" for name in SCRIPTS}, "gallery.css": "text/css; charset=utf-8"}
 MAX_BODY = 1024 * 1024
+MAX_FIRST = 2000  # cards a first page may ask for
 SAFE_HEADERS = {"X-Content-Type-Options": "nosniff", "Cross-Origin-Resource-Policy": "same-origin"}
 
 
@@ -83,7 +84,12 @@ def gallery_router(service: GalleryService, prefix: str = DEFAULT_PREFIX) -> API
                             headers={**SAFE_HEADERS, "Cache-Control": "no-cache"})
 
     @router.get("/cards")
-    def cards_route() -> Response:
+    def cards_route(limit: int = 0, sort: str = "name", desc: bool = False) -> Response:
+        # limit: the first cards only (in the page's sort), marked "partial": a big library's
+        # page shows them while the whole list is made and sent
+        if limit > 0:
+            doc, first = service.first_cards(min(limit, MAX_FIRST), sort, desc)
+            return _json(with_usage(service, json_for_script(doc), first))
         return _json(with_usage(service, service.cards_json()))
 
     @router.get("/state")

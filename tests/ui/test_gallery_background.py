@@ -81,7 +81,12 @@ def test_a_poll_does_not_walk_the_cards(gallery_folder: Path, tmp_path: Path, mo
     (gallery_folder / "new.safetensors").write_bytes((gallery_folder / "editable.safetensors").read_bytes())
     service.library.refresh()
     http.get(f"{API}/state")
-    assert calls["records"] == 7  # a change rebuilds the cards once (6 + the new file)
+    assert calls["records"] == 0  # records are made when cards are asked for
+    first = http.get(f"{API}/cards", params={"limit": 2}).json()
+    assert calls["records"] == 2 and first["partial"] and first["total"] == 7
+    http.get(f"{API}/cards")
+    http.get(f"{API}/cards")
+    assert calls["records"] == 7  # a change rebuilds the cards once (6 + the new file), the first two kept
     service.stop_background()
 
 

@@ -57,6 +57,29 @@ def test_cards_document_lists_every_file_with_the_loaded_family(gallery: Gallery
     assert gallery.client.get(f"{API}/state").json()["family"] is None  # unknown families filter nothing
 
 
+def test_a_first_page_is_the_first_cards_in_the_pages_sort(gallery: Gallery) -> None:
+    """`/cards?limit=N` sends the first N cards in the page's sort (name, date or size, either
+    way; other sorts take the library's order), marked partial with the total, each the same
+    record as in the whole list, and the usage of those cards only."""
+    every = gallery.client.get(f"{API}/cards").json()
+    by_id = {c["id"]: c for c in every["cards"]}
+    collate = sorted(by_id.values(), key=lambda c: (c["name"].casefold(), c["id"]))
+    for sort, key in (("name", lambda c: c["name"].casefold()), ("size", lambda c: c["size"]), ("date", lambda c: c["mtime"])):
+        for desc in (False, True):
+            doc = gallery.client.get(f"{API}/cards", params={"limit": 3, "sort": sort, "desc": str(desc).lower()}).json()
+            assert doc["partial"] is True and doc["total"] == len(by_id) and doc["generation"] == every["generation"]
+            assert [by_id[c["id"]] for c in doc["cards"]] == doc["cards"]
+            ranked = sorted((key(c) for c in by_id.values()), reverse=desc)
+            assert [key(c) for c in doc["cards"]] == ranked[:3], (sort, desc)
+            assert "usage" in doc and "usage_stamp" in doc
+    assert [c["name"] for c in gallery.client.get(f"{API}/cards", params={"limit": 3}).json()["cards"]] == [
+        c["name"] for c in collate[:3]]
+    walk = gallery.client.get(f"{API}/cards", params={"limit": 2, "sort": "uses"}).json()
+    assert [c["id"] for c in walk["cards"]] == [c["id"] for c in every["cards"][:2]]
+    whole = gallery.client.get(f"{API}/cards", params={"limit": 100}).json()
+    assert whole["partial"] is False and len(whole["cards"]) == len(by_id)
+
+
 def test_thumbnail_is_a_small_cached_webp(gallery: Gallery, tmp_path: Path) -> None:
     url = gallery.cards()["catgirl"]["thumb"]
     r = gallery.client.get(f"{API}/{url}")

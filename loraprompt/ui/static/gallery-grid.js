@@ -6,6 +6,7 @@
   const LP = window.LoraPromptGalleryParts;
   if (!LP || LP.Gallery) return;
   const { CARD_W, CARD_H, GAP, OVERSCAN_ROWS, FAMILY_LABEL, el, findField, setField, fmtSize } = LP;
+  const FIRST_PAGE = 300; // cards asked for first: more than a screen holds
 
   class Gallery {
     constructor(root) {
@@ -148,6 +149,14 @@
 
     async load() {
       try {
+        if (!this.cards.length) {
+          // a big library: draw the first cards (in this page's sort) while the rest are made and sent
+          const params = new URLSearchParams({ limit: String(FIRST_PAGE), sort: this.sortKey, desc: String(this.sortDesc) });
+          const first = await this.request("cards?" + params.toString());
+          if (!this.cards.length) this.setData(first);
+          if (!first.partial) { setTimeout(() => this.checkState(), 0); return; }
+          this.say("Showing the first " + first.cards.length + " of " + first.total + " LoRAs; loading the rest…");
+        }
         const data = await this.request("cards");
         this.setData(data);
         setTimeout(() => this.checkState(), 0); // starts the server's background hashing now
