@@ -4,8 +4,10 @@ the pipeline's own `encode_prompt` (CLIP and T5) and switched between steps by t
 callback, so a plain prompt gives exactly diffusers' own embeddings.
 
 Not as on SD: emphasis weights (`(word:1.2)`) are not applied (the text is encoded without its
-brackets and a notice says so), `AND` is refused, and Flux's step-end callback can only switch
-the T5 sequence, so an edited prompt keeps the first step's pooled CLIP vector there.
+brackets and a notice says so), `AND` is refused, and the step-end callbacks of Flux (and of
+SD3's img2img) cannot switch the pooled CLIP vector, so an edited prompt keeps the first step's
+there. img2img runs through diffusers' Flux/SD3 img2img pipelines (not the latent resize mode);
+hires fix is refused.
 
 Guidance follows the pipelines: SD3's CFG scale is `guidance_scale`; Flux's CFG scale is the
 pipeline's `true_cfg_scale` (off at 1, the default: Flux is distilled) and its distilled guidance
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from loraprompt.diagnostics import Diagnostic
 from loraprompt.syntax import attention
+from loraprompt.ui.img2img import LATENT_RESIZE
 
 if TYPE_CHECKING:
     from loraprompt.ui.txt2img import Txt2ImgRequest
@@ -41,8 +44,8 @@ def has_distilled_guidance(pipe: Any) -> bool:
 def check_dit_request(request: Txt2ImgRequest, family: str) -> None:
     """ValueError naming the field of `request` that the SD3/Flux path does not run."""
     name = LABELS.get(family, family)
-    if request.init_image is not None:
-        raise ValueError(f"img2img is not supported on {name} models yet: clear the init image")
+    if request.init_image is not None and request.resize_mode == LATENT_RESIZE:
+        raise ValueError(f"the latent resize mode is for SD models; on {name} choose another resize mode")
     if request.hires is not None:
         raise ValueError(f"hires fix is not supported on {name} models yet: turn hires fix off")
     if int(request.clip_skip) > 1:

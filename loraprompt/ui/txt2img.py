@@ -220,6 +220,8 @@ class Txt2Img:
                 progress: _Progress, **kwargs: Any) -> Any:
         """One pipeline call with per-step prompt switching, AND, progress and interrupt."""
         hook = ComposableHook(cond, batch) if cond.composable else None
+        # what this pipeline's step-end callback may replace (SD3's img2img has no pooled embeddings)
+        names = [n for n in cond.tensor_names if n in getattr(run, "_callback_tensor_inputs", cond.tensor_names)]
 
         def step_end(pipe: Any, step: int, _t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             progress.step()
@@ -228,12 +230,13 @@ class Txt2Img:
             if hook is not None:
                 hook.step = step + 2
             else:
-                tensors.update(cond.step_update(step, getattr(pipe, "do_classifier_free_guidance", False), batch))
+                update = cond.step_update(step, getattr(pipe, "do_classifier_free_guidance", False), batch)
+                tensors.update((k, v) for k, v in update.items() if k in names)
             return tensors
 
         with composable(getattr(self.model.pipe, "unet", None), hook):
             return run(**cond.call_kwargs(batch, float(cfg)), generator=generator, callback_on_step_end=step_end,
-                       callback_on_step_end_tensor_inputs=cond.tensor_names, **kwargs).images
+                       callback_on_step_end_tensor_inputs=names, **kwargs).images
 
     def generate(self, request: Txt2ImgRequest, on_step: StepCallback | None = None, *,
                  save: bool = True) -> Txt2ImgResult:
@@ -316,8 +319,10 @@ class Txt2Img:
                 if request.resize_mode == LATENT_RESIZE:
                     image = resize_latents(encode(pipe, [picture]), width, height)
                 pipe._num_timesteps = img2img_steps(steps, strength)  # what the LoRA step schedule counts
+                dit_size = {"width": width, "height": height} if self.model.family in DIT_FAMILIES else {}  # else 1024
                 out = self._sample(run, cond, generator=generator, batch=batch, cfg=request.cfg_scale, progress=progress,
-                                   image=image, strength=strength, num_inference_steps=img2img_schedule(steps, strength))
+                                   image=image, strength=strength, num_inference_steps=img2img_schedule(steps, strength),
+                                   **dit_size)
         used = self._applied(active.entries)
         notes = list(active.diagnostics) + notes_extra
         if hires is None or self._interrupted.is_set():

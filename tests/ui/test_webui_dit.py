@@ -129,10 +129,33 @@ def test_plain_prompt_is_exactly_diffusers_own_call(folders: dict[str, Path], fa
     ours = eng.generate(small("a lighthouse", negative_prompt="blurry", cfg_scale=cfg, sampler="Euler Karras"))
     pipe = eng.model.pipe
     pipe.scheduler = make_scheduler(FLOW_SAMPLERS[1], eng._base_scheduler_config)
-    kwargs: dict[str, Any] = {"true_cfg_scale": cfg} if family == "flux" else {"guidance_scale": cfg}
+    kwargs: dict[str, Any] = {"true_cfg_scale": cfg, "guidance_scale": 3.5} if family == "flux" else {"guidance_scale": cfg}
     reference = pipe("a lighthouse", negative_prompt="blurry", num_inference_steps=2, width=64, height=64,
                      generator=torch.Generator("cpu").manual_seed(5), **kwargs).images[0]
     assert np.array_equal(pixels(ours), np.asarray(reference.convert("RGB"), dtype=np.int16))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_img2img_is_exactly_diffusers_own_img2img_call(folders: dict[str, Path], family: str, tmp_path: Path) -> None:
+    from diffusers import AutoPipelineForImage2Image
+    from PIL import Image
+
+    eng = engine(folders, family, tmp_path)
+    init = Image.fromarray((np.random.default_rng(3).random((64, 64, 3)) * 255).astype("uint8"))
+    request = small("a lighthouse", negative_prompt="blurry", init_image=init, denoising_strength=0.5, steps=4)
+    ours = eng.generate(request)
+    assert ours.infotext.splitlines()[-1].startswith("Steps: 4, Sampler: Euler, Schedule type: Simple, CFG scale: 4, ")
+    assert "Denoising strength: 0.5" in ours.infotext
+    run = AutoPipelineForImage2Image.from_pipe(eng.model.pipe)
+    run.set_progress_bar_config(disable=True)
+    run.scheduler = make_scheduler(FLOW_SAMPLERS[0], eng._base_scheduler_config)
+    # Flux: the CFG scale is true CFG, the distilled guidance our default 3.5 (the img2img pipeline's is 7)
+    kwargs: dict[str, Any] = {"true_cfg_scale": 4.0, "guidance_scale": 3.5} if family == "flux" else {"guidance_scale": 4.0}
+    reference = run("a lighthouse", negative_prompt="blurry", image=init, strength=0.5, num_inference_steps=4,
+                    width=64, height=64, generator=torch.Generator("cpu").manual_seed(5), **kwargs).images[0]
+    assert np.array_equal(pixels(ours), np.asarray(reference.convert("RGB"), dtype=np.int16))
+    txt2img = eng.generate(small("a lighthouse", negative_prompt="blurry", steps=4))
+    assert not np.array_equal(pixels(ours), pixels(txt2img))  # the init image was used
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -170,7 +193,8 @@ def test_emphasis_is_reported_as_not_applied(folders: dict[str, Path], tmp_path:
 @pytest.mark.parametrize(("change", "message"), [
     ({"sampler": "Euler a"}, "'Euler a' does not fit the loaded model; choose one of: Euler Simple"),
     ({"clip_skip": 2}, "clip skip is for SD1/SD2/SDXL"),
-    ({"init_image": "x.png"}, "img2img is not supported on Flux models yet"),
+    ({"init_image": "x.png", "resize_mode": "Just resize (latent upscale)"},
+     "the latent resize mode is for SD models; on Flux choose another resize mode"),
     ({"prompt": "a cat AND a dog"}, "AND (composable diffusion) is not supported on Flux models"),
 ])
 def test_what_the_flux_path_does_not_run_is_refused_by_name(folders: dict[str, Path], tmp_path: Path,
