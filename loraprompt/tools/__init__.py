@@ -3,9 +3,10 @@ the key maps and the patcher's arithmetic), streaming tensor by tensor, writing 
 
     merge_checkpoint(checkpoint, [(lora, te, unet), ...], output, dtype=None, layout=None)
     merge_loras([lora, ...], [weight, ...], output, target=None | RankTarget(rank=32))
-    convert_lora(lora, output, to="kohya" | "peft")
+    convert_lora(lora, output, to="kohya" | "peft" | "comfyui" | "bfl" | "xlabs")
     resize_lora(lora, output, RankTarget(rank=16) | RankTarget(energy=0.95))
     extract_lora(tuned, base, output, RankTarget(rank=32))
+SD1/SD2/SDXL, and SD3/Flux.1/Wan 2.x (diffusers folders, native-named single files, scaled fp8).
 Imported lazily, so `import loraprompt.tools` costs nothing until a tool is used.
 """
 
