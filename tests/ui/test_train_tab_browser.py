@@ -34,13 +34,12 @@ def test_train_tab_trains_in_a_worker_and_the_lora_reaches_the_gallery(browser: 
         for field, value in (("steps", "4"), ("rank", "4"), ("resolution", "64"), ("sample-every", "2")):
             page.locator(f"#lp-train-{field} input").first.fill(value)
         page.locator("#lp-train-start").click()
-        page.wait_for_function("() => document.querySelector('#lp-train-status').innerText.includes('step 2/4')",
-                               timeout=180_000)
-        # generation is not blocked while the worker trains: the txt2img tab still answers
+        # The page polls once a second, so a fast machine trains these 4 steps between two polls:
+        # wait for the end only (waiting for an intermediate 'step 2/4' timed out on such a machine).
         page.wait_for_function("() => document.querySelector('#lp-train-status').innerText.includes(': done')",
                                timeout=180_000)
         status = page.locator("#lp-train-status").inner_text()
-        assert "<lora:tab_trained:1>" in status and "broken.jpg" in status
+        assert "step 4/4" in status and "<lora:tab_trained:1>" in status and "broken.jpg" in status
         page.locator("#lp-train-samples img").first.wait_for(timeout=30_000)
         assert page.locator("#lp-train-loss canvas, #lp-train-loss svg").count() > 0
         page.screenshot(path=str(SCREENSHOTS / "webui_train_done.png"), full_page=True)
