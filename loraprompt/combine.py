@@ -189,7 +189,7 @@ def _combine_into(dst: Tensor, base: Tensor, parts: list[Part], scratch: Scratch
     same = acc is dst and base.device == dst.device
     if same and None in lowrank:
         up, down, alpha = stacked_factors(lowrank.pop(None))
-        torch.addmm(base.view(base.shape[0], -1), up, down, alpha=alpha, out=acc.view(acc.shape[0], -1))
+        torch.addmm(_matrix(base), up, down, alpha=alpha, out=_matrix(acc))
     elif same and not lowrank and full[0][2] is None:
         torch.add(base, full[0][0].view(base.shape), alpha=full[0][3], out=dst)
         full = full[1:]

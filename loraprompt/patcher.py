@@ -234,7 +234,8 @@ class Patcher(Backups, Writes):
                 self._weight_paths.clear()
             for key in list(self._applied) if not self._weight_paths else changed:  # O(changed), not O(patched)
                 if key in self._applied:
-                    self._weight_paths[key] = (".".join(key), weight_path(self._param(key)[0], self._scale(key)))
+                    weight = self._param(key)[0]
+                    self._weight_paths[key] = (".".join(key), weight_path(weight, self._scale(key, weight)))
                 else:
                     self._weight_paths.pop(key, None)
             report.paths = dict(self._weight_paths.values())
@@ -368,9 +369,21 @@ class Patcher(Backups, Writes):
         if found is None:
             component, name, param = key
             module = self._modules[component].get(name)
-            weight = getattr(module, param, None)
+            weight = _attribute(module, param)
             if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
                 raise PatchError(f"{component}: module {name!r} has no floating-point {param!r} to patch")
-            bias = getattr(module, "bias" if param == "weight" else param.replace("weight", "bias"), None)
-            found = self._params[key] = (weight, bias if isinstance(bias, torch.Tensor) else None)
+            bias = _attribute(module, "bias" if param == "weight" else param.replace("weight", "bias"))
+            found = (weight, bias if isinstance(bias, torch.Tensor) else None)
+            old = self._params.get(key)
+            if old is not None and old[0] is found[0] and old[1] is found[1]:
+                return old
+            self._params[key] = found
         return found
+
+
+def _attribute(module: Any, name: str) -> Any:
+    """`getattr(module, name, None)`, a registered parameter looked up directly: nn.Module's
+    `__getattr__` costs a microsecond, and every patched weight is looked up at each sync."""
+    params = getattr(module, "_parameters", None) if module is not None else None
+    found = params.get(name) if params is not None else None
+    return found if found is not None else getattr(module, name, None)

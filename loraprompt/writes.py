@@ -48,28 +48,30 @@ class Writes:
         """Validated float32 (weight parts, bias parts) of one key on the weight's device, and
         whether every full delta among them is held by the cache (else the caller may drop them and
         compute them again)."""
-        weight, _ = self._param(key)
-        base_w, base_b = self._base(key)
+        weight, bias = self._param(key)
+        base_w, base_b = self._base(key, weight, bias)
         backup = self._backups.get(key)
         # factors live where the weight's backup lives: with backups in host memory the card holds neither
         pinned = weight.is_cuda and (backup[0].device.type == "cpu" if backup is not None else self.backups == "host")
         return weight_parts(contributions, base_w, base_b, ".".join(key), self._deltas, device=weight.device,
                             pinned=pinned)
 
-    def _scale(self, key: Key) -> Tensor | None:
+    def _scale(self, key: Key, weight: Tensor | None = None) -> Tensor | None:
         """The dequantisation scale of a scaled fp8 weight (`quantized.fp8_scale`), else None."""
-        weight, _ = self._param(key)
+        if weight is None:
+            weight = self._param(key)[0]
         return fp8_scale(self._module_of(key), key[2], weight) if weight.element_size() == 1 else None
 
-    def _base(self, key: Key) -> tuple[Tensor, Tensor | None]:
-        """The base values the deltas of `key` are added to: its float copy (`float_base`) when
-        there is one, else its backup, else the weight itself (not patched yet); a scaled fp8
-        one dequantised (fp8 · scale, in float32)."""
-        weight, bias = self._param(key)
+    def _base(self, key: Key, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The base values the deltas of `key` (whose weight and bias are given) are added to: its
+        float copy (`float_base`) when there is one, else its backup, else the weight itself (not
+        patched yet); a scaled fp8 one dequantised (fp8 · scale, in float32)."""
         backup = self._backups.get(key)
         base_w = backup[0] if backup is not None else weight
         base_b = backup[1] if backup is not None and backup[1] is not None else bias
-        scale = self._scale(key)
+        if weight.element_size() != 1:  # the common case: neither a scale nor an fp8 float copy
+            return base_w, base_b
+        scale = self._scale(key, weight)
         if scale is not None:
             return base_w.to(weight.device).float() * scale.to(weight.device), base_b
         if self.float_base is not None and weight.element_size() == 1:
@@ -130,8 +132,8 @@ class Writes:
             backup = self._backups[key] = (backup[0], self._backup_of(bias))
             self._bytes_stale = True
         w_parts, b_parts = parts if parts is not None else ([], [])
-        scale = self._scale(key) if w_parts else None
-        base_w, base_b = self._base(key) if (self.float_base is not None or scale is not None) and parts is not None else backup
+        scale = self._scale(key, weight) if w_parts else None
+        base_w, base_b = self._base(key, weight, bias) if (self.float_base is not None or scale is not None) and parts is not None else backup
         combine_into(weight, base_w if w_parts else backup[0], w_parts, self._float_scratch, scale)
         if backup[1] is not None and bias is not None:
             combine_into(bias, base_b if b_parts and base_b is not None else backup[1], b_parts, self._float_scratch)
