@@ -3,7 +3,6 @@ prompt insertion and metadata saving over one `Library`. Routes (`routes.py`) ca
 
 from __future__ import annotations
 
-import heapq
 import os
 import threading
 import time
@@ -70,6 +69,8 @@ class _Snapshot:
         self._records: dict[str, dict[str, Any]] = {}
         self._json: str | None = None
         self._lock = threading.Lock()
+        self._orders: dict[str, list[Entry]] = {}
+        self._orders_lock = threading.Lock()
 
     def choice(self, entry: Entry) -> TagChoice:
         """What the card of `entry` inserts."""
@@ -87,6 +88,19 @@ class _Snapshot:
             found = cards.card_record(entry, card_id, self.service._thumb_url(card_id, entry), choice.name, choice.note)
             self._records[entry.path] = found
         return found
+
+    def order(self, sort: str) -> list[Entry] | None:
+        """The entries in ascending `FIRST_SORTS[sort]` order, sorted once per snapshot (~0.2 s at
+        100,000 for names: every page load's first page after that is a slice); None for a sort
+        the first page does not follow."""
+        key = FIRST_SORTS.get(sort)
+        if key is None:
+            return None
+        with self._orders_lock:
+            found = self._orders.get(sort)
+            if found is None:
+                found = self._orders[sort] = sorted(self.entries, key=key)
+            return found
 
     @property
     def records(self) -> tuple[dict[str, Any], ...]:
@@ -197,12 +211,11 @@ class GalleryService:
         order) as a cards document marked `partial` with the `total`, and their entries: what a
         page shows while the whole list (`cards_json`) is made, which takes seconds at 100,000."""
         snap = self.snapshot()
-        key = FIRST_SORTS.get(sort)
-        if key is None:
+        order = snap.order(sort)
+        if order is None:
             first = list(snap.entries[:limit])
         else:
-            pick = heapq.nlargest if descending else heapq.nsmallest
-            first = pick(limit, snap.entries, key=key)
+            first = order[-limit:][::-1] if descending else order[:limit]
         doc = {**self._document_head(snap), "cards": [snap.record(e) for e in first], "partial": len(first) < len(snap.entries),
                "total": len(snap.entries)}
         return doc, first

@@ -89,6 +89,65 @@ def test_search_matches_notes_and_trigger_words_and_slash_focuses_it(page: Any) 
     assert names_shown(page) == {"watercolor", "sketchy_lines", "ink_wash"}
 
 
+# The page's search index (every card's search text joined into one string) against includes()
+# on each text: the same matches, none across two texts, several terms in any order.
+SEARCH_AGREES = """() => {
+  const texts = ['styles/ink_wash.safetensors\\nink_wash', 'wash', '', 'ab\\ncd', 'x'.repeat(40) + '\u00e9t\u00e9', 'ink'];
+  const index = new window.LoraPromptGalleryParts.SearchIndex(texts);
+  const queries = [['ink'], ['wash'], ['sh'], ['hw'], ['inkwash'], ['bc'], ['ab', 'cd'], ['cd', 'ab'], ['wash', 'ink'],
+    ['\u00e9t\u00e9'], ['x\u00e9'], ['ink', 'ink'], ['zz'], ['s', 'styles', 'safe']];
+  return queries.map((terms) => [terms, index.find(terms),
+    texts.flatMap((t, i) => (terms.every((q) => t.includes(q)) ? [i] : []))]); }"""
+
+
+def test_the_search_index_finds_what_includes_finds(page: Any) -> None:
+    for terms, found, expected in page.evaluate(SEARCH_AGREES):
+        assert found == expected, terms
+
+
+MARK_CARDS = "() => document.querySelectorAll('.lp-card').forEach((n) => { n.dataset.drawnBefore = '1'; })"
+
+
+def test_a_search_moves_the_cards_it_keeps_and_a_model_switch_redraws_them(page: Any) -> None:
+    """A keystroke rebuilt every card's DOM: now a card still shown keeps its node (a typed
+    strength stays), while a model switch redraws the cards (the misfit shading follows)."""
+    show_all(page)
+    card(page, "watercolor").locator(".lp-te").fill("0.35")
+    page.evaluate(MARK_CARDS)
+    page.locator(".lp-search").fill("styles")
+    page.wait_for_function("() => document.querySelectorAll('.lp-card').length === 3")
+    assert names_shown(page) == {"watercolor", "sketchy_lines", "ink_wash"}
+    assert page.locator(".lp-card[data-drawn-before]").count() == 3
+    page.locator(".lp-search").fill("")
+    page.wait_for_function("() => document.querySelectorAll('.lp-card').length === 6")
+    assert page.locator(".lp-card[data-drawn-before]").count() == 3  # the other three were drawn anew
+    assert card(page, "watercolor").locator(".lp-te").input_value() == "0.35"
+    try:
+        page.locator("#demo_family label", has_text="sd1").click()
+        page.wait_for_function("() => document.querySelector('.lp-filter-note').textContent.includes('SD1')")
+        page.wait_for_function("() => !document.querySelector('.lp-card[data-drawn-before]')")
+        misfits = set(page.locator(".lp-card.lp-misfit .lp-name").all_inner_texts())
+        assert misfits == {"watercolor", "sketchy_lines"}
+        assert card(page, "watercolor").locator(".lp-te").input_value() == "0.35"  # kept per card, not per node
+    finally:
+        page.locator("#demo_family label", has_text="sdxl").click()
+        page.wait_for_function("() => document.querySelector('.lp-filter-note').textContent.includes('SDXL')")
+
+
+DUPLICATE_TITLE = """() => {
+  const g = document.querySelector('.lp-gallery').loraPromptGallery, c = g.cards[0], thumb = document.createElement('div');
+  g.dupGroups = [{kind: 'same-file', ids: [c.id, ...Array.from({length: 30}, (_, i) => '0/copy_' + i + '.safetensors')]}];
+  g.dupOf = new Map([[c.id, 0]]);
+  g.duplicateBadge(c, thumb);
+  return thumb.querySelector('.lp-dup').title; }"""
+
+
+def test_a_duplicate_badge_names_twenty_other_files_of_a_big_group(page: Any) -> None:
+    """A group can hold thousands of files (a badge listed them all, per card drawn)."""
+    lines = page.evaluate(DUPLICATE_TITLE).split("\n")
+    assert lines == ["same file as:", *(f"copy_{i}.safetensors" for i in range(20)), "and 10 more"]
+
+
 def test_click_inserts_the_tag_and_strengths_change_it(page: Any) -> None:
     show_all(page)
     cat = card(page, "catgirl")

@@ -45,5 +45,33 @@
     return Math.max(1, Math.round(n / 1024)) + " KB";
   }
 
-  Object.assign(LP, { CARD_W, CARD_H, GAP, OVERSCAN_ROWS, FAMILY_LABEL, el, gradioRoot, findField, setField, isTyping, fmtSize });
+  // Substring search over every card's lowercased search text: the texts joined into one string by
+  // "\n" (a search term holds no whitespace, so no match spans two cards) and scanned with indexOf,
+  // which at 100,000 cards takes a fraction of the time of calling includes() on each text.
+  class SearchIndex {
+    constructor(texts) {
+      this.texts = texts;
+      this.text = texts.join("\n");
+      this.starts = new Int32Array(texts.length + 1); // where each text begins in `text`
+      let at = 0;
+      for (let i = 0; i < texts.length; i++) { this.starts[i] = at; at += texts[i].length + 1; }
+      this.starts[texts.length] = at;
+    }
+
+    find(terms) { // the indices, ascending, of the texts that contain every term (non-empty terms)
+      const longest = terms.reduce((a, b) => (b.length > a.length ? b : a));
+      const rest = terms.filter((t) => t !== longest);
+      const { text, texts, starts } = this;
+      const out = [];
+      let i = 0;
+      for (let pos = text.indexOf(longest); pos !== -1; pos = text.indexOf(longest, starts[++i])) {
+        while (starts[i + 1] <= pos) i++; // matches come in order: O(texts) steps over the whole scan
+        if (rest.every((t) => texts[i].includes(t))) out.push(i);
+      }
+      return out;
+    }
+  }
+
+  Object.assign(LP, { CARD_W, CARD_H, GAP, OVERSCAN_ROWS, FAMILY_LABEL, el, gradioRoot, findField, setField, isTyping, fmtSize,
+    SearchIndex });
 })();

@@ -116,7 +116,9 @@
       if (i < 0) return;
       card.uses = this.cards[i].uses;
       card.last_used = this.cards[i].last_used;
+      card.ix = i;
       this.cards[i] = card;
+      this.index = null; // the search index holds the old record's text
       this.byId.set(card.id, card);
       this.strengths.set(card.id, { te: card.weight, unet: card.weight });
       this.sortCards();

@@ -6,6 +6,7 @@
   const LP = window.LoraPromptGalleryParts;
   if (!LP || !LP.Gallery || LP.Gallery.prototype.checkDuplicates) return;
   const { el } = LP;
+  const MAX_LISTED = 20; // files a duplicate badge's tooltip names
   const KIND = { "same-file": "same file", "same-tensors": "same tensors, other header", "same-name": "same name, other content" };
 
   Object.assign(LP.Gallery.prototype, {
@@ -55,9 +56,14 @@
       const i = this.dupOf ? this.dupOf.get(c.id) : undefined;
       if (i === undefined) return;
       const g = this.dupGroups[i];
-      const others = g.ids.filter((id) => id !== c.id).map((id) => (this.byId.get(id) || { id: id }).id.replace(/^\d+\//, ""));
+      const others = []; // the first few: a group can hold thousands of files, and a card is drawn per scroll
+      for (const id of g.ids) {
+        if (others.length === MAX_LISTED) break;
+        if (id !== c.id) others.push(id.replace(/^\d+\//, ""));
+      }
+      const more = g.ids.length - 1 - others.length;
       const badge = el("span", "lp-dup", "duplicate");
-      badge.title = KIND[g.kind] + " as:\n" + others.join("\n");
+      badge.title = KIND[g.kind] + " as:\n" + others.join("\n") + (more > 0 ? "\nand " + more + " more" : "");
       thumb.appendChild(badge);
     },
   });

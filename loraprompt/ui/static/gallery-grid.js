@@ -5,7 +5,7 @@
   "use strict";
   const LP = window.LoraPromptGalleryParts;
   if (!LP || LP.Gallery) return;
-  const { CARD_W, CARD_H, GAP, OVERSCAN_ROWS, FAMILY_LABEL, el, findField, setField, fmtSize } = LP;
+  const { CARD_W, CARD_H, GAP, OVERSCAN_ROWS, FAMILY_LABEL, el, findField, setField, fmtSize, SearchIndex } = LP;
   const FIRST_PAGE = 300; // cards asked for first: more than a screen holds
 
   class Gallery {
@@ -169,7 +169,10 @@
       this.cards = data.cards;
       this.family = data.family;
       this.generation = data.generation;
-      this.byId = new Map(this.cards.map((c) => [c.id, c]));
+      this.byId = new Map();
+      this.cards.forEach((c, i) => { c.ix = i; this.byId.set(c.id, c); });
+      this.index = null;
+      this.searchIndex();
       this.setUsage(data.usage || {}, data.usage_stamp);
       this.sortCards();
       for (const c of this.cards) {
@@ -267,20 +270,41 @@
               : key === "recent" ? (a, b) => b.last_used - a.last_used || byName(a, b)
                 : byName;
       this.sorted = this.cards.slice().sort((a, b) => sign * cmp(a, b) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+      this.rank = new Int32Array(this.cards.length); // card index -> place in `sorted`
+      this.sorted.forEach((c, r) => { this.rank[c.ix] = r; });
+    }
+
+    searchIndex() {
+      if (!this.index) this.index = new SearchIndex(this.cards.map((c) => c.search));
+      return this.index;
+    }
+
+    matching(terms) { // the cards holding every search term, in the page's sort
+      const found = this.searchIndex().find(terms), cards = this.cards, rank = this.rank;
+      if (found.length * 16 < cards.length) return found.sort((a, b) => rank[a] - rank[b]).map((i) => cards[i]);
+      const hit = new Uint8Array(cards.length);
+      for (const i of found) hit[i] = 1;
+      return this.sorted.filter((c) => hit[c.ix]);
     }
 
     applyFilter() {
       const terms = this.search.value.toLowerCase().split(/\s+/).filter(Boolean);
-      const prefix = this.folder ? this.folder + "/" : "";
-      const family = this.family;
+      const folder = this.folder, prefix = folder ? folder + "/" : "", family = this.family, showAll = this.showAll;
       const misfit = (c) => !!(family && c.family && c.family !== family);
-      let view = [];
-      let hidden = 0;
-      for (const c of this.sorted) {
-        if (this.folder && c.folder !== this.folder && !c.folder.startsWith(prefix)) continue;
-        if (!terms.every((t) => c.search.includes(t))) continue;
-        if (misfit(c)) { hidden++; if (!this.showAll) continue; }
-        view.push(c);
+      const base = this.unsearched; // the view without a search, kept: clearing the search box is instant
+      let view, hidden;
+      if (!terms.length && base && base.sorted === this.sorted && base.folder === folder && base.family === family
+        && base.showAll === showAll) {
+        ({ view, hidden } = base);
+      } else {
+        view = [];
+        hidden = 0;
+        for (const c of terms.length ? this.matching(terms) : this.sorted) {
+          if (folder && c.folder !== folder && !c.folder.startsWith(prefix)) continue;
+          if (family && c.family && c.family !== family) { hidden++; if (!showAll) continue; }
+          view.push(c);
+        }
+        if (!terms.length) this.unsearched = { sorted: this.sorted, folder, family, showAll, view, hidden };
       }
       if (this.dupMode && this.onlyDuplicates) view = this.onlyDuplicates(view);
       this.hiddenByFamily = hidden;
@@ -289,7 +313,7 @@
       this.cursor = Math.min(this.cursor, Math.max(0, view.length - 1));
       this.count.textContent = view.length + " of " + this.cards.length;
       this.updateFilterNote();
-      this.layout(true);
+      this.layout();
     }
 
     updateFilterNote() {
@@ -310,16 +334,12 @@
       }
     }
 
-    layout(reset) {
+    layout() {
       const width = this.scroller.clientWidth || 800;
       this.cols = Math.max(1, Math.floor((width - GAP) / (CARD_W + GAP)));
       this.cardW = Math.max(CARD_W, Math.floor((width - GAP) / this.cols) - GAP);
       const rows = Math.ceil(this.view.length / this.cols);
       this.spacer.style.height = (rows * (CARD_H + GAP) + GAP) + "px";
-      if (reset) {
-        for (const node of this.nodes.values()) node.remove();
-        this.nodes.clear();
-      }
       this.renderWindow(true);
     }
 
@@ -332,15 +352,28 @@
       if (!force && start === this.start && end === this.end) return;
       this.start = start;
       this.end = end;
+      // a card's node is kept while it shows the same record the same way (a search, a sort or a
+      // scroll only moves it); what a node shows of the family filter, the duplicate groups and the
+      // usage is drawn when it is made, so a change of any of them makes new nodes
+      if (this.drawnFamily !== this.family || this.drawnDups !== this.dupGroups || this.drawnUsage !== this.usageStamp) {
+        this.drawnFamily = this.family;
+        this.drawnDups = this.dupGroups;
+        this.drawnUsage = this.usageStamp;
+        for (const node of this.nodes.values()) node.remove();
+        this.nodes.clear();
+      }
       const wanted = new Map();
       for (let i = start; i < end; i++) wanted.set(this.view[i].id, i);
       for (const [id, node] of this.nodes) {
-        if (!wanted.has(id) && !node.contains(document.activeElement)) { node.remove(); this.nodes.delete(id); }
+        const stale = node.lpCard !== this.byId.get(id);
+        if ((stale || !wanted.has(id)) && !node.contains(document.activeElement)) { node.remove(); this.nodes.delete(id); }
       }
       for (const [id, i] of wanted) {
         let node = this.nodes.get(id);
+        if (node && node.lpCard !== this.view[i]) { node.remove(); node = null; } // replaced while it had the focus
         if (!node) {
           node = this.makeCard(this.view[i]);
+          node.lpCard = this.view[i];
           this.nodes.set(id, node);
           this.spacer.appendChild(node);
         }
