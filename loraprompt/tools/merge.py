@@ -1,8 +1,8 @@
 """Merge LoRAs into a checkpoint at UNet/text-encoder strengths, streaming one tensor at a time.
 
 The plan is the patcher's (`loraprompt.plan` over the checkpoint's own key maps) and so is the
-arithmetic (`loraprompt.combine.combined`, the step `Patcher.sync` writes with): each planned
-weight is the bit-exact value the patcher gives the model loaded in the output dtype (the
+arithmetic (`loraprompt.combine.combined`, the step `Patcher.sync` writes with; `tools.arith` runs
+it with reused float32 buffers): each planned weight is the bit-exact value the patcher gives the model loaded in the output dtype (the
 checkpoint's own unless `dtype` is given).
 """
 
@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from loraprompt.combine import combined
 from loraprompt.diagnostics import Diagnostic
 from loraprompt.errors import PatchError, ToolError
 from loraprompt.quantized import SCALE_NAMES, fp8_scale
+from loraprompt.tools.arith import Workspace, merged_weight
 from loraprompt.tools.checkpoint import Checkpoint, TensorFile, TensorReader, open_checkpoint
 from loraprompt.tools.io import (
     Progress,
@@ -132,6 +132,7 @@ class _Merger:
         self.present = {(c, k) for f in reader.checkpoint.files for k, c in f.component_of.items()}
         self.bias_of = {(c, _bias_key(k)): k for c, k in plan if (c, _bias_key(k)) in self.present}
         self.changed = 0
+        self.workspace = Workspace()  # float32 buffers of the compute stage, reused weight to weight
 
     def out_dtype(self, dtype: torch.dtype) -> torch.dtype:
         return self.dtype if self.dtype is not None and dtype.is_floating_point else dtype
@@ -214,7 +215,8 @@ class _Merger:
         weight = self._cast(weight.to(self.device))
         bias = None if bias is None else self._cast(bias.to(self.device))
         try:
-            new_w, new_b = combined(weight, bias, self.plan[(component, weight_key)], f"{component}:{weight_key}", scale)
+            new_w, new_b = merged_weight(weight, bias, self.plan[(component, weight_key)],
+                                         f"{component}:{weight_key}", ws=self.workspace, scale=scale)
         except PatchError as exc:
             raise ToolError(str(exc)) from exc
         return to_host(new_w), None if new_b is None else to_host(new_b)
@@ -295,7 +297,7 @@ def merge_checkpoint(checkpoint: str | Path, loras: Sequence[LoraSpec | tuple[An
     `family` overrides the detected one ("" skips the check). Planned weights are computed on
     `device` ("cpu" by default, "cuda", "auto"): bit-identical to the patcher on a model on that
     device. Memory: in the same layout, the read-ahead and write-behind budgets (128 MiB each) plus
-    one weight's float32 working set and the LoRAs; a layout change holds one component."""
+    two float32 buffers of the largest planned weight and the LoRAs; a layout change holds one component."""
     specs = [_as_spec(item) for item in loras]
     if not specs:
         raise ToolError("no LoRAs to merge")

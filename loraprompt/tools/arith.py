@@ -1,0 +1,85 @@
+"""The merge's arithmetic for one weight: `combine.combined`, with float32 working buffers kept from
+weight to weight.
+
+`combined` allocates its float32 product for every weight, and on the CPU the fp16/bf16 sum
+`torch.add(base, product, alpha=a, out=dst)` mixes dtypes, so torch makes two more full-size
+float32 temporaries (the base widened, the sum before it is rounded). A fresh allocation of tens of
+MB is fresh pages: on an SD1.5 merge those page faults and copies took ~3/4 of the time (122 ms of
+a 160 ms weight, 10240×1280). `merged_weight` computes the same thing in two `Workspace` buffers reused
+for every weight: the product (`torch.mm`, as `combine._product_then_sum`), the base widened into
+the second buffer, the same float32 `add` kernel on it (what torch runs on its temporaries), and
+one rounding copy into the new weight. Bit for bit the patcher's result (tests/tools compare them);
+every other case (GPU, float32 or fp8 weights, fused rows, full deltas) goes through `combine`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from loraprompt.combine import Part, combine_into, combined, stacked_factors, weight_parts
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+class Workspace:
+    """Float32 buffers reused from weight to weight (one merge's compute thread only): each grows to
+    the largest weight it is asked for and stays, so the pages are touched once."""
+
+    def __init__(self) -> None:
+        self._buffers: list[Tensor] = [torch.empty(0), torch.empty(0)]
+
+    def buffer(self, slot: int, like: Tensor) -> Tensor:
+        """Float32 buffer `slot` (0 or 1) shaped like `like`, on the CPU; its contents are garbage."""
+        numel = like.numel()
+        if self._buffers[slot].numel() < numel:
+            self._buffers[slot] = torch.empty(0)  # the old pages go before the new ones are taken
+            self._buffers[slot] = torch.empty(numel, dtype=torch.float32)
+        return self._buffers[slot][:numel].view(like.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self._buffers)
+
+
+def _fast(dst: Tensor, base: Tensor, parts: list[Part]) -> bool:
+    """Whether combine_into takes `_product_then_sum` for these parts (whole-weight low-rank only, a
+    2-byte float result) with everything on the CPU: the case `merged_weight` computes itself."""
+    return (bool(parts) and dst.dtype in _HALF and dst.device.type == "cpu" and base.device.type == "cpu"
+            and all(p[1] is not None and p[2] is None and p[0].device.type == "cpu" for p in parts))
+
+
+def _product_then_sum(dst: Tensor, base: Tensor, parts: list[Part], ws: Workspace) -> None:
+    """dst = round(base + alpha·(up@down)): the float32 product rounded, then added to the widened
+    base in float32 with one rounding into dst, as combine's mixed-dtype add does on the CPU."""
+    up, down, alpha = stacked_factors(parts)
+    product = ws.buffer(0, dst)
+    torch.mm(up, down, out=product.view(product.shape[0], -1))
+    wide = ws.buffer(1, dst)
+    wide.copy_(base)
+    torch.add(wide, product, alpha=alpha, out=wide)
+    dst.copy_(wide)
+
+
+def merged_weight(base_w: Tensor, base_b: Tensor | None, contributions: Sequence[tuple[Any, tuple[int, int] | None, float]],
+           where: str, *, ws: Workspace, scale: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """`combine.combined(base_w, base_b, contributions, where, scale)`, the same bits, with the float32
+    working memory taken from `ws`."""
+    if scale is not None:
+        return combined(base_w, base_b, contributions, where, scale)
+    with torch.no_grad():
+        w_parts, b_parts, _ = weight_parts(contributions, base_w, base_b, where)
+        new_w = torch.empty_like(base_w)
+        if _fast(new_w, base_w, w_parts):
+            _product_then_sum(new_w, base_w, w_parts, ws)
+        else:
+            combine_into(new_w, base_w, w_parts, scratch=lambda like: ws.buffer(0, like) if like.is_cpu
+                         else torch.empty(like.shape, dtype=torch.float32, device=like.device))
+        new_b = None
+        if base_b is not None and b_parts:
+            new_b = torch.empty_like(base_b)
+            combine_into(new_b, base_b, b_parts)
+        return new_w, new_b
