@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -10,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,32 @@ VERSION = 3  # 3: records are rows (lists), not objects; 2: one family detector 
 # A file whose mtime is this close to when it was read may change again within the same
 # timestamp tick (coarse filesystem clocks, FAT's 2 s): such a record is used once, then re-read.
 RACY_NS = 2_000_000_000
+
+
+_gc_lock = threading.Lock()
+_gc_pausers = 0
+_gc_was_enabled = False
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Run the block without the cyclic garbage collector (re-enabled after the last of nested or
+    concurrent blocks, if it was on). A scan allocates ~10 container objects per file and frees
+    few: at 100,000 files the collector's passes over the growing heap took ~15% of a warm scan
+    and found nothing to collect (reference counting frees the scan's garbage)."""
+    global _gc_pausers, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pausers == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pausers += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pausers -= 1
+            if _gc_pausers == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 def default_cache_dir() -> Path:
@@ -117,7 +145,8 @@ class DiskCache:
         self._files: dict[str, list[Any]] = {}
         self._dirty = False
         self._lock = threading.Lock()
-        self._load()
+        with paused_gc():
+            self._load()
 
     def _load(self) -> None:
         if self.path is None:

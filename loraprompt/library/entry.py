@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loraprompt.keymaps.family import detect_file_family
+from loraprompt.keymaps.family import detect_file_family, family_from_metadata
 from loraprompt.library.metadata import (
     SD_VERSION_NAMES,
     MetadataSummary,
     summarize,
 )
-from loraprompt.library.quickheader import read_quick_header
+from loraprompt.library.quickheader import Layouts, read_quick_header
 from loraprompt.library.sidecars import (
     MAX_DESCRIPTION,
     civitai_summary,
@@ -23,18 +23,28 @@ from loraprompt.library.sidecars import (
 )
 
 MODEL_EXTS = (".safetensors", ".pt", ".ckpt")
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
-def header_record(path: Path) -> dict[str, Any]:
-    """What the cache keeps about a model file's header (raises AdapterFileError if it is broken)."""
-    if path.suffix.lower() != ".safetensors":
+def header_record(path: str | Path, layouts: Layouts | None = None) -> dict[str, Any]:
+    """What the cache keeps about a model file's header (raises AdapterFileError if it is broken).
+    A scan passes its `Layouts`: files with the same tensor section share its reading and family."""
+    if not str(path).lower().endswith(".safetensors"):
         return {"kind": "pickle", "summary": "", "family": None, "family_source": None}
-    header = read_quick_header(path)
-    found = detect_file_family(header.shapes, header.metadata)
+    header = read_quick_header(path, layouts)
+    if layouts is not None and header.layout is not None:
+        # the detector reads the metadata only through family_from_metadata: with the section's
+        # text, that decides its answer (tests/library/test_library_layouts.py holds it to this)
+        key = (header.layout, family_from_metadata(header.metadata))
+        found = layouts.derived.get(key)
+        if found is None:
+            found = layouts.derived[key] = detect_file_family(header.shapes, header.metadata)
+    else:
+        found = detect_file_family(header.shapes, header.metadata)
     summary = summarize(header.metadata)
     record: dict[str, Any] = {
         "kind": "safetensors",
-        "summary": json.dumps(summary.to_cache(), ensure_ascii=False, separators=(",", ":")),
+        "summary": _COMPACT.encode(summary.to_cache()),
         "output_name": summary.output_name,
         "family": found.family,
         "family_source": found.source,

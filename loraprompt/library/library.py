@@ -13,7 +13,7 @@ from typing import Any
 from loraprompt.diagnostics import Diagnostic
 from loraprompt.errors import AdapterFileError, LoraPromptError
 from loraprompt.library import paths, sidecars
-from loraprompt.library.cache import RACY_NS, DiskCache, default_cache_dir
+from loraprompt.library.cache import RACY_NS, DiskCache, default_cache_dir, paused_gc
 from loraprompt.library.details import file_details
 from loraprompt.library.duplicates import DuplicateGroup, duplicate_candidates, find_duplicates, sample_hash
 from loraprompt.library.entry import Entry
@@ -91,7 +91,7 @@ class Library:
 
     def refresh(self) -> RefreshReport:
         """Rescan every root; reads only files whose size or mtime changed since the cache."""
-        with self._lock:
+        with self._lock, paused_gc():
             scan_started = time.time_ns()
             old = dict(self._by_path)
             entries: list[Entry] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from loraprompt.keymaps.family import detect_file_family
@@ -17,6 +18,7 @@ from loraprompt.keymaps.family import detect_file_family
 MAX_SHOWN = 1000  # characters of one metadata value kept for display
 MAX_TAGS = 24  # tag frequencies kept in the summary (A1111 shows the top 24)
 MAX_TRIGGERS = 24  # as many as A1111's "training dataset tags" shows
+_NAME, _COUNT = itemgetter(0), itemgetter(1)
 SD_VERSION_NAMES = {"SD1": "sd1", "SD2": "sd2", "SDXL": "sdxl"}
 
 def cap(value: str, limit: int = MAX_SHOWN) -> str:
@@ -45,16 +47,30 @@ def tag_frequency(metadata: Mapping[str, str]) -> list[tuple[str, int]]:
     except (ValueError, RecursionError):  # RecursionError: nested deeper than json can parse
         return []
     totals: dict[str, int] = {}
+    if isinstance(doc, dict) and len(doc) == 1:
+        (folder,) = doc.values()
+        # one dataset folder of clean tags and integer counts (the usual file): taken as it is, in C
+        if isinstance(folder, dict) and set(map(type, folder.values())) <= {int} and "" not in folder:
+            tags = list(folder)
+            if list(map(str.strip, tags)) == tags:
+                totals = folder
+                doc = None
     if isinstance(doc, dict):
         for folder in doc.values():
             if not isinstance(folder, dict):
                 continue
             for tag, count in folder.items():
-                if isinstance(count, int) and not isinstance(count, bool):
-                    tag = str(tag).strip()
+                if type(count) is int:  # JSON's numbers: int (not bool) or float; keys are str
+                    tag = tag.strip()
                     if tag:
                         totals[tag] = totals.get(tag, 0) + count
-    return sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
+    # by count descending (stable, in C; counts are usually listed in that order already), then,
+    # when counts tie, by name first: the count sort keeps ties in name order
+    found = sorted(totals.items(), key=_COUNT, reverse=True)
+    if len(set(map(_COUNT, found))) < len(found):
+        found.sort()
+        found.sort(key=_COUNT, reverse=True)
+    return found
 
 
 def _split_phrases(text: str) -> list[str]:
@@ -98,12 +114,11 @@ class MetadataSummary:
         full = self.to_json()
         if tuple(full["trigger_words"]) == self._derived_triggers():
             del full["trigger_words"]
-        defaults = MetadataSummary()
-        return {k: v for k, v in full.items() if k == "trigger_words" or (v != getattr(defaults, k) and v not in ([], {}))}
+        return {k: v for k, v in full.items() if k == "trigger_words" or (v != _DEFAULTS[k] and v not in ([], {}))}
 
     def _derived_triggers(self) -> tuple[str, ...]:
         """The trigger words `summarize` finds from the trigger phrase and the tags kept here."""
-        return _triggers(_split_phrases(self.modelspec.get("trigger_phrase", "")), [t for t, _ in self.tags])
+        return _triggers(_split_phrases(self.modelspec.get("trigger_phrase", "")), list(map(_NAME, self.tags)))
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> MetadataSummary:
@@ -118,16 +133,16 @@ class MetadataSummary:
         return summary
 
 
+_DEFAULTS = MetadataSummary().__dict__
+
+
 def _triggers(phrases: Sequence[str], tags: Sequence[str]) -> tuple[str, ...]:
     """Trigger words: the trigger phrase's parts, then tags by count, each once, capped."""
-    out: dict[str, None] = {}  # ordered, with O(1) membership
-    for phrase in [*phrases, *tags]:
-        phrase = cap(phrase, 200)
-        if phrase not in out:
-            out[phrase] = None
-            if len(out) == MAX_TRIGGERS:
-                break
-    return tuple(out)
+    top = tags[:MAX_TRIGGERS]
+    if not phrases and (not top or max(map(len, top)) <= 200) and len(set(top)) == len(top):
+        return tuple(top)  # nothing to cap, nothing repeated
+    capped = [p if len(p) <= 200 else cap(p, 200) for p in [*phrases, *tags]]
+    return tuple(dict.fromkeys(capped))[:MAX_TRIGGERS]  # ordered, each once
 
 
 def summarize(metadata: Mapping[str, str]) -> MetadataSummary:
@@ -138,7 +153,10 @@ def summarize(metadata: Mapping[str, str]) -> MetadataSummary:
         return cap(value) if isinstance(value, str) and value != "" else None
 
     tags = tag_frequency(metadata)
-    triggers = _triggers(_split_phrases(metadata.get("modelspec.trigger_phrase", "")), [t for t, _ in tags])
+    triggers = _triggers(_split_phrases(metadata.get("modelspec.trigger_phrase", "")), list(map(_NAME, tags)))
+    top = tags[:MAX_TAGS]
+    if top and max(map(len, map(_NAME, top))) > 200:
+        top = [(cap(t, 200), c) for t, c in top]
     modelspec = {k[len("modelspec.") :]: cap(v) for k, v in metadata.items() if k.startswith("modelspec.") and "thumbnail" not in k}
     epochs = get("ss_num_epochs") or get("ss_epoch")
     return MetadataSummary(
@@ -146,7 +164,7 @@ def summarize(metadata: Mapping[str, str]) -> MetadataSummary:
         base_model=get("ss_sd_model_name"),
         base_model_version=get("ss_base_model_version") or modelspec.get("architecture"),
         trigger_words=triggers,
-        tags=tuple((cap(t, 200), c) for t, c in tags[:MAX_TAGS]),
+        tags=tuple(top),
         resolution=get("ss_resolution") or modelspec.get("resolution"),
         epochs=epochs,
         dim=get("ss_network_dim"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,23 +79,43 @@ def _no_duplicates(path: str):  # type: ignore[no-untyped-def]
     return hook
 
 
+_FIRST_READ = 64 * 1024  # one read takes the length and, for most LoRAs, the whole header
+
+
 def read_prefix(path: str, max_header: int = MAX_HEADER) -> tuple[bytes, int]:
-    """The header bytes and the file size, after the size checks every reader shares."""
-    if os.path.isdir(path):
-        raise AdapterFileError(path, "is a directory, not a safetensors file")
+    """The header bytes and the file size, after the size checks every reader shares (raw file
+    descriptor calls, one read for most files: a library scan reads 100,000 of these)."""
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size < 8:
-                raise AdapterFileError(path, f"file is {size} bytes, too short for a safetensors header")
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > max_header:
-                raise AdapterFileError(path, f"header length {n} exceeds the {max_header}-byte limit")
-            if n < 2 or 8 + n > size:
-                raise AdapterFileError(path, f"header length {n} does not fit in a {size}-byte file")
-            raw = f.read(n)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        if os.path.isdir(path):
+            raise AdapterFileError(path, "is a directory, not a safetensors file") from exc
+        raise AdapterFileError(path, f"cannot read: {exc.strerror or exc}") from exc
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise AdapterFileError(path, "is a directory, not a safetensors file")
+        size = st.st_size
+        if size < 8:
+            raise AdapterFileError(path, f"file is {size} bytes, too short for a safetensors header")
+        first = os.read(fd, _FIRST_READ)
+        if len(first) < 8:
+            raise AdapterFileError(path, "file was truncated while reading the header")
+        (n,) = struct.unpack_from("<Q", first)
+        if n > max_header:
+            raise AdapterFileError(path, f"header length {n} exceeds the {max_header}-byte limit")
+        if n < 2 or 8 + n > size:
+            raise AdapterFileError(path, f"header length {n} does not fit in a {size}-byte file")
+        raw = first[8 : 8 + n]
+        while len(raw) < n:
+            more = os.read(fd, n - len(raw))
+            if not more:
+                break
+            raw += more
     except OSError as exc:
         raise AdapterFileError(path, f"cannot read: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
     if len(raw) != n:
         raise AdapterFileError(path, "file was truncated while reading the header")
     return raw, size

@@ -15,6 +15,7 @@ from typing import Any
 from loraprompt.errors import AdapterFileError
 from loraprompt.library.cache import DiskCache, Record
 from loraprompt.library.entry import MODEL_EXTS, Entry, header_record, sidecar_value
+from loraprompt.library.quickheader import Layouts
 from loraprompt.library.sidecars import find_names, make_listing, preview_names, sidecar_names
 
 _DIGITS = re.compile(r"(\d+)")
@@ -188,14 +189,16 @@ def make_entry(
     )
 
 
-def model_record(path: str, st: os.stat_result, cache: DiskCache, settle_s: float) -> tuple[Record | None, bool]:
+def model_record(
+    path: str, st: os.stat_result, cache: DiskCache, settle_s: float, layouts: Layouts | None = None,
+) -> tuple[Record | None, bool]:
     """(cached or freshly read header record, whether the file was read); (None, True) for a
     broken file modified less than `settle_s` ago: probably still being written, skipped."""
     record = cache.get(path, st.st_size, st.st_mtime_ns)
     if record is not None:
         return record, False
     try:
-        values = header_record(Path(path))
+        values = header_record(path, layouts)
     except AdapterFileError as exc:
         if time.time() - st.st_mtime_ns / 1e9 < settle_s:
             return None, True
@@ -219,12 +222,14 @@ def scan_root(root: str, cache: DiskCache, settle_s: float, previous: Mapping[st
     """Walk one root and build its entries in A1111's (natural-sorted) order, reusing the
     `previous` entry of a file whose stat and `marks` (sidecars, previews) are unchanged."""
     result = ScanResult()
+    layouts = Layouts()
     real_root = os.path.join(os.path.realpath(root), "")
     for folder in walk(root, result.dir_mtimes):
         real = os.path.join(os.path.realpath(folder.path), "")
         folder.outside = real[:-1] if not real.startswith(real_root) else None
         for filename in folder.models:
-            entry = scan_file(root, folder, filename, cache=cache, settle_s=settle_s, previous=previous, marks=marks, result=result)
+            entry = scan_file(root, folder, filename, cache=cache, settle_s=settle_s, previous=previous, marks=marks, result=result,
+                              layouts=layouts)
             if entry is not None:
                 result.entries.append(entry)
     result.entries.sort(key=lambda e: natural_key(e.relpath))  # walk order differs: a folder's files mix with its subfolders
@@ -233,7 +238,7 @@ def scan_root(root: str, cache: DiskCache, settle_s: float, previous: Mapping[st
 
 def scan_file(
     root: str, folder: Folder, filename: str, *, cache: DiskCache, settle_s: float,
-    previous: Mapping[str, Entry], marks: Mapping[str, Any], result: ScanResult,
+    previous: Mapping[str, Entry], marks: Mapping[str, Any], result: ScanResult, layouts: Layouts | None = None,
 ) -> Entry | None:
     """The entry of one model file (None while it is still being written), noted in `result`."""
     path = folder.path + os.sep + filename
@@ -241,7 +246,7 @@ def scan_file(
         st = os.stat(path)
     except OSError:
         return None
-    record, was_read = model_record(path, st, cache, settle_s)
+    record, was_read = model_record(path, st, cache, settle_s, layouts)
     result.read += was_read
     if record is None:
         result.pending.append(path)

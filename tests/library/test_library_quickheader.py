@@ -85,3 +85,18 @@ def test_a_name_that_looks_like_an_entry_does_not_fool_the_count(tmp_path: Path)
     assert q.shapes[name] == (1,) and q.metadata["m"].startswith('"data')
     with pytest.raises(AdapterFileError, match="truncated or padded"):
         read_quick_header(raw_file(tmp_path / "t.safetensors", header, b"\0" * 3))
+
+
+def test_a_folder_named_like_a_file_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "dir.safetensors"
+    folder.mkdir()
+    for read in (read_quick_header, read_header):
+        with pytest.raises(AdapterFileError, match="is a directory"):
+            read(folder)
+
+
+def test_a_header_longer_than_the_first_read_is_read_whole(tmp_path: Path) -> None:
+    keys = {f"lora_unet_block_{i}_{'x' * 200}.lora_down.weight": (1, 1) for i in range(600)}  # ~170 kB of header
+    p = write_lora(tmp_path / "big.safetensors", {"note": "y" * 100_000}, keys=keys)
+    q, full = read_quick_header(p), read_header(p)
+    assert q.metadata == full.metadata and len(q.shapes) == 600 and q.data_offset == full.data_offset > 64 * 1024

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from loraprompt.library.metadata import MAX_TRIGGERS, MetadataSummary, summarize
+from loraprompt.library.metadata import MAX_TRIGGERS, MetadataSummary, summarize, tag_frequency
 
 from .conftest import write_lora
 
@@ -26,6 +26,8 @@ CASES = {
     "phrase only": {"modelspec.trigger_phrase": "a, b", "modelspec.architecture": "stable-diffusion-xl-v1-base/lora"},
     "long phrase": {"modelspec.trigger_phrase": "x" * 1500 + ", y"},  # capped differently from the tags
     "cover": {"ssmd_cover_images": "[\"abc\"]", "ss_tag_frequency": frequency({"one": 1})},
+    "long tags": {"ss_tag_frequency": frequency({"x" * 250 + str(i): 9 - i for i in range(9)} | {"y": 1})},  # capped alike
+    "ties": {"ss_tag_frequency": frequency({"b": 2, "a": 2, "c": 3})},
 }
 
 
@@ -59,3 +61,17 @@ def test_a_scanned_entry_equals_the_dataclass_built_one(tmp_path: Path) -> None:
     values = {f.name: getattr(entry, f.name) for f in fields(Entry) if f.init}
     assert entry.alias == "alias_a" and entry.summary.trigger_words == ("x",)
     assert Entry(**values) == entry and Entry(**values)._memo is None and entry._memo is not None
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        ({"1_x": {"b": 2, "c": 3, "a": 2}}, [("c", 3), ("a", 2), ("b", 2)]),  # ties by name
+        ({"1_x": {"b": 2, " b": 1, "": 5, " ": 4, "c": True, "d": 1.5, "e": "3", "f": None}}, [("b", 3)]),  # counted as kohya's
+        ({"1_x": {"a": 1, "b": 3}, "2_y": {"a": 4}, "3_z": [1]}, [("a", 5), ("b", 3)]),  # folders summed
+        ({"1_x": {"z": 1, "y": 1, "x": 2}}, [("x", 2), ("y", 1), ("z", 1)]),
+        ([1], []),
+    ],
+)
+def test_tag_frequency_sums_clean_counts_most_frequent_first(doc: object, expected: list[tuple[str, int]]) -> None:
+    assert tag_frequency({"ss_tag_frequency": json.dumps(doc)}) == expected
