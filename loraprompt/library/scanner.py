@@ -58,10 +58,16 @@ class Folder:
     models: list[str]
     hidden: bool
     outside: str | None = None  # the real folder, when a symlink led the walk out of the root
+    prefixes: set[str] | None = None  # every `<text>.` that starts the name of a file that is not a model
 
     def companions(self, filename: str) -> dict[str, str]:
-        """A `make_listing` of the other names that start with `<stem>.` (sidecars, previews)."""
+        """A `make_listing` of the other names that start with `<stem>.` (sidecars, previews);
+        {} when no file but models starts so (no sidecar or preview name is a model's)."""
         prefix = filename[: filename.rfind(".") + 1]  # model names always have an extension
+        if self.prefixes is None:
+            self.prefixes = _prefixes(set(self.names).difference(self.models))
+        if prefix not in self.prefixes:
+            return {}  # most files in a big library: one set lookup instead of a bisect and a listing
         i = bisect.bisect_left(self.names, prefix)
         found = []
         while i < len(self.names) and self.names[i].startswith(prefix):
@@ -69,6 +75,17 @@ class Folder:
                 found.append(self.names[i])
             i += 1
         return make_listing(found) if found else {}
+
+
+def _prefixes(names: set[str]) -> set[str]:
+    """Each text up to and including a `.` that starts one of `names`."""
+    out: set[str] = set()
+    for name in names:
+        i = name.find(".")
+        while i >= 0:
+            out.add(name[: i + 1])
+            i = name.find(".", i + 1)
+    return out
 
 
 @dataclass
