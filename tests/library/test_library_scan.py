@@ -350,3 +350,23 @@ def test_natural_key_orders_as_a1111s_list_key() -> None:
     for a, b in itertools.pairwise(names):
         assert (a1111(a) < a1111(b), a1111(a) == a1111(b)) == (natural_key(a) < natural_key(b), natural_key(a) == natural_key(b)), (a, b)
     assert sorted(names, key=a1111) == sorted(names, key=natural_key)
+
+
+def test_a_cache_of_the_previous_version_is_read_again(lora_dir: Path, tmp_path: Path) -> None:
+    """Version 3 kept summaries with their quotes as written; version 4 swaps " and ` (a file of
+    the old version would be misread, so it is ignored and the headers read again)."""
+    from loraprompt.library.entry import SUMMARY_SWAP
+
+    write_lora(lora_dir / "a.safetensors", kohya_metadata("a", tags={"1_x": {'say "hi"': 3, "`tick`": 2}}))
+    first = Library([lora_dir], cache_dir=tmp_path / "c").entries[0]
+    (cache_file,) = (tmp_path / "c").glob("library-*.json")
+    doc = json.loads(cache_file.read_text())
+    for row in doc["files"].values():
+        row[5] = row[5].translate(SUMMARY_SWAP)  # as version 3 wrote it
+    cache_file.write_text(json.dumps({**doc, "version": 3}))
+    lib = Library([lora_dir], cache_dir=tmp_path / "c")
+    assert lib.last_report.files_read == 1 and json.loads(cache_file.read_text())["version"] == CACHE_VERSION == 4
+    warm = Library([lora_dir], cache_dir=tmp_path / "c")
+    assert warm.last_report.files_read == 0
+    for e in (first, lib.entries[0], warm.entries[0]):
+        assert e.summary.tags == (('say "hi"', 3), ("`tick`", 2)) and e.trigger_words()[0] == ('say "hi"', "header")
