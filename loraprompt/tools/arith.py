@@ -14,6 +14,7 @@ every other case (GPU, float32 or fp8 weights, fused rows, full deltas) goes thr
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,10 +28,39 @@ _HALF = (torch.float16, torch.bfloat16)
 
 class Workspace:
     """Float32 buffers reused from weight to weight (one merge's compute thread only): each grows to
-    the largest weight it is asked for and stays, so the pages are touched once."""
+    the largest weight it is asked for and stays, so the pages are touched once. Also a free list
+    of written outputs (`recycle`, from the writer thread), handed out again as new weights of the
+    same byte size (`output`), up to `keep` bytes: the pages of an output are then not faulted in
+    anew for every weight."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: int = 0) -> None:
         self._buffers: list[Tensor] = [torch.empty(0), torch.empty(0)]
+        self._free: dict[int, list[Tensor]] = {}
+        self._kept = 0
+        self._keep = keep
+        self._lock = threading.Lock()
+
+    def output(self, like: Tensor) -> Tensor:
+        """An uninitialised CPU tensor of `like`'s dtype and shape, recycled when one fits."""
+        nbytes = like.numel() * like.element_size()
+        with self._lock:
+            free = self._free.get(nbytes)
+            raw = free.pop() if free else None
+            if raw is not None:
+                self._kept -= nbytes
+        if raw is None or like.device.type != "cpu":
+            return torch.empty_like(like, memory_format=torch.contiguous_format)
+        return raw.view(like.dtype).view(like.shape)
+
+    def recycle(self, tensor: Tensor) -> None:
+        """Take back a written output (nothing else may hold it) for `output` to hand out again."""
+        nbytes = tensor.numel() * tensor.element_size()
+        if not nbytes or tensor.device.type != "cpu" or not tensor.is_contiguous():
+            return
+        with self._lock:
+            if self._kept + nbytes <= self._keep:
+                self._free.setdefault(nbytes, []).append(tensor.reshape(-1).view(torch.uint8))
+                self._kept += nbytes
 
     def buffer(self, slot: int, like: Tensor) -> Tensor:
         """Float32 buffer `slot` (0 or 1) shaped like `like`, on the CPU; its contents are garbage."""
@@ -72,7 +102,7 @@ def merged_weight(base_w: Tensor, base_b: Tensor | None, contributions: Sequence
         return combined(base_w, base_b, contributions, where, scale)
     with torch.no_grad():
         w_parts, b_parts, _ = weight_parts(contributions, base_w, base_b, where)
-        new_w = torch.empty_like(base_w)
+        new_w = ws.output(base_w)
         if _fast(new_w, base_w, w_parts):
             _product_then_sum(new_w, base_w, w_parts, ws)
         else:

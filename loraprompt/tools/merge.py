@@ -35,6 +35,7 @@ from loraprompt.tools.io import (
 )
 from loraprompt.tools.stream import overlapped, resolve_device, to_host
 
+RECYCLE = 96 << 20  # bytes of written outputs kept to be reused
 # (adapter module, rows of a fused parameter or None, strength), as in loraprompt.plan
 Contribution = tuple[Any, "tuple[int, int] | None", float]
 
@@ -132,7 +133,7 @@ class _Merger:
         self.present = {(c, k) for f in reader.checkpoint.files for k, c in f.component_of.items()}
         self.bias_of = {(c, _bias_key(k)): k for c, k in plan if (c, _bias_key(k)) in self.present}
         self.changed = 0
-        self.workspace = Workspace()  # float32 buffers of the compute stage, reused weight to weight
+        self.workspace = Workspace(keep=RECYCLE)  # float32 buffers and outputs, reused weight to weight
 
     def out_dtype(self, dtype: torch.dtype) -> torch.dtype:
         return self.dtype if self.dtype is not None and dtype.is_floating_point else dtype
@@ -275,6 +276,7 @@ def _write_file(merger: _Merger, file: TensorFile, target: Path, metadata: dict[
                 writer.copy(key, source, *file.layout.ranges[key])
             else:
                 writer.write(key, out)
+                merger.workspace.recycle(out)  # written: its pages serve a later weight
             bar.update(spec_nbytes(*file.specs[key]))
 
         peaks = overlapped(keys, lambda key: merger.load(file, key, ahead),

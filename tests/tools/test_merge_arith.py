@@ -75,3 +75,15 @@ def test_half_checkpoint_with_plain_loras_equals_the_patcher(tmp_path: Path, dty
         assert torch.equal(merged[key], expected[component][own]), key
         changed += not torch.equal(merged[key], original[key])
     assert changed > 40 and report.weights_changed == changed
+
+
+def test_written_outputs_are_handed_out_again_up_to_the_kept_bytes() -> None:
+    ws = Workspace(keep=1000)
+    first = ws.output(torch.empty(10, 20, dtype=torch.float16))  # 400 bytes, new
+    ws.recycle(first)
+    again = ws.output(torch.empty(2, 50, dtype=torch.float32))  # the same 400 bytes, another dtype/shape
+    assert again.data_ptr() == first.data_ptr() and again.shape == (2, 50) and again.dtype == torch.float32
+    assert ws.output(torch.empty(10, 20, dtype=torch.float16)).data_ptr() != first.data_ptr()  # taken: a new one
+    big = torch.empty(300, dtype=torch.float32)  # 1200 bytes: more than it keeps
+    ws.recycle(big)
+    assert ws.output(big).data_ptr() != big.data_ptr()
