@@ -144,6 +144,7 @@ class DiskCache:
         self.path = cache_dir / f"library-{digest}.json" if cache_dir is not None else None
         self._files: dict[str, list[Any]] = {}
         self._dirty = False
+        self.in_order = False  # the records of the entries are in the entries' order (see `arrange`)
         self._lock = threading.Lock()
         with paused_gc():
             self._load()
@@ -166,6 +167,7 @@ class DiskCache:
                         if type(row[at]) is str:
                             row[at] = intern(row[at])
             self._files = files
+            self.in_order = doc.get("in_order") is True
 
     def get(self, path: str, size: int, mtime_ns: int) -> Record | None:
         """The cached record of `path` if its size and mtime still match, else None."""
@@ -181,6 +183,8 @@ class DiskCache:
             values["racy"] = True
         row = _row(size, mtime_ns, values)
         with self._lock:
+            if path not in self._files:
+                self.in_order = False  # a new record at the end: not in the entries' order
             self._files[path] = row
             self._dirty = True
         return Record(row)
@@ -200,6 +204,23 @@ class DiskCache:
                 del self._files[path]
                 self._dirty = True
 
+    def arrange(self, paths: list[str]) -> None:
+        """Put the records of `paths` first, in that order (the scan's entries, natural-sorted),
+        to be saved so: the next warm scan sorts its entries by `ranks` instead of computing 100,000
+        natural sort keys. Marks the cache changed only when it was not in order."""
+        with self._lock:
+            if self.in_order and not self._dirty:
+                return
+            files = {p: self._files[p] for p in paths if p in self._files}
+            files.update(self._files)
+            self._files = files
+            self.in_order = self._dirty = True
+
+    def ranks(self) -> dict[str, int] | None:
+        """path -> position of its record, when the records are in the entries' order; else None."""
+        with self._lock:
+            return {p: i for i, p in enumerate(self._files)} if self.in_order else None
+
     def paths(self) -> set[str]:
         """Every path with a record."""
         return set(self._files)
@@ -214,7 +235,8 @@ class DiskCache:
         if self.path is None or not self._dirty:
             return
         with self._lock:
-            text = json.dumps({"version": VERSION, "files": self._files}, ensure_ascii=False, separators=(",", ":"))
+            text = json.dumps({"version": VERSION, "in_order": self.in_order, "files": self._files}, ensure_ascii=False,
+                              separators=(",", ":"))
             self._dirty = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -102,13 +102,14 @@ class Library:
             marks: dict[str, Any] = {}
             seen: set[str] = set()
             linked: set[str] = set()
+            ranks = self._cache.ranks()
             for root in self.roots:
                 if not root.is_dir():
                     offline.append(str(root))
                     kept = [replace(e, offline=True) for e in old.values() if e.root == str(root)]
                     entries += kept or cached_entries(str(root), self._cache)
                     continue
-                result = scan_root(str(root), self._cache, self.settle_s, old, self._marks)
+                result = scan_root(str(root), self._cache, self.settle_s, old, self._marks, ranks=ranks)
                 marks.update(result.marks)
                 seen |= result.sidecars_seen
                 linked |= result.linked_previews
@@ -127,6 +128,7 @@ class Library:
             dropped = {p for p in unseen if p.startswith(live)}  # gone from a reachable root
             self._keep_hashes_of_moved(dropped, [p for p in self._by_path if p not in old])
             self._cache.drop(dropped)
+            self._cache.arrange(list(self._by_path))
             self._cache.save()
             changed = tuple(p for p, e in self._by_path.items() if p in old and (old[p].size, old[p].mtime_ns) != (e.size, e.mtime_ns))
             self.last_report = RefreshReport(

@@ -235,9 +235,14 @@ def _stamps(folder: str, names: tuple[str, ...]) -> tuple[tuple[str, int, int], 
     return tuple(stamps)
 
 
-def scan_root(root: str, cache: DiskCache, settle_s: float, previous: Mapping[str, Entry], marks: Mapping[str, Any]) -> ScanResult:
+def scan_root(
+    root: str, cache: DiskCache, settle_s: float, previous: Mapping[str, Entry], marks: Mapping[str, Any],
+    *, ranks: Mapping[str, int] | None = None,
+) -> ScanResult:
     """Walk one root and build its entries in A1111's (natural-sorted) order, reusing the
-    `previous` entry of a file whose stat and `marks` (sidecars, previews) are unchanged."""
+    `previous` entry of a file whose stat and `marks` (sidecars, previews) are unchanged. With
+    `ranks` (path -> position in the last scan's order, `DiskCache.ranks`) that has every path,
+    the entries are sorted by it: the natural order of a subset of those paths is theirs."""
     result = ScanResult()
     layouts = Layouts()
     real_root = os.path.join(os.path.realpath(root), "")
@@ -249,7 +254,11 @@ def scan_root(root: str, cache: DiskCache, settle_s: float, previous: Mapping[st
                               layouts=layouts)
             if entry is not None:
                 result.entries.append(entry)
-    result.entries.sort(key=lambda e: natural_key(e.relpath))  # walk order differs: a folder's files mix with its subfolders
+    # walk order differs: a folder's files mix with its subfolders
+    if ranks is not None and all(e.path in ranks for e in result.entries):
+        result.entries.sort(key=lambda e: ranks[e.path])
+    else:
+        result.entries.sort(key=lambda e: natural_key(e.relpath))
     return result
 
 

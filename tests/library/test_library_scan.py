@@ -370,3 +370,21 @@ def test_a_cache_of_the_previous_version_is_read_again(lora_dir: Path, tmp_path:
     assert warm.last_report.files_read == 0
     for e in (first, lib.entries[0], warm.entries[0]):
         assert e.summary.tags == (('say "hi"', 3), ("`tick`", 2)) and e.trigger_words()[0] == ('say "hi"', "header")
+
+
+def test_a_warm_scan_keeps_the_natural_order_through_the_saved_one(lora_dir: Path, tmp_path: Path) -> None:
+    """The cache saves its records in the entries' order and a warm scan sorts by it; a file new
+    since then (its record appended) makes the scan sort by name again."""
+    for name in ("b/lora10", "lora2", "b/Lora9", "a", "b1/x"):
+        write_lora(lora_dir / f"{name}.safetensors")
+    expected = ["a.safetensors", "b1/x.safetensors", "b/Lora9.safetensors", "b/lora10.safetensors", "lora2.safetensors"]
+    assert [e.relpath for e in Library([lora_dir], cache_dir=tmp_path / "c").entries] == expected
+    (cache_file,) = (tmp_path / "c").glob("library-*.json")
+    doc = json.loads(cache_file.read_text())
+    assert doc["in_order"] is True and [p for p in doc["files"] if p.endswith(".safetensors")] == [str(lora_dir / p) for p in expected]
+    assert [e.relpath for e in Library([lora_dir], cache_dir=tmp_path / "c").entries] == expected
+    write_lora(lora_dir / "b" / "lora3.safetensors")
+    lib = Library([lora_dir], cache_dir=tmp_path / "c")
+    expected.insert(2, "b/lora3.safetensors")
+    assert [e.relpath for e in lib.entries] == expected
+    assert [e.relpath for e in Library([lora_dir], cache_dir=tmp_path / "c").entries] == expected
