@@ -26,6 +26,8 @@ def big_demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 @pytest.fixture
 def big_page(browser: Any, big_demo: DemoServer, request: pytest.FixtureRequest) -> Iterator[Any]:
     with open_page(browser, big_demo.url, ".lp-card", f"{request.node.name}.png", full_page=False) as page:
+        # the first 300 cards come first, the rest in a second request: wait for the whole list
+        page.wait_for_function(f"() => document.querySelector('.lp-count').textContent === '{FILES} of {FILES}'")
         yield page
 
 
@@ -34,7 +36,6 @@ def cards_in_dom(page: Any) -> int:
 
 
 def test_only_visible_rows_are_in_the_page_and_scrolling_reaches_the_end(big_page: Any) -> None:
-    assert big_page.locator(".lp-count").inner_text() == f"{FILES} of {FILES}"
     initial = cards_in_dom(big_page)
     assert 0 < initial < 80
     big_page.locator(".lp-scroller").evaluate("s => { s.scrollTop = s.scrollHeight; }")
@@ -53,3 +54,24 @@ def test_keyboard_end_moves_to_the_last_card_and_enter_inserts_it(big_page: Any)
     big_page.keyboard.press("Enter")
     big_page.wait_for_function("() => document.querySelector('#demo_prompt textarea').value !== ''")
     assert big_page.locator("#demo_prompt textarea").input_value() == f"<lora:lora_{FILES - 1:04d}:1>"
+
+
+def test_first_page_counts_the_whole_library_until_the_rest_arrives(browser: Any, big_demo: DemoServer) -> None:
+    """The first 300 cards are drawn before the full list comes; meanwhile the count and the status
+    say how many the library holds, and the held-back list then completes the grid."""
+    held: list[Any] = []
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        page.route(lambda url: url.split("?")[0].endswith("/cards") and "?" not in url, lambda route: held.append(route))
+        page.goto(big_demo.url)
+        page.locator(".lp-card").first.wait_for(timeout=30_000)
+        page.wait_for_function("() => document.querySelector('.lp-count').textContent !== ''")
+        assert page.locator(".lp-count").inner_text() == f"300 of {FILES}"
+        assert f"first 300 of {FILES}" in page.locator(".lp-status").inner_text()
+        assert len(held) == 1
+        held[0].continue_()
+        page.wait_for_function(f"() => document.querySelector('.lp-count').textContent === '{FILES} of {FILES}'")
+        assert page.locator(".lp-status").inner_text() == ""
+    finally:
+        context.close()

@@ -14,6 +14,7 @@
       this.api = root.dataset.api.replace(/\/$/, "");
       this.targets = JSON.parse(root.dataset.targets || "[]");
       this.cards = [];
+      this.total = 0;
       this.sorted = [];
       this.collator = new Intl.Collator(undefined, { numeric: true, sensitivity: "base" });
       this.byId = new Map();
@@ -167,6 +168,7 @@
 
     setData(data) {
       this.cards = data.cards;
+      this.total = data.partial ? data.total : data.cards.length; // the library's, while the rest loads
       this.family = data.family;
       this.generation = data.generation;
       this.byId = new Map();
@@ -311,7 +313,7 @@
       this.view = view;
       this.misfit = misfit;
       this.cursor = Math.min(this.cursor, Math.max(0, view.length - 1));
-      this.count.textContent = view.length + " of " + this.cards.length;
+      this.count.textContent = view.length + " of " + this.total;
       this.updateFilterNote();
       this.layout();
     }
