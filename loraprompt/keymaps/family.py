@@ -65,12 +65,18 @@ class Detection:
     denoiser: str = "unet"
 
 
+# (key, pattern, family), the first match winning: compiled once (the library's cold scan asks per file)
+_METADATA_RULES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
+    (key, re.compile(pattern, re.IGNORECASE), family)
+    for key, pattern, family in [(k, p, f.name) for f in DIT_FAMILIES for k, p in f.metadata] + list(_METADATA_SD)
+)
+
+
 def family_from_metadata(metadata: Mapping[str, str]) -> str | None:
     """The family a training tool recorded in the header, if any."""
-    rules = [(key, pattern, f.name) for f in DIT_FAMILIES for key, pattern in f.metadata] + list(_METADATA_SD)
-    for key, pattern, family in rules:
+    for key, pattern, family in _METADATA_RULES:
         value = metadata.get(key)
-        if isinstance(value, str) and value and re.search(pattern, value.strip(), re.IGNORECASE):
+        if isinstance(value, str) and value and pattern.search(value.strip()):
             return family
     if "ss_network_module" in metadata and metadata.get("ss_v2") == "False" and not metadata.get("ss_base_model_version"):
         return "sd1"  # kohya before ss_base_model_version: not v2 and not SDXL (SDXL wrote the version)
