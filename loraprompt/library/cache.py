@@ -240,6 +240,6 @@ class DiskCache:
             self._dirty = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.path, text)
+            atomic_write_text(self.path, text, json_text=True)
         except OSError:
             self._dirty = True

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -135,8 +136,15 @@ def lora_manager_summary(doc: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and an atomic rename."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def atomic_write_text(path: Path, text: str, *, json_text: bool = False) -> None:
+    """Write `text` to `path` through a temporary file in the same folder and an atomic rename.
+    `json_text`: `text` is JSON, whose strings may hold lone surrogates (a POSIX file name that is
+    not UTF-8 decodes to them): those are written as `\\udcXX` escapes, which JSON reads back the same."""
+    if json_text and not text.isascii() and _SURROGATE.search(text):
+        text = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)  # outside strings JSON is ASCII
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -121,6 +121,6 @@ class UsageLog:
         if self.path is not None:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(self.path, text)
+                atomic_write_text(self.path, text, json_text=True)
             except OSError:
                 pass  # history is a convenience: a read-only cache folder must not break generation
