@@ -221,6 +221,10 @@ class DiskCache:
         with self._lock:
             return {p: i for i, p in enumerate(self._files)} if self.in_order else None
 
+    def __len__(self) -> int:
+        """How many records it holds (model files and sidecars)."""
+        return len(self._files)
+
     def paths(self) -> set[str]:
         """Every path with a record."""
         return set(self._files)

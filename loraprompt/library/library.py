@@ -47,7 +47,8 @@ class Library:
 
     `entries` re-checks the folders' mtimes at most every `auto_check_s` seconds and refreshes
     when one changed. A broken file modified less than `settle_s` ago is treated as still being
-    written and skipped until it settles.
+    written and skipped until it settles. `workers`: processes reading the headers of a cold
+    scan (None: one per CPU once thousands are new, `readers.worker_count`; 0: none).
     """
 
     def __init__(
@@ -58,6 +59,7 @@ class Library:
         persist: bool = True,
         settle_s: float = 5.0,
         auto_check_s: float = 2.0,
+        workers: int | None = None,
     ) -> None:
         if isinstance(dirs, (str, os.PathLike)):
             dirs = [dirs]
@@ -69,6 +71,7 @@ class Library:
         self._computed: dict[str, tuple[int, int, str]] = {}  # path -> (size, mtime_ns, a1111) hashed here
         self.settle_s = settle_s
         self.auto_check_s = auto_check_s
+        self.workers = workers
         self._lock = threading.RLock()
         self._entries: list[Entry] = []
         self._by_path: dict[str, Entry] = {}
@@ -109,7 +112,7 @@ class Library:
                     kept = [replace(e, offline=True) for e in old.values() if e.root == str(root)]
                     entries += kept or cached_entries(str(root), self._cache)
                     continue
-                result = scan_root(str(root), self._cache, self.settle_s, old, self._marks, ranks=ranks)
+                result = scan_root(str(root), self._cache, self.settle_s, old, self._marks, ranks=ranks, workers=self.workers)
                 marks.update(result.marks)
                 seen |= result.sidecars_seen
                 linked |= result.linked_previews

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from loraprompt.errors import AdapterFileError
+from loraprompt.library import readers
 from loraprompt.library.cache import DiskCache, Record
 from loraprompt.library.entry import MODEL_EXTS, Entry, header_record, sidecar_value
 from loraprompt.library.quickheader import Layouts
@@ -208,19 +209,45 @@ def make_entry(
 
 def model_record(
     path: str, st: os.stat_result, cache: DiskCache, settle_s: float, layouts: Layouts | None = None,
+    *, read: Mapping[str, dict[str, Any] | str] | None = None,
 ) -> tuple[Record | None, bool]:
     """(cached or freshly read header record, whether the file was read); (None, True) for a
-    broken file modified less than `settle_s` ago: probably still being written, skipped."""
+    broken file modified less than `settle_s` ago: probably still being written, skipped.
+    `read`: what worker processes read already (`readers.read_headers`)."""
     record = cache.get(path, st.st_size, st.st_mtime_ns)
     if record is not None:
         return record, False
-    try:
-        values = header_record(path, layouts)
-    except AdapterFileError as exc:
+    values: dict[str, Any] | str | None = read.get(path) if read else None
+    if values is None:
+        try:
+            values = header_record(path, layouts)
+        except AdapterFileError as exc:
+            values = exc.reason
+    if isinstance(values, str):  # the reason the file is broken
         if time.time() - st.st_mtime_ns / 1e9 < settle_s:
             return None, True
-        values = {"kind": "safetensors", "summary": "", "family": None, "error": exc.reason}
+        values = {"kind": "safetensors", "summary": "", "family": None, "error": values}
     return cache.put(path, st.st_size, st.st_mtime_ns, ino=st.st_ino, **values), True
+
+
+def read_ahead(folders: list[Folder], cache: DiskCache, workers: int | None) -> tuple[dict[str, os.stat_result], dict[str, Any]]:
+    """(path -> stat of every model file, path -> what worker processes read of the headers the
+    cache lacks): a cold scan of thousands of files reads them on every CPU (`readers`)."""
+    stats: dict[str, os.stat_result] = {}
+    missing: list[str] = []
+    if readers.worker_count(sum(len(f.models) for f in folders) - len(cache), workers) == 0:
+        return stats, {}  # too few files without a record (a warm scan): not worth a pass
+    for folder in folders:
+        for filename in folder.models:
+            path = folder.path + os.sep + filename
+            try:
+                st = stats[path] = os.stat(path)
+            except OSError:
+                continue
+            if cache.get(path, st.st_size, st.st_mtime_ns) is None and path.lower().endswith(".safetensors"):
+                missing.append(path)
+    count = readers.worker_count(len(missing), workers)
+    return stats, readers.read_headers(missing, count) if count else {}
 
 
 def _stamps(folder: str, names: tuple[str, ...]) -> tuple[tuple[str, int, int], ...]:
@@ -237,21 +264,25 @@ def _stamps(folder: str, names: tuple[str, ...]) -> tuple[tuple[str, int, int], 
 
 def scan_root(
     root: str, cache: DiskCache, settle_s: float, previous: Mapping[str, Entry], marks: Mapping[str, Any],
-    *, ranks: Mapping[str, int] | None = None,
+    *, ranks: Mapping[str, int] | None = None, workers: int | None = 0,
 ) -> ScanResult:
     """Walk one root and build its entries in A1111's (natural-sorted) order, reusing the
     `previous` entry of a file whose stat and `marks` (sidecars, previews) are unchanged. With
     `ranks` (path -> position in the last scan's order, `DiskCache.ranks`) that has every path,
-    the entries are sorted by it: the natural order of a subset of those paths is theirs."""
+    the entries are sorted by it: the natural order of a subset of those paths is theirs.
+    `workers`: processes reading new headers (`readers.worker_count`; None: by CPUs and count)."""
     result = ScanResult()
     layouts = Layouts()
     real_root = os.path.join(os.path.realpath(root), "")
-    for folder in walk(root, result.dir_mtimes):
+    folders = walk(root, result.dir_mtimes)
+    # a warm scan pays one cache lookup per file here; a cold one has its headers read on every CPU
+    stats, read = read_ahead(folders, cache, workers) if workers != 0 else ({}, {})
+    for folder in folders:
         real = os.path.join(os.path.realpath(folder.path), "")
         folder.outside = real[:-1] if not real.startswith(real_root) else None
         for filename in folder.models:
             entry = scan_file(root, folder, filename, cache=cache, settle_s=settle_s, previous=previous, marks=marks, result=result,
-                              layouts=layouts)
+                              layouts=layouts, stats=stats, read=read)
             if entry is not None:
                 result.entries.append(entry)
     # walk order differs: a folder's files mix with its subfolders
@@ -265,14 +296,18 @@ def scan_root(
 def scan_file(
     root: str, folder: Folder, filename: str, *, cache: DiskCache, settle_s: float,
     previous: Mapping[str, Entry], marks: Mapping[str, Any], result: ScanResult, layouts: Layouts | None = None,
+    stats: Mapping[str, os.stat_result] | None = None, read: Mapping[str, Any] | None = None,
 ) -> Entry | None:
-    """The entry of one model file (None while it is still being written), noted in `result`."""
+    """The entry of one model file (None while it is still being written), noted in `result`;
+    `stats` and `read` come from `read_ahead`."""
     path = folder.path + os.sep + filename
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    record, was_read = model_record(path, st, cache, settle_s, layouts)
+    st = stats.get(path) if stats else None
+    if st is None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+    record, was_read = model_record(path, st, cache, settle_s, layouts, read=read)
     result.read += was_read
     if record is None:
         result.pending.append(path)
