@@ -128,8 +128,8 @@ def walk(root: str, dir_mtimes: dict[str, int]) -> list[Folder]:
                 continue
             if is_dir:
                 subdirs.append(item.name)
-            elif os.path.splitext(item.name)[1].lower() in MODEL_EXTS:
-                models.append(item.name)
+            elif item.name.lower().endswith(MODEL_EXTS) and "." in item.name.lstrip("."):  # splitext's view: a
+                models.append(item.name)  # leading dot starts no extension (".pt" is a name); one C call per file
         names = sorted(item.name for item in items)
         out.append(Folder(path, rel, names, models, hidden))  # scan_root sorts the entries
         for name in sorted(subdirs, key=natural_key, reverse=True):
@@ -286,9 +286,11 @@ def scan_root(
             if entry is not None:
                 result.entries.append(entry)
     # walk order differs: a folder's files mix with its subfolders
-    if ranks is not None and all(e.path in ranks for e in result.entries):
-        result.entries.sort(key=lambda e: ranks[e.path])
-    else:
+    try:
+        if ranks is None:
+            raise KeyError("no ranks")
+        result.entries.sort(key=lambda e: ranks[e.path])  # keys are made first: a KeyError leaves the list as it was
+    except KeyError:
         result.entries.sort(key=lambda e: natural_key(e.relpath))
     return result
 
