@@ -120,6 +120,15 @@ def test_the_scan_leaves_the_garbage_collector_as_it_found_it(lora_dir: Path) ->
         assert not gc.isenabled()
     finally:
         gc.enable()
+    assert gc.get_freeze_count() == 0  # the scan's objects went to the oldest generation, none stay frozen
+    hosts = [[] for _ in range(3)]  # tracked objects of a host that froze them (a pre-fork server)
+    gc.freeze()
+    try:
+        lib.refresh()
+        collectable = {id(o) for o in gc.get_objects()}  # every generation; frozen objects are in none
+        assert gc.isenabled() and gc.get_freeze_count() > 0 and not collectable & set(map(id, hosts))
+    finally:
+        gc.unfreeze()
 
 
 def test_a_known_section_followed_by_what_json_does_not_allow_is_refused(tmp_path: Path) -> None:
