@@ -62,12 +62,12 @@ def sample_hash(path: str, data_offset: int = 0) -> str:
 
 def needing_full_hash(
     candidates: Sequence[Entry], todo: Sequence[Entry], stems: Mapping[str, Sequence[Entry]],
-    sample: Callable[[Entry], str | None],
+    sample: Callable[[Entry], str | None], tick: Callable[[int, int], None] | None = None,
 ) -> list[Entry]:
     """The files of `todo` (candidates without hashes) whose tensor data size and `sample` match
     another candidate's: only they can be duplicates. Samples are taken of the candidates that
     share a data size or a stem with a file of `todo`; a file whose sample cannot be taken
-    (None) is hashed in full."""
+    (None) is hashed in full. `tick(done, total)` after each sample (it may raise to stop)."""
     waiting = {e.path for e in todo}
     by_size: dict[int, list[Entry]] = {}
     for e in candidates:
@@ -79,12 +79,18 @@ def needing_full_hash(
     for e in todo:
         near.update((o.path, o) for o in stems.get(e.name, ()) if not o.error and not o.offline)
     keys: dict[str, tuple[int, str | None]] = {}
-    for path, e in near.items():
+    for done, (path, e) in enumerate(near.items(), 1):
         keys[path] = (_data_size(e), sample(e))
+        if tick is not None:
+            tick(done, len(near))
     count: dict[tuple[int, str | None], int] = {}
     for key in keys.values():
         count[key] = count.get(key, 0) + 1
     return [e for e in todo if keys[e.path][1] is None or count[keys[e.path]] > 1]
+
+
+class _Stopped(Exception):
+    """`stop` was set during the sampled first pass."""
 
 
 def _data_size(e: Entry) -> int:
@@ -107,8 +113,8 @@ def find_duplicates(
     already known (empty if none), `compute(entry)` reads the file, `save()` writes the cache
     after hashing. With `sample` (a `sample_hash` of the entry, None when it cannot be taken),
     only candidates whose samples match another's are read in full (`needing_full_hash`).
-    `progress(done, total)` is called after each file hashed, and a set `stop` ends the hashing
-    early (the groups then cover the files hashed so far)."""
+    `progress(done, total)` is called after each file sampled, then after each file hashed in
+    full, and a set `stop` ends either pass early (the groups then cover the files hashed so far)."""
     hashes: dict[str, Mapping[str, str | None]] = {}
     for e in candidates:
         hashes[e.path] = cached(e)
@@ -119,7 +125,18 @@ def find_duplicates(
             samples[e.path] = sample(e)
             return samples[e.path]
 
-        todo = needing_full_hash(candidates, todo, stems, remember)
+        def tick(done: int, total: int) -> None:
+            # the first pass reads a little of every same-size file (most of a big library): it
+            # reports, pauses through `progress` and stops like the full hashing
+            if stop is not None and stop.is_set():
+                raise _Stopped
+            if progress is not None:
+                progress(done, total)
+
+        try:
+            todo = needing_full_hash(candidates, todo, stems, remember, tick)
+        except _Stopped:
+            todo = []  # the groups cover the files hashed before
     for done, entry in enumerate(todo, 1):
         if stop is not None and stop.is_set():
             break

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 from pathlib import Path
 
 from loraprompt.library import Library
@@ -35,7 +36,7 @@ def test_same_size_files_with_other_samples_are_not_read_in_full(tmp_path: Path)
     assert _groups(lib, progress) == {("same-file", ("a.safetensors", "e.safetensors"))}
     hashed = {e.relpath for e in lib.entries if lib.hashes(e, compute=False)}
     assert hashed == {"a.safetensors", "e.safetensors"}  # b, c and d were only sampled
-    assert progress[-1] == (2, 2)
+    assert progress == [(i, 5) for i in range(1, 6)] + [(1, 2), (2, 2)]  # five sampled, then two read in full
     # the samples are kept with the cache records: a new process finds the same groups
     again = Library([root], cache_dir=tmp_path / "c")
     assert _groups(again) == {("same-file", ("a.safetensors", "e.safetensors"))}
@@ -76,3 +77,20 @@ def test_same_name_with_other_samples_needs_no_full_read(tmp_path: Path) -> None
     lib = Library([root], cache_dir=tmp_path / "c")
     assert _groups(lib) == {("same-name", ("style.safetensors", "v2/style.safetensors"))}
     assert not any(lib.hashes(e, compute=False) for e in lib.entries)
+
+
+def test_a_stop_during_the_sampled_pass_ends_it_without_full_reads(tmp_path: Path) -> None:
+    root = tmp_path / "Lora"
+    paths = [write_lora(root / f"{n}.safetensors", {"x": "1"}, seed=i, keys=BIG) for i, n in enumerate("abcd")]
+    (root / "e.safetensors").write_bytes(paths[0].read_bytes())
+    os.utime(root / "e.safetensors", ns=(os.stat(paths[0]).st_mtime_ns,) * 2)
+    lib = Library([root], cache_dir=tmp_path / "c")
+    stop, seen = threading.Event(), []
+
+    def progress(done: int, total: int) -> None:
+        seen.append((done, total))
+        stop.set()  # as the gallery does when it shuts down, here after the first sample
+
+    assert lib.duplicates(progress, stop) == []
+    assert seen == [(1, 5)] and not any(lib.hashes(e, compute=False) for e in lib.entries)
+    assert _groups(lib) == {("same-file", ("a.safetensors", "e.safetensors"))}  # a later run finishes
