@@ -31,6 +31,7 @@ class Sampler:
         return f"{self.name} {self.schedule_type}" if self.schedule_type else self.name
 
 
+# Each name's A1111 default schedule comes first among its entries (the API's scheduler "automatic").
 SAMPLERS: tuple[Sampler, ...] = (
     Sampler("Euler a", "EulerAncestralDiscreteScheduler"),
     Sampler("Euler", "EulerDiscreteScheduler"),

@@ -20,16 +20,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loraprompt.models.samplers import SAMPLER_LABELS
 from loraprompt.serve.errors import ServeError, invalid
 from loraprompt.serve.jobs import ImageTask, Job
 from loraprompt.serve.loras import DownloadFailed, trigger_of
-from loraprompt.serve.service import Service
+from loraprompt.serve.service import Service, default_sampler, sampler_label
 from loraprompt.ui.txt2img import Txt2ImgRequest
 
 log = logging.getLogger("loraprompt.serve")
 
-# Replicate's scheduler names -> the web UI's sampler labels (its own labels are accepted too)
+# Replicate's scheduler names -> the web UI's sampler names (its own labels are accepted too; on a
+# flow-matching model a name takes the model's default schedule: "K_EULER" is "Euler Simple")
 SCHEDULERS: dict[str, str] = {
     "K_EULER_ANCESTRAL": "Euler a",
     "K_EULER": "Euler",
@@ -56,7 +56,9 @@ class PredictionInput(BaseModel):
     height: int | None = None
     aspect_ratio: Literal["1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3", "9:16", "9:21", "custom"] | None = None
     num_inference_steps: int = 30
-    guidance_scale: float = Field(default=7.5, ge=0, le=30)
+    guidance_scale: float | None = Field(default=None, ge=0, le=30,
+                                         description="CFG scale (default 7.5); on Flux.1 the distilled guidance, as diffusers' FluxPipeline")
+    guidance: float | None = Field(default=None, ge=0, le=30, description="Flux.1-dev's distilled guidance (default 3.5)")
     scheduler: str | None = None
     num_outputs: int = 1
     seed: int | None = None
@@ -205,18 +207,43 @@ def prepare(service: Service, pred: Prediction, inp: PredictionInput) -> list[Im
     service.check(steps=inp.num_inference_steps, width=width, height=height, images=inp.num_outputs,
                   fields={"steps": "input.num_inference_steps", "width": "input.width", "height": "input.height",
                           "images": "input.num_outputs"})
-    wanted = inp.scheduler or "K_EULER_ANCESTRAL"
-    label = SCHEDULERS.get(wanted, wanted)
-    if label not in SAMPLER_LABELS:
-        choices = [*SCHEDULERS, *SAMPLER_LABELS]
-        raise invalid(("input", "scheduler"), f"unknown scheduler {wanted!r}; choose one of: {', '.join(choices)}",
-                      choices=choices)
+    label = _sampler(service, inp.scheduler)
+    cfg, distilled = _guidance(service, pred, inp)
     pins = service.library.pins_in(prompt)
     seeds = service.seeds(inp.seed, inp.num_outputs)
     pred.logs.append(f"prompt: {prompt}")
     pred.logs.append(f"seeds: {', '.join(map(str, seeds))}; sampler {label}; {width}x{height}, {inp.num_inference_steps} steps")
-    return [ImageTask(Txt2ImgRequest(prompt, inp.negative_prompt, inp.num_inference_steps, inp.guidance_scale, s,
-                                     width, height, label, 1), pins) for s in seeds]
+    return [ImageTask(Txt2ImgRequest(prompt, inp.negative_prompt, inp.num_inference_steps, cfg, s,
+                                     width, height, label, 1, distilled_cfg_scale=distilled), pins) for s in seeds]
+
+
+def _sampler(service: Service, wanted: str | None) -> str:
+    """The sampler label for Replicate's `scheduler` input on the loaded model (None: its default)."""
+    samplers = service.model.samplers
+    name = SCHEDULERS.get(wanted, wanted) if wanted else default_sampler(samplers)
+    if any(s.label == name for s in samplers):
+        return name  # "DPM++ 2M" on an SD model is that label (the model's own schedule), not its Karras default
+    try:
+        return sampler_label(name, None, "scheduler", samplers)
+    except ServeError:
+        choices = [k for k, v in SCHEDULERS.items() if any(v in (s.name, s.label) for s in samplers)]
+        choices += [s.label for s in samplers]
+        raise invalid(("input", "scheduler"), f"unknown scheduler {wanted!r} for this model; choose one of: "
+                      f"{', '.join(choices)}", choices=choices) from None
+
+
+def _guidance(service: Service, pred: Prediction, inp: PredictionInput) -> tuple[float, float]:
+    """(CFG scale, distilled guidance). On Flux.1 both `guidance` and `guidance_scale` are the
+    distilled guidance (Replicate's Flux models, and diffusers' FluxPipeline, call it either) and
+    true CFG stays off; elsewhere `guidance_scale` is the CFG scale and `guidance` does not apply."""
+    if service.model.family == "flux":
+        if inp.guidance is not None and inp.guidance_scale is not None and inp.guidance != inp.guidance_scale:
+            pred.logs.append(f"note: 'guidance' {inp.guidance:g} is used; 'guidance_scale' {inp.guidance_scale:g} ignored")
+        found = inp.guidance if inp.guidance is not None else inp.guidance_scale
+        return 1.0, 3.5 if found is None else found
+    if inp.guidance is not None:
+        pred.logs.append("note: input 'guidance' (Flux.1's distilled guidance) does not apply here; ignored")
+    return 7.5 if inp.guidance_scale is None else inp.guidance_scale, 3.5
 
 
 def finish(pred: Prediction, job: Job) -> None:

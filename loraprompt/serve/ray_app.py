@@ -62,7 +62,7 @@ class ModelReplica:
 
     def describe(self) -> dict[str, Any]:
         m = self.engine.model
-        return {"model": ModelInfo.of(m), "lora_dirs": list(self.config.lora_dirs), "replica": self.replica_id}
+        return {"model": ModelInfo.of(m, self.engine.samplers), "lora_dirs": list(self.config.lora_dirs), "replica": self.replica_id}
 
     async def lora_set(self, model_id: str) -> LoadedSet:
         """Read the adapters of a set (the multiplexed load; Ray keeps an LRU of these)."""

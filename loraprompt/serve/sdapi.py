@@ -18,10 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from loraprompt.infotext import parse_infotext
 from loraprompt.library.safetensors_header import decoded_metadata
-from loraprompt.models.samplers import SAMPLER_LABELS, SAMPLERS
 from loraprompt.serve.errors import ServeError, invalid
 from loraprompt.serve.jobs import ImageTask, Job
-from loraprompt.serve.service import SAMPLER_NAMES, SCHEDULERS, Service, sampler_label
+from loraprompt.serve.service import Service, sampler_label, sampler_names, scheduler_name, schedulers_of
 from loraprompt.ui.txt2img import Txt2ImgRequest
 
 log = logging.getLogger("loraprompt.serve")
@@ -43,6 +42,7 @@ class Txt2ImgBody(BaseModel):
     sampler_name: str | None = None
     sampler_index: str = "Euler"
     scheduler: str | None = None
+    distilled_cfg_scale: float = 3.5  # Forge's field: Flux.1-dev's guidance (other models ignore it)
     batch_size: int = 1
     n_iter: int = 1
     send_images: bool = True
@@ -72,7 +72,7 @@ _QUIET = {
     "firstphase_width", "firstphase_height", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x",
     "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt",
     "hr_additional_modules", "denoising_strength", "refiner_switch_at", "disable_extra_networks", "comments",
-    "force_task_id", "infotext", "firstpass_image", "distilled_cfg_scale", "user",
+    "force_task_id", "infotext", "firstpass_image", "user",
 }
 _USED_SETTINGS = {"CLIP_stop_at_last_layers", "sd_model_checkpoint", "samples_format"}
 
@@ -121,7 +121,7 @@ def txt2img_tasks(service: Service, body: Txt2ImgBody) -> tuple[list[ImageTask],
         raise invalid("n_iter", f"must be at least 1, got {body.n_iter}")
     service.check(steps=body.steps, width=body.width, height=body.height, images=count)
     label = sampler_label(body.sampler_name or body.sampler_index, body.scheduler,
-                          "sampler_name" if body.sampler_name else "sampler_index")
+                          "sampler_name" if body.sampler_name else "sampler_index", service.model.samplers)
     settings = body.override_settings or {}
     clip_skip = settings.get("CLIP_stop_at_last_layers", 1)
     if not isinstance(clip_skip, int) or isinstance(clip_skip, bool) or not 1 <= clip_skip <= 12:
@@ -129,7 +129,8 @@ def txt2img_tasks(service: Service, body: Txt2ImgBody) -> tuple[list[ImageTask],
     prompts = _per_image(body.prompt, count, "prompt")
     negatives = _per_image(body.negative_prompt, count, "negative_prompt")
     seeds = service.seeds(body.seed, count)
-    tasks = [ImageTask(Txt2ImgRequest(p, n, body.steps, body.cfg_scale, s, body.width, body.height, label, clip_skip),
+    tasks = [ImageTask(Txt2ImgRequest(p, n, body.steps, body.cfg_scale, s, body.width, body.height, label, clip_skip,
+                                      distilled_cfg_scale=body.distilled_cfg_scale),
                        service.library.pins_in(p))
              for p, n, s in zip(prompts, negatives, seeds)]
     return tasks, clip_skip
@@ -142,7 +143,7 @@ def txt2img_info(service: Service, body: Txt2ImgBody, job: Job, *, label: str, c
     done = [t.request for t, o in zip(job.tasks, job.outputs) if o is not None]
     first = done[0] if done else job.tasks[0].request
     fields = parse_infotext(images[0].infotext) if images else {}
-    sampler = next(s for s in SAMPLERS if s.label == label)
+    sampler = next(s for s in service.model.samplers if s.label == label)
     extra = {k: v for k, v in fields.items() if k == "Lora hashes"}
     return {
         "prompt": first.prompt,
@@ -157,7 +158,7 @@ def txt2img_info(service: Service, body: Txt2ImgBody, job: Job, *, label: str, c
         "width": body.width,
         "height": body.height,
         "sampler_name": sampler.name,
-        "scheduler": (sampler.schedule_type or "automatic").lower() if sampler.schedule_type else "automatic",
+        "scheduler": scheduler_name(sampler.schedule_type) if sampler.schedule_type else "automatic",
         "cfg_scale": body.cfg_scale,
         "steps": body.steps,
         "batch_size": body.batch_size,
@@ -223,18 +224,19 @@ def add_routes(router: Any, service: Service) -> None:
 
     @router.get("/sdapi/v1/samplers")
     def samplers() -> list[dict[str, Any]]:
+        samplers = service.model.samplers  # the loaded model's: flow-matching ones for SD3 and Flux
         out = []
-        for name in SAMPLER_NAMES:
-            labels = [s.label for s in SAMPLERS if s.name == name]
-            karras = f"{name} Karras" in SAMPLER_LABELS
-            out.append({"name": name, "aliases": [lab for lab in labels if lab != name],
-                        "options": {"scheduler": "karras"} if karras else {}})
+        for name in sampler_names(samplers):
+            mine = [s for s in samplers if s.name == name]
+            default = mine[0].schedule_type  # what "automatic" gives, as A1111's options say it
+            out.append({"name": name, "aliases": [s.label for s in mine if s.label != name],
+                        "options": {"scheduler": scheduler_name(default)} if default else {}})
         return out
 
     @router.get("/sdapi/v1/schedulers")
     def schedulers() -> list[dict[str, Any]]:
         return [{"name": s, "label": s.capitalize(), "aliases": None, "default_rho": -1, "need_inner_model": False}
-                for s in SCHEDULERS]
+                for s in schedulers_of(service.model.samplers)]
 
     @router.get("/sdapi/v1/sd-models")
     def sd_models() -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from loraprompt.models.samplers import SAMPLER_LABELS, SAMPLERS
+from loraprompt.models.samplers import SAMPLERS, Sampler
 from loraprompt.serve.errors import ServeError, invalid
 from loraprompt.serve.jobs import ImageTask, Job, ModelQueue
 from loraprompt.serve.loras import DEFAULT_MAX_DOWNLOAD_MB, DEFAULT_TIMEOUT_S, LoraSources, PinnedLibrary
@@ -35,15 +35,17 @@ class ModelInfo:
     family: str
     model_hash: str | None = None
     is_demo: bool = False
+    samplers: tuple[Sampler, ...] = SAMPLERS  # what the model can run (flow-matching ones for SD3/Flux)
 
     @property
     def native_size(self) -> int:
-        """The default image side: 256 for the demo, 1024 for SDXL, 512 otherwise."""
-        return 256 if self.is_demo else 1024 if self.family == "sdxl" else 512
+        """The default image side: 256 for the demo, 512 for SD1/SD2, 1024 for SDXL, SD3 and Flux."""
+        return 256 if self.is_demo else 512 if self.family in ("sd1", "sd2") else 1024
 
     @classmethod
-    def of(cls, model: Any) -> ModelInfo:
-        return cls(model.name, model.family, model.model_hash, bool(model.is_demo))
+    def of(cls, model: Any, samplers: tuple[Sampler, ...] = SAMPLERS) -> ModelInfo:
+        """`model` (a `LoadedModel`) with the samplers its engine lists (`Txt2Img.samplers`)."""
+        return cls(model.name, model.family, model.model_hash, bool(model.is_demo), tuple(samplers))
 
 
 class Backend(Protocol):
@@ -69,37 +71,58 @@ class LocalBackend(ModelQueue):
         return super().submit(job)
 
 
-# A1111 >= 1.9 names a sampler and a schedule type apart; "automatic" is the sampler's own default
-# (v1.10.1's samplers_k_diffusion: Karras for DPM++ 2M, DPM++ SDE and DPM++ 2S a; exponential for the
-# DPM++ SDE variants, offered here only as Karras; the model's own schedule for Euler, LMS, Heun...).
-# The web UI's labels ("DPM++ 2M Karras") are A1111's older combined names and are accepted too.
-SAMPLER_NAMES: tuple[str, ...] = tuple(dict.fromkeys(s.name for s in SAMPLERS))
-SCHEDULERS = ("automatic", "karras", "uniform")
-KARRAS_BY_DEFAULT = frozenset({"DPM++ 2M", "DPM++ SDE", "DPM++ 2S a"})
+# A1111 >= 1.9 names a sampler and a schedule type apart; "automatic" is the sampler's own default,
+# listed first for each name (v1.10.1's samplers_k_diffusion: Karras for DPM++ 2M and DPM++ 2M SDE,
+# the model's own schedule for Euler, LMS, Heun...; Forge's "Simple" for a flow-matching model). The
+# web UI's labels ("DPM++ 2M Karras", "Euler Simple") are A1111's older combined names and are
+# accepted too. The schedule types are A1111's scheduler names, lower case ("uniform": the model's own).
 
 
-def sampler_label(name: str | None, scheduler: str | None, field: str = "sampler_name") -> str:
-    """The web UI sampler label for A1111's (sampler_name, scheduler); 422 listing the choices."""
-    name = (name or "Euler a").strip()
+def scheduler_name(schedule_type: str | None) -> str:
+    """A1111's scheduler name for a sampler's schedule type (None: the model's own, "uniform")."""
+    return (schedule_type or "uniform").lower()
+
+
+def sampler_names(samplers: tuple[Sampler, ...] = SAMPLERS) -> list[str]:
+    """The sampler names (without schedule types) of `samplers`, in order."""
+    return list(dict.fromkeys(s.name for s in samplers))
+
+
+def schedulers_of(samplers: tuple[Sampler, ...] = SAMPLERS) -> list[str]:
+    """The scheduler names a request may give for `samplers`: "automatic", then their schedule types."""
+    return ["automatic", *dict.fromkeys(scheduler_name(s.schedule_type) for s in samplers)]
+
+
+def default_sampler(samplers: tuple[Sampler, ...] = SAMPLERS) -> str:
+    """A1111's default sampler ("Euler a") where the model has it, else the model's first one."""
+    return "Euler a" if any(s.name == "Euler a" for s in samplers) else samplers[0].name
+
+
+def sampler_label(name: str | None, scheduler: str | None, field: str = "sampler_name",
+                  samplers: tuple[Sampler, ...] = SAMPLERS) -> str:
+    """The label among `samplers` (the loaded model's) for A1111's (sampler_name, scheduler); 422
+    listing the choices."""
+    name = (name or default_sampler(samplers)).strip()
     sched = (scheduler or "automatic").strip().lower()
-    if name in SAMPLER_LABELS and name not in SAMPLER_NAMES:
+    names, labels = sampler_names(samplers), [s.label for s in samplers]
+    if name in labels and name not in names:
         return name  # an older combined name such as "DPM++ 2M Karras" says its schedule itself
-    if name not in SAMPLER_NAMES:
-        choices = list(dict.fromkeys(SAMPLER_NAMES + SAMPLER_LABELS))
-        raise invalid(field, f"unknown sampler {name!r}; choose one of: {', '.join(choices)}", choices=choices)
-    if sched not in SCHEDULERS:
-        raise invalid("scheduler", f"unknown scheduler {scheduler!r}; choose one of: {', '.join(SCHEDULERS)}",
-                      choices=list(SCHEDULERS))
-    offered = [s.schedule_type for s in SAMPLERS if s.name == name]  # None: the model's own schedule
-    if sched == "automatic":
-        want = "Karras" if name in KARRAS_BY_DEFAULT or None not in offered else None
-    else:
-        want = "Karras" if sched == "karras" else None
-    if want not in offered:
-        kinds = [(o or "uniform").lower() for o in offered]
+    if name not in names:
+        choices = list(dict.fromkeys(names + labels))
+        raise invalid(field, f"unknown sampler {name!r} for this model; choose one of: {', '.join(choices)}",
+                      choices=choices)
+    kinds = schedulers_of(samplers)
+    if sched not in kinds:
+        raise invalid("scheduler", f"unknown scheduler {scheduler!r} for this model; choose one of: {', '.join(kinds)}",
+                      choices=kinds)
+    offered = [s for s in samplers if s.name == name]
+    found = offered[0] if sched == "automatic" else next(
+        (s for s in offered if scheduler_name(s.schedule_type) == sched), None)
+    if found is None:
+        mine = [scheduler_name(s.schedule_type) for s in offered]
         raise invalid("scheduler", f"{name!r} has no {scheduler!r} schedule here; choose one of: automatic, "
-                      + ", ".join(kinds), choices=["automatic", *kinds])
-    return f"{name} {want}" if want else name
+                      + ", ".join(mine), choices=["automatic", *mine])
+    return found.label
 
 
 class Service:
@@ -145,7 +168,7 @@ class Service:
         """What is loaded now: the web UI's checkpoint dropdown can swap the engine's model."""
         if self._model is not None:
             return self._model
-        return ModelInfo.of(self.engine.model)
+        return ModelInfo.of(self.engine.model, self.engine.samplers)
 
     def check(self, *, steps: int, width: int, height: int, images: int, fields: dict[str, str] | None = None) -> None:
         """422 naming the field when a request asks for more than the limits allow."""
