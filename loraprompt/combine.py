@@ -7,6 +7,7 @@ them, so a merged checkpoint is bit-identical to the patched model of the same d
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -218,15 +219,40 @@ def _product_then_sum(dst: Tensor, base: Tensor, lowrank: list[Part], scratch: S
     there and copying back takes three and 20: on a GPU a switch is bound by kernels per weight
     (SD1.5) and bytes (SDXL). The product is rounded to float32 before the add (within 2⁻²⁴ of the
     fused addmm, which the fp16/bf16 result almost never sees). A pinned host base (backups in host
-    memory) is first copied into dst."""
+    memory) is first copied into dst. On the CPU the add runs in pieces (`_chunked_sum`)."""
     up, down, alpha = stacked_factors(lowrank)
     acc, flat, base = _matrix(scratch(dst)), _matrix(dst), _matrix(base)
     torch.mm(up, down, out=acc)
-    if base.device == dst.device:
-        torch.add(base, acc, alpha=alpha, out=flat)
-    else:
+    if base.device != dst.device:
         flat.copy_(base, non_blocking=_pinned(base))
         flat.add_(acc, alpha=alpha)
+    elif dst.is_cpu:
+        _chunked_sum(flat, base, acc, alpha)
+    else:
+        torch.add(base, acc, alpha=alpha, out=flat)
+
+
+CHUNK = 1 << 16  # elements widened and summed at a time on the CPU (256 KiB of float32)
+_pieces = threading.local()
+
+
+def _chunked_sum(dst: Tensor, base: Tensor, product: Tensor, alpha: float) -> None:
+    """`torch.add(base, product, alpha=alpha, out=dst)` for a 2-byte CPU `dst` and `base` and a
+    float32 `product`, the same bits: CHUNK elements at a time, the base widened into a small
+    buffer that stays in the CPU's cache, the same float32 add on it, one rounding copy into dst.
+    torch's mixed-dtype add makes two full-size float32 temporaries instead (the widened base,
+    the sum), fresh pages every time: 27 -> 8 ms on a 6144x1536 bf16 weight."""
+    piece = getattr(_pieces, "buffer", None)
+    if piece is None:
+        piece = _pieces.buffer = torch.empty(CHUNK, dtype=torch.float32)
+    flat_dst, flat_base, flat_product = dst.view(-1), base.reshape(-1), product.view(-1)
+    numel = flat_dst.numel()
+    for start in range(0, numel, CHUNK):
+        end = min(numel, start + CHUNK)
+        wide = piece[: end - start]
+        wide.copy_(flat_base[start:end])
+        torch.add(wide, flat_product[start:end], alpha=alpha, out=wide)
+        flat_dst[start:end].copy_(wide)
 
 
 def _matrix(t: Tensor) -> Tensor:

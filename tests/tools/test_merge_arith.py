@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from loraprompt.adapters import read_adapter
-from loraprompt.combine import combined
-from loraprompt.tools.arith import CHUNK, Workspace, merged_weight
+from loraprompt.combine import CHUNK, _chunked_sum, combined
+from loraprompt.tools.arith import Workspace, merged_weight
 from loraprompt.tools.io import load_tensors
 from loraprompt.tools.merge import LoraSpec, merge_checkpoint
 from tests.fixtures.loras import write_kohya_lora
@@ -56,7 +56,25 @@ def test_merged_weight_is_combined_bit_for_bit(tmp_path: Path, dtype: torch.dtyp
                 assert got[1] is None and expected[1] is None
                 assert got[0].dtype == dtype and torch.equal(got[0].view(-1).view(torch.uint8),
                                                              expected[0].view(-1).view(torch.uint8)), name
-    assert ws.nbytes == (0 if dtype == torch.float32 else 4 * (640 * 320 + CHUNK))  # the product, one piece
+    assert ws.nbytes == (0 if dtype == torch.float32 else 4 * 640 * 320)  # the largest product, kept
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("numel", [CHUNK * 3 + 1234, 7, CHUNK])
+def test_chunked_sum_is_torchs_mixed_dtype_add_bit_for_bit(dtype: torch.dtype, numel: int) -> None:
+    """The CPU's fp16/bf16 sum in cache-sized pieces gives exactly `torch.add(base, product, alpha,
+    out=dst)` (what the GPU path runs), values near the dtype's limit rounding to inf alike."""
+    gen = torch.Generator().manual_seed(numel)
+    base = (torch.randn(numel, generator=gen) * 3).to(dtype)
+    base[::101] = torch.finfo(dtype).max
+    product = torch.randn(numel, generator=gen) * 1e-2
+    product[::103] = torch.finfo(dtype).max / 4
+    for alpha in (0.8, -0.37, 1.0, 1.7e-3):
+        expected = torch.empty_like(base)
+        torch.add(base, product, alpha=alpha, out=expected)
+        got = torch.empty_like(base)
+        _chunked_sum(got, base, product, alpha)
+        assert torch.equal(got.view(torch.uint8), expected.view(torch.uint8))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
