@@ -21,9 +21,10 @@ from loraprompt.library.cards import (
     json_for_script,
     search,
 )
+from loraprompt.library.duplicates import DuplicateGroup
 from loraprompt.library.entry import Entry
 from loraprompt.library.hashes import file_hashes
-from loraprompt.library.library import DuplicateGroup, Library, RefreshReport
+from loraprompt.library.library import Library, RefreshReport
 from loraprompt.library.metadata import MetadataSummary
 from loraprompt.library.resolve import Resolution
 

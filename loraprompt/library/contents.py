@@ -1,0 +1,158 @@
+"""What a `Library` knows of its files' contents: hashes (A1111's, AutoV2, sha256; cached per file
+version), duplicate groups, and the usage history kept by content hash. `Contents` is a mixin of
+`loraprompt.library.library.Library`, which owns the state it uses (its cache, index and entries)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from loraprompt.errors import AdapterFileError
+from loraprompt.library.duplicates import DuplicateGroup, duplicate_candidates, find_duplicates, sample_hash
+from loraprompt.library.entry import Entry
+from loraprompt.library.hashes import file_hashes
+from loraprompt.library.resolve import hash_matches
+
+if TYPE_CHECKING:
+    from loraprompt.library.cache import DiskCache
+    from loraprompt.library.hashes import HashCache
+    from loraprompt.library.resolve import NameIndex
+    from loraprompt.library.usage import UsageLog
+
+_NO_RECORD: Mapping[str, Any] = {}
+
+
+class Contents:
+    """Hashes, duplicates and usage of `Library` (see its docstring)."""
+
+    _cache: DiskCache
+    _hash_cache: HashCache
+    _computed: dict[str, tuple[int, int, str]]
+    _index: NameIndex
+    _by_path: dict[str, Entry]
+    _usage: UsageLog
+
+    if TYPE_CHECKING:
+        @property
+        def entries(self) -> list[Entry]: ...
+
+    # ---- hashes ---------------------------------------------------------------------------
+    def hashes(self, entry: Entry, compute: bool = True, *, save: bool = True) -> dict[str, str | None]:
+        """`file_hashes` of the file as it is now, from the cache when its stat still matches;
+        a newly computed value is written to the on-disk cache unless `save` is False."""
+        path = entry.path
+        try:
+            st = os.stat(path)
+        except OSError:
+            return {}
+        record = self._cache.get(path, st.st_size, st.st_mtime_ns)
+        if record is not None and record.get("hashes"):
+            return dict(record["hashes"])
+        if not compute:
+            return {}
+        value = file_hashes(path, cache=self._hash_cache)
+        after = os.stat(path)
+        if (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns) and value.get("a1111"):
+            self._computed[path] = (st.st_size, st.st_mtime_ns, str(value["a1111"]))
+        if record is not None and (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns):
+            self._cache.update(path, hashes=value)
+            if save:
+                self._cache.save()
+        return value
+
+    def find_by_hash(self, wanted: str, compute: bool = True) -> list[Entry]:
+        """Entries whose hash matches `wanted` (A1111 short, AutoV2 prefix or full sha256): hashes
+        already known, then files whose header claims it (verified), then, with `compute`, every
+        other file (may read the whole library; compute=False is A1111's known-hashes-only way)."""
+        w = wanted.strip().lower()
+        entries = self.entries
+        found = [e for e in entries if hash_matches(self.hashes(e, compute=False), w)]
+        if not found:
+            claimed = [e for e in entries if (e.summary.sshs_model_hash or "").lower().startswith(w[:10])]
+            found = [e for e in claimed if hash_matches(self.hashes(e, save=False), w)]
+        if not found and compute:
+            found = [e for e in entries if not e.offline and not e.error and hash_matches(self.hashes(e, save=False), w)]
+        self._cache.save()
+        return found
+
+    def duplicate_candidates(self) -> list[Entry]:
+        """Entries that can be in a duplicate group (see `duplicates.duplicate_candidates`)."""
+        return duplicate_candidates(self.entries, self._index.stems)
+
+    def duplicates(
+        self, progress: Callable[[int, int], None] | None = None, stop: threading.Event | None = None,
+    ) -> list[DuplicateGroup]:
+        """Groups of duplicate files; only `duplicate_candidates` are hashed (`find_duplicates`)."""
+        return find_duplicates(
+            self.duplicate_candidates(), self._index.stems,
+            lambda e: (self._cache.get(e.path, e.size, e.mtime_ns) or _NO_RECORD).get("hashes") or {},
+            lambda e: self.hashes(e, save=False), self._cache.save, progress=progress, stop=stop, sample=self._sample)
+
+    def _sample(self, entry: Entry) -> str | None:
+        """`duplicates.sample_hash` of the file, kept in the cache record while its stat matches;
+        None when the file cannot be read."""
+        record = self._cache.get(entry.path, entry.size, entry.mtime_ns)
+        if record is not None and record.get("sample"):
+            return str(record["sample"])
+        try:
+            value = sample_hash(entry.path, entry.data_offset or 0)
+            st = os.stat(entry.path)
+        except OSError:
+            return None
+        if record is not None and (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns):
+            self._cache.update(entry.path, sample=value)
+        return value
+
+    # ---- usage ---------------------------------------------------------------------------
+    def note_use(self, entries: Iterable[Entry | str]) -> None:
+        """Record that these entries (or file paths) were used in one generation; the history is
+        kept by the files' content hash (computed if not known yet; a generation computes it for
+        `Lora hashes` anyway), so a renamed file keeps it. Unreadable files are left out."""
+        used: list[tuple[str, str, int, int]] = []
+        for e in entries:
+            path = e.path if isinstance(e, Entry) else os.path.abspath(e)
+            entry = self._by_path.get(path)
+            try:
+                st = os.stat(path)
+                hashes = self.hashes(entry) if entry is not None else file_hashes(path, cache=self._hash_cache)
+            except (AdapterFileError, OSError):
+                continue
+            if hashes.get("a1111"):
+                used.append((str(hashes["a1111"]), path, st.st_size, st.st_mtime_ns))
+        self._usage.note(used)
+
+    def known_hash(self, entry: Entry) -> str | None:
+        """The content (A1111 tensor) hash of `entry` if it was computed for this version of the
+        file; never reads or stats the file."""
+        record = self._cache.get(entry.path, entry.size, entry.mtime_ns)
+        hashes = record.get("hashes") if record is not None else None
+        if hashes:
+            return hashes.get("a1111")
+        computed = self._computed.get(entry.path)  # e.g. a file too new for the disk cache to keep
+        return computed[2] if computed is not None and computed[:2] == (entry.size, entry.mtime_ns) else None
+
+    def usage(self, entry: Entry) -> tuple[int, int]:
+        """(times used, last use in ns since the epoch) of `entry`; (0, 0) when never used."""
+        content = self.known_hash(entry) or self._usage.hash_at(entry.path, entry.size, entry.mtime_ns)
+        return self._usage.get(content, entry.path)
+
+    @property
+    def usage_stamp(self) -> int:
+        """A number that changes whenever the usage history does."""
+        return self._usage.stamp
+
+    def migrate_usage(self) -> int:
+        """Move history kept by path (written before it was kept by content) to the files' hashes,
+        hashing those files now; returns how many moved. Files not in the library stay as they are."""
+        moved = 0
+        for path in self._usage.legacy_paths():
+            entry = self._by_path.get(path)
+            if entry is None or entry.offline or entry.error:
+                continue
+            content = self.hashes(entry).get("a1111")
+            if content:
+                self._usage.migrate(path, str(content))
+                moved += 1
+        return moved
