@@ -6,8 +6,9 @@ callback, so a plain prompt gives exactly diffusers' own embeddings.
 Not as on SD: emphasis weights (`(word:1.2)`) are not applied (the text is encoded without its
 brackets and a notice says so), `AND` is refused, and the step-end callbacks of Flux (and of
 SD3's img2img) cannot switch the pooled CLIP vector, so an edited prompt keeps the first step's
-there. img2img runs through diffusers' Flux/SD3 img2img pipelines (not the latent resize mode);
-hires fix is refused.
+there. img2img runs through diffusers' Flux/SD3 img2img pipelines (not the latent resize mode), and
+so does the hires fix's second pass, after an image upscaler (Lanczos, Nearest: the latent ones
+are refused).
 
 Guidance follows the pipelines: SD3's CFG scale is `guidance_scale`; Flux's CFG scale is the
 pipeline's `true_cfg_scale` (off at 1, the default: Flux is distilled) and its distilled guidance
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from loraprompt.diagnostics import Diagnostic
 from loraprompt.syntax import attention
+from loraprompt.ui.hires import IMAGE_UPSCALERS, LATENT_UPSCALERS
 from loraprompt.ui.img2img import LATENT_RESIZE
 
 if TYPE_CHECKING:
@@ -46,8 +48,9 @@ def check_dit_request(request: Txt2ImgRequest, family: str) -> None:
     name = LABELS.get(family, family)
     if request.init_image is not None and request.resize_mode == LATENT_RESIZE:
         raise ValueError(f"the latent resize mode is for SD models; on {name} choose another resize mode")
-    if request.hires is not None:
-        raise ValueError(f"hires fix is not supported on {name} models yet: turn hires fix off")
+    if request.hires is not None and request.hires.upscaler in LATENT_UPSCALERS:
+        raise ValueError(f"the latent hires upscalers are for SD models; on {name} choose "
+                         f"{' or '.join(IMAGE_UPSCALERS)}")
     if int(request.clip_skip) > 1:
         raise ValueError(f"clip skip is for SD1/SD2/SDXL; {name} models read their text encoders as trained: set it to 1")
     if request.shift is not None and not float(request.shift) > 0:

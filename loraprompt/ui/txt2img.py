@@ -297,9 +297,10 @@ class Txt2Img:
         hires = request.hires
         latent_hires = hires is not None and hires.upscaler in LATENT_UPSCALERS
         width, height = int(request.width), int(request.height)
+        dit = self.model.family in DIT_FAMILIES
         with activate(pipe, request.prompt, self.library, steps=steps, on_error="skip", restore=False) as active, \
                 torch.inference_mode():
-            if self.model.family in DIT_FAMILIES:
+            if dit:
                 cond: Any = DitConditioning(pipe, self.model.family, str(active), request.negative_prompt, steps,
                                             distilled_cfg=request.distilled_cfg_scale)
                 notes_extra = cond.notes()
@@ -319,10 +320,9 @@ class Txt2Img:
                 if request.resize_mode == LATENT_RESIZE:
                     image = resize_latents(encode(pipe, [picture]), width, height)
                 pipe._num_timesteps = img2img_steps(steps, strength)  # what the LoRA step schedule counts
-                dit_size = {"width": width, "height": height} if self.model.family in DIT_FAMILIES else {}  # else 1024
                 out = self._sample(run, cond, generator=generator, batch=batch, cfg=request.cfg_scale, progress=progress,
                                    image=image, strength=strength, num_inference_steps=img2img_schedule(steps, strength),
-                                   **dit_size)
+                                   **({"width": width, "height": height} if dit else {}))  # the DiT pipelines' default: 1024
         used = self._applied(active.entries)
         notes = list(active.diagnostics) + notes_extra
         if hires is None or self._interrupted.is_set():
@@ -341,11 +341,14 @@ class Txt2Img:
         run.scheduler = pipe.scheduler
         with activate(pipe, hires_lora_prompt(request.prompt, hires.prompt), self.library, steps=hr_steps,
                       on_error="skip", restore=False) as hr_active, torch.inference_mode():
-            hr_cond = Conditioning(pipe, hr_prompt, hr_negative, steps, clip_skip, composable=True, hires_steps=hr_steps)
+            hr_cond: Any = DitConditioning(pipe, self.model.family, hr_prompt, hr_negative, steps, hires_steps=hr_steps,
+                                           distilled_cfg=request.distilled_cfg_scale) if dit else \
+                Conditioning(pipe, hr_prompt, hr_negative, steps, clip_skip, composable=True, hires_steps=hr_steps)
             pipe._num_timesteps = img2img_steps(hr_steps, hires.denoising_strength)
             final = self._sample(run, hr_cond, generator=generator, batch=batch, cfg=request.cfg_scale, progress=progress,
                                  image=upscaled, strength=hires.denoising_strength,
-                                 num_inference_steps=img2img_schedule(hr_steps, hires.denoising_strength))
+                                 num_inference_steps=img2img_schedule(hr_steps, hires.denoising_strength),
+                                 **({"width": size.width, "height": size.height} if dit else {}))
         used += [a for a in self._applied(hr_active.entries) if a not in used]
         # the hires tags are rewritten from the first pass's: the same message at another span is no news
         seen = {(d.code, d.subject, d.message) for d in notes}

@@ -14,7 +14,7 @@ from loraprompt.models.samplers import model_shift
 from loraprompt.ui.dit_prompt import has_distilled_guidance
 from loraprompt.ui.forms import Form, prompt_row, results, sampling
 from loraprompt.ui.gallery import PromptTarget
-from loraprompt.ui.hires import HIRES_UPSCALERS, HiresOptions
+from loraprompt.ui.hires import HIRES_UPSCALERS, IMAGE_UPSCALERS, HiresOptions
 from loraprompt.ui.img2img import RESIZE_MODES
 from loraprompt.ui.paste import PASTE_EXTRAS, hash_lookup, paste_extras, paste_values, png_infotext  # noqa: F401 (hash_lookup: re-export)
 from loraprompt.ui.txt2img import Txt2Img, Txt2ImgRequest
@@ -94,6 +94,9 @@ def model_fields(engine: Txt2Img) -> dict[str, dict[str, Any]]:
         "distilled-cfg": {"visible": model.family == "flux" and has_distilled_guidance(model.pipe)},
         "shift": {"visible": shift is not None, "value": shift or 3.0},
         "cfg": {"value": 1.0 if model.family == "flux" else 7.0},
+        # SD3/Flux upscale the decoded image only (their packed latents are not resized)
+        "hr-upscaler": {"choices": list(IMAGE_UPSCALERS), "value": "Lanczos"} if model.family in ("sd3", "flux")
+        else {"choices": list(HIRES_UPSCALERS), "value": "Latent"},
     }
 
 
@@ -169,8 +172,7 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
                         with gr.Accordion("Hires. fix", open=False, elem_id="lp-hires-box"):
                             field(gr.Checkbox(False, label="Enable hires fix", elem_id="lp-hires"))
                             with gr.Row():
-                                field(gr.Dropdown(list(HIRES_UPSCALERS), value="Latent", label="Upscaler",
-                                                  elem_id="lp-hr-upscaler"))
+                                field(gr.Dropdown(label="Upscaler", elem_id="lp-hr-upscaler", **initial["hr-upscaler"]))
                                 field(gr.Slider(0, 150, value=0, step=1, label="Hires steps (0: same as Steps)",
                                                 elem_id="lp-hr-steps"))
                                 field(gr.Slider(0.01, 1.0, value=0.7, step=0.01, label="Denoising strength",
@@ -281,7 +283,7 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
 
         def switch(name: str) -> tuple[Any, ...]:
             if name == current[0]:
-                return (gr.update(),) * (2 + len(MODEL_FIELDS) * 2)
+                return (gr.update(),) * (3 + len(MODEL_FIELDS) * 2)
             previous, loader = current[0], choices.get(name)
             if loader is None or previous not in choices:
                 raise gr.Error(f"checkpoint {name!r} is not in the list; restart with --checkpoint-dir")
@@ -292,7 +294,7 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
             current[0] = name
             now = model_fields(engine)
             return (heading(loaded), gr.update(value=DEMO_NOTICE if loaded.is_demo else "", visible=loaded.is_demo),
-                    *(gr.update(**now[k]) for _ in (txt, i2i) for k in MODEL_FIELDS))
+                    *(gr.update(**now[k]) for _ in (txt, i2i) for k in MODEL_FIELDS), gr.update(**now["hr-upscaler"]))
 
         for form, handle, ins, outs, api in ((txt, run, inputs, outputs, "generate"),
                                              (i2i, run_i2i, i2i_inputs, i2i.results, "img2img")):
@@ -307,7 +309,8 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
                           api_name="xy_grid")
         send.click(send_to_img2img, [txt.parts["saved"], txt.parts["infotext"]],
                    [i2i.fields["init-image"], *(i2i.fields[k] for k in API_FIELDS), tabs], api_visibility="private")
-        checkpoint.change(switch, [checkpoint], [title, demo_notice, *(f.fields[k] for f in (txt, i2i) for k in MODEL_FIELDS)],
+        checkpoint.change(switch, [checkpoint], [title, demo_notice, *(f.fields[k] for f in (txt, i2i) for k in MODEL_FIELDS),
+                                           txt.fields["hr-upscaler"]],
                           concurrency_limit=1, concurrency_id="generate")
         png.upload(png_infotext, [png], [pasted])
         # txt2img's paste: its own fields, and img2img's denoising strength (where A1111 keeps it)

@@ -202,12 +202,57 @@ def test_what_the_flux_path_does_not_run_is_refused_by_name(folders: dict[str, P
     from loraprompt.ui.hires import HiresOptions
 
     eng = engine(folders, "flux", tmp_path)
-    with pytest.raises(ValueError, match="hires fix is not supported on Flux"):
-        eng.generate(small("a cat", hires=HiresOptions()))
+    with pytest.raises(ValueError, match="the latent hires upscalers are for SD models; on Flux choose Lanczos or Nearest"):
+        eng.generate(small("a cat", hires=HiresOptions()))  # A1111's default upscaler, Latent
     prompt = change.pop("prompt", "a cat")
     with pytest.raises(ValueError) as info:
         eng.generate(small(prompt, **change))
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hires_fix_is_diffusers_txt2img_upscale_then_img2img(folders: dict[str, Path], family: str,
+                                                             tmp_path: Path) -> None:
+    """The first pass, a Lanczos upscale of the decoded image, then the model's img2img pipeline at
+    the new size with the same generator: exactly those diffusers calls, and A1111's hires fields."""
+    from diffusers import AutoPipelineForImage2Image
+    from PIL import Image
+
+    from loraprompt.ui.hires import HiresOptions
+
+    eng = engine(folders, family, tmp_path)
+    hires = HiresOptions(upscaler="Lanczos", scale=1.5, steps=4, denoising_strength=0.6)
+    ours = eng.generate(small("a lighthouse", negative_prompt="blurry", steps=3, hires=hires))
+    assert ours.image.size == (96, 96)
+    fields = parse_infotext(ours.infotext)
+    assert (fields["Hires upscale"], fields["Hires upscaler"], fields["Hires steps"], fields["Denoising strength"]) == \
+        ("1.5", "Lanczos", "4", "0.6")
+    pipe = eng.model.pipe
+    pipe.scheduler = make_scheduler(FLOW_SAMPLERS[0], eng._base_scheduler_config)
+    kwargs: dict[str, Any] = {"true_cfg_scale": 4.0, "guidance_scale": 3.5} if family == "flux" else {"guidance_scale": 4.0}
+    generator = torch.Generator("cpu").manual_seed(5)
+    first = pipe("a lighthouse", negative_prompt="blurry", num_inference_steps=3, width=64, height=64, generator=generator, **kwargs).images[0]
+    run = AutoPipelineForImage2Image.from_pipe(pipe)
+    run.set_progress_bar_config(disable=True)
+    run.scheduler = pipe.scheduler
+    reference = run("a lighthouse", negative_prompt="blurry", image=first.resize((96, 96), Image.Resampling.LANCZOS), strength=0.6,
+                    num_inference_steps=4, width=96, height=96, generator=generator, **kwargs).images[0]
+    assert np.array_equal(pixels(ours), np.asarray(reference.convert("RGB"), dtype=np.int16))
+
+
+def test_hires_pass_takes_its_own_lora_strength(folders: dict[str, Path], tmp_path: Path) -> None:
+    from loraprompt.ui.hires import HiresOptions
+
+    eng = engine(folders, "flux", tmp_path)
+    before = {k: v.clone() for k, v in eng.model.pipe.transformer.state_dict().items()}
+    hires = HiresOptions(upscaler="Nearest", scale=1.5, steps=2, denoising_strength=0.5)
+    plain = eng.generate(small("a fox", hires=hires))
+    both = eng.generate(small("a fox <lora:flux_style:0.8>", hires=hires))
+    first_only = eng.generate(small("a fox <lora:flux_style:0.8:hr=0>", hires=hires))
+    assert len({pixels(r).tobytes() for r in (plain, both, first_only)}) == 3
+    assert [(a.name, a.unet) for a in first_only.applied] == [("flux_style", 0.8)]
+    eng.generate(small("a fox"))
+    assert all(torch.equal(before[k], v) for k, v in eng.model.pipe.transformer.state_dict().items())
 
 
 def test_a_lora_of_the_other_family_is_refused_and_the_model_untouched(folders: dict[str, Path], tmp_path: Path) -> None:

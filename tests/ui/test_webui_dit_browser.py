@@ -60,6 +60,13 @@ def test_flux_model_offers_the_flow_matching_samplers(browser: Any, webui: WebUI
         for elem_id, value in (("lp-steps", 2), ("lp-width", 64), ("lp-height", 64), ("lp-distilled-cfg", 2.5)):
             page.locator(f"#{elem_id} input[type=number]").fill(str(value))
         page.locator("#lp-seed input").fill("7")
+        # hires fix on Flux: image upscalers only (the latent ones are for SD), a second img2img pass
+        page.locator("#lp-hires-box").get_by_text("Hires. fix").first.click()
+        assert _options(page, "lp-hr-upscaler") == ["Lanczos", "Nearest"]
+        assert page.locator("#lp-hr-upscaler input").input_value() == "Lanczos"
+        page.locator("#lp-hires input").check()
+        page.locator("#lp-hr-scale input[type=number]").fill("1.5")
+        page.locator("#lp-hr-steps input[type=number]").fill("2")
         page.locator("#lp-generate").click()
         page.wait_for_function("() => document.querySelector('#lp-infotext textarea').value.includes('lighthouse')",
                                timeout=180_000)
@@ -67,5 +74,6 @@ def test_flux_model_offers_the_flow_matching_samplers(browser: Any, webui: WebUI
         page.screenshot(path=str(SCREENSHOTS / "webui_flux_generated.png"))
     assert (fields["Sampler"], fields["Schedule type"], fields["CFG scale"]) == ("Euler", "Simple", "1")
     assert fields["Distilled CFG Scale"] == "2.5" and fields["Model"] == "tiny-flux"
+    assert (fields["Size-1"], fields["Hires upscale"], fields["Hires upscaler"]) == ("64", "1.5", "Lanczos")
     assert list(parse_lora_hashes(fields["Lora hashes"])) == ["flux_style"]
     assert Path(webui.data_dir / "outputs").is_dir()
