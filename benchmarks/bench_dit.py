@@ -151,6 +151,10 @@ def main() -> None:
         }
         ours["switch"] /= 2
         ours["switch (kohya, fused q/k/v)"] /= 2
+        # factor sets the switches had to make (not in the Patcher's factor cache): 0 when both sides fit
+        made = {label: max(patcher.sync([(x, 1, 1)]).factors_built for x in (other, a))
+                for label, other in (("switch", b), ("switch (kohya, fused q/k/v)", k))}
+        cache_mb = patcher._deltas.nbytes / 2**20
         patcher.restore(release=True)
 
         def load(path: Path, name: str) -> None:
@@ -186,6 +190,8 @@ def main() -> None:
         base = op if op in peer else "switch"
         print(f"{op:30} {t * 1e3:9.1f}ms {peer[base] * 1e3:13.1f}ms {limit[base] * 1e3:7.1f}ms "
               f"{peer[base] / t:7.2f}x {limit[base] / t:8.2f}x")
+    print(f"factor sets made per switch (not in the {cache_mb:.0f} MB factor cache): "
+          + ", ".join(f"{op} {n}" for op, n in made.items()))
 
 
 if __name__ == "__main__":

@@ -176,6 +176,9 @@ def bench_loraprompt(components: dict[str, nn.Module], paths: list[Path], repeat
     }
     patcher.sync([(a, 1.0, 1.0)])
     out["unchanged"] = measure(lambda: patcher.sync([(a, 1.0, 1.0)]), repeat)
+    # factor sets a switch had to make (0: all from the cache; every touched weight: it thrashes)
+    made = [patcher.sync([(x, 1.0, 1.0)]) for x in (b, a)]
+    out["factors made"] = (float(max(r.factors_built for r in made)), float(made[-1].patched))
     out["backups"] = (0.0, patcher.backup_nbytes / 2**20)
     placed = patcher.backup_bytes
     out["backups on device"] = (0.0, placed["device"] / 2**20)
@@ -493,6 +496,9 @@ def report(results: dict[str, dict[str, tuple[float, float]]]) -> None:
             line += f" {ours[op][1]:11.0f} {lim[1]:9.0f}" + (f" {peer[op][1]:8.0f}" if peer else "")
             print(line)
         print(f"sync with nothing changed (a step of a static prompt): {ours['unchanged'][0] * 1e3:.2f} ms")
+        made, touched = ours["factors made"]
+        print(f"LoRA factor sets made by a switch A->B->A (not in the factor cache): {made:.0f} per switch, "
+              f"{touched:.0f} weights patched")
         if host:
             print("(host: switch/strength/restore limits are the pinned host->device copy of the touched weights)")
     if "host copy" in limit:

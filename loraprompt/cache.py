@@ -96,6 +96,7 @@ class DeltaCache:
         self.generation = 0
         self._entries: OrderedDict[Hashable, tuple[tuple[Tensor | None, ...], int, int]] = OrderedDict()
         self._bytes = 0
+        self.factors_built = 0  # low-rank factor sets made (not found in the cache), for reports and benchmarks
 
     @property
     def nbytes(self) -> int:
@@ -140,19 +141,42 @@ class DeltaCache:
         """`lowrank_factors(module, target, device)`, kept per device (they are small) while the
         cache has room: a model moved to another device and back finds them again. `pinned`: kept
         in pinned host memory instead (for weights whose backups live there, so the card holds
-        neither), to be copied to the device without blocking at each use."""
-        key = (module, "factors", "pinned" if pinned else device or target.device)
+        neither), to be copied to the device without blocking at each use. The row slices of one
+        fused file module (`adapters.slices`: Flux's q/k/v, `linear1`) share one copy of its `down`."""
+        where: Hashable = "pinned" if pinned else device or target.device
+        build_on = torch.device("cpu") if pinned else device
+        key = (module, "factors", where)
         hit = self.get(key)
-        if hit is None:
-            found = lowrank_factors(module, target, torch.device("cpu") if pinned else device)
+        parent = module.extra.get("parent") if "rows_of" in module.extra else None
+        if parent is None or getattr(module, "dyn", None) is not None:
+            if hit is not None:
+                assert hit[0] is not None and hit[1] is not None
+                return hit[0], hit[1], hit[2]
+            found = lowrank_factors(module, target, build_on)
             if found is None:
                 return None
+            self.factors_built += 1
             if pinned:
                 found = _pinned(found[0]), _pinned(found[1]), None if found[2] is None else _pinned(found[2])
             self.put(key, *found)
             return found
-        assert hit[0] is not None and hit[1] is not None
-        return hit[0], hit[1], hit[2]
+        down_key = (parent, "down", where)
+        shared = self.get(down_key)
+        if hit is not None and shared is not None:
+            assert hit[0] is not None and shared[0] is not None
+            return hit[0], shared[0], hit[2]
+        found = lowrank_factors(module, target, build_on, down=None if shared is None else shared[0])
+        if found is None:
+            return None
+        self.factors_built += 1
+        up, down, db = found
+        if pinned:
+            up, db = _pinned(up), None if db is None else _pinned(db)
+            down = _pinned(down) if shared is None else down
+        if shared is None:
+            self.put(down_key, down)
+        self.put(key, up, None, db)  # its down is the shared entry
+        return up, down, db
 
     def clear(self) -> None:
         """Drop every entry."""
@@ -161,12 +185,13 @@ class DeltaCache:
 
 
 def lowrank_factors(
-    module: AdapterModule, target: Tensor, device: torch.device | None = None
+    module: AdapterModule, target: Tensor, device: torch.device | None = None, *, down: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None] | None:
     """(scale·up, down, Δbias) in float32 on `device` (default: `target`'s; computed on the adapter's device,
     usually the CPU, then copied without blocking) when `module` is the reader's plain
     LoRA (ΔW = scale·up @ down: written with one addmm, no full-size delta), else None; ValueError
-    (naming the shapes) when the factors do not fit `target`."""
+    (naming the shapes) when the factors do not fit `target`. `down`: the float32 down factor made
+    already (the one a fused module's row slices share), used as it is."""
     import torch
 
     from loraprompt.adapters.types import AdapterModule
@@ -177,18 +202,19 @@ def lowrank_factors(
         return None  # only the reader's LoRA, whose delta is the shared scale·unit_delta
     if module.dora_scale is not None or "mid" in module.tensors or not {"up", "down"} <= module.tensors.keys():
         return None
-    up, down = module.tensors["up"], module.tensors["down"]
+    up, file_down = module.tensors["up"], module.tensors["down"]
     dyn = getattr(module, "dyn", None)
     if dyn is not None:
-        up, down = up[:, :dyn], down[:dyn]
-    up_cols, down_cols = up[0].numel(), down[0].numel()
-    if up.shape[0] != target.shape[0] or up_cols != down.shape[0] or down_cols != target[0].numel():
-        raise ValueError(f"up {(up.shape[0], up_cols)} @ down {(down.shape[0], down_cols)} does not fit {tuple(target.shape)}")
+        up, file_down = up[:, :dyn], file_down[:dyn]
+    up_cols, down_cols = up[0].numel(), file_down[0].numel()
+    if up.shape[0] != target.shape[0] or up_cols != file_down.shape[0] or down_cols != target[0].numel():
+        raise ValueError(f"up {(up.shape[0], up_cols)} @ down {(file_down.shape[0], down_cols)} does not fit {tuple(target.shape)}")
     # moved in the file's dtype (half the bytes of float32 for most files), widened and scaled there:
     # on a GPU that is two small kernels instead of a host pass over every factor
     where = device or target.device
     up = to_device(up, where).reshape(up.shape[0], up_cols).to(torch.float32) * module.scale  # never in place: may be the file's own tensor
-    down = to_device(down, where).reshape(down.shape[0], down_cols).to(torch.float32)
+    if down is None or down.shape != (file_down.shape[0], down_cols):
+        down = to_device(file_down, where).reshape(file_down.shape[0], down_cols).to(torch.float32)
     db = module.bias_delta()
     return up, down, None if db is None else to_device(db.to(torch.float32), where)
 

@@ -192,7 +192,7 @@ class Patcher(Backups, Writes):
                 return self._step_strengths(fast[1], step, total_steps)
             self._fast = None
             items = [as_entry(e) for e in given]
-            report = SyncReport()
+            report, built = SyncReport(), self._deltas.factors_built
             self._check_versions(report)
             self._room.clear()
             while True:
@@ -228,6 +228,7 @@ class Patcher(Backups, Writes):
             moved = {k for k in {*self._packed_next, *self._packed.applied} if self._packed_next.get(k) != self._packed.applied.get(k)}
             self._packed.apply(self._packed_next)  # packed 4-bit weights: the LoRA beside them
             report.written = len(changed) + len(moved)
+            report.factors_built = self._deltas.factors_built - built
             report.patched = len(self._applied) + len(self._packed.applied)
             if self._bytes_stale:  # backups taken, cast or dropped: count again, and the paths may differ
                 self._bytes, self._bytes_stale = self.backup_bytes, False

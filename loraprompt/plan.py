@@ -117,8 +117,9 @@ class SyncReport:
     """What one sync did: diagnostics (one line per adapter), how many weights it wrote, how many
     are patched now, the adapters it skipped (on_error="skip"), how many modules run a scheduled
     LoRA unfused (in their forward), and the bytes of backups held on a GPU ("device") and in
-    CPU memory ("host"), and the path each patched weight takes ("in place (bfloat16)",
-    "fp8 requantized (float8_e4m3fn)", "unfused (nf4)": `loraprompt.quantized`)."""
+    CPU memory ("host"), the path each patched weight takes ("in place (bfloat16)",
+    "fp8 requantized (float8_e4m3fn)", "unfused (nf4)": `loraprompt.quantized`), and how many
+    low-rank factor sets were made rather than reused from the cache."""
 
     diagnostics: list[Diagnostic] = field(default_factory=list)
     written: int = 0
@@ -127,6 +128,7 @@ class SyncReport:
     unfused: int = 0
     backups: dict[str, int] = field(default_factory=lambda: {"device": 0, "host": 0})
     paths: dict[str, str] = field(default_factory=dict)  # patched weight -> how (loraprompt.quantized)
+    factors_built: int = 0  # LoRA factor sets made, not found in the patcher's cache (a switch that reuses them makes 0)
 
 
 @dataclass(eq=False)

@@ -136,3 +136,33 @@ def test_row_slices_and_swapped_halves_follow_in_bf16(tmp_path: Path) -> None:
     Patcher({"transformer": model}).sync([(read_adapter(path), 1.0, 1.0)])
     for key, delta in _deltas(lora, 1.0).items():
         assert _ulps_apart(model.state_dict()[key], (base[key].float() + delta).to(torch.bfloat16)) <= 1, key
+
+
+def test_row_slices_share_one_down_factor_and_switches_reuse_the_factors(tmp_path: Path) -> None:
+    """The q/k/v (and linear1) slices of a kohya Flux file's fused modules hold one copy of the
+    module's down factor; the weights are the same bits as with factors made fresh every sync
+    (no cache), and a switch back to a LoRA whose factors are kept makes none."""
+    lora = dit.write_peft("flux", tmp_path / "p.safetensors")
+    other = dit.write_peft("flux", tmp_path / "q.safetensors", seed=7)
+    kohya = read_adapter(dit.native_file(lora, tmp_path / "k.safetensors", "kohya"))
+    peft = read_adapter(other.path)
+    cached, fresh = (dit.tiny_transformer("flux", dtype=torch.bfloat16) for _ in range(2))
+    patcher, uncached = Patcher({"transformer": cached}), Patcher({"transformer": fresh}, delta_cache_mb=0)
+    first = patcher.sync([(kohya, 0.7, 0.7)])
+    uncached.sync([(kohya, 0.7, 0.7)])
+    assert all(torch.equal(a, b) for a, b in zip(cached.state_dict().values(), fresh.state_dict().values()))
+
+    entries = list(patcher._deltas._entries.items())
+    downs = [(k[0], v[0][0]) for k, v in entries if k[1] == "down"]
+    slices = [(k[0], v[0]) for k, v in entries if k[1] == "factors" and "rows_of" in k[0].extra]
+    assert downs and len(slices) >= 3 * len(downs)  # q, k, v (and the MLP rows of linear1) per fused module
+    assert all(tensors[1] is None for _, tensors in slices)  # their down is the shared one
+    rows = {id(parent): down for parent, down in downs}
+    assert {id(m.extra["parent"]) for m, _ in slices} == set(rows)
+    assert first.factors_built == len([k for k, _ in entries if k[1] == "factors"])
+
+    assert patcher.sync([(peft, 1.0, 1.0)]).factors_built == len(other.factors)
+    back = patcher.sync([(kohya, 0.7, 0.7)])
+    assert back.factors_built == 0 and back.written > 0
+    assert all(torch.equal(a, b) for a, b in zip(cached.state_dict().values(), fresh.state_dict().values()))
+    assert uncached.sync([(peft, 1.0, 1.0)]).factors_built == len(other.factors)  # nothing kept: made again
