@@ -4,7 +4,7 @@
     "use strict";
     var BASE = "loraprompt/gallery/static/";
     // the order of loraprompt.ui.routes.SCRIPTS (a test checks they agree)
-    var SCRIPTS = ["gallery-base.js", "gallery-grid.js", "gallery-dialogs.js", "gallery-duplicates.js", "gallery.js"];
+    var SCRIPTS = ["gallery-base.js", "gallery-grid.js", "gallery-cards.js", "gallery-dialogs.js", "gallery-duplicates.js", "gallery.js"];
 
     function loraPromptAddAssets() {
         if (!document.querySelector("link[data-lp-gallery]")) {

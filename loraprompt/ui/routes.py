@@ -26,7 +26,7 @@ DEFAULT_PREFIX = "loraprompt/gallery"
 STATIC_DIR = Path(__file__).parent / "static"
 # The gallery's script is split into parts that share window.LoraPromptGalleryParts: load them in
 # this order (`gallery.loader_js` and the extension's javascript/loraprompt.js do).
-SCRIPTS = ("gallery-base.js", "gallery-grid.js", "gallery-dialogs.js", "gallery-duplicates.js", "gallery.js")
+SCRIPTS = ("gallery-base.js", "gallery-grid.js", "gallery-cards.js", "gallery-dialogs.js", "gallery-duplicates.js", "gallery.js")
 STATIC_FILES = {**{name: "text/javascript; charset=utf-8" for name in SCRIPTS}, "gallery.css": "text/css; charset=utf-8"}
 MAX_BODY = 1024 * 1024
 MAX_FIRST = 2000  # cards a first page may ask for

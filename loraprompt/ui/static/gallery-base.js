@@ -1,6 +1,7 @@
-// loraprompt gallery, part 1 of 5 (loaded in this order: gallery-base.js, gallery-grid.js,
-// gallery-dialogs.js, gallery-duplicates.js, gallery.js): constants and DOM helpers shared by the
-// other parts through window.LoraPromptGalleryParts. DOM only: tags are formatted by the server.
+// loraprompt gallery, part 1 of 6 (loaded in this order: gallery-base.js, gallery-grid.js,
+// gallery-cards.js, gallery-dialogs.js, gallery-duplicates.js, gallery.js): constants and DOM
+// helpers shared by the other parts through window.LoraPromptGalleryParts. DOM only: tags are
+// formatted by the server.
 (function () {
   "use strict";
   const LP = window.LoraPromptGalleryParts = window.LoraPromptGalleryParts || {};

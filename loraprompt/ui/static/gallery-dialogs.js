@@ -1,4 +1,4 @@
-// loraprompt gallery, part 3 of 5: the details view and the metadata editor (dialogs), added to
+// loraprompt gallery, part 4 of 6: the details view and the metadata editor (dialogs), added to
 // Gallery. The details table is rendered by the server with everything escaped.
 (function () {
   "use strict";

@@ -1,4 +1,4 @@
-// loraprompt gallery, part 4 of 5: duplicate groups. The server hashes the files that can be
+// loraprompt gallery, part 5 of 6: duplicate groups. The server hashes the files that can be
 // duplicates in the background; the polled state carries its progress, and once groups are found
 // a toolbar button shows only the duplicates, group by group, each card badged with its group.
 (function () {

@@ -1,4 +1,4 @@
-// loraprompt gallery, part 5 of 5: mounts a Gallery on every `.lp-gallery` element (now and as
+// loraprompt gallery, part 6 of 6: mounts a Gallery on every `.lp-gallery` element (now and as
 // gradio adds them) and binds "/" to the visible gallery's search box.
 (function () {
   "use strict";
