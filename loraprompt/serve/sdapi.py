@@ -42,7 +42,7 @@ class Txt2ImgBody(BaseModel):
     sampler_name: str | None = None
     sampler_index: str = "Euler"
     scheduler: str | None = None
-    distilled_cfg_scale: float = 3.5  # Forge's field: Flux.1-dev's guidance (other models ignore it)
+    distilled_cfg_scale: float = Field(default=3.5, ge=0, le=30)  # Forge's: Flux.1-dev's guidance (others ignore it)
     batch_size: int = 1
     n_iter: int = 1
     send_images: bool = True
