@@ -89,17 +89,12 @@ class AdapterCache:
 class DeltaCache:
     """Float32 tensors per key, at most `limit_mb`. The least recently used go first, but never
     one used in the current `generation` (the patcher bumps it per sync), so a sync bigger than
-    the cache keeps what it cached first instead of thrashing. Low-rank factors (`factors`, a few
-    percent of the weights they write) are also kept for the previous generation, over the limit
-    if need be: switching A -> B -> A makes no factor twice, where a limit below A's and B's
-    factors together would make some at every switch (SDXL rank 32: ~740 MB for two LoRAs). A
-    limit of 0 keeps nothing."""
+    the cache keeps what it cached first instead of thrashing."""
 
     def __init__(self, limit_mb: float) -> None:
         self.limit_bytes = int(limit_mb * MB)
         self.generation = 0
-        # key -> (tensors, bytes, generation last used, low-rank factors)
-        self._entries: OrderedDict[Hashable, tuple[tuple[Tensor | None, ...], int, int, bool]] = OrderedDict()
+        self._entries: OrderedDict[Hashable, tuple[tuple[Tensor | None, ...], int, int]] = OrderedDict()
         self._bytes = 0
         self.factors_built = 0  # low-rank factor sets made (not found in the cache), for reports and benchmarks
 
@@ -113,33 +108,24 @@ class DeltaCache:
         hit = self._entries.get(key)
         if hit is None:
             return None
-        self._entries[key] = (hit[0], hit[1], self.generation, hit[3])
+        self._entries[key] = (hit[0], hit[1], self.generation)
         self._entries.move_to_end(key)
         return hit[0]
 
-    def put(self, key: Hashable, *tensors: Tensor | None, factors: bool = False) -> bool:
-        """Keep `tensors` if they fit, evicting entries of older generations; True if kept.
-        `factors`: low-rank factors, kept over the limit for this generation and the next."""
-        if self.limit_bytes <= 0:
-            return False
+    def put(self, key: Hashable, *tensors: Tensor | None) -> bool:
+        """Keep `tensors` if they fit, evicting entries of older generations; True if kept."""
         size = sum(t.numel() * t.element_size() for t in tensors if t is not None)
         old = self._entries.pop(key, None)
         if old is not None:
             self._bytes -= old[1]
+        while self._entries and self._bytes + size > self.limit_bytes:
+            oldest = next(iter(self._entries.values()))
+            if oldest[2] == self.generation:
+                break
+            self._bytes -= self._entries.popitem(last=False)[1][1]
         if self._bytes + size > self.limit_bytes:
-            for found in list(self._entries):  # least recently used first, so generations ascend
-                _, nbytes, generation, small = self._entries[found]
-                if generation >= self.generation:
-                    break
-                if small and generation == self.generation - 1:
-                    continue  # the previous sync's factors: a switch back needs them
-                del self._entries[found]
-                self._bytes -= nbytes
-                if self._bytes + size <= self.limit_bytes:
-                    break
-        if self._bytes + size > self.limit_bytes and not factors:
             return False
-        self._entries[key] = (tensors, size, self.generation, factors)
+        self._entries[key] = (tensors, size, self.generation)
         self._bytes += size
         return True
 
@@ -172,7 +158,7 @@ class DeltaCache:
             self.factors_built += 1
             if pinned:
                 found = _pinned(found[0]), _pinned(found[1]), None if found[2] is None else _pinned(found[2])
-            self.put(key, *found, factors=True)
+            self.put(key, *found)
             return found
         down_key = (parent, "down", where)
         shared = self.get(down_key)
@@ -188,8 +174,8 @@ class DeltaCache:
             up, db = _pinned(up), None if db is None else _pinned(db)
             down = _pinned(down) if shared is None else down
         if shared is None:
-            self.put(down_key, down, factors=True)
-        self.put(key, up, None, db, factors=True)  # its down is the shared entry
+            self.put(down_key, down)
+        self.put(key, up, None, db)  # its down is the shared entry
         return up, down, db
 
     def clear(self) -> None:

@@ -47,8 +47,7 @@ class Patcher(Backups, Writes):
 
     `family` is "sd1", "sd2" or "sdxl" (detected from the modules when None; "" disables the
     check). `delta_cache_mb` bounds the cached float32 deltas of algorithms other than plain
-    LoRA, and the plain LoRAs' factors (written straight from them) beyond those of the current
-    and previous sync, which are always kept (0: nothing is cached). `on_error` is "raise" (default: a bad
+    LoRA (those are written straight from their factors). `on_error` is "raise" (default: a bad
     adapter refuses the whole sync, the model untouched) or "skip" (drop that adapter, report it).
     `keep_backups` keeps the backup of a weight after restoring it (memory: the touched weights,
     once), so the next apply is a single write; a weight changed in place behind the patcher's back

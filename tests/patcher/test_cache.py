@@ -67,35 +67,3 @@ def test_delta_cache_never_evicts_what_the_current_generation_uses() -> None:
     assert cache.put("e", torch.zeros(1))  # evicts c
     assert not cache.put("f", torch.zeros(1))  # a, d, e are all in use now: refused, not thrashed
     assert cache.nbytes == 12
-
-
-def test_factors_of_the_previous_sync_stay_over_the_limit_and_deltas_do_not() -> None:
-    """Low-rank factors (small) of the current and previous generation are kept even past the
-    limit, so switching back makes none; full deltas still obey the limit; 0 keeps nothing."""
-    cache = DeltaCache(limit_mb=2 * 4 / 2**20)  # room for two float32 scalars
-    for key in "ab":  # sync 1: LoRA A's factors
-        assert cache.put(key, torch.zeros(1), factors=True)
-    cache.generation += 1
-    for key in "cd":  # sync 2: LoRA B's, over the limit: A's stay for the switch back
-        assert cache.put(key, torch.zeros(1), factors=True)
-    assert cache.nbytes == 16 and all(cache.get(k) is not None for k in "ab")  # sync 3 uses A again
-    cache.generation += 1
-    assert not cache.put("full", torch.zeros(1))  # a full delta: nothing evictable, over the limit
-    cache.generation += 1  # sync 4: B again; sync 3's A kept, sync 2's B found
-    assert all(cache.get(k) is not None for k in "cd")
-    cache.generation += 1
-    assert cache.put("e", torch.zeros(1), factors=True)  # sync 5: A (gen 3) is two syncs old now: evicted
-    assert cache.get("a") is None and cache.get("b") is None and cache.get("c") is not None
-    assert not DeltaCache(0).put("x", torch.zeros(1), factors=True)
-
-
-def test_alternating_loras_rebuild_no_factors_with_a_small_cache(files) -> None:
-    import copy
-
-    from loraprompt import Patcher, read_adapter
-
-    a, b = read_adapter(files[0]), read_adapter(files[1])
-    patcher = Patcher(copy.deepcopy(tiny_sd1()), delta_cache_mb=0.01)
-    built = [patcher.sync([(x, 1.0, 1.0)]).factors_built for x in (a, b, a, b, a)]
-    assert built[0] > 0 and built[1] > 0 and built[2:] == [0, 0, 0]
-    assert patcher._deltas.nbytes > patcher._deltas.limit_bytes  # the two sets, over the 10 KB limit

@@ -56,7 +56,7 @@ def test_host_backups_keep_the_factors_off_the_card_too() -> None:
     patcher = Patcher(model, backups="host")
     patcher.sync([(a, 1.0, 1.0)])
     patcher.sync([(b, 0.5, 0.5), (a, 0.3, 0.3)])
-    cached = [t for entry, *_ in patcher._deltas._entries.values() for t in entry if t is not None]
+    cached = [t for entry, _, _ in patcher._deltas._entries.values() for t in entry if t is not None]
     assert cached and all(t.device.type == "cpu" and t.is_pinned() for t in cached)
     assert_close(model, reference(model, original, [(b, 0.5, 0.5), (a, 0.3, 0.3)]), torch.float16)
     patcher.restore()
