@@ -47,7 +47,10 @@ class Patcher(Backups, Writes):
 
     `family` is "sd1", "sd2" or "sdxl" (detected from the modules when None; "" disables the
     check). `delta_cache_mb` bounds the cached float32 deltas of algorithms other than plain
-    LoRA (those are written straight from their factors). `on_error` is "raise" (default: a bad
+    LoRA and the plain LoRAs' factors (written straight from them). The default, 1024 MB (the A1111
+    setting's), holds the factors of two LoRAs on every attention/FF layer of SDXL at rank 32
+    (650 MB) or Flux.1 at rank 16 (500 MB), so switching between them rebuilds none (512 MB did
+    not on SDXL: part of them were made again at every switch). `on_error` is "raise" (default: a bad
     adapter refuses the whole sync, the model untouched) or "skip" (drop that adapter, report it).
     `keep_backups` keeps the backup of a weight after restoring it (memory: the touched weights,
     once), so the next apply is a single write; a weight changed in place behind the patcher's back
@@ -73,7 +76,7 @@ class Patcher(Backups, Writes):
 
     def __init__(
         self, components: Mapping[str, nn.Module | None], *, family: str | None = None,
-        delta_cache_mb: float = 512.0, on_error: str = "raise", keep_backups: bool = True,
+        delta_cache_mb: float = 1024.0, on_error: str = "raise", keep_backups: bool = True,
         backups: str = "auto", reserve_mb: float = 1024.0, schedules: str = "fused",
         float_base: Callable[[nn.Module, str], Tensor | None] | None = None,
     ) -> None:

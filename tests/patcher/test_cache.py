@@ -67,3 +67,30 @@ def test_delta_cache_never_evicts_what_the_current_generation_uses() -> None:
     assert cache.put("e", torch.zeros(1))  # evicts c
     assert not cache.put("f", torch.zeros(1))  # a, d, e are all in use now: refused, not thrashed
     assert cache.nbytes == 12
+
+
+def test_factor_cache_stays_within_its_limit_and_two_sets_that_fit_are_never_rebuilt(files) -> None:
+    """Robustness rule 17 for the patcher's factor cache: cycling through six LoRAs never holds
+    more than the configured limit. A limit holding two LoRAs' factors makes none again when
+    switching between them; one holding less makes some at every switch (what the H200 run saw
+    on SDXL with a 512 MB default)."""
+    import copy
+
+    from loraprompt import Patcher, read_adapter
+
+    adapters = [read_adapter(f) for f in files]
+    probe = Patcher(copy.deepcopy(tiny_sd1()))
+    probe.sync([(adapters[0], 1.0, 1.0)])
+    one = probe._deltas.nbytes  # one LoRA's factors
+
+    small = Patcher(copy.deepcopy(tiny_sd1()), delta_cache_mb=2.5 * one / 2**20)
+    for _ in range(2):
+        for adapter in adapters:
+            small.sync([(adapter, 1.0, 1.0)])
+            assert 0 < small._deltas.nbytes <= small._deltas.limit_bytes
+    built = [small.sync([(x, 1.0, 1.0)]).factors_built for x in adapters[:2] * 3]
+    assert built[2:] == [0, 0, 0, 0]
+
+    tight = Patcher(copy.deepcopy(tiny_sd1()), delta_cache_mb=1.3 * one / 2**20)
+    built = [tight.sync([(x, 1.0, 1.0)]).factors_built for x in adapters[:2] * 3]
+    assert all(n > 0 for n in built[2:]) and tight._deltas.nbytes <= tight._deltas.limit_bytes
