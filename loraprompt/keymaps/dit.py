@@ -1,4 +1,4 @@
-"""Diffusion transformers (SD3/SD3.5, Flux.1, Wan 2.x): their native module names <-> diffusers'.
+"""Diffusion transformers (SD3/SD3.5, Flux.1, Flux.2, Wan 2.x): their native module names <-> diffusers'.
 
 Adding a family is one `DitFamily` in `DIT_FAMILIES`: a table from the names its own code (and
 the files trained on it: kohya, ComfyUI, BFL, Wan) use to diffusers' names, the module names that
@@ -82,6 +82,35 @@ SD3: Table = {
     "joint_blocks.{i}.context_block.adaLN_modulation.1": "~transformer_blocks.{i}.norm1_context.linear",
 }
 
+# Flux.2 keeps Flux.1's native block names, but its single blocks' fused q/k/v+MLP projection is
+# one diffusers module too, its MLPs are SwiGLU (`linear_in`/`linear_out`) and its modulations are
+# shared by all blocks (diffusers' `_convert_non_diffusers_flux2_lora_to_diffusers`)
+FLUX2: Table = {
+    "img_in": "x_embedder",
+    "txt_in": "context_embedder",
+    "time_in.in_layer": "time_guidance_embed.timestep_embedder.linear_1",
+    "time_in.out_layer": "time_guidance_embed.timestep_embedder.linear_2",
+    "guidance_in.in_layer": "time_guidance_embed.guidance_embedder.linear_1",
+    "guidance_in.out_layer": "time_guidance_embed.guidance_embedder.linear_2",
+    "final_layer.linear": "proj_out",
+    # (shift, scale) in BFL's weights, (scale, shift) in diffusers': its checkpoint converter swaps
+    # them (swap_scale_shift), as for Flux.1; its Flux.2 LoRA converter does not, which looks like a bug
+    "final_layer.adaLN_modulation.1": "~norm_out.linear",
+    "single_stream_modulation.lin": "single_stream_modulation.linear",
+    "double_stream_modulation_img.lin": "double_stream_modulation_img.linear",
+    "double_stream_modulation_txt.lin": "double_stream_modulation_txt.linear",
+    "double_blocks.{i}.img_attn.qkv": _attn("transformer_blocks.{i}.attn", _QKV),
+    "double_blocks.{i}.txt_attn.qkv": _attn("transformer_blocks.{i}.attn", _ADD_QKV),
+    "double_blocks.{i}.img_attn.proj": "transformer_blocks.{i}.attn.to_out.0",
+    "double_blocks.{i}.txt_attn.proj": "transformer_blocks.{i}.attn.to_add_out",
+    "double_blocks.{i}.img_mlp.0": "transformer_blocks.{i}.ff.linear_in",
+    "double_blocks.{i}.img_mlp.2": "transformer_blocks.{i}.ff.linear_out",
+    "double_blocks.{i}.txt_mlp.0": "transformer_blocks.{i}.ff_context.linear_in",
+    "double_blocks.{i}.txt_mlp.2": "transformer_blocks.{i}.ff_context.linear_out",
+    "single_blocks.{i}.linear1": "single_transformer_blocks.{i}.attn.to_qkv_mlp_proj",
+    "single_blocks.{i}.linear2": "single_transformer_blocks.{i}.attn.to_out",
+}
+
 WAN: Table = {
     "patch_embedding": "patch_embedding",
     "text_embedding.0": "condition_embedder.text_embedder.linear_1",
@@ -126,6 +155,19 @@ class DitFamily:
 
 
 DIT_FAMILIES: tuple[DitFamily, ...] = (
+    DitFamily(  # before Flux.1: its files and models share Flux.1's native names and some diffusers names
+        "flux2", "Flux.2", FLUX2,
+        re.compile(r"^single_transformer_blocks\.\d+\.attn\.to_qkv_mlp_proj$"),
+        re.compile(
+            r"^" + _FILE_PREFIX + r"(?:single_transformer_blocks[._]\d+[._]attn[._]to_qkv_mlp_proj"
+            r"|transformer_blocks[._]\d+[._]ff(?:_context)?[._]linear_(?:in|out)|(?:double|single)_stream_modulation"
+            r"|time_guidance_embed)",
+            re.M,
+        ),
+        frozenset({6144}),
+        (("modelspec.architecture", r"^flux[-_.]?2"), ("ss_base_model_version", r"^flux[-_.]?2")),
+        re.compile(r"^double_stream_modulation_img\.lin$"),
+    ),
     DitFamily(
         "flux", "Flux.1", FLUX,
         re.compile(r"^single_transformer_blocks\.\d+\.proj_mlp$"),

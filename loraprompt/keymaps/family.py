@@ -125,11 +125,33 @@ def _width(keys: str, shapes: Mapping[str, Sequence[int]], pattern: re.Pattern[s
     return None
 
 
+# Flux.1 and Flux.2 share their native names; the height of a fused module over the hidden width
+# tells them apart: single blocks' linear1 is q/k/v + MLP (7 widths in Flux.1, 9 with Flux.2's
+# SwiGLU) and a double block's img_mlp.0 the MLP's input (4 widths, 6 in Flux.2)
+_FLUX_FUSED = re.compile(r"^.*(?:single_blocks[._]\d+[._]linear1|double_blocks[._]\d+[._](?:img|txt)_mlp[._]0)"
+                         r"[._](?:lora_up|lora_B|lora_down|lora_A)[._]weight$", re.M)
+_FLUX2_RATIOS = {"linear1": 9, "mlp": 6}
+
+
+def _flux_generation(keys: str, shapes: Mapping[str, Sequence[int]]) -> str:
+    """"flux2" when a Flux file under native names has Flux.2's fused heights, else "flux"."""
+    for name in _lines(keys, _FLUX_FUSED, limit=8):
+        if not re.search(r"(?:lora_up|lora_B)[._]weight$", name):
+            continue
+        down = re.sub(r"(lora_up|lora_B)([._]weight)$", lambda m: ("lora_down" if m[1] == "lora_up" else "lora_A") + m[2], name)
+        up_shape, down_shape = shapes.get(name), shapes.get(down)
+        if not up_shape or not down_shape or len(down_shape) < 2 or not down_shape[1]:
+            continue
+        ratio = up_shape[0] / down_shape[1]
+        return "flux2" if ratio == _FLUX2_RATIOS["linear1" if "linear1" in name else "mlp"] else "flux"
+    return "flux"
+
+
 def _dit(keys: str, shapes: Mapping[str, Sequence[int]]) -> tuple[bool, str | None]:
     """(whether the keys are a diffusion transformer's, which family when they tell)."""
     for family in DIT_FAMILIES:
         if _search(family.file_keys, keys):
-            return True, family.name
+            return True, _flux_generation(keys, shapes) if family.name == "flux" else family.name
     if not _search(MMDIT_FILE_KEYS, keys):
         return False, None
     by_width = {w: f.name for f in DIT_FAMILIES for w in f.widths}

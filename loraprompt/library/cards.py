@@ -13,7 +13,7 @@ from loraprompt.library.entry import Entry
 from loraprompt.library.library import Library
 from loraprompt.library.scanner import natural_key
 
-FAMILY_LABELS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL", "sd3": "SD3", "flux": "Flux", "wan": "Wan"}
+FAMILY_LABELS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL", "sd3": "SD3", "flux": "Flux", "flux2": "Flux.2", "wan": "Wan"}
 SORTS = ("name", "date", "size", "path", "uses", "recent")
 MIN_HIDDEN_QUERY = 4  # A1111: models in dot-folders show only for searches this long
 _JSON_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "'": "\\u0027",

@@ -82,6 +82,7 @@ class LoraSet:
     format: str  # "kohya" or "peft"
     modules: dict[str, LoraFactors]
     metadata: dict[str, str] = field(default_factory=dict)
+    family: str | None = None  # keymaps.family's verdict: which table a native module name is read with
 
     @property
     def dtype(self) -> torch.dtype:
@@ -95,17 +96,20 @@ class LoraSet:
 
 def read_lora(path: str | Path) -> LoraSet:
     """Read a kohya or PEFT/diffusers LoRA file exactly as stored; AdapterFileError otherwise."""
+    from loraprompt.keymaps.family import detect_file_family
+
     tensors, metadata = load_tensors(path)
     if not tensors:
         raise AdapterFileError(path, "file holds no tensors")
+    family = detect_file_family({k: tuple(v.shape) for k, v in tensors.items()}, metadata).family
     if any(k.startswith("lora_") for k in tensors):
-        return LoraSet(str(path), "kohya", _read_kohya(path, tensors), metadata)
+        return LoraSet(str(path), "kohya", _read_kohya(path, tensors), metadata, family)
     if any(".processor." in k and k.startswith(("double_blocks.", "single_blocks.")) for k in tensors):
-        return LoraSet(str(path), "xlabs", _read_xlabs(path, tensors), metadata)
+        return LoraSet(str(path), "xlabs", _read_xlabs(path, tensors), metadata, family)
     if any(k.startswith(tuple(COMFY_PREFIXES)) for k in tensors):
         fmt = "bfl" if any(k.endswith(".lora_A.weight") for k in tensors) else "comfyui"
-        return LoraSet(str(path), fmt, _read_native(path, tensors, fmt), metadata)
-    return LoraSet(str(path), "peft", _read_peft(path, tensors, metadata), metadata)
+        return LoraSet(str(path), fmt, _read_native(path, tensors, fmt), metadata, family)
+    return LoraSet(str(path), "peft", _read_peft(path, tensors, metadata), metadata, family)
 
 
 def _read_native(path: str | Path, tensors: Mapping[str, Tensor], fmt: str) -> dict[str, LoraFactors]:

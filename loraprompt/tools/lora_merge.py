@@ -71,7 +71,7 @@ def merge_loras(sources: Sequence[str | Path], weights: Sequence[float], output:
     grouped: dict[str, list[tuple[LoraFactors, float]]] = {}
     for lora, weight in zip(loras, weights):
         for module in lora.modules.values():
-            for part in diffusers_modules(module) if named == {True, False} else [module]:
+            for part in diffusers_modules(module, lora.family) if named == {True, False} else [module]:
                 grouped.setdefault(part.key, []).append((part, float(weight)))
     merged, min_kept = [], 1.0
     bar = Progress(len(grouped), "merge", progress)
@@ -87,5 +87,5 @@ def merge_loras(sources: Sequence[str | Path], weights: Sequence[float], output:
     metadata = recipe_metadata("merge-loras", inputs=describe_inputs(sources), weights=list(weights),
                                rank=None if target is None else target.rank,
                                energy=None if target is None else target.energy)
-    write_lora(out, merged, fmt or loras[0].format, metadata)
+    write_lora(out, merged, fmt or loras[0].format, metadata, loras[0].family)
     return LoraMergeReport(out, len(merged), min_kept)

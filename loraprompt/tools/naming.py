@@ -48,22 +48,25 @@ def dotted_name(component: str, path: str) -> str:
 
 
 @cache
-def _native_templates() -> tuple[tuple[re.Pattern[str], str, tuple[str, ...]], ...]:
+def _native_templates(family: str | None) -> tuple[tuple[re.Pattern[str], str, tuple[str, ...]], ...]:
     from loraprompt.keymaps.dit import DIT_FAMILIES
 
+    # Flux.2 reuses Flux.1's native names: it is read with its own table only when the file is one
+    order = sorted(DIT_FAMILIES, key=lambda f: (f.name != family, f.name == "flux2" and family != "flux2"))
     out = []
-    for family in DIT_FAMILIES:
-        for native, value in family.table.items():
+    for found in order:
+        for native, value in found.table.items():
             kohya = re.escape(native.replace(".", "_")).replace(r"\{i\}", r"(\d+)")
             out.append((re.compile(f"^{kohya}$"), native, (value,) if isinstance(value, str) else tuple(value)))
     return tuple(out)
 
 
-def native_entry(path: str) -> tuple[str, tuple[str, ...]] | None:
+def native_entry(path: str, family: str | None = None) -> tuple[str, tuple[str, ...]] | None:
     """`double_blocks_0_img_attn_qkv` -> (`double_blocks.0.img_attn.qkv`, the diffusers modules it
     stacks by rows: `transformer_blocks.0.attn.to_q`, …; "~": adaLN halves swapped), for a natively
-    named (BFL, SAI, Wan) transformer module in kohya spelling, else None."""
-    for pattern, native, targets in _native_templates():
+    named (BFL, SAI, Wan) transformer module in kohya spelling, else None. `family`: the file's
+    (`LoraSet.family`), whose table is read first."""
+    for pattern, native, targets in _native_templates(family):
         m = pattern.match(path)
         if m:
             for index in m.groups():
@@ -73,7 +76,7 @@ def native_entry(path: str) -> tuple[str, tuple[str, ...]] | None:
     return None
 
 
-def native_dotted(path: str) -> str | None:
+def native_dotted(path: str, family: str | None = None) -> str | None:
     """`double_blocks_0_img_attn_qkv` -> `double_blocks.0.img_attn.qkv` (see `native_entry`)."""
-    found = native_entry(path)
+    found = native_entry(path, family)
     return None if found is None else found[0]

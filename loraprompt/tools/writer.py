@@ -43,12 +43,13 @@ def kohya_tensors(modules: Iterable[LoraFactors]) -> dict[str, Tensor]:
     return out
 
 
-def diffusers_modules(m: LoraFactors) -> list[LoraFactors]:
+def diffusers_modules(m: LoraFactors, family: str | None = None) -> list[LoraFactors]:
     """A natively named transformer module (BFL/SAI/Wan: `double_blocks_0_img_attn_qkv`) as the
     diffusers modules it stacks by rows, exactly: each keeps `down` and alpha and takes its rows of
     `up` (q, k, v each as high as the module is wide, Flux's MLP the rest); an adaLN projection has
-    its two halves swapped as diffusers stores them. Any other module is returned as it is."""
-    found = native_entry(m.path) if m.component in ("unet", "transformer") else None
+    its two halves swapped as diffusers stores them. Any other module is returned as it is.
+    `family`: the file's, whose native table is read first (Flux.2 shares Flux.1's names)."""
+    found = native_entry(m.path, family) if m.component in ("unet", "transformer") else None
     if found is None:
         return [m]
     native, targets = found
@@ -69,12 +70,12 @@ def diffusers_modules(m: LoraFactors) -> list[LoraFactors]:
     return out
 
 
-def peft_tensors(modules: Iterable[LoraFactors]) -> tuple[dict[str, Tensor], dict[str, str]]:
+def peft_tensors(modules: Iterable[LoraFactors], family: str | None = None) -> tuple[dict[str, Tensor], dict[str, str]]:
     """PEFT keys and the `lora_adapter_metadata` header entry (r, lora_alpha and their patterns);
     natively named transformer modules are written as their diffusers modules (`diffusers_modules`)."""
     out: dict[str, Tensor] = {}
     per_component: dict[str, list[tuple[str, int, float]]] = {}
-    for m in (part for module in modules for part in diffusers_modules(module)):
+    for m in (part for module in modules for part in diffusers_modules(module, family)):
         if m.mid is not None:
             raise ToolError(f"{m.key}: CP/Tucker (lora_mid) modules have no PEFT form")
         dotted = m.dotted or dotted_name(m.component, m.path)
@@ -98,11 +99,11 @@ def peft_tensors(modules: Iterable[LoraFactors]) -> tuple[dict[str, Tensor], dic
     return out, {PEFT_METADATA_KEY: json.dumps(config, indent=2, sort_keys=True)}
 
 
-def _native_name(m: LoraFactors) -> str:
+def _native_name(m: LoraFactors, family: str | None = None) -> str:
     """The dotted module name a ComfyUI/BFL/XLabs key uses: a transformer module's native (BFL,
     SAI, Wan) name, as those tools map only native names under `diffusion_model.`."""
     if m.component in ("unet", "transformer"):
-        native = native_dotted(m.path)
+        native = native_dotted(m.path, family)
         if native is not None:
             return native
         if m.component == "unet" and m.dotted is not None:
@@ -112,13 +113,13 @@ def _native_name(m: LoraFactors) -> str:
     return m.dotted or dotted_name(m.component, m.path)
 
 
-def native_tensors(modules: Iterable[LoraFactors], fmt: str) -> dict[str, Tensor]:
+def native_tensors(modules: Iterable[LoraFactors], fmt: str, family: str | None = None) -> dict[str, Tensor]:
     """ComfyUI, BFL or XLabs keys (see the module docstring)."""
     out: dict[str, Tensor] = {}
     for m in modules:
         if m.mid is not None:
             raise ToolError(f"{m.key}: CP/Tucker (lora_mid) modules have no {fmt} form")
-        name = _native_name(m)
+        name = _native_name(m, family)
         up = m.up if m.alpha is None or fmt == "comfyui" else (m.up.float() * m.scale).to(m.up.dtype)
         if fmt == "xlabs":
             kind, _, rest = name.partition("_blocks.")
@@ -142,14 +143,16 @@ def _number(value: float) -> float | int:
     return int(value) if float(value).is_integer() else value
 
 
-def write_lora(path: Path, modules: Iterable[LoraFactors], fmt: str, metadata: dict[str, str]) -> None:
-    """Write LoRA modules atomically in `fmt` ("kohya" or "peft") with the given metadata."""
+def write_lora(path: Path, modules: Iterable[LoraFactors], fmt: str, metadata: dict[str, str],
+               family: str | None = None) -> None:
+    """Write LoRA modules atomically in `fmt` ("kohya" or "peft") with the given metadata;
+    `family`: the source's, for natively named transformer modules (see `native_entry`)."""
     if fmt == "kohya":
         save_tensors(path, kohya_tensors(modules), metadata)
     elif fmt == "peft":
-        tensors, extra = peft_tensors(modules)
+        tensors, extra = peft_tensors(modules, family)
         save_tensors(path, tensors, {**metadata, **extra})
     elif fmt in FORMATS:
-        save_tensors(path, native_tensors(modules, fmt), metadata)
+        save_tensors(path, native_tensors(modules, fmt, family), metadata)
     else:
         raise ToolError(f"unknown LoRA format {fmt!r}; choose one of {', '.join(FORMATS)}")

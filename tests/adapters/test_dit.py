@@ -1,4 +1,4 @@
-"""SD3, Flux.1 and Wan 2.x LoRAs in every layout, on tiny diffusers transformers built from config.
+"""SD3, Flux.1, Flux.2 and Wan 2.x LoRAs in every layout, on tiny diffusers transformers built from config.
 
 The reference is always diffusers: the PEFT file written by `save_lora_weights`, loaded and fused
 by diffusers; where diffusers' own converter reads a layout on the tiny models, that too. The
@@ -22,6 +22,7 @@ NATIVE = [
     ("flux", "kohya", "kohya"), ("flux", "comfyui", "comfyui"), ("flux", "bfl", "comfyui"), ("flux", "xlabs", "xlabs"),
     ("sd3", "kohya", "kohya"), ("sd3", "comfyui", "comfyui"), ("sd3", "bfl", "comfyui"),
     ("wan", "musubi", "kohya"), ("wan", "comfyui", "comfyui"), ("wan", "bfl", "comfyui"),
+    ("flux2", "kohya", "kohya"), ("flux2", "comfyui", "comfyui"), ("flux2", "bfl", "comfyui"),
 ]
 
 
@@ -97,10 +98,22 @@ def _flux_blocks(native: str) -> bool:
     return native.startswith(("double_blocks.", "single_blocks.")) and not native.endswith(".linear1")
 
 
+def _not_final_layer(native: str) -> bool:
+    # diffusers' Flux.2 LoRA converter leaves the final adaLN's (shift, scale) halves in BFL's order;
+    # its checkpoint converter swaps them (swap_scale_shift), and so do we (keymaps.dit.FLUX2)
+    return not native.startswith("final_layer.adaLN")
+
+
+def _flux2_blocks(native: str) -> bool:
+    # diffusers' kohya Flux.2 converter leaves out guidance_in and the modulations (it warns: unsupported keys)
+    return native.startswith(("double_blocks.", "single_blocks."))
+
+
 @pytest.mark.parametrize(
     ("family", "layout", "include"),
     [("flux", "kohya", _flux_blocks), ("flux", "comfyui", _flux_blocks), ("flux", "xlabs", None),
-     ("wan", "bfl", None), ("wan", "musubi", _blocks_only), ("wan", "comfyui", _blocks_only)],
+     ("wan", "bfl", None), ("wan", "musubi", _blocks_only), ("wan", "comfyui", _blocks_only),
+     ("flux2", "bfl", _not_final_layer), ("flux2", "kohya", _flux2_blocks)],
 )
 def test_diffusers_converters_read_our_files_as_we_do(loras: dict, tmp_path: Path, family: str, layout: str, include: object) -> None:
     lora, _ = loras[family]
@@ -150,14 +163,27 @@ def test_lycoris_on_flux_fused_qkv_splits_by_rows(tmp_path: Path, algo: str) -> 
     assert all(torch.equal(v, base[k]) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize(("file_family", "model_family"), [("flux", "sd3"), ("sd3", "flux"), ("wan", "flux"), ("flux", "wan")])
+@pytest.mark.parametrize(("file_family", "model_family"), [("flux", "sd3"), ("sd3", "flux"), ("wan", "flux"), ("flux", "wan"),
+                                                           ("flux2", "flux"), ("flux", "flux2")])
 def test_wrong_family_is_refused_by_name_and_the_model_untouched(loras: dict, file_family: str, model_family: str) -> None:
     lora, _ = loras[file_family]
     model = dit.tiny_transformer(model_family)
     base = {k: v.clone() for k, v in model.state_dict().items()}
-    names = {"flux": "Flux.1", "sd3": "SD3", "wan": "Wan 2.x"}
+    names = {"flux": "Flux.1", "flux2": "Flux.2", "sd3": "SD3", "wan": "Wan 2.x"}
     with pytest.raises(FamilyMismatchError, match=rf"is a {names[file_family]} adapter; the loaded model is {names[model_family]}"):
         Patcher({"transformer": model}).sync([(read_adapter(lora.path), 1.0, 1.0)])
+    assert all(torch.equal(v, base[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("layout", ["kohya", "bfl"])
+def test_a_natively_named_flux2_file_is_refused_by_a_flux1_model(loras: dict, tmp_path: Path, layout: str) -> None:
+    """Flux.2's native names are Flux.1's; its fused heights tell them apart (see keymaps.family)."""
+    lora, _ = loras["flux2"]
+    path = dit.native_file(lora, tmp_path / f"{layout}.safetensors", layout)
+    model = dit.tiny_transformer("flux")
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(FamilyMismatchError, match=r"is a Flux\.2 adapter; the loaded model is Flux\.1"):
+        Patcher({"transformer": model}).sync([(read_adapter(path), 1.0, 1.0)])
     assert all(torch.equal(v, base[k]) for k, v in model.state_dict().items())
 
 

@@ -69,6 +69,9 @@ def test_metadata_that_disagrees_with_the_shapes_is_a_note(tmp_path: Path) -> No
         (lambda p: dit.write_peft("flux", p).path, "flux", "keys"),
         (lambda p: dit.write_peft("sd3", p).path, "sd3", "keys"),
         (lambda p: dit.write_peft("wan", p).path, "wan", "keys"),
+        (lambda p: dit.write_peft("flux2", p).path, "flux2", "keys"),
+        (lambda p: dit.native_file(dit.write_peft("flux2", p.with_name("peft.safetensors")), p, "comfyui"), "flux2", "keys"),
+        (lambda p: dit.native_file(dit.write_peft("flux", p.with_name("peft.safetensors")), p, "kohya"), "flux", "keys"),
     ],
 )
 def test_reader_and_library_agree(tmp_path: Path, write: object, family: str, source: str) -> None:
@@ -86,6 +89,8 @@ def test_reader_and_library_agree(tmp_path: Path, write: object, family: str, so
         ({"modelspec.architecture": "stable-diffusion-v3-medium/lora"}, "sd3"),
         ({"modelspec.architecture": "stable-diffusion-3.5-large/lora"}, "sd3"),
         ({"modelspec.architecture": "wan2.1-t2v-14b/lora"}, "wan"),
+        ({"ss_base_model_version": "flux2_klein_4b"}, "flux2"),
+        ({"modelspec.architecture": "flux-2-dev/lora"}, "flux2"),
         ({}, None),
     ],
 )
@@ -96,7 +101,7 @@ def test_sd3_or_flux_in_diffusers_names_with_unknown_widths_ask_the_metadata(met
     assert (found.family, found.denoiser) == (family, "transformer")
 
 
-@pytest.mark.parametrize(("width", "family"), [(3072, "flux"), (1536, "sd3"), (2432, "sd3")])
+@pytest.mark.parametrize(("width", "family"), [(3072, "flux"), (6144, "flux2"), (1536, "sd3"), (2432, "sd3")])
 def test_sd3_and_flux_in_diffusers_names_told_apart_by_width(width: int, family: str) -> None:
     shapes = {"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": (16, width),
               "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": (width, 16)}
@@ -105,6 +110,12 @@ def test_sd3_and_flux_in_diffusers_names_told_apart_by_width(width: int, family:
 
 def test_native_names_decide_without_shapes() -> None:
     assert detect_file_family({"lora_unet_single_blocks_3_linear1.lora_down.weight": (4, 8)}).family == "flux"
+    # Flux.2 shares the native names; the fused heights tell it (9 widths for linear1, 7 in Flux.1)
+    for ratio, family in ((9, "flux2"), (7, "flux")):
+        for down, up in (("lora_down", "lora_up"), ("lora_A", "lora_B")):
+            shapes = {f"diffusion_model.single_blocks.0.linear1.{down}.weight": (4, 64),
+                      f"diffusion_model.single_blocks.0.linear1.{up}.weight": (64 * ratio, 4)}
+            assert detect_file_family(shapes).family == family
     assert detect_file_family({"double_blocks.0.processor.qkv_lora1.down.weight": (4, 8)}).family == "flux"
     assert detect_file_family({"lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight": (4, 8)}).family == "sd3"
     assert detect_file_family({"lora_unet_blocks_0_cross_attn_k.lora_down.weight": (4, 8)}).family == "wan"
@@ -147,6 +158,8 @@ def test_line_start_search_finds_the_same_keys_as_the_anchored_patterns() -> Non
         "transformer_blocks.12.attn.to_k.lora_B.weight",
         "diffusion_model.double_blocks.3.img_attn.qkv.lora_A.weight",
         "lora_unet_single_blocks_7_linear1.lora_down.weight",
+        "transformer.single_transformer_blocks.0.attn.to_qkv_mlp_proj.lora_A.weight",
+        "diffusion_model.single_blocks.1.linear1.lora_B.weight",
         "diffusion_model.joint_blocks.2.x_block.attn.qkv.lora_down.weight",
         "blocks.4.self_attn.q.lora_A.weight",
         "xdouble_blocks.1.img_mod.lin.lora_A.weight",  # not at a key's start: no family

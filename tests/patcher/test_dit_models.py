@@ -83,7 +83,8 @@ def test_kohya_te3_reaches_the_t5_under_either_component_name(tmp_path: Path, fa
 
 
 NATIVE_MODEL_CASES = [("flux", "peft"), ("flux", "kohya"), ("flux", "comfyui"), ("flux", "bfl"), ("flux", "xlabs"),
-                      ("flux", "onetrainer"), ("sd3", "peft"), ("sd3", "kohya"), ("sd3", "comfyui"), ("sd3", "bfl")]
+                      ("flux", "onetrainer"), ("sd3", "peft"), ("sd3", "kohya"), ("sd3", "comfyui"), ("sd3", "bfl"),
+                      ("flux2", "peft"), ("flux2", "kohya"), ("flux2", "bfl")]
 
 
 def _layout_file(lora: dit.PeftLora, tmp_path: Path, layout: str) -> Path:

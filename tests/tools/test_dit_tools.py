@@ -24,7 +24,8 @@ from tests.fixtures import dit
 
 LAYOUTS = [("flux", "peft"), ("flux", "kohya"), ("flux", "comfyui"), ("flux", "bfl"), ("flux", "xlabs"),
            ("sd3", "peft"), ("sd3", "kohya"), ("sd3", "comfyui"), ("sd3", "bfl"),
-           ("wan", "peft"), ("wan", "musubi"), ("wan", "comfyui"), ("wan", "bfl")]
+           ("wan", "peft"), ("wan", "musubi"), ("wan", "comfyui"), ("wan", "bfl"),
+           ("flux2", "peft"), ("flux2", "kohya"), ("flux2", "comfyui"), ("flux2", "bfl")]
 
 
 def _file(lora: dit.PeftLora, tmp_path: Path, layout: str) -> Path:
@@ -132,7 +133,7 @@ def _folder(root: Path, family: str, state: dict[str, torch.Tensor] | None = Non
     return root
 
 
-@pytest.mark.parametrize("family", ["flux", "sd3", "wan"])
+@pytest.mark.parametrize("family", ["flux", "sd3", "wan", "flux2"])
 def test_extract_from_a_dit_folder_recovers_the_delta_and_loads_in_diffusers(tmp_path: Path, family: str) -> None:
     lora = dit.write_peft(family, tmp_path / "peft.safetensors")
     tuned_state = dit.peft_fused(lora)  # base + ΔW, as diffusers fuses it
@@ -285,7 +286,8 @@ def test_extract_from_scaled_fp8_files_uses_their_scales(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(("family", "layout"), [("flux", "kohya"), ("flux", "comfyui"), ("flux", "bfl"), ("flux", "xlabs"),
-                                                ("sd3", "kohya"), ("sd3", "comfyui"), ("wan", "musubi")])
+                                                ("sd3", "kohya"), ("sd3", "comfyui"), ("wan", "musubi"),
+                                                ("flux2", "kohya"), ("flux2", "comfyui"), ("flux2", "bfl")])
 def test_native_files_convert_to_peft_that_diffusers_loads(tmp_path: Path, family: str, layout: str) -> None:
     """A fused native module becomes its diffusers modules (the same down, its rows of up; adaLN
     halves swapped back): exact, and loadable by diffusers' load_lora_weights on tiny widths, where

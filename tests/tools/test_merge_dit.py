@@ -20,7 +20,8 @@ def _folder(root: Path, family: str, dtype: torch.dtype) -> Path:
     return root
 
 
-@pytest.mark.parametrize(("family", "layout", "dtype"), [("flux", "kohya", torch.bfloat16), ("sd3", "kohya", torch.float32), ("wan", "peft", torch.bfloat16)])
+@pytest.mark.parametrize(("family", "layout", "dtype"), [("flux", "kohya", torch.bfloat16), ("sd3", "kohya", torch.float32),
+                                                         ("wan", "peft", torch.bfloat16), ("flux2", "bfl", torch.bfloat16)])
 def test_merge_into_a_dit_folder_equals_the_patcher(tmp_path: Path, family: str, layout: str, dtype: torch.dtype) -> None:
     from diffusers.models.model_loading_utils import load_state_dict
 

@@ -8,7 +8,7 @@
   if (LP.el) return;
 
   const CARD_W = 176, CARD_H = 292, GAP = 8, OVERSCAN_ROWS = 2;
-  const FAMILY_LABEL = { sd1: "SD1", sd2: "SD2", sdxl: "SDXL", sd3: "SD3", flux: "Flux", wan: "Wan" };
+  const FAMILY_LABEL = { sd1: "SD1", sd2: "SD2", sdxl: "SDXL", sd3: "SD3", flux: "Flux", flux2: "Flux.2", wan: "Wan" };
 
   function el(tag, cls, text) {
     const e = document.createElement(tag);
