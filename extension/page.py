@@ -46,6 +46,16 @@ def card_prompt(name: str, weight: float | None, activation_text: str, short_has
     return expr + (" + " + quote_js(" " + activation_text) if activation_text else "")
 
 
+def tag_note_description(note: str, description: Any) -> str:
+    """A card's description with the tag-name warning first. A1111 escapes descriptions unless
+    "Treat card description as HTML" (`extra_networks_card_description_is_html`, off by default)
+    is on, so markup goes in only then; otherwise the warning is plain text, on a line of its own."""
+    rest = str(description or "")
+    if webui.opt("extra_networks_card_description_is_html", False):
+        return f'<span class="loraprompt-tag-note">\u26a0 {escape_html(note)}</span>' + (f"<br>{rest}" if rest else "")
+    return f"\u26a0 {note}." + (f"\n{rest}" if rest else "")
+
+
 class LoraPromptPage(ui_extra_networks.ExtraNetworksPage):
     """Cards for every file in the LoRA folders."""
 
@@ -105,9 +115,8 @@ class LoraPromptPage(ui_extra_networks.ExtraNetworksPage):
         weight = preferred_weight(user.get("preferred weight"))
         choice, short = self._tag_name(entry, stems)
         item["prompt"] = card_prompt(choice.name, weight, str(user.get("activation text") or ""), short)
-        if choice.note:  # on the card, as the gallery's "name" badge says it; A1111 shows descriptions as HTML
-            item["description"] = f'<span class="loraprompt-tag-note">\u26a0 {escape_html(choice.note)}</span>' + (
-                f"<br>{item['description']}" if item.get("description") else "")
+        if choice.note:  # on the card, as the gallery's "name" badge says it
+            item["description"] = tag_note_description(choice.note, item.get("description"))
         negative = user.get("negative text")
         item["negative_prompt"] = quote_js(f"({negative}:1)" if negative else "")
         return item

@@ -51,7 +51,8 @@ def writable_name(library: Any, entry: Entry, wanted: str, *, taken: Container[s
     if not bad:
         return TagChoice(wanted)
     alias = library.display_name(entry)
-    why = f"The name {wanted} contains {bad}, which break a <lora:...> tag"
+    breaks = "which breaks" if len(bad) == 1 else "which break"
+    why = f"The name {wanted} contains {bad}, {breaks} a <lora:...> tag"
     if alias != entry.name and not tag_breakers(alias):
         return TagChoice(alias, False, f"{why}; the card inserts the file's alias {alias}")
     if no_hash is not None:

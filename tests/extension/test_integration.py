@@ -268,14 +268,16 @@ def test_cards_page_warns_about_names_that_break_a_tag_and_inserts_a_working_one
     items = {i["name"]: i for i in page.list_items()}
     short = file_hashes(ink)["a1111"][:12]
     assert card_tag(items["style: ink"]) == f"<lora:style_ ink:1:hash={short}>"
+    # A1111 escapes descriptions ("Treat card description as HTML" is off by default): plain text
     note = str(items["style: ink"]["description"])
-    assert note.startswith('<span class="loraprompt-tag-note">\u26a0 The name style: ink contains :, which break a '
-                           "&lt;lora:...&gt; tag; the card inserts style_ ink with the file&#x27;s hash=")
+    assert note == ("\u26a0 The name style: ink contains :, which breaks a <lora:...> tag; the card inserts "
+                    "style_ ink with the file's hash=, which finds it.")
+    assert "<span" not in note
     assert card_tag(items["x>y"]) == "<lora:xy_clean:1>" and not items["x>y"].get("description")  # A1111 inserts the alias
     webui.modules.shared.opts.data["lora_preferred_name"] = "Filename"
     items = {i["name"]: i for i in page.list_items()}
     assert card_tag(items["x>y"]) == "<lora:xy_clean:1>"
-    assert "The name x&gt;y contains &gt;" in str(items["x>y"]["description"])
+    assert "The name x>y contains >, which breaks" in str(items["x>y"]["description"])
     assert not items["style"].get("description")  # a plain name: no note
     # what the card inserts applies that file, with nothing to complain about
     base = webui.weight(Q)
@@ -285,4 +287,14 @@ def test_cards_page_warns_about_names_that_break_a_tag_and_inserts_a_working_one
     # the a1111 profile reads no hash=: the card says to rename the file instead
     webui.modules.shared.opts.data["loraprompt_profile"] = "a1111"
     item = {i["name"]: i for i in page.list_items()}["style: ink"]
-    assert "hash=" not in card_tag(item) and str(item["description"]).endswith("rename the file</span>")
+    assert "hash=" not in card_tag(item) and str(item["description"]).endswith("rename the file.")
+    # with the option on, the warning is markup (escaped) ahead of the user's own HTML description
+    webui.modules.shared.opts.data["extra_networks_card_description_is_html"] = True
+    ink.with_suffix(".json").write_text(json.dumps({"description": "<b>inked</b> lines"}), encoding="utf8")
+    item = {i["name"]: i for i in page.list_items()}["style: ink"]
+    assert str(item["description"]) == ('<span class="loraprompt-tag-note">\u26a0 The name style: ink contains :, which '
+                                        "breaks a &lt;lora:...&gt; tag, and loraprompt&#x27;s a1111 profile (no hash=) "
+                                        "has no other name for it: rename the file</span><br><b>inked</b> lines")
+    webui.modules.shared.opts.data["extra_networks_card_description_is_html"] = False
+    item = {i["name"]: i for i in page.list_items()}["style: ink"]
+    assert str(item["description"]).endswith("rename the file.\n<b>inked</b> lines")

@@ -54,7 +54,7 @@ def test_loraprompt_resolves_every_inserted_tag_to_its_file(folder: Path, tmp_pa
 def test_cards_say_why_and_what_they_insert(folder: Path, tmp_path: Path) -> None:
     svc = service(folder, tmp_path, builtin=False)
     notes = {r["name"]: (r["tag_name"], r["tag_note"]) for r in svc.snapshot().records}
-    assert notes["style: ink"] == ("style_ ink", "The name style: ink contains :, which break a <lora:...> tag; "
+    assert notes["style: ink"] == ("style_ ink", "The name style: ink contains :, which breaks a <lora:...> tag; "
                                    "the card inserts style_ ink with the file's hash=, which finds it")
     assert notes["a=b#c"][0] == "abc_clean" and "contains = #" in notes["a=b#c"][1]
     assert notes["plain"] == ("plain", "")
