@@ -14,6 +14,11 @@ file with fused q/k/v (BFL names), so the row-split path is timed too. Then, on 
   copy_ of each touched weight (restore), in the model's dtype.
 
 Times are medians of --repeat runs, printed with the ratio to diffusers + peft and to the limit.
+
+--per-step also times one transformer forward (batch 1, --tokens image tokens, 512 text tokens)
+plain and with A scheduled (a strength that changes every step, as `<lora:a:0@0,1@1>`): run in
+the forward by loraprompt (schedules="unfused", the per-step sync included), rewritten into the
+weights every step (schedules="fused"), and by peft's unfused layers; each against the plain step.
     python -m benchmarks.bench_dit                     # CPU, 2 double + 2 single blocks, bf16
     python -m benchmarks.bench_dit --device cuda --double 19 --single 38
 """
@@ -122,6 +127,57 @@ def _kohya_from(peft: Path, out: Path) -> Path:
     return out
 
 
+def bench_steps(model: torch.nn.Module, path_a: Path, args: argparse.Namespace, device: torch.device,
+                dtype: torch.dtype) -> dict[str, float]:
+    """One forward: plain; A scheduled (unfused by loraprompt / rewritten each step / peft unfused)."""
+    from diffusers import FluxPipeline
+
+    from loraprompt import Patcher, read_adapter
+    from loraprompt.plan import PlanEntry
+
+    config = model.config
+    gen = torch.Generator(device).manual_seed(0)
+    text = 512
+    inputs = dict(
+        hidden_states=torch.randn(1, args.tokens, config.in_channels, generator=gen, device=device).to(dtype),
+        encoder_hidden_states=torch.randn(1, text, config.joint_attention_dim, generator=gen, device=device).to(dtype),
+        pooled_projections=torch.randn(1, config.pooled_projection_dim, generator=gen, device=device).to(dtype),
+        timestep=torch.tensor([0.5], device=device, dtype=dtype), guidance=torch.tensor([3.5], device=device, dtype=dtype),
+        img_ids=torch.zeros(args.tokens, 3, device=device, dtype=dtype), txt_ids=torch.zeros(text, 3, device=device, dtype=dtype),
+    )
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(**inputs)
+
+    forward()
+    out = {"plain step": _timed(forward, device, args.repeat)}
+    adapter = read_adapter(path_a)
+    entry = PlanEntry(adapter, te=1.0, unet=0.5, unet_at=lambda s, n: 0.25 + 0.5 * s / n)
+    for label, schedules in (("scheduled, in the forward", "unfused"), ("scheduled, rewritten each step", "fused")):
+        patcher = Patcher({"transformer": model}, schedules=schedules)
+        counter = {"step": 0}
+
+        def scheduled(patcher: Patcher = patcher, counter: dict = counter) -> None:
+            patcher.sync([entry], step=counter["step"] % 20, total_steps=20)
+            counter["step"] += 1
+            forward()
+
+        scheduled()
+        out[label] = _timed(scheduled, device, args.repeat)
+        patcher.restore(release=True)
+    try:
+        state, alphas = FluxPipeline.lora_state_dict(str(path_a), return_alphas=True)
+        FluxPipeline.load_lora_into_transformer(state, network_alphas=alphas, transformer=model, adapter_name="a")
+        model.set_adapters(["a"], weights=[0.5])
+        forward()
+        out["unfused (peft)"] = _timed(forward, device, args.repeat)
+        model.unload_lora()
+    except Exception as exc:  # the peer's API moves between diffusers versions: report, go on
+        print(f"# peft unfused step skipped: {type(exc).__name__}: {exc}")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -131,6 +187,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=3072)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--per-step", action=argparse.BooleanOptionalAction, default=None,
+                        help="time a transformer step with a scheduled LoRA (default: on CUDA)")
+    parser.add_argument("--tokens", type=int, default=None, help="image tokens per step (default 4096 = 1024² on CUDA, 256 on CPU)")
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
 
@@ -171,6 +230,11 @@ def main() -> None:
             "switch": _timed(lambda: (unload(), load(path_b, "b")), device, args.repeat),
             "restore": _timed(unload, device, args.repeat, lambda: load(path_a, "a")),
         }
+        cuda = device.type == "cuda"
+        steps = None
+        if args.per_step if args.per_step is not None else cuda:
+            args.tokens = args.tokens or (4096 if cuda else 256)
+            steps = bench_steps(model, path_a, args, device, dtype)
         touched = [m.weight for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and any(
             n.endswith(t) for t in ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
                                     "net.0.proj", "net.2", "proj_mlp", "proj_out")) and not n.startswith("proj_out")]
@@ -192,6 +256,11 @@ def main() -> None:
               f"{peer[base] / t:7.2f}x {limit[base] / t:8.2f}x")
     print(f"factor sets made per switch (not in the {cache_mb:.0f} MB factor cache): "
           + ", ".join(f"{op} {n}" for op, n in made.items()))
+    if steps is not None:
+        plain = steps["plain step"]
+        print(f"one step, batch 1, {args.tokens} image + 512 text tokens:")
+        for op, t in steps.items():
+            print(f"  {op:34} {t * 1e3:9.1f}ms  {(t / plain - 1) * 100:+7.1f}% vs plain")
 
 
 if __name__ == "__main__":

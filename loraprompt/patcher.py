@@ -30,10 +30,11 @@ from loraprompt.keymaps import keymap_for_module
 from loraprompt.keymaps.check import model_family
 from loraprompt.plan import Key, Plan, PlanEntry, SyncReport, as_entry, build_plan, resolve_adapter
 from loraprompt.quantized import Unfused, weight_path
-from loraprompt.unfused import LowRankHooks, unfusable
+from loraprompt.unfused import LowRankHooks, factor_target, unfusable
 from loraprompt.writes import Writes
 
 SCHEDULES = ("fused", "unfused")
+DENOISERS = ("unet", "transformer")  # the components a LoRA's UNet strength (and its schedule) applies to
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -63,10 +64,11 @@ class Patcher(Backups, Writes):
     Weights on the CPU are backed up in CPU memory whatever the setting. A model moved between
     syncs (`.to()`, A1111's --medvram/--lowvram) keeps its backups where they are.
 
-    `schedules="unfused"` runs the UNet modules of LoRAs whose UNet strength changes during
-    sampling (entries with `unet_at`: start/stop, keyframes) unfused: their plain-LoRA factors are added in
-    the module's forward with the step's strength, so a step costs two small matmuls per module
-    instead of rewriting weights; constant LoRAs stay fused. The default "fused" writes every
+    `schedules="unfused"` runs the UNet (or SD3/Flux/Wan transformer) modules of LoRAs whose UNet
+    strength changes during sampling (entries with `unet_at`: start/stop, keyframes) unfused: their
+    plain-LoRA factors are added in the module's forward with the step's strength, so a step costs
+    two small matmuls per module instead of rewriting weights; constant LoRAs stay fused. Packed
+    4-bit (bitsandbytes) weights take the same forward path, their bytes untouched. The default "fused" writes every
     step's weights (the weights then always equal base + the plan).
 
     `float_base(module, param)` may return a higher-precision copy of a low-precision (fp8)
@@ -295,8 +297,8 @@ class Patcher(Backups, Writes):
                     unfused_items.append((hooked, te, unet))
                     if hooked_entries is not None:
                         hooked_entries.append((entry, hooked))
-                if any(item[1][0] == "unet" for item in fused.items):
-                    hooked_entries = None  # fused UNet modules follow the step too
+                if any(item[1][0] in DENOISERS for item in fused.items):
+                    hooked_entries = None  # fused UNet/transformer modules follow the step too
                 resolution = fused
             elif entry.scheduled:
                 hooked_entries = None
@@ -319,17 +321,20 @@ class Patcher(Backups, Writes):
 
     def _unfusable(self, item: tuple[Any, Key, tuple[int, int] | None, str | None]) -> bool:
         module, key, rows, _ = item
-        return key[0] == "unet" and key[2] == "weight" and rows is None and unfusable(module, self._module_of(key))
+        return key[0] in DENOISERS and key[2] == "weight" and rows is None and unfusable(module, self._module_of(key))
 
     def _module_of(self, key: Key) -> nn.Module:
         return self._modules[key[0]][key[1]]
 
     def _check_unfused(self, key: Key, contributions: tuple[Any, ...]) -> None:
         """Validate the factors of an unfused module (before anything is written)."""
-        weight, _ = self._param(key)
+        target, device = factor_target(self._module_of(key))
         for module, _, _ in contributions:
             try:
-                self._deltas.factors(module, weight) if weight.is_contiguous() else lowrank_factors(module, weight)
+                if target.is_contiguous():
+                    self._deltas.factors(module, target, device)
+                else:
+                    lowrank_factors(module, target, device)
             except ValueError as exc:
                 from loraprompt.combine import module_error
 

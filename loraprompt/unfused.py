@@ -36,6 +36,19 @@ if TYPE_CHECKING:
     from loraprompt.plan import Contribution, Key
 
 
+def factor_target(module: nn.Module) -> tuple[Tensor, torch.device | None]:
+    """(what the factors are checked against, the device they go to: None for the target's own).
+    A packed 4-bit weight (bitsandbytes NF4/FP4, `quantized.packed_kind`) holds bytes, not the
+    layer's shape: a meta tensor of its logical shape stands in, and nothing is allocated for it."""
+    from loraprompt.quantized import packed_kind
+
+    weight = module.get_parameter("weight")
+    if packed_kind(module) is None:
+        return weight, None
+    shape = (int(module.out_features), int(module.in_features))  # type: ignore[arg-type]
+    return torch.empty(shape, dtype=torch.float32, device="meta"), weight.device
+
+
 def unfusable(adapter_module: AdapterModule, module: nn.Module) -> bool:
     """Whether `adapter_module` can run in `module`'s forward: the reader's plain LoRA (no DoRA,
     no Tucker mid, no bias delta) on a Linear or a plain Conv2d (one group, zero padding)."""
@@ -162,10 +175,10 @@ class LowRankHooks:
                 if hook is not None:
                     hook.remove()
                 module = modules[key]
-                weight = module.get_parameter("weight")
+                target, device = factor_target(module)
                 factors = []
                 for m in adapter_modules:
-                    found = cache.factors(m, weight) if weight.is_contiguous() else lowrank_factors(m, weight)
+                    found = cache.factors(m, target, device) if target.is_contiguous() else lowrank_factors(m, target, device)
                     assert found is not None  # unfusable() said it is a plain LoRA
                     factors.append((found[0], found[1]))
                 hook = self._hooks[key] = _Hook(module, adapter_modules, factors)

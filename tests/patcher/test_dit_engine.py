@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from loraprompt import Patcher, read_adapter
+from loraprompt.plan import PlanEntry
 from tests.fixtures import dit
 
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
@@ -124,6 +125,58 @@ def test_nf4_weights_get_the_lora_unfused_and_stay_untouched(flux_loras: tuple) 
     patcher.restore()
     with torch.no_grad():
         assert torch.equal(model(**inputs).sample, before)
+
+
+def _ramp(adapter) -> PlanEntry:
+    """A LoRA whose UNet (transformer) strength is step/total: 0 at step 0, as `<lora:x:0@0,1@1>`."""
+    return PlanEntry(adapter, te=0.0, unet=0.0, unet_at=lambda s, n: s / n, name=adapter.name)
+
+
+def _relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    return float((ours.double() - theirs.double()).abs().max() / theirs.double().abs().max())
+
+
+def _follows_the_schedule(model: torch.nn.Module, reference: torch.nn.Module, adapter, tolerance: float) -> None:
+    """`model` (schedules="unfused") against `reference` with the LoRA fused at each step's strength:
+    within `tolerance` of the output's scale at every step, no weight written after the first
+    sync, and every parameter's bytes the same throughout; restore gives the plain output back."""
+    inputs = _flux_inputs()
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        before = model(**inputs).sample
+    patcher, fused = Patcher({"transformer": model}, schedules="unfused"), Patcher({"transformer": reference})
+    entry = _ramp(adapter)
+    for step in range(4):
+        report = patcher.sync([entry], step=step, total_steps=4)
+        assert report.written == 0 and report.unfused == len(adapter.modules)
+        assert all(torch.equal(v, base[k]) for k, v in model.state_dict().items())
+        fused.sync([(adapter, 0.0, step / 4)])
+        with torch.no_grad():
+            ours, theirs = model(**inputs).sample, reference(**inputs).sample
+        if step == 0:
+            assert torch.equal(ours, before)  # strength 0: the forward adds nothing
+        else:
+            assert not torch.allclose(ours, before)
+            assert _relative_error(ours, theirs) <= tolerance, (step, _relative_error(ours, theirs))
+    patcher.restore()
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).sample, before)
+
+
+def test_a_scheduled_lora_on_a_transformer_runs_in_the_forward_and_writes_no_weight(flux_loras: tuple) -> None:
+    """SD3/Flux/Wan: a LoRA whose strength follows the step is not rewritten into the weights at
+    every step (one write per touched weight and step on Flux); it runs unfused, as on a UNet."""
+    a, _ = flux_loras
+    _follows_the_schedule(dit.tiny_transformer("flux"), dit.tiny_transformer("flux"), read_adapter(a.path), 1e-5)
+
+
+@pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed (not in the test extra: it adds seconds to every peft import)")
+def test_a_scheduled_lora_on_nf4_weights_runs_in_the_forward_and_leaves_the_bytes(flux_loras: tuple) -> None:
+    """Packed 4-bit weights hold bytes, not the layer's shape: the schedule's factors are checked
+    against the layer's logical shape and run beside the packed weight."""
+    a, _ = flux_loras
+    model = _to_nf4(dit.tiny_transformer("flux"))
+    _follows_the_schedule(model, _dequantized(model), read_adapter(a.path), 1e-4)
 
 
 def test_row_slices_and_swapped_halves_follow_in_bf16(tmp_path: Path) -> None:
