@@ -255,6 +255,51 @@ def test_hires_pass_takes_its_own_lora_strength(folders: dict[str, Path], tmp_pa
     assert all(torch.equal(before[k], v) for k, v in eng.model.pipe.transformer.state_dict().items())
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_scheduled_lora_runs_in_the_forward_as_if_rewritten_each_step(folders: dict[str, Path], family: str,
+                                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`start=1`: off at step 0, on after. The web UI's patcher runs it in the transformer's
+    forward (no weight rewritten between steps); the same generation with the weights rewritten
+    at every step (schedules="fused") gives the same image within float rounding."""
+    from loraprompt.integrations import diffusers as integration
+    from loraprompt.integrations.diffusers import patcher_for
+
+    eng = engine(folders, family, tmp_path)
+    transformer = eng.model.pipe.transformer
+    before = {k: v.clone() for k, v in transformer.state_dict().items()}
+    plain = eng.generate(small("a fox", steps=3))
+    constant = eng.generate(small(f"a fox <lora:{family}_style:1>", steps=3))
+    prompt = f"a fox <lora:{family}_style:1:start=1>"
+    patcher = patcher_for(eng.model.pipe)
+    assert patcher.schedules == "unfused"
+    reports: list[Any] = []
+    real_sync = patcher.sync
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:  # the real sync, its reports kept
+        reports.append(real_sync(*args, **kwargs))
+        return reports[-1]
+
+    patcher.sync = recorded  # type: ignore[method-assign]
+    try:
+        unfused = eng.generate(small(prompt, steps=3))
+        in_forward, reports[:] = list(reports), []
+        real_activate = integration.activate
+        monkeypatch.setattr(integration, "activate", lambda *a, **k: real_activate(*a, **{**k, "schedules": "fused"}))
+        rewritten = eng.generate(small(prompt, steps=3))
+    finally:
+        monkeypatch.undo()
+        del patcher.sync
+    # in the forward: the LoRA's modules hooked from the first sync on and no weight holding it (the
+    # first sync only takes the previous prompt's constant LoRA out); nothing written between steps
+    assert len(in_forward) > 1 and all(r.patched == 0 and r.unfused > 0 for r in in_forward)
+    assert all(r.written == 0 for r in in_forward[1:])
+    assert any(r.written > 0 for r in reports)  # rewritten: the weights change when the LoRA starts
+    assert len({pixels(r).tobytes() for r in (plain, constant, unfused)}) == 3
+    assert np.abs(pixels(unfused) - pixels(rewritten)).max() <= 2
+    eng.generate(small("a fox"))
+    assert all(torch.equal(before[k], v) for k, v in transformer.state_dict().items())
+
+
 def test_a_lora_of_the_other_family_is_refused_and_the_model_untouched(folders: dict[str, Path], tmp_path: Path) -> None:
     eng = engine(folders, "flux", tmp_path)
     before = {k: v.clone() for k, v in eng.model.pipe.transformer.state_dict().items()}
