@@ -15,12 +15,13 @@ file with fused q/k/v (BFL names), so the row-split path is timed too. Then, on 
 
 Times are medians of --repeat runs, printed with the ratio to diffusers + peft and to the limit.
 
---per-step also times one transformer forward (batch 1, --tokens image tokens, 512 text tokens)
+--per-step first times one transformer forward (batch 1, --tokens image tokens, 512 text tokens)
 plain and with A scheduled (a strength that changes every step, as `<lora:a:0@0,1@1>`): run in
 the forward by loraprompt (schedules="unfused", the per-step sync included), rewritten into the
 weights every step (schedules="fused"), and by peft's unfused layers; each against the plain step.
     python -m benchmarks.bench_dit                     # CPU, 2 double + 2 single blocks, bf16
     python -m benchmarks.bench_dit --device cuda --double 19 --single 38
+    python -m benchmarks.bench_dit --device cuda --double 4 --single 8 --steps-only   # per-step cost
 """
 
 from __future__ import annotations
@@ -178,6 +179,14 @@ def bench_steps(model: torch.nn.Module, path_a: Path, args: argparse.Namespace, 
     return out
 
 
+def print_steps(steps: dict[str, float], args: argparse.Namespace) -> None:
+    plain = steps["plain step"]
+    print(f"Flux transformer {args.double} double + {args.single} single blocks, width {args.width}, rank {args.rank}; "
+          f"one step, batch 1, {args.tokens} image + 512 text tokens:", flush=True)
+    for op, t in steps.items():
+        print(f"  {op:34} {t * 1e3:9.1f}ms  {(t / plain - 1) * 100:+7.1f}% vs plain", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -187,8 +196,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=3072)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--per-step", action=argparse.BooleanOptionalAction, default=None,
-                        help="time a transformer step with a scheduled LoRA (default: on CUDA)")
+    parser.add_argument("--per-step", action="store_true", help="first time a transformer step with a scheduled LoRA")
+    parser.add_argument("--steps-only", action="store_true", help="--per-step, then stop (no switch/restore tables)")
     parser.add_argument("--tokens", type=int, default=None, help="image tokens per step (default 4096 = 1024² on CUDA, 256 on CPU)")
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -200,6 +209,11 @@ def main() -> None:
     model = build(args, device, dtype)
     with tempfile.TemporaryDirectory() as tmp:
         path_a, path_b, path_k = write_loras(model, args.rank, Path(tmp))
+        if args.per_step or args.steps_only:  # printed at once: the ratio does not depend on the block count
+            args.tokens = args.tokens or (4096 if device.type == "cuda" else 256)
+            print_steps(bench_steps(model, path_a, args, device, dtype), args)
+            if args.steps_only:
+                return
         a, b, k = read_adapter(path_a), read_adapter(path_b), read_adapter(path_k)
         patcher = Patcher({"transformer": model})
         ours = {
@@ -230,11 +244,6 @@ def main() -> None:
             "switch": _timed(lambda: (unload(), load(path_b, "b")), device, args.repeat),
             "restore": _timed(unload, device, args.repeat, lambda: load(path_a, "a")),
         }
-        cuda = device.type == "cuda"
-        steps = None
-        if args.per_step if args.per_step is not None else cuda:
-            args.tokens = args.tokens or (4096 if cuda else 256)
-            steps = bench_steps(model, path_a, args, device, dtype)
         touched = [m.weight for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and any(
             n.endswith(t) for t in ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
                                     "net.0.proj", "net.2", "proj_mlp", "proj_out")) and not n.startswith("proj_out")]
@@ -256,11 +265,6 @@ def main() -> None:
               f"{peer[base] / t:7.2f}x {limit[base] / t:8.2f}x")
     print(f"factor sets made per switch (not in the {cache_mb:.0f} MB factor cache): "
           + ", ".join(f"{op} {n}" for op, n in made.items()))
-    if steps is not None:
-        plain = steps["plain step"]
-        print(f"one step, batch 1, {args.tokens} image + 512 text tokens:")
-        for op, t in steps.items():
-            print(f"  {op:34} {t * 1e3:9.1f}ms  {(t / plain - 1) * 100:+7.1f}% vs plain")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The engine on a GPU, in one run: the CUDA tests, then bench_patch for SD1.5 and SDXL (fp16, and
-# SD1.5 bf16), backups on the device and in pinned host memory, against diffusers + peft and the
-# limit, plus the per-step cost of a scheduled LoRA, then bench_dit at Flux.1-dev size. Everything
-# goes to $OUT (default ./gpu-results).
+# The engine on a GPU, in one run: the CUDA tests, then bench_patch for SD1.5 and SDXL (fp16),
+# backups on the device and in pinned host memory, against diffusers + peft and the limit, plus the
+# per-step cost of a scheduled LoRA, then bench_dit at Flux.1-dev size (bf16) and a scheduled LoRA's
+# cost per Flux step. Everything goes to $OUT (default ./gpu-results).
 #
 # The GPU machines have torch, transformers, safetensors, accelerate and peft but neither diffusers
 # nor lark, and no network. Bring their wheels, on a machine with PyPI access, before the run:
@@ -56,5 +56,7 @@ LIMIT=190 run sdxl-fp16 --model sdxl --dtype fp16 --repeat 5
 echo "## bench_dit: Flux.1-dev size (19 double + 38 single blocks), bf16"
 timeout 110 "$PY" -m benchmarks.bench_dit --device cuda --double 19 --single 38 2>&1 \
     | grep -v -i "warn" | tee "$OUT/bench-dit.txt"
-LIMIT=50 run sd15-bf16 --model sd15 --dtype bf16 --no-per-step --backups device --repeat 5
+echo "## bench_dit: a scheduled LoRA's cost per Flux step (4 double + 8 single blocks at width 3072, 1024²)"
+timeout 50 "$PY" -m benchmarks.bench_dit --device cuda --double 4 --single 8 --steps-only --repeat 5 2>&1 \
+    | grep -v -i "warn" | tee "$OUT/bench-dit-steps.txt"
 echo "## done: $OUT"
