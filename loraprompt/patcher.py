@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from loraprompt.backups import BACKUPS, Backups, MiB, OutOfMemoryError
-from loraprompt.cache import DeltaCache, lowrank_factors
+from loraprompt.cache import DeltaCache
 from loraprompt.errors import PatchError
 from loraprompt.keymaps import keymap_for_module
 from loraprompt.keymaps.check import model_family
 from loraprompt.plan import Key, Plan, PlanEntry, SyncReport, as_entry, build_plan, resolve_adapter
 from loraprompt.quantized import Unfused, weight_path
-from loraprompt.unfused import LowRankHooks, factor_target, unfusable
+from loraprompt.unfused import LowRankHooks, unfusable
 from loraprompt.writes import Writes
 
 SCHEDULES = ("fused", "unfused")
@@ -111,7 +111,7 @@ class Patcher(Backups, Writes):
         self.components: dict[str, nn.Module] = {k: v for k, v in components.items() if v is not None}
         self._modules = {c: dict(m.named_modules()) for c, m in self.components.items()}
         self._packed = Unfused(self._modules)  # packed 4-bit weights: the LoRA beside them
-        self._packed_next: Plan = {}
+        self._packed_next: tuple[Plan, Plan] = ({}, {})  # (beside packed weights in hooks, by the low-rank path)
         self._keymaps: dict[str, KeyMap] = {c: keymap_for_module(c, m) for c, m in self.components.items()}
         detected = model_family(self._keymaps)
         self.family = detected if self._family_override is None else (self._family_override or None)
@@ -208,8 +208,7 @@ class Patcher(Backups, Writes):
                 try:
                     parts = {k: self._checked(k, plan[k]) for k in changed if k in plan}
                     for key, contributions in unfused.items():
-                        if not self._hooks.hooked(key, tuple(c[0] for c in contributions)):
-                            self._check_unfused(key, contributions)
+                        self._hooks.check(key, self._module_of(key), contributions, self._deltas)
                 except PatchError as exc:
                     entry = self._owner(exc, items)
                     if entry is None:
@@ -230,11 +229,10 @@ class Patcher(Backups, Writes):
             report.unfused = self._hooks.update(
                 {k: self._module_of(k) for k in unfused}, unfused, self._deltas
             )
-            moved = {k for k in {*self._packed_next, *self._packed.applied} if self._packed_next.get(k) != self._packed.applied.get(k)}
-            self._packed.apply(self._packed_next)  # packed 4-bit weights: the LoRA beside them
-            report.written = len(changed) + len(moved)
+            moved = self._packed.apply(*self._packed_next)  # packed 4-bit weights: the LoRA beside them
+            report.written = len(changed) + moved
             report.factors_built = self._deltas.factors_built - built
-            report.patched = len(self._applied) + len(self._packed.applied)
+            report.patched = len(self._applied) + len(self._packed)
             if self._bytes_stale:  # backups taken, cast or dropped: count again, and the paths may differ
                 self._bytes, self._bytes_stale = self.backup_bytes, False
                 self._weight_paths.clear()
@@ -267,7 +265,7 @@ class Patcher(Backups, Writes):
                     strength = per_block[block] = unet_for(block)
                 strengths.setdefault(key, []).append(strength)
         self._hooks.set_strengths(strengths)
-        return SyncReport(patched=len(self._applied) + len(self._packed.applied), unfused=len(self._hooks),
+        return SyncReport(patched=len(self._applied) + len(self._packed), unfused=len(self._hooks),
                           backups=dict(self._bytes), paths=self._paths)
 
     def _plan(
@@ -306,7 +304,14 @@ class Patcher(Backups, Writes):
                 hooked_entries = None
             resolved.append((resolution, te, unet))
         unfused = build_plan(unfused_items, keep_zero=True)
-        plan, self._packed_next = self._packed.split(build_plan(resolved))
+        plan, beside, lowrank = self._packed.split(build_plan(resolved))
+        for key, contributions in lowrank.items():  # packed weights' constant plain LoRAs: the same forward path
+            if key in unfused:  # with a scheduled one: their strengths go in together, at every step
+                unfused[key] += contributions
+                hooked_entries = None
+            else:
+                unfused[key] = contributions
+        self._packed_next = (beside, lowrank)
         return plan, unfused, hooked_entries
 
     def _split(self, resolution: Resolution) -> tuple[Resolution, Resolution]:
@@ -325,20 +330,6 @@ class Patcher(Backups, Writes):
 
     def _module_of(self, key: Key) -> nn.Module:
         return self._modules[key[0]][key[1]]
-
-    def _check_unfused(self, key: Key, contributions: tuple[Any, ...]) -> None:
-        """Validate the factors of an unfused module (before anything is written)."""
-        target, device = factor_target(self._module_of(key))
-        for module, _, _ in contributions:
-            try:
-                if target.is_contiguous():
-                    self._deltas.factors(module, target, device)
-                else:
-                    lowrank_factors(module, target, device)
-            except ValueError as exc:
-                from loraprompt.combine import module_error
-
-                raise module_error(module, ".".join(key), str(exc)) from exc
 
     def _resolve(self, entry: PlanEntry) -> Resolution:
         adapter = entry.adapter

@@ -12,8 +12,10 @@ Paths (`Patcher.sync(...).paths`, one per patched weight):
 - "unfused (<kind>)": a weight stored in a packed quantized form (bitsandbytes 4-bit NF4/FP4 as
   Forge runs Flux) cannot be rewritten without requantising it, which would change the base
   model for every later generation; the LoRA stays out of the weight and runs beside it in the
-  module's forward (x·downᵀ·upᵀ·scale·strength for a LoRA; x·ΔWᵀ for other linear algorithms).
-  Restoring removes the hooks; the packed weight is never touched.
+  module's forward. Plain LoRAs (no row slice) take the scheduled LoRAs' low-rank path
+  (`loraprompt.unfused`: two small matmuls in the input's dtype, the module's forward replaced,
+  as peft runs LoRA on 4-bit layers); other linear algorithms and row slices a forward hook here
+  (x·ΔWᵀ, or x·downᵀ·upᵀ, summed in float32). Restoring removes both; the packed weight is never touched.
 """
 
 from __future__ import annotations
@@ -87,12 +89,20 @@ class Unfused:
         self._hooks: dict[Key, RemovableHandle] = {}
         self._kinds: dict[Key, tuple[Any, str | None]] = {}  # key -> (its parameter, packed_kind)
         self.applied: Plan = {}
+        self.lowrank: Plan = {}  # packed weights whose plain LoRAs run in `unfused.LowRankHooks`
 
-    def split(self, plan: Plan) -> tuple[Plan, Plan]:
-        """(the plan's in-place part, its unfused part, checked: PatchError when a contribution
-        cannot run beside a packed weight). Nothing is changed."""
+    def __len__(self) -> int:
+        return len(self.applied) + len(self.lowrank)
+
+    def split(self, plan: Plan) -> tuple[Plan, Plan, Plan]:
+        """(the plan's in-place part, the part for this class's hooks, checked: PatchError when a
+        contribution cannot run beside a packed weight, and the packed weights holding only plain
+        LoRAs on whole rows, for the low-rank path). Nothing is changed."""
+        from loraprompt.unfused import unfusable
+
         dense: dict[Key, Any] = {}
         unfused: dict[Key, Any] = {}
+        lowrank: dict[Key, Any] = {}
         for key, contributions in plan.items():
             component, name, param = key
             module = self._modules.get(component, {}).get(name)
@@ -104,15 +114,23 @@ class Unfused:
                 dense[key] = contributions
                 continue
             assert module is not None
+            if param == "weight" and all(rows is None and unfusable(m, module) for m, rows, _ in contributions):
+                lowrank[key] = contributions  # its factors are checked against the logical shape by the patcher
+                continue
             for adapter_module, rows, _strength in contributions:
                 if not adapter_module.linear or adapter_module.algorithm in ("ia3", "glora", "oft", "boft"):
                     raise _error(adapter_module, key, "its delta depends on the base weight, which is stored packed (4-bit)")
                 _factors(adapter_module, module, key, rows)  # shapes checked now
             unfused[key] = contributions
-        return dense, unfused
+        return dense, unfused, lowrank
 
-    def apply(self, unfused: Plan) -> None:
-        """Hooks for exactly `unfused` (already checked by `split`)."""
+    def apply(self, unfused: Plan, lowrank: Plan | None = None) -> int:
+        """Hooks for exactly `unfused` (already checked by `split`); `lowrank`: the packed weights
+        now run by the low-rank path. Returns how many packed weights changed."""
+        lowrank = lowrank or {}
+        changed = {k for k in {*unfused, *self.applied} if unfused.get(k) != self.applied.get(k)}
+        changed |= {k for k in {*lowrank, *self.lowrank} if lowrank.get(k) != self.lowrank.get(k)}
+        self.lowrank = dict(lowrank)
         for key in [k for k in self._hooks if unfused.get(k) != self.applied.get(k)]:
             self._hooks.pop(key).remove()
             self.applied.pop(key, None)
@@ -123,9 +141,10 @@ class Unfused:
             terms = [(*_factors(m, module, key, rows), rows, strength) for m, rows, strength in contributions]
             self._hooks[key] = module.register_forward_hook(_hook(terms))
             self.applied[key] = contributions
+        return len(changed)
 
     def paths(self) -> dict[Key, str]:
-        return {k: f"unfused ({packed_kind(self._modules[k[0]][k[1]], k[2])})" for k in self.applied}
+        return {k: f"unfused ({packed_kind(self._modules[k[0]][k[1]], k[2])})" for k in (*self.applied, *self.lowrank)}
 
     def clear(self) -> None:
         self.apply({})

@@ -159,6 +159,24 @@ class LowRankHooks:
         hook = self._hooks.get(key)
         return hook is not None and hook.adapter_modules == adapter_modules
 
+    def check(self, key: Key, module: nn.Module, contributions: tuple[Contribution, ...], cache: DeltaCache) -> None:
+        """Validate (and cache) the factors of a module about to be hooked, before anything is
+        written: PatchError naming the file module and the weight when they do not fit."""
+        if self.hooked(key, tuple(c[0] for c in contributions)):
+            return
+        from loraprompt.cache import lowrank_factors
+        from loraprompt.combine import module_error
+
+        target, device = factor_target(module)
+        for adapter_module, _, _ in contributions:
+            try:
+                if target.is_contiguous():
+                    cache.factors(adapter_module, target, device)
+                else:
+                    lowrank_factors(adapter_module, target, device)
+            except ValueError as exc:
+                raise module_error(adapter_module, ".".join(key), str(exc)) from exc
+
     def update(self, modules: Mapping[Key, nn.Module], plan: Mapping[Key, tuple[Contribution, ...]],
                cache: DeltaCache) -> int:
         """Hook exactly the modules of `plan` (key -> (adapter module, rows, strength)) with those

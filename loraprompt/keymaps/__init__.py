@@ -31,7 +31,7 @@ import dataclasses
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from loraprompt.keymaps import clip, dit, unet
 
@@ -239,8 +239,17 @@ def _build_keymap(component: str, names: list[str], shapes: dict[str, Sequence[i
 def keymap_for_module(component: str, module: nn.Module) -> KeyMap:
     """build_keymap from a torch module's own names and parameter shapes."""
     names = [n for n, _ in module.named_modules()]
-    shapes = {n: tuple(p.shape) for n, p in module.named_parameters()}
+    shapes = {n: logical_shape(p) for n, p in module.named_parameters()}
     return build_keymap(component, names, shapes)
+
+
+def logical_shape(param: Any) -> tuple[int, ...]:
+    """A parameter's shape; for a packed 4-bit weight (bitsandbytes keeps the bytes, shaped
+    (n/2, 1)) the shape of the weight it stands for, which row slices and family checks need."""
+    shape = getattr(getattr(param, "quant_state", None), "shape", None)
+    if shape is not None and not param.is_floating_point():
+        return tuple(int(s) for s in shape)
+    return tuple(param.shape)
 
 
 __all__ = ["KeyMap", "Target", "build_keymap", "check_family", "keymap_for_module", "map_adapter"]

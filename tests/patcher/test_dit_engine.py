@@ -103,21 +103,25 @@ def _flux_inputs() -> dict[str, torch.Tensor]:
     )
 
 
-@pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed (not in the test extra: it adds seconds to every peft import)")
-def test_nf4_weights_get_the_lora_unfused_and_stay_untouched(flux_loras: tuple) -> None:
+@pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed")
+@pytest.mark.parametrize("layout", ["peft", "kohya"])
+def test_nf4_weights_get_the_lora_unfused_and_stay_untouched(flux_loras: tuple, layout: str, tmp_path: Path) -> None:
+    """PEFT files, and kohya files whose fused q/k/v rows go to diffusers' to_q/to_k/to_v (the
+    rows are counted on the weights' logical shapes, not on the packed bytes' (n/2, 1))."""
     a, _ = flux_loras
+    path = a.path if layout == "peft" else dit.native_file(a, tmp_path / "kohya.safetensors", "kohya")
     model = _to_nf4(dit.tiny_transformer("flux"))
     packed = {k: v.clone() for k, v in model.state_dict().items()}
     inputs = _flux_inputs()
     with torch.no_grad():
         before = model(**inputs).sample
     patcher = Patcher({"transformer": model})
-    report = patcher.sync([(read_adapter(a.path), 0.8, 0.8)])
-    assert "unfused (nf4)" in report.paths.values() and len(report.paths) == len(a.factors)
+    report = patcher.sync([(read_adapter(path), 0.8, 0.8)])
+    assert set(report.paths.values()) == {"unfused (nf4)"} and len(report.paths) == len(a.factors)
     assert all(torch.equal(v, packed[k]) for k, v in model.state_dict().items())  # the packed bytes never change
     # the reference: the dequantised model with the LoRA fused in float32 by the ordinary path
     reference = _dequantized(model)
-    Patcher({"transformer": reference}).sync([(read_adapter(a.path), 0.8, 0.8)])
+    Patcher({"transformer": reference}).sync([(read_adapter(path), 0.8, 0.8)])
     with torch.no_grad():
         ours, theirs = model(**inputs).sample, reference(**inputs).sample
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
@@ -170,13 +174,63 @@ def test_a_scheduled_lora_on_a_transformer_runs_in_the_forward_and_writes_no_wei
     _follows_the_schedule(dit.tiny_transformer("flux"), dit.tiny_transformer("flux"), read_adapter(a.path), 1e-5)
 
 
-@pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed (not in the test extra: it adds seconds to every peft import)")
+@pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed")
 def test_a_scheduled_lora_on_nf4_weights_runs_in_the_forward_and_leaves_the_bytes(flux_loras: tuple) -> None:
     """Packed 4-bit weights hold bytes, not the layer's shape: the schedule's factors are checked
     against the layer's logical shape and run beside the packed weight."""
     a, _ = flux_loras
     model = _to_nf4(dit.tiny_transformer("flux"))
     _follows_the_schedule(model, _dequantized(model), read_adapter(a.path), 1e-4)
+
+
+def _flux_loha(path: Path) -> Path:
+    """A LyCORIS LoHa on Flux's fused `double_blocks.0.img_attn.qkv` (to_q/to_k/to_v of the tiny model)."""
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(5)
+    key = "lora_unet_double_blocks_0_img_attn_qkv"
+    shapes = {"hada_w1_a": (48, 4), "hada_w1_b": (4, 16), "hada_w2_a": (48, 4), "hada_w2_b": (4, 16)}
+    tensors = {f"{key}.{name}": torch.randn(*shape, generator=gen) * 0.3 for name, shape in shapes.items()}
+    tensors[f"{key}.alpha"] = torch.tensor(2.0)
+    save_file(tensors, str(path), metadata={"ss_network_module": "lycoris.kohya", "modelspec.architecture": "flux-1-dev/lycoris"})
+    return path
+
+
+@pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed")
+def test_nf4_plain_loras_take_the_low_rank_forward_and_other_algorithms_a_hook(flux_loras: tuple, tmp_path: Path) -> None:
+    """On packed weights, a plain LoRA runs as a scheduled one does (the module's forward replaced,
+    two small matmuls); a LoHa (its delta is no low-rank product) runs in a forward hook. Together,
+    with a scheduled LoRA on the same modules, they give the dequantised model's fused result at
+    every step, and restore leaves neither."""
+    a, b = flux_loras
+    adapter_a, adapter_b = read_adapter(a.path), read_adapter(b.path)
+    loha = read_adapter(_flux_loha(tmp_path / "loha.safetensors"))
+    model = _to_nf4(dit.tiny_transformer("flux"))
+    reference = _dequantized(model)
+    packed = {k: v.clone() for k, v in model.state_dict().items()}
+    modules = list(model.modules())
+    inputs = _flux_inputs()
+    with torch.no_grad():
+        before = model(**inputs).sample
+    patcher, fused = Patcher({"transformer": model}, schedules="unfused"), Patcher({"transformer": reference})
+
+    report = patcher.sync([(adapter_a, 0.7, 0.7)])
+    assert report.unfused == report.patched == len(a.factors) and set(report.paths.values()) == {"unfused (nf4)"}
+    assert sum("forward" in vars(m) for m in modules) == report.unfused and not any(m._forward_hooks for m in modules)
+    report = patcher.sync([(loha, 0.5, 0.5)])
+    assert report.unfused == 0 and report.patched == 3 and set(report.paths.values()) == {"unfused (nf4)"}
+    assert not any("forward" in vars(m) for m in modules) and sum(bool(m._forward_hooks) for m in modules) == 3
+    for step in range(3):
+        patcher.sync([(adapter_a, 0.7, 0.7), (loha, 0.5, 0.5), _ramp(adapter_b)], step=step, total_steps=3)
+        fused.sync([(adapter_a, 0.7, 0.7), (loha, 0.5, 0.5), (adapter_b, 0.0, step / 3)])
+        with torch.no_grad():
+            ours, theirs = model(**inputs).sample, reference(**inputs).sample
+        assert _relative_error(ours, theirs) <= 1e-4, (step, _relative_error(ours, theirs))
+    assert all(torch.equal(v, packed[k]) for k, v in model.state_dict().items())
+    patcher.restore()
+    assert not any(m._forward_hooks or "forward" in vars(m) for m in modules)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).sample, before)
 
 
 def test_row_slices_and_swapped_halves_follow_in_bf16(tmp_path: Path) -> None:
