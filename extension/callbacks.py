@@ -27,6 +27,16 @@ class State:
     gallery: Any = None  # the GalleryTab, once the UI is built
     handed_back: str | None = None  # why the built-in has the tags now (an SD3 model is loaded)
     notice: str | None = None  # the hand-back line still to show under the next image
+    conds_options: tuple[Any, ...] | None = None  # webui.CONDS_OPTIONS at the last generation
+
+    def check_conds(self) -> None:
+        """Before a generation: if an option that changes what tags do to the text encoder changed
+        since the last one (in Settings, or in an API request's override_settings), A1111's cached
+        conditioning is stale: forget it."""
+        now = webui.conds_options()
+        if self.conds_options is not None and now != self.conds_options:
+            webui.forget_cached_conds()
+        self.conds_options = now
 
     def claim(self) -> None:
         """Be the `lora`/`lyco` handler (see coexist.py for why this is repeated)."""

@@ -52,7 +52,7 @@ def tag_note_description(note: str, description: Any) -> str:
     is on, so markup goes in only then; otherwise the warning is plain text, on a line of its own."""
     rest = str(description or "")
     if webui.opt("extra_networks_card_description_is_html", False):
-        return f'<span class="loraprompt-tag-note">\u26a0 {escape_html(note)}</span>' + (f"<br>{rest}" if rest else "")
+        return f'<span class="loraprompt-tag-note">\u26a0 {escape_html(note)}.</span>' + (f"<br>{rest}" if rest else "")
     return f"\u26a0 {note}." + (f"\n{rest}" if rest else "")
 
 

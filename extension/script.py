@@ -1,6 +1,7 @@
 """The always-on script A1111 runs for every generation (no UI of its own).
 
-- `process`: reclaims `lora`/`lyco` before the first batch (another extension may have
+- `process`: forgets A1111's cached conditioning when a loraprompt option that changes what tags
+  do to the text encoder changed since the last generation (webui.CONDS_OPTIONS); reclaims `lora`/`lyco` before the first batch (another extension may have
   registered its own handler since start-up), or leaves them to the built-in for an SD3 model
   (A1111 switches to a model it keeps in memory without `on_model_loaded`), showing the
   hand-back line once under the image; with `p.disable_extra_networks`, restores the base
@@ -32,6 +33,7 @@ class LoraPromptScript(scripts.Script):
         state = callbacks.STATE
         if state is None:
             return
+        state.check_conds()
         if getattr(p, "disable_extra_networks", False):
             state.runtime.restore()
         elif state.handles_tags:

@@ -104,3 +104,29 @@ def loaded_model() -> Any:
     except ImportError:
         return shared.sd_model
     return getattr(getattr(sd_models, "model_data", None), "sd_model", None)
+
+
+# The options that change what a prompt's tags do to the text encoder. A1111 caches conditioning
+# by prompt text and extra-network parameters (processing.StableDiffusionProcessing.cached_params),
+# neither of which changes with these, so after a change its cache would hand back the text
+# encoder's output under the old setting (seen in A1111 v1.10.1: the same prompt gave the UNet with
+# the LoRA and the conditioning without it).
+CONDS_OPTIONS = ("loraprompt_profile", "loraprompt_family_check")
+
+
+def conds_options() -> tuple[Any, ...]:
+    return tuple(opt(name, None) for name in CONDS_OPTIONS)
+
+
+def forget_cached_conds() -> None:
+    """Empty A1111's cond caches in place (the lists every processing object shares): the class
+    attributes cached_c/cached_uc and, for txt2img, cached_hr_c/cached_hr_uc."""
+    from modules import processing
+
+    for cls_name, names in (("StableDiffusionProcessing", ("cached_c", "cached_uc")),
+                            ("StableDiffusionProcessingTxt2Img", ("cached_hr_c", "cached_hr_uc"))):
+        cls = getattr(processing, cls_name, None)
+        for name in names:
+            cache = getattr(cls, name, None)
+            if isinstance(cache, list):
+                cache[:] = [None] * len(cache)

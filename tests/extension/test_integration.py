@@ -294,7 +294,34 @@ def test_cards_page_warns_about_names_that_break_a_tag_and_inserts_a_working_one
     item = {i["name"]: i for i in page.list_items()}["style: ink"]
     assert str(item["description"]) == ('<span class="loraprompt-tag-note">\u26a0 The name style: ink contains :, which '
                                         "breaks a &lt;lora:...&gt; tag, and loraprompt&#x27;s a1111 profile (no hash=) "
-                                        "has no other name for it: rename the file</span><br><b>inked</b> lines")
+                                        "has no other name for it: rename the file.</span><br><b>inked</b> lines")
     webui.modules.shared.opts.data["extra_networks_card_description_is_html"] = False
     item = {i["name"]: i for i in page.list_items()}["style: ink"]
     assert str(item["description"]).endswith("rename the file.\n<b>inked</b> lines")
+
+
+def test_a_changed_tag_syntax_setting_empties_a1111s_cond_cache(webui: Webui) -> None:
+    """A1111 caches conditioning by prompt and extra-network parameters, which a loraprompt option
+    does not change; found in a real A1111 v1.10.1: after switching Tag syntax, the same prompt
+    reused the text encoder's output of the old setting. The cache is emptied then, and only then."""
+    started(webui)
+    processing = importlib.import_module("modules.processing")
+    caches = [processing.StableDiffusionProcessing.cached_c, processing.StableDiffusionProcessing.cached_uc,
+              processing.StableDiffusionProcessingTxt2Img.cached_hr_c, processing.StableDiffusionProcessingTxt2Img.cached_hr_uc]
+
+    def fill() -> None:  # as get_conds_with_caching leaves them: [cached_params, conds]
+        for cache in caches:
+            cache[:] = ["params", "conds"]
+
+    opts = webui.modules.shared.opts.data
+    webui.generate("a cat <lora:style:0.5> <lora:detail:0,8>")
+    fill()
+    webui.generate("a cat <lora:style:0.5> <lora:detail:0,8>")
+    assert all(cache == ["params", "conds"] for cache in caches)  # nothing changed: A1111's cache is kept
+    for name, value in (("loraprompt_profile", "a1111"), ("loraprompt_family_check", False)):
+        opts[name] = value
+        webui.generate("a cat <lora:style:0.5> <lora:detail:0,8>")
+        assert all(cache == [None, None] for cache in caches), name
+        fill()
+    webui.generate("a cat")
+    assert all(cache == ["params", "conds"] for cache in caches)

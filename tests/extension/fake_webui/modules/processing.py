@@ -5,13 +5,18 @@ process, per batch the prompt parse (first prompt decides) and activate, one cfg
 per sampling step, the hires pass (its own prompts, activate again, its own steps), deactivate."""
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from modules import extra_networks, script_callbacks
 
 
 @dataclass(repr=False)
 class StableDiffusionProcessing:
+    # A1111's cond caches: [cached_params, conds], shared by every instance (the real __init__ copies
+    # these references; get_conds_with_caching fills them in place). No conditioning is computed here.
+    cached_uc: ClassVar[list] = [None, None]
+    cached_c: ClassVar[list] = [None, None]
+
     sd_model: object = None
     prompt: str = ""
     hr_prompt: str = ""
@@ -35,6 +40,12 @@ class StableDiffusionProcessing:
 
     def comment(self, text):
         self.comments[text] = 1
+
+
+@dataclass(repr=False)
+class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
+    cached_hr_uc: ClassVar[list] = [None, None]
+    cached_hr_c: ClassVar[list] = [None, None]
 
 
 @dataclass
