@@ -326,7 +326,7 @@ class Patcher(Backups, Writes):
 
     def _unfusable(self, item: tuple[Any, Key, tuple[int, int] | None, str | None]) -> bool:
         module, key, rows, _ = item
-        return key[0] in DENOISERS and key[2] == "weight" and rows is None and unfusable(module, self._module_of(key))
+        return key[0] in DENOISERS and key[2] == "weight" and unfusable(module, self._module_of(key), rows)
 
     def _module_of(self, key: Key) -> nn.Module:
         return self._modules[key[0]][key[1]]

@@ -12,9 +12,9 @@ Paths (`Patcher.sync(...).paths`, one per patched weight):
 - "unfused (<kind>)": a weight stored in a packed quantized form (bitsandbytes 4-bit NF4/FP4 as
   Forge runs Flux) cannot be rewritten without requantising it, which would change the base
   model for every later generation; the LoRA stays out of the weight and runs beside it in the
-  module's forward. Plain LoRAs (no row slice) take the scheduled LoRAs' low-rank path
+  module's forward. Plain LoRAs (on the whole weight or on rows of a fused one) take the scheduled LoRAs' low-rank path
   (`loraprompt.unfused`: two small matmuls in the input's dtype, the module's forward replaced,
-  as peft runs LoRA on 4-bit layers); other linear algorithms and row slices a forward hook here
+  as peft runs LoRA on 4-bit layers); other linear algorithms a forward hook here
   (x·ΔWᵀ, or x·downᵀ·upᵀ, summed in float32). Restoring removes both; the packed weight is never touched.
 """
 
@@ -97,7 +97,7 @@ class Unfused:
     def split(self, plan: Plan) -> tuple[Plan, Plan, Plan]:
         """(the plan's in-place part, the part for this class's hooks, checked: PatchError when a
         contribution cannot run beside a packed weight, and the packed weights holding only plain
-        LoRAs on whole rows, for the low-rank path). Nothing is changed."""
+        LoRAs, for the low-rank path). Nothing is changed."""
         from loraprompt.unfused import unfusable
 
         dense: dict[Key, Any] = {}
@@ -114,7 +114,7 @@ class Unfused:
                 dense[key] = contributions
                 continue
             assert module is not None
-            if param == "weight" and all(rows is None and unfusable(m, module) for m, rows, _ in contributions):
+            if param == "weight" and all(unfusable(m, module, rows) for m, rows, _ in contributions):
                 lowrank[key] = contributions  # its factors are checked against the logical shape by the patcher
                 continue
             for adapter_module, rows, _strength in contributions:

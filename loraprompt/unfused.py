@@ -36,22 +36,24 @@ if TYPE_CHECKING:
     from loraprompt.plan import Contribution, Key
 
 
-def factor_target(module: nn.Module) -> tuple[Tensor, torch.device | None]:
-    """(what the factors are checked against, the device they go to: None for the target's own).
-    A packed 4-bit weight (bitsandbytes NF4/FP4, `quantized.packed_kind`) holds bytes, not the
-    layer's shape: a meta tensor of its logical shape stands in, and nothing is allocated for it."""
+def factor_target(module: nn.Module, rows: tuple[int, int] | None = None) -> tuple[Tensor, torch.device | None]:
+    """(what the factors are checked against: the weight, or its `rows`; the device they go to:
+    None for the target's own). A packed 4-bit weight (bitsandbytes NF4/FP4,
+    `quantized.packed_kind`) holds bytes, not the layer's shape: a meta tensor of its logical
+    shape stands in, and nothing is allocated for it."""
     from loraprompt.quantized import packed_kind
 
     weight = module.get_parameter("weight")
     if packed_kind(module) is None:
-        return weight, None
-    shape = (int(module.out_features), int(module.in_features))  # type: ignore[arg-type]
-    return torch.empty(shape, dtype=torch.float32, device="meta"), weight.device
+        return (weight, None) if rows is None else (weight[rows[0] : rows[1]], None)
+    out_features = int(module.out_features) if rows is None else rows[1] - rows[0]  # type: ignore[arg-type]
+    return torch.empty((out_features, int(module.in_features)), dtype=torch.float32, device="meta"), weight.device  # type: ignore[arg-type]
 
 
-def unfusable(adapter_module: AdapterModule, module: nn.Module) -> bool:
+def unfusable(adapter_module: AdapterModule, module: nn.Module, rows: tuple[int, int] | None = None) -> bool:
     """Whether `adapter_module` can run in `module`'s forward: the reader's plain LoRA (no DoRA,
-    no Tucker mid, no bias delta) on a Linear or a plain Conv2d (one group, zero padding)."""
+    no Tucker mid, no bias delta) on a Linear (whole, or `rows` of a fused one such as a native
+    Flux `qkv`) or on a plain Conv2d (one group, zero padding)."""
     from loraprompt.adapters.types import AdapterModule
 
     if adapter_module.algorithm != "lora" or type(adapter_module).delta is not AdapterModule.delta:
@@ -63,7 +65,7 @@ def unfusable(adapter_module: AdapterModule, module: nn.Module) -> bool:
         return False
     if isinstance(module, nn.Linear):
         return True
-    return isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros"
+    return rows is None and isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros"
 
 
 class _Hook:
@@ -73,9 +75,10 @@ class _Hook:
     SDXL's ~840 hooked modules is ~8% of a GPU step by itself."""
 
     def __init__(self, module: nn.Module, adapter_modules: tuple[AdapterModule, ...],
-                 factors: list[tuple[Tensor, Tensor]]) -> None:
+                 factors: list[tuple[Tensor, Tensor]], rows: list[tuple[int, int] | None] | None = None) -> None:
         self.adapter_modules = adapter_modules
         self.strengths = [0.0] * len(adapter_modules)
+        self._rows = rows or [None] * len(adapter_modules)  # the output columns each LoRA adds to (None: all)
         self._factors32 = factors  # float32 (scale·up, down) per LoRA, flattened
         self._conv = isinstance(module, nn.Conv2d)
         self._columns: list[tuple[int, int]] = []
@@ -122,16 +125,18 @@ class _Hook:
             h2d = h.view(-1, h.shape[-1]) if h.is_contiguous() else h.reshape(-1, h.shape[-1])
             flat = output.view(-1, output.shape[-1]) if inplace else None
         single = len(ups) == 1
-        for s, (c0, c1), up in zip(strengths, self._columns, ups):
+        for s, (c0, c1), up, rows in zip(strengths, self._columns, ups, self._rows):
             if s == 0.0:
                 continue
             if self._conv:
                 add = F.conv2d(h if single else h[:, c0:c1], up)
                 output = output.add_(add, alpha=s) if inplace else output + s * add
             elif flat is not None:
-                flat.addmm_(h2d if single else h2d[:, c0:c1], up, alpha=s)
-            else:
+                (flat if rows is None else flat[:, rows[0] : rows[1]]).addmm_(h2d if single else h2d[:, c0:c1], up, alpha=s)
+            elif rows is None:
                 output = output + s * ((h if single else h[..., c0:c1]) @ up)
+            else:
+                output = output + F.pad(s * (h[..., c0:c1] @ up), (rows[0], output.shape[-1] - rows[1]))
         return output
 
     def remove(self) -> None:
@@ -167,8 +172,8 @@ class LowRankHooks:
         from loraprompt.cache import lowrank_factors
         from loraprompt.combine import module_error
 
-        target, device = factor_target(module)
-        for adapter_module, _, _ in contributions:
+        for adapter_module, rows, _ in contributions:
+            target, device = factor_target(module, rows)
             try:
                 if target.is_contiguous():
                     cache.factors(adapter_module, target, device)
@@ -193,13 +198,13 @@ class LowRankHooks:
                 if hook is not None:
                     hook.remove()
                 module = modules[key]
-                target, device = factor_target(module)
                 factors = []
-                for m in adapter_modules:
+                for m, rows, _ in contributions:
+                    target, device = factor_target(module, rows)
                     found = cache.factors(m, target, device) if target.is_contiguous() else lowrank_factors(m, target, device)
                     assert found is not None  # unfusable() said it is a plain LoRA
                     factors.append((found[0], found[1]))
-                hook = self._hooks[key] = _Hook(module, adapter_modules, factors)
+                hook = self._hooks[key] = _Hook(module, adapter_modules, factors, [c[1] for c in contributions])
             hook.strengths = [float(c[2]) for c in contributions]
         return len(self._hooks)
 

@@ -183,6 +183,54 @@ def test_a_scheduled_lora_on_nf4_weights_runs_in_the_forward_and_leaves_the_byte
     _follows_the_schedule(model, _dequantized(model), read_adapter(a.path), 1e-4)
 
 
+@pytest.mark.parametrize("nf4", [False, pytest.param(True, marks=pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed"))])
+def test_rows_of_a_fused_native_weight_run_in_the_forward(flux_loras: tuple, nf4: bool) -> None:
+    """A model under Flux's native names (ComfyUI's and Forge's `img_attn.qkv`, `linear1`): a
+    diffusers-named LoRA adds to rows of those fused weights. Scheduled, or constant on a packed
+    NF4 weight, each LoRA adds only to its own rows of the module's output; every module's output
+    equals the fused weights' (fp32, or the dequantised NF4 weight) within 1e-5 of its scale."""
+    import torch.nn.functional as F
+
+    a, _ = flux_loras
+    adapter = read_adapter(a.path)
+    native, _ = dit.native_model("flux")
+    if nf4:
+        native = _to_nf4(native)
+    twin, _ = dit.native_model("flux")
+    modules = dict(native.named_modules())
+    if nf4:  # the reference holds the dequantised weights
+        import bitsandbytes as bnb
+
+        for name, m in twin.named_modules():
+            packed = modules.get(name)
+            if isinstance(packed, bnb.nn.Linear4bit):
+                m.weight.data = bnb.functional.dequantize_4bit(packed.weight.data, packed.weight.quant_state).float()
+    base = {k: v.clone() for k, v in native.state_dict().items()}
+    patcher, fused = Patcher({"transformer": native}, schedules="unfused"), Patcher({"transformer": twin})
+    gen = torch.Generator().manual_seed(4)
+    checked = 0
+    for step in range(1, 3):
+        entry = (adapter, 0.8, 0.8) if nf4 else _ramp(adapter)
+        report = patcher.sync([entry], step=step, total_steps=3)
+        fused.sync([(adapter, 0.8, 0.8) if nf4 else (adapter, 0.0, step / 3)])
+        assert report.unfused > 0 and (report.written == 0 or nf4)
+        rows_hooked = [k for k, cs in patcher._hooks._hooks.items() if any(r is not None for r in cs._rows)]
+        assert rows_hooked  # q/k/v (and linear1's) row slices are among them
+        for name, reference in twin.named_modules():
+            if isinstance(reference, torch.nn.Linear) and "forward" in vars(modules[name]):
+                x = torch.randn(3, reference.in_features, generator=gen)
+                with torch.no_grad():
+                    ours, theirs = modules[name](x), F.linear(x, reference.weight, reference.bias)
+                assert _relative_error(ours, theirs) <= 1e-5, name
+                with torch.enable_grad():  # the path that adds out of place (autograd may hold the output)
+                    assert _relative_error(modules[name](x).detach(), theirs) <= 1e-5, name
+                checked += 1
+    assert checked >= 2 * report.unfused
+    assert all(torch.equal(v, base[k]) for k, v in native.state_dict().items())
+    patcher.restore()
+    assert not any("forward" in vars(m) for m in modules.values())
+
+
 def _flux_loha(path: Path) -> Path:
     """A LyCORIS LoHa on Flux's fused `double_blocks.0.img_attn.qkv` (to_q/to_k/to_v of the tiny model)."""
     from safetensors.torch import save_file
