@@ -1,8 +1,9 @@
 """The always-on script A1111 runs for every generation (no UI of its own).
 
 - `process`: forgets A1111's cached conditioning when a loraprompt option that changes what tags
-  do to the text encoder changed since the last generation (webui.CONDS_OPTIONS); reclaims `lora`/`lyco` before the first batch (another extension may have
-  registered its own handler since start-up), or leaves them to the built-in for an SD3 model
+  do to the text encoder changed since the last generation (webui.CONDS_OPTIONS); reclaims
+  `lora`/`lyco` before the first batch (another extension may have registered its own handler
+  since start-up), or leaves them to the built-in for an SD3 model
   (A1111 switches to a model it keeps in memory without `on_model_loaded`), showing the
   hand-back line once under the image; with `p.disable_extra_networks`, restores the base
   weights, since A1111 then skips every extra network's activate.

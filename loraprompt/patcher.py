@@ -68,8 +68,8 @@ class Patcher(Backups, Writes):
     strength changes during sampling (entries with `unet_at`: start/stop, keyframes) unfused: their
     plain-LoRA factors are added in the module's forward with the step's strength, so a step costs
     two small matmuls per module instead of rewriting weights; constant LoRAs stay fused. Packed
-    4-bit (bitsandbytes) weights take the same forward path, their bytes untouched. The default "fused" writes every
-    step's weights (the weights then always equal base + the plan).
+    4-bit (bitsandbytes) weights take the same forward path, their bytes untouched. The default
+    "fused" writes every step's weights (the weights then always equal base + the plan).
 
     `float_base(module, param)` may return a higher-precision copy of a low-precision (fp8)
     weight, which the deltas are then added to (A1111's "Cache FP16 weight for LoRA"); the

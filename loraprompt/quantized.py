@@ -12,10 +12,11 @@ Paths (`Patcher.sync(...).paths`, one per patched weight):
 - "unfused (<kind>)": a weight stored in a packed quantized form (bitsandbytes 4-bit NF4/FP4 as
   Forge runs Flux) cannot be rewritten without requantising it, which would change the base
   model for every later generation; the LoRA stays out of the weight and runs beside it in the
-  module's forward. Plain LoRAs (on the whole weight or on rows of a fused one) take the scheduled LoRAs' low-rank path
-  (`loraprompt.unfused`: two small matmuls in the input's dtype, the module's forward replaced,
-  as peft runs LoRA on 4-bit layers); other linear algorithms a forward hook here
-  (x·ΔWᵀ, or x·downᵀ·upᵀ, summed in float32). Restoring removes both; the packed weight is never touched.
+  module's forward. Plain LoRAs (on the whole weight or on rows of a fused one) take the
+  scheduled LoRAs' low-rank path (`loraprompt.unfused`: two small matmuls in the input's dtype,
+  the module's forward replaced, as peft runs LoRA on 4-bit layers); other linear algorithms (and
+  plain LoRAs on the same weight) a forward hook here (x·ΔWᵀ or x·downᵀ·upᵀ, summed in float32). Restoring removes both; the packed weight is
+  never touched.
 """
 
 from __future__ import annotations
@@ -75,10 +76,6 @@ def fp8_scale(module: nn.Module | None, param: str, weight: Tensor) -> Tensor | 
         raise PatchError(f"{name} of shape {tuple(scale.shape)} does not fit the fp8 weight {tuple(weight.shape)}: "
                          "only per-tensor and per-row scales are supported")
     return None
-
-
-def _logical_shape(module: nn.Module) -> tuple[int, int]:
-    return int(module.out_features), int(module.in_features)  # type: ignore[arg-type]
 
 
 class Unfused:
@@ -161,8 +158,9 @@ def _factors(
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """(up·scale, down) of a LoRA, or (ΔW, None) of another linear algorithm, in float32, and Δbias."""
     from loraprompt.cache import lowrank_factors
+    from loraprompt.keymaps import logical_shape
 
-    out_f, in_f = _logical_shape(module)
+    out_f, in_f = logical_shape(module.get_parameter("weight"))
     out_f = out_f if rows is None else rows[1] - rows[0]
     device = next((t.device for t in module.parameters()), torch.device("cpu"))
     like = torch.zeros((out_f, in_f), dtype=torch.float32, device=device)

@@ -41,13 +41,25 @@ def factor_target(module: nn.Module, rows: tuple[int, int] | None = None) -> tup
     None for the target's own). A packed 4-bit weight (bitsandbytes NF4/FP4,
     `quantized.packed_kind`) holds bytes, not the layer's shape: a meta tensor of its logical
     shape stands in, and nothing is allocated for it."""
+    from loraprompt.keymaps import logical_shape
     from loraprompt.quantized import packed_kind
 
     weight = module.get_parameter("weight")
     if packed_kind(module) is None:
         return (weight, None) if rows is None else (weight[rows[0] : rows[1]], None)
-    out_features = int(module.out_features) if rows is None else rows[1] - rows[0]  # type: ignore[arg-type]
-    return torch.empty((out_features, int(module.in_features)), dtype=torch.float32, device="meta"), weight.device  # type: ignore[arg-type]
+    out_features, *rest = logical_shape(weight)
+    shape = (out_features if rows is None else rows[1] - rows[0], *rest)
+    return torch.empty(shape, dtype=torch.float32, device="meta"), weight.device
+
+
+def _checked_factors(module: nn.Module, adapter_module: AdapterModule, rows: tuple[int, int] | None,
+                     cache: DeltaCache) -> tuple[Tensor, Tensor, Tensor | None] | None:
+    """`adapter_module`'s float32 (scale·up, down, Δbias) for `module` (its `rows`), through the
+    factor cache; ValueError when they do not fit."""
+    from loraprompt.cache import lowrank_factors
+
+    target, device = factor_target(module, rows)
+    return cache.factors(adapter_module, target, device) if target.is_contiguous() else lowrank_factors(adapter_module, target, device)
 
 
 def unfusable(adapter_module: AdapterModule, module: nn.Module, rows: tuple[int, int] | None = None) -> bool:
@@ -169,16 +181,11 @@ class LowRankHooks:
         written: PatchError naming the file module and the weight when they do not fit."""
         if self.hooked(key, tuple(c[0] for c in contributions)):
             return
-        from loraprompt.cache import lowrank_factors
         from loraprompt.combine import module_error
 
         for adapter_module, rows, _ in contributions:
-            target, device = factor_target(module, rows)
             try:
-                if target.is_contiguous():
-                    cache.factors(adapter_module, target, device)
-                else:
-                    lowrank_factors(adapter_module, target, device)
+                _checked_factors(module, adapter_module, rows, cache)
             except ValueError as exc:
                 raise module_error(adapter_module, ".".join(key), str(exc)) from exc
 
@@ -187,8 +194,6 @@ class LowRankHooks:
         """Hook exactly the modules of `plan` (key -> (adapter module, rows, strength)) with those
         strengths; a module whose set of LoRAs is unchanged only gets new strengths. Returns the
         number of hooked modules."""
-        from loraprompt.cache import lowrank_factors
-
         for key in [k for k in self._hooks if k not in plan]:
             self._hooks.pop(key).remove()
         for key, contributions in plan.items():
@@ -200,8 +205,7 @@ class LowRankHooks:
                 module = modules[key]
                 factors = []
                 for m, rows, _ in contributions:
-                    target, device = factor_target(module, rows)
-                    found = cache.factors(m, target, device) if target.is_contiguous() else lowrank_factors(m, target, device)
+                    found = _checked_factors(module, m, rows, cache)
                     assert found is not None  # unfusable() said it is a plain LoRA
                     factors.append((found[0], found[1]))
                 hook = self._hooks[key] = _Hook(module, adapter_modules, factors, [c[1] for c in contributions])
