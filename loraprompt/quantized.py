@@ -83,8 +83,10 @@ class Unfused:
 
     def __init__(self, modules: Mapping[str, Mapping[str, nn.Module]]) -> None:
         self._modules = modules
-        self._hooks: dict[Key, RemovableHandle] = {}
+        # key -> (its forward hook, the (adapter module, rows) it runs, their strengths: the hook reads this list)
+        self._hooks: dict[Key, tuple[RemovableHandle, tuple[Any, ...], list[float]]] = {}
         self._kinds: dict[Key, tuple[Any, str | None]] = {}  # key -> (its parameter, packed_kind)
+        self._checked: dict[Key, tuple[Any, ...]] = {}  # key -> the (adapter module, rows) whose shapes fit it
         self.applied: Plan = {}
         self.lowrank: Plan = {}  # packed weights whose plain LoRAs run in `unfused.LowRankHooks`
 
@@ -107,6 +109,7 @@ class Unfused:
             known = self._kinds.get(key)
             if known is None or known[0] is not weight:  # looked at again only for a new parameter
                 known = self._kinds[key] = (weight, packed_kind(module, param))
+                self._checked.pop(key, None)
             if known[1] is None:
                 dense[key] = contributions
                 continue
@@ -114,29 +117,38 @@ class Unfused:
             if param == "weight" and all(unfusable(m, module, rows) for m, rows, _ in contributions):
                 lowrank[key] = contributions  # its factors are checked against the logical shape by the patcher
                 continue
+            unfused[key] = contributions
+            signature = _signature(contributions)
+            if self._checked.get(key) == signature:
+                continue  # checked before, on this parameter: building its ΔW again would only cost time
             for adapter_module, rows, _strength in contributions:
                 if not adapter_module.linear or adapter_module.algorithm in ("ia3", "glora", "oft", "boft"):
                     raise _error(adapter_module, key, "its delta depends on the base weight, which is stored packed (4-bit)")
                 _factors(adapter_module, module, key, rows)  # shapes checked now
-            unfused[key] = contributions
+            self._checked[key] = signature
         return dense, unfused, lowrank
 
     def apply(self, unfused: Plan, lowrank: Plan | None = None) -> int:
         """Hooks for exactly `unfused` (already checked by `split`); `lowrank`: the packed weights
         now run by the low-rank path. Returns how many packed weights changed."""
         lowrank = lowrank or {}
+        self._checked = {k: v for k, v in self._checked.items() if k in unfused}  # holds no LoRA gone from the plan
         changed = {k for k in {*unfused, *self.applied} if unfused.get(k) != self.applied.get(k)}
         changed |= {k for k in {*lowrank, *self.lowrank} if lowrank.get(k) != self.lowrank.get(k)}
         self.lowrank = dict(lowrank)
-        for key in [k for k in self._hooks if unfused.get(k) != self.applied.get(k)]:
-            self._hooks.pop(key).remove()
+        for key in [k for k in self._hooks if k not in unfused or self._hooks[k][1] != _signature(unfused[k])]:
+            self._hooks.pop(key)[0].remove()
             self.applied.pop(key, None)
         for key, contributions in unfused.items():
-            if key in self._hooks:
-                continue
-            module = self._modules[key[0]][key[1]]
-            terms = [(*_factors(m, module, key, rows), rows, strength) for m, rows, strength in contributions]
-            self._hooks[key] = module.register_forward_hook(_hook(terms))
+            hooked = self._hooks.get(key)
+            if hooked is not None:  # the same LoRAs: only their strengths change, the hook reads them
+                hooked[2][:] = [float(c[2]) for c in contributions]
+            else:
+                module = self._modules[key[0]][key[1]]
+                terms = [(*_factors(m, module, key, rows), rows) for m, rows, _ in contributions]
+                strengths = [float(c[2]) for c in contributions]
+                handle = module.register_forward_hook(_hook(terms, strengths))
+                self._hooks[key] = (handle, _signature(contributions), strengths)
             self.applied[key] = contributions
         return len(changed)
 
@@ -176,11 +188,17 @@ def _factors(
     return dw.reshape(out_f, in_f), None, None if bias is None else bias.float().to(device)
 
 
-def _hook(terms: list[tuple[Tensor, Tensor | None, Tensor | None, tuple[int, int] | None, float]]) -> Any:
+def _signature(contributions: Any) -> tuple[Any, ...]:
+    """What a hook's float32 factors depend on: its (adapter module, rows), not the strengths."""
+    return tuple((c[0], c[1]) for c in contributions)
+
+
+def _hook(terms: list[tuple[Tensor, Tensor | None, Tensor | None, tuple[int, int] | None]], strengths: list[float]) -> Any:
+    """A forward hook adding Σ strength·(x·ΔWᵀ + Δbias), read from `strengths` at each call."""
     def forward_hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
         x = args[0].to(torch.float32)
         extra = torch.zeros(output.shape, dtype=torch.float32, device=output.device)
-        for first, down, db, rows, strength in terms:
+        for (first, down, db, rows), strength in zip(terms, strengths):
             y = (x @ down.T) @ first.T if down is not None else x @ first.T
             if db is not None:
                 y = y + db

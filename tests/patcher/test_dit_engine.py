@@ -281,6 +281,38 @@ def test_nf4_plain_loras_take_the_low_rank_forward_and_other_algorithms_a_hook(f
         assert torch.equal(model(**inputs).sample, before)
 
 
+@pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed")
+def test_a_loha_on_nf4_weights_is_built_once_and_follows_strength_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The float32 ΔW of a LoHa beside a packed weight is built when it is first hooked: a sync
+    with the same LoRA, or a new strength, builds none again and keeps the hook, whose output then
+    follows the new strength (against the dequantised model fused at it)."""
+    loha = read_adapter(_flux_loha(tmp_path / "loha.safetensors"))
+    from loraprompt import quantized
+
+    built: list[tuple] = []  # the weight keys whose float32 ΔW was built
+    factors = quantized._factors
+    monkeypatch.setattr(quantized, "_factors", lambda m, module, key, rows: built.append(key) or factors(m, module, key, rows))
+    model = _to_nf4(dit.tiny_transformer("flux"))
+    reference = _dequantized(model)
+    patcher, fused = Patcher({"transformer": model}), Patcher({"transformer": reference})
+    assert patcher.sync([(loha, 0.5, 0.5)]).patched == 3
+    assert len(built) == 3 * 2  # checked (split), then built (hooked): once per hooked weight each
+    hooks = {name: dict(m._forward_hooks) for name, m in model.named_modules() if m._forward_hooks}
+    assert len(hooks) == 3
+    built.clear()
+    inputs = _flux_inputs()
+    for strength in (0.5, 0.3, -0.4):
+        report = patcher.sync([(loha, strength, strength)])
+        fused.sync([(loha, strength, strength)])
+        assert built == [] and report.patched == 3
+        assert {name: dict(m._forward_hooks) for name, m in model.named_modules() if m._forward_hooks} == hooks
+        with torch.no_grad():
+            ours, theirs = model(**inputs).sample, reference(**inputs).sample
+        assert _relative_error(ours, theirs) <= 1e-4, (strength, _relative_error(ours, theirs))
+    patcher.restore()
+    assert not any(m._forward_hooks for m in model.modules())
+
+
 def test_row_slices_and_swapped_halves_follow_in_bf16(tmp_path: Path) -> None:
     """A kohya Flux file (fused qkv, linear1, final-layer halves) on a bf16 model: each split
     piece is cast once into its own weight."""
