@@ -254,7 +254,9 @@ class Patcher(Backups, Writes):
 
     def _step_strengths(self, hooked: list[tuple[PlanEntry, Resolution]], step: int, total: int | None) -> SyncReport:
         """A sync between sampling steps whose only change is the strength of unfused LoRAs: the
-        hooks get the step's strengths (Python floats), nothing else is looked at or written."""
+        hooks get the step's strengths (Python floats), nothing else is looked at or written. A
+        weight changed behind the patcher's back meanwhile is noticed at the next full sync (tensor
+        versions only grow): checking ~1000 weights per step would cost more than the LoRA."""
         strengths: dict[Key, list[float]] = {}
         for entry, resolution in hooked:
             _, unet_for = entry.strengths(step, total)

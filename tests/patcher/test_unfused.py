@@ -135,6 +135,37 @@ def test_steps_with_the_same_entries_only_set_strengths_and_agree_with_a_full_sy
     other.restore()
 
 
+def test_weights_loaded_between_steps_are_noticed_at_the_next_full_sync(model) -> None:
+    """Steps with the same entries look at nothing (no per-step cost over ~1000 weights): weights
+    loaded in place between two steps are noticed at the next full sync instead. Until then the
+    scheduled LoRA keeps running in the forward on the new weights; restore then keeps the new
+    weights as the base (reported), and the next generation applies onto them."""
+    from tests.patcher.helpers import reference
+    from tests.patcher.test_engine import assert_close
+
+    scheduled, static = make_adapter(model, 2, every=1), make_adapter(model, 1)
+    entries = [ramp(scheduled, te=0.5), (static, 1.0, 0.5)]
+    patcher = Patcher(model, schedules="unfused")
+    patcher.sync(entries, step=0, total_steps=4)
+    patcher.sync(entries, step=1, total_steps=4)
+    other = tiny_sd1(seed=5)
+    for name, component in model.items():
+        component.load_state_dict(other[name].state_dict())
+    loaded = snapshot(model)
+    report = patcher.sync(entries, step=2, total_steps=4)
+    assert report.written == 0 and report.diagnostics == []  # the fast path: nothing looked at
+    ours = unet_out(model)
+    twin = tiny_sd1(seed=5)  # the loaded weights with the scheduled LoRA fused at step 2's strength
+    Patcher(twin).sync([(scheduled, 0.0, 2 / 4)])
+    expected = unet_out(twin)
+    assert float((ours - expected).abs().max() / expected.abs().max()) <= TOLERANCE[torch.float32]
+    report = patcher.restore()
+    assert [d.code for d in report.diagnostics] == ["lora-model-changed"]
+    assert_bit_equal(model, loaded)
+    patcher.sync([(static, 1.0, 0.5)])
+    assert_close(model, reference(model, loaded, [(static, 1.0, 0.5)]), 1e-6)
+
+
 def test_the_low_rank_path_leaves_the_module_as_it_found_it() -> None:
     """The unfused path replaces a module's forward (hooks would put every call on nn.Module's slow
     path): removing it restores the class forward, or the instance forward that was there before
