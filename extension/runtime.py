@@ -12,11 +12,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from loraprompt.backups import BACKUPS
 from loraprompt.cache import AdapterCache
 from loraprompt.diagnostics import Diagnostic
 from loraprompt.errors import LoraPromptError
 from loraprompt.infotext import lora_hash_name
-from loraprompt.patcher import BACKUPS, Patcher
+from loraprompt.patcher import Patcher
 from loraprompt.plan import PlanEntry
 from loraprompt.syntax.values import Schedule
 

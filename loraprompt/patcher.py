@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from loraprompt.backups import BACKUPS, Backups, MiB, OutOfMemoryError
+from loraprompt.backups import BackupStore, MiB, OutOfMemoryError, checked_policy
 from loraprompt.cache import DeltaCache
 from loraprompt.errors import PatchError
 from loraprompt.keymaps import keymap_for_module
@@ -43,26 +43,27 @@ if TYPE_CHECKING:
     from loraprompt.plan import Resolution
 
 
-class Patcher(Backups, Writes):
+class Patcher(Writes):
     """Applies adapters to `components` ("unet", "text_encoder", "text_encoder_2" -> nn.Module).
 
     `family` is "sd1", "sd2" or "sdxl" (detected from the modules when None; "" disables the
     check). `delta_cache_mb` bounds the cached float32 deltas of algorithms other than plain
     LoRA and the plain LoRAs' factors (written straight from them). The default, 1024 MB (the A1111
     setting's), holds the factors of two LoRAs on every attention/FF layer of SDXL at rank 32
-    (650 MB) or Flux.1 at rank 16 (500 MB), so switching between them rebuilds none (512 MB did
-    not on SDXL: part of them were made again at every switch). `on_error` is "raise" (default: a bad
-    adapter refuses the whole sync, the model untouched) or "skip" (drop that adapter, report it).
-    `keep_backups` keeps the backup of a weight after restoring it (memory: the touched weights,
-    once), so the next apply is a single write; a weight changed in place behind the patcher's back
-    (its tensor version moved) has its backup dropped and becomes the new base.
+    (650 MB) or Flux.1 at rank 16 (500 MB), so switching between them rebuilds none. `on_error` is
+    "raise" (default: a bad adapter refuses the whole sync, the model untouched) or "skip" (drop
+    that adapter, report it). `keep_backups` keeps the backup of a weight after restoring it
+    (memory: the touched weights, once), so the next apply is a single write; a weight changed in
+    place behind the patcher's back (its tensor version moved) has its backup dropped and becomes
+    the new base.
 
-    `backups` says where the backups of weights on a GPU live: "device" (fastest, costs VRAM),
-    "host" (pinned CPU memory, restored with non-blocking copies; pageable, with a diagnostic, when
-    pinning is refused) or "auto" (on the device while its free memory stays above `reserve_mb`,
-    else on the host, weight by weight; a device backup that runs out of memory goes to the host).
-    Weights on the CPU are backed up in CPU memory whatever the setting. A model moved between
-    syncs (`.to()`, A1111's --medvram/--lowvram) keeps its backups where they are.
+    `backups` says where the backups (a `BackupStore`) of weights on a GPU live: "device"
+    (fastest, costs VRAM), "host" (pinned CPU memory, non-blocking restores; pageable, with a
+    diagnostic, when pinning is refused) or "auto" (on the device while its free memory stays
+    above `reserve_mb`, else on the host, weight by weight; a device backup that runs out of
+    memory goes to the host). Weights on the CPU are backed up in CPU memory whatever the
+    setting. A model moved between syncs (`.to()`, A1111's --medvram/--lowvram) keeps its backups
+    where they are.
 
     `schedules="unfused"` runs the UNet (or SD3/Flux/Wan transformer) modules of LoRAs whose UNet
     strength changes during sampling (entries with `unet_at`: start/stop, keyframes) unfused: their
@@ -84,21 +85,15 @@ class Patcher(Backups, Writes):
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
-        if backups not in BACKUPS:
-            raise ValueError(f"backups must be one of {', '.join(BACKUPS)}, not {backups!r}")
         if schedules not in SCHEDULES:
             raise ValueError(f"schedules must be 'fused' or 'unfused', not {schedules!r}")
         self.lock = threading.RLock()
         self.on_error = on_error
         self.keep_backups = keep_backups
-        self.backups = backups
-        self.reserve_bytes = int(reserve_mb * MiB)
+        self._store = BackupStore(backups, int(reserve_mb * MiB))
         self._fast: tuple[list[Any], list[tuple[PlanEntry, Resolution]]] | None = None
         self._schedules = schedules
         self.float_base = float_base
-        self._pin = True  # pinned host memory works until refused once
-        self._notes: list[Any] = []
-        self._room: dict[torch.device, int] = {}
         self._hooks = LowRankHooks()
         self._deltas = DeltaCache(delta_cache_mb)
         self._family_override = family
@@ -116,9 +111,7 @@ class Patcher(Backups, Writes):
         detected = model_family(self._keymaps)
         self.family = detected if self._family_override is None else (self._family_override or None)
         self._params: dict[Key, tuple[Tensor, Tensor | None]] = {}
-        self._backups: dict[Key, tuple[Tensor, Tensor | None]] = {}
-        self._versions: dict[Key, tuple[int, int]] = {}
-        self._where: dict[Key, torch.device] = {}  # the weight's device at our last write
+        self._store.clear()
         self._applied: Plan = {}
         self._resolved: dict[int, Resolution] = {}
         self._failed: dict[int, tuple[Any, PatchError]] = {}
@@ -126,12 +119,9 @@ class Patcher(Backups, Writes):
         self._scratch: dict[torch.device, dict[torch.Size, Tensor]] = {}  # the buffer (_BUFFER) and its views
         self._splits: dict[int, tuple[Resolution, Resolution, Resolution]] = {}
         self._fast = None
-        self._bytes = {"device": 0, "host": 0}
-        self._bytes_stale = False  # backups taken, cast or dropped since _bytes was counted
         self._paths: dict[str, str] = {}
         self._weight_paths: dict[Key, tuple[str, str]] = {}  # applied key -> (its name, how it is patched)
-        if hasattr(self, "_hooks"):
-            self._hooks.clear()
+        self._hooks.clear()
 
     @property
     def schedules(self) -> str:
@@ -147,6 +137,25 @@ class Patcher(Backups, Writes):
             self._fast = None
 
     @property
+    def backups(self) -> str:
+        """Where backups taken from now on live: "auto", "device" or "host" (see the class docstring)."""
+        return self._store.policy
+
+    @backups.setter
+    def backups(self, value: str) -> None:
+        self._store.policy = checked_policy(value)
+
+    @property
+    def backup_nbytes(self) -> int:
+        """Bytes held by backups (exactly the touched weights)."""
+        return self._store.nbytes
+
+    @property
+    def backup_bytes(self) -> dict[str, int]:
+        """Bytes of backups on a GPU ("device") and in CPU memory ("host")."""
+        return self._store.by_place()
+
+    @property
     def applied(self) -> Plan:
         """Weight key -> contributions applied now."""
         return dict(self._applied)
@@ -157,10 +166,7 @@ class Patcher(Backups, Writes):
         with self.lock:
             report = self.sync([])
             if release:
-                self._bytes, self._bytes_stale = {"device": 0, "host": 0}, False
-                self._backups.clear()
-                self._versions.clear()
-                self._where.clear()
+                self._store.clear()
                 self._deltas.clear()  # unwatched from now on: a later base may differ
             return report
 
@@ -198,8 +204,8 @@ class Patcher(Backups, Writes):
             self._fast = None
             items = [as_entry(e) for e in given]
             report, built = SyncReport(), self._deltas.factors_built
-            self._check_versions(report)
-            self._room.clear()
+            self._follow(report)
+            self._store.new_sync()
             while True:
                 plan, unfused, hooked = self._plan(items, step, total_steps, report, skip)
                 changed = [k for k in plan if plan[k] != self._applied.get(k)]
@@ -220,12 +226,12 @@ class Patcher(Backups, Writes):
                     items = [e for e in items if e is not entry]
                     continue
                 except OutOfMemoryError as exc:
-                    raise self._out_of_memory(changed, plan, exc) from exc
+                    raise self._store.out_of_memory(changed, plan, exc, self._param) from exc
                 break
             try:
                 self._write_all(changed, plan, parts)
             except OutOfMemoryError as exc:  # _write_all has put every weight back
-                raise self._out_of_memory(changed, plan, exc) from exc
+                raise self._store.out_of_memory(changed, plan, exc, self._param) from exc
             report.unfused = self._hooks.update(
                 {k: self._module_of(k) for k in unfused}, unfused, self._deltas
             )
@@ -233,8 +239,7 @@ class Patcher(Backups, Writes):
             report.written = len(changed) + moved
             report.factors_built = self._deltas.factors_built - built
             report.patched = len(self._applied) + len(self._packed)
-            if self._bytes_stale:  # backups taken, cast or dropped: count again, and the paths may differ
-                self._bytes, self._bytes_stale = self.backup_bytes, False
+            if self._store.changed:  # backups taken, cast or dropped: the paths may differ
                 self._weight_paths.clear()
             for key in list(self._applied) if not self._weight_paths else changed:  # O(changed), not O(patched)
                 if key in self._applied:
@@ -245,9 +250,9 @@ class Patcher(Backups, Writes):
             report.paths = dict(self._weight_paths.values())
             report.paths |= {".".join(k): path for k, path in self._packed.paths().items()}
             self._paths = report.paths
-            report.backups = dict(self._bytes)
-            report.diagnostics.extend(self._notes)
-            self._notes.clear()
+            report.backups = self._store.by_place()
+            report.diagnostics.extend(self._store.notes)
+            self._store.notes.clear()
             if hooked is not None and unfused and len(items) == len(given):  # none skipped
                 self._fast = (given, hooked)
             return report
@@ -268,7 +273,7 @@ class Patcher(Backups, Writes):
                 strengths.setdefault(key, []).append(strength)
         self._hooks.set_strengths(strengths)
         return SyncReport(patched=len(self._applied) + len(self._packed), unfused=len(self._hooks),
-                          backups=dict(self._bytes), paths=self._paths)
+                          backups=self._store.by_place(), paths=self._paths)
 
     def _plan(
         self, items: list[PlanEntry], step: int | None, total: int | None, report: SyncReport, skip: bool

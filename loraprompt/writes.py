@@ -1,7 +1,8 @@
 """How the Patcher writes weights: the parts of each changed weight computed and checked before
-anything is written, base + parts written once per weight, and every written weight put back if a
-write fails. `Writes` is a mixin of `loraprompt.patcher.Patcher`, which owns the state it uses (its
-backups, caches and scratch buffer)."""
+anything is written, base + parts written once per weight, every written weight put back if a
+write fails, and weights changed by someone else since our last write followed. `Writes` is the
+write path of `loraprompt.patcher.Patcher` (a mixin: it reads the patcher's key lookups, plan and
+caches; the backups are the patcher's `BackupStore`, which it asks for copies)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from loraprompt.backups import _versions
 from loraprompt.combine import Part, combine_into, weight_parts
 from loraprompt.errors import PatchError
 from loraprompt.quantized import fp8_scale
@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 
     from torch import Tensor, nn
 
+    from loraprompt.backups import BackupStore
     from loraprompt.cache import DeltaCache
-    from loraprompt.plan import Key, Plan
+    from loraprompt.plan import Key, Plan, SyncReport
 
 _BUFFER = torch.Size([-1])  # the scratch buffer's own entry among its views
 
@@ -28,21 +29,25 @@ _BUFFER = torch.Size([-1])  # the scratch buffer's own entry among its views
 class Writes:
     """The write path of `Patcher` (see its docstring)."""
 
-    backups: str
     keep_backups: bool
     float_base: Callable[[nn.Module, str], Tensor | None] | None
+    _store: BackupStore
     _deltas: DeltaCache
-    _backups: dict[Key, tuple[Tensor, Tensor | None]]
-    _versions: dict[Key, tuple[int, int]]
-    _where: dict[Key, torch.device]
     _applied: Plan
-    _bytes_stale: bool
+    _params: dict[Key, tuple[Tensor, Tensor | None]]
     _scratch: dict[torch.device, dict[torch.Size, Tensor]]
 
     if TYPE_CHECKING:
         def _param(self, key: Key, fresh: bool = False) -> tuple[Tensor, Tensor | None]: ...
         def _module_of(self, key: Key) -> nn.Module: ...
-        def _backup_of(self, t: Tensor) -> Tensor: ...
+
+    def _follow(self, report: SyncReport) -> None:
+        """Weights cast, moved, written or replaced since our last write (`BackupStore.follow`)."""
+        stale, cast = self._store.follow(lambda key: (self._params[key], self._param(key, fresh=True)), report.diagnostics)
+        for key in stale:
+            self._applied.pop(key, None)
+        if stale or cast:
+            self._deltas.clear()  # IA3, GLoRA, OFT and DoRA deltas were computed from the old base
 
     def _parts(self, key: Key, contributions: tuple[Any, ...]) -> tuple[list[Part], list[Part], bool]:
         """Validated float32 (weight parts, bias parts) of one key on the weight's device, and
@@ -50,9 +55,9 @@ class Writes:
         compute them again)."""
         weight, bias = self._param(key)
         base_w, base_b = self._base(key, weight, bias)
-        backup = self._backups.get(key)
+        backup = self._store.get(key)
         # factors live where the weight's backup lives: with backups in host memory the card holds neither
-        pinned = weight.is_cuda and (backup[0].device.type == "cpu" if backup is not None else self.backups == "host")
+        pinned = weight.is_cuda and (backup[0].device.type == "cpu" if backup is not None else self._store.policy == "host")
         return weight_parts(contributions, base_w, base_b, ".".join(key), self._deltas, device=weight.device,
                             pinned=pinned)
 
@@ -66,7 +71,7 @@ class Writes:
         """The base values the deltas of `key` (whose weight and bias are given) are added to: its
         float copy (`float_base`) when there is one, else its backup, else the weight itself (not
         patched yet); a scaled fp8 one dequantised (fp8 · scale, in float32)."""
-        backup = self._backups.get(key)
+        backup = self._store.get(key)
         base_w = backup[0] if backup is not None else weight
         base_b = backup[1] if backup is not None and backup[1] is not None else bias
         if weight.element_size() != 1:  # the common case: neither a scale nor an fp8 float copy
@@ -115,30 +120,21 @@ class Writes:
         if not self.keep_backups:
             for key in changed:
                 if key not in plan:
-                    del self._backups[key]
-                    self._bytes_stale = True
-                    del self._versions[key]
+                    self._store.drop(key)
                     for module, rows, _ in before.get(key, ()):  # unwatched now: a later base may differ
                         self._deltas.discard((module, rows))
 
     def _write(self, key: Key, parts: tuple[list[Part], list[Part]] | None) -> None:
         """Write base + parts into one weight (and its bias); base alone when parts is None."""
         weight, bias = self._param(key)
-        backup = self._backups.get(key)
-        if backup is None:
-            backup = self._backups[key] = (self._backup_of(weight), None)
-            self._bytes_stale = True
-        if parts is not None and parts[1] and backup[1] is None and bias is not None:
-            backup = self._backups[key] = (backup[0], self._backup_of(bias))
-            self._bytes_stale = True
+        backup = self._store.take(key, weight, bias if parts is not None and parts[1] else None)
         w_parts, b_parts = parts if parts is not None else ([], [])
         scale = self._scale(key, weight) if w_parts else None
         base_w, base_b = self._base(key, weight, bias) if (self.float_base is not None or scale is not None) and parts is not None else backup
         combine_into(weight, base_w if w_parts else backup[0], w_parts, self._float_scratch, scale)
         if backup[1] is not None and bias is not None:
             combine_into(bias, base_b if b_parts and base_b is not None else backup[1], b_parts, self._float_scratch)
-        self._versions[key] = _versions(weight, bias)
-        self._where[key] = weight.device
+        self._store.written(key, weight, bias)
 
     def _float_scratch(self, like: Tensor) -> Tensor:
         """A reused float32 buffer shaped like `like` (fresh allocations fault in every page); its
@@ -163,10 +159,8 @@ class Writes:
                 else:
                     self._applied.pop(key, None)
         except BaseException:
-            for key in list(self._backups):
+            for key in self._store:
                 self._write(key, None)
-            self._bytes_stale = True
-            self._backups.clear()
-            self._versions.clear()
+            self._store.clear()
             self._applied.clear()
             raise

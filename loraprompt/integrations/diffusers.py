@@ -25,11 +25,12 @@ from typing import Any
 import torch
 
 from loraprompt.adapters.types import COMPONENTS, Adapter
+from loraprompt.backups import BACKUPS
 from loraprompt.cache import AdapterCache
 from loraprompt.diagnostics import Diagnostic
 from loraprompt.errors import AdapterFileError
 from loraprompt.integrations.embeddings import apply_embeddings
-from loraprompt.patcher import BACKUPS, Patcher
+from loraprompt.patcher import Patcher
 from loraprompt.plan import PlanEntry, SyncReport
 
 __all__ = ["DEFAULT_CACHE", "ActivePrompt", "activate", "entry_for", "patcher_for"]

@@ -38,7 +38,7 @@ def test_backups_where_asked_and_restore_bit_exact(backups, dtype) -> None:
     report = patcher.sync([(a, 1.0, 0.5)])
     if backups == "host":
         assert report.backups["device"] == 0 and report.backups["host"] == patcher.backup_nbytes
-        assert all(t.is_pinned() for pair in patcher._backups.values() for t in pair if t is not None)
+        assert all(t.is_pinned() for _, pair in patcher._store.items() for t in pair if t is not None)
     else:  # a tiny model always fits
         assert report.backups == {"device": patcher.backup_nbytes, "host": 0}
     patcher.sync([(b, 0.7, 0.7), (a, 0.2, 0.3)])
@@ -77,12 +77,12 @@ def test_a_model_moved_between_cpu_and_gpu_between_syncs() -> None:
     a, b = make_adapter(model, 1), make_adapter(model, 2)
     patcher = Patcher(model, backups="device")
     patcher.sync([(a, 1.0, 1.0)])
-    backups = {k: v[0] for k, v in patcher._backups.items()}
+    backups = {k: v[0] for k, v in patcher._store.items()}
     for component in model.values():
         component.to("cpu")  # --lowvram: modules leave the card between uses
     report = patcher.sync([(b, 1.0, 1.0)])
     assert not report.diagnostics
-    assert all(patcher._backups[k][0] is v and v.is_cuda for k, v in backups.items() if k in patcher._backups)
+    assert all(patcher._store.get(k)[0] is v and v.is_cuda for k, v in backups.items() if k in patcher._store)
     expected = reference(model, {k: v.cpu() for k, v in original.items()}, [(b, 1.0, 1.0)])
     assert_close(model, expected, torch.float16)
     for component in model.values():

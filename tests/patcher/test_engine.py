@@ -48,13 +48,23 @@ def test_backups_setting_is_checked_and_the_report_gives_bytes_per_place(model) 
         # weights on the CPU are backed up in CPU memory whatever the setting
         assert report.backups == {"device": 0, "host": patcher.backup_nbytes} and patcher.backup_nbytes > 0
         assert patcher.restore().backups == report.backups
+    with pytest.raises(ValueError, match="backups must be one of"):
+        patcher.backups = "gpu"
+    assert patcher.backups == "host"
+    fp32_bytes = patcher.backup_nbytes
+    for component in model.values():  # cast between syncs: the backups are cast and counted again
+        component.to(torch.bfloat16)
+    report = patcher.sync([(a, 1.0, 0.5)])
+    assert report.backups == {"device": 0, "host": fp32_bytes // 2} == patcher.backup_bytes
+    patcher.restore(release=True)
+    assert patcher.sync([]).backups == {"device": 0, "host": 0} and patcher.backup_nbytes == 0
 
 
 def test_refused_pinned_memory_falls_back_to_pageable_with_one_diagnostic(model) -> None:
     # this torch has no pinned allocator: the fallback a GPU machine takes when pinning fails
     patcher = Patcher(model, backups="host")
     source = torch.arange(6.0)
-    copies = [patcher._host_copy(source) for _ in range(2)]
+    copies = [patcher._store._host_copy(source) for _ in range(2)]
     assert all(torch.equal(c, source) and not c.is_pinned() for c in copies)
     report = patcher.sync([(make_adapter(model, 1), 1.0, 1.0)])
     notes = [d for d in report.diagnostics if d.code == "lora-backups-pageable"]
@@ -111,13 +121,13 @@ def test_a_model_moved_between_syncs_keeps_backups_and_caches(model) -> None:
     original = snapshot(model)
     patcher = Patcher(model)
     patcher.sync([(a, 1.0, 1.0)])
-    backups = {k: v[0] for k, v in patcher._backups.items()}
+    backups = {k: v[0] for k, v in patcher._store.items()}
     cached = patcher._deltas.nbytes
     for component in model.values():  # new storage for every tensor, as a move to another device gives
         component._apply(lambda t: t.clone())
     report = patcher.sync([(b, 0.5, 1.0)])
     assert not report.diagnostics  # nothing taken for a change made behind the patcher's back
-    assert all(patcher._backups[k][0] is v for k, v in backups.items() if k in patcher._backups)
+    assert all(patcher._store.get(k)[0] is v for k, v in backups.items() if k in patcher._store)
     assert patcher._deltas.nbytes >= cached
     assert_close(model, reference(model, original, [(b, 0.5, 1.0)]), 1e-6)
     for component in model.values():
@@ -140,7 +150,7 @@ def test_fp8_weights_are_dequantised_summed_in_float32_and_requantised_once(mode
     for key in unet:  # one rounding of the float32 sum: equal to quantising the float32 reference
         exact = (original[key].float() + (expected[key].float() - original[key].float()))
         assert torch.equal(now[key].float(), exact.clamp(-448, 448).to(f8).float()), key
-    assert all(patcher._backups[k][0].dtype == f8 for k in patcher._backups if k[0] == "unet")
+    assert all(patcher._store.get(k)[0].dtype == f8 for k in patcher._store if k[0] == "unet")
     patcher.restore()
     assert_bit_equal(model, original)
 
