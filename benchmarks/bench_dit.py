@@ -231,6 +231,8 @@ def main() -> None:
         patcher.restore(release=True)
 
         def load(path: Path, name: str) -> None:
+            if getattr(model, "peft_config", None):  # one LoRA at a time, as ours (restore's setup follows a switch)
+                unload()
             state, alphas = FluxPipeline.lora_state_dict(str(path), return_alphas=True)
             FluxPipeline.load_lora_into_transformer(state, network_alphas=alphas, transformer=model, adapter_name=name)
             model.fuse_lora(lora_scale=1.0, adapter_names=[name])
@@ -240,7 +242,7 @@ def main() -> None:
             model.unload_lora()
 
         peer = {
-            "first apply": _timed(lambda: load(path_a, "a"), device, args.repeat, lambda: unload() if getattr(model, "peft_config", None) else None),
+            "first apply": _timed(lambda: load(path_a, "a"), device, args.repeat, lambda: getattr(model, "peft_config", None) and unload()),
             "switch": _timed(lambda: (unload(), load(path_b, "b")), device, args.repeat),
             "restore": _timed(unload, device, args.repeat, lambda: load(path_a, "a")),
         }

@@ -1,0 +1,57 @@
+"""The benchmarks that `benchmarks/gpu_run.sh` runs on a lent GPU machine, run here at their
+smallest sizes on the CPU: a GPU session gets one prepared run, so a benchmark broken by a
+refactor must fail here, not there. Nothing is timed; only that each prints its tables, that
+ours and the peer both ran, and that the peer's LoRAs really loaded."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def _run(*args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # diffusers/peft warn when a file's keys do not all load: the peer would be timing a partial LoRA
+    assert "missing keys" not in done.stderr and "unexpected keys" not in done.stderr, done.stderr[-3000:]
+    return done.stdout
+
+
+def _row(out: str, label: str) -> list[str]:
+    found = [line for line in out.splitlines() if line.startswith(label)]
+    assert found, f"no {label!r} row in:\n{out}"
+    return found[0][len(label):].split()
+
+
+def test_gpu_run_script_parses() -> None:
+    assert subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_run.sh")]).returncode == 0
+
+
+def test_bench_patch_prints_ours_the_peer_and_the_limit() -> None:
+    out = _run("benchmarks.bench_patch", "--model", "tiny", "--repeat", "2", "--per-step")
+    for op in ("first apply", "apply", "switch", "strength", "restore"):
+        cells = _row(out, op)
+        assert re.fullmatch(r"[\d.]+s", cells[0]) and re.fullmatch(r"[\d.]+s", cells[1]) and re.fullmatch(r"[\d.]+s", cells[3]), cells
+    assert "0 per switch" in out  # both LoRAs' factors fit the default cache: a switch makes none
+    for label in ("plain", "scheduled, unfused (loraprompt)", "fused", "unfused (peft)"):
+        assert re.match(r"[\d.]+ ms", " ".join(_row(out, label))), label
+
+
+def test_bench_dit_prints_steps_and_switches() -> None:
+    out = _run("benchmarks.bench_dit", "--double", "1", "--single", "1", "--width", "128", "--rank", "4",
+               "--repeat", "2", "--tokens", "16", "--per-step")
+    for label in ("plain step", "scheduled, in the forward", "scheduled, rewritten each step", "unfused (peft)"):
+        assert re.fullmatch(r"[\d.]+ms", _row(out, "  " + label)[0]), label
+    for op in ("first apply", "switch", "switch (kohya, fused q/k/v)", "restore"):
+        cells = _row(out, op)
+        assert all(re.fullmatch(r"[\d.]+ms", c) for c in cells[:3]), cells
+    assert re.search(r"switch 0, switch \(kohya, fused q/k/v\) 0", out), out
