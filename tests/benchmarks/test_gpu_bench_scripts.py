@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 def _run(*args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+    done = subprocess.run([sys.executable, "-m", *args], check=False, cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # diffusers/peft warn when a file's keys do not all load: the peer would be timing a partial LoRA
@@ -33,7 +33,7 @@ def _row(out: str, label: str) -> list[str]:
 
 
 def test_gpu_run_script_parses() -> None:
-    assert subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_run.sh")]).returncode == 0
+    assert subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_run.sh")], check=False).returncode == 0
 
 
 def test_bench_patch_prints_ours_the_peer_and_the_limit() -> None:
