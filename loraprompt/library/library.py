@@ -76,6 +76,7 @@ class Library(Contents):
         self._dir_mtimes: dict[str, int] = {}
         self._offline: set[str] = set()
         self._marks: dict[str, Any] = {}  # path -> the sidecars and previews its entry was made with
+        self._watched: dict[str, tuple[int, int]] = {}  # `<stem>.json` sidecar -> (size, mtime_ns) when scanned
         self._index = NameIndex([])
         self._allowed: frozenset[Path] = frozenset()
         self._checked_at = 0.0
@@ -121,6 +122,7 @@ class Library(Contents):
             self._install(entries)
             self._allowed = frozenset(Path(p) for p in linked)
             self._dir_mtimes, self._offline, self._marks = dir_mtimes, set(offline), marks
+            self._watched = _json_sidecars(marks)
             self._checked_at = time.monotonic()
             self._scanned_ns = scan_started
             gone = {p for p in old if p not in self._by_path} - set(pending)
@@ -170,13 +172,22 @@ class Library(Contents):
         return self.version
 
     def is_stale(self) -> bool:
-        """True when a scanned folder's mtime changed, one vanished, or an offline root came back
-        (one stat per folder; edits inside a file are caught when it is resolved or refreshed)."""
+        """True when a scanned folder's mtime changed, one vanished, an offline root came back, or
+        a `<stem>.json` sidecar was rewritten in place (one stat per folder and per such sidecar:
+        A1111's metadata editor and other tools rewrite those files without touching the folder;
+        edits inside a model file are caught when it is resolved or refreshed)."""
         for path, mtime_ns in self._dir_mtimes.items():
             try:
                 if os.stat(path).st_mtime_ns != mtime_ns or abs(mtime_ns - self._scanned_ns) < RACY_NS:
                     return True
             except OSError:
+                return True
+        for path, (size, mtime_ns) in self._watched.items():
+            try:
+                st = os.stat(path)
+            except OSError:
+                return True
+            if (st.st_size, st.st_mtime_ns) != (size, mtime_ns) or abs(mtime_ns - self._scanned_ns) < RACY_NS:
                 return True
         return any(os.path.isdir(r) for r in self._offline)
 
@@ -301,3 +312,16 @@ class Library(Contents):
     def safe_file(self, ref: object, kind: str = "preview") -> Path | None:
         """The file a web route may serve for `ref`, or None; the policy is in `paths`."""
         return paths.safe_file(ref, self.roots, kind, self._allowed)
+
+
+def _json_sidecars(marks: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """The `<stem>.json` sidecars among the scanned entries' marks (the ones A1111's metadata
+    editor, the gallery and other tools rewrite in place), with their (size, mtime_ns)."""
+    out: dict[str, tuple[int, int]] = {}
+    for path, mark in marks.items():
+        folder = os.path.dirname(path)
+        for name, size, mtime_ns in mark[0]:
+            lower = name.lower()
+            if lower.endswith(".json") and not lower.endswith(".metadata.json"):
+                out[folder + os.sep + name] = (size, mtime_ns)
+    return out

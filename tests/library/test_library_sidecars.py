@@ -77,3 +77,32 @@ def test_external_edit_seen_after_refresh(lib: Library, lora_dir: Path) -> None:
     side.write_text(json.dumps({"notes": "second, longer"}))
     lib.refresh()
     assert lib.entries[0].user["notes"] == "second, longer"
+
+
+def test_a_json_rewritten_in_place_is_seen_without_a_refresh(lora_dir: Path, tmp_path: Path) -> None:
+    """A1111's metadata editor rewrites an existing `<stem>.json` in place: the folder's mtime does
+    not move, so the automatic check stats those sidecars too (not other sidecars or previews)."""
+    import os
+    import time
+
+    write_lora(lora_dir / "sub" / "a.safetensors")
+    side = lora_dir / "sub" / "a.json"
+    side.write_text(json.dumps({"activation text": "foxy", "preferred weight": 0.6}))
+    (lora_dir / "sub" / "a.civitai.info").write_text(json.dumps({"trainedWords": ["x"]}))
+    past = time.time_ns() - 60 * 10**9
+    for path in (side, lora_dir / "sub" / "a.civitai.info", lora_dir / "sub", lora_dir):
+        os.utime(path, ns=(past, past))
+    lib = Library([lora_dir], cache_dir=tmp_path / "c", auto_check_s=0)
+    assert lib.entries[0].activation_text == "foxy" and not lib.is_stale()
+    version = lib.version
+    with open(side, "w", encoding="utf8") as file:  # as A1111's write_user_metadata does
+        json.dump({"activation text": "vulpine", "preferred weight": 0.3}, file, indent=4)
+    os.utime(side, ns=(past + 10**9, past + 10**9))  # out of the racy window, folder untouched
+    assert os.stat(lora_dir / "sub").st_mtime_ns == past
+    assert lib.is_stale()
+    (entry,) = lib.entries
+    assert (entry.activation_text, entry.preferred_weight) == ("vulpine", 0.3) and lib.version > version
+    assert not lib.is_stale()
+    side.unlink()
+    os.utime(lora_dir / "sub", ns=(past, past))  # even when the folder's mtime is put back
+    assert lib.is_stale() and lib.entries[0].activation_text == ""
