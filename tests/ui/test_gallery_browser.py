@@ -209,14 +209,49 @@ def test_metadata_editor_saves_the_sidecar(page: Any, demo: DemoServer) -> None:
     page.wait_for_function("() => document.querySelector('.lp-editor-status').textContent.startsWith('Saved')")
     assert form.locator(".lp-editor-status").inner_text() == "Saved to editable.json"
     saved = json.loads((demo.lora / "editable.json").read_text(encoding="utf-8"))
-    assert saved == {"description": "", "sd version": "SDXL", "activation text": "edited words",
-                     "preferred weight": 0.6, "negative text": "", "notes": ""}  # unset flags are left out
+    assert saved == {"sd version": "SDXL", "activation text": "edited words", "preferred weight": 0.6}  # only what changed
     page.locator(".lp-close").click()
     editable = card(page, "editable")
     assert editable.locator(".lp-badge").inner_text() == "SDXL" and editable.locator(".lp-te").input_value() == "0.6"
     editable.locator(".lp-name").click()
     page.wait_for_function("() => document.querySelector('#demo_prompt textarea').value !== ''")
     assert prompt_value(page) == "<lora:editable:0.6>, edited words"
+
+
+def _rewrite_in_place(path: Any, values: dict[str, Any]) -> None:
+    """As A1111's metadata editor saves an existing `<stem>.json`: open("w"), the folder untouched."""
+    with open(path, "w", encoding="utf8") as file:
+        json.dump(values, file, indent=4, ensure_ascii=False)
+
+
+def test_edits_made_outside_the_gallery_are_kept_and_shown(page: Any, demo: DemoServer) -> None:
+    """A1111's editor rewrites the sidecar while the gallery's editor is open: saving in the gallery
+    writes only what was changed there. Then the card follows further outside edits of the
+    preferred weight, unless a strength was typed on the card."""
+    show_all(page)
+    side = demo.lora / "editable.json"
+    card(page, "editable").locator(".lp-edit").click()
+    form = page.locator(".lp-editor")
+    form.locator("input[name='activation text']").wait_for()
+    _rewrite_in_place(side, {"sd version": "SDXL", "activation text": "vulpine", "preferred weight": 0.3, "notes": "from a1111"})
+    form.locator("input[name='favorite']").check()
+    form.locator(".lp-save").click()
+    page.wait_for_function("() => document.querySelector('.lp-editor-status').textContent.startsWith('Saved')")
+    assert json.loads(side.read_text(encoding="utf-8")) == {
+        "sd version": "SDXL", "activation text": "vulpine", "preferred weight": 0.3, "notes": "from a1111", "favorite": True}
+    page.locator(".lp-close").click()
+    assert card(page, "editable").locator(".lp-te").input_value() == "0.3"
+    _rewrite_in_place(side, {"sd version": "SDXL", "activation text": "lupine", "preferred weight": 0.9})
+    page.wait_for_function("""() => [...document.querySelectorAll('.lp-card')].some(c =>
+        c.querySelector('.lp-name').textContent === 'editable' && c.querySelector('.lp-te').value === '0.9')""")
+    editable = card(page, "editable")
+    assert editable.locator(".lp-chip").first.inner_text() == "lupine" and editable.locator(".lp-unet").input_value() == "0.9"
+    editable.locator(".lp-te").fill("0.5")
+    _rewrite_in_place(side, {"sd version": "SDXL", "activation text": "canine", "preferred weight": 1.1})
+    page.wait_for_function("""() => [...document.querySelectorAll('.lp-card')].some(c =>
+        c.querySelector('.lp-name').textContent === 'editable' && c.querySelector('.lp-chip').textContent === 'canine')""")
+    editable = card(page, "editable")
+    assert (editable.locator(".lp-te").input_value(), editable.locator(".lp-unet").input_value()) == ("0.5", "0.9")
 
 
 def test_hostile_names_and_metadata_stay_text(page: Any) -> None:

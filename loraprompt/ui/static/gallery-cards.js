@@ -108,7 +108,7 @@
         input.addEventListener("click", (e) => e.stopPropagation());
         input.addEventListener("input", () => {
           const v = parseFloat(input.value);
-          if (Number.isFinite(v)) s[part] = v;
+          if (Number.isFinite(v)) { s[part] = v; s.touched = true; }
         });
         input.addEventListener("keydown", (e) => {
           e.stopPropagation();

@@ -88,17 +88,28 @@
       const save = el("button", "lp-btn lp-save", "Save");
       save.type = "submit";
       form.append(save, status);
+      const valueOf = (input) => input.type === "checkbox" ? (input.checked || null)
+        : input.type === "number" ? (parseFloat(input.value) || 0) : input.value;
+      const opened = {};
+      for (const [k, input] of Object.entries(fields)) opened[k] = valueOf(input);
       form.addEventListener("submit", async (e) => {
         e.preventDefault();
+        // only the fields changed in this dialog: the server writes them into the file as it is
+        // now, so what A1111's editor or another tool wrote since the dialog opened is kept
         const values = {};
         for (const [k, input] of Object.entries(fields)) {
-          values[k] = input.type === "checkbox" ? (input.checked || null)
-            : input.type === "number" ? (parseFloat(input.value) || 0) : input.value;
+          if (valueOf(input) !== opened[k]) values[k] = valueOf(input);
+        }
+        if (!Object.keys(values).length) {
+          status.textContent = "Nothing changed";
+          status.classList.remove("lp-error");
+          return;
         }
         save.disabled = true;
         try {
           const r = await this.request("metadata", { id: c.id, values: values });
           this.replaceCard(r.card);
+          for (const k of Object.keys(values)) opened[k] = values[k];
           status.textContent = "Saved to " + r.file;
           status.classList.remove("lp-error");
         } catch (err) {

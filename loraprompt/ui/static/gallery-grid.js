@@ -177,8 +177,9 @@
       this.searchIndex();
       this.setUsage(data.usage || {}, data.usage_stamp);
       this.sortCards();
-      for (const c of this.cards) {
-        if (!this.strengths.has(c.id)) this.strengths.set(c.id, { te: c.weight, unet: c.weight });
+      for (const c of this.cards) { // a strength typed on the card stays; an untouched one follows the preferred weight
+        const s = this.strengths.get(c.id);
+        if (!s || (!s.touched && (s.te !== c.weight || s.unet !== c.weight))) this.strengths.set(c.id, { te: c.weight, unet: c.weight });
       }
       this.buildTree();
       this.applyFilter();
