@@ -38,7 +38,16 @@ Mirrored (file:line in A1111 v1.10.1):
 - modules/processing.py:819        process_images(p) -> Processed (the extra-network steps of process_images_inner, :863)
 - modules/infotext_utils.py:234    parse_generation_parameters(x, skip_fields=None)
 - modules/ui_extra_networks.py:20  extra_pages; :89 register_page(page); :180 quote_js(s)
-- modules/ui_extra_networks.py:186 class ExtraNetworksPage: __init__(self, title), refresh(self) (:207), read_user_metadata(self, item, use_cache=True) (:210), search_terms_from_path(self, filename, possible_directories=None) (:225), create_item(self, name, index=None) (:625), list_items(self) (:628), allowed_directories_for_previews(self) (:631), get_sort_keys(self, path) (:634), find_preview(self, path) (:647), find_embedded_preview(self, path, name, metadata) (:660), find_description(self, path) (:671), link_preview(self, filename) (:220)
+- modules/ui_extra_networks.py:186 class ExtraNetworksPage: __init__(self, title), refresh(self) (:207), read_user_metadata(self, item, use_cache=True) (:210), search_terms_from_path(self, filename, possible_directories=None) (:225), create_item(self, name, index=None) (:625), list_items(self) (:628), allowed_directories_for_previews(self) (:631), get_sort_keys(self, path) (:634), find_preview(self, path) (:647), find_embedded_preview(self, path, name, metadata) (:660), find_description(self, path) (:671), link_preview(self, filename) (:220),
+                                   create_user_metadata_editor(self, ui, tabname) (:686); path_is_parent(parent_path, child_path) (:795)
+- modules/ui_extra_networks_user_metadata.py:11  class UserMetadataEditor: __init__(self, ui, tabname, page),
+                                   get_user_metadata(self, name) (:35), create_extra_default_items_in_left_column(self) (:45),
+                                   create_default_editor_elems(self) (:48), create_default_buttons(self) (:60),
+                                   get_card_html(self, name) (:71), relative_path(self, path) (:92),
+                                   get_metadata_table(self, name) (:99), put_values_into_components(self, name) (:118),
+                                   write_user_metadata(self, name, metadata) (:131), save_user_metadata(self, name, desc, notes) (:141),
+                                   setup_save_handler(self, button, func, components) (:148), create_editor(self) (:153),
+                                   create_ui(self) (:166)
 - modules/launch_utils.py:121,139  is_installed(package), run_pip(command, desc=None, live=...) (re-exported by launch.py)
 - extensions-builtin/Lora/networks.py:731  loaded_networks; load_networks(names, te_multipliers=None, unet_multipliers=None, dyn_dims=None) (:281)  -> builtin_lora/networks.py
 

@@ -81,6 +81,12 @@ class ExtraNetworksPage:
             return f"./sd_extra_networks/cover-images?page={self.extra_networks_tabname}&item={name}"
         return None
 
+    def create_user_metadata_editor(self, ui, tabname):
+        # A1111 imports it at the top; here gradio stays lazy
+        from modules import ui_extra_networks_user_metadata
+
+        return ui_extra_networks_user_metadata.UserMetadataEditor(ui, tabname, self)
+
     def find_description(self, path):
         for file in (f"{path}.txt", f"{path}.description.txt"):
             if os.path.isfile(file):
@@ -89,4 +95,8 @@ class ExtraNetworksPage:
         return None
 
 
-__all__ = ["ExtraNetworksPage", "extra_networks", "extra_pages", "quote_js", "register_page"]
+def path_is_parent(parent_path, child_path):
+    return os.path.abspath(child_path).startswith(os.path.abspath(parent_path))
+
+
+__all__ = ["ExtraNetworksPage", "extra_networks", "extra_pages", "path_is_parent", "quote_js", "register_page"]
