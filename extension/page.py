@@ -7,7 +7,6 @@ is in the search terms (type "sdxl" to filter); the loraprompt tab has the visib
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Container, Iterator
 from typing import Any
@@ -22,19 +21,9 @@ from loraprompt.library.resolve import TagChoice, writable_name
 from . import webui
 from .api import header_metadata
 from .runtime import Runtime, library_entries
+from .user_metadata import preferred_weight
 
 SD_VERSIONS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
-
-
-def preferred_weight(value: Any) -> float | None:
-    """A `preferred weight` from `<stem>.json` as a number, None for 0 or anything not a finite number."""
-    if isinstance(value, bool):
-        return None
-    try:
-        weight = float(value)
-    except (TypeError, ValueError):
-        return None
-    return weight if math.isfinite(weight) and weight != 0 else None
 
 
 def card_prompt(name: str, weight: float | None, activation_text: str, short_hash: str | None = None) -> str:
@@ -65,6 +54,13 @@ class LoraPromptPage(ui_extra_networks.ExtraNetworksPage):
 
     def refresh(self) -> None:
         self.runtime.refresh()
+
+    def create_user_metadata_editor(self, ui: Any, tabname: str) -> Any:
+        """The card editor: the built-in Lora's fields (SD version, activation text, weight, ...);
+        A1111's default for a page has only description and notes."""
+        from .editor import LoraPromptMetadataEditor  # gradio: imported once the UI is built
+
+        return LoraPromptMetadataEditor(ui, tabname, self)
 
     def create_item(self, name: str, index: int | None = None, enable_filter: bool = True) -> dict[str, Any] | None:
         entries = list(library_entries(self.runtime.library))
