@@ -252,6 +252,21 @@ def test_edits_made_outside_the_gallery_are_kept_and_shown(page: Any, demo: Demo
         c.querySelector('.lp-name').textContent === 'editable' && c.querySelector('.lp-chip').textContent === 'canine')""")
     editable = card(page, "editable")
     assert (editable.locator(".lp-te").input_value(), editable.locator(".lp-unet").input_value()) == ("0.5", "0.9")
+    editable.locator(".lp-edit").click()  # a save of other fields keeps the typed strength too
+    form = page.locator(".lp-editor")
+    form.locator("textarea[name='notes']").fill("only notes")
+    form.locator(".lp-save").click()
+    page.wait_for_function("() => document.querySelector('.lp-editor-status').textContent.startsWith('Saved')")
+    page.locator(".lp-close").click()
+    assert card(page, "editable").locator(".lp-te").input_value() == "0.5"
+    card(page, "editable").locator(".lp-edit").click()  # a save of the preferred weight sets both
+    form = page.locator(".lp-editor")
+    form.locator("input[name='preferred weight']").fill("0.7")
+    form.locator(".lp-save").click()
+    page.wait_for_function("() => document.querySelector('.lp-editor-status').textContent.startsWith('Saved')")
+    page.locator(".lp-close").click()
+    editable = card(page, "editable")
+    assert (editable.locator(".lp-te").input_value(), editable.locator(".lp-unet").input_value()) == ("0.7", "0.7")
 
 
 def test_hostile_names_and_metadata_stay_text(page: Any) -> None:

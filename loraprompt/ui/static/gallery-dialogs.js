@@ -108,7 +108,7 @@
         save.disabled = true;
         try {
           const r = await this.request("metadata", { id: c.id, values: values });
-          this.replaceCard(r.card);
+          this.replaceCard(r.card, "preferred weight" in values);
           for (const k of Object.keys(values)) opened[k] = values[k];
           status.textContent = "Saved to " + r.file;
           status.classList.remove("lp-error");
@@ -122,7 +122,7 @@
       body.appendChild(form);
     },
 
-    replaceCard(card) {
+    replaceCard(card, weightEdited) {
       const i = this.cards.findIndex((c) => c.id === card.id);
       if (i < 0) return;
       card.uses = this.cards[i].uses;
@@ -131,7 +131,9 @@
       this.cards[i] = card;
       this.index = null; // the search index holds the old record's text
       this.byId.set(card.id, card);
-      this.strengths.set(card.id, { te: card.weight, unet: card.weight });
+      // a strength typed on the card stays (as in setData) unless this save set the preferred weight
+      const s = this.strengths.get(card.id);
+      if (!s || !s.touched || weightEdited) this.strengths.set(card.id, { te: card.weight, unet: card.weight });
       this.sortCards();
       this.applyFilter();
     },
