@@ -39,9 +39,9 @@ from loraprompt.ui.img2img import (
     resize_mode,
 )
 from loraprompt.ui.outputs import infotext_extra, save_png
+from loraprompt.ui.progress import Progress, StepCallback
 from loraprompt.ui.txt2img_prompt import Conditioning
 
-StepCallback = Callable[[int, int], None]
 MAX_SEED = 2**32 - 1
 
 
@@ -116,18 +116,6 @@ class Txt2ImgResult:
     images: list[GeneratedImage] = field(default_factory=list)
     grid: Any = None
     grid_path: Path | None = None
-
-
-class _Progress:
-    """Sampling steps done over every batch and pass, reported as (done, total)."""
-
-    def __init__(self, total: int, on_step: StepCallback | None) -> None:
-        self.total, self.done, self.on_step = total, 0, on_step
-
-    def step(self) -> None:
-        self.done += 1
-        if self.on_step is not None:
-            self.on_step(self.done, self.total)
 
 
 def _check(request: Txt2ImgRequest) -> None:
@@ -217,14 +205,15 @@ class Txt2Img:
         ]
 
     def _sample(self, run: Any, cond: Conditioning, *, generator: Any, batch: int, cfg: float,
-                progress: _Progress, **kwargs: Any) -> Any:
+                progress: Progress, **kwargs: Any) -> Any:
         """One pipeline call with per-step prompt switching, AND, progress and interrupt."""
         hook = ComposableHook(cond, batch) if cond.composable else None
         # what this pipeline's step-end callback may replace (SD3's img2img has no pooled embeddings)
         names = [n for n in cond.tensor_names if n in getattr(run, "_callback_tensor_inputs", cond.tensor_names)]
+        names += ["latents"] if "latents" in getattr(run, "_callback_tensor_inputs", ()) else []  # the NaN watch
 
         def step_end(pipe: Any, step: int, _t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            progress.step()
+            progress.step(tensors.get("latents"))
             if self._interrupted.is_set():
                 pipe._interrupt = True  # diffusers skips the remaining steps, then decodes
             if hook is not None:
@@ -257,7 +246,7 @@ class Txt2Img:
         hires = request.hires
         hr_steps = (hires.steps or steps) if hires is not None else 0
         hr_run = img2img_steps(hr_steps, hires.denoising_strength) if hires is not None else 0
-        progress = _Progress(count * (first_steps + hr_run), on_step)
+        progress = Progress(count * (first_steps + hr_run), on_step)
 
         pictures: list[tuple[Any, int]] = []
         applied: dict[str, AppliedLora] = {}
@@ -276,6 +265,8 @@ class Txt2Img:
                 diagnostics.extend(d for d in notes if d not in diagnostics)
         applied_list = list(applied.values())
         self.library.note_use(a.path for a in applied_list)  # for the gallery's "most used" / "last used" sorts
+        nan = progress.diagnostic()
+        diagnostics += [nan] if nan is not None else []
         if progress.done < progress.total and self._interrupted.is_set():
             diagnostics.append(Diagnostic("I-INTERRUPTED", f"interrupted after step {progress.done} of {progress.total}",
                                           severity="info", data={"step": progress.done}))
@@ -283,7 +274,7 @@ class Txt2Img:
                           diagnostics=diagnostics, img2img=init is not None, save=save)
 
     def _batch(self, request: Txt2ImgRequest, seeds: list[int], init: Any,
-               progress: _Progress) -> tuple[list[Any], list[AppliedLora], list[Diagnostic]]:
+               progress: Progress) -> tuple[list[Any], list[AppliedLora], list[Diagnostic]]:
         """One batch: the first pass (txt2img or img2img), then the hires pass when asked for."""
         import torch
 

@@ -219,3 +219,21 @@ def test_code_spans_survive_backticks_in_names(name: str, shown: str) -> None:
     from loraprompt.ui.webui import _code
 
     assert _code(name) == shown
+
+
+def test_an_empty_negative_prompt_with_a_te_lora_gives_an_image(engine: Txt2Img) -> None:
+    """Found by a user review: the demo's text encoder with demo_neon's TE LoRA gives the empty
+    negative prompt hidden states of mean exactly 0, and the emphasis rescale (mean kept, as A1111
+    does) divided by it: NaN everywhere, an all-black image, no word. Without emphasis weights the
+    rescale is skipped (it is exactly 1 then), and a zero mean keeps the weighted states."""
+    result = engine.generate(_request("a cat <lora:demo_neon:1>", seed=1), save=False)
+    assert np.asarray(result.image).max() > 0 and result.diagnostics == []
+    emphasised = engine.generate(_request("a (cat:1.3) <lora:demo_neon:1>", negative_prompt="(:1.2)", seed=1), save=False)
+    assert np.asarray(emphasised.image).max() > 0 and not [d for d in emphasised.diagnostics if d.code == "W-NAN"]
+
+
+def test_non_finite_latents_are_reported_with_their_step(engine: Txt2Img) -> None:
+    result = engine.generate(_request("a cat <lora:demo_neon:1e+30>", seed=1), save=False)
+    nan = [d for d in result.diagnostics if d.code == "W-NAN"]
+    assert len(nan) == 1 and nan[0].data == {"step": 1} and "step 1 of 3" in nan[0].message
+    assert np.asarray(result.image).max() == 0  # what the user would have seen without the message
