@@ -51,9 +51,12 @@ def _encode(tokenizer: Any, encoder: Any, chunk: Chunk, skip: int, norm: bool = 
         hidden = out.last_hidden_state
     else:  # A1111's clip skip: an earlier layer, then the final norm
         hidden = getattr(encoder, "text_model", encoder).final_layer_norm(out.hidden_states[-skip])
-    original_mean = hidden.mean()
-    hidden = hidden * torch.tensor(weights, device=hidden.device, dtype=hidden.dtype).reshape(1, -1, 1)
-    hidden = hidden * (original_mean / hidden.mean())
+    if any(w != 1.0 for w in weights):  # else the rescale is exactly 1 (or 0/0 for a zero mean)
+        original_mean = hidden.mean()
+        hidden = hidden * torch.tensor(weights, device=hidden.device, dtype=hidden.dtype).reshape(1, -1, 1)
+        new_mean = hidden.mean()
+        if float(new_mean) != 0.0:  # a zero mean would make every value NaN: keep the weighted states
+            hidden = hidden * (original_mean / new_mean)
     return hidden, getattr(out, "text_embeds", None)
 
 
