@@ -167,6 +167,27 @@ def test_click_inserts_the_tag_and_strengths_change_it(page: Any) -> None:
     assert page.locator(".lp-status").inner_text() == "Removed <lora:catgirl:0.5:1.25>"
 
 
+def test_strength_boxes_take_a_decimal_comma_and_never_hide_what_is_used(page: Any) -> None:
+    """Found by a user review: the boxes were type=number, which turned "0,8" into 8 (and a cleared
+    box silently kept the old value). Now "0,8" is 0.8; text that is no number is marked and the
+    strength in use stays, shown again when the box is left; arrow keys step by 0.05."""
+    show_all(page)
+    cat = card(page, "catgirl")
+    te, unet = cat.locator(".lp-te"), cat.locator(".lp-unet")
+    te.fill("0,8")
+    unet.fill("abc")
+    assert unet.get_attribute("aria-invalid") == "true" and te.get_attribute("aria-invalid") is None
+    unet.press("Tab")  # left: the box shows the strength in use again
+    assert unet.input_value() == "0.7" and unet.get_attribute("aria-invalid") is None
+    unet.press("ArrowUp")
+    assert unet.input_value() == "0.75"
+    cat.locator(".lp-name").click()
+    page.wait_for_function("() => document.querySelector('#demo_prompt textarea').value !== ''")
+    assert prompt_value(page) == "<lora:catgirl:0.8:0.75>, catgirl, cat ears"
+    cat.locator(".lp-name").click()  # the same strengths again: the tag leaves
+    page.wait_for_function("() => document.querySelector('#demo_prompt textarea').value === ''")
+
+
 def test_keyboard_enter_inserts_and_shift_enter_leaves_out_the_activation_text(page: Any) -> None:
     show_all(page)
     page.locator(".lp-search").fill("catgirl")

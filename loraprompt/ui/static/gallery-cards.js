@@ -7,6 +7,14 @@
   if (!LP || !LP.Gallery || LP.Gallery.prototype.renderWindow) return;
   const { CARD_W, CARD_H, GAP, OVERSCAN_ROWS, el, findField, setField, fmtSize } = LP;
 
+  // A strength as typed: "0.8", "-1", ".5", "1e-1", or "0,8" with a decimal comma; null otherwise.
+  function strengthValue(text) {
+    const t = text.trim().replace(",", ".");
+    if (!/^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(t)) return null;
+    const v = Number(t);
+    return Number.isFinite(v) ? v : null;
+  }
+
   Object.assign(LP.Gallery.prototype, {
     layout() {
       const width = this.scroller.clientWidth || 800;
@@ -100,19 +108,31 @@
       const s = this.strengths.get(c.id);
       for (const part of ["te", "unet"]) {
         const label = el("label", "lp-strength", part === "te" ? "TE" : "UNet");
+        // a text box, not type=number: that one turns "0,8" into 8 in a dot locale and hides what was typed
         const input = el("input", "lp-" + part);
-        input.type = "number";
-        input.step = "0.05";
+        input.type = "text";
+        input.inputMode = "decimal";
+        input.autocomplete = "off";
+        input.spellcheck = false;
         input.value = String(s[part]);
         input.setAttribute("aria-label", (part === "te" ? "Text-encoder" : "UNet") + " strength of " + c.name);
         input.addEventListener("click", (e) => e.stopPropagation());
+        const use = (v) => { s[part] = v; s.touched = true; input.removeAttribute("aria-invalid"); input.title = ""; };
         input.addEventListener("input", () => {
-          const v = parseFloat(input.value);
-          if (Number.isFinite(v)) { s[part] = v; s.touched = true; }
+          const v = strengthValue(input.value);
+          if (v !== null) { use(v); return; }
+          input.setAttribute("aria-invalid", "true"); // shown, and the strength in use stays until a number is typed
+          input.title = "not a number: " + s[part] + " is used";
         });
+        input.addEventListener("blur", () => { input.value = String(s[part]); input.removeAttribute("aria-invalid"); input.title = ""; });
         input.addEventListener("keydown", (e) => {
           e.stopPropagation();
           if (e.key === "Enter") { e.preventDefault(); this.insert(c, e.shiftKey, card); }
+          if (e.key === "ArrowUp" || e.key === "ArrowDown") {
+            e.preventDefault();
+            use(Math.round((s[part] + (e.key === "ArrowUp" ? 0.05 : -0.05)) * 100) / 100);
+            input.value = String(s[part]);
+          }
         });
         label.appendChild(input);
         strengths.appendChild(label);
