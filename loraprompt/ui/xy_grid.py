@@ -68,13 +68,19 @@ def parse_values(text: str, what: str, integers: bool = False) -> list[float]:
     return values
 
 
-def set_lora_weight(prompt: str, name: str, weight: float) -> str:
+def set_lora_weight(prompt: str, name: str, weight: float, library: Any = None) -> str:
     """`prompt` with LoRA `name` at `weight` (text encoder and UNet): its tags are rewritten in place,
-    their other options kept; a prompt without it gets the tag appended."""
+    their other options kept; a prompt without it gets the tag appended. With `library`, a tag is
+    that LoRA's when it resolves to the same file as `name` (`Demo_Neon` for `demo_neon`, an alias)."""
     from loraprompt.syntax import format_activation, parse
 
     parsed = parse(prompt)
-    found = [a for a in parsed.loras if a.name == name and a.span is not None]
+    target = _file_of(library, name) if library is not None else None
+
+    def same(a: Any) -> bool:
+        return a.name == name or (target is not None and _file_of(library, a.name, a.hash) == target)
+
+    found = [a for a in parsed.loras if a.span is not None and same(a)]
     if not found:
         return f"{prompt.rstrip()} <lora:{name}:{weight:g}>".lstrip()
     out = prompt
@@ -83,6 +89,40 @@ def set_lora_weight(prompt: str, name: str, weight: float) -> str:
         tag = format_activation(replace(a, te=weight, unet=weight, hr_te=None, hr_unet=None))
         out = out[:start] + tag + out[end:]
     return out
+
+
+def _file_of(library: Any, name: str, hash: str | None = None) -> str | None:
+    """The path of the file `name` (and `hash=`) resolves to in `library`, None when it resolves to none."""
+    entry = library.resolve(name, hash=hash).entry
+    return None if entry is None else str(entry.path)
+
+
+def axis_choices(library: Any, current: tuple[str | None, str | None] = (None, None)) -> tuple[list[str], str | None, str | None]:
+    """The LoRA names the axes' dropdowns list (the library's current entries) and their values:
+    `current` where set, else the first name for the rows and a different one for the columns (the
+    same LoRA on both axes makes identical rows), None when there is none to choose."""
+    names = sorted({library.display_name(e) for e in library.entries}, key=lambda n: (n.casefold(), n))
+    rows = current[0] or (names[0] if names else None)
+    columns = current[1] or next((n for n in names if n != rows), None)
+    return names, rows, columns
+
+
+def check_loras(library: Any, spec: StrengthGrid) -> None:
+    """ValueError, before anything is generated, when an axis's LoRA is not in `library` (named once,
+    with the resolver's suggestion) or both axes name the same file (every row would be the same)."""
+    axes = [("rows", spec.lora)] + ([("columns", spec.lora2)] if spec.columns == COLUMN_KINDS[1] else [])
+    files = []
+    for axis, name in axes:
+        found = library.resolve(name)
+        if found.entry is None:
+            why = "; ".join(d.message for d in found.diagnostics) or f"LoRA {name!r} not found"
+            raise ValueError(f"X/Y grid: the LoRA of the {axis}: {why}")
+        files.append(str(found.entry.path))
+    if len(files) == 2 and files[0] == files[1]:
+        raise ValueError(f"X/Y grid: the rows and the columns both set the weight of {spec.lora!r}"
+                         + (f" (as {spec.lora2!r})" if spec.lora2 != spec.lora else "")
+                         + ": each column's weight would replace the row's, so every row would be the same."
+                         " Choose a different Second LoRA, or Seed columns")
 
 
 @dataclass
@@ -169,6 +209,7 @@ def render_strength_grid(engine: Any, request: Any, spec: StrengthGrid,
     from loraprompt.ui.txt2img import MAX_SEED, save_png
 
     spec.check()
+    check_loras(engine.library, spec)
     by_seed = spec.columns == COLUMN_KINDS[0]
     first_seed = random.randint(0, MAX_SEED) if request.seed < 0 else int(request.seed)
     seeds = [random.randint(0, MAX_SEED) if s < 0 else int(s) for s in spec.seeds] if by_seed else [first_seed]
@@ -184,10 +225,10 @@ def render_strength_grid(engine: Any, request: Any, spec: StrengthGrid,
             if engine._interrupted.is_set() and cells:
                 row.append(None)
                 continue
-            prompt = set_lora_weight(request.prompt, spec.lora, weight)
+            prompt = set_lora_weight(request.prompt, spec.lora, weight, engine.library)
             seed = int(value) if by_seed else seeds[0]
             if not by_seed:
-                prompt = set_lora_weight(prompt, spec.lora2, value)
+                prompt = set_lora_weight(prompt, spec.lora2, value, engine.library)
 
             def step(i: int, n: int, index: int = index) -> None:
                 if on_step is not None:

@@ -243,6 +243,38 @@ def test_strength_grid_renders_labelled_cells(engine: Txt2Img) -> None:
         render_strength_grid(engine, base, StrengthGrid("demo_warm", [1.0], columns="Second LoRA weight"))
 
 
+def test_strength_grid_axis_replaces_a_tag_written_in_another_case(engine: Txt2Img) -> None:
+    # the resolver finds demo_neon for `Demo_Neon`, so the axis rewrites that tag instead of adding one
+    assert set_lora_weight("a <lora:Demo_Neon:0.5> b", "demo_neon", 1, engine.library) == "a <lora:Demo_Neon:1> b"
+    assert set_lora_weight("a <lora:demo_warm:0.5>", "demo_neon", 1, engine.library) == (
+        "a <lora:demo_warm:0.5> <lora:demo_neon:1>")
+    grid = render_strength_grid(engine, _request("a cat <lora:Demo_Neon:0.5>"), StrengthGrid("demo_neon", [0.0, 1.0],
+                                                                                               seeds=[3]))
+    assert [parse_infotext(c.infotext)["Prompt"] for c in grid.cells] == [
+        "a cat <lora:Demo_Neon:0>", "a cat <lora:Demo_Neon:1>"]
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.png")) if folder.exists() else []
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    (StrengthGrid("no_such_lora", [0.0, 1.0], seeds=[1]), "rows: LoRA 'no_such_lora' not found"),
+    (StrengthGrid("demo_warm", [0.0, 1.0], columns="Second LoRA weight", lora2="no_such_lora", weights2=[1.0]),
+     "columns: LoRA 'no_such_lora' not found"),
+    (StrengthGrid("demo_warm", [0.0, 1.0], columns="Second LoRA weight", lora2="demo_warm", weights2=[0.0, 1.0]),
+     "both set the weight of 'demo_warm'"),
+    (StrengthGrid("demo_warm", [0.0, 1.0], columns="Second LoRA weight", lora2="Demo_Warm", weights2=[0.0, 1.0]),
+     "both set the weight of 'demo_warm' \\(as 'Demo_Warm'\\)"),
+])
+def test_strength_grid_refuses_before_generating(engine: Txt2Img, spec: StrengthGrid, message: str) -> None:
+    before = _files(engine.outputs_dir)
+    with pytest.raises(ValueError, match=message) as refused:
+        render_strength_grid(engine, _request("a cat"), spec)
+    assert str(refused.value).count("no_such_lora") <= 1  # named once
+    assert _files(engine.outputs_dir) == before  # nothing was generated
+
+
 def _save_demo_folder(folder: Path, seed: int) -> Path:
     from loraprompt.models.demo import build_demo_pipeline
 
