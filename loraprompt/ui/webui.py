@@ -18,7 +18,7 @@ from loraprompt.ui.hires import HIRES_UPSCALERS, IMAGE_UPSCALERS, HiresOptions
 from loraprompt.ui.img2img import RESIZE_MODES
 from loraprompt.ui.paste import PASTE_EXTRAS, hash_lookup, paste_extras, paste_values, png_infotext  # noqa: F401 (hash_lookup: re-export)
 from loraprompt.ui.txt2img import Txt2Img, Txt2ImgRequest
-from loraprompt.ui.xy_grid import COLUMN_KINDS, StrengthGrid, parse_values, render_strength_grid
+from loraprompt.ui.xy_grid import COLUMN_KINDS, StrengthGrid, axis_choices, parse_values, render_strength_grid
 
 DEMO_NOTICE = (
     "**Demo model.** This is loraprompt's built-in demo: a tiny Stable-Diffusion-shaped model with "
@@ -185,18 +185,18 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
                             field(gr.Textbox(label="Hires prompt (empty: the prompt; its LoRA tags replace the first"
                                                    " pass's, else hr=/hrte=/hrunet= apply)", lines=2, elem_id="lp-hr-prompt"))
                             field(gr.Textbox(label="Hires negative prompt", lines=1, elem_id="lp-hr-negative"))
-                        with gr.Accordion("X/Y strength grid", open=False, elem_id="lp-xy-box"):
-                            lora_names = sorted({engine.library.display_name(e) for e in engine.library.entries})
-                            field(gr.Dropdown(lora_names, label="LoRA (rows)", allow_custom_value=True,
-                                              elem_id="lp-xy-lora"))
+                        with gr.Accordion("X/Y strength grid", open=False, elem_id="lp-xy-box") as xy_box:
+                            lora_names, first_lora, second_lora = axis_choices(engine.library)
+                            xy_lora = field(gr.Dropdown(lora_names, value=first_lora, label="LoRA (rows)",
+                                                        allow_custom_value=True, elem_id="lp-xy-lora"))
                             field(gr.Textbox("0, 0.25, 0.5, 0.75, 1", label="Its weights (rows): 0, 0.5, 1 or 0-1 (+0.25)",
                                              elem_id="lp-xy-weights"))
                             field(gr.Radio(list(COLUMN_KINDS), value=COLUMN_KINDS[0], label="Columns",
                                            elem_id="lp-xy-columns"))
                             field(gr.Textbox("-1, -1, -1", label="Seeds (columns; -1: random)", elem_id="lp-xy-seeds"))
                             with gr.Row():
-                                field(gr.Dropdown(lora_names, label="Second LoRA (columns)", allow_custom_value=True,
-                                                  elem_id="lp-xy-lora2"))
+                                xy_lora2 = field(gr.Dropdown(lora_names, value=second_lora, label="Second LoRA (columns)",
+                                                             allow_custom_value=True, elem_id="lp-xy-lora2"))
                                 field(gr.Textbox("0, 0.5, 1", label="Its weights (columns)", elem_id="lp-xy-weights2"))
                             xy_generate = gr.Button("Generate X/Y grid", elem_id="lp-xy-generate")
                         with gr.Accordion("Paste generation parameters", open=False):
@@ -305,6 +305,13 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
         legacy = gr.Button(visible=False, elem_id="lp-run-api")
         legacy.click(run, inputs[:len(API_FIELDS)], outputs, concurrency_limit=1, concurrency_id="generate",
                      api_name="run")
+        def xy_refresh(lora: str | None, lora2: str | None) -> tuple[Any, Any]:
+            """The axes' LoRA lists from the library as it is now (a LoRA added while the UI runs), their values kept."""
+            names, first, second = axis_choices(engine.library, (lora, lora2))
+            return gr.update(choices=names, value=first), gr.update(choices=names, value=second)
+
+        for event in (app.load, xy_box.expand):
+            event(xy_refresh, [xy_lora, xy_lora2], [xy_lora, xy_lora2], queue=False, api_visibility="private")
         xy_generate.click(run_grid, inputs, outputs, concurrency_limit=1, concurrency_id="generate",
                           api_name="xy_grid")
         send.click(send_to_img2img, [txt.parts["saved"], txt.parts["infotext"]],

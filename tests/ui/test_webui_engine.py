@@ -169,6 +169,35 @@ def test_app_builds_with_demo_notice_and_gallery(engine: Txt2Img) -> None:
     assert {"generate", "img2img", "run", "xy_grid"} <= endpoints
 
 
+def _xy_handlers(blocks: Any) -> dict[str, Any]:
+    """The handlers that fill the X/Y grid's LoRA dropdowns, by their trigger (load, expand)."""
+    config = blocks.get_config_file()
+    ids = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
+    return {trigger: blocks.fns[d["id"]].fn for d in config["dependencies"]
+            if [ids.get(o) for o in d["outputs"]] == ["lp-xy-lora", "lp-xy-lora2"] for _, trigger in d["targets"]}
+
+
+def test_xy_dropdowns_follow_the_library_and_default_to_two_loras(engine: Txt2Img, tmp_path: Path) -> None:
+    import shutil
+
+    lora_dir = tmp_path / "Lora"
+    shutil.copytree(engine.library.roots[0], lora_dir)
+    library = loraprompt.Library([str(lora_dir)], cache_dir=str(tmp_path / "cache"), auto_check_s=0)
+    blocks, _ = build_app(Txt2Img(engine.model, library, tmp_path / "outputs"))
+    props = {c["props"]["elem_id"]: c["props"] for c in blocks.get_config_file()["components"]
+             if c.get("props", {}).get("elem_id") in ("lp-xy-lora", "lp-xy-lora2")}
+    first, second = props["lp-xy-lora"]["value"], props["lp-xy-lora2"]["value"]
+    assert first and second and first != second  # the same LoRA on both axes draws identical rows
+    handlers = _xy_handlers(blocks)
+    assert set(handlers) == {"load", "expand"}  # a page load and opening the accordion both refresh
+    shutil.copy(lora_dir / "demo_warm.safetensors", lora_dir / "added_later.safetensors")
+    for fn in handlers.values():
+        rows, columns = fn("demo_warm", "")
+        assert "added_later" in [c[0] if isinstance(c, (list, tuple)) else c for c in rows["choices"]]
+        assert rows["choices"] == columns["choices"]
+        assert rows["value"] == "demo_warm" and columns["value"] not in ("", None, "demo_warm")
+
+
 def test_cli_refuses_missing_lora_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from loraprompt.ui import cli
 
