@@ -184,6 +184,27 @@ def test_xy_strength_grid_is_one_labelled_image(page: Any) -> None:
     page.screenshot(path=str(SCREENSHOTS / "webui_xy_grid.png"))
 
 
+def test_xy_dropdowns_start_on_two_loras_and_list_one_added_later(page: Any, webui: WebUI) -> None:
+    import shutil
+
+    page.get_by_text("X/Y strength grid").click()
+    rows, columns = page.locator("#lp-xy-lora input"), page.locator("#lp-xy-lora2 input")
+    assert rows.input_value() and columns.input_value() and rows.input_value() != columns.input_value()
+    lora_dir = webui.data_dir / "models" / "Lora"
+    shutil.copy(lora_dir / "demo_warm.safetensors", lora_dir / "added_while_running.safetensors")
+    try:
+        # once the gallery shows it, the library has it; the X/Y lists built at startup did not
+        page.get_by_role("tab", name="LoRA gallery").click()
+        page.locator(".lp-card .lp-name", has_text="added_while_running").wait_for(timeout=30_000)
+        page.reload()
+        page.locator("#lp-prompt textarea").wait_for()
+        page.get_by_text("X/Y strength grid").click()
+        columns.click()
+        page.get_by_role("option", name="added_while_running").wait_for(timeout=20_000)
+    finally:
+        (lora_dir / "added_while_running.safetensors").unlink()
+
+
 def test_checkpoint_dropdown_switches_the_model(page: Any) -> None:
     assert "loraprompt-demo" in page.locator("#lp-heading").inner_text()
     page.locator("#lp-checkpoint input").click()
