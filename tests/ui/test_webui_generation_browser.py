@@ -205,6 +205,22 @@ def test_xy_dropdowns_start_on_two_loras_and_list_one_added_later(page: Any, web
         (lora_dir / "added_while_running.safetensors").unlink()
 
 
+def test_xy_grid_with_one_lora_on_both_axes_is_refused_with_a_message(page: Any) -> None:
+    _small(page, "a refused grid")
+    page.get_by_text("X/Y strength grid").click()
+    page.locator("#lp-xy-columns label", has_text="Second LoRA weight").click()
+    columns = page.locator("#lp-xy-lora2 input")
+    columns.fill("Demo_Warm")  # demo_warm spelled another way is the same file
+    columns.press("Enter")
+    rows = page.locator("#lp-xy-lora input")
+    rows.fill("demo_warm")
+    rows.press("Enter")
+    saved = page.locator("#lp-saved textarea").input_value()
+    page.locator("#lp-xy-generate").click()
+    page.get_by_text("both set the weight of 'demo_warm'").first.wait_for(timeout=30_000)
+    assert page.locator("#lp-saved textarea").input_value() == saved  # nothing was generated
+
+
 def test_checkpoint_dropdown_switches_the_model(page: Any) -> None:
     assert "loraprompt-demo" in page.locator("#lp-heading").inner_text()
     page.locator("#lp-checkpoint input").click()
