@@ -61,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
                 print("SD2 checkpoint: assuming v-prediction (768-v); pass --prediction-type epsilon for 512-base",
                       flush=True)
         else:
-            print(f"building the demo model; demo LoRAs in {data_dir / 'models' / 'Lora'}", flush=True)
+            # the demo LoRAs are named only where they are scanned: --lora-dir replaces their folder
+            print("building the demo model" + ("" if lora_dirs else f"; demo LoRAs in {data_dir / 'models' / 'Lora'}"),
+                  flush=True)
             model, demo_loras = load_demo(data_dir)
             lora_dirs = lora_dirs or [demo_loras]
     except LoraPromptError as exc:
@@ -83,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     library = Library([str(d) for d in lora_dirs], cache_dir=str(data_dir / "cache"))
     engine = Txt2Img(model, library, outputs)
     patcher_for(model.pipe, backups=getattr(args, "backups", "auto"))
-    print(f"loraprompt webui: {model.name} ({model.family}), {len(library.entries)} LoRAs, outputs in {outputs}",
+    scanned = f"in {', '.join(str(d) for d in lora_dirs)}" if lora_dirs else "(no LoRA folder)"
+    print(f"loraprompt webui: {model.name} ({model.family}), {len(library.entries)} LoRAs {scanned}, outputs in {outputs}",
           flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"loraprompt webui: listening on {args.host}: anyone who can reach it can generate and browse LoRAs",

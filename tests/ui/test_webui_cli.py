@@ -65,3 +65,29 @@ def test_webui_serves_a_checkpoint_folder(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.mark.parametrize("own_folder", [False, True])
+def test_startup_message_names_the_folder_it_scans(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str], own_folder: bool) -> None:
+    """The demo's LoRA folder is named only when it is the one scanned; --lora-dir is named instead."""
+    import argparse
+
+    import loraprompt.ui.webui
+    from loraprompt.ui import cli
+
+    served: list[object] = []
+    monkeypatch.setattr(loraprompt.ui.webui, "serve", lambda engine, *a, **kw: served.append(engine))
+    mine = tmp_path / "my-loras"
+    mine.mkdir()
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser, "webui")
+    args = parser.parse_args(["--data-dir", str(tmp_path / "data"), *(["--lora-dir", str(mine)] if own_folder else [])])
+    assert cli.run(args) == 0 and len(served) == 1
+    out = capsys.readouterr().out
+    demo_folder = str(tmp_path / "data" / "models" / "Lora")
+    if own_folder:
+        assert demo_folder not in out and "demo LoRAs" not in out
+        assert f"0 LoRAs in {mine}," in out
+    else:
+        assert f"demo LoRAs in {demo_folder}" in out and f"LoRAs in {demo_folder}," in out
