@@ -20,6 +20,16 @@ from loraprompt.ui.paste import PASTE_EXTRAS, hash_lookup, paste_extras, paste_v
 from loraprompt.ui.txt2img import Txt2Img, Txt2ImgRequest
 from loraprompt.ui.xy_grid import COLUMN_KINDS, StrengthGrid, axis_choices, parse_values, render_strength_grid
 
+RENDER_IMG2IMG = """() => {
+  const root = (document.querySelector("gradio-app") || {}).shadowRoot || document;
+  const open = root.querySelector("#lp-img2img-tab-button"), back = root.querySelector("#lp-txt2img-tab-button");
+  if (!open || !back || root.querySelector("#lp-i2i-prompt")) return;
+  open.click();
+  let tries = 0;
+  const wait = () => (root.querySelector("#lp-i2i-prompt") || ++tries > 50) ? back.click() : setTimeout(wait, 20);
+  wait();
+}"""
+
 DEMO_NOTICE = (
     "**Demo model.** This is loraprompt's built-in demo: a tiny Stable-Diffusion-shaped model with "
     "random weights. **It draws noise**, on purpose; the demo LoRAs change that noise. Everything "
@@ -147,6 +157,7 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
     `checkpoints` (name -> loader) fills the checkpoint dropdown; it should hold the loaded model
     under `engine.model.name` (so a failed switch can load it again), which is listed first."""
     import gradio as gr
+    from PIL import Image
 
     model = engine.model
     choices = dict(checkpoints or {})
@@ -274,7 +285,10 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
             outputs_dir = engine.outputs_dir.resolve()
             if not images or not infotext or not images[0].resolve().is_relative_to(outputs_dir):
                 raise gr.Error("Generate an image first: Send to img2img sends the txt2img result")
-            return (str(images[0]), *paste_values(infotext, engine.library, labels()), gr.Tabs(selected="img2img"))
+            values = list(paste_values(infotext, engine.library, labels()))
+            with Image.open(images[0]) as sent:  # the image's own size, as A1111 sends it ("Size" is the first pass's)
+                values[4], values[5] = sent.width, sent.height
+            return (str(images[0]), *values, gr.Tabs(selected="img2img"))
 
         current = [model.name]
 
@@ -310,6 +324,9 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
             names, first, second = axis_choices(engine.library, (lora, lora2))
             return gr.update(choices=names, value=first), gr.update(choices=names, value=second)
 
+        # gradio builds a tab's contents when it is first opened, and the gallery writes into the
+        # img2img prompt box ("No prompt box to insert into" until a visit): open it once at load
+        app.load(None, js=RENDER_IMG2IMG)
         for event in (app.load, xy_box.expand):
             event(xy_refresh, [xy_lora, xy_lora2], [xy_lora, xy_lora2], queue=False, api_visibility="private")
         xy_generate.click(run_grid, inputs, outputs, concurrency_limit=1, concurrency_id="generate",

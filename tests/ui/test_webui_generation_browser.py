@@ -165,6 +165,35 @@ def test_send_to_img2img_brings_the_image_and_its_parameters(page: Any) -> None:
     page.screenshot(path=str(SCREENSHOTS / "webui_send_to_img2img.png"))
 
 
+def test_the_gallery_writes_into_img2img_before_that_tab_was_opened(page: Any) -> None:
+    """Found by a user review: gradio builds a tab's children when it is first opened, so on a
+    fresh page the gallery said "No prompt box to insert into" for the img2img target."""
+    page.get_by_role("tab", name="LoRA gallery").click()
+    page.locator(".lp-card", has_text="demo_sketch").first.wait_for(timeout=30_000)
+    page.locator("select.lp-target").select_option(label="img2img")
+    page.locator(".lp-card", has_text="demo_sketch").first.click()
+    page.wait_for_function("() => (document.querySelector('#lp-i2i-prompt textarea') || {}).value?.includes('<lora:demo_sketch')",
+                           timeout=10_000)
+    assert "No prompt box" not in page.locator(".lp-status").inner_text()
+
+
+def test_send_to_img2img_takes_the_size_of_a_hires_image(page: Any) -> None:
+    """As A1111 sends an image: img2img's width and height are the image's (a hires result is
+    larger than the infotext's Size, which is the first pass's)."""
+    _small(page, "a hires boat")
+    page.get_by_text("Hires. fix").click()
+    page.locator("#lp-hires input[type=checkbox]").check()
+    _number(page, "lp-hr-scale", 2)
+    _number(page, "lp-hr-steps", 1)
+    page.locator("#lp-generate").click()
+    fields = _wait_for_infotext(page, "a hires boat")
+    assert fields["Size-1"] == "64" and fields["Hires upscale"] == "2"
+    page.locator("#lp-send-to-img2img").click()
+    page.locator("#lp-i2i-init-image img").wait_for(timeout=30_000)
+    page.wait_for_function("() => document.querySelector('#lp-i2i-width input[type=number]').value === '128'", timeout=10_000)
+    assert page.locator("#lp-i2i-height input[type=number]").input_value() == "128"
+
+
 def test_xy_strength_grid_is_one_labelled_image(page: Any) -> None:
     _small(page, "a lighthouse <lora:demo_warm:1>")
     page.get_by_text("X/Y strength grid").click()
