@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -343,7 +343,8 @@ class Txt2Img:
         used += [a for a in self._applied(hr_active.entries) if a not in used]
         # the hires tags are rewritten from the first pass's: the same message at another span is no news
         seen = {(d.code, d.subject, d.message) for d in notes}
-        notes += [d for d in hr_active.diagnostics if (d.code, d.subject, d.message) not in seen]
+        notes += [replace(d, message=f"hires pass: {d.message}") for d in hr_active.diagnostics  # its spans are the hires prompt's
+                  if (d.code, d.subject, d.message) not in seen]
         return list(final), used, notes
 
     def _save(self, request: Txt2ImgRequest, pictures: list[tuple[Any, int]], *, sampler: Any, clip_skip: int,

@@ -195,6 +195,16 @@ def test_hr_strength_reaches_the_hires_pass(engine: Txt2Img) -> None:
     assert np.array_equal(_pixels(plain.image), _pixels(again.image))  # the hires LoRAs were removed
 
 
+def test_a_message_from_the_hires_prompt_says_so(engine: Txt2Img) -> None:
+    """Found by a user review: an unknown LoRA in the hires prompt read like one in the prompt."""
+    hires = HiresOptions(scale=1.5, steps=1, denoising_strength=0.6, prompt="a cat <lora:nosuch2:1>")
+    result = engine.generate(_request("a cat <lora:nosuch:1>", hires=hires), save=False)
+    first = [d.message for d in result.diagnostics if "nosuch" in d.message and "nosuch2" not in d.message]
+    second = [d.message for d in result.diagnostics if "nosuch2" in d.message]
+    assert first and not any(m.startswith("hires pass: ") for m in first)
+    assert second and all(m.startswith("hires pass: ") for m in second)
+
+
 def test_hires_refuses_img2img(engine: Txt2Img) -> None:
     with pytest.raises(ValueError, match="hires fix is a txt2img feature"):
         engine.generate(_request("x", init_image=Image.new("RGB", (64, 64)), hires=HiresOptions()))
