@@ -180,7 +180,7 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
                 with gr.Row():
                     with gr.Column():
                         sampling(txt, model, initial)
-                        with gr.Accordion("Hires. fix", open=False, elem_id="lp-hires-box"):
+                        with gr.Accordion("Hires. fix", open=False, elem_id="lp-hires-box") as hires_box:
                             field(gr.Checkbox(False, label="Enable hires fix", elem_id="lp-hires"))
                             with gr.Row():
                                 field(gr.Dropdown(label="Upscaler", elem_id="lp-hr-upscaler", **initial["hr-upscaler"]))
@@ -338,8 +338,11 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
                           concurrency_limit=1, concurrency_id="generate")
         png.upload(png_infotext, [png], [pasted])
         # txt2img's paste: its own fields, and img2img's denoising strength (where A1111 keeps it)
-        paste.click(lambda t: (*paste_values(t, engine.library, labels()), *paste_extras(t)), [pasted],
-                    [*(txt.fields[k] for k in API_FIELDS), *(txt.fields[k] if k in txt.fields else i2i.fields[k] for k in PASTE_EXTRAS)])
+        # and the Hires. fix accordion opens when the paste turns hires fix on (it would hide that)
+        paste.click(lambda t: (*paste_values(t, engine.library, labels()), *(extras := paste_extras(t)),
+                               gr.Accordion(open=True) if extras[0] is True else gr.update()), [pasted],
+                    [*(txt.fields[k] for k in API_FIELDS), *(txt.fields[k] if k in txt.fields else i2i.fields[k] for k in PASTE_EXTRAS),
+                     hires_box])
     return app, gallery
 
 

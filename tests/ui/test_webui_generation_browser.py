@@ -110,6 +110,20 @@ def test_hires_fix_upscales_with_its_own_prompt(page: Any) -> None:
     assert page.locator("#lp-hr-prompt textarea").input_value() == "a detailed castle"
 
 
+def test_a_pasted_hires_infotext_opens_the_hires_accordion(page: Any) -> None:
+    """Found by a user review: the paste turned hires fix on inside the collapsed accordion, so
+    nothing on the page showed it."""
+    assert not page.locator("#lp-hires").is_visible()
+    page.get_by_text("Paste generation parameters").click()
+    page.locator("#lp-paste-text textarea").fill(
+        "a castle\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 3, Size: 64x64, Denoising strength: 0.5, "
+        "Hires upscale: 1.5, Hires upscaler: Latent")
+    page.locator("#lp-paste").click()
+    page.locator("#lp-hires").wait_for(state="visible", timeout=10_000)
+    assert page.locator("#lp-hires input[type=checkbox]").is_checked()
+    assert page.locator("#lp-hr-scale input[type=number]").input_value() == "1.5"
+
+
 def test_img2img_tab_from_an_uploaded_image(page: Any, tmp_path: Path) -> None:
     init = tmp_path / "init.png"
     Image.new("RGB", (80, 60), (200, 40, 40)).save(init)
