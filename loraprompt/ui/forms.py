@@ -95,3 +95,14 @@ def results(form: Form) -> None:
                          elem_id=eid("infotext")))
     form.part(gr.Textbox(label="Saved to", interactive=False, elem_id=eid("saved")))
     form.part(gr.Markdown(elem_id=eid("diagnostics")))
+
+
+def user_error(message: str) -> Exception:
+    """A gradio error for something the user can fix ("Generate an image first"): shown in the
+    page, and on gradio 5+ not printed as a traceback in the server log, which is for faults."""
+    import inspect
+
+    import gradio as gr
+
+    quiet = "print_exception" in inspect.signature(gr.Error.__init__).parameters
+    return gr.Error(message, print_exception=False) if quiet else gr.Error(message)

@@ -193,6 +193,7 @@ def build_train_tab(trainer: TrainJobs) -> Any:
     import gradio as gr
 
     from loraprompt.train import TrainError
+    from loraprompt.ui.forms import user_error
 
     with gr.Tab("Train", elem_id="lp-train-tab") as tab:
         with gr.Row():
@@ -235,7 +236,7 @@ def build_train_tab(trainer: TrainJobs) -> Any:
             try:
                 job = trainer.start(nm, list(fs or []), fo or "", knobs)
             except TrainError as exc:
-                raise gr.Error(str(exc)) from exc
+                raise user_error(str(exc)) from exc
             return job.summary()
 
         def refresh() -> tuple[str, Any, list[str]]:

@@ -12,7 +12,7 @@ from loraprompt.errors import LoraPromptError
 from loraprompt.models import LoadedModel
 from loraprompt.models.samplers import model_shift
 from loraprompt.ui.dit_prompt import has_distilled_guidance
-from loraprompt.ui.forms import Form, prompt_row, results, sampling
+from loraprompt.ui.forms import Form, prompt_row, results, sampling, user_error
 from loraprompt.ui.gallery import PromptTarget
 from loraprompt.ui.hires import HIRES_UPSCALERS, IMAGE_UPSCALERS, HiresOptions
 from loraprompt.ui.img2img import RESIZE_MODES
@@ -242,13 +242,13 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
             def run(*values: Any, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
                 named = dict(zip(keys, values))
                 if img2img and named.get("init-image") is None:
-                    raise gr.Error("img2img needs an init image: upload one, or use Send to img2img under a txt2img result")
+                    raise user_error("img2img needs an init image: upload one, or use Send to img2img under a txt2img result")
                 progress(0, desc="Patching LoRAs")
                 try:
                     request = build_request(named)
                     result = engine.generate(request, on_step=lambda i, total: progress((i, total), desc="Sampling"))
                 except (LoraPromptError, ValueError) as exc:
-                    raise gr.Error(str(exc)) from exc
+                    raise user_error(str(exc)) from exc
                 many = len(result.images) > 1
                 shown = result.grid_path if many and result.grid_path else result.path
                 paths = [str(g.path) for g in result.images]
@@ -272,7 +272,7 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
                 grid = render_strength_grid(engine, request, spec,
                                             on_step=lambda i, total: progress((i, total), desc="Sampling the grid"))
             except (LoraPromptError, ValueError) as exc:
-                raise gr.Error(str(exc)) from exc
+                raise user_error(str(exc)) from exc
             applied = grid.cells[0].applied if grid.cells else []
             return (str(grid.path), gr.update(value=[str(c.path) for c in grid.cells], visible=True), grid.infotext,
                     str(grid.path), format_diagnostics(grid.diagnostics, applied))
@@ -284,7 +284,7 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
             images = [p for p in found if p.parent.parent.name.endswith("-images")] or found
             outputs_dir = engine.outputs_dir.resolve()
             if not images or not infotext or not images[0].resolve().is_relative_to(outputs_dir):
-                raise gr.Error("Generate an image first: Send to img2img sends the txt2img result")
+                raise user_error("Generate an image first: Send to img2img sends the txt2img result")
             values = list(paste_values(infotext, engine.library, labels()))
             with Image.open(images[0]) as sent:  # the image's own size, as A1111 sends it ("Size" is the first pass's)
                 values[4], values[5] = sent.width, sent.height
@@ -300,7 +300,7 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
                 return (gr.update(),) * (3 + len(MODEL_FIELDS) * 2)
             previous, loader = current[0], choices.get(name)
             if loader is None or previous not in choices:
-                raise gr.Error(f"checkpoint {name!r} is not in the list; restart with --checkpoint-dir")
+                raise user_error(f"checkpoint {name!r} is not in the list; restart with --checkpoint-dir")
             try:
                 loaded = engine.switch_model(loader, choices[previous])
             except (LoraPromptError, OSError, ValueError) as exc:

@@ -146,9 +146,11 @@ def test_img2img_tab_from_an_uploaded_image(page: Any, tmp_path: Path) -> None:
     page.screenshot(path=str(SCREENSHOTS / "webui_img2img.png"))
 
 
-def test_send_to_img2img_brings_the_image_and_its_parameters(page: Any) -> None:
+def test_send_to_img2img_brings_the_image_and_its_parameters(page: Any, webui: WebUI) -> None:
     page.locator("#lp-send-to-img2img").click()  # nothing made yet on this page
     page.get_by_text("Generate an image first").first.wait_for(timeout=30_000)
+    # a mistake the user can fix is shown in the page, not logged as a traceback (found in a review)
+    assert "Generate an image first" not in webui.log.read_text(errors="replace")
     _small(page, "a blue boat <lora:demo_warm:0.6>")
     page.locator("#lp-seed input").fill("-1")  # the seed sent is the one drawn
     page.locator("#lp-generate").click()
