@@ -17,7 +17,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-SD_CHOICES = ("SD1", "SD2", "SDXL", "Unknown")
+from loraprompt.library.sidecars import SD_VERSIONS as SD_CHOICES  # A1111's four, the gallery's too
+
 # The keys the editor writes, in the order of its Save handler's inputs after the card name
 EDITED_KEYS = ("description", "sd version", "activation text", "preferred weight", "negative text", "notes")
 TEXT_KEYS = tuple(k for k in EDITED_KEYS if k != "preferred weight")

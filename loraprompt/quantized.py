@@ -15,8 +15,8 @@ Paths (`Patcher.sync(...).paths`, one per patched weight):
   module's forward. Plain LoRAs (on the whole weight or on rows of a fused one) take the
   scheduled LoRAs' low-rank path (`loraprompt.unfused`: two small matmuls in the input's dtype,
   the module's forward replaced, as peft runs LoRA on 4-bit layers); other linear algorithms (and
-  plain LoRAs on the same weight) a forward hook here (x·ΔWᵀ or x·downᵀ·upᵀ, summed in float32). Restoring removes both; the packed weight is
-  never touched.
+  plain LoRAs on the same weight) a forward hook here (x·ΔWᵀ or x·downᵀ·upᵀ, summed in float32,
+  its ΔW built once per hooked LoRA). Restoring removes both; the packed weight is never touched.
 """
 
 from __future__ import annotations

@@ -54,9 +54,8 @@ def _encode(tokenizer: Any, encoder: Any, chunk: Chunk, skip: int, norm: bool = 
     if any(w != 1.0 for w in weights):  # else the rescale is exactly 1 (or 0/0 for a zero mean)
         original_mean = hidden.mean()
         hidden = hidden * torch.tensor(weights, device=hidden.device, dtype=hidden.dtype).reshape(1, -1, 1)
-        new_mean = hidden.mean()
-        if float(new_mean) != 0.0:  # a zero mean would make every value NaN: keep the weighted states
-            hidden = hidden * (original_mean / new_mean)
+        new_mean = hidden.mean()  # a zero mean would make every value NaN: keep the weighted states (no host sync)
+        hidden = hidden * torch.where(new_mean != 0, original_mean / new_mean, torch.ones_like(new_mean))
     return hidden, getattr(out, "text_embeds", None)
 
 
