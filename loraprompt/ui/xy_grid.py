@@ -172,26 +172,55 @@ def _font(size: int) -> Any:
         return ImageFont.load_default()
 
 
+def _fit(text: str, width: int, size: int, probe: Any) -> tuple[str, Any]:
+    """`text` wrapped at spaces to lines no wider than `width`, in the largest font from `size` down to 8
+    where it fits (A1111's grid shrinks its labels the same way); a word too long even then is cut."""
+    for s in range(size, 7, -1):
+        font = _font(s)
+        lines: list[str] = []
+        for word in text.split(" "):
+            joined = f"{lines[-1]} {word}" if lines else word
+            if lines and probe.textlength(joined, font=font) <= width:
+                lines[-1] = joined
+            else:
+                lines.append(word)
+        if all(probe.textlength(line, font=font) <= width for line in lines):
+            return "\n".join(lines), font
+    cut: list[str] = []
+    for line in lines:
+        while line:
+            n = len(line)
+            while n > 1 and probe.textlength(line[:n], font=font) > width:
+                n -= 1
+            cut.append(line[:n])
+            line = line[n:]
+    return "\n".join(cut), font
+
+
 def labelled_grid(images: list[list[Any]], row_labels: list[str], col_labels: list[str]) -> Any:
-    """Rows x columns of equal-size images with the column labels above and the row labels on the left."""
+    """Rows x columns of equal-size images with the column labels above and the row labels on the left.
+    A column label wider than its cell wraps (and if need be shrinks) so that labels never overlap."""
     from PIL import Image, ImageDraw
 
     w, h = images[0][0].size
-    font = _font(max(12, min(32, w // 10)))
+    size = max(12, min(32, w // 10))
+    font = _font(size)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
 
-    def box(text: str) -> tuple[int, int]:
-        left, top, right, bottom = probe.textbbox((0, 0), text, font=font)
+    def box(text: str, font: Any = font) -> tuple[int, int]:
+        left, top, right, bottom = probe.multiline_textbbox((0, 0), text, font=font, align="center")
         return int(right - left), int(bottom - top)
 
     pad = max(6, w // 32)
+    columns = [_fit(t, w - 2 * pad, size, probe) for t in col_labels]
     left = max(box(t)[0] for t in row_labels) + 2 * pad
-    top = max(box(t)[1] for t in col_labels) + 2 * pad
+    top = max(box(t, f)[1] for t, f in columns) + 2 * pad
     grid = Image.new("RGB", (left + w * len(col_labels), top + h * len(row_labels)), "white")
     draw = ImageDraw.Draw(grid)
-    for c, text in enumerate(col_labels):
-        tw, th = box(text)
-        draw.text((left + c * w + (w - tw) // 2, (top - th) // 2), text, fill="black", font=font)
+    for c, (text, cfont) in enumerate(columns):
+        x0, y0, x1, y1 = probe.multiline_textbbox((0, 0), text, font=cfont, align="center")
+        draw.multiline_text((left + c * w + (w - (x1 - x0)) // 2 - x0, (top - (y1 - y0)) // 2 - y0), text,
+                            fill="black", font=cfont, align="center")
     for r, text in enumerate(row_labels):
         tw, th = box(text)
         draw.text((left - pad - tw, top + r * h + (h - th) // 2), text, fill="black", font=font)

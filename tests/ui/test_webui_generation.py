@@ -26,6 +26,7 @@ from loraprompt.ui.txt2img import Txt2Img, Txt2ImgRequest
 from loraprompt.ui.xy_grid import (
     StrengthGrid,
     image_grid,
+    labelled_grid,
     parse_values,
     render_strength_grid,
     set_lora_weight,
@@ -251,6 +252,20 @@ def test_strength_grid_renders_labelled_cells(engine: Txt2Img) -> None:
         "a cat <lora:demo_warm:0.5> <lora:demo_neon:0>", "a cat <lora:demo_warm:0.5> <lora:demo_neon:1>"]
     with pytest.raises(ValueError, match="second LoRA"):
         render_strength_grid(engine, base, StrengthGrid("demo_warm", [1.0], columns="Second LoRA weight"))
+
+
+def test_grid_column_labels_wider_than_small_cells_wrap_instead_of_overlapping() -> None:
+    cells = [[Image.new("RGB", (64, 64), (200, 30, 30)) for _ in range(3)] for _ in range(2)]
+    labels = ["a_rather_long_lora_name: 0.25", "demo_neon: 0.5", "Seed: 1234567890"]
+    grid = labelled_grid(cells, ["demo_warm: 0", "demo_warm: 1"], labels)
+    left, top = grid.size[0] - 3 * 64, grid.size[1] - 2 * 64
+    band = np.asarray(grid.crop((left, 0, grid.size[0], top)).convert("L"))
+    for c in range(3):
+        inside = band[:, c * 64 + 1:(c + 1) * 64 - 1]
+        assert inside.min() < 128, f"column {c} has no label"  # every label is drawn ...
+        for x in (c * 64, (c + 1) * 64 - 1):  # ... and none reaches into its neighbour's cell
+            assert band[:, x].min() > 200, f"label ink on the boundary of column {c} at x={x}"
+    assert grid.crop((left, top, left + 64, top + 64)).getpixel((5, 5)) == (200, 30, 30)
 
 
 def test_strength_grid_axis_replaces_a_tag_written_in_another_case(engine: Txt2Img) -> None:
