@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
+import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
@@ -23,6 +25,15 @@ FAKE = HERE / "fake_webui"
 BUILTIN = FAKE / "builtin_lora"
 ROOT = HERE.parents[1]
 ENTRY = ROOT / "scripts" / "loraprompt_script.py"
+GRADIO3 = os.environ.get("LORAPROMPT_GRADIO3_PYTHON")
+
+
+def on_gradio3(test: Any) -> Any:
+    """Marks a test that runs a script in A1111's gradio 3.41.2, which lives in its own interpreter."""
+    skip = pytest.mark.skipif(not GRADIO3, reason="LORAPROMPT_GRADIO3_PYTHON is not set (test.sh sets it to .venv-gradio3)")
+    return pytest.mark.gradio3(skip(test))
+
+
 PURGE = ("modules", "launch", "loraprompt_a1111", "networks", "extra_networks_lora")
 
 # kohya key (diffusers block naming, as SD1 files spell it) -> (A1111 module name, out, in, kernel)
@@ -38,6 +49,15 @@ SD1_MODULES: dict[str, tuple[str, int, int, int]] = {
     "lora_te_text_model_encoder_layers_1_mlp_fc1": (
         "cond_stage_model.wrapped.transformer.text_model.encoder.layers.1.mlp.fc1", 32, 16, 0),
 }
+
+
+def run_on_gradio3(script: str, lora_dir: Path, cache: Path) -> None:
+    """Run tests/extension/<script> in the gradio 3.41.2 interpreter; it prints OK when every check held."""
+    result = subprocess.run(
+        [str(GRADIO3), str(HERE / script), str(ROOT), str(lora_dir), str(cache)],
+        capture_output=True, text=True, timeout=300, check=False, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},
+    )
+    assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stdout[-2000:] + result.stderr[-4000:]
 
 
 def lora_tensors(

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
-import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -17,10 +15,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from .conftest import ROOT, Webui
+from .conftest import Webui, on_gradio3, run_on_gradio3
 from .test_generation import started
 
-PYTHON = os.environ.get("LORAPROMPT_GRADIO3_PYTHON")
 A1111_KEYS = ["description", "sd version", "activation text", "preferred weight", "negative text", "notes"]
 TRAINING = {
     "ss_network_module": "networks.lora", "ss_output_name": "style", "ss_clip_skip": "2",
@@ -159,8 +156,7 @@ def test_save_refuses_a_file_that_is_not_a_json_object_and_leaves_it(webui: Webu
     assert page.lister.updated == []
 
 
-@pytest.mark.gradio3
-@pytest.mark.skipif(not PYTHON, reason="LORAPROMPT_GRADIO3_PYTHON is not set (test.sh sets it to .venv-gradio3)")
+@on_gradio3
 def test_editor_builds_and_its_events_run_on_gradio_3_41_2(tmp_path: Path) -> None:
     lora_dir = tmp_path / "Lora"
     lora_dir.mkdir()
@@ -168,8 +164,4 @@ def test_editor_builds_and_its_events_run_on_gradio_3_41_2(tmp_path: Path) -> No
               str(lora_dir / "style.safetensors"), metadata={**TRAINING, "ss_base_model_version": "sd_v1"})
     (lora_dir / "style.json").write_text(json.dumps({"description": "ink style", "activation text": "ink",
                                                      "preferred weight": "abc"}))
-    result = subprocess.run(
-        [str(PYTHON), str(Path(__file__).with_name("gradio3_editor.py")), str(ROOT), str(lora_dir), str(tmp_path / "cache")],
-        capture_output=True, text=True, timeout=300, check=False, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},
-    )
-    assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stdout[-2000:] + result.stderr[-4000:]
+    run_on_gradio3("gradio3_editor.py", lora_dir, tmp_path / "cache")
