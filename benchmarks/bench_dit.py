@@ -22,6 +22,13 @@ weights every step (schedules="fused"), and by peft's unfused layers; each again
     python -m benchmarks.bench_dit                     # CPU, 2 double + 2 single blocks, bf16
     python -m benchmarks.bench_dit --device cuda --double 19 --single 38
     python -m benchmarks.bench_dit --device cuda --double 4 --single 8 --steps-only   # per-step cost
+
+--nf4 quantizes the touched Linears to bitsandbytes NF4 (as Forge runs Flux on small cards) after
+the LoRAs are written, then times a step plain, with A at a constant strength and scheduled (both
+run beside the packed weight in the forward: loraprompt never rewrites NF4), and with peft's LoRA
+layer on bitsandbytes' Linear4bit; and a switch A -> B: loraprompt's sync against peft's unload +
+load (nothing is fused on NF4, by either).
+    python -m benchmarks.bench_dit --device cuda --double 4 --single 8 --nf4
 """
 
 from __future__ import annotations
@@ -128,9 +135,35 @@ def _kohya_from(peft: Path, out: Path) -> Path:
     return out
 
 
+TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+           "net.0.proj", "net.2", "proj_mlp", "proj_out")
+
+
+def to_nf4(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> int:
+    """Every touched Linear becomes a bitsandbytes NF4 Linear4bit computing in `dtype` (quantized when
+    moved to `device`); returns how many."""
+    import bitsandbytes as bnb
+
+    count = 0
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            full = f"{name}.{child_name}" if name else child_name
+            if not isinstance(child, torch.nn.Linear) or not full.endswith(TARGETS):
+                continue
+            q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                  compute_dtype=dtype, quant_type="nf4", device="cpu")
+            q.weight = bnb.nn.Params4bit(child.weight.data.cpu(), requires_grad=False, quant_type="nf4")
+            if child.bias is not None:
+                q.bias = torch.nn.Parameter(child.bias.data.cpu(), requires_grad=False)
+            setattr(module, child_name, q.to(device))
+            count += 1
+    return count
+
+
 def bench_steps(model: torch.nn.Module, path_a: Path, args: argparse.Namespace, device: torch.device,
                 dtype: torch.dtype) -> dict[str, float]:
-    """One forward: plain; A scheduled (unfused by loraprompt / rewritten each step / peft unfused)."""
+    """One forward: plain; A scheduled (unfused by loraprompt / rewritten each step / peft unfused);
+    on NF4 weights also A at a constant strength, and no rewriting (NF4 is never rewritten)."""
     from diffusers import FluxPipeline
 
     from loraprompt import Patcher, read_adapter
@@ -155,7 +188,14 @@ def bench_steps(model: torch.nn.Module, path_a: Path, args: argparse.Namespace, 
     out = {"plain step": _timed(forward, device, args.repeat)}
     adapter = read_adapter(path_a)
     entry = PlanEntry(adapter, te=1.0, unet=0.5, unet_at=lambda s, n: 0.25 + 0.5 * s / n)
-    for label, schedules in (("scheduled, in the forward", "unfused"), ("scheduled, rewritten each step", "fused")):
+    if args.nf4:
+        patcher = Patcher({"transformer": model})
+        report = patcher.sync([(adapter, 1.0, 0.5)])
+        assert set(report.paths.values()) == {"unfused (nf4)"}, report.paths  # beside the packed weights, none written
+        out["constant, in the forward"] = _timed(forward, device, args.repeat)
+        patcher.restore(release=True)
+    kinds = (("scheduled, in the forward", "unfused"),) + ((("scheduled, rewritten each step", "fused"),) if not args.nf4 else ())
+    for label, schedules in kinds:
         patcher = Patcher({"transformer": model}, schedules=schedules)
         counter = {"step": 0}
 
@@ -179,9 +219,36 @@ def bench_steps(model: torch.nn.Module, path_a: Path, args: argparse.Namespace, 
     return out
 
 
+def bench_nf4_switch(model: torch.nn.Module, path_a: Path, path_b: Path, args: argparse.Namespace,
+                     device: torch.device) -> None:
+    """A -> B on NF4 weights: loraprompt's sync (the low-rank paths change, no weight is written)
+    against peft's unload + load of unfused LoRA layers on Linear4bit."""
+    from diffusers import FluxPipeline
+
+    from loraprompt import Patcher, read_adapter
+
+    a, b = read_adapter(path_a), read_adapter(path_b)
+    patcher = Patcher({"transformer": model})
+    patcher.sync([(a, 1, 1)])
+    ours = _timed(lambda: (patcher.sync([(b, 1, 1)]), patcher.sync([(a, 1, 1)])), device, args.repeat) / 2
+    patcher.restore(release=True)
+
+    def load(path: Path, name: str) -> None:
+        state, alphas = FluxPipeline.lora_state_dict(str(path), return_alphas=True)
+        FluxPipeline.load_lora_into_transformer(state, network_alphas=alphas, transformer=model, adapter_name=name)
+
+    load(path_a, "a")
+    peer = _timed(lambda: (model.unload_lora(), load(path_b, "b"), model.unload_lora(), load(path_a, "a")),
+                  device, args.repeat) / 2
+    model.unload_lora()
+    print(f"switch A -> B on NF4 weights: loraprompt {ours * 1e3:.1f}ms, peft (unload + load) {peer * 1e3:.1f}ms, "
+          f"{peer / ours:.2f}x", flush=True)
+
+
 def print_steps(steps: dict[str, float], args: argparse.Namespace) -> None:
     plain = steps["plain step"]
-    print(f"Flux transformer {args.double} double + {args.single} single blocks, width {args.width}, rank {args.rank}; "
+    weights = ", NF4 weights" if args.nf4 else ""
+    print(f"Flux transformer {args.double} double + {args.single} single blocks, width {args.width}{weights}, rank {args.rank}; "
           f"one step, batch 1, {args.tokens} image + 512 text tokens:", flush=True)
     for op, t in steps.items():
         print(f"  {op:34} {t * 1e3:9.1f}ms  {(t / plain - 1) * 100:+7.1f}% vs plain", flush=True)
@@ -199,6 +266,7 @@ def main() -> None:
     parser.add_argument("--per-step", action="store_true", help="first time a transformer step with a scheduled LoRA")
     parser.add_argument("--steps-only", action="store_true", help="--per-step, then stop (no switch/restore tables)")
     parser.add_argument("--tokens", type=int, default=None, help="image tokens per step (default 4096 = 1024² on CUDA, 256 on CPU)")
+    parser.add_argument("--nf4", action="store_true", help="bitsandbytes NF4 weights: steps and a switch, then stop")
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
 
@@ -209,10 +277,14 @@ def main() -> None:
     model = build(args, device, dtype)
     with tempfile.TemporaryDirectory() as tmp:
         path_a, path_b, path_k = write_loras(model, args.rank, Path(tmp))
-        if args.per_step or args.steps_only:  # printed at once: the ratio does not depend on the block count
+        if args.nf4:
+            print(f"{to_nf4(model, device, dtype)} Linears quantized to NF4", flush=True)
+        if args.per_step or args.steps_only or args.nf4:  # printed at once: the ratio does not depend on the block count
             args.tokens = args.tokens or (4096 if device.type == "cuda" else 256)
             print_steps(bench_steps(model, path_a, args, device, dtype), args)
-            if args.steps_only:
+            if args.nf4:
+                bench_nf4_switch(model, path_a, path_b, args, device)
+            if args.steps_only or args.nf4:
                 return
         a, b, k = read_adapter(path_a), read_adapter(path_b), read_adapter(path_k)
         patcher = Patcher({"transformer": model})
@@ -246,9 +318,8 @@ def main() -> None:
             "switch": _timed(lambda: (unload(), load(path_b, "b")), device, args.repeat),
             "restore": _timed(unload, device, args.repeat, lambda: load(path_a, "a")),
         }
-        touched = [m.weight for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and any(
-            n.endswith(t) for t in ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
-                                    "net.0.proj", "net.2", "proj_mlp", "proj_out")) and not n.startswith("proj_out")]
+        touched = [m.weight for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.endswith(TARGETS)
+                   and not n.startswith("proj_out")]
         ups = [torch.zeros(w.shape[0], args.rank, dtype=dtype, device=device) for w in touched]
         downs = [torch.zeros(args.rank, w.shape[1], dtype=dtype, device=device) for w in touched]
         backups = [w.clone() for w in touched]

@@ -10,6 +10,9 @@
 # then run it on the GPU machine (with the device tool: carry benchmarks/wheels):
 #     benchmarks/gpu_run.sh
 # At most ~9.5 minutes on an H200 (every step has its own time limit; models are built on the GPU).
+#     benchmarks/gpu_run.sh nf4                   # instead: bench_dit on bitsandbytes NF4 weights (~3 min)
+# The NF4 run needs bitsandbytes' wheel (43 MB, in benchmarks/wheels with the others: 64 MiB carried
+# in all), and a second device call: the main run fills one call's 600 s.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=benchmarks/wheels
@@ -21,6 +24,8 @@ if [[ "${1:-}" == "--fetch-wheels" ]]; then
     # --no-deps: only what the GPU image lacks; all pure Python, so any Python 3 / platform takes them
     "$PIP" download --no-deps --only-binary=:all: -d "$WHEELS" \
         diffusers==0.42.1 lark==1.3.1 importlib_metadata==8.7.0 zipp requests urllib3 certifi idna charset_normalizer
+    # bitsandbytes ships its CUDA kernels in one py3-none manylinux wheel (for `gpu_run.sh nf4`)
+    "$PIP" download --no-deps --only-binary=:all: --platform manylinux_2_24_x86_64 -d "$WHEELS" bitsandbytes==0.50.2
     ls -l "$WHEELS"
     exit 0
 fi
@@ -29,7 +34,9 @@ OUT=${OUT:-gpu-results}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu_run.log") 2>&1
 # only what is missing, without touching what the image has (torch, transformers, peft, ...)
-for module in zipp importlib_metadata idna certifi urllib3 charset_normalizer requests lark diffusers; do
+MODULES="zipp importlib_metadata idna certifi urllib3 charset_normalizer requests lark diffusers"
+[[ "${1:-}" == "nf4" ]] && MODULES="$MODULES bitsandbytes"
+for module in $MODULES; do
     if ! "$PY" -c "import $module" 2>/dev/null; then
         "$PY" -m pip install --no-index --no-deps --find-links "$WHEELS" "${module//_/-}" \
             || echo "# could not install $module from $WHEELS (run --fetch-wheels first)"
@@ -39,6 +46,17 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 "$PY" -c "import torch, diffusers, peft; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 'diffusers', diffusers.__version__, 'peft', peft.__version__, torch.cuda.get_device_name())"
 export PYTHONPATH=$PWD
+
+if [[ "${1:-}" == "nf4" ]]; then
+    echo "## bench_dit on NF4 weights: steps (plain, constant, scheduled, peft) and a switch, 4 double + 8 single blocks"
+    timeout 200 "$PY" -m benchmarks.bench_dit --device cuda --double 4 --single 8 --nf4 --repeat 5 2>&1 \
+        | grep -v -i "warn" | tee "$OUT/bench-dit-nf4.txt"
+    echo "## bench_dit on NF4 weights at Flux.1-dev size (19 double + 38 single blocks)"
+    timeout 300 "$PY" -m benchmarks.bench_dit --device cuda --double 19 --single 38 --nf4 --repeat 3 2>&1 \
+        | grep -v -i "warn" | tee "$OUT/bench-dit-nf4-full.txt"
+    echo "## done: $OUT"
+    exit 0
+fi
 
 echo "## CUDA tests"
 timeout 80 "$PY" -m pytest tests/patcher/test_cuda.py tests/patcher/test_combine_half.py -k "not cpu" \

@@ -5,6 +5,7 @@ ours and the peer both ran, and that the peer's LoRAs really loaded."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -55,3 +56,14 @@ def test_bench_dit_prints_steps_and_switches() -> None:
         cells = _row(out, op)
         assert all(re.fullmatch(r"[\d.]+ms", c) for c in cells[:3]), cells
     assert re.search(r"switch 0, switch \(kohya, fused q/k/v\) 0", out), out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")
+def test_bench_dit_on_nf4_weights_prints_steps_and_a_switch() -> None:
+    out = _run("benchmarks.bench_dit", "--double", "1", "--single", "1", "--width", "128", "--rank", "4",
+               "--repeat", "2", "--tokens", "16", "--nf4")
+    assert re.search(r"^18 Linears quantized to NF4$", out, re.M), out  # every Linear the LoRAs touch
+    for label in ("plain step", "constant, in the forward", "scheduled, in the forward", "unfused (peft)"):
+        assert re.fullmatch(r"[\d.]+ms", _row(out, "  " + label)[0]), label
+    assert "rewritten each step" not in out  # NF4 is never rewritten
+    assert re.search(r"switch A -> B on NF4 weights: loraprompt [\d.]+ms, peft \(unload \+ load\) [\d.]+ms", out), out
