@@ -1,5 +1,5 @@
-"""Automatic1111's `/sdapi/v1/*` as its clients (e.g. the `webuiapi` package) use it: txt2img,
-loras, refresh-loras, samplers, schedulers, sd-models, options, progress, interrupt.
+"""Automatic1111's `/sdapi/v1/*` as its clients (e.g. the `webuiapi` package) use it: txt2img
+(img2img: `sdapi_img2img`), loras, refresh-loras, samplers, schedulers, sd-models, options, progress, interrupt.
 
 `prompt` (and `negative_prompt`) may also be a list, one per image: each image then gets the
 LoRAs its own prompt names (A1111 lets the first prompt decide for the whole batch).
@@ -77,15 +77,18 @@ _QUIET = {
 _USED_SETTINGS = {"CLIP_stop_at_last_layers", "sd_model_checkpoint", "samples_format"}
 
 
-def unused_warnings(body: Txt2ImgBody, model_title: str, model_name: str) -> list[str]:
-    """One line per A1111 field that was set to something this server does not do."""
+def unused_warnings(body: Txt2ImgBody, model_title: str, model_name: str, *, quiet: set[str] | None = None,
+                    inert: dict[str, tuple[Any, ...]] | None = None) -> list[str]:
+    """One line per A1111 field that was set to something this server does not do (`quiet` and
+    `inert`: more fields, as `_QUIET` and `_INERT`, of the route's own)."""
     warnings: list[str] = []
     extra = body.model_extra or {}
+    inert_at = {**_INERT, **(inert or {})}
     for key, value in extra.items():
-        if key in _INERT:
-            if value not in _INERT[key]:
+        if key in inert_at:
+            if value not in inert_at[key]:
                 warnings.append(f"{key}={json.dumps(value)[:80]} is not supported by loraprompt serve; ignored")
-        elif key not in _QUIET:
+        elif key not in _QUIET and key not in (quiet or ()):
             warnings.append(f"unknown field {key!r} ignored")
     for key, value in (body.override_settings or {}).items():
         if key == "sd_model_checkpoint" and value not in (model_title, model_name):

@@ -1,0 +1,122 @@
+"""Automatic1111's `POST /sdapi/v1/img2img`: txt2img's fields plus `init_images` (base64, with or
+without a `data:image/...;base64,` prefix, as `webuiapi` sends them), `resize_mode` (A1111's
+0-3), `denoising_strength` and `include_init_images` (whether `parameters` echoes the images). Inpainting (`mask`) is not done here: it is
+named in `info["warnings"]` like every other field that would change the image.
+
+As in A1111, one init image serves the whole batch, and k images (k <= batch_size) make a batch of
+k, image i of every iteration starting from init image i."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import io
+import json
+import logging
+from typing import Any
+
+from pydantic import Field
+
+from loraprompt.serve.errors import ServeError, invalid
+from loraprompt.serve.jobs import ImageTask
+from loraprompt.serve.sdapi import (
+    Txt2ImgBody,
+    model_title,
+    png_b64,
+    txt2img_info,
+    txt2img_tasks,
+    unused_warnings,
+)
+from loraprompt.serve.service import Service
+from loraprompt.ui.img2img import RESIZE_MODES
+
+log = logging.getLogger("loraprompt.serve")
+
+MAX_INIT_PIXELS = 64 * 1024 * 1024  # a larger init image is refused before it is decoded (decompression bombs)
+# img2img fields that only act with a mask or on instruct-pix2pix models: inert here
+_QUIET = {"mask_blur", "mask_blur_x", "mask_blur_y", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding",
+          "inpainting_mask_invert", "image_cfg_scale", "latent_mask", "mask_round"}
+_INERT = {"initial_noise_multiplier": (1, 1.0, None)}
+
+
+class Img2ImgBody(Txt2ImgBody):
+    """A1111's StableDiffusionImg2ImgProcessingAPI, the fields this server uses."""
+
+    init_images: list[str] = Field(default_factory=list)
+    resize_mode: int = 0
+    denoising_strength: float = 0.75
+    include_init_images: bool = False
+
+
+def decode_image(data: Any, field: tuple[str, ...]) -> Any:
+    """A PIL image (RGB) from A1111's base64 encoding of one; 422 naming `field` when it is not one."""
+    from PIL import Image
+
+    if not isinstance(data, str) or not data:
+        raise invalid(field, "is not a base64-encoded image")
+    if data.startswith(("http://", "https://")):
+        raise invalid(field, "image URLs are not fetched by loraprompt serve; send the image as base64")
+    if data.startswith("data:"):
+        data = data.partition(",")[2]  # "data:image/png;base64,...."
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid(field, "is not valid base64") from None
+    try:
+        with Image.open(io.BytesIO(raw)) as image:
+            if image.width * image.height > MAX_INIT_PIXELS:
+                raise invalid(field, f"is {image.width}x{image.height} pixels; at most {MAX_INIT_PIXELS} pixels")
+            return image.convert("RGB")
+    except ServeError:
+        raise
+    except Exception as exc:  # PIL raises many kinds for a bad file (OSError, SyntaxError, DecompressionBombError...)
+        raise invalid(field, f"cannot be read as an image ({type(exc).__name__}: {exc})") from None
+
+
+def img2img_tasks(service: Service, body: Img2ImgBody) -> tuple[list[ImageTask], int, Img2ImgBody]:
+    """The images the body asks for, each with its init image; the clip skip; and the body as run
+    (batch_size set to the number of init images when there are several, as A1111 does)."""
+    if not body.init_images:
+        raise invalid("init_images", "img2img needs at least one init image")
+    if not 0 <= body.resize_mode < len(RESIZE_MODES):
+        raise invalid("resize_mode", f"must be 0 to {len(RESIZE_MODES) - 1} ({', '.join(RESIZE_MODES)}), "
+                      f"got {body.resize_mode}")
+    if not 0 < body.denoising_strength <= 1:
+        raise invalid("denoising_strength", f"must be greater than 0 and at most 1, got {body.denoising_strength:g}")
+    count = len(body.init_images)
+    if count > 1:
+        if count > body.batch_size:
+            raise invalid("init_images", f"has {count} images for a batch_size of {body.batch_size}; "
+                          "send one image, or at most batch_size")
+        body = body.model_copy(update={"batch_size": count})
+    tasks, clip_skip = txt2img_tasks(service, body)  # checks the limits before any image is decoded
+    images = [decode_image(d, ("init_images", str(i))) for i, d in enumerate(body.init_images)]
+    mode = RESIZE_MODES[body.resize_mode]
+    tasks = [dataclasses.replace(t, request=dataclasses.replace(
+        t.request, init_image=images[i % count], denoising_strength=body.denoising_strength,
+        resize_mode=mode)) for i, t in enumerate(tasks)]
+    return tasks, clip_skip, body
+
+
+def add_routes(router: Any, service: Service) -> None:
+    """Register POST /sdapi/v1/img2img (a plain function: FastAPI runs it in its threadpool)."""
+
+    @router.post("/sdapi/v1/img2img")
+    def img2img(body: Img2ImgBody) -> dict[str, Any]:
+        tasks, clip_skip, body = img2img_tasks(service, body)
+        warnings = unused_warnings(body, model_title(service), service.model.name, quiet=_QUIET, inert=_INERT)
+        for w in warnings:
+            log.warning("img2img: %s", w)
+        job = service.run(tasks, keep=body.save_images)
+        job.wait()
+        if job.status == "failed":
+            raise ServeError(500, (), f"generation failed: {job.error}")
+        info = txt2img_info(service, body, job, label=tasks[0].request.sampler, clip_skip=clip_skip, warnings=warnings)
+        info["denoising_strength"] = body.denoising_strength
+        parameters = body.model_dump()
+        if not body.include_init_images:  # A1111 does not echo the images back unless asked
+            parameters["init_images"] = None
+            parameters["mask"] = None
+        images = [png_b64(o.png) for o in job.images] if body.send_images else []
+        return {"images": images, "parameters": parameters, "info": json.dumps(info)}

@@ -1,0 +1,122 @@
+"""A1111's `POST /sdapi/v1/img2img` against a started server: `webuiapi`'s img2img (init images
+sent as data URLs), the image the engine makes for the same request, A1111's batch rule for several
+init images, and bad images answered 422 naming the field with the weights left as they were."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+import webuiapi
+from PIL import Image
+
+from loraprompt.infotext import parse_infotext
+from loraprompt.ui.txt2img import Txt2ImgRequest
+from tests.serve.conftest import SMALL, Served
+
+
+def picture(color: tuple[int, int, int], size: tuple[int, int] = (64, 64)) -> Image.Image:
+    image = Image.new("RGB", size, color)
+    image.paste((255, 255, 255), (8, 8, 40, 24))
+    return image
+
+
+def b64(image: Image.Image, fmt: str = "PNG") -> str:
+    out = io.BytesIO()
+    image.save(out, format=fmt)
+    return base64.b64encode(out.getvalue()).decode("ascii")
+
+
+def pixels(data: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
+
+
+def post(served: Served, **body: Any) -> requests.Response:
+    return requests.post(f"{served.url}/sdapi/v1/img2img", json={"prompt": "a cat", "seed": 3, **SMALL, **body},
+                         timeout=300)
+
+
+def test_webuiapi_img2img_gives_the_engines_image_for_the_init_image(served: Served) -> None:
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=served.port, sampler="Euler", steps=3)
+    init = picture((200, 30, 30))
+    result = api.img2img(images=[init], prompt="a cat <lora:demo_warm:0.8>", seed=11, width=64, height=64,
+                         denoising_strength=0.5, cfg_scale=5)
+
+    fields = parse_infotext(result.info["infotexts"][0])
+    assert fields["Denoising strength"] == "0.5" and "demo_warm" in fields["Lora hashes"]
+    assert result.info["denoising_strength"] == 0.5 and result.info["all_seeds"] == [11]
+    assert result.parameters["init_images"] is None  # not echoed back (include_init_images=False)
+    assert result.images[0].info["parameters"] == result.info["infotexts"][0]
+    alone = served.engine.generate(Txt2ImgRequest("a cat <lora:demo_warm:0.8>", "", 3, 5, 11, 64, 64, "Euler",
+                                                  init_image=init, denoising_strength=0.5), save=False)
+    assert np.array_equal(np.asarray(result.images[0].convert("RGB")), np.asarray(alone.image.convert("RGB")))
+
+
+def test_the_init_image_decides_the_result_with_or_without_a_data_url_prefix(served: Served) -> None:
+    red, blue = picture((200, 30, 30)), picture((30, 30, 200))
+    plain = post(served, init_images=[b64(red)], denoising_strength=0.4)
+    prefixed = post(served, init_images=["data:image/png;base64," + b64(red)], denoising_strength=0.4)
+    other = post(served, init_images=["data:image/jpeg;base64," + b64(blue, "JPEG")], denoising_strength=0.4)
+
+    assert plain.status_code == prefixed.status_code == other.status_code == 200
+    first = pixels(plain.json()["images"][0])
+    assert np.array_equal(first, pixels(prefixed.json()["images"][0]))
+    assert not np.array_equal(first, pixels(other.json()["images"][0]))
+    assert first[..., 0].mean() > first[..., 2].mean()  # at 0.4 the red init image still shows
+
+
+def test_several_init_images_make_a_batch_of_that_many_each_from_its_own(served: Served) -> None:
+    red, blue = picture((200, 30, 30)), picture((30, 30, 200))
+    both = post(served, init_images=[b64(red), b64(blue)], batch_size=4, seed=20, denoising_strength=0.4)
+    only_blue = post(served, init_images=[b64(blue)], seed=21, denoising_strength=0.4)
+
+    assert both.status_code == 200 and only_blue.status_code == 200
+    info = json.loads(both.json()["info"])
+    assert info["all_seeds"] == [20, 21] and both.json()["parameters"]["batch_size"] == 2  # A1111: batch_size = 2
+    assert np.array_equal(pixels(both.json()["images"][1]), pixels(only_blue.json()["images"][0]))
+
+
+def test_a_mask_is_named_in_the_warnings(served: Served) -> None:
+    init = b64(picture((200, 30, 30)))
+    response = post(served, init_images=[init], mask=init, mask_blur=4, inpainting_fill=1, image_cfg_scale=1.5,
+                    send_images=False)
+
+    assert response.status_code == 200
+    warnings = json.loads(response.json()["info"])["warnings"]
+    assert len(warnings) == 1 and warnings[0].startswith("mask=")
+
+
+def _bomb() -> str:
+    out = io.BytesIO()
+    Image.new("1", (12000, 12000)).save(out, format="PNG")  # a few kB for 144 megapixels
+    return base64.b64encode(out.getvalue()).decode("ascii")
+
+
+@pytest.mark.parametrize(("body", "loc", "words"), [
+    ({"init_images": []}, ["init_images"], "at least one"),
+    ({"init_images": ["data:image/png;base64,not base64!"]}, ["init_images", "0"], "not valid base64"),
+    ({"init_images": [base64.b64encode(b"plain text, no image").decode()]}, ["init_images", "0"], "cannot be read"),
+    ({"init_images": ["http://127.0.0.1:9/x.png"]}, ["init_images", "0"], "URLs are not fetched"),
+    ({"init_images": ["BOMB"]}, ["init_images", "0"], "pixels"),
+    ({"resize_mode": 7}, ["resize_mode"], "0 to 3"),
+    ({"denoising_strength": 0}, ["denoising_strength"], "greater than 0"),
+    ({"init_images": ["A", "B", "C"], "batch_size": 2}, ["init_images"], "3 images for a batch_size of 2"),
+    ({"steps": 0}, ["steps"], "between 1"),
+])
+def test_bad_img2img_input_is_422_naming_the_field(served: Served, body: dict[str, Any], loc: list[str],
+                                                   words: str) -> None:
+    fields = {"init_images": [b64(picture((1, 2, 3)))], "prompt": "a cat <lora:demo_warm:1>", **body}
+    fields["init_images"] = [_bomb() if d == "BOMB" else d for d in fields["init_images"]]
+    before = {k: v.clone() for k, v in served.weights().items()}
+    response = post(served, **fields)
+
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["body", *loc] and words in detail["msg"]
+    after = served.weights()
+    assert all(np.array_equal(after[k].numpy(), v.numpy()) for k, v in before.items())
