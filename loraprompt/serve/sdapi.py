@@ -93,6 +93,8 @@ def unused_warnings(body: Txt2ImgBody, model_title: str, model_name: str, *, qui
     for key, value in (body.override_settings or {}).items():
         if key == "sd_model_checkpoint" and value not in (model_title, model_name):
             warnings.append(f"override_settings.sd_model_checkpoint={value!r}: only {model_title!r} is loaded; ignored")
+        elif key == "samples_format" and value != "png":
+            warnings.append(f"override_settings.samples_format={value!r}: loraprompt serve answers PNG only; ignored")
         elif key not in _USED_SETTINGS:
             warnings.append(f"override_settings.{key} is not supported by loraprompt serve; ignored")
     return warnings
@@ -115,6 +117,12 @@ def model_title(service: Service) -> str:
     return f"{m.name} [{m.model_hash}]" if m.model_hash else m.name
 
 
+def check_clip_skip(value: Any, field: tuple[str, ...]) -> None:
+    """422 naming `field` unless `value` is A1111's clip skip, an integer from 1 to 12."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 12:
+        raise invalid(field, f"must be an integer from 1 to 12, got {value!r}")
+
+
 def txt2img_tasks(service: Service, body: Txt2ImgBody) -> tuple[list[ImageTask], int]:
     """The images a txt2img body asks for, checked against the limits; and the clip skip."""
     count = body.batch_size * body.n_iter
@@ -126,9 +134,8 @@ def txt2img_tasks(service: Service, body: Txt2ImgBody) -> tuple[list[ImageTask],
     label = sampler_label(body.sampler_name or body.sampler_index, body.scheduler,
                           "sampler_name" if body.sampler_name else "sampler_index", service.model.samplers)
     settings = body.override_settings or {}
-    clip_skip = settings.get("CLIP_stop_at_last_layers", 1)
-    if not isinstance(clip_skip, int) or isinstance(clip_skip, bool) or not 1 <= clip_skip <= 12:
-        raise invalid(("override_settings", "CLIP_stop_at_last_layers"), f"must be an integer from 1 to 12, got {clip_skip!r}")
+    clip_skip = settings.get("CLIP_stop_at_last_layers", service.options["CLIP_stop_at_last_layers"])
+    check_clip_skip(clip_skip, ("override_settings", "CLIP_stop_at_last_layers"))
     prompts = _per_image(body.prompt, count, "prompt")
     negatives = _per_image(body.negative_prompt, count, "negative_prompt")
     seeds = service.seeds(body.seed, count)
@@ -249,15 +256,22 @@ def add_routes(router: Any, service: Service) -> None:
 
     @router.get("/sdapi/v1/options")
     def options() -> dict[str, Any]:
-        return {"sd_model_checkpoint": model_title(service), "CLIP_stop_at_last_layers": 1, "samples_format": "png",
-                "sd_checkpoint_hash": service.model.model_hash}
+        return {"sd_model_checkpoint": model_title(service), "samples_format": "png",
+                "sd_checkpoint_hash": service.model.model_hash, **service.options}
 
     @router.post("/sdapi/v1/options")
     def set_options(body: dict[str, Any]) -> None:
+        """A1111's settings that persist: the clip skip of later generations (a request's
+        override_settings still wins); the checkpoint and PNG format only as they are."""
         wanted = body.get("sd_model_checkpoint")
         if wanted is not None and wanted not in (model_title(service), service.model.name):
             raise invalid("sd_model_checkpoint", f"only {model_title(service)!r} is loaded; this server cannot switch models",
                           choices=[model_title(service)])
+        if body.get("samples_format", "png") != "png":
+            log.warning("options: samples_format=%r: loraprompt serve answers PNG only; ignored", body["samples_format"])
+        if "CLIP_stop_at_last_layers" in body:
+            check_clip_skip(body["CLIP_stop_at_last_layers"], ("CLIP_stop_at_last_layers",))
+            service.options["CLIP_stop_at_last_layers"] = body["CLIP_stop_at_last_layers"]
         for key in body:
             if key not in _USED_SETTINGS:
                 log.warning("options: %s is not supported by loraprompt serve; ignored", key)

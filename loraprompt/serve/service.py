@@ -162,6 +162,7 @@ class Service:
         self.backend: Backend = backend if backend is not None else LocalBackend(engine)
         self.keep_predictions = keep_predictions
         self.predictions: dict[str, Any] = {}
+        self.options: dict[str, Any] = {"CLIP_stop_at_last_layers": 1}  # what POST /sdapi/v1/options set
 
     @property
     def model(self) -> ModelInfo:

@@ -251,3 +251,30 @@ def test_options_and_models_follow_a_checkpoint_switch(served: Served) -> None:
         assert [m["model_name"] for m in requests.get(f"{served.url}/sdapi/v1/sd-models", timeout=30).json()] == ["other-model"]
     finally:
         served.engine.model = original
+
+
+def test_clip_skip_set_through_options_applies_to_later_generations(served: Served) -> None:
+    """webuiapi's set_options({"CLIP_stop_at_last_layers": 2}) is how A1111 scripts set clip skip:
+    it persists (GET options says so) and later requests run with it unless override_settings says
+    otherwise."""
+    api = client(served, sampler="Euler", steps=3)
+    try:
+        api.set_options({"CLIP_stop_at_last_layers": 2})
+        assert api.get_options()["CLIP_stop_at_last_layers"] == 2
+        result = api.txt2img(prompt="a cat", seed=4, width=64, height=64)
+        assert result.info["clip_skip"] == 2 and parse_infotext(result.info["infotexts"][0])["Clip skip"] == "2"
+        own = api.txt2img(prompt="a cat", seed=4, width=64, height=64,
+                          override_settings={"CLIP_stop_at_last_layers": 1})
+        assert own.info["clip_skip"] == 1 and "Clip skip" not in parse_infotext(own.info["infotexts"][0])
+        bad = requests.post(f"{served.url}/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 0}, timeout=30)
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "CLIP_stop_at_last_layers"]
+        assert api.get_options()["CLIP_stop_at_last_layers"] == 2
+    finally:
+        api.set_options({"CLIP_stop_at_last_layers": 1})
+    assert client(served).get_options()["CLIP_stop_at_last_layers"] == 1
+
+
+def test_a_samples_format_other_than_png_is_named_in_the_warnings(served: Served) -> None:
+    response = _post(served, {"prompt": "x", **SMALL, "send_images": False, "override_settings": {"samples_format": "jpg"}})
+    assert response.status_code == 200
+    assert any("samples_format" in w for w in json.loads(response.json()["info"])["warnings"])
