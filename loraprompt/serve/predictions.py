@@ -296,6 +296,11 @@ def add_routes(router: Any, service: Service) -> None:
             raise ServeError(409, "id", f"a prediction {body.id!r} exists already")
         pred = Prediction(body.id or uuid.uuid4().hex[:26], inp.model_dump(exclude_unset=True),
                           inp.output_format, inp.output_quality)
+        for key in (body.model_extra or {}):
+            if key != "version":  # Replicate's model version: this server has one model
+                pred.logs.append(f"warning: {key!r} is not supported by loraprompt serve (no webhooks, no streaming);"
+                                 " ignored: poll urls.get" if key.startswith(("webhook", "stream"))
+                                 else f"warning: {key!r} is not used by loraprompt serve; ignored")
         for key in (inp.model_extra or {}):
             pred.logs.append(f"warning: input {key!r} is not used by loraprompt; ignored" if key not in _QUIET
                              else f"note: input {key!r} does not apply here; ignored")

@@ -274,3 +274,13 @@ def test_a_failure_inside_generation_fails_the_prediction_and_restores_the_model
     assert served.is_pristine()
     again = predict(served, {"prompt": "a <1>", "lora_urls": "demo_neon", **TINY}).json()
     assert again["status"] == "succeeded"  # the server goes on
+
+
+def test_a_webhook_is_named_in_the_logs_as_not_sent(served: Served) -> None:
+    """Replicate's `webhook` is a top-level field; this server sends none, and says so, so a client
+    waiting for the call learns why it never comes."""
+    response = predict(served, {"prompt": "a cat", **TINY}, webhook="http://127.0.0.1:9/hook",
+                       webhook_events_filter=["completed"], version="abc")
+    assert response.status_code == 201 and response.json()["status"] == "succeeded"
+    warnings = [line for line in response.json()["logs"].splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2 and all("no webhooks" in w for w in warnings), warnings
