@@ -1,4 +1,5 @@
-"""Automatic1111's `POST /sdapi/v1/img2img`: txt2img's fields plus `init_images` (base64, with or
+"""Automatic1111's routes that take an image: `POST /sdapi/v1/png-info` (the infotext an image
+carries, and A1111's fields of it) and `POST /sdapi/v1/img2img`: txt2img's fields plus `init_images` (base64, with or
 without a `data:image/...;base64,` prefix, as `webuiapi` sends them), `resize_mode` (A1111's
 0-3), `denoising_strength` and `include_init_images` (whether `parameters` echoes the images). Inpainting (`mask`) is not done here: it is
 named in `info["warnings"]` like every other field that would change the image.
@@ -16,8 +17,9 @@ import json
 import logging
 from typing import Any
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
+from loraprompt.infotext import parse_infotext
 from loraprompt.serve.errors import ServeError, invalid
 from loraprompt.serve.jobs import ImageTask
 from loraprompt.serve.sdapi import (
@@ -99,8 +101,26 @@ def img2img_tasks(service: Service, body: Img2ImgBody) -> tuple[list[ImageTask],
     return tasks, clip_skip, body
 
 
+class PngInfoBody(BaseModel):
+    image: str
+
+
 def add_routes(router: Any, service: Service) -> None:
-    """Register POST /sdapi/v1/img2img (a plain function: FastAPI runs it in its threadpool)."""
+    """Register POST /sdapi/v1/img2img and /sdapi/v1/png-info (plain functions: FastAPI runs them
+    in its threadpool)."""
+
+    @router.post("/sdapi/v1/png-info")
+    def png_info(body: PngInfoBody) -> dict[str, Any]:
+        """A1111's answer: `info` the infotext ("" when the image has none), `items` the image's
+        other text chunks, `parameters` the infotext's fields."""
+        from PIL import Image
+
+        decode_image(body.image.strip(), ("image",))  # 422 for what is not an image
+        data = body.image.strip()
+        with Image.open(io.BytesIO(base64.b64decode(data.partition(",")[2] if data.startswith("data:") else data))) as image:
+            items = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
+        info = items.pop("parameters", "")
+        return {"info": info, "items": items, "parameters": parse_infotext(info) if info.strip() else {}}
 
     @router.post("/sdapi/v1/img2img")
     def img2img(body: Img2ImgBody) -> dict[str, Any]:

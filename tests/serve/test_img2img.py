@@ -120,3 +120,17 @@ def test_bad_img2img_input_is_422_naming_the_field(served: Served, body: dict[st
     assert detail["loc"] == ["body", *loc] and words in detail["msg"]
     after = served.weights()
     assert all(np.array_equal(after[k].numpy(), v.numpy()) for k, v in before.items())
+
+
+def test_webuiapi_png_info_reads_the_infotext_of_a_generated_image(served: Served) -> None:
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=served.port, sampler="Euler", steps=3)
+    made = api.txt2img(prompt="a cat <lora:demo_warm:0.8>", negative_prompt="blurry", seed=9, width=64, height=64)
+    read = api.png_info(made.images[0])
+
+    assert read.info == made.info["infotexts"][0]
+    assert read.parameters["Prompt"] == "a cat <lora:demo_warm:0.8>" and read.parameters["Seed"] == "9"
+    assert read.parameters["Negative prompt"] == "blurry" and "demo_warm" in read.parameters["Lora hashes"]
+    plain = requests.post(f"{served.url}/sdapi/v1/png-info", json={"image": b64(picture((1, 2, 3)))}, timeout=30)
+    assert plain.status_code == 200 and plain.json() == {"info": "", "items": {}, "parameters": {}}
+    bad = requests.post(f"{served.url}/sdapi/v1/png-info", json={"image": "!!"}, timeout=30)
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "image"]
