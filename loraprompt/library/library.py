@@ -245,18 +245,31 @@ class Library(Contents):
             self.refresh()
             result = self._resolve_once(name, hash, profile)
         if result is None:
-            return not_found(self._index, name) if name.strip() else Resolution(
+            return self._not_found(name) if name.strip() else Resolution(
                 None, (Diagnostic("E-NAME-NOTFOUND", f"no LoRA has hash {hash}", severity="error", subject=hash),))
         if result.entry is None:
             return result
         entry = self.fresh(result.entry)
         if entry is None:
-            return not_found(self._index, name)
+            return self._not_found(name)
         diags = list(result.diagnostics)
         if hash and result.how != "hash" and not hash_matches(self.hashes(entry), hash):
             diags.append(Diagnostic("W-HASH-MISMATCH", f"{entry.relpath} does not have hash {hash}; using it by name",
                                     subject=name))
         return Resolution(entry, tuple(diags), result.how, result.candidates)
+
+    def _not_found(self, name: str) -> Resolution:
+        """E-NAME-NOTFOUND; for a file of that name still being written (unreadable and modified
+        less than `settle_s` ago, so left out of the scan) it says so instead of 'not found'."""
+        wanted = name.strip().casefold()
+        for path in self.last_report.pending:
+            root = next((str(r) for r in self.roots if Path(path).is_relative_to(r)), os.path.dirname(path))
+            if wanted in {os.path.splitext(p)[0].casefold() for p in (os.path.basename(path), os.path.relpath(path, root))}:
+                return Resolution(None, (Diagnostic(
+                    "E-NAME-NOTFOUND", f"LoRA {name!r}: {path} is not readable yet (modified less than {self.settle_s:g} s "
+                    "ago, probably still being copied); it is used once it reads, or reported as broken", severity="error",
+                    subject=name, data={"pending": path}),))
+        return not_found(self._index, name)
 
     def _resolve_once(self, name: str, hash: str | None, profile: str) -> Resolution | None:
         if name.strip():

@@ -146,6 +146,22 @@ def test_half_written_file_skipped_until_it_settles(lora_dir: Path, tmp_path: Pa
     assert [e.alias for e in lib.entries] == ["late"]
 
 
+def test_a_tag_naming_a_file_still_being_written_says_so_instead_of_not_found(lora_dir: Path, tmp_path: Path) -> None:
+    part = lora_dir / "sub" / "Late.safetensors"
+    part.parent.mkdir()
+    part.write_text("the first bytes of a copy")
+    lib = Library([lora_dir], cache_dir=tmp_path / "c", settle_s=60)
+    for name in ("late", "sub/Late"):
+        (diag,) = lib.resolve(name).diagnostics
+        assert diag.code == "E-NAME-NOTFOUND" and str(part) in diag.message and "not readable yet" in diag.message
+    (other,) = lib.resolve("early").diagnostics
+    assert other.message == "LoRA 'early' not found"
+    lib.settle_s = 0  # settled: listed with its error; the tag resolves and loading names the reason
+    lib.refresh()
+    entry = lib.resolve("late").entry
+    assert entry is not None and entry.error is not None
+
+
 def test_broken_settled_file_listed_with_error(lora_dir: Path, tmp_path: Path) -> None:
     (lora_dir / "junk.safetensors").write_text("this is not a safetensors file")
     lib = Library([lora_dir], cache_dir=tmp_path / "c", settle_s=0)
