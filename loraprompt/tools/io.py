@@ -51,8 +51,9 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
     return OUTPUT_DTYPES[name]
 
 
-def check_output(output: str | Path, inputs: Iterable[str | Path], force: bool) -> Path:
-    """Refuse to write over an input, or over an existing output unless `force`."""
+def check_output(output: str | Path, inputs: Iterable[str | Path], force: bool, folder: bool | None = False) -> Path:
+    """Refuse to write over an input, or over an existing output unless `force`; `folder`: whether
+    the output is a folder (None: not known yet, see `check_replace`)."""
     out = Path(output)
     for src in inputs:
         src_path = Path(src)
@@ -64,7 +65,21 @@ def check_output(output: str | Path, inputs: Iterable[str | Path], force: bool) 
         raise ToolError(f"{out}: output exists; pass --force (force=True) to replace it")
     if not out.parent.exists():
         raise ToolError(f"{out}: folder {out.parent} does not exist")
+    if folder is not None:
+        check_replace(out, folder)
     return out
+
+
+def check_replace(out: Path, folder: bool) -> None:
+    """What --force may replace: a file output never replaces a folder, and a folder output replaces
+    only an empty folder or a diffusers model (a previous output), never a folder of other files."""
+    if not out.is_dir():
+        return
+    if not folder:
+        raise ToolError(f"{out}: is a folder; name the output file (e.g. {out.name}/out.safetensors)")
+    if any(out.iterdir()) and not any((out / name).exists() for name in ("model_index.json", "unet", "transformer")):
+        raise ToolError(f"{out}: a folder that is not a diffusers model (no model_index.json, unet/ or "
+                        "transformer/); refusing to replace it, even with --force")
 
 
 def recipe_metadata(tool: str, **fields: Any) -> dict[str, str]:

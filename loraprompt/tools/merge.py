@@ -28,6 +28,7 @@ from loraprompt.tools.io import (
     StreamingWriter,
     atomic_path,
     check_output,
+    check_replace,
     describe_inputs,
     parse_dtype,
     recipe_metadata,
@@ -305,11 +306,12 @@ def merge_checkpoint(checkpoint: str | Path, loras: Sequence[LoraSpec | tuple[An
         raise ToolError("no LoRAs to merge")
     if layout not in (None, "single-file", "diffusers"):
         raise ToolError(f"unknown layout {layout!r}; choose single-file or diffusers")
-    out = check_output(output, [checkpoint, *(s.path for s in specs)], force)
+    out = check_output(output, [checkpoint, *(s.path for s in specs)], force, folder=None)
     out_dtype = parse_dtype(dtype)
     compute_on = resolve_device(device)
     ckpt = open_checkpoint(checkpoint)
     target = layout or ckpt.layout
+    check_replace(out, folder=target == "diffusers")
     plan, found, diagnostics = plan_merge(ckpt, specs, family)
     recipe = recipe_metadata(
         "merge", checkpoint=describe_inputs([ckpt.root])[0] if ckpt.layout == "single-file" else ckpt.root.name,

@@ -50,8 +50,14 @@ def test_folder_output_needs_force_and_bad_lora_leaves_nothing(tmp_path: Path) -
     with pytest.raises(ToolError, match="--force"):
         merge_checkpoint(src, [lora], out)
     assert (out / "keep.txt").read_text() == "mine"
+    with pytest.raises(ToolError, match="not a diffusers model"):  # --force replaces outputs, not the user's files
+        merge_checkpoint(src, [lora], out, force=True)
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    merge_checkpoint(src, [lora], out, force=True)  # an empty folder is replaced
+    (out / "stale.txt").write_text("a previous output's")
     merge_checkpoint(src, [lora], out, force=True)
-    assert not (out / "keep.txt").exists() and (out / "unet").is_dir()
+    assert not (out / "stale.txt").exists() and (out / "unet").is_dir()
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"\x00" * 7)
     from loraprompt.errors import AdapterFileError
