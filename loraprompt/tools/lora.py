@@ -189,7 +189,14 @@ def _read_peft(path: str | Path, tensors: Mapping[str, Tensor], metadata: Mappin
     return modules
 
 
+# transformers 5's flattened CLIPTextModel names (`encoder.layers.0…`); files, A1111 and kohya spell
+# them the transformers-4 way, `text_model_encoder_layers_0_…` (T5's are `encoder_block_…`)
+_FLAT_CLIP = ("encoder_layers_", "embeddings_", "final_layer_norm")
+
+
 def _factors(path: str | Path, where: str, component: str, mpath: str, parts: Mapping[str, Tensor]) -> LoraFactors:
+    if component in ("text_encoder", "text_encoder_2") and mpath.startswith(_FLAT_CLIP):
+        mpath = "text_model_" + mpath  # one name per module: what kohya writes, and what merges group by
     if "down" not in parts or "up" not in parts:
         missing = "down" if "down" not in parts else "up"
         raise AdapterFileError(path, f"LoRA module has no {missing} tensor", key=where)

@@ -45,3 +45,27 @@ def test_a_file_output_onto_a_folder_is_refused_by_name(
     assert "out.safetensors" in err and "folder" in err and "Traceback" not in err
     assert folder.is_dir() and not any(folder.iterdir())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.safetensors"]
+
+
+def test_text_encoder_modules_get_the_names_a1111_reads(tmp_path: Path, diffusers_file: Path,
+                                                         kohya_file: Path) -> None:
+    """A PEFT file saved under transformers 5 names CLIP modules `text_encoder.encoder.layers.0…`
+    (no `text_model.`). Written as kohya they must be `lora_te_text_model_encoder_layers_0_…`: A1111
+    matches text-encoder keys only with `text_model` in them (it dropped the whole text encoder
+    part before). And merged with a kohya file they are one module per weight, not two."""
+    import torch
+
+    from loraprompt.tools.io import load_tensors
+    from loraprompt.tools.lora import read_lora
+
+    out = tmp_path / "k.safetensors"
+    assert main(["convert", str(diffusers_file), "--to", "kohya", "-o", str(out), "--quiet"]) == 0
+    te_keys = [k for k in load_tensors(out)[0] if k.startswith("lora_te")]
+    assert te_keys and all(k.startswith("lora_te_text_model_encoder_layers_") for k in te_keys)
+    merged = tmp_path / "m.safetensors"
+    assert main(["merge", f"{diffusers_file}:0.5", f"{kohya_file}:-0.7", "-o", str(merged), "--quiet"]) == 0
+    a, b, m = read_lora(diffusers_file), read_lora(kohya_file), read_lora(merged)
+    assert len(a.modules) == len(b.modules) == len(m.modules)
+    for key, module in m.modules.items():
+        expected = 0.5 * a.modules[key].delta() - 0.7 * b.modules[key].delta()
+        torch.testing.assert_close(module.delta(), expected, rtol=1e-5, atol=1e-6)
