@@ -90,8 +90,10 @@ class LoraSet:
         return torch.float32 if first is None else first.down.dtype
 
     def user_metadata(self) -> dict[str, str]:
-        """Metadata minus what a layout or a previous tool run wrote."""
-        return {k: v for k, v in self.metadata.items() if k not in (PEFT_METADATA_KEY, RECIPE_KEY)}
+        """Metadata minus what a layout or a previous tool run wrote, and minus kohya's hashes of
+        the file's tensors (sshs_*), which no longer hold once a tool rewrites them."""
+        stale = (PEFT_METADATA_KEY, RECIPE_KEY, "sshs_model_hash", "sshs_legacy_hash")
+        return {k: v for k, v in self.metadata.items() if k not in stale}
 
 
 def read_lora(path: str | Path) -> LoraSet:

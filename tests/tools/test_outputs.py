@@ -69,3 +69,27 @@ def test_text_encoder_modules_get_the_names_a1111_reads(tmp_path: Path, diffuser
     for key, module in m.modules.items():
         expected = 0.5 * a.modules[key].delta() - 0.7 * b.modules[key].delta()
         torch.testing.assert_close(module.delta(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_resize_rewrites_the_rank_metadata_and_drops_stale_hashes(tmp_path: Path, kohya_file: Path) -> None:
+    """kohya's ss_network_dim/ss_network_alpha (the gallery's "Network dim"/"Network alpha", and
+    `inspect`) said 4/8.0 after a resize to rank 2; the file's own sshs_* hashes no longer match."""
+    from safetensors.torch import load_file, save_file
+
+    from loraprompt.tools.io import load_tensors
+
+    src = tmp_path / "hashed.safetensors"
+    meta = load_tensors(kohya_file)[1]
+    save_file(load_file(kohya_file), str(src), metadata={**meta, "sshs_model_hash": "ab" * 32, "sshs_legacy_hash": "cd" * 4})
+    assert (meta["ss_network_dim"], meta["ss_network_alpha"]) == ("4", "8.0")
+    out = tmp_path / "r2.safetensors"
+    assert main(["resize", str(src), "--rank", "2", "-o", str(out), "--quiet"]) == 0
+    tensors, written = load_tensors(out)
+    assert (written["ss_network_dim"], written["ss_network_alpha"]) == ("2", "4.0")
+    assert {float(t) for k, t in tensors.items() if k.endswith(".alpha")} == {4.0}
+    assert "sshs_model_hash" not in written and "sshs_legacy_hash" not in written
+    assert written["ss_network_module"] == "networks.lora"
+    dynamic = tmp_path / "e.safetensors"
+    assert main(["resize", str(src), "--energy", "0.9", "-o", str(dynamic), "--quiet"]) == 0
+    ranks = {t.shape[0] for k, t in load_tensors(dynamic)[0].items() if k.endswith("lora_down.weight")}
+    assert len(ranks) > 1 and load_tensors(dynamic)[1]["ss_network_dim"] == "Dynamic"
