@@ -64,6 +64,9 @@ def merge_loras(sources: Sequence[str | Path], weights: Sequence[float], output:
         raise ToolError(f"{len(sources)} LoRAs but {len(weights)} weights")
     out = check_output(output, sources, force)
     loras: list[LoraSet] = [read_lora(s) for s in sources]
+    if len({lora.family for lora in loras if lora.family}) > 1:
+        raise ToolError("LoRAs for different model families cannot be merged: "
+                        + ", ".join(f"{lora.path} is {lora.family}" for lora in loras))
     out_dtype = parse_dtype(dtype) or loras[0].dtype
     # a transformer adapted under both namings (a PEFT file's to_q, a kohya file's fused qkv): the
     # native modules become their diffusers modules (exact), so each weight is one merged module

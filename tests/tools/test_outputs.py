@@ -93,3 +93,15 @@ def test_resize_rewrites_the_rank_metadata_and_drops_stale_hashes(tmp_path: Path
     assert main(["resize", str(src), "--energy", "0.9", "-o", str(dynamic), "--quiet"]) == 0
     ranks = {t.shape[0] for k, t in load_tensors(dynamic)[0].items() if k.endswith("lora_down.weight")}
     assert len(ranks) > 1 and load_tensors(dynamic)[1]["ss_network_dim"] == "Dynamic"
+
+
+def test_merging_loras_of_two_families_names_both(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  kohya_file: Path) -> None:
+    """It said 'unet/down_blocks_1_attentions_0_proj_in: inputs target different shapes', naming no file."""
+    from tests.fixtures.loras import write_kohya_lora
+
+    xl = write_kohya_lora("sdxl", tmp_path / "xl.safetensors", seed=1).path
+    assert main(["merge", str(kohya_file), str(xl), "-o", str(tmp_path / "m.safetensors"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "kohya.safetensors" in err and "xl.safetensors" in err and "sd1" in err and "sdxl" in err
+    assert not (tmp_path / "m.safetensors").exists()
