@@ -16,7 +16,8 @@ FORMATS = ("kohya", "peft", "comfyui", "bfl", "xlabs")  # = tools.writer.FORMATS
 EPILOG = {
     "merge": "LoRA spec: PATH[:STRENGTH[:UNET]] (one number sets both text encoder and UNet). With "
              "--checkpoint the LoRAs are merged into it; without, into one LoRA (exact, or --rank/--energy).",
-    "convert": "Tensors and metadata are copied bit for bit; kohya alpha becomes PEFT lora_alpha.",
+    "convert": "The factors are copied bit for bit, metadata kept; kohya's alpha tensors become PEFT's "
+               "lora_alpha (and come back in the factors' dtype).",
     "resize": "Prints, per module, the rank before/after and the fraction of its norm kept.",
     "extract": "SVD of (tuned - base) per weight; both checkpoints in one layout.",
 }
@@ -26,12 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     """Arguments of one of the four tool commands."""
     parser.epilog = EPILOG[name]
     parser.add_argument("-o", "--output", required=True, type=Path, help="output file (or folder)")
-    parser.add_argument("--force", action="store_true", help="replace an existing output")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing output (a file, or a folder that is empty or a diffusers model)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar" if name != "convert" else "accepted for scripts; convert shows no progress")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     if name == "convert":
-        parser.add_argument("input", type=Path, help="LoRA file (kohya or PEFT/diffusers)")
-        parser.add_argument("--to", required=True, choices=FORMATS, help="target layout")
+        parser.add_argument("input", type=Path, help="LoRA file (kohya, PEFT/diffusers, ComfyUI, BFL or XLabs)")
+        parser.add_argument("--to", required=True, choices=FORMATS,
+                            help="target layout (comfyui/bfl/xlabs name transformer modules natively)")
         return
     parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="output dtype (default: the input's)")
     parser.add_argument("--device", default="cpu", metavar="{cpu,cuda,cuda:N,auto}",
@@ -53,10 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     target = parser.add_mutually_exclusive_group(required=name in ("resize", "extract"))
     target.add_argument("--rank", type=int, help="target rank")
     target.add_argument("--energy", type=float, help="smallest rank keeping this fraction of each module's norm")
-    parser.add_argument("--conv-rank", type=int, help="rank for 3x3 conv modules (default: --rank)")
+    parser.add_argument("--conv-rank", type=int, help="rank for 3x3 conv modules (default: --rank; needs --rank)")
+    default = ("kohya, or peft for an SD3/Flux/Wan transformer" if name == "extract" else
+               "the input's" if name == "resize" else "the first input's")
     parser.add_argument("--format", choices=FORMATS,
-                        help="output LoRA layout (default: the input's; for extract kohya, or peft for an "
-                             "SD3/Flux/Wan transformer); comfyui/bfl/xlabs name transformer modules natively")
+                        help=f"output LoRA layout (default: {default}); comfyui/bfl/xlabs name transformer modules natively")
 
 
 def parse_lora_spec(text: str) -> tuple[str, float, float]:
@@ -72,6 +77,10 @@ def parse_lora_spec(text: str) -> tuple[str, float, float]:
     path = ":".join(parts)
     if not path:
         raise ToolError(f"LoRA spec {text!r} has no path")
+    if len(numbers) < 2 and len(parts) > 1 and not Path(path).exists():
+        head, _, tail = path.rpartition(":")
+        if any(p and Path(p).is_file() for p in (head, head.rpartition(":")[0])):  # PATH:abc, PATH:abc:0.5, PATH:0.5:abc
+            raise ToolError(f"LoRA spec {text!r}: strength {tail!r} is not a number (PATH[:STRENGTH[:UNET]])")
     te = numbers[0] if numbers else 1.0
     unet = numbers[1] if len(numbers) > 1 else te
     return path, te, unet
@@ -80,6 +89,9 @@ def parse_lora_spec(text: str) -> tuple[str, float, float]:
 def _target(args: argparse.Namespace) -> Any:
     from loraprompt.tools.svd import RankTarget
 
+    if args.conv_rank is not None and args.rank is None:
+        raise ToolError("--conv-rank sets the rank of 3x3 convs beside --rank; with --energy every module "
+                        "takes the rank its energy needs, and without a rank nothing is cut")
     if args.rank is None and args.energy is None:
         return None
     return RankTarget(rank=args.rank, energy=args.energy, conv_rank=args.conv_rank)
@@ -107,8 +119,8 @@ def _run(args: argparse.Namespace) -> Any:
     if args.checkpoint is not None:
         from loraprompt.tools.merge import LoraSpec, merge_checkpoint
 
-        if args.rank is not None or args.energy is not None or args.format:
-            raise ToolError("--rank/--energy/--format apply to LoRA merges, not to merges into a checkpoint")
+        if args.rank is not None or args.energy is not None or args.conv_rank is not None or args.format:
+            raise ToolError("--rank/--energy/--conv-rank/--format apply to LoRA merges, not to merges into a checkpoint")
         return merge_checkpoint(args.checkpoint, [LoraSpec(*s) for s in specs], args.output, dtype=args.dtype,
                                 layout=args.layout, family="" if args.no_family_check else None,
                                 force=args.force, progress=progress, device=args.device)

@@ -18,6 +18,7 @@ from loraprompt.tools.io import (
     check_output,
     describe_inputs,
     parse_dtype,
+    rank_metadata,
     recipe_metadata,
     spec_nbytes,
 )
@@ -28,6 +29,9 @@ from loraprompt.tools.writer import write_lora
 
 _LDM_TOP = ("input_blocks.", "middle_block.", "output_blocks.", "time_embed.", "label_emb.", "out.")
 _TEXT_ROOTS = ("transformer.", "model.")
+# kohya's ss_base_model_version (as sd-scripts and loraprompt train write it) by family
+BASE_MODEL = {family: {"ss_base_model_version": version, "ss_v2": str(family == "sd2")}
+              for family, version in (("sd1", "sd_v1"), ("sd2", "sd_v2"), ("sdxl", "sdxl_base_v1-0"))}
 
 
 @dataclass(frozen=True)
@@ -224,8 +228,10 @@ def extract_lora(tuned: str | Path, base: str | Path, output: str | Path, target
     bar.close()
     if not modules:
         raise ToolError(f"{tuned} and {base} do not differ in any extractable weight (min_diff={min_diff})")
-    metadata = recipe_metadata("extract", inputs=describe_inputs([p for p in (tuned, base) if Path(p).is_file()]),
-                               rank=target.rank, energy=target.energy, conv_rank=target.conv_rank,
-                               min_diff=min_diff, min_kept=round(report.min_kept, 6))
+    # kohya's own extract script writes these: galleries show the rank and base model from them
+    metadata = {"ss_network_module": "networks.lora", **rank_metadata(modules), **BASE_MODEL.get(family or "", {}),
+                **recipe_metadata("extract", inputs=describe_inputs([p for p in (tuned, base) if Path(p).is_file()]),
+                                  rank=target.rank, energy=target.energy, conv_rank=target.conv_rank,
+                                  min_diff=min_diff, min_kept=round(report.min_kept, 6))}
     write_lora(out, modules, fmt, metadata)
     return report

@@ -51,6 +51,9 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
     return OUTPUT_DTYPES[name]
 
 
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")  # A1111, ComfyUI and diffusers pick the loader by suffix
+
+
 def check_output(output: str | Path, inputs: Iterable[str | Path], force: bool, folder: bool | None = False) -> Path:
     """Refuse to write over an input, or over an existing output unless `force`; `folder`: whether
     the output is a folder (None: not known yet, see `check_replace`)."""
@@ -62,9 +65,12 @@ def check_output(output: str | Path, inputs: Iterable[str | Path], force: bool, 
         if out.resolve() == src_path.resolve():
             raise ToolError(f"{out}: refusing to overwrite the input {src_path}")
     if out.exists() and not force:
-        raise ToolError(f"{out}: output exists; pass --force (force=True) to replace it")
+        raise ToolError(f"{out}: output exists; pass --force to replace it (force=True from Python)")
     if not out.parent.exists():
         raise ToolError(f"{out}: folder {out.parent} does not exist")
+    if out.suffix.lower() in PICKLE_SUFFIXES:
+        raise ToolError(f"{out}: the tools write safetensors, and other tools would unpickle a {out.suffix} file; "
+                        f"name it {out.with_suffix('.safetensors').name}")
     if folder is not None:
         check_replace(out, folder)
     return out
@@ -88,6 +94,17 @@ def recipe_metadata(tool: str, **fields: Any) -> dict[str, str]:
 
     recipe = {"tool": tool, "loraprompt": __version__, **fields}
     return {RECIPE_KEY: json.dumps(recipe, sort_keys=True, default=str)}
+
+
+def rank_metadata(modules: Sequence[Any]) -> dict[str, str]:
+    """kohya's ss_network_dim/ss_network_alpha (what galleries show as a file's rank and alpha) for
+    written LoRA modules: one value, or "Dynamic" as kohya's resize writes when ranks differ. 3x3
+    convs are left out (kohya records them as conv_dim)."""
+    linear = [m for m in modules if m.down.dim() == 2 or tuple(m.down.shape[2:]) == (1, 1)] or list(modules)
+    ranks = {m.rank for m in linear}
+    alphas = {float(m.rank if m.alpha is None else m.alpha) for m in linear}
+    return {"ss_network_dim": str(ranks.pop()) if len(ranks) == 1 else "Dynamic",
+            "ss_network_alpha": str(alphas.pop()) if len(alphas) == 1 else "Dynamic"}
 
 
 def _input_name(path: str | Path) -> str:
@@ -294,7 +311,8 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
 
 
 class Progress:
-    """A minimal progress bar on stderr (silent when disabled or not a terminal-like stream)."""
+    """A minimal progress bar on stderr. Redrawn in place on a terminal; elsewhere (a log file, a
+    pipe) one line at each quarter, so logs get a few lines instead of a hundred carriage returns."""
 
     def __init__(self, total: int, label: str, enabled: bool = True) -> None:
         self.total = max(total, 1)
@@ -302,12 +320,20 @@ class Progress:
         self.enabled = enabled
         self.done = 0
         self._last = -1
+        isatty = getattr(sys.stderr, "isatty", None)
+        self._terminal = bool(isatty and isatty())
 
     def update(self, n: int = 1) -> None:
         self.done += n
         if not self.enabled:
             return
         pct = min(100, self.done * 100 // self.total)
+        if not self._terminal:
+            if pct // 25 > self._last // 25 or self._last < 0:
+                self._last = pct
+                sys.stderr.write(f"{self.label}: {pct}% ({self.done}/{self.total})\n")
+                sys.stderr.flush()
+            return
         if pct != self._last:
             self._last = pct
             bar = "#" * (pct // 4)
@@ -315,6 +341,6 @@ class Progress:
             sys.stderr.flush()
 
     def close(self) -> None:
-        if self.enabled and self._last >= 0:
+        if self.enabled and self._last >= 0 and self._terminal:
             sys.stderr.write("\n")
             sys.stderr.flush()

@@ -159,8 +159,9 @@ def _read_kohya(path: str | Path, tensors: Mapping[str, Tensor]) -> dict[str, Lo
         prefix = next((p for p in KOHYA_PREFIXES if key.startswith(p)), None)
         name, _, part = key.partition(".")
         if prefix is None or part not in _KOHYA_PARTS:
-            raise AdapterFileError(path, "not a plain kohya LoRA key (LyCORIS and other algorithms "
-                                         "are merged into checkpoints, not converted)", key=key)
+            raise AdapterFileError(path, "not a plain kohya LoRA key: LyCORIS files (LoHa, LoKr, ...) "
+                                         "can only be merged into a checkpoint (merge --checkpoint); convert, "
+                                         "resize and LoRA merges take plain LoRAs", key=key)
         groups.setdefault((KOHYA_PREFIXES[prefix], name[len(prefix):]), {})[_KOHYA_PARTS[part]] = tensor
     modules = {}
     for (component, mpath), parts in groups.items():

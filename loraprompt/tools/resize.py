@@ -7,7 +7,14 @@ from pathlib import Path
 
 import torch
 
-from loraprompt.tools.io import Progress, check_output, describe_inputs, parse_dtype, recipe_metadata
+from loraprompt.tools.io import (
+    Progress,
+    check_output,
+    describe_inputs,
+    parse_dtype,
+    rank_metadata,
+    recipe_metadata,
+)
 from loraprompt.tools.lora import LoraFactors, read_lora
 from loraprompt.tools.stream import resolve_device, to_host
 from loraprompt.tools.svd import RankTarget, factorise, factorise_product
@@ -73,22 +80,10 @@ def resize_lora(source: str | Path, output: str | Path, target: RankTarget, *, f
         report.modules.append(ModuleResize(module.key, module.rank, new.rank, kept))
         bar.update()
     bar.close()
-    metadata = {**lora.user_metadata(), **_rank_metadata(lora.metadata, resized),
+    metadata = {**lora.user_metadata(), **(rank_metadata(resized) if "ss_network_dim" in lora.metadata else {}),
                 **recipe_metadata("resize", inputs=describe_inputs([source]), rank=target.rank,
                                   energy=target.energy, conv_rank=target.conv_rank,
                                   min_kept=round(report.min_kept, 6))}
     write_lora(out, resized, fmt or lora.format, metadata, lora.family)
     return report
 
-
-def _rank_metadata(metadata: dict[str, str], modules: list[LoraFactors]) -> dict[str, str]:
-    """kohya's ss_network_dim/ss_network_alpha (what galleries show as the file's rank and alpha)
-    for the resized modules, where the input had them: one value, or "Dynamic" as kohya's resize
-    writes when ranks differ. 3x3 convs are left out (kohya records them as conv_dim)."""
-    if "ss_network_dim" not in metadata:
-        return {}
-    linear = [m for m in modules if m.down.dim() == 2 or tuple(m.down.shape[2:]) == (1, 1)] or modules
-    ranks = {m.rank for m in linear}
-    alphas = {float(m.rank if m.alpha is None else m.alpha) for m in linear}
-    return {"ss_network_dim": str(ranks.pop()) if len(ranks) == 1 else "Dynamic",
-            "ss_network_alpha": str(alphas.pop()) if len(alphas) == 1 else "Dynamic"}

@@ -105,3 +105,64 @@ def test_merging_loras_of_two_families_names_both(tmp_path: Path, capsys: pytest
     err = capsys.readouterr().err
     assert "kohya.safetensors" in err and "xl.safetensors" in err and "sd1" in err and "sdxl" in err
     assert not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".pt", ".bin"])
+def test_a_pickle_suffix_on_the_output_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  sd1_inputs: dict[str, Path], suffix: str) -> None:
+    """A1111, ComfyUI and diffusers choose the loader by suffix: a safetensors file named .ckpt would
+    be handed to the unpickler."""
+    out = tmp_path / f"merged{suffix}"
+    assert main(["merge", "--checkpoint", str(sd1_inputs["checkpoint"]), str(sd1_inputs["lora"]), "-o", str(out),
+                 "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"merged{suffix}" in err and "merged.safetensors" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_strength_that_is_not_a_number_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  sd1_inputs: dict[str, Path]) -> None:
+    lora = sd1_inputs["lora"]
+    for spec, bad in ((f"{lora}:abc", "abc"), (f"{lora}:abc:0.5", "abc"), (f"{lora}:0.5:x", "x")):
+        assert main(["merge", spec, f"{lora}:0.5", "-o", str(tmp_path / "m.safetensors"), "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert f"strength {bad!r} is not a number" in err and "no such file" not in err.lower(), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_conv_rank_without_a_rank_is_refused_not_ignored(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         sd1_inputs: dict[str, Path]) -> None:
+    lora, ckpt = str(sd1_inputs["lora"]), str(sd1_inputs["checkpoint"])
+    for args in (["resize", lora, "--energy", "0.9"], ["merge", f"{lora}:0.5", f"{lora}:0.5"],
+                 ["merge", "--checkpoint", ckpt, lora]):
+        assert main([*args, "--conv-rank", "2", "-o", str(tmp_path / "o.safetensors"), "--quiet"]) == 1
+        assert "--conv-rank" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_extract_writes_the_rank_and_base_model_metadata_galleries_show(tmp_path: Path,
+                                                                       sd1_inputs: dict[str, Path]) -> None:
+    from loraprompt.library.metadata import family_from_metadata, summarize
+    from loraprompt.tools.io import load_tensors
+
+    ckpt = sd1_inputs["checkpoint"]
+    merged, out = tmp_path / "merged.safetensors", tmp_path / "x.safetensors"
+    assert main(["merge", "--checkpoint", str(ckpt), str(sd1_inputs["lora"]), "-o", str(merged), "--quiet"]) == 0
+    assert main(["extract", str(merged), str(ckpt), "--rank", "3", "-o", str(out), "--quiet"]) == 0
+    metadata = load_tensors(out)[1]
+    assert metadata["ss_network_module"] == "networks.lora" and metadata["ss_base_model_version"] == "sd_v1"
+    assert metadata["ss_network_dim"] == "3" and metadata["ss_network_alpha"] == "3.0"
+    assert summarize(metadata).base_model_version == "sd_v1" and family_from_metadata(metadata) == "sd1"
+
+
+def test_progress_in_a_log_is_a_few_lines_not_carriage_returns(capsys: pytest.CaptureFixture[str]) -> None:
+    from loraprompt.tools.io import Progress
+
+    bar = Progress(400, "extract")
+    for _ in range(400):
+        bar.update()
+    bar.close()
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert err.splitlines() == ["extract: 0% (1/400)", "extract: 25% (100/400)", "extract: 50% (200/400)",
+                                "extract: 75% (300/400)", "extract: 100% (400/400)"]
