@@ -86,6 +86,7 @@ class Job:
         self.completed_at: float | None = None
         self.image_no = 0  # images finished
         self.step = 0  # sampling step of the current image
+        self.steps = 0  # of how many (its hires pass included; 0 until its first step)
         self.interrupted = False
         self._cancel = threading.Event()
         self._canceled = False
@@ -205,7 +206,7 @@ def run_job(engine: Any, job: Job, on_image: Callable[[int, ImageOutput], None] 
             job.step = 0
 
             def on_step(step: int, total: int) -> None:
-                job.step = step
+                job.step, job.steps = step, total
                 if job.stop_requested:
                     engine.interrupt()
 

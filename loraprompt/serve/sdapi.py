@@ -1,5 +1,6 @@
 """Automatic1111's `/sdapi/v1/*` as its clients (e.g. the `webuiapi` package) use it: txt2img
-(img2img: `sdapi_img2img`), loras, refresh-loras, samplers, schedulers, sd-models, options, progress, interrupt.
+(its hires fix: `sdapi_hires`; img2img: `sdapi_img2img`; the lists clients read at start-up:
+`sdapi_lists`), loras, refresh-loras, samplers, schedulers, sd-models, options, progress, interrupt.
 
 `prompt` (and `negative_prompt`) may also be a list, one per image: each image then gets the
 LoRAs its own prompt names (A1111 lets the first prompt decide for the whole batch).
@@ -20,6 +21,7 @@ from loraprompt.infotext import parse_infotext
 from loraprompt.library.safetensors_header import decoded_metadata
 from loraprompt.serve.errors import ServeError, invalid
 from loraprompt.serve.jobs import ImageTask, Job
+from loraprompt.serve.sdapi_hires import HiresFields, hires_options, with_hires
 from loraprompt.serve.service import Service, sampler_label, sampler_names, scheduler_name, schedulers_of
 from loraprompt.ui.txt2img import Txt2ImgRequest
 
@@ -50,9 +52,13 @@ class Txt2ImgBody(BaseModel):
     override_settings: dict[str, Any] | None = Field(default_factory=dict)
 
 
+class Txt2ImgHiresBody(Txt2ImgBody, HiresFields):
+    """txt2img's body: the fields above and A1111's hires fix (`sdapi_hires`)."""
+
+
 # A1111 fields that change the image when set, and the value at which they do nothing
 _INERT: dict[str, tuple[Any, ...]] = {
-    "enable_hr": (False, None),
+    "enable_hr": (False, None),  # on img2img (txt2img's body has the field)
     "restore_faces": (False, None),
     "tiling": (False, None),
     "subseed_strength": (0, 0.0, None),
@@ -65,13 +71,13 @@ _INERT: dict[str, tuple[Any, ...]] = {
     "mask": (None, ""),
 }
 # A1111 fields that are inert here whatever their value (sampler fine-tuning, saving, hires
-# settings that only act with enable_hr, tracking)
+# settings that only act with enable_hr (txt2img reads them: sdapi_hires), tracking)
 _QUIET = {
     "sampler_index", "subseed", "seed_resize_from_h", "seed_resize_from_w", "eta", "s_churn", "s_tmax", "s_tmin",
     "s_noise", "s_min_uncond", "do_not_save_samples", "do_not_save_grid", "override_settings_restore_afterwards",
     "firstphase_width", "firstphase_height", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x",
     "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt",
-    "hr_additional_modules", "denoising_strength", "refiner_switch_at", "disable_extra_networks", "comments",
+    "hr_additional_modules", "hr_cfg", "hr_distilled_cfg", "denoising_strength", "refiner_switch_at", "disable_extra_networks", "comments",
     "force_task_id", "infotext", "firstpass_image", "user",
 }
 _USED_SETTINGS = {"CLIP_stop_at_last_layers", "sd_model_checkpoint", "samples_format"}
@@ -154,7 +160,8 @@ def txt2img_info(service: Service, body: Txt2ImgBody, job: Job, *, label: str, c
     first = done[0] if done else job.tasks[0].request
     fields = parse_infotext(images[0].infotext) if images else {}
     sampler = next(s for s in service.model.samplers if s.label == label)
-    extra = {k: v for k, v in fields.items() if k == "Lora hashes"}
+    extra = {k: v for k, v in fields.items()
+             if k == "Lora hashes" or (first.hires is not None and (k == "Denoising strength" or k.startswith("Hires ")))}
     return {
         "prompt": first.prompt,
         "all_prompts": [t.prompt for t in done],
@@ -180,7 +187,7 @@ def txt2img_info(service: Service, body: Txt2ImgBody, job: Job, *, label: str, c
         "sd_vae_hash": None,
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
-        "denoising_strength": None,
+        "denoising_strength": first.hires.denoising_strength if first.hires is not None else None,
         "extra_generation_params": extra,
         "index_of_first_image": 0,
         "infotexts": [o.infotext for o in images],
@@ -207,9 +214,12 @@ def add_routes(router: Any, service: Service) -> None:
     them in its threadpool, so waiting for the model never blocks the event loop)."""
 
     @router.post("/sdapi/v1/txt2img")
-    def txt2img(body: Txt2ImgBody) -> dict[str, Any]:
-        tasks, clip_skip = txt2img_tasks(service, body)
-        warnings = unused_warnings(body, model_title(service), service.model.name)
+    def txt2img(body: Txt2ImgHiresBody) -> dict[str, Any]:
+        tasks, clip_skip = txt2img_tasks(service, body)  # the limits, the sampler and the prompts first
+        hires, warnings = hires_options(service, body, title=model_title(service), sampler=tasks[0].request.sampler)
+        if hires is not None:
+            tasks = [with_hires(service, t, hires) for t in tasks]
+        warnings = unused_warnings(body, model_title(service), service.model.name) + warnings
         for w in warnings:
             log.warning("txt2img: %s", w)
         job = service.run(tasks, keep=body.save_images)
@@ -285,7 +295,7 @@ def add_routes(router: Any, service: Service) -> None:
                     "state": {"skipped": False, "interrupted": False, "job": "", "job_count": pending,
                               "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}}
         total = len(job.tasks)
-        steps = job.tasks[0].request.steps
+        steps = job.steps or job.tasks[0].request.steps
         fraction = (job.image_no + job.step / max(steps, 1)) / max(total, 1)
         elapsed = time.time() - (job.started_at or time.time())
         eta = elapsed / fraction - elapsed if fraction > 0 else 0.0

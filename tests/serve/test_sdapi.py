@@ -119,10 +119,10 @@ def test_webuiapi_samplers_models_options_progress_interrupt(served: Served) -> 
 
 def test_unused_a1111_fields_are_accepted_and_named(served: Served) -> None:
     api = client(served, steps=3)
-    result = api.txt2img(prompt="a cat", seed=1, width=64, height=64, enable_hr=True, restore_faces=True,
+    result = api.txt2img(prompt="a cat", seed=1, width=64, height=64, tiling=True, restore_faces=True,
                          styles=["my style"], override_settings={"sd_vae": "x.vae.pt", "CLIP_stop_at_last_layers": 2})
     warnings = "\n".join(result.info["warnings"])
-    for name in ("enable_hr", "restore_faces", "styles", "override_settings.sd_vae"):
+    for name in ("tiling", "restore_faces", "styles", "override_settings.sd_vae"):
         assert name in warnings
     assert "hr_scale" not in warnings and "eta" not in warnings  # webuiapi's defaults: inert, not reported
     assert result.info["clip_skip"] == 2 and "Clip skip: 2" in result.info["infotexts"][0]
