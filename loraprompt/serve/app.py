@@ -52,12 +52,13 @@ def add_api(app: Any, service: Service, *, api_auth: str | None = None) -> None:
     from fastapi import APIRouter, Depends
     from fastapi.responses import JSONResponse
 
-    from loraprompt.serve import predictions, sdapi, sdapi_img2img
+    from loraprompt.serve import predictions, sdapi, sdapi_img2img, sdapi_lists
 
     users = parse_auth(api_auth)
     router = APIRouter(dependencies=[Depends(_auth_dependency(users))] if users else [])
     sdapi.add_routes(router, service)
     sdapi_img2img.add_routes(router, service)
+    sdapi_lists.add_routes(router, service)
     predictions.add_routes(router, service)
     app.include_router(router)
 

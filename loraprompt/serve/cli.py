@@ -93,6 +93,14 @@ def config_of(args: argparse.Namespace) -> ServeConfig:
                        str(data_dir.absolute()), str(Path(args.outputs).absolute() if args.outputs else data_dir.absolute() / "outputs"))
 
 
+def cmd_flags(args: argparse.Namespace, config: ServeConfig) -> dict[str, Any]:
+    """A1111's flags (GET /sdapi/v1/cmd-flags) that hold for this server: the API only, no web UI."""
+    return {"nowebui": True, "listen": args.host not in ("127.0.0.1", "localhost", "::1"), "server_name": args.host,
+            "port": args.port, "data_dir": config.data_dir, "ckpt": config.checkpoint,
+            "lora_dir": config.lora_dirs[0] if config.lora_dirs else None,
+            "cors_allow_origins": args.cors_allow_origins, "cors_allow_origins_regex": args.cors_allow_origins_regex}
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the model (or start Ray), then serve until interrupted."""
     from loraprompt.errors import LoraPromptError
@@ -125,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     service = Service(engine, download_dir=config.download_dir, limits=limits, max_download_mb=args.max_download_mb,
                       download_timeout_s=args.download_timeout)
+    service.cmd_flags = cmd_flags(args, config)
     app = build_app(service, api_auth=args.api_auth, cors_origins=cors, cors_origin_regex=args.cors_allow_origins_regex)
     import uvicorn
 

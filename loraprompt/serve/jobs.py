@@ -264,6 +264,14 @@ class ModelQueue:
             job.interrupt()
             self.engine.interrupt()
 
+    def skip(self) -> None:
+        """A1111's skip: the current image of the running job ends now, unfinished, and the job
+        goes on with its next image (each image is its own generation here)."""
+        job = self.current
+        if job is not None:
+            job.log(f"skip: image {job.image_no + 1} of {len(job.tasks)} ends unfinished")
+            self.engine.interrupt()
+
     def cancel(self, job: Job) -> None:
         job.cancel()
         if self.current is job:

@@ -163,6 +163,7 @@ class Service:
         self.keep_predictions = keep_predictions
         self.predictions: dict[str, Any] = {}
         self.options: dict[str, Any] = {"CLIP_stop_at_last_layers": 1}  # what POST /sdapi/v1/options set
+        self.cmd_flags: dict[str, Any] = {}  # A1111's command-line flags that `loraprompt serve` was given
 
     @property
     def model(self) -> ModelInfo:

@@ -1,0 +1,101 @@
+"""The A1111 routes clients call at start-up, through `webuiapi` against a started server: every
+upscaler listed runs a hires fix (and nothing unlisted is claimed), the empty lists of what this
+server has none of, cmd-flags without secrets, memory in A1111's shape, and skip ending the current
+image of a batch while the rest are made as if alone."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import requests
+import torch
+import webuiapi
+from PIL import Image
+
+from loraprompt.ui.txt2img import Txt2ImgRequest
+from tests.serve.conftest import Served
+
+
+def client(served: Served, **kw: Any) -> webuiapi.WebUIApi:
+    return webuiapi.WebUIApi(host="127.0.0.1", port=served.port, **kw)
+
+
+def test_every_listed_upscaler_runs_the_hires_fix(served: Served) -> None:
+    api = client(served)
+    upscalers, latent = api.get_upscalers(), api.get_latent_upscale_modes()
+    assert upscalers == [{"name": n, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+                         for n in ("Lanczos", "Nearest")]
+    assert [m["name"] for m in latent] == ["Latent", "Latent (antialiased)", "Latent (bicubic)",
+                                           "Latent (bicubic antialiased)", "Latent (nearest)", "Latent (nearest-exact)"]
+    for name in [u["name"] for u in upscalers] + [m["name"] for m in latent]:
+        response = requests.post(f"{served.url}/sdapi/v1/txt2img", timeout=120, json={
+            "prompt": "a cat", "seed": 1, "steps": 2, "width": 64, "height": 64, "enable_hr": True, "hr_scale": 1.25,
+            "hr_upscaler": name})
+        assert response.status_code == 200, (name, response.text)
+        image = Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0])))
+        assert image.size == (80, 80) and f"Hires upscaler: {name}," in image.info["parameters"]
+
+
+def test_what_this_server_has_none_of_is_an_empty_list_in_a1111s_shape(served: Served) -> None:
+    api = client(served)
+    assert api.get_sd_vae() == []  # A1111 with no VAE files; the model's own VAE is not listed
+    assert api.get_embeddings() == {"loaded": {}, "skipped": {}}
+    assert api.get_prompt_styles() == []
+    assert api.get_scripts() == {"txt2img": [], "img2img": []}
+
+
+def test_cmd_flags_say_what_holds_here_and_never_the_api_password(served: Served) -> None:
+    flags = client(served).get_cmd_flags()
+    assert flags["api"] is True and flags["lora_dir"] == str(served.lora_dir)
+
+    from loraprompt.serve.cli import ServeConfig, add_arguments, cmd_flags
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--host", "0.0.0.0", "--port", "7861", "--api-auth", "me:s3cret"])
+    got = cmd_flags(args, ServeConfig(lora_dirs=["/loras"], data_dir="/data"))
+    assert (got["listen"], got["port"], got["nowebui"], got["lora_dir"], got["data_dir"]) == (True, 7861, True, "/loras",
+                                                                                              "/data")
+    served.service.cmd_flags = {**got, "api_auth": "me:s3cret"}
+    try:
+        assert "s3cret" not in json.dumps(client(served).get_cmd_flags())
+    finally:
+        served.service.cmd_flags = {}
+
+
+def test_memory_is_a1111s_shape(served: Served) -> None:
+    memory = client(served).get_memory()
+    ram = memory["ram"]
+    assert 0 < ram["used"] < ram["total"] and ram["free"] == ram["total"] - ram["used"]
+    if torch.cuda.is_available():
+        assert memory["cuda"]["system"]["total"] > 0
+    else:
+        assert memory["cuda"] == {"error": "unavailable"}  # A1111's answer without CUDA
+
+
+def test_skip_ends_the_current_image_and_the_batch_goes_on(served: Served) -> None:
+    api = client(served, sampler="Euler", steps=40)
+    result: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: result.update(r=api.txt2img(prompt="a cat", seed=70, batch_size=3,
+                                                                          width=64, height=64)))
+    worker.start()
+    deadline = time.monotonic() + 120
+    while (progress := api.get_progress())["state"]["sampling_step"] < 2:
+        assert time.monotonic() < deadline and worker.is_alive()
+        time.sleep(0.02)
+    assert progress["state"]["job_no"] == 0
+    api.skip()
+    worker.join(300)
+    done = result["r"]
+    assert done.info["interrupted"] is False and done.info["all_seeds"] == [70, 71, 72]
+    for i, image in enumerate(done.images):
+        alone = served.engine.generate(Txt2ImgRequest("a cat", "", 40, 7, 70 + i, 64, 64, "Euler"), save=False)
+        same = np.array_equal(np.asarray(image.convert("RGB")), np.asarray(alone.image.convert("RGB")))
+        assert same is (i > 0), i  # the first ended unfinished; the others are whole
