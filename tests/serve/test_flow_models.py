@@ -154,3 +154,21 @@ def test_replicate_inputs_on_flux(flux: Flux) -> None:
     bad = requests.post(f"{flux.url}/predictions", json={"input": {"prompt": "x", "scheduler": "K_EULER_ANCESTRAL"}},
                         headers={"Prefer": "wait"}, timeout=60)
     assert bad.status_code == 422 and "K_EULER" in bad.json()["detail"][0]["ctx"]["choices"]
+
+
+def test_hires_on_flux_offers_only_image_upscalers_and_gives_the_engines_image(flux: Flux) -> None:
+    from loraprompt.ui.hires import HiresOptions
+
+    assert requests.get(f"{flux.url}/sdapi/v1/latent-upscale-modes", timeout=10).json() == []
+    assert [u["name"] for u in requests.get(f"{flux.url}/sdapi/v1/upscalers", timeout=10).json()] == ["Lanczos", "Nearest"]
+    hires = {"enable_hr": True, "hr_scale": 1.5, "denoising_strength": 0.5, "sampler_name": "Euler"}
+    refused = requests.post(f"{flux.url}/sdapi/v1/txt2img", json={"prompt": "a cat", **TINY, **hires}, timeout=60)
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "hr_upscaler"]  # None: Latent
+    response = requests.post(f"{flux.url}/sdapi/v1/txt2img", timeout=120,
+                             json={"prompt": "a cat", **TINY, **hires, "hr_upscaler": "Lanczos"})
+    assert response.status_code == 200, response.text
+    image = Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0])))
+    assert image.size == (96, 96)
+    alone = flux.engine.generate(Txt2ImgRequest("a cat", "", 2, 7, 5, 64, 64, "Euler Simple", hires=HiresOptions(
+        "Lanczos", 1.5, denoising_strength=0.5)), save=False)
+    assert np.array_equal(np.asarray(image.convert("RGB")), np.asarray(alone.image.convert("RGB")))

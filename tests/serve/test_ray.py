@@ -87,3 +87,12 @@ def test_ray_serve_multiplexes_lora_sets_and_matches_the_single_process_server(r
     assert info["replicas"][0] == info["replicas"][3]  # one set, one replica
     assert len(set(info["replicas"])) >= 1 and None not in info["replicas"]
     assert requests.get(f"{ray_url}/sdapi/v1/loras", timeout=10).json()[0]["name"] == "demo_sketch"
+
+    # hires fix on the replicas: the single-process server's images, at the hires size
+    hires = {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Lanczos", "hr_second_pass_steps": 2,
+             "sampler_name": "Euler"}
+    images, info = txt2img(ray_url, prompts[:2], 60, batch_size=2, **hires)
+    local, local_info = txt2img(served.url, prompts[:2], 60, batch_size=2, **hires)
+    assert info["infotexts"] == local_info["infotexts"] and "Hires upscale: 1.5" in info["infotexts"][0]
+    for got, want in zip(images, local):
+        assert got.shape == (96, 96, 3) and np.array_equal(got, want)
