@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "webui": ("loraprompt.ui.cli", "launch the standalone web UI (demo model unless --checkpoint)"),
     "serve": ("loraprompt.serve.cli", "serve A1111's /sdapi/v1 and Replicate-style /predictions APIs (no web page)"),
     "merge": ("loraprompt.tools.cli", "merge LoRAs into a checkpoint, or LoRAs into one LoRA"),
-    "convert": ("loraprompt.tools.cli", "convert a LoRA between kohya and diffusers/PEFT layouts"),
+    "convert": ("loraprompt.tools.cli", "convert a LoRA between kohya, diffusers/PEFT, ComfyUI, BFL and XLabs layouts"),
     "resize": ("loraprompt.tools.cli", "change a LoRA's rank by SVD"),
     "extract": ("loraprompt.tools.cli", "extract a LoRA from a fine-tuned checkpoint and its base"),
     "train": ("loraprompt.train.cli", "train a LoRA from a few images (a folder or a .zip)"),
