@@ -148,6 +148,26 @@ def image_files(root: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
+def to_rgb(image: Any) -> Any:
+    """8-bit RGB as an image viewer shows the file: EXIF orientation applied (phone photos), 16-bit
+    grey scaled rather than clipped to white, transparent pixels on white rather than black."""
+    from PIL import Image, ImageOps
+
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a broken EXIF block: the pixels are still good
+        pass
+    if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
+        import numpy as np
+
+        grey = np.clip(np.asarray(image, dtype=np.float64) / 257.0, 0, 255).round().astype(np.uint8)
+        image = Image.fromarray(grey, "L")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def load_dataset(folder: Path, *, resolution: int, step: int, template: str, token: str,
                  require_token: bool) -> Dataset:
     """Every readable image under `folder`, fitted to its bucket; unreadable ones are skipped and named."""
@@ -164,7 +184,7 @@ def load_dataset(folder: Path, *, resolution: int, step: int, template: str, tok
                 probe.verify()  # truncated or corrupt files fail here or on load below
             with Image.open(path) as img:
                 img.load()
-                rgb = img.convert("RGB")
+                rgb = to_rgb(img)
         except Exception as exc:  # PIL raises many kinds (OSError, SyntaxError, ValueError, DecompressionBombError)
             skipped.append((name, f"{type(exc).__name__}: {exc}"))
             continue

@@ -1,0 +1,54 @@
+"""Training images as the user sees them: EXIF rotation applied, 16-bit and transparent PNGs
+brought to 8-bit RGB the way an image viewer shows them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from loraprompt.train.data import load_dataset
+
+
+def _load(folder: Path) -> dict[str, np.ndarray]:
+    data = load_dataset(folder, resolution=64, step=16, template="{token}", token="<s1>", require_token=False)
+    assert data.skipped == []
+    return {item.name: np.asarray(item.image) for item in data.images}
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    # stored 64 wide x 32 tall, red left / blue right; orientation 6 shows it rotated 90° clockwise:
+    # 32 wide x 64 tall, red on top
+    pixels = np.zeros((32, 64, 3), np.uint8)
+    pixels[:, :32] = (255, 0, 0)
+    pixels[:, 32:] = (0, 0, 255)
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6
+    image.save(tmp_path / "phone.jpg", exif=exif.tobytes(), quality=95)
+    data = load_dataset(tmp_path, resolution=64, step=16, template="{token}", token="<s1>", require_token=False)
+    item = data.images[0]
+    assert item.original_size == (64, 32)  # (height, width) as shown
+    assert item.size[0] > item.size[1]  # a portrait bucket
+    array = np.asarray(item.image)
+    assert array[2, array.shape[1] // 2, 0] > 200 and array[-3, array.shape[1] // 2, 2] > 200
+
+
+def test_sixteen_bit_grayscale_keeps_its_tones(tmp_path: Path) -> None:
+    ramp = np.zeros((32, 32), np.uint16)
+    ramp[:, :16] = 16384  # a quarter of 16-bit white
+    ramp[:, 16:] = 49152
+    Image.fromarray(ramp).save(tmp_path / "scan.png")
+    array = _load(tmp_path)["scan.png"]
+    assert abs(int(array[10, 5, 0]) - 64) <= 2 and abs(int(array[10, -5, 0]) - 191) <= 2
+
+
+def test_transparent_pixels_become_white(tmp_path: Path) -> None:
+    rgba = np.zeros((32, 32, 4), np.uint8)  # transparent black around an opaque green square
+    rgba[8:24, 8:24] = (0, 255, 0, 255)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
+    Image.fromarray(rgba, "RGBA").convert("P").save(tmp_path / "palette.png", transparency=0)
+    for name, array in _load(tmp_path).items():
+        assert tuple(array[1, 1]) == (255, 255, 255), name
+        assert tuple(array[32, 32]) == (0, 255, 0), name
