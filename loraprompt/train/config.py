@@ -72,6 +72,13 @@ class TrainConfig:
         for name in ("steps", "rank", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise TrainError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("sample_every", "save_every"):
+            if int(getattr(self, name)) < 0:
+                raise TrainError(f"--{name.replace('_', '-')} must be 0 or more (0: off), got {getattr(self, name)}")
+        if int(self.sample_steps) < 1:
+            raise TrainError(f"--sample-steps must be at least 1, got {self.sample_steps}")
+        if self.alpha is not None and not self.alpha > 0:
+            raise TrainError(f"--alpha must be > 0 (it scales the LoRA by alpha/rank), got {self.alpha}")
         if self.resolution is not None and self.resolution < 32:
             raise TrainError(f"--resolution must be at least 32, got {self.resolution}")
         if not (self.lr > 0 and self.lr_te >= 0):

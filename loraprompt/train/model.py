@@ -55,6 +55,17 @@ def family_of(pipe: Any) -> str:
     return "sd2" if int(pipe.unet.config.cross_attention_dim) >= 1024 else "sd1"
 
 
+def resolve_device(name: str) -> torch.device:
+    """`auto` (cuda when present), cpu, cuda or cuda:N; TrainError for a name torch does not know."""
+    try:
+        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    except RuntimeError as exc:
+        raise TrainError(f"--device {name!r}: expected cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainError(f"--device {name}: no CUDA device is available")
+    return device
+
+
 def load_base(checkpoint: str, prediction_type: str | None = None) -> Base:
     """`demo` (the built-in tiny model) or a local checkpoint, loaded offline in float32 on the CPU."""
     if checkpoint == "demo":

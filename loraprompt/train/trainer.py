@@ -34,6 +34,7 @@ from loraprompt.train.model import (
     encode,
     load_base,
     lora_parameters,
+    resolve_device,
     trained_factors,
 )
 
@@ -115,10 +116,7 @@ class Trainer(LossMixin):
         if not (src.is_dir() or (src.is_file() and src.suffix.lower() == ".zip")):
             raise TrainError(f"{src}: IMAGES must be a folder of images or a .zip of them")
         self.base = base if base is not None else load_base(config.checkpoint, config.prediction_type)
-        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
-                                   if config.device == "auto" else config.device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise TrainError("--device cuda: no CUDA device is available")
+        self.device = resolve_device(config.device)
         self.resolution = config.resolution or self.base.native_resolution()
         self.dataset = self._load_images()
         self.losses: list[float] = []
@@ -147,7 +145,11 @@ class Trainer(LossMixin):
         pipe = self.base.pipe
         vae_factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         unet_factor = 2 ** (len(pipe.unet.config.block_out_channels) - 1)
-        dataset = load_dataset(folder, resolution=self.resolution, step=vae_factor * unet_factor,
+        step = vae_factor * unet_factor
+        if self.resolution < step:
+            raise TrainError(f"--resolution {self.resolution}: this model needs at least {step} (sides are"
+                             f" multiples of {step})")
+        dataset = load_dataset(folder, resolution=self.resolution, step=step,
                                template=self.config.template, token=self.config.token,
                                require_token=self.config.pivotal)
         for name, why in dataset.skipped:

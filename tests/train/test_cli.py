@@ -83,3 +83,20 @@ def test_bad_settings_are_refused_before_training(tmp_path: Path, capsys: pytest
     assert main(["train", str(tmp_path / "missing"), "--output", str(tmp_path / "x.safetensors"), *DEMO]) == 1
     assert "IMAGES must be a folder" in capsys.readouterr().err
     assert list(tmp_path.glob("x.*")) == []
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--sample-steps", "0"], "--sample-steps must be at least 1"),
+    (["--sample-every", "-2"], "--sample-every must be 0 or more"),
+    (["--save-every", "-1"], "--save-every must be 0 or more"),
+    (["--alpha", "0"], "--alpha must be > 0"),
+    (["--device", "gpu"], "--device 'gpu'"),
+    (["--resolution", "40"], "--resolution 40: this model needs at least"),
+])
+def test_settings_that_would_fail_later_are_refused_with_a_message(tmp_path: Path, flags: list[str], message: str,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    images = write_images(tmp_path / "photos", count=1)
+    out = tmp_path / "x.safetensors"
+    assert main(["train", str(images), "--output", str(out), *DEMO, *flags]) == 1
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.glob("x.*")) == []
