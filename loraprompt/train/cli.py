@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                         help="a folder of images (captions in <image>.txt beside them) or a .zip of them")
     parser.add_argument("--checkpoint", default="demo", help="a .safetensors checkpoint, a diffusers folder, or 'demo'")
     parser.add_argument("--output", "-o", required=True, help="the LoRA file to write (.safetensors)")
-    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default 500; with --resume, the saved run's)")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
     parser.add_argument("--lr", type=float, default=1e-4, help="UNet learning rate")
@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--sample-steps", type=int, default=20)
     parser.add_argument("--save-every", type=int, default=0, help="save a resumable state every N steps")
     parser.add_argument("--resume", default=None, metavar="DIR", help="continue the run saved in DIR")
-    parser.add_argument("--format", choices=FORMATS, default="kohya")
+    parser.add_argument("--format", choices=FORMATS, default=None,
+                        help="kohya (A1111, ComfyUI, diffusers) or peft (default kohya; with --resume, the saved run's)")
     parser.add_argument("--force", action="store_true", help="replace an existing output")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
@@ -53,11 +54,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     from loraprompt.train.trainer import read_state
 
     values = {k: v for k, v in vars(args).items() if k not in ("command", "quiet")}
-    if args.resume:
-        saved = read_state(args.resume)["config"]
-        # the saved run's recipe wins, so `--resume DIR --output F` is enough
-        values.update({k: saved[k] for k in RECIPE_FIELDS if k in saved})
-        values["images"] = values["images"] or saved.get("images")
+    saved = read_state(args.resume)["config"] if args.resume else {}
+    # the saved run's recipe wins, so `--resume DIR --output F` is enough; its length and output
+    # format too, unless given again (`--steps` extends a finished or interrupted run)
+    values.update({k: saved[k] for k in RECIPE_FIELDS if k in saved})
+    for key in ("steps", "format"):
+        if values[key] is None:
+            values[key] = saved.get(key, TrainConfig.__dataclass_fields__[key].default)
+    values["images"] = values["images"] or saved.get("images")
     if not values.get("images"):
         raise TrainError("IMAGES is required: a folder or a .zip of training images")
     return TrainConfig.from_dict(values)

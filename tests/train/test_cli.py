@@ -100,3 +100,20 @@ def test_settings_that_would_fail_later_are_refused_with_a_message(tmp_path: Pat
     assert main(["train", str(images), "--output", str(out), *DEMO, *flags]) == 1
     assert message in capsys.readouterr().err
     assert list(tmp_path.glob("x.*")) == []
+
+
+def test_resume_without_steps_finishes_the_saved_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images = write_images(tmp_path / "photos", count=2)
+    first = tmp_path / "first.safetensors"
+    flags = [f for f in DEMO if f not in ("--steps", "2")]
+    assert main(["train", str(images), "--output", str(first), *flags, "--steps", "4", "--save-every", "2",
+                 "--format", "peft"]) == 0
+    state = tmp_path / "first.train-state"
+    assert (state / "state.pt").is_file()
+    capsys.readouterr()
+    again = tmp_path / "again.safetensors"
+    assert main(["train", "--resume", str(state), "--output", str(again), "-q"]) == 0  # as docs/train.md says
+    assert f"wrote {again} (4 steps" in capsys.readouterr().out
+    with safe_open(str(first), "pt") as a, safe_open(str(again), "pt") as b:
+        assert all(a.get_tensor(k).equal(b.get_tensor(k)) for k in a.keys())
+        assert all(k.startswith(("unet.", "text_encoder.")) for k in b.keys())  # still --format peft
