@@ -80,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         result = train(config, on_event=event, progress=not args.quiet)
+    except KeyboardInterrupt:  # while the model or the images load: nothing trained, nothing written
+        print("\nloraprompt train: interrupted before training started; nothing to resume", file=sys.stderr)
+        return 130
     except TrainInterrupted as exc:
         print(f"\nloraprompt train: {exc}", file=sys.stderr)
         return 130 if "interrupted" in str(exc) else 1

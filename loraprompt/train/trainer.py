@@ -24,7 +24,7 @@ from torch import Tensor
 
 from loraprompt.train import export
 from loraprompt.train.config import RECIPE_FIELDS, TrainConfig
-from loraprompt.train.data import Dataset, extract_zip, load_dataset
+from loraprompt.train.data import MAX_ZIP_BYTES, Dataset, extract_zip, load_dataset
 from loraprompt.train.errors import TrainError, TrainInterrupted
 from loraprompt.train.loss import LossMixin, _Order, _to_tensor
 from loraprompt.train.model import (
@@ -137,7 +137,7 @@ class Trainer(LossMixin):
         src = Path(self.config.images)
         if src.is_file() and src.suffix.lower() == ".zip":
             self._tmp = tempfile.TemporaryDirectory(prefix="loraprompt-train-")
-            folder = extract_zip(src, Path(self._tmp.name), self.config.max_zip_bytes or export_cap())
+            folder = extract_zip(src, Path(self._tmp.name), self.config.max_zip_bytes or MAX_ZIP_BYTES)
         elif src.is_dir():
             folder = src
         else:
@@ -325,8 +325,9 @@ class Trainer(LossMixin):
             return self._write(preview, started)
         except KeyboardInterrupt:
             where = self._save_after_failure()
-            raise TrainInterrupted(f"interrupted at step {self.step}; resume with --resume {where}",
-                                   str(where), self.step) from None
+            then = (f"; resume with --resume {where}" if where else
+                    " (before a step finished); nothing to resume" if self.step == 0 else "; the state could not be saved")
+            raise TrainInterrupted(f"interrupted at step {self.step}{then}", str(where or ""), self.step) from None
         except TrainError:
             self._save_after_failure()
             raise
@@ -374,12 +375,6 @@ class Trainer(LossMixin):
                              list(self.dataset.skipped), finished - started, list(self.samples))
         self.on_event("done", {"output": str(self.output), "steps": self.step, "seconds": result.seconds})
         return result
-
-
-def export_cap() -> int:
-    from loraprompt.train.data import MAX_ZIP_BYTES
-
-    return MAX_ZIP_BYTES
 
 
 def _bar(step: int, total: int, loss: float, rate: float, eta: float) -> None:

@@ -41,6 +41,8 @@ def _worker(config: dict[str, Any], events: Any) -> None:
         train(TrainConfig.from_dict(config), on_event=lambda kind, data: events.put((kind, data)))
     except TrainError as exc:
         events.put(("error", {"message": str(exc)}))
+    except KeyboardInterrupt:  # Stop while the model or the images load
+        events.put(("error", {"message": "interrupted before training started; nothing to resume"}))
     except BaseException as exc:  # the page must hear about any failure
         events.put(("error", {"message": f"{type(exc).__name__}: {exc}"}))
 

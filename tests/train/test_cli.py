@@ -117,3 +117,21 @@ def test_resume_without_steps_finishes_the_saved_run(tmp_path: Path, capsys: pyt
     with safe_open(str(first), "pt") as a, safe_open(str(again), "pt") as b:
         assert all(a.get_tensor(k).equal(b.get_tensor(k)) for k in a.keys())
         assert all(k.startswith(("unet.", "text_encoder.")) for k in b.keys())  # still --format peft
+
+
+@pytest.mark.parametrize("where", ["loading", "before the first step"])
+def test_ctrl_c_before_any_step_says_there_is_nothing_to_resume(tmp_path: Path, where: str,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from loraprompt.train import trainer
+
+    def interrupt(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "load_base" if where == "loading" else "add_lora", interrupt)
+    images = write_images(tmp_path / "photos", count=1)
+    assert main(["train", str(images), "--output", str(tmp_path / "x.safetensors"), *DEMO]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "nothing to resume" in err
+    assert "Traceback" not in err and "--resume None" not in err
+    assert list(tmp_path.glob("x*")) == []
