@@ -84,7 +84,11 @@ def peft_tensors(modules: Iterable[LoraFactors], family: str | None = None) -> t
         out[f"{m.component}.{dotted}.lora_A.weight"] = m.down
         out[f"{m.component}.{dotted}.lora_B.weight"] = m.up
         alpha = float(m.rank if m.alpha is None else m.alpha)
-        per_component.setdefault(m.component, []).append((dotted, m.rank, alpha))
+        # peft matches target_modules and patterns as name suffixes: without CLIP's `text_model.` they
+        # match transformers 4's CLIPTextModel and 5's flattened one (diffusers strips the prefix from
+        # the tensor keys on 5, not from the metadata, and then finds none of the named modules)
+        name = dotted.removeprefix("text_model.") if m.component.startswith("text_encoder") else dotted
+        per_component.setdefault(m.component, []).append((name, m.rank, alpha))
     config: dict[str, object] = {}
     for component, rows in per_component.items():
         r = Counter(rank for _, rank, _ in rows).most_common(1)[0][0]

@@ -135,3 +135,26 @@ def test_ctrl_c_before_any_step_says_there_is_nothing_to_resume(tmp_path: Path, 
     assert "interrupted" in err and "nothing to resume" in err
     assert "Traceback" not in err and "--resume None" not in err
     assert list(tmp_path.glob("x*")) == []
+
+
+def test_peft_output_loads_in_diffusers_from_its_file_as_loraprompt_applies_it(tmp_path: Path) -> None:
+    import torch
+
+    import loraprompt
+    from loraprompt.models.demo import build_demo_pipeline
+
+    images = write_images(tmp_path / "photos", count=2)
+    out = tmp_path / "p.safetensors"
+    assert main(["train", str(images), "--output", str(out), *DEMO, "--format", "peft", "--alpha", "2",
+                 "--lr", "1e-2", "--lr-te", "1e-2"]) == 0
+    ours, theirs = build_demo_pipeline(), build_demo_pipeline()
+    components = {"unet": ours.unet, "text_encoder": ours.text_encoder}
+    loraprompt.Patcher(components).sync([(loraprompt.read_adapter(out), 1.0, 1.0)])
+    # from the file, so diffusers reads r, lora_alpha and target_modules from its metadata
+    theirs.load_lora_weights(str(tmp_path), weight_name=out.name)
+    theirs.fuse_lora(lora_scale=1.0)
+    for name, module in components.items():
+        other = {k.replace(".base_layer", ""): v for k, v in getattr(theirs, name).state_dict().items()
+                 if "lora_" not in k}
+        for key, value in module.state_dict().items():
+            assert torch.allclose(value, other[key], atol=1e-5), (name, key)
