@@ -263,15 +263,15 @@ class Trainer(LossMixin):
     def train_step(self) -> float:
         self.base.pipe.unet.train()
         loss = self.loss_at(self.step)
+        value = float(loss.detach())
+        if not math.isfinite(value):  # before the update: the saved state stays the last good step's
+            raise TrainError(f"the loss became {value} at step {self.step + 1}; lower --lr"
+                             + (" or use --mixed-precision bf16 instead of fp16" if self.config.mixed_precision == "fp16" else ""))
         self.accelerator.backward(loss)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.accelerator.clip_grad_norm_(params, 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise TrainError(f"the loss became {value} at step {self.step + 1}; lower --lr"
-                             + (" or use --mixed-precision bf16 instead of fp16" if self.config.mixed_precision == "fp16" else ""))
         self.step += 1
         self.losses.append(value)
         return value
@@ -328,9 +328,11 @@ class Trainer(LossMixin):
             then = (f"; resume with --resume {where}" if where else
                     " (before a step finished); nothing to resume" if self.step == 0 else "; the state could not be saved")
             raise TrainInterrupted(f"interrupted at step {self.step}{then}", str(where or ""), self.step) from None
-        except TrainError:
-            self._save_after_failure()
-            raise
+        except TrainError as exc:
+            where = self._save_after_failure()
+            if where is None:
+                raise
+            raise TrainError(f"{exc}; the state at step {self.step} is in {where} (--resume {where})") from exc
         except Exception as exc:
             where = self._save_after_failure()
             hint = f"; the state at step {self.step} is in {where} (--resume {where})" if where else ""

@@ -136,3 +136,43 @@ def test_v_prediction_min_snr_offset_noise_bf16_and_checkpointing_train(tmp_path
         md = f.metadata()
     assert md["modelspec.prediction_type"] == "v" and md["ss_min_snr_gamma"] == "5.0"
     assert md["ss_mixed_precision"] == "bf16" and md["ss_noise_offset"] == "0.05"
+
+
+def test_a_nan_loss_leaves_the_state_of_the_last_finished_step(tmp_path: Path, images: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from loraprompt.train import trainer
+
+    real = trainer.Trainer.loss_at
+
+    def nan_at_third(self: Any, step: int) -> torch.Tensor:
+        loss = real(self, step)
+        return loss * float("nan") if step == 2 else loss
+
+    out = tmp_path / "x.safetensors"
+    with pytest.raises(TrainInterrupted) as first:  # the state after 2 steps, as the uninterrupted run has it
+        train(_config(images, out), base=sd1_base(tmp_path / "a"), on_event=_stop_at(2, KeyboardInterrupt()))
+    good = torch.load(Path(first.value.state_dir) / "state.pt", weights_only=True)
+    monkeypatch.setattr(trainer.Trainer, "loss_at", nan_at_third)
+    with pytest.raises(TrainError, match="loss became nan at step 3"):
+        train(_config(images, out, force=True), base=sd1_base(tmp_path / "b"))
+    state = torch.load(Path(first.value.state_dir) / "state.pt", weights_only=True)
+    assert state["step"] == 2 and not out.exists()
+    for name, tensors in state["params"].items():  # not the NaN update of the failed step
+        assert all(torch.equal(t, good["params"][name][k]) for k, t in tensors.items())
+
+
+def test_an_output_that_appears_during_training_is_kept_and_the_run_can_be_resumed(tmp_path: Path,
+                                                                                  images: Path) -> None:
+    out = tmp_path / "x.safetensors"
+
+    def someone_writes_it(kind: str, data: dict[str, Any]) -> None:
+        if kind == "step" and data["step"] == 2:
+            out.write_bytes(b"theirs")
+
+    with pytest.raises(TrainError) as info:
+        train(_config(images, out), base=sd1_base(tmp_path / "a"), on_event=someone_writes_it)
+    assert "output exists" in str(info.value) and f"--resume {tmp_path / 'x.train-state'}" in str(info.value)
+    assert out.read_bytes() == b"theirs"
+    resumed = train(_config(images, tmp_path / "y.safetensors", resume=str(tmp_path / "x.train-state")),
+                    base=sd1_base(tmp_path / "b"))
+    assert resumed.steps == 6
