@@ -76,7 +76,8 @@ def metadata(config: TrainConfig, *, family: str, base_name: str, base_hash: str
         "ss_tag_frequency": json.dumps({folder_name: dataset.tag_frequency()}),
         "ss_dataset_dirs": json.dumps({folder_name: {"n_repeats": 1, "img_count": n_images}}),
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": f"{ARCHITECTURE[family]}/lora",
+        "modelspec.architecture": ("stable-diffusion-v2-768-v" if family == "sd2" and prediction_type == "v_prediction"
+                                   else ARCHITECTURE[family]) + "/lora",  # as sd-scripts' sai_model_spec
         "modelspec.implementation": "https://github.com/Stability-AI/generative-models" if family == "sdxl"
                                     else "diffusers",
         "modelspec.title": out_name,
