@@ -134,7 +134,7 @@ def caption_for(image_path: Path, template: str, token: str, *, require_token: b
     With pivotal tuning the token must appear, so a caption without it gets it in front."""
     side = image_path.with_suffix(".txt")
     if side.is_file():
-        text = " ".join(side.read_text(encoding="utf-8", errors="replace").split())
+        text = " ".join(side.read_text(encoding="utf-8-sig", errors="replace").split())
     else:
         text = template
     text = text.replace("{token}", token)

@@ -52,3 +52,11 @@ def test_transparent_pixels_become_white(tmp_path: Path) -> None:
     for name, array in _load(tmp_path).items():
         assert tuple(array[1, 1]) == (255, 255, 255), name
         assert tuple(array[32, 32]) == (0, 255, 0), name
+
+
+def test_a_caption_file_saved_with_a_bom_reads_as_written(tmp_path: Path) -> None:
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_bytes("\ufeffa photo of {token}, café".encode())  # Windows Notepad's UTF-8
+    data = load_dataset(tmp_path, resolution=64, step=16, template="{token}", token="<s1>", require_token=False)
+    assert data.images[0].caption == "a photo of <s1>, café"
+    assert data.tag_frequency() == {"a photo of <s1>": 1, "café": 1}
