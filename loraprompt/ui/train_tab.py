@@ -163,6 +163,8 @@ class TrainJobs:
             zips = [f for f in files if f.lower().endswith(".zip")]
             if zips and len(files) == 1:
                 return Path(zips[0])
+            if zips:  # it would be copied beside the images and never opened
+                raise TrainError(f"{Path(zips[0]).name}: drop a .zip on its own, or the images without it")
             for f in files:
                 shutil.copy(f, target / Path(f).name)
             return target
@@ -181,6 +183,21 @@ class TrainJobs:
             if before != "done" and job.status == "done" and self.library is not None:
                 self.library.refresh()  # the gallery's next poll shows the new card
         return job
+
+
+def form_knobs(values: tuple[Any, ...]) -> dict[str, Any]:
+    """The form's (task, token, pivotal, steps, rank, lr, resolution, train_te, sample_every, force)
+    as TrainConfig fields: an emptied number takes the default; a 0 is passed on (TrainConfig
+    refuses a bad one by name rather than training with another value)."""
+    task, token, pivotal, steps, rank, lr, resolution, train_te, sample_every, force = values
+
+    def number(value: Any, default: Any, kind: Any = int) -> Any:
+        return default if value is None or value == "" else kind(value)
+
+    return {"task": task, "token": (token or "").strip() or "<s1>", "pivotal": bool(pivotal),
+            "steps": number(steps, 500), "rank": number(rank, 16), "lr": number(lr, 1e-4, float),
+            "resolution": number(resolution, 0) or None, "train_te": bool(train_te),
+            "sample_every": number(sample_every, 0), "force": bool(force)}
 
 
 def _plot_value(job: TrainJob | None) -> Any:
@@ -230,13 +247,9 @@ def build_train_tab(trainer: TrainJobs) -> Any:
                                    elem_id="lp-train-loss")
                 samples = gr.Gallery(label="Samples", columns=3, elem_id="lp-train-samples")
 
-        def begin(*values: Any) -> str:
-            fs, fo, nm, tk, tok, piv, st, rk, lrate, res, te, every, frc = values
-            knobs = {"task": tk, "token": (tok or "<s1>").strip(), "pivotal": bool(piv), "steps": int(st or 1),
-                     "rank": int(rk or 16), "lr": float(lrate or 1e-4), "resolution": int(res) or None,
-                     "train_te": bool(te), "sample_every": int(every or 0), "force": bool(frc)}
+        def begin(fs: Any, fo: Any, nm: str, *values: Any) -> str:
             try:
-                job = trainer.start(nm, list(fs or []), fo or "", knobs)
+                job = trainer.start(nm, list(fs or []), fo or "", form_knobs(values))
             except TrainError as exc:
                 raise user_error(str(exc)) from exc
             return job.summary()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,3 +28,21 @@ def test_stop_while_the_model_loads_shows_stopped_not_a_bare_keyboardinterrupt(m
         job._event(*events.get())
     assert job.status == "stopped"
     assert "KeyboardInterrupt" not in job.message and "nothing to resume" in job.message
+
+
+def test_zero_or_empty_numbers_are_not_silently_replaced() -> None:
+    knobs = train_tab.form_knobs(("object", "<s1>", False, 0, 0, 0, 0, True, None, False))
+    assert (knobs["steps"], knobs["rank"], knobs["lr"]) == (0, 0, 0.0)  # TrainConfig refuses them by name
+    assert knobs["resolution"] is None and knobs["sample_every"] == 0
+    empty = train_tab.form_knobs(("object", " ", False, None, None, None, None, True, None, False))
+    assert (empty["steps"], empty["rank"], empty["lr"], empty["token"]) == (500, 16, 1e-4, "<s1>")
+
+
+def test_a_zip_dropped_with_other_files_is_refused(tmp_path: Path) -> None:
+    from loraprompt.train import TrainError
+
+    (tmp_path / "set.zip").write_bytes(b"PK")
+    (tmp_path / "a.png").write_bytes(b"x")
+    jobs = train_tab.TrainJobs(tmp_path / "lora", tmp_path / "work", "demo")
+    with pytest.raises(TrainError, match=r"set\.zip"):
+        jobs._images(tmp_path / "work" / "job", [str(tmp_path / "a.png"), str(tmp_path / "set.zip")], "")
