@@ -63,6 +63,7 @@ class TrainJob:
     started: float = field(default_factory=time.time)
     rate: float = 0.0
     eta: float = 0.0
+    stopping: bool = False  # Stop was pressed
 
     def start(self) -> None:
         ctx = mp.get_context("spawn")
@@ -85,7 +86,9 @@ class TrainJob:
             self._event(kind, data)
         if self.running and not self.process.is_alive():
             self.process.join(timeout=1)
-            if self.running:  # died without a word (killed, out of memory at the OS level)
+            if self.running and self.stopping:  # Stop while the worker still started up (importing torch)
+                self.status, self.message = "stopped", "stopped before training started; nothing to resume"
+            elif self.running:  # died without a word (killed, out of memory at the OS level)
                 self.status, self.message = "error", f"the training process exited (code {self.process.exitcode})"
 
     def _event(self, kind: str, data: dict[str, Any]) -> None:
@@ -107,6 +110,7 @@ class TrainJob:
     def stop(self) -> None:
         """Ctrl-C for the worker: it saves a resumable state and reports "interrupted"."""
         if self.running and self.process.is_alive() and self.process.pid is not None:
+            self.stopping = True
             os.kill(self.process.pid, signal.SIGINT)
 
     def summary(self) -> str:

@@ -46,3 +46,28 @@ def test_a_zip_dropped_with_other_files_is_refused(tmp_path: Path) -> None:
     jobs = train_tab.TrainJobs(tmp_path / "lora", tmp_path / "work", "demo")
     with pytest.raises(TrainError, match=r"set\.zip"):
         jobs._images(tmp_path / "work" / "job", [str(tmp_path / "a.png"), str(tmp_path / "set.zip")], "")
+
+
+class _Process:
+    pid, exitcode = 12345, None
+    alive = True
+
+    def is_alive(self) -> bool:
+        return self.alive
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+
+def test_stop_before_the_worker_started_training_shows_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    sent: list[tuple[int, int]] = []
+    monkeypatch.setattr(train_tab.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    job = train_tab.TrainJob("mine", {"token": "<s1>"})
+    job.process, job.events = _Process(), queue.Queue()  # type: ignore[assignment]
+    job.stop()
+    assert sent == [(12345, signal.SIGINT)]
+    job.process.alive, job.process.exitcode = False, -signal.SIGINT  # killed while importing torch: no event
+    job.poll()
+    assert job.status == "stopped" and "nothing to resume" in job.message
