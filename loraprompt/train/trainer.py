@@ -128,6 +128,8 @@ class Trainer(LossMixin):
         out = self.output
         if not out.name or out.suffix.lower() != ".safetensors":
             raise TrainError(f"--output {out}: expected a .safetensors file name")
+        if out.is_dir():  # --force would train, then fail to replace it
+            raise TrainError(f"--output {out}: is a folder; name a .safetensors file")
         if out.exists() and not self.config.force:
             raise TrainError(f"{out}: output exists; pass --force to replace it")
         if not out.parent.is_dir():

@@ -92,14 +92,18 @@ def test_bad_settings_are_refused_before_training(tmp_path: Path, capsys: pytest
     (["--alpha", "0"], "--alpha must be > 0"),
     (["--device", "gpu"], "--device 'gpu'"),
     (["--resolution", "40"], "--resolution 40: this model needs at least"),
+    (["--output-is-a-folder"], "is a folder"),
 ])
 def test_settings_that_would_fail_later_are_refused_with_a_message(tmp_path: Path, flags: list[str], message: str,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     images = write_images(tmp_path / "photos", count=1)
     out = tmp_path / "x.safetensors"
+    if flags == ["--output-is-a-folder"]:
+        out.mkdir()
+        flags = ["--force"]
     assert main(["train", str(images), "--output", str(out), *DEMO, *flags]) == 1
     assert message in capsys.readouterr().err
-    assert list(tmp_path.glob("x.*")) == []
+    assert list(tmp_path.glob("x.*")) == ([out] if out.is_dir() else [])
 
 
 def test_resume_without_steps_finishes_the_saved_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
