@@ -11,35 +11,38 @@ from loraprompt.train.config import FORMATS, PRECISIONS, TASKS, TrainConfig
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("images", nargs="?", metavar="IMAGES",
                         help="a folder of images (captions in <image>.txt beside them) or a .zip of them")
-    parser.add_argument("--checkpoint", default="demo", help="a .safetensors checkpoint, a diffusers folder, or 'demo'")
+    parser.add_argument("--checkpoint", default=None,
+                        help="the base model: a .safetensors checkpoint, a diffusers folder, or 'demo' (the built-in"
+                             " tiny model, to try the tool); required unless --resume")
     parser.add_argument("--output", "-o", required=True, help="the LoRA file to write (.safetensors)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default 500; with --resume, the saved run's)")
-    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
     parser.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
-    parser.add_argument("--lr", type=float, default=1e-4, help="UNet learning rate")
-    parser.add_argument("--lr-te", type=float, default=5e-5, help="text encoder learning rate")
-    parser.add_argument("--lr-token", type=float, default=5e-4, help="pivotal token learning rate")
+    parser.add_argument("--lr", type=float, default=1e-4, help="UNet learning rate (default 1e-4)")
+    parser.add_argument("--lr-te", type=float, default=5e-5, help="text encoder learning rate (default 5e-5)")
+    parser.add_argument("--lr-token", type=float, default=5e-4, help="pivotal token learning rate (default 5e-4)")
     parser.add_argument("--train-te", action=argparse.BooleanOptionalAction, default=True,
                         help="also train LoRA layers on the text encoder(s)")
     parser.add_argument("--ff", action="store_true", help="also train the UNet's feed-forward layers")
     parser.add_argument("--resolution", type=int, default=None, help="training side in pixels (default: the model's)")
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=1, help="images per step (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="the run's seed (default 0)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda when present)")
-    parser.add_argument("--mixed-precision", choices=PRECISIONS, default="no")
+    parser.add_argument("--mixed-precision", choices=PRECISIONS, default="no", help="(default no: float32)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--task", choices=TASKS, default="object", help="sets the caption template, flips and init word")
+    parser.add_argument("--task", choices=TASKS, default="object", help="sets the caption template, flips and init word (default object)")
     parser.add_argument("--token", default="<s1>", help="the trigger word (the activation text)")
     parser.add_argument("--init-word", default=None, help="word the pivotal token's embedding starts from")
     parser.add_argument("--pivotal", action="store_true", help="learn the token's embedding (bundled in the file)")
     parser.add_argument("--caption-template", default=None, help="caption for images without .txt; {token} is replaced")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips")
-    parser.add_argument("--min-snr-gamma", type=float, default=None)
-    parser.add_argument("--noise-offset", type=float, default=0.0)
-    parser.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default=None)
+    parser.add_argument("--min-snr-gamma", type=float, default=None, help="min-SNR loss weighting (default off; 5 is usual)")
+    parser.add_argument("--noise-offset", type=float, default=0.0, help="offset noise (default 0)")
+    parser.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default=None,
+                        help="(default: the checkpoint's scheduler config)")
     parser.add_argument("--sample-every", type=int, default=0, help="save a sample image every N steps")
-    parser.add_argument("--sample-prompt", default=None)
-    parser.add_argument("--sample-steps", type=int, default=20)
+    parser.add_argument("--sample-prompt", default=None, help="(default: the caption template)")
+    parser.add_argument("--sample-steps", type=int, default=20, help="sampling steps of samples and the preview (default 20)")
     parser.add_argument("--save-every", type=int, default=0, help="save a resumable state every N steps")
     parser.add_argument("--resume", default=None, metavar="DIR", help="continue the run saved in DIR")
     parser.add_argument("--format", choices=FORMATS, default=None,
@@ -62,6 +65,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if values[key] is None:
             values[key] = saved.get(key, TrainConfig.__dataclass_fields__[key].default)
     values["images"] = values["images"] or saved.get("images")
+    if not values.get("checkpoint"):
+        raise TrainError("--checkpoint is required: a .safetensors checkpoint, a diffusers folder, or 'demo'"
+                         " (the built-in tiny model, to try the tool)")
     if not values.get("images"):
         raise TrainError("IMAGES is required: a folder or a .zip of training images")
     return TrainConfig.from_dict(values)

@@ -162,3 +162,11 @@ def test_peft_output_loads_in_diffusers_from_its_file_as_loraprompt_applies_it(t
                  if "lora_" not in k}
         for key, value in module.state_dict().items():
             assert torch.allclose(value, other[key], atol=1e-5), (name, key)
+
+
+def test_checkpoint_is_required_as_the_usage_says(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images = write_images(tmp_path / "photos", count=1)
+    flags = [f for f in DEMO if f not in ("--checkpoint", "demo")]
+    assert main(["train", str(images), "--output", str(tmp_path / "x.safetensors"), *flags]) == 1
+    assert "--checkpoint is required" in capsys.readouterr().err  # not 500 steps on the tiny demo model
+    assert list(tmp_path.glob("x*")) == []
