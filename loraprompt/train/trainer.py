@@ -3,14 +3,13 @@
 Every random draw of step k (which images, flips, noise, timesteps) comes from a generator seeded
 with (seed, k), and the epoch order from (seed, epoch), so a run resumed from a saved state at step
 k continues exactly as the uninterrupted run would: the state is the LoRA weights, the pivotal
-vectors, the optimizer's moments and the loss history. Ctrl-C or a crash saves that state first.
-"""
+vectors, the optimizer's moments and the loss history. Ctrl-C or a crash saves that state first."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -373,8 +372,10 @@ class Trainer(LossMixin):
         export.write_json(json_path, export.user_metadata(config, base.family, recipe))
         preview_path = self.output.with_name(f"{self.output.stem}.preview.png")
         export.write_png(preview_path, preview)
-        if not config.save_every and self.state_dir == default_state_dir(self.output) and self.state_dir.exists():
-            shutil.rmtree(self.state_dir, ignore_errors=True)
+        if not config.save_every and (config.state_dir or self.state_dir == default_state_dir(self.output)):
+            (self.state_dir / STATE_FILE).unlink(missing_ok=True)  # the samples the run named stay
+            with contextlib.suppress(OSError):  # only when empty: never a folder holding anything else
+                self.state_dir.rmdir()
         result = TrainResult(self.output, json_path, preview_path, self.step, list(self.losses),
                              list(self.dataset.skipped), finished - started, list(self.samples))
         self.on_event("done", {"output": str(self.output), "steps": self.step, "seconds": result.seconds})

@@ -170,3 +170,13 @@ def test_checkpoint_is_required_as_the_usage_says(tmp_path: Path, capsys: pytest
     assert main(["train", str(images), "--output", str(tmp_path / "x.safetensors"), *flags]) == 1
     assert "--checkpoint is required" in capsys.readouterr().err  # not 500 steps on the tiny demo model
     assert list(tmp_path.glob("x*")) == []
+
+
+def test_samples_survive_a_successful_run(tmp_path: Path) -> None:
+    images = write_images(tmp_path / "photos", count=2)
+    flags = [f for f in DEMO if f not in ("--steps", "2")]
+    out = tmp_path / "s.safetensors"
+    assert main(["train", str(images), "--output", str(out), *flags, "--steps", "4", "--sample-every", "2"]) == 0
+    sample = tmp_path / "s.train-state" / "samples" / "step-000002.png"
+    assert sample.is_file()  # asked for, and named as it was written: it must still be there
+    assert not (tmp_path / "s.train-state" / "state.pt").exists()  # the resumable state is gone
