@@ -114,8 +114,8 @@ class Trainer(LossMixin):
         src = Path(config.images)
         if not (src.is_dir() or (src.is_file() and src.suffix.lower() == ".zip")):
             raise TrainError(f"{src}: IMAGES must be a folder of images or a .zip of them")
+        self.device = resolve_device(config.device)  # before the model: loading SDXL takes minutes
         self.base = base if base is not None else load_base(config.checkpoint, config.prediction_type)
-        self.device = resolve_device(config.device)
         self.resolution = config.resolution or self.base.native_resolution()
         self.dataset = self._load_images()
         self.losses: list[float] = []

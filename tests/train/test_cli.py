@@ -180,3 +180,16 @@ def test_samples_survive_a_successful_run(tmp_path: Path) -> None:
     sample = tmp_path / "s.train-state" / "samples" / "step-000002.png"
     assert sample.is_file()  # asked for, and named as it was written: it must still be there
     assert not (tmp_path / "s.train-state" / "state.pt").exists()  # the resumable state is gone
+
+
+def test_a_bad_device_is_refused_before_the_model_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from loraprompt.train import trainer
+
+    def slow_load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded (minutes for SDXL) before --device was checked")
+
+    monkeypatch.setattr(trainer, "load_base", slow_load)
+    images = write_images(tmp_path / "photos", count=1)
+    assert main(["train", str(images), "--output", str(tmp_path / "x.safetensors"), *DEMO, "--device", "gpu"]) == 1
+    assert "--device 'gpu'" in capsys.readouterr().err
