@@ -89,7 +89,9 @@ def metadata(config: TrainConfig, *, family: str, base_name: str, base_hash: str
     }
     if config.pivotal:
         meta["ss_embeddings"] = json.dumps([config.token])
-    meta[RECIPE_KEY] = json.dumps({"tool": "train", **config.recipe(), "steps": steps}, sort_keys=True, default=str)
+    # the file gets shared: the base by its file name, as sd-scripts does, not the user's path
+    recipe = {**config.recipe(), "checkpoint": Path(config.checkpoint).name, "steps": steps}
+    meta[RECIPE_KEY] = json.dumps({"tool": "train", **recipe}, sort_keys=True, default=str)
     return meta
 
 

@@ -17,3 +17,12 @@ def test_sd2_v_prediction_is_the_768_v_architecture() -> None:
     assert _meta("sd2", "v_prediction")["modelspec.architecture"] == "stable-diffusion-v2-768-v/lora"
     assert _meta("sd2", "epsilon")["modelspec.architecture"] == "stable-diffusion-v2-512/lora"
     assert _meta("sd1", "epsilon")["modelspec.architecture"] == "stable-diffusion-v1/lora"
+
+
+def test_the_shared_file_does_not_carry_the_users_paths() -> None:
+    config = TrainConfig(images="/home/alice/private/photos", output="/home/alice/out/me.safetensors",
+                         checkpoint="/home/alice/models/base.safetensors")
+    meta = metadata(config, family="sd1", base_name="base", base_hash=None, dataset=Dataset([]), started=0.0,
+                    finished=1.0, steps=1, resolution=512, prediction_type="epsilon", folder_name="photos")
+    assert not [k for k, v in meta.items() if "/home/alice" in v]  # sd-scripts writes base names only
+    assert '"checkpoint": "base.safetensors"' in meta["loraprompt_recipe"]
