@@ -123,6 +123,11 @@ def user_metadata(config: TrainConfig, family: str, recipe: dict[str, Any]) -> d
     }
 
 
+def outputs(lora: Path) -> tuple[Path, Path, Path]:
+    """What a run writes: the LoRA file, and A1111's card `.json` and `.preview.png` beside it."""
+    return lora, lora.with_suffix(".json"), lora.with_name(f"{lora.stem}.preview.png")
+
+
 def write_json(path: Path, doc: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(doc, indent=4, ensure_ascii=False))
 

@@ -129,8 +129,9 @@ class Trainer(LossMixin):
             raise TrainError(f"--output {out}: expected a .safetensors file name")
         if out.is_dir():  # --force would train, then fail to replace it
             raise TrainError(f"--output {out}: is a folder; name a .safetensors file")
-        if out.exists() and not self.config.force:
-            raise TrainError(f"{out}: output exists; pass --force to replace it")
+        taken = [p for p in export.outputs(out) if p.exists()]  # the card's .json and preview too
+        if taken and not self.config.force:
+            raise TrainError(f"{taken[0]}: output exists; pass --force to replace it")
         if not out.parent.is_dir():
             raise TrainError(f"{out}: folder {out.parent} does not exist")
 
@@ -368,9 +369,8 @@ class Trainer(LossMixin):
                   "final_loss": self.losses[-1] if self.losses else None, "base_model": base.name}
         self._check_output()  # still free (or --force) at the end of a long run
         export.write_lora_file(self.output, factors, config.format, meta, bundle)
-        json_path = self.output.with_suffix(".json")
+        _, json_path, preview_path = export.outputs(self.output)
         export.write_json(json_path, export.user_metadata(config, base.family, recipe))
-        preview_path = self.output.with_name(f"{self.output.stem}.preview.png")
         export.write_png(preview_path, preview)
         if not config.save_every and (config.state_dir or self.state_dir == default_state_dir(self.output)):
             (self.state_dir / STATE_FILE).unlink(missing_ok=True)  # the samples the run named stay

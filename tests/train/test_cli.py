@@ -193,3 +193,18 @@ def test_a_bad_device_is_refused_before_the_model_loads(tmp_path: Path, monkeypa
     images = write_images(tmp_path / "photos", count=1)
     assert main(["train", str(images), "--output", str(tmp_path / "x.safetensors"), *DEMO, "--device", "gpu"]) == 1
     assert "--device 'gpu'" in capsys.readouterr().err
+
+
+def test_a_card_json_or_preview_of_that_name_is_not_replaced_without_force(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A run writes <stem>.json and <stem>.preview.png beside the LoRA: a user's card metadata of that
+    name (e.g. left by a LoRA they deleted) is an output that exists, like the LoRA file."""
+    images = write_images(tmp_path / "photos", count=1)
+    out = tmp_path / "card.safetensors"
+    notes = tmp_path / "card.json"
+    notes.write_text('{"notes": "my settings for the old card"}')
+    assert main(["train", str(images), "--output", str(out), *DEMO]) == 1
+    assert f"{notes}: output exists; pass --force" in capsys.readouterr().err
+    assert notes.read_text() == '{"notes": "my settings for the old card"}' and not out.exists()
+    assert main(["train", str(images), "--output", str(out), *DEMO, "--force"]) == 0
+    assert out.is_file() and json.loads(notes.read_text())["activation text"] == "<s1>"
