@@ -62,8 +62,13 @@ def add_api(app: Any, service: Service, *, api_auth: str | None = None) -> None:
     predictions.add_routes(router, service)
     app.include_router(router)
 
-    async def serve_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def serve_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServeError)
+        if exc.status >= 500 and request.url.path.startswith("/sdapi/"):
+            # A1111's handle_exception: the exception's type, empty detail/body, the message in errors
+            cause = exc.message.removeprefix("generation failed: ").partition(":")[0]
+            return JSONResponse({"error": cause if cause.isidentifier() else "RuntimeError", "detail": "", "body": "",
+                                 "errors": exc.message}, status_code=exc.status)
         return JSONResponse({"detail": exc.detail()}, status_code=exc.status)
 
     app.add_exception_handler(ServeError, serve_error)

@@ -278,3 +278,23 @@ def test_a_samples_format_other_than_png_is_named_in_the_warnings(served: Served
     response = _post(served, {"prompt": "x", **SMALL, "send_images": False, "override_settings": {"samples_format": "jpg"}})
     assert response.status_code == 200
     assert any("samples_format" in w for w in json.loads(response.json()["info"])["warnings"])
+
+
+def test_a_failed_generation_is_a1111s_error_shape_and_leaves_the_weights(served: Served,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A1111's handle_exception answers {error: the exception's type, detail, body, errors: its text}."""
+
+    class NansException(RuntimeError):
+        pass
+
+    def fail(*_args: Any, **_kwargs: Any) -> Any:
+        raise NansException("A tensor with all NaNs was produced in Unet.")
+
+    monkeypatch.setattr(served.engine, "generate", fail)
+    response = _post(served, {"prompt": "a cat <lora:demo_warm:1>", **SMALL, "seed": 3})
+    assert response.status_code == 500
+    assert response.json() == {"error": "NansException", "detail": "", "body": "",
+                               "errors": "generation failed: NansException: A tensor with all NaNs was produced in Unet."}
+    monkeypatch.undo()
+    assert served.is_pristine()
+    assert _post(served, {"prompt": "a cat", **SMALL, "seed": 3}).status_code == 200
