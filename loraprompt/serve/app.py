@@ -64,8 +64,9 @@ def add_api(app: Any, service: Service, *, api_auth: str | None = None) -> None:
 
     async def serve_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServeError)
-        if exc.status >= 500 and request.url.path.startswith("/sdapi/"):
-            # A1111's handle_exception: the exception's type, empty detail/body, the message in errors
+        if exc.status == 500 and request.url.path.startswith("/sdapi/"):
+            # A1111's handle_exception: the exception's type, empty detail/body, the message in errors.
+            # Only a failed generation: a full queue (503, ours, A1111 has none) keeps {detail: [...]}
             cause = exc.message.removeprefix("generation failed: ").partition(":")[0]
             return JSONResponse({"error": cause if cause.isidentifier() else "RuntimeError", "detail": "", "body": "",
                                  "errors": exc.message}, status_code=exc.status)
