@@ -36,6 +36,7 @@ class Writes:
     _applied: Plan
     _params: dict[Key, tuple[Tensor, Tensor | None]]
     _scratch: dict[torch.device, dict[torch.Size, Tensor]]
+    _failed_key: Key | None  # the weight whose write failed, for `_write_note`
 
     if TYPE_CHECKING:
         def _param(self, key: Key, fresh: bool = False) -> tuple[Tensor, Tensor | None]: ...
@@ -105,6 +106,7 @@ class Writes:
     ) -> None:
         before = dict(self._applied)
         written: list[Key] = []
+        self._failed_key = None
         try:
             for key in changed:
                 written.append(key)
@@ -115,6 +117,7 @@ class Writes:
                 else:
                     self._applied.pop(key, None)
         except BaseException:
+            self._failed_key = written[-1] if written else None
             self._rollback(written, before)
             raise
         if not self.keep_backups:
@@ -123,6 +126,18 @@ class Writes:
                     self._store.drop(key)
                     for module, rows, _ in before.get(key, ()):  # unwatched now: a later base may differ
                         self._deltas.discard((module, rows))
+
+    def _write_note(self, exc: Exception, plan: Plan, items: list[Any]) -> None:
+        """Say on an unexpected error from `_write_all` which weight and which LoRAs (label and file) it
+        was writing; the type and message stay the exception's own."""
+        key, self._failed_key = self._failed_key, None
+        if key is None or not hasattr(exc, "add_note"):  # add_note: Python 3.11+
+            return
+        modules = {getattr(m, "extra", {}).get("parent", m) for m, _, _ in plan.get(key, ())}
+        names = [f"{e.label} ({e.adapter.path})" for e in items
+                 if any(m in modules for m in e.adapter.modules.values())]
+        exc.add_note(f"loraprompt: while writing {'.'.join(key)} for {', '.join(names) or 'the restore'}; "
+                     "every weight is as it was before this sync")
 
     def _write(self, key: Key, parts: tuple[list[Part], list[Part]] | None) -> None:
         """Write base + parts into one weight (and its bias); base alone when parts is None."""

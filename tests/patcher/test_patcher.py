@@ -174,6 +174,61 @@ def test_a_failure_mid_write_puts_every_weight_back(model, fail_at) -> None:
     assert patcher.applied == applied
 
 
+def test_a_failure_mid_write_says_which_weight_and_lora(model) -> None:
+    a, b = make_adapter(model, 1, name="first"), make_adapter(model, 2, name="second")
+    patcher = FailingPatcher(model)
+    patcher.sync([(a, 1.0, 1.0)])
+    before = snapshot(model)
+    patcher.fail_at = 3
+    with pytest.raises(RuntimeError, match="injected") as info:
+        patcher.sync([(b, 0.5, 0.5)])
+    (note,) = info.value.__notes__
+    assert "while writing " in note and "second (/virtual/second.safetensors)" in note and "first" not in note
+    assert "as it was before this sync" in note
+    assert_bit_equal(model, before)
+    patcher.sync([(b, 0.5, 0.5)])  # nothing stale: the same sync works once the fault is gone
+    assert patcher.applied and all(len(c) == 1 for c in patcher.applied.values())
+
+
+class RefusingAtWrite(Patcher):
+    """Refuses one adapter's module only when its weight is written (a delta too big to keep between
+    the check and the write is computed again then), as a module that fails to build would."""
+
+    refuse: object = None
+
+    def _write(self, key, parts):  # type: ignore[no-untyped-def]
+        from loraprompt.combine import module_error
+
+        for module, _, _ in self._applied_next.get(key, ()):
+            if module in self.refuse.modules.values():  # type: ignore[attr-defined]
+                raise module_error(module, ".".join(key), "refused at write (injected)")
+        super()._write(key, parts)
+
+    def _write_all(self, changed, plan, parts):  # type: ignore[no-untyped-def]
+        self._applied_next = plan
+        super()._write_all(changed, plan, parts)
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_a_lora_refused_at_write_is_named_and_skippable(model, on_error) -> None:
+    a, b, c = (make_adapter(model, s, name=n) for s, n in ((1, "a"), (2, "bad"), (3, "c")))
+    patcher = RefusingAtWrite(model, on_error=on_error)
+    patcher.refuse = b
+    before = snapshot(model)
+    if on_error == "raise":
+        with pytest.raises(PatchError, match=r"^bad \(/virtual/bad.safetensors\): .*refused at write"):
+            patcher.sync([(a, 1.0, 1.0), (b, 1.0, 1.0), (c, 1.0, 1.0)])
+        assert_bit_equal(model, before)
+        assert patcher.applied == {}
+        return
+    report = patcher.sync([(a, 1.0, 1.0), (b, 1.0, 1.0), (c, 1.0, 1.0)])
+    assert report.skipped == ["bad"] and [d.code for d in report.diagnostics] == ["lora-refused"]
+    expected = reference(model, before, [(a, 1.0, 1.0), (c, 1.0, 1.0)])
+    now = snapshot(model)
+    for key, value in expected.items():
+        torch.testing.assert_close(now[key], value, rtol=1e-6, atol=1e-6)
+
+
 def test_forget_drops_backups_without_writing(model) -> None:
     a = make_adapter(model, 1)
     patcher = Patcher(model)
