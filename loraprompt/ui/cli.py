@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from loraprompt.library import Library
     from loraprompt.models import default_data_dir, load_demo, load_model
     from loraprompt.ui.txt2img import Txt2Img
-    from loraprompt.ui.webui import serve
+    from loraprompt.ui.webui import is_loopback, serve
 
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     lora_dirs = [Path(d) for d in args.lora_dir]
@@ -88,9 +88,9 @@ def run(args: argparse.Namespace) -> int:
     scanned = f"in {', '.join(str(d) for d in lora_dirs)}" if lora_dirs else "(no LoRA folder)"
     print(f"loraprompt webui: {model.name} ({model.family}), {len(library.entries)} LoRAs {scanned}, outputs in {outputs}",
           flush=True)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"loraprompt webui: listening on {args.host}: anyone who can reach it can generate and browse LoRAs",
-              file=sys.stderr)
+    if not is_loopback(args.host):
+        print(f"loraprompt webui: listening on {args.host}: anyone who can reach it can generate, browse LoRAs "
+              "and train new ones from images they upload (the Train tab's folder field is off)", file=sys.stderr)
     serve(engine, args.host, args.port or free_port(args.host), [str(outputs)], data_dir / "thumbs", checkpoints=checkpoints)
     return 0
 

@@ -132,8 +132,13 @@ class TrainJob:
 class TrainJobs:
     """The tab's state: at most one job at a time (training takes the machine)."""
 
-    def __init__(self, lora_dir: Path, work_dir: Path, checkpoint: str, library: Any = None) -> None:
+    def __init__(self, lora_dir: Path, work_dir: Path, checkpoint: str, library: Any = None, *,
+                 local_paths: bool = True) -> None:
+        """`local_paths=False` (a web UI served beyond loopback): a visitor may not name a folder or
+        .zip on the server's disk, which would let anyone who reaches the page train on (and see
+        samples of) any images the server can read; dropped files still work."""
         self.lora_dir, self.work_dir, self.checkpoint, self.library = lora_dir, work_dir, checkpoint, library
+        self.local_paths = local_paths
         self.job: TrainJob | None = None
         self._lock = threading.Lock()
 
@@ -172,6 +177,9 @@ class TrainJobs:
             for f in files:
                 shutil.copy(f, target / Path(f).name)
             return target
+        if folder.strip() and not self.local_paths:
+            raise TrainError("this web UI is served beyond loopback, so it does not read folders on its machine: "
+                             "drop the images (or a .zip) instead")
         if folder.strip():
             path = Path(folder.strip()).expanduser()
             if not (path.is_dir() or path.suffix.lower() == ".zip"):
@@ -223,7 +231,8 @@ def build_train_tab(trainer: TrainJobs) -> Any:
             with gr.Column(scale=3):
                 files = gr.File(label="Training images (or one .zip); captions as <image>.txt",
                                 file_count="multiple", type="filepath", elem_id="lp-train-files")
-                folder = gr.Textbox(label="…or a folder of images on this machine", elem_id="lp-train-folder")
+                folder = gr.Textbox(label="…or a folder of images on this machine", elem_id="lp-train-folder",
+                                    visible=trainer.local_paths)
                 name = gr.Textbox(label="LoRA name", value="my_lora", elem_id="lp-train-name")
                 with gr.Row():
                     task = gr.Dropdown(list(TASKS), value="object", label="Task", elem_id="lp-train-task")
@@ -272,9 +281,10 @@ def build_train_tab(trainer: TrainJobs) -> Any:
     return tab
 
 
-def add_train_tab(engine: Any, data_dir: Path | None) -> Any:
+def add_train_tab(engine: Any, data_dir: Path | None, *, local_paths: bool = True) -> Any:
     """The Train tab for the web UI's engine: LoRAs go to its first LoRA folder, work files under
-    `data_dir/train`, the base is the loaded model's file (or the demo). None without a LoRA folder."""
+    `data_dir/train`, the base is the loaded model's file (or the demo). None without a LoRA folder.
+    `local_paths`: whether a folder on the server may be named (only when served on loopback)."""
     import tempfile
 
     roots = list(getattr(engine.library, "roots", []) or [])
@@ -283,4 +293,4 @@ def add_train_tab(engine: Any, data_dir: Path | None) -> Any:
     if not roots or not checkpoint:
         return None
     work = (data_dir or Path(tempfile.gettempdir()) / "loraprompt") / "train"
-    return build_train_tab(TrainJobs(Path(roots[0]), work, checkpoint, engine.library))
+    return build_train_tab(TrainJobs(Path(roots[0]), work, checkpoint, engine.library, local_paths=local_paths))

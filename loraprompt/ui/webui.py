@@ -152,10 +152,11 @@ def build_strength_grid(values: dict[str, Any]) -> StrengthGrid:
 
 
 def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
-              checkpoints: dict[str, ModelLoader] | None = None) -> tuple[Any, Any]:
+              checkpoints: dict[str, ModelLoader] | None = None, *, local_paths: bool = True) -> tuple[Any, Any]:
     """The gradio Blocks around `engine` and its gallery tab (whose routes need mounting).
     `checkpoints` (name -> loader) fills the checkpoint dropdown; it should hold the loaded model
-    under `engine.model.name` (so a failed switch can load it again), which is listed first."""
+    under `engine.model.name` (so a failed switch can load it again), which is listed first.
+    `local_paths=False` (served beyond loopback): no field takes a path on the server's disk."""
     import gradio as gr
     from PIL import Image
 
@@ -234,7 +235,7 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
                                         PromptTarget("img2img", i2i.fields["prompt"], i2i.fields["negative"])], thumb_dir)
             from loraprompt.ui.train_tab import add_train_tab
 
-            add_train_tab(engine, thumb_dir.parent if thumb_dir else None)
+            add_train_tab(engine, thumb_dir.parent if thumb_dir else None, local_paths=local_paths)
         def handler(form: Form, img2img: bool) -> tuple[list[Any], Any]:
             """The inputs of a tab's Generate (the first web UI's nine first) and its handler."""
             keys = [*API_FIELDS, *(k for k in form.fields if k not in API_FIELDS)]
@@ -346,6 +347,18 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
     return app, gallery
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a --host value) only listens on this machine."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def serve(engine: Txt2Img, host: str, port: int, allowed: list[str], thumb_dir: Path | None = None, *,
           checkpoints: dict[str, ModelLoader] | None = None) -> None:
     """Serve the UI and the gallery's routes on host:port until interrupted."""
@@ -353,7 +366,7 @@ def serve(engine: Txt2Img, host: str, port: int, allowed: list[str], thumb_dir: 
     import uvicorn
     from fastapi import FastAPI
 
-    blocks, gallery = build_app(engine, thumb_dir, checkpoints)
+    blocks, gallery = build_app(engine, thumb_dir, checkpoints, local_paths=is_loopback(host))
     app = FastAPI()
     gallery.mount(app)
     from loraprompt.serve.app import mount_api

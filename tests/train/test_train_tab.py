@@ -71,3 +71,41 @@ def test_stop_before_the_worker_started_training_shows_stopped(monkeypatch: pyte
     job.process.alive, job.process.exitcode = False, -signal.SIGINT  # killed while importing torch: no event
     job.poll()
     assert job.status == "stopped" and "nothing to resume" in job.message
+
+
+@pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("localhost", True), ("::1", True),
+                                                ("[::1]", True), ("127.0.0.2", True), ("0.0.0.0", False),
+                                                ("192.168.1.5", False), ("::", False), ("myhost.lan", False)])
+def test_is_loopback(host: str, loopback: bool) -> None:
+    from loraprompt.ui.webui import is_loopback
+
+    assert is_loopback(host) is loopback
+
+
+def test_served_beyond_loopback_no_folder_on_the_server_is_read(tmp_path: Path) -> None:
+    """Robustness rule 23: a visitor of a web UI served on the network must not make it read a folder
+    (or .zip) of the server's disk; dropped files still work, and on loopback the folder does."""
+    import gradio as gr
+
+    from loraprompt.train import TrainError
+
+    secret = tmp_path / "private"
+    secret.mkdir()
+    (secret / "a.png").write_bytes(b"x")
+    (tmp_path / "up.png").write_bytes(b"x")
+    remote = train_tab.TrainJobs(tmp_path / "lora", tmp_path / "work", "demo", local_paths=False)
+    with pytest.raises(TrainError, match="beyond loopback"):
+        remote._images(tmp_path / "work" / "job", [], str(secret))
+    copied = remote._images(tmp_path / "work" / "job", [str(tmp_path / "up.png")], "")
+    assert [p.name for p in copied.iterdir()] == ["up.png"]
+    local = train_tab.TrainJobs(tmp_path / "lora", tmp_path / "work", "demo")
+    assert local._images(tmp_path / "work" / "job", [], str(secret)) == secret
+
+    def folder_visible(jobs: train_tab.TrainJobs) -> bool:
+        with gr.Blocks() as blocks:
+            train_tab.build_train_tab(jobs)
+        (props,) = [c["props"] for c in blocks.get_config_file()["components"]
+                    if c.get("props", {}).get("elem_id") == "lp-train-folder"]
+        return bool(props.get("visible", True))
+
+    assert folder_visible(local) and not folder_visible(remote)
