@@ -57,7 +57,9 @@ def parse(prompt: str, profile: Profile = "loraprompt", comments: bool = True, *
         return _checked(result, strict)
     loras, lora_diags, drop_all = _loras(tags, profile, duplicates, default_weight, presets)
     diagnostics.extend(lora_diags)
-    others = tuple(ExtraActivation(t.kind, t.positional[0] if t.positional else "", t.positional, t.named, t.index)
+    # The name is the first item as A1111's hypernet handler reads it (``params.items[0]``), even when
+    # it holds one '=' and so also counts as a named argument.
+    others = tuple(ExtraActivation(t.kind, t.items[0] if t.items else "", t.positional, t.named, t.index)
                    for t in tags if t.kind in kinds)
     result = ParsedPrompt(text, source, tuple(tags), tuple(loras), others, tuple(diagnostics), profile,
                           drop_all, origin)

@@ -2,6 +2,12 @@
 
 The grammar has the same shape as A1111's (lark Earley, default options), because its ambiguity
 resolution decides results on odd inputs; the evaluation below is loraprompt's own.
+
+On lark 1.1.2 (A1111's pin) that resolution is not even stable between processes: it follows the
+order of hashed sets (lark issue #1434), so ``photo, [cat:dog:0.5]]`` is a schedule or plain text
+depending on PYTHONHASHSEED, in A1111 as here. Inside A1111 both parse with the same lark in the same
+process and agree; lark 1.2.1 and later always give the schedule
+(tests/syntax/test_syntax_lark_determinism.py).
 """
 
 from __future__ import annotations

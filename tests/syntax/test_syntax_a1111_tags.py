@@ -163,6 +163,23 @@ def test_one_bad_tag_drops_all_in_a1111_but_only_itself_in_loraprompt() -> None:
     assert [d.severity for d in ours.diagnostics if d.code == "a1111-drop-all"] == ["info"]
 
 
+# A1111's hypernet handler names the network by params.items[0] and reads its multiplier from items[1]:
+# an item with one '=' is still the name (it is also a named argument, as A1111's params.named has it)
+HYPERNET_NAMES = [
+    ("<hypernet:h:0.5>", "h"),
+    ("<hypernet:a=b:0.5>", "a=b"),
+    ("<hypernet:x=1>", "x=1"),
+    ("<hypernet:h>", "h"),  # (an empty <hypernet:> is no tag at all, as in A1111)
+]
+
+
+@pytest.mark.parametrize("profile", ["a1111", "loraprompt"])
+@pytest.mark.parametrize(("prompt", "name"), HYPERNET_NAMES)
+def test_hypernet_name_is_first_item(prompt: str, name: str, profile: str) -> None:
+    (other,) = parse(prompt, profile=profile).others  # type: ignore[arg-type]
+    assert (other.kind, other.name) == ("hypernet", name)
+
+
 # §2.7 duplicates: same mentioned name -> every occurrence at the last weights (count x last)
 @pytest.mark.parametrize("profile", ["a1111", "loraprompt"])
 def test_duplicates_a1111_effect(profile: str) -> None:
