@@ -20,8 +20,21 @@ def format_activation(activation: LoraActivation, style: Literal["a1111", "lorac
     '<lora:style:0.8>'
     >>> format_activation(LoraActivation("x", 1.0, Schedule(((0.0, 0.0), (1.0, 1.0))), dyn=8))
     '<lora:x:1:0:dyn=8:unet_sched=0@0,1@1>'
+
+    A name, ``module``, or extra key or value that no tag can carry raises ``ValueError``: ``:`` and
+    ``>`` end it, ``#`` starts a prompt comment, and ``=`` makes an item a named argument (a name
+    with exactly one; an argument's key or value with any); a blank name is no tag. The gallery writes such LoRAs by alias
+    or hash name instead.
     """
     a = activation
+    _writable("name", a.name, named=a.name.count("=") == 1)
+    if not a.name.strip():
+        raise ValueError(f"LoRA tag name {a.name!r} is blank: a tag needs a name")
+    if a.module is not None:
+        _writable("module", a.module, named="=" in a.module)
+    for key, value in a.extras.items():
+        _writable("argument name", key, named="=" in key)
+        _writable(f"value of {key}", value, named="=" in value)
     named: list[tuple[str, str]] = []
     te, unet = a.te, a.unet
     if style == "a1111" and (isinstance(te, Schedule) or isinstance(unet, Schedule)):
@@ -61,3 +74,10 @@ def _at_zero(value: Strength) -> float:
 
 def _strength(value: Strength) -> str:
     return value.to_text() if isinstance(value, Schedule) else format_number(value)
+
+
+def _writable(what: str, text: str, *, named: bool) -> None:
+    bad = sorted({c for c in text if c in ":>#"} | ({"="} if named else set()))
+    if bad:
+        raise ValueError(f"LoRA tag {what} {text!r} contains {' '.join(repr(c) for c in bad)}: a <lora:...> tag "
+                         "cannot carry it (name the LoRA by its alias or hash name)")

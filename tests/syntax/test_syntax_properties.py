@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -85,3 +86,30 @@ def test_format_then_parse_round_trips(activation: LoraActivation, style: str) -
 def test_a1111_safe_format_never_makes_a1111_fail(activation: LoraActivation) -> None:
     plain = parse(format_activation(activation), profile="a1111")
     assert plain.a1111_drop_all == bool(activation.flags)
+
+
+@pytest.mark.parametrize(("field", "value"), [("name", "a:b"), ("name", "a>b"), ("name", "a=b"), ("name", "C#odd"),
+                                              ("name", " "), ("name", ""), ("module", "x=y"), ("extras", {"k": "v:w"}), ("extras", {"k": "v=w"}),
+                                              ("extras", {"a=b": "v"})])
+def test_format_refuses_what_no_tag_can_carry(field: str, value: object) -> None:
+    activation = LoraActivation(**{"name": "ok", "te": 1.0, "unet": 1.0, field: value})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"cannot carry it|is blank"):
+        format_activation(activation)
+
+
+@pytest.mark.parametrize("name", ["a==b", "x = y = z", "é１", " a "])
+def test_format_keeps_names_a_tag_can_carry(name: str) -> None:
+    activation = LoraActivation(name, 0.5, 0.5)
+    assert parse(f"a {format_activation(activation)} b").loras == (activation,)
+
+
+@SETTINGS
+@given(st.text(min_size=0, max_size=8), st.sampled_from(["a1111", "loractl"]))
+def test_format_any_name_round_trips_or_refuses(name: str, style: str) -> None:
+    activation = LoraActivation(name, 0.5, 0.5)
+    try:
+        tag = format_activation(activation, style=style)  # type: ignore[arg-type]
+    except ValueError as exc:
+        assert "cannot carry it" in str(exc) or "is blank" in str(exc)
+        return
+    assert parse(f"a {tag} b").loras == (activation,), tag
