@@ -209,6 +209,19 @@ def _version() -> str:
     return f"loraprompt {loraprompt.__version__}"
 
 
+def generate(service: Service, route: str, tasks: list[ImageTask], body: Any, *, clip_skip: int,
+             warnings: list[str]) -> tuple[Job, dict[str, Any]]:
+    """Log a request's warnings, run its images on the model queue and wait for them: the finished
+    job and its info (A1111's fields); a failed generation is a 500 (A1111's error shape)."""
+    for w in warnings:
+        log.warning("%s: %s", route, w)
+    job = service.run(tasks, keep=body.save_images)
+    job.wait()
+    if job.status == "failed":
+        raise ServeError(500, (), f"generation failed: {job.error}")
+    return job, txt2img_info(service, body, job, label=tasks[0].request.sampler, clip_skip=clip_skip, warnings=warnings)
+
+
 def add_routes(router: Any, service: Service) -> None:
     """Register the /sdapi/v1 routes on a FastAPI app or router (plain functions: FastAPI runs
     them in its threadpool, so waiting for the model never blocks the event loop)."""
@@ -220,13 +233,7 @@ def add_routes(router: Any, service: Service) -> None:
         if hires is not None:
             tasks = [with_hires(service, t, hires) for t in tasks]
         warnings = unused_warnings(body, model_title(service), service.model.name) + warnings
-        for w in warnings:
-            log.warning("txt2img: %s", w)
-        job = service.run(tasks, keep=body.save_images)
-        job.wait()
-        if job.status == "failed":
-            raise ServeError(500, (), f"generation failed: {job.error}")
-        info = txt2img_info(service, body, job, label=tasks[0].request.sampler, clip_skip=clip_skip, warnings=warnings)
+        job, info = generate(service, "txt2img", tasks, body, clip_skip=clip_skip, warnings=warnings)
         return {
             "images": [png_b64(o.png) for o in job.images] if body.send_images else [],
             "parameters": body.model_dump(),

@@ -14,7 +14,6 @@ import binascii
 import dataclasses
 import io
 import json
-import logging
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -24,16 +23,14 @@ from loraprompt.serve.errors import ServeError, invalid
 from loraprompt.serve.jobs import ImageTask
 from loraprompt.serve.sdapi import (
     Txt2ImgBody,
+    generate,
     model_title,
     png_b64,
-    txt2img_info,
     txt2img_tasks,
     unused_warnings,
 )
 from loraprompt.serve.service import Service
 from loraprompt.ui.img2img import RESIZE_MODES
-
-log = logging.getLogger("loraprompt.serve")
 
 MAX_INIT_PIXELS = 64 * 1024 * 1024  # a larger init image is refused before it is decoded (decompression bombs)
 # img2img fields that only act with a mask or on instruct-pix2pix models: inert here
@@ -126,13 +123,7 @@ def add_routes(router: Any, service: Service) -> None:
     def img2img(body: Img2ImgBody) -> dict[str, Any]:
         tasks, clip_skip, body = img2img_tasks(service, body)
         warnings = unused_warnings(body, model_title(service), service.model.name, quiet=_QUIET, inert=_INERT)
-        for w in warnings:
-            log.warning("img2img: %s", w)
-        job = service.run(tasks, keep=body.save_images)
-        job.wait()
-        if job.status == "failed":
-            raise ServeError(500, (), f"generation failed: {job.error}")
-        info = txt2img_info(service, body, job, label=tasks[0].request.sampler, clip_skip=clip_skip, warnings=warnings)
+        job, info = generate(service, "img2img", tasks, body, clip_skip=clip_skip, warnings=warnings)
         info["denoising_strength"] = body.denoising_strength
         parameters = body.model_dump()
         if not body.include_init_images:  # A1111 does not echo the images back unless asked
