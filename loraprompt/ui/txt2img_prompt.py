@@ -10,23 +10,35 @@ from typing import Any
 from loraprompt.syntax import attention
 
 CHUNK = 75  # tokens per chunk, between the start and end tokens
+COMMA_BACKTRACK = 20  # A1111's "Prompt word wrap length limit" (comma_padding_backtrack), its default
 
 Chunk = list[tuple[int, float]]
 
 
-def weighted_chunks(tokenizer: Any, text: str) -> list[Chunk]:
-    """(token id, weight) chunks of `text`: each emphasis run tokenized on its own, as A1111 does."""
+def weighted_chunks(tokenizer: Any, text: str, backtrack: int = COMMA_BACKTRACK) -> list[Chunk]:
+    """(token id, weight) chunks of `text`: each emphasis run tokenized on its own, as A1111 does.
+
+    A chunk that fills up within `backtrack` tokens after a comma ends at that comma, and the
+    tokens after it open the next chunk (A1111's word wrap: a phrase is not cut in two between
+    chunks); 0 turns it off."""
+    comma = tokenizer.convert_tokens_to_ids(",</w>")
     chunks: list[Chunk] = []
     current: Chunk = []
+    last_comma = -1
     for run, weight in attention(text):
         if run == "BREAK" and weight == -1.0:
             chunks.append(current)
-            current = []
+            current, last_comma = [], -1
             continue
         for token in tokenizer(run, add_special_tokens=False, truncation=False, verbose=False).input_ids:
+            if token == comma:
+                last_comma = len(current)
+            elif backtrack and len(current) == CHUNK and last_comma != -1 and CHUNK - last_comma <= backtrack:
+                chunks.append(current[: last_comma + 1])
+                current, last_comma = current[last_comma + 1 :], -1
             if len(current) == CHUNK:
                 chunks.append(current)
-                current = []
+                current, last_comma = [], -1
             current.append((token, weight))
     if current or not chunks:
         chunks.append(current)

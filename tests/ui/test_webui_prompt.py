@@ -86,6 +86,27 @@ def test_emphasis_weights_tokens_like_a1111(sd1: Any) -> None:
     assert torch.allclose(plain.mean(), strong.mean(), atol=1e-6)  # A1111 keeps the mean
 
 
+def test_a_chunk_that_fills_up_just_after_a_comma_ends_at_the_comma(sd1: Any) -> None:
+    """A1111's word wrap (comma_padding_backtrack, default 20): the demo tokenizer gives one token a
+    character, so 69 b's, a comma and 10 c's fill the first chunk 6 tokens after the comma."""
+    tok = sd1.tokenizer
+    comma = tok.convert_tokens_to_ids(",</w>")
+    text = "b" * 69 + ", " + "(" + "c" * 10 + ":1.3)"
+    chunks = weighted_chunks(tok, text)
+    assert [len(c) for c in chunks] == [70, 10]
+    assert chunks[0][-1] == (comma, 1.0) and {w for _, w in chunks[1]} == {1.3}  # weights move with them
+    assert [len(c) for c in weighted_chunks(tok, text, backtrack=0)] == [75, 5]  # the setting at 0: cut at 75
+    assert [len(c) for c in weighted_chunks(tok, text, backtrack=5)] == [75, 5]  # the comma is 6 back
+    far = "b" * 50 + ", " + "c" * 30  # the comma 25 tokens back: no wrap
+    assert [len(c) for c in weighted_chunks(tok, far)] == [75, 6]
+    at_end = "b" * 74 + ", " + "c" * 3  # the chunk ends with the comma: nothing moves
+    assert [len(c) for c in weighted_chunks(tok, at_end)] == [75, 3]
+    broken = "b" * 69 + ", c BREAK " + "d" * 80  # BREAK forgets the comma: the next chunk cuts at 75
+    assert [len(c) for c in weighted_chunks(tok, broken)] == [71, 75, 5]
+    kw = prompt_embeddings(sd1, text, "")
+    assert kw["prompt_embeds"].shape[1] == 154
+
+
 def test_long_prompts_and_break_make_chunks(sd1: Any, sdxl: Any) -> None:
     long = " ".join(f"w{i}" for i in range(60))  # byte-level demo tokenizer: > 75 tokens
     chunks = weighted_chunks(sd1.tokenizer, long)
