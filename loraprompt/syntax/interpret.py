@@ -241,5 +241,5 @@ def _steps(r: _Reader, named: Any) -> tuple[Any, Any]:
         try:
             points[key] = parse_step_point(text)
         except ValueError:
-            r.report("step-syntax", f"{key} {text!r} is not a number", "error")
+            r.report("step-syntax", f"{key} {text!r} is not a finite number", "error")
     return points["start"], points["stop"]

@@ -12,6 +12,7 @@ process and agree; lark 1.2.1 and later always give the schedule
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
@@ -46,6 +47,8 @@ def _switch_step(number: str, steps: int, hires: bool, use_old_scheduling: bool,
         value = (value - (1.0 if hires else 0.0)) * steps
     else:
         value = value - (base_steps if hires else 0)
+    if math.isinf(value):  # 1e400: A1111 fails the generation (OverflowError); here it never switches
+        return steps if value > 0 else 0
     return min(steps, int(value))
 
 

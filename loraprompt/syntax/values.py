@@ -140,8 +140,12 @@ def looks_like_schedule(text: str) -> bool:
 
 
 def parse_step_point(text: str) -> StepPoint:
-    """``start=``/``stop=`` values: a ``.`` makes a fraction (A1111's prompt-editing rule)."""
-    return StepPoint(float(text), "." in text)
+    """``start=``/``stop=`` values: a ``.`` makes a fraction (A1111's prompt-editing rule); ValueError
+    for what is not a finite number (``1e400``, ``nan``: no step can be computed from them)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number")
+    return StepPoint(value, "." in text)
 
 
 # lora-block-weight's block ids per vector length (facts from its documentation)
@@ -220,9 +224,12 @@ def parse_block_vector(text: str, x: float | None, presets: dict[str, tuple[str,
 
 def _block_number(text: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise BlockWeightError("lbw-value", f"block value {text!r} is not a number") from None
+    if not math.isfinite(value):  # an infinite multiplier would write inf/NaN into the weights
+        raise BlockWeightError("lbw-value", f"block value {text!r} is not a finite number")
+    return value
 
 
 def is_block_weight_text(text: str, presets: dict[str, tuple[str, ...]] | None = None) -> bool:

@@ -34,6 +34,12 @@ SCHEDULES = [
     ("[a:b:-3]", 10, None, False, [(10, "b")]),
     ("[a:b:0]", 10, None, False, [(10, "b")]),
     ("[a:b:50]", 10, None, False, [(10, "a")]),
+    # past a float's range A1111 stops with OverflowError; here +inf never switches, -inf always has
+    ("[a:b:1e400]", 10, None, False, [(10, "a")]),
+    ("[a:b:1.5e400]", 10, None, False, [(10, "a")]),
+    ("[a:b:-1e400]", 10, None, False, [(10, "b")]),
+    ("[a:b:1e400]", 10, 10, False, [(10, "a")]),
+    ("[a:b:1e400]", 10, None, True, [(10, "a")]),
     # old scheduling: N < 1 is a fraction, anything else a step
     ("[a:b:1.0]", 10, None, True, [(1, "a"), (10, "b")]),
     ("[a:b:0.5]", 10, None, True, [(5, "a"), (10, "b")]),

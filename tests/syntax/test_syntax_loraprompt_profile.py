@@ -91,6 +91,11 @@ DIAGNOSTICS = [
     ("<lora:x:1:1:NOPE>", {"dyn-syntax"}, False),
     ("<lora:x:1:hash=xyz>", {"hash-syntax"}, False),
     ("<lora:x:1:start=soon>", {"step-syntax"}, False),
+    ("<lora:x:1:start=1e400>", {"step-syntax"}, False),  # no step is computed from inf or nan
+    ("<lora:x:1:stop=nan>", {"step-syntax"}, False),
+    ("<lora:x:1:step=0-1e400>", {"step-syntax"}, False),
+    ("<lora:x:1:lbw=1e400,1,1,1,1,1,1,1,1,1,1,1>", {"lbw-value"}, False),  # inf in the weights
+    ("<lora:x:1:lbw=1,nan,1,1,1,1,1,1,1,1,1,1>", {"lbw-value"}, False),
     ("<lora:x:0@0,1@1@2>", {"weight-syntax"}, False),
     ("<LoRA:x:1>", {"type-case"}, False),
     ("<foo:x:1>", {"type-unknown"}, False),
