@@ -321,9 +321,13 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
         legacy.click(run, inputs[:len(API_FIELDS)], outputs, concurrency_limit=1, concurrency_id="generate",
                      api_name="run")
         def xy_refresh(lora: str | None, lora2: str | None) -> tuple[Any, Any]:
-            """The axes' LoRA lists from the library as it is now (a LoRA added while the UI runs), their values kept."""
+            """The axes' LoRA lists from the library as it is now (a LoRA added while the UI runs). A
+            value is sent only to an empty axis: one the user picks while this runs (the accordion's
+            expand fires it) must not be put back to the value the event carried."""
             names, first, second = axis_choices(engine.library, (lora, lora2))
-            return gr.update(choices=names, value=first), gr.update(choices=names, value=second)
+            rows, columns = (gr.update(choices=names) if was else gr.update(choices=names, value=now)
+                             for was, now in ((lora, first), (lora2, second)))
+            return rows, columns
 
         # gradio builds a tab's contents when it is first opened, and the gallery writes into the
         # img2img prompt box ("No prompt box to insert into" until a visit): open it once at load

@@ -195,7 +195,9 @@ def test_xy_dropdowns_follow_the_library_and_default_to_two_loras(engine: Txt2Im
         rows, columns = fn("demo_warm", "")
         assert "added_later" in [c[0] if isinstance(c, (list, tuple)) else c for c in rows["choices"]]
         assert rows["choices"] == columns["choices"]
-        assert rows["value"] == "demo_warm" and columns["value"] not in ("", None, "demo_warm")
+        # a set axis gets no value: a LoRA picked while the refresh runs stays (CI saw the grid of the
+        # default LoRA when the expand's answer came after the test's pick)
+        assert "value" not in rows and columns["value"] not in ("", None, "demo_warm")
 
 
 def test_cli_refuses_missing_lora_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
