@@ -157,7 +157,7 @@ class Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
-@pytest.mark.parametrize("suffix", [".pt", ".ckpt", ".bin"])
+@pytest.mark.parametrize("suffix", [".pt", ".ckpt", ".bin", ".pth"])
 def test_malicious_pickle_runs_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str) -> None:
     marker = tmp_path / "pwned"
     path = tmp_path / f"evil{suffix}"
@@ -165,6 +165,21 @@ def test_malicious_pickle_runs_nothing(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     refused(path, "refused")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("version", ["2.5.1", "2.5.1+cu124", "1.13.0"])
+def test_pickles_are_refused_on_torch_older_than_2_6(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str) -> None:
+    """weights_only had bypasses before torch 2.6 (CVE-2025-32434): there even a plain state dict is
+    refused unread, and an exploit runs nothing."""
+    plain, evil, marker = tmp_path / "ok.pth", tmp_path / "evil.pt", tmp_path / "pwned"
+    torch.save({DOWN: torch.randn(2, 8), UP: torch.randn(8, 2)}, plain)
+    torch.save({DOWN: torch.randn(2, 8), "payload": Exploit(marker)}, evil)
+    monkeypatch.setattr(torch, "__version__", version)
+    for path in (plain, evil):
+        assert version in str(refused(path, r"refusing pickled weights .*< 2\.6"))
+    assert not marker.exists()
+    save_file({DOWN: torch.randn(2, 8), UP: torch.randn(8, 2)}, str(tmp_path / "ok.safetensors"))
+    assert read_adapter(tmp_path / "ok.safetensors").modules  # safetensors never need torch.load
 
 
 def test_plain_pickled_state_dict_loads(tmp_path: Path) -> None:
