@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from loraprompt.errors import AdapterFileError
-from loraprompt.library.quickheader import read_quick_header
-from loraprompt.library.safetensors_header import read_header
+from loraprompt.library.quickheader import Layouts, read_quick_header
+from loraprompt.library.safetensors_header import MAX_METADATA_VALUE, read_header
 
 from .conftest import write_lora
 
@@ -70,6 +70,26 @@ def test_same_metadata_verdict_as_read_header(tmp_path: Path, metadata: dict[str
     with pytest.raises(AdapterFileError) as full:
         read_header(p)
     assert (quick.value.reason, quick.value.key) == (full.value.reason, full.value.key)
+
+
+@pytest.mark.parametrize("value", [5, "x" * (MAX_METADATA_VALUE + 1)], ids=["number", "huge"])
+def test_the_scans_layout_path_gives_read_headers_verdict(tmp_path: Path, value: object) -> None:
+    """A file whose tensor section the scan already knows is read through `Layouts`; a bad or huge
+    metadata value there is refused as read_header refuses it (robustness item 7)."""
+    def compact(metadata: dict[str, object]) -> bytes:  # as safetensors writes it: metadata first, no spaces
+        header = {"__metadata__": metadata, "w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}
+        return json.dumps(header, separators=(",", ":")).encode()
+
+    layouts = Layouts()
+    read_quick_header(raw_file(tmp_path / "good.safetensors", None, b"\0" * 4, compact({"a": "ok"})), layouts)
+    assert layouts.sections  # the section is known: the next file with it takes the layout path
+    p = raw_file(tmp_path / "bad.safetensors", None, b"\0" * 4, compact({"a": value}))
+    with pytest.raises(AdapterFileError) as full:
+        read_header(p)
+    for known in (layouts, None):
+        with pytest.raises(AdapterFileError) as quick:
+            read_quick_header(p, known)
+        assert (quick.value.reason, quick.value.key, quick.value.path) == (full.value.reason, "a", str(p))
 
 
 def test_offsets_that_are_not_plain_integers_are_refused(tmp_path: Path) -> None:
