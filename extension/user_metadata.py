@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from loraprompt.library.metadata import cap
 from loraprompt.library.sidecars import SD_VERSIONS as SD_CHOICES  # A1111's four, the gallery's too
 
 # The keys the editor writes, in the order of its Save handler's inputs after the card name
@@ -136,8 +137,9 @@ def toggle_tag(activation_text: str, tag: str) -> str:
 
 def header_rows(metadata: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The editor's rows from a LoRA's header metadata (A1111's: output name, model, clip skip,
-    kohya module, date trained, resolutions, dataset size), as HTML-safe text."""
-    rows = [(label, html.escape(str(metadata[key]))) for key, label in _HEADER_ROWS.items()
+    kohya module, date trained, resolutions, dataset size), as HTML-safe text, each capped as the
+    gallery caps what it shows (robustness item 7)."""
+    rows = [(label, html.escape(cap(str(metadata[key])))) for key, label in _HEADER_ROWS.items()
             if metadata.get(key) is not None and str(metadata[key]) != "None"]
     try:
         started = float(metadata.get("ss_training_started_at") or 0)
@@ -171,5 +173,5 @@ def _resolution_rows(info: Any) -> list[tuple[str, str]]:
     ordered = sorted(counts, key=lambda k: counts[k], reverse=True)
     text = html.escape(", ".join(ordered[:4]))
     if len(ordered) > 4:
-        text = f"<span title='{html.escape(', '.join(ordered))}'>{text}, ...</span>"
+        text = f"<span title='{html.escape(cap(', '.join(ordered)))}'>{text}, ...</span>"
     return [("Resolutions:" if len(ordered) > 1 else "Resolution:", text)]

@@ -9,6 +9,8 @@ import random
 
 import pytest
 
+from loraprompt.library.metadata import MAX_SHOWN
+
 from .conftest import ROOT
 
 # a module of its own (no relative imports), loaded by path: `extension` is not a package on sys.path
@@ -67,3 +69,14 @@ def test_header_rows_leave_out_malformed_values() -> None:
     assert rows[1][0] == "Resolutions:" and rows[1][1].startswith("<span title='") and "517x512, 516x512" in rows[1][1]
     assert rows[2] == ("Dataset size:", "3")
     assert header_rows(json.loads('{"ss_bucket_info": null, "ss_dataset_dirs": []}')) == []
+
+
+def test_header_rows_cap_what_they_show() -> None:
+    """Robustness item 7: a header value of any size is shown capped (escaped, then still short)."""
+    buckets = {str(i): {"resolution": [512, 512 + i], "count": 1 + i % 3} for i in range(5000)}
+    rows = dict(header_rows({"ss_output_name": "<" * 100_000, "ss_sd_model_name": "m" * 2_000_000,
+                             "ss_bucket_info": {"buckets": buckets}}))
+    assert rows["Output name:"].startswith("&lt;&lt;") and rows["Output name:"].endswith("…")
+    assert rows["Model:"] == "m" * (MAX_SHOWN - 1) + "…"
+    assert all(len(value) <= 5 * MAX_SHOWN + 100 for value in rows.values()), [len(v) for v in rows.values()]
+    assert rows["Resolutions:"].startswith("<span title='") and rows["Resolutions:"].count("<span") == 1
