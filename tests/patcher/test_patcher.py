@@ -401,3 +401,57 @@ def test_skip_mode_skips_an_adapter_whose_target_is_not_floating_point(model) ->
     assert report.skipped == ["intlora"]
     assert "intlora.safetensors" in report.diagnostics[-1].message
     assert_close(model, reference(model, original, [(good, 1.0, 1.0)]), torch.float32)
+
+
+@pytest.mark.parametrize(("build", "model_family", "lora_family", "names"),
+                         [(tiny_sd1, "sd1", "sdxl", ("SDXL", "SD1.x")), (tiny_sdxl, "sdxl", "sd1", ("SD1.x", "SDXL"))])
+def test_another_familys_lora_in_a_prompt_leaves_the_model_or_is_skipped(build, model_family, lora_family, names) -> None:
+    """Robustness rules 9 and 10: a LoRA of another family in a prompt is refused naming both
+    families and the file, and nothing of the prompt is applied (never a partial apply); with
+    on_error='skip' it is the one dropped and the prompt's other LoRAs apply."""
+    model = build()
+    original = snapshot(model)
+    good, other = make_adapter(model, 1), make_adapter(model, 2, name="wrongfamily")
+    other.family = lora_family
+    patcher = Patcher(model, family=model_family)
+    patcher.sync([(good, 1.0, 1.0)])
+    before, applied = snapshot(model), patcher.applied
+    with pytest.raises(FamilyMismatchError, match=rf"wrongfamily \(/virtual/wrongfamily\.safetensors\) is a {names[0]} adapter; "
+                                                  rf"the loaded model is {names[1]}"):
+        patcher.sync([(good, 0.5, -0.5), (other, 1.0, 1.0)])
+    assert_bit_equal(model, before)
+    assert patcher.applied == applied
+    report = patcher.sync([(good, 0.5, -0.5), (other, 1.0, 1.0)], on_error="skip")
+    assert report.skipped == ["wrongfamily"] and [d.code for d in report.diagnostics] == ["lora-refused"]
+    assert_close(model, reference(model, original, [(good, 0.5, -0.5)]), torch.float32)
+    patcher.restore()
+    assert_bit_equal(model, original)
+
+
+def test_changed_block_weights_and_strengths_are_never_served_from_a_stale_cache(model) -> None:
+    """Robustness rule 15: after any sequence of block weights and strengths, the weights are what
+    a fresh patcher gives for the last plan on the original model."""
+    import copy
+
+    a, b = make_adapter(model, 1, every=1), make_adapter(model, 2)
+    pristine = copy.deepcopy(model)
+    original = snapshot(model)
+    patcher = Patcher(model)
+    up1 = "unet:up_blocks.1.attentions.0.proj_in.weight"
+    plans = [
+        [PlanEntry(a, te=1.0, unet=1.0, blocks={"OUT03": 2.0})],
+        [PlanEntry(a, te=1.0, unet=1.0, blocks={"OUT03": 0.5})],
+        [PlanEntry(a, te=1.0, unet=1.0, blocks={"BASE": 0.0, "OUT03": 0.5}), PlanEntry(b, te=0.3, unet=0.3)],
+        [PlanEntry(a, te=1.0, unet=1.0)],
+        [PlanEntry(a, te=-0.7, unet=0.4, blocks={"IN01": 0.0, "OUT03": 3.0}), PlanEntry(b, te=0.3, unet=0.6)],
+        [PlanEntry(a, te=1.0, unet=1.0, blocks={"OUT03": 2.0})],
+    ]
+    for plan in plans:
+        patcher.sync(plan)
+        fresh_model = copy.deepcopy(pristine)
+        Patcher(fresh_model, delta_cache_mb=0).sync(plan)
+        assert_close(model, snapshot(fresh_model), torch.float32)
+    # the last plan, checked against the independent reference too
+    torch.testing.assert_close(snapshot(model)[up1], reference(model, original, [(a, 0.0, 2.0)])[up1])
+    patcher.restore()
+    assert_bit_equal(model, original)
