@@ -292,6 +292,34 @@ def test_writes_refuse_cross_site_requests(gallery: Gallery, gallery_folder: Pat
     assert not (gallery_folder / "editable.json").exists()
 
 
+@pytest.mark.parametrize("ref", ["../editable.safetensors", "0/../../x.safetensors", "0/%2e%2e/x.safetensors",
+                                 "0\\..\\x.safetensors", "/tmp/x.safetensors", "0/editable.safetensors\x00.png",
+                                 "0/../LoraEvil/x.safetensors", "1/x.safetensors", 5, None])
+def test_metadata_writes_refuse_targets_outside_the_roots(gallery: Gallery, gallery_folder: Path, ref: Any) -> None:
+    """Robustness rule 22: the write route takes a card id only; anything else is a 404 and no
+    sidecar is written anywhere (not beside the roots, not in a sibling folder sharing the prefix)."""
+    evil = gallery_folder.parent / "LoraEvil"
+    evil.mkdir()
+    write_lora(evil / "x.safetensors", SD1_KEYS)
+    before = sorted(p for p in gallery_folder.parent.rglob("*") if p.is_file())
+    r = gallery.post("metadata", {"id": ref, "values": {"notes": "pwned"}})
+    assert r.status_code == 404 and "pwned" not in r.text
+    assert sorted(p for p in gallery_folder.parent.rglob("*") if p.is_file()) == before
+
+
+@pytest.mark.parametrize("name", ["page.svg", "page.html", "page.json", "page.safetensors.png.html", "page.preview.svg"])
+def test_only_image_previews_are_offered(gallery_folder: Path, tmp_path: Path, name: str) -> None:
+    """Robustness rule 19: a file beside the LoRA that is not an image is never its preview."""
+    write_lora(gallery_folder / "page.safetensors", SD1_KEYS)
+    (gallery_folder / name).write_text("<svg xmlns='http://www.w3.org/2000/svg' onload='alert(1)'/>")
+    g = Gallery(gallery_folder, tmp_path / "c7")
+    card = g.cards()["page"]
+    assert card["thumb"] is None
+    for route in ("preview", "thumb"):
+        r = g.client.get(f"{API}/{route}", params={"id": card["id"]})
+        assert r.status_code == 404 and "onload" not in r.text
+
+
 def test_same_origin_post_is_accepted(gallery: Gallery) -> None:
     headers = {**POST_HEADERS, "Origin": "http://testserver"}
     assert gallery.post("refresh", {}, headers).status_code == 200
