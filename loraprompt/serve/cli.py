@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loraprompt.hosts import is_loopback
+
 
 def add_arguments(parser: argparse.ArgumentParser, command_name: str = "serve") -> None:
     """Options of `loraprompt serve`."""
@@ -95,7 +97,7 @@ def config_of(args: argparse.Namespace) -> ServeConfig:
 
 def cmd_flags(args: argparse.Namespace, config: ServeConfig) -> dict[str, Any]:
     """A1111's flags (GET /sdapi/v1/cmd-flags) that hold for this server: the API only, no web UI."""
-    return {"nowebui": True, "listen": args.host not in ("127.0.0.1", "localhost", "::1"), "server_name": args.host,
+    return {"nowebui": True, "listen": not is_loopback(args.host), "server_name": args.host,
             "port": args.port, "data_dir": config.data_dir, "ckpt": config.checkpoint,
             "lora_dir": config.lora_dirs[0] if config.lora_dirs else None,
             "cors_allow_origins": args.cors_allow_origins, "cors_allow_origins_regex": args.cors_allow_origins_regex}
@@ -115,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     config = config_of(args)
     limits = Limits(args.max_steps, args.max_size, args.max_images, args.max_queue)
     cors = [o.strip() for o in (args.cors_allow_origins or "").split(",") if o.strip()]
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_auth:
+    if not is_loopback(args.host) and not args.api_auth:
         print(f"loraprompt serve: listening on {args.host} without --api-auth: anyone who can reach it can generate",
               file=sys.stderr)
     if args.ray:

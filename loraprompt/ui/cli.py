@@ -45,11 +45,12 @@ def run(args: argparse.Namespace) -> int:
         print("loraprompt webui needs the web UI extra: pip install 'loraprompt[ui]'", file=sys.stderr)
         return 2
     from loraprompt.errors import LoraPromptError
+    from loraprompt.hosts import is_loopback
     from loraprompt.integrations.diffusers import patcher_for
     from loraprompt.library import Library
     from loraprompt.models import default_data_dir, load_demo, load_model
     from loraprompt.ui.txt2img import Txt2Img
-    from loraprompt.ui.webui import is_loopback, serve
+    from loraprompt.ui.webui import serve
 
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     lora_dirs = [Path(d) for d in args.lora_dir]

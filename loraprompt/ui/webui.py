@@ -9,6 +9,7 @@ from typing import Any
 
 from loraprompt.diagnostics import Diagnostic
 from loraprompt.errors import LoraPromptError
+from loraprompt.hosts import is_loopback
 from loraprompt.models import LoadedModel
 from loraprompt.models.samplers import model_shift
 from loraprompt.ui.dit_prompt import has_distilled_guidance
@@ -349,18 +350,6 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
                     [*(txt.fields[k] for k in API_FIELDS), *(txt.fields[k] if k in txt.fields else i2i.fields[k] for k in PASTE_EXTRAS),
                      hires_box])
     return app, gallery
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` (a --host value) only listens on this machine."""
-    import ipaddress
-
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def serve(engine: Txt2Img, host: str, port: int, allowed: list[str], thumb_dir: Path | None = None, *,

@@ -63,6 +63,8 @@ def test_cmd_flags_say_what_holds_here_and_never_the_api_password(served: Served
     got = cmd_flags(args, ServeConfig(lora_dirs=["/loras"], data_dir="/data"))
     assert (got["listen"], got["port"], got["nowebui"], got["lora_dir"], got["data_dir"]) == (True, 7861, True, "/loras",
                                                                                               "/data")
+    for host, listen in (("127.0.0.2", False), ("[::1]", False), ("localhost", False), ("myhost.lan", True)):
+        assert cmd_flags(parser.parse_args(["--host", host]), ServeConfig())["listen"] is listen, host
     served.service.cmd_flags = {**got, "api_auth": "me:s3cret"}
     try:
         assert "s3cret" not in json.dumps(client(served).get_cmd_flags())

@@ -77,7 +77,7 @@ def test_stop_before_the_worker_started_training_shows_stopped(monkeypatch: pyte
                                                 ("[::1]", True), ("127.0.0.2", True), ("0.0.0.0", False),
                                                 ("192.168.1.5", False), ("::", False), ("myhost.lan", False)])
 def test_is_loopback(host: str, loopback: bool) -> None:
-    from loraprompt.ui.webui import is_loopback
+    from loraprompt.hosts import is_loopback
 
     assert is_loopback(host) is loopback
 
