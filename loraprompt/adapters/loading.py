@@ -53,10 +53,18 @@ def _flatten(path: str, obj: object) -> dict[str, Tensor]:
     return out
 
 
+def pickle_refusal() -> str | None:
+    """Why no pickle is read on this torch (weights_only had bypasses before 2.6, CVE-2025-32434:
+    a crafted file would run code), or None."""
+    if _torch_version() < MIN_TORCH_FOR_PICKLES:
+        return f"refusing pickled weights on torch {torch.__version__} (< 2.6 has weights_only bypasses)"
+    return None
+
+
 def load_pickle(path: str) -> dict[str, Tensor]:
     """torch.load(weights_only=True) only; refuse anything that would need a full unpickle."""
-    if _torch_version() < MIN_TORCH_FOR_PICKLES:
-        raise AdapterFileError(path, f"refusing pickled weights on torch {torch.__version__} (< 2.6 has weights_only bypasses); use .safetensors")
+    if (refusal := pickle_refusal()) is not None:
+        raise AdapterFileError(path, f"{refusal}; use .safetensors")
     # An explicit weights_only=True is never overridden by TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD (torch ≥ 2.6).
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)

@@ -21,10 +21,11 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
+from loraprompt.adapters.loading import pickle_refusal
 from loraprompt.train import export
 from loraprompt.train.config import RECIPE_FIELDS, TrainConfig
 from loraprompt.train.data import MAX_ZIP_BYTES, Dataset, extract_zip, load_dataset
-from loraprompt.train.errors import TrainError, TrainInterrupted
+from loraprompt.train.errors import TrainError, TrainInterrupted, is_oom, oom_message
 from loraprompt.train.loss import LossMixin, _Order, _to_tensor
 from loraprompt.train.model import (
     Base,
@@ -63,6 +64,8 @@ def read_state(state_dir: str | Path) -> dict[str, Any]:
     path = Path(state_dir) / STATE_FILE
     if not path.is_file():
         raise TrainError(f"{state_dir}: no training state ({STATE_FILE}) to resume from")
+    if (refusal := pickle_refusal()) is not None:  # a planted state.pt would run code there
+        raise TrainError(f"{path}: {refusal}; resume with torch >= 2.6")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -70,26 +73,6 @@ def read_state(state_dir: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
         raise TrainError(f"{path}: not a loraprompt training state (version {STATE_VERSION})")
     return state
-
-
-def is_oom(exc: BaseException) -> bool:
-    """CUDA's OutOfMemoryError, or the allocator failures CPU and MPS raise as RuntimeError."""
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
-                                              or "failed to allocate" in text)
-
-
-def oom_message(config: TrainConfig, resolution: int) -> str:
-    lower = [f"--batch-size (now {config.batch_size})", f"--resolution (now {resolution})"]
-    if not config.gradient_checkpointing:
-        lower.append("turn on --gradient-checkpointing")
-    if config.mixed_precision == "no":
-        lower.append("use --mixed-precision bf16 or fp16")
-    if config.train_te:
-        lower.append("--no-train-te")
-    return "out of memory while training; lower " + ", ".join(lower)
 
 
 class Trainer(LossMixin):

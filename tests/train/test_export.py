@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
 from loraprompt.train import TrainConfig
 from loraprompt.train.data import Dataset
 from loraprompt.train.export import metadata
@@ -26,3 +33,33 @@ def test_the_shared_file_does_not_carry_the_users_paths() -> None:
                     finished=1.0, steps=1, resolution=512, prediction_type="epsilon", folder_name="photos")
     assert not [k for k, v in meta.items() if "/home/alice" in v]  # sd-scripts writes base names only
     assert '"checkpoint": "base.safetensors"' in meta["loraprompt_recipe"]
+
+
+class _Exploit:
+    """A pickle payload that would create a file when unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("version", ["2.5.1", "2.5.1+cu124"])
+def test_a_training_state_is_not_unpickled_on_torch_older_than_2_6(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    version: str) -> None:
+    """Robustness rule 11 for --resume: weights_only had bypasses before torch 2.6 (CVE-2025-32434), so a
+    state.pt planted in a folder given to --resume must not be read there; on torch >= 2.6 it is refused
+    by weights_only and runs nothing either."""
+    import torch
+
+    from loraprompt.train import TrainError, read_state
+
+    marker = tmp_path / "pwned"
+    torch.save({"version": 1, "payload": _Exploit(marker)}, tmp_path / "state.pt")
+    with pytest.raises(TrainError, match=r"state\.pt: .*cannot read the training state"):
+        read_state(tmp_path)
+    monkeypatch.setattr(torch, "__version__", version)
+    with pytest.raises(TrainError, match=rf"state\.pt: refusing pickled weights on torch {re.escape(version)}"):
+        read_state(tmp_path)
+    assert not marker.exists()
