@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from loraprompt.library.metadata import cap
+from loraprompt.library.metadata import MAX_SHOWN, cap
 from loraprompt.library.sidecars import SD_VERSIONS as SD_CHOICES  # A1111's four, the gallery's too
 
 # The keys the editor writes, in the order of its Save handler's inputs after the card name
@@ -87,7 +87,10 @@ def edited(shown: Mapping[str, Any] | None, submitted: Mapping[str, Any]) -> dic
 def dataset_tags(metadata: Mapping[str, Any]) -> list[tuple[str, int]]:
     """(tag, count) of the training captions (`ss_tag_frequency`), most frequent first. Captions
     that are sentences rather than comma-separated tags (average length 16 or more) are counted
-    by word, words under 3 characters left out, as A1111 does."""
+    by word, words under 3 characters left out, as A1111 does. A tag or word longer than the
+    gallery shows of a value (MAX_SHOWN) is left out at the end (a long caption still counts by word):
+    no tag is that long, and the editor would draw it as a button and paste it whole into the
+    activation text (robustness item 7)."""
     tags: dict[str, int] = {}
     frequency = metadata.get("ss_tag_frequency")
     for per_folder in frequency.values() if isinstance(frequency, Mapping) else ():
@@ -103,7 +106,7 @@ def dataset_tags(metadata: Mapping[str, Any]) -> list[tuple[str, int]]:
                 if len(word) >= 3:
                     words[word] = words.get(word, 0) + count
         tags = words
-    return sorted(tags.items(), key=lambda kv: kv[1], reverse=True)
+    return sorted(((t, n) for t, n in tags.items() if len(t) <= MAX_SHOWN), key=lambda kv: kv[1], reverse=True)
 
 
 def _count(value: Any) -> int | None:

@@ -80,3 +80,13 @@ def test_header_rows_cap_what_they_show() -> None:
     assert rows["Model:"] == "m" * (MAX_SHOWN - 1) + "…"
     assert all(len(value) <= 5 * MAX_SHOWN + 100 for value in rows.values()), [len(v) for v in rows.values()]
     assert rows["Resolutions:"].startswith("<span title='") and rows["Resolutions:"].count("<span") == 1
+
+
+def test_dataset_tags_leave_out_what_no_caption_tag_is() -> None:
+    """Robustness item 7: a header's tag of a million characters is no button in the editor (it would
+    be drawn whole and pasted whole into the activation text); the real tags beside it stay."""
+    huge = "x" * 1_000_000
+    assert dataset_tags({"ss_tag_frequency": {"a": {huge: 9, "ink": 2, "y" * MAX_SHOWN: 1}}}) == [("ink", 2),
+                                                                                                  ("y" * MAX_SHOWN, 1)]
+    sentences = {"ss_tag_frequency": {"a": {f"a cat drawn {huge} in ink today": 2}}}
+    assert dataset_tags(sentences) == [("cat", 2), ("drawn", 2), ("ink", 2), ("today", 2)]
