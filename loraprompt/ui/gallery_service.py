@@ -32,8 +32,6 @@ EDITABLE = frozenset(cards.USER_KEYS)
 FIRST_SORTS: dict[str, Callable[[Entry], Any]] = {
     "name": lambda e: natural_key(e.name), "date": lambda e: e.mtime_ns, "size": lambda e: e.size,
 }
-
-
 BACKGROUND_PAUSE = 1.0  # the background hashing rests this many times as long as it read each file
 _STARTED = time.time_ns()  # makes the usage stamp differ across server restarts
 
@@ -367,12 +365,14 @@ class GalleryService:
             short = self.library.hashes(entry).get("a1111_short")
             if not short:
                 raise BadRequest(f"{entry.relpath}: cannot read the file to find its hash")
-        with_text = body.get("activation") is True
-        result = toggle_tag(
-            prompt, LoraActivation(choice.name, te=te, unet=unet, hash=short), {choice.name, entry.name, entry.alias},
-            activation_text=entry.activation_text if with_text else "", negative=negative,
-            negative_text=str(entry.user.get("negative text") or ""),
-        )
+        try:
+            result = toggle_tag(
+                prompt, LoraActivation(choice.name, te=te, unet=unet, hash=short), {choice.name, entry.name, entry.alias},
+                activation_text=entry.activation_text if body.get("activation") is True else "", negative=negative,
+                negative_text=str(entry.user.get("negative text") or ""),
+            )
+        except ValueError as exc:  # a name no tag can carry and no hash= to stand for it (A1111's built-in)
+            raise BadRequest(f"{entry.relpath}: {choice.note or exc}") from exc
         message = f"{result.action.capitalize()} {result.tag}" + (f". {choice.note}" if choice.note else "")
         return {"prompt": result.prompt, "negative": result.negative, "action": result.action, "tag": result.tag,
                 "message": message}

@@ -9,7 +9,7 @@ import pytest
 
 import loraprompt
 from loraprompt.library import Library
-from loraprompt.ui.gallery_service import GalleryService
+from loraprompt.ui.gallery_service import BadRequest, GalleryService
 
 from .conftest import SD1_KEYS, write_lora
 
@@ -69,4 +69,7 @@ def test_with_the_builtin_handling_tags_cards_insert_names_it_resolves(folder: P
     assert "the last one it finds" in records["two/twin.safetensors"]["tag_note"]
     assert records["a=b#c.safetensors"]["tag_name"] == "abc_clean"  # A1111 registers aliases too
     assert records["style: ink.safetensors"]["tag_note"].endswith("has no other name for it: rename the file")
-    assert "hash=" not in str(click(svc, "style: ink.safetensors")["tag"])  # the built-in knows no hash=
+    # the built-in knows no hash=, and <lora:style: ink:0.5> would break the prompt's LoRAs in A1111:
+    # the click is refused, saying what to do, instead of inserting that tag
+    with pytest.raises(BadRequest, match=r"^style: ink\.safetensors: .*rename the file"):
+        click(svc, "style: ink.safetensors")
