@@ -6,8 +6,9 @@
 - `a1111`: the hash A1111 writes in `Lora hashes` (tensor data for safetensors, whole file
   otherwise); `a1111_short` is its first 12 hex digits.
 
-Results are cached in memory by (resolved path, size, mtime_ns), so a file replaced between two
-calls is hashed again, never served stale.
+Results are cached in memory by the resolved path and the file's `file_version` (size, mtime, inode,
+ctime), so a file replaced between two calls is hashed again, never served stale, even when the new
+file has the old one's size and mtime (`rsync -a`, `cp -p`).
 """
 
 from __future__ import annotations
@@ -21,14 +22,24 @@ from pathlib import Path
 from loraprompt.errors import AdapterFileError
 
 CHUNK = 1 << 20
-HashKey = tuple[str, int, int]
+Version = tuple[int, int, int, int]
+HashKey = tuple[str, int, int, int, int]
+
+
+def file_version(st: os.stat_result) -> Version:
+    """(size, mtime_ns, inode, ctime_ns): what identifies one version of a file's content. Size and
+    mtime alone miss a file replaced by one of the same size with the old mtime kept (`rsync -a`
+    renames a new file over it: a new inode; `cp -p` rewrites it in place then sets the old mtime
+    back, which changes the ctime: no user can set that). On Windows the ctime is the creation time,
+    and the inode the file index: still a new version for a renamed file, and merely conservative."""
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
 
 def stat_key(path: str | Path) -> HashKey:
-    """(resolved path, size, mtime_ns): the identity a cached hash is valid for."""
+    """(resolved path, *`file_version`): the identity a cached hash is valid for."""
     p = Path(path)
-    st = p.stat()
-    return (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    size, mtime_ns, ino, ctime_ns = file_version(p.stat())
+    return (str(p.resolve()), size, mtime_ns, ino, ctime_ns)
 
 
 class HashCache:
@@ -118,7 +129,7 @@ def file_hashes(path: str | Path, cache: HashCache | None = DEFAULT_CACHE) -> di
         value, before, after = _digest_file(p)
     except OSError as exc:
         raise AdapterFileError(p, f"cannot read: {exc.strerror or exc}") from exc
-    stable = (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)
-    if cache is not None and stable and (before.st_size, before.st_mtime_ns) == key[1:]:
+    version = file_version(before)
+    if cache is not None and version == file_version(after) and version == key[1:]:
         cache.seed(key, value)
     return value

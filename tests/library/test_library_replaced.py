@@ -1,0 +1,91 @@
+"""A LoRA file replaced by another of the same size with its mtime kept (a retrained LoRA of the
+same rank copied with `rsync -a` or `cp -p`) gives fresh hashes and metadata everywhere, never the
+old file's (robustness rule 12). Two replacements: a temp file renamed over the LoRA (new inode, as
+rsync does) and the file rewritten in place then its old atime/mtime set back (same inode, as
+`cp -p` does; only the ctime tells). Real files written by safetensors, no mocks."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from loraprompt.library.hashes import file_hashes
+from loraprompt.library.safetensors_header import decoded_metadata
+
+from .conftest import SD1_KEYS
+
+MODES = ["rename", "in_place"]
+
+
+def _write(path: Path, seed: int, name: str, note: str) -> bytes:
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {k: torch.randn(shape, generator=gen).to(torch.float16) for k, shape in SD1_KEYS.items()}
+    save_file(tensors, str(path), metadata={"ss_output_name": name, "ss_network_dim": "4", "note": note})
+    return path.read_bytes()
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[Path, bytes, bytes]:
+    """(the LoRA in a library folder, its bytes, the bytes of its same-size replacement)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    old = _write(src / "old.safetensors", 1, "first_v1", '{"a": 1}')
+    new = _write(src / "new.safetensors", 2, "other_v2", '{"b": 2}')
+    assert len(old) == len(new) and old != new
+    lora = tmp_path / "Lora" / "style.safetensors"
+    lora.parent.mkdir()
+    lora.write_bytes(old)
+    past = time.time_ns() - 3600 * 10**9  # an old file: not racy for the cache
+    os.utime(lora, ns=(past, past))
+    return lora, old, new
+
+
+def _replace(path: Path, data: bytes, mode: str) -> None:
+    """Replace the content of `path` with `data`, keeping its size and atime/mtime."""
+    before = os.stat(path)
+    time.sleep(0.02)  # a later ctime even on a coarse clock
+    if mode == "rename":
+        tmp = path.with_name("." + path.name + ".part")
+        tmp.write_bytes(data)
+        os.utime(tmp, ns=(before.st_atime_ns, before.st_mtime_ns))
+        os.replace(tmp, path)
+    else:
+        with open(path, "r+b") as f:
+            f.write(data)
+            f.truncate()
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(path)
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert path.read_bytes() == data
+    assert (after.st_ino != before.st_ino) == (mode == "rename") and after.st_ctime_ns != before.st_ctime_ns
+
+
+def _expected(data: bytes) -> tuple[str, str]:
+    """(sha256, A1111 tensor hash) of safetensors bytes."""
+    (n,) = struct.unpack("<Q", data[:8])
+    return hashlib.sha256(data).hexdigest(), hashlib.sha256(data[8 + n :]).hexdigest()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_file_hashes_of_a_replaced_file_are_fresh(pair: tuple[Path, bytes, bytes], mode: str) -> None:
+    lora, old, new = pair
+    assert (file_hashes(lora)["sha256"], file_hashes(lora)["a1111"]) == _expected(old)  # cached by the default cache
+    _replace(lora, new, mode)
+    assert (file_hashes(lora)["sha256"], file_hashes(lora)["a1111"]) == _expected(new)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_decoded_metadata_of_a_replaced_file_is_fresh(pair: tuple[Path, bytes, bytes], mode: str) -> None:
+    lora, _old, new = pair
+    assert decoded_metadata(str(lora))["ss_output_name"] == "first_v1"
+    assert decoded_metadata(str(lora))["note"] == {"a": 1}
+    _replace(lora, new, mode)
+    got = decoded_metadata(str(lora))
+    assert got["ss_output_name"] == "other_v2" and got["note"] == {"b": 2}
