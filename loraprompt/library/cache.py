@@ -1,5 +1,6 @@
 """The library's on-disk cache: what was learned from each file, keyed by path and validated by
-(size, mtime_ns). One JSON file per set of roots, written atomically and only when it changed."""
+the file's version (size, mtime_ns, inode, ctime_ns: `hashes.file_version`). One JSON file per set
+of roots, written atomically and only when it changed."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 
 from loraprompt.library.sidecars import atomic_write_text
 
-VERSION = 4  # 4: summaries with " and ` swapped (entry.SUMMARY_SWAP); 3: records are rows (lists), not objects; 2: one family detector (SD1 files with lora_te1_ keys)
+VERSION = 5  # 5: rows hold the inode and ctime of every file (a file replaced with its size and mtime kept is read again); 4: 4: summaries with " and ` swapped (entry.SUMMARY_SWAP); 3: records are rows (lists), not objects; 2: one family detector (SD1 files with lora_te1_ keys)
 # A file whose mtime is this close to when it was read may change again within the same
 # timestamp tick (coarse filesystem clocks, FAT's 2 s): such a record is used once, then re-read.
 RACY_NS = 2_000_000_000
@@ -66,12 +67,14 @@ def default_cache_dir() -> Path:
     return Path(base) / "loraprompt"
 
 
-# A record is a row: [size, mtime_ns, extras, *COLUMNS] where extras is None or a dict of the rare
-# values (hashes, sidecar, error, racy, ...). A model file's record has every column, a sidecar's
+# A record is a row: [size, mtime_ns, extras, ino, ctime_ns, *COLUMNS] where extras is None or a
+# dict of the rare values (hashes, sidecar, error, racy, ...); size, mtime_ns, ino and ctime_ns are
+# the file version the record is valid for. A model file's record has every column, a sidecar's
 # none. A list of 13 is ~160 bytes where a dict of the same values was ~650: 100,000 records
 # held 126 MiB as dicts.
-COLUMNS = ("ino", "kind", "summary", "output_name", "family", "family_source", "data_offset", "tensors")
-_AT = {"size": 0, "mtime_ns": 1, **{name: i + 3 for i, name in enumerate(COLUMNS)}}
+COLUMNS = ("kind", "summary", "output_name", "family", "family_source", "data_offset", "tensors")
+BASE = 5  # the length of a row without columns
+_AT = {"size": 0, "mtime_ns": 1, "ino": 3, "ctime_ns": 4, **{name: i + BASE for i, name in enumerate(COLUMNS)}}
 _WORDS = (_AT["kind"], _AT["family"], _AT["family_source"])  # a few distinct short values in every record
 
 
@@ -107,15 +110,17 @@ class Record(Mapping[str, Any]):
         return default if extras is None else extras.get(key, default)
 
     def header_values(self) -> tuple[Any, ...]:
-        """(size, mtime_ns, kind, summary, output_name, family, family_source, data_offset, error,
-        family_conflict) in one call: what an entry is made of (100,000 times in a warm scan)."""
+        """(size, mtime_ns, ino, ctime_ns, kind, summary, output_name, family, family_source,
+        data_offset, error, family_conflict) in one call: what an entry is made of (100,000 times in
+        a warm scan)."""
         row = self._row
         extras = row[2] or _NO_EXTRAS
-        if len(row) == 3:
-            return row[0], row[1], None, None, None, None, None, None, extras.get("error"), extras.get("family_conflict")
-        _, _, _, _, kind, summary, output_name, family, family_source, data_offset, _ = row
-        return (row[0], row[1], kind, summary, output_name, family, family_source, data_offset, extras.get("error"),
-                extras.get("family_conflict"))
+        if len(row) == BASE:
+            return (row[0], row[1], row[3], row[4], None, None, None, None, None, None, extras.get("error"),
+                    extras.get("family_conflict"))
+        size, mtime_ns, _, ino, ctime_ns, kind, summary, output_name, family, family_source, data_offset, _ = row
+        return (size, mtime_ns, ino, ctime_ns, kind, summary, output_name, family, family_source, data_offset,
+                extras.get("error"), extras.get("family_conflict"))
 
     def __iter__(self) -> Iterator[str]:
         row = self._row
@@ -126,27 +131,27 @@ class Record(Mapping[str, Any]):
         return sum(1 for _ in self)
 
 
-def _row(size: int, mtime_ns: int, values: Mapping[str, Any]) -> list[Any]:
-    """The row of a record with these values."""
+def _row(size: int, mtime_ns: int, ino: int, ctime_ns: int, values: Mapping[str, Any]) -> list[Any]:
+    """The row of a record of this file version with these values."""
     extras = {k: v for k, v in values.items() if k not in _AT}
     if any(name in values for name in COLUMNS):
-        row: list[Any] = [size, mtime_ns, extras or None, *(values.get(name) for name in COLUMNS)]
+        row: list[Any] = [size, mtime_ns, extras or None, ino, ctime_ns, *(values.get(name) for name in COLUMNS)]
         for at in _WORDS:
             word = row[at]
             if isinstance(word, str):
                 row[at] = sys.intern(word)
         return row
-    return [size, mtime_ns, extras or None]
+    return [size, mtime_ns, extras or None, ino, ctime_ns]
 
 
 def _valid(row: Any) -> bool:
-    return (isinstance(row, list) and len(row) in (3, 3 + len(COLUMNS)) and type(row[0]) is int and type(row[1]) is int
-            and (row[2] is None or isinstance(row[2], dict)))
+    return (isinstance(row, list) and len(row) in (BASE, BASE + len(COLUMNS)) and type(row[0]) is int and type(row[1]) is int
+            and (row[2] is None or isinstance(row[2], dict)) and type(row[3]) is int and type(row[4]) is int)
 
 
 class DiskCache:
     """Map path -> record of values ("size", "mtime_ns", ...); a record is served only while the
-    file's stat matches."""
+    file's version (size, mtime_ns, ino, ctime_ns from one stat) matches."""
 
     def __init__(self, cache_dir: Path | None, roots: list[str]) -> None:
         digest = hashlib.sha256("\0".join(sorted(roots)).encode()).hexdigest()[:16]
@@ -171,26 +176,28 @@ class DiskCache:
                 return  # written by hand or by another program: rebuilt
             intern = sys.intern
             for row in files.values():
-                if len(row) > 3:
+                if len(row) > BASE:
                     for at in _WORDS:
                         if type(row[at]) is str:
                             row[at] = intern(row[at])
             self._files = files
             self.in_order = doc.get("in_order") is True
 
-    def get(self, path: str, size: int, mtime_ns: int) -> Record | None:
-        """The cached record of `path` if its size and mtime still match, else None."""
+    def get(self, path: str, size: int, mtime_ns: int, ino: int, ctime_ns: int) -> Record | None:
+        """The cached record of `path` if the file is still that version (its size, mtime, inode
+        and ctime match: `hashes.file_version`), else None."""
         row = self._files.get(path)
-        if row is None or row[0] != size or row[1] != mtime_ns or (row[2] is not None and row[2].get("racy")):
+        if (row is None or row[0] != size or row[1] != mtime_ns or row[3] != ino or row[4] != ctime_ns
+                or (row[2] is not None and row[2].get("racy"))):
             return None
         return Record(row)
 
-    def put(self, path: str, size: int, mtime_ns: int, **values: Any) -> Record:
-        """Store values for `path` at this stat, replacing an older record (marked racy when the
-        file was modified less than RACY_NS before now)."""
+    def put(self, path: str, size: int, mtime_ns: int, ino: int, ctime_ns: int, **values: Any) -> Record:
+        """Store values for `path` at this file version, replacing an older record (marked racy when
+        the file was modified less than RACY_NS before now)."""
         if abs(mtime_ns - time.time_ns()) < RACY_NS:
             values["racy"] = True
-        row = _row(size, mtime_ns, values)
+        row = _row(size, mtime_ns, ino, ctime_ns, values)
         with self._lock:
             if path not in self._files:
                 self.in_order = False  # a new record at the end: not in the entries' order
@@ -203,7 +210,7 @@ class DiskCache:
         with self._lock:
             row = self._files.get(path)
             if row is not None:
-                self._files[path] = _row(row[0], row[1], {**Record(row), **values})
+                self._files[path] = _row(row[0], row[1], row[3], row[4], {**Record(row), **values})
                 self._dirty = True
 
     def drop(self, paths: set[str]) -> None:

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 from loraprompt.errors import AdapterFileError
 from loraprompt.library.duplicates import DuplicateGroup, duplicate_candidates, find_duplicates, sample_hash
 from loraprompt.library.entry import Entry
-from loraprompt.library.hashes import file_hashes
+from loraprompt.library.hashes import file_hashes, file_version
 from loraprompt.library.resolve import hash_matches
 
 if TYPE_CHECKING:
     from loraprompt.library.cache import DiskCache
-    from loraprompt.library.hashes import HashCache
+    from loraprompt.library.hashes import HashCache, Version
     from loraprompt.library.resolve import NameIndex
     from loraprompt.library.usage import UsageLog
 
@@ -29,7 +29,7 @@ class Contents:
 
     _cache: DiskCache
     _hash_cache: HashCache
-    _computed: dict[str, tuple[int, int, str]]
+    _computed: dict[str, tuple[Version, str]]
     _index: NameIndex
     _by_path: dict[str, Entry]
     _usage: UsageLog
@@ -40,23 +40,24 @@ class Contents:
 
     # ---- hashes ---------------------------------------------------------------------------
     def hashes(self, entry: Entry, compute: bool = True, *, save: bool = True) -> dict[str, str | None]:
-        """`file_hashes` of the file as it is now, from the cache when its stat still matches;
-        a newly computed value is written to the on-disk cache unless `save` is False."""
+        """`file_hashes` of the file as it is now, from the cache while the file is the version
+        (`file_version`) they were computed for; a newly computed value is written to the on-disk
+        cache unless `save` is False."""
         path = entry.path
         try:
-            st = os.stat(path)
+            version = file_version(os.stat(path))
         except OSError:
             return {}
-        record = self._cache.get(path, st.st_size, st.st_mtime_ns)
+        record = self._cache.get(path, *version)
         if record is not None and record.get("hashes"):
             return dict(record["hashes"])
         if not compute:
             return {}
         value = file_hashes(path, cache=self._hash_cache)
-        after = os.stat(path)
-        if (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns) and value.get("a1111"):
-            self._computed[path] = (st.st_size, st.st_mtime_ns, str(value["a1111"]))
-        if record is not None and (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns):
+        stable = file_version(os.stat(path)) == version
+        if stable and value.get("a1111"):
+            self._computed[path] = (version, str(value["a1111"]))
+        if record is not None and stable:
             self._cache.update(path, hashes=value)
             if save:
                 self._cache.save()
@@ -87,13 +88,13 @@ class Contents:
         """Groups of duplicate files; only `duplicate_candidates` are hashed (`find_duplicates`)."""
         return find_duplicates(
             self.duplicate_candidates(), self._index.stems,
-            lambda e: (self._cache.get(e.path, e.size, e.mtime_ns) or _NO_RECORD).get("hashes") or {},
+            lambda e: (self._cache.get(e.path, *e.version) or _NO_RECORD).get("hashes") or {},
             lambda e: self.hashes(e, save=False), self._cache.save, progress=progress, stop=stop, sample=self._sample)
 
     def _sample(self, entry: Entry) -> str | None:
-        """`duplicates.sample_hash` of the file, kept in the cache record while its stat matches;
-        None when the file cannot be read."""
-        record = self._cache.get(entry.path, entry.size, entry.mtime_ns)
+        """`duplicates.sample_hash` of the file, kept in the cache record while the file is the
+        entry's version; None when the file cannot be read."""
+        record = self._cache.get(entry.path, *entry.version)
         if record is not None and record.get("sample"):
             return str(record["sample"])
         try:
@@ -101,7 +102,7 @@ class Contents:
             st = os.stat(entry.path)
         except OSError:
             return None
-        if record is not None and (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns):
+        if record is not None and file_version(st) == entry.version:
             self._cache.update(entry.path, sample=value)
         return value
 
@@ -126,12 +127,12 @@ class Contents:
     def known_hash(self, entry: Entry) -> str | None:
         """The content (A1111 tensor) hash of `entry` if it was computed for this version of the
         file; never reads or stats the file."""
-        record = self._cache.get(entry.path, entry.size, entry.mtime_ns)
+        record = self._cache.get(entry.path, *entry.version)
         hashes = record.get("hashes") if record is not None else None
         if hashes:
             return hashes.get("a1111")
         computed = self._computed.get(entry.path)  # e.g. a file too new for the disk cache to keep
-        return computed[2] if computed is not None and computed[:2] == (entry.size, entry.mtime_ns) else None
+        return computed[1] if computed is not None and computed[0] == entry.version else None
 
     def usage(self, entry: Entry) -> tuple[int, int]:
         """(times used, last use in ns since the epoch) of `entry`; (0, 0) when never used."""

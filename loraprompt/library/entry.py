@@ -83,7 +83,8 @@ class Entry:
     `dataclasses.replace`. Slots, and not frozen: a library of 100,000 files builds and holds
     100,000 entries, and a `__dict__` of these fields took ~400 bytes of each, a frozen
     dataclass's __init__ (one object.__setattr__ per field) ~5 µs. `summary` and the search text
-    are computed on first use and kept in `_memo`."""
+    are computed on first use and kept in `_memo`. `size`, `mtime_ns`, `ino` and `ctime_ns` are the
+    version of the file the entry was made from (`version`); `mtime_ns` is also its date."""
 
     name: str
     alias: str
@@ -106,6 +107,8 @@ class Entry:
     offline: bool = False
     data_offset: int | None = None
     notes: tuple[str, ...] = ()
+    ino: int = 0
+    ctime_ns: int = 0
     _memo: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def _remember(self, name: str, value: Any) -> Any:
@@ -123,6 +126,11 @@ class Entry:
         text = self.summary_json.translate(SUMMARY_SWAP)
         found = MetadataSummary.from_json(json.loads(text)) if text else MetadataSummary()
         return self._remember("summary", found)  # type: ignore[no-any-return]
+
+    @property
+    def version(self) -> tuple[int, int, int, int]:
+        """(size, mtime_ns, ino, ctime_ns) of the file it was made from (`hashes.file_version`)."""
+        return (self.size, self.mtime_ns, self.ino, self.ctime_ns)
 
     @property
     def mtime(self) -> float:

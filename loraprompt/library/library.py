@@ -17,7 +17,7 @@ from loraprompt.library.cache import RACY_NS, DiskCache, default_cache_dir, paus
 from loraprompt.library.contents import Contents
 from loraprompt.library.details import file_details
 from loraprompt.library.entry import Entry
-from loraprompt.library.hashes import HashCache
+from loraprompt.library.hashes import HashCache, Version, file_version
 from loraprompt.library.resolve import (
     TAG_BREAKERS,  # noqa: F401  (re-exported: the gallery imports it from here)
     NameIndex,
@@ -66,7 +66,7 @@ class Library(Contents):
         self._cache = DiskCache(where if persist else None, [str(r) for r in self.roots])
         self._usage = UsageLog(self._cache.path.with_name("usage-" + self._cache.path.name) if self._cache.path else None)
         self._hash_cache = HashCache()
-        self._computed: dict[str, tuple[int, int, str]] = {}  # path -> (size, mtime_ns, a1111) hashed here
+        self._computed: dict[str, tuple[Version, str]] = {}  # path -> (file version, a1111) hashed here
         self.settle_s = settle_s
         self.auto_check_s = auto_check_s
         self.workers = workers
@@ -92,7 +92,8 @@ class Library(Contents):
         return list(self._entries)
 
     def refresh(self) -> RefreshReport:
-        """Rescan every root; reads only files whose size or mtime changed since the cache."""
+        """Rescan every root; reads only files whose version (size, mtime, inode, ctime) changed
+        since the cache."""
         with self._lock, paused_gc():
             scan_started = time.time_ns()
             old = dict(self._by_path)
@@ -133,7 +134,7 @@ class Library(Contents):
             self._cache.drop(dropped)
             self._cache.arrange(list(self._by_path))
             self._cache.save()
-            changed = tuple(p for p, e in self._by_path.items() if p in old and (old[p].size, old[p].mtime_ns) != (e.size, e.mtime_ns))
+            changed = tuple(p for p, e in self._by_path.items() if p in old and old[p] is not e and old[p].version != e.version)
             self.last_report = RefreshReport(
                 added=tuple(p for p in self._by_path if p not in old),
                 changed=changed,
@@ -203,12 +204,13 @@ class Library(Contents):
         return self._by_path.get(os.path.abspath(path))
 
     def fresh(self, entry: Entry) -> Entry | None:
-        """`entry` as the file is now: re-read when its size or mtime changed; None if it is gone."""
+        """`entry` as the file is now: re-read when its version (size, mtime, inode, ctime) changed;
+        None if it is gone."""
         try:
             st = os.stat(entry.path)
         except OSError:
             return None if not entry.offline else entry
-        if (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns):
+        if file_version(st) == entry.version:
             return entry
         with self._lock:
             result = ScanResult()

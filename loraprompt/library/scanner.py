@@ -1,5 +1,5 @@
 """Walking the LoRA folders and turning each model file into an `Entry`, reading a file only when
-the cache has nothing for its (size, mtime_ns)."""
+the cache has nothing for its version (size, mtime_ns, inode, ctime_ns: `hashes.file_version`)."""
 
 from __future__ import annotations
 
@@ -155,9 +155,9 @@ def read_sidecars(folder: Folder, listing: dict[str, str], stem: str, cache: Dis
         except OSError:
             continue
         stamps.append((found[0], st.st_size, st.st_mtime_ns))
-        record = cache.get(path, st.st_size, st.st_mtime_ns)
+        record = cache.get(path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
         if record is None:
-            record = cache.put(path, st.st_size, st.st_mtime_ns, sidecar=sidecar_value(kind, Path(path)))
+            record = cache.put(path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, sidecar=sidecar_value(kind, Path(path)))
             read += 1
         if record.get("sidecar") is not None:
             values[kind] = record["sidecar"]
@@ -174,7 +174,8 @@ def make_entry(
     """An Entry from a header record, the sidecar values and the preview names found; `path`, the
     file's path when the caller has it as a string already (kept once in memory)."""
     stem = filename[: filename.rfind(".")]
-    size, mtime_ns, kind, summary, output_name, family, family_source, data_offset, error, conflict = record.header_values()
+    size, mtime_ns, ino, ctime_ns, kind, summary, output_name, family, family_source, data_offset, error, conflict = (
+        record.header_values())
     kind = kind or "safetensors"
     if sidecars:
         description = sidecars.get("description") or sidecars.get("description2") or ""
@@ -204,6 +205,8 @@ def make_entry(
         offline=False,
         data_offset=data_offset,
         notes=(conflict,) if conflict else (),
+        ino=ino,
+        ctime_ns=ctime_ns,
     )
 
 
@@ -214,7 +217,7 @@ def model_record(
     """(cached or freshly read header record, whether the file was read); (None, True) for a
     broken file modified less than `settle_s` ago: probably still being written, skipped.
     `read`: what worker processes read already (`readers.read_headers`)."""
-    record = cache.get(path, st.st_size, st.st_mtime_ns)
+    record = cache.get(path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
     if record is not None:
         return record, False
     values: dict[str, Any] | str | None = read.get(path) if read else None
@@ -227,7 +230,7 @@ def model_record(
         if time.time() - st.st_mtime_ns / 1e9 < settle_s:
             return None, True
         values = {"kind": "safetensors", "summary": "", "family": None, "error": values}
-    return cache.put(path, st.st_size, st.st_mtime_ns, ino=st.st_ino, **values), True
+    return cache.put(path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, **values), True
 
 
 def read_ahead(folders: list[Folder], cache: DiskCache, workers: int | None) -> tuple[dict[str, os.stat_result], dict[str, Any]]:
@@ -244,7 +247,7 @@ def read_ahead(folders: list[Folder], cache: DiskCache, workers: int | None) -> 
                 st = stats[path] = os.stat(path)
             except OSError:
                 continue
-            if cache.get(path, st.st_size, st.st_mtime_ns) is None and path.lower().endswith(".safetensors"):
+            if cache.get(path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns) is None and path.lower().endswith(".safetensors"):
                 missing.append(path)
     count = readers.worker_count(len(missing), workers)
     return stats, readers.read_headers(missing, count) if count else {}
@@ -327,7 +330,7 @@ def scan_file(
     mark = (stamps, _stamps(folder.path, previews), folder.hidden) if stamps or previews or folder.hidden else None
     entry = previous.get(path)
     if (entry is None or entry.offline or was_read or sidecars_read or entry.size != st.st_size or entry.mtime_ns != st.st_mtime_ns
-            or marks.get(path) != mark):
+            or entry.ino != st.st_ino or entry.ctime_ns != st.st_ctime_ns or marks.get(path) != mark):
         entry = make_entry(root, folder, filename, record=record, sidecars=sidecars, previews=previews, path=path)
     if mark is not None:  # most files have no sidecar or preview: nothing kept for them
         result.marks[path] = mark

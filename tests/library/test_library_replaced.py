@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from loraprompt.library import Library
 from loraprompt.library.hashes import file_hashes
 from loraprompt.library.safetensors_header import decoded_metadata
 
@@ -79,6 +80,60 @@ def test_file_hashes_of_a_replaced_file_are_fresh(pair: tuple[Path, bytes, bytes
     assert (file_hashes(lora)["sha256"], file_hashes(lora)["a1111"]) == _expected(old)  # cached by the default cache
     _replace(lora, new, mode)
     assert (file_hashes(lora)["sha256"], file_hashes(lora)["a1111"]) == _expected(new)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_library_hashes_of_a_replaced_file_are_fresh(pair: tuple[Path, bytes, bytes], tmp_path: Path, mode: str) -> None:
+    lora, old, new = pair
+    lib = Library([lora.parent], cache_dir=tmp_path / "c", auto_check_s=3600)
+    entry = lib.entries[0]
+    assert (lib.hashes(entry)["sha256"], lib.hashes(entry)["a1111"]) == _expected(old)  # saved to the disk cache
+    reloaded = Library([lora.parent], cache_dir=tmp_path / "c", auto_check_s=3600)
+    assert reloaded.last_report.files_read == 0
+    assert reloaded.hashes(reloaded.entries[0], compute=False)["sha256"] == _expected(old)[0]  # served from the disk
+    _replace(lora, new, mode)
+    for library in (lib, reloaded):
+        assert library.hashes(entry, compute=False) == {}  # the cached hashes are the old file's
+        got = library.hashes(entry)
+        assert (got["sha256"], got["a1111"]) == _expected(new)
+    after = Library([lora.parent], cache_dir=tmp_path / "c", auto_check_s=3600)
+    assert after.last_report.files_read == 1  # the header is read again
+    e = after.entries[0]
+    assert after.known_hash(e) in (None, _expected(new)[1])
+    assert (after.hashes(e)["sha256"], after.hashes(e)["a1111"]) == _expected(new)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_fresh_entry_and_rescan_of_a_replaced_file(pair: tuple[Path, bytes, bytes], tmp_path: Path, mode: str) -> None:
+    lora, _old, new = pair
+    lib = Library([lora.parent], cache_dir=tmp_path / "c", auto_check_s=3600)
+    entry = lib.entries[0]
+    assert entry.alias == "first_v1" and entry.summary.output_name == "first_v1"
+    lib.hashes(entry)
+    _replace(lora, new, mode)
+    fresh = lib.fresh(entry)
+    assert fresh is not None and fresh is not entry
+    assert fresh.alias == "other_v2" and fresh.summary.output_name == "other_v2" and fresh.mtime_ns == entry.mtime_ns
+    assert lib.known_hash(fresh) in (None, _expected(new)[1])
+    assert lib.fresh(fresh) is fresh  # unchanged since: the same entry
+    report = lib.refresh()
+    assert report.files_read == 0  # fresh() read it already
+    assert lib.entries[0].alias == "other_v2" and lib.hashes(lib.entries[0])["a1111"] == _expected(new)[1]
+    other = Library([lora.parent], cache_dir=tmp_path / "c", auto_check_s=3600)
+    assert other.last_report.files_read == 0 and other.entries[0].alias == "other_v2"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_refresh_after_a_replacement_reads_the_file_again(pair: tuple[Path, bytes, bytes], tmp_path: Path, mode: str) -> None:
+    lora, _old, new = pair
+    lib = Library([lora.parent], cache_dir=tmp_path / "c", auto_check_s=3600)
+    entry = lib.entries[0]
+    _replace(lora, new, mode)
+    report = lib.refresh()
+    assert report.files_read == 1 and report.changed == (str(lora),)
+    e = lib.entries[0]
+    assert e is not entry and e.alias == "other_v2" and e.summary.output_name == "other_v2"
+    assert e.mtime_ns == entry.mtime_ns  # the date shown is the file's mtime still
 
 
 @pytest.mark.parametrize("mode", MODES)

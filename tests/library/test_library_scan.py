@@ -368,9 +368,11 @@ def test_natural_key_orders_as_a1111s_list_key() -> None:
     assert sorted(names, key=a1111) == sorted(names, key=natural_key)
 
 
-def test_a_cache_of_the_previous_version_is_read_again(lora_dir: Path, tmp_path: Path) -> None:
-    """Version 3 kept summaries with their quotes as written; version 4 swaps " and ` (a file of
-    the old version would be misread, so it is ignored and the headers read again)."""
+@pytest.mark.parametrize("old", [3, 4])
+def test_a_cache_of_a_previous_version_is_read_again(lora_dir: Path, tmp_path: Path, old: int) -> None:
+    """Version 3 kept summaries with their quotes as written; version 4 swaps " and `; version 5
+    keeps each file's inode and ctime in the row (a file of an old version would be misread, so it
+    is ignored and the headers read again)."""
     from loraprompt.library.entry import SUMMARY_SWAP
 
     write_lora(lora_dir / "a.safetensors", kohya_metadata("a", tags={"1_x": {'say "hi"': 3, "`tick`": 2}}))
@@ -378,10 +380,12 @@ def test_a_cache_of_the_previous_version_is_read_again(lora_dir: Path, tmp_path:
     (cache_file,) = (tmp_path / "c").glob("library-*.json")
     doc = json.loads(cache_file.read_text())
     for row in doc["files"].values():
-        row[5] = row[5].translate(SUMMARY_SWAP)  # as version 3 wrote it
-    cache_file.write_text(json.dumps({**doc, "version": 3}))
+        del row[4]  # versions 3 and 4: [size, mtime_ns, extras, ino, kind, summary, ...], no ctime
+        if old == 3:
+            row[5] = row[5].translate(SUMMARY_SWAP)  # as version 3 wrote it
+    cache_file.write_text(json.dumps({**doc, "version": old}))
     lib = Library([lora_dir], cache_dir=tmp_path / "c")
-    assert lib.last_report.files_read == 1 and json.loads(cache_file.read_text())["version"] == CACHE_VERSION == 4
+    assert lib.last_report.files_read == 1 and json.loads(cache_file.read_text())["version"] == CACHE_VERSION == 5
     warm = Library([lora_dir], cache_dir=tmp_path / "c")
     assert warm.last_report.files_read == 0
     for e in (first, lib.entries[0], warm.entries[0]):
