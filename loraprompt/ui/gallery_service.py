@@ -3,7 +3,6 @@ prompt insertion and metadata saving over one `Library`. Routes (`routes.py`) ca
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import Counter
@@ -24,7 +23,7 @@ from loraprompt.library.sidecars import SD_VERSIONS
 from loraprompt.syntax import LoraActivation
 from loraprompt.ui import cards
 from loraprompt.ui.gallery_insert import check_strength, toggle_tag
-from loraprompt.ui.gallery_thumbs import ThumbCache
+from loraprompt.ui.gallery_thumbs import ThumbCache, file_tag, version_tag
 
 EDITABLE = frozenset(cards.USER_KEYS)
 # the page's sorts a first page can be chosen by (others take the library's order): the page
@@ -170,14 +169,15 @@ class GalleryService:
             return self._snapshot
 
     def _thumb_url(self, card_id: str, entry: Entry) -> str | None:
-        """The thumbnail URL, versioned by the preview's mtime so browsers refetch a replaced image."""
+        """The thumbnail URL, versioned by the image file's `version_tag` so browsers refetch a
+        replaced image (even one of the same size with the old mtime kept)."""
         if not entry.previews:
             has_cover = entry.summary.has_cover_image and not entry.error
-            return "thumb?" + urlencode({"id": card_id, "v": entry.mtime_ns}) if has_cover else None
+            return "thumb?" + urlencode({"id": card_id, "v": version_tag(entry.version)}) if has_cover else None
         try:
-            version = os.stat(entry.previews[0]).st_mtime_ns
+            version = file_tag(entry.previews[0])
         except OSError:
-            version = entry.mtime_ns
+            version = version_tag(entry.version)
         return "thumb?" + urlencode({"id": card_id, "v": version})
 
     def family(self) -> str | None:
@@ -312,7 +312,7 @@ class GalleryService:
             entry = self.entry(card_id)
             if not entry.summary.has_cover_image:
                 raise
-            key = f"{entry.path}\0{entry.mtime_ns}\0{entry.size}\0cover"
+            key = f"{entry.path}\0{version_tag(entry.version)}\0cover"
             return self.thumbs.thumbnail_of(key, lambda: self._cover(entry), f"{entry.relpath} (embedded cover image)")
         return self.thumbs.thumbnail(path)
 

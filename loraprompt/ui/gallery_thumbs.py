@@ -1,4 +1,5 @@
-"""Small cached WebP thumbnails of preview images, keyed by (resolved path, mtime, size)."""
+"""Small cached WebP thumbnails of preview images, keyed by path and the file's version (size,
+mtime, inode, ctime: `hashes.file_version`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from loraprompt.library.hashes import Version, file_version
+
 THUMB_SIZE = 256
 MAX_PIXELS = 64_000_000  # larger images are refused before decoding (decompression bombs)
 MAX_SOURCE_BYTES = 64 * 1024 * 1024
@@ -17,6 +20,17 @@ MAX_SOURCE_BYTES = 64 * 1024 * 1024
 
 class ThumbnailError(ValueError):
     """The preview cannot be made into a thumbnail (not an image, too big, corrupt)."""
+
+
+def version_tag(version: Version) -> str:
+    """A `hashes.file_version` as text for thumbnail keys and URLs: it changes when the file is
+    replaced, even by one of the same size with the old mtime kept (`rsync -a`, `cp -p`)."""
+    return "{}.{}.{}.{}".format(*version)
+
+
+def file_tag(path: str | os.PathLike[str]) -> str:
+    """`version_tag` of the file at `path` as it is now (OSError when it cannot be stat'ed)."""
+    return version_tag(file_version(os.stat(path)))
 
 
 MAX_AGE_S = 30 * 86400  # a thumbnail not served for this long is deleted by `prune`
@@ -81,8 +95,7 @@ class ThumbCache:
 
     def path_for(self, source: Path) -> Path:
         """Where the thumbnail of `source` (as it is now) is kept."""
-        st = source.stat()
-        return self._cached(f"{source}\0{st.st_mtime_ns}\0{st.st_size}")
+        return self._cached(f"{source}\0{file_tag(source)}")
 
     def thumbnail(self, source: Path) -> Path:
         """The cached thumbnail of `source`, made now when missing; ThumbnailError when it cannot be."""
