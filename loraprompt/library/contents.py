@@ -111,17 +111,17 @@ class Contents:
         """Record that these entries (or file paths) were used in one generation; the history is
         kept by the files' content hash (computed if not known yet; a generation computes it for
         `Lora hashes` anyway), so a renamed file keeps it. Unreadable files are left out."""
-        used: list[tuple[str, str, int, int]] = []
+        used: list[tuple[str, str, Version]] = []
         for e in entries:
             path = e.path if isinstance(e, Entry) else os.path.abspath(e)
             entry = self._by_path.get(path)
             try:
-                st = os.stat(path)
+                version = file_version(os.stat(path))
                 hashes = self.hashes(entry) if entry is not None else file_hashes(path, cache=self._hash_cache)
             except (AdapterFileError, OSError):
                 continue
             if hashes.get("a1111"):
-                used.append((str(hashes["a1111"]), path, st.st_size, st.st_mtime_ns))
+                used.append((str(hashes["a1111"]), path, version))
         self._usage.note(used)
 
     def known_hash(self, entry: Entry) -> str | None:
@@ -136,7 +136,7 @@ class Contents:
 
     def usage(self, entry: Entry) -> tuple[int, int]:
         """(times used, last use in ns since the epoch) of `entry`; (0, 0) when never used."""
-        content = self.known_hash(entry) or self._usage.hash_at(entry.path, entry.size, entry.mtime_ns)
+        content = self.known_hash(entry) or self._usage.hash_at(entry.path, entry.version)
         return self._usage.get(content, entry.path)
 
     @property

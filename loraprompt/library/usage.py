@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from loraprompt.library.hashes import Version
 from loraprompt.library.sidecars import atomic_write_text
 
 VERSION = 2
@@ -37,7 +38,9 @@ class UsageLog:
         self.path = path
         self._by_hash: dict[str, tuple[int, int]] = {}
         self._by_path: dict[str, tuple[int, int]] = {}  # version 1 history, until its file's hash is known
-        self._seen: dict[str, tuple[int, int, str]] = {}  # path -> (size, mtime_ns, hash) of files noted
+        # path -> (size, mtime_ns, hash, ino, ctime_ns) of files noted (ino, ctime_ns: None when noted
+        # before they were kept: then size and mtime alone say whether it is the same file)
+        self._seen: dict[str, tuple[int, int, str, int | None, int | None]] = {}
         self._lock = threading.Lock()
         self.stamp = 0  # changes whenever the history does
         if path is None:
@@ -57,8 +60,9 @@ class UsageLog:
                         target[str(name)] = pair
             seen = doc.get("seen")
             for name, value in (seen.items() if isinstance(seen, dict) else ()):
-                if isinstance(value, list) and len(value) == 3 and isinstance(value[2], str) and _pair(value[:2]):
-                    self._seen[str(name)] = (value[0], value[1], value[2])
+                if isinstance(value, list) and len(value) in (3, 5) and isinstance(value[2], str) and _pair(value[:2]):
+                    ino, ctime_ns = _pair(value[3:]) or (None, None)
+                    self._seen[str(name)] = (value[0], value[1], value[2], ino, ctime_ns)
         else:  # version 1: {path: [uses, last_ns]}
             for name, value in doc.items():
                 pair = _pair(value)
@@ -74,10 +78,13 @@ class UsageLog:
                 return found
         return self._by_path.get(path, (0, 0))
 
-    def hash_at(self, path: str, size: int, mtime_ns: int) -> str | None:
-        """The hash of the file noted at `path` when it still has that size and mtime."""
+    def hash_at(self, path: str, version: Version) -> str | None:
+        """The hash of the file noted at `path` when it is still that version (`hashes.file_version`:
+        a file replaced with its size and mtime kept is another)."""
         seen = self._seen.get(path)
-        return seen[2] if seen is not None and seen[:2] == (size, mtime_ns) else None
+        if seen is None or seen[:2] != version[:2] or (seen[3] is not None and seen[3:] != version[2:]):
+            return None
+        return seen[2]
 
     def legacy_paths(self) -> list[str]:
         """Paths whose history is still kept by path (their hash was not known yet)."""
@@ -95,19 +102,19 @@ class UsageLog:
             text = self._text()
         self._write(text)
 
-    def note(self, used: Iterable[tuple[str, str, int, int]]) -> None:
-        """Count one use of each (content hash, path, size, mtime_ns) (the same content twice in one
+    def note(self, used: Iterable[tuple[str, str, Version]]) -> None:
+        """Count one use of each (content hash, path, file version) (the same content twice in one
         call counts once) and save; no files, no write."""
         files = {u[0]: u for u in used}
         if not files:
             return
         now = time.time_ns()
         with self._lock:
-            for content_hash, path, size, mtime_ns in files.values():
+            for content_hash, path, (size, mtime_ns, ino, ctime_ns) in files.values():
                 count, _ = self._by_hash.get(content_hash, (0, 0))
                 old = self._by_path.pop(path, (0, 0))
                 self._by_hash[content_hash] = (count + old[0] + 1, now)
-                self._seen[path] = (size, mtime_ns, content_hash)
+                self._seen[path] = (size, mtime_ns, content_hash, ino, ctime_ns)
             self.stamp += 1
             text = self._text()
         self._write(text)

@@ -144,3 +144,20 @@ def test_decoded_metadata_of_a_replaced_file_is_fresh(pair: tuple[Path, bytes, b
     _replace(lora, new, mode)
     got = decoded_metadata(str(lora))
     assert got["ss_output_name"] == "other_v2" and got["note"] == {"b": 2}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_usage_of_a_replaced_file_is_not_the_old_files(pair: tuple[Path, bytes, bytes], tmp_path: Path, mode: str) -> None:
+    """The history is kept by content: a replaced file (other tensors) was never used, whether its
+    hash is computed yet or not (the usage log's own note of the file's hash is for the old file)."""
+    lora, _old, new = pair
+    lib = Library([lora.parent], cache_dir=tmp_path / "c", auto_check_s=3600)
+    lib.note_use([lib.entries[0]])
+    assert lib.usage(lib.entries[0])[0] == 1
+    _replace(lora, new, mode)
+    lib.refresh()
+    assert lib.entries[0].alias == "other_v2" and lib.usage(lib.entries[0]) == (0, 0)
+    other = Library([lora.parent], cache_dir=tmp_path / "c", auto_check_s=3600)
+    assert other.usage(other.entries[0]) == (0, 0)
+    other.note_use([other.entries[0]])
+    assert other.usage(other.entries[0])[0] == 1

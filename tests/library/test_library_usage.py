@@ -47,3 +47,22 @@ def test_history_kept_by_path_moves_to_the_hash(tmp_path: Path) -> None:
     lib.refresh()
     (moved,) = lib.entries
     assert lib.usage(moved)[0] == 6
+
+
+def test_a_files_hash_noted_before_its_inode_and_ctime_were_kept_still_counts(tmp_path: Path) -> None:
+    """The usage log notes each used file's hash with its version: one written before that version
+    held the inode and ctime ([size, mtime_ns, hash]) is still matched by size and mtime, so the
+    history shows before the file is hashed again (a scan cache of an older version has no hashes)."""
+    from loraprompt.library.hashes import file_version
+    from loraprompt.library.usage import UsageLog
+
+    a = write_lora(tmp_path / "Lora" / "a.safetensors", seed=1)
+    path = tmp_path / "usage.json"
+    version = file_version(os.stat(a))
+    path.write_text(json.dumps({"version": 2, "by_hash": {"h": [3, 7]}, "by_path": {},
+                                "seen": {str(a): [version[0], version[1], "h"]}}))
+    log = UsageLog(path)
+    assert log.hash_at(str(a), version) == "h" and log.hash_at(str(a), (version[0], version[1] + 1, *version[2:])) is None
+    log.note([("h2", str(a), version)])
+    assert UsageLog(path).hash_at(str(a), version) == "h2"
+    assert UsageLog(path).hash_at(str(a), (*version[:3], version[3] + 1)) is None  # the same size and mtime, a new ctime
