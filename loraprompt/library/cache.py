@@ -18,7 +18,7 @@ from typing import Any
 
 from loraprompt.library.sidecars import atomic_write_text
 
-VERSION = 5  # 5: rows hold the inode and ctime of every file (a file replaced with its size and mtime kept is read again); 4: 4: summaries with " and ` swapped (entry.SUMMARY_SWAP); 3: records are rows (lists), not objects; 2: one family detector (SD1 files with lora_te1_ keys)
+VERSION = 5  # 5: rows hold the inode and ctime of every file (a file replaced with its size and mtime kept is read again); 4: summaries with " and ` swapped (entry.SUMMARY_SWAP); 3: records are rows (lists), not objects; 2: one family detector (SD1 files with lora_te1_ keys)
 # A file whose mtime is this close to when it was read may change again within the same
 # timestamp tick (coarse filesystem clocks, FAT's 2 s): such a record is used once, then re-read.
 RACY_NS = 2_000_000_000
