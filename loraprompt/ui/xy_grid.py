@@ -82,13 +82,29 @@ def set_lora_weight(prompt: str, name: str, weight: float, library: Any = None) 
 
     found = [a for a in parsed.loras if a.span is not None and same(a)]
     if not found:
-        return f"{prompt.rstrip()} <lora:{name}:{weight:g}>".lstrip()
+        return f"{prompt.rstrip()} {_axis_tag(library, name, weight)}".lstrip()
     out = prompt
     for a in sorted(found, key=lambda a: a.span[0], reverse=True):  # type: ignore[index]
         start, end = a.span  # type: ignore[misc]
         tag = format_activation(replace(a, te=weight, unet=weight, hr_te=None, hr_unet=None))
         out = out[:start] + tag + out[end:]
     return out
+
+
+def _axis_tag(library: Any, name: str, weight: float) -> str:
+    """The tag an axis adds: by `name`, or, for a name no tag can carry (`C#odd`), as the gallery's
+    card writes it (the alias, or a stand-in with the file's `hash=`); ValueError when there is none."""
+    from loraprompt.library.resolve import writable_name
+    from loraprompt.syntax import LoraActivation, format_activation
+
+    entry = library.resolve(name).entry if library is not None else None
+    if entry is None:
+        return format_activation(LoraActivation(name, weight, weight))
+    choice = writable_name(library, entry, name, taken={e.name for e in library.entries})
+    short = library.hashes(entry).get("a1111_short") if choice.by_hash else None
+    if choice.by_hash and not short:
+        raise ValueError(f"X/Y grid: {name} cannot be written in a tag and its hash cannot be read: rename the file")
+    return format_activation(LoraActivation(choice.name, weight, weight, hash=short))
 
 
 def _file_of(library: Any, name: str, hash: str | None = None) -> str | None:

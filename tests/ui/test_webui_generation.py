@@ -279,6 +279,32 @@ def test_strength_grid_axis_replaces_a_tag_written_in_another_case(engine: Txt2I
         "a cat <lora:Demo_Neon:0>", "a cat <lora:Demo_Neon:1>"]
 
 
+def test_strength_grid_axis_writes_a_name_no_tag_can_carry_as_the_gallery_does(engine: Txt2Img, tmp_path: Path) -> None:
+    """`<lora:C#odd:0.5>` would be cut at the '#' (a prompt comment) and apply nothing: the axis
+    writes the card's stand-in name with the file's hash=, which finds it, and rewrites it per cell."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    lora_dir = tmp_path / "Lora"
+    lora_dir.mkdir()
+    source = Path(engine.library.roots[0]) / "demo_warm.safetensors"
+    shutil.copy(source, lora_dir / "A#alias.safetensors")  # its ss_output_name is demo_warm: the alias
+    save_file({k: v * 0.5 for k, v in load_file(str(source)).items()}, str(lora_dir / "C#odd.safetensors"))  # no alias
+    library = loraprompt.Library([str(lora_dir)], cache_dir=str(tmp_path / "cache"), auto_check_s=0)
+    assert set_lora_weight("a cat", "A#alias", 0.5, library) == "a cat <lora:demo_warm:0.5>"
+    entry = library.resolve("C#odd").entry
+    assert entry is not None
+    short = library.hashes(entry)["a1111_short"]
+    tagged = set_lora_weight("a cat", "C#odd", 0.5, library)
+    assert tagged == f"a cat <lora:C_odd:0.5:hash={short}>"
+    (found,) = loraprompt.parse(tagged).loras
+    assert library.resolve(found.name, hash=found.hash).entry == entry
+    assert set_lora_weight(tagged, "C#odd", 1, library) == f"a cat <lora:C_odd:1:hash={short}>"
+    with pytest.raises(ValueError, match="cannot carry it"):  # no library to find another name in
+        set_lora_weight("a cat", "C#odd", 1)
+
+
 def _files(folder: Path) -> list[Path]:
     return sorted(folder.rglob("*.png")) if folder.exists() else []
 
