@@ -29,6 +29,19 @@ def test_rows_order_and_nested_json() -> None:
     assert len(title) == 1000 and title.endswith("…")
 
 
+def test_at_most_max_rows_rows_however_big_the_header() -> None:
+    """Robustness item 7 (what is shown is capped): 5000 keys, and one JSON value of 5000 sub-keys,
+    give MAX_ROWS rows, A1111's first keys first."""
+    from loraprompt.library.details import MAX_ROWS
+
+    many = {f"k{i:05d}": str(i) for i in range(5000)}
+    rows = metadata_rows({**many, "ss_sd_model_name": "v1-5"})
+    assert len(rows) == MAX_ROWS and rows[0] == ("ss_sd_model_name", "v1-5") and rows[1] == ("k00000", "0")
+    nested = metadata_rows({"ss_tag_frequency": json.dumps({"d": {f"t{i}": i for i in range(5000)}}), "z": "last"})
+    assert len(nested) == MAX_ROWS and nested[0] == ("ss_tag_frequency/d/t0", "0")
+    assert ("z", "last") not in nested  # the rows stop at the limit, the later keys with them
+
+
 def test_cover_image_decoded_and_checked() -> None:
     good = {"ssmd_cover_images": json.dumps([base64.b64encode(PNG).decode()])}
     assert cover_image(good) == (PNG, "image/png")
