@@ -116,8 +116,8 @@ class Writes:
                     self._applied[key] = plan[key]
                 else:
                     self._applied.pop(key, None)
-        except BaseException:
-            self._failed_key = written[-1] if written else None
+        except BaseException as exc:  # (Ctrl-C too: put back, but named by no later note)
+            self._failed_key = written[-1] if written and isinstance(exc, Exception) else None
             self._rollback(written, before)
             raise
         if not self.keep_backups:

@@ -190,6 +190,30 @@ def test_a_failure_mid_write_says_which_weight_and_lora(model) -> None:
     assert patcher.applied and all(len(c) == 1 for c in patcher.applied.values())
 
 
+def test_after_ctrl_c_mid_write_a_later_error_names_no_stale_weight(model, monkeypatch) -> None:
+    a = make_adapter(model, 1)
+    patcher = FailingPatcher(model)
+    before = snapshot(model)
+    patcher.fail_at = 2
+
+    def interrupted(key, parts):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(patcher, "_write", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            patcher.sync([(a, 1.0, 1.0)])
+    assert_bit_equal(model, before)
+
+    def broken_check(key, contributions):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a bug in the checks")
+
+    monkeypatch.setattr(patcher, "_checked", broken_check)
+    with pytest.raises(RuntimeError, match="a bug in the checks") as info:
+        patcher.sync([(a, 0.5, 0.5)])
+    assert not getattr(info.value, "__notes__", None)  # no write failed in this sync: nothing to name
+
+
 class RefusingAtWrite(Patcher):
     """Refuses one adapter's module only when its weight is written (a delta too big to keep between
     the check and the write is computed again then), as a module that fails to build would."""
