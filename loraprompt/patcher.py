@@ -118,7 +118,7 @@ class Patcher(Writes):
         self._deltas.clear()
         self._scratch: dict[torch.device, dict[torch.Size, Tensor]] = {}  # the buffer (_BUFFER) and its views
         self._splits: dict[int, tuple[Resolution, Resolution, Resolution]] = {}
-        self._fast, self._failed_key = None, None
+        self._fast = None
         self._paths: dict[str, str] = {}
         self._weight_paths: dict[Key, tuple[str, str]] = {}  # applied key -> (its name, how it is patched)
         self._hooks.clear()
@@ -215,7 +215,7 @@ class Patcher(Writes):
                     parts = {k: self._checked(k, plan[k]) for k in changed if k in plan}
                     for key, contributions in unfused.items():
                         self._hooks.check(key, self._module_of(key), contributions, self._deltas)
-                    self._write_all(changed, plan, parts)  # puts every weight back when it fails
+                    self._write_all(changed, plan, parts, items)  # puts every weight back when it fails
                 except PatchError as exc:
                     entry = self._owner(exc, items)
                     if entry is None:
@@ -228,9 +228,6 @@ class Patcher(Writes):
                     continue
                 except OutOfMemoryError as exc:
                     raise self._store.out_of_memory(changed, plan, exc, self._param) from exc
-                except Exception as exc:
-                    self._write_note(exc, plan, items)
-                    raise
                 break
             report.unfused = self._hooks.update(
                 {k: self._module_of(k) for k in unfused}, unfused, self._deltas

@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from loraprompt.backups import OutOfMemoryError
 from loraprompt.combine import Part, combine_into, weight_parts
 from loraprompt.errors import PatchError
 from loraprompt.quantized import fp8_scale
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from torch import Tensor, nn
 
@@ -36,7 +37,6 @@ class Writes:
     _applied: Plan
     _params: dict[Key, tuple[Tensor, Tensor | None]]
     _scratch: dict[torch.device, dict[torch.Size, Tensor]]
-    _failed_key: Key | None  # the weight whose write failed, for `_write_note`
 
     if TYPE_CHECKING:
         def _param(self, key: Key, fresh: bool = False) -> tuple[Tensor, Tensor | None]: ...
@@ -102,11 +102,14 @@ class Writes:
         return (w_parts, b_parts) if kept else None
 
     def _write_all(
-        self, changed: list[Key], plan: Plan, parts: dict[Key, tuple[list[Part], list[Part]] | None]
+        self, changed: list[Key], plan: Plan, parts: dict[Key, tuple[list[Part], list[Part]] | None],
+        items: Sequence[Any] = (),
     ) -> None:
+        """Write every changed weight; when one fails, put back those written, and (for an unexpected
+        error, not a refused adapter, running out of memory or Ctrl-C) note on the error which weight
+        and which of `items` (plan entries) it was."""
         before = dict(self._applied)
         written: list[Key] = []
-        self._failed_key = None
         try:
             for key in changed:
                 written.append(key)
@@ -116,9 +119,10 @@ class Writes:
                     self._applied[key] = plan[key]
                 else:
                     self._applied.pop(key, None)
-        except BaseException as exc:  # (Ctrl-C too: put back, but named by no later note)
-            self._failed_key = written[-1] if written and isinstance(exc, Exception) else None
+        except BaseException as exc:
             self._rollback(written, before)
+            if written and isinstance(exc, Exception) and not isinstance(exc, (PatchError, OutOfMemoryError)):
+                _write_note(exc, written[-1], plan, items)
             raise
         if not self.keep_backups:
             for key in changed:
@@ -126,18 +130,6 @@ class Writes:
                     self._store.drop(key)
                     for module, rows, _ in before.get(key, ()):  # unwatched now: a later base may differ
                         self._deltas.discard((module, rows))
-
-    def _write_note(self, exc: Exception, plan: Plan, items: list[Any]) -> None:
-        """Say on an unexpected error from `_write_all` which weight and which LoRAs (label and file) it
-        was writing; the type and message stay the exception's own."""
-        key, self._failed_key = self._failed_key, None
-        if key is None or not hasattr(exc, "add_note"):  # add_note: Python 3.11+
-            return
-        modules = {getattr(m, "extra", {}).get("parent", m) for m, _, _ in plan.get(key, ())}
-        names = [f"{e.label} ({e.adapter.path})" for e in items
-                 if any(m in modules for m in e.adapter.modules.values())]
-        exc.add_note(f"loraprompt: while writing {'.'.join(key)} for {', '.join(names) or 'the restore'}; "
-                     "every weight is as it was before this sync")
 
     def _write(self, key: Key, parts: tuple[list[Part], list[Part]] | None) -> None:
         """Write base + parts into one weight (and its bias); base alone when parts is None."""
@@ -179,3 +171,14 @@ class Writes:
             self._store.clear()
             self._applied.clear()
             raise
+
+
+def _write_note(exc: Exception, key: Key, plan: Plan, items: Sequence[Any]) -> None:
+    """Say on `exc` which weight and which LoRAs (label and file) were being written; its type and
+    message stay its own (a bug or a device fault, not the LoRA's: a PatchError names the LoRA itself)."""
+    if not hasattr(exc, "add_note"):  # Python 3.11+
+        return
+    modules = {getattr(m, "extra", {}).get("parent", m) for m, _, _ in plan.get(key, ())}
+    names = [f"{e.label} ({e.adapter.path})" for e in items if any(m in modules for m in e.adapter.modules.values())]
+    exc.add_note(f"loraprompt: while writing {'.'.join(key)} for {', '.join(names) or 'the restore'}; "
+                 "every weight is as it was before this sync")

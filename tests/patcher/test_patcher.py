@@ -228,9 +228,9 @@ class RefusingAtWrite(Patcher):
                 raise module_error(module, ".".join(key), "refused at write (injected)")
         super()._write(key, parts)
 
-    def _write_all(self, changed, plan, parts):  # type: ignore[no-untyped-def]
+    def _write_all(self, changed, plan, parts, items=()):  # type: ignore[no-untyped-def]
         self._applied_next = plan
-        super()._write_all(changed, plan, parts)
+        super()._write_all(changed, plan, parts, items)
 
 
 @pytest.mark.parametrize("on_error", ["raise", "skip"])
