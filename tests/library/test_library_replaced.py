@@ -19,10 +19,9 @@ from safetensors.torch import save_file
 from loraprompt.library import Library
 from loraprompt.library.hashes import file_hashes
 from loraprompt.library.safetensors_header import decoded_metadata
+from tests.fixtures.replace import MODES, replace_keeping_stat
 
 from .conftest import SD1_KEYS
-
-MODES = ["rename", "in_place"]
 
 
 def _write(path: Path, seed: int, name: str, note: str) -> bytes:
@@ -48,26 +47,6 @@ def pair(tmp_path: Path) -> tuple[Path, bytes, bytes]:
     return lora, old, new
 
 
-def _replace(path: Path, data: bytes, mode: str) -> None:
-    """Replace the content of `path` with `data`, keeping its size and atime/mtime."""
-    before = os.stat(path)
-    time.sleep(0.02)  # a later ctime even on a coarse clock
-    if mode == "rename":
-        tmp = path.with_name("." + path.name + ".part")
-        tmp.write_bytes(data)
-        os.utime(tmp, ns=(before.st_atime_ns, before.st_mtime_ns))
-        os.replace(tmp, path)
-    else:
-        with open(path, "r+b") as f:
-            f.write(data)
-            f.truncate()
-        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-    after = os.stat(path)
-    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
-    assert path.read_bytes() == data
-    assert (after.st_ino != before.st_ino) == (mode == "rename") and after.st_ctime_ns != before.st_ctime_ns
-
-
 def _expected(data: bytes) -> tuple[str, str]:
     """(sha256, A1111 tensor hash) of safetensors bytes."""
     (n,) = struct.unpack("<Q", data[:8])
@@ -78,7 +57,7 @@ def _expected(data: bytes) -> tuple[str, str]:
 def test_file_hashes_of_a_replaced_file_are_fresh(pair: tuple[Path, bytes, bytes], mode: str) -> None:
     lora, old, new = pair
     assert (file_hashes(lora)["sha256"], file_hashes(lora)["a1111"]) == _expected(old)  # cached by the default cache
-    _replace(lora, new, mode)
+    replace_keeping_stat(lora, new, mode)
     assert (file_hashes(lora)["sha256"], file_hashes(lora)["a1111"]) == _expected(new)
 
 
@@ -91,7 +70,7 @@ def test_library_hashes_of_a_replaced_file_are_fresh(pair: tuple[Path, bytes, by
     reloaded = Library([lora.parent], cache_dir=tmp_path / "c", auto_check_s=3600)
     assert reloaded.last_report.files_read == 0
     assert reloaded.hashes(reloaded.entries[0], compute=False)["sha256"] == _expected(old)[0]  # served from the disk
-    _replace(lora, new, mode)
+    replace_keeping_stat(lora, new, mode)
     for library in (lib, reloaded):
         assert library.hashes(entry, compute=False) == {}  # the cached hashes are the old file's
         got = library.hashes(entry)
@@ -110,7 +89,7 @@ def test_fresh_entry_and_rescan_of_a_replaced_file(pair: tuple[Path, bytes, byte
     entry = lib.entries[0]
     assert entry.alias == "first_v1" and entry.summary.output_name == "first_v1"
     lib.hashes(entry)
-    _replace(lora, new, mode)
+    replace_keeping_stat(lora, new, mode)
     fresh = lib.fresh(entry)
     assert fresh is not None and fresh is not entry
     assert fresh.alias == "other_v2" and fresh.summary.output_name == "other_v2" and fresh.mtime_ns == entry.mtime_ns
@@ -128,7 +107,7 @@ def test_refresh_after_a_replacement_reads_the_file_again(pair: tuple[Path, byte
     lora, _old, new = pair
     lib = Library([lora.parent], cache_dir=tmp_path / "c", auto_check_s=3600)
     entry = lib.entries[0]
-    _replace(lora, new, mode)
+    replace_keeping_stat(lora, new, mode)
     report = lib.refresh()
     assert report.files_read == 1 and report.changed == (str(lora),)
     e = lib.entries[0]
@@ -141,7 +120,7 @@ def test_decoded_metadata_of_a_replaced_file_is_fresh(pair: tuple[Path, bytes, b
     lora, _old, new = pair
     assert decoded_metadata(str(lora))["ss_output_name"] == "first_v1"
     assert decoded_metadata(str(lora))["note"] == {"a": 1}
-    _replace(lora, new, mode)
+    replace_keeping_stat(lora, new, mode)
     got = decoded_metadata(str(lora))
     assert got["ss_output_name"] == "other_v2" and got["note"] == {"b": 2}
 
@@ -154,7 +133,7 @@ def test_usage_of_a_replaced_file_is_not_the_old_files(pair: tuple[Path, bytes, 
     lib = Library([lora.parent], cache_dir=tmp_path / "c", auto_check_s=3600)
     lib.note_use([lib.entries[0]])
     assert lib.usage(lib.entries[0])[0] == 1
-    _replace(lora, new, mode)
+    replace_keeping_stat(lora, new, mode)
     lib.refresh()
     assert lib.entries[0].alias == "other_v2" and lib.usage(lib.entries[0]) == (0, 0)
     other = Library([lora.parent], cache_dir=tmp_path / "c", auto_check_s=3600)

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.fixtures.replace import MODES, replace_keeping_stat
+
 from .conftest import SD1_KEYS, write_lora
 from .test_gallery_routes import API, Gallery
 
@@ -26,24 +28,6 @@ def _png(color: tuple[int, int, int]) -> bytes:
     return out.getvalue()
 
 
-def _replace(path: Path, data: bytes, mode: str) -> None:
-    """Replace the content of `path` with `data` of the same size, keeping its atime/mtime."""
-    before = os.stat(path)
-    assert len(data) == before.st_size
-    time.sleep(0.02)  # a later ctime even on a coarse clock
-    if mode == "rename":
-        tmp = path.with_name("." + path.name + ".part")
-        tmp.write_bytes(data)
-        os.utime(tmp, ns=(before.st_atime_ns, before.st_mtime_ns))
-        os.replace(tmp, path)
-    else:
-        with open(path, "r+b") as f:
-            f.write(data)
-        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-    after = os.stat(path)
-    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns) and path.read_bytes() == data
-
-
 def _color(content: bytes) -> tuple[int, ...]:
     with Image.open(BytesIO(content)) as im:
         return tuple(im.convert("RGB").getpixel((10, 10)))
@@ -53,7 +37,7 @@ def _near(got: tuple[int, ...], want: tuple[int, int, int]) -> bool:
     return all(abs(a - b) < 20 for a, b in zip(got, want, strict=True))
 
 
-@pytest.mark.parametrize("mode", ["rename", "in_place"])
+@pytest.mark.parametrize("mode", MODES)
 def test_embedded_cover_of_a_replaced_lora_is_fresh(tmp_path: Path, mode: str) -> None:
     folder = tmp_path / "Lora"
     lora, other = folder / "covered.safetensors", tmp_path / "src" / "other.safetensors"
@@ -71,7 +55,7 @@ def test_embedded_cover_of_a_replaced_lora_is_fresh(tmp_path: Path, mode: str) -
     g = Gallery(folder, tmp_path / "cache", auto_check_s=3600)
     old_url = g.cards()["covered"]["thumb"]
     assert _near(_color(g.client.get(f"{API}/{old_url}").content), GREEN)
-    _replace(lora, other.read_bytes(), mode)
+    replace_keeping_stat(lora, other.read_bytes(), mode)
     g.library.refresh()
     url = g.cards()["covered"]["thumb"]
     assert url != old_url  # browsers refetch it
@@ -79,7 +63,7 @@ def test_embedded_cover_of_a_replaced_lora_is_fresh(tmp_path: Path, mode: str) -
     assert r.status_code == 200 and _near(_color(r.content), BLUE)
 
 
-@pytest.mark.parametrize("mode", ["rename", "in_place"])
+@pytest.mark.parametrize("mode", MODES)
 def test_thumbnail_of_a_replaced_preview_is_fresh(tmp_path: Path, mode: str) -> None:
     folder = tmp_path / "Lora"
     write_lora(folder / "style.safetensors", SD1_KEYS)
@@ -92,7 +76,7 @@ def test_thumbnail_of_a_replaced_preview_is_fresh(tmp_path: Path, mode: str) -> 
     g = Gallery(folder, tmp_path / "cache", auto_check_s=3600)
     old_url = g.cards()["style"]["thumb"]
     assert _near(_color(g.client.get(f"{API}/{old_url}").content), GREEN)
-    _replace(preview, blue, mode)
+    replace_keeping_stat(preview, blue, mode)
     g.library.refresh()
     url = g.cards()["style"]["thumb"]
     assert url != old_url
