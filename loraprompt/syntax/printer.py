@@ -23,8 +23,9 @@ def format_activation(activation: LoraActivation, style: Literal["a1111", "lorac
 
     A name, ``module``, or extra key or value that no tag can carry raises ``ValueError``: ``:`` and
     ``>`` end it, ``#`` starts a prompt comment, and ``=`` makes an item a named argument (a name
-    with exactly one; an argument's key or value with any); a blank name is no tag. The gallery writes such LoRAs by alias
-    or hash name instead.
+    with exactly one; an argument's key or value with any); a blank name is no tag. The gallery
+    writes such LoRAs by alias or hash name instead (``library.resolve.writable_name``, whose
+    ``TAG_BREAKERS`` are these characters, any ``=`` counted).
     """
     a = activation
     _writable("name", a.name, named=a.name.count("=") == 1)
