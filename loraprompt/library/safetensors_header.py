@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loraprompt.errors import AdapterFileError
+from loraprompt.library.hashes import Version, file_version
 
 MAX_HEADER = 100 * 1024 * 1024
 MAX_METADATA_VALUE = 16 * 1024 * 1024
@@ -211,22 +212,22 @@ def read_header(path: str | os.PathLike[str], max_header: int = MAX_HEADER) -> S
     return SafetensorsHeader(metadata, tensors, data_offset, size)
 
 
-# path -> ((mtime_ns, size, ino, ctime_ns), metadata): A1111's card pages and /sdapi/v1/loras ask for every file on
+# path -> (file version, metadata): A1111's card pages and /sdapi/v1/loras ask for every file on
 # every call, and A1111 keeps this metadata from its scan instead of reading each header again
-_DECODED: dict[str, tuple[tuple[int, int, int, int], dict[str, Any]]] = {}
+_DECODED: dict[str, tuple[Version, dict[str, Any]]] = {}
 
 
 def decoded_metadata(path: str) -> dict[str, Any]:
     """A `.safetensors` file's metadata with `{`-values JSON-decoded, as A1111 returns it in
-    /sdapi/v1/loras; {} when unreadable. Read once per version (mtime, size, inode, ctime: a file
-    replaced with its size and mtime kept is read again) of the file; each caller gets its own dict."""
+    /sdapi/v1/loras; {} when unreadable. Read once per `file_version` of the file (one replaced with
+    its size and mtime kept is read again); each caller gets its own dict."""
     if not path.lower().endswith(".safetensors"):
         return {}
     try:
         st = os.stat(path)
     except OSError:
         return {}
-    version = (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+    version = file_version(st)
     cached = _DECODED.get(path)
     if cached is None or cached[0] != version:
         cached = (version, _decode_metadata(path))
