@@ -76,7 +76,7 @@ class Library(Contents):
         self._dir_mtimes: dict[str, int] = {}
         self._offline: set[str] = set()
         self._marks: dict[str, Any] = {}  # path -> the sidecars and previews its entry was made with
-        self._watched: dict[str, tuple[int, int]] = {}  # `<stem>.json` sidecar -> (size, mtime_ns) when scanned
+        self._watched: dict[str, Version] = {}  # `<stem>.json` sidecar -> its `file_version` when scanned
         self._index = NameIndex([])
         self._allowed: frozenset[Path] = frozenset()
         self._checked_at = 0.0
@@ -183,12 +183,13 @@ class Library(Contents):
                     return True
             except OSError:
                 return True
-        for path, (size, mtime_ns) in self._watched.items():
+        for path, version in self._watched.items():
             try:
                 st = os.stat(path)
             except OSError:
                 return True
-            if (st.st_size, st.st_mtime_ns) != (size, mtime_ns) or abs(mtime_ns - self._scanned_ns) < RACY_NS:
+            # a rewrite that puts the old size and mtime back (`cp -p`) still moves the ctime
+            if file_version(st) != version or abs(version[1] - self._scanned_ns) < RACY_NS:
                 return True
         return any(os.path.isdir(r) for r in self._offline)
 
@@ -329,14 +330,14 @@ class Library(Contents):
         return paths.safe_file(ref, self.roots, kind, self._allowed)
 
 
-def _json_sidecars(marks: dict[str, Any]) -> dict[str, tuple[int, int]]:
+def _json_sidecars(marks: dict[str, Any]) -> dict[str, Version]:
     """The `<stem>.json` sidecars among the scanned entries' marks (the ones A1111's metadata
-    editor, the gallery and other tools rewrite in place), with their (size, mtime_ns)."""
-    out: dict[str, tuple[int, int]] = {}
+    editor, the gallery and other tools rewrite in place), with their `file_version`."""
+    out: dict[str, Version] = {}
     for path, mark in marks.items():
         folder = os.path.dirname(path)
-        for name, size, mtime_ns in mark[0]:
+        for name, *version in mark[0]:
             lower = name.lower()
             if lower.endswith(".json") and not lower.endswith(".metadata.json"):
-                out[folder + os.sep + name] = (size, mtime_ns)
+                out[folder + os.sep + name] = (version[0], version[1], version[2], version[3])
     return out

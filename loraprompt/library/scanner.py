@@ -16,6 +16,7 @@ from loraprompt.errors import AdapterFileError
 from loraprompt.library import readers
 from loraprompt.library.cache import DiskCache, Record
 from loraprompt.library.entry import MODEL_EXTS, Entry, header_record, sidecar_value
+from loraprompt.library.hashes import file_version
 from loraprompt.library.quickheader import Layouts
 from loraprompt.library.sidecars import find_names, make_listing, preview_names, sidecar_names
 
@@ -141,7 +142,7 @@ def read_sidecars(folder: Folder, listing: dict[str, str], stem: str, cache: Dis
     """(kind -> value of each sidecar of `<stem>` in `folder`, their stats, how many were read);
     a sidecar is read only when its stat changed. `listing` is `folder.companions(filename)`."""
     values: dict[str, Any] = {}
-    stamps: list[tuple[str, int, int]] = []
+    stamps: list[tuple[str, int, int, int, int]] = []
     read = 0
     if not listing:
         return values, (), 0
@@ -154,7 +155,7 @@ def read_sidecars(folder: Folder, listing: dict[str, str], stem: str, cache: Dis
             st = os.stat(path)
         except OSError:
             continue
-        stamps.append((found[0], st.st_size, st.st_mtime_ns))
+        stamps.append((found[0], *file_version(st)))
         record = cache.get(path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
         if record is None:
             record = cache.put(path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, sidecar=sidecar_value(kind, Path(path)))
@@ -253,15 +254,15 @@ def read_ahead(folders: list[Folder], cache: DiskCache, workers: int | None) -> 
     return stats, readers.read_headers(missing, count) if count else {}
 
 
-def _stamps(folder: str, names: tuple[str, ...]) -> tuple[tuple[str, int, int], ...]:
-    """(name, size, mtime_ns) of each of `names` in `folder` (-1s for one that cannot be read)."""
+def _stamps(folder: str, names: tuple[str, ...]) -> tuple[tuple[str, int, int, int, int], ...]:
+    """(name, *`file_version`) of each of `names` in `folder` (-1s for one that cannot be read)."""
     stamps = []
     for name in names:
         try:
             st = os.stat(folder + os.sep + name)
-            stamps.append((name, st.st_size, st.st_mtime_ns))
+            stamps.append((name, *file_version(st)))
         except OSError:
-            stamps.append((name, -1, -1))
+            stamps.append((name, -1, -1, -1, -1))
     return tuple(stamps)
 
 
@@ -321,7 +322,7 @@ def scan_file(
     listing = folder.companions(filename)
     sidecars, stamps, sidecars_read = read_sidecars(folder, listing, stem, cache)
     if stamps:
-        result.sidecars_seen.update(folder.path + os.sep + name for name, _, _ in stamps)
+        result.sidecars_seen.update(folder.path + os.sep + name for name, *_ in stamps)
     previews = tuple(find_names(preview_names(stem), listing)) if listing else ()
     if folder.outside is not None:
         result.linked_previews.update(folder.outside + os.sep + name for name in previews)

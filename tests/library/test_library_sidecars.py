@@ -9,6 +9,7 @@ import pytest
 
 from loraprompt.errors import LoraPromptError
 from loraprompt.library import Library
+from tests.fixtures.replace import MODES, replace_keeping_stat
 
 from .conftest import write_lora
 
@@ -106,3 +107,26 @@ def test_a_json_rewritten_in_place_is_seen_without_a_refresh(lora_dir: Path, tmp
     side.unlink()
     os.utime(lora_dir / "sub", ns=(past, past))  # even when the folder's mtime is put back
     assert lib.is_stale() and lib.entries[0].activation_text == ""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_json_replaced_with_its_size_and_mtime_kept_is_seen(lora_dir: Path, tmp_path: Path, mode: str) -> None:
+    """`rsync -a` or `cp -p` of an edited `<stem>.json` of the same length keeps its size and mtime
+    (robustness rule 12): the automatic check compares the inode and ctime too. The folder's mtime
+    is put back, as it is after an in-place rewrite, so only the sidecar's own stat can tell."""
+    import os
+    import time
+
+    write_lora(lora_dir / "a.safetensors")
+    side = lora_dir / "a.json"
+    side.write_text(json.dumps({"activation text": "foxy"}))
+    past = time.time_ns() - 60 * 10**9
+    for path in (side, lora_dir):
+        os.utime(path, ns=(past, past))
+    lib = Library([lora_dir], cache_dir=tmp_path / "c", auto_check_s=0)
+    assert lib.entries[0].activation_text == "foxy" and not lib.is_stale()
+    replace_keeping_stat(side, json.dumps({"activation text": "wolf"}).encode(), mode)
+    os.utime(lora_dir, ns=(past, past))  # a rename moved the folder's mtime: put it back
+    assert lib.is_stale()
+    assert lib.entries[0].activation_text == "wolf"
+    assert not lib.is_stale()
