@@ -14,9 +14,8 @@ from typing import Any
 from modules import ui_extra_networks
 from modules.ui_extra_networks import quote_js
 
-from loraprompt.errors import LoraPromptError
 from loraprompt.library.cards import escape_html
-from loraprompt.library.resolve import TagChoice, writable_name
+from loraprompt.library.resolve import TagChoice, tag_hash, writable_name
 
 from . import webui
 from .api import header_metadata
@@ -76,13 +75,8 @@ class LoraPromptPage(ui_extra_networks.ExtraNetworksPage):
         choice = writable_name(library, entry, self.runtime.display_name(entry), taken=stems, no_hash=no_hash)
         if not choice.by_hash:
             return choice, None
-        try:
-            short = library.hashes(entry).get("a1111_short")
-        except (LoraPromptError, OSError) as exc:
-            short, why = None, str(exc)
-        else:
-            why = "no hash"
-        if not short:
+        short, why = tag_hash(library, entry)
+        if short is None:
             wanted = self.runtime.display_name(entry)
             return TagChoice(wanted, False, f"The name {wanted} breaks a <lora:...> tag and its hash cannot be read "
                                             f"({why}): rename the file"), None

@@ -63,6 +63,19 @@ def writable_name(library: Any, entry: Entry, wanted: str, *, taken: Container[s
     return TagChoice(clean, True, f"{why}; the card inserts {clean} with the file's hash=, which finds it")
 
 
+def tag_hash(library: Any, entry: Entry) -> tuple[str | None, str]:
+    """(the A1111 short hash a `by_hash` choice writes as `hash=`, None when it cannot be read;
+    why not). The file is read when its hash is not known yet; an unreadable or vanished file is
+    a reason, not an exception, so every caller can say "rename the file" the same way."""
+    from loraprompt.errors import LoraPromptError
+
+    try:
+        short = library.hashes(entry).get("a1111_short")
+    except (LoraPromptError, OSError) as exc:
+        return None, str(exc)
+    return (str(short), "") if short else (None, "cannot read the file to find its hash")
+
+
 @dataclass(frozen=True)
 class Resolution:
     """The entry a name resolved to (None when it did not) and how, as diagnostics."""

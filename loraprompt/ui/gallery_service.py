@@ -17,7 +17,7 @@ from loraprompt.library.cache import default_cache_dir
 from loraprompt.library.cards import FAMILY_LABELS, json_for_script
 from loraprompt.library.details import file_details
 from loraprompt.library.paths import content_type
-from loraprompt.library.resolve import TagChoice, tag_breakers, writable_name
+from loraprompt.library.resolve import TagChoice, tag_breakers, tag_hash, writable_name
 from loraprompt.library.scanner import natural_key
 from loraprompt.library.sidecars import SD_VERSIONS
 from loraprompt.syntax import LoraActivation
@@ -362,9 +362,9 @@ class GalleryService:
         choice = self.snapshot().choice(entry)
         short = None
         if choice.by_hash:
-            short = self.library.hashes(entry).get("a1111_short")
-            if not short:
-                raise BadRequest(f"{entry.relpath}: cannot read the file to find its hash")
+            short, why = tag_hash(self.library, entry)
+            if short is None:
+                raise BadRequest(f"{entry.relpath}: {why}; its name cannot be written in a tag: rename the file")
         try:
             result = toggle_tag(
                 prompt, LoraActivation(choice.name, te=te, unet=unet, hash=short), {choice.name, entry.name, entry.alias},

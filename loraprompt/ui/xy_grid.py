@@ -94,16 +94,16 @@ def set_lora_weight(prompt: str, name: str, weight: float, library: Any = None) 
 def _axis_tag(library: Any, name: str, weight: float) -> str:
     """The tag an axis adds: by `name`, or, for a name no tag can carry (`C#odd`), as the gallery's
     card writes it (the alias, or a stand-in with the file's `hash=`); ValueError when there is none."""
-    from loraprompt.library.resolve import tag_breakers, writable_name
+    from loraprompt.library.resolve import tag_breakers, tag_hash, writable_name
     from loraprompt.syntax import LoraActivation, format_activation
 
     entry = library.resolve(name).entry if library is not None and tag_breakers(name) else None
     if entry is None:  # (a clean name is written as it is, with no lookup per cell)
         return format_activation(LoraActivation(name, weight, weight))
     choice = writable_name(library, entry, name, taken={e.name for e in library.entries})
-    short = library.hashes(entry).get("a1111_short") if choice.by_hash else None
-    if choice.by_hash and not short:
-        raise ValueError(f"X/Y grid: {name} cannot be written in a tag and its hash cannot be read: rename the file")
+    short, why = tag_hash(library, entry) if choice.by_hash else (None, "")
+    if choice.by_hash and short is None:
+        raise ValueError(f"X/Y grid: {name} cannot be written in a tag and its hash cannot be read ({why}): rename the file")
     return format_activation(LoraActivation(choice.name, weight, weight, hash=short))
 
 

@@ -73,3 +73,16 @@ def test_with_the_builtin_handling_tags_cards_insert_names_it_resolves(folder: P
     # the click is refused, saying what to do, instead of inserting that tag
     with pytest.raises(BadRequest, match=r"^style: ink\.safetensors: .*rename the file"):
         click(svc, "style: ink.safetensors")
+
+
+def test_a_click_on_a_by_hash_card_whose_file_cannot_be_read_says_so(folder: Path, tmp_path: Path) -> None:
+    """The card of `style: ink` inserts a stand-in name with `hash=`; when the file cannot be read
+    at the click (here it became a folder after the scan), the click is a 400 naming the file and
+    the reason, not a server error, and the prompt is not touched."""
+    svc = service(folder, tmp_path, builtin=False)
+    card_id = next(r["id"] for r in svc.snapshot().records if r["id"].endswith("/style: ink.safetensors"))
+    path = folder / "style: ink.safetensors"
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(BadRequest, match=r"^style: ink\.safetensors: .*rename the file"):
+        svc.insert({"id": card_id, "te": 0.5, "unet": 0.5, "prompt": "a cat"})
