@@ -7,7 +7,29 @@ everything that needs torch is imported on first use.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers see of the lazy exports below (the package ships py.typed)
+    from loraprompt.adapters import Adapter, AdapterModule, read_adapter
+    from loraprompt.diagnostics import Diagnostic
+    from loraprompt.errors import (
+        AdapterFileError,
+        FamilyMismatchError,
+        LoraPromptError,
+        PatchError,
+        PromptSyntaxError,
+    )
+    from loraprompt.integrations.diffusers import activate
+    from loraprompt.library import Library
+    from loraprompt.patcher import Patcher
+    from loraprompt.syntax import (
+        LoraActivation,
+        ParsedPrompt,
+        activation_from_items,
+        format_activation,
+        parse,
+        parse_batch,
+    )
 
 __version__ = "0.1.0"
 
