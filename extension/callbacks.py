@@ -10,7 +10,7 @@ from modules import script_callbacks
 
 from loraprompt.infotext import parse_lora_hashes, remap_lora_names
 
-from . import coexist, settings, webui
+from . import coexist, settings, thumb_guard, webui
 from .network import LoraPromptNetwork
 from .runtime import Runtime
 
@@ -116,7 +116,9 @@ def before_ui() -> None:
 
 
 def app_started(demo: Any, app: Any) -> None:
-    """Claim again (every before_ui has run by now) and serve the LoRA API without the built-in."""
+    """Guard A1111's preview route against `..` (thumb_guard.py), claim again (every before_ui has
+    run by now) and serve the LoRA API without the built-in."""
+    thumb_guard.install(app)
     state = _state()
     if state.handles_tags:
         state.follow_model(webui.loaded_model())

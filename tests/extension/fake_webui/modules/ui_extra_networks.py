@@ -5,14 +5,41 @@ import os
 import urllib.parse
 from pathlib import Path
 
-from modules import extra_networks
+from modules import extra_networks, shared
 
 extra_pages = []
+allowed_dirs = set()
 PREVIEW_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "gif")
+
+
+def allowed_preview_extensions():
+    return set(PREVIEW_EXTENSIONS) | {shared.opts.data.get("samples_format", "png")}
 
 
 def register_page(page):
     extra_pages.append(page)
+    allowed_dirs.clear()
+    allowed_dirs.update(set(sum([x.allowed_directories_for_previews() for x in extra_pages], [])))  # noqa: RUF017 (A1111's line)
+
+
+def fetch_file(filename: str = ""):
+    # A1111 v1.10.1's body, verbatim (A1111 imports HTTPException at the top; here fastapi stays
+    # lazy): the route loraprompt's thumb_guard.py stands in front of
+    from fastapi.exceptions import HTTPException
+    from starlette.responses import FileResponse
+
+    if not os.path.isfile(filename):
+        raise HTTPException(status_code=404, detail="File not found")
+
+    if not any(Path(x).absolute() in Path(filename).absolute().parents for x in allowed_dirs):
+        raise ValueError(f"File cannot be fetched: {filename}. Must be in one of directories registered by extra pages.")
+
+    ext = os.path.splitext(filename)[1].lower()[1:]
+    if ext not in allowed_preview_extensions():
+        raise ValueError(f"File cannot be fetched: {filename}. Extensions allowed: {allowed_preview_extensions()}.")
+
+    # would profit from returning 304
+    return FileResponse(filename, headers={"Accept-Ranges": "bytes"})
 
 
 def quote_js(s):
@@ -99,4 +126,4 @@ def path_is_parent(parent_path, child_path):
     return os.path.abspath(child_path).startswith(os.path.abspath(parent_path))
 
 
-__all__ = ["ExtraNetworksPage", "extra_networks", "extra_pages", "path_is_parent", "quote_js", "register_page"]
+__all__ = ["ExtraNetworksPage", "allowed_dirs", "allowed_preview_extensions", "extra_networks", "extra_pages", "fetch_file", "path_is_parent", "quote_js", "register_page"]
