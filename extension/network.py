@@ -11,7 +11,7 @@ import logging
 import os
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from modules import extra_networks
 
@@ -40,7 +40,7 @@ def batch_prompts(p: Any) -> list[str]:
     return prompts[start : start + size]
 
 
-def divergent_batch(p: Any, profile: str) -> list[Diagnostic]:
+def divergent_batch(p: Any, profile: Literal["loraprompt", "a1111"]) -> list[Diagnostic]:
     """Warn when later prompts of the batch ask for other LoRAs (the first prompt's set applies)."""
     prompts = batch_prompts(p)
     if len(prompts) < 2:
@@ -125,7 +125,7 @@ class LoraPromptNetwork(extra_networks.ExtraNetwork):
 
     def activate(self, p: Any, params_list: list[Any]) -> None:
         """Apply exactly the LoRAs of `params_list` (none: restore)."""
-        profile = str(webui.opt("loraprompt_profile", "loraprompt"))
+        profile = webui.profile()
         hires = hires_activation(p, params_list)
         params_list = with_sd_lora(p, params_list, self._is_stem)
         parsed = loraprompt.parse("".join(tag_text(x) for x in params_list), profile=profile, comments=False)

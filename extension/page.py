@@ -69,7 +69,7 @@ class LoraPromptPage(ui_extra_networks.ExtraNetworksPage):
     def _tag_name(self, entry: Any, stems: Container[str]) -> tuple[TagChoice, str | None]:
         """What the card inserts (and its short hash when by hash): the name A1111's card would
         (`lora_preferred_name`), unless it holds `: > = #`, which break the tag (loraprompt.library.resolve)."""
-        profile = str(webui.opt("loraprompt_profile", "loraprompt"))
+        profile = webui.profile()
         no_hash = "loraprompt's a1111 profile (no hash=)" if profile == "a1111" else None
         library = self.runtime.library
         choice = writable_name(library, entry, self.runtime.display_name(entry), taken=stems, no_hash=no_hash)

@@ -4,7 +4,7 @@ folders and the options. Everything that reads `modules.shared` goes through her
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from modules import shared
 
@@ -95,6 +95,12 @@ def opt(name: str, default: Any) -> Any:
     if opts is None:
         return default
     return opts.data.get(name, default) if name not in opts.data_labels else getattr(opts, name)
+
+
+def profile() -> Literal["loraprompt", "a1111"]:
+    """The tag profile setting (Settings > loraprompt); any other value, from a hand-edited
+    config.json, is loraprompt's own."""
+    return "a1111" if opt("loraprompt_profile", "loraprompt") == "a1111" else "loraprompt"
 
 
 def loaded_model() -> Any:

@@ -54,6 +54,17 @@ def test_a1111_profile_drops_every_lora_on_a_bad_tag_and_says_so(webui: Webui) -
     assert result.comments
 
 
+def test_a_profile_value_from_a_hand_edited_config_is_loraprompts(webui: Webui) -> None:
+    """config.json edited by hand (`"A1111"`, a typo): the setting reads as loraprompt's profile,
+    so generation keeps working with per-tag errors instead of failing in parse()."""
+    started(webui)
+    webui.modules.shared.opts.data["loraprompt_profile"] = "A1111"
+    base = webui.weight(Q)
+    result = webui.generate("<lora:style:0,8> <lora:detail:1>")
+    assert result.extra_generation_params["loraprompt"] == "E-WEIGHT-SYNTAX style"
+    assert torch.allclose(webui.weight(Q), base + expected_delta(webui.files["detail"], Q), atol=1e-6)
+
+
 def test_api_routes_list_and_refresh(webui: Webui) -> None:
     started(webui)
     routes = webui.app.routes
