@@ -1,12 +1,15 @@
 """The FastAPI application: both APIs behind optional HTTP basic auth (A1111's `--api-auth`),
-CORS only when asked, and every `ServeError` answered with its status and the field it names."""
+CORS only when asked, requests that a browser marks cross-site refused unless CORS allows their
+origin, and every `ServeError` answered with its status and the field it names."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import math
+import re
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import Request
@@ -47,15 +50,44 @@ def _auth_dependency(users: dict[str, str]) -> Any:
     return check
 
 
-def add_api(app: Any, service: Service, *, api_auth: str | None = None) -> None:
-    """Add /sdapi/v1/* and /predictions to `app` (a FastAPI app), behind basic auth when given."""
+def cors_allows(origins: list[str] | None, regex: str | None) -> Callable[[str], bool]:
+    """Whether an origin is one that CORS was asked to allow (`--cors-allow-origins[-regex]`)."""
+    exact, pattern = set(origins or ()), re.compile(regex) if regex else None
+    return lambda origin: "*" in exact or origin in exact or (pattern is not None and pattern.fullmatch(origin) is not None)
+
+
+def _same_site_dependency(allowed: Callable[[str], bool]) -> Any:
+    """Refuse a request that changes something (not GET/HEAD/OPTIONS) when the browser that sent it
+    says it comes from another site (`Sec-Fetch-Site: cross-site`) whose origin CORS does not allow.
+    Such a page cannot read the answer, but a body-less POST (interrupt, skip, refresh) needs no
+    preflight, so without this any web page a user opens could stop their generations. Clients
+    that are not browsers (webuiapi, SillyTavern's server) send no such header and are not affected."""
+    from fastapi import HTTPException
+
+    def check(request: Request) -> None:
+        if request.method in ("GET", "HEAD", "OPTIONS") or request.headers.get("sec-fetch-site") != "cross-site":
+            return
+        origin = request.headers.get("origin", "")
+        if origin and allowed(origin):
+            return
+        raise HTTPException(403, f"a cross-site request from {origin[:100] or 'another site'} is refused; allow its "
+                                 "origin with --cors-allow-origins to call this API from that page")
+
+    return check
+
+
+def add_api(app: Any, service: Service, *, api_auth: str | None = None,
+            allowed_origin: Callable[[str], bool] | None = None) -> None:
+    """Add /sdapi/v1/* and /predictions to `app` (a FastAPI app), behind basic auth when given;
+    requests a browser sends from another site are refused unless `allowed_origin` allows theirs."""
     from fastapi import APIRouter, Depends
     from fastapi.responses import JSONResponse
 
     from loraprompt.serve import predictions, sdapi, sdapi_img2img, sdapi_lists
 
     users = parse_auth(api_auth)
-    router = APIRouter(dependencies=[Depends(_auth_dependency(users))] if users else [])
+    checks = [Depends(_same_site_dependency(allowed_origin or (lambda _origin: False)))]
+    router = APIRouter(dependencies=[*checks, Depends(_auth_dependency(users))] if users else checks)
     sdapi.add_routes(router, service)
     sdapi_img2img.add_routes(router, service)
     sdapi_lists.add_routes(router, service)
@@ -122,7 +154,7 @@ def build_app(service: Service, *, api_auth: str | None = None, cors_origins: li
     if cors_origins or cors_origin_regex:
         app.add_middleware(CORSMiddleware, allow_origins=cors_origins or [], allow_origin_regex=cors_origin_regex,
                            allow_methods=["*"], allow_headers=["*"], allow_credentials=True)
-    add_api(app, service, api_auth=api_auth)
+    add_api(app, service, api_auth=api_auth, allowed_origin=cors_allows(cors_origins, cors_origin_regex))
 
     @app.get("/health-check")
     def health() -> dict[str, Any]:

@@ -126,3 +126,28 @@ def test_cors_is_off_unless_asked(served: Served) -> None:
     allowed = TestClient(build_app(served.service, cors_origins=["https://example.org"]))
     assert allowed.get("/sdapi/v1/samplers", headers=origin).headers["access-control-allow-origin"] == "https://example.org"
     assert "access-control-allow-origin" not in allowed.get("/sdapi/v1/samplers", headers={"Origin": "https://evil.example"}).headers
+
+
+def test_cross_site_posts_are_refused_unless_cors_allows_their_origin(served: Served) -> None:
+    """A web page on another site can send a POST without a body and without a preflight
+    (robustness rule 22): interrupt, skip and refresh-loras are refused when the browser marks the
+    request cross-site, unless --cors-allow-origins allows that page. Clients that are not browsers
+    send no Sec-Fetch-Site and are unaffected; GETs are read-only and stay as they are."""
+    evil = {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+    plain = TestClient(build_app(served.service))
+    for path in ("/sdapi/v1/interrupt", "/sdapi/v1/skip", "/sdapi/v1/refresh-loras"):
+        refused = plain.post(path, headers=evil)
+        assert refused.status_code == 403 and "--cors-allow-origins" in refused.json()["detail"], path
+        assert plain.post(path, headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403, path  # no Origin
+        assert plain.post(path).status_code == 200, path  # webuiapi, curl
+        same = {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}
+        assert plain.post(path, headers=same).status_code == 200, path
+        assert plain.post(path, headers={**evil, "Sec-Fetch-Site": "same-site"}).status_code == 200, path  # another port
+    assert plain.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1}, headers=evil).status_code == 403
+    assert plain.get("/sdapi/v1/samplers", headers=evil).status_code == 200
+    allowed = TestClient(build_app(served.service, cors_origins=["https://example.org"],
+                                   cors_origin_regex=r"https://[a-z]+\.example\.net"))
+    for origin, status in (("https://example.org", 200), ("https://app.example.net", 200), ("https://evil.example", 403),
+                           ("https://example.org.evil.example", 403)):
+        response = allowed.post("/sdapi/v1/interrupt", headers={"Origin": origin, "Sec-Fetch-Site": "cross-site"})
+        assert response.status_code == status, origin

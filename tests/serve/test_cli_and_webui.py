@@ -83,6 +83,10 @@ def test_webui_mounts_the_api_beside_the_page(served: Served, monkeypatch: pytes
         pred = client.post("/predictions", json={"input": {"prompt": "<1>", "lora_urls": "demo_warm", "num_inference_steps": 2,
                                                            "width": 64, "height": 64}}, headers={"Prefer": "wait"}).json()
         assert pred["status"] == "succeeded"
+        # a page on another site cannot interrupt the UI's generations through the mounted API
+        evil = {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+        assert client.post("/sdapi/v1/interrupt", headers=evil).status_code == 403
+        assert client.post("/sdapi/v1/interrupt", headers={"Sec-Fetch-Site": "same-origin"}).status_code == 200
         assert service.engine is served.engine  # the UI's own engine: one model, one lock
     finally:
         service.close()
