@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from typing import Literal
+from typing import Literal, get_args
 
 from loraprompt.diagnostics import Diagnostic
 from loraprompt.errors import PromptSyntaxError
@@ -36,8 +36,7 @@ def parse(prompt: str, profile: Profile = "loraprompt", comments: bool = True, *
     >>> p.text, [(a.name, a.te, a.unet) for a in p.loras]
     ('a, , b  ', [('x', 0.5, 0.5), ('z', 1.0, 1.0), ('y', 0.3, 0.3)])
     """
-    if profile not in ("loraprompt", "a1111"):
-        raise ValueError(f"unknown profile {profile!r}; use 'loraprompt' or 'a1111'")
+    _check_options(prompt, profile, negative_tags, duplicates)
     kinds = frozenset(extra_kinds)
     source, origin, comment_spans = strip_comments(prompt) if comments else (prompt, None, [])
     text, tags = scan(source)
@@ -73,6 +72,9 @@ def parse_batch(prompts: Sequence[str], profile: Profile = "loraprompt", **optio
     >>> b.texts, [a.name for a in b.loras], [d.code for d in b.diagnostics]
     (['a ', 'b '], ['x'], ['batch-divergent'])
     """
+    if isinstance(prompts, (str, bytes)):
+        raise TypeError(f"parse_batch takes a list of prompts, not one {type(prompts).__name__} "
+                        "(use parse for one prompt, or parse_batch([prompt]))")
     parsed = tuple(parse(p, profile, **options) for p in prompts)  # type: ignore[arg-type]
     if not parsed:
         return ParsedBatch((), (), ())
@@ -103,6 +105,19 @@ def activation_from_items(items: Sequence[str], kind: str = "lora", profile: Pro
     if profile == "a1111":
         return interpret_a1111(tags[0])
     return interpret(tags[0], default_weight)
+
+
+def _check_options(prompt: object, profile: str, negative_tags: str, duplicates: str) -> None:
+    """A wrong type or a misspelt option raises here, naming it, instead of a bare TypeError from
+    deep inside or (for an option) silently meaning another policy."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str, not {type(prompt).__name__}")
+    if profile not in ("loraprompt", "a1111"):
+        raise ValueError(f"unknown profile {profile!r}; use 'loraprompt' or 'a1111'")
+    if negative_tags not in ("keep", "strip"):
+        raise ValueError(f"negative_tags must be 'keep' or 'strip', not {negative_tags!r}")
+    if duplicates not in get_args(Duplicates):
+        raise ValueError(f"duplicates must be one of {', '.join(get_args(Duplicates))}, not {duplicates!r}")
 
 
 def _checked(result: ParsedPrompt, strict: bool) -> ParsedPrompt:

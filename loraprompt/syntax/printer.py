@@ -27,6 +27,11 @@ def format_activation(activation: LoraActivation, style: Literal["a1111", "lorac
     writes such LoRAs by alias or hash name instead (``library.resolve.writable_name``, whose
     ``TAG_BREAKERS`` are these characters, any ``=`` counted).
     """
+    if not isinstance(activation, LoraActivation):
+        raise TypeError(f"format_activation takes a LoraActivation (from parse(...).loras), "
+                        f"not {type(activation).__name__}")
+    if style not in ("a1111", "loractl"):
+        raise ValueError(f"style must be 'a1111' or 'loractl', not {style!r}")
     a = activation
     _writable("name", a.name, named=a.name.count("=") == 1)
     if not a.name.strip():

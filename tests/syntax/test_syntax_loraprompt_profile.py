@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from loraprompt.errors import PromptSyntaxError
-from loraprompt.syntax import LoraActivation, Schedule, StepPoint, parse
+from loraprompt.syntax import LoraActivation, Schedule, StepPoint, format_activation, parse, parse_batch
 
 RAMP = Schedule(((0.0, 0.0), (1.0, 1.0)))
 
@@ -148,6 +148,23 @@ def test_custom_presets() -> None:
 def test_unknown_profile_is_an_error() -> None:
     with pytest.raises(ValueError, match="profile"):
         parse("x", profile="comfy")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: parse(None), TypeError, "prompt must be a str, not NoneType"),  # type: ignore[arg-type]
+    (lambda: parse(b"a <lora:x:1>"), TypeError, "prompt must be a str, not bytes"),  # type: ignore[arg-type]
+    (lambda: parse("<lora:x:1>", negative=True, negative_tags="drop"), ValueError, "negative_tags"),  # type: ignore[arg-type]
+    (lambda: parse("<lora:x:1><lora:x:2>", duplicates="Sum"), ValueError, "duplicates"),  # type: ignore[arg-type]
+    (lambda: parse_batch("a <lora:x:1>"), TypeError, "list of prompts, not one str"),
+    (lambda: format_activation("x"), TypeError, "LoraActivation"),  # type: ignore[arg-type]
+    (lambda: format_activation(LoraActivation("x"), style="comfy"), ValueError, "style"),  # type: ignore[arg-type]
+])
+def test_misused_arguments_are_refused_by_name(call: Any, error: type[Exception], match: str) -> None:
+    """A wrong type raised a bare TypeError from inside the scanner (or AttributeError); a
+    misspelt option silently meant another policy (duplicates="Sum" applied the last
+    occurrence); parse_batch("one prompt") parsed each character as a prompt."""
+    with pytest.raises(error, match=match):
+        call()
 
 
 # strength at a step: loractl normalisation (step / (n - 2)), start/stop gating, hires weights
