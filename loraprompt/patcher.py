@@ -100,6 +100,9 @@ class Patcher(Writes):
         self._setup(components)
 
     def _setup(self, components: Mapping[str, nn.Module | None]) -> None:
+        from loraprompt.plan import checked_components
+
+        checked_components(components, self._family_override)
         previous: Unfused | None = getattr(self, "_packed", None)
         if previous is not None:
             previous.clear()

@@ -77,13 +77,42 @@ class PlanEntry:
 
 def as_entry(item: Any) -> PlanEntry:
     """A PlanEntry from a PlanEntry, (adapter, te, unet) or (adapter, strength)."""
+    from loraprompt.adapters.types import Adapter
+
     if isinstance(item, PlanEntry):
         return item
     if isinstance(item, tuple) and len(item) in (2, 3):
-        adapter, te = item[0], float(item[1])
-        unet = float(item[2]) if len(item) == 3 else te
-        return PlanEntry(adapter, te, unet)
-    raise TypeError(f"a plan entry is a PlanEntry or (adapter, te, unet), not {item!r}")
+        if not isinstance(item[0], Adapter):
+            raise TypeError(f"a plan entry's first item is an Adapter (loraprompt.read_adapter(path)), "
+                            f"not {_brief(item[0])}")
+        try:
+            te = float(item[1])
+            unet = float(item[2]) if len(item) == 3 else te
+        except (TypeError, ValueError):
+            raise TypeError(f"the strengths of {item[0].name!r} must be numbers, not {item[1:]!r}") from None
+        return PlanEntry(item[0], te, unet)
+    raise TypeError(f"a plan entry is a PlanEntry or (adapter, te, unet), not {_brief(item)}")
+
+
+def _brief(value: Any) -> str:
+    """A value named for a message: an Adapter by its name (its repr prints every tensor)."""
+    name = getattr(value, "name", None) if type(value).__name__ == "Adapter" else None
+    text = f"Adapter {name!r}: write (adapter, te, unet)" if name is not None else repr(value)
+    return f"{type(value).__name__} ({text[:120]})"
+
+
+def checked_components(components: Any, family: str | None) -> None:
+    """Refuse what a Patcher cannot take by name, before it is walked (a module passed for the
+    mapping raised a bare KeyError from diffusers' config; a misspelt family refused every file)."""
+    if not isinstance(components, Mapping):
+        raise TypeError("Patcher takes a mapping of component name -> module, e.g. {'unet': pipe.unet, "
+                        f"'text_encoder': pipe.text_encoder}}, not {type(components).__name__}")
+    for name, module in components.items():
+        if module is not None and not callable(getattr(module, "named_modules", None)):
+            raise TypeError(f"component {name!r} is a {type(module).__name__}, not a torch nn.Module")
+    if family and family not in FAMILY_NAMES:
+        raise ValueError(f"family must be one of {', '.join(FAMILY_NAMES)} (or None to detect it, '' for no check), "
+                         f"not {family!r}")
 
 
 _BLOCK_PATTERNS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (

@@ -19,6 +19,7 @@ from tests.patcher.helpers import (
     reference,
     snapshot,
     to_dtype,
+    tool_adapters,
 )
 
 TOL = {torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -140,6 +141,26 @@ def test_family_mismatch_is_refused_naming_both_families(model) -> None:
     patcher = Patcher(model, family="sd1")
     with pytest.raises(FamilyMismatchError, match=r"SDXL adapter; the loaded model is SD1.x"):
         patcher.sync([(a, 1.0, 1.0)])
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda m, a: Patcher(m["unet"]), TypeError, r"mapping of component name -> module.*not UNet2DConditionModel"),
+    (lambda m, a: Patcher({"unet": "unet.safetensors"}), TypeError, r"component 'unet' is a str, not a torch"),
+    (lambda m, a: Patcher(m, family="SD1"), ValueError, r"family must be one of sd1, sd2, sdxl.*not 'SD1'"),
+    (lambda m, a: Patcher(m).sync([(a.path, 1.0, 1.0)]), TypeError, r"first item is an Adapter .*read_adapter.*not str"),
+    (lambda m, a: Patcher(m).sync([a]), TypeError, r"not Adapter \(Adapter 'kohya': write \(adapter, te, unet\)\)$"),
+    (lambda m, a: Patcher(m).sync([(a, None, 1.0)]), TypeError, r"strengths of 'kohya' must be numbers"),
+])
+def test_misused_arguments_are_refused_by_name(model, call, error, match) -> None:
+    """A module for the mapping raised a bare KeyError ('items') from diffusers' config, a path in
+    a plan entry AttributeError ('str' object has no attribute 'name'), a bare adapter a TypeError
+    whose message printed every tensor of the file, and family="SD1" refused every file as "a SD1.x
+    adapter; the loaded model is SD1". The model is untouched."""
+    adapter = tool_adapters()[0]
+    original = snapshot(model)
+    with pytest.raises(error, match=match):
+        call(model, adapter)
+    assert_bit_equal(model, original)
 
 
 def test_adapter_for_another_model_matching_nothing_is_refused(model) -> None:
