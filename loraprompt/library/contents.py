@@ -13,7 +13,7 @@ from loraprompt.errors import AdapterFileError
 from loraprompt.library.duplicates import DuplicateGroup, duplicate_candidates, find_duplicates, sample_hash
 from loraprompt.library.entry import Entry
 from loraprompt.library.hashes import file_hashes, file_version
-from loraprompt.library.resolve import hash_matches
+from loraprompt.library.resolve import hash_matches, is_hash
 
 if TYPE_CHECKING:
     from loraprompt.library.cache import DiskCache
@@ -68,6 +68,8 @@ class Contents:
         already known, then files whose header claims it (verified), then, with `compute`, every
         other file (may read the whole library; compute=False is A1111's known-hashes-only way)."""
         w = wanted.strip().lower()
+        if not is_hash(w):  # nothing can match: read no file ('' claimed every header's hash)
+            return []
         entries = self.entries
         found = [e for e in entries if hash_matches(self.hashes(e, compute=False), w)]
         if not found:

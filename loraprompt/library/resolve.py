@@ -249,10 +249,15 @@ def _advice(index: NameIndex, e: Entry) -> str:
             "read folder paths: rename the file to use it there)")
 
 
+def is_hash(wanted: str) -> bool:
+    """True when `wanted` has a form `hash_matches` can match: 10, 12 or 64 hex digits."""
+    return len(wanted) in (10, 12, 64) and bool(_HEX.match(wanted))
+
+
 def hash_matches(hashes: dict[str, str | None], wanted: str) -> bool:
     """True when `wanted` is A1111's 12-digit short hash, an AutoV2 10-digit prefix, or a full sha256."""
     w = wanted.lower()
-    if not _HEX.match(w):
+    if not is_hash(w):
         return False
     full, tensors = hashes.get("sha256") or "", hashes.get("a1111") or ""
     if len(w) == 64:

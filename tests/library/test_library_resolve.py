@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 import unicodedata
 from pathlib import Path
 
@@ -147,3 +149,18 @@ def test_find_by_hash_knows_only_computed_or_claimed_hashes(lora_dir: Path, tmp_
     write_lora(lora_dir / "liar.safetensors", {"sshs_model_hash": data_hash}, seed=12)
     fresh = Library([lora_dir], cache_dir=tmp_path / "c2")
     assert sorted(e.name for e in fresh.find_by_hash(data_hash[:12], compute=False)) == ["claims"]
+
+
+@pytest.mark.parametrize("wanted", ["", "  ", "abc", "not-a-hash-at-all", "0x1234"])
+def test_find_by_hash_of_a_value_no_hash_has_reads_no_file(lora_dir: Path, tmp_path: Path, wanted: str) -> None:
+    """A value that is not 10, 12 or 64 hex digits can match nothing, yet find_by_hash hashed the
+    whole library for it, and '' (every header's claimed hash starts with it) read a broken file
+    and raised AdapterFileError; resolve(name, hash=...) passes a tag's hash= straight here."""
+    write_lora(lora_dir / "good.safetensors", {}, seed=1)
+    broken = lora_dir / "broken.safetensors"
+    broken.write_bytes(b"garbage" * 10)
+    os.utime(broken, (time.time() - 600, time.time() - 600))  # settled: scanned as a broken file
+    lib = Library([lora_dir], cache_dir=tmp_path / "c")
+    assert sorted((e.name, e.error is not None) for e in lib.entries) == [("broken", True), ("good", False)]
+    assert lib.find_by_hash(wanted) == []
+    assert all(lib.hashes(e, compute=False) == {} for e in lib.entries)  # nothing was hashed
