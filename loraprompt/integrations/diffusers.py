@@ -15,6 +15,7 @@ step's strength: no weight is rewritten, see `loraprompt.unfused`) while constan
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,6 +40,8 @@ DEFAULT_CACHE = AdapterCache(limit_mb=2048)
 DEFAULT_STEPS = 50  # diffusers' default num_inference_steps: the TE's step-0 value needs a total
 
 _PATCHERS: weakref.WeakKeyDictionary[Any, Patcher] = weakref.WeakKeyDictionary()
+_PATCHERS_LOCK = threading.Lock()  # held to find or make a pipeline's Patcher, never while patching
+_LIBRARIES_LOCK = threading.Lock()
 _LIBRARY_LIMIT = 8  # Library objects kept (least recently used dropped first)
 _LIBRARIES: OrderedDict[tuple[str, ...], Any] = OrderedDict()
 
@@ -70,14 +73,16 @@ def patcher_for(pipe: Any, *, backups: str | None = None) -> Patcher:
     from now on live (default "auto": on the GPU while it has room to spare)."""
     components = {name: getattr(pipe, name, None) for name in COMPONENTS}
     components = {k: v for k, v in components.items() if v is not None}
-    patcher = _PATCHERS.get(pipe)
     if backups is not None and backups not in BACKUPS:
         raise ValueError(f"backups must be one of {', '.join(BACKUPS)}, not {backups!r}")
-    if patcher is None:
-        patcher = _PATCHERS[pipe] = Patcher(components, schedules="unfused", backups=backups or "auto")
-    elif patcher.components.keys() != components.keys() or any(
+    with _PATCHERS_LOCK:  # one Patcher (one lock) per pipeline, however many threads ask at once
+        patcher = _PATCHERS.get(pipe)
+        created = patcher is None
+        if patcher is None:
+            patcher = _PATCHERS[pipe] = Patcher(components, schedules="unfused", backups=backups or "auto")
+    if not created and (patcher.components.keys() != components.keys() or any(
         patcher.components[k] is not v for k, v in components.items()
-    ):
+    )):
         with patcher.lock:
             patcher.restore()
             patcher.forget(components)
@@ -123,15 +128,16 @@ def _library(library: Any) -> Any:
         library = [library]
     if isinstance(library, Sequence) and not isinstance(library, str):
         key = tuple(os.path.abspath(os.fspath(d)) for d in library)
-        if key in _LIBRARIES:
-            _LIBRARIES.move_to_end(key)
-        else:
-            from loraprompt.library import Library
+        with _LIBRARIES_LOCK:
+            if key in _LIBRARIES:
+                _LIBRARIES.move_to_end(key)
+            else:
+                from loraprompt.library import Library
 
-            _LIBRARIES[key] = Library(list(key))
-            while len(_LIBRARIES) > _LIBRARY_LIMIT:
-                _LIBRARIES.popitem(last=False)
-        return _LIBRARIES[key]
+                _LIBRARIES[key] = Library(list(key))
+                while len(_LIBRARIES) > _LIBRARY_LIMIT:
+                    _LIBRARIES.popitem(last=False)
+            return _LIBRARIES[key]
     return library
 
 

@@ -202,3 +202,37 @@ def test_the_library_per_folder_memo_is_a_small_lru(tmp_path) -> None:
         assert integration._library(folders[0]) is first  # recently used: kept
         assert len(integration._LIBRARIES) <= integration._LIBRARY_LIMIT
     assert (os.path.abspath(folders[1]),) not in integration._LIBRARIES  # least recently used: evicted
+
+
+def test_concurrent_first_activations_share_one_patcher(setup, tmp_path) -> None:
+    """activate() promises that concurrent generations on one pipeline never see each other's
+    LoRAs: its Patcher's lock is held for the block. Threads entering it at once on a pipeline
+    with no Patcher yet each made their own Patcher (one lock each), so the LoRA was applied on
+    top of itself and the weights were not restored. Now they share one, and every block sees the
+    LoRA once."""
+    import threading
+
+    _, library, _ = setup
+    name = "unet:down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"
+    for folder in ("ref", "t0", "t1", "t2", "t3"):
+        (tmp_path / folder).mkdir()
+    reference = tiny_pipeline(tmp_path / "ref")
+    with loraprompt.activate(reference, "a cat <lora:style:1>", library=library):
+        once = snapshot(components(reference))[name]
+    for trial in range(4):
+        pipe = tiny_pipeline(tmp_path / f"t{trial}")  # no Patcher yet
+        original = snapshot(components(pipe))
+        barrier, seen = threading.Barrier(4), []
+
+        def run(pipe=pipe, barrier=barrier, seen=seen) -> None:
+            barrier.wait()
+            with loraprompt.activate(pipe, "a cat <lora:style:1>", library=library):
+                seen.append(snapshot(components(pipe))[name])
+
+        threads = [threading.Thread(target=run) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(seen) == 4 and all(torch.equal(w, once) for w in seen)
+        assert_bit_equal(components(pipe), original)
