@@ -225,13 +225,16 @@ def activate(
     `library` is a folder, a list of folders, a `loraprompt.Library`, or a mapping name -> file
     path or Adapter. `steps` is the number of sampling steps (for fractional start/stop and
     keyframes before sampling starts; default 50). `on_error="skip"` drops a LoRA that cannot
-    apply and reports it in `diagnostics` instead of raising. `schedules="fused"` rewrites the
+    apply and reports it in `diagnostics` instead of raising; a name the library does not have
+    is never raised, as in A1111: it is an `E-NAME-NOTFOUND` diagnostic. `schedules="fused"` rewrites the
     weights of a step-scheduled LoRA at each step instead of running it unfused. The patcher's
     lock is held for the whole block, so concurrent generations on one pipeline never see each
     other's LoRAs.
     """
     from loraprompt.syntax import parse
 
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     parsed = parse(prompt, profile=profile)  # type: ignore[arg-type]
     diagnostics = list(parsed.diagnostics)
     if parsed.loras and library is None:

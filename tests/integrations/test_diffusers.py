@@ -236,3 +236,14 @@ def test_concurrent_first_activations_share_one_patcher(setup, tmp_path) -> None
             t.join()
         assert len(seen) == 4 and all(torch.equal(w, once) for w in seen)
         assert_bit_equal(components(pipe), original)
+
+
+def test_an_unknown_on_error_is_refused_before_anything_is_applied(setup) -> None:
+    """on_error="ignore" (or "Skip") was taken as "raise" without a word: the caller believed bad
+    LoRAs would be skipped, and the first one raised."""
+    pipe, library, _ = setup
+    weights = snapshot(components(pipe))
+    with pytest.raises(ValueError, match=r"on_error must be 'raise' or 'skip', not 'ignore'"):
+        with loraprompt.activate(pipe, "a cat <lora:style:1>", library=library, on_error="ignore"):
+            pass
+    assert_bit_equal(components(pipe), weights)
