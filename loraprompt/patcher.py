@@ -28,6 +28,7 @@ from loraprompt.cache import DeltaCache
 from loraprompt.errors import PatchError
 from loraprompt.keymaps import keymap_for_module
 from loraprompt.keymaps.check import model_family
+from loraprompt.owners import Claims
 from loraprompt.plan import Key, Plan, PlanEntry, SyncReport, as_entry, build_plan, resolve_adapter
 from loraprompt.quantized import Unfused, weight_path
 from loraprompt.unfused import LowRankHooks, unfusable
@@ -103,9 +104,10 @@ class Patcher(Writes):
         from loraprompt.plan import checked_components
 
         checked_components(components, self._family_override)
-        previous: Unfused | None = getattr(self, "_packed", None)
-        if previous is not None:
-            previous.clear()
+        for previous in (getattr(self, "_packed", None), getattr(self, "_claims", None)):
+            if previous is not None:
+                previous.clear()
+        self._claims = Claims(self)  # the weights patched now, so that another Patcher's sync refuses them
         self.components: dict[str, nn.Module] = {k: v for k, v in components.items() if v is not None}
         self._modules = {c: dict(m.named_modules()) for c, m in self.components.items()}
         self._packed = Unfused(self._modules)  # packed 4-bit weights: the LoRA beside them
@@ -216,6 +218,7 @@ class Patcher(Writes):
                 self._deltas.generation += 1
                 try:
                     parts = {k: self._checked(k, plan[k]) for k in changed if k in plan}
+                    self._claims.check({k: self._param(k)[0] for k in parts if k not in self._applied})
                     for key, contributions in unfused.items():
                         self._hooks.check(key, self._module_of(key), contributions, self._deltas)
                     self._write_all(changed, plan, parts, items)  # puts every weight back when it fails
@@ -236,6 +239,7 @@ class Patcher(Writes):
                 {k: self._module_of(k) for k in unfused}, unfused, self._deltas
             )
             moved = self._packed.apply(*self._packed_next)  # packed 4-bit weights: the LoRA beside them
+            self._claims.update(changed, self._applied, self._params)
             report.written = len(changed) + moved
             report.factors_built = self._deltas.factors_built - built
             report.patched = len(self._applied) + len(self._packed)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from loraprompt.backups import BackupStore
     from loraprompt.cache import DeltaCache
+    from loraprompt.owners import Claims
     from loraprompt.plan import Key, Plan, SyncReport
 
 _BUFFER = torch.Size([-1])  # the scratch buffer's own entry among its views
@@ -35,6 +36,7 @@ class Writes:
     _store: BackupStore
     _deltas: DeltaCache
     _applied: Plan
+    _claims: Claims
     _params: dict[Key, tuple[Tensor, Tensor | None]]
     _scratch: dict[torch.device, dict[torch.Size, Tensor]]
 
@@ -47,6 +49,7 @@ class Writes:
         stale, cast = self._store.follow(lambda key: (self._params[key], self._param(key, fresh=True)), report.diagnostics)
         for key in stale:
             self._applied.pop(key, None)
+        self._claims.drop(stale)
         if stale or cast:
             self._deltas.clear()  # IA3, GLoRA, OFT and DoRA deltas were computed from the old base
 

@@ -500,3 +500,52 @@ def test_changed_block_weights_and_strengths_are_never_served_from_a_stale_cache
     torch.testing.assert_close(snapshot(model)[up1], reference(model, original, [(a, 0.0, 2.0)])[up1])
     patcher.restore()
     assert_bit_equal(model, original)
+
+
+def test_a_second_patcher_on_patched_weights_is_refused_and_turns_are_fine(model) -> None:
+    """Two Patchers on one model take each other's writes for the base: with both applying one
+    LoRA it was applied twice, and after both restores the weights were not the original. The
+    second is refused by name before it writes; Patchers that take turns (each restoring before
+    the next applies) work, and a forgotten or garbage-collected one holds nothing."""
+    import gc
+
+    adapter = make_adapter(model, 1)
+    original = snapshot(model)
+    first, second = Patcher(model), Patcher(model)
+    first.sync([(adapter, 1.0, 1.0)])
+    applied = snapshot(model)
+    with pytest.raises(PatchError, match=r"is patched by another Patcher now.*one Patcher per model"):
+        second.sync([(adapter, 1.0, 1.0)])
+    assert_bit_equal(model, applied)  # the refused sync wrote nothing
+    first.restore()
+    assert_bit_equal(model, original)
+    second.sync([(adapter, 1.0, 1.0)])  # its turn: the first holds nothing now
+    assert_bit_equal(model, applied)
+    with pytest.raises(PatchError, match="another Patcher"):
+        first.sync([(adapter, 0.5, 0.5)])
+    second.forget()  # the model was replaced, as far as the second one knows: it claims nothing
+    first.sync([(adapter, 1.0, 1.0)])
+    first.forget()
+    third = Patcher(model)
+    del first, second
+    gc.collect()
+    third.sync([])  # nothing to do, nothing refused
+    assert third.sync([(adapter, 0.0, 0.0)]).written == 0
+
+
+def test_a_patcher_whose_weights_were_written_behind_its_back_claims_nothing(model) -> None:
+    """A weight written behind a patcher's back becomes its new base (robustness rule 15): the
+    patcher no longer counts it as patched, so another Patcher may take it."""
+    adapter = make_adapter(model, 1)
+    first = Patcher(model)
+    first.sync([(adapter, 1.0, 1.0)])
+    with torch.no_grad():
+        for module in model.values():
+            for p in module.parameters():
+                p.add_(0)  # an in-place write: every tensor's version moves
+    first.sync([])  # nothing of first's is left to restore: the weights are the new base
+    written = snapshot(model)
+    second = Patcher(model)
+    second.sync([(adapter, 1.0, 1.0)])
+    second.restore()
+    assert_bit_equal(model, written)
