@@ -40,6 +40,7 @@ DEFAULT_CACHE = AdapterCache(limit_mb=2048)
 DEFAULT_STEPS = 50  # diffusers' default num_inference_steps: the TE's step-0 value needs a total
 
 _PATCHERS: weakref.WeakKeyDictionary[Any, Patcher] = weakref.WeakKeyDictionary()
+_BY_DENOISER: weakref.WeakKeyDictionary[Any, Patcher] = weakref.WeakKeyDictionary()  # UNet/transformer -> its Patcher
 _PATCHERS_LOCK = threading.Lock()  # held to find or make a pipeline's Patcher, never while patching
 _LIBRARIES_LOCK = threading.Lock()
 _LIBRARY_LIMIT = 8  # Library objects kept (least recently used dropped first)
@@ -75,17 +76,26 @@ def patcher_for(pipe: Any, *, backups: str | None = None) -> Patcher:
     components = {k: v for k, v in components.items() if v is not None}
     if backups is not None and backups not in BACKUPS:
         raise ValueError(f"backups must be one of {', '.join(BACKUPS)}, not {backups!r}")
+    denoiser = components.get("unet", components.get("transformer"))
     with _PATCHERS_LOCK:  # one Patcher (one lock) per pipeline, however many threads ask at once
         patcher = _PATCHERS.get(pipe)
-        created = patcher is None
+        created = False
         if patcher is None:
-            patcher = _PATCHERS[pipe] = Patcher(components, schedules="unfused", backups=backups or "auto")
+            # pipelines built from one set of components (from_pipe, **pipe.components) share its
+            # Patcher: two would each take the other's writes for the base (loraprompt.owners)
+            patcher = _BY_DENOISER.get(denoiser) if denoiser is not None else None
+            if patcher is None:
+                patcher, created = Patcher(components, schedules="unfused", backups=backups or "auto"), True
+            _PATCHERS[pipe] = patcher
     if not created and (patcher.components.keys() != components.keys() or any(
         patcher.components[k] is not v for k, v in components.items()
     )):
         with patcher.lock:
             patcher.restore()
             patcher.forget(components)
+    if denoiser is not None:
+        with _PATCHERS_LOCK:
+            _BY_DENOISER[denoiser] = patcher
     if backups is not None:
         patcher.backups = backups
     return patcher

@@ -247,3 +247,25 @@ def test_an_unknown_on_error_is_refused_before_anything_is_applied(setup) -> Non
         with loraprompt.activate(pipe, "a cat <lora:style:1>", library=library, on_error="ignore"):
             pass
     assert_bit_equal(components(pipe), weights)
+
+
+def test_pipelines_built_from_one_set_of_components_share_a_patcher(setup, tmp_path) -> None:
+    """diffusers' own idiom, `StableDiffusionImg2ImgPipeline(**pipe.components)` (or from_pipe),
+    makes a second pipeline on the same UNet. Each had its own Patcher: with restore=False the
+    LoRA was applied once per pipeline on top of the other, and restoring did not give the model
+    back. They now share one, so the LoRA is applied once and one restore gives the original."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    library = setup[1]
+    pipe = tiny_pipeline(tmp_path)
+    original = snapshot(components(pipe))
+    other = StableDiffusionImg2ImgPipeline(**pipe.components)
+    with loraprompt.activate(pipe, "a cat <lora:style:1>", library=library, restore=False):
+        once = snapshot(components(pipe))
+    with loraprompt.activate(other, "a cat <lora:style:1>", library=library, restore=False):
+        assert_bit_equal(components(pipe), once)
+    assert patcher_for(other) is patcher_for(pipe)
+    with loraprompt.activate(other, "a cat <lora:other:0.5>", library=library, restore=False):
+        pass
+    patcher_for(pipe).restore()
+    assert_bit_equal(components(pipe), original)
