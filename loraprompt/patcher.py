@@ -195,10 +195,10 @@ class Patcher(Writes):
         self, entries: Iterable[Any], *, step: int | None = None, total_steps: int | None = None,
         on_error: str | None = None,
     ) -> SyncReport:
-        """Make the weights equal to base + exactly `entries` ((adapter, te, unet) tuples or
-        PlanEntry), at `step` of `total_steps` for scheduled entries. Only changed weights are
-        written. Raises PatchError (the model as it was) when an adapter cannot apply, unless
-        `on_error` (default: the patcher's) is "skip"."""
+        """Make the weights equal to base + exactly `entries` ((adapter, te, unet), (adapter, a
+        LoraActivation of `parse`) or PlanEntry), at `step` of `total_steps` for scheduled
+        entries; only changed weights are written. PatchError (the model as it was) when an
+        adapter cannot apply, unless `on_error` (default: the patcher's) is "skip"."""
         skip = (on_error or self.on_error) == "skip"
         with self.lock, torch.no_grad():
             given = list(entries)
@@ -282,9 +282,8 @@ class Patcher(Writes):
     def _plan(
         self, items: list[PlanEntry], step: int | None, total: int | None, report: SyncReport, skip: bool
     ) -> tuple[Plan, Plan, list[tuple[PlanEntry, Resolution]] | None]:
-        """(the fused plan, the unfused one: UNet modules of scheduled entries run in the forward,
-        and those entries with their unfused part when the fused plan cannot change between
-        steps, else None)."""
+        """(the fused plan; the unfused one: UNet modules of scheduled entries run in the forward;
+        those entries with their unfused part when the fused plan cannot change by step, else None)."""
         resolved, unfused_items = [], []
         hooked_entries: list[tuple[PlanEntry, Resolution]] | None = []
         for entry in list(items):

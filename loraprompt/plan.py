@@ -76,11 +76,16 @@ class PlanEntry:
 
 
 def as_entry(item: Any) -> PlanEntry:
-    """A PlanEntry from a PlanEntry, (adapter, te, unet) or (adapter, strength)."""
+    """A PlanEntry from a PlanEntry, (adapter, te, unet), (adapter, strength) or (adapter,
+    activation): a LoraActivation from `loraprompt.parse`, with its strengths, start/stop,
+    keyframes and block weights (`entry_for`)."""
     from loraprompt.adapters.types import Adapter
+    from loraprompt.syntax.model import LoraActivation
 
     if isinstance(item, PlanEntry):
         return item
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], LoraActivation) and isinstance(item[0], Adapter):
+        return entry_for(item[1], item[0])
     if isinstance(item, tuple) and len(item) in (2, 3):
         if not isinstance(item[0], Adapter):
             raise TypeError(f"a plan entry's first item is an Adapter (loraprompt.read_adapter(path)), "
@@ -92,6 +97,39 @@ def as_entry(item: Any) -> PlanEntry:
             raise TypeError(f"the strengths of {item[0].name!r} must be numbers, not {item[1:]!r}") from None
         return PlanEntry(item[0], te, unet)
     raise TypeError(f"a plan entry is a PlanEntry or (adapter, te, unet), not {_brief(item)}")
+
+
+def is_static(activation: Any) -> bool:
+    """Whether a parsed LoraActivation keeps one strength for the whole generation."""
+    from loraprompt.syntax import Schedule
+
+    return (
+        getattr(activation, "start", None) is None
+        and getattr(activation, "stop", None) is None
+        and not isinstance(activation.te, Schedule)
+        and not isinstance(activation.unet, Schedule)
+    )
+
+
+def entry_for(activation: Any, adapter: Any) -> PlanEntry:
+    """A PlanEntry following a parsed LoraActivation: strengths, start/stop, keyframes, blocks."""
+    blocks = bool(getattr(activation, "blocks", None)) or bool(getattr(activation, "groups", None))
+    if is_static(activation) and not blocks:
+        return PlanEntry(adapter, te=float(activation.te), unet=float(activation.unet), name=activation.name)
+
+    def block_at(block: str, step: int, total: int) -> float:
+        return float(activation.unet_at(step, total, block=block))
+
+    if is_static(activation):  # static block weights: fused, never re-synced per step
+        return PlanEntry(adapter, te=float(activation.te_at(0, 1)), unet=float(activation.unet_at(0, 1)),
+                         block_at=block_at, name=activation.name)
+    return PlanEntry(
+        adapter,
+        te_at=activation.te_at,
+        unet_at=activation.unet_at,
+        block_at=block_at if blocks else None,
+        name=activation.name,
+    )
 
 
 def _brief(value: Any) -> str:

@@ -32,7 +32,7 @@ from loraprompt.diagnostics import Diagnostic
 from loraprompt.errors import AdapterFileError
 from loraprompt.integrations.embeddings import apply_embeddings
 from loraprompt.patcher import Patcher
-from loraprompt.plan import PlanEntry, SyncReport
+from loraprompt.plan import PlanEntry, SyncReport, entry_for, is_static
 
 __all__ = ["DEFAULT_CACHE", "ActivePrompt", "activate", "entry_for", "patcher_for"]
 
@@ -101,38 +101,6 @@ def patcher_for(pipe: Any, *, backups: str | None = None) -> Patcher:
     return patcher
 
 
-def _is_static(activation: Any) -> bool:
-    from loraprompt.syntax import Schedule
-
-    return (
-        getattr(activation, "start", None) is None
-        and getattr(activation, "stop", None) is None
-        and not isinstance(activation.te, Schedule)
-        and not isinstance(activation.unet, Schedule)
-    )
-
-
-def entry_for(activation: Any, adapter: Adapter) -> PlanEntry:
-    """A PlanEntry following a parsed LoraActivation: strengths, start/stop, keyframes, blocks."""
-    blocks = bool(getattr(activation, "blocks", None)) or bool(getattr(activation, "groups", None))
-    if _is_static(activation) and not blocks:
-        return PlanEntry(adapter, te=float(activation.te), unet=float(activation.unet), name=activation.name)
-
-    def block_at(block: str, step: int, total: int) -> float:
-        return float(activation.unet_at(step, total, block=block))
-
-    if _is_static(activation):  # static block weights: fused, never re-synced per step
-        return PlanEntry(adapter, te=float(activation.te_at(0, 1)), unet=float(activation.unet_at(0, 1)),
-                         block_at=block_at, name=activation.name)
-    return PlanEntry(
-        adapter,
-        te_at=activation.te_at,
-        unet_at=activation.unet_at,
-        block_at=block_at if blocks else None,
-        name=activation.name,
-    )
-
-
 def _library(library: Any) -> Any:
     if isinstance(library, (str, os.PathLike)):
         library = [library]
@@ -182,7 +150,7 @@ def _entries(parsed: Any, library: Any, cache: AdapterCache, on_error: str,
             continue
         if adapter is not None:
             entries.append(entry_for(activation, adapter))
-            static = static and _is_static(activation)
+            static = static and is_static(activation)
     return entries, static
 
 

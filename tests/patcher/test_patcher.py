@@ -549,3 +549,23 @@ def test_a_patcher_whose_weights_were_written_behind_its_back_claims_nothing(mod
     second.sync([(adapter, 1.0, 1.0)])
     second.restore()
     assert_bit_equal(model, written)
+
+
+def test_sync_takes_parsed_activations_with_their_schedules(model) -> None:
+    """A tool that parses a prompt and reads the files itself hands (adapter, activation) pairs to
+    sync: strengths, te/unet and stop= follow the tag, as loraprompt.activate does."""
+    import loraprompt
+
+    adapter = make_adapter(model, 1, name="style")
+    original = snapshot(model)
+    (activation,) = loraprompt.parse("a cat <lora:style:0.5:1:stop=5>").loras
+    patcher = Patcher(model)
+    patcher.sync([(adapter, activation)], step=0, total_steps=10)
+    expected = reference(model, original, [(adapter, 0.5, 1.0)])
+    assert_close(model, expected, torch.float32)
+    report = patcher.sync([(adapter, activation)], step=5, total_steps=10)  # stop=5: the LoRA ends there
+    assert report.written > 0 and activation.unet_at(5, 10) == 0.0
+    expected = reference(model, original, [(adapter, activation.te_at(5, 10), activation.unet_at(5, 10))])
+    assert_close(model, expected, torch.float32)
+    patcher.restore()
+    assert_bit_equal(model, original)
