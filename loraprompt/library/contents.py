@@ -73,7 +73,8 @@ class Contents:
         entries = self.entries
         found = [e for e in entries if hash_matches(self.hashes(e, compute=False), w)]
         if not found:
-            claimed = [e for e in entries if (e.summary.sshs_model_hash or "").lower().startswith(w[:10])]
+            # kohya writes the tensor hash's hex digits, LyCORIS the same with "0x" in front
+            claimed = [e for e in entries if (e.summary.sshs_model_hash or "").lower().removeprefix("0x").startswith(w[:10])]
             found = [e for e in claimed if hash_matches(self.hashes(e, save=False), w)]
         if not found and compute:
             found = [e for e in entries if not e.offline and not e.error and hash_matches(self.hashes(e, save=False), w)]

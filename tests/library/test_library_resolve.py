@@ -164,3 +164,21 @@ def test_find_by_hash_of_a_value_no_hash_has_reads_no_file(lora_dir: Path, tmp_p
     assert sorted((e.name, e.error is not None) for e in lib.entries) == [("broken", True), ("good", False)]
     assert lib.find_by_hash(wanted) == []
     assert all(lib.hashes(e, compute=False) == {} for e in lib.entries)  # nothing was hashed
+
+
+@pytest.mark.parametrize("prefix", ["", "0x"])
+def test_a_hash_claimed_in_the_header_is_found_without_hashing_the_library(lora_dir: Path, tmp_path: Path,
+                                                                            prefix: str) -> None:
+    """kohya and LyCORIS precompute `sshs_model_hash`; LyCORIS writes it as `0x<sha256>`, which the
+    claimed-hash step never matched, so a tag's hash= found such a file only by hashing every file
+    (and never with compute=False, A1111's known-hashes-only way)."""
+    from loraprompt.library.hashes import file_hashes
+
+    path = write_lora(lora_dir / "ly.safetensors", {}, seed=3)
+    tensor_hash = str(file_hashes(path)["a1111"])
+    write_lora(path, {"sshs_model_hash": prefix + tensor_hash}, seed=3)  # same tensors: same tensor hash
+    write_lora(lora_dir / "other.safetensors", {}, seed=4)
+    lib = Library([lora_dir], cache_dir=tmp_path / "c")
+    assert [e.name for e in lib.find_by_hash(tensor_hash[:12], compute=False)] == ["ly"]
+    other = next(e for e in lib.entries if e.name == "other")
+    assert lib.hashes(other, compute=False) == {}  # only the claimed file was read
