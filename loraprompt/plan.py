@@ -95,6 +95,8 @@ def as_entry(item: Any) -> PlanEntry:
             unet = float(item[2]) if len(item) == 3 else te
         except (TypeError, ValueError):
             raise TypeError(f"the strengths of {item[0].name!r} must be numbers, not {item[1:]!r}") from None
+        if not (math.isfinite(te) and math.isfinite(unet)):  # NaN would be written into every weight it touches
+            raise ValueError(f"the strengths of {item[0].name!r} must be finite numbers, not {item[1:]!r}")
         return PlanEntry(item[0], te, unet)
     raise TypeError(f"a plan entry is a PlanEntry or (adapter, te, unet), not {_brief(item)}")
 
