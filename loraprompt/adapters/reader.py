@@ -151,7 +151,14 @@ def _is_embedding_key(key: str, embeddings: Mapping[str, Any]) -> bool:
 
 
 def read_adapter(path: str | os.PathLike[str], mode: str = "reference") -> Adapter:
-    """Read any supported LoRA/LyCORIS file; AdapterFileError (naming file and key) on bad input."""
+    """Read any supported LoRA/LyCORIS file; AdapterFileError (naming file and key) on bad input.
+
+    `mode` "reference" computes each delta as the tool that wrote the file merges it (LyCORIS,
+    PEFT/diffusers, kohya); "a1111" as Automatic1111 v1.10.1 does where it differs (DoRA, GLoRA,
+    IA3, full-factor LoKr, BOFT: `loraprompt.adapters.types`). The Adapter tells its `format`,
+    `family` (None when nothing tells; `family_source` says whether the key names and shapes or the
+    metadata told it, `family_conflict` when they disagree), its `modules` (each with `algorithm`,
+    `rank` and `alpha` where the algorithm has them), `metadata` and bundled `embeddings`."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     spath = os.fspath(path)
