@@ -42,7 +42,9 @@ class Contents:
     def hashes(self, entry: Entry, compute: bool = True, *, save: bool = True) -> dict[str, str | None]:
         """`file_hashes` of the file as it is now, from the cache while the file is the version
         (`file_version`) they were computed for; a newly computed value is written to the on-disk
-        cache unless `save` is False."""
+        cache unless `save` is False. {} when the file is gone (or, with `compute` False, not
+        hashed yet); AdapterFileError, naming the file, when it cannot be hashed as safetensors
+        (an entry with an `error`)."""
         path = entry.path
         try:
             version = file_version(os.stat(path))
