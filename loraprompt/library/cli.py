@@ -22,8 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser, command_name: str = "scan") -
 
 
 def run(args: argparse.Namespace) -> int:
-    """Scan, print, and return 0 (1 when a folder is missing or a file is broken)."""
-    library = Library(args.dirs, cache_dir=args.cache_dir, persist=not args.no_cache)
+    """Scan, print, and return 0 (1 when a folder is missing or a file is broken, 2 when a file
+    is given for a folder)."""
+    try:
+        library = Library(args.dirs, cache_dir=args.cache_dir, persist=not args.no_cache)
+    except ValueError as exc:
+        print(f"loraprompt scan: {exc} (`loraprompt inspect FILE` reads one file)", file=sys.stderr)
+        return 2
     report = library.last_report
     rows: list[dict[str, Any]] = []
     for entry in library.entries:

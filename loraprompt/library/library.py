@@ -62,6 +62,9 @@ class Library(Contents):
         if isinstance(dirs, (str, os.PathLike)):
             dirs = [dirs]
         self.roots = [Path(os.path.abspath(d)) for d in dirs]
+        for root in self.roots:  # a missing folder is offline (an unplugged drive); a file is a mistake
+            if root.is_file():
+                raise ValueError(f"{root}: a LoRA folder is expected here, not a file")
         where = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self._cache = DiskCache(where if persist else None, [str(r) for r in self.roots])
         self._usage = UsageLog(self._cache.path.with_name("usage-" + self._cache.path.name) if self._cache.path else None)

@@ -127,6 +127,8 @@ def test_scan_command_table_and_missing_folder(lora_dir: Path, tmp_path: Path, c
     assert "SD1" in out.out and "[One]" in out.out and "1 files" in out.err
     assert main(["scan", str(tmp_path / "nowhere"), "--no-cache"]) == 1
     assert "missing folder" in capsys.readouterr().err
+    assert main(["scan", str(lora_dir / "one.safetensors"), "--no-cache"]) == 2  # a file given for a folder
+    assert "one.safetensors: a LoRA folder is expected here, not a file" in capsys.readouterr().err
 
 
 def test_most_and_last_used_sorts_survive_restart(lib: Library, lora_dir: Path, tmp_path: Path) -> None:

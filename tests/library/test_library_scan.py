@@ -408,3 +408,13 @@ def test_a_warm_scan_keeps_the_natural_order_through_the_saved_one(lora_dir: Pat
     expected.insert(2, "b/lora3.safetensors")
     assert [e.relpath for e in lib.entries] == expected
     assert [e.relpath for e in Library([lora_dir], cache_dir=tmp_path / "c").entries] == expected
+
+
+def test_a_file_given_for_a_folder_is_refused_by_name(lora_dir: Path, tmp_path: Path) -> None:
+    """`Library("style.safetensors")` (or --lora-dir pointing at a file) gave an empty library and
+    called the file an offline root; a missing folder stays offline (an unplugged drive)."""
+    lora = write_lora(lora_dir / "style.safetensors")
+    with pytest.raises(ValueError, match=r"style\.safetensors: a LoRA folder is expected here, not a file"):
+        Library([lora_dir, lora], cache_dir=tmp_path / "c")
+    missing = tmp_path / "unplugged"
+    assert Library([lora_dir, missing], cache_dir=tmp_path / "c").refresh().offline_roots == (str(missing),)
