@@ -2,6 +2,24 @@
 
 Importing this package is cheap: the prompt parser needs only the standard library and lark, and
 everything that needs torch is imported on first use.
+
+The public names, from prompt to weights:
+
+- ``parse(prompt, profile="loraprompt"|"a1111")`` -> ``ParsedPrompt``: the text Automatic1111
+  encodes, the ``LoraActivation`` of each ``<lora:...>`` tag (``.loras``) and one ``Diagnostic``
+  per problem (``.diagnostics``); ``parse_batch`` for a batch, ``format_activation`` writes a tag
+  back, ``activation_from_items`` reads A1111's extra-network items.
+- ``read_adapter(path)`` -> ``Adapter``: any LoRA/LyCORIS file (format, family, ``AdapterModule``
+  per target); ``AdapterFileError`` names the file and key on bad input.
+- ``Patcher({"unet": ..., "text_encoder": ...})``: ``sync([(adapter, te, unet) | (adapter,
+  activation) | PlanEntry, ...])`` makes the weights base + exactly those LoRAs, ``restore()`` gives
+  the original bits back; ``PatchError`` (``FamilyMismatchError``) leaves the model as it was. One
+  Patcher per model.
+- ``Library(folders)``: the LoRA folders scanned (names, aliases, hashes, sidecars), ``resolve``
+  a tag's name as A1111 does.
+- ``activate(pipe, prompt, library=...)``: all of the above around a diffusers pipeline call.
+
+The errors above derive from ``LoraPromptError``; a misused argument raises TypeError or ValueError.
 """
 
 from __future__ import annotations
