@@ -147,7 +147,11 @@ def checked_components(components: Any, family: str | None) -> None:
     if not isinstance(components, Mapping):
         raise TypeError("Patcher takes a mapping of component name -> module, e.g. {'unet': pipe.unet, "
                         f"'text_encoder': pipe.text_encoder}}, not {type(components).__name__}")
+    from loraprompt.adapters.types import COMPONENTS
+
     for name, module in components.items():
+        if name not in COMPONENTS:  # no adapter module is ever for it: its LoRA parts would never apply
+            raise ValueError(f"unknown component name {name!r}; a Patcher patches {', '.join(COMPONENTS)}")
         if module is not None and not callable(getattr(module, "named_modules", None)):
             raise TypeError(f"component {name!r} is a {type(module).__name__}, not a torch nn.Module")
     if family and family not in FAMILY_NAMES:

@@ -151,6 +151,7 @@ def test_family_mismatch_is_refused_naming_both_families(model) -> None:
     (lambda m, a: Patcher(m).sync([a]), TypeError, r"not Adapter \(Adapter 'kohya': write \(adapter, te, unet\)\)$"),
     (lambda m, a: Patcher(m).sync([(a, None, 1.0)]), TypeError, r"strengths of 'kohya' must be numbers"),
     (lambda m, a: Patcher(m).sync([(a, 1.0, float("nan"))]), ValueError, r"strengths of 'kohya' must be finite"),
+    (lambda m, a: Patcher({"unet": m["unet"], "te": m["text_encoder"]}), ValueError, r"unknown component name 'te'"),
     (lambda m, a: Patcher(m).sync([(a, float("inf"))]), ValueError, r"strengths of 'kohya' must be finite"),
 ])
 def test_misused_arguments_are_refused_by_name(model, call, error, match) -> None:
