@@ -13,8 +13,8 @@ The public names, from prompt to weights:
   per target); ``AdapterFileError`` names the file and key on bad input.
 - ``Patcher({"unet": ..., "text_encoder": ...})``: ``sync([(adapter, te, unet) | (adapter,
   activation) | PlanEntry, ...])`` makes the weights base + exactly those LoRAs, ``restore()`` gives
-  the original bits back; ``PatchError`` (``FamilyMismatchError``) leaves the model as it was. One
-  Patcher per model.
+  the original bits back, ``check(...)`` says what a sync would refuse without writing;
+  ``PatchError`` (``FamilyMismatchError``) leaves the model as it was. One Patcher per model.
 - ``Library(folders)``: the LoRA folders scanned (names, aliases, hashes, sidecars), ``resolve``
   a tag's name as A1111 does.
 - ``activate(pipe, prompt, library=...)``: all of the above around a diffusers pipeline call.

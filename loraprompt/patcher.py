@@ -40,6 +40,7 @@ DENOISERS = ("unet", "transformer")  # the components a LoRA's UNet strength (an
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
+    from loraprompt.diagnostics import Diagnostic
     from loraprompt.keymaps import KeyMap
     from loraprompt.plan import Resolution
 
@@ -261,6 +262,22 @@ class Patcher(Writes):
                 self._fast = (given, hooked)
             return report
 
+    def check(self, entries: Iterable[Any]) -> list[Diagnostic]:
+        """What a sync of `entries` would refuse or warn about, without writing or keeping
+        anything: each adapter resolved against this model (its family, the modules it matches,
+        the keys it leaves), a refusal as an error naming the file. A shape that does not fit
+        inside a matched module shows only when a sync computes the deltas."""
+        from loraprompt.diagnostics import Diagnostic
+
+        out: list[Diagnostic] = []
+        with self.lock:
+            for entry in map(as_entry, entries):
+                try:
+                    out.extend(resolve_adapter(entry.adapter, self._keymaps, self.family, entry.label).diagnostics)
+                except PatchError as exc:
+                    out.append(Diagnostic("lora-refused", str(exc), severity="error", subject=entry.adapter.path))
+        return out
+
     def _step_strengths(self, hooked: list[tuple[PlanEntry, Resolution]], step: int, total: int | None) -> SyncReport:
         """A sync between sampling steps whose only change is the strength of unfused LoRAs: the
         hooks get the step's strengths (Python floats), nothing else is looked at or written. A
@@ -372,28 +389,3 @@ class Patcher(Writes):
         module = getattr(module, "extra", {}).get("parent", module)  # a row slice of a fused file module
         key = getattr(module, "lora_key", None)
         return next((e for e in items if key is not None and e.adapter.modules.get(key) is module), None)
-
-    def _param(self, key: Key, fresh: bool = False) -> tuple[Tensor, Tensor | None]:
-        """The weight (and bias) a key names; `fresh` looks again instead of using the cache."""
-        found = None if fresh else self._params.get(key)
-        if found is None:
-            component, name, param = key
-            module = self._modules[component].get(name)
-            weight = _attribute(module, param)
-            if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
-                raise PatchError(f"{component}: module {name!r} has no floating-point {param!r} to patch")
-            bias = _attribute(module, "bias" if param == "weight" else param.replace("weight", "bias"))
-            found = (weight, bias if isinstance(bias, torch.Tensor) else None)
-            old = self._params.get(key)
-            if old is not None and old[0] is found[0] and old[1] is found[1]:
-                return old
-            self._params[key] = found
-        return found
-
-
-def _attribute(module: Any, name: str) -> Any:
-    """`getattr(module, name, None)`, a registered parameter looked up directly: nn.Module's
-    `__getattr__` costs a microsecond, and every patched weight is looked up at each sync."""
-    params = getattr(module, "_parameters", None) if module is not None else None
-    found = params.get(name) if params is not None else None
-    return found if found is not None else getattr(module, name, None)

@@ -1,6 +1,7 @@
 """How the Patcher writes weights: the parts of each changed weight computed and checked before
 anything is written, base + parts written once per weight, every written weight put back if a
-write fails, and weights changed by someone else since our last write followed. `Writes` is the
+write fails, weights changed by someone else since our last write followed, and the weight (and
+bias) each key names looked up. `Writes` is the
 write path of `loraprompt.patcher.Patcher` (a mixin: it reads the patcher's key lookups, plan and
 caches; the backups are the patcher's `BackupStore`, which it asks for copies)."""
 
@@ -40,9 +41,27 @@ class Writes:
     _params: dict[Key, tuple[Tensor, Tensor | None]]
     _scratch: dict[torch.device, dict[torch.Size, Tensor]]
 
+    _modules: dict[str, dict[str, nn.Module]]
+
     if TYPE_CHECKING:
-        def _param(self, key: Key, fresh: bool = False) -> tuple[Tensor, Tensor | None]: ...
         def _module_of(self, key: Key) -> nn.Module: ...
+
+    def _param(self, key: Key, fresh: bool = False) -> tuple[Tensor, Tensor | None]:
+        """The weight (and bias) a key names; `fresh` looks again instead of using the cache."""
+        found = None if fresh else self._params.get(key)
+        if found is None:
+            component, name, param = key
+            module = self._modules[component].get(name)
+            weight = _attribute(module, param)
+            if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
+                raise PatchError(f"{component}: module {name!r} has no floating-point {param!r} to patch")
+            bias = _attribute(module, "bias" if param == "weight" else param.replace("weight", "bias"))
+            found = (weight, bias if isinstance(bias, torch.Tensor) else None)
+            old = self._params.get(key)
+            if old is not None and old[0] is found[0] and old[1] is found[1]:
+                return old
+            self._params[key] = found
+        return found
 
     def _follow(self, report: SyncReport) -> None:
         """Weights cast, moved, written or replaced since our last write (`BackupStore.follow`)."""
@@ -185,3 +204,11 @@ def _write_note(exc: Exception, key: Key, plan: Plan, items: Sequence[Any]) -> N
     names = [f"{e.label} ({e.adapter.path})" for e in items if any(m in modules for m in e.adapter.modules.values())]
     exc.add_note(f"loraprompt: while writing {'.'.join(key)} for {', '.join(names) or 'the restore'}; "
                  "every weight is as it was before this sync")
+
+
+def _attribute(module: Any, name: str) -> Any:
+    """`getattr(module, name, None)`, a registered parameter looked up directly: nn.Module's
+    `__getattr__` costs a microsecond, and every patched weight is looked up at each sync."""
+    params = getattr(module, "_parameters", None) if module is not None else None
+    found = params.get(name) if params is not None else None
+    return found if found is not None else getattr(module, name, None)

@@ -572,3 +572,28 @@ def test_sync_takes_parsed_activations_with_their_schedules(model) -> None:
     assert_close(model, expected, torch.float32)
     patcher.restore()
     assert_bit_equal(model, original)
+
+
+def test_check_says_what_a_sync_would_refuse_without_writing(model) -> None:
+    """A UI greying out LoRAs that cannot apply to the loaded model learned it only from a real
+    sync. check() resolves each entry against the model (family, modules matched, keys left) and
+    answers the diagnostics a sync would give, writing and keeping nothing."""
+    good, partial = make_adapter(model, 1, name="good"), make_adapter(model, 2, name="partial")
+    extra = make_adapter(model, 3)
+    for module in list(extra.modules.values())[:5]:
+        module.path = "nowhere_" + module.path
+        partial.modules[module.lora_key] = module
+    xl = make_adapter(tiny_sdxl(), 4, name="xl")
+    xl.family = "sdxl"  # as the reader finds it from the keys and shapes of a real SDXL file
+    original = snapshot(model)
+    patcher = Patcher(model)
+    assert patcher.check([(good, 1.0)]) == []
+    found = patcher.check([(good, 1.0), (partial, 0.5, 1.0), (xl, 1.0)])
+    assert [(d.code, d.severity) for d in found] == [("lora-unmapped", "warning"), ("lora-refused", "error")]
+    assert "5 of" in found[0].message and "xl" in found[1].message and "SDXL" in found[1].message
+    assert_bit_equal(model, original)
+    assert patcher.applied == {} and patcher.backup_nbytes == 0
+    report = patcher.sync([(good, 1.0, 1.0), (partial, 0.5, 1.0)])  # the check left nothing behind
+    assert [d.code for d in report.diagnostics] == ["lora-unmapped"]
+    patcher.restore()
+    assert_bit_equal(model, original)
