@@ -29,7 +29,16 @@ from loraprompt.errors import PatchError
 from loraprompt.keymaps import keymap_for_module
 from loraprompt.keymaps.check import model_family
 from loraprompt.owners import Claims
-from loraprompt.plan import Key, Plan, PlanEntry, SyncReport, as_entry, build_plan, resolve_adapter
+from loraprompt.plan import (
+    Key,
+    Plan,
+    PlanEntry,
+    SyncReport,
+    as_entry,
+    build_plan,
+    checked_components,
+    resolve_adapter,
+)
 from loraprompt.quantized import Unfused, weight_path
 from loraprompt.unfused import LowRankHooks, unfusable
 from loraprompt.writes import Writes
@@ -102,8 +111,6 @@ class Patcher(Writes):
         self._setup(components)
 
     def _setup(self, components: Mapping[str, nn.Module | None]) -> None:
-        from loraprompt.plan import checked_components
-
         checked_components(components, self._family_override)
         for previous in (getattr(self, "_packed", None), getattr(self, "_claims", None)):
             if previous is not None:
@@ -267,15 +274,13 @@ class Patcher(Writes):
         anything: each adapter resolved against this model (its family, the modules it matches,
         the keys it leaves), a refusal as an error naming the file. A shape that does not fit
         inside a matched module shows only when a sync computes the deltas."""
-        from loraprompt.diagnostics import Diagnostic
-
         out: list[Diagnostic] = []
         with self.lock:
             for entry in map(as_entry, entries):
                 try:
                     out.extend(resolve_adapter(entry.adapter, self._keymaps, self.family, entry.label).diagnostics)
                 except PatchError as exc:
-                    out.append(Diagnostic("lora-refused", str(exc), severity="error", subject=entry.adapter.path))
+                    out.append(_refused(entry, exc))
         return out
 
     def _step_strengths(self, hooked: list[tuple[PlanEntry, Resolution]], step: int, total: int | None) -> SyncReport:
@@ -376,16 +381,19 @@ class Patcher(Writes):
         return resolution
 
     def _skip(self, entry: PlanEntry, exc: PatchError, report: SyncReport) -> None:
-        from loraprompt.diagnostics import Diagnostic
-
         self._failed[id(entry.adapter)] = (entry.adapter, exc)
         report.skipped.append(entry.label)
-        report.diagnostics.append(
-            Diagnostic("lora-refused", str(exc), severity="error", subject=entry.adapter.path)
-        )
+        report.diagnostics.append(_refused(entry, exc))
 
     def _owner(self, exc: PatchError, items: list[PlanEntry]) -> PlanEntry | None:
         module = getattr(exc, "module", None)
         module = getattr(module, "extra", {}).get("parent", module)  # a row slice of a fused file module
         key = getattr(module, "lora_key", None)
         return next((e for e in items if key is not None and e.adapter.modules.get(key) is module), None)
+
+
+def _refused(entry: PlanEntry, exc: PatchError) -> Diagnostic:
+    """The diagnostic of an adapter refused by a sync (skipped) or by `check`."""
+    from loraprompt.diagnostics import Diagnostic
+
+    return Diagnostic("lora-refused", str(exc), severity="error", subject=entry.adapter.path)

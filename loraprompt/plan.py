@@ -116,13 +116,14 @@ def is_static(activation: Any) -> bool:
 def entry_for(activation: Any, adapter: Any) -> PlanEntry:
     """A PlanEntry following a parsed LoraActivation: strengths, start/stop, keyframes, blocks."""
     blocks = bool(getattr(activation, "blocks", None)) or bool(getattr(activation, "groups", None))
-    if is_static(activation) and not blocks:
+    static = is_static(activation)
+    if static and not blocks:
         return PlanEntry(adapter, te=float(activation.te), unet=float(activation.unet), name=activation.name)
 
     def block_at(block: str, step: int, total: int) -> float:
         return float(activation.unet_at(step, total, block=block))
 
-    if is_static(activation):  # static block weights: fused, never re-synced per step
+    if static:  # static block weights: fused, never re-synced per step
         return PlanEntry(adapter, te=float(activation.te_at(0, 1)), unet=float(activation.unet_at(0, 1)),
                          block_at=block_at, name=activation.name)
     return PlanEntry(
@@ -136,8 +137,9 @@ def entry_for(activation: Any, adapter: Any) -> PlanEntry:
 
 def _brief(value: Any) -> str:
     """A value named for a message: an Adapter by its name (its repr prints every tensor)."""
-    name = getattr(value, "name", None) if type(value).__name__ == "Adapter" else None
-    text = f"Adapter {name!r}: write (adapter, te, unet)" if name is not None else repr(value)
+    from loraprompt.adapters.types import Adapter
+
+    text = f"Adapter {value.name!r}: write (adapter, te, unet)" if isinstance(value, Adapter) else repr(value)
     return f"{type(value).__name__} ({text[:120]})"
 
 

@@ -1,9 +1,9 @@
 """How the Patcher writes weights: the parts of each changed weight computed and checked before
 anything is written, base + parts written once per weight, every written weight put back if a
 write fails, weights changed by someone else since our last write followed, and the weight (and
-bias) each key names looked up. `Writes` is the
-write path of `loraprompt.patcher.Patcher` (a mixin: it reads the patcher's key lookups, plan and
-caches; the backups are the patcher's `BackupStore`, which it asks for copies)."""
+bias) each key names looked up. `Writes` is the write path of `loraprompt.patcher.Patcher` (a
+mixin: it reads the patcher's modules, plan and caches; the backups are the patcher's
+`BackupStore`, which it asks for copies)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,6 @@ class Writes:
     _claims: Claims
     _params: dict[Key, tuple[Tensor, Tensor | None]]
     _scratch: dict[torch.device, dict[torch.Size, Tensor]]
-
     _modules: dict[str, dict[str, nn.Module]]
 
     if TYPE_CHECKING:
