@@ -38,8 +38,7 @@ def file_version(st: os.stat_result) -> Version:
 def stat_key(path: str | Path) -> HashKey:
     """(resolved path, *`file_version`): the identity a cached hash is valid for."""
     p = Path(path)
-    size, mtime_ns, ino, ctime_ns = file_version(p.stat())
-    return (str(p.resolve()), size, mtime_ns, ino, ctime_ns)
+    return (str(p.resolve()), *file_version(p.stat()))
 
 
 class HashCache:

@@ -155,10 +155,11 @@ def read_sidecars(folder: Folder, listing: dict[str, str], stem: str, cache: Dis
             st = os.stat(path)
         except OSError:
             continue
-        stamps.append((found[0], *file_version(st)))
-        record = cache.get(path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+        version = file_version(st)
+        stamps.append((found[0], *version))
+        record = cache.get(path, *version)
         if record is None:
-            record = cache.put(path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, sidecar=sidecar_value(kind, Path(path)))
+            record = cache.put(path, *version, sidecar=sidecar_value(kind, Path(path)))
             read += 1
         if record.get("sidecar") is not None:
             values[kind] = record["sidecar"]
@@ -218,7 +219,7 @@ def model_record(
     """(cached or freshly read header record, whether the file was read); (None, True) for a
     broken file modified less than `settle_s` ago: probably still being written, skipped.
     `read`: what worker processes read already (`readers.read_headers`)."""
-    record = cache.get(path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    record = cache.get(path, *file_version(st))
     if record is not None:
         return record, False
     values: dict[str, Any] | str | None = read.get(path) if read else None
@@ -231,7 +232,7 @@ def model_record(
         if time.time() - st.st_mtime_ns / 1e9 < settle_s:
             return None, True
         values = {"kind": "safetensors", "summary": "", "family": None, "error": values}
-    return cache.put(path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, **values), True
+    return cache.put(path, *file_version(st), **values), True
 
 
 def read_ahead(folders: list[Folder], cache: DiskCache, workers: int | None) -> tuple[dict[str, os.stat_result], dict[str, Any]]:
@@ -248,7 +249,7 @@ def read_ahead(folders: list[Folder], cache: DiskCache, workers: int | None) -> 
                 st = stats[path] = os.stat(path)
             except OSError:
                 continue
-            if cache.get(path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns) is None and path.lower().endswith(".safetensors"):
+            if cache.get(path, *file_version(st)) is None and path.lower().endswith(".safetensors"):
                 missing.append(path)
     count = readers.worker_count(len(missing), workers)
     return stats, readers.read_headers(missing, count) if count else {}
