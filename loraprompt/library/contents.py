@@ -68,7 +68,10 @@ class Contents:
     def find_by_hash(self, wanted: str, compute: bool = True) -> list[Entry]:
         """Entries whose hash matches `wanted` (A1111 short, AutoV2 prefix or full sha256): hashes
         already known, then files whose header claims it (verified), then, with `compute`, every
-        other file (may read the whole library; compute=False is A1111's known-hashes-only way)."""
+        other file (may read the whole library; compute=False is A1111's known-hashes-only way).
+        A `wanted` that is not a str raises TypeError naming it."""
+        if not isinstance(wanted, str):
+            raise TypeError(f"wanted must be a str, not {type(wanted).__name__}")
         w = wanted.strip().lower()
         if not is_hash(w):  # nothing can match: read no file ('' claimed every header's hash)
             return []

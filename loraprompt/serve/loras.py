@@ -134,7 +134,9 @@ class LoraSources:
     def resolve(self, ref: str, field: str) -> str:
         """The absolute path of the LoRA file `ref` means. ServeError 403 for a path outside the
         LoRA folders, 404 for a name that is not there, 413 for a download over the cap;
-        DownloadFailed when a URL cannot be fetched."""
+        DownloadFailed when a URL cannot be fetched; TypeError for a `ref` that is not a str."""
+        if not isinstance(ref, str):
+            raise TypeError(f"ref must be a str, not {type(ref).__name__}")
         ref = ref.strip()
         if not ref:
             raise ServeError(422, field, "empty LoRA reference")

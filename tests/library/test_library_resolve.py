@@ -6,6 +6,7 @@ import hashlib
 import os
 import time
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,21 @@ def test_not_found_suggests_close_names(lib: Library) -> None:
 
 def test_empty_name(lib: Library) -> None:
     assert [d.code for d in lib.resolve("  ").diagnostics] == ["E-NAME-EMPTY"]
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda lib: lib.resolve(None), "name must be a str, not NoneType"),
+    (lambda lib: lib.resolve(b"detail_tweaker"), "name must be a str, not bytes"),
+    (lambda lib: lib.resolve("detail_tweaker", hash=0x0123456789AB), "hash must be a str or None, not int"),
+    (lambda lib: lib.find_by_hash(None), "wanted must be a str, not NoneType"),
+    (lambda lib: lib.find_by_hash(0x0123456789AB), "wanted must be a str, not int"),
+])
+def test_misused_arguments_are_refused_by_name(lib: Library, call: Callable[[Library], object], match: str) -> None:
+    """resolve(None) and find_by_hash(None) raised AttributeError ('NoneType' object has no
+    attribute 'strip'); a hash= that is not a str did too, once the name did not match it."""
+    with pytest.raises(TypeError, match=match):
+        call(lib)
+    assert lib.resolve("detail_tweaker").how == "stem"  # valid calls unchanged
 
 
 def test_resolve_by_hash_forms(lib: Library) -> None:

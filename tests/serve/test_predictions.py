@@ -21,7 +21,10 @@ import requests
 from PIL import Image
 
 from loraprompt.infotext import parse_infotext, parse_lora_hashes
+from loraprompt.library import Library
 from loraprompt.library.hashes import file_hashes
+from loraprompt.serve.errors import ServeError
+from loraprompt.serve.loras import LoraSources, PinnedLibrary
 from loraprompt.serve.predictions import aspect_size
 from tests.serve.conftest import SMALL, Served, free_port
 
@@ -154,6 +157,19 @@ def test_symlink_out_of_the_folders_is_403(served: Served) -> None:
 def test_unknown_local_lora_is_404(served: Served) -> None:
     response = predict(served, {"prompt": "x", "lora_weights": "owner/not_here", **TINY})
     assert response.status_code == 404 and "not_here" in response.json()["detail"][0]["msg"]
+
+
+def test_a_lora_reference_that_is_not_a_str_is_refused_by_name(tmp_path: Path) -> None:
+    """LoraSources.resolve(None, ...) and PinnedLibrary.resolve(None) raised AttributeError
+    ('NoneType' object has no attribute 'strip'), from the library for the latter."""
+    (tmp_path / "Lora").mkdir()
+    pinned = PinnedLibrary(Library([tmp_path / "Lora"], persist=False), tmp_path / "downloads")
+    with pytest.raises(TypeError, match="ref must be a str, not NoneType"):
+        LoraSources(pinned).resolve(None, "lora_weights")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="name must be a str, not NoneType"):
+        pinned.resolve(None)  # type: ignore[arg-type]
+    with pytest.raises(ServeError, match="LoRA 'absent' not found"):
+        LoraSources(pinned).resolve("absent", "lora_weights")  # valid calls unchanged
 
 
 class Files(BaseHTTPRequestHandler):
