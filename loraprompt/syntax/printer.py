@@ -15,6 +15,8 @@ def format_activation(activation: LoraActivation, style: Literal["a1111", "lorac
     ignores (block weights as ``lbw=``; schedules as ``sched=``/``te_sched=``/``unet_sched=`` with the
     weight at position 0 written in the weight slot). ``style="loractl"`` writes keyframes in place.
     SD.Next flags (``high``/``low``) have no A1111-safe form and are written positionally.
+    Equal ``te`` and ``unet`` (and ``hr_te``/``hr_unet``) are written once, NaN ones included: the
+    ``a1111`` profile reads ``<lora:x:nan>`` as NaN for both (the default profile refuses NaN).
 
     >>> format_activation(LoraActivation("style", 0.8, 0.8))
     '<lora:style:0.8>'
@@ -44,14 +46,14 @@ def format_activation(activation: LoraActivation, style: Literal["a1111", "lorac
     named: list[tuple[str, str]] = []
     te, unet = a.te, a.unet
     if style == "a1111" and (isinstance(te, Schedule) or isinstance(unet, Schedule)):
-        if te == unet:
+        if _same(te, unet):
             named.append(("sched", te.to_text()))  # type: ignore[union-attr]
         else:
             named.extend((key, v.to_text()) for key, v in (("te_sched", te), ("unet_sched", unet))
                          if isinstance(v, Schedule))
         te, unet = _at_zero(te), _at_zero(unet)
     items = [a.name, _strength(te)]
-    if unet != te:
+    if not _same(unet, te):
         items.append(_strength(unet))
     items.extend(a.flags)
     if a.dyn is not None:
@@ -63,7 +65,7 @@ def format_activation(activation: LoraActivation, style: Literal["a1111", "lorac
         ("x", None if a.x is None else format_number(a.x)), ("lbwe", a.lbwe),
         ("start", a.start.to_text() if a.start else None), ("stop", a.stop.to_text() if a.stop else None),
     ]
-    if a.hr_te is not None and a.hr_te == a.hr_unet:
+    if a.hr_te is not None and _same(a.hr_te, a.hr_unet):
         optional.append(("hr", _strength(a.hr_te)))
     else:
         optional.extend((key, None if v is None else _strength(v)) for key, v in (("hrte", a.hr_te), ("hrunet", a.hr_unet)))
@@ -72,6 +74,12 @@ def format_activation(activation: LoraActivation, style: Literal["a1111", "lorac
     items.extend(f"{k}={v}" for k, v in optional if v is not None)
     items.extend(f"{k}={v}" for k, v in a.extras.items())
     return f"<{a.kind}:{':'.join(items)}>"
+
+
+def _same(a: Strength | None, b: Strength | None) -> bool:
+    """Equal strengths, NaN counted equal to NaN (nan != nan, but both write 'nan'; the activation's
+    hash goes by repr too), so equal NaN strengths are written once, like equal numbers."""
+    return a == b or repr(a) == repr(b)
 
 
 def _at_zero(value: Strength) -> float:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
-from loraprompt.syntax import parse, parse_batch
+from loraprompt.syntax import LoraActivation, Schedule, format_activation, parse, parse_batch
 
 # §2.2 tag recognition: prompt -> (stripped text, [(type, items)])
 RECOGNITION = [
@@ -136,6 +137,36 @@ def test_a1111_nan_passes_through() -> None:
     (lora,) = parse("<lora:x:nan>", profile="a1111").loras
     assert math.isnan(lora.te) and math.isnan(lora.unet)  # type: ignore[arg-type]
 
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("style", ["a1111", "loractl"])
+def test_a1111_nan_is_written_in_the_short_form_and_reads_back(style: str) -> None:
+    """format_activation compared te == unet, and nan != nan: a NaN strength came out as
+    <lora:x:nan:nan>. Equal strengths are written once, NaN included, and read back the same."""
+    (lora,) = parse("<lora:x:nan>", profile="a1111").loras
+    tag = format_activation(lora, style=style)  # type: ignore[arg-type]
+    assert tag == "<lora:x:nan>"
+    (back,) = parse(tag, profile="a1111").loras
+    assert math.isnan(back.te) and math.isnan(back.unet)  # type: ignore[arg-type]
+    assert replace(back, te=0.0, unet=0.0) == replace(lora, te=0.0, unet=0.0)
+
+
+@pytest.mark.parametrize(("activation", "style", "tag"), [
+    (LoraActivation("x", 1.0, 1.0, hr_te=NAN, hr_unet=float("nan")), "a1111", "<lora:x:1:hr=nan>"),
+    (LoraActivation("x", Schedule(((0.0, NAN), (1.0, 1.0))), Schedule(((0.0, float("nan")), (1.0, 1.0)))), "a1111",
+     "<lora:x:nan:sched=nan@0,1@1>"),
+    (LoraActivation("x", Schedule(((0.0, NAN), (1.0, 1.0))), Schedule(((0.0, float("nan")), (1.0, 1.0)))), "loractl",
+     "<lora:x:nan@0,1@1>"),
+    (LoraActivation("x", 1.0, NAN), "a1111", "<lora:x:1:nan>"),
+    (LoraActivation("x", 0.0, -0.0), "a1111", "<lora:x:0>"),
+])
+def test_equal_nan_strengths_are_written_once_like_equal_numbers(activation: LoraActivation, style: str, tag: str) -> None:
+    """hr_te/hr_unet and te/unet schedules holding NaN were written twice (hrte=nan:hrunet=nan,
+    te_sched=...:unet_sched=...); unequal and signed-zero strengths are written as before."""
+    assert format_activation(activation, style=style) == tag  # type: ignore[arg-type]
 
 # §2.5 order of application: lora tags, then lyco tags (by first-seen type), not text order
 ORDER = [
