@@ -10,7 +10,8 @@ The public names, from prompt to weights:
   per problem (``.diagnostics``); ``parse_batch`` for a batch, ``format_activation`` writes a tag
   back, ``activation_from_items`` reads A1111's extra-network items.
 - ``read_adapter(path)`` -> ``Adapter``: any LoRA/LyCORIS file (format, family, ``AdapterModule``
-  per target); ``AdapterFileError`` names the file and key on bad input.
+  per target), given by path or by ``Library`` entry; ``AdapterFileError`` names the file and key
+  on bad input.
 - ``Patcher({"unet": ..., "text_encoder": ...})``: ``sync([(adapter, te, unet) | (adapter,
   activation) | PlanEntry, ...])`` makes the weights base + exactly those LoRAs, ``restore()`` gives
   the original bits back, ``check(...)`` says what a sync would refuse without writing;

@@ -1,4 +1,4 @@
-"""`read_adapter(path)`: any supported file -> one format-neutral `Adapter`."""
+"""`read_adapter(path)`: any supported file (or a library entry's) -> one format-neutral `Adapter`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from loraprompt.adapters.keys import KeyParts, dotted_module, split_key
 from loraprompt.adapters.loading import load_tensors
 from loraprompt.adapters.types import MODES, Adapter, AdapterModule
 from loraprompt.errors import AdapterFileError
+from loraprompt.library.entry import Entry
 
 COMMON_PARTS = frozenset({"alpha", "scale", "dora_scale", "magnitude"})  # magnitude: PEFT's DoRA vector
 PEFT_METADATA_KEY = "lora_adapter_metadata"
@@ -150,8 +151,10 @@ def _is_embedding_key(key: str, embeddings: Mapping[str, Any]) -> bool:
     return key.startswith("bundle_emb.") and name in embeddings and (part.partition(".")[0] in embeddings[name])
 
 
-def read_adapter(path: str | os.PathLike[str], mode: str = "reference") -> Adapter:
+def read_adapter(path: str | os.PathLike[str] | Entry, mode: str = "reference") -> Adapter:
     """Read any supported LoRA/LyCORIS file; AdapterFileError (naming file and key) on bad input.
+    `path` is a path or a `loraprompt.library` `Entry` (from `Library.entries` or `resolve`), whose
+    file (`entry.path`) is read; anything else raises TypeError.
 
     `mode` "reference" computes each delta as the tool that wrote the file merges it (LyCORIS,
     PEFT/diffusers, kohya); "a1111" as Automatic1111 v1.10.1 does where it differs (DoRA, GLoRA,
@@ -161,6 +164,10 @@ def read_adapter(path: str | os.PathLike[str], mode: str = "reference") -> Adapt
     `rank` and `alpha` where the algorithm has them), `metadata` and bundled `embeddings`."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    if isinstance(path, Entry):
+        path = path.path
+    elif not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"read_adapter takes a path or a library Entry, not {type(path).__name__}")
     spath = os.fspath(path)
     tensors, metadata = load_tensors(spath)
     if not tensors:

@@ -56,6 +56,26 @@ def test_metadata_that_disagrees_with_the_shapes_is_a_note(tmp_path: Path) -> No
     assert _library_family(path, tmp_path) == ("sdxl", "keys", (note,))
 
 
+
+def test_read_adapter_takes_a_library_entry(tmp_path: Path) -> None:
+    """read_adapter(entry) raised TypeError ('expected str, bytes or os.PathLike object, not
+    Entry'): an entry from Library.entries or resolve() had to be read as read_adapter(entry.path).
+    It reads the entry's file, the same adapter as by path; anything else is refused by name."""
+    path = write_kohya_lora("sd1", tmp_path / "Lora" / "style.safetensors").path
+    lib = Library([tmp_path / "Lora"], cache_dir=tmp_path / "cache")
+    entry = lib.resolve("style").entry
+    assert entry is not None and lib.entries == [entry] and entry.path == str(path)
+    by_entry, by_path = read_adapter(entry), read_adapter(path)
+    assert (by_entry.path, by_entry.name, by_entry.family) == (str(path), "style", "sd1")
+    assert (by_entry.format, by_entry.size, by_entry.mtime_ns) == (by_path.format, by_path.size, by_path.mtime_ns)
+    assert by_entry.modules.keys() == by_path.modules.keys()
+    for key, module in by_entry.modules.items():
+        assert module.tensors.keys() == by_path.modules[key].tensors.keys()
+        assert all(torch.equal(t, by_path.modules[key].tensors[part]) for part, t in module.tensors.items())
+    assert read_adapter(entry, mode="a1111").modules.keys() == by_path.modules.keys()
+    with pytest.raises(TypeError, match="a path or a library Entry, not NoneType"):
+        read_adapter(None)  # type: ignore[arg-type]
+
 @pytest.mark.parametrize(
     ("write", "family", "source"),
     [
