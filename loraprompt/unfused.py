@@ -7,8 +7,9 @@ step's strength; the weight keeps only the constant LoRAs (fused). Changing the 
 steps sets Python floats: no kernel, no copy, no host-device synchronisation.
 
 Per hooked module and forward: one matmul (or conv) through the stacked down factors of every
-unfused LoRA on it, then one addmm (or 1x1 conv + add) per LoRA whose strength is not zero; a LoRA
-at zero (before its start, after its stop) costs nothing. The factors are cast once to the input's
+unfused LoRA on it, then one in-place addmm (on a Conv2d, a batched matmul over the channels) per
+LoRA whose strength is not zero: two kernels for one LoRA, no temporary of the output's size. A
+LoRA at zero (before its start, after its stop) costs nothing. The factors are cast once to the input's
 dtype and device and kept (a model moved to another device gets them again there, the old copy
 is dropped).
 
@@ -21,7 +22,7 @@ the output's scale). tests/patcher/test_unfused.py checks these bounds.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -89,7 +90,6 @@ class _Hook:
     def __init__(self, module: nn.Module, adapter_modules: tuple[AdapterModule, ...],
                  factors: list[tuple[Tensor, Tensor]], rows: list[tuple[int, int] | None] | None = None) -> None:
         self.adapter_modules = adapter_modules
-        self.strengths = [0.0] * len(adapter_modules)
         self._rows = rows or [None] * len(adapter_modules)  # the output columns each LoRA adds to (None: all)
         self._factors32 = factors  # float32 (scale·up, down) per LoRA, flattened
         self._conv = isinstance(module, nn.Conv2d)
@@ -98,51 +98,81 @@ class _Hook:
         for up, _ in factors:
             self._columns.append((col, col + up.shape[1]))
             col += up.shape[1]
-        self._cast: tuple[Any, Tensor, list[Tensor]] | None = None
+        # one LoRA over a whole Linear: the common case, run without the general loop
+        self._simple = not self._conv and len(factors) == 1 and self._rows[0] is None
+        self._width = (factors[0][0].shape[0], col)  # (output features, total rank) of a simple one
+        self._cast: tuple[torch.dtype, torch.device, Tensor, list[Tensor]] | None = None
+        self._terms: tuple[tuple[float, int], ...] = ()  # (strength, LoRA index) of those not at zero
+        self._strengths: tuple[float, ...] = (0.0,) * len(adapter_modules)
         self._module = module
         self._own = module.__dict__.get("forward")  # an instance forward already there (accelerate's, say)
         self._inner = module.forward
         self._active = True
         module.forward = self.forward
 
-    def _prepared(self, module: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """(stacked down factors, up factors) in x's dtype on x's device, cast once."""
-        where = (x.device, x.dtype)
-        if self._cast is None or self._cast[0] != where:
-            self._cast = None  # a moved model: drop the old device's copy first
-            down = torch.cat([d for _, d in self._factors32]).to(x.device, x.dtype)
-            ups = [u.to(x.device, x.dtype) for u, _ in self._factors32]
-            if isinstance(module, nn.Conv2d):
-                down = down.view(down.shape[0], module.in_channels, *module.kernel_size)
-                ups = [u.view(u.shape[0], u.shape[1], 1, 1) for u in ups]
-            else:
-                ups = [u.t().contiguous() for u in ups]  # (rank, out): h @ upᵀ as one addmm
-            self._cast = (where, down, ups)
-        return self._cast[1], self._cast[2]
+    @property
+    def strengths(self) -> tuple[float, ...]:
+        """Each LoRA's strength, read by the next forward (set between steps: Python floats). Set
+        the whole sequence: the forward keeps only the LoRAs not at zero, worked out here."""
+        return self._strengths
+
+    @strengths.setter
+    def strengths(self, values: Sequence[float]) -> None:
+        self._strengths = tuple(values)
+        self._terms = tuple((s, i) for i, s in enumerate(values) if s != 0.0) if self._active else ()
+
+    def _prepared(self, x: Tensor) -> tuple[torch.dtype, torch.device, Tensor, list[Tensor]]:
+        """(dtype, device, stacked down factors, up factors): the factors in x's dtype on x's
+        device, cast once."""
+        self._cast = None  # a moved model: drop the old device's copy first
+        module = self._module
+        down = torch.cat([d for _, d in self._factors32]).to(x.device, x.dtype)
+        ups = [u.to(x.device, x.dtype) for u, _ in self._factors32]
+        if isinstance(module, nn.Conv2d):  # up stays (out, rank): a batched matmul over the channels
+            down = down.view(down.shape[0], module.in_channels, *module.kernel_size)
+        else:
+            ups = [u.t().contiguous() for u in ups]  # (rank, out): h @ upᵀ as one addmm
+        self._cast = (x.dtype, x.device, down, ups)
+        return self._cast
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         output = self._inner(x, *args, **kwargs)
-        strengths = self.strengths
-        if not self._active or not any(strengths):
+        terms = self._terms
+        if not terms:
             return output
+        cast = self._cast
+        if cast is None or cast[0] is not x.dtype or cast[1] != x.device:
+            cast = self._prepared(x)
+        if self._simple and not torch.is_grad_enabled() and output.is_contiguous():
+            width = self._width  # x·downᵀ·upᵀ added into the output in place: 2 kernels
+            output.view(-1, width[0]).addmm_(F.linear(x, cast[2]).reshape(-1, width[1]), cast[3][0], alpha=terms[0][0])
+            return output
+        return self._general(x, output, cast[2], cast[3], terms)
+
+    def _general(self, x: Tensor, output: Tensor, down: Tensor, ups: list[Tensor],
+                 terms: tuple[tuple[float, int], ...]) -> Tensor:
+        """Any number of LoRAs, on a Conv2d, on row slices, or with autograd on."""
         module = self._module
-        down, ups = self._prepared(module, x)
         inplace = not torch.is_grad_enabled() and output.is_contiguous()
         flat = None
         if self._conv:
             assert isinstance(module, nn.Conv2d)
             h = F.conv2d(x, down, None, module.stride, module.padding, module.dilation)
+            if h.dim() == 3:  # an unbatched (channels, height, width) input
+                h = h.unsqueeze(0)
         else:
             h = F.linear(x, down)
             h2d = h.view(-1, h.shape[-1]) if h.is_contiguous() else h.reshape(-1, h.shape[-1])
             flat = output.view(-1, output.shape[-1]) if inplace else None
         single = len(ups) == 1
-        for s, (c0, c1), up, rows in zip(strengths, self._columns, ups, self._rows):
-            if s == 0.0:
-                continue
-            if self._conv:
-                add = F.conv2d(h if single else h[:, c0:c1], up)
-                output = output.add_(add, alpha=s) if inplace else output + s * add
+        for s, i in terms:
+            (c0, c1), up, rows = self._columns[i], ups[i], self._rows[i]
+            if self._conv:  # up·h per image, over (channels, pixels); in place: one kernel, no temporary
+                part = (h if single else h[:, c0:c1]).flatten(2)
+                if inplace:
+                    output.view(part.shape[0], up.shape[0], -1).baddbmm_(up.expand(part.shape[0], -1, -1), part, alpha=s)
+                else:
+                    output = output + s * torch.matmul(up, part).view(output.shape)
             elif flat is not None:
                 (flat if rows is None else flat[:, rows[0] : rows[1]]).addmm_(h2d if single else h2d[:, c0:c1], up, alpha=s)
             elif rows is None:
@@ -154,6 +184,7 @@ class _Hook:
     def remove(self) -> None:
         """Put the replaced forward back; if something wrapped ours since, stay in place, inert."""
         self._active = False
+        self._terms = ()
         module = self._module
         if module.__dict__.get("forward") == self.forward:
             if self._own is None:

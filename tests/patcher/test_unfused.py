@@ -212,3 +212,48 @@ def test_the_low_rank_path_leaves_the_module_as_it_found_it() -> None:
     wrapped.forward = on_top
     hook.remove()
     assert torch.equal(wrapped(x), nn.functional.linear(x, wrapped.weight, wrapped.bias))  # ours inert
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "autograd"])
+@pytest.mark.parametrize("case", ["linear", "linear-2d", "linear-two", "linear-rows", "conv1x1", "conv3x3-two",
+                                  "conv-unbatched", "conv-channels-last"])
+def test_every_path_of_the_low_rank_forward_adds_the_merged_delta(case: str, grad: bool) -> None:
+    """Each way the forward adds the low-rank path (one LoRA over a whole Linear in place, the
+    general loop, row slices, a Conv2d through a batched matmul over its channels, an unbatched or
+    channels-last input, autograd on) gives the module with its weight merged: W + Σ s·up·down."""
+    from torch import nn
+
+    from loraprompt.unfused import _Hook
+
+    torch.manual_seed(0)
+    conv = case.startswith("conv")
+    module: nn.Module = nn.Conv2d(6, 8, 3 if "3x3" in case else 1, padding=1 if "3x3" in case else 0) if conv else nn.Linear(6, 8)
+    kernel = module.weight.shape[1:]  # (in,) or (in, kh, kw)
+    count = 2 if case.endswith("two") or case == "linear-rows" else 1
+    rows = [(0, 5), (3, 8)] if case == "linear-rows" else None
+    factors, merged = [], module.weight.detach().clone()
+    strengths = [0.7, -0.4][:count]
+    for i, s in enumerate(strengths):
+        out = 8 if rows is None else rows[i][1] - rows[i][0]
+        up, down = torch.randn(out, 3), torch.randn(3, int(torch.tensor(kernel).prod()))
+        factors.append((up, down))
+        delta = (s * up @ down).view(out, *kernel)
+        if rows is None:
+            merged += delta
+        else:
+            merged[rows[i][0] : rows[i][1]] += delta
+    reference = nn.Conv2d(6, 8, module.kernel_size, padding=module.padding) if conv else nn.Linear(6, 8)  # type: ignore[arg-type]
+    reference.load_state_dict({"weight": merged, "bias": module.bias.detach()})
+    x = {"linear-2d": torch.randn(5, 6), "conv-unbatched": torch.randn(6, 5, 5)}.get(
+        case, torch.randn(2, 6, 5, 5) if conv else torch.randn(2, 4, 6))
+    if case == "conv-channels-last":
+        module, reference = module.to(memory_format=torch.channels_last), reference.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    hook = _Hook(module, ("a", "b")[:count], factors, rows)  # type: ignore[arg-type]
+    hook.strengths = strengths
+    with torch.set_grad_enabled(grad):
+        got, expected = module(x), reference(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    hook.strengths = [0.0] * count  # a LoRA at zero adds nothing, not even rounding
+    with torch.set_grad_enabled(grad):
+        assert torch.equal(module(x), hook._inner(x))
