@@ -88,7 +88,7 @@ def as_entry(item: Any) -> PlanEntry:
         return entry_for(item[1], item[0])
     if isinstance(item, tuple) and len(item) in (2, 3):
         if not isinstance(item[0], Adapter):
-            raise TypeError(f"a plan entry's first item is an Adapter (loraprompt.read_adapter(path)), "
+            raise TypeError(f"a plan entry's first item is an Adapter (loraprompt.read_adapter(path or library entry)), "
                             f"not {_brief(item[0])}")
         try:
             te = float(item[1])

@@ -243,11 +243,13 @@ class Library(Contents):
         """The entry a tag's name (and optional `hash=`) means; see spec/syntax.md section 4.7.
         Rescans when nothing matched and a folder changed (A1111 rescans on a miss); the entry
         returned is fresh. A `name` that is not a str, or a `hash` that is neither a str nor None,
-        raises TypeError naming it."""
+        raises TypeError naming it; an unknown `profile`, ValueError."""
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, not {type(name).__name__}")
         if hash is not None and not isinstance(hash, str):
             raise TypeError(f"hash must be a str or None, not {type(hash).__name__}")
+        if profile not in ("loraprompt", "a1111"):  # parse's profiles: another would silently mean loraprompt's
+            raise ValueError(f"unknown profile {profile!r}; use 'loraprompt' or 'a1111'")
         if not name.strip() and not hash:
             return Resolution(None, (Diagnostic("E-NAME-EMPTY", "LoRA name is empty", severity="error", subject=name),))
         self._auto_check()

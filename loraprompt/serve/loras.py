@@ -87,7 +87,7 @@ class PinnedLibrary:
         return None
 
     def resolve(self, name: str, *, hash: str | None = None, profile: str = "loraprompt") -> Resolution:
-        path = self._pins.get(name)
+        path = self._pins.get(name) if isinstance(name, str) else None  # else the library says what is wrong
         if path is None:
             return self.base.resolve(name, hash=hash, profile=profile)  # type: ignore[no-any-return]
         entry = self.entry(path)

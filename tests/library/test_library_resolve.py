@@ -118,11 +118,13 @@ def test_empty_name(lib: Library) -> None:
     (lambda lib: lib.resolve("detail_tweaker", hash=0x0123456789AB), "hash must be a str or None, not int"),
     (lambda lib: lib.find_by_hash(None), "wanted must be a str, not NoneType"),
     (lambda lib: lib.find_by_hash(0x0123456789AB), "wanted must be a str, not int"),
+    (lambda lib: lib.resolve("detail_tweaker", profile="A1111"), "unknown profile 'A1111'; use 'loraprompt' or 'a1111'"),
 ])
 def test_misused_arguments_are_refused_by_name(lib: Library, call: Callable[[Library], object], match: str) -> None:
     """resolve(None) and find_by_hash(None) raised AttributeError ('NoneType' object has no
-    attribute 'strip'); a hash= that is not a str did too, once the name did not match it."""
-    with pytest.raises(TypeError, match=match):
+    attribute 'strip'); a hash= that is not a str did too, once the name did not match it. An
+    unknown profile silently meant loraprompt's, as parse() refuses it."""
+    with pytest.raises((TypeError, ValueError), match=match):
         call(lib)
     assert lib.resolve("detail_tweaker").how == "stem"  # valid calls unchanged
 

@@ -168,6 +168,8 @@ def test_a_lora_reference_that_is_not_a_str_is_refused_by_name(tmp_path: Path) -
         LoraSources(pinned).resolve(None, "lora_weights")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="name must be a str, not NoneType"):
         pinned.resolve(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="name must be a str, not list"):  # was "unhashable type" from the pins
+        pinned.resolve(["x"])  # type: ignore[arg-type]
     with pytest.raises(ServeError, match="LoRA 'absent' not found"):
         LoraSources(pinned).resolve("absent", "lora_weights")  # valid calls unchanged
 
