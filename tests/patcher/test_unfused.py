@@ -214,13 +214,18 @@ def test_the_low_rank_path_leaves_the_module_as_it_found_it() -> None:
     assert torch.equal(wrapped(x), nn.functional.linear(x, wrapped.weight, wrapped.bias))  # ours inert
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("where", ["cpu", pytest.param("cuda-fp16", marks=CUDA)])
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "autograd"])
 @pytest.mark.parametrize("case", ["linear", "linear-2d", "linear-two", "linear-rows", "conv1x1", "conv3x3-two",
                                   "conv-unbatched", "conv-channels-last"])
-def test_every_path_of_the_low_rank_forward_adds_the_merged_delta(case: str, grad: bool) -> None:
+def test_every_path_of_the_low_rank_forward_adds_the_merged_delta(case: str, grad: bool, where: str) -> None:
     """Each way the forward adds the low-rank path (one LoRA over a whole Linear in place, the
     general loop, row slices, a Conv2d through a batched matmul over its channels, an unbatched or
-    channels-last input, autograd on) gives the module with its weight merged: W + Σ s·up·down."""
+    channels-last input, autograd on) gives the module with its weight merged: W + Σ s·up·down
+    (in float32 on the CPU; on a GPU in fp16, cuBLAS's batched matmul with a broadcast up factor)."""
     from torch import nn
 
     from loraprompt.unfused import _Hook
@@ -249,11 +254,14 @@ def test_every_path_of_the_low_rank_forward_adds_the_merged_delta(case: str, gra
     if case == "conv-channels-last":
         module, reference = module.to(memory_format=torch.channels_last), reference.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
+    tol = 1e-5
+    if where == "cuda-fp16":
+        module, reference, x, tol = module.to("cuda", torch.float16), reference.to("cuda", torch.float16), x.to("cuda", torch.float16), 2e-2
     hook = _Hook(module, ("a", "b")[:count], factors, rows)  # type: ignore[arg-type]
     hook.strengths = strengths
     with torch.set_grad_enabled(grad):
         got, expected = module(x), reference(x)
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
     hook.strengths = [0.0] * count  # a LoRA at zero adds nothing, not even rounding
     with torch.set_grad_enabled(grad):
         assert torch.equal(module(x), hook._inner(x))
