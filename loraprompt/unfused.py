@@ -43,9 +43,10 @@ def factor_target(module: nn.Module, rows: tuple[int, int] | None = None) -> tup
     `quantized.packed_kind`) holds bytes, not the layer's shape: a meta tensor of its logical
     shape stands in, and nothing is allocated for it."""
     from loraprompt.keymaps import logical_shape
+    from loraprompt.offload import real_parameter
     from loraprompt.quantized import packed_kind
 
-    weight = module.get_parameter("weight")
+    weight = real_parameter(module, "weight")  # an offloaded module's kept tensor, not its meta placeholder
     if packed_kind(module) is None:
         return (weight, None) if rows is None else (weight[rows[0] : rows[1]], None)
     out_features, *rest = logical_shape(weight)

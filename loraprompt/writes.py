@@ -14,6 +14,7 @@ import torch
 from loraprompt.backups import OutOfMemoryError
 from loraprompt.combine import Part, combine_into, weight_parts
 from loraprompt.errors import PatchError
+from loraprompt.offload import stored
 from loraprompt.quantized import fp8_scale
 
 if TYPE_CHECKING:
@@ -54,7 +55,11 @@ class Writes:
             weight = _attribute(module, param)
             if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
                 raise PatchError(f"{component}: module {name!r} has no floating-point {param!r} to patch")
-            bias = _attribute(module, "bias" if param == "weight" else param.replace("weight", "bias"))
+            bias_name = "bias" if param == "weight" else param.replace("weight", "bias")
+            bias = _attribute(module, bias_name)
+            if weight.is_meta:  # accelerate's offload placeholder: the tensor its hook keeps is the one to write
+                weight = stored(module, param, weight, f"{component}.{name}.{param}")
+                bias = stored(module, bias_name, bias, f"{component}.{name}.{bias_name}") if isinstance(bias, torch.Tensor) else None
             found = (weight, bias if isinstance(bias, torch.Tensor) else None)
             old = self._params.get(key)
             if old is not None and old[0] is found[0] and old[1] is found[1]:

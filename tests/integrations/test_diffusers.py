@@ -269,3 +269,24 @@ def test_pipelines_built_from_one_set_of_components_share_a_patcher(setup, tmp_p
         pass
     patcher_for(pipe).restore()
     assert_bit_equal(components(pipe), original)
+
+
+def test_activate_on_a_pipeline_with_sequential_cpu_offload(setup, tmp_path) -> None:
+    """`enable_sequential_cpu_offload()` (diffusers' lowest-VRAM mode) runs accelerate's
+    `cpu_offload` on each model: every module holds a meta placeholder between forwards. The LoRA
+    applied nowhere and nothing said so. diffusers refuses that mode without a GPU, so its own call
+    is made here with the CPU as the execution device; the image must be the one the same prompt
+    gives without offload, and the image after the block the plain one."""
+    from accelerate import cpu_offload
+
+    pipe, library, before = setup
+    with loraprompt.activate(pipe, "a cat <lora:style:0.8> <lora:other:0.5:1>", library=library) as prompt:
+        expected = generate(pipe, prompt)
+    offloaded = tiny_pipeline(tmp_path)
+    for name in ("unet", "text_encoder", "vae"):
+        cpu_offload(getattr(offloaded, name), execution_device=torch.device("cpu"))
+    assert offloaded.unet.conv_in.weight.is_meta
+    with loraprompt.activate(offloaded, "a cat <lora:style:0.8> <lora:other:0.5:1>", library=library) as prompt:
+        assert not prompt.diagnostics and prompt.report.patched > 0
+        assert np.array_equal(generate(offloaded, prompt), expected)
+    assert np.array_equal(generate(offloaded, "a cat"), before)
