@@ -102,7 +102,7 @@ class _Hook:
         # one LoRA over a whole Linear: the common case, run without the general loop
         self._simple = not self._conv and len(factors) == 1 and self._rows[0] is None
         self._width = (factors[0][0].shape[0], col)  # (output features, total rank) of a simple one
-        self._cast: tuple[torch.dtype, torch.device, Tensor, list[Tensor]] | None = None
+        self._cast: tuple[torch.dtype, torch.dtype, torch.device, Tensor, list[Tensor]] | None = None
         self._terms: tuple[tuple[float, int], ...] = ()  # (strength, LoRA index) of those not at zero
         self._strengths: tuple[float, ...] = (0.0,) * len(adapter_modules)
         self._module = module
@@ -122,18 +122,19 @@ class _Hook:
         self._strengths = tuple(values)
         self._terms = tuple((s, i) for i, s in enumerate(values) if s != 0.0) if self._active else ()
 
-    def _prepared(self, x: Tensor) -> tuple[torch.dtype, torch.device, Tensor, list[Tensor]]:
-        """(dtype, device, stacked down factors, up factors): the factors in x's dtype on x's
-        device, cast once."""
+    def _prepared(self, x: Tensor, out: torch.dtype) -> tuple[torch.dtype, torch.dtype, torch.device, Tensor, list[Tensor]]:
+        """(x's dtype, the output's dtype, the device, stacked down factors in x's dtype, up factors
+        in the output's), cast once. The two dtypes differ under autocast (A1111 on CUDA: a
+        LayerNorm/GroupNorm hands an fp16 layer float32 input, the layer answers fp16)."""
         self._cast = None  # a moved model: drop the old device's copy first
         module = self._module
         down = torch.cat([d for _, d in self._factors32]).to(x.device, x.dtype)
-        ups = [u.to(x.device, x.dtype) for u, _ in self._factors32]
+        ups = [u.to(x.device, out) for u, _ in self._factors32]
         if isinstance(module, nn.Conv2d):  # up stays (out, rank): a batched matmul over the channels
             down = down.view(down.shape[0], module.in_channels, *module.kernel_size)
         else:
             ups = [u.t().contiguous() for u in ups]  # (rank, out): h @ upᵀ as one addmm
-        self._cast = (x.dtype, x.device, down, ups)
+        self._cast = (x.dtype, out, x.device, down, ups)
         return self._cast
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
@@ -141,14 +142,15 @@ class _Hook:
         terms = self._terms
         if not terms:
             return output
-        cast = self._cast
-        if cast is None or cast[0] is not x.dtype or cast[1] != x.device:
-            cast = self._prepared(x)
+        cast, out = self._cast, output.dtype
+        if cast is None or cast[0] is not x.dtype or cast[1] is not out or cast[2] != x.device:
+            cast = self._prepared(x, out)
         if self._simple and not torch.is_grad_enabled() and output.is_contiguous():
             width = self._width  # x·downᵀ·upᵀ added into the output in place: 2 kernels
-            output.view(-1, width[0]).addmm_(F.linear(x, cast[2]).reshape(-1, width[1]), cast[3][0], alpha=terms[0][0])
+            h = F.linear(x, cast[3])
+            output.view(-1, width[0]).addmm_((h if h.dtype is out else h.to(out)).reshape(-1, width[1]), cast[4][0], alpha=terms[0][0])
             return output
-        return self._general(x, output, cast[2], cast[3], terms)
+        return self._general(x, output, cast[3], cast[4], terms)
 
     def _general(self, x: Tensor, output: Tensor, down: Tensor, ups: list[Tensor],
                  terms: tuple[tuple[float, int], ...]) -> Tensor:
@@ -163,6 +165,9 @@ class _Hook:
                 h = h.unsqueeze(0)
         else:
             h = F.linear(x, down)
+        if h.dtype is not output.dtype:  # autocast ran it in its own dtype; the up factors are in the output's
+            h = h.to(output.dtype)
+        if not self._conv:
             h2d = h.view(-1, h.shape[-1]) if h.is_contiguous() else h.reshape(-1, h.shape[-1])
             flat = output.view(-1, output.shape[-1]) if inplace else None
         single = len(ups) == 1

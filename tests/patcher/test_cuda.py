@@ -139,6 +139,24 @@ def test_unfused_schedule_on_the_gpu_matches_fused() -> None:
     patcher.restore()
 
 
+def test_unfused_schedule_under_autocast_as_a1111_runs_it() -> None:
+    """An fp16 model under CUDA autocast (A1111's default on NVIDIA): float32 norm outputs reach
+    fp16 layers, whose low-rank path must add in the output's dtype."""
+    model = on_gpu(torch.float16)
+    adapter = make_adapter(model, 2, every=1)
+    fused = Patcher(model)
+    fused.sync([(adapter, 1.0, 0.6)])
+    with torch.autocast("cuda"):
+        expected = unet_out_cuda(model["unet"])
+    fused.restore()
+    patcher = Patcher(model, schedules="unfused")
+    assert patcher.sync([constant(adapter, 0.6)], step=0, total_steps=4).unfused > 0
+    with torch.autocast("cuda"):
+        got = unet_out_cuda(model["unet"])
+    assert float((got.float() - expected.float()).abs().max() / expected.float().abs().max()) <= 1e-2
+    patcher.restore()
+
+
 def unet_out_cuda(unet) -> torch.Tensor:
     from tests.fixtures.models import SD1_TEXT_WIDTH
 

@@ -63,6 +63,27 @@ def test_unfused_matches_fused_at_a_constant_strength_within_the_stated_toleranc
     assert_bit_equal(model, base)
 
 
+def test_unfused_under_autocast_matches_fused(model) -> None:
+    """A1111 runs the UNet under autocast on CUDA: a LayerNorm or GroupNorm hands an fp16 layer
+    float32 input and the layer answers fp16, so the low-rank path met fp16 and float32 tensors in
+    one in-place addmm and raised ('self and mat2 must have the same dtype'): every step-scheduled
+    LoRA failed the generation. Here CPU autocast in bfloat16 over a float32 model."""
+    adapter = make_adapter(model, 2, every=1)
+    fused = Patcher(model)
+    fused.sync([(adapter, 1.0, 0.6)])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = unet_out(model)
+    fused.restore()
+    patcher = Patcher(model, schedules="unfused")
+    assert patcher.sync([constant(adapter, 0.6)], step=1, total_steps=4).unfused > 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = unet_out(model)
+    assert got.dtype == expected.dtype
+    error = float((got.double() - expected.double()).abs().max() / expected.double().abs().max())
+    assert error <= TOLERANCE[torch.bfloat16], error
+    patcher.restore()
+
+
 def test_a_schedule_changes_no_weight_between_steps_and_follows_each_steps_strength(model) -> None:
     base_out = unet_out(model)
     adapter = make_adapter(model, 2, every=1)
