@@ -107,7 +107,8 @@ class _Hook:
         self._strengths: tuple[float, ...] = (0.0,) * len(adapter_modules)
         self._module = module
         self._own = module.__dict__.get("forward")  # an instance forward already there (accelerate's, say)
-        self._inner = module.forward
+        self._class = type(module)  # else its class's forward, looked up at each call: A1111's manual_cast
+        # (MPS, XPU, GTX 16xx, FP8 weight) patches nn.Linear.forward and nn.Conv2d.forward per generation
         self._active = True
         module.forward = self.forward
 
@@ -138,7 +139,8 @@ class _Hook:
         return self._cast
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        output = self._inner(x, *args, **kwargs)
+        own = self._own
+        output = own(x, *args, **kwargs) if own is not None else self._class.forward(self._module, x, *args, **kwargs)
         terms = self._terms
         if not terms:
             return output

@@ -4,6 +4,8 @@ loraprompt/unfused.py."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -79,6 +81,60 @@ def test_unfused_under_autocast_matches_fused(model) -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = unet_out(model)
     assert got.dtype == expected.dtype
+    error = float((got.double() - expected.double()).abs().max() / expected.double().abs().max())
+    assert error <= TOLERANCE[torch.bfloat16], error
+    patcher.restore()
+
+
+@contextmanager
+def manual_cast(target: torch.dtype):
+    """What A1111's `devices.manual_cast` does on MPS, XPU and GTX 16xx cards (and with FP8 weight
+    at float32 inference), mirrored from modules/devices.py v1.10.1: for the span of a generation,
+    Linear, Conv2d, GroupNorm and LayerNorm get a class-level forward that casts inputs and
+    parameters to `target` (inference dtype = target here)."""
+    from torch import nn
+
+    types = [nn.Linear, nn.Conv2d, nn.GroupNorm, nn.LayerNorm]
+    originals = {t: t.forward for t in types}
+
+    def wrapper(original):
+        def forward(self, *args, **kwargs):
+            args = tuple(a.to(target) if isinstance(a, torch.Tensor) else a for a in args)
+            kwargs = {k: v.to(target) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+            org = next((p.dtype for p in self.parameters() if p.dtype != target), target)
+            if org != target:
+                self.to(target)
+            result = original(self, *args, **kwargs)
+            if org != target:
+                self.to(org)
+            return result
+        return forward
+
+    for t in types:
+        t.forward = wrapper(originals[t])
+    try:
+        yield
+    finally:
+        for t in types:
+            t.forward = originals[t]
+
+
+def test_unfused_goes_through_a1111s_manual_cast(model) -> None:
+    """The replaced forward called the class forward it found when the LoRA was hooked, so
+    A1111's manual_cast, which patches nn.Linear/nn.Conv2d per generation, was bypassed on
+    exactly the hooked modules: float32 input met bfloat16 weights and the generation failed on
+    Macs (MPS), Intel (XPU) and GTX 16xx cards. The class's forward is now looked up per call."""
+    model = {k: v.to(torch.bfloat16) for k, v in model.items()}
+    adapter = make_adapter(model, 2, every=1)
+    fused = Patcher(model)
+    fused.sync([(adapter, 1.0, 0.6)])
+    with manual_cast(torch.bfloat16):
+        expected = unet_out(model)  # float32 inputs: the casts happen inside the layers
+    fused.restore()
+    patcher = Patcher(model, schedules="unfused")
+    assert patcher.sync([constant(adapter, 0.6)], step=1, total_steps=4).unfused > 0
+    with manual_cast(torch.bfloat16):
+        got = unet_out(model)
     error = float((got.double() - expected.double()).abs().max() / expected.double().abs().max())
     assert error <= TOLERANCE[torch.bfloat16], error
     patcher.restore()
@@ -285,4 +341,4 @@ def test_every_path_of_the_low_rank_forward_adds_the_merged_delta(case: str, gra
     torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
     hook.strengths = [0.0] * count  # a LoRA at zero adds nothing, not even rounding
     with torch.set_grad_enabled(grad):
-        assert torch.equal(module(x), hook._inner(x))
+        assert torch.equal(module(x), type(module).forward(module, x))
