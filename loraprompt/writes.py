@@ -7,6 +7,8 @@ mixin: it reads the patcher's modules, plan and caches; the backups are the patc
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -197,6 +199,24 @@ class Writes:
             self._store.clear()
             self._applied.clear()
             raise
+
+
+@contextmanager
+def no_autocast() -> Iterator[None]:
+    """Autocast off for the span of a sync. A1111 activates networks and runs on_cfg_denoiser
+    inside `devices.autocast()`; there, the out-of-place matmuls of LoHa, LoKr and DoRA deltas (and
+    their factors) ran in fp16/bf16, so the weights differed from the same sync outside it and from
+    `loraprompt merge`. Only the device types with autocast on are entered."""
+    with ExitStack() as stack:
+        for device in ("cuda", "cpu", "xpu", "mps"):
+            try:
+                on = torch.is_autocast_enabled(device)
+            except (TypeError, RuntimeError):  # torch < 2.4 takes no device; a device type it does not know
+                legacy = {"cuda": torch.is_autocast_enabled, "cpu": torch.is_autocast_cpu_enabled}.get(device)
+                on = legacy is not None and legacy()
+            if on:
+                stack.enter_context(torch.autocast(device, enabled=False))
+        yield
 
 
 def _write_note(exc: Exception, key: Key, plan: Plan, items: Sequence[Any]) -> None:
