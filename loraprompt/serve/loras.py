@@ -166,6 +166,8 @@ class LoraSources:
         return str(found.entry.path)
 
     def _local(self, path: str, field: str, ref: str) -> str:
+        if not os.path.isfile(path):  # an absolute path or file:// URL may leave out the extension too
+            path = next((path + ext for ext in MODEL_EXTS if os.path.isfile(path + ext)), path)
         real = Path(os.path.realpath(path))
         if not any(real.is_relative_to(root) for root in self.roots):
             raise ServeError(403, field, f"{ref!r} is outside the LoRA folders")

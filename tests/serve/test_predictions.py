@@ -174,6 +174,25 @@ def test_a_lora_reference_that_is_not_a_str_is_refused_by_name(tmp_path: Path) -
         LoraSources(pinned).resolve("absent", "lora_weights")  # valid calls unchanged
 
 
+def test_an_absolute_path_or_file_url_may_leave_out_the_extension(tmp_path: Path) -> None:
+    """The docs say a path under the folders works "absolute or relative, with or without the
+    extension"; an absolute path or file:// URL without it was a 404 ('no such LoRA file')."""
+    lora_dir = tmp_path / "Lora"
+    (lora_dir / "styles").mkdir(parents=True)
+    (lora_dir / "styles" / "ink.safetensors").write_bytes(b"")
+    (tmp_path / "outside.safetensors").write_bytes(b"")
+    sources = LoraSources(PinnedLibrary(Library([lora_dir], persist=False), tmp_path / "downloads"))
+    want = str(lora_dir / "styles" / "ink.safetensors")
+    for ref in (str(lora_dir / "styles" / "ink"), (lora_dir / "styles" / "ink").as_uri(), "styles/ink", want):
+        assert sources.resolve(ref, "lora_urls") == want, ref
+    with pytest.raises(ServeError) as outside:  # still refused outside the folders, extension or not
+        sources.resolve(str(tmp_path / "outside"), "lora_urls")
+    assert outside.value.status == 403
+    with pytest.raises(ServeError) as absent:
+        sources.resolve(str(lora_dir / "absent"), "lora_urls")
+    assert absent.value.status == 404
+
+
 class Files(BaseHTTPRequestHandler):
     files: dict[str, bytes] = {}
     hits: dict[str, int] = {}
