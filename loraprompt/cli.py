@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # subcommand -> (module with `add_arguments(parser)` and `run(args) -> int`, one-line help)
@@ -37,7 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     module.add_arguments(cmd_parser, name)
     args = cmd_parser.parse_args(argv[1:])
     args.command = name
-    return int(module.run(args) or 0)
+    try:
+        code = int(module.run(args) or 0)
+        sys.stdout.flush()  # inside the try: a reader that went away is seen here, not at exit
+    except BrokenPipeError:  # `loraprompt scan --json | head`: stop quietly, as Python's docs advise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover
