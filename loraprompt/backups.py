@@ -223,5 +223,11 @@ class BackupStore:
 
 
 def _versions(weight: Tensor, bias: Tensor | None) -> tuple[int, int]:
-    """The tensors' in-place write counters."""
-    return weight._version, -1 if bias is None else bias._version
+    """The tensors' in-place write counters. Inference tensors (a model loaded under
+    torch.inference_mode, as ComfyUI does) keep none: -2, so a write by someone else to such a
+    weight is not seen, only a replaced parameter."""
+    return _version(weight), -1 if bias is None else _version(bias)
+
+
+def _version(t: Tensor) -> int:
+    return -2 if t.is_inference() else t._version

@@ -41,7 +41,7 @@ from loraprompt.plan import (
 )
 from loraprompt.quantized import Unfused, weight_path
 from loraprompt.unfused import LowRankHooks, unfusable
-from loraprompt.writes import Writes, no_autocast
+from loraprompt.writes import Writes
 
 SCHEDULES = ("fused", "unfused")
 DENOISERS = ("unet", "transformer")  # the components a LoRA's UNet strength (and its schedule) applies to
@@ -208,7 +208,7 @@ class Patcher(Writes):
         entries; only changed weights are written. PatchError (the model as it was) when an
         adapter cannot apply, unless `on_error` (default: the patcher's) is "skip"."""
         skip = (on_error or self.on_error) == "skip"
-        with self.lock, torch.no_grad(), no_autocast():
+        with self.lock, torch.no_grad(), self._writing():
             given = list(entries)
             fast = self._fast
             if step is not None and fast is not None and len(fast[0]) == len(given) and all(

@@ -8,7 +8,7 @@ mixin: it reads the patcher's modules, plan and caches; the backups are the patc
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from loraprompt.plan import Key, Plan, SyncReport
 
 _BUFFER = torch.Size([-1])  # the scratch buffer's own entry among its views
+_PLAIN = torch.empty(0)  # stands in for the first parameter of a component that has none
 
 
 class Writes:
@@ -47,6 +48,11 @@ class Writes:
 
     if TYPE_CHECKING:
         def _module_of(self, key: Key) -> nn.Module: ...
+
+    def _writing(self) -> AbstractContextManager[None]:
+        """`writing` for this model: inference mode when its weights are inference tensors."""
+        roots = (names.get("") for names in self._modules.values())
+        return writing(any(next(r.parameters(), _PLAIN).is_inference() for r in roots if r is not None))
 
     def _param(self, key: Key, fresh: bool = False) -> tuple[Tensor, Tensor | None]:
         """The weight (and bias) a key names; `fresh` looks again instead of using the cache."""
@@ -202,12 +208,16 @@ class Writes:
 
 
 @contextmanager
-def no_autocast() -> Iterator[None]:
-    """Autocast off for the span of a sync. A1111 activates networks and runs on_cfg_denoiser
-    inside `devices.autocast()`; there, the out-of-place matmuls of LoHa, LoKr and DoRA deltas (and
-    their factors) ran in fp16/bf16, so the weights differed from the same sync outside it and from
-    `loraprompt merge`. Only the device types with autocast on are entered."""
+def writing(inference: bool) -> Iterator[None]:
+    """The span of a sync: autocast off, and inference mode on when the weights are inference
+    tensors (a model loaded under torch.inference_mode, as ComfyUI loads them: torch refuses
+    in-place writes to those outside it). A1111 activates networks and runs on_cfg_denoiser inside
+    `devices.autocast()`; there, the out-of-place matmuls of LoHa, LoKr and DoRA deltas (and
+    their factors) ran in fp16/bf16, so the weights differed from the same sync outside it and
+    from `loraprompt merge`. Only the device types with autocast on are entered."""
     with ExitStack() as stack:
+        if inference and not torch.is_inference_mode_enabled():
+            stack.enter_context(torch.inference_mode())
         for device in ("cuda", "cpu", "xpu", "mps"):
             try:
                 on = torch.is_autocast_enabled(device)

@@ -1,0 +1,81 @@
+"""The patcher in the torch modes its hosts run in.
+
+Autocast: a sync inside an autocast region writes the same bits as outside it. Automatic1111 activates
+networks (extra_networks.activate) and calls on_cfg_denoiser inside `devices.autocast()`; there,
+the out-of-place matmuls that build LoHa, LoKr and DoRA deltas ran in the autocast dtype, so 293,
+11 and 267 of the tiny model's weights came out different (rounded through bfloat16/fp16), and
+different from `loraprompt merge`. CPU autocast in bfloat16 stands in for CUDA's fp16 one.
+
+Inference mode: a model whose weights are inference tensors (loaded under torch.inference_mode, as
+ComfyUI loads models) could not be patched at all: 'Inference tensors do not track version
+counter' inside inference mode, 'Inplace update to inference tensor outside InferenceMode' outside."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from loraprompt import Patcher
+from tests.fixtures.models import tiny_sd1
+from tests.patcher.helpers import assert_bit_equal, snapshot, tool_adapters
+from tests.patcher.test_unfused import constant, unet_out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_every_format_syncs_to_the_same_bits_under_autocast(dtype) -> None:
+    model = {k: v.to(dtype) for k, v in tiny_sd1().items()}
+    base = snapshot(model)
+    entries = [(adapter, 0.9, 0.7) for adapter in tool_adapters()]  # kohya, PEFT, DoRA, LoHa, LoKr, LoCon
+    outside = Patcher(model)
+    outside.sync(entries)
+    expected = snapshot(model)
+    outside.restore(release=True)
+    inside = Patcher(model)  # its own caches: every delta is computed again, under autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside.sync(entries)
+        assert torch.is_autocast_enabled("cpu")  # left as the caller set it
+    assert_bit_equal(model, expected)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside.restore()
+    assert_bit_equal(model, base)
+
+
+def loaded_under_inference_mode() -> dict[str, torch.nn.Module]:
+    with torch.inference_mode():
+        model = tiny_sd1()  # built (deep-copied) in inference mode: its parameters are inference tensors
+    weight = next(model["unet"].parameters())
+    assert weight.is_inference()
+    with pytest.raises(RuntimeError, match="do not track version counter"):
+        _ = weight._version
+    return model
+
+
+@pytest.mark.parametrize("where", ["inside", "outside"])
+def test_a_model_of_inference_tensors_is_patched_and_restored(where) -> None:
+    model, twin = loaded_under_inference_mode(), tiny_sd1()
+    a, b = tool_adapters()[0], tool_adapters()[3]  # kohya, LoHa
+    base = snapshot(model)
+    reference = Patcher(twin)
+    patcher = Patcher(model)
+    with torch.inference_mode(where == "inside"):
+        for entries in ([(a, 1.0, 0.8)], [(b, 0.5, 1.0), (a, 0.3, 0.3)]):
+            patcher.sync(entries)
+            reference.sync(entries)
+            assert_bit_equal(model, snapshot(twin))
+        patcher.restore()
+    assert_bit_equal(model, base)
+    assert next(model["unet"].parameters()).is_inference()  # still the loaded tensors
+
+
+def test_a_scheduled_lora_runs_unfused_on_a_model_of_inference_tensors() -> None:
+    model, twin = loaded_under_inference_mode(), tiny_sd1()
+    adapter = tool_adapters()[0]
+    expected_patcher = Patcher(twin, schedules="unfused")
+    expected_patcher.sync([constant(adapter, 0.6)], step=1, total_steps=4)
+    expected = unet_out(twin)
+    patcher = Patcher(model, schedules="unfused")
+    with torch.inference_mode():
+        assert patcher.sync([constant(adapter, 0.6)], step=1, total_steps=4).unfused > 0
+        got = unet_out(model)
+        patcher.restore()
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
