@@ -40,16 +40,18 @@ if TYPE_CHECKING:
 def factor_target(module: nn.Module, rows: tuple[int, int] | None = None) -> tuple[Tensor, torch.device | None]:
     """(what the factors are checked against: the weight, or its `rows`; the device they go to:
     None for the target's own). A packed 4-bit weight (bitsandbytes NF4/FP4,
-    `quantized.packed_kind`) holds bytes, not the layer's shape: a meta tensor of its logical
-    shape stands in, and nothing is allocated for it."""
+    `quantized.packed_kind`) holds bytes, not the layer's shape, and a weight in another memory
+    layout (a channels-last conv) cannot be written through a matrix view, which the factors of a
+    fused write assume: a meta tensor of its logical shape stands in, and nothing is allocated."""
     from loraprompt.keymaps import logical_shape
     from loraprompt.offload import real_parameter
     from loraprompt.quantized import packed_kind
 
     weight = real_parameter(module, "weight")  # an offloaded module's kept tensor, not its meta placeholder
-    if packed_kind(module) is None:
+    packed = packed_kind(module) is not None
+    if not packed and weight.is_contiguous():
         return (weight, None) if rows is None else (weight[rows[0] : rows[1]], None)
-    out_features, *rest = logical_shape(weight)
+    out_features, *rest = logical_shape(weight) if packed else weight.shape
     shape = (out_features if rows is None else rows[1] - rows[0], *rest)
     return torch.empty(shape, dtype=torch.float32, device="meta"), weight.device
 
@@ -224,9 +226,11 @@ class LowRankHooks:
 
         for adapter_module, rows, _ in contributions:
             try:
-                _checked_factors(module, adapter_module, rows, cache)
+                found = _checked_factors(module, adapter_module, rows, cache)
             except ValueError as exc:
                 raise module_error(adapter_module, ".".join(key), str(exc)) from exc
+            if found is None:  # refused here, before any weight is written, not half-way through the sync
+                raise module_error(adapter_module, ".".join(key), "its low-rank factors cannot run in this layer's forward")
 
     def update(self, modules: Mapping[Key, nn.Module], plan: Mapping[Key, tuple[Contribution, ...]],
                cache: DeltaCache) -> int:

@@ -79,3 +79,24 @@ def test_a_scheduled_lora_runs_unfused_on_a_model_of_inference_tensors() -> None
         got = unet_out(model)
         patcher.restore()
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("schedules", ["fused", "unfused"])
+def test_a_channels_last_unet_takes_every_format(schedules) -> None:
+    """`pipe.unet.to(memory_format=torch.channels_last)` (diffusers' own speed advice) makes conv
+    weights non-contiguous. A step-scheduled plain LoRA on one failed an assertion after the fused
+    weights were written; now its factors are checked against the weight's shape, not a matrix
+    view of it, and every format gives the contiguous twin's output, restored bit-exactly."""
+    for adapter in tool_adapters():
+        model, twin = tiny_sd1(), tiny_sd1()
+        model["unet"].to(memory_format=torch.channels_last)
+        assert not model["unet"].conv_in.weight.is_contiguous()
+        base = snapshot(model)
+        entries = [constant(adapter, 0.7)] if schedules == "unfused" else [(adapter, 1.0, 0.7)]
+        patcher, reference = Patcher(model, schedules=schedules), Patcher(twin, schedules=schedules)
+        patcher.sync(entries, step=1, total_steps=4)
+        reference.sync(entries, step=1, total_steps=4)
+        got, expected = unet_out(model), unet_out(twin)
+        assert float((got - expected).abs().max() / expected.abs().max()) <= 1e-5, adapter.path
+        patcher.restore()
+        assert_bit_equal(model, base)
