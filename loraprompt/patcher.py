@@ -37,6 +37,7 @@ from loraprompt.plan import (
     as_entry,
     build_plan,
     checked_components,
+    refused,
     resolve_adapter,
 )
 from loraprompt.quantized import Unfused, weight_path
@@ -228,13 +229,14 @@ class Patcher(Writes):
                     parts = {k: self._checked(k, plan[k]) for k in changed if k in plan}
                     self._claims.check({k: self._param(k)[0] for k in parts if k not in self._applied})
                     for key, contributions in unfused.items():
-                        self._hooks.check(key, self._module_of(key), contributions, self._deltas)
+                        self._hooks.check(key, self._modules[key[0]], contributions, self._deltas)
                     self._write_all(changed, plan, parts, items)  # puts every weight back when it fails
                 except PatchError as exc:
                     entry = self._owner(exc, items)
                     if entry is None:
                         raise
                     named = PatchError(f"{entry.label} ({entry.adapter.path}): {exc}")
+                    named.transient = getattr(exc, "transient", False)  # type: ignore[attr-defined]
                     if not skip:
                         raise named from exc
                     self._skip(entry, named, report)
@@ -280,7 +282,7 @@ class Patcher(Writes):
                 try:
                     out.extend(resolve_adapter(entry.adapter, self._keymaps, self.family, entry.label).diagnostics)
                 except PatchError as exc:
-                    out.append(_refused(entry, exc))
+                    out.append(refused(entry, exc))
         return out
 
     def _step_strengths(self, hooked: list[tuple[PlanEntry, Resolution]], step: int, total: int | None) -> SyncReport:
@@ -381,19 +383,13 @@ class Patcher(Writes):
         return resolution
 
     def _skip(self, entry: PlanEntry, exc: PatchError, report: SyncReport) -> None:
-        self._failed[id(entry.adapter)] = (entry.adapter, exc)
+        if not getattr(exc, "transient", False):  # refused for what the model is now (fused_away): asked again next sync
+            self._failed[id(entry.adapter)] = (entry.adapter, exc)
         report.skipped.append(entry.label)
-        report.diagnostics.append(_refused(entry, exc))
+        report.diagnostics.append(refused(entry, exc))
 
     def _owner(self, exc: PatchError, items: list[PlanEntry]) -> PlanEntry | None:
         module = getattr(exc, "module", None)
         module = getattr(module, "extra", {}).get("parent", module)  # a row slice of a fused file module
         key = getattr(module, "lora_key", None)
         return next((e for e in items if key is not None and e.adapter.modules.get(key) is module), None)
-
-
-def _refused(entry: PlanEntry, exc: PatchError) -> Diagnostic:
-    """The diagnostic of an adapter refused by a sync (skipped) or by `check`."""
-    from loraprompt.diagnostics import Diagnostic
-
-    return Diagnostic("lora-refused", str(exc), severity="error", subject=entry.adapter.path)

@@ -375,3 +375,8 @@ def build_plan(resolved: Iterable[tuple[Resolution, float, UnetFn]], keep_zero: 
             if strength != 0.0 or keep_zero:
                 plan.setdefault(key, []).append((module, rows, strength))
     return {key: tuple(contribs) for key, contribs in plan.items()}
+
+
+def refused(entry: PlanEntry, exc: Exception) -> Diagnostic:
+    """The diagnostic of an adapter refused by a sync (skipped) or by `Patcher.check`."""
+    return Diagnostic("lora-refused", str(exc), severity="error", subject=entry.adapter.path)

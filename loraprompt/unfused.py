@@ -217,12 +217,21 @@ class LowRankHooks:
         hook = self._hooks.get(key)
         return hook is not None and hook.adapter_modules == adapter_modules
 
-    def check(self, key: Key, module: nn.Module, contributions: tuple[Contribution, ...], cache: DeltaCache) -> None:
-        """Validate (and cache) the factors of a module about to be hooked, before anything is
-        written: PatchError naming the file module and the weight when they do not fit."""
+    def check(self, key: Key, modules: Mapping[str, nn.Module], contributions: tuple[Contribution, ...],
+              cache: DeltaCache) -> None:
+        """Validate (and cache) the factors of the module `key` names among its component's
+        `modules`, about to be hooked, before anything is written: PatchError naming the file
+        module and the weight when they do not fit, or when the module no longer runs."""
         if self.hooked(key, tuple(c[0] for c in contributions)):
             return
         from loraprompt.combine import module_error
+        from loraprompt.writes import fused_away
+
+        module = modules[key[1]]
+        refused = fused_away(key[0], modules, key[1])
+        if refused is not None:
+            refused.module = contributions[0][0]  # type: ignore[attr-defined]  # whose LoRA it is
+            raise refused
 
         for adapter_module, rows, _ in contributions:
             try:

@@ -7,7 +7,7 @@ mixin: it reads the patcher's modules, plan and caches; the backups are the patc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +60,9 @@ class Writes:
         if found is None:
             component, name, param = key
             module = self._modules[component].get(name)
+            refused = fused_away(component, self._modules[component], name)
+            if refused is not None:
+                raise refused
             weight = _attribute(module, param)
             if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
                 raise PatchError(f"{component}: module {name!r} has no floating-point {param!r} to patch")
@@ -227,6 +230,29 @@ def writing(inference: bool) -> Iterator[None]:
             if on:
                 stack.enter_context(torch.autocast(device, enabled=False))
         yield
+
+
+# diffusers' fuse_qkv_projections(): the fused Linear that runs instead of an Attention's projections
+_FUSED_INSTEAD = {"to_q": ("to_qkv",), "to_k": ("to_qkv", "to_kv"), "to_v": ("to_qkv", "to_kv"),
+                  "add_q_proj": ("to_added_qkv",), "add_k_proj": ("to_added_qkv",), "add_v_proj": ("to_added_qkv",)}
+
+
+def fused_away(component: str, modules: Mapping[str, Any], name: str) -> PatchError | None:
+    """A PatchError when module `name` no longer runs: diffusers' `fuse_qkv_projections()` keeps
+    an Attention's `to_q`/`to_k`/`to_v` (and `add_*_proj`) beside the `to_qkv`/`to_kv` its fused
+    processor runs instead, so a LoRA written there would silently not apply."""
+    parent, _, leaf = name.rpartition(".")
+    attention = modules.get(parent)
+    # the processor decides: the model-level unfuse_qkv_projections() only puts the old processors back
+    if attention is None or "Fused" not in type(getattr(attention, "processor", None)).__name__:
+        return None
+    fused = next((f for f in _FUSED_INSTEAD.get(leaf, ()) if getattr(attention, f, None) is not None), None)
+    if fused is None:
+        return None
+    error = PatchError(f"{component}.{name}: diffusers' fuse_qkv_projections() runs {parent}.{fused} instead, so a "
+                       "LoRA written here would not apply; call unfuse_qkv_projections() before applying LoRAs")
+    error.transient = True  # type: ignore[attr-defined]  # a state of the model, not of the file: not remembered
+    return error
 
 
 def _write_note(exc: Exception, key: Key, plan: Plan, items: Sequence[Any]) -> None:

@@ -100,3 +100,33 @@ def test_a_channels_last_unet_takes_every_format(schedules) -> None:
         assert float((got - expected).abs().max() / expected.abs().max()) <= 1e-5, adapter.path
         patcher.restore()
         assert_bit_equal(model, base)
+
+
+@pytest.mark.parametrize("schedules", ["fused", "unfused"])
+def test_fused_qkv_projections_are_refused_by_name_until_unfused(schedules) -> None:
+    """diffusers' `fuse_qkv_projections()` keeps each Attention's to_q/to_k/to_v beside the
+    to_qkv/to_kv it runs instead: the q/k/v parts of a LoRA were written where nothing reads them,
+    silently (the output was 7% off the LoRA's). Now refused before anything is written, naming
+    the module and the remedy; once unfused, the same LoRA applies (the refusal is not remembered)."""
+    from loraprompt.errors import PatchError
+
+    model, twin = tiny_sd1(), tiny_sd1()
+    model["unet"].fuse_qkv_projections()
+    adapter = tool_adapters()[0]
+    entries = [constant(adapter, 0.7)] if schedules == "unfused" else [(adapter, 1.0, 0.7)]
+    base = snapshot(model)
+    patcher = Patcher(model, schedules=schedules)
+    with pytest.raises(PatchError, match=r"attn1\.to_[qkv]: diffusers' fuse_qkv_projections\(\) runs .*attn1\.to_qkv "
+                                         r"instead.*call unfuse_qkv_projections\(\)"):
+        patcher.sync(entries, step=1, total_steps=4)
+    assert_bit_equal(model, base)
+    report = patcher.sync(entries, step=1, total_steps=4, on_error="skip")
+    assert report.skipped == [adapter.name] and [d.code for d in report.diagnostics] == ["lora-refused"]
+    assert_bit_equal(model, base)
+    model["unet"].unfuse_qkv_projections()
+    assert not patcher.sync(entries, step=1, total_steps=4, on_error="skip").skipped
+    Patcher(twin, schedules=schedules).sync(entries, step=1, total_steps=4)
+    got, expected = unet_out(model), unet_out(twin)
+    assert float((got - expected).abs().max() / expected.abs().max()) <= 1e-5
+    patcher.restore()
+    assert_bit_equal(model, base)
