@@ -65,7 +65,9 @@ class Writes:
                 raise refused
             weight = _attribute(module, param)
             if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
-                raise PatchError(f"{component}: module {name!r} has no floating-point {param!r} to patch")
+                kind = f" (a {type(weight).__name__} of {weight.dtype}: a quantized format this patcher cannot write)" \
+                    if isinstance(weight, torch.Tensor) else ""
+                raise PatchError(f"{component}: module {name!r} has no floating-point {param!r} to patch{kind}")
             bias_name = "bias" if param == "weight" else param.replace("weight", "bias")
             bias = _attribute(module, bias_name)
             if weight.is_meta:  # accelerate's offload placeholder: the tensor its hook keeps is the one to write

@@ -130,3 +130,18 @@ def test_fused_qkv_projections_are_refused_by_name_until_unfused(schedules) -> N
     assert float((got - expected).abs().max() / expected.abs().max()) <= 1e-5
     patcher.restore()
     assert_bit_equal(model, base)
+
+
+def test_a_quantized_integer_weight_is_refused_naming_its_type() -> None:
+    """A weight quantized to integers by a format the patcher does not know (int8 here; GGUF and
+    torchao hold bytes too) is refused before anything is written, saying what it is."""
+    from loraprompt.errors import PatchError
+
+    model = tiny_sd1()
+    layer = model["unet"].down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_k
+    layer.weight = torch.nn.Parameter(torch.zeros(layer.weight.shape, dtype=torch.int8), requires_grad=False)
+    base = snapshot(model)
+    with pytest.raises(PatchError, match=r"attn1\.to_k' has no floating-point 'weight' to patch \(a Parameter of "
+                                         r"torch\.int8: a quantized format this patcher cannot write\)"):
+        Patcher(model).sync([(tool_adapters()[0], 1.0, 1.0)])
+    assert_bit_equal(model, base)
