@@ -60,9 +60,6 @@ class Writes:
         if found is None:
             component, name, param = key
             module = self._modules[component].get(name)
-            refused = fused_away(component, self._modules[component], name)
-            if refused is not None:
-                raise refused
             weight = _attribute(module, param)
             if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
                 kind = f" (a {type(weight).__name__} of {weight.dtype}: a quantized format this patcher cannot write)" \
@@ -133,6 +130,9 @@ class Writes:
     def _checked(self, key: Key, contributions: tuple[Any, ...]) -> tuple[list[Part], list[Part]] | None:
         """The parts of one key, validated; None when they are too big to hold until the write."""
         try:
+            refused = fused_away(key[0], self._modules[key[0]], key[1])  # only for weights about to be written
+            if refused is not None:
+                raise refused
             w_parts, b_parts, kept = self._parts(key, contributions)
         except PatchError as exc:
             if getattr(exc, "module", None) is None and contributions:  # a bad target: blame its first adapter
