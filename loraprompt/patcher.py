@@ -42,7 +42,7 @@ from loraprompt.plan import (
 )
 from loraprompt.quantized import Unfused, weight_path
 from loraprompt.unfused import LowRankHooks, unfusable
-from loraprompt.writes import Writes
+from loraprompt.writes import Writes, fused_away
 
 SCHEDULES = ("fused", "unfused")
 DENOISERS = ("unet", "transformer")  # the components a LoRA's UNet strength (and its schedule) applies to
@@ -273,14 +273,17 @@ class Patcher(Writes):
 
     def check(self, entries: Iterable[Any]) -> list[Diagnostic]:
         """What a sync of `entries` would refuse or warn about, without writing or keeping
-        anything: each adapter resolved against this model (its family, the modules it matches,
-        the keys it leaves), a refusal as an error naming the file. A shape that does not fit
-        inside a matched module shows only when a sync computes the deltas."""
+        anything: each adapter resolved against this model (its family, the modules it matches
+        and whether they still run, the keys it leaves), a refusal as an error naming the file.
+        A shape that does not fit inside a matched module shows only when a sync computes the deltas."""
         out: list[Diagnostic] = []
         with self.lock:
             for entry in map(as_entry, entries):
                 try:
-                    out.extend(resolve_adapter(entry.adapter, self._keymaps, self.family, entry.label).diagnostics)
+                    resolution = resolve_adapter(entry.adapter, self._keymaps, self.family, entry.label)
+                    out.extend(resolution.diagnostics)
+                    gone = next(filter(None, (fused_away(k[0], self._modules[k[0]], k[1]) for _, k, _, _ in resolution.items)), None)
+                    out.extend([refused(entry, gone)] if gone is not None else [])  # a module fused away, as a sync refuses it
                 except PatchError as exc:
                     out.append(refused(entry, exc))
         return out

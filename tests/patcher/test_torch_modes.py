@@ -116,6 +116,8 @@ def test_fused_qkv_projections_are_refused_by_name_until_unfused(schedules) -> N
     entries = [constant(adapter, 0.7)] if schedules == "unfused" else [(adapter, 1.0, 0.7)]
     base = snapshot(model)
     patcher = Patcher(model, schedules=schedules)
+    said = patcher.check(entries)  # the dry run says it too
+    assert [d.code for d in said] == ["lora-refused"] and "fuse_qkv_projections()" in said[0].message
     with pytest.raises(PatchError, match=r"attn1\.to_[qkv]: diffusers' fuse_qkv_projections\(\) runs .*attn1\.to_qkv "
                                          r"instead.*call unfuse_qkv_projections\(\)"):
         patcher.sync(entries, step=1, total_steps=4)
@@ -124,6 +126,7 @@ def test_fused_qkv_projections_are_refused_by_name_until_unfused(schedules) -> N
     assert report.skipped == [adapter.name] and [d.code for d in report.diagnostics] == ["lora-refused"]
     assert_bit_equal(model, base)
     model["unet"].unfuse_qkv_projections()
+    assert patcher.check(entries) == []
     assert not patcher.sync(entries, step=1, total_steps=4, on_error="skip").skipped
     Patcher(twin, schedules=schedules).sync(entries, step=1, total_steps=4)
     got, expected = unet_out(model), unet_out(twin)
