@@ -15,7 +15,9 @@ The public names, from prompt to weights:
 - ``Patcher({"unet": ..., "text_encoder": ...})``: ``sync([(adapter, te, unet) | (adapter,
   activation) | PlanEntry, ...])`` makes the weights base + exactly those LoRAs, ``restore()`` gives
   the original bits back, ``check(...)`` says what a sync would refuse without writing;
-  ``PatchError`` (``FamilyMismatchError``) leaves the model as it was. One Patcher per model.
+  ``PatchError`` leaves the model as it was (``FamilyMismatchError``: a LoRA for another model;
+  ``ModelStateError``: refused for the model's state, such as diffusers' fused q/k/v projections,
+  and asked again at the next sync). One Patcher per model.
 - ``Library(folders)``: the LoRA folders scanned (names, aliases, hashes, sidecars), ``resolve``
   a tag's name as A1111 does.
 - ``activate(pipe, prompt, library=...)``: all of the above around a diffusers pipeline call.
@@ -35,6 +37,7 @@ if TYPE_CHECKING:  # what type checkers see of the lazy exports below (the packa
         AdapterFileError,
         FamilyMismatchError,
         LoraPromptError,
+        ModelStateError,
         PatchError,
         PromptSyntaxError,
     )
@@ -65,6 +68,7 @@ _EXPORTS: dict[str, str] = {
     "PromptSyntaxError": "loraprompt.errors",
     "PatchError": "loraprompt.errors",
     "FamilyMismatchError": "loraprompt.errors",
+    "ModelStateError": "loraprompt.errors",
     "read_adapter": "loraprompt.adapters",
     "Adapter": "loraprompt.adapters",
     "AdapterModule": "loraprompt.adapters",
@@ -83,6 +87,7 @@ __all__ = [
     "Library",
     "LoraActivation",
     "LoraPromptError",
+    "ModelStateError",
     "ParsedPrompt",
     "PatchError",
     "Patcher",

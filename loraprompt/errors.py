@@ -33,6 +33,11 @@ class PatchError(LoraPromptError):
     """An adapter that cannot be applied to the loaded model; the model is left untouched."""
 
 
+class ModelStateError(PatchError):
+    """Refused for what the loaded model is doing now (diffusers' fused q/k/v projections), not
+    for the file: the same LoRA applies once the model changes back, so a refusal is not remembered."""
+
+
 class FamilyMismatchError(PatchError):
     """An adapter made for another model family (e.g. an SDXL LoRA on an SD1.x model)."""
 

@@ -25,10 +25,11 @@ import torch
 
 from loraprompt.backups import BackupStore, MiB, OutOfMemoryError, checked_policy
 from loraprompt.cache import DeltaCache
-from loraprompt.errors import PatchError
+from loraprompt.errors import ModelStateError, PatchError
 from loraprompt.keymaps import keymap_for_module
 from loraprompt.keymaps.check import model_family
 from loraprompt.owners import Claims
+from loraprompt.placement import fused_away
 from loraprompt.plan import (
     Key,
     Plan,
@@ -42,7 +43,7 @@ from loraprompt.plan import (
 )
 from loraprompt.quantized import Unfused, weight_path
 from loraprompt.unfused import LowRankHooks, unfusable
-from loraprompt.writes import Writes, fused_away
+from loraprompt.writes import Writes
 
 SCHEDULES = ("fused", "unfused")
 DENOISERS = ("unet", "transformer")  # the components a LoRA's UNet strength (and its schedule) applies to
@@ -235,8 +236,7 @@ class Patcher(Writes):
                     entry = self._owner(exc, items)
                     if entry is None:
                         raise
-                    named = PatchError(f"{entry.label} ({entry.adapter.path}): {exc}")
-                    named.transient = getattr(exc, "transient", False)  # type: ignore[attr-defined]
+                    named = type(exc)(f"{entry.label} ({entry.adapter.path}): {exc}")  # its kind kept
                     if not skip:
                         raise named from exc
                     self._skip(entry, named, report)
@@ -386,7 +386,7 @@ class Patcher(Writes):
         return resolution
 
     def _skip(self, entry: PlanEntry, exc: PatchError, report: SyncReport) -> None:
-        if not getattr(exc, "transient", False):  # refused for what the model is now (fused_away): asked again next sync
+        if not isinstance(exc, ModelStateError):  # a refusal for the model's state now is asked again next sync
             self._failed[id(entry.adapter)] = (entry.adapter, exc)
         report.skipped.append(entry.label)
         report.diagnostics.append(refused(entry, exc))

@@ -44,7 +44,7 @@ def factor_target(module: nn.Module, rows: tuple[int, int] | None = None) -> tup
     layout (a channels-last conv) cannot be written through a matrix view, which the factors of a
     fused write assume: a meta tensor of its logical shape stands in, and nothing is allocated."""
     from loraprompt.keymaps import logical_shape
-    from loraprompt.offload import real_parameter
+    from loraprompt.placement import real_parameter
     from loraprompt.quantized import packed_kind
 
     weight = real_parameter(module, "weight")  # an offloaded module's kept tensor, not its meta placeholder
@@ -225,7 +225,7 @@ class LowRankHooks:
         if self.hooked(key, tuple(c[0] for c in contributions)):
             return
         from loraprompt.combine import module_error
-        from loraprompt.writes import fused_away
+        from loraprompt.placement import fused_away
 
         module = modules[key[1]]
         refused = fused_away(key[0], modules, key[1])

@@ -7,7 +7,7 @@ mixin: it reads the patcher's modules, plan and caches; the backups are the patc
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +16,7 @@ import torch
 from loraprompt.backups import OutOfMemoryError
 from loraprompt.combine import Part, combine_into, weight_parts
 from loraprompt.errors import PatchError
-from loraprompt.offload import stored
+from loraprompt.placement import fused_away, stored
 from loraprompt.quantized import fp8_scale
 
 if TYPE_CHECKING:
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from loraprompt.plan import Key, Plan, SyncReport
 
 _BUFFER = torch.Size([-1])  # the scratch buffer's own entry among its views
-_PLAIN = torch.empty(0)  # stands in for the first parameter of a component that has none
 
 
 class Writes:
@@ -51,8 +50,8 @@ class Writes:
 
     def _writing(self) -> AbstractContextManager[None]:
         """`writing` for this model: inference mode when its weights are inference tensors."""
-        roots = (names.get("") for names in self._modules.values())
-        return writing(any(next(r.parameters(), _PLAIN).is_inference() for r in roots if r is not None))
+        firsts = (next(names[""].parameters(), None) for names in self._modules.values() if "" in names)
+        return writing(any(p is not None and p.is_inference() for p in firsts))
 
     def _param(self, key: Key, fresh: bool = False) -> tuple[Tensor, Tensor | None]:
         """The weight (and bias) a key names; `fresh` looks again instead of using the cache."""
@@ -232,29 +231,6 @@ def writing(inference: bool) -> Iterator[None]:
             if on:
                 stack.enter_context(torch.autocast(device, enabled=False))
         yield
-
-
-# diffusers' fuse_qkv_projections(): the fused Linear that runs instead of an Attention's projections
-_FUSED_INSTEAD = {"to_q": ("to_qkv",), "to_k": ("to_qkv", "to_kv"), "to_v": ("to_qkv", "to_kv"),
-                  "add_q_proj": ("to_added_qkv",), "add_k_proj": ("to_added_qkv",), "add_v_proj": ("to_added_qkv",)}
-
-
-def fused_away(component: str, modules: Mapping[str, Any], name: str) -> PatchError | None:
-    """A PatchError when module `name` no longer runs: diffusers' `fuse_qkv_projections()` keeps
-    an Attention's `to_q`/`to_k`/`to_v` (and `add_*_proj`) beside the `to_qkv`/`to_kv` its fused
-    processor runs instead, so a LoRA written there would silently not apply."""
-    parent, _, leaf = name.rpartition(".")
-    attention = modules.get(parent)
-    # the processor decides: the model-level unfuse_qkv_projections() only puts the old processors back
-    if attention is None or "Fused" not in type(getattr(attention, "processor", None)).__name__:
-        return None
-    fused = next((f for f in _FUSED_INSTEAD.get(leaf, ()) if getattr(attention, f, None) is not None), None)
-    if fused is None:
-        return None
-    error = PatchError(f"{component}.{name}: diffusers' fuse_qkv_projections() runs {parent}.{fused} instead, so a "
-                       "LoRA written here would not apply; call unfuse_qkv_projections() before applying LoRAs")
-    error.transient = True  # type: ignore[attr-defined]  # a state of the model, not of the file: not remembered
-    return error
 
 
 def _write_note(exc: Exception, key: Key, plan: Plan, items: Sequence[Any]) -> None:

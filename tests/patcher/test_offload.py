@@ -1,6 +1,6 @@
 """Models offloaded by accelerate, as diffusers' `enable_sequential_cpu_offload()` leaves them:
 every module holds a `meta` placeholder and its hook copies the real tensor in before each
-forward. Before loraprompt.offload the patcher wrote the placeholders, reported every weight
+forward. Before loraprompt.placement the patcher wrote the placeholders, reported every weight
 written, and the LoRA silently did not apply. Real accelerate hooks, on the CPU as the execution
 device (what diffusers does on a GPU, with the GPU as that device)."""
 
