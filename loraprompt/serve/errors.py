@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+Field = str | tuple[str, ...]  # the request field an error is about: a name, or a path into the body
+
 
 class ServeError(Exception):
     """Bad input: an HTTP `status`, the request `field` it is about and a message for the client."""
 
-    def __init__(self, status: int, field: str | tuple[str, ...] | None, message: str, **ctx: Any) -> None:
+    def __init__(self, status: int, field: Field | None, message: str, **ctx: Any) -> None:
         super().__init__(message)
         self.status = status
         self.field = (field,) if isinstance(field, str) else tuple(field or ())

@@ -23,7 +23,7 @@ from typing import Any
 from loraprompt.library import Library
 from loraprompt.library.entry import MODEL_EXTS
 from loraprompt.library.resolve import Resolution
-from loraprompt.serve.errors import ServeError
+from loraprompt.serve.errors import Field, ServeError
 
 DEFAULT_MAX_DOWNLOAD_MB = 1024
 DEFAULT_TIMEOUT_S = 60.0
@@ -131,7 +131,7 @@ class LoraSources:
     def roots(self) -> list[Path]:
         return [Path(os.path.realpath(r)) for r in self.library.base.roots]
 
-    def resolve(self, ref: str, field: str) -> str:
+    def resolve(self, ref: str, field: Field) -> str:
         """The absolute path of the LoRA file `ref` means. ServeError 403 for a path outside the
         LoRA folders, 404 for a name that is not there, 413 for a download over the cap;
         DownloadFailed when a URL cannot be fetched; TypeError for a `ref` that is not a str."""
@@ -165,7 +165,7 @@ class LoraSources:
             raise ServeError(404, field, f"{ref!r}: {reasons} (no hub is reachable: only local LoRAs and http(s) URLs)")
         return str(found.entry.path)
 
-    def _local(self, path: str, field: str, ref: str) -> str:
+    def _local(self, path: str, field: Field, ref: str) -> str:
         if not os.path.isfile(path):  # an absolute path or file:// URL may leave out the extension too
             path = next((path + ext for ext in MODEL_EXTS if os.path.isfile(path + ext)), path)
         real = Path(os.path.realpath(path))
@@ -186,7 +186,7 @@ class LoraSources:
         except (OSError, ValueError):
             return {}
 
-    def download(self, url: str, field: str) -> str:
+    def download(self, url: str, field: Field) -> str:
         """The cached file of `url`, downloaded once; files are stored by content hash."""
         with self._lock:
             known = self._index().get(url)

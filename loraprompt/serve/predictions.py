@@ -182,7 +182,7 @@ def prepare(service: Service, pred: Prediction, inp: PredictionInput) -> list[Im
         refs.append((inp.extra_lora, inp.extra_lora_scale, ("input", "extra_lora")))
     tags, triggers, names = [], [], []
     for ref, scale, where in refs:
-        path = service.sources.resolve(ref, where)  # type: ignore[arg-type]
+        path = service.sources.resolve(ref, where)
         name = service.library.pin(path)
         word = trigger_of(service.library, path)
         pred.logs.append(f"LoRA {ref} -> {path} as <lora:{name}:{scale:g}> (trigger {word!r})")
