@@ -13,11 +13,10 @@ from typing import Any
 
 from loraprompt.diagnostics import Diagnostic
 from loraprompt.library.entry import MODEL_EXTS, Entry
+from loraprompt.syntax.printer import TAG_BREAKERS
 
 _ESCAPED = re.compile(r"\\([()\[\]{}|:<>\\])")
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
-
-TAG_BREAKERS = ":>=#"  # in a tag's name: split its items, end it, make a named item, start a comment
 
 
 def stand_in_name(name: str) -> str:

@@ -7,6 +7,9 @@ from typing import Literal
 from loraprompt.syntax.model import LoraActivation
 from loraprompt.syntax.values import Schedule, Strength, format_number
 
+TAG_ENDERS = ":>#"  # in a tag's name or argument: splits its items, ends it, starts a prompt comment
+TAG_BREAKERS = TAG_ENDERS + "="  # and "=", which makes an item a named argument
+
 
 def format_activation(activation: LoraActivation, style: Literal["a1111", "loractl"] = "a1111") -> str:
     """Write the canonical tag for ``activation``; parsing it gives the same activation back.
@@ -26,8 +29,8 @@ def format_activation(activation: LoraActivation, style: Literal["a1111", "lorac
     A name, ``module``, or extra key or value that no tag can carry raises ``ValueError``: ``:`` and
     ``>`` end it, ``#`` starts a prompt comment, and ``=`` makes an item a named argument (a name
     with exactly one; an argument's key or value with any); a blank name is no tag. The gallery
-    writes such LoRAs by alias or hash name instead (``library.resolve.writable_name``, whose
-    ``TAG_BREAKERS`` are these characters, any ``=`` counted).
+    writes such LoRAs by alias or hash name instead (``library.resolve.writable_name``, which
+    counts any ``=``: ``TAG_BREAKERS``).
     """
     if not isinstance(activation, LoraActivation):
         raise TypeError(f"format_activation takes a LoraActivation (from parse(...).loras), "
@@ -91,7 +94,7 @@ def _strength(value: Strength) -> str:
 
 
 def _writable(what: str, text: str, *, named: bool) -> None:
-    bad = sorted({c for c in text if c in ":>#"} | ({"="} if named else set()))
+    bad = sorted({c for c in text if c in TAG_ENDERS} | ({"="} if named else set()))
     if bad:
         raise ValueError(f"LoRA tag {what} {text!r} contains {' '.join(repr(c) for c in bad)}: a <lora:...> tag "
                          "cannot carry it (name the LoRA by its alias or hash name)")
