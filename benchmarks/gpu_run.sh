@@ -59,7 +59,7 @@ if [[ "${1:-}" == "nf4" ]]; then
 fi
 
 echo "## CUDA tests"
-timeout 80 "$PY" -m pytest tests/patcher/test_cuda.py \
+timeout 100 "$PY" -m pytest tests/patcher/test_cuda.py \
     tests/patcher/test_unfused.py::test_every_path_of_the_low_rank_forward_adds_the_merged_delta -k "not cpu" \
     -q -p no:cacheprovider 2>&1 | tail -25
 

@@ -4,7 +4,8 @@ A LoRA whose UNet strength changes during sampling (start/stop, keyframes, sched
 weights) would otherwise rewrite every weight it touches at each step. Instead, for each Linear or
 Conv2d it targets, a forward hook adds `s · up(down(x))` to the module's output, `s` being that
 step's strength; the weight keeps only the constant LoRAs (fused). Changing the strength between
-steps sets Python floats: no kernel, no copy, no host-device synchronisation.
+steps sets Python floats (and copies them into one small table, for compiled forwards: see below):
+no weight touched, no host-device synchronisation.
 
 Per hooked module and forward: one matmul (or conv) through the stacked down factors of every
 unfused LoRA on it, then one in-place addmm (on a Conv2d, a batched matmul over the channels) per
@@ -18,16 +19,30 @@ order, so float32 outputs agree to ~1e-6 relative to the output's scale; in fp16
 weight is rounded once to the weight's dtype while the unfused path rounds `x·downᵀ` and the
 product, so they agree to about the dtype's resolution (~1e-3 fp16, ~8e-3 bf16, relative to
 the output's scale). tests/patcher/test_unfused.py checks these bounds.
+
+Under torch.compile the strengths are not Python floats: dynamo would take each for a constant of
+the graph and compile the model again at every step (until its recompile limit, after which the
+model runs uncompiled for good). A traced forward reads them from one float32 table on the device
+instead, shared by every hooked module of the patcher and updated in place (one copy) when they
+change, and adds each LoRA out of place, which the compiler fuses (tests/patcher/test_compile.py).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+try:
+    from torch.compiler import is_compiling as _compiling
+except ImportError:  # torch < 2.3
+    def _compiling() -> bool:
+        dynamo = sys.modules.get("torch._dynamo")
+        return dynamo is not None and bool(dynamo.is_compiling())
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -112,6 +127,8 @@ class _Hook:
         self._class = type(module)  # else its class's forward, looked up at each call: A1111's manual_cast
         # (MPS, XPU, GTX 16xx, FP8 weight) patches nn.Linear.forward and nn.Conv2d.forward per generation
         self._active = True
+        self.owner: LowRankHooks | None = None  # whose strength table a compiled forward reads
+        self.slot = 0  # where this module's strengths start in it
         module.forward = self.forward
 
     @property
@@ -125,24 +142,41 @@ class _Hook:
         self._strengths = tuple(values)
         self._terms = tuple((s, i) for i, s in enumerate(values) if s != 0.0) if self._active else ()
 
+    def prepare_for_weight(self) -> None:
+        """Cast the factors for the dtype and device of the module's weight (when it computes in
+        it), unless they are: a compiled forward finds them there (it keeps none itself)."""
+        weight, elsewhere = factor_target(self._module)
+        cast = self._cast
+        if elsewhere is not None or weight.dtype not in (torch.float32, torch.float16, torch.bfloat16) or (
+                cast is not None and cast[0] == cast[1] == weight.dtype and cast[2] == weight.device):
+            return
+        self._prepared(weight, weight.dtype)
+
     def _prepared(self, x: Tensor, out: torch.dtype) -> tuple[torch.dtype, torch.dtype, torch.device, Tensor, list[Tensor]]:
         """(x's dtype, the output's dtype, the device, stacked down factors in x's dtype, up factors
         in the output's), cast once. The two dtypes differ under autocast (A1111 on CUDA: a
         LayerNorm/GroupNorm hands an fp16 layer float32 input, the layer answers fp16)."""
         self._cast = None  # a moved model: drop the old device's copy first
+        down, ups = self._cast_factors(x.dtype, out, x.device)
+        self._cast = (x.dtype, out, x.device, _static(down), [_static(u) for u in ups])
+        return self._cast
+
+    def _cast_factors(self, dtype: torch.dtype, out: torch.dtype, device: torch.device) -> tuple[Tensor, list[Tensor]]:
+        """(stacked down factors in `dtype`, up factors in `out`) on `device`, laid out for the forward."""
         module = self._module
-        down = torch.cat([d for _, d in self._factors32]).to(x.device, x.dtype)
-        ups = [u.to(x.device, out) for u, _ in self._factors32]
+        down = torch.cat([d for _, d in self._factors32]).to(device, dtype)
+        ups = [u.to(device, out) for u, _ in self._factors32]
         if isinstance(module, nn.Conv2d):  # up stays (out, rank): a batched matmul over the channels
             down = down.view(down.shape[0], module.in_channels, *module.kernel_size)
         else:
             ups = [u.t().contiguous() for u in ups]  # (rank, out): h @ upᵀ as one addmm
-        self._cast = (x.dtype, out, x.device, down, ups)
-        return self._cast
+        return down, ups
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         own = self._own
         output = own(x, *args, **kwargs) if own is not None else self._class.forward(self._module, x, *args, **kwargs)
+        if _compiling():
+            return self._traced(x, output)
         terms = self._terms
         if not terms:
             return output
@@ -156,11 +190,29 @@ class _Hook:
             return output
         return self._general(x, output, cast[3], cast[4], terms)
 
+    def _traced(self, x: Tensor, output: Tensor) -> Tensor:
+        """The forward as torch.compile traces it: every LoRA added out of place, each scaled by its
+        entry in the owner's strength table (a tensor: a new strength is new data for the same
+        graph, not a new graph). Factors cast for another dtype or device than the kept ones are
+        cast inside the graph."""
+        owner = self.owner
+        if not self._active or owner is None or owner.table is None:
+            return output
+        cast, out = self._cast, output.dtype
+        if cast is not None and cast[0] == x.dtype and cast[1] == out and cast[2] == x.device:
+            down, ups = cast[3], cast[4]
+        else:
+            down, ups = self._cast_factors(x.dtype, out, x.device)
+        strengths = owner.table[self.slot : self.slot + len(ups)].to(x.device, out)
+        return self._general(x, output, down, ups, tuple((strengths[i], i) for i in range(len(ups))), inplace=False)
+
     def _general(self, x: Tensor, output: Tensor, down: Tensor, ups: list[Tensor],
-                 terms: tuple[tuple[float, int], ...]) -> Tensor:
-        """Any number of LoRAs, on a Conv2d, on row slices, or with autograd on."""
+                 terms: tuple[tuple[Any, int], ...], *, inplace: bool | None = None) -> Tensor:
+        """Any number of LoRAs, on a Conv2d, on row slices, or with autograd on; `terms`' strengths
+        are floats, or 0-dim tensors when traced (then not `inplace`)."""
         module = self._module
-        inplace = not torch.is_grad_enabled() and output.is_contiguous()
+        if inplace is None:
+            inplace = not torch.is_grad_enabled() and output.is_contiguous()
         flat = None
         if self._conv:
             assert isinstance(module, nn.Conv2d)
@@ -203,11 +255,28 @@ class _Hook:
                 module.forward = self._own
 
 
+def _static(t: Tensor) -> Tensor:
+    """`t`, marked for torch.compile as living at one address (when torch.compile is in use): CUDA
+    graphs ("reduce-overhead") read it in place instead of copying it in at every replay."""
+    dynamo = sys.modules.get("torch._dynamo")
+    mark = getattr(dynamo, "mark_static_address", None)
+    if mark is not None:
+        mark(t)
+    return t
+
+
+def _device_of(hook: _Hook) -> torch.device:
+    """Where `hook`'s module computes: its weight's device (an offloaded module's: the kept tensor's)."""
+    target, device = factor_target(hook._module)
+    return device or target.device
+
+
 class LowRankHooks:
     """The unfused LoRAs of one patcher: weight key -> forward hook on its module."""
 
     def __init__(self) -> None:
         self._hooks: dict[Key, _Hook] = {}
+        self.table: Tensor | None = None  # every hook's strengths, in slot order, for compiled forwards
 
     def __len__(self) -> int:
         return len(self._hooks)
@@ -246,8 +315,10 @@ class LowRankHooks:
         """Hook exactly the modules of `plan` (key -> (adapter module, rows, strength)) with those
         strengths; a module whose set of LoRAs is unchanged only gets new strengths. Returns the
         number of hooked modules."""
+        relayout = False  # the table's slots given out again when hooks come or go
         for key in [k for k in self._hooks if k not in plan]:
             self._hooks.pop(key).remove()
+            relayout = True
         for key, contributions in plan.items():
             adapter_modules = tuple(c[0] for c in contributions)
             hook = self._hooks.get(key)
@@ -261,16 +332,49 @@ class LowRankHooks:
                     assert found is not None  # unfusable() said it is a plain LoRA
                     factors.append((found[0], found[1]))
                 hook = self._hooks[key] = _Hook(module, adapter_modules, factors, [c[1] for c in contributions])
+                hook.owner, relayout = self, True
+                hook.prepare_for_weight()
             hook.strengths = [float(c[2]) for c in contributions]
+        if not relayout and self.table is not None and self._hooks:  # a model moved since: the table follows
+            relayout = _device_of(next(iter(self._hooks.values()))) != self.table.device
+            if relayout:
+                for hook in self._hooks.values():
+                    hook.prepare_for_weight()
+        self._upload(relayout)
         return len(self._hooks)
 
     def set_strengths(self, strengths: Mapping[Key, list[float]]) -> None:
         """New strengths for hooked modules (in the order of their LoRAs)."""
         for key, values in strengths.items():
             self._hooks[key].strengths = values
+        self._upload()
+
+    def _upload(self, relayout: bool = False) -> None:
+        """Write every hook's strengths into the table compiled forwards read: in place (one copy,
+        from pinned memory without blocking on a GPU) while the hooks and their device are the
+        same, else into a new table on the hooked weights' device, with the slots given out again."""
+        values = [s for hook in self._hooks.values() for s in hook.strengths]
+        table = self.table
+        if not values:
+            self.table = None
+            return
+        device = table.device if table is not None and not relayout else _device_of(next(iter(self._hooks.values())))
+        if table is None or relayout or table.device != device:
+            slot = 0
+            for hook in self._hooks.values():
+                hook.slot, slot = slot, slot + len(hook.strengths)
+            table = self.table = _static(torch.empty(len(values), dtype=torch.float32, device=device))
+        src = torch.tensor(values, dtype=torch.float32)
+        if table.is_cuda:
+            try:
+                src = src.pin_memory()  # the caching host allocator keeps it until the copy is done
+            except RuntimeError:
+                pass
+        table.copy_(src, non_blocking=src.is_pinned())
 
     def clear(self) -> None:
         """Remove every hook."""
         for hook in self._hooks.values():
             hook.remove()
         self._hooks.clear()
+        self.table = None

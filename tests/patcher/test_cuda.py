@@ -165,3 +165,46 @@ def unet_out_cuda(unet) -> torch.Tensor:
     context = torch.randn(2, 5, SD1_TEXT_WIDTH, generator=gen).cuda()
     with torch.no_grad():
         return unet(sample, 10, encoder_hidden_states=context).sample
+
+
+def test_unfused_steps_read_nothing_back() -> None:
+    """The steps of a scheduled LoRA (strengths set, the compiled forwards' table copied from
+    pinned memory) and a full sync of its hooks synchronise with nothing."""
+    from tests.patcher.test_unfused import ramp
+
+    model = on_gpu()
+    adapter = make_adapter(model, 2, every=1)
+    patcher = Patcher(model, schedules="unfused", backups="host")
+    patcher.sync([ramp(adapter)], step=0, total_steps=4)  # first use: factors, casts, the table
+    entries = [ramp(adapter)]
+    patcher.sync(entries, step=0, total_steps=4)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising call raises
+    try:
+        for step in range(1, 4):
+            assert patcher.sync(entries, step=step, total_steps=4).unfused > 0
+        patcher.sync([ramp(adapter)], step=3, total_steps=4)  # new entry objects: the full sync
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    patcher.restore()
+
+
+def test_a_scheduled_lora_compiled_on_the_gpu_compiles_once() -> None:
+    from tests.patcher.test_compile import block_inputs, run, testing
+    from tests.patcher.test_unfused import ramp
+
+    torch._dynamo.reset()
+    model = on_gpu()
+    block = model["unet"].down_blocks[0]
+    inputs = tuple(t.to("cuda", torch.float16) for t in block_inputs(model["unet"]))
+    counter = testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(block, backend=counter)
+    patcher = Patcher(model, schedules="unfused")
+    entries = [ramp(make_adapter(model, 2, every=1))]
+    for step in range(4):
+        patcher.sync(entries, step=step, total_steps=4)
+        got, eager = run(compiled, inputs).float(), run(block, inputs).float()
+        assert float((got - eager).abs().max()) <= 2e-3 * float(eager.abs().max()), step
+    assert counter.frame_count == 1
+    assert patcher._hooks.table is not None and patcher._hooks.table.is_cuda
+    patcher.restore()

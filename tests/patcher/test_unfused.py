@@ -201,7 +201,8 @@ def test_steps_with_the_same_entries_only_set_strengths_and_agree_with_a_full_sy
     outs = []
     for step in range(4):
         ops = count_ops(lambda s=step: patcher.sync(entries, step=s, total_steps=4), "aten::copy_", "aten::addmm")
-        assert ops == {"aten::copy_": 0, "aten::addmm": 0}  # no tensor touched between steps
+        # no weight touched between steps: one copy, of the strength table compiled forwards read
+        assert ops == {"aten::copy_": 1, "aten::addmm": 0}
         outs.append(unet_out(model))
     patcher.restore()
     other = Patcher(model, schedules="unfused")
