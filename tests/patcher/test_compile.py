@@ -97,3 +97,28 @@ def test_a_compiled_block_follows_a_cast_model_and_new_hooks() -> None:
             assert float((got - expected).abs().max()) <= tolerance * float(expected.abs().max()), (phase, step)
         assert counter.frame_count == phase + 1, (phase, counter.frame_count)
     patcher.restore()
+
+
+def test_generations_with_the_same_layout_reuse_the_compiled_graphs() -> None:
+    """Each generation makes new hooks (and new cast factors); a later generation whose hooks have
+    a layout seen before (the same modules, LoRA count and ranks: kohya and PEFT files of one
+    model) runs the graph compiled for it, with its own factors: A, none, A, B, none, A compile
+    twice in all (with hooks and without), and every step matches an eager twin."""
+    dynamo.reset()
+    model, twin = tiny_sd1(), tiny_sd1()
+    block = model["unet"].down_blocks[0]
+    inputs = block_inputs(model["unet"])
+    counter = testing.CompileCounterWithBackend("eager")
+    compiled = torch.compile(block, backend=counter)
+    patcher, reference = Patcher(model, schedules="unfused"), Patcher(twin, schedules="unfused")
+    kohya, peft = tool_adapters()[:2]
+    for adapter in (kohya, None, kohya, peft, None, kohya):
+        for step in (1, 2):
+            entries = [] if adapter is None else [ramp(adapter)]
+            patcher.sync(entries, step=step, total_steps=3)
+            reference.sync(entries, step=step, total_steps=3)
+            got, expected = run(compiled, inputs), run(twin["unet"].down_blocks[0], inputs)
+            assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6), (adapter and adapter.name, step)
+        patcher.restore()
+        reference.restore()
+    assert counter.frame_count == 2, counter.frame_count
