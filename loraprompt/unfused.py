@@ -358,11 +358,11 @@ class LowRankHooks:
         if not values:
             self.table = None
             return
-        device = table.device if table is not None and not relayout else _device_of(next(iter(self._hooks.values())))
-        if table is None or relayout or table.device != device:
+        if table is None or relayout:
             slot = 0
             for hook in self._hooks.values():
                 hook.slot, slot = slot, slot + len(hook.strengths)
+            device = _device_of(next(iter(self._hooks.values())))
             table = self.table = _static(torch.empty(len(values), dtype=torch.float32, device=device))
         src = torch.tensor(values, dtype=torch.float32)
         if table.is_cuda:
