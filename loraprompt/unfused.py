@@ -146,11 +146,15 @@ class _Hook:
         """Cast the factors for the dtype and device of the module's weight (when it computes in
         it), unless they are: a compiled forward finds them there (it keeps none itself)."""
         weight, elsewhere = factor_target(self._module)
+        if elsewhere is None and weight.dtype in (torch.float32, torch.float16, torch.bfloat16) and \
+                self._kept(weight.dtype, weight.dtype, weight.device) is None:
+            self._prepared(weight, weight.dtype)
+
+    def _kept(self, dtype: torch.dtype, out: torch.dtype, device: torch.device) -> tuple[Any, ...] | None:
+        """The kept casts (`_prepared`) when they are for input `dtype`, output `out` and `device`,
+        else None. The eager forward inlines this test (with `is`): it runs at every call."""
         cast = self._cast
-        if elsewhere is not None or weight.dtype not in (torch.float32, torch.float16, torch.bfloat16) or (
-                cast is not None and cast[0] == cast[1] == weight.dtype and cast[2] == weight.device):
-            return
-        self._prepared(weight, weight.dtype)
+        return cast if cast is not None and cast[0] == dtype and cast[1] == out and cast[2] == device else None
 
     def _prepared(self, x: Tensor, out: torch.dtype) -> tuple[torch.dtype, torch.dtype, torch.device, Tensor, list[Tensor]]:
         """(x's dtype, the output's dtype, the device, stacked down factors in x's dtype, up factors
@@ -198,11 +202,9 @@ class _Hook:
         owner = self.owner
         if not self._active or owner is None or owner.table is None:
             return output
-        cast, out = self._cast, output.dtype
-        if cast is not None and cast[0] == x.dtype and cast[1] == out and cast[2] == x.device:
-            down, ups = cast[3], cast[4]
-        else:
-            down, ups = self._cast_factors(x.dtype, out, x.device)
+        out = output.dtype
+        cast = self._kept(x.dtype, out, x.device)
+        down, ups = (cast[3], cast[4]) if cast is not None else self._cast_factors(x.dtype, out, x.device)
         strengths = owner.table[self.slot : self.slot + len(ups)].to(x.device, out)
         return self._general(x, output, down, ups, tuple((strengths[i], i) for i in range(len(ups))), inplace=False)
 
