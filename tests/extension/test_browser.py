@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import socket
 import threading
 import time
 import urllib.request
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures.browser import ServerProcess, gradio_pythons
+from tests.fixtures.ports import free_port
 
 from .conftest import ROOT, Webui
 from .test_generation import started
@@ -30,12 +30,6 @@ document.addEventListener("DOMContentLoaded", function () { lpCallbacks.forEach(
 <script src="SCRIPT"></script></head>
 <body><div id="txt2img_prompt"><label><textarea>a cat</textarea></label></div>
 <div id="txt2img_neg_prompt"><label><textarea></textarea></label></div>GALLERY</body></html>"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -51,7 +45,7 @@ def served(webui: Webui) -> Iterator[str]:
     page = PAGE.replace("SCRIPT", SCRIPT_URL).replace("GALLERY", gallery_html)
     app.get("/")(lambda: fastapi.responses.HTMLResponse(page))
     app.get(SCRIPT_URL)(lambda: fastapi.responses.FileResponse(ROOT / "javascript" / "loraprompt.js"))
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -78,7 +72,6 @@ def test_card_click_writes_the_tag_into_a1111s_prompt_box(served: str, browser: 
         assert page.locator("#txt2img_prompt textarea").input_value().startswith("a cat")
     finally:
         page.close()
-
 
 
 @pytest.mark.browser

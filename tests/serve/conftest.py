@@ -4,7 +4,6 @@ shared by the serve tests; the model's pristine weights are kept to check restor
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,18 +14,13 @@ from typing import Any
 import pytest
 import torch
 
+from tests.fixtures.ports import free_port
 from tests.fixtures.threads import one_torch_thread
 
-__all__ = ["one_torch_thread"]
+__all__ = ["free_port", "one_torch_thread"]
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 SMALL = {"steps": 3, "width": 64, "height": 64}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ServerThread:

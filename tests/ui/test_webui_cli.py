@@ -4,7 +4,6 @@ driven through gradio's own client (no browser): no demo notice, the model's nam
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,15 +16,10 @@ from loraprompt.infotext import parse_infotext, parse_lora_hashes
 from loraprompt.library.hashes import file_hashes
 from loraprompt.models.demo import build_demo_pipeline
 from loraprompt.models.demo_loras import write_demo_loras
+from tests.fixtures.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_webui_serves_a_checkpoint_folder(tmp_path: Path) -> None:
@@ -33,7 +27,7 @@ def test_webui_serves_a_checkpoint_folder(tmp_path: Path) -> None:
     pipe = build_demo_pipeline()
     pipe.save_pretrained(tmp_path / "tiny-model")
     write_demo_loras(pipe, tmp_path / "Lora")
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "server.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     cmd = [sys.executable, "-m", "loraprompt", "webui", "--checkpoint", str(tmp_path / "tiny-model"),
