@@ -30,9 +30,7 @@ Scratch = Callable[["Tensor"], "Tensor"]
 
 def module_error(module: AdapterModule, where: str, reason: str) -> PatchError:
     """A PatchError naming the adapter module and the weight; `.module` tells whose it is."""
-    error = PatchError(f"{module.lora_key} -> {where}: {reason}; nothing applied")
-    error.module = module  # type: ignore[attr-defined]
-    return error
+    return PatchError(f"{module.lora_key} -> {where}: {reason}; nothing applied", module=module)
 
 
 def weight_parts(

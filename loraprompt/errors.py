@@ -4,6 +4,7 @@ files, refused operations and programming errors."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 class LoraPromptError(Exception):
@@ -30,7 +31,13 @@ class AdapterFileError(LoraPromptError):
 
 
 class PatchError(LoraPromptError):
-    """An adapter that cannot be applied to the loaded model; the model is left untouched."""
+    """An adapter that cannot be applied to the loaded model; the model is left untouched.
+    `module` is the adapter module (a file's LoRA module) the refusal blames, when one is known:
+    the Patcher names its file by it, and with skip_bad_entries leaves only that LoRA out."""
+
+    def __init__(self, message: str, *, module: Any = None) -> None:
+        super().__init__(message)
+        self.module = module
 
 
 class ModelStateError(PatchError):

@@ -236,7 +236,7 @@ class Patcher(Writes):
                     entry = self._owner(exc, items)
                     if entry is None:
                         raise
-                    named = type(exc)(f"{entry.label} ({entry.adapter.path}): {exc}")  # its kind kept
+                    named = type(exc)(f"{entry.label} ({entry.adapter.path}): {exc}", module=exc.module)  # its kind kept
                     if not skip:
                         raise named from exc
                     self._skip(entry, named, report)
@@ -392,7 +392,6 @@ class Patcher(Writes):
         report.diagnostics.append(refused(entry, exc))
 
     def _owner(self, exc: PatchError, items: list[PlanEntry]) -> PlanEntry | None:
-        module = getattr(exc, "module", None)
-        module = getattr(module, "extra", {}).get("parent", module)  # a row slice of a fused file module
+        module = getattr(exc.module, "extra", {}).get("parent", exc.module)  # a row slice of a fused file module
         key = getattr(module, "lora_key", None)
         return next((e for e in items if key is not None and e.adapter.modules.get(key) is module), None)

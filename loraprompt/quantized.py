@@ -160,9 +160,7 @@ class Unfused:
 
 
 def _error(module: Any, key: Key, reason: str) -> PatchError:
-    error = PatchError(f"{module.lora_key} -> {'.'.join(key)}: {reason}; nothing applied")
-    error.module = module  # type: ignore[attr-defined]
-    return error
+    return PatchError(f"{module.lora_key} -> {'.'.join(key)}: {reason}; nothing applied", module=module)
 
 
 def _factors(

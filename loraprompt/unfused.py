@@ -301,7 +301,7 @@ class LowRankHooks:
         module = modules[key[1]]
         refused = fused_away(key[0], modules, key[1])
         if refused is not None:
-            refused.module = contributions[0][0]  # type: ignore[attr-defined]  # whose LoRA it is
+            refused.module = contributions[0][0]  # whose LoRA it is
             raise refused
 
         for adapter_module, rows, _ in contributions:

@@ -134,8 +134,8 @@ class Writes:
                 raise refused
             w_parts, b_parts, kept = self._parts(key, contributions)
         except PatchError as exc:
-            if getattr(exc, "module", None) is None and contributions:  # a bad target: blame its first adapter
-                exc.module = contributions[0][0]  # type: ignore[attr-defined]
+            if exc.module is None and contributions:  # a bad target: blame its first adapter
+                exc.module = contributions[0][0]
             raise
         return (w_parts, b_parts) if kept else None
 

@@ -108,8 +108,8 @@ def test_fused_qkv_projections_are_refused_by_name_until_unfused(schedules) -> N
     to_qkv/to_kv it runs instead: the q/k/v parts of a LoRA were written where nothing reads them,
     silently (the output was 7% off the LoRA's). Now refused before anything is written, naming
     the module and the remedy; once unfused, the same LoRA applies (the refusal is not remembered).
-    The error is a ModelStateError (a PatchError about the model's state, not the file), also once
-    the sync has prefixed the LoRA's label and file to it."""
+    The error is a ModelStateError (a PatchError about the model's state, not the file) blaming
+    the LoRA's module, also once the sync has prefixed the LoRA's label and file to it."""
     from loraprompt.errors import ModelStateError
 
     model, twin = tiny_sd1(), tiny_sd1()
@@ -121,8 +121,9 @@ def test_fused_qkv_projections_are_refused_by_name_until_unfused(schedules) -> N
     said = patcher.check(entries)  # the dry run says it too
     assert [d.code for d in said] == ["lora-refused"] and "fuse_qkv_projections()" in said[0].message
     with pytest.raises(ModelStateError, match=rf"^{adapter.name} \(.*\): unet\.down_blocks.*attn1\.to_[qkv]: diffusers' "
-                       r"fuse_qkv_projections\(\) runs .*attn1\.to_qkv instead.*call unfuse_qkv_projections\(\)"):
+                       r"fuse_qkv_projections\(\) runs .*attn1\.to_qkv instead.*call unfuse_qkv_projections\(\)") as caught:
         patcher.sync(entries, step=1, total_steps=4)
+    assert any(caught.value.module is m for m in adapter.modules.values())  # the blamed module, kept too
     assert_bit_equal(model, base)
     report = patcher.sync(entries, step=1, total_steps=4, on_error="skip")
     assert report.skipped == [adapter.name] and [d.code for d in report.diagnostics] == ["lora-refused"]
