@@ -7,7 +7,7 @@ import bisect
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,8 @@ class RefreshReport:
 @dataclass
 class Folder:
     """One walked folder: its absolute path, its path relative to the root (`/`-separated), its
-    file names (sorted, for prefix lookups), model files and whether it is hidden."""
+    file names (sorted by their lower-cased form, for prefix lookups), model files and whether
+    it is hidden."""
 
     path: str
     rel: str
@@ -60,23 +61,33 @@ class Folder:
     models: list[str]
     hidden: bool
     outside: str | None = None  # the real folder, when a symlink led the walk out of the root
-    prefixes: set[str] | None = None  # every `<text>.` that starts the name of a file that is not a model
+    prefixes: set[str] | None = None  # every lower-cased `<text>.` that starts the name of a file that is not a model
+    lowered: list[str] | None = None  # `names` lower-cased (sorted, as `names` is sorted by them)
 
     def companions(self, filename: str) -> dict[str, str]:
-        """A `make_listing` of the other names that start with `<stem>.` (sidecars, previews);
-        {} when no file but models starts so (no sidecar or preview name is a model's)."""
-        prefix = filename[: filename.rfind(".") + 1]  # model names always have an extension
+        """A `make_listing` of the other names that start with `<stem>.` in any case (sidecars,
+        previews: A1111 on Windows finds `foo.png` and `foo.json` for `Foo.safetensors`); {} when
+        no file but models starts so (no sidecar or preview name is a model's)."""
+        prefix = filename[: filename.rfind(".") + 1].lower()  # model names always have an extension
         if self.prefixes is None:
-            self.prefixes = _prefixes(set(self.names).difference(self.models))
+            self.prefixes = _prefixes({n.lower() for n in set(self.names).difference(self.models)})
         if prefix not in self.prefixes:
             return {}  # most files in a big library: one set lookup instead of a bisect and a listing
-        i = bisect.bisect_left(self.names, prefix)
+        if self.lowered is None:
+            self.lowered = [n.lower() for n in self.names]
+        lowered, names = self.lowered, self.names
+        i = bisect.bisect_left(lowered, prefix)
         found = []
-        while i < len(self.names) and self.names[i].startswith(prefix):
-            if self.names[i] != filename:
-                found.append(self.names[i])
+        while i < len(lowered) and lowered[i].startswith(prefix):
+            if names[i] != filename:
+                found.append(names[i])
             i += 1
         return make_listing(found) if found else {}
+
+
+def sorted_names(names: Iterable[str]) -> list[str]:
+    """`names` in `Folder.names` order: by lower-cased name."""
+    return sorted(names, key=str.lower)
 
 
 def _prefixes(names: set[str]) -> set[str]:
@@ -131,7 +142,7 @@ def walk(root: str, dir_mtimes: dict[str, int]) -> list[Folder]:
                 subdirs.append(item.name)
             elif item.name.lower().endswith(MODEL_EXTS) and "." in item.name.lstrip("."):  # splitext's view: a
                 models.append(item.name)  # leading dot starts no extension (".pt" is a name); one C call per file
-        names = sorted(item.name for item in items)
+        names = sorted_names(item.name for item in items)
         out.append(Folder(path, rel, names, models, hidden))  # scan_root sorts the entries
         for name in sorted(subdirs, key=natural_key, reverse=True):
             stack.append((os.path.join(path, name), f"{rel}/{name}" if rel else name, hidden or name.startswith(".")))
@@ -368,7 +379,7 @@ def folder_of(path: str, root: str) -> Folder:
     parent = os.path.dirname(path)
     rel = os.path.relpath(parent, root).replace(os.sep, "/") if parent != root else ""
     try:
-        names = sorted(os.listdir(parent))
+        names = sorted_names(os.listdir(parent))
     except OSError:
         names = []
     hidden = any(part.startswith(".") for part in rel.split("/") if part)
