@@ -79,6 +79,10 @@ _WORDS = (_AT["kind"], _AT["family"], _AT["family_source"])  # a few distinct sh
 
 
 _NO_EXTRAS: dict[str, Any] = {}
+# what `in_order` is saved as: the order `arrange` was given (scanner.walk_key). A cache saved in
+# another order (`true`: relpaths natural-sorted, before A1111's folder-then-file walk order) is
+# sorted again once.
+ORDER = "a1111-walk"
 
 
 class Record(Mapping[str, Any]):
@@ -181,7 +185,7 @@ class DiskCache:
                         if type(row[at]) is str:
                             row[at] = intern(row[at])
             self._files = files
-            self.in_order = doc.get("in_order") is True
+            self.in_order = doc.get("in_order") == ORDER
 
     def get(self, path: str, size: int, mtime_ns: int, ino: int, ctime_ns: int) -> Record | None:
         """The cached record of `path` if the file is still that version (its size, mtime, inode
@@ -255,7 +259,7 @@ class DiskCache:
         if self.path is None or not self._dirty:
             return
         with self._lock:
-            text = json.dumps({"version": VERSION, "in_order": self.in_order, "files": self._files}, ensure_ascii=False,
+            text = json.dumps({"version": VERSION, "in_order": ORDER if self.in_order else False, "files": self._files}, ensure_ascii=False,
                               separators=(",", ":"))
             self._dirty = False
         try:

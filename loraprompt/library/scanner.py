@@ -20,7 +20,7 @@ from loraprompt.library.hashes import file_version
 from loraprompt.library.quickheader import Layouts
 from loraprompt.library.sidecars import find_names, make_listing, preview_names, sidecar_names
 
-_DIGITS = re.compile(r"(\d+)")
+_DIGITS = re.compile(r"([0-9]+)")  # A1111's regex: ASCII digits only (`\\d` would take other scripts' digits)
 
 
 def _number(match: re.Match[str]) -> str:
@@ -29,12 +29,28 @@ def _number(match: re.Match[str]) -> str:
 
 
 def natural_key(text: str) -> str:
-    """Sort key that orders `lora2` before `lora10`, case-insensitively: A1111's key (the text
-    split into digit runs compared as integers and other runs compared case-folded) as one
-    string, which sorts 100,000 paths several times faster than lists do. A digit run becomes
-    NUL, its length and its digits: NUL sorts below any character of a name, as the end of a
-    shorter run does in A1111's list comparison, and length then digits order integers."""
-    return _DIGITS.sub(_number, text.casefold())
+    """Sort key that orders `lora2` before `lora10`, case-insensitively: A1111's `natural_sort_key`
+    (modules/util.py: the text split on runs of ASCII digits, compared as integers, the other
+    runs lower-cased with `str.lower`) as one string, which sorts 100,000 paths several times
+    faster than lists do. A digit run becomes NUL, its length and its digits: NUL sorts below any
+    character of a name, as the end of a shorter run does in A1111's list comparison, and length
+    then digits order integers."""
+    return _DIGITS.sub(_number, text.lower())
+
+
+def walk_key(folder: str, filename: str) -> str:
+    """Sort key of A1111's walk order (modules/util.py `walk_files`): the folders by the natural
+    key of their path, then each folder's files by theirs; so a folder's own files come before its
+    subfolders' and the folders go `a/`, `a1/`, `a/b/` (the text before a digit run ends there,
+    so it sorts first). `folder` is relative to the root (every
+    path has the root in front: the same order). NUL NUL ends the folder's key: it sorts below any
+    continuation of a longer folder's (a digit run starts NUL, then its length, never 0)."""
+    return natural_key(folder) + "\0\0" + natural_key(filename)
+
+
+def entry_key(entry: Entry) -> str:
+    """`walk_key` of an entry."""
+    return walk_key(entry.folder, entry.relpath[entry.relpath.rfind("/") + 1 :])
 
 
 @dataclass(frozen=True)
@@ -282,7 +298,7 @@ def scan_root(
     root: str, cache: DiskCache, settle_s: float, previous: Mapping[str, Entry], marks: Mapping[str, Any],
     *, ranks: Mapping[str, int] | None = None, workers: int | None = 0,
 ) -> ScanResult:
-    """Walk one root and build its entries in A1111's (natural-sorted) order, reusing the
+    """Walk one root and build its entries in A1111's walk order (`walk_key`), reusing the
     `previous` entry of a file whose stat and `marks` (sidecars, previews) are unchanged. With
     `ranks` (path -> position in the last scan's order, `DiskCache.ranks`) that has every path,
     the entries are sorted by it: the natural order of a subset of those paths is theirs.
@@ -301,13 +317,13 @@ def scan_root(
                               layouts=layouts, stats=stats, read=read)
             if entry is not None:
                 result.entries.append(entry)
-    # walk order differs: a folder's files mix with its subfolders
+    # `walk` pops folders depth first: sort into A1111's order
     try:
         if ranks is None:
             raise KeyError("no ranks")
         result.entries.sort(key=lambda e: ranks[e.path])  # keys are made first: a KeyError leaves the list as it was
     except KeyError:
-        result.entries.sort(key=lambda e: natural_key(e.relpath))
+        result.entries.sort(key=entry_key)
     return result
 
 
@@ -370,7 +386,7 @@ def cached_entries(root: str, cache: DiskCache) -> list[Entry]:
                 sidecars[kind] = side["sidecar"]
         entry = make_entry(root, folder, os.path.basename(path), record=record, sidecars=sidecars, previews=())
         out.append(replace(entry, offline=True))
-    out.sort(key=lambda e: natural_key(e.relpath))
+    out.sort(key=entry_key)
     return out
 
 

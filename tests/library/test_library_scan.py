@@ -196,7 +196,7 @@ def test_natural_walk_order_and_stem_collision(lora_dir: Path, tmp_path: Path) -
     for rel in ("lora10.safetensors", "lora2.safetensors", "a/dup.safetensors", "b/dup.safetensors"):
         write_lora(lora_dir / rel)
     lib = Library([lora_dir], cache_dir=tmp_path / "c")
-    assert [e.relpath for e in lib.entries] == ["a/dup.safetensors", "b/dup.safetensors", "lora2.safetensors", "lora10.safetensors"]
+    assert [e.relpath for e in lib.entries] == ["lora2.safetensors", "lora10.safetensors", "a/dup.safetensors", "b/dup.safetensors"]
     r = lib.resolve("dup")
     assert r.entry is not None and r.entry.relpath == "b/dup.safetensors"
     assert [d.code for d in r.diagnostics] == ["W-NAME-STEM-COLLISION"]
@@ -348,8 +348,9 @@ def test_unusable_cache_file_is_rebuilt(lora_dir: Path, tmp_path: Path, content:
 
 
 def test_natural_key_orders_as_a1111s_list_key() -> None:
-    """The scan's one-string sort key orders (and ties) names exactly as A1111's list key, which
-    compares digit runs as integers and the rest case-folded (`lora.x` before `lora2.x`)."""
+    """The scan's one-string sort key orders (and ties) names exactly as A1111's list key
+    (modules/util.py natural_sort_key), which compares runs of ASCII digits as integers and the
+    rest lower-cased (`lora.x` before `lora2.x`; `ß` stays `ß`, `٣` is no digit)."""
     import itertools
     import random
     import re
@@ -357,12 +358,12 @@ def test_natural_key_orders_as_a1111s_list_key() -> None:
     from loraprompt.library.scanner import natural_key
 
     def a1111(text: str) -> list[object]:
-        return [int(t) if t.isdigit() else t.casefold() for t in re.split(r"(\d+)", text)]
+        return [int(t) if t.isdigit() else t.lower() for t in re.split("([0-9]+)", text)]
 
     rng = random.Random(15)
-    alphabet = "aAbZ_-./ ~é0123456789"
+    alphabet = "aAbZ_-./ ~éßs0123456789"
     names = ["lora", "lora2", "lora10", "lora.safetensors", "lora2.safetensors", "Lora007", "lora7", "a/b", "a/b/c", "a-1", "a1",
-             "x٣", "x3", "x10"] + ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 9))) for _ in range(3000)]
+             "x٣", "x3", "x10", "straße", "strasse1", "STRASSE"] + ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 9))) for _ in range(3000)]
     for a, b in itertools.pairwise(names):
         assert (a1111(a) < a1111(b), a1111(a) == a1111(b)) == (natural_key(a) < natural_key(b), natural_key(a) == natural_key(b)), (a, b)
     assert sorted(names, key=a1111) == sorted(names, key=natural_key)
@@ -393,15 +394,16 @@ def test_a_cache_of_a_previous_version_is_read_again(lora_dir: Path, tmp_path: P
 
 
 def test_a_warm_scan_keeps_the_natural_order_through_the_saved_one(lora_dir: Path, tmp_path: Path) -> None:
-    """The cache saves its records in the entries' order and a warm scan sorts by it; a file new
-    since then (its record appended) makes the scan sort by name again."""
+    """The cache saves its records in the entries' order (A1111's walk order: a folder's files,
+    then its subfolders') and a warm scan sorts by it; a file new since then (its record
+    appended) makes the scan sort by name again."""
     for name in ("b/lora10", "lora2", "b/Lora9", "a", "b1/x"):
         write_lora(lora_dir / f"{name}.safetensors")
-    expected = ["a.safetensors", "b1/x.safetensors", "b/Lora9.safetensors", "b/lora10.safetensors", "lora2.safetensors"]
+    expected = ["a.safetensors", "lora2.safetensors", "b/Lora9.safetensors", "b/lora10.safetensors", "b1/x.safetensors"]
     assert [e.relpath for e in Library([lora_dir], cache_dir=tmp_path / "c").entries] == expected
     (cache_file,) = (tmp_path / "c").glob("library-*.json")
     doc = json.loads(cache_file.read_text())
-    assert doc["in_order"] is True and [p for p in doc["files"] if p.endswith(".safetensors")] == [str(lora_dir / p) for p in expected]
+    assert doc["in_order"] == "a1111-walk" and [p for p in doc["files"] if p.endswith(".safetensors")] == [str(lora_dir / p) for p in expected]
     assert [e.relpath for e in Library([lora_dir], cache_dir=tmp_path / "c").entries] == expected
     write_lora(lora_dir / "b" / "lora3.safetensors")
     lib = Library([lora_dir], cache_dir=tmp_path / "c")

@@ -32,3 +32,53 @@ def test_sidecars_whose_stem_differs_in_case_are_found(lora_dir: Path, tmp_path:
     assert foo.user == {"activation text": "foo style"} and foo.description == "a description"
     bar = next(e for e in lib.entries if e.name == "bar")
     assert Path(bar.previews[0]).name == "bar.png"
+
+
+def _a1111_walk(root: Path) -> list[str]:
+    """A1111 v1.10.1's `modules/util.py` `walk_files` (with its `natural_sort_key`), relative to
+    `root`: os.walk's folders sorted by the natural key of their path, then each one's files."""
+    import os
+    import re
+
+    def natural_sort_key(s: str, regex: re.Pattern[str] = re.compile("([0-9]+)")) -> list[object]:
+        return [int(text) if text.isdigit() else text.lower() for text in regex.split(s)]
+
+    out = []
+    for folder, _, files in sorted(os.walk(root, followlinks=True), key=lambda x: natural_sort_key(x[0])):
+        for filename in sorted(files, key=natural_sort_key):
+            if os.path.splitext(filename)[1].lower() in (".pt", ".ckpt", ".safetensors"):
+                out.append(Path(folder, filename).relative_to(root).as_posix())
+    return out
+
+
+def test_walk_order_and_the_stem_that_wins_are_a1111s(lora_dir: Path, tmp_path: Path) -> None:
+    """Mirrors A1111's `modules/util.py` `walk_files` (folders by `natural_sort_key` of their path,
+    then the files of each) and `extensions-builtin/Lora/networks.py` `process_network_files` (the
+    later file of a stem wins): a folder's own files come before its subfolders', `a1/` before
+    `a/b/`, case and `ß` compared with `str.lower`, `٣` not a digit. The collision warning names
+    that file, and a warm scan (ranks from the saved order) and a cache saved in the old relpath
+    order give the same."""
+    import json
+
+    rels = ["zeta.safetensors", "anime/zeta.safetensors", "a/b/dup.safetensors", "a1/dup.safetensors", "a/dup.safetensors",
+            "Lora10.safetensors", "lora9.ckpt", "a-x/y.pt", "a_x/y.pt", "straße.safetensors", "strasse1.safetensors",
+            "x٣.safetensors", "x3.safetensors", "B/C.safetensors", "b2/c.safetensors"]
+    for i, rel in enumerate(rels):
+        write_lora(lora_dir / rel, seed=i)
+    expected = _a1111_walk(lora_dir)
+    assert expected[:4] == ["lora9.ckpt", "Lora10.safetensors", "strasse1.safetensors", "straße.safetensors"]  # the root's own first
+    lib = Library([lora_dir], cache_dir=tmp_path / "c", workers=0)
+    assert [e.relpath for e in lib.entries] == expected
+    for stem in ("zeta", "dup"):
+        chosen = [rel for rel in expected if rel.rsplit("/", 1)[-1].rsplit(".", 1)[0] == stem][-1]
+        r = lib.resolve(stem, profile="a1111")
+        assert r.entry is not None and r.entry.relpath == chosen
+        (diag,) = r.diagnostics
+        assert diag.code == "W-NAME-STEM-COLLISION" and f"using {chosen} as A1111 does" in diag.message
+    assert [e.relpath for e in Library([lora_dir], cache_dir=tmp_path / "c", workers=0).entries] == expected
+    (cache_file,) = (tmp_path / "c").glob("library-*.json")
+    doc = json.loads(cache_file.read_text())
+    by_relpath = sorted(doc["files"], key=lambda p: p.lower())  # saved in another order, marked as before
+    cache_file.write_text(json.dumps({**doc, "in_order": True, "files": {p: doc["files"][p] for p in by_relpath}}))
+    lib = Library([lora_dir], cache_dir=tmp_path / "c", workers=0)
+    assert lib.last_report.files_read == 0 and [e.relpath for e in lib.entries] == expected
