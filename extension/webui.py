@@ -60,7 +60,8 @@ def model_family(sd_model: Any) -> str | None:
 
 
 def lora_dirs() -> list[str]:
-    """The folders A1111 scans for LoRAs: --lora-dir and --lyco-dir-backcompat (when present)."""
+    """The folders A1111 scans for LoRAs: --lora-dir and --lyco-dir-backcompat (when present),
+    each real folder once."""
     from modules import paths
 
     args = shared.cmd_opts
@@ -69,10 +70,12 @@ def lora_dirs() -> list[str]:
         getattr(args, "lyco_dir_backcompat", None) or os.path.join(paths.models_path, "LyCORIS"),
     ]
     seen: list[str] = []
-    for d in dirs:
-        if os.path.isdir(d) and os.path.abspath(d) not in seen:
+    real: list[str] = []
+    for d in dirs:  # `models/LyCORIS` is often a link to `models/Lora`: one folder, listed once
+        if os.path.isdir(d) and os.path.realpath(d) not in real:
             seen.append(os.path.abspath(d))
-    return seen
+            real.append(os.path.realpath(d))
+    return seen  # a folder inside the other is left to the Library (`distinct_roots`)
 
 
 def popup(message: str) -> None:

@@ -61,10 +61,11 @@ class Library(Contents):
     ) -> None:
         if isinstance(dirs, (str, os.PathLike)):
             dirs = [dirs]
-        self.roots = [Path(os.path.abspath(d)) for d in dirs]
-        for root in self.roots:  # a missing folder is offline (an unplugged drive); a file is a mistake
-            if root.is_file():
-                raise ValueError(f"{root}: a LoRA folder is expected here, not a file")
+        dirs = list(dirs)
+        for d in dirs:  # a missing folder is offline (an unplugged drive); a file is a mistake
+            if os.path.isfile(d):
+                raise ValueError(f"{os.path.abspath(d)}: a LoRA folder is expected here, not a file")
+        self.roots = distinct_roots(dirs)
         where = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self._cache = DiskCache(where if persist else None, [str(r) for r in self.roots])
         self._usage = UsageLog(self._cache.path.with_name("usage-" + self._cache.path.name) if self._cache.path else None)
@@ -107,6 +108,7 @@ class Library(Contents):
             read = 0
             marks: dict[str, Any] = {}
             seen: set[str] = set()
+            walked: set[tuple[int, int]] = set()  # (st_dev, st_ino) of every folder walked: a real folder once, whatever root
             linked: set[str] = set()
             ranks = self._cache.ranks()
             for root in self.roots:
@@ -115,7 +117,8 @@ class Library(Contents):
                     kept = [replace(e, offline=True) for e in old.values() if e.root == str(root)]
                     entries += kept or cached_entries(str(root), self._cache)
                     continue
-                result = scan_root(str(root), self._cache, self.settle_s, old, self._marks, ranks=ranks, workers=self.workers)
+                result = scan_root(str(root), self._cache, self.settle_s, old, self._marks, ranks=ranks, workers=self.workers,
+                                   walked=walked)
                 marks.update(result.marks)
                 seen |= result.sidecars_seen
                 linked |= result.linked_previews
@@ -338,6 +341,22 @@ class Library(Contents):
     def safe_file(self, ref: object, kind: str = "preview") -> Path | None:
         """The file a web route may serve for `ref`, or None; the policy is in `paths`."""
         return paths.safe_file(ref, self.roots, kind, self._allowed)
+
+
+def distinct_roots(dirs: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """The absolute paths of `dirs`, each real folder once: a folder given twice, or through a
+    symlink (`models/LyCORIS` -> `models/Lora`), is kept where it first comes; one inside another
+    root is dropped (the other's walk lists its files). A1111 walks each of its two folders, so it
+    meets those files twice, but one name keeps one file: the user sees each once, as here."""
+    given = [(Path(os.path.abspath(d)), os.path.join(os.path.realpath(d), "")) for d in dirs]
+    out: list[Path] = []
+    kept: list[str] = []
+    for path, real in given:
+        if real in kept or any(real != other and real.startswith(other) for _, other in given):
+            continue
+        out.append(path)
+        kept.append(real)
+    return out
 
 
 def _json_sidecars(marks: dict[str, Any]) -> dict[str, Version]:

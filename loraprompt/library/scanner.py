@@ -130,10 +130,11 @@ class ScanResult:
     linked_previews: set[str] = field(default_factory=set)  # real paths of previews outside the root
 
 
-def walk(root: str, dir_mtimes: dict[str, int]) -> list[Folder]:
-    """Every folder under `root` (symlinks followed, each real folder once), naturally sorted."""
+def walk(root: str, dir_mtimes: dict[str, int], seen: set[tuple[int, int]] | None = None) -> list[Folder]:
+    """Every folder under `root` (symlinks followed, each real folder once: `seen` holds the
+    (st_dev, st_ino) of the folders walked, shared by the walks of several roots)."""
     out: list[Folder] = []
-    seen: set[tuple[int, int]] = set()
+    seen = set() if seen is None else seen
     stack: list[tuple[str, str, bool]] = [(root, "", False)]
     while stack:
         path, rel, hidden = stack.pop()
@@ -296,17 +297,18 @@ def _stamps(folder: str, names: tuple[str, ...]) -> tuple[tuple[str, int, int, i
 
 def scan_root(
     root: str, cache: DiskCache, settle_s: float, previous: Mapping[str, Entry], marks: Mapping[str, Any],
-    *, ranks: Mapping[str, int] | None = None, workers: int | None = 0,
+    *, ranks: Mapping[str, int] | None = None, workers: int | None = 0, walked: set[tuple[int, int]] | None = None,
 ) -> ScanResult:
     """Walk one root and build its entries in A1111's walk order (`walk_key`), reusing the
     `previous` entry of a file whose stat and `marks` (sidecars, previews) are unchanged. With
     `ranks` (path -> position in the last scan's order, `DiskCache.ranks`) that has every path,
     the entries are sorted by it: the natural order of a subset of those paths is theirs.
-    `workers`: processes reading new headers (`readers.worker_count`; None: by CPUs and count)."""
+    `workers`: processes reading new headers (`readers.worker_count`; None: by CPUs and count);
+    `walked`: the folders other roots' walks listed already (`walk`'s `seen`), left out here."""
     result = ScanResult()
     layouts = Layouts()
     real_root = os.path.join(os.path.realpath(root), "")
-    folders = walk(root, result.dir_mtimes)
+    folders = walk(root, result.dir_mtimes, walked)
     # a warm scan pays one cache lookup per file here; a cold one has its headers read on every CPU
     stats, read = read_ahead(folders, cache, workers) if workers != 0 else ({}, {})
     for folder in folders:

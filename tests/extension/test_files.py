@@ -60,3 +60,10 @@ def test_glue_lives_under_a_unique_module_name(webui: Webui) -> None:
     webui.load_extension()
     assert "loraprompt_a1111.network" in sys.modules
     assert "extension" not in sys.modules or not str(getattr(sys.modules["extension"], "__file__", "")).startswith(str(ROOT / "extension"))
+
+
+def test_a_lycoris_folder_linked_to_the_lora_folder_is_scanned_once(webui: Webui) -> None:
+    """models/LyCORIS -> models/Lora (a common set-up): one folder, so one root, not every file twice."""
+    webui.load_extension()
+    (webui.lora_dir.parent / "LyCORIS").symlink_to(webui.lora_dir)
+    assert sys.modules["loraprompt_a1111.webui"].lora_dirs() == [str(webui.lora_dir)]

@@ -82,3 +82,23 @@ def test_walk_order_and_the_stem_that_wins_are_a1111s(lora_dir: Path, tmp_path: 
     cache_file.write_text(json.dumps({**doc, "in_order": True, "files": {p: doc["files"][p] for p in by_relpath}}))
     lib = Library([lora_dir], cache_dir=tmp_path / "c", workers=0)
     assert lib.last_report.files_read == 0 and [e.relpath for e in lib.entries] == expected
+
+
+def test_a_root_given_twice_linked_or_nested_lists_each_file_once(tmp_path: Path) -> None:
+    """models/LyCORIS -> models/Lora, a root given twice, a root inside another, a link inside one
+    root to another: A1111 walks both folders but keeps one file per name, so its user sees each
+    file once; so does the library (no stem collision, no same-file duplicate group)."""
+    models = tmp_path / "models"
+    lora, other = models / "Lora", models / "Other"
+    write_lora(lora / "detail.safetensors")
+    write_lora(lora / "sub" / "deep.safetensors", seed=1)
+    write_lora(other / "far.safetensors", seed=2)
+    (models / "LyCORIS").symlink_to(lora)
+    (lora / "to_other").symlink_to(other)
+    lib = Library([lora, models / "LyCORIS", str(lora) + "/", lora / "sub", other], cache_dir=tmp_path / "c", workers=0)
+    assert lib.roots == [lora, other]
+    assert [e.relpath for e in lib.entries] == ["detail.safetensors", "sub/deep.safetensors", "to_other/far.safetensors"]
+    r = lib.resolve("detail")
+    assert r.entry is not None and r.diagnostics == ()
+    assert lib.duplicates() == []
+    assert lib.refresh().removed == () and len(lib.entries) == 3
