@@ -18,7 +18,7 @@ from typing import Any
 
 from loraprompt.library.sidecars import atomic_write_text
 
-VERSION = 5  # 5: rows hold the inode and ctime of every file (a file replaced with its size and mtime kept is read again); 4: summaries with " and ` swapped (entry.SUMMARY_SWAP); 3: records are rows (lists), not objects; 2: one family detector (SD1 files with lora_te1_ keys)
+VERSION = 6  # 6: output_name is ss_output_name only (5 took modelspec.title when it was missing: `_from_5`); 5: rows hold the inode and ctime of every file (a file replaced with its size and mtime kept is read again); 4: summaries with " and ` swapped (entry.SUMMARY_SWAP); 3: records are rows (lists), not objects; 2: one family detector (SD1 files with lora_te1_ keys)
 # A file whose mtime is this close to when it was read may change again within the same
 # timestamp tick (coarse filesystem clocks, FAT's 2 s): such a record is used once, then re-read.
 RACY_NS = 2_000_000_000
@@ -148,6 +148,17 @@ def _row(size: int, mtime_ns: int, ino: int, ctime_ns: int, values: Mapping[str,
     return [size, mtime_ns, extras or None, ino, ctime_ns]
 
 
+def _from_5(files: dict[str, list[Any]]) -> None:
+    """Version 5 made a header's `modelspec.title` its output name (the alias) when it had no
+    `ss_output_name`: the rows that may hold such a title (an output name and a title in the
+    summary) are marked racy, so their files are read again once; the others, and their hashes,
+    stay."""
+    name_at, summary_at = _AT["output_name"], _AT["summary"]
+    for row in files.values():
+        if len(row) > BASE and row[name_at] is not None and "title" in str(row[summary_at]):
+            row[2] = {**(row[2] or {}), "racy": True}
+
+
 def _valid(row: Any) -> bool:
     return (isinstance(row, list) and len(row) in (BASE, BASE + len(COLUMNS)) and type(row[0]) is int and type(row[1]) is int
             and (row[2] is None or isinstance(row[2], dict)) and type(row[3]) is int and type(row[4]) is int)
@@ -174,10 +185,12 @@ class DiskCache:
             doc = json.loads(self.path.read_bytes().decode("utf-8"))  # no newline translation: 100 MB at 100,000 files
         except (OSError, ValueError):
             return
-        if isinstance(doc, dict) and doc.get("version") == VERSION and isinstance(doc.get("files"), dict):
+        if isinstance(doc, dict) and doc.get("version") in (5, VERSION) and isinstance(doc.get("files"), dict):
             files = doc["files"]
             if not all(map(_valid, files.values())):
                 return  # written by hand or by another program: rebuilt
+            if doc["version"] == 5:
+                _from_5(files)
             intern = sys.intern
             for row in files.values():
                 if len(row) > BASE:

@@ -81,7 +81,7 @@ def _split_phrases(text: str) -> list[str]:
 class MetadataSummary:
     """The training metadata worth showing on a card or a details view (all values capped)."""
 
-    output_name: str | None = None
+    output_name: str | None = None  # ss_output_name: A1111's alias (never modelspec.title)
     base_model: str | None = None  # ss_sd_model_name
     base_model_version: str | None = None  # ss_base_model_version / modelspec.architecture
     trigger_words: tuple[str, ...] = ()
@@ -160,7 +160,7 @@ def summarize(metadata: Mapping[str, str]) -> MetadataSummary:
     modelspec = {k[len("modelspec.") :]: cap(v) for k, v in metadata.items() if k.startswith("modelspec.") and "thumbnail" not in k}
     epochs = get("ss_num_epochs") or get("ss_epoch")
     return MetadataSummary(
-        output_name=get("ss_output_name") or modelspec.get("title"),
+        output_name=get("ss_output_name"),  # A1111's alias (NetworkOnDisk); modelspec.title is shown as the header says
         base_model=get("ss_sd_model_name"),
         base_model_version=get("ss_base_model_version") or modelspec.get("architecture"),
         trigger_words=triggers,

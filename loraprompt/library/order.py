@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from loraprompt.library.entry import Entry
 
-_DIGITS = re.compile(r"([0-9]+)")  # A1111's regex: ASCII digits only (`\\d` would take other scripts' digits)
+_DIGITS = re.compile(r"([0-9]+)")  # A1111's regex: ASCII digits only (`\d` would take other scripts' digits)
 
 
 def _number(match: re.Match[str]) -> str:

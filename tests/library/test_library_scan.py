@@ -386,7 +386,7 @@ def test_a_cache_of_a_previous_version_is_read_again(lora_dir: Path, tmp_path: P
             row[5] = row[5].translate(SUMMARY_SWAP)  # as version 3 wrote it
     cache_file.write_text(json.dumps({**doc, "version": old}))
     lib = Library([lora_dir], cache_dir=tmp_path / "c")
-    assert lib.last_report.files_read == 1 and json.loads(cache_file.read_text())["version"] == CACHE_VERSION == 5
+    assert lib.last_report.files_read == 1 and json.loads(cache_file.read_text())["version"] == CACHE_VERSION == 6
     warm = Library([lora_dir], cache_dir=tmp_path / "c")
     assert warm.last_report.files_read == 0
     for e in (first, lib.entries[0], warm.entries[0]):

@@ -75,3 +75,33 @@ def test_a_scanned_entry_equals_the_dataclass_built_one(tmp_path: Path) -> None:
 )
 def test_tag_frequency_sums_clean_counts_most_frequent_first(doc: object, expected: list[tuple[str, int]]) -> None:
     assert tag_frequency({"ss_tag_frequency": json.dumps(doc)}) == expected
+
+
+def test_the_alias_is_ss_output_name_only_as_in_a1111(tmp_path: Path) -> None:
+    """A1111's NetworkOnDisk: `alias = metadata.get('ss_output_name', name)`. A `modelspec.title`
+    (kohya's svd_merge_lora writes `LoRA@<timestamp>`) is shown as the header's title, never
+    inserted, pasted or resolved as the name; a cache of version 5, which took the title, reads
+    the files with a title and an output name again once and keeps the others."""
+    from loraprompt.library import Library
+
+    lora = tmp_path / "Lora"
+    title = {"modelspec.sai_model_spec": "1.0.0", "modelspec.title": "LoRA@1700000000"}
+    write_lora(lora / "merged_style.safetensors", title)
+    write_lora(lora / "both.safetensors", {**title, "modelspec.title": "Both title", "ss_output_name": "both_out"}, seed=1)
+    write_lora(lora / "kohya.safetensors", {"ss_output_name": "kohya_out", "ss_tag_frequency": frequency({"x": 1})}, seed=2)
+    lib = Library(lora, tmp_path / "c", workers=0)
+    merged, both, kohya = (next(e for e in lib.entries if e.name == n) for n in ("merged_style", "both", "kohya"))
+    assert merged.alias == "merged_style" and lib.display_name(merged) == "merged_style" and merged.summary.output_name is None
+    assert merged.summary.modelspec["title"] == "LoRA@1700000000"
+    assert both.alias == "both_out" and lib.display_name(both) == "both_out" and both.summary.modelspec["title"] == "Both title"
+    assert kohya.alias == "kohya_out" and set(lib.aliases()) == {"both_out", "kohya_out"}
+    assert lib.resolve("LoRA@1700000000", profile="a1111").entry is None
+    # the cache as version 5 wrote it: the title as the output name
+    (cache_file,) = (tmp_path / "c").glob("library-*.json")
+    doc = json.loads(cache_file.read_text())
+    row = doc["files"][str(lora / "merged_style.safetensors")]
+    row[7] = "LoRA@1700000000"
+    cache_file.write_text(json.dumps({**doc, "version": 5}))
+    old = Library(lora, tmp_path / "c", workers=0)
+    assert old.last_report.files_read == 2 and [old.display_name(e) for e in old.entries] == ["both_out", "kohya_out", "merged_style"]
+    assert Library(lora, tmp_path / "c", workers=0).last_report.files_read == 0
