@@ -18,6 +18,7 @@ from loraprompt.library.contents import Contents
 from loraprompt.library.details import file_details
 from loraprompt.library.entry import Entry
 from loraprompt.library.hashes import HashCache, Version, file_version
+from loraprompt.library.order import entry_key
 from loraprompt.library.resolve import (
     TAG_BREAKERS,  # noqa: F401  (re-exported: the gallery imports it from here)
     NameIndex,
@@ -105,6 +106,7 @@ class Library(Contents):
             dir_mtimes: dict[str, int] = {}
             pending: list[str] = []
             offline: list[str] = []
+            links: list[str] = []  # dangling symlinks in reachable roots: offline places
             read = 0
             marks: dict[str, Any] = {}
             seen: set[str] = set()
@@ -119,6 +121,9 @@ class Library(Contents):
                     continue
                 result = scan_root(str(root), self._cache, self.settle_s, old, self._marks, ranks=ranks, workers=self.workers,
                                    walked=walked)
+                if result.offline:
+                    result.entries = sorted(result.entries + self._offline_entries(str(root), result.offline, old), key=entry_key)
+                    links += result.offline
                 marks.update(result.marks)
                 seen |= result.sidecars_seen
                 linked |= result.linked_previews
@@ -128,14 +133,15 @@ class Library(Contents):
                 read += result.read
             self._install(entries)
             self._allowed = frozenset(Path(p) for p in linked)
-            self._dir_mtimes, self._offline, self._marks = dir_mtimes, set(offline), marks
+            self._dir_mtimes, self._offline, self._marks = dir_mtimes, {*offline, *links}, marks
             self._watched = _json_sidecars(marks)
             self._checked_at = time.monotonic()
             self._scanned_ns = scan_started
             gone = {p for p in old if p not in self._by_path} - set(pending)
             unseen = self._cache.paths() - self._by_path.keys() - seen
             live = tuple(os.path.join(str(r), "") for r in self.roots if str(r) not in self._offline)
-            dropped = {p for p in unseen if p.startswith(live)}  # gone from a reachable root
+            away = tuple(os.path.join(p, "") for p in links)
+            dropped = {p for p in unseen if p.startswith(live) and p not in links and not p.startswith(away)}  # gone from a reachable place
             self._keep_hashes_of_moved(dropped, [p for p in self._by_path if p not in old])
             self._cache.drop(dropped)
             self._cache.arrange(list(self._by_path))
@@ -147,9 +153,21 @@ class Library(Contents):
                 removed=tuple(sorted(gone)),
                 pending=tuple(pending),
                 offline_roots=tuple(offline),
+                offline_links=tuple(links),
                 files_read=read,
             )
             return self.last_report
+
+    def _offline_entries(self, root: str, places: list[str], old: Mapping[str, Entry]) -> list[Entry]:
+        """The entries at or under each of `places` (symlinks in `root` whose target is not
+        reachable), marked offline: from the last scan, else from the cache (LM #1108: an
+        unplugged drive must not wipe its part of the library)."""
+        out: list[Entry] = []
+        for place in places:
+            under = os.path.join(place, "")
+            kept = [replace(e, offline=True) for e in old.values() if e.root == root and (e.path == place or e.path.startswith(under))]
+            out += kept or cached_entries(root, self._cache, place)
+        return out
 
     def _keep_hashes_of_moved(self, dropped: set[str], added: list[str]) -> None:
         """A file renamed or moved keeps its inode, size and mtime: give its new path the hashes
@@ -179,7 +197,7 @@ class Library(Contents):
         return self.version
 
     def is_stale(self) -> bool:
-        """True when a scanned folder's mtime changed, one vanished, an offline root came back, or
+        """True when a scanned folder's mtime changed, one vanished, an offline root or link came back, or
         a `<stem>.json` sidecar was rewritten in place (one stat per folder and per such sidecar:
         A1111's metadata editor and other tools rewrite those files without touching the folder;
         edits inside a model file are caught when it is resolved or refreshed)."""
@@ -197,7 +215,7 @@ class Library(Contents):
             # a rewrite that puts the old size and mtime back (`cp -p`) still moves the ctime
             if file_version(st) != version or abs(version[1] - self._scanned_ns) < RACY_NS:
                 return True
-        return any(os.path.isdir(r) for r in self._offline)
+        return any(os.path.exists(r) for r in self._offline)
 
     def _auto_check(self) -> None:
         if time.monotonic() - self._checked_at < self.auto_check_s:

@@ -33,6 +33,7 @@ class RefreshReport:
     removed: tuple[str, ...] = ()
     pending: tuple[str, ...] = ()  # files being written (new or rewritten): left out until they settle
     offline_roots: tuple[str, ...] = ()  # roots not reachable: their entries were kept
+    offline_links: tuple[str, ...] = ()  # symlinks in a root whose target is not reachable (an unplugged drive): kept too
     files_read: int = 0
 
 
@@ -99,11 +100,16 @@ class ScanResult:
     marks: dict[str, Any] = field(default_factory=dict)  # path -> `file_mark` of files that have one
     sidecars_seen: set[str] = field(default_factory=set)  # sidecar files found (their cache records stay)
     linked_previews: set[str] = field(default_factory=set)  # real paths of previews outside the root
+    offline: list[str] = field(default_factory=list)  # dangling symlinks met by the walk (`walk`'s `offline`)
 
 
-def walk(root: str, dir_mtimes: dict[str, int], seen: set[tuple[int, int]] | None = None) -> list[Folder]:
+def walk(
+    root: str, dir_mtimes: dict[str, int], seen: set[tuple[int, int]] | None = None, offline: list[str] | None = None,
+) -> list[Folder]:
     """Every folder under `root` (symlinks followed, each real folder once: `seen` holds the
-    (st_dev, st_ino) of the folders walked, shared by the walks of several roots)."""
+    (st_dev, st_ino) of the folders walked, shared by the walks of several roots). A symlink whose
+    target cannot be reached (`os.stat` fails where `os.lstat` did not: a drive unplugged from
+    `models/Lora/usb`) is put in `offline`: what was under it is not gone."""
     out: list[Folder] = []
     seen = set() if seen is None else seen
     stack: list[tuple[str, str, bool]] = [(root, "", False)]
@@ -128,6 +134,9 @@ def walk(root: str, dir_mtimes: dict[str, int], seen: set[tuple[int, int]] | Non
                 continue
             if is_dir:
                 subdirs.append(item.name)
+                continue
+            if offline is not None and item.is_symlink() and not os.path.exists(item.path):  # one stat, links only
+                offline.append(item.path)
             elif item.name.lower().endswith(MODEL_EXTS) and "." in item.name.lstrip("."):  # splitext's view: a
                 models.append(item.name)  # leading dot starts no extension (".pt" is a name); one C call per file
         names = sorted_names(item.name for item in items)
@@ -279,7 +288,7 @@ def scan_root(
     result = ScanResult()
     layouts = Layouts()
     real_root = os.path.join(os.path.realpath(root), "")
-    folders = walk(root, result.dir_mtimes, walked)
+    folders = walk(root, result.dir_mtimes, walked, result.offline)
     # a warm scan pays one cache lookup per file here; a cold one has its headers read on every CPU
     stats, read = read_ahead(folders, cache, workers) if workers != 0 else ({}, {})
     for folder in folders:
@@ -339,14 +348,15 @@ def scan_file(
     return entry
 
 
-def cached_entries(root: str, cache: DiskCache) -> list[Entry]:
-    """Entries of an unreachable root from what the cache knows (header records and sidecars;
-    previews are unknown), marked offline, in walk order."""
-    prefix = os.path.join(root, "")
+def cached_entries(root: str, cache: DiskCache, place: str | None = None) -> list[Entry]:
+    """Entries of an unreachable root, or of the unreachable `place` in it (a dangling symlink),
+    from what the cache knows (header records and sidecars; previews are unknown), marked
+    offline, in walk order."""
+    prefix = os.path.join(place or root, "")
     out: list[Entry] = []
     for path in cache.paths():
         record = cache.peek(path)
-        if not path.startswith(prefix) or record is None or "kind" not in record:
+        if not (path.startswith(prefix) or path == place) or record is None or "kind" not in record:
             continue
         rel = os.path.relpath(os.path.dirname(path), root).replace(os.sep, "/")
         rel = "" if rel == "." else rel

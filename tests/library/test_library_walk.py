@@ -102,3 +102,34 @@ def test_a_root_given_twice_linked_or_nested_lists_each_file_once(tmp_path: Path
     assert r.entry is not None and r.diagnostics == ()
     assert lib.duplicates() == []
     assert lib.refresh().removed == () and len(lib.entries) == 3
+
+
+def test_an_unplugged_drive_linked_into_the_folder_keeps_its_entries_and_cache(tmp_path: Path) -> None:
+    """gallery.md 'a missing drive never deletes entries' (LM #1108) for a drive linked into
+    models/Lora, as a folder or as one file: while the link dangles its entries stay, marked
+    offline, in a new process too, and their cache records (hashes included) are kept, so
+    plugging it back in reads nothing again."""
+    lora, media = tmp_path / "Lora", tmp_path / "media"
+    write_lora(lora / "local.safetensors")
+    write_lora(media / "loras" / "onusb.safetensors", seed=1)
+    write_lora(media / "single.safetensors", seed=2)
+    (lora / "usb").symlink_to(media / "loras")
+    (lora / "single.safetensors").symlink_to(media / "single.safetensors")
+    lib = Library([lora], cache_dir=tmp_path / "c", workers=0)
+    onusb = lib.get(lora / "usb" / "onusb.safetensors")
+    assert onusb is not None
+    hashes = lib.hashes(onusb)
+    relpaths = ["local.safetensors", "single.safetensors", "usb/onusb.safetensors"]
+    assert [e.relpath for e in lib.entries] == relpaths
+    media.rename(tmp_path / "unplugged")
+    report = lib.refresh()
+    assert report.removed == () and report.offline_links == (str(lora / "single.safetensors"), str(lora / "usb"))
+    assert [(e.relpath, e.offline) for e in lib.entries] == [(relpaths[0], False), (relpaths[1], True), (relpaths[2], True)]
+    restarted = Library([lora], cache_dir=tmp_path / "c", workers=0)
+    assert [(e.relpath, e.offline) for e in restarted.entries] == [(relpaths[0], False), (relpaths[1], True), (relpaths[2], True)]
+    (tmp_path / "unplugged").rename(media)
+    assert lib.is_stale()
+    lib.refresh()
+    assert lib.last_report.files_read == 0 and [(e.relpath, e.offline) for e in lib.entries] == [(r, False) for r in relpaths]
+    onusb = lib.get(lora / "usb" / "onusb.safetensors")
+    assert onusb is not None and lib.hashes(onusb) == hashes
