@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -87,6 +88,7 @@ class Library(Contents):
         self._checked_at = 0.0
         self._scanned_ns = 0
         self.version = 0  # goes up whenever the entries change (see `changed_since`)
+        self.last_report = RefreshReport()
         self.last_report = self.refresh()
 
     # ---- scanning -------------------------------------------------------------------------
@@ -107,6 +109,7 @@ class Library(Contents):
             pending: list[str] = []
             offline: list[str] = []
             links: list[str] = []  # dangling symlinks in reachable roots: offline places
+            not_files: list[str] = []
             read = 0
             marks: dict[str, Any] = {}
             seen: set[str] = set()
@@ -124,6 +127,7 @@ class Library(Contents):
                 if result.offline:
                     result.entries = sorted(result.entries + self._offline_entries(str(root), result.offline, old), key=entry_key)
                     links += result.offline
+                not_files += result.not_files
                 marks.update(result.marks)
                 seen |= result.sidecars_seen
                 linked |= result.linked_previews
@@ -147,6 +151,9 @@ class Library(Contents):
             self._cache.arrange(list(self._by_path))
             self._cache.save()
             changed = tuple(p for p, e in self._by_path.items() if p in old and old[p] is not e and old[p].version != e.version)
+            for path in set(not_files).difference(self.last_report.not_files):
+                logging.getLogger("loraprompt").warning("%s: not a regular file (a FIFO, socket or device); left out of the "
+                                                        "LoRA library, never opened", path)
             self.last_report = RefreshReport(
                 added=tuple(p for p in self._by_path if p not in old),
                 changed=changed,
@@ -154,6 +161,7 @@ class Library(Contents):
                 pending=tuple(pending),
                 offline_roots=tuple(offline),
                 offline_links=tuple(links),
+                not_files=tuple(not_files),
                 files_read=read,
             )
             return self.last_report

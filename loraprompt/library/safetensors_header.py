@@ -87,7 +87,8 @@ def read_prefix(path: str, max_header: int = MAX_HEADER) -> tuple[bytes, int]:
     """The header bytes and the file size, after the size checks every reader shares (raw file
     descriptor calls, one read for most files: a library scan reads 100,000 of these)."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        # O_NONBLOCK: opening a FIFO would wait for a writer forever (it changes nothing for a file)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         if os.path.isdir(path):
             raise AdapterFileError(path, "is a directory, not a safetensors file") from exc
@@ -96,6 +97,8 @@ def read_prefix(path: str, max_header: int = MAX_HEADER) -> tuple[bytes, int]:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
             raise AdapterFileError(path, "is a directory, not a safetensors file")
+        if not stat.S_ISREG(st.st_mode):
+            raise AdapterFileError(path, "is not a regular file (a FIFO, socket or device), not a safetensors file")
         size = st.st_size
         if size < 8:
             raise AdapterFileError(path, f"file is {size} bytes, too short for a safetensors header")

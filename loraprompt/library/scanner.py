@@ -3,10 +3,9 @@ the cache has nothing for its version (size, mtime_ns, inode, ctime_ns: `hashes.
 
 from __future__ import annotations
 
-import bisect
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -14,14 +13,12 @@ from typing import Any
 from loraprompt.errors import AdapterFileError
 from loraprompt.library import readers
 from loraprompt.library.cache import DiskCache, Record
-from loraprompt.library.entry import MODEL_EXTS, Entry, header_record, sidecar_value
+from loraprompt.library.entry import Entry, header_record, sidecar_value
+from loraprompt.library.folders import Folder, sorted_names, walk
 from loraprompt.library.hashes import file_version
-from loraprompt.library.order import (  # natural_key: the gallery and cards import it from here
-    entry_key,
-    natural_key,
-)
+from loraprompt.library.order import entry_key, natural_key  # noqa: F401  (natural_key: the gallery and cards import it from here)
 from loraprompt.library.quickheader import Layouts
-from loraprompt.library.sidecars import find_names, make_listing, preview_names, sidecar_names
+from loraprompt.library.sidecars import find_names, preview_names, sidecar_names
 
 
 @dataclass(frozen=True)
@@ -34,59 +31,8 @@ class RefreshReport:
     pending: tuple[str, ...] = ()  # files being written (new or rewritten): left out until they settle
     offline_roots: tuple[str, ...] = ()  # roots not reachable: their entries were kept
     offline_links: tuple[str, ...] = ()  # symlinks in a root whose target is not reachable (an unplugged drive): kept too
+    not_files: tuple[str, ...] = ()  # model names that are no regular file (a FIFO, socket, device): never opened, left out
     files_read: int = 0
-
-
-@dataclass
-class Folder:
-    """One walked folder: its absolute path, its path relative to the root (`/`-separated), its
-    file names (sorted by their lower-cased form, for prefix lookups), model files and whether
-    it is hidden."""
-
-    path: str
-    rel: str
-    names: list[str]
-    models: list[str]
-    hidden: bool
-    outside: str | None = None  # the real folder, when a symlink led the walk out of the root
-    prefixes: set[str] | None = None  # every lower-cased `<text>.` that starts the name of a file that is not a model
-    lowered: list[str] | None = None  # `names` lower-cased (sorted, as `names` is sorted by them)
-
-    def companions(self, filename: str) -> dict[str, str]:
-        """A `make_listing` of the other names that start with `<stem>.` in any case (sidecars,
-        previews: A1111 on Windows finds `foo.png` and `foo.json` for `Foo.safetensors`); {} when
-        no file but models starts so (no sidecar or preview name is a model's)."""
-        prefix = filename[: filename.rfind(".") + 1].lower()  # model names always have an extension
-        if self.prefixes is None:
-            self.prefixes = _prefixes({n.lower() for n in set(self.names).difference(self.models)})
-        if prefix not in self.prefixes:
-            return {}  # most files in a big library: one set lookup instead of a bisect and a listing
-        if self.lowered is None:
-            self.lowered = [n.lower() for n in self.names]
-        lowered, names = self.lowered, self.names
-        i = bisect.bisect_left(lowered, prefix)
-        found = []
-        while i < len(lowered) and lowered[i].startswith(prefix):
-            if names[i] != filename:
-                found.append(names[i])
-            i += 1
-        return make_listing(found) if found else {}
-
-
-def sorted_names(names: Iterable[str]) -> list[str]:
-    """`names` in `Folder.names` order: by lower-cased name."""
-    return sorted(names, key=str.lower)
-
-
-def _prefixes(names: set[str]) -> set[str]:
-    """Each text up to and including a `.` that starts one of `names`."""
-    out: set[str] = set()
-    for name in names:
-        i = name.find(".")
-        while i >= 0:
-            out.add(name[: i + 1])
-            i = name.find(".", i + 1)
-    return out
 
 
 @dataclass
@@ -101,49 +47,7 @@ class ScanResult:
     sidecars_seen: set[str] = field(default_factory=set)  # sidecar files found (their cache records stay)
     linked_previews: set[str] = field(default_factory=set)  # real paths of previews outside the root
     offline: list[str] = field(default_factory=list)  # dangling symlinks met by the walk (`walk`'s `offline`)
-
-
-def walk(
-    root: str, dir_mtimes: dict[str, int], seen: set[tuple[int, int]] | None = None, offline: list[str] | None = None,
-) -> list[Folder]:
-    """Every folder under `root` (symlinks followed, each real folder once: `seen` holds the
-    (st_dev, st_ino) of the folders walked, shared by the walks of several roots). A symlink whose
-    target cannot be reached (`os.stat` fails where `os.lstat` did not: a drive unplugged from
-    `models/Lora/usb`) is put in `offline`: what was under it is not gone."""
-    out: list[Folder] = []
-    seen = set() if seen is None else seen
-    stack: list[tuple[str, str, bool]] = [(root, "", False)]
-    while stack:
-        path, rel, hidden = stack.pop()
-        try:
-            st = os.stat(path)
-            if (st.st_dev, st.st_ino) in seen:
-                continue
-            seen.add((st.st_dev, st.st_ino))
-            dir_mtimes[path] = st.st_mtime_ns
-            with os.scandir(path) as it:
-                items = list(it)
-        except OSError:
-            continue
-        models: list[str] = []
-        subdirs: list[str] = []
-        for item in items:
-            try:
-                is_dir = item.is_dir()
-            except OSError:
-                continue
-            if is_dir:
-                subdirs.append(item.name)
-                continue
-            if offline is not None and item.is_symlink() and not os.path.exists(item.path):  # one stat, links only
-                offline.append(item.path)
-            elif item.name.lower().endswith(MODEL_EXTS) and "." in item.name.lstrip("."):  # splitext's view: a
-                models.append(item.name)  # leading dot starts no extension (".pt" is a name); one C call per file
-        names = sorted_names(item.name for item in items)
-        out.append(Folder(path, rel, names, models, hidden))  # scan_root sorts the entries
-        for name in sorted(subdirs, key=natural_key, reverse=True):
-            stack.append((os.path.join(path, name), f"{rel}/{name}" if rel else name, hidden or name.startswith(".")))
-    return out
+    not_files: list[str] = field(default_factory=list)  # `walk`'s `not_files`
 
 
 def read_sidecars(folder: Folder, listing: dict[str, str], stem: str, cache: DiskCache) -> tuple[dict[str, Any], tuple[Any, ...], int]:
@@ -288,7 +192,7 @@ def scan_root(
     result = ScanResult()
     layouts = Layouts()
     real_root = os.path.join(os.path.realpath(root), "")
-    folders = walk(root, result.dir_mtimes, walked, result.offline)
+    folders = walk(root, result.dir_mtimes, walked, result.offline, result.not_files)
     # a warm scan pays one cache lookup per file here; a cold one has its headers read on every CPU
     stats, read = read_ahead(folders, cache, workers) if workers != 0 else ({}, {})
     for folder in folders:

@@ -4,7 +4,10 @@ roots given twice, unplugged links and files that are not regular files."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+
+import pytest
 
 from loraprompt.library import Library
 
@@ -133,3 +136,43 @@ def test_an_unplugged_drive_linked_into_the_folder_keeps_its_entries_and_cache(t
     assert lib.last_report.files_read == 0 and [(e.relpath, e.offline) for e in lib.entries] == [(r, False) for r in relpaths]
     onusb = lib.get(lora / "usb" / "onusb.safetensors")
     assert onusb is not None and lib.hashes(onusb) == hashes
+
+
+def test_a_fifo_named_like_a_model_is_left_out_never_opened(lora_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A FIFO named `pipe.safetensors` blocked the scan forever (opening it waits for a writer; it
+    would hang A1111's start-up too): the walk leaves it out, the report and one log line name
+    it, and reading its header directly is refused at once instead of blocking."""
+    import os
+    import threading
+
+    from loraprompt.errors import AdapterFileError
+    from loraprompt.library.safetensors_header import read_prefix
+
+    write_lora(lora_dir / "a.safetensors")
+    os.mkfifo(lora_dir / "pipe.safetensors")
+    (lora_dir / "linked.safetensors").symlink_to(lora_dir / "pipe.safetensors")
+    box: dict[str, object] = {}
+
+    def scan() -> None:
+        lib = Library([lora_dir], cache_dir=tmp_path / "c", workers=0)
+        box["lib"] = lib
+        box["refresh"] = lib.refresh()
+        try:
+            read_prefix(str(lora_dir / "pipe.safetensors"))
+        except AdapterFileError as exc:
+            box["refused"] = str(exc)
+
+    with caplog.at_level(logging.WARNING, logger="loraprompt"):
+        worker = threading.Thread(target=scan, daemon=True)
+        worker.start()
+        worker.join(20)
+        if worker.is_alive():  # unblock it: open the FIFO for writing once
+            os.close(os.open(lora_dir / "pipe.safetensors", os.O_WRONLY | os.O_NONBLOCK))
+            pytest.fail("the scan blocked on the FIFO")
+    lib = box["lib"]
+    assert isinstance(lib, Library) and [e.name for e in lib.entries] == ["a"]
+    fifos = (str(lora_dir / "linked.safetensors"), str(lora_dir / "pipe.safetensors"))
+    assert sorted(lib.last_report.not_files) == list(fifos)
+    # logged once each: the second refresh found the same ones
+    assert sorted(r.getMessage().split(":")[0] for r in caplog.records if "not a regular file" in r.getMessage()) == list(fifos)
+    assert "not a regular file" in str(box["refused"])

@@ -1,0 +1,122 @@
+"""The folders of a LoRA root as one walk finds them: each real folder once, its file names
+sorted for prefix lookups, its model files, and what the walk met that is not there now."""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from loraprompt.library.entry import MODEL_EXTS
+from loraprompt.library.order import natural_key
+from loraprompt.library.sidecars import make_listing
+
+
+@dataclass
+class Folder:
+    """One walked folder: its absolute path, its path relative to the root (`/`-separated), its
+    file names (sorted by their lower-cased form, for prefix lookups), model files and whether
+    it is hidden."""
+
+    path: str
+    rel: str
+    names: list[str]
+    models: list[str]
+    hidden: bool
+    outside: str | None = None  # the real folder, when a symlink led the walk out of the root
+    prefixes: set[str] | None = None  # every lower-cased `<text>.` that starts the name of a file that is not a model
+    lowered: list[str] | None = None  # `names` lower-cased (sorted, as `names` is sorted by them)
+
+    def companions(self, filename: str) -> dict[str, str]:
+        """A `make_listing` of the other names that start with `<stem>.` in any case (sidecars,
+        previews: A1111 on Windows finds `foo.png` and `foo.json` for `Foo.safetensors`); {} when
+        no file but models starts so (no sidecar or preview name is a model's)."""
+        prefix = filename[: filename.rfind(".") + 1].lower()  # model names always have an extension
+        if self.prefixes is None:
+            self.prefixes = _prefixes({n.lower() for n in set(self.names).difference(self.models)})
+        if prefix not in self.prefixes:
+            return {}  # most files in a big library: one set lookup instead of a bisect and a listing
+        if self.lowered is None:
+            self.lowered = [n.lower() for n in self.names]
+        lowered, names = self.lowered, self.names
+        i = bisect.bisect_left(lowered, prefix)
+        found = []
+        while i < len(lowered) and lowered[i].startswith(prefix):
+            if names[i] != filename:
+                found.append(names[i])
+            i += 1
+        return make_listing(found) if found else {}
+
+
+def sorted_names(names: Iterable[str]) -> list[str]:
+    """`names` in `Folder.names` order: by lower-cased name."""
+    return sorted(names, key=str.lower)
+
+
+def _prefixes(names: set[str]) -> set[str]:
+    """Each text up to and including a `.` that starts one of `names`."""
+    out: set[str] = set()
+    for name in names:
+        i = name.find(".")
+        while i >= 0:
+            out.add(name[: i + 1])
+            i = name.find(".", i + 1)
+    return out
+
+
+def walk(
+    root: str, dir_mtimes: dict[str, int], seen: set[tuple[int, int]] | None = None, offline: list[str] | None = None,
+    not_files: list[str] | None = None,
+) -> list[Folder]:
+    """Every folder under `root` (symlinks followed, each real folder once: `seen` holds the
+    (st_dev, st_ino) of the folders walked, shared by the walks of several roots). A symlink whose
+    target cannot be reached (`os.stat` fails where `os.lstat` did not: a drive unplugged from
+    `models/Lora/usb`) is put in `offline`: what was under it is not gone. A model name that is not
+    a regular file (a FIFO named `x.safetensors` would block its reader forever) is put in
+    `not_files`, never in a folder's models."""
+    out: list[Folder] = []
+    seen = set() if seen is None else seen
+    stack: list[tuple[str, str, bool]] = [(root, "", False)]
+    while stack:
+        path, rel, hidden = stack.pop()
+        try:
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            dir_mtimes[path] = st.st_mtime_ns
+            with os.scandir(path) as it:
+                items = list(it)
+        except OSError:
+            continue
+        models: list[str] = []
+        subdirs: list[str] = []
+        for item in items:
+            try:
+                is_dir = item.is_dir()
+            except OSError:
+                continue
+            if is_dir:
+                subdirs.append(item.name)
+                continue
+            if offline is not None and item.is_symlink() and not os.path.exists(item.path):  # one stat, links only
+                offline.append(item.path)
+            elif item.name.lower().endswith(MODEL_EXTS) and "." in item.name.lstrip("."):  # splitext's view: a
+                if _regular(item):  # leading dot starts no extension (".pt" is a name); one C call per file
+                    models.append(item.name)
+                elif not_files is not None:
+                    not_files.append(item.path)
+        names = sorted_names(item.name for item in items)
+        out.append(Folder(path, rel, names, models, hidden))  # scan_root sorts the entries
+        for name in sorted(subdirs, key=natural_key, reverse=True):
+            stack.append((os.path.join(path, name), f"{rel}/{name}" if rel else name, hidden or name.startswith(".")))
+    return out
+
+
+def _regular(item: os.DirEntry[str]) -> bool:
+    """Whether `item` is a regular file (after symlinks): the directory entry's type, no call for one."""
+    try:
+        return item.is_file()
+    except OSError:
+        return False
