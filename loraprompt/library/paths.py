@@ -8,8 +8,11 @@ Policy, in order:
    must be a regular file inside a resolved root (compared by path components, so `LoraEvil/` is
    not inside `Lora/`), or a preview the scan listed in a symlinked folder that the walk followed
    out of the root, at the real path the scan saw (a file swapped for a symlink later is refused).
-3. For kind "preview" the resolved file must have an image extension and start with that image
-   format's signature; `.safetensors`, `.json`, `.html`, `.svg` and everything else are refused.
+3. For kind "preview" the resolved file must have an image extension and start with an image
+   signature (PNG, JPEG, GIF, WebP), not necessarily its extension's: Civitai Helper saves
+   Civitai's JPEG as `<stem>.preview.png`, which A1111 shows. It is served with the content type
+   its bytes say (`content_type`), with `nosniff`. `.safetensors`, `.json`, `.html`, `.svg`, other
+   extensions and files whose bytes are no image are refused.
 """
 
 from __future__ import annotations
@@ -58,8 +61,16 @@ def _inside(path: Path, roots: Iterable[Path]) -> bool:
 
 
 def content_type(path: Path) -> str | None:
-    """The image content type to serve `path` with, from its extension."""
-    return IMAGE_TYPES.get(path.suffix.lower())
+    """The image content type to serve `path` with: the one its first bytes say (`image_kind`), for
+    a file with an image extension; None for another extension or bytes that are no image."""
+    if path.suffix.lower() not in IMAGE_TYPES:
+        return None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    return image_kind(head)
 
 
 def safe_file(
@@ -84,18 +95,6 @@ def safe_file(
             continue
         if not (_inside(target, resolved_roots) or target in allowed) or not target.is_file():
             continue
-        if _is_image(target):
+        if content_type(target) is not None:
             return target
     return None
-
-
-def _is_image(path: Path) -> bool:
-    expected = content_type(path)
-    if expected is None:
-        return False
-    try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-    except OSError:
-        return False
-    return image_kind(head) == expected

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from loraprompt.library import Library
-from loraprompt.library.paths import check_ref
+from loraprompt.library.paths import check_ref, content_type
 
 from .conftest import write_lora
 
@@ -124,3 +124,20 @@ def test_preview_swapped_for_a_symlink_after_the_scan_is_refused(tmp_path: Path)
         swapped.symlink_to(tmp_path / "secret.png")
     assert lib.safe_file("a.png") is None
     assert lib.safe_file("linked/far.png") is None
+
+
+def test_an_image_whose_bytes_are_another_format_is_served_as_what_it_is(tmp_path: Path) -> None:
+    """Civitai Helper saves Civitai's JPEG as `<stem>.preview.png` (A1111 shows it): any image
+    signature behind an image extension is served, typed by its bytes; other bytes stay refused."""
+    root = tmp_path / "Lora"
+    write_lora(root / "cute.safetensors")
+    (root / "cute.preview.png").write_bytes(JPEG)
+    (root / "anim.webp").write_bytes(b"GIF89a" + b"\0" * 16)
+    (root / "page.svg").write_bytes(PNG)  # an image's bytes do not make .svg an image extension
+    (root / "fake.jpg").write_bytes(b"<html>" + b"\0" * 16)
+    lib = Library([root], cache_dir=tmp_path / "c")
+    assert lib.safe_file("cute.preview.png") == (root / "cute.preview.png").resolve()
+    assert content_type(root / "cute.preview.png") == "image/jpeg"
+    assert content_type(root / "anim.webp") == "image/gif"
+    assert lib.safe_file("page.svg") is None and content_type(root / "page.svg") is None
+    assert lib.safe_file("fake.jpg") is None and content_type(root / "fake.jpg") is None

@@ -1,0 +1,55 @@
+"""The gallery's routes over files other tools leave behind: a preview whose bytes are another
+image format than its extension says, names that are not UTF-8 or hold `%XX`, sidecars with
+nulls or out-of-range numbers, a file overwritten since the scan, a read-only folder."""
+
+from __future__ import annotations
+
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from loraprompt.library import Library
+from loraprompt.ui.gallery_service import GalleryService
+from loraprompt.ui.routes import mount_gallery_routes
+
+from .conftest import SD1_KEYS, write_lora
+
+API = "/loraprompt/gallery"
+POST_HEADERS = {"X-LoraPrompt": "1", "Content-Type": "application/json"}
+
+
+def client(roots: list[Path], tmp_path: Path) -> tuple[TestClient, Library]:
+    library = Library(roots, tmp_path / "cache", persist=False, settle_s=0.0)
+    app = FastAPI()
+    mount_gallery_routes(app, GalleryService(library, thumb_dir=tmp_path / "thumbs"))
+    return TestClient(app, raise_server_exceptions=False), library
+
+
+def cards(c: TestClient) -> dict[str, dict[str, Any]]:
+    r = c.get(f"{API}/cards")
+    assert r.status_code == 200, r.text
+    return {card["name"]: card for card in r.json()["cards"]}
+
+
+def test_civitai_helpers_jpeg_saved_as_png_is_shown(tmp_path: Path) -> None:
+    """Civitai Helper downloads Civitai's JPEG to `<stem>.preview.png`: preview and thumbnail are
+    served, the preview as image/jpeg (what its bytes are) with nosniff."""
+    root = tmp_path / "Lora"
+    write_lora(root / "cute.safetensors", SD1_KEYS)
+    Image.new("RGB", (320, 480), (200, 100, 50)).save(root / "cute.preview.png", "JPEG")
+    c, _ = client([root], tmp_path)
+    card = cards(c)["cute"]
+    r = c.get(f"{API}/preview", params={"id": card["id"]})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert r.headers["x-content-type-options"] == "nosniff" and r.content[:3] == b"\xff\xd8\xff"
+    assert card["thumb"] is not None
+    r = c.get(f"{API}/{card['thumb']}")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/webp"
+    with Image.open(BytesIO(r.content)) as im:
+        assert im.format == "WEBP" and max(im.size) == 256
+    details = c.get(f"{API}/details", params={"id": card["id"]}).json()
+    assert details["preview"] is not None and details["preview"].startswith("preview?")
