@@ -2,8 +2,10 @@
 
 Policy, in order:
 1. A request names a file by a relative reference: `/`-separated, no empty, `.` or `..` part, no
-   backslash, NUL or control character, no percent-escape (callers pass decoded paths; an escape
-   left in one means double encoding), no drive letter, not absolute.
+   backslash, NUL or control character, no drive letter, not absolute. `%` is an ordinary character
+   here: references come from `Library.file_ref` of scanned files (routes take card ids, never
+   paths), and `wget` keeps `%20` in the names it saves; an undecoded `%2e%2e` names a folder
+   literally called that, which is then looked up like any other name.
 2. The reference is joined to each root in turn and resolved with symlinks followed. The result
    must be a regular file inside a resolved root (compared by path components, so `LoraEvil/` is
    not inside `Lora/`), or a preview the scan listed in a symlinked folder that the walk followed
@@ -28,7 +30,7 @@ IMAGE_TYPES = {
     ".webp": "image/webp",
     ".gif": "image/gif",
 }
-_BAD_REF = re.compile(r"[\x00-\x1f\x7f\\]|%[0-9a-fA-F]{2}|^[a-zA-Z]:")
+_BAD_REF = re.compile(r"[\x00-\x1f\x7f\\]|^[a-zA-Z]:")
 
 
 def image_kind(data: bytes) -> str | None:

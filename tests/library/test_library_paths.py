@@ -141,3 +141,20 @@ def test_an_image_whose_bytes_are_another_format_is_served_as_what_it_is(tmp_pat
     assert content_type(root / "anim.webp") == "image/gif"
     assert lib.safe_file("page.svg") is None and content_type(root / "page.svg") is None
     assert lib.safe_file("fake.jpg") is None and content_type(root / "fake.jpg") is None
+
+
+def test_percent_in_a_file_name_is_an_ordinary_character(tmp_path: Path) -> None:
+    """`wget .../add%20detail.safetensors` keeps the escape in the saved name: its preview is
+    served. References are never URL-decoded, so `%2e%2e` is a folder of that name, not `..`."""
+    root = tmp_path / "Lora"
+    write_lora(root / "add%20detail.safetensors")
+    (root / "add%20detail.png").write_bytes(PNG)
+    (tmp_path / "secret.png").write_bytes(PNG)
+    lib = Library([root], cache_dir=tmp_path / "c")
+    (entry,) = lib.entries
+    assert lib.safe_file(lib.file_ref(entry.previews[0])) == (root / "add%20detail.png").resolve()
+    for ref in ("%2e%2e/secret.png", "%2E%2E%2Fsecret.png", "add detail.png"):
+        assert lib.safe_file(ref) is None
+    (root / "%2e%2e").mkdir()
+    (root / "%2e%2e" / "inside.png").write_bytes(PNG)
+    assert lib.safe_file("%2e%2e/inside.png") == (root / "%2e%2e" / "inside.png").resolve()

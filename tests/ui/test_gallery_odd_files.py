@@ -53,3 +53,15 @@ def test_civitai_helpers_jpeg_saved_as_png_is_shown(tmp_path: Path) -> None:
         assert im.format == "WEBP" and max(im.size) == 256
     details = c.get(f"{API}/details", params={"id": card["id"]}).json()
     assert details["preview"] is not None and details["preview"].startswith("preview?")
+
+
+def test_a_percent_escape_kept_in_a_file_name_does_not_hide_its_preview(tmp_path: Path) -> None:
+    root = tmp_path / "Lora"
+    write_lora(root / "add%20detail.safetensors", SD1_KEYS)
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(root / "add%20detail.png")
+    c, _ = client([root], tmp_path)
+    card = cards(c)["add%20detail"]
+    r = c.get(f"{API}/preview", params={"id": card["id"]})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert c.get(f"{API}/{card['thumb']}").status_code == 200
+    assert c.get(f"{API}/preview", params={"id": "0/add detail.safetensors"}).status_code == 404
