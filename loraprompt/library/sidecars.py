@@ -96,6 +96,19 @@ def _words(value: Any) -> list[str]:
     return [cap(str(w).strip(), 200) for w in value if isinstance(w, (str, int, float)) and str(w).strip()][:50]
 
 
+NSFW_LEVEL = 4  # Civitai's nsfwLevel: 1 PG, 2 PG-13, 4 R, 8 X, 16 XXX (bit flags); R and up is NSFW
+
+
+def _nsfw(item: Mapping[str, Any]) -> bool:
+    """Whether a Civitai model or image is NSFW: `nsfw` true or a level name other than "None"
+    (the API's strings are None/Soft/Mature/X; Civitai Helper's test is the same), or an
+    `nsfwLevel` of R or above (Lora-Manager's default blur threshold)."""
+    flag, level = item.get("nsfw"), item.get("nsfwLevel")
+    if flag is True or (isinstance(flag, str) and flag not in ("None", "")):
+        return True
+    return isinstance(level, int) and not isinstance(level, bool) and level >= NSFW_LEVEL
+
+
 def civitai_summary(doc: Mapping[str, Any]) -> dict[str, Any]:
     """What a `<stem>.civitai.info` (Civitai model-version JSON) tells; `{}` for "not found"."""
     if not doc:
@@ -109,7 +122,7 @@ def civitai_summary(doc: Mapping[str, Any]) -> dict[str, Any]:
         "model_name": cap(str(model.get("name", ""))),
         "base_model": cap(str(doc.get("baseModel", ""))),
         "trained_words": _words(doc.get("trainedWords")),
-        "nsfw": bool(model.get("nsfw")) or any(isinstance(i, dict) and bool(i.get("nsfw")) for i in images[:1]),
+        "nsfw": _nsfw(model) or any(isinstance(i, dict) and _nsfw(i) for i in images[:1]),
         "description": cap(str(doc.get("description") or "")),
     }
 

@@ -1,0 +1,46 @@
+"""Other tools' sidecars read from disk: Civitai Helper's `<stem>.civitai.info`, Lora-Manager's
+`<stem>.metadata.json`, and values in `<stem>.json` that JSON allows but a page cannot carry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loraprompt.library import Library
+
+from .conftest import write_lora
+
+
+def civitai_entry(tmp_path: Path, info: dict[str, Any]) -> Any:
+    root = tmp_path / "Lora"
+    write_lora(root / "a.safetensors")
+    (root / "a.civitai.info").write_text(json.dumps(info), encoding="utf-8")
+    (entry,) = Library([root], cache_dir=tmp_path / "c").entries
+    return entry
+
+
+@pytest.mark.parametrize(
+    ("model", "image", "nsfw"),
+    [
+        ({"nsfw": False}, {"nsfw": "None"}, False),  # the API's string for a safe image (bool("None") is True)
+        ({"nsfw": False}, {"nsfw": ""}, False),
+        ({"nsfw": False}, {"nsfw": "Soft"}, True),
+        ({"nsfw": False}, {"nsfw": "X"}, True),
+        ({"nsfw": False}, {"nsfw": True}, True),
+        ({"nsfw": True}, {"nsfw": "None"}, True),
+        ({}, {"nsfwLevel": 1}, False),  # PG
+        ({}, {"nsfwLevel": 2}, False),  # PG-13: Lora-Manager's default blurs from R
+        ({}, {"nsfwLevel": 4}, True),  # R
+        ({}, {"nsfwLevel": 16}, True),  # XXX, with no `nsfw` key at all (newer API answers)
+        ({}, {"nsfwLevel": "16"}, False),  # not a level
+        ({}, {"nsfw": None, "nsfwLevel": None}, False),
+    ],
+)
+def test_civitai_nsfw_flag(tmp_path: Path, model: dict[str, Any], image: dict[str, Any], nsfw: bool) -> None:
+    info = {"id": 1, "modelId": 2, "name": "v1", "model": {"name": "Cute", **model},
+            "images": [{"url": "https://image.civitai.com/x/1.jpeg", **image}]}
+    entry = civitai_entry(tmp_path, info)
+    assert entry.imports["civitai"]["nsfw"] is nsfw and entry.nsfw is nsfw
