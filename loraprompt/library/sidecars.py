@@ -75,14 +75,20 @@ def read_text(path: Path, limit: int = MAX_SIDECAR_BYTES) -> str | None:
     return raw.decode("utf-8-sig", errors="replace")
 
 
+def _finite(text: str) -> float | None:
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
 def read_json(path: Path) -> dict[str, Any] | None:
     """A sidecar JSON object, or None when missing, invalid or not an object; NaN and Infinity
-    (which Python's json accepts, JSON does not) read as null, so the page's JSON can carry them."""
+    (which Python's json accepts, JSON does not) and numbers too big for a float (`1e999`) read as
+    null, so the page's JSON can carry them."""
     text = read_text(path)
     if text is None:
         return None
     try:
-        doc = json.loads(text, parse_constant=lambda _: None)
+        doc = json.loads(text, parse_constant=lambda _: None, parse_float=_finite)
     except (ValueError, RecursionError):  # RecursionError: nested deeper than json can parse
         return None
     return doc if isinstance(doc, dict) else None

@@ -44,3 +44,15 @@ def test_civitai_nsfw_flag(tmp_path: Path, model: dict[str, Any], image: dict[st
             "images": [{"url": "https://image.civitai.com/x/1.jpeg", **image}]}
     entry = civitai_entry(tmp_path, info)
     assert entry.imports["civitai"]["nsfw"] is nsfw and entry.nsfw is nsfw
+
+
+def test_numbers_out_of_float_range_in_user_json_read_as_null(tmp_path: Path) -> None:
+    """`1e999` is valid JSON that Python reads as inf (parse_constant sees only the NaN/Infinity
+    literals); it reads as null like them, so the entry, its card and details stay serialisable."""
+    root = tmp_path / "Lora"
+    write_lora(root / "a.safetensors")
+    (root / "a.json").write_text('{"preferred weight": 1e999, "notes": "x", "other": [-1e999, 0.5]}')
+    (entry,) = Library([root], cache_dir=tmp_path / "c").entries
+    assert entry.user == {"preferred weight": None, "notes": "x", "other": [None, 0.5]}
+    assert entry.preferred_weight is None
+    json.dumps(entry.user, allow_nan=False)

@@ -65,3 +65,13 @@ def test_a_percent_escape_kept_in_a_file_name_does_not_hide_its_preview(tmp_path
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     assert c.get(f"{API}/{card['thumb']}").status_code == 200
     assert c.get(f"{API}/preview", params={"id": "0/add detail.safetensors"}).status_code == 404
+
+
+def test_details_of_a_user_json_with_1e999_are_served(tmp_path: Path) -> None:
+    root = tmp_path / "Lora"
+    write_lora(root / "a.safetensors", SD1_KEYS)
+    (root / "a.json").write_text('{"preferred weight": 1e999, "notes": "x"}')
+    c, _ = client([root], tmp_path)
+    card = cards(c)["a"]
+    r = c.get(f"{API}/details", params={"id": card["id"]})
+    assert r.status_code == 200 and r.json()["user"]["notes"] == "x"
