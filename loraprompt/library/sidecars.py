@@ -94,6 +94,14 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+def _text(value: Any) -> str:
+    """A sidecar's text value: a string, or a number as text; "" for null, a missing key or any
+    other type (never the text "None" or "False", which would hide the header's base model)."""
+    if isinstance(value, str):
+        return value
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
+
+
 def _words(value: Any) -> list[str]:
     if isinstance(value, str):
         value = [value]
@@ -124,12 +132,12 @@ def civitai_summary(doc: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "id": doc.get("id"),
         "model_id": doc.get("modelId"),
-        "name": cap(str(doc.get("name", ""))),
-        "model_name": cap(str(model.get("name", ""))),
-        "base_model": cap(str(doc.get("baseModel", ""))),
+        "name": cap(_text(doc.get("name"))),
+        "model_name": cap(_text(model.get("name"))),
+        "base_model": cap(_text(doc.get("baseModel"))),
         "trained_words": _words(doc.get("trainedWords")),
         "nsfw": _nsfw(model) or any(isinstance(i, dict) and _nsfw(i) for i in images[:1]),
-        "description": cap(str(doc.get("description") or "")),
+        "description": cap(_text(doc.get("description"))),
     }
 
 
@@ -145,11 +153,11 @@ def lora_manager_summary(doc: Mapping[str, Any]) -> dict[str, Any]:
     usage = usage if isinstance(usage, dict) else {}
     strength = usage.get("strength")
     return {
-        "sha256": str(doc.get("sha256", "")).lower()[:64],
-        "base_model": cap(str(doc.get("base_model", ""))),
+        "sha256": _text(doc.get("sha256")).lower()[:64],
+        "base_model": cap(_text(doc.get("base_model"))),
         "tags": _words(doc.get("tags")),
         "favorite": bool(doc.get("favorite")),
-        "notes": cap(str(doc.get("notes") or "")),
+        "notes": cap(_text(doc.get("notes"))),
         "trained_words": _words(civitai.get("trainedWords")),
         "strength": float(strength) if isinstance(strength, (int, float)) and math.isfinite(strength) else None,
     }

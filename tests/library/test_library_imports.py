@@ -56,3 +56,24 @@ def test_numbers_out_of_float_range_in_user_json_read_as_null(tmp_path: Path) ->
     assert entry.user == {"preferred weight": None, "notes": "x", "other": [None, 0.5]}
     assert entry.preferred_weight is None
     json.dumps(entry.user, allow_nan=False)
+
+
+def test_nulls_in_civitai_and_lora_manager_sidecars_are_empty_not_none(tmp_path: Path) -> None:
+    """JSON null is "", not the text "None": the base model then comes from the header."""
+    root = tmp_path / "Lora"
+    write_lora(root / "a.safetensors", {"ss_base_model_version": "sdxl_base_v1-0"})
+    (root / "a.civitai.info").write_text(json.dumps({
+        "id": 1, "modelId": 2, "name": None, "baseModel": None, "trainedWords": None, "model": {"name": None},
+        "description": None}))
+    write_lora(root / "b.safetensors", {"ss_base_model_version": "sd_v1"})
+    (root / "b.metadata.json").write_text(json.dumps({
+        "sha256": None, "base_model": None, "tags": None, "notes": None, "civitai": None}))
+    write_lora(root / "c.safetensors")
+    (root / "c.civitai.info").write_text(json.dumps({"id": 3, "name": False, "baseModel": {"x": 1}, "model": {"name": 7}}))
+    a, b, c = sorted(Library([root], cache_dir=tmp_path / "c").entries, key=lambda e: e.name)
+    assert a.imports["civitai"] | {"id": 0} == {"id": 0, "model_id": 2, "name": "", "model_name": "", "base_model": "",
+                                               "trained_words": [], "nsfw": False, "description": ""}
+    assert a.base_model == "sdxl_base_v1-0"
+    assert b.imports["lora_manager"]["sha256"] == "" and b.imports["lora_manager"]["base_model"] == ""
+    assert b.imports["lora_manager"]["notes"] == "" and b.base_model == "sd_v1"
+    assert (c.imports["civitai"]["name"], c.imports["civitai"]["base_model"], c.imports["civitai"]["model_name"]) == ("", "", "7")
