@@ -208,8 +208,9 @@ def write_user_metadata(model_path: Path, updates: Mapping[str, Any]) -> dict[st
     """Update A1111's `<stem>.json` beside `model_path` with `updates` (None removes a key), keeping
     every other key; written atomically with A1111's formatting. Returns the saved object.
 
-    Raises LoraPromptError for bad values or when the existing file is not a JSON object (it is
-    never overwritten then: it may hold another tool's data)."""
+    Raises LoraPromptError for bad values, when the existing file is not a JSON object (it is
+    never overwritten then: it may hold another tool's data) or when it cannot be written (naming
+    the file and the system's reason)."""
     target = model_path.with_name(sidecar_names(model_path.stem)["user"])
     current: dict[str, Any] = {}
     if target.exists():
@@ -222,5 +223,8 @@ def write_user_metadata(model_path: Path, updates: Mapping[str, Any]) -> dict[st
             current.pop(key, None)
         else:
             current[key] = _check_value(key, value)
-    atomic_write_text(target, json.dumps(current, indent=4, ensure_ascii=False))
+    try:
+        atomic_write_text(target, json.dumps(current, indent=4, ensure_ascii=False))
+    except OSError as exc:  # a read-only share, no permission, a full disk, the folder gone
+        raise LoraPromptError(f"{target}: cannot write the metadata ({exc.strerror or exc})") from exc
     return current

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,27 @@ def test_a_json_replaced_with_its_size_and_mtime_kept_is_seen(lora_dir: Path, tm
     assert lib.is_stale()
     assert lib.entries[0].activation_text == "wolf"
     assert not lib.is_stale()
+
+
+def test_a_folder_that_cannot_be_written_is_a_lora_prompt_error_naming_the_file(lib: Library, lora_dir: Path) -> None:
+    """Saving where the system refuses the write (here the folder was replaced by a file since the
+    scan, which fails even for root) raises LoraPromptError naming `<stem>.json` and the reason."""
+    (entry,) = lib.entries
+    (lora_dir / "sub").rename(lora_dir / "moved")
+    (lora_dir / "sub").write_text("not a folder")
+    with pytest.raises(LoraPromptError, match=r"sub/a\.json: cannot write the metadata \(Not a directory\)"):
+        lib.write_user_metadata(entry, {"notes": "hi"})
+
+
+def test_a_read_only_folder_is_a_lora_prompt_error(lib: Library, lora_dir: Path) -> None:
+    (entry,) = lib.entries
+    folder = lora_dir / "sub"
+    folder.chmod(0o555)
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("this user writes into read-only folders (root); the test above covers the error")
+        with pytest.raises(LoraPromptError, match=r"a\.json: cannot write the metadata \(Permission denied\)"):
+            lib.write_user_metadata(entry, {"notes": "hi"})
+    finally:
+        folder.chmod(0o755)
+    assert not (folder / "a.json").exists()

@@ -4,6 +4,7 @@ nulls or out-of-range numbers, a file overwritten since the scan, a read-only fo
 
 from __future__ import annotations
 
+import json
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ POST_HEADERS = {"X-LoraPrompt": "1", "Content-Type": "application/json"}
 
 
 def client(roots: list[Path], tmp_path: Path) -> tuple[TestClient, Library]:
-    library = Library(roots, tmp_path / "cache", persist=False, settle_s=0.0)
+    library = Library(roots, tmp_path / "cache", persist=False, settle_s=0.0, auto_check_s=3600)  # no rescan mid-test
     app = FastAPI()
     mount_gallery_routes(app, GalleryService(library, thumb_dir=tmp_path / "thumbs"))
     return TestClient(app, raise_server_exceptions=False), library
@@ -75,3 +76,16 @@ def test_details_of_a_user_json_with_1e999_are_served(tmp_path: Path) -> None:
     card = cards(c)["a"]
     r = c.get(f"{API}/details", params={"id": card["id"]})
     assert r.status_code == 200 and r.json()["user"]["notes"] == "x"
+
+
+def test_saving_metadata_where_the_write_fails_is_a_4xx_naming_the_file(tmp_path: Path) -> None:
+    """The system refusing the write (a read-only share; here the folder replaced by a file since
+    the scan, which fails even for root) is a 422 naming `<stem>.json` and why, not a 500."""
+    root = tmp_path / "Lora"
+    write_lora(root / "sub" / "a.safetensors", SD1_KEYS)
+    c, _ = client([root], tmp_path)
+    card_id = cards(c)["a"]["id"]
+    (root / "sub").rename(root / "moved")
+    (root / "sub").write_text("not a folder")
+    r = c.post(f"{API}/metadata", content=json.dumps({"id": card_id, "values": {"notes": "hi"}}), headers=POST_HEADERS)
+    assert r.status_code == 422 and "a.json: cannot write the metadata (Not a directory)" in r.json()["detail"]
