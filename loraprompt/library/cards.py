@@ -12,6 +12,7 @@ from typing import Any
 from loraprompt.library.entry import Entry
 from loraprompt.library.library import Library
 from loraprompt.library.scanner import natural_key
+from loraprompt.library.sidecars import escape_surrogates
 
 FAMILY_LABELS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL", "sd3": "SD3", "flux": "Flux", "flux2": "Flux.2", "wan": "Wan"}
 SORTS = ("name", "date", "size", "path", "uses", "recent")
@@ -28,8 +29,10 @@ def escape_html(text: object) -> str:
 
 def json_for_script(value: Any) -> str:
     """Compact JSON safe to embed inside a `<script>` element or an HTML attribute (`<`, `>`, `&`,
-    `'` and line separators as `\\u` escapes); ValueError on NaN or infinity, which JSON lacks."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).translate(_JSON_ESCAPES)
+    `'` and line separators as `\\u` escapes) and to send as UTF-8 (lone surrogates from file
+    names that are not UTF-8 as `\\udcXX` escapes); ValueError on NaN or infinity, which JSON lacks."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).translate(_JSON_ESCAPES)
+    return escape_surrogates(text)
 
 
 def family_label(family: str | None, unknown: str = "Unknown") -> str:

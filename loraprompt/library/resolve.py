@@ -19,15 +19,39 @@ _ESCAPED = re.compile(r"\\([()\[\]{}|:<>\\])")
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 
 
+def _breaks(c: str) -> bool:
+    # a lone surrogate is a byte of a file name that is not UTF-8: the page and the image's
+    # infotext carry text as UTF-8, which has no such character, so it never comes back the same
+    return c in TAG_BREAKERS or "\ud800" <= c <= "\udfff"
+
+
+def _shown(c: str) -> str:
+    code = ord(c)
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"byte 0x{code & 0xff:02x} (not UTF-8)"
+    return f"U+{code:04X}" if 0xD800 <= code <= 0xDFFF else c
+
+
+def printable(name: str) -> str:
+    """`name` for messages: its lone surrogates (bytes that are not UTF-8) as U+FFFD."""
+    return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in name)
+
+
 def stand_in_name(name: str) -> str:
-    """`name` with the characters that break a tag made `_`: what the gallery writes, with
-    `hash=`, for a file whose name cannot be written in a tag (resolved without a warning)."""
-    return "".join("_" if c in TAG_BREAKERS else c for c in name)
+    """`name` with the characters that break a tag (and bytes that are not UTF-8) made `_`: what
+    the gallery writes, with `hash=`, for a file whose name cannot be written in a tag (resolved
+    without a warning)."""
+    return "".join("_" if _breaks(c) else c for c in name)
 
 
 def tag_breakers(name: str) -> str:
-    """The characters of `name` that break a tag, each once, space-separated ("" when none)."""
-    return " ".join(dict.fromkeys(c for c in name if c in TAG_BREAKERS))
+    """The characters of `name` that break a tag, each once, space-separated ("" when none); a
+    byte that is not UTF-8 (a lone surrogate) is one, named by its value."""
+    return " ".join(_breakers(name))
+
+
+def _breakers(name: str) -> list[str]:
+    return list(dict.fromkeys(_shown(c) for c in name if _breaks(c)))
 
 
 @dataclass(frozen=True)
@@ -46,12 +70,12 @@ def writable_name(library: Any, entry: Entry, wanted: str, *, taken: Container[s
     then the file's alias (`library.display_name`) when that is clean, else a clean stand-in
     (`stand_in_name`, `_by_hash` added when it is in `taken`) to be written with `hash=`. When the
     handler reads no `hash=`, `no_hash` names it and the choice is `wanted` with "rename the file"."""
-    bad = tag_breakers(wanted)
+    bad = _breakers(wanted)
     if not bad:
         return TagChoice(wanted)
     alias = library.display_name(entry)
     breaks = "which breaks" if len(bad) == 1 else "which break"
-    why = f"The name {wanted} contains {bad}, {breaks} a <lora:...> tag"
+    why = f"The name {printable(wanted)} contains {' '.join(bad)}, {breaks} a <lora:...> tag"
     if alias != entry.name and not tag_breakers(alias):
         return TagChoice(alias, False, f"{why}; the card inserts the file's alias {alias}")
     if no_hash is not None:

@@ -166,12 +166,20 @@ def lora_manager_summary(doc: Mapping[str, Any]) -> dict[str, Any]:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def escape_surrogates(json_text: str) -> str:
+    """JSON text with its lone surrogates (a POSIX file name that is not UTF-8 decodes to them) as
+    `\\udcXX` escapes, which JSON reads back the same: the text then encodes as UTF-8."""
+    if json_text.isascii() or not _SURROGATE.search(json_text):
+        return json_text
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", json_text)  # outside strings JSON is ASCII
+
+
 def atomic_write_text(path: Path, text: str, *, json_text: bool = False) -> None:
     """Write `text` to `path` through a temporary file in the same folder and an atomic rename.
     `json_text`: `text` is JSON, whose strings may hold lone surrogates (a POSIX file name that is
     not UTF-8 decodes to them): those are written as `\\udcXX` escapes, which JSON reads back the same."""
-    if json_text and not text.isascii() and _SURROGATE.search(text):
-        text = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)  # outside strings JSON is ASCII
+    if json_text:
+        text = escape_surrogates(text)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -18,6 +19,7 @@ from loraprompt.library.cards import escape_html, family_label
 from loraprompt.library.metadata import SD_VERSION_NAMES
 
 MAX_CARD_TRIGGERS = 8
+_SURROGATE = re.compile("[\ud800-\udfff]")
 MAX_CARD_TEXT = 200
 MAX_SEARCH_TEXT = 4000
 MAX_DETAIL_TEXT = 2000
@@ -150,6 +152,20 @@ def details_html(entry: Entry, hashes: Mapping[str, str | None], header_rows: Se
 
 
 def card_ids(entries: Iterable[Entry], roots: list[str]) -> dict[str, Entry]:
-    """Stable card ids (`<root index>/<path under the root>`) for `entries`."""
+    """Stable card ids (`<root index>/<path under the root>`) for `entries`. A path that is not
+    UTF-8 (lone surrogates from `os.fsdecode`) cannot go through a URL or the page's UTF-8: each
+    such byte is written `\ufffd` and its two hex digits, with `~` added while the id is taken."""
     index = {root: i for i, root in enumerate(roots)}
-    return {f"{index.get(e.root, 0)}/{e.relpath}": e for e in entries}
+    ids: dict[str, Entry] = {}
+    odd: list[tuple[str, Entry]] = []
+    for e in entries:
+        card_id = f"{index.get(e.root, 0)}/{e.relpath}"
+        if card_id.isascii() or not _SURROGATE.search(card_id):
+            ids[card_id] = e
+        else:
+            odd.append((_SURROGATE.sub(lambda m: f"\ufffd{ord(m.group()) & 0xff:02x}", card_id), e))
+    for card_id, e in odd:
+        while card_id in ids:
+            card_id += "~"
+        ids[card_id] = e
+    return ids

@@ -90,7 +90,8 @@ class ThumbCache:
         return target
 
     def _cached(self, key: str) -> Path:
-        digest = hashlib.sha256(f"{key}\0{self.size}".encode()).hexdigest()
+        # surrogatepass: a preview path that is not UTF-8 (lone surrogates) is a key like any other
+        digest = hashlib.sha256(f"{key}\0{self.size}".encode("utf-8", "surrogatepass")).hexdigest()
         return self.cache_dir / digest[:2] / f"{digest[2:34]}.webp"
 
     def path_for(self, source: Path) -> Path:

@@ -48,6 +48,15 @@ def test_json_for_script_escapes_html_and_round_trips() -> None:
     assert json.loads(text) == value
 
 
+def test_json_for_script_escapes_lone_surrogates_so_the_text_is_utf8() -> None:
+    """os.fsdecode of a Latin-1 or Shift-JIS file name gives lone surrogates: escaped, the JSON
+    encodes as UTF-8 and reads back the same name (a high surrogate alone too)."""
+    value = {"name": "caf\udce9", "path": "\ud800x/ねこ"}
+    text = json_for_script(value)
+    text.encode("utf-8")
+    assert "\\udce9" in text and "ねこ" in text and json.loads(text) == value
+
+
 def test_json_for_script_refuses_non_finite_numbers() -> None:
     with pytest.raises(ValueError):
         json_for_script({"x": float("nan")})

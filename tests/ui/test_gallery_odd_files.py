@@ -5,6 +5,8 @@ nulls or out-of-range numbers, a file overwritten since the scan, a read-only fo
 from __future__ import annotations
 
 import json
+import os
+import re
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -89,3 +91,38 @@ def test_saving_metadata_where_the_write_fails_is_a_4xx_naming_the_file(tmp_path
     (root / "sub").write_text("not a folder")
     r = c.post(f"{API}/metadata", content=json.dumps({"id": card_id, "values": {"notes": "hi"}}), headers=POST_HEADERS)
     assert r.status_code == 422 and "a.json: cannot write the metadata (Not a directory)" in r.json()["detail"]
+
+
+def test_a_file_name_that_is_not_utf8_keeps_the_gallery_working(tmp_path: Path) -> None:
+    """`caf\\xe9.safetensors` (Latin-1 bytes; os.fsdecode gives a lone surrogate): the cards are
+    valid UTF-8 JSON, the card's id goes through URLs, its preview and details are served, and a
+    click inserts a stand-in name with `hash=` that resolves to that very file."""
+    root = tmp_path / "Lora"
+    odd = Path(os.fsdecode(os.fsencode(root) + b"/caf\xe9.safetensors"))
+    write_lora(odd, SD1_KEYS, seed=1)
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(odd.with_suffix(".png"))
+    write_lora(root / "caf_.safetensors", SD1_KEYS, seed=2)  # the stand-in's name is taken: _by_hash
+    write_lora(root / "ok.safetensors", SD1_KEYS, seed=3)
+    c, library = client([root], tmp_path)
+    r = c.get(f"{API}/cards")
+    assert r.status_code == 200
+    r.content.decode("utf-8")  # strict: no surrogate leaked into the body
+    by_name = {card["name"]: card for card in r.json()["cards"]}
+    assert set(by_name) == {"caf\udce9", "caf_", "ok"}
+    card = by_name["caf\udce9"]
+    card["id"].encode("utf-8")
+    for route in ("details", "preview"):
+        assert c.get(f"{API}/{route}", params={"id": card["id"]}).status_code == 200, route
+    assert c.get(f"{API}/{card['thumb']}").status_code == 200
+    body = {"id": card["id"], "te": 1, "unet": 1, "prompt": "a cat"}
+    r = c.post(f"{API}/insert", content=json.dumps(body), headers=POST_HEADERS)
+    assert r.status_code == 200, r.text
+    tag = r.json()["tag"]
+    match = re.fullmatch(r"<lora:(caf__by_hash):1:hash=([0-9a-f]{12})>", tag)
+    assert match is not None, tag
+    found = library.resolve(match[1], hash=match[2])
+    assert found.entry is not None and found.entry.path == str(odd) and not found.diagnostics
+    assert "byte 0xe9 (not UTF-8)" in r.json()["message"]
+    r = c.post(f"{API}/metadata", content=json.dumps({"id": card["id"], "values": {"notes": "hi"}}), headers=POST_HEADERS)
+    assert r.status_code == 200 and r.json()["card"]["id"] == card["id"]
+    assert json.loads(Path(os.fsdecode(os.fsencode(root) + b"/caf\xe9.json")).read_text()) == {"notes": "hi"}
