@@ -8,9 +8,12 @@ tag in place, so changing a card's strength and clicking again updates the promp
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from loraprompt.library import Entry, Library
+from loraprompt.library.resolve import TagChoice, printable, stand_in_name, tag_breakers, writable_name
 from loraprompt.syntax import LoraActivation, format_activation
 from loraprompt.syntax.scanner import scan
 
@@ -26,6 +29,40 @@ class Insertion:
     negative: str | None
     action: str  # "added" | "updated" | "removed"
     tag: str
+
+
+def _finds(library: Library, name: str, entry: Entry) -> bool:
+    found = library.resolve(name).entry
+    return found is not None and found.path == entry.path
+
+
+def tag_choice(library: Library, entry: Entry, stems: Counter[str], builtin: bool) -> TagChoice:
+    """The name a card inserts. loraprompt's handler: the file stem (filename first, unlike A1111's
+    alias), or its path under the root without the extension when another file has the same stem;
+    when that path finds another file (the same path under another root), a stand-in name with
+    `hash=`. A1111's built-in handler (`builtin`) resolves stems and aliases only, the last file of
+    a stem winning. A name with `:`, `>`, `=` or `#` breaks the tag: the card inserts the alias when
+    that is clean, else (loraprompt only) a clean name with `hash=`, and says so."""
+    shared = stems[entry.name] > 1
+    wanted = entry.name if builtin or not shared else entry.relpath.rsplit(".", 1)[0]
+    if builtin and shared and not tag_breakers(wanted):
+        return TagChoice(wanted, False, f"{stems[entry.name]} files are named {printable(entry.name)}; A1111's built-in "
+                                        "Lora loads the last one it finds, whichever card is clicked")
+    choice = writable_name(library, entry, wanted, taken=stems, no_hash="A1111's built-in Lora" if builtin else None)
+    # only a shared stem's path can find another file: a unique stem, or an alias, is this file's
+    if builtin or not shared or choice.by_hash or _finds(library, choice.name, entry):
+        return choice
+    clean = stand_in_name(choice.name)
+    if clean in stems or clean in library.aliases():
+        clean += "_by_hash"
+    return TagChoice(clean, True, f"{stems[entry.name]} files are named {printable(entry.name)} and {printable(choice.name)} "
+                                  f"finds another one; the card inserts {clean} with the file's hash=, which finds it")
+
+
+def toggle_names(library: Library, entry: Entry, choice: TagChoice) -> set[str]:
+    """The tag names a click on the card of `entry` treats as its own (to update or remove): what
+    it inserts, and its stem and alias only where they find this file, never another file's tag."""
+    return {choice.name} | {n for n in (entry.name, entry.alias) if n and n != choice.name and _finds(library, n, entry)}
 
 
 def check_strength(label: str, value: object) -> float:

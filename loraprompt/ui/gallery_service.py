@@ -17,12 +17,12 @@ from loraprompt.library.cache import default_cache_dir
 from loraprompt.library.cards import FAMILY_LABELS, json_for_script
 from loraprompt.library.details import file_details
 from loraprompt.library.paths import content_type
-from loraprompt.library.resolve import TagChoice, tag_breakers, tag_hash, writable_name
+from loraprompt.library.resolve import TagChoice, tag_hash
 from loraprompt.library.scanner import natural_key
 from loraprompt.library.sidecars import SD_VERSIONS
 from loraprompt.syntax import LoraActivation
 from loraprompt.ui import cards
-from loraprompt.ui.gallery_insert import check_strength, toggle_tag
+from loraprompt.ui.gallery_insert import check_strength, tag_choice, toggle_names, toggle_tag
 from loraprompt.ui.gallery_thumbs import ThumbCache, file_tag, version_tag
 
 EDITABLE = frozenset(cards.USER_KEYS)
@@ -110,20 +110,6 @@ class _Snapshot:
             if self._json is None:
                 self._json = json_for_script(self.records)
             return self._json
-
-
-def tag_choice(library: Library, entry: Entry, stems: Counter[str], builtin: bool) -> TagChoice:
-    """The name a card inserts. loraprompt's handler: the file stem (filename first, unlike A1111's
-    alias), or its path under the root without the extension when another file has the same stem.
-    A1111's built-in handler (`builtin`) resolves stems and aliases only, the last file of a stem
-    winning. A name with `:`, `>`, `=` or `#` breaks the tag: the card inserts the alias when that
-    is clean, else (loraprompt only) a clean name with `hash=`, and says so."""
-    shared = stems[entry.name] > 1
-    wanted = entry.name if builtin or not shared else entry.relpath.rsplit(".", 1)[0]
-    if builtin and shared and not tag_breakers(wanted):
-        return TagChoice(wanted, False, f"{stems[entry.name]} files are named {entry.name}; A1111's built-in Lora "
-                                        "loads the last one it finds, whichever card is clicked")
-    return writable_name(library, entry, wanted, taken=stems, no_hash="A1111's built-in Lora" if builtin else None)
 
 
 class GalleryService:
@@ -367,7 +353,7 @@ class GalleryService:
                 raise BadRequest(f"{entry.relpath}: {why}; its name cannot be written in a tag: rename the file")
         try:
             result = toggle_tag(
-                prompt, LoraActivation(choice.name, te=te, unet=unet, hash=short), {choice.name, entry.name, entry.alias},
+                prompt, LoraActivation(choice.name, te=te, unet=unet, hash=short), toggle_names(self.library, entry, choice),
                 activation_text=entry.activation_text if body.get("activation") is True else "", negative=negative,
                 negative_text=str(entry.user.get("negative text") or ""),
             )

@@ -86,3 +86,48 @@ def test_a_click_on_a_by_hash_card_whose_file_cannot_be_read_says_so(folder: Pat
     path.mkdir()
     with pytest.raises(BadRequest, match=r"^style: ink\.safetensors: .*rename the file"):
         svc.insert({"id": card_id, "te": 0.5, "unet": 0.5, "prompt": "a cat"})
+
+
+def test_with_two_roots_every_card_inserts_a_tag_that_finds_its_own_file(tmp_path: Path) -> None:
+    """models/Lora and models/LyCORIS both hold style.safetensors and sub/x.safetensors (other
+    contents): where the name or path finds the other root's file (or none), the card inserts a
+    stand-in with its file's hash=, which finds that very file with no warning; only the style that
+    A1111's rule picks (the last found) keeps its name. A second click removes the tag."""
+    lora, lyco = tmp_path / "models" / "Lora", tmp_path / "models" / "LyCORIS"
+    for seed, root in enumerate((lora, lyco)):
+        write_lora(root / "style.safetensors", SD1_KEYS, {}, seed=10 + seed)
+        write_lora(root / "sub" / "x.safetensors", SD1_KEYS, {}, seed=20 + seed)
+    svc = GalleryService(Library([lora, lyco], tmp_path / "cache", settle_s=0.0), None, tmp_path / "thumbs", lambda: False)
+    records = svc.snapshot().records
+    assert len(records) == 4
+    by_name: dict[str, str] = {}
+    for record in records:
+        entry = svc.snapshot().by_id[record["id"]]
+        result = svc.insert({"id": record["id"], "te": 1, "unet": 1, "prompt": "a cat"})
+        parsed = loraprompt.parse(str(result["prompt"]))
+        assert parsed.diagnostics == () and len(parsed.loras) == 1, result
+        resolved = svc.library.resolve(parsed.loras[0].name, hash=parsed.loras[0].hash)
+        assert resolved.entry is not None and resolved.entry.path == entry.path, (record["id"], result["tag"])
+        by_name[record["id"]] = parsed.loras[0].name
+        if parsed.loras[0].hash:
+            assert resolved.diagnostics == () and "finds another one" in record["tag_note"]
+        again = svc.insert({"id": record["id"], "te": 1, "unet": 1, "prompt": str(result["prompt"])})
+        assert again["prompt"] == "a cat"
+    assert by_name == {"0/style.safetensors": "style_by_hash", "1/style.safetensors": "style",
+                       "0/sub/x.safetensors": "sub/x", "1/sub/x.safetensors": "sub/x"}
+
+
+def test_a_click_never_rewrites_another_files_tag_by_its_alias(tmp_path: Path) -> None:
+    """detail_v2.safetensors has the alias `detail`, which is detail.safetensors' stem: a click on
+    the detail_v2 card adds its tag and leaves `<lora:detail:1>` (the other file) alone; a usable
+    alias of the clicked file is still recognised as its tag."""
+    lora = tmp_path / "Lora"
+    write_lora(lora / "detail.safetensors", SD1_KEYS, {"ss_output_name": "detail"}, seed=1)
+    write_lora(lora / "detail_v2.safetensors", SD1_KEYS, {"ss_output_name": "detail"}, seed=2)
+    write_lora(lora / "ink_v3.safetensors", SD1_KEYS, {"ss_output_name": "inkstyle"}, seed=3)
+    svc = service(lora, tmp_path, builtin=False)
+    result = click(svc, "detail_v2.safetensors", "a cat, <lora:detail:1>")
+    assert (result["prompt"], result["action"]) == ("a cat, <lora:detail:1>, <lora:detail_v2:0.5>", "added")
+    assert click(svc, "detail.safetensors", "a cat, <lora:detail:1>")["action"] == "updated"
+    result = click(svc, "ink_v3.safetensors", "a cat, <lora:inkstyle:1>")
+    assert (result["prompt"], result["action"]) == ("a cat, <lora:ink_v3:0.5>", "updated")
