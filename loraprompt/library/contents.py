@@ -80,11 +80,19 @@ class Contents:
         if not found:
             # kohya writes the tensor hash's hex digits, LyCORIS the same with "0x" in front
             claimed = [e for e in entries if (e.summary.sshs_model_hash or "").lower().removeprefix("0x").startswith(w[:10])]
-            found = [e for e in claimed if hash_matches(self.hashes(e, save=False), w)]
+            found = [e for e in claimed if hash_matches(self._readable_hashes(e), w)]
         if not found and compute:
-            found = [e for e in entries if not e.offline and not e.error and hash_matches(self.hashes(e, save=False), w)]
+            found = [e for e in entries if not e.offline and not e.error and hash_matches(self._readable_hashes(e), w)]
         self._cache.save()
         return found
+
+    def _readable_hashes(self, entry: Entry) -> dict[str, str | None]:
+        """`hashes` (not saved yet), or {} when the file cannot be hashed now (changed since the
+        scan, e.g. half overwritten, or gone): a lookup skips it instead of failing on its error."""
+        try:
+            return self.hashes(entry, save=False)
+        except (AdapterFileError, OSError):
+            return {}
 
     def duplicate_candidates(self) -> list[Entry]:
         """Entries that can be in a duplicate group (see `duplicates.duplicate_candidates`)."""

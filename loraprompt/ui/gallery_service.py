@@ -7,11 +7,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlencode
 
-from loraprompt.errors import LoraPromptError
+from loraprompt.errors import AdapterFileError, LoraPromptError
 from loraprompt.library import DuplicateGroup, Entry, Library
 from loraprompt.library.cache import default_cache_dir
 from loraprompt.library.cards import FAMILY_LABELS, json_for_script
@@ -325,7 +326,11 @@ class GalleryService:
         hashes: dict[str, str | None] = {}
         header_rows: list[tuple[str, str]] = []
         if not entry.offline and not entry.error:
-            hashes = self.library.hashes(entry)
+            try:
+                hashes = self.library.hashes(entry)
+            except (LoraPromptError, OSError) as exc:  # changed since the scan (being copied over): a Problem row
+                reason = exc.reason if isinstance(exc, AdapterFileError) else getattr(exc, "strerror", None) or str(exc)
+                entry = replace(entry, error=f"cannot be read now, it changed since the scan: {reason}")
             try:
                 header_rows = file_details(entry.path)["rows"] if entry.kind == "safetensors" else []
             except (LoraPromptError, OSError):

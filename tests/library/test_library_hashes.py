@@ -80,3 +80,24 @@ def test_directory_and_missing_refused(tmp_path: Path) -> None:
         file_hashes(tmp_path / "x.safetensors")
     with pytest.raises(AdapterFileError, match="cannot stat"):
         file_hashes(tmp_path / "missing.safetensors")
+
+
+def test_a_lookup_by_hash_skips_a_file_half_overwritten_since_the_scan(tmp_path: Path) -> None:
+    """`cp new.safetensors a.safetensors` in progress: only the first bytes are there. Looking up
+    another file's hash (or one no file has) passes over it: no AdapterFileError naming a.safetensors."""
+    from loraprompt.library import Library
+
+    root = tmp_path / "Lora"
+    a = write_lora(root / "a.safetensors", kohya_metadata("a"))
+    b = write_lora(root / "b.safetensors", kohya_metadata("b"), seed=1)
+    lib = Library([root], cache_dir=tmp_path / "c", persist=False, auto_check_s=3600)
+    want = file_hashes(b, cache=HashCache())["a1111_short"]
+    data = a.read_bytes()
+    with open(a, "r+b") as f:
+        f.truncate(0)
+        f.write(data[:200])
+    assert lib.find_by_hash("0123456789ab") == []
+    assert [e.name for e in lib.find_by_hash(str(want))] == ["b"]
+    found = lib.resolve("nonexistent", hash="0123456789ab")
+    assert found.entry is None and "a.safetensors" not in " ".join(d.message for d in found.diagnostics)
+    assert lib.resolve("gone", hash=str(want)).entry.name == "b"  # type: ignore[union-attr]

@@ -126,3 +126,18 @@ def test_a_file_name_that_is_not_utf8_keeps_the_gallery_working(tmp_path: Path) 
     r = c.post(f"{API}/metadata", content=json.dumps({"id": card["id"], "values": {"notes": "hi"}}), headers=POST_HEADERS)
     assert r.status_code == 200 and r.json()["card"]["id"] == card["id"]
     assert json.loads(Path(os.fsdecode(os.fsencode(root) + b"/caf\xe9.json")).read_text()) == {"notes": "hi"}
+
+
+def test_details_of_a_file_half_overwritten_since_the_scan_show_a_problem_row(tmp_path: Path) -> None:
+    root = tmp_path / "Lora"
+    path = write_lora(root / "a.safetensors", SD1_KEYS)
+    c, _ = client([root], tmp_path)
+    card_id = cards(c)["a"]["id"]
+    data = path.read_bytes()
+    with open(path, "r+b") as f:  # a new version being copied over it: only its first bytes yet
+        f.truncate(0)
+        f.write(data[:200])
+    r = c.get(f"{API}/details", params={"id": card_id})
+    assert r.status_code == 200, r.text
+    html = r.json()["html"]
+    assert "<th>Problem</th>" in html and "changed since the scan" in html and "larger than the file" in html
