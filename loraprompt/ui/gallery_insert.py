@@ -78,6 +78,15 @@ def _tag_name(positional: tuple[str, ...]) -> str:
     return positional[0].strip() if positional else ""
 
 
+def _same_hash(found: object, ours: str | None) -> bool:
+    """Whether a tag's `hash=` (`found`) can be the file whose hash is `ours`: yes when either is
+    missing, else when one is a prefix of the other (A1111's 12 digits, AutoV2's 10, sha256)."""
+    if not isinstance(found, str) or not found.strip() or not ours:
+        return True
+    a, b = found.strip().lower(), ours.lower()
+    return a.startswith(b) or b.startswith(a)
+
+
 def _append(text: str, piece: str) -> str:
     base = text.rstrip()
     if not base:
@@ -113,12 +122,14 @@ def toggle_tag(
     negative_text: str = "",
 ) -> Insertion:
     """Add, update or remove the tag of `activation` in `prompt`; `names` are every name that
-    means the same file (stem, alias). Activation and negative text go with an added tag only
-    when the prompt lacks them, and leave with a removed one."""
+    means the same file (stem, alias). A tag of such a name whose `hash=` differs from the
+    activation's is another file's (two roots' `sub/x` stand-ins), left alone. Activation and
+    negative text go with an added tag only when the prompt lacks them, and leave with a removed one."""
     tag = format_activation(activation)
     wanted = {n.strip() for n in names if n.strip()}
     source = prompt
-    existing = next((t for t in scan(source)[1] if t.kind in ("lora", "lyco") and _tag_name(t.positional) in wanted), None)
+    existing = next((t for t in scan(source)[1] if t.kind in ("lora", "lyco") and _tag_name(t.positional) in wanted
+                     and _same_hash(t.named.get("hash"), activation.hash)), None)
     if existing is None:
         piece = tag + (SEPARATOR + activation_text if activation_text and activation_text not in prompt else "")
         new_negative = negative

@@ -131,3 +131,18 @@ def test_a_click_never_rewrites_another_files_tag_by_its_alias(tmp_path: Path) -
     assert click(svc, "detail.safetensors", "a cat, <lora:detail:1>")["action"] == "updated"
     result = click(svc, "ink_v3.safetensors", "a cat, <lora:inkstyle:1>")
     assert (result["prompt"], result["action"]) == ("a cat, <lora:ink_v3:0.5>", "updated")
+
+
+def test_a_click_leaves_a_same_named_tag_with_another_files_hash_alone(tmp_path: Path) -> None:
+    """Both roots' sub/x cards insert the stand-in `sub/x` with their own hash=: clicking one card
+    adds its tag beside the other's (never rewrites it), and a second click removes only its own."""
+    roots = [tmp_path / "A", tmp_path / "B"]
+    for seed, root in enumerate(roots):
+        write_lora(root / "sub" / "x.safetensors", SD1_KEYS, {}, seed=30 + seed)
+    svc = GalleryService(Library(roots, tmp_path / "cache", settle_s=0.0), None, tmp_path / "thumbs", lambda: False)
+    first = svc.insert({"id": "1/sub/x.safetensors", "te": 1, "unet": 1, "prompt": "a cat"})
+    second = svc.insert({"id": "0/sub/x.safetensors", "te": 1, "unet": 1, "prompt": first["prompt"]})
+    assert second["action"] == "added" and second["prompt"] == f"{first['prompt']}, {second['tag']}"
+    assert second["tag"] != first["tag"]
+    third = svc.insert({"id": "0/sub/x.safetensors", "te": 1, "unet": 1, "prompt": second["prompt"]})
+    assert (third["action"], third["prompt"]) == ("removed", first["prompt"])
