@@ -38,12 +38,14 @@ def run(args: argparse.Namespace) -> int:
             row["hashes"] = library.hashes(entry)
         rows.append(row)
     groups = [{"kind": g.kind, "files": [e.relpath for e in g.entries]} for g in library.duplicates()] if args.duplicates else []
-    problems = len(report.offline_roots) + sum(1 for r in rows if r["error"])
+    problems = len(report.offline_roots) + len(report.offline_links) + len(report.not_files) + sum(1 for r in rows if r["error"])
     if args.json:
         doc = {
             "roots": [str(r) for r in library.roots],
             "entries": rows,
             "offline_roots": list(report.offline_roots),
+            "offline_links": list(report.offline_links),
+            "not_files": list(report.not_files),
             "pending": list(report.pending),
             "files_read": report.files_read,
         }
@@ -59,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{family_label(r['family']):7} {r['relpath']}  [{r['tag_name']}]{short}  {words}{status}")
     for root in report.offline_roots:
         print(f"missing folder (entries kept from the cache): {root}", file=sys.stderr)
+    for link in report.offline_links:
+        print(f"link to a place not reachable (entries kept from the cache): {link}", file=sys.stderr)
+    for path in report.not_files:
+        print(f"not a regular file (a FIFO, socket or device), left out: {path}", file=sys.stderr)
     for path in report.pending:
         print(f"still being written, skipped: {path}", file=sys.stderr)
     for g in groups:

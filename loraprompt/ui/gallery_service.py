@@ -177,8 +177,10 @@ class GalleryService:
         notes = []
         if report.pending:
             notes.append(f"{len(report.pending)} file(s) still being written; they appear once complete")
-        if report.offline_roots:
-            notes.append("not reachable, cards kept: " + ", ".join(report.offline_roots))
+        if report.offline_roots or report.offline_links:
+            notes.append("not reachable, cards kept: " + ", ".join((*report.offline_roots, *report.offline_links)))
+        if report.not_files:
+            notes.append("not regular files, left out: " + ", ".join(report.not_files))
         return {"family": self.family(), "generation": snap.generation, "notice": "; ".join(notes)}
 
     def cards_document(self) -> dict[str, Any]:

@@ -140,6 +140,26 @@ def test_scan_command_table_and_missing_folder(lora_dir: Path, tmp_path: Path, c
     assert "one.safetensors: a LoRA folder is expected here, not a file" in capsys.readouterr().err
 
 
+def test_scan_command_names_unreachable_links_and_what_is_no_file(lora_dir: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`loraprompt scan` reports a symlink to an unplugged drive (its entries kept) and a FIFO named
+    like a model (left out) as it reports a missing root: on stderr, in the JSON, and with exit 1."""
+    media = tmp_path / "media"
+    write_lora(media / "far.safetensors", kohya_metadata("Far"))
+    (lora_dir / "usb").symlink_to(media)
+    os.mkfifo(lora_dir / "pipe.safetensors")
+    cache = ["--cache-dir", str(tmp_path / "c")]
+    assert main(["scan", str(lora_dir), *cache]) == 1  # the FIFO
+    assert f"not a regular file (a FIFO, socket or device), left out: {lora_dir / 'pipe.safetensors'}" in capsys.readouterr().err
+    media.rename(tmp_path / "unplugged")
+    assert main(["scan", str(lora_dir), "--json", *cache]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["offline_links"] == [str(lora_dir / "usb")] and doc["not_files"] == [str(lora_dir / "pipe.safetensors")]
+    assert any(e["relpath"] == "usb/far.safetensors" for e in doc["entries"])
+    assert main(["scan", str(lora_dir), *cache]) == 1
+    assert f"link to a place not reachable (entries kept from the cache): {lora_dir / 'usb'}" in capsys.readouterr().err
+
+
 def test_most_and_last_used_sorts_survive_restart(lib: Library, lora_dir: Path, tmp_path: Path) -> None:
     by_name = {e.name: e for e in lib.entries}
     lib.note_use([by_name["ink"], by_name["hero"]])

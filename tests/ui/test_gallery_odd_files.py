@@ -141,3 +141,22 @@ def test_details_of_a_file_half_overwritten_since_the_scan_show_a_problem_row(tm
     assert r.status_code == 200, r.text
     html = r.json()["html"]
     assert "<th>Problem</th>" in html and "changed since the scan" in html and "larger than the file" in html
+
+
+def test_the_page_says_which_links_are_unreachable_and_what_is_no_file(tmp_path: Path) -> None:
+    """A symlinked drive that is unplugged keeps its cards (offline) and a FIFO named like a model
+    is left out (tests/library/test_library_walk.py): the page's notice names both, as it names an
+    unreachable root, so the user knows why cards are greyed out or missing."""
+    root, media = tmp_path / "Lora", tmp_path / "media"
+    write_lora(root / "here.safetensors", SD1_KEYS)
+    write_lora(media / "far.safetensors", SD1_KEYS)
+    (root / "usb").symlink_to(media)
+    os.mkfifo(root / "pipe.safetensors")
+    c, library = client([root], tmp_path)
+    assert set(cards(c)) == {"here", "far"}
+    media.rename(tmp_path / "unplugged")
+    library.refresh()
+    doc = c.get(f"{API}/cards").json()
+    assert {card["name"] for card in doc["cards"]} == {"here", "far"}
+    assert f"not reachable, cards kept: {root / 'usb'}" in doc["notice"]
+    assert f"not regular files, left out: {root / 'pipe.safetensors'}" in doc["notice"]
