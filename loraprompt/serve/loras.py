@@ -1,7 +1,8 @@
 """Where the LoRAs of a request come from: a name in the library, a path or `file://` URL under
-the LoRA folders (anything else is refused, 403), an `owner/name` shorthand (the local LoRA of
-that name: no hub is reachable), or an `http(s)://` URL, downloaded once into a content-hash
-cache with a size cap (413) and a timeout.
+the LoRA folders (anything else is refused, 403, as is any reference with a control character),
+an `owner/name` shorthand (the local LoRA of that name: no hub is reachable), or an `http(s)://`
+URL, downloaded once into a content-hash cache with a size cap (413) and a timeout; a malformed
+URL is a 422.
 
 A file given by path or URL is pinned: the prompt names it by a name that resolves to exactly
 that file, even when another file in the folders has the same stem."""
@@ -30,6 +31,7 @@ DEFAULT_TIMEOUT_S = 60.0
 _CHUNK = 1 << 20
 _OWNER_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(?:/[0-9a-f]{8,})?$")
 _SAFE_NAME = re.compile(r"[^\w.-]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class DownloadFailed(Exception):
@@ -133,18 +135,29 @@ class LoraSources:
 
     def resolve(self, ref: str, field: Field) -> str:
         """The absolute path of the LoRA file `ref` means. ServeError 403 for a path outside the
-        LoRA folders, 404 for a name that is not there, 413 for a download over the cap;
-        DownloadFailed when a URL cannot be fetched; TypeError for a `ref` that is not a str."""
+        LoRA folders or a control character (NUL...), 404 for a name that is not there, 413 for a
+        download over the cap, 422 for a malformed URL; DownloadFailed when a URL cannot be
+        fetched; TypeError for a `ref` that is not a str."""
         if not isinstance(ref, str):
             raise TypeError(f"ref must be a str, not {type(ref).__name__}")
         ref = ref.strip()
         if not ref:
             raise ServeError(422, field, "empty LoRA reference")
-        scheme = urllib.parse.urlsplit(ref).scheme.lower()
+        _refuse_control(ref, field, ref)
+        try:
+            parts = urllib.parse.urlsplit(ref)
+            scheme = parts.scheme.lower()
+            host = parts.hostname if scheme in ("http", "https") else None
+            if host is not None:
+                _ = parts.port  # a port that is not a number between 0 and 65535 raises here
+        except ValueError as exc:  # "http://[::1": Invalid IPv6 URL
+            raise ServeError(422, field, f"{ref!r} is not a valid URL: {exc}") from None
         if scheme in ("http", "https"):
+            if not host:
+                raise ServeError(422, field, f"{ref!r} is not a valid URL: it names no host")
             return self.download(ref, field)
         if scheme == "file":
-            return self._local(urllib.request.url2pathname(urllib.parse.urlsplit(ref).path), field, ref)
+            return self._local(urllib.request.url2pathname(parts.path), field, ref)
         if scheme and len(scheme) > 1:
             raise ServeError(422, field, f"unsupported URL scheme {scheme!r} in {ref!r}; use a name, a path under the"
                              " LoRA folders, file://, http:// or https://")
@@ -166,6 +179,7 @@ class LoraSources:
         return str(found.entry.path)
 
     def _local(self, path: str, field: Field, ref: str) -> str:
+        _refuse_control(path, field, ref)  # a file:// URL's %00 is a NUL here
         if not os.path.isfile(path):  # an absolute path or file:// URL may leave out the extension too
             path = next((path + ext for ext in MODEL_EXTS if os.path.isfile(path + ext)), path)
         real = Path(os.path.realpath(path))
@@ -232,3 +246,11 @@ class LoraSources:
             tmp.replace(self._index_path)
         self.library.downloads.refresh()
         return str(target)
+
+
+def _refuse_control(text: str, field: Field, ref: str) -> None:
+    """403 naming `field` when `text` has a control character: NUL (which no file name can hold,
+    and which os.path raises ValueError for), newline, escape... (spec/robustness.md rule 18)."""
+    found = _CONTROL.search(text)
+    if found is not None:
+        raise ServeError(403, field, f"{ref!r} contains a control character ({found.group()!r}); refused")
