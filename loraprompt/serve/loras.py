@@ -1,8 +1,8 @@
 """Where the LoRAs of a request come from: a name in the library, a path or `file://` URL under
-the LoRA folders (anything else is refused, 403, as is any reference with a control character),
-an `owner/name` shorthand (the local LoRA of that name: no hub is reachable), or an `http(s)://`
-URL, downloaded once into a content-hash cache with a size cap (413) and a timeout; a malformed
-URL is a 422.
+the LoRA folders or one the library lists there (a symlink in a LoRA folder included; anything
+else is refused, 403, as is any reference with a control character), an `owner/name` shorthand
+(the local LoRA of that name: no hub is reachable), or an `http(s)://` URL, downloaded once into
+a content-hash cache with a size cap (413) and a timeout; a malformed URL is a 422.
 
 A file given by path or URL is pinned: the prompt names it by a name that resolves to exactly
 that file, even when another file in the folders has the same stem."""
@@ -184,6 +184,9 @@ class LoraSources:
             path = next((path + ext for ext in MODEL_EXTS if os.path.isfile(path + ext)), path)
         real = Path(os.path.realpath(path))
         if not any(real.is_relative_to(root) for root in self.roots):
+            absolute = os.path.abspath(path)
+            if self._listed(absolute):
+                return absolute
             raise ServeError(403, field, f"{ref!r} is outside the LoRA folders")
         if not real.is_file():
             raise ServeError(404, field, f"{ref!r}: no such LoRA file")
@@ -191,6 +194,20 @@ class LoraSources:
             raise ServeError(403, field, f"{ref!r} is not a LoRA file ({', '.join(MODEL_EXTS)})")
         absolute = os.path.abspath(path)
         return absolute if any(Path(absolute).is_relative_to(r) for r in self.library.base.roots) else str(real)
+
+    def _listed(self, path: str) -> bool:
+        """Whether the library's scan lists the file at `path` (absolute, normalized): a symlink in
+        a LoRA folder, or a file in a symlinked subfolder, that leads out of the folders. The
+        library lists those and `<lora:name>` applies them (library/paths.py's policy: what the
+        walk followed is accepted), so a path to one is too. The library rescans once when a
+        folder changed since its last scan. A `..` was normalized away before: traversal out of a
+        folder is never a listed path."""
+        base = self.library.base
+        if not os.path.isfile(path) or not any(Path(path).is_relative_to(r) for r in base.roots):
+            return False
+        if base.get(path) is None and base.is_stale():
+            base.refresh()
+        return base.get(path) is not None
 
     # ---- downloads ----------------------------------------------------------------------
     def _index(self) -> dict[str, str]:

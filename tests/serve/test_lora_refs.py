@@ -1,8 +1,12 @@
 """What a prediction may name as a LoRA, through real requests: references with a control character
-(403) or a malformed URL (422) are refused naming the field instead of a 500."""
+(403) or a malformed URL (422) are refused naming the field instead of a 500; a symlink the library
+lists is used as /sdapi/v1/txt2img uses it, while traversal out of the folders stays 403."""
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,3 +47,68 @@ def test_a_malformed_url_is_422_naming_the_field(served: Served, url: str) -> No
     detail = response.json()["detail"][0]
     assert detail["loc"] == ["body", "input", "lora_urls"] and "not a valid URL" in detail["msg"]
     assert set(served.service.predictions) == before  # refused before anything was made
+
+
+@pytest.fixture
+def linked(served: Served) -> Iterator[Path]:
+    """A LoRA reached through a symlinked file and one through a symlinked folder, both leading out of
+    the LoRA folder, and a sibling folder `LoraEvil/` next to it; all gone afterwards."""
+    outside = served.root / "linked_elsewhere"
+    outside.mkdir()
+    shutil.copy(served.lora_dir / "demo_warm.safetensors", outside / "ext_style.safetensors")
+    evil = served.lora_dir.parent / "LoraEvil"
+    evil.mkdir()
+    shutil.copy(served.lora_dir / "demo_sketch.safetensors", evil / "evil.safetensors")
+    (served.lora_dir / "link.safetensors").symlink_to(outside / "ext_style.safetensors")
+    (served.lora_dir / "external").symlink_to(outside, target_is_directory=True)
+    try:
+        yield outside
+    finally:
+        (served.lora_dir / "link.safetensors").unlink()
+        (served.lora_dir / "external").unlink()
+        shutil.rmtree(outside)
+        shutil.rmtree(evil)
+        served.service.library.base.refresh()
+
+
+def test_a_symlink_the_library_lists_is_used_by_name_and_path(served: Served, linked: Path) -> None:
+    """The library lists LoRAs reached through a symlink and <lora:link:1> applies them; a prediction
+    naming the same file by its plain relative path was refused (403: its real path is outside)."""
+    requests.post(f"{served.url}/sdapi/v1/refresh-loras", timeout=30)
+    listed = {e["path"] for e in requests.get(f"{served.url}/sdapi/v1/loras", timeout=10).json()}
+    assert {str(served.lora_dir / "link.safetensors"), str(served.lora_dir / "external" / "ext_style.safetensors")} <= listed
+    for ref, name in (("link", "link"), ("link.safetensors", "link"), (str(served.lora_dir / "link.safetensors"), "link"),
+                      ("external/ext_style", "ext_style"),
+                      ((served.lora_dir / "external" / "ext_style.safetensors").as_uri(), "ext_style")):
+        response = predict(served, {"lora_urls": ref, "seed": 3})
+        assert response.status_code == 201, (ref, response.text)
+        pred = response.json()
+        assert pred["status"] == "succeeded", (ref, pred["logs"])
+        assert f"<lora:{name}:0.5>" in pred["logs"], ref
+
+
+def test_a_new_symlink_is_used_without_a_refresh(served: Served, linked: Path) -> None:
+    """The library rescans a changed folder before refusing: a link made a moment ago works as soon
+    as the library would list it."""
+    served.service.library.base.refresh()
+    fresh = served.lora_dir / "fresh_link.safetensors"
+    fresh.symlink_to(linked / "ext_style.safetensors")
+    try:
+        pred = predict(served, {"lora_urls": "fresh_link"}).json()
+        assert pred["status"] == "succeeded", pred
+    finally:
+        fresh.unlink()
+
+
+def test_traversal_out_of_the_folders_stays_403_beside_listed_symlinks(served: Served, linked: Path) -> None:
+    requests.post(f"{served.url}/sdapi/v1/refresh-loras", timeout=30)
+    root = served.lora_dir
+    for ref in ("../LoraEvil/evil", "../LoraEvil/evil.safetensors", str(root.parent / "LoraEvil" / "evil.safetensors"),
+                "file://" + str(root.parent / "LoraEvil" / "evil.safetensors"),
+                "file://" + str(root) + "/%2e%2e/LoraEvil/evil.safetensors",
+                "file://" + str(root) + "/external/../../LoraEvil/evil.safetensors",
+                str(linked / "ext_style.safetensors"),  # the symlink's target by its own path: not listed
+                "external/../../LoraEvil/evil"):
+        response = predict(served, {"lora_urls": ref})
+        assert response.status_code == 403, (ref, response.text)
+        assert response.json()["detail"][0]["loc"] == ["body", "input", "lora_urls"]
