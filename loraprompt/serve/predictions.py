@@ -149,6 +149,9 @@ def _scales(value: str | float | list[float], count: int) -> list[float]:
             values = [float(v) for v in value.split("|") if v.strip()] or [0.5]
         except ValueError:
             raise invalid(("input", "lora_scales"), f"{value!r} is not numbers separated by '|'") from None
+    bad = next((v for v in values if not -1 <= v <= 3), None)  # NaN fails both comparisons
+    if bad is not None:
+        raise invalid(("input", "lora_scales"), f"scales must be numbers from -1 to 3 (as lora_scale), got {bad:g}")
     if len(values) == 1:
         return values * count
     if len(values) != count:

@@ -117,6 +117,11 @@ def test_flux_style_inputs(served: Served) -> None:
     ({"num_outputs": 9}, ["body", "input", "num_outputs"]),
     ({"output_format": "gif"}, ["body", "input", "output_format"]),
     ({"lora_urls": "demo_warm|demo_sketch", "lora_scales": "1|2|3"}, ["body", "input", "lora_scales"]),
+    ({"lora_urls": "demo_warm", "lora_scales": "nan"}, ["body", "input", "lora_scales"]),  # was queued, then failed
+    ({"lora_urls": "demo_warm", "lora_scales": "inf"}, ["body", "input", "lora_scales"]),
+    ({"lora_urls": "demo_warm", "lora_scales": "1e400"}, ["body", "input", "lora_scales"]),
+    ({"lora_urls": "demo_warm|demo_sketch", "lora_scales": "0.5|4"}, ["body", "input", "lora_scales"]),
+    ({"lora_urls": "demo_warm", "lora_scales": [-1.5]}, ["body", "input", "lora_scales"]),
     ({"prompt": "a <3>", "lora_urls": "demo_warm"}, ["body", "input", "prompt"]),
     ({"scheduler": "PNDM"}, ["body", "input", "scheduler"]),
 ])
