@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import math
 import re
 import time
 import uuid
@@ -267,6 +268,17 @@ def finish(pred: Prediction, job: Job) -> None:
         pred.status, pred.error = "failed", job.error
 
 
+def _finite(value: Any) -> bool:
+    """Whether `value` (parsed JSON) holds no NaN or infinity."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    return True
+
+
 def _prefer_wait(prefer: str | None) -> float | None:
     """Seconds to wait for `Prefer: wait` / `Prefer: wait=N` (Replicate caps it at 60)."""
     for part in (prefer or "").split(","):
@@ -295,6 +307,9 @@ def add_routes(router: Any, service: Service) -> None:
     @router.post("/predictions", status_code=201)
     def create(body: PredictionRequest, prefer: str | None = Header(default=None)) -> Any:
         inp = body.input
+        for key, value in (inp.model_extra or {}).items():  # the known inputs refuse them (allow_inf_nan)
+            if not _finite(value):  # Python's json reads NaN; the answer, which echoes the input, cannot hold it
+                raise invalid(("input", key), "has a number that is not finite (NaN or Infinity); JSON has neither")
         if body.id is not None and body.id in store:
             raise ServeError(409, "id", f"a prediction {body.id!r} exists already")
         pred = Prediction(body.id or uuid.uuid4().hex[:26], inp.model_dump(exclude_unset=True),
