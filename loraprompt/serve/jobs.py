@@ -273,15 +273,24 @@ class ModelQueue:
             self.engine.interrupt()
 
     def cancel(self, job: Job) -> None:
+        """Cancel `job`: one still waiting leaves the queue and ends `canceled` now (the worker
+        skips it); the running one stops after its current sampling step."""
+        with self._lock:
+            waiting = job in self._waiting
+            if waiting:
+                self._waiting.remove(job)
         job.cancel()
-        if self.current is job:
+        if waiting:
+            job.finish("canceled")
+        elif self.current is job:
             self.engine.interrupt()
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop the worker after the running job (queued jobs end canceled)."""
         with self._lock:
-            for job in self._waiting:
-                job.cancel()
+            waiting = list(self._waiting)
+        for job in waiting:
+            self.cancel(job)
         self._queue.put(None)
         self._thread.join(timeout)
 
@@ -291,8 +300,9 @@ class ModelQueue:
             if job is None:
                 return
             with self._lock:
-                if job in self._waiting:
-                    self._waiting.remove(job)
+                if job not in self._waiting:  # cancelled while it waited: already finished
+                    continue
+                self._waiting.remove(job)
                 self.current = job
             try:
                 run_job(self.engine, job)
