@@ -22,7 +22,15 @@ from loraprompt.library.safetensors_header import decoded_metadata
 from loraprompt.serve.errors import ServeError, invalid
 from loraprompt.serve.jobs import ImageTask, Job
 from loraprompt.serve.sdapi_hires import HiresFields, hires_options, with_hires
-from loraprompt.serve.service import Service, sampler_label, sampler_names, scheduler_name, schedulers_of
+from loraprompt.serve.service import (
+    MAX_CLIP_SKIP,
+    ModelInfo,
+    Service,
+    sampler_label,
+    sampler_names,
+    scheduler_name,
+    schedulers_of,
+)
 from loraprompt.ui.txt2img import Txt2ImgRequest
 
 log = logging.getLogger("loraprompt.serve")
@@ -123,10 +131,17 @@ def model_title(service: Service) -> str:
     return f"{m.name} [{m.model_hash}]" if m.model_hash else m.name
 
 
-def check_clip_skip(value: Any, field: tuple[str, ...]) -> None:
-    """422 naming `field` unless `value` is A1111's clip skip, an integer from 1 to 12."""
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 12:
-        raise invalid(field, f"must be an integer from 1 to 12, got {value!r}")
+def check_clip_skip(value: Any, field: tuple[str, ...], model: ModelInfo) -> None:
+    """422 naming `field` unless `value` is a clip skip the loaded model can run: an integer from 1
+    to its text encoder's layer count, at most 12 (A1111's setting)."""
+    top = model.max_clip_skip
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
+        why = ""
+        if model.family in ("sd3", "flux"):
+            why = " (SD3 and Flux.1 read their text encoders as trained)"
+        elif top < MAX_CLIP_SKIP:
+            why = f" (the loaded model's text encoder has {top} layers)"
+        raise invalid(field, f"must be an integer from 1 to {top}{why}, got {value!r}", maximum=top)
 
 
 def txt2img_tasks(service: Service, body: Txt2ImgBody) -> tuple[list[ImageTask], int]:
@@ -140,8 +155,11 @@ def txt2img_tasks(service: Service, body: Txt2ImgBody) -> tuple[list[ImageTask],
     label = sampler_label(body.sampler_name or body.sampler_index, body.scheduler,
                           "sampler_name" if body.sampler_name else "sampler_index", service.model.samplers)
     settings = body.override_settings or {}
-    clip_skip = settings.get("CLIP_stop_at_last_layers", service.options["CLIP_stop_at_last_layers"])
-    check_clip_skip(clip_skip, ("override_settings", "CLIP_stop_at_last_layers"))
+    if "CLIP_stop_at_last_layers" in settings:
+        clip_skip = settings["CLIP_stop_at_last_layers"]
+        check_clip_skip(clip_skip, ("override_settings", "CLIP_stop_at_last_layers"), service.model)
+    else:  # set through /options for the model then loaded: the web UI may have switched to a shallower one
+        clip_skip = min(service.options["CLIP_stop_at_last_layers"], service.model.max_clip_skip)
     prompts = _per_image(body.prompt, count, "prompt")
     negatives = _per_image(body.negative_prompt, count, "negative_prompt")
     seeds = service.seeds(body.seed, count)
@@ -287,7 +305,7 @@ def add_routes(router: Any, service: Service) -> None:
         if body.get("samples_format", "png") != "png":
             log.warning("options: samples_format=%r: loraprompt serve answers PNG only; ignored", body["samples_format"])
         if "CLIP_stop_at_last_layers" in body:
-            check_clip_skip(body["CLIP_stop_at_last_layers"], ("CLIP_stop_at_last_layers",))
+            check_clip_skip(body["CLIP_stop_at_last_layers"], ("CLIP_stop_at_last_layers",), service.model)
             service.options["CLIP_stop_at_last_layers"] = body["CLIP_stop_at_last_layers"]
         for key in body:
             if key not in _USED_SETTINGS:

@@ -124,6 +124,19 @@ def test_what_the_model_lacks_is_422_listing_its_choices(flux: Flux, body: dict[
         assert "for this model" in detail["msg"] or "has no" in detail["msg"]
 
 
+def test_a_clip_skip_is_422_on_flux_and_options_keep_theirs(flux: Flux) -> None:
+    """Flux.1 reads its text encoders as trained (the engine refuses a clip skip): one asked for was
+    a 500 per request, and set through /options it made every later request fail."""
+    response = txt2img(flux, prompt="a fox", override_settings={"CLIP_stop_at_last_layers": 2})
+    assert response.status_code == 422
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["body", "override_settings", "CLIP_stop_at_last_layers"] and detail["ctx"]["maximum"] == 1
+    refused = requests.post(f"{flux.url}/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2}, timeout=10)
+    assert refused.status_code == 422 and "as trained" in refused.json()["detail"][0]["msg"]
+    assert requests.get(f"{flux.url}/sdapi/v1/options", timeout=10).json()["CLIP_stop_at_last_layers"] == 1
+    assert txt2img(flux, prompt="a fox", override_settings={"CLIP_stop_at_last_layers": 1}).status_code == 200
+
+
 def test_lora_tag_through_the_api_is_applied_and_hashed(flux: Flux) -> None:
     out = txt2img(flux, prompt="a fox <lora:flux_style:0.8>", cfg_scale=1).json()
     plain = txt2img(flux, prompt="a fox", cfg_scale=1).json()

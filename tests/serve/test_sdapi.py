@@ -143,7 +143,7 @@ def _post(served: Served, body: Any, path: str = "/sdapi/v1/txt2img", **kw: Any)
     ({"prompt": "x", **SMALL, "height": 1024}, "height", "--max-size"),
     ({"prompt": "x", **SMALL, "batch_size": 3, "n_iter": 3}, "batch_size", "--max-images"),
     ({"prompt": ["a", "b"], **SMALL, "batch_size": 3}, "prompt", "2 prompts for 3 images"),
-    ({"prompt": "x", **SMALL, "override_settings": {"CLIP_stop_at_last_layers": 99}}, "CLIP_stop_at_last_layers", "1 to 12"),
+    ({"prompt": "x", **SMALL, "override_settings": {"CLIP_stop_at_last_layers": 99}}, "CLIP_stop_at_last_layers", "1 to 2 "),
 ])
 def test_bad_input_is_422_naming_the_field(served: Served, body: dict[str, Any], field: str, words: str) -> None:
     response = _post(served, body)
@@ -272,6 +272,41 @@ def test_clip_skip_set_through_options_applies_to_later_generations(served: Serv
     finally:
         api.set_options({"CLIP_stop_at_last_layers": 1})
     assert client(served).get_options()["CLIP_stop_at_last_layers"] == 1
+
+
+@pytest.mark.parametrize("skip", [3, 4, 12])
+def test_a_clip_skip_deeper_than_the_text_encoder_is_422_naming_the_maximum(served: Served, skip: int) -> None:
+    """Clip skip N reads the text encoder's hidden_states[-N]: the demo's encoder has 2 layers, so 4
+    to 12 (which the old 1-to-12 check let through) were a 500, and set through /options they made
+    every later txt2img fail."""
+    assert served.engine.model.pipe.text_encoder.config.num_hidden_layers == 2
+    response = _post(served, {"prompt": "a cat", **SMALL, "override_settings": {"CLIP_stop_at_last_layers": skip}})
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["body", "override_settings", "CLIP_stop_at_last_layers"]
+    assert "from 1 to 2" in detail["msg"] and detail["ctx"]["maximum"] == 2
+    refused = requests.post(f"{served.url}/sdapi/v1/options", json={"CLIP_stop_at_last_layers": skip}, timeout=30)
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "CLIP_stop_at_last_layers"]
+    assert "from 1 to 2" in refused.json()["detail"][0]["msg"]
+    assert client(served).get_options()["CLIP_stop_at_last_layers"] == 1  # nothing stuck
+    later = _post(served, {"prompt": "a cat", **SMALL})
+    assert later.status_code == 200 and json.loads(later.json()["info"])["clip_skip"] == 1
+    deepest = _post(served, {"prompt": "a cat", **SMALL, "override_settings": {"CLIP_stop_at_last_layers": 2}})
+    assert deepest.status_code == 200 and json.loads(deepest.json()["info"])["clip_skip"] == 2
+
+
+def test_a_clip_skip_set_for_a_deeper_encoder_is_capped_after_a_switch(served: Served,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clip skip /options accepted stays valid when the web UI loads a model with a shallower text
+    encoder: later requests that do not give their own run at that model's deepest, not a 500."""
+    requests.post(f"{served.url}/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2}, timeout=30).raise_for_status()
+    try:
+        monkeypatch.setattr(served.engine.model.pipe.text_encoder.config, "num_hidden_layers", 1)
+        response = _post(served, {"prompt": "a cat", **SMALL})
+        assert response.status_code == 200 and json.loads(response.json()["info"])["clip_skip"] == 1
+    finally:
+        monkeypatch.undo()
+        requests.post(f"{served.url}/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1}, timeout=30)
 
 
 def test_a_samples_format_other_than_png_is_named_in_the_warnings(served: Served) -> None:
