@@ -2,7 +2,8 @@
 carries, and A1111's fields of it) and `POST /sdapi/v1/img2img`: txt2img's fields plus `init_images` (base64, with or
 without a `data:image/...;base64,` prefix, as `webuiapi` sends them), `resize_mode` (A1111's
 0-3), `denoising_strength` and `include_init_images` (whether `parameters` echoes the images). Inpainting (`mask`) is not done here: it is
-named in `info["warnings"]` like every other field that would change the image.
+named in `info["warnings"]` like every other field that would change the image. Base64 may be
+wrapped in lines (MIME), as A1111 accepts it.
 
 As in A1111, one init image serves the whole batch, and k images (k <= batch_size) make a batch of
 k, image i of every iteration starting from init image i."""
@@ -14,7 +15,9 @@ import binascii
 import dataclasses
 import io
 import json
-from typing import Any
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -32,6 +35,8 @@ from loraprompt.serve.sdapi import (
 from loraprompt.serve.service import Service
 from loraprompt.ui.img2img import RESIZE_MODES
 
+T = TypeVar("T")
+_ASCII_SPACE = re.compile(r"[ \t\n\r\f\v]+")
 MAX_INIT_PIXELS = 64 * 1024 * 1024  # a larger init image is refused before it is decoded (decompression bombs)
 # img2img fields that only act with a mask or on instruct-pix2pix models: inert here
 _QUIET = {"mask_blur", "mask_blur_x", "mask_blur_y", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding",
@@ -48,29 +53,49 @@ class Img2ImgBody(Txt2ImgBody):
     include_init_images: bool = False
 
 
-def decode_image(data: Any, field: tuple[str, ...]) -> Any:
-    """A PIL image (RGB) from A1111's base64 encoding of one; 422 naming `field` when it is not one."""
-    from PIL import Image
-
-    if not isinstance(data, str) or not data:
+def image_bytes(data: Any, field: tuple[str, ...]) -> bytes:
+    """The bytes of A1111's base64 encoding of an image (a `data:` prefix, and line breaks as
+    MIME-wrapped base64 has them, allowed); 422 naming `field` when it is not base64."""
+    if not isinstance(data, str) or not data.strip():
         raise invalid(field, "is not a base64-encoded image")
+    data = data.strip()
     if data.startswith(("http://", "https://")):
         raise invalid(field, "image URLs are not fetched by loraprompt serve; send the image as base64")
+    data = _ASCII_SPACE.sub("", data)  # base64.encodebytes and `base64 img.png` wrap lines; A1111 accepts them
     if data.startswith("data:"):
         data = data.partition(",")[2]  # "data:image/png;base64,...."
     try:
-        raw = base64.b64decode(data, validate=True)
+        return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise invalid(field, "is not valid base64") from None
+
+
+def read_image(raw: bytes, field: tuple[str, ...], read: Callable[[Any], T]) -> T:
+    """`read(image)` of the PIL image in `raw`; 422 naming `field` when it is not an image or is
+    over MAX_INIT_PIXELS (checked before the pixels are decoded)."""
+    from PIL import Image
+
     try:
         with Image.open(io.BytesIO(raw)) as image:
             if image.width * image.height > MAX_INIT_PIXELS:
                 raise invalid(field, f"is {image.width}x{image.height} pixels; at most {MAX_INIT_PIXELS} pixels")
-            return image.convert("RGB")
+            image.load()
+            return read(image)
     except ServeError:
         raise
     except Exception as exc:  # PIL raises many kinds for a bad file (OSError, SyntaxError, DecompressionBombError...)
         raise invalid(field, f"cannot be read as an image ({type(exc).__name__}: {exc})") from None
+
+
+def decode_image(data: Any, field: tuple[str, ...]) -> Any:
+    """A PIL image (RGB) from A1111's base64 encoding of one; 422 naming `field` when it is not one."""
+    return read_image(image_bytes(data, field), field, lambda image: image.convert("RGB"))
+
+
+def image_infotext(image: Any) -> tuple[str, dict[str, str]]:
+    """The infotext (the `parameters` text chunk) and the image's other text items."""
+    items = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
+    return items.pop("parameters", ""), items
 
 
 def img2img_tasks(service: Service, body: Img2ImgBody) -> tuple[list[ImageTask], int, Img2ImgBody]:
@@ -110,13 +135,7 @@ def add_routes(router: Any, service: Service) -> None:
     def png_info(body: PngInfoBody) -> dict[str, Any]:
         """A1111's answer: `info` the infotext ("" when the image has none), `items` the image's
         other text chunks, `parameters` the infotext's fields."""
-        from PIL import Image
-
-        decode_image(body.image.strip(), ("image",))  # 422 for what is not an image
-        data = body.image.strip()
-        with Image.open(io.BytesIO(base64.b64decode(data.partition(",")[2] if data.startswith("data:") else data))) as image:
-            items = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
-        info = items.pop("parameters", "")
+        info, items = read_image(image_bytes(body.image, ("image",)), ("image",), image_infotext)
         return {"info": info, "items": items, "parameters": parse_infotext(info) if info.strip() else {}}
 
     @router.post("/sdapi/v1/img2img")

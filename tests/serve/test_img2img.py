@@ -134,3 +134,25 @@ def test_webuiapi_png_info_reads_the_infotext_of_a_generated_image(served: Serve
     assert plain.status_code == 200 and plain.json() == {"info": "", "items": {}, "parameters": {}}
     bad = requests.post(f"{served.url}/sdapi/v1/png-info", json={"image": "!!"}, timeout=30)
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "image"]
+
+
+def test_mime_wrapped_base64_is_read_as_a1111_reads_it(served: Served) -> None:
+    """base64.encodebytes (and `base64 img.png`) wrap lines at 76 characters; A1111 decodes that, and
+    b64decode(validate=True) refused it (422). Garbage is still refused."""
+    init = b64(picture((30, 160, 40)))
+    wrapped = base64.encodebytes(base64.b64decode(init)).decode("ascii")
+    assert "\n" in wrapped.strip()
+    plain = post(served, init_images=[init], denoising_strength=0.6)
+    lines = post(served, init_images=[wrapped], denoising_strength=0.6)
+    crlf = post(served, init_images=["data:image/png;base64," + wrapped.replace("\n", "\r\n")], denoising_strength=0.6)
+    for response in (plain, lines, crlf):
+        assert response.status_code == 200, response.text
+    assert np.array_equal(pixels(lines.json()["images"][0]), pixels(plain.json()["images"][0]))
+    assert np.array_equal(pixels(crlf.json()["images"][0]), pixels(plain.json()["images"][0]))
+    made = plain.json()["images"][0]
+    info = requests.post(f"{served.url}/sdapi/v1/png-info", timeout=30,
+                         json={"image": base64.encodebytes(base64.b64decode(made)).decode("ascii")})
+    assert info.status_code == 200 and info.json()["info"] == json.loads(plain.json()["info"])["infotexts"][0]
+    for garbage in ("!!!\n!!!", wrapped[:-10] + "\n*\n"):
+        refused = post(served, init_images=[garbage])
+        assert refused.status_code == 422 and "not valid base64" in refused.json()["detail"][0]["msg"]
