@@ -156,3 +156,41 @@ def test_mime_wrapped_base64_is_read_as_a1111_reads_it(served: Served) -> None:
     for garbage in ("!!!\n!!!", wrapped[:-10] + "\n*\n"):
         refused = post(served, init_images=[garbage])
         assert refused.status_code == 422 and "not valid base64" in refused.json()["detail"][0]["msg"]
+
+
+def _with_comment(fmt: str, comment: bytes) -> str:
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9286] = comment  # the Exif IFD's UserComment, where A1111 writes a JPEG's infotext
+    out = io.BytesIO()
+    picture((9, 9, 200)).save(out, format=fmt, exif=exif.tobytes())
+    return base64.b64encode(out.getvalue()).decode("ascii")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
+@pytest.mark.parametrize(("code", "encoding"), [(b"UNICODE\0", "utf-16-be"), (b"ASCII\0\0\0", "ascii"),
+                                                (b"JIS\0\0\0\0\0", "shift_jis")])
+def test_png_info_reads_the_exif_user_comment_of_a_jpeg_or_webp(served: Served, fmt: str, code: bytes,
+                                                                encoding: str) -> None:
+    """A1111 saves a JPEG's or WebP's infotext as the EXIF UserComment (piexif, "UNICODE\\0" and
+    UTF-16-BE) and its read_info_from_image reads it back; png-info read only PNG text chunks and
+    answered "" for these."""
+    text = "a cat <lora:demo_warm:0.8>\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, Seed: 1, Size: 64x64"
+    response = requests.post(f"{served.url}/sdapi/v1/png-info", json={"image": _with_comment(fmt, code + text.encode(encoding))},
+                             timeout=30)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["info"] == text and "exif" not in body["items"]
+    assert body["parameters"]["Steps"] == "20" and body["parameters"]["Negative prompt"] == "blurry"
+
+
+def test_a_user_comment_without_a_known_code_is_read_as_utf8_as_a1111_does(served: Served) -> None:
+    """piexif refuses an undefined or unknown character code (ValueError); A1111 then decodes the
+    whole value as UTF-8, ignoring errors. No comment at all leaves the infotext empty."""
+    def info(image: str) -> str:
+        response = requests.post(f"{served.url}/sdapi/v1/png-info", json={"image": image}, timeout=30)
+        assert response.status_code == 200, response.text
+        return str(response.json()["info"])
+
+    assert info(_with_comment("JPEG", b"Steps: 5, Seed: 2 \xff")) == "Steps: 5, Seed: 2 "
+    assert info(_with_comment("JPEG", b"\0" * 8 + b"Steps: 5")) == "\0" * 8 + "Steps: 5"
+    assert info(b64(picture((1, 2, 3)), "JPEG")) == ""
