@@ -116,11 +116,17 @@ class ModelReplica:
 
 class RayBackend:
     """Runs a job's LoRA-set groups on the model replicas: with multiplexed routing by set
-    (`routing="multiplexed"`) or Ray Serve's default routing (`"random"`, for comparison)."""
+    (`routing="multiplexed"`) or Ray Serve's default routing (`"random"`, for comparison).
 
-    def __init__(self, handle: Any, routing: str = "multiplexed") -> None:
+    A job's calls go to Ray Serve as soon as it is submitted (Ray queues them at the replicas,
+    each of which runs one group at a time), so every unfinished job is `running` here; the jobs
+    beyond one per replica are the ones waiting, and those are what `pending` counts (and
+    `--max-queue` limits), as the local queue counts the jobs behind its running one."""
+
+    def __init__(self, handle: Any, routing: str = "multiplexed", replicas: int = 1) -> None:
         self.handle = handle
         self.routing = routing
+        self.replicas = max(1, int(replicas))
         self._jobs: list[Job] = []
         self._responses: dict[str, list[Any]] = {}
         self._lock = threading.Lock()
@@ -132,8 +138,9 @@ class RayBackend:
 
     @property
     def pending(self) -> int:
+        """Unfinished jobs beyond one per replica: the ones waiting for a replica."""
         with self._lock:
-            return sum(1 for j in self._jobs if j.status == "queued")
+            return max(0, len(self._jobs) - self.replicas)
 
     def submit(self, job: Job) -> Job:
         with self._lock:
@@ -204,7 +211,7 @@ class ApiIngress:
         config = options["config"]
         library = Library(described["lora_dirs"], persist=False)  # the replicas own the on-disk cache
         self.service = Service(model=described["model"], library=library,
-                               backend=RayBackend(model, options.get("routing", "multiplexed")),
+                               backend=RayBackend(model, options.get("routing", "multiplexed"), options.get("replicas", 1)),
                                download_dir=config.download_dir, limits=options.get("limits") or Limits(),
                                max_download_mb=options.get("max_download_mb", 1024),
                                download_timeout_s=options.get("download_timeout_s", 60))
@@ -231,7 +238,7 @@ def build_application(config: Any, *, replicas: int = 2, sets_per_replica: int =
                              ray_actor_options=actor_options, max_ongoing_requests=8)
     ingress: Any = serve.deployment(serve.ingress()(ApiIngress), name="ApiIngress",
                                ray_actor_options={"num_cpus": 0, **({"runtime_env": {"env_vars": env}} if env else {})})
-    return ingress.bind(model.bind(config), {"config": config, "routing": routing, **options})
+    return ingress.bind(model.bind(config), {"config": config, "routing": routing, "replicas": replicas, **options})
 
 
 def run_ray(args: argparse.Namespace, config: Any, limits: Limits, cors: list[str]) -> int:
