@@ -162,14 +162,17 @@ class Contents:
 
     def migrate_usage(self) -> int:
         """Move history kept by path (written before it was kept by content) to the files' hashes,
-        hashing those files now; returns how many moved. Files not in the library stay as they are."""
+        hashing those files now; returns how many moved. Files not in the library stay as they are,
+        and so does the history of a file that cannot be hashed now (changed since the scan, e.g.
+        half overwritten): it moves once the file is whole again, and the others move anyway."""
         moved = 0
         for path in self._usage.legacy_paths():
             entry = self._by_path.get(path)
             if entry is None or entry.offline or entry.error:
                 continue
-            content = self.hashes(entry).get("a1111")
+            content = self._readable_hashes(entry).get("a1111")
             if content:
                 self._usage.migrate(path, str(content))
                 moved += 1
+        self._cache.save()
         return moved

@@ -49,6 +49,28 @@ def test_history_kept_by_path_moves_to_the_hash(tmp_path: Path) -> None:
     assert lib.usage(moved)[0] == 6
 
 
+def test_a_file_overwritten_since_the_scan_keeps_its_history_and_others_move(tmp_path: Path) -> None:
+    """The gallery migrates history kept by path in the background: a file half overwritten since
+    the scan (its header now claims more bytes than the file has) raised there and stopped the
+    migration of every other file. Its history now stays by path until it can be hashed."""
+    lora = tmp_path / "Lora"
+    a = write_lora(lora / "a.safetensors", seed=1)
+    b = write_lora(lora / "b.safetensors", seed=2)
+    lib = Library(lora, tmp_path / "cache")
+    assert lib._usage.path is not None
+    lib._usage.path.write_text(json.dumps({str(a): [3, 1], str(b): [4, 2]}))
+    lib = Library(lora, tmp_path / "cache")
+    whole = a.read_bytes()
+    a.write_bytes(whole[:200])  # being overwritten, its header not whole yet: no rescan
+    assert lib.migrate_usage() == 1
+    by_name = {e.name: e for e in lib.entries}
+    lib.note_use([by_name["b"]])
+    doc = json.loads(lib._usage.path.read_text())
+    assert doc["by_path"] == {str(a): [3, 1]} and list(doc["by_hash"]) == [lib.hashes(by_name["b"])["a1111"]]
+    a.write_bytes(whole)
+    assert lib.migrate_usage() == 1
+
+
 def test_a_files_hash_noted_before_its_inode_and_ctime_were_kept_still_counts(tmp_path: Path) -> None:
     """The usage log notes each used file's hash with its version: one written before that version
     held the inode and ctime ([size, mtime_ns, hash]) is still matched by size and mtime, so the
