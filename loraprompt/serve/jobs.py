@@ -185,10 +185,8 @@ def diagnostic_json(d: Diagnostic) -> dict[str, Any]:
 
 
 def restore_model(engine: Any) -> None:
-    """Copy the model's original weights back (no LoRA applied)."""
-    from loraprompt.integrations.diffusers import patcher_for
-
-    patcher_for(engine.model.pipe).restore()
+    """Copy the model's original weights back (no LoRA applied), once no generation runs."""
+    engine.restore_loras()
 
 
 def run_job(engine: Any, job: Job, on_image: Callable[[int, ImageOutput], None] | None = None) -> None:

@@ -155,6 +155,13 @@ class Txt2Img:
         """The samplers that fit the loaded model (flow-matching ones for SD3 and Flux)."""
         return samplers_for(self._base_scheduler_config)
 
+    def restore_loras(self) -> None:
+        """Take every LoRA off the model once no generation (the web page's, an API job's) runs."""
+        from loraprompt.integrations.diffusers import patcher_for
+
+        with self._lock:
+            patcher_for(self.model.pipe).restore()
+
     def interrupt(self) -> None:
         """Stop the running generation after its current step (the image so far is kept)."""
         self._interrupted.set()

@@ -1,5 +1,6 @@
 """A prediction's life through real requests: input that cannot be answered as JSON is refused
-before anything is made; a prediction cancelled while it waits for the model ends at once."""
+before anything is made; a prediction cancelled while it waits for the model ends at once; a
+failed job's restore waits for a generation running beside it."""
 
 from __future__ import annotations
 
@@ -64,3 +65,22 @@ def test_cancelling_a_queued_prediction_ends_it_canceled_at_once_and_it_never_ru
     assert later["status"] == "succeeded"  # the worker went on past the canceled job
     again = requests.get(f"{served.url}/predictions/{queued['id']}", timeout=10).json()
     assert again["status"] == "canceled" and again["started_at"] is None  # skipped, never run
+
+
+def test_a_failed_jobs_restore_waits_for_the_generation_running_beside_it(served: Served) -> None:
+    """A failed or stopped API job puts the original weights back (jobs.restore_model). It did so
+    without the engine's generation lock, so a web-page generation running in another thread on
+    the same engine had its LoRAs taken off in the middle of sampling. It now waits for it."""
+    from loraprompt.serve.jobs import restore_model
+    from loraprompt.ui.txt2img import Txt2ImgRequest
+
+    engine = served.engine
+    engine.generate(Txt2ImgRequest("a cat <lora:demo_sketch:1>", steps=2, width=64, height=64, seed=1))
+    assert not served.is_pristine()  # LoRAs stay patched until a prompt drops them
+    with engine._lock:  # a generation is running in another thread
+        restorer = threading.Thread(target=restore_model, args=(engine,), daemon=True)
+        restorer.start()
+        restorer.join(2.0)
+        assert restorer.is_alive() and not served.is_pristine()  # it waits, the weights untouched
+    restorer.join(60)
+    assert not restorer.is_alive() and served.is_pristine()
