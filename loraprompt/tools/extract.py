@@ -233,5 +233,5 @@ def extract_lora(tuned: str | Path, base: str | Path, output: str | Path, target
                 **recipe_metadata("extract", inputs=describe_inputs([p for p in (tuned, base) if Path(p).is_file()]),
                                   rank=target.rank, energy=target.energy, conv_rank=target.conv_rank,
                                   min_diff=min_diff, min_kept=round(report.min_kept, 6))}
-    write_lora(out, modules, fmt, metadata)
+    write_lora(out, modules, fmt, metadata, family)
     return report

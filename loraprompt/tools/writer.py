@@ -25,10 +25,11 @@ _COMFY_PREFIX = {"unet": "diffusion_model.", "transformer": "diffusion_model.",
 _XLABS_NAMES = {f"{kind}_blocks.{{}}.{native}": proc for (kind, proc), native in XLABS_MODULES.items()}
 
 
-def kohya_tensors(modules: Iterable[LoraFactors]) -> dict[str, Tensor]:
-    """kohya keys: lora_unet_/lora_te_ (lora_te1_/lora_te2_ when a second text encoder is present)."""
+def kohya_tensors(modules: Iterable[LoraFactors], family: str | None = None) -> dict[str, Tensor]:
+    """kohya keys: lora_unet_/lora_te_ (lora_te1_/lora_te2_ for SDXL, or when a second text encoder
+    is present: A1111 maps only lora_te1_/lora_te2_ on SDXL, even for a file adapting CLIP-L alone)."""
     mods = list(modules)
-    two_te = any(m.component == "text_encoder_2" for m in mods)
+    two_te = family == "sdxl" or any(m.component == "text_encoder_2" for m in mods)
     prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te1_" if two_te else "lora_te_",
                 "text_encoder_2": "lora_te2_", "text_encoder_3": "lora_te3_",
                 "transformer": "lora_transformer_"}  # ai-toolkit's prefix for diffusers-named DiT modules
@@ -152,7 +153,7 @@ def write_lora(path: Path, modules: Iterable[LoraFactors], fmt: str, metadata: d
     """Write LoRA modules atomically in `fmt` ("kohya" or "peft") with the given metadata;
     `family`: the source's, for natively named transformer modules (see `native_entry`)."""
     if fmt == "kohya":
-        save_tensors(path, kohya_tensors(modules), metadata)
+        save_tensors(path, kohya_tensors(modules, family), metadata)
     elif fmt == "peft":
         tensors, extra = peft_tensors(modules, family)
         save_tensors(path, tensors, {**metadata, **extra})
