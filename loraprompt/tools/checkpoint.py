@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ class Checkpoint:
     layout: str
     root: Path
     files: list[TensorFile]
+    unused: list[Path] = field(default_factory=list)  # a folder's variant weights (*.fp16.safetensors, …)
 
     def component_specs(self, component: str) -> dict[str, Spec]:
         """Every tensor key -> spec of one component, across the files that hold it."""
@@ -101,20 +103,53 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
 def _diffusers(root: Path) -> Checkpoint:
     if not (root / "model_index.json").exists() and not any((root / d).is_dir() for d in DENOISERS):
         raise ToolError(f"{root}: a folder but not a diffusers model (no model_index.json, unet/ or transformer/)")
-    files = []
+    files, unused = [], []
     for component in DIFFUSERS_COMPONENTS:
         folder = root / component
         if not folder.is_dir():
             continue
-        found = sorted(folder.glob("*.safetensors"))
-        if not found:
-            raise ToolError(f"{folder}: no .safetensors weights (pickled .bin weights are not supported)")
-        for file in found:
+        chosen = _weight_files(folder)
+        unused += [p for p in sorted(folder.iterdir()) if p not in chosen and _is_weight_file(p.name)]
+        for file in chosen:
             layout = read_layout(file)
             files.append(TensorFile(layout, dict.fromkeys(layout.specs, component)))
     if not any(f.path.parent.name in DENOISERS for f in files):
         raise ToolError(f"{root}: no unet/ or transformer/ weights")
-    return Checkpoint("diffusers", root, files)
+    return Checkpoint("diffusers", root, files, unused)
+
+
+_WEIGHT_STEMS = ("diffusion_pytorch_model", "model")  # diffusers models; transformers models
+
+
+def _is_weight_file(name: str) -> bool:
+    """A weight file or a variant's shard index (`<stem>.safetensors.index.fp16.json`)."""
+    return name.endswith(".safetensors") or (".safetensors.index." in name and not name.endswith(".index.json"))
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The files diffusers loads for a component when no variant is asked for: `<stem>.safetensors`
+    or the shards its `<stem>.safetensors.index.json` lists. Variant files (`<stem>.fp16.safetensors`,
+    `<stem>.safetensors.index.fp16.json` and their shards) are other copies of the same weights, not shards."""
+    for stem in _WEIGHT_STEMS:
+        single, index = folder / f"{stem}.safetensors", folder / f"{stem}.safetensors.index.json"
+        if single.is_file():
+            return [single]
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+                shards = sorted({folder / str(name) for name in weight_map.values()})
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise ToolError(f"{index}: not a safetensors shard index ({exc})") from exc
+            missing = [p.name for p in shards if not p.is_file()]
+            if missing:
+                raise ToolError(f"{index}: lists shards that are not there: {', '.join(missing)}")
+            return shards
+    found = sorted(p.name for p in folder.glob("*.safetensors"))
+    if not found:
+        raise ToolError(f"{folder}: no .safetensors weights (pickled .bin weights are not supported)")
+    raise ToolError(f"{folder}: no diffusion_pytorch_model.safetensors or model.safetensors (nor a "
+                    f".safetensors.index.json), only {', '.join(found)}: variant files (fp16, non_ema, …) "
+                    "are not read as the model; rename the variant to use to the plain name")
 
 
 class TensorReader:

@@ -376,8 +376,8 @@ def _staged(out: Path, force: bool) -> Iterator[Path]:
 
 def _copy_folder(merger: _Merger, ckpt: Checkpoint, staging: Path, recipe: dict[str, str], bar: Progress, *,
                  stats: dict[str, int]) -> int:
-    """A diffusers folder: weight files merged, everything else copied."""
-    weights = {f.path for f in ckpt.files}
+    """A diffusers folder: weight files merged, everything else but variant weights copied."""
+    weights = {f.path for f in ckpt.files} | set(ckpt.unused)  # a variant would keep the unmerged weights
     shutil.copytree(ckpt.root, staging, dirs_exist_ok=True,
                     ignore=lambda d, names: [n for n in names if Path(d, n) in weights])
     written = 0
