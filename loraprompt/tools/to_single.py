@@ -23,7 +23,9 @@ TE_ROOTS = {"sd1": {"text_encoder": "cond_stage_model.transformer."},
             "sdxl": {"text_encoder": "conditioner.embedders.0.transformer.",
                      "text_encoder_2": "conditioner.embedders.1.model."}}
 _VAE_RESNET = {"conv_shortcut": "nin_shortcut"}
-_VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+_VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out",
+             # the deprecated names older folders (SD1.5's VAE) store, which diffusers still loads
+             "query": "q", "key": "k", "value": "v", "proj_attn": "proj_out"}
 _VAE_TOP = {"conv_norm_out": "norm_out"}
 _OPENCLIP = {"self_attn.out_proj": "attn.out_proj", "layer_norm1": "ln_1", "layer_norm2": "ln_2",
              "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
@@ -61,7 +63,9 @@ def _vae_name(key: str, levels: int) -> str:
         head, _, param = rest.rpartition(".")
         if kind == "resnets":
             return f"{side}.mid.block_{int(j) + 1}.{_VAE_RESNET.get(head, head)}.{param}"
-        return f"{side}.mid.attn_1.{_VAE_ATTN[head]}.{param}"
+        if kind == "attentions" and j == "0" and head in _VAE_ATTN:
+            return f"{side}.mid.attn_1.{_VAE_ATTN[head]}.{param}"
+        raise ToolError(f"vae: no original-layout name for {key!r}")
     side, _, rest = key.partition(".")
     head, _, param = rest.rpartition(".")
     return f"{side}.{_VAE_TOP.get(head, head)}.{param}" if side in ("encoder", "decoder") else key
