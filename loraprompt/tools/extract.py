@@ -23,6 +23,7 @@ from loraprompt.tools.io import (
     spec_nbytes,
 )
 from loraprompt.tools.lora import LoraFactors
+from loraprompt.tools.naming import dotted_name
 from loraprompt.tools.stream import overlapped, resolve_device, to_host
 from loraprompt.tools.svd import RankTarget, factorise
 from loraprompt.tools.writer import write_lora
@@ -170,6 +171,10 @@ def extract_lora(tuned: str | Path, base: str | Path, output: str | Path, target
     report = ExtractReport(out, family, device=str(compute_on))
     modules: list[LoraFactors] = []
     todo = [c for c in _candidates(ckpt, ref, family) if c[0] in components]
+    if fmt == "peft":  # a module PEFT cannot name fails here, not after all the SVDs
+        for component, _, path, _ in todo:
+            if component != "transformer":
+                dotted_name(component, path)
     weights: dict[tuple[str, str], list[tuple[str, tuple[int, int] | None]]] = {}
     for component, key, path, rows in todo:  # q/k/v slices of one fused weight: one read, one difference
         weights.setdefault((component, key), []).append((path, rows))

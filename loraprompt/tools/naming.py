@@ -24,22 +24,42 @@ _SEGMENTS = sorted(
     key=len,
     reverse=True,
 )
-_SGM_MARKERS = ("input_blocks_", "middle_block_", "output_blocks_")
+_SGM_MARKERS = ("input_blocks_", "middle_block_", "output_blocks_", "time_embed_", "label_emb_", "out_")
+# LDM/SGM UNet segments with "_" (the rest of an LDM name, inside a transformer block, is diffusers')
+_LDM_SEGMENTS = ("input_blocks", "middle_block", "output_blocks", "in_layers", "emb_layers", "out_layers",
+                 "skip_connection", "time_embed", "label_emb")
 _NATIVE_DIT = ("double_blocks_", "single_blocks_", "joint_blocks_", "blocks_", "img_in", "txt_in", "final_layer_")
 
 
 def dotted_name(component: str, path: str) -> str:
-    """`down_blocks_0_attentions_0_proj_in` -> `down_blocks.0.attentions.0.proj_in`."""
+    """`down_blocks_0_attentions_0_proj_in` -> `down_blocks.0.attentions.0.proj_in`; an LDM/SGM-named
+    UNet module (`input_blocks_4_1_proj_in`, as sd-scripts writes SDXL) gets its diffusers name."""
     if component == "unet" and path.startswith((*_SGM_MARKERS, "diffusion_model_")):
-        raise ToolError(f"{component}/{path}: LDM/SGM-named UNet module; diffusers/PEFT files need "
-                        "diffusers block names (convert from a diffusers-named kohya file)")
+        found = ldm_unet_name(path)
+        if found is None:
+            raise ToolError(f"{component}/{path}: LDM/SGM-named UNet module with no diffusers counterpart; "
+                            "diffusers/PEFT files need diffusers module names")
+        return found
     if component in ("unet", "transformer") and path.startswith(_NATIVE_DIT):
         raise ToolError(f"{component}/{path}: a natively named (BFL/SAI/Wan) transformer module; PEFT files use "
                         "diffusers names, and a fused q/k/v module has no one diffusers module to go to")
+    return _split(path, _SEGMENTS)
+
+
+def ldm_unet_name(path: str) -> str | None:
+    """`input_blocks_4_1_proj_in` (kohya spelling of an LDM/SGM UNet module) -> its diffusers name
+    `down_blocks.1.attentions.0.proj_in`, or None when it has none."""
+    from loraprompt.keymaps.unet import to_diffusers
+
+    return to_diffusers(_split(path.removeprefix("diffusion_model_"), (*_LDM_SEGMENTS, *_SEGMENTS)))
+
+
+def _split(path: str, segments: tuple[str, ...] | list[str]) -> str:
+    ordered = sorted(segments, key=len, reverse=True)
     out: list[str] = []
     rest = path
     while rest:
-        seg = next((s for s in _SEGMENTS if rest == s or rest.startswith(s + "_")), None)
+        seg = next((s for s in ordered if rest == s or rest.startswith(s + "_")), None)
         if seg is None:
             seg, _, _ = rest.partition("_")
         out.append(seg)

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from loraprompt.errors import ToolError
+from loraprompt.keymaps.unet import to_ldm, up_levels_with_attention
 from loraprompt.tools.convert import convert_lora
 from loraprompt.tools.extract import extract_lora
 from loraprompt.tools.io import load_tensors
+from loraprompt.tools.naming import dotted_name
 from loraprompt.tools.resize import resize_lora
 from loraprompt.tools.svd import RankTarget
 from tests.fixtures.loras import write_kohya_lora
+from tests.fixtures.models import tiny_sdxl
 from tests.tools.checkpoints import a1111_models, write_single_file
 
 TE1_KEY = "conditioner.embedders.0.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight"
@@ -47,3 +52,76 @@ def test_sdxl_extract_with_the_second_text_encoder_unchanged_writes_lora_te1(tmp
     save_file(tensors, str(tmp_path / "tuned.safetensors"), metadata=meta)
     out = extract_lora(tmp_path / "tuned.safetensors", base, tmp_path / "x.safetensors", RankTarget(rank=2)).output
     assert _te_prefixes(out) == {"lora_te1"}
+
+
+def _sgm_file(tmp_path: Path) -> tuple[Path, dict[str, dict[str, torch.Tensor]]]:
+    """An SDXL kohya LoRA with sd-scripts' SGM UNet names (`lora_unet_input_blocks_4_1_…`), and the
+    weights PEFT gave the tiny models with it merged."""
+    lora = write_kohya_lora("sdxl", tmp_path / "k.safetensors", seed=3, alpha=2.0, sd_scripts_names=True)
+    unet = tiny_sdxl(seed=0)["unet"]
+    up_attn = up_levels_with_attention({n for n, _ in unet.named_modules()})
+    out = {}
+    for key, tensor in load_file(str(lora.path)).items():
+        name, _, part = key.partition(".")
+        if name.startswith("lora_unet_"):
+            ldm = to_ldm(dotted_name("unet", name.removeprefix("lora_unet_")), up_attn)
+            assert ldm is not None, name
+            name = "lora_unet_" + ldm.replace(".", "_")
+        out[f"{name}.{part}"] = tensor
+    path = tmp_path / "sgm.safetensors"
+    save_file(out, str(path), metadata={"ss_network_module": "networks.lora", "ss_base_model_version": "sdxl_base_v1-0"})
+    return path, lora.merged
+
+
+def _diffusers_fused(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """diffusers' load_lora_weights + fuse_lora on fresh tiny SDXL models."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    models = tiny_sdxl(seed=0)
+    pipe = StableDiffusionXLPipeline(vae=None, tokenizer=None, tokenizer_2=None, scheduler=EulerDiscreteScheduler(),
+                                     **models)
+    pipe.load_lora_weights(str(path), adapter_name="a")
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+    return {c: {k: v.detach().clone() for k, v in m.state_dict().items()} for c, m in models.items()}
+
+
+def _assert_fused(got: dict[str, dict[str, torch.Tensor]], expected: dict[str, dict[str, torch.Tensor]]) -> None:
+    for component, state in expected.items():
+        for key, tensor in state.items():
+            torch.testing.assert_close(got[component][key], tensor, rtol=1e-5, atol=1e-6, msg=f"{component}.{key}")
+
+
+def test_sgm_named_sdxl_lora_is_written_as_peft_that_diffusers_fuses_exactly(tmp_path: Path) -> None:
+    src, merged = _sgm_file(tmp_path)
+    assert any(k.startswith("lora_unet_input_blocks_") for k in load_file(str(src)))
+    for out in (convert_lora(src, tmp_path / "c.safetensors", "peft").output,
+                resize_lora(src, tmp_path / "r.safetensors", RankTarget(rank=4), fmt="peft").output):
+        assert any(k.startswith("unet.down_blocks.1.attentions.0.") for k in load_file(str(out)))
+        _assert_fused(_diffusers_fused(out), merged)
+
+
+def test_a_ldm_module_with_no_diffusers_name_is_refused_by_name(tmp_path: Path) -> None:
+    src = tmp_path / "odd.safetensors"
+    save_file({"lora_unet_input_blocks_4_7_proj_in.lora_down.weight": torch.ones(2, 8),
+               "lora_unet_input_blocks_4_7_proj_in.lora_up.weight": torch.ones(8, 2)}, str(src))
+    with pytest.raises(ToolError, match="input_blocks_4_7_proj_in"):
+        convert_lora(src, tmp_path / "c.safetensors", "peft")
+
+
+def test_sdxl_extract_as_peft_uses_diffusers_names(tmp_path: Path) -> None:
+    base = tmp_path / "base.safetensors"
+    write_single_file(a1111_models("sdxl"), "sdxl", base)
+    tensors, meta = load_tensors(base)
+    gen = torch.Generator().manual_seed(0)
+    for key in (TE1_KEY, UNET_KEY):
+        w = tensors[key]
+        tensors[key] = w + 0.05 * torch.randn(w.shape[0], 1, generator=gen) @ torch.randn(1, w.shape[1], generator=gen)
+    save_file(tensors, str(tmp_path / "tuned.safetensors"), metadata=meta)
+    out = extract_lora(tmp_path / "tuned.safetensors", base, tmp_path / "x.safetensors", RankTarget(rank=2),
+                       fmt="peft").output
+    fused = _diffusers_fused(out)
+    te1 = next(k for k in fused["text_encoder"] if k.endswith("encoder.layers.0.self_attn.q_proj.weight"))
+    expected = {"unet": {"down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight": tensors[UNET_KEY]},
+                "text_encoder": {te1: tensors[TE1_KEY]}}  # transformers 5 drops text_model.
+    _assert_fused(fused, expected)
