@@ -6,6 +6,7 @@ import re
 from functools import cache
 
 from loraprompt.errors import ToolError
+from loraprompt.keymaps.unet import to_diffusers, to_ldm
 
 # Module-name segments that themselves contain "_" (diffusers UNet and transformers CLIP).
 _SEGMENTS = sorted(
@@ -49,9 +50,33 @@ def dotted_name(component: str, path: str) -> str:
 def ldm_unet_name(path: str) -> str | None:
     """`input_blocks_4_1_proj_in` (kohya spelling of an LDM/SGM UNet module) -> its diffusers name
     `down_blocks.1.attentions.0.proj_in`, or None when it has none."""
-    from loraprompt.keymaps.unet import to_diffusers
-
     return to_diffusers(_split(path.removeprefix("diffusion_model_"), (*_LDM_SEGMENTS, *_SEGMENTS)))
+
+
+# up levels of the SD UNets that hold attention (where an upsampler sits in its LDM block)
+_UP_ATTENTION = {"sd1": {1, 2, 3}, "sd2": {1, 2, 3}, "sdxl": {0, 1}}
+
+
+def is_ldm_unet(path: str) -> bool:
+    """Whether a kohya UNet path is spelled with LDM/SGM names (`input_blocks_4_1_…`)."""
+    return path.startswith((*_SGM_MARKERS, "diffusion_model_"))
+
+
+def ldm_dotted(component: str, path: str, dotted: str | None = None, family: str | None = None) -> str:
+    """The LDM/SGM dotted name of an SD UNet module (`input_blocks.4.1.proj_in`), as A1111 and ComfyUI
+    name the model's weights, from either spelling; ToolError naming the module when it has none."""
+    if is_ldm_unet(path):
+        found: str | None = _split(path.removeprefix("diffusion_model_"), (*_LDM_SEGMENTS, *_SEGMENTS))
+        if found is not None and to_diffusers(found) is None:
+            found = None
+    else:
+        name = dotted or dotted_name(component, path)
+        up_attn = _UP_ATTENTION.get(family or "")
+        found = None if up_attn is None and ".upsamplers." in name else to_ldm(name, up_attn or set())
+    if found is None:
+        raise ToolError(f"{component}/{path}: no LDM/SGM UNet name for this module (as ComfyUI and A1111 name "
+                        "the model's weights); write kohya or peft")
+    return found
 
 
 def _split(path: str, segments: tuple[str, ...] | list[str]) -> str:

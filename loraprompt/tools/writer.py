@@ -17,11 +17,12 @@ from loraprompt.adapters.keys import COMFY_PREFIXES
 from loraprompt.errors import ToolError
 from loraprompt.tools.io import save_tensors
 from loraprompt.tools.lora import PEFT_METADATA_KEY, XLABS_MODULES, LoraFactors
-from loraprompt.tools.naming import dotted_name, native_dotted, native_entry
+from loraprompt.tools.naming import dotted_name, is_ldm_unet, ldm_dotted, native_dotted, native_entry
 
 FORMATS = ("kohya", "peft", "comfyui", "bfl", "xlabs")
 _COMFY_PREFIX = {"unet": "diffusion_model.", "transformer": "diffusion_model.",
                  **{c: p for p, c in reversed(COMFY_PREFIXES.items()) if c != "unet"}}
+_FLAT_CLIP = ("encoder.layers.", "embeddings.", "final_layer_norm")
 _XLABS_NAMES = {f"{kind}_blocks.{{}}.{native}": proc for (kind, proc), native in XLABS_MODULES.items()}
 
 
@@ -106,16 +107,26 @@ def peft_tensors(modules: Iterable[LoraFactors], family: str | None = None) -> t
 
 def _native_name(m: LoraFactors, family: str | None = None) -> str:
     """The dotted module name a ComfyUI/BFL/XLabs key uses: a transformer module's native (BFL,
-    SAI, Wan) name, as those tools map only native names under `diffusion_model.`."""
+    SAI, Wan) name and an SD UNet module's LDM/SGM name, as those tools map only the model's own
+    weight names under `diffusion_model.`; CLIP modules under `text_model.` (ComfyUI's
+    `clip_l.transformer.text_model.encoder…`)."""
     if m.component in ("unet", "transformer"):
         native = native_dotted(m.path, family)
         if native is not None:
             return native
-        if m.component == "unet" and m.dotted is not None:
-            return m.dotted
+        if m.component == "unet" and (family in ("sd1", "sd2", "sdxl") or is_ldm_unet(m.path)):
+            return ldm_dotted(m.component, m.path, m.dotted, family)
         raise ToolError(f"{m.key}: ComfyUI, BFL and XLabs files name a transformer's modules natively "
                         "(double_blocks.N.img_attn.qkv, …); this diffusers-named module has none (write kohya or peft)")
-    return m.dotted or dotted_name(m.component, m.path)
+    name = m.dotted or dotted_name(m.component, m.path)
+    if m.component in ("text_encoder", "text_encoder_2") and name.startswith(_FLAT_CLIP):
+        return "text_model." + name  # transformers 5's flattened CLIPTextModel names
+    return name
+
+
+def _prefix(component: str, family: str | None) -> str:
+    """ComfyUI's place for a component: SD2's OpenCLIP-H is `clip_h`, CLIP-L `clip_l`, SDXL's second `clip_g`."""
+    return "text_encoders.clip_h.transformer." if (family, component) == ("sd2", "text_encoder") else _COMFY_PREFIX[component]
 
 
 def native_tensors(modules: Iterable[LoraFactors], fmt: str, family: str | None = None) -> dict[str, Tensor]:
@@ -135,7 +146,7 @@ def native_tensors(modules: Iterable[LoraFactors], fmt: str, family: str | None 
             out |= {f"{kind}_blocks.{index}.processor.{proc}.down.weight": m.down,
                     f"{kind}_blocks.{index}.processor.{proc}.up.weight": up}
             continue
-        name = _COMFY_PREFIX[m.component] + name
+        name = _prefix(m.component, family) + name
         if fmt == "comfyui":
             out[f"{name}.alpha"] = torch.tensor(float(m.rank if m.alpha is None else m.alpha), dtype=m.down.dtype)
             out |= {f"{name}.lora_down.weight": m.down, f"{name}.lora_up.weight": up}

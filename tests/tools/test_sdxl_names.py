@@ -16,7 +16,7 @@ from loraprompt.tools.io import load_tensors
 from loraprompt.tools.naming import dotted_name
 from loraprompt.tools.resize import resize_lora
 from loraprompt.tools.svd import RankTarget
-from tests.fixtures.loras import write_kohya_lora
+from tests.fixtures.loras import write_diffusers_lora, write_kohya_lora
 from tests.fixtures.models import tiny_sdxl
 from tests.tools.checkpoints import a1111_models, write_single_file
 
@@ -125,3 +125,51 @@ def test_sdxl_extract_as_peft_uses_diffusers_names(tmp_path: Path) -> None:
     expected = {"unet": {"down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight": tensors[UNET_KEY]},
                 "text_encoder": {te1: tensors[TE1_KEY]}}  # transformers 5 drops text_model.
     _assert_fused(fused, expected)
+
+
+def _comfy_target(name: str, family: str, own: dict[str, dict[str, torch.Tensor]]) -> tuple[str, str]:
+    """(component, own key) a ComfyUI-style loader patches for a module name, by ComfyUI's rule: the
+    name must be one of the model's own weights (`diffusion_model.<LDM name>`, `text_encoders.clip_*.
+    transformer.text_model.…`), here read off the models' state dicts."""
+    if name.startswith("diffusion_model."):  # to_ldm: checked against diffusers' converter in test_to_single
+        up_attn = up_levels_with_attention({k.rpartition(".")[0] for k in own["unet"]})
+        ldm = {f"diffusion_model.{to_ldm(k.rpartition('.')[0], up_attn)}.weight": k for k in own["unet"] if k.endswith(".weight")}
+        return "unet", ldm[f"{name}.weight"]
+    clip, _, rest = name.removeprefix("text_encoders.").partition(".transformer.")
+    component = {"clip_l": "text_encoder", "clip_h": "text_encoder", "clip_g": "text_encoder_2"}[clip]
+    assert clip == {"sd1": "clip_l", "sd2": "clip_h", "sdxl": "clip_l" if component == "text_encoder" else "clip_g"}[family]
+    keys = {(k if k.startswith("text_model.") else f"text_model.{k}"): k for k in own[component]}
+    return component, keys[f"{rest}.weight"]
+
+
+@pytest.mark.parametrize(("family", "fmt"), [("sd1", "comfyui"), ("sd2", "bfl"), ("sdxl", "comfyui")])
+def test_peft_sd_lora_converts_to_names_comfyui_maps(tmp_path: Path, family: str, fmt: str) -> None:
+    """diffusers' own PEFT file (transformers-5 CLIP names) as ComfyUI/BFL keys: each key names a
+    weight of the model, and patching those weights gives what PEFT's merge gave."""
+    lora = write_diffusers_lora(family, tmp_path / "p.safetensors", seed=4)
+    out = convert_lora(lora.path, tmp_path / "c.safetensors", fmt).output
+    tensors = load_file(str(out))
+    parts = ("lora_down.weight", "lora_up.weight") if fmt == "comfyui" else ("lora_A.weight", "lora_B.weight")
+    got = {c: {k: v.clone() for k, v in m.state_dict().items()} for c, m in lora.base().items()}
+    names = {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rpartition(".")[0] for k in tensors}
+    for name in names:
+        down, up = tensors[f"{name}.{parts[0]}"].float(), tensors[f"{name}.{parts[1]}"].float()
+        alpha = tensors.get(f"{name}.alpha")
+        scale = 1.0 if alpha is None else float(alpha) / down.shape[0]
+        component, key = _comfy_target(name, family, got)
+        w = got[component][key]
+        got[component][key] = w + scale * (up.flatten(1) @ down.flatten(1)).reshape(w.shape)
+    assert any(n.startswith("diffusion_model.input_blocks.") for n in names)
+    for component, state in lora.merged.items():
+        for key, tensor in state.items():
+            torch.testing.assert_close(got[component][key], tensor, rtol=1e-5, atol=1e-6, msg=f"{component}.{key}")
+
+
+def test_a_unet_module_with_no_ldm_name_is_refused_for_comfyui(tmp_path: Path) -> None:
+    tensors = load_file(str(write_kohya_lora("sd1", tmp_path / "k.safetensors").path))
+    tensors |= {"lora_unet_down_blocks_0_strange_0.lora_down.weight": torch.ones(2, 8),
+                "lora_unet_down_blocks_0_strange_0.lora_up.weight": torch.ones(8, 2)}
+    save_file(tensors, str(tmp_path / "odd.safetensors"))
+    with pytest.raises(ToolError, match="down_blocks_0_strange_0"):
+        convert_lora(tmp_path / "odd.safetensors", tmp_path / "c.safetensors", "comfyui")
+    assert not (tmp_path / "c.safetensors").exists()
