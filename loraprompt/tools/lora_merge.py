@@ -11,6 +11,7 @@ import torch
 from loraprompt.errors import ToolError
 from loraprompt.tools.io import Progress, check_output, describe_inputs, parse_dtype, recipe_metadata
 from loraprompt.tools.lora import LoraFactors, LoraSet, read_lora
+from loraprompt.tools.naming import dotted_name, is_ldm_unet, ldm_dotted, native_entry
 from loraprompt.tools.svd import RankTarget, factorise, factorise_product
 from loraprompt.tools.writer import diffusers_modules, write_lora
 
@@ -54,6 +55,22 @@ def _svd(key: str, parts: Sequence[tuple[LoraFactors, float]], target: RankTarge
                        first.dotted), fact.kept
 
 
+def _sd_unet(module: LoraFactors, family: str | None) -> bool:
+    return module.component == "unet" and native_entry(module.path, family) is None
+
+
+def _respell(module: LoraFactors, ldm: bool, family: str | None) -> LoraFactors:
+    """An SD UNet module under LDM/SGM (`ldm`) or diffusers kohya spelling; as it is when it has no other."""
+    if is_ldm_unet(module.path) == ldm:
+        return module
+    try:
+        name = ldm_dotted("unet", module.path, module.dotted, family) if ldm else dotted_name("unet", module.path)
+    except ToolError:
+        return module
+    return LoraFactors("unet", name.replace(".", "_"), module.down, module.up, module.alpha, module.mid,
+                       None if ldm else name)
+
+
 def merge_loras(sources: Sequence[str | Path], weights: Sequence[float], output: str | Path, *,
                 target: RankTarget | None = None, fmt: str | None = None, dtype: str | None = None,
                 force: bool = False, progress: bool = False) -> LoraMergeReport:
@@ -71,9 +88,14 @@ def merge_loras(sources: Sequence[str | Path], weights: Sequence[float], output:
     # a transformer adapted under both namings (a PEFT file's to_q, a kohya file's fused qkv): the
     # native modules become their diffusers modules (exact), so each weight is one merged module
     named = {m.component == "transformer" for lora in loras for m in lora.modules.values()}
+    # an SD UNet adapted under both spellings (sd-scripts' SGM input_blocks_4_1, diffusers' down_blocks_1):
+    # every module takes the first input's, so each weight is one merged module
+    ldm = next((is_ldm_unet(m.path) for lora in loras for m in lora.modules.values() if _sd_unet(m, lora.family)), False)
     grouped: dict[str, list[tuple[LoraFactors, float]]] = {}
     for lora, weight in zip(loras, weights):
         for module in lora.modules.values():
+            if _sd_unet(module, lora.family):
+                module = _respell(module, ldm, lora.family)
             for part in diffusers_modules(module, lora.family) if named == {True, False} else [module]:
                 grouped.setdefault(part.key, []).append((part, float(weight)))
     merged, min_kept = [], 1.0

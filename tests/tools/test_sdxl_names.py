@@ -13,6 +13,8 @@ from loraprompt.keymaps.unet import to_ldm, up_levels_with_attention
 from loraprompt.tools.convert import convert_lora
 from loraprompt.tools.extract import extract_lora
 from loraprompt.tools.io import load_tensors
+from loraprompt.tools.lora import read_lora
+from loraprompt.tools.lora_merge import merge_loras
 from loraprompt.tools.naming import dotted_name
 from loraprompt.tools.resize import resize_lora
 from loraprompt.tools.svd import RankTarget
@@ -173,3 +175,20 @@ def test_a_unet_module_with_no_ldm_name_is_refused_for_comfyui(tmp_path: Path) -
     with pytest.raises(ToolError, match="down_blocks_0_strange_0"):
         convert_lora(tmp_path / "odd.safetensors", tmp_path / "c.safetensors", "comfyui")
     assert not (tmp_path / "c.safetensors").exists()
+
+
+@pytest.mark.parametrize("rank", [None, 8])
+def test_merging_sgm_and_diffusers_named_sdxl_loras_gives_one_module_per_weight(tmp_path: Path, rank: int | None) -> None:
+    sgm, merged_a = _sgm_file(tmp_path)
+    peft = write_diffusers_lora("sdxl", tmp_path / "p.safetensors", seed=4)
+    target = None if rank is None else RankTarget(rank=rank)
+    out = merge_loras([sgm, peft.path], [0.5, 0.5], tmp_path / "m.safetensors", target=target).output
+    lora = read_lora(out)
+    unet = [m for m in lora.modules.values() if m.component == "unet"]
+    assert len(unet) == sum(1 for m in read_lora(peft.path).modules.values() if m.component == "unet")
+    assert all(m.path.startswith(("input_blocks_", "middle_block_", "output_blocks_")) for m in unet)  # the first's
+    assert {m.rank for m in unet} == {8}  # rank 4 + rank 4, never one input's module cut alone
+    base = {c: m.state_dict() for c, m in peft.base().items()}
+    expected = {c: {k: base[c][k] + 0.5 * (merged_a[c][k] - base[c][k]) + 0.5 * (peft.merged[c][k] - base[c][k])
+                    for k in base[c]} for c in base}
+    _assert_fused(_diffusers_fused(out), expected)
