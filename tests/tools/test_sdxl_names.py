@@ -192,3 +192,22 @@ def test_merging_sgm_and_diffusers_named_sdxl_loras_gives_one_module_per_weight(
     expected = {c: {k: base[c][k] + 0.5 * (merged_a[c][k] - base[c][k]) + 0.5 * (peft.merged[c][k] - base[c][k])
                     for k in base[c]} for c in base}
     _assert_fused(_diffusers_fused(out), expected)
+
+
+def test_extract_as_peft_refuses_an_unnamed_module_before_any_svd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = tmp_path / "base.safetensors"
+    write_single_file(a1111_models("sdxl"), "sdxl", base)
+    tensors, meta = load_tensors(base)
+    odd = "model.diffusion_model.input_blocks.4.7.proj_in.weight"  # no diffusers counterpart
+    tensors[odd] = torch.zeros(8, 8)
+    save_file(tensors, str(base), metadata=meta)
+    tensors[odd] = torch.ones(8, 8)
+    tensors[UNET_KEY] = tensors[UNET_KEY] + 0.05
+    save_file(tensors, str(tmp_path / "tuned.safetensors"), metadata=meta)
+
+    def no_svd(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an SVD ran before the names were checked")
+
+    monkeypatch.setattr("loraprompt.tools.extract.factorise", no_svd)
+    with pytest.raises(ToolError, match="input_blocks_4_7_proj_in"):
+        extract_lora(tmp_path / "tuned.safetensors", base, tmp_path / "x.safetensors", RankTarget(rank=2), fmt="peft")
