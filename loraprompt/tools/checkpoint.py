@@ -77,11 +77,14 @@ class Checkpoint:
 
 
 
-def open_checkpoint(path: str | Path) -> Checkpoint:
-    """Read the layout of a single-file `.safetensors` checkpoint or a diffusers folder (headers only)."""
+def open_checkpoint(path: str | Path, variant: str | None = None) -> Checkpoint:
+    """Read the layout of a single-file `.safetensors` checkpoint or a diffusers folder (headers only);
+    `variant` ("fp16", "non_ema", …): read a folder's `<stem>.<variant>.safetensors` weights instead."""
     root = Path(path)
     if root.is_dir():
-        return _diffusers(root)
+        return _diffusers(root, variant)
+    if variant is not None:
+        raise ToolError(f"{root}: --variant applies to diffusers folders, not to a single file")
     if root.suffix != ".safetensors":
         raise ToolError(f"{root}: only .safetensors checkpoints and diffusers folders are supported "
                         "(pickled .ckpt files are refused: they can run code)")
@@ -100,7 +103,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint("single-file", root, [tf])
 
 
-def _diffusers(root: Path) -> Checkpoint:
+def _diffusers(root: Path, variant: str | None) -> Checkpoint:
     if not (root / "model_index.json").exists() and not any((root / d).is_dir() for d in DENOISERS):
         raise ToolError(f"{root}: a folder but not a diffusers model (no model_index.json, unet/ or transformer/)")
     files, unused = [], []
@@ -108,7 +111,7 @@ def _diffusers(root: Path) -> Checkpoint:
         folder = root / component
         if not folder.is_dir():
             continue
-        chosen = _weight_files(folder)
+        chosen = _weight_files(folder, variant)
         unused += [p for p in sorted(folder.iterdir()) if p not in chosen and _is_weight_file(p.name)]
         for file in chosen:
             layout = read_layout(file)
@@ -126,12 +129,13 @@ def _is_weight_file(name: str) -> bool:
     return name.endswith(".safetensors") or (".safetensors.index." in name and not name.endswith(".index.json"))
 
 
-def _weight_files(folder: Path) -> list[Path]:
-    """The files diffusers loads for a component when no variant is asked for: `<stem>.safetensors`
-    or the shards its `<stem>.safetensors.index.json` lists. Variant files (`<stem>.fp16.safetensors`,
-    `<stem>.safetensors.index.fp16.json` and their shards) are other copies of the same weights, not shards."""
+def _weight_files(folder: Path, variant: str | None = None) -> list[Path]:
+    """The files diffusers loads for a component: `<stem>.safetensors` or the shards its
+    `<stem>.safetensors.index.json` lists (with a variant: `<stem>.<variant>.safetensors`,
+    `<stem>.safetensors.index.<variant>.json`). Other variants are other copies of the weights, not shards."""
+    tag = f".{variant}" if variant else ""
     for stem in _WEIGHT_STEMS:
-        single, index = folder / f"{stem}.safetensors", folder / f"{stem}.safetensors.index.json"
+        single, index = folder / f"{stem}{tag}.safetensors", folder / f"{stem}.safetensors.index{tag}.json"
         if single.is_file():
             return [single]
         if index.is_file():
@@ -147,9 +151,9 @@ def _weight_files(folder: Path) -> list[Path]:
     found = sorted(p.name for p in folder.glob("*.safetensors"))
     if not found:
         raise ToolError(f"{folder}: no .safetensors weights (pickled .bin weights are not supported)")
-    raise ToolError(f"{folder}: no diffusion_pytorch_model.safetensors or model.safetensors (nor a "
-                    f".safetensors.index.json), only {', '.join(found)}: variant files (fp16, non_ema, …) "
-                    "are not read as the model; rename the variant to use to the plain name")
+    wanted = f"a {variant} variant" if variant else "diffusion_pytorch_model.safetensors or model.safetensors"
+    raise ToolError(f"{folder}: no {wanted} (nor its .safetensors.index{tag}.json), only {', '.join(found)}: "
+                    "variant files (fp16, non_ema, …) are read only when asked for (--variant fp16)")
 
 
 class TensorReader:

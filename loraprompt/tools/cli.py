@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         parser.add_argument("base", type=Path, help="its base checkpoint")
         parser.add_argument("--min-diff", type=float, default=0.0, help="skip weights whose max |diff| is <= this")
         parser.add_argument("--unet-only", action="store_true", help="leave the text encoders out")
+    if name in ("merge", "extract"):
+        parser.add_argument("--variant", metavar="NAME", help="diffusers folders: read the NAME variant's weights "
+                            "(<stem>.NAME.safetensors, e.g. fp16) instead of the plain ones")
     target = parser.add_mutually_exclusive_group(required=name in ("resize", "extract"))
     target.add_argument("--rank", type=int, help="target rank")
     target.add_argument("--energy", type=float, help="smallest rank keeping this fraction of each module's norm")
@@ -114,7 +117,7 @@ def _run(args: argparse.Namespace) -> Any:
         components = ("unet", "transformer") if args.unet_only else ("unet", "transformer", "text_encoder", "text_encoder_2")
         return extract_lora(args.tuned, args.base, args.output, _target(args), fmt=args.format,
                             dtype=args.dtype, min_diff=args.min_diff, components=components,
-                            force=args.force, progress=progress, device=args.device)
+                            force=args.force, progress=progress, device=args.device, variant=args.variant)
     specs = [parse_lora_spec(s) for s in args.loras]
     if args.checkpoint is not None:
         from loraprompt.tools.merge import LoraSpec, merge_checkpoint
@@ -123,11 +126,11 @@ def _run(args: argparse.Namespace) -> Any:
             raise ToolError("--rank/--energy/--conv-rank/--format apply to LoRA merges, not to merges into a checkpoint")
         return merge_checkpoint(args.checkpoint, [LoraSpec(*s) for s in specs], args.output, dtype=args.dtype,
                                 layout=args.layout, family="" if args.no_family_check else None,
-                                force=args.force, progress=progress, device=args.device)
+                                force=args.force, progress=progress, device=args.device, variant=args.variant)
     from loraprompt.tools.lora_merge import merge_loras
 
-    if args.layout or args.no_family_check or args.device != "cpu":
-        raise ToolError("--layout/--no-family-check/--device apply to merges into a checkpoint (--checkpoint)")
+    if args.layout or args.no_family_check or args.device != "cpu" or args.variant:
+        raise ToolError("--layout/--no-family-check/--device/--variant apply to merges into a checkpoint (--checkpoint)")
     if any(te != unet for _, te, unet in specs):
         raise ToolError("a LoRA merge takes one weight per LoRA (PATH:WEIGHT)")
     return merge_loras([p for p, _, _ in specs], [te for _, te, _ in specs], args.output, target=_target(args),

@@ -144,8 +144,8 @@ def _fp8_scale(ckpt: Checkpoint, reader: TensorReader, component: str, key: str,
 def extract_lora(tuned: str | Path, base: str | Path, output: str | Path, target: RankTarget, *,
                  fmt: str | None = None, dtype: str | None = None, min_diff: float = 0.0,
                  components: tuple[str, ...] = ("unet", "transformer", "text_encoder", "text_encoder_2"),
-                 force: bool = False, progress: bool = False, device: str | torch.device | None = None
-                 ) -> ExtractReport:
+                 force: bool = False, progress: bool = False, device: str | torch.device | None = None,
+                 variant: str | None = None) -> ExtractReport:
     """A LoRA approximating `tuned - base` per module (rank or energy target); weights whose largest
     absolute difference is <= `min_diff` are left out. Both files are read ahead in a thread while
     the differences are factorised on `device` ("cpu" by default, "cuda", "auto"); a weight whose
@@ -157,7 +157,7 @@ def extract_lora(tuned: str | Path, base: str | Path, output: str | Path, target
     if min_diff < 0:
         raise ToolError(f"min_diff must be >= 0, got {min_diff}")
     compute_on = resolve_device(device)
-    ckpt, ref = open_checkpoint(tuned), open_checkpoint(base)
+    ckpt, ref = open_checkpoint(tuned, variant), open_checkpoint(base, variant)
     if ckpt.layout != ref.layout:
         raise ToolError(f"{tuned} is {ckpt.layout} but {base} is {ref.layout}; give both in one layout")
     denoiser = "transformer" if "transformer" in ckpt.components() else "unet"

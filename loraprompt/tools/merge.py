@@ -292,8 +292,8 @@ def _write_file(merger: _Merger, file: TensorFile, target: Path, metadata: dict[
 def merge_checkpoint(checkpoint: str | Path, loras: Sequence[LoraSpec | tuple[Any, ...] | str | Path],
                      output: str | Path, *, dtype: str | None = None, layout: str | None = None,
                      configs: Mapping[str, Any] | None = None, family: str | None = None,
-                     force: bool = False, progress: bool = False, device: str | torch.device | None = None
-                     ) -> MergeReport:
+                     force: bool = False, progress: bool = False, device: str | torch.device | None = None,
+                     variant: str | None = None) -> MergeReport:
     """Write `checkpoint` with `loras` merged in: in its own layout, or in the other one (a single
     file as a diffusers folder with the shipped configs of its family or `configs`; a diffusers
     folder's unet/text encoders/vae as one original-layout file).
@@ -309,7 +309,7 @@ def merge_checkpoint(checkpoint: str | Path, loras: Sequence[LoraSpec | tuple[An
     out = check_output(output, [checkpoint, *(s.path for s in specs)], force, folder=None)
     out_dtype = parse_dtype(dtype)
     compute_on = resolve_device(device)
-    ckpt = open_checkpoint(checkpoint)
+    ckpt = open_checkpoint(checkpoint, variant)
     target = layout or ckpt.layout
     check_replace(out, folder=target == "diffusers")
     plan, found, diagnostics = plan_merge(ckpt, specs, family)

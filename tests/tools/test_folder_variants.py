@@ -9,6 +9,7 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
+from loraprompt.cli import main
 from loraprompt.errors import ToolError
 from loraprompt.tools.checkpoint import open_checkpoint
 from loraprompt.tools.extract import extract_lora
@@ -56,5 +57,38 @@ def test_variant_files_are_not_read_as_shards(tmp_path: Path, shard: bool) -> No
 def test_a_folder_with_only_variant_weights_is_refused_naming_them(tmp_path: Path) -> None:
     _folder(tmp_path / "m", False)
     (tmp_path / "m" / "unet" / "diffusion_pytorch_model.safetensors").unlink()
-    with pytest.raises(ToolError, match=r"diffusion_pytorch_model\.fp16\.safetensors"):
+    with pytest.raises(ToolError, match=r"diffusion_pytorch_model\.fp16\.safetensors.*--variant fp16"):
         open_checkpoint(tmp_path / "m")
+
+
+def test_a_variant_is_read_when_asked_for(tmp_path: Path) -> None:
+    _folder(tmp_path / "base", False)
+    _folder(tmp_path / "tuned", True)
+    ckpt = open_checkpoint(tmp_path / "base", "fp16")
+    assert all(".fp16" in f.path.name for f in ckpt.files)
+    assert all(dtype == torch.float16 for f in ckpt.files for dtype, _ in f.specs.values())
+    report = extract_lora(tmp_path / "tuned", tmp_path / "base", tmp_path / "x.safetensors", RankTarget(rank=4),
+                          variant="fp16")
+    assert [m.key for m in report.modules] == ["unet/down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"]
+    out = merge_checkpoint(tmp_path / "base", [report.output], tmp_path / "merged", variant="fp16").output
+    assert not (out / "unet" / "diffusion_pytorch_model.safetensors").exists()  # the plain weights stay unmerged
+    got = UNet2DConditionModel.from_pretrained(out / "unet", variant="fp16").state_dict()
+    expected = UNet2DConditionModel.from_pretrained(tmp_path / "tuned" / "unet", variant="fp16").state_dict()
+    for key, tensor in expected.items():
+        torch.testing.assert_close(got[key], tensor, rtol=0, atol=1e-3 if key == Q else 0)
+    with pytest.raises(ToolError, match="non_ema"):
+        open_checkpoint(tmp_path / "base", "non_ema")
+
+
+def test_cli_variant_reaches_the_folder_and_is_refused_where_it_means_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], sd1_inputs: dict[str, Path]) -> None:
+    _folder(tmp_path / "base", False)
+    lora = str(sd1_inputs["lora"])
+    assert main(["merge", "--checkpoint", str(tmp_path / "base"), lora, "--variant", "fp16",
+                 "-o", str(tmp_path / "m"), "--quiet"]) == 0
+    assert (tmp_path / "m" / "unet" / "diffusion_pytorch_model.fp16.safetensors").exists()
+    assert main(["merge", lora, lora, "--variant", "fp16", "-o", str(tmp_path / "l.safetensors"), "--quiet"]) == 1
+    assert "--variant" in capsys.readouterr().err
+    assert main(["merge", "--checkpoint", str(sd1_inputs["checkpoint"]), lora, "--variant", "fp16",
+                 "-o", str(tmp_path / "s.safetensors"), "--quiet"]) == 1
+    assert "diffusers folders" in capsys.readouterr().err
