@@ -96,10 +96,12 @@ def metadata(config: TrainConfig, *, family: str, base_name: str, base_hash: str
 
 
 def write_lora_file(path: Path, factors: list[Any], fmt: str, meta: dict[str, str],
-                    bundle: dict[str, Tensor] | None) -> None:
-    """The LoRA file, atomically (a temporary file renamed onto `path` only when complete)."""
+                    bundle: dict[str, Tensor] | None, *, family: str | None = None) -> None:
+    """The LoRA file, atomically (a temporary file renamed onto `path` only when complete). The
+    model's `family` names kohya's text-encoder prefix: `lora_te1_` on SDXL even when only CLIP-L
+    was trained (A1111 maps no `lora_te_` there)."""
     if fmt == "kohya":
-        tensors = kohya_tensors(factors)
+        tensors = kohya_tensors(factors, family)
         extra: dict[str, str] = {}
     else:
         tensors, extra = peft_tensors(factors)

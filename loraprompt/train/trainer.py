@@ -351,7 +351,7 @@ class Trainer(LossMixin):
         recipe = {**config.recipe(), "steps": self.step, "images": len(self.dataset.images),
                   "final_loss": self.losses[-1] if self.losses else None, "base_model": base.name}
         self._check_output()  # still free (or --force) at the end of a long run
-        export.write_lora_file(self.output, factors, config.format, meta, bundle)
+        export.write_lora_file(self.output, factors, config.format, meta, bundle, family=base.family)
         _, json_path, preview_path = export.outputs(self.output)
         export.write_json(json_path, export.user_metadata(config, base.family, recipe))
         export.write_png(preview_path, preview)

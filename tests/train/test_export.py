@@ -63,3 +63,21 @@ def test_a_training_state_is_not_unpickled_on_torch_older_than_2_6(tmp_path: Pat
     with pytest.raises(TrainError, match=rf"state\.pt: refusing pickled weights on torch {re.escape(version)}"):
         read_state(tmp_path)
     assert not marker.exists()
+
+
+def test_an_sdxl_lora_with_only_clip_l_trained_keeps_kohyas_lora_te1(tmp_path: Path) -> None:
+    """The trainer passes the model's family to the writer: an SDXL file whose text-encoder part is
+    CLIP-L's alone is `lora_te1_` (A1111 maps no `lora_te_` on SDXL, so that part did nothing)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from loraprompt.tools.lora import LoraFactors
+    from loraprompt.train.export import write_lora_file
+
+    factors = [LoraFactors("text_encoder", "text_model_encoder_layers_0_self_attn_q_proj", torch.ones(2, 8), torch.ones(8, 2), 2.0),
+               LoraFactors("unet", "down_blocks_1_attentions_0_proj_in", torch.ones(2, 8), torch.ones(8, 2), 2.0)]
+    for family, prefix in (("sdxl", "lora_te1_"), ("sd1", "lora_te_")):
+        out = tmp_path / f"{family}.safetensors"
+        write_lora_file(out, factors, "kohya", {}, None, family=family)
+        te = {k.split("text_model")[0] for k in load_file(out) if "text_model" in k}
+        assert te == {prefix}, (family, te)
