@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -26,17 +27,26 @@ _FLAT_CLIP = ("encoder.layers.", "embeddings.", "final_layer_norm")
 _XLABS_NAMES = {f"{kind}_blocks.{{}}.{native}": proc for (kind, proc), native in XLABS_MODULES.items()}
 
 
+def _t5(component: str, family: str | None, peft: bool) -> str:
+    """Flux.1's T5 is diffusers' `text_encoder_2` (PEFT keys) but kohya's `lora_te3_` and ComfyUI's
+    `t5xxl` (sd-scripts' lora_flux; `text_encoder_3` when read): each writer gets its own name."""
+    if family == "flux" and component == ("text_encoder_3" if peft else "text_encoder_2"):
+        return "text_encoder_2" if peft else "text_encoder_3"
+    return component
+
+
 def kohya_tensors(modules: Iterable[LoraFactors], family: str | None = None) -> dict[str, Tensor]:
-    """kohya keys: lora_unet_/lora_te_ (lora_te1_/lora_te2_ for SDXL, or when a second text encoder
-    is present: A1111 maps only lora_te1_/lora_te2_ on SDXL, even for a file adapting CLIP-L alone)."""
+    """kohya keys: lora_unet_/lora_te_ (lora_te1_ for CLIP-L on SDXL, SD3 and Flux, as sd-scripts
+    writes them, or when another text encoder is present: A1111 maps only lora_te1_/lora_te2_ on
+    SDXL, even for a file adapting CLIP-L alone)."""
     mods = list(modules)
-    two_te = family == "sdxl" or any(m.component == "text_encoder_2" for m in mods)
+    two_te = family in ("sdxl", "sd3", "flux") or any(m.component in ("text_encoder_2", "text_encoder_3") for m in mods)
     prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te1_" if two_te else "lora_te_",
                 "text_encoder_2": "lora_te2_", "text_encoder_3": "lora_te3_",
                 "transformer": "lora_transformer_"}  # ai-toolkit's prefix for diffusers-named DiT modules
     out: dict[str, Tensor] = {}
     for m in mods:
-        name = prefixes[m.component] + m.path
+        name = prefixes[_t5(m.component, family, False)] + m.path
         out[f"{name}.alpha"] = torch.tensor(float(m.rank if m.alpha is None else m.alpha), dtype=m.down.dtype)
         out[f"{name}.lora_down.weight"] = m.down
         if m.mid is not None:
@@ -81,6 +91,7 @@ def peft_tensors(modules: Iterable[LoraFactors], family: str | None = None) -> t
         if m.mid is not None:
             raise ToolError(f"{m.key}: CP/Tucker (lora_mid) modules have no PEFT form")
         dotted = m.dotted or dotted_name(m.component, m.path)
+        m = replace(m, component=_t5(m.component, family, True))
         if f"{m.component}.{dotted}.lora_A.weight" in out:
             raise ToolError(f"{m.key}: two modules of the input are {m.component}.{dotted} in PEFT names")
         out[f"{m.component}.{dotted}.lora_A.weight"] = m.down
@@ -126,7 +137,9 @@ def _native_name(m: LoraFactors, family: str | None = None) -> str:
 
 def _prefix(component: str, family: str | None) -> str:
     """ComfyUI's place for a component: SD2's OpenCLIP-H is `clip_h`, CLIP-L `clip_l`, SDXL's second `clip_g`."""
-    return "text_encoders.clip_h.transformer." if (family, component) == ("sd2", "text_encoder") else _COMFY_PREFIX[component]
+    if (family, component) == ("sd2", "text_encoder"):
+        return "text_encoders.clip_h.transformer."
+    return _COMFY_PREFIX[_t5(component, family, False)]
 
 
 def native_tensors(modules: Iterable[LoraFactors], fmt: str, family: str | None = None) -> dict[str, Tensor]:
