@@ -1,4 +1,5 @@
-"""Convert a LoRA between the kohya and PEFT/diffusers layouts, tensors and metadata unchanged."""
+"""Convert a LoRA between the kohya and PEFT/diffusers layouts, tensors and metadata unchanged (an
+SD2/SDXL file without kohya's base-model fields gets them: A1111 would take it for SD1)."""
 
 from __future__ import annotations
 

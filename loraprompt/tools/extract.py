@@ -26,13 +26,10 @@ from loraprompt.tools.lora import LoraFactors
 from loraprompt.tools.naming import dotted_name
 from loraprompt.tools.stream import overlapped, resolve_device, to_host
 from loraprompt.tools.svd import RankTarget, factorise
-from loraprompt.tools.writer import write_lora
+from loraprompt.tools.writer import BASE_MODEL, write_lora
 
 _LDM_TOP = ("input_blocks.", "middle_block.", "output_blocks.", "time_embed.", "label_emb.", "out.")
 _TEXT_ROOTS = ("transformer.", "model.")
-# kohya's ss_base_model_version (as sd-scripts and loraprompt train write it) by family
-BASE_MODEL = {family: {"ss_base_model_version": version, "ss_v2": str(family == "sd2")}
-              for family, version in (("sd1", "sd_v1"), ("sd2", "sd_v2"), ("sdxl", "sdxl_base_v1-0"))}
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,14 @@ from pathlib import Path
 import torch
 
 from loraprompt.errors import ToolError
-from loraprompt.tools.io import Progress, check_output, describe_inputs, parse_dtype, recipe_metadata
+from loraprompt.tools.io import (
+    Progress,
+    check_output,
+    describe_inputs,
+    parse_dtype,
+    rank_metadata,
+    recipe_metadata,
+)
 from loraprompt.tools.lora import LoraFactors, LoraSet, read_lora
 from loraprompt.tools.naming import dotted_name, is_ldm_unet, ldm_dotted, native_entry
 from loraprompt.tools.svd import RankTarget, factorise, factorise_product
@@ -109,8 +116,23 @@ def merge_loras(sources: Sequence[str | Path], weights: Sequence[float], output:
             min_kept = min(min_kept, kept)
         bar.update()
     bar.close()
-    metadata = recipe_metadata("merge-loras", inputs=describe_inputs(sources), weights=list(weights),
+    metadata = {"ss_network_module": "networks.lora", **rank_metadata(merged), **_shared_base(loras),
+                **recipe_metadata("merge-loras", inputs=describe_inputs(sources), weights=list(weights),
                                rank=None if target is None else target.rank,
-                               energy=None if target is None else target.energy)
+                               energy=None if target is None else target.energy)}
     write_lora(out, merged, fmt or loras[0].format, metadata, loras[0].family)
     return LoraMergeReport(out, len(merged), min_kept)
+
+
+def _shared_base(loras: Sequence[LoraSet]) -> dict[str, str]:
+    """The inputs' base-model fields (kohya's, and the model they were trained on) where every
+    input agrees: what galleries and A1111's version filter read; the writer fills in the family's
+    when none is left."""
+    keys = ("ss_base_model_version", "ss_v2", "ss_sd_model_name", "modelspec.architecture")
+    out: dict[str, str] = {}
+    for key in keys:
+        values = {lora.metadata.get(key) for lora in loras}
+        value = values.pop() if len(values) == 1 else None
+        if value is not None:
+            out[key] = value
+    return out

@@ -24,6 +24,11 @@ FORMATS = ("kohya", "peft", "comfyui", "bfl", "xlabs")
 _COMFY_PREFIX = {"unet": "diffusion_model.", "transformer": "diffusion_model.",
                  **{c: p for p, c in reversed(COMFY_PREFIXES.items()) if c != "unet"}}
 _FLAT_CLIP = ("encoder.layers.", "embeddings.", "final_layer_norm")
+# kohya's base-model fields by family (as sd-scripts and loraprompt train write them). A1111 v1.10.1
+# sorts a LoRA by them (NetworkOnDisk.detect_version): a file with other metadata and none of these
+# is SD1 there, so its card is hidden while an SDXL or SD2 model is loaded
+BASE_MODEL = {family: {"ss_base_model_version": version, "ss_v2": str(family == "sd2")}
+              for family, version in (("sd1", "sd_v1"), ("sd2", "sd_v2"), ("sdxl", "sdxl_base_v1-0"))}
 _XLABS_NAMES = {f"{kind}_blocks.{{}}.{native}": proc for (kind, proc), native in XLABS_MODULES.items()}
 
 
@@ -175,7 +180,11 @@ def _number(value: float) -> float | int:
 def write_lora(path: Path, modules: Iterable[LoraFactors], fmt: str, metadata: dict[str, str],
                family: str | None = None) -> None:
     """Write LoRA modules atomically in `fmt` ("kohya" or "peft") with the given metadata;
-    `family`: the source's, for natively named transformer modules (see `native_entry`)."""
+    `family`: the source's, for natively named transformer modules (see `native_entry`), and for
+    kohya's base-model fields on SD2 and SDXL when `metadata` has none (`BASE_MODEL`: without them
+    A1111 takes the file for SD1; an SD1 file is SD1 there already and is left as it is)."""
+    if family in ("sd2", "sdxl") and "ss_base_model_version" not in metadata and "ss_v2" not in metadata:
+        metadata = {**metadata, **BASE_MODEL[family]}
     if fmt == "kohya":
         save_tensors(path, kohya_tensors(modules, family), metadata)
     elif fmt == "peft":
