@@ -32,6 +32,14 @@ _LDM_TOP = ("input_blocks.", "middle_block.", "output_blocks.", "time_embed.", "
 _TEXT_ROOTS = ("transformer.", "model.")
 
 
+def _same_at(new: Tensor, old: Tensor) -> bool:
+    """Whether two weights of different float dtypes are equal at the coarser one's precision: most
+    fine-tunes are shared in fp16 while their base is fp32, so every weight the tuning left alone
+    differs by the fp16 rounding, and factorising that rounding noise gave a module for each."""
+    coarse = new.dtype if torch.finfo(new.dtype).eps >= torch.finfo(old.dtype).eps else old.dtype
+    return torch.equal(new.to(coarse), old.to(coarse))
+
+
 @dataclass(frozen=True)
 class ExtractedModule:
     """One extracted module: its rank and the fraction of the difference's norm it keeps."""
@@ -146,7 +154,8 @@ def extract_lora(tuned: str | Path, base: str | Path, output: str | Path, target
     """A LoRA approximating `tuned - base` per module (rank or energy target); weights whose largest
     absolute difference is <= `min_diff` are left out. Both files are read ahead in a thread while
     the differences are factorised on `device` ("cpu" by default, "cuda", "auto"); a weight whose
-    bytes are equal in both is skipped without arithmetic. Memory: the read-ahead budget (128 MiB)
+    bytes are equal in both, or that are equal at the coarser precision of the two (an fp16 tune of
+    an fp32 base), is skipped without arithmetic. Memory: the read-ahead budget (128 MiB)
     plus one weight's float32 difference and its SVD work, and the extracted factors."""
     from loraprompt.keymaps import build_keymap
 
@@ -187,6 +196,8 @@ def extract_lora(tuned: str | Path, base: str | Path, output: str | Path, target
         same_scale = new_scale is old_scale or (new_scale is not None and old_scale is not None and torch.equal(new_scale, old_scale))
         if new.dtype == old.dtype and torch.equal(new.view(torch.uint8), old.view(torch.uint8)) and same_scale:
             return new[:0], None  # bit-identical: nothing to extract, nothing kept in memory
+        if new.dtype != old.dtype and min(new.element_size(), old.element_size()) > 1 and _same_at(new, old):
+            return new[:0], None  # the same weight stored at another precision (an fp16 fine-tune of an fp32 base)
         if new.element_size() == 1:  # fp8 (scaled: times its scale); the factors come out in bf16
             new = new.float() * new_scale if new_scale is not None else new.float()
             old = old.float() * old_scale if old_scale is not None else old.float()

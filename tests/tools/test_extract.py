@@ -61,6 +61,21 @@ def test_extracted_lora_reproduces_a_low_rank_difference(tmp_path: Path, family:
         torch.testing.assert_close(got[key], tensor, rtol=0, atol=2e-6)
 
 
+def test_an_fp16_tune_of_an_fp32_base_gives_only_the_changed_modules(tmp_path: Path) -> None:
+    """Fine-tunes are mostly shared in fp16 while the base is fp32: every weight the tuning left
+    alone then differs by fp16's rounding, and extract factorised that noise into a module for
+    every weight (rank 8 each, 'kept' 0.9). Weights equal at the coarser precision are unchanged."""
+    tuned, base, expected = _tuned(tmp_path, "sd1")
+    tensors, meta = load_tensors(tuned)
+    half = tmp_path / "tuned-fp16.safetensors"
+    save_file({k: v.half() for k, v in tensors.items()}, str(half), metadata=meta)
+    report = extract_lora(half, base, tmp_path / "x.safetensors", RankTarget(rank=4))
+    assert len(report.modules) == len(PICK["sd1"]) and all(m.rank == 4 for m in report.modules)
+    rebuilt, _ = load_tensors(merge_checkpoint(base, [report.output], tmp_path / "rebuilt.safetensors").output)
+    for key in PICK["sd1"]:  # the tune's change, to within fp16's rounding of the tuned weight
+        torch.testing.assert_close(rebuilt[key], expected[key], rtol=0, atol=2e-3)
+
+
 def test_energy_target_and_identical_models(tmp_path: Path) -> None:
     tuned, base, _ = _tuned(tmp_path, "sd1", rank=3)
     report = extract_lora(tuned, base, tmp_path / "e.safetensors", RankTarget(energy=0.999), fmt="peft")
