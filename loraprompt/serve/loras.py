@@ -185,7 +185,9 @@ class LoraSources:
         real = Path(os.path.realpath(path))
         if not any(real.is_relative_to(root) for root in self.roots):
             absolute = os.path.abspath(path)
-            if self._listed(absolute):
+            # the listed path must be the file the OS opens: `external/../x` is `<root>/x` once
+            # normalized but the OS follows the link first, to a file beside the link's target
+            if real.suffix.lower() in MODEL_EXTS and Path(os.path.realpath(absolute)) == real and self._listed(absolute):
                 return absolute
             raise ServeError(403, field, f"{ref!r} is outside the LoRA folders")
         if not real.is_file():
@@ -200,8 +202,8 @@ class LoraSources:
         a LoRA folder, or a file in a symlinked subfolder, that leads out of the folders. The
         library lists those and `<lora:name>` applies them (library/paths.py's policy: what the
         walk followed is accepted), so a path to one is too. The library rescans once when a
-        folder changed since its last scan. A `..` was normalized away before: traversal out of a
-        folder is never a listed path."""
+        folder changed since its last scan. The caller checks that `path` (`..` normalized away)
+        is the file the OS opens for the reference, so a `..` never reaches another file."""
         base = self.library.base
         if not os.path.isfile(path) or not any(Path(path).is_relative_to(r) for r in base.roots):
             return False

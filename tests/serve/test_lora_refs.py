@@ -101,6 +101,9 @@ def test_a_new_symlink_is_used_without_a_refresh(served: Served, linked: Path) -
 
 
 def test_traversal_out_of_the_folders_stays_403_beside_listed_symlinks(served: Served, linked: Path) -> None:
+    beside = linked.parent / "demo_warm.safetensors"  # outside the folders, unlisted
+    shutil.copy(served.lora_dir / "demo_sketch.safetensors", beside)
+    assert not beside.resolve().is_relative_to(served.lora_dir.resolve())
     requests.post(f"{served.url}/sdapi/v1/refresh-loras", timeout=30)
     root = served.lora_dir
     for ref in ("../LoraEvil/evil", "../LoraEvil/evil.safetensors", str(root.parent / "LoraEvil" / "evil.safetensors"),
@@ -108,7 +111,10 @@ def test_traversal_out_of_the_folders_stays_403_beside_listed_symlinks(served: S
                 "file://" + str(root) + "/%2e%2e/LoraEvil/evil.safetensors",
                 "file://" + str(root) + "/external/../../LoraEvil/evil.safetensors",
                 str(linked / "ext_style.safetensors"),  # the symlink's target by its own path: not listed
-                "external/../../LoraEvil/evil"):
+                "external/../../LoraEvil/evil",
+                # normalized, <root>/demo_warm (listed); the OS follows the link first, to a file beside its target
+                "external/../demo_warm", "external/../demo_warm.safetensors"):
         response = predict(served, {"lora_urls": ref})
         assert response.status_code == 403, (ref, response.text)
         assert response.json()["detail"][0]["loc"] == ["body", "input", "lora_urls"]
+    beside.unlink()
