@@ -40,6 +40,14 @@ def _t5(component: str, family: str | None, peft: bool) -> str:
     return component
 
 
+def _alpha(m: LoraFactors) -> Tensor:
+    """kohya's `.alpha` tensor: in the factors' dtype as kohya writes it, or float32 when that dtype
+    cannot hold the value (rsLoRA's alpha·√r from a PEFT file, 45.2548 -> 45.25 in fp16/bf16)."""
+    value = float(m.rank if m.alpha is None else m.alpha)
+    alpha = torch.tensor(value, dtype=m.down.dtype)
+    return alpha if float(alpha) == value else torch.tensor(value, dtype=torch.float32)
+
+
 def kohya_tensors(modules: Iterable[LoraFactors], family: str | None = None) -> dict[str, Tensor]:
     """kohya keys: lora_unet_/lora_te_ (lora_te1_ for CLIP-L on SDXL, SD3 and Flux, as sd-scripts
     writes them, or when another text encoder is present: A1111 maps only lora_te1_/lora_te2_ on
@@ -52,7 +60,7 @@ def kohya_tensors(modules: Iterable[LoraFactors], family: str | None = None) -> 
     out: dict[str, Tensor] = {}
     for m in mods:
         name = prefixes[_t5(m.component, family, False)] + m.path
-        out[f"{name}.alpha"] = torch.tensor(float(m.rank if m.alpha is None else m.alpha), dtype=m.down.dtype)
+        out[f"{name}.alpha"] = _alpha(m)
         out[f"{name}.lora_down.weight"] = m.down
         if m.mid is not None:
             out[f"{name}.lora_mid.weight"] = m.mid
@@ -166,7 +174,7 @@ def native_tensors(modules: Iterable[LoraFactors], fmt: str, family: str | None 
             continue
         name = _prefix(m.component, family) + name
         if fmt == "comfyui":
-            out[f"{name}.alpha"] = torch.tensor(float(m.rank if m.alpha is None else m.alpha), dtype=m.down.dtype)
+            out[f"{name}.alpha"] = _alpha(m)
             out |= {f"{name}.lora_down.weight": m.down, f"{name}.lora_up.weight": up}
         else:
             out |= {f"{name}.lora_A.weight": m.down, f"{name}.lora_B.weight": up}

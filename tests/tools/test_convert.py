@@ -228,3 +228,16 @@ def test_nan_lora_is_refused_naming_file_and_module(tmp_path: Path) -> None:
     save_file({f"{name}.lora_down.weight": torch.ones(2, 8), f"{name}.lora_up.weight": up}, str(bad))
     with pytest.raises(AdapterFileError, match=r"nan\.safetensors.*proj_in.*NaN"):
         resize_lora(bad, tmp_path / "out.safetensors", RankTarget(rank=1))
+
+
+def test_an_alpha_the_factors_dtype_cannot_hold_is_kept_exactly(tmp_path: Path) -> None:
+    """kohya stores `.alpha` in the factors' dtype; a PEFT file's alpha comes from JSON and may not
+    fit it (rsLoRA's alpha·√r: 45.2548 is 45.25 in fp16). convert said 'tensors unchanged' but the
+    scale moved by 1e-4; such an alpha is now written in float32, an exact one still in fp16."""
+    from tests.fixtures.loras import write_diffusers_lora
+
+    for alpha, dtype in ((45.2548, torch.float32), (8.0, torch.float16)):
+        src = write_diffusers_lora("sd1", tmp_path / f"p{alpha}.safetensors", alpha=alpha, dtype=torch.float16).path
+        out = convert_lora(src, tmp_path / f"k{alpha}.safetensors", "kohya").output
+        alphas = [v for k, v in load_tensors(out)[0].items() if k.endswith(".alpha")]
+        assert alphas and all(a.dtype == dtype and float(a) == float(torch.tensor(alpha, dtype=dtype)) for a in alphas)
