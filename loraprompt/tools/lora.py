@@ -125,7 +125,7 @@ def _read_native(path: str | Path, tensors: Mapping[str, Tensor], fmt: str) -> d
         if prefix is None or part is None:
             raise AdapterFileError(path, f"not a plain {fmt} LoRA key (expected diffusion_model.<module> with "
                                          f"{' / '.join(sorted(parts_of))})", key=key)
-        groups.setdefault((COMFY_PREFIXES[prefix], rest[: -len(part) - 1]), {})[parts_of[part]] = tensor
+        _put(path, groups.setdefault((COMFY_PREFIXES[prefix], rest[: -len(part) - 1]), {}), parts_of[part], tensor, key)
     return _grouped(path, groups)
 
 
@@ -142,6 +142,16 @@ def _read_xlabs(path: str | Path, tensors: Mapping[str, Tensor]) -> dict[str, Lo
                                          "qkv_lora1.down.weight and the like)", key=key)
         groups.setdefault(("unet", f"{kind}_blocks.{index}.{native}"), {})[part.partition(".")[0]] = tensor
     return _grouped(path, groups)
+
+
+def _put(path: str | Path, parts: dict[str, Tensor], part: str, tensor: Tensor, key: str) -> None:
+    """One factor of a module; refused when the file already gave it under another spelling of the
+    same module (`lora_te_` and `lora_te1_`, ComfyUI's `clip_l` and `clip_h`): one of the two would
+    be dropped silently (read_adapter refuses such a file too)."""
+    if part in parts:
+        raise AdapterFileError(path, "this module's tensor is in the file twice, under two spellings of the "
+                                     "module (e.g. lora_te_ and lora_te1_); which one is meant is unknown", key=key)
+    parts[part] = tensor
 
 
 def _grouped(path: str | Path, groups: Mapping[tuple[str, str], dict[str, Tensor]]) -> dict[str, LoraFactors]:
@@ -162,7 +172,7 @@ def _read_kohya(path: str | Path, tensors: Mapping[str, Tensor]) -> dict[str, Lo
             raise AdapterFileError(path, "not a plain kohya LoRA key: LyCORIS files (LoHa, LoKr, ...) "
                                          "can only be merged into a checkpoint (merge --checkpoint); convert, "
                                          "resize and LoRA merges take plain LoRAs", key=key)
-        groups.setdefault((KOHYA_PREFIXES[prefix], name[len(prefix):]), {})[_KOHYA_PARTS[part]] = tensor
+        _put(path, groups.setdefault((KOHYA_PREFIXES[prefix], name[len(prefix):]), {}), _KOHYA_PARTS[part], tensor, key)
     modules = {}
     for (component, mpath), parts in groups.items():
         factors = _factors(path, f"{component}/{mpath}", component, mpath, parts)

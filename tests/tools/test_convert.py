@@ -241,3 +241,20 @@ def test_an_alpha_the_factors_dtype_cannot_hold_is_kept_exactly(tmp_path: Path) 
         out = convert_lora(src, tmp_path / f"k{alpha}.safetensors", "kohya").output
         alphas = [v for k, v in load_tensors(out)[0].items() if k.endswith(".alpha")]
         assert alphas and all(a.dtype == dtype and float(a) == float(torch.tensor(alpha, dtype=dtype)) for a in alphas)
+
+
+def test_a_module_spelled_twice_is_refused_naming_the_key(tmp_path: Path, kohya_file: Path) -> None:
+    """`lora_te_X` and `lora_te1_X` are one module: read_lora kept whichever came last, silently,
+    where read_adapter (the patcher's reader) refuses the file."""
+    from safetensors.torch import save_file
+
+    from loraprompt.errors import AdapterFileError
+    from loraprompt.tools.lora import read_lora
+
+    tensors, meta = load_tensors(kohya_file)
+    te = next(k for k in tensors if k.startswith("lora_te_") and k.endswith(".lora_down.weight"))
+    twice = tmp_path / "twice.safetensors"
+    save_file({**tensors, te.replace("lora_te_", "lora_te1_", 1): tensors[te] * 2}, str(twice), metadata=meta)
+    with pytest.raises(AdapterFileError, match=r"in the file twice") as caught:
+        read_lora(twice)
+    assert caught.value.key in (te, te.replace("lora_te_", "lora_te1_", 1))
