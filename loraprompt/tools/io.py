@@ -64,6 +64,8 @@ def check_output(output: str | Path, inputs: Iterable[str | Path], force: bool, 
             raise ToolError(f"{out}: refusing to overwrite the input {src_path}")
         if out.resolve() == src_path.resolve():
             raise ToolError(f"{out}: refusing to overwrite the input {src_path}")
+        if src_path.is_dir() and out.resolve().is_relative_to(src_path.resolve()):  # it would be copied into itself
+            raise ToolError(f"{out}: the output is inside the input folder {src_path}; write it elsewhere")
     if out.exists() and not force:
         raise ToolError(f"{out}: output exists; pass --force to replace it (force=True from Python)")
     if not out.parent.exists():

@@ -159,3 +159,14 @@ def _assert_folder_is_patched_sd1(folder: Path, lora: Path, *, same_keys: bool) 
             assert sorted(ours) == sorted(theirs)
         for key, tensor in theirs.items():
             assert torch.equal(ours[key], tensor), key
+
+
+def test_an_output_inside_the_input_folder_is_refused(tmp_path: Path) -> None:
+    """`-o model/merged` for the folder `model`: the copy of the folder's other files took in the
+    half-written output's staging folder, so the result held a stray `.merged.partial` copy."""
+    src = _folder(tmp_path / "model")
+    lora = write_kohya_lora("sd1", tmp_path / "a.safetensors", seed=3).path
+    with pytest.raises(ToolError, match="inside the input folder"):
+        merge_checkpoint(src, [(lora, 0.5, 1.0)], src / "merged")
+    assert not (src / "merged").exists() and not list(src.glob(".merged*"))
+
