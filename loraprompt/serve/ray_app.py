@@ -138,7 +138,9 @@ class RayBackend:
 
     @property
     def pending(self) -> int:
-        """Unfinished jobs beyond one per replica: the ones waiting for a replica."""
+        """Unfinished jobs beyond one per replica: the ones waiting for a replica. A job whose images
+        use several LoRA sets sends one call per set and can hold several replicas at once, so
+        this counts low then, and `--max-queue` lets in a few more jobs than it says."""
         with self._lock:
             return max(0, len(self._jobs) - self.replicas)
 
