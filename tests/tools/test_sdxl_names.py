@@ -43,7 +43,10 @@ def test_sdxl_file_adapting_only_clip_l_keeps_lora_te1(tmp_path: Path) -> None:
     assert _te_prefixes(tmp_path / "r.safetensors") == {"lora_te1"}
 
 
-def test_sdxl_extract_with_the_second_text_encoder_unchanged_writes_lora_te1(tmp_path: Path) -> None:
+def _tuned_sdxl(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """An SDXL single file `base.safetensors` and `tuned.safetensors` beside it, where one CLIP-L
+    weight (TE1_KEY) and one UNet weight (UNET_KEY) took a rank-1 change and CLIP-G none; returns
+    the base's path and the tuned tensors."""
     base = tmp_path / "base.safetensors"
     write_single_file(a1111_models("sdxl"), "sdxl", base)
     tensors, meta = load_tensors(base)
@@ -52,6 +55,11 @@ def test_sdxl_extract_with_the_second_text_encoder_unchanged_writes_lora_te1(tmp
         w = tensors[key]
         tensors[key] = w + 0.05 * torch.randn(w.shape[0], 1, generator=gen) @ torch.randn(1, w.shape[1], generator=gen)
     save_file(tensors, str(tmp_path / "tuned.safetensors"), metadata=meta)
+    return base, tensors
+
+
+def test_sdxl_extract_with_the_second_text_encoder_unchanged_writes_lora_te1(tmp_path: Path) -> None:
+    base, _ = _tuned_sdxl(tmp_path)
     out = extract_lora(tmp_path / "tuned.safetensors", base, tmp_path / "x.safetensors", RankTarget(rank=2)).output
     assert _te_prefixes(out) == {"lora_te1"}
 
@@ -112,14 +120,7 @@ def test_a_ldm_module_with_no_diffusers_name_is_refused_by_name(tmp_path: Path) 
 
 
 def test_sdxl_extract_as_peft_uses_diffusers_names(tmp_path: Path) -> None:
-    base = tmp_path / "base.safetensors"
-    write_single_file(a1111_models("sdxl"), "sdxl", base)
-    tensors, meta = load_tensors(base)
-    gen = torch.Generator().manual_seed(0)
-    for key in (TE1_KEY, UNET_KEY):
-        w = tensors[key]
-        tensors[key] = w + 0.05 * torch.randn(w.shape[0], 1, generator=gen) @ torch.randn(1, w.shape[1], generator=gen)
-    save_file(tensors, str(tmp_path / "tuned.safetensors"), metadata=meta)
+    base, tensors = _tuned_sdxl(tmp_path)
     out = extract_lora(tmp_path / "tuned.safetensors", base, tmp_path / "x.safetensors", RankTarget(rank=2),
                        fmt="peft").output
     fused = _diffusers_fused(out)
