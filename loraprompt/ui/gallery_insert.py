@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from loraprompt.library import Entry, Library
-from loraprompt.library.resolve import TagChoice, printable, stand_in_name, tag_breakers, writable_name
+from loraprompt.library.resolve import (
+    TagChoice,
+    is_hash,
+    printable,
+    stand_in_name,
+    tag_breakers,
+    writable_name,
+)
 from loraprompt.syntax import LoraActivation, format_activation
 from loraprompt.syntax.scanner import scan
 
@@ -78,13 +85,28 @@ def _tag_name(positional: tuple[str, ...]) -> str:
     return positional[0].strip() if positional else ""
 
 
-def _same_hash(found: object, ours: str | None) -> bool:
-    """Whether a tag's `hash=` (`found`) can be the file whose hash is `ours`: yes when either is
-    missing, else when one is a prefix of the other (A1111's 12 digits, AutoV2's 10, sha256)."""
-    if not isinstance(found, str) or not found.strip() or not ours:
+def means_file(library: Library, entry: Entry) -> Callable[[str, str | None], bool]:
+    """Whether a tag of a name in `toggle_names` with this `hash=` means `entry`: what the library
+    resolves it to, so a hash of another form (AutoV2's 10 digits, a full sha256) still counts as
+    this file's, and a hand-typed `hash=a` (not a hash) counts only when the name alone finds it."""
+    def means(name: str, hash: str | None) -> bool:
+        found = library.resolve(name, hash=hash or None).entry
+        return found is not None and found.path == entry.path
+    return means
+
+
+def _same_hash(found: str | None, ours: str | None) -> bool:
+    """`toggle_tag`'s default without a library: a tag's `hash=` (`found`) can be the file whose
+    hash is `ours` when either is missing or is no hash (the resolver ignores it then), else when
+    one is a prefix of the other (A1111's 12 digits, a full sha256)."""
+    if not found or not ours or not is_hash(found.strip()):
         return True
     a, b = found.strip().lower(), ours.lower()
     return a.startswith(b) or b.startswith(a)
+
+
+def _hash_of(value: object) -> str | None:
+    return value.strip() if isinstance(value, str) and value.strip() else None
 
 
 def _append(text: str, piece: str) -> str:
@@ -120,16 +142,19 @@ def toggle_tag(
     activation_text: str = "",
     negative: str | None = None,
     negative_text: str = "",
+    means: Callable[[str, str | None], bool] | None = None,
 ) -> Insertion:
     """Add, update or remove the tag of `activation` in `prompt`; `names` are every name that
     means the same file (stem, alias). A tag of such a name whose `hash=` differs from the
     activation's is another file's (two roots' `sub/x` stand-ins), left alone. Activation and
-    negative text go with an added tag only when the prompt lacks them, and leave with a removed one."""
+    negative text go with an added tag only when the prompt lacks them, and leave with a removed one.
+    `means(name, hash)` decides whether a tag of such a name is this file's (`means_file`)."""
     tag = format_activation(activation)
     wanted = {n.strip() for n in names if n.strip()}
     source = prompt
+    same = means or (lambda _name, found: _same_hash(found, activation.hash))
     existing = next((t for t in scan(source)[1] if t.kind in ("lora", "lyco") and _tag_name(t.positional) in wanted
-                     and _same_hash(t.named.get("hash"), activation.hash)), None)
+                     and same(_tag_name(t.positional), _hash_of(t.named.get("hash")))), None)
     if existing is None:
         piece = tag + (SEPARATOR + activation_text if activation_text and activation_text not in prompt else "")
         new_negative = negative

@@ -23,7 +23,7 @@ from loraprompt.library.scanner import natural_key
 from loraprompt.library.sidecars import SD_VERSIONS
 from loraprompt.syntax import LoraActivation
 from loraprompt.ui import cards
-from loraprompt.ui.gallery_insert import check_strength, tag_choice, toggle_names, toggle_tag
+from loraprompt.ui.gallery_insert import check_strength, means_file, tag_choice, toggle_names, toggle_tag
 from loraprompt.ui.gallery_thumbs import ThumbCache, file_tag, version_tag
 
 EDITABLE = frozenset(cards.USER_KEYS)
@@ -362,7 +362,7 @@ class GalleryService:
             result = toggle_tag(
                 prompt, LoraActivation(choice.name, te=te, unet=unet, hash=short), toggle_names(self.library, entry, choice),
                 activation_text=entry.activation_text if body.get("activation") is True else "", negative=negative,
-                negative_text=str(entry.user.get("negative text") or ""),
+                negative_text=str(entry.user.get("negative text") or ""), means=means_file(self.library, entry),
             )
         except ValueError as exc:  # a name no tag can carry and no hash= to stand for it (A1111's built-in)
             raise BadRequest(f"{entry.relpath}: {choice.note or exc}") from exc

@@ -146,3 +146,22 @@ def test_a_click_leaves_a_same_named_tag_with_another_files_hash_alone(tmp_path:
     assert second["tag"] != first["tag"]
     third = svc.insert({"id": "0/sub/x.safetensors", "te": 1, "unet": 1, "prompt": second["prompt"]})
     assert (third["action"], third["prompt"]) == ("removed", first["prompt"])
+
+
+def test_a_click_recognises_its_by_hash_tag_by_any_hash_form_the_library_resolves(folder: Path, tmp_path: Path) -> None:
+    """The `style: ink` card inserts the stand-in `style_ ink` with hash=. A tag of that name
+    pasted with the file's AutoV2 (Civitai's 10 digits) or full sha256 means the same file, so a
+    click updates it rather than adding a second tag; a `hash=` that is no hash (a hand-typed `a`)
+    finds no file, so that tag is not this card's and is left alone."""
+    svc = service(folder, tmp_path, builtin=False)
+    ink = next(e for e in svc.library.entries if e.name == "style: ink")
+    hashes = svc.library.hashes(ink)
+    for other in (hashes["autov2"], hashes["sha256"]):
+        prompt = f"a cat, <lora:style_ ink:1:hash={other}>"
+        assert svc.library.resolve("style_ ink", hash=other).entry == ink
+        result = click(svc, "style: ink.safetensors", prompt)
+        assert (result["action"], result["prompt"]) == ("updated", f"a cat, {result['tag']}"), other
+    typed = f"a cat, <lora:style_ ink:1:hash={hashes['a1111_short'][0]}>"
+    assert svc.library.resolve("style_ ink", hash=hashes["a1111_short"][0]).entry != ink
+    result = click(svc, "style: ink.safetensors", typed)
+    assert (result["action"], result["prompt"]) == ("added", f"{typed}, {result['tag']}")
