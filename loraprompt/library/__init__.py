@@ -8,6 +8,7 @@ nor gradio.
     search(lib, "cat", family="sdxl")         # SearchResult(entries, hidden_by_family, ...)
     card(lib, entry)                          # plain values; escape_html() them into HTML
     lib.safe_file(ref)                        # Path a web route may serve, or None
+    lib.safe_image(ref)                       # (that Path, its image type by its bytes), or None
 """
 
 from __future__ import annotations

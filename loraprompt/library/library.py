@@ -368,6 +368,10 @@ class Library(Contents):
         """The file a web route may serve for `ref`, or None; the policy is in `paths`."""
         return paths.safe_file(ref, self.roots, kind, self._allowed)
 
+    def safe_image(self, ref: object, kind: str = "preview") -> tuple[Path, str] | None:
+        """`safe_file`'s file and the image type its first bytes say (the file is read once)."""
+        return paths.safe_image(ref, self.roots, kind, self._allowed)
+
 
 def distinct_roots(dirs: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """The absolute paths of `dirs`, each real folder once: a folder given twice, or through a

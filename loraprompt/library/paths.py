@@ -79,6 +79,14 @@ def safe_file(
     ref: object, roots: Sequence[Path], kind: str = "preview", allowed: frozenset[Path] = frozenset()
 ) -> Path | None:
     """The resolved file a web route may serve for `ref`, or None (see the module policy)."""
+    found = safe_image(ref, roots, kind, allowed)
+    return found[0] if found is not None else None
+
+
+def safe_image(
+    ref: object, roots: Sequence[Path], kind: str = "preview", allowed: frozenset[Path] = frozenset()
+) -> tuple[Path, str] | None:
+    """`safe_file`'s file with the content type its bytes say (read once), or None."""
     if kind != "preview":
         raise ValueError(f"unknown file kind {kind!r}; only 'preview' files are served")
     clean = check_ref(ref)
@@ -97,6 +105,7 @@ def safe_file(
             continue
         if not (_inside(target, resolved_roots) or target in allowed) or not target.is_file():
             continue
-        if content_type(target) is not None:
-            return target
+        found = content_type(target)
+        if found is not None:
+            return target, found
     return None

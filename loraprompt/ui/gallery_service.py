@@ -17,7 +17,6 @@ from loraprompt.library import DuplicateGroup, Entry, Library
 from loraprompt.library.cache import default_cache_dir
 from loraprompt.library.cards import FAMILY_LABELS, json_for_script
 from loraprompt.library.details import file_details
-from loraprompt.library.paths import content_type
 from loraprompt.library.resolve import TagChoice, tag_hash
 from loraprompt.library.scanner import natural_key
 from loraprompt.library.sidecars import SD_VERSIONS
@@ -287,10 +286,9 @@ class GalleryService:
         entry = self.entry(card_id)
         for preview in entry.previews:
             ref = self.library.file_ref(preview)
-            path = self.library.safe_file(ref, kind="preview") if ref is not None else None
-            kind = content_type(path) if path is not None else None
-            if path is not None and kind is not None:
-                return path, kind
+            found = self.library.safe_image(ref, kind="preview") if ref is not None else None
+            if found is not None:
+                return found
         raise NotFound(f"{entry.relpath}: no preview image")
 
     def thumbnail(self, card_id: object) -> Path:

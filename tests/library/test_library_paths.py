@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from loraprompt.library import Library
+from loraprompt.library import Library, paths
 from loraprompt.library.paths import check_ref, content_type
 
 from .conftest import write_lora
@@ -158,3 +158,19 @@ def test_percent_in_a_file_name_is_an_ordinary_character(tmp_path: Path) -> None
     (root / "%2e%2e").mkdir()
     (root / "%2e%2e" / "inside.png").write_bytes(PNG)
     assert lib.safe_file("%2e%2e/inside.png") == (root / "%2e%2e" / "inside.png").resolve()
+
+
+def test_a_served_preview_is_read_once_for_its_check_and_its_type(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The preview route needs the file checked (an image behind an image extension) and its type
+    (what its bytes say): `safe_image` gives both from one read of the first bytes, where the route
+    read them twice (`safe_file`, then `content_type`)."""
+    root = tmp_path / "Lora"
+    write_lora(root / "cute.safetensors")
+    (root / "cute.preview.png").write_bytes(JPEG)
+    lib = Library([root], cache_dir=tmp_path / "c")
+    reads: list[bytes] = []
+    real = paths.image_kind
+    monkeypatch.setattr(paths, "image_kind", lambda data: reads.append(data) or real(data))
+    assert lib.safe_image("cute.preview.png") == ((root / "cute.preview.png").resolve(), "image/jpeg")
+    assert len(reads) == 1
+    assert lib.safe_image("missing.png") is None and lib.safe_file("cute.preview.png") is not None

@@ -58,6 +58,24 @@ def test_civitai_helpers_jpeg_saved_as_png_is_shown(tmp_path: Path) -> None:
     assert details["preview"] is not None and details["preview"].startswith("preview?")
 
 
+def test_the_preview_route_reads_the_images_first_bytes_once(tmp_path: Path, monkeypatch: Any) -> None:
+    """Serving a preview needs its check (image bytes behind an image extension) and its type (what
+    the bytes say); both come from one read of the file's head (it was read twice per request)."""
+    from loraprompt.library import paths
+
+    root = tmp_path / "Lora"
+    write_lora(root / "cute.safetensors", SD1_KEYS)
+    Image.new("RGB", (32, 32), (200, 100, 50)).save(root / "cute.preview.png", "JPEG")
+    c, _ = client([root], tmp_path)
+    card = cards(c)["cute"]
+    reads: list[bytes] = []
+    real = paths.image_kind
+    monkeypatch.setattr(paths, "image_kind", lambda data: reads.append(data) or real(data))
+    r = c.get(f"{API}/preview", params={"id": card["id"]})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert len(reads) == 1
+
+
 def test_a_percent_escape_kept_in_a_file_name_does_not_hide_its_preview(tmp_path: Path) -> None:
     root = tmp_path / "Lora"
     write_lora(root / "add%20detail.safetensors", SD1_KEYS)
