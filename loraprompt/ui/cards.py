@@ -153,19 +153,16 @@ def details_html(entry: Entry, hashes: Mapping[str, str | None], header_rows: Se
 
 def card_ids(entries: Iterable[Entry], roots: list[str]) -> dict[str, Entry]:
     """Stable card ids (`<root index>/<path under the root>`) for `entries`. A path that is not
-    UTF-8 (lone surrogates from `os.fsdecode`) cannot go through a URL or the page's UTF-8: each
-    such byte is written `\ufffd` and its two hex digits, with `~` added while the id is taken."""
+    UTF-8 (lone surrogates from `os.fsdecode`) cannot go through a URL or the page's UTF-8: its id
+    is `<root index>~/` and the path with each such byte written `\ufffd` and two hex digits (and
+    a `\ufffd` of the name doubled), which no other path's id can be, whatever else is scanned."""
     index = {root: i for i, root in enumerate(roots)}
     ids: dict[str, Entry] = {}
-    odd: list[tuple[str, Entry]] = []
     for e in entries:
-        card_id = f"{index.get(e.root, 0)}/{e.relpath}"
-        if card_id.isascii() or not _SURROGATE.search(card_id):
-            ids[card_id] = e
+        root = index.get(e.root, 0)
+        if e.relpath.isascii() or not _SURROGATE.search(e.relpath):
+            ids[f"{root}/{e.relpath}"] = e
         else:
-            odd.append((_SURROGATE.sub(lambda m: f"\ufffd{ord(m.group()) & 0xff:02x}", card_id), e))
-    for card_id, e in odd:
-        while card_id in ids:
-            card_id += "~"
-        ids[card_id] = e
+            escaped = _SURROGATE.sub(lambda m: f"\ufffd{ord(m.group()) & 0xff:02x}", e.relpath.replace("\ufffd", "\ufffd\ufffd"))
+            ids[f"{root}~/{escaped}"] = e
     return ids

@@ -146,6 +146,27 @@ def test_a_file_name_that_is_not_utf8_keeps_the_gallery_working(tmp_path: Path) 
     assert json.loads(Path(os.fsdecode(os.fsencode(root) + b"/caf\xe9.json")).read_text()) == {"notes": "hi"}
 
 
+def test_the_card_id_of_a_name_that_is_not_utf8_does_not_depend_on_other_files(tmp_path: Path) -> None:
+    """A Latin-1 `caf\\xe9` and a UTF-8 file literally named with its escaped form (`caf\ufffde9`)
+    each keep their own id, and the odd file's id is the same before and after more such files
+    appear (it got `~` appended in scan order, so a new file could move another card's id and its
+    bookmarked or cached URL then answered 404)."""
+    root = tmp_path / "Lora"
+    odd = Path(os.fsdecode(os.fsencode(root) + b"/caf\xe9.safetensors"))
+    write_lora(odd, SD1_KEYS, seed=1)
+    c, library = client([root], tmp_path)
+    before = cards(c)["caf\udce9"]["id"]
+    write_lora(root / "caf\ufffde9.safetensors", SD1_KEYS, seed=2)
+    write_lora(Path(os.fsdecode(os.fsencode(root) + b"/caf\xe9\xef\xbf\xbde9.safetensors")), SD1_KEYS, seed=3)
+    write_lora(Path(os.fsdecode(os.fsencode(root) + b"/ca\xe9.safetensors")), SD1_KEYS, seed=4)
+    library.refresh()
+    after = cards(c)
+    assert len(after) == 4 and after["caf\udce9"]["id"] == before
+    assert len({card["id"] for card in after.values()}) == 4
+    for card in after.values():
+        assert c.get(f"{API}/details", params={"id": card["id"]}).status_code == 200, card["name"]
+
+
 def test_details_of_a_file_half_overwritten_since_the_scan_show_a_problem_row(tmp_path: Path) -> None:
     root = tmp_path / "Lora"
     path = write_lora(root / "a.safetensors", SD1_KEYS)
