@@ -245,6 +245,7 @@ def extract_lora(tuned: str | Path, base: str | Path, output: str | Path, target
     metadata = {"ss_network_module": "networks.lora", **rank_metadata(modules), **BASE_MODEL.get(family or "", {}),
                 **recipe_metadata("extract", inputs=describe_inputs([p for p in (tuned, base) if Path(p).is_file()]),
                                   rank=target.rank, energy=target.energy, conv_rank=target.conv_rank,
-                                  min_diff=min_diff, min_kept=round(report.min_kept, 6))}
+                                  min_diff=min_diff, min_kept=round(report.min_kept, 6),
+                                  **({"variant": variant} if variant else {}))}
     write_lora(out, modules, fmt, metadata, family)
     return report

@@ -316,7 +316,7 @@ def merge_checkpoint(checkpoint: str | Path, loras: Sequence[LoraSpec | tuple[An
     recipe = recipe_metadata(
         "merge", checkpoint=describe_inputs([ckpt.root])[0] if ckpt.layout == "single-file" else ckpt.root.name,
         loras=[{**d, "te": s.te, "unet": s.unet} for d, s in zip(describe_inputs([s.path for s in specs]), specs)],
-        dtype=dtype, layout=target)
+        dtype=dtype, layout=target, **({"variant": variant} if variant else {}))
     report = MergeReport(out, target, found or None, diagnostics=diagnostics, device=str(compute_on))
     bar = Progress(ckpt.nbytes, "merge", progress)
     with TensorReader(ckpt) as reader:

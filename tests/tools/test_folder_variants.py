@@ -8,14 +8,22 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
+from safetensors import safe_open
 
 from loraprompt.cli import main
 from loraprompt.errors import ToolError
 from loraprompt.tools.checkpoint import open_checkpoint
 from loraprompt.tools.extract import extract_lora
+from loraprompt.tools.io import RECIPE_KEY
 from loraprompt.tools.merge import merge_checkpoint
 from loraprompt.tools.svd import RankTarget
 from tests.fixtures.models import tiny_sd1
+
+
+def load_metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), "pt") as f:
+        return dict(f.metadata() or {})
+
 
 Q = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"
 
@@ -76,6 +84,10 @@ def test_a_variant_is_read_when_asked_for(tmp_path: Path) -> None:
     expected = UNet2DConditionModel.from_pretrained(tmp_path / "tuned" / "unet", variant="fp16").state_dict()
     for key, tensor in expected.items():
         torch.testing.assert_close(got[key], tensor, rtol=0, atol=1e-3 if key == Q else 0)
+    # the recipe says which weights were read: the fp32 ones would give another result
+    assert json.loads(load_metadata(report.output)[RECIPE_KEY])["variant"] == "fp16"
+    merged_recipe = json.loads(load_metadata(out / "unet" / "diffusion_pytorch_model.fp16.safetensors")[RECIPE_KEY])
+    assert merged_recipe["variant"] == "fp16"
     with pytest.raises(ToolError, match="non_ema"):
         open_checkpoint(tmp_path / "base", "non_ema")
 
