@@ -104,7 +104,7 @@ class ModelReplica:
         for output in job.images:
             output.replica = self.replica_id
         return {"outputs": job.outputs, "status": job.status, "error": job.error, "logs": job.logs,
-                "warnings": job.warnings, "replica": self.replica_id, "loaded": fresh}
+                "warnings": job.warnings, "replica": self.replica_id, "loaded": fresh, "started_at": job.started_at}
 
     def _run(self, job: Job) -> None:
         with self._lock:  # one queue per model: this replica's images one at a time
@@ -119,9 +119,11 @@ class RayBackend:
     (`routing="multiplexed"`) or Ray Serve's default routing (`"random"`, for comparison).
 
     A job's calls go to Ray Serve as soon as it is submitted (Ray queues them at the replicas,
-    each of which runs one group at a time), so every unfinished job is `running` here; the jobs
-    beyond one per replica are the ones waiting, and those are what `pending` counts (and
-    `--max-queue` limits), as the local queue counts the jobs behind its running one."""
+    each of which runs one group at a time). The unfinished jobs beyond one per replica are the
+    ones waiting: they stay `queued` (a prediction shows `starting`) and are what `pending`
+    counts (and `--max-queue` limits), as the local queue counts the jobs behind its running one;
+    the oldest waiting job is `running` when a job ends. Ray does not say which call a replica
+    took first, so with multiplexed routing a later job can in fact run before an earlier one."""
 
     def __init__(self, handle: Any, routing: str = "multiplexed", replicas: int = 1) -> None:
         self.handle = handle
@@ -147,8 +149,15 @@ class RayBackend:
     def submit(self, job: Job) -> Job:
         with self._lock:
             self._jobs.append(job)
+            self._promote()
         threading.Thread(target=self._drive, args=(job,), daemon=True, name=f"ray-job-{job.id[:8]}").start()
         return job
+
+    def _promote(self) -> None:
+        """Under `_lock`: the oldest jobs, one per replica, are `running`."""
+        for job in self._jobs[: self.replicas]:
+            if job.status == "queued":
+                job.start()
 
     def cancel(self, job: Job) -> None:
         job.cancel()
@@ -166,7 +175,6 @@ class RayBackend:
         groups: dict[str, list[int]] = {}
         for i, task in enumerate(job.tasks):
             groups.setdefault(lora_set_key(task.request.prompt), []).append(i)
-        job.start()
         calls = []
         for key, members in groups.items():
             handle = self.handle
@@ -183,6 +191,10 @@ class RayBackend:
                     if not job.stop_requested:
                         errors.append(f"{type(exc).__name__}: {exc}")
                     continue
+                with self._lock:
+                    if job.status == "queued":  # a replica took it before a job ahead of it ended
+                        job.start()
+                        job.started_at = result.get("started_at") or job.started_at
                 job.logs += result["logs"]
                 job.warnings += result["warnings"]
                 if result["status"] == "failed":
@@ -195,6 +207,7 @@ class RayBackend:
             self._responses.pop(job.id, None)
             with self._lock:
                 self._jobs.remove(job)
+                self._promote()
         if errors:
             job.finish("failed", "; ".join(errors))
         else:

@@ -94,3 +94,24 @@ def test_max_queue_holds_in_ray_mode(ray_ingress: tuple[str, FakeHandle, int]) -
             time.sleep(0.05)
     assert requests.get(f"{url}/health-check", timeout=10).json()["queued"] == 0
     assert predict().status_code == 201
+
+
+def test_jobs_waiting_behind_the_replicas_show_starting(ray_ingress: tuple[str, FakeHandle, int]) -> None:
+    """Every Ray job was `running` from its submission, so a prediction waiting behind the busy
+    replicas said `processing` (and got a `started_at`) while /health-check counted it queued. The
+    oldest job per replica is processing, the others starting, and they move up as jobs end."""
+    url, handle, replicas = ray_ingress
+    body = {"input": {"prompt": "a cat", "num_inference_steps": 2, "width": 64, "height": 64}}
+    ids = [requests.post(f"{url}/predictions", json=body, timeout=30).json()["id"] for _ in range(replicas + 2)]
+
+    def states() -> list[tuple[str, bool]]:
+        got = [requests.get(f"{url}/predictions/{i}", timeout=10).json() for i in ids]
+        return [(p["status"], p["started_at"] is not None) for p in got]
+
+    assert states() == [("processing", True)] * replicas + [("starting", False)] * 2
+    assert handle.calls == replicas + 2  # the waiting ones are already queued at Ray
+    handle.gate.set()
+    deadline = time.monotonic() + 60
+    while states() != [("succeeded", True)] * (replicas + 2):
+        assert time.monotonic() < deadline, states()
+        time.sleep(0.05)
