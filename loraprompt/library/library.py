@@ -21,7 +21,6 @@ from loraprompt.library.entry import Entry
 from loraprompt.library.hashes import HashCache, Version, file_version
 from loraprompt.library.order import entry_key
 from loraprompt.library.resolve import (
-    TAG_BREAKERS,  # noqa: F401  (re-exported: the gallery imports it from here)
     NameIndex,
     Resolution,
     hash_matches,
@@ -61,9 +60,7 @@ class Library(Contents):
         auto_check_s: float = 2.0,
         workers: int | None = None,
     ) -> None:
-        if isinstance(dirs, (str, os.PathLike)):
-            dirs = [dirs]
-        dirs = list(dirs)
+        dirs = [dirs] if isinstance(dirs, (str, os.PathLike)) else list(dirs)
         for d in dirs:  # a missing folder is offline (an unplugged drive); a file is a mistake
             if os.path.isfile(d):
                 raise ValueError(f"{os.path.abspath(d)}: a LoRA folder is expected here, not a file")
