@@ -16,6 +16,7 @@ from loraprompt.library.metadata import (
 from loraprompt.library.quickheader import Layouts, read_quick_header
 from loraprompt.library.sidecars import (
     MAX_DESCRIPTION,
+    civitai_model_summary,
     civitai_summary,
     lora_manager_summary,
     read_json,
@@ -67,6 +68,9 @@ def sidecar_value(kind: str, path: Path) -> Any:
     if kind == "civitai":
         doc = read_json(path)
         return civitai_summary(doc) if doc is not None else None
+    if kind == "api_info":
+        doc = read_json(path)
+        return civitai_model_summary(doc, path.name[: -len(".api_info.json")]) if doc is not None else None
     if kind == "lora_manager":
         doc = read_json(path)
         return lora_manager_summary(doc) if doc is not None else None
@@ -147,7 +151,7 @@ class Entry:
     def base_model(self) -> str | None:
         """The finest base-model name known (e.g. "Pony", "Flux.1 D"): Civitai's, Lora-Manager's,
         then the header's `ss_base_model_version` / `modelspec.architecture`; None if none says."""
-        for source in (self.imports.get("civitai", {}), self.imports.get("lora_manager", {})):
+        for source in (self.imports.get(k, {}) for k in ("civitai", "api_info", "lora_manager")):
             if source.get("base_model"):
                 return str(source["base_model"])
         return self.summary.base_model_version
@@ -176,7 +180,7 @@ class Entry:
 
     @property
     def nsfw(self) -> bool:
-        return bool(self.user.get("nsfw")) or bool(self.imports.get("civitai", {}).get("nsfw"))
+        return bool(self.user.get("nsfw")) or any(self.imports.get(k, {}).get("nsfw") for k in ("civitai", "api_info"))
 
     def trigger_words(self) -> list[tuple[str, str]]:
         """(word, source) pairs: the user's activation text first, then Civitai's trained words,
@@ -201,6 +205,7 @@ class Entry:
 
         add(self.activation_text.split(","), "user")
         add(self.imports.get("civitai", {}).get("trained_words"), "civitai")
+        add(self.imports.get("api_info", {}).get("trained_words"), "api_info")
         add(self.imports.get("lora_manager", {}).get("trained_words"), "lora_manager")
         add(self.summary.trigger_words, "header")
         return out
@@ -227,6 +232,6 @@ class Entry:
         words = [w for w, _ in self.trigger_words()]
         shown = set(words)
         parts += words + [t for t, _ in self.summary.tags if t not in shown]  # trigger words are mostly the top tags
-        parts += self.imports.get("lora_manager", {}).get("tags", [])
+        parts += self.imports.get("lora_manager", {}).get("tags", []) + self.imports.get("api_info", {}).get("tags", [])
         parts += [str(self.imports.get("lora_manager", {}).get("notes") or "")]
         return "\n".join(parts)

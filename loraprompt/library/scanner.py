@@ -93,7 +93,7 @@ def make_entry(
     kind = kind or "safetensors"
     if sidecars:
         description = sidecars.get("description") or sidecars.get("description2") or ""
-        imports: dict[str, Any] = {k: sidecars[k] for k in ("civitai", "lora_manager") if k in sidecars} or _NONE
+        imports: dict[str, Any] = {k: sidecars[k] for k in ("civitai", "api_info", "lora_manager") if k in sidecars} or _NONE
         user = sidecars.get("user") or _NONE
     else:
         description, imports, user = "", _NONE, _NONE

@@ -1,6 +1,6 @@
 """Files beside a model: previews, descriptions, A1111's `<stem>.json` (read and written, unknown
-keys kept) and the read-only imports of other tools (`.civitai.info`, Lora-Manager's
-`.metadata.json`). Conventions: spec/gallery.md and spec/a1111.md section 3.8.
+keys kept) and the read-only imports of other tools (`.civitai.info`, Civitai Browser+'s
+`.api_info.json`, Lora-Manager's `.metadata.json`). Conventions: spec/gallery.md and spec/a1111.md section 3.8.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def sidecar_names(stem: str) -> dict[str, str]:
     return {
         "user": f"{stem}.json",
         "civitai": f"{stem}.civitai.info",
+        "api_info": f"{stem}.api_info.json",
         "lora_manager": f"{stem}.metadata.json",
         "description": f"{stem}.txt",
         "description2": f"{stem}.description.txt",
@@ -139,6 +140,37 @@ def civitai_summary(doc: Mapping[str, Any]) -> dict[str, Any]:
         "nsfw": _nsfw(model) or any(isinstance(i, dict) and _nsfw(i) for i in images[:1]),
         "description": cap(_text(doc.get("description"))),
     }
+
+
+def civitai_model_summary(doc: Mapping[str, Any], stem: str) -> dict[str, Any]:
+    """What Civitai Browser+'s `<stem>.api_info.json` tells: Civitai's model JSON, whose version
+    is the one listing a file of this stem (Browser+ may add `_<file id>` to a name it already
+    has) or the only one; older releases saved that version's JSON itself, read as `.civitai.info`."""
+    versions = doc.get("modelVersions")
+    if not isinstance(versions, list):
+        return civitai_summary(doc)
+    mine = [v for v in versions if isinstance(v, dict) and _has_file(v, stem)]
+    version = mine[0] if mine else versions[0] if len(versions) == 1 and isinstance(versions[0], dict) else None
+    summary = civitai_summary(version) if version else {}
+    summary.update({
+        "model_id": doc.get("id"), "model_name": cap(_text(doc.get("name"))),
+        "tags": _words([t.get("name") if isinstance(t, dict) else t for t in doc["tags"]]
+                       if isinstance(doc.get("tags"), list) else None),
+        "nsfw": _nsfw(doc) or bool(summary.get("nsfw")),
+        "description": cap(_text(doc.get("description"))) or summary.get("description", ""),
+    })
+    return summary
+
+
+def _has_file(version: Mapping[str, Any], stem: str) -> bool:
+    files = version.get("files")
+    for f in files if isinstance(files, list) else ():
+        name = f.get("name") if isinstance(f, dict) else None
+        if isinstance(name, str) and "." in name:
+            base = name[: name.rfind(".")]
+            if stem in (base, f"{base}_{f.get('id')}"):
+                return True
+    return False
 
 
 def lora_manager_summary(doc: Mapping[str, Any]) -> dict[str, Any]:
