@@ -129,7 +129,8 @@ def model_record(
     *, read: Mapping[str, dict[str, Any] | str] | None = None,
 ) -> tuple[Record | None, bool]:
     """(cached or freshly read header record, whether the file was read); (None, True) for a
-    broken file modified less than `settle_s` ago: probably still being written, skipped.
+    broken file modified less than `settle_s` ago (or dated less than that ahead: a share's clock
+    skew): probably still being written, skipped.
     `read`: what worker processes read already (`readers.read_headers`)."""
     record = cache.get(path, *file_version(st))
     if record is not None:
@@ -141,7 +142,7 @@ def model_record(
         except AdapterFileError as exc:
             values = exc.reason
     if isinstance(values, str):  # the reason the file is broken
-        if time.time() - st.st_mtime_ns / 1e9 < settle_s:
+        if abs(time.time() - st.st_mtime_ns / 1e9) < settle_s:  # a date further ahead is no write in progress
             return None, True
         values = {"kind": "safetensors", "summary": "", "family": None, "error": values}
     return cache.put(path, *file_version(st), **values), True

@@ -146,6 +146,25 @@ def test_half_written_file_skipped_until_it_settles(lora_dir: Path, tmp_path: Pa
     assert [e.alias for e in lib.entries] == ["late"]
 
 
+def test_a_broken_file_dated_in_the_future_is_listed_broken_not_pending(lora_dir: Path, tmp_path: Path) -> None:
+    """A file unpacked from an archive made on a machine whose clock ran ahead (or on a share with
+    such a clock) has an mtime in the future: broken, it was "still being written" (left out of
+    the gallery, its tag answered "not readable yet") until the clock passed that date. A future
+    mtime within `settle_s` (clock skew of a share being written) still waits."""
+    part = lora_dir / "ahead.safetensors"
+    part.write_text("not a safetensors file")
+    skewed = lora_dir / "skewed.safetensors"
+    skewed.write_text("the first bytes of a copy")
+    day = time.time() + 86400
+    os.utime(part, (day, day))
+    os.utime(skewed, (time.time() + 5, time.time() + 5))
+    lib = Library([lora_dir], cache_dir=tmp_path / "c", settle_s=60)
+    assert lib.last_report.pending == (str(skewed),)
+    (entry,) = lib.entries
+    assert entry.path == str(part) and entry.error
+    assert "not readable yet" not in " ".join(d.message for d in lib.resolve("ahead").diagnostics)
+
+
 def test_a_tag_naming_a_file_still_being_written_says_so_instead_of_not_found(lora_dir: Path, tmp_path: Path) -> None:
     part = lora_dir / "sub" / "Late.safetensors"
     part.parent.mkdir()
