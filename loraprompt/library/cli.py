@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
             row["hashes"] = library.hashes(entry)
         rows.append(row)
     groups = [{"kind": g.kind, "files": [e.relpath for e in g.entries]} for g in library.duplicates()] if args.duplicates else []
-    problems = len(report.offline_roots) + len(report.offline_links) + len(report.not_files) + sum(1 for r in rows if r["error"])
+    problems = (len(report.offline_roots) + len(report.offline_links) + len(report.not_files) + len(report.unreadable)
+                + sum(1 for r in rows if r["error"]))
     if args.json:
         doc = {
             "roots": [str(r) for r in library.roots],
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
             "offline_roots": list(report.offline_roots),
             "offline_links": list(report.offline_links),
             "not_files": list(report.not_files),
+            "unreadable": list(report.unreadable),
             "pending": list(report.pending),
             "files_read": report.files_read,
         }
@@ -65,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"link to a place not reachable (entries kept from the cache): {link}", file=sys.stderr)
     for path in report.not_files:
         print(f"not a regular file (a FIFO, socket or device), left out: {path}", file=sys.stderr)
+    for path in report.unreadable:
+        print(f"folder that cannot be listed (entries kept from the cache): {path}", file=sys.stderr)
     for path in report.pending:
         print(f"still being written, skipped: {path}", file=sys.stderr)
     for g in groups:

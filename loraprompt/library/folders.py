@@ -7,6 +7,7 @@ import bisect
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from loraprompt.library.entry import MODEL_EXTS
 from loraprompt.library.order import natural_key
@@ -65,16 +66,21 @@ def _prefixes(names: set[str]) -> set[str]:
     return out
 
 
+SYSTEM_FOLDERS = frozenset({"lost+found", "System Volume Information", "$RECYCLE.BIN"})  # a drive's own, never readable
+
+
 def walk(
     root: str, dir_mtimes: dict[str, int], seen: set[tuple[int, int]] | None = None, offline: list[str] | None = None,
-    not_files: list[str] | None = None,
+    not_files: list[str] | None = None, *, unreadable: list[str] | None = None,
 ) -> list[Folder]:
     """Every folder under `root` (symlinks followed, each real folder once: `seen` holds the
     (st_dev, st_ino) of the folders walked, shared by the walks of several roots). A symlink whose
     target cannot be reached (`os.stat` fails where `os.lstat` did not: a drive unplugged from
     `models/Lora/usb`) is put in `offline`: what was under it is not gone. A model name that is not
     a regular file (a FIFO named `x.safetensors` would block its reader forever) is put in
-    `not_files`, never in a folder's models."""
+    `not_files`, never in a folder's models. A folder that exists but cannot be listed (no
+    permission, an I/O error of a failing drive or share) is put in `unreadable` (its files are not
+    gone either); a drive's own folders (`lost+found`, ...) are not walked."""
     out: list[Folder] = []
     seen = set() if seen is None else seen
     stack: list[tuple[str, str, bool]] = [(root, "", False)]
@@ -88,7 +94,11 @@ def walk(
             dir_mtimes[path] = st.st_mtime_ns
             with os.scandir(path) as it:
                 items = list(it)
+        except (FileNotFoundError, NotADirectoryError):  # gone since its parent was listed: deleted
+            continue
         except OSError:
+            if unreadable is not None:
+                unreadable.append(path)
             continue
         models: list[str] = []
         subdirs: list[str] = []
@@ -98,7 +108,8 @@ def walk(
             except OSError:
                 continue
             if is_dir:
-                subdirs.append(item.name)
+                if item.name not in SYSTEM_FOLDERS:
+                    subdirs.append(item.name)
                 continue
             if offline is not None and item.is_symlink() and not os.path.exists(item.path):  # one stat, links only
                 offline.append(item.path)
@@ -114,9 +125,34 @@ def walk(
     return out
 
 
+def listing_error(path: str) -> str | None:
+    """Why the folder `path` cannot be listed now (the system's words), or None when it can."""
+    try:
+        with os.scandir(path):
+            return None
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+
+
 def _regular(item: os.DirEntry[str]) -> bool:
     """Whether `item` is a regular file (after symlinks): the directory entry's type, no call for one."""
     try:
         return item.is_file()
     except OSError:
         return False
+
+
+def distinct_roots(dirs: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """The absolute paths of `dirs`, each real folder once: a folder given twice, or through a
+    symlink (`models/LyCORIS` -> `models/Lora`), is kept where it first comes; one inside another
+    root is dropped (the other's walk lists its files). A1111 walks each of its two folders, so it
+    meets those files twice, but one name keeps one file: the user sees each once, as here."""
+    given = [(Path(os.path.abspath(d)), os.path.join(os.path.realpath(d), "")) for d in dirs]
+    out: list[Path] = []
+    kept: list[str] = []
+    for path, real in given:
+        if real in kept or any(real != other and real.startswith(other) for _, other in given):
+            continue
+        out.append(path)
+        kept.append(real)
+    return out

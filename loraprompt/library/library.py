@@ -18,6 +18,7 @@ from loraprompt.library.cache import RACY_NS, DiskCache, default_cache_dir, paus
 from loraprompt.library.contents import Contents
 from loraprompt.library.details import file_details
 from loraprompt.library.entry import Entry
+from loraprompt.library.folders import distinct_roots, listing_error
 from loraprompt.library.hashes import HashCache, Version, file_version
 from loraprompt.library.order import entry_key
 from loraprompt.library.resolve import (
@@ -78,6 +79,7 @@ class Library(Contents):
         self._by_path: dict[str, Entry] = {}
         self._dir_mtimes: dict[str, int] = {}
         self._offline: set[str] = set()
+        self._unreadable: list[str] = []
         self._marks: dict[str, Any] = {}  # path -> the sidecars and previews its entry was made with
         self._watched: dict[str, Version] = {}  # `<stem>.json` sidecar -> its `file_version` when scanned
         self._index = NameIndex([])
@@ -107,6 +109,7 @@ class Library(Contents):
             offline: list[str] = []
             links: list[str] = []  # dangling symlinks in reachable roots: offline places
             not_files: list[str] = []
+            unreadable: list[str] = []  # folders that cannot be listed now: offline places too
             read = 0
             marks: dict[str, Any] = {}
             seen: set[str] = set()
@@ -121,9 +124,11 @@ class Library(Contents):
                     continue
                 result = scan_root(str(root), self._cache, self.settle_s, old, self._marks, ranks=ranks, workers=self.workers,
                                    walked=walked)
-                if result.offline:
-                    result.entries = sorted(result.entries + self._offline_entries(str(root), result.offline, old), key=entry_key)
+                if result.offline or result.unreadable:
+                    places = result.offline + result.unreadable
+                    result.entries = sorted(result.entries + self._offline_entries(str(root), places, old), key=entry_key)
                     links += result.offline
+                    unreadable += result.unreadable
                 not_files += result.not_files
                 marks.update(result.marks)
                 seen |= result.sidecars_seen
@@ -135,13 +140,14 @@ class Library(Contents):
             self._install(entries)
             self._allowed = frozenset(Path(p) for p in linked)
             self._dir_mtimes, self._offline, self._marks = dir_mtimes, {*offline, *links}, marks
+            self._unreadable = unreadable
             self._watched = _json_sidecars(marks)
             self._checked_at = time.monotonic()
             self._scanned_ns = scan_started
             gone = {p for p in old if p not in self._by_path} - set(pending)
             unseen = self._cache.paths() - self._by_path.keys() - seen
             live = tuple(os.path.join(str(r), "") for r in self.roots if str(r) not in self._offline)
-            away = tuple(os.path.join(p, "") for p in links)
+            away = tuple(os.path.join(p, "") for p in (*links, *unreadable))
             dropped = {p for p in unseen if p.startswith(live) and p not in links and not p.startswith(away)}  # gone from a reachable place
             self._keep_hashes_of_moved(dropped, [p for p in self._by_path if p not in old])
             self._cache.drop(dropped)
@@ -151,6 +157,9 @@ class Library(Contents):
             for path in set(not_files).difference(self.last_report.not_files):
                 logging.getLogger("loraprompt").warning("%s: not a regular file (a FIFO, socket or device); left out of the "
                                                         "LoRA library, never opened", path)
+            for path in set(unreadable).difference(self.last_report.unreadable):
+                logging.getLogger("loraprompt").warning("%s: this folder cannot be listed (%s); its LoRAs are kept from the "
+                                                        "last scan, offline", path, listing_error(path))
             self.last_report = RefreshReport(
                 added=tuple(p for p in self._by_path if p not in old),
                 changed=changed,
@@ -159,13 +168,14 @@ class Library(Contents):
                 offline_roots=tuple(offline),
                 offline_links=tuple(links),
                 not_files=tuple(not_files),
+                unreadable=tuple(unreadable),
                 files_read=read,
             )
             return self.last_report
 
     def _offline_entries(self, root: str, places: list[str], old: Mapping[str, Entry]) -> list[Entry]:
         """The entries at or under each of `places` (symlinks in `root` whose target is not
-        reachable), marked offline: from the last scan, else from the cache (LM #1108: an
+        reachable, folders that cannot be listed), marked offline: from the last scan, else from the cache (LM #1108: an
         unplugged drive must not wipe its part of the library)."""
         out: list[Entry] = []
         for place in places:
@@ -202,7 +212,7 @@ class Library(Contents):
         return self.version
 
     def is_stale(self) -> bool:
-        """True when a scanned folder's mtime changed, one vanished, an offline root or link came back, or
+        """True when a scanned folder's mtime changed, one vanished, an offline root, link or folder came back, or
         a `<stem>.json` sidecar was rewritten in place (one stat per folder and per such sidecar:
         A1111's metadata editor and other tools rewrite those files without touching the folder;
         edits inside a model file are caught when it is resolved or refreshed)."""
@@ -220,7 +230,7 @@ class Library(Contents):
             # a rewrite that puts the old size and mtime back (`cp -p`) still moves the ctime
             if file_version(st) != version or abs(version[1] - self._scanned_ns) < RACY_NS:
                 return True
-        return any(os.path.exists(r) for r in self._offline)
+        return any(os.path.exists(r) for r in self._offline) or any(listing_error(p) is None for p in self._unreadable)
 
     def _auto_check(self) -> None:
         if time.monotonic() - self._checked_at < self.auto_check_s:
@@ -368,22 +378,6 @@ class Library(Contents):
     def safe_image(self, ref: object, kind: str = "preview") -> tuple[Path, str] | None:
         """`safe_file`'s file and the image type its first bytes say (the file is read once)."""
         return paths.safe_image(ref, self.roots, kind, self._allowed)
-
-
-def distinct_roots(dirs: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """The absolute paths of `dirs`, each real folder once: a folder given twice, or through a
-    symlink (`models/LyCORIS` -> `models/Lora`), is kept where it first comes; one inside another
-    root is dropped (the other's walk lists its files). A1111 walks each of its two folders, so it
-    meets those files twice, but one name keeps one file: the user sees each once, as here."""
-    given = [(Path(os.path.abspath(d)), os.path.join(os.path.realpath(d), "")) for d in dirs]
-    out: list[Path] = []
-    kept: list[str] = []
-    for path, real in given:
-        if real in kept or any(real != other and real.startswith(other) for _, other in given):
-            continue
-        out.append(path)
-        kept.append(real)
-    return out
 
 
 def _json_sidecars(marks: dict[str, Any]) -> dict[str, Version]:

@@ -32,6 +32,7 @@ class RefreshReport:
     offline_roots: tuple[str, ...] = ()  # roots not reachable: their entries were kept
     offline_links: tuple[str, ...] = ()  # symlinks in a root whose target is not reachable (an unplugged drive): kept too
     not_files: tuple[str, ...] = ()  # model names that are no regular file (a FIFO, socket, device): never opened, left out
+    unreadable: tuple[str, ...] = ()  # folders that exist but cannot be listed (permissions, I/O errors): entries kept
     files_read: int = 0
 
 
@@ -48,6 +49,7 @@ class ScanResult:
     linked_previews: set[str] = field(default_factory=set)  # real paths of previews outside the root
     offline: list[str] = field(default_factory=list)  # dangling symlinks met by the walk (`walk`'s `offline`)
     not_files: list[str] = field(default_factory=list)  # `walk`'s `not_files`
+    unreadable: list[str] = field(default_factory=list)  # `walk`'s `unreadable`
 
 
 def read_sidecars(folder: Folder, listing: dict[str, str], stem: str, cache: DiskCache) -> tuple[dict[str, Any], tuple[Any, ...], int]:
@@ -193,7 +195,7 @@ def scan_root(
     result = ScanResult()
     layouts = Layouts()
     real_root = os.path.join(os.path.realpath(root), "")
-    folders = walk(root, result.dir_mtimes, walked, result.offline, result.not_files)
+    folders = walk(root, result.dir_mtimes, walked, result.offline, result.not_files, unreadable=result.unreadable)
     # a warm scan pays one cache lookup per file here; a cold one has its headers read on every CPU
     stats, read = read_ahead(folders, cache, workers) if workers != 0 else ({}, {})
     for folder in folders:

@@ -178,6 +178,9 @@ class GalleryService:
             notes.append(f"{len(report.pending)} file(s) still being written; they appear once complete")
         if report.offline_roots or report.offline_links:
             notes.append("not reachable, cards kept: " + ", ".join((*report.offline_roots, *report.offline_links)))
+        if report.unreadable:
+            notes.append("folders that cannot be listed (permissions or a failing drive), cards kept: "
+                         + ", ".join(report.unreadable))
         if report.not_files:
             notes.append("not regular files, left out: " + ", ".join(report.not_files))
         return {"family": self.family(), "generation": snap.generation, "notice": "; ".join(notes)}

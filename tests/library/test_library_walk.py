@@ -176,3 +176,69 @@ def test_a_fifo_named_like_a_model_is_left_out_never_opened(lora_dir: Path, tmp_
     # logged once each: the second refresh found the same ones
     assert sorted(r.getMessage().split(":")[0] for r in caplog.records if "not a regular file" in r.getMessage()) == list(fifos)
     assert "not a regular file" in str(box["refused"])
+
+
+def test_a_folder_that_cannot_be_listed_keeps_its_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A subfolder that exists but cannot be listed (no permission: a folder a container made as
+    root; an I/O error of a failing drive or share) was skipped silently: its LoRAs vanished from
+    the library with their cached hashes, as if deleted. They stay, marked offline (in a new
+    process too, from the cache); the report, the scan command (exit 1) and one log line name the
+    folder; the library is not stale while it stays unreadable (no rescan every check), and when it
+    can be listed again its files are back without reading them again. A drive's own `lost+found`
+    is not walked. Permissions do not stop root, so as root the listing fails by injection: os.scandir
+    raises what the kernel gives a failing drive (EIO)."""
+    import errno
+    import os
+    import time
+
+    from loraprompt.cli import main
+
+    lora, sub = tmp_path / "Lora", tmp_path / "Lora" / "sub"
+    write_lora(lora / "top.safetensors")
+    write_lora(sub / "deep.safetensors", seed=1)
+    (lora / "lost+found").mkdir()
+    past = time.time() - 100
+    for folder in (lora, sub, lora / "lost+found"):  # settled folders: no racy mtime keeps the library stale
+        os.utime(folder, (past, past))
+    cache = tmp_path / "c"
+    lib = Library([lora], cache_dir=cache, workers=0)
+    deep = lib.get(sub / "deep.safetensors")
+    assert deep is not None
+    hashes = lib.hashes(deep)
+    real_scandir, broken = os.scandir, {str(sub), str(lora / "lost+found")}
+
+    def scandir(path: object = ".") -> object:
+        if str(path) in broken:
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
+        return real_scandir(path)  # type: ignore[arg-type]
+
+    as_root = os.geteuid() == 0
+    if as_root:
+        monkeypatch.setattr(os, "scandir", scandir)
+    else:
+        os.chmod(sub, 0)
+        os.chmod(lora / "lost+found", 0)
+    why = "Input/output error" if as_root else "Permission denied"
+    try:
+        os.utime(lora, (past + 50, past + 50))  # what removing or chmod-ing an entry does to the folder's mtime
+        assert lib.is_stale()
+        with caplog.at_level(logging.WARNING, logger="loraprompt"):
+            report = lib.refresh()
+        assert report.removed == () and report.unreadable == (str(sub),)
+        assert [(e.relpath, e.offline) for e in lib.entries] == [("top.safetensors", False), ("sub/deep.safetensors", True)]
+        assert [r.getMessage() for r in caplog.records] == [
+            f"{sub}: this folder cannot be listed ({why}); its LoRAs are kept from the last scan, offline"]
+        assert not lib.is_stale()
+        restarted = Library([lora], cache_dir=cache, workers=0)
+        assert [(e.relpath, e.offline) for e in restarted.entries] == [(e.relpath, e.offline) for e in lib.entries]
+        assert main(["scan", str(lora), "--cache-dir", str(cache)]) == 1
+    finally:
+        monkeypatch.undo()
+        os.chmod(sub, 0o755)
+    assert lib.is_stale()
+    lib.refresh()
+    assert [(e.relpath, e.offline) for e in lib.entries] == [("top.safetensors", False), ("sub/deep.safetensors", False)]
+    assert lib.last_report.files_read == 0 and lib.last_report.unreadable == ()
+    back = lib.get(sub / "deep.safetensors")
+    assert back is not None and lib.hashes(back, compute=False) == hashes

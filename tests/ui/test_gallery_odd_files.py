@@ -199,3 +199,26 @@ def test_the_page_says_which_links_are_unreachable_and_what_is_no_file(tmp_path:
     assert {card["name"] for card in doc["cards"]} == {"here", "far"}
     assert f"not reachable, cards kept: {root / 'usb'}" in doc["notice"]
     assert f"not regular files, left out: {root / 'pipe.safetensors'}" in doc["notice"]
+
+
+def test_the_page_names_a_folder_that_cannot_be_listed(tmp_path: Path, monkeypatch: Any) -> None:
+    """A subfolder the server cannot list (tests/library/test_library_walk.py; an I/O error is
+    injected, as permissions do not stop root) keeps its cards, and the notice says why."""
+    import errno
+
+    root = tmp_path / "Lora"
+    write_lora(root / "here.safetensors", SD1_KEYS)
+    write_lora(root / "share" / "far.safetensors", SD1_KEYS)
+    c, library = client([root], tmp_path)
+    real = os.scandir
+
+    def scandir(path: Any = ".") -> Any:
+        if str(path) == str(root / "share"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    library.refresh()
+    doc = c.get(f"{API}/cards").json()
+    assert {(card["name"], card["offline"]) for card in doc["cards"]} == {("here", False), ("far", True)}
+    assert f"folders that cannot be listed (permissions or a failing drive), cards kept: {root / 'share'}" in doc["notice"]
