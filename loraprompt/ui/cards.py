@@ -74,6 +74,7 @@ def card_record(entry: Entry, card_id: str, thumb_url: str | None, tag_name: str
         "nsfw": entry.nsfw,
         "favorite": entry.favorite,
         "error": entry.error,
+        "offline": entry.offline,
     }
 
 
