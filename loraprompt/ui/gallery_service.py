@@ -319,10 +319,10 @@ class GalleryService:
         """The details view (escaped HTML), the preview's URL (relative to the routes) and the
         editor's current values."""
         entry = self.entry(card_id)
-        try:
-            self.preview_file(card_id)
-            preview = "preview?" + urlencode({"id": card_id, "v": entry.mtime_ns})
-        except NotFound:
+        try:  # versioned by the image file, as thumbnails are: a replaced preview is fetched again
+            path, _ = self.preview_file(card_id)
+            preview = "preview?" + urlencode({"id": card_id, "v": file_tag(path)})
+        except (NotFound, OSError):
             preview = None
         if preview is None and entry.summary.has_cover_image:
             preview = self._thumb_url(str(card_id), entry)

@@ -82,3 +82,27 @@ def test_thumbnail_of_a_replaced_preview_is_fresh(tmp_path: Path, mode: str) -> 
     assert url != old_url
     r = g.client.get(f"{API}/{url}")
     assert r.status_code == 200 and _near(_color(r.content), BLUE)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_details_preview_of_a_replaced_preview_is_fresh(tmp_path: Path, mode: str) -> None:
+    """The details view's full-size preview URL was versioned by the model file's mtime, and the
+    route lets browsers keep it a day: a preview replaced (Civitai Helper fetching a new one, a
+    user's own image) kept showing the old image there. It is versioned by the image file now."""
+    folder = tmp_path / "Lora"
+    write_lora(folder / "style.safetensors", SD1_KEYS)
+    preview = folder / "style.png"
+    green, blue = _png(GREEN), _png(BLUE)
+    preview.write_bytes(green)
+    past = time.time_ns() - 3600 * 10**9
+    os.utime(preview, ns=(past, past))
+    g = Gallery(folder, tmp_path / "cache", auto_check_s=3600)
+    card_id = g.cards()["style"]["id"]
+    old_url = g.client.get(f"{API}/details", params={"id": card_id}).json()["preview"]
+    assert _near(_color(g.client.get(f"{API}/{old_url}").content), GREEN)
+    replace_keeping_stat(preview, blue, mode)
+    g.library.refresh()
+    url = g.client.get(f"{API}/details", params={"id": card_id}).json()["preview"]
+    assert url != old_url
+    r = g.client.get(f"{API}/{url}")
+    assert r.status_code == 200 and "max-age" in r.headers["cache-control"] and _near(_color(r.content), BLUE)
