@@ -43,7 +43,8 @@ def family_label(family: str | None, unknown: str = "Unknown") -> str:
 def card(library: Library, entry: Entry) -> dict[str, Any]:
     """Everything a card and its details view show, as plain (unescaped) values. `preview` is the
     reference `Library.safe_file` serves; `tag_name` is the name a click inserts."""
-    description = str(entry.user.get("description") or "") or entry.description or (entry.imports.get("civitai", {}).get("description") or entry.imports.get("api_info", {}).get("description", ""))
+    imported = entry.imports.get("civitai", {}).get("description") or entry.imports.get("api_info", {}).get("description", "")
+    description = str(entry.user.get("description") or "") or entry.description or imported
     return {
         "id": entry.relpath,
         "root": entry.root,

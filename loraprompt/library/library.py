@@ -175,8 +175,8 @@ class Library(Contents):
 
     def _offline_entries(self, root: str, places: list[str], old: Mapping[str, Entry]) -> list[Entry]:
         """The entries at or under each of `places` (symlinks in `root` whose target is not
-        reachable, folders that cannot be listed), marked offline: from the last scan, else from the cache (LM #1108: an
-        unplugged drive must not wipe its part of the library)."""
+        reachable, folders that cannot be listed), marked offline: from the last scan, else from
+        the cache (LM #1108: an unplugged drive must not wipe its part of the library)."""
         out: list[Entry] = []
         for place in places:
             under = os.path.join(place, "")

@@ -86,11 +86,14 @@ def _tag_name(positional: tuple[str, ...]) -> str:
 
 
 def means_file(library: Library, entry: Entry) -> Callable[[str, str | None], bool]:
-    """Whether a tag of a name in `toggle_names` with this `hash=` means `entry`: what the library
-    resolves it to, so a hash of another form (AutoV2's 10 digits, a full sha256) still counts as
-    this file's, and a hand-typed `hash=a` (not a hash) counts only when the name alone finds it."""
+    """Whether a tag of a name in `toggle_names` (names that are this card's) with this `hash=`
+    means `entry`: without a hash, yes; with one, what the library resolves it to, so a hash of
+    another form (AutoV2's 10 digits, a full sha256) still counts as this file's and a hand-typed
+    `hash=a` (no hash) counts only when the name alone finds it."""
     def means(name: str, hash: str | None) -> bool:
-        found = library.resolve(name, hash=hash or None).entry
+        if hash is None:
+            return True
+        found = library.resolve(name, hash=hash).entry
         return found is not None and found.path == entry.path
     return means
 

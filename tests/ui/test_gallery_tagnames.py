@@ -165,3 +165,14 @@ def test_a_click_recognises_its_by_hash_tag_by_any_hash_form_the_library_resolve
     assert svc.library.resolve("style_ ink", hash=hashes["a1111_short"][0]).entry != ink
     result = click(svc, "style: ink.safetensors", typed)
     assert (result["action"], result["prompt"]) == ("added", f"{typed}, {result['tag']}")
+
+
+def test_with_the_builtin_a_second_click_on_a_shared_stems_card_removes_its_tag(folder: Path, tmp_path: Path) -> None:
+    """With A1111's built-in handling tags, both `twin` cards insert `<lora:twin:…>` (A1111 loads
+    the last twin whichever is clicked): a second click on either card removes the tag it added,
+    although the name resolves to the other file for one of them."""
+    svc = service(folder, tmp_path, builtin=True)
+    for relpath in ("one/twin.safetensors", "two/twin.safetensors"):
+        added = click(svc, relpath, "a cat")
+        assert (added["action"], added["prompt"]) == ("added", "a cat, <lora:twin:0.5>"), relpath
+        assert (click(svc, relpath, str(added["prompt"]))["action"], relpath) == ("removed", relpath)
