@@ -9,12 +9,14 @@ which a cross-site page cannot send without a CORS preflight that is never grant
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from loraprompt.library.cards import json_for_script
@@ -109,7 +111,21 @@ def gallery_router(service: GalleryService, prefix: str = DEFAULT_PREFIX) -> API
         return guarded(lambda: _json(service.details(id)))
 
     def image(path: Path, kind: str) -> Response:
-        return FileResponse(path, media_type=kind, headers={**SAFE_HEADERS, "Cache-Control": "private, max-age=86400"})
+        # opened here, so a file deleted or replaced after its check (a thumbnail pruned, a preview
+        # deleted while the page loads) is a 404 or the file checked, never a 500 halfway through
+        try:
+            f = open(path, "rb")  # closed by the stream
+            size = os.fstat(f.fileno()).st_size
+        except OSError as exc:
+            return _error(404, f"{path.name}: {exc.strerror or 'cannot be read'}")
+
+        def chunks() -> Iterator[bytes]:
+            with f:
+                while block := f.read(1 << 20):
+                    yield block
+
+        return StreamingResponse(chunks(), media_type=kind, headers={
+            **SAFE_HEADERS, "Cache-Control": "private, max-age=86400", "Content-Length": str(size)})
 
     @router.get("/thumb")
     def thumb(id: str = "") -> Response:

@@ -222,3 +222,32 @@ def test_the_page_names_a_folder_that_cannot_be_listed(tmp_path: Path, monkeypat
     doc = c.get(f"{API}/cards").json()
     assert {(card["name"], card["offline"]) for card in doc["cards"]} == {("here", False), ("far", True)}
     assert f"folders that cannot be listed (permissions or a failing drive), cards kept: {root / 'share'}" in doc["notice"]
+
+
+def test_a_preview_deleted_between_its_check_and_its_sending_is_a_404(tmp_path: Path, monkeypatch: Any) -> None:
+    """The route checked the preview, then FileResponse opened it again by path when sending: a
+    preview deleted in between (a user tidying the folder while the page loads, a thumbnail pruned)
+    was a 500 with a traceback. The file is opened once, at the check, so this is a 404 naming it;
+    one replaced after it was opened is served whole, as checked."""
+    root = tmp_path / "Lora"
+    write_lora(root / "gone.safetensors", SD1_KEYS)
+    write_lora(root / "kept.safetensors", SD1_KEYS)
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(root / "gone.png")
+    Image.new("RGB", (64, 64), (200, 9, 9)).save(root / "kept.png")
+    original = (root / "kept.png").read_bytes()
+    c, _ = client([root], tmp_path)
+    ids = {name: card["id"] for name, card in cards(c).items()}
+    checked = GalleryService.preview_file
+
+    def deleted_after_the_check(self: GalleryService, card_id: object) -> tuple[Path, str]:
+        found = checked(self, card_id)
+        if str(card_id) == ids["gone"]:
+            found[0].unlink()
+        return found
+
+    monkeypatch.setattr(GalleryService, "preview_file", deleted_after_the_check)
+    r = c.get(f"{API}/preview", params={"id": ids["gone"]})
+    assert r.status_code == 404 and "gone.png" in r.json()["detail"], r.text
+    r = c.get(f"{API}/preview", params={"id": ids["kept"]})
+    assert r.status_code == 200 and r.content == original and r.headers["content-length"] == str(len(original))
+    assert r.headers["content-type"] == "image/png" and r.headers["x-content-type-options"] == "nosniff"
