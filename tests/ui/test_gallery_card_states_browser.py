@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.browser]
 
 STATES = """() => Object.fromEntries([...document.querySelectorAll('.lp-card')].map(card => [
   card.querySelector('.lp-name').textContent,
-  [card.classList.contains('lp-problem'), card.querySelector('.lp-state')?.textContent ?? null,
+  [card.classList.contains('lp-unusable'), card.querySelector('.lp-state')?.textContent ?? null,
    card.querySelector('.lp-state')?.title ?? null]]))"""
 
 

@@ -93,7 +93,7 @@
       if (c.favorite) thumb.appendChild(el("span", "lp-fav", "★"));
       if (c.offline || c.error) {
         // the tag of such a card loads nothing now: say so on the card, not only in its details
-        card.classList.add("lp-problem");
+        card.classList.add("lp-unusable");
         const state = el("span", "lp-state", c.offline ? "offline" : "⚠ broken");
         state.title = c.offline ? "Its folder or drive cannot be reached now: a tag would not load it until it is back"
           : "This file cannot be loaded: " + c.error;
