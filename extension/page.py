@@ -7,6 +7,7 @@ is in the search terms (type "sdxl" to filter); the loraprompt tab has the visib
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Container, Iterator
 from typing import Any
@@ -82,6 +83,16 @@ class LoraPromptPage(ui_extra_networks.ExtraNetworksPage):
                                             f"({why}): rename the file"), None
         return choice, short
 
+    def _embedded_preview(self, path: str, name: str, metadata: dict[str, Any]) -> str | None:
+        """A1111's find_embedded_preview for a header whose `ssmd_cover_images` it can read: it
+        json.loads the value (modules/ui_extra_networks.py:666), which raises for one that is not a
+        JSON list (not JSON, or a `{`-value already decoded) and would fail the whole page."""
+        try:
+            readable = isinstance(json.loads(metadata["ssmd_cover_images"]), list)
+        except (KeyError, TypeError, ValueError, RecursionError):
+            return None
+        return self.find_embedded_preview(path, name, metadata) if readable else None
+
     def _item(self, entry: Any, index: int | None, stems: Container[str] = ()) -> dict[str, Any]:
         """One card's item dict, as the built-in page builds it."""
         path = os.path.splitext(entry.path)[0]
@@ -91,7 +102,7 @@ class LoraPromptPage(ui_extra_networks.ExtraNetworksPage):
             "name": entry.name,
             "filename": entry.path,
             "shorthash": None,
-            "preview": self.find_preview(path) or self.find_embedded_preview(path, entry.name, metadata),
+            "preview": self.find_preview(path) or self._embedded_preview(path, entry.name, metadata),
             "description": self.find_description(path),
             "search_terms": [t for t in (self.search_terms_from_path(entry.path), SD_VERSIONS.get(family or "")) if t],
             "local_preview": f"{path}.{webui.opt('samples_format', 'png')}",

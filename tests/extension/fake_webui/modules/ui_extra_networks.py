@@ -104,7 +104,9 @@ class ExtraNetworksPage:
         return None
 
     def find_embedded_preview(self, path, name, metadata):
-        if "ssmd_cover_images" in metadata and os.path.isfile(f"{path}.safetensors"):
+        # A1111's condition, json.loads included: it raises for a value that is not JSON
+        file = f"{path}.safetensors"
+        if os.path.isfile(file) and "ssmd_cover_images" in metadata and len(list(filter(None, json.loads(metadata["ssmd_cover_images"])))) > 0:
             return f"./sd_extra_networks/cover-images?page={self.extra_networks_tabname}&item={name}"
         return None
 

@@ -1,0 +1,25 @@
+"""Places where A1111 v1.10.1's own code (mirrored by the fake) behaves otherwise than the glue
+assumed; each test names the A1111 lines it follows."""
+
+from __future__ import annotations
+
+import importlib
+
+from .conftest import Webui
+from .test_generation import started
+
+
+def test_a_cover_image_value_a1111_cannot_read_does_not_break_the_cards_page(webui: Webui) -> None:
+    """modules/ui_extra_networks.py:666 json.loads `ssmd_cover_images` in find_embedded_preview: a
+    header value that is not a JSON list (any file from the internet) raised out of list_items, and
+    A1111 showed no Lora card at all. Such a card now has no embedded preview; a readable one keeps it."""
+    webui.write_lora("garbled", seed=3, metadata={"ssmd_cover_images": "not json"})
+    webui.write_lora("decoded", seed=4, metadata={"ssmd_cover_images": '{"a": 1}'})  # decoded to a dict on read
+    webui.write_lora("number", seed=5, metadata={"ssmd_cover_images": "5"})
+    webui.write_lora("covered", seed=6, metadata={"ssmd_cover_images": '["aGVsbG8="]'})
+    started(webui)
+    page = importlib.import_module("modules.ui_extra_networks").extra_pages[0]
+    items = {i["name"]: i for i in page.list_items()}
+    assert {"garbled", "decoded", "number", "covered", "style", "detail"} <= set(items)
+    assert items["garbled"]["preview"] is None and items["decoded"]["preview"] is None and items["number"]["preview"] is None
+    assert items["covered"]["preview"] == "./sd_extra_networks/cover-images?page=lora&item=covered"
