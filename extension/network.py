@@ -61,8 +61,9 @@ def divergent_batch(p: Any, profile: Literal["loraprompt", "a1111"]) -> list[Dia
 
 def with_sd_lora(p: Any, params_list: list[Any], available: Callable[[str], bool]) -> list[Any]:
     """Honour the built-in's "Add network to prompt" option (`sd_lora`) as the built-in does: only
-    for a file stem `available` knows, when the prompt does not mention it already."""
-    extra = str(webui.opt("sd_lora", "None") or "None")
+    for a file stem `available` knows, when the prompt does not mention it already, and only while
+    the built-in is enabled (it registers the option; config.json keeps it, unseen, once disabled)."""
+    extra = str(webui.opt("sd_lora", "None") or "None") if webui.registered("sd_lora") else "None"
     if extra == "None" or any(x.items and x.items[0] == extra for x in params_list) or not available(extra):
         return params_list
     weight = webui.opt("extra_networks_default_multiplier", 1.0)

@@ -100,6 +100,13 @@ def opt(name: str, default: Any) -> Any:
     return opts.data.get(name, default) if name not in opts.data_labels else getattr(opts, name)
 
 
+def registered(name: str) -> bool:
+    """True when an option is registered now (another extension's, such as the built-in Lora's,
+    only while that extension is enabled; config.json keeps a value after it is disabled)."""
+    opts = shared.opts
+    return opts is not None and name in opts.data_labels
+
+
 def profile() -> Literal["loraprompt", "a1111"]:
     """The tag profile setting (Settings > loraprompt); any other value, from a hand-edited
     config.json, is loraprompt's own."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 
 from .conftest import Webui
+from .ldm import changed, snapshot
 from .test_generation import started
 
 
@@ -23,3 +24,17 @@ def test_a_cover_image_value_a1111_cannot_read_does_not_break_the_cards_page(web
     assert {"garbled", "decoded", "number", "covered", "style", "detail"} <= set(items)
     assert items["garbled"]["preview"] is None and items["decoded"]["preview"] is None and items["number"]["preview"] is None
     assert items["covered"]["preview"] == "./sd_extra_networks/cover-images?page=lora&item=covered"
+
+
+def test_add_network_to_prompt_kept_in_config_json_is_ignored_without_the_builtin(webui: Webui) -> None:
+    """`sd_lora` ("Add network to prompt") is the built-in's option (extensions-builtin/Lora/scripts/
+    lora_script.py:36), read only by its handler (extra_networks_lora.py:15-21). With the built-in
+    disabled, A1111 keeps its value in config.json (modules/options.py:200 loads every key) but
+    Settings no longer shows it: loraprompt added that LoRA to every prompt with no way to turn it off."""
+    started(webui)
+    webui.modules.shared.opts.data["sd_lora"] = "style"  # set while the built-in was enabled
+    before = snapshot(webui.sd_model)
+    result = webui.generate("a cat")
+    assert result.p.all_prompts == ["a cat"]
+    assert changed(webui.sd_model, before) == []
+    assert "Lora hashes" not in result.extra_generation_params

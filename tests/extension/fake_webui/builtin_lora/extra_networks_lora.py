@@ -2,7 +2,15 @@
 (A1111 v1.10.1, scripts/lora_script.py): the built-in `lora` handler."""
 
 import networks
-from modules import extra_networks
+from modules import extra_networks, shared
+
+# scripts/lora_script.py:35-45 registers these at import (the dropdowns' gradio components left out):
+# only while the built-in is enabled are they in shared.opts.data_labels
+shared.options_templates.update(shared.options_section(("extra_networks", "Extra Networks"), {
+    "sd_lora": shared.OptionInfo("None", "Add network to prompt"),
+    "lora_preferred_name": shared.OptionInfo("Alias from file", "When adding to prompt, refer to Lora by"),
+    "lora_add_hashes_to_infotext": shared.OptionInfo(True, "Add Lora hashes to infotext"),
+}))
 
 
 class ExtraNetworkLora(extra_networks.ExtraNetwork):
