@@ -1,6 +1,7 @@
 """Bundled embeddings (`bundle_emb.*` in a LoRA file) registered in A1111's embedding database
 while their LoRA is active, as A1111 v1.10's built-in Lora extension does: a file embedding of the
-same name wins, and the next activation unregisters what the previous one registered."""
+same name wins, one of another width than the model's is skipped, and the next activation
+unregisters what the previous one registered."""
 
 from __future__ import annotations
 
@@ -46,6 +47,12 @@ def sync(sd_model: Any, adapters: list[Any]) -> list[Diagnostic]:
                     _data(parts), name, filename=f"{Path(adapter.path).name}/{name}")
             except Exception as exc:  # A1111 raises a bare Exception for data it cannot use
                 out.append(Diagnostic("W-EMBEDDING-SKIPPED", f"{adapter.name}: bundled embedding {name!r}: {exc}",
+                                      subject=adapter.name))
+                continue
+            expected = getattr(db, "expected_shape", -1)  # the model's width; -1 before embeddings are loaded
+            if expected not in (-1, embedding.shape):  # as the built-in checks: another width fails the prompt
+                out.append(Diagnostic("W-EMBEDDING-SKIPPED", f"{adapter.name}: bundled embedding {name!r} is "
+                                      f"{embedding.shape} wide, the loaded model's embeddings {expected}",
                                       subject=adapter.name))
                 continue
             embedding.shorthash = adapter.name  # A1111 shows the LoRA's name as the TI hash

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import importlib
 
-from .conftest import Webui
+import torch
+from safetensors.torch import save_file
+
+from .conftest import Webui, lora_tensors
 from .ldm import changed, snapshot
 from .test_generation import started
 
@@ -38,3 +41,21 @@ def test_add_network_to_prompt_kept_in_config_json_is_ignored_without_the_builti
     assert result.p.all_prompts == ["a cat"]
     assert changed(webui.sd_model, before) == []
     assert "Lora hashes" not in result.extra_generation_params
+
+
+def test_a_bundled_embedding_of_another_width_is_skipped_as_the_builtin_does(webui: Webui) -> None:
+    """The built-in registers a bundled embedding only when its width is the model's
+    (extensions-builtin/Lora/networks.py:352, `emb_db.expected_shape`), as A1111 does for embedding
+    files (textual_inversion.py:187); loraprompt registered any, and a prompt using the word then
+    failed in sd_hijack's EmbeddingsWithFixes (torch.cat of 768 and 1024 wide rows, sd_hijack.py:362)."""
+    tensors = {**lora_tensors(9), "bundle_emb.tok.string_to_param.*": torch.ones(1, 16)}
+    save_file(tensors, str(webui.lora_dir / "bundled.safetensors"), metadata={"ss_network_module": "networks.lora"})
+    started(webui)
+    db = importlib.import_module("modules.sd_hijack").model_hijack.embedding_db
+    db.expected_shape = 32  # another model family's width
+    result = webui.generate("a tok <lora:bundled:1>")
+    assert "tok" not in db.word_embeddings
+    assert "W-EMBEDDING-SKIPPED bundled" in result.extra_generation_params["loraprompt"]
+    db.expected_shape = 16
+    result = webui.generate("a tok <lora:bundled:1>")
+    assert db.word_embeddings["tok"].shape == 16 and "loraprompt" not in result.extra_generation_params

@@ -24,6 +24,7 @@ class EmbeddingDatabase:
         self.ids_lookup = {}
         self.word_embeddings = {}
         self.skipped_embeddings = {}
+        self.expected_shape = -1  # the loaded model's embedding width, set when embeddings are (re)loaded
 
     def register_embedding(self, embedding, model):
         return self.register_embedding_by_name(embedding, model, embedding.name)
