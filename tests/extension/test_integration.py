@@ -28,7 +28,7 @@ def test_lora_hashes_written_and_pasted_back_to_local_name(webui: Webui) -> None
     # someone else's image names the same file "theirs"; as in A1111, a hash already known maps it
     infotext = f'a cat <lora:theirs:0.8>, <lora:other:1>\nSteps: 4, Seed: 1, Lora hashes: "theirs: {hashes["style"]}, other: 0123456789ab"'
     infotext_utils = importlib.import_module("modules.infotext_utils")
-    fields = infotext_utils.parse_generation_parameters(infotext)
+    fields = infotext_utils.paste(infotext)  # parse_generation_parameters, then the infotext_pasted callbacks
     assert fields["Prompt"] == "a cat <lora:style:0.8>, <lora:other:1>"
 
 

@@ -36,7 +36,7 @@ Mirrored (file:line in A1111 v1.10.1):
 - modules/paths_internal.py:32     models_path (re-exported by modules/paths.py)
 - modules/processing.py:137        class StableDiffusionProcessing (fields used: prompt, all_prompts, batch_size, n_iter, steps, iteration, sd_model, extra_generation_params, comments, disable_extra_networks, is_hr_pass, scripts); comment(self, text) (:296)
 - modules/processing.py:819        process_images(p) -> Processed (the extra-network steps of process_images_inner, :863)
-- modules/infotext_utils.py:234    parse_generation_parameters(x, skip_fields=None)
+- modules/infotext_utils.py:234    parse_generation_parameters(x, skip_fields=None) (no callbacks; :486-487 and api.py:597-598 run infotext_pasted after it)
 - modules/ui_extra_networks.py:20  extra_pages; :21 allowed_dirs; :29 allowed_preview_extensions(); :89 register_page(page)
                                    (refills allowed_dirs); :97 fetch_file(filename="") (A1111's body verbatim); :180 quote_js(s)
 - modules/ui_extra_networks.py:186 class ExtraNetworksPage: __init__(self, title), refresh(self) (:207), read_user_metadata(self, item, use_cache=True) (:210), search_terms_from_path(self, filename, possible_directories=None) (:225), create_item(self, name, index=None) (:625), list_items(self) (:628), allowed_directories_for_previews(self) (:631), get_sort_keys(self, path) (:634), find_preview(self, path) (:647), find_embedded_preview(self, path, name, metadata) (:660), find_description(self, path) (:671), link_preview(self, filename) (:220),
@@ -55,5 +55,6 @@ Mirrored (file:line in A1111 v1.10.1):
 Not A1111 API (the stand-in's own plumbing, kept minimal): ScriptRunner.load_module (A1111's
 load_scripts + initialize_scripts), script_callbacks.callback_map/clear_callbacks keyed by category,
 extra_networks.errors_shown (what modules.errors.display would print), processing.Processed's
-fields, builtin_lora/extra_networks_lora.ExtraNetworkLora.calls (what the built-in was asked).
+fields, builtin_lora/extra_networks_lora.ExtraNetworkLora.calls (what the built-in was asked),
+infotext_utils.paste (a paste button: parse, then the infotext_pasted callbacks).
 """
