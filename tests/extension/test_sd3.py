@@ -71,10 +71,11 @@ def test_a_model_kept_in_memory_is_followed_at_generation_time(webui: Webui) -> 
     networks = webui.enable_builtin()
     started(webui)
     sd1 = webui.sd_model
-    webui.sd_model = TinySD3()  # no callback
+    # sd_models.reuse_model_from_already_loaded sets model_data.sd_model (shared.sd_model): no callback
+    webui.sd_model = webui.modules.shared.sd_model = TinySD3()
     webui.generate("<lora:sd3_style:1>")
     assert networks.extra_network_lora.calls[-1] == [["sd3_style", "1"]]
-    webui.sd_model = sd1
+    webui.sd_model = webui.modules.shared.sd_model = sd1
     base = webui.weight(Q)
     webui.generate("<lora:style:1>")
     assert torch.allclose(webui.weight(Q), base + expected_delta(webui.files["style"], Q), atol=1e-6)

@@ -34,7 +34,7 @@ Mirrored (file:line in A1111 v1.10.1):
 - modules/options.py:82            class Options: __init__(self, data_labels, restricted_opts), __getattr__ (:131), onchange(self, key, func, call=True) (:229), add_option(self, key, info) (:256)
 - modules/shared.py:14,44,47,76,77 cmd_opts, opts, sd_model, options_section, OptionInfo
 - modules/paths_internal.py:32     models_path (re-exported by modules/paths.py)
-- modules/processing.py:137        class StableDiffusionProcessing (fields used: prompt, all_prompts, batch_size, n_iter, steps, iteration, sd_model, extra_generation_params, comments, disable_extra_networks, is_hr_pass, scripts); comment(self, text) (:296)
+- modules/processing.py:137        class StableDiffusionProcessing (fields used: prompt, all_prompts, batch_size, n_iter, steps, iteration, sd_model, extra_generation_params, comments, disable_extra_networks, is_hr_pass, scripts); sd_model is a property returning shared.sd_model (:261-267); comment(self, text) (:296)
 - modules/processing.py:819        process_images(p) -> Processed (the extra-network steps of process_images_inner, :863)
 - modules/infotext_utils.py:234    parse_generation_parameters(x, skip_fields=None) (no callbacks; :486-487 and api.py:597-598 run infotext_pasted after it)
 - modules/ui_extra_networks.py:20  extra_pages; :21 allowed_dirs; :29 allowed_preview_extensions(); :89 register_page(page)

@@ -7,7 +7,7 @@ per sampling step, the hires pass (its own prompts, activate again, its own step
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from modules import extra_networks, script_callbacks
+from modules import extra_networks, script_callbacks, shared
 
 
 @dataclass(repr=False)
@@ -33,6 +33,16 @@ class StableDiffusionProcessing:
     disable_extra_networks: bool = False
     is_hr_pass: bool = field(default=False, init=False)
     iteration: int = field(default=0, init=False)
+
+    # processing.py:261-267: the field above is shadowed by this property: p.sd_model is always the
+    # loaded model (shared.sd_model), and `sd_model=` given to the constructor is ignored
+    @property
+    def sd_model(self):  # noqa: F811  (A1111 shadows its own field so)
+        return shared.sd_model
+
+    @sd_model.setter
+    def sd_model(self, value):
+        pass
 
     def __post_init__(self):
         self.extra_generation_params = self.extra_generation_params or {}
