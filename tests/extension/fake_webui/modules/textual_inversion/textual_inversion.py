@@ -52,8 +52,8 @@ def create_embedding_from_data(data, name, filename='unknown embedding file', fi
     else:
         raise Exception(f"Couldn't identify {filename} as neither textual inversion embedding nor diffuser concept.")
     embedding = Embedding(vec, name)
-    embedding.filename = filename
-    embedding.filepath = filepath
-    embedding.shape = shape
     embedding.vectors = vectors
+    embedding.shape = shape
+    if filepath:  # `filename` only names the file in the error above (textual_inversion.py:319-320)
+        embedding.filename = filepath
     return embedding
