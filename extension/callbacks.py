@@ -85,12 +85,12 @@ def register() -> State:
         backups=lambda: str(webui.opt("loraprompt_backups", "auto")),
     )
     STATE = State(runtime, LoraPromptNetwork(runtime), bool(webui.opt("loraprompt_handle_lora_tags", True)))
+    settings.register()  # now, not in on_ui_settings: that never runs with --nowebui (see settings.py)
     script_callbacks.on_before_ui(before_ui, name="loraprompt")
     script_callbacks.on_app_started(app_started, name="loraprompt")
     script_callbacks.on_model_loaded(model_loaded, name="loraprompt")
     script_callbacks.on_cfg_denoiser(cfg_denoiser, name="loraprompt")
     script_callbacks.on_infotext_pasted(infotext_pasted, name="loraprompt")
-    script_callbacks.on_ui_settings(settings.register, name="loraprompt")
     script_callbacks.on_ui_tabs(ui_tabs, name="loraprompt")
     script_callbacks.on_script_unloaded(unloaded, name="loraprompt")
     return STATE

@@ -46,6 +46,7 @@ def options() -> dict[str, Any]:
 
 
 def register() -> None:
-    """Add the options (the on_ui_settings callback)."""
+    """Add the options, when the script loads: A1111 runs on_ui_settings only while building its UI
+    (ui.py:262), never with --nowebui, where the API then failed on any loraprompt_ option."""
     for key, option in shared.options_section(SECTION, options()).items():
         shared.opts.add_option(key, option)

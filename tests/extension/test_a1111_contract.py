@@ -59,3 +59,17 @@ def test_a_bundled_embedding_of_another_width_is_skipped_as_the_builtin_does(web
     db.expected_shape = 16
     result = webui.generate("a tok <lora:bundled:1>")
     assert db.word_embeddings["tok"].shape == 16 and "loraprompt" not in result.extra_generation_params
+
+
+def test_settings_exist_when_a1111_runs_without_its_ui(webui: Webui) -> None:
+    """With --nowebui, webui.py:26-45 (api_only) never builds the UI, and ui.py:262 is the only
+    caller of ui_settings_callback: options registered in on_ui_settings did not exist, so
+    POST /sdapi/v1/options (api.py:684) and a request's override_settings (processing.py:833) with a
+    loraprompt_ key raised KeyError in opts.set (options.py:151), an HTTP 500. They are registered
+    when the script loads, as the built-in registers its own (scripts/lora_script.py:35)."""
+    started(webui)  # before_ui and app_started(None, app): what api_only() runs
+    opts = webui.modules.shared.opts
+    assert {"loraprompt_profile", "loraprompt_handle_lora_tags", "loraprompt_hashes_in_infotext"} <= set(opts.data_labels)
+    assert opts.data_labels["loraprompt_profile"].section == ("loraprompt", "loraprompt")
+    assert opts.set("loraprompt_hashes_in_infotext", False, is_api=True)
+    assert "Lora hashes" not in webui.generate("<lora:style:1>").extra_generation_params

@@ -31,7 +31,7 @@ Mirrored (file:line in A1111 v1.10.1):
 - modules/scripts.py:828           ScriptRunner.process(self, p)
 - modules/options.py:13            class OptionInfo: __init__(self, default=None, label="", component=None, component_args=None, onchange=None, section=None, refresh=None, comment_before='', comment_after='', infotext=None, restrict_api=False, category_id=None); info(self, info) (:44); needs_restart(self) (:52)
 - modules/options.py:68            options_section(section_identifier, options_dict)
-- modules/options.py:82            class Options: __init__(self, data_labels, restricted_opts), __getattr__ (:131), onchange(self, key, func, call=True) (:229), add_option(self, key, info) (:256)
+- modules/options.py:82            class Options: __init__(self, data_labels, restricted_opts), __getattr__ (:131), set(self, key, value, is_api=False, run_callbacks=True) (:144), onchange(self, key, func, call=True) (:229), add_option(self, key, info) (:256)
 - modules/shared.py:14,44,47,76,77 cmd_opts, opts, sd_model, options_section, OptionInfo
 - modules/paths_internal.py:32     models_path (re-exported by modules/paths.py)
 - modules/processing.py:137        class StableDiffusionProcessing (fields used: prompt, all_prompts, batch_size, n_iter, steps, iteration, sd_model, extra_generation_params, comments, disable_extra_networks, is_hr_pass, scripts); sd_model is a property returning shared.sd_model (:261-267); comment(self, text) (:296)

@@ -11,6 +11,7 @@ class OptionInfo:
         self.section = section
         self.category_id = category_id
         self.comment_after = comment_after
+        self.restrict_api = restrict_api
         self.restart = False
 
     def info(self, info):
@@ -45,6 +46,19 @@ class Options:
         if item in self.data_labels:
             return self.data_labels[item].default
         raise AttributeError(item)
+
+    def set(self, key, value, is_api=False, run_callbacks=True):
+        # options.py:144-171; a key no extension registered raises KeyError, as in A1111
+        oldval = self.data.get(key, None)
+        if oldval == value:
+            return False
+        option = self.data_labels[key]
+        if is_api and getattr(option, "restrict_api", False):
+            return False
+        setattr(self, key, value)
+        if run_callbacks and option.onchange is not None:
+            option.onchange()
+        return True
 
     def onchange(self, key, func, call=True):
         self.data_labels[key].onchange = func
