@@ -3,6 +3,7 @@
 from collections import defaultdict
 
 callback_map = defaultdict(list)
+errors_reported = []  # stand-in for report_exception (:14): (category, exception) A1111 would print
 
 
 class CFGDenoiserParams:
@@ -22,10 +23,14 @@ def clear_callbacks():
 
 
 def _run(category, *args, reverse=False):
+    # like A1111's *_callback functions, an exception is reported and the next callback still runs
     found = list(callback_map[category])
     results = []
     for callback in reversed(found) if reverse else found:
-        results.append(callback(*args))
+        try:
+            results.append(callback(*args))
+        except Exception as e:
+            errors_reported.append((category, e))
     return results
 
 
