@@ -24,6 +24,7 @@ from .runtime import Runtime, library_entries
 from .user_metadata import preferred_weight
 
 SD_VERSIONS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
+TAG_NOTE, PLAIN_DESCRIPTION = "loraprompt_tag_note", "loraprompt_description"  # item keys A1111 ignores
 
 
 def card_prompt(name: str, weight: float | None, activation_text: str, short_hash: str | None = None) -> str:
@@ -93,6 +94,17 @@ class LoraPromptPage(ui_extra_networks.ExtraNetworksPage):
             return None
         return self.find_embedded_preview(path, name, metadata) if readable else None
 
+    def read_user_metadata(self, item: dict[str, Any], use_cache: bool = True) -> None:
+        """A1111's, with the tag-name warning kept in front of the description: A1111 calls it again
+        on a card it rebuilds after an edit (get_single_card, modules/ui_extra_networks.py:167)."""
+        note = item.get(TAG_NOTE)
+        if note:
+            item["description"] = item.get(PLAIN_DESCRIPTION)
+        super().read_user_metadata(item, use_cache)
+        if note:
+            item[PLAIN_DESCRIPTION] = item.get("description")
+            item["description"] = tag_note_description(note, item[PLAIN_DESCRIPTION])
+
     def _item(self, entry: Any, index: int | None, stems: Container[str] = ()) -> dict[str, Any]:
         """One card's item dict, as the built-in page builds it."""
         path = os.path.splitext(entry.path)[0]
@@ -110,14 +122,14 @@ class LoraPromptPage(ui_extra_networks.ExtraNetworksPage):
             "sort_keys": {"default": index, **self.get_sort_keys(entry.path)},
             "sd_version": SD_VERSIONS.get(family or "", "Unknown"),
         }
+        choice, short = self._tag_name(entry, stems)
+        if choice.note:  # on the card, as the gallery's "name" badge says it (read_user_metadata puts it there)
+            item[TAG_NOTE], item[PLAIN_DESCRIPTION] = choice.note, item["description"]
         self.read_user_metadata(item)
         user = item["user_metadata"]
         # A1111 pastes the raw value into the click's JavaScript; a number only keeps sidecar text out of it
         weight = preferred_weight(user.get("preferred weight"))
-        choice, short = self._tag_name(entry, stems)
         item["prompt"] = card_prompt(choice.name, weight, str(user.get("activation text") or ""), short)
-        if choice.note:  # on the card, as the gallery's "name" badge says it
-            item["description"] = tag_note_description(choice.note, item.get("description"))
         negative = user.get("negative text")
         item["negative_prompt"] = quote_js(f"({negative}:1)" if negative else "")
         return item

@@ -73,3 +73,20 @@ def test_settings_exist_when_a1111_runs_without_its_ui(webui: Webui) -> None:
     assert opts.data_labels["loraprompt_profile"].section == ("loraprompt", "loraprompt")
     assert opts.set("loraprompt_hashes_in_infotext", False, is_api=True)
     assert "Lora hashes" not in webui.generate("<lora:style:1>").extra_generation_params
+
+
+def test_a_refreshed_card_keeps_its_tag_name_warning(webui: Webui) -> None:
+    """After the card editor saves, A1111 rebuilds that one card (get_single_card,
+    modules/ui_extra_networks.py:161-167): create_item, then read_user_metadata once more, which put
+    the sidecar's description back without the warning that the file's name breaks a tag."""
+    webui.write_lora("style: ink", seed=11)
+    (webui.lora_dir / "style: ink.json").write_text('{"description": "my notes"}', encoding="utf-8")
+    started(webui)
+    page = importlib.import_module("modules.ui_extra_networks").extra_pages[0]
+    listed = {i["name"]: i for i in page.list_items()}["style: ink"]
+    item = page.create_item("style: ink", enable_filter=False)  # what get_single_card does
+    page.read_user_metadata(item, use_cache=False)
+    assert item["description"] == listed["description"]
+    assert item["description"].startswith("\u26a0 The name style: ink contains :") and item["description"].endswith("\nmy notes")
+    page.read_user_metadata(item)  # said once, however often it is read
+    assert item["description"] == listed["description"]
