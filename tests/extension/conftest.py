@@ -183,8 +183,10 @@ def webui(tmp_path: Path) -> Iterator[Webui]:
         with warnings.catch_warnings():  # the popups gradio logs outside a UI request
             warnings.filterwarnings("ignore", message="loraprompt: ", category=UserWarning)
             yield Webui(tmp_path, lora_dir, shared.sd_model)
-        # A1111 only prints what a callback raised (script_callbacks.report_exception): fail on it here
-        assert not importlib.import_module("modules.script_callbacks").errors_reported
+        # A1111 only prints what a callback, a script or an extra network raised: fail on it here
+        for module in ("modules.script_callbacks", "modules.scripts"):
+            assert not importlib.import_module(module).errors_reported, module
+        assert not importlib.import_module("modules.extra_networks").errors_shown
     finally:
         sys.path[:] = saved_path
         _purge()

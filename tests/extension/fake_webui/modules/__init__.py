@@ -55,7 +55,8 @@ Mirrored (file:line in A1111 v1.10.1):
 Not A1111 API (the stand-in's own plumbing, kept minimal): ScriptRunner.load_module (A1111's
 load_scripts + initialize_scripts), script_callbacks.callback_map/clear_callbacks keyed by category,
 extra_networks.errors_shown (what modules.errors.display would print), script_callbacks.errors_reported
-(what report_exception would print; every callback runs, as in A1111, and conftest fails a test that left one), processing.Processed's
+(what report_exception would print; every callback runs, as in A1111), scripts.errors_reported (what
+ScriptRunner.process reports, scripts.py:828-834); conftest fails a test that left anything in these three, processing.Processed's
 fields, builtin_lora/extra_networks_lora.ExtraNetworkLora.calls (what the built-in was asked),
 infotext_utils.paste (a paste button: parse, then the infotext_pasted callbacks).
 """

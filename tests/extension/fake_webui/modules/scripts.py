@@ -1,6 +1,7 @@
 """Stand-in for modules/scripts.py (signatures from A1111 v1.10.1; see modules/__init__.py)."""
 
 AlwaysVisible = object()
+errors_reported = []  # stand-in for modules.errors.report: what A1111 would print
 
 
 class Script:
@@ -29,7 +30,10 @@ class ScriptRunner:
 
     def process(self, p):
         for script in self.alwayson_scripts:
-            script.process(p)
+            try:  # scripts.py:828-834: an error is reported and the next script still runs
+                script.process(p)
+            except Exception as e:
+                errors_reported.append(e)
 
     def after_extra_networks_activate(self, p, **kwargs):
         pass
