@@ -6,7 +6,7 @@ from modules import options
 
 cmd_opts = SimpleNamespace(lora_dir=None, lyco_dir_backcompat=None)
 options_templates = {}
-opts = options.Options(options_templates, set())  # one dict, as shared_init.py:17-18 makes it
+opts = options.Options(options_templates, set())  # one dict, as shared_init.py:18-19 makes it
 sd_model = None
 options_section = options.options_section
 OptionInfo = options.OptionInfo
