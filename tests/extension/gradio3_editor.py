@@ -21,12 +21,24 @@ load_glue(root)
 
 import gradio as gr  # noqa: E402
 from loraprompt_a1111.editor import LoraPromptMetadataEditor  # noqa: E402
-from modules import ui_extra_networks  # noqa: E402
+from modules import ui_extra_networks, util  # noqa: E402
 
 from loraprompt.library import Library  # noqa: E402
 from loraprompt.library.safetensors_header import decoded_metadata  # noqa: E402
 
 assert gr.__version__ == "3.41.2", gr.__version__
+
+
+class Lister(util.MassFileLister):
+    """A1111's MassFileLister (the stand-in's), recording the files the editor says it wrote."""
+
+    def __init__(self, updated: list[str]) -> None:
+        super().__init__()
+        self.updated = updated
+
+    def update_file_entry(self, path: str) -> None:
+        self.updated.append(path)
+        super().update_file_entry(path)
 
 
 class Page(ui_extra_networks.ExtraNetworksPage):
@@ -36,7 +48,7 @@ class Page(ui_extra_networks.ExtraNetworksPage):
         super().__init__("Lora")
         self.runtime = SimpleNamespace(library=Library([lora_dir], cache_dir=cache_dir))
         self.updated: list[str] = []
-        self.lister = SimpleNamespace(update_file_entry=self.updated.append)  # A1111's MassFileLister
+        self.lister = Lister(self.updated)
         path = str(lora_dir / "style.safetensors")
         item = {"name": "style", "filename": path, "metadata": decoded_metadata(path), "sd_version": "SD1", "preview": None}
         self.read_user_metadata(item)

@@ -30,13 +30,18 @@ TRAINING = {
 
 
 class Lister:
-    """A1111's MassFileLister, as far as the editor uses it."""
+    """The page's MassFileLister (the stand-in's), recording what the editor updates."""
 
     def __init__(self) -> None:
         self.updated: list[str] = []
+        self.inner = importlib.import_module("modules.util").MassFileLister()
 
     def update_file_entry(self, path: str) -> None:
         self.updated.append(path)
+        self.inner.update_file_entry(path)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 def cards_page(webui: Webui, sidecar: dict[str, Any] | str | None = None) -> Any:

@@ -302,6 +302,7 @@ def test_cards_page_warns_about_names_that_break_a_tag_and_inserts_a_working_one
     # with the option on, the warning is markup (escaped) ahead of the user's own HTML description
     webui.modules.shared.opts.data["extra_networks_card_description_is_html"] = True
     ink.with_suffix(".json").write_text(json.dumps({"description": "<b>inked</b> lines"}), encoding="utf8")
+    page.lister.reset()  # the page's refresh: A1111's create_html resets the folder listings it keeps
     item = {i["name"]: i for i in page.list_items()}["style: ink"]
     assert str(item["description"]) == ('<span class="loraprompt-tag-note">\u26a0 The name style: ink contains :, which '
                                         "breaks a &lt;lora:...&gt; tag, and loraprompt&#x27;s a1111 profile (no hash=) "

@@ -14,6 +14,8 @@ Mirrored (file:line in A1111 v1.10.1):
 - modules/extra_networks.py:175    re_extra_net
 - modules/extra_networks.py:178    parse_prompt(prompt)
 - modules/extra_networks.py:194    parse_prompts(prompts)
+- modules/extra_networks.py:209    get_user_metadata(filename, lister=None)
+- modules/util.py:96               class MassFileLister: find, exists, mctime, reset, update_file_entry (folders listed once, kept until reset)
 - modules/script_callbacks.py:45   class CFGDenoiserParams: __init__(self, x, image_cond, sigma, sampling_step, total_sampling_steps, text_cond, text_uncond, denoiser=None)
 - modules/script_callbacks.py:253  app_started_callback(demo, app)
 - modules/script_callbacks.py:270  model_loaded_callback(sd_model)
@@ -39,7 +41,7 @@ Mirrored (file:line in A1111 v1.10.1):
 - modules/infotext_utils.py:234    parse_generation_parameters(x, skip_fields=None) (no callbacks; :486-487 and api.py:597-598 run infotext_pasted after it)
 - modules/ui_extra_networks.py:20  extra_pages; :21 allowed_dirs; :29 allowed_preview_extensions(); :89 register_page(page)
                                    (refills allowed_dirs); :97 fetch_file(filename="") (A1111's body verbatim); :180 quote_js(s)
-- modules/ui_extra_networks.py:186 class ExtraNetworksPage: __init__(self, title), refresh(self) (:207), read_user_metadata(self, item, use_cache=True) (:210), search_terms_from_path(self, filename, possible_directories=None) (:225), create_item(self, name, index=None) (:625), list_items(self) (:628), allowed_directories_for_previews(self) (:631), get_sort_keys(self, path) (:634), find_preview(self, path) (:647), find_embedded_preview(self, path, name, metadata) (:660), find_description(self, path) (:671), link_preview(self, filename) (:220),
+- modules/ui_extra_networks.py:186 class ExtraNetworksPage: __init__(self, title) (self.lister: util.MassFileLister, which its file lookups go through), refresh(self) (:207), read_user_metadata(self, item, use_cache=True) (:210), search_terms_from_path(self, filename, possible_directories=None) (:225), create_item(self, name, index=None) (:625), list_items(self) (:628), allowed_directories_for_previews(self) (:631), get_sort_keys(self, path) (:634), find_preview(self, path) (:647), find_embedded_preview(self, path, name, metadata) (:660), find_description(self, path) (:671), link_preview(self, filename) (:220),
                                    create_user_metadata_editor(self, ui, tabname) (:686); path_is_parent(parent_path, child_path) (:795)
 - modules/ui_extra_networks_user_metadata.py:11  class UserMetadataEditor: __init__(self, ui, tabname, page),
                                    get_user_metadata(self, name) (:35), create_extra_default_items_in_left_column(self) (:45),

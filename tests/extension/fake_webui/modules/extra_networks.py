@@ -1,5 +1,7 @@
 """Stand-in for modules/extra_networks.py (signatures from A1111 v1.10.1; see modules/__init__.py)."""
 
+import json
+import os
 import re
 from collections import defaultdict
 
@@ -107,3 +109,18 @@ def parse_prompts(prompts):
             extra_data = parsed
         res.append(updated)
     return res, extra_data
+
+
+def get_user_metadata(filename, lister=None):
+    if filename is None:
+        return {}
+    metadata_filename = os.path.splitext(filename)[0] + ".json"
+    metadata = {}
+    try:
+        exists = lister.exists(metadata_filename) if lister else os.path.exists(metadata_filename)
+        if exists:
+            with open(metadata_filename, encoding="utf8") as file:
+                metadata = json.load(file)
+    except Exception as e:  # errors.display in A1111
+        errors_shown.append(e)
+    return metadata

@@ -5,7 +5,7 @@ import os
 import urllib.parse
 from pathlib import Path
 
-from modules import extra_networks, shared
+from modules import extra_networks, shared, util
 
 extra_pages = []
 allowed_dirs = set()
@@ -55,24 +55,20 @@ class ExtraNetworksPage:
         self.allow_negative_prompt = False
         self.metadata = {}
         self.items = {}
+        self.lister = util.MassFileLister()
 
     def refresh(self):
         pass
 
     def read_user_metadata(self, item, use_cache=True):
         filename = item.get("filename")
-        metadata = {}
-        if filename:
-            sidecar = os.path.splitext(filename)[0] + ".json"
-            if os.path.isfile(sidecar):
-                with open(sidecar, encoding="utf8") as f:
-                    metadata = json.load(f)
+        metadata = extra_networks.get_user_metadata(filename, lister=self.lister if use_cache else None)
         if metadata.get("description") is not None:
             item["description"] = metadata["description"]
         item["user_metadata"] = metadata
 
     def link_preview(self, filename):
-        mtime = os.path.getmtime(filename)
+        mtime, _ = self.lister.mctime(filename)
         return f"./sd_extra_networks/thumb?filename={urllib.parse.quote(filename.replace(os.sep, '/'))}&mtime={mtime}"
 
     def search_terms_from_path(self, filename, possible_directories=None):
@@ -93,20 +89,20 @@ class ExtraNetworksPage:
         return []
 
     def get_sort_keys(self, path):
-        st = os.stat(path)
-        return {"date_created": int(st.st_mtime), "date_modified": int(st.st_ctime), "name": Path(path).name.lower(), "path": str(path).lower()}
+        mtime, ctime = self.lister.mctime(path)
+        return {"date_created": int(mtime), "date_modified": int(ctime), "name": Path(path).name.lower(), "path": str(path).lower()}
 
     def find_preview(self, path):
-        for ext in PREVIEW_EXTENSIONS:
+        for ext in allowed_preview_extensions():
             for file in (f"{path}.{ext}", f"{path}.preview.{ext}"):
-                if os.path.isfile(file):
+                if self.lister.exists(file):
                     return self.link_preview(file)
         return None
 
     def find_embedded_preview(self, path, name, metadata):
         # A1111's condition, json.loads included: it raises for a value that is not JSON
         file = f"{path}.safetensors"
-        if os.path.isfile(file) and "ssmd_cover_images" in metadata and len(list(filter(None, json.loads(metadata["ssmd_cover_images"])))) > 0:
+        if self.lister.exists(file) and "ssmd_cover_images" in metadata and len(list(filter(None, json.loads(metadata["ssmd_cover_images"])))) > 0:
             return f"./sd_extra_networks/cover-images?page={self.extra_networks_tabname}&item={name}"
         return None
 
@@ -118,7 +114,7 @@ class ExtraNetworksPage:
 
     def find_description(self, path):
         for file in (f"{path}.txt", f"{path}.description.txt"):
-            if os.path.isfile(file):
+            if self.lister.exists(file):
                 with open(file, encoding="utf-8", errors="replace") as f:
                     return f.read()
         return None
