@@ -8,7 +8,7 @@ from typing import Any
 
 from modules import script_callbacks
 
-from loraprompt.infotext import parse_lora_hashes, remap_lora_names
+from loraprompt.infotext import addnet_tags, parse_lora_hashes, remap_lora_names
 
 from . import coexist, settings, thumb_guard, webui
 from .network import LoraPromptNetwork
@@ -147,10 +147,24 @@ def cfg_denoiser(params: Any) -> None:
 
 
 def infotext_pasted(infotext: str, params: dict[str, Any]) -> None:
-    """Rename pasted `<lora:NAME:` tags to the local LoRA with the hash `Lora hashes` gives."""
+    """Rename pasted `<lora:NAME:` tags to the local LoRA with the hash `Lora hashes` gives; with
+    the built-in Lora disabled, add the tags of kohya's Additional Networks fields (`AddNet Model 1`,
+    ...), as the built-in's callback does (networks.infotext_pasted), unless that extension, which
+    pastes its own fields, is installed."""
     hashes = parse_lora_hashes(str(params.get("Lora hashes") or ""))
     if hashes and "Prompt" in params:
         params["Prompt"] = remap_lora_names(params["Prompt"], hashes, _state().runtime.lookup_hash)
+    if "Prompt" in params and not coexist.builtin_enabled() and not _addnet_installed():
+        tags = addnet_tags({str(k): str(v) for k, v in params.items()}, _state().runtime.lookup_hash)
+        if tags:
+            params["Prompt"] += "\n" + "".join(tags)
+
+
+def _addnet_installed() -> bool:
+    from modules import scripts
+
+    runner = getattr(scripts, "scripts_txt2img", None)
+    return "AddNet Module 1" in [field[1] for field in getattr(runner, "infotext_fields", None) or ()]
 
 
 def ui_tabs() -> list[Any]:

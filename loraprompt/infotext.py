@@ -8,6 +8,7 @@ pairs joined by `, `; a value holding `,`, `:` or a newline is JSON-quoted, as A
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,9 @@ _PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
 # A1111 remaps names by `<lora:NAME:` when pasting (lora_script.infotext_pasted).
 _LORA_NAME = re.compile(r"<lora:([^:]+):")
+# kohya's sd-webui-additional-networks writes `AddNet Model N: name(0123456789ab)` (the LoRA hash A1111 uses)
+_ADDNET_MODEL = re.compile(r"^(.*?)\s*\(([0-9a-fA-F]{6,64})\)\s*$")
+_ADDNET_KEY = re.compile(r"^AddNet Model (\d+)$")
 NEGATIVE_PREFIX = "Negative prompt:"
 
 
@@ -178,3 +182,35 @@ def remap_lora_names(prompt: str, lora_hashes: Mapping[str, str], lookup: Callab
         return f"<lora:{local}:" if local else match.group(0)
 
     return _LORA_NAME.sub(rename, prompt)
+
+
+def addnet_tags(fields: Mapping[str, str], lookup: Callable[[str], str | None] | None = None) -> list[str]:
+    """The `<lora:...>` tags of the fields kohya's sd-webui-additional-networks wrote (`AddNet
+    Module N: LoRA`, `AddNet Model N: name(hash)`, `AddNet Weight A N` for the UNet and `B N` for
+    the text encoder), as A1111's built-in Lora adds them to a pasted prompt (networks.infotext_pasted),
+    and beyond it: the text-encoder weight is kept where it differs, and the name is the local file's
+    that has that hash (`lookup`). An entry whose weight is not a finite number gives no tag."""
+    from loraprompt.syntax import LoraActivation, format_activation
+
+    def weight(key: str, default: str | None) -> float | None:
+        text = fields.get(key, default)
+        try:
+            value = float(text) if text is not None else None
+        except ValueError:
+            return None
+        return value if value is not None and math.isfinite(value) else None
+
+    tags: list[str] = []
+    for key in fields:
+        number = _ADDNET_KEY.match(key)
+        if number is None or fields.get(f"AddNet Module {number[1]}", "").strip() != "LoRA":
+            continue
+        model = fields[key].strip()
+        found = _ADDNET_MODEL.match(model)
+        name, short = (found[1], found[2].lower()) if found else (model, None)
+        name = (lookup(short) if lookup and short else None) or name
+        unet = weight(f"AddNet Weight A {number[1]}", "1.0")
+        te = weight(f"AddNet Weight B {number[1]}", None)
+        if name and unet is not None:
+            tags.append(format_activation(LoraActivation(name, te=unet if te is None else te, unet=unet)))
+    return tags

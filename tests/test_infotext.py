@@ -136,3 +136,18 @@ def test_infotext_loras_pairs_tags_with_hashes() -> None:
         ("detail_tweaker", 0.8, "0123456789ab"),
         ("add,style", 0.5, "ba9876543210"),
     ]
+
+
+def test_addnet_tags_follow_a1111s_paste_of_additional_networks_fields() -> None:
+    """networks.infotext_pasted (A1111 v1.10.1): module LoRA only, `name(hash)` cut to the name,
+    Weight A (UNet) with a default of 1.0; here also Weight B (text encoder) where it differs, the
+    name a lookup gives for the hash, and no tag for a weight that is not a number."""
+    from loraprompt.infotext import addnet_tags
+
+    fields = parse_infotext(
+        "x\nSteps: 1, AddNet Module 2: LoRA, AddNet Model 2: my lora v2 (ABCDEF012345), AddNet Module 1: LoRA, "
+        "AddNet Model 1: plain, AddNet Weight A 1: -0.5, AddNet Module 3: LoRA, AddNet Model 3: bad(123456789abc), "
+        "AddNet Weight A 3: x, AddNet Module 4: LyCORIS, AddNet Model 4: loha(1234567890ab)")
+    assert addnet_tags(fields) == ["<lora:my lora v2:1>", "<lora:plain:-0.5>"]  # in the order the fields come
+    assert addnet_tags(fields, {"abcdef012345": "mine"}.get) == ["<lora:mine:1>", "<lora:plain:-0.5>"]
+    assert addnet_tags(parse_infotext("x\nSteps: 1")) == []

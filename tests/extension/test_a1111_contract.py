@@ -90,3 +90,40 @@ def test_a_refreshed_card_keeps_its_tag_name_warning(webui: Webui) -> None:
     assert item["description"].startswith("\u26a0 The name style: ink contains :") and item["description"].endswith("\nmy notes")
     page.read_user_metadata(item)  # said once, however often it is read
     assert item["description"] == listed["description"]
+
+
+def test_pasted_additional_networks_fields_become_tags_without_the_builtin(webui: Webui) -> None:
+    """The built-in Lora turns kohya's Additional Networks infotext (`AddNet Model 1: name(hash)`,
+    `AddNet Weight A 1` UNet, `B 1` text encoder) into `<lora:...>` tags on paste
+    (extensions-builtin/Lora/networks.py:694-722, registered by lora_script.py:32); with it disabled
+    and loraprompt handling tags, older images' LoRAs were lost on paste. Now the same happens, with
+    the local name of a known hash (as `Lora hashes` pastes do) and the text-encoder weight kept,
+    unless that extension, which pastes its own fields, is installed (networks.py:695)."""
+    from loraprompt.infotext import parse_lora_hashes
+
+    started(webui)
+    result = webui.generate("<lora:style:1>")  # A1111 maps only hashes it knows already
+    short = parse_lora_hashes(result.extra_generation_params["Lora hashes"])["style"]
+    infotext = (f"a cat\nSteps: 4, Seed: 1, AddNet Enabled: True, AddNet Module 1: LoRA, AddNet Model 1: "
+                f"theirStyle({short}), AddNet Weight A 1: 0.8, AddNet Weight B 1: 0.5, AddNet Module 2: LoRA, "
+                "AddNet Model 2: elsewhere(0123456789ab), AddNet Weight A 2: 0.7, AddNet Weight B 2: 0.7, "
+                "AddNet Module 3: LyCORIS, AddNet Model 3: other(abcdef012345), AddNet Weight A 3: 1")
+    paste = importlib.import_module("modules.infotext_utils").paste
+    assert paste(infotext)["Prompt"] == "a cat\n<lora:style:0.5:0.8><lora:elsewhere:0.7>"
+    scripts = importlib.import_module("modules.scripts")
+    scripts.scripts_txt2img = scripts.ScriptRunner()
+    try:
+        scripts.scripts_txt2img.infotext_fields.append((None, "AddNet Module 1"))  # the extension's own UI
+        assert paste(infotext)["Prompt"] == "a cat"
+    finally:
+        scripts.scripts_txt2img = None
+
+
+def test_with_the_builtin_enabled_its_own_paste_adds_the_additional_networks_tags(webui: Webui) -> None:
+    """The enabled built-in adds those tags itself (networks.py:694-722): loraprompt adds none, so
+    a paste never gets them twice (the stand-in of the built-in does not paste: the prompt stays)."""
+    webui.enable_builtin()
+    started(webui)
+    infotext = ("a cat\nSteps: 4, AddNet Enabled: True, AddNet Module 1: LoRA, AddNet Model 1: style(0123456789ab), "
+                "AddNet Weight A 1: 0.8, AddNet Weight B 1: 0.8")
+    assert importlib.import_module("modules.infotext_utils").paste(infotext)["Prompt"] == "a cat"

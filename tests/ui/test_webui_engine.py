@@ -155,6 +155,21 @@ def test_paste_values_fill_fields_and_remap_by_hash(engine: Txt2Img) -> None:
     assert all(isinstance(v, dict) and v.get("__type__") == "update" and "value" not in v for v in (steps, cfg, seed))
 
 
+def test_pasted_additional_networks_fields_become_tags(engine: Txt2Img) -> None:
+    """An older image made with kohya's Additional Networks extension names its LoRAs in `AddNet
+    Model 1: name(hash)` fields, not tags: the paste adds them as tags (A1111's built-in does,
+    networks.infotext_pasted), under the local name of that hash, keeping the text-encoder weight
+    (`Weight B`) where it differs from the UNet's (`Weight A`); a LyCORIS module is left out, as there."""
+    short = file_hashes(Path(engine.library.roots[0]) / "demo_warm.safetensors")["a1111_short"]
+    text = (f"a cat\nSteps: 9, Seed: 4, Size: 64x64, AddNet Enabled: True, AddNet Module 1: LoRA, AddNet Model 1: "
+            f"warm_v1({short}), AddNet Weight A 1: 0.8, AddNet Weight B 1: 0.5, AddNet Module 2: LoRA, AddNet Model 2: "
+            "gone(0123456789ab), AddNet Weight A 2: 0.6, AddNet Weight B 2: 0.6, AddNet Module 3: LyCORIS, "
+            "AddNet Model 3: x(abcdef012345), AddNet Weight A 3: nan")
+    prompt = paste_values(text, engine.library)[0]
+    assert prompt == "a cat\n<lora:demo_warm:0.5:0.8><lora:gone:0.6>"
+    assert [(a.name, a.te, a.unet) for a in loraprompt.parse(prompt).loras] == [("demo_warm", 0.5, 0.8), ("gone", 0.6, 0.6)]
+
+
 def test_app_builds_with_demo_notice_and_gallery(engine: Txt2Img) -> None:
     blocks, gallery = build_app(engine)
     config = blocks.get_config_file()

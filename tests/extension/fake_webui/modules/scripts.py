@@ -20,6 +20,7 @@ class ScriptRunner:
 
     def __init__(self):
         self.alwayson_scripts = []
+        self.infotext_fields = []  # (component, infotext key) of the loaded scripts' UIs
 
     def load_module(self, module):
         for value in vars(module).values():
@@ -37,3 +38,6 @@ class ScriptRunner:
 
     def after_extra_networks_activate(self, p, **kwargs):
         pass
+
+
+scripts_txt2img = None  # a ScriptRunner once A1111 made its script runners (scripts.py:1028)
