@@ -214,3 +214,12 @@ def addnet_tags(fields: Mapping[str, str], lookup: Callable[[str], str | None] |
         if name and unet is not None:
             tags.append(format_activation(LoraActivation(name, te=unet if te is None else te, unet=unet)))
     return tags
+
+
+def pasted_prompt(fields: Mapping[str, str], lookup: Callable[[str], str | None]) -> str:
+    """The prompt A1111 (built-in Lora enabled) makes of a pasted infotext's parsed `fields`: each
+    `<lora:NAME:` renamed to the local file `lookup` gives for its `Lora hashes` entry
+    (lora_script.infotext_pasted) and the Additional Networks LoRAs added as tags (`addnet_tags`)."""
+    prompt = remap_lora_names(fields.get("Prompt", ""), parse_lora_hashes(fields.get("Lora hashes", "")), lookup)
+    tags = addnet_tags(fields, lookup)
+    return prompt + "\n" + "".join(tags) if tags else prompt

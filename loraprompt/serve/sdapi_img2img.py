@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field
 
-from loraprompt.infotext import parse_infotext
+from loraprompt.infotext import parse_infotext, pasted_prompt
 from loraprompt.serve.errors import ServeError, invalid
 from loraprompt.serve.jobs import ImageTask
 from loraprompt.serve.sdapi import (
@@ -161,9 +161,19 @@ def add_routes(router: Any, service: Service) -> None:
     def png_info(body: PngInfoBody) -> dict[str, Any]:
         """A1111's answer: `info` the infotext ("" when the image has none; a JPEG's or WebP's is
         its EXIF UserComment), `items` the image's other text chunks, `parameters` the infotext's
-        fields."""
+        fields after the paste callbacks A1111 runs on them (modules/api/api.py:597-598): the
+        prompt's LoRAs renamed to local files by known hash, Additional Networks fields as tags."""
         info, items = read_image(image_bytes(body.image, ("image",)), ("image",), image_infotext)
-        return {"info": info, "items": items, "parameters": parse_infotext(info) if info.strip() else {}}
+        if not info.strip():
+            return {"info": info, "items": items, "parameters": {}}
+        fields = parse_infotext(info)
+        library = service.library
+
+        def known(short: str) -> str | None:  # hashes already known, as A1111: a request never hashes the library
+            found = library.find_by_hash(short, compute=False)
+            return library.display_name(found[0]) if found else None
+
+        return {"info": info, "items": items, "parameters": {**fields, "Prompt": pasted_prompt(fields, known)}}
 
     @router.post("/sdapi/v1/img2img")
     def img2img(body: Img2ImgBody) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from loraprompt.infotext import addnet_tags, parse_infotext, parse_lora_hashes, remap_lora_names
+from loraprompt.infotext import parse_infotext, pasted_prompt
 from loraprompt.models.samplers import SAMPLER_LABELS
 from loraprompt.ui.hires import HIRES_UPSCALERS
 
@@ -29,11 +29,7 @@ def paste_values(text: str, library: Any, labels: Sequence[str] = SAMPLER_LABELS
     import gradio as gr
 
     fields = parse_infotext(text)
-    lookup = hash_lookup(library)
-    prompt = remap_lora_names(fields["Prompt"], parse_lora_hashes(fields.get("Lora hashes", "")), lookup)
-    tags = addnet_tags(fields, lookup)  # an older image's Additional Networks LoRAs, as A1111's built-in pastes them
-    if tags:
-        prompt += "\n" + "".join(tags)
+    prompt = pasted_prompt(fields, hash_lookup(library))
     label = " ".join(x for x in (fields.get("Sampler"), fields.get("Schedule type")) if x)
     if label not in labels:
         label = fields.get("Sampler", "")

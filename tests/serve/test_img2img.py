@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import time
 from typing import Any
 
 import numpy as np
@@ -134,6 +136,33 @@ def test_webuiapi_png_info_reads_the_infotext_of_a_generated_image(served: Serve
     assert plain.status_code == 200 and plain.json() == {"info": "", "items": {}, "parameters": {}}
     bad = requests.post(f"{served.url}/sdapi/v1/png-info", json={"image": "!!"}, timeout=30)
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "image"]
+
+
+def test_png_info_parameters_are_pasted_as_a1111_pastes_them(served: Served) -> None:
+    """A1111's /sdapi/v1/png-info runs the infotext_pasted callbacks on `parameters`
+    (modules/api/api.py:597-598): with its built-in Lora, a tag named otherwise in someone else's
+    image gets the local name of its known hash, and Additional Networks fields become tags. Here
+    `parameters` was the bare parse. An unknown hash leaves the name, and nothing is hashed for it."""
+    from PIL.PngImagePlugin import PngInfo
+
+    library = served.service.library
+    entry = next(e for e in library.entries if e.name == "demo_warm")
+    past = time.time() - 3600  # a file written seconds ago is not trusted in the cache (racy): an older one is
+    os.utime(entry.path, (past, past))
+    library.refresh()
+    entry = next(e for e in library.entries if e.name == "demo_warm")
+    short = library.hashes(entry)["a1111_short"]  # known, as after one generation with it
+    text = (f"a cat <lora:theirs:0.8>, <lora:unknown:1>\nSteps: 3, Seed: 1, Lora hashes: \"theirs: {short}, "
+            f"unknown: 0123456789ab\", AddNet Module 1: LoRA, AddNet Model 1: warm({short}), AddNet Weight A 1: 0.5")
+    meta = PngInfo()
+    meta.add_text("parameters", text)
+    out = io.BytesIO()
+    picture((5, 5, 5)).save(out, "PNG", pnginfo=meta)
+    r = requests.post(f"{served.url}/sdapi/v1/png-info", json={"image": base64.b64encode(out.getvalue()).decode()}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["info"] == text
+    assert r.json()["parameters"]["Prompt"] == "a cat <lora:demo_warm:0.8>, <lora:unknown:1>\n<lora:demo_warm:0.5>"
+    assert r.json()["parameters"]["Seed"] == "1"
 
 
 def test_mime_wrapped_base64_is_read_as_a1111_reads_it(served: Served) -> None:
