@@ -345,8 +345,14 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
         png.upload(png_infotext, [png], [pasted])
         # txt2img's paste: its own fields, and img2img's denoising strength (where A1111 keeps it)
         # and the Hires. fix accordion opens when the paste turns hires fix on (it would hide that)
-        paste.click(lambda t: (*paste_values(t, engine.library, labels()), *(extras := paste_extras(t)),
-                               gr.Accordion(open=True) if extras[0] is True else gr.update()), [pasted],
+        def apply_paste(t: str) -> tuple[Any, ...]:
+            if not (t or "").strip():  # "" is a prompt without parameters: it would empty both prompts
+                raise user_error("Nothing to apply: paste generation parameters (or drop a PNG) in the box first")
+            extras = paste_extras(t)
+            return (*paste_values(t, engine.library, labels()), *extras,
+                    gr.Accordion(open=True) if extras[0] is True else gr.update())
+
+        paste.click(apply_paste, [pasted],
                     [*(txt.fields[k] for k in API_FIELDS), *(txt.fields[k] if k in txt.fields else i2i.fields[k] for k in PASTE_EXTRAS),
                      hires_box])
     return app, gallery

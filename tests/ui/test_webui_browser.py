@@ -131,3 +131,17 @@ def test_interrupt_button_stops_a_long_generation(ui_page: Any) -> None:
     panel = page.locator("#lp-diagnostics").inner_text()
     match = re.search(r"interrupted after step (\d+) of 150", panel)
     assert match is not None and int(match.group(1)) < 150, panel
+
+
+def test_applying_an_empty_paste_box_keeps_the_prompt_and_says_why(ui_page: Any) -> None:
+    """Found by a user pass: "Apply to the fields" with nothing pasted emptied the prompt and the
+    negative prompt without a word (a text without parameters is a prompt, and "" was taken as one)."""
+    page = ui_page
+    page.locator("#lp-prompt textarea").fill("a prompt I spent an hour on")
+    page.locator("#lp-negative textarea").fill("blurry")
+    page.get_by_text("Paste generation parameters").click()
+    page.locator("#lp-paste-text textarea").fill("  \n")
+    page.locator("#lp-paste").click()
+    page.get_by_text("Nothing to apply").first.wait_for(timeout=10_000)
+    assert page.locator("#lp-prompt textarea").input_value() == "a prompt I spent an hour on"
+    assert page.locator("#lp-negative textarea").input_value() == "blurry"
