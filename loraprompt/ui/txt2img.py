@@ -126,8 +126,8 @@ def _check(request: Txt2ImgRequest) -> None:
         raise ValueError(f"batch size must be between 1 and {MAX_BATCH_SIZE}, not {request.batch_size}")
     if int(request.steps) < 1:
         raise ValueError(f"steps must be at least 1, not {request.steps}")
-    if int(request.width) < 8 or int(request.height) < 8:
-        raise ValueError(f"width and height must be at least 8, not {request.width}x{request.height}")
+    if min(int(request.width), int(request.height)) < 8 or (int(request.width) | int(request.height)) % 8:  # the VAE's factor
+        raise ValueError(f"width and height must be multiples of 8 (at least 8), not {request.width}x{request.height}")
     if request.init_image is not None:
         resize_mode(request.resize_mode)
         if not 0.0 < float(request.denoising_strength) <= 1.0:

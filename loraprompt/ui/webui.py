@@ -288,8 +288,8 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
             if not images or not infotext or not images[0].resolve().is_relative_to(outputs_dir):
                 raise user_error("Generate an image first: Send to img2img sends the txt2img result")
             values = list(paste_values(infotext, engine.library, labels()))
-            with Image.open(images[0]) as sent:  # the image's own size, as A1111 sends it ("Size" is the first pass's)
-                values[4], values[5] = sent.width, sent.height
+            with Image.open(images[0]) as sent:  # the image's own size, as A1111 sends it ("Size" is the first pass's),
+                values[4], values[5] = (max(8, round(side / 8) * 8) for side in sent.size)  # to the sliders' 8
             return (str(images[0]), *values, gr.Tabs(selected="img2img"))
 
         current = [model.name]

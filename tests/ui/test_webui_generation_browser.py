@@ -210,6 +210,37 @@ def test_send_to_img2img_takes_the_size_of_a_hires_image(page: Any) -> None:
     assert page.locator("#lp-i2i-height input[type=number]").input_value() == "128"
 
 
+def test_sizes_that_are_not_multiples_of_8_never_give_an_image_of_another_size(page: Any) -> None:
+    """Found in a browser pass: Send to img2img under an X/Y grid put the grid's own size (220x149)
+    in img2img, which made a 216x144 image whose infotext said 220x149; txt2img at 100 wide showed
+    diffusers' raw message. Sizes move by 8 (the VAE's factor), as A1111's sliders do."""
+    _small(page, "an odd grid")
+    page.get_by_text("X/Y strength grid").click()
+    _text(page, "lp-xy-weights", "0, 1")
+    _text(page, "lp-xy-seeds", "1, 2")
+    page.locator("#lp-xy-generate").click()
+    page.wait_for_function("() => document.querySelector('#lp-saved textarea').value.includes('txt2img-grids')",
+                           timeout=240_000)
+    with Image.open(_saved(page)[0]) as grid:
+        size = grid.size
+    assert size[0] % 8 or size[1] % 8, size  # the labelled grid is not a multiple of 8
+    page.locator("#lp-send-to-img2img").click()
+    page.locator("#lp-i2i-init-image img").wait_for(timeout=30_000)
+    page.wait_for_function("() => document.querySelector('#lp-i2i-width input[type=number]').value !== '64'",
+                           timeout=10_000)
+    width = int(page.locator("#lp-i2i-width input[type=number]").input_value())
+    height = int(page.locator("#lp-i2i-height input[type=number]").input_value())
+    assert width % 8 == 0 and height % 8 == 0 and abs(width - size[0]) < 8 and abs(height - size[1]) < 8
+    page.locator("#lp-i2i-generate").click()
+    fields = _wait_for_infotext(page, "Denoising strength", "lp-i2i-infotext")
+    with Image.open(_saved(page, "lp-i2i-saved")[0]) as png:
+        assert png.size == (int(fields["Size-1"]), int(fields["Size-2"]))
+    page.get_by_role("tab", name="txt2img").click()
+    _number(page, "lp-width", 100)
+    page.locator("#lp-generate").click()
+    page.get_by_text("width and height must be multiples of 8").first.wait_for(timeout=30_000)
+
+
 def test_xy_strength_grid_is_one_labelled_image(page: Any) -> None:
     _small(page, "a lighthouse <lora:demo_warm:1>")
     page.get_by_text("X/Y strength grid").click()
