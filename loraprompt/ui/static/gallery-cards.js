@@ -112,6 +112,11 @@
       const name = el("div", "lp-name", c.name);
       const trig = el("div", "lp-triggers");
       for (const w of c.triggers) trig.appendChild(el("span", "lp-chip", w));
+      if (c.error) { // a file the reader refuses: its tag would only fail at Generate
+        card.classList.add("lp-broken");
+        card.title += "\nCannot be used: " + c.error;
+        trig.appendChild(el("span", "lp-problem", "⚠ " + c.error));
+      }
       const strengths = el("div", "lp-strengths");
       const s = this.strengths.get(c.id);
       for (const part of ["te", "unet"]) {
