@@ -64,6 +64,7 @@ class TrainJob:
     rate: float = 0.0
     eta: float = 0.0
     stopping: bool = False  # Stop was pressed
+    resumed_at: int | None = None  # the step a resumed run went on from
 
     def start(self) -> None:
         ctx = mp.get_context("spawn")
@@ -94,6 +95,7 @@ class TrainJob:
     def _event(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "start":
             self.status, self.steps = "training", int(data["steps"])
+            self.resumed_at = int(data.get("step") or 0) or None
         elif kind == "step":
             self.losses.append((int(data["step"]), float(data["loss"])))
             self.rate, self.eta = float(data["steps_per_s"]), float(data["eta_s"])
@@ -114,7 +116,7 @@ class TrainJob:
             os.kill(self.process.pid, signal.SIGINT)
 
     def summary(self) -> str:
-        lines = [f"**{self.name}**: {self.status}"]
+        lines = [f"**{self.name}**: {self.status}" + (f" (resumed at step {self.resumed_at})" if self.resumed_at else "")]
         if self.losses:
             step, loss = self.losses[-1]
             lines.append(f"step {step}/{self.steps} · loss {loss:.4f} · {self.rate:.2f} steps/s · "
@@ -122,8 +124,8 @@ class TrainJob:
         if self.output:
             lines.append(f"saved `{self.output}`: it is in the LoRA gallery as `<lora:{self.name}:1>`"
                          f" (activation text `{self.config['token']}`)")
-        if self.message:
-            lines.append(self.message)
+        if self.message:  # the trainer's hint names the CLI's --resume: here it is a button
+            lines.append(self.message.replace("resume with --resume", "press Resume (same name) to go on; state in"))
         if self.skipped:
             lines.append("skipped: " + "; ".join(self.skipped[:5]))
         return "\n\n".join(lines)
@@ -149,8 +151,7 @@ class TrainJobs:
         if not NAME.match(name):
             raise TrainError("give the LoRA a name: letters, digits, spaces, . ( ) + - (up to 100)")
         with self._lock:
-            if self.job is not None and self.job.running:
-                raise TrainError(f"{self.job.name} is still training; stop it first")
+            self._check_idle()
             output = self.lora_dir / f"{name}.safetensors"
             if output.exists() and not knobs.get("force"):
                 raise TrainError(f"{output.name} exists in the LoRA folder; pick another name or tick Replace")
@@ -158,9 +159,33 @@ class TrainJobs:
             images = self._images(job_dir, files or [], folder)
             config = TrainConfig(images=str(images), output=str(output), checkpoint=self.checkpoint,
                                  state_dir=str(job_dir / "state"), **knobs)
-            self.job = TrainJob(name, config.to_dict())
-            self.job.start()
-            return self.job
+            return self._launch(name, config.to_dict())
+
+    def resume(self, name: str) -> TrainJob:
+        """Go on with the stopped (or failed) run of `name` from its saved state, with that run's
+        own settings and images, as `loraprompt train --resume` does."""
+        from loraprompt.train import TrainConfig, TrainError
+        from loraprompt.train.trainer import STATE_FILE, read_state
+
+        name = (name or "").strip()
+        state = self.work_dir / name / "state"
+        if not NAME.match(name) or not (state / STATE_FILE).is_file():
+            raise TrainError(f"no stopped run named {name!r} to resume (Stop saves one once a step has run)")
+        with self._lock:
+            self._check_idle()
+            saved = read_state(state)["config"]
+            return self._launch(name, TrainConfig.from_dict({**saved, "resume": str(state)}).to_dict())
+
+    def _check_idle(self) -> None:
+        from loraprompt.train import TrainError
+
+        if self.job is not None and self.job.running:
+            raise TrainError(f"{self.job.name} is still training; stop it first")
+
+    def _launch(self, name: str, config: dict[str, Any]) -> TrainJob:
+        self.job = TrainJob(name, config)
+        self.job.start()
+        return self.job
 
     def _images(self, job_dir: Path, files: list[str], folder: str) -> Path:
         from loraprompt.train import TrainError
@@ -254,6 +279,7 @@ def build_train_tab(trainer: TrainJobs) -> Any:
                 with gr.Row():
                     start = gr.Button("Start training", variant="primary", elem_id="lp-train-start")
                     stop = gr.Button("Stop (saves a resumable state)", elem_id="lp-train-stop")
+                    resume = gr.Button("Resume the stopped run of this name", elem_id="lp-train-resume")
             with gr.Column(scale=2):
                 status = gr.Markdown("No training yet.", elem_id="lp-train-status")
                 plot = gr.LinePlot(_plot_value(None), x="step", y="loss", title="Training loss",
@@ -267,6 +293,12 @@ def build_train_tab(trainer: TrainJobs) -> Any:
                 raise user_error(str(exc)) from exc
             return job.summary()
 
+        def go_on(nm: str) -> str:
+            try:
+                return trainer.resume(nm).summary()
+            except TrainError as exc:
+                raise user_error(str(exc)) from exc
+
         def refresh() -> tuple[str, Any, list[str]]:
             job = trainer.poll()
             if job is None:
@@ -276,6 +308,7 @@ def build_train_tab(trainer: TrainJobs) -> Any:
         start.click(begin, [files, folder, name, task, token, pivotal, steps, rank, lr, resolution, train_te,
                             sample_every, force], [status])
         stop.click(lambda: trainer.job.stop() if trainer.job else None, None, None, queue=False)
+        resume.click(go_on, [name], [status])
         timer = gr.Timer(1.0)
         timer.tick(refresh, None, [status, plot, samples], queue=False)
     return tab

@@ -49,3 +49,31 @@ def test_train_tab_trains_in_a_worker_and_the_lora_reaches_the_gallery(browser: 
     with safe_open(str(lora), "pt") as f:
         assert f.metadata()["ss_max_train_steps"] == "4"
     assert (lora.with_suffix(".json")).exists() and lora.with_name("tab_trained.preview.png").exists()
+
+
+def test_a_stopped_run_resumes_from_its_step_in_the_tab(browser: Any, webui: WebUI, tmp_path: Path) -> None:
+    """Found in a browser pass: Stop says it "saves a resumable state", but the tab had no way to
+    resume it (its message named the CLI's --resume), and Start with the same name began at step 0."""
+    images = write_images(tmp_path / "photos", count=3)
+    with open_page(browser, webui.url, "#lp-prompt textarea", "webui_train_resume.png", viewport=(1400, 1100)) as page:
+        page.get_by_role("tab", name="Train").click()
+        page.locator("#lp-train-files input[type=file]").set_input_files([str(p) for p in sorted(images.iterdir())])
+        page.locator("#lp-train-name textarea, #lp-train-name input").first.fill("resumed")
+        for field, value in (("steps", "200"), ("rank", "4"), ("resolution", "64"), ("sample-every", "0")):
+            page.locator(f"#lp-train-{field} input").first.fill(value)
+        page.locator("#lp-train-start").click()
+        status = page.locator("#lp-train-status")
+        page.wait_for_function("() => /step [0-9]+\\/200/.test(document.querySelector('#lp-train-status').innerText)",
+                               timeout=180_000)
+        page.locator("#lp-train-stop").click()
+        page.wait_for_function("() => document.querySelector('#lp-train-status').innerText.includes(': stopped')",
+                               timeout=120_000)
+        stopped = int(status.inner_text().split("interrupted at step ")[1].split(";")[0])
+        assert stopped > 0 and "Resume" in status.inner_text()
+        page.locator("#lp-train-steps input").first.fill("5")  # the saved run's settings win, as --resume's
+        page.locator("#lp-train-resume").click()
+        page.wait_for_function("() => document.querySelector('#lp-train-status').innerText.includes(': done')",
+                               timeout=300_000)
+        assert f"resumed at step {stopped}" in status.inner_text() and "step 200/200" in status.inner_text()
+    with safe_open(str(webui.data_dir / "models" / "Lora" / "resumed.safetensors"), "pt") as f:
+        assert f.metadata()["ss_max_train_steps"] == "200"
