@@ -88,6 +88,11 @@ def _conditioning(pipe: Any, chunks: dict[str, list[Chunk]], count: int, clip_sk
     sdxl = getattr(pipe, "text_encoder_2", None) is not None
     towers = [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")] if sdxl else [("tokenizer", "text_encoder")]
     layers = sdxl_layers(clip_skip) if sdxl else [clip_skip]
+    for (_, enc_name), layer in zip(towers, layers):  # else an IndexError from deep in the encoder
+        depth = getattr(getattr(pipe, enc_name).config, "num_hidden_layers", layer)
+        if layer > depth + 1:  # depth + 1: the embeddings, hidden_states[0]
+            raise ValueError(f"clip skip {clip_skip} is deeper than the {depth} layers of {enc_name} allow: "
+                             f"set 1 to {depth + 1}")
     parts, pooled = [], None
     for i in range(count):
         per_tower = []
