@@ -155,6 +155,7 @@ class TrainJobs:
             output = self.lora_dir / f"{name}.safetensors"
             if output.exists() and not knobs.get("force"):
                 raise TrainError(f"{output.name} exists in the LoRA folder; pick another name or tick Replace")
+            self._check_name_free(name, output)
             job_dir = self.work_dir / name
             images = self._images(job_dir, files or [], folder)
             config = TrainConfig(images=str(images), output=str(output), checkpoint=self.checkpoint,
@@ -175,6 +176,15 @@ class TrainJobs:
             self._check_idle()
             saved = read_state(state)["config"]
             return self._launch(name, TrainConfig.from_dict({**saved, "resume": str(state)}).to_dict())
+
+    def _check_name_free(self, name: str, output: Path) -> None:
+        """TrainError when `<lora:name>` would apply another file (one in a subfolder, or an alias)."""
+        from loraprompt.train import TrainError
+
+        found = self.library.resolve(name).entry if self.library is not None else None
+        if found is not None and Path(found.path).resolve() != output.resolve():
+            raise TrainError(f"{found.relpath} is already named {name}: <lora:{name}> would apply it, not the "
+                             "new LoRA; pick another name")
 
     def _check_idle(self) -> None:
         from loraprompt.train import TrainError

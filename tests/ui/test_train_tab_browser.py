@@ -77,3 +77,19 @@ def test_a_stopped_run_resumes_from_its_step_in_the_tab(browser: Any, webui: Web
         assert f"resumed at step {stopped}" in status.inner_text() and "step 200/200" in status.inner_text()
     with safe_open(str(webui.data_dir / "models" / "Lora" / "resumed.safetensors"), "pt") as f:
         assert f.metadata()["ss_max_train_steps"] == "200"
+
+
+def test_a_name_another_lora_in_a_subfolder_has_is_refused_before_training(browser: Any, webui: WebUI,
+                                                                         tmp_path: Path) -> None:
+    """Found in a browser pass: training "demo_neon" (the demo has styles/demo_neon.safetensors)
+    wrote Lora/demo_neon.safetensors and said "it is in the LoRA gallery as <lora:demo_neon:1>", but
+    that tag applies styles/demo_neon, as A1111 resolves it; the new LoRA needed another tag."""
+    images = write_images(tmp_path / "photos", count=2)
+    with open_page(browser, webui.url, "#lp-prompt textarea", "webui_train_taken_name.png", viewport=(1400, 1100)) as page:
+        page.get_by_role("tab", name="Train").click()
+        page.locator("#lp-train-files input[type=file]").set_input_files([str(p) for p in sorted(images.iterdir())])
+        page.locator("#lp-train-name textarea, #lp-train-name input").first.fill("demo_neon")
+        page.locator("#lp-train-start").click()
+        page.get_by_text("styles/demo_neon.safetensors is already named demo_neon").first.wait_for(timeout=30_000)
+        assert "No training yet." in page.locator("#lp-train-status").inner_text()  # no job started
+    assert not (webui.data_dir / "models" / "Lora" / "demo_neon.safetensors").exists()
