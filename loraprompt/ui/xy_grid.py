@@ -114,10 +114,12 @@ def _file_of(library: Any, name: str, hash: str | None = None) -> str | None:
 
 
 def axis_choices(library: Any, current: tuple[str | None, str | None] = (None, None)) -> tuple[list[str], str | None, str | None]:
-    """The LoRA names the axes' dropdowns list (the library's current entries) and their values:
-    `current` where set, else the first name for the rows and a different one for the columns (the
-    same LoRA on both axes makes identical rows), None when there is none to choose."""
-    names = sorted({library.display_name(e) for e in library.entries}, key=lambda n: (n.casefold(), n))
+    """The LoRA names the axes' dropdowns list (the library's current entries that can be loaded:
+    not broken, not offline) and their values: `current` where set, else the first name for the rows
+    and a different one for the columns (the same LoRA on both axes makes identical rows), None when
+    there is none to choose."""
+    usable = (e for e in library.entries if not e.error and not e.offline)
+    names = sorted({library.display_name(e) for e in usable}, key=lambda n: (n.casefold(), n))
     rows = current[0] or (names[0] if names else None)
     columns = current[1] or next((n for n in names if n != rows), None)
     return names, rows, columns

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +214,14 @@ def test_xy_dropdowns_follow_the_library_and_default_to_two_loras(engine: Txt2Im
         # a set axis gets no value: a LoRA picked while the refresh runs stays (CI saw the grid of the
         # default LoRA when the expand's answer came after the test's pick)
         assert "value" not in rows and columns["value"] not in ("", None, "demo_warm")
+    # a file that cannot be loaded is not offered: picking it drew a grid where it was never applied
+    (lora_dir / "cut_short.safetensors").write_bytes((lora_dir / "demo_warm.safetensors").read_bytes()[:100])
+    past = time.time() - 60
+    os.utime(lora_dir / "cut_short.safetensors", (past, past))  # settled, so listed as broken, not pending
+    rows, _ = handlers["load"]("demo_warm", "")
+    assert any(e.name == "cut_short" and e.error for e in library.entries)
+    assert "cut_short" not in [c[0] if isinstance(c, (list, tuple)) else c for c in rows["choices"]]
+    assert "added_later" in [c[0] if isinstance(c, (list, tuple)) else c for c in rows["choices"]]
 
 
 def test_cli_refuses_missing_lora_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
