@@ -13,7 +13,7 @@ from loraprompt.serve.errors import ServeError, invalid
 from loraprompt.serve.jobs import ImageTask, Job, ModelQueue
 from loraprompt.serve.loras import DEFAULT_MAX_DOWNLOAD_MB, DEFAULT_TIMEOUT_S, LoraSources, PinnedLibrary
 
-MAX_SEED = 2**32 - 1
+MAX_SEED, SEED_SPAN = 2**32 - 1, 2**64  # a random seed's range (A1111's), and every seed torch's generator takes
 MAX_CLIP_SKIP = 12  # A1111's CLIP_stop_at_last_layers setting goes from 1 to 12
 
 
@@ -204,9 +204,10 @@ class Service:
 
     @staticmethod
     def seeds(seed: int | None, count: int) -> list[int]:
-        """A1111's seeds for a batch: `seed + i` (a random start for None or -1), wrapped to 32 bits."""
+        """A1111's seeds for a batch: `seed + i` (a random start below 2**32 for None or -1); A1111
+        does not wrap them (processing.py:904), so only past torch's 64 bits do they wrap."""
         start = random.randint(0, MAX_SEED) if seed is None or seed < 0 else int(seed)
-        return [(start + i) % (MAX_SEED + 1) for i in range(count)]
+        return [(start + i) % SEED_SPAN for i in range(count)]
 
     def run(self, tasks: list[ImageTask], *, keep: bool = False, job_id: str | None = None) -> Job:
         """Queue the tasks as one job."""

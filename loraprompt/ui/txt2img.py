@@ -42,7 +42,7 @@ from loraprompt.ui.outputs import infotext_extra, save_png
 from loraprompt.ui.progress import Progress, StepCallback
 from loraprompt.ui.txt2img_prompt import Conditioning
 
-MAX_SEED = 2**32 - 1
+MAX_SEED, SEED_SPAN = 2**32 - 1, 2**64  # a random seed's range (A1111's), and every seed torch's generator takes
 
 
 @dataclass
@@ -264,7 +264,7 @@ class Txt2Img:
             for n in range(count):
                 if n and self._interrupted.is_set():
                     break
-                seeds = [(seed + n * size + i) % (MAX_SEED + 1) for i in range(size)]
+                seeds = [(seed + n * size + i) % SEED_SPAN for i in range(size)]
                 images, used, notes = self._batch(request, seeds, init, progress)
                 pictures.extend(zip(images, seeds))
                 for a in used:

@@ -84,6 +84,15 @@ def test_webuiapi_batch_gets_a1111_seeds_and_the_lora_changes_the_image(served: 
     assert "Lora hashes" not in plain.info["infotexts"][0]
 
 
+def test_seeds_past_32_bits_are_used_as_given(served: Served) -> None:
+    """A1111 does not wrap seeds (processing.py:904): all_seeds for seed 2**32 were [0, 1]."""
+    r = requests.post(f"{served.url}/sdapi/v1/txt2img", timeout=120, json={
+        "prompt": "a cat", "seed": 2**32, "batch_size": 2, "steps": 2, "width": 64, "height": 64})
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert info["all_seeds"] == [2**32, 2**32 + 1] and "Seed: 4294967296," in info["infotexts"][0]
+
+
 def test_webuiapi_lists_and_refreshes_loras(served: Served) -> None:
     api = client(served)
     names = {lora["name"]: lora for lora in api.get_loras()}

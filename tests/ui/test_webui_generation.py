@@ -68,6 +68,16 @@ def test_batch_uses_seed_plus_i_with_infotext_per_image_and_a_grid(engine: Txt2I
         engine.generate(_request("a cat", batch_size=9))
 
 
+def test_a_seed_past_32_bits_is_used_as_given(engine: Txt2Img) -> None:
+    """A1111 uses a seed as given (processing.py:904, no wrap) and its infotext says so: here 4294967296
+    was wrapped to 0 and the infotext said Seed: 0, so a user's seed silently changed in what was
+    saved. (torch's CPU generator seeds with 32 bits, so the image is seed 0's, as with A1111's CPU
+    noise.) Its batch goes on past 2**32 too."""
+    result = engine.generate(_request("a cat", seed=2**32, batch_size=2))
+    assert [g.seed for g in result.images] == [2**32, 2**32 + 1]
+    assert parse_infotext(result.infotext)["Seed"] == str(2**32)
+
+
 def test_generate_without_saving_keeps_the_images_in_memory(engine: Txt2Img) -> None:
     folder = engine.outputs_dir / "txt2img-images"
     before = sorted(folder.rglob("*")) if folder.exists() else []
