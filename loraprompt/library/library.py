@@ -37,6 +37,7 @@ from loraprompt.library.scanner import (
     folder_of,
     scan_file,
     scan_root,
+    settled,
 )
 from loraprompt.library.usage import UsageLog
 
@@ -212,7 +213,8 @@ class Library(Contents):
         return self.version
 
     def is_stale(self) -> bool:
-        """True when a scanned folder's mtime changed, one vanished, an offline root, link or folder came back, or
+        """True when a scanned folder's mtime changed, one vanished, an offline root, link or folder came back, a
+        file still being written at the scan has settled, or
         a `<stem>.json` sidecar was rewritten in place (one stat per folder and per such sidecar:
         A1111's metadata editor and other tools rewrite those files without touching the folder;
         edits inside a model file are caught when it is resolved or refreshed)."""
@@ -230,7 +232,8 @@ class Library(Contents):
             # a rewrite that puts the old size and mtime back (`cp -p`) still moves the ctime
             if file_version(st) != version or abs(version[1] - self._scanned_ns) < RACY_NS:
                 return True
-        return any(os.path.exists(r) for r in self._offline) or any(listing_error(p) is None for p in self._unreadable)
+        return (any(os.path.exists(r) for r in self._offline) or any(listing_error(p) is None for p in self._unreadable)
+                or any(settled(p, self.settle_s) for p in self.last_report.pending))  # a copy that finished
 
     def _auto_check(self) -> None:
         if time.monotonic() - self._checked_at < self.auto_check_s:

@@ -126,6 +126,21 @@ def make_entry(
     )
 
 
+def settling(mtime_ns: int, settle_s: float) -> bool:
+    """Whether a file last written at `mtime_ns` may still be being written: modified less than
+    `settle_s` ago, or dated less than that ahead (a share's clock skew); a date further ahead is
+    no write in progress."""
+    return abs(time.time() - mtime_ns / 1e9) < settle_s
+
+
+def settled(path: str, settle_s: float) -> bool:
+    """Whether a file found still being written has settled since (or is gone): time to read it again."""
+    try:
+        return not settling(os.stat(path).st_mtime_ns, settle_s)
+    except OSError:
+        return True
+
+
 def model_record(
     path: str, st: os.stat_result, cache: DiskCache, settle_s: float, layouts: Layouts | None = None,
     *, read: Mapping[str, dict[str, Any] | str] | None = None,
@@ -144,7 +159,7 @@ def model_record(
         except AdapterFileError as exc:
             values = exc.reason
     if isinstance(values, str):  # the reason the file is broken
-        if abs(time.time() - st.st_mtime_ns / 1e9) < settle_s:  # a date further ahead is no write in progress
+        if settling(st.st_mtime_ns, settle_s):
             return None, True
         values = {"kind": "safetensors", "summary": "", "family": None, "error": values}
     return cache.put(path, *file_version(st), **values), True

@@ -165,6 +165,30 @@ def test_a_broken_file_dated_in_the_future_is_listed_broken_not_pending(lora_dir
     assert "not readable yet" not in " ".join(d.message for d in lib.resolve("ahead").diagnostics)
 
 
+def test_a_file_that_finishes_copying_appears_without_a_folder_change(lora_dir: Path, tmp_path: Path) -> None:
+    """A copy into models/Lora creates the file (the folder's mtime moves: a rescan finds it half
+    written, pending), then only writes into it, which leaves the folder's mtime alone: the library
+    never looked at the file again, so the new LoRA never appeared until something else changed in
+    the folder or Refresh was pressed. A pending file is read again once it has settled."""
+    full = write_lora(tmp_path / "full.safetensors", kohya_metadata("late"))
+    data = full.read_bytes()
+    part = lora_dir / "late.safetensors"
+    part.write_bytes(data[: len(data) // 2])
+    past = time.time() - 60
+    os.utime(lora_dir, (past, past))  # the folder changed a while ago: no racy mtime keeps it stale
+    lib = Library([lora_dir], cache_dir=tmp_path / "c", settle_s=1.0, auto_check_s=0)
+    assert lib.last_report.pending == (str(part),) and "late" not in [e.name for e in lib.entries]
+    with open(part, "r+b") as f:  # the copy goes on in place
+        f.seek(len(data) // 2)
+        f.write(data[len(data) // 2:])
+    os.utime(lora_dir, (past, past))
+    assert "late" not in [e.name for e in lib.entries]  # written just now: not settled yet
+    time.sleep(1.2)
+    assert [e.alias for e in lib.entries if e.name == "late"] == ["late"]
+    assert lib.last_report.pending == ()
+    assert not lib.is_stale()
+
+
 def test_a_tag_naming_a_file_still_being_written_says_so_instead_of_not_found(lora_dir: Path, tmp_path: Path) -> None:
     part = lora_dir / "sub" / "Late.safetensors"
     part.parent.mkdir()
