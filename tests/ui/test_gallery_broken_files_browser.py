@@ -36,3 +36,5 @@ def test_a_card_of_an_unreadable_file_says_why_on_the_card(browser: Any, tmp_pat
         assert card("notes").locator(".lp-problem").count() == 1
         assert "too short" in str(card("empty").get_attribute("title"))
         assert card("good").locator(".lp-problem").count() == 0
+        assert card("empty").locator(".lp-size").inner_text() == "0 B"  # it said "1 KB"
+        assert card("good").locator(".lp-size").inner_text().endswith(" KB")

@@ -43,7 +43,8 @@
   function fmtSize(n) {
     if (n >= 1 << 30) return (n / (1 << 30)).toFixed(1) + " GB";
     if (n >= 1 << 20) return (n / (1 << 20)).toFixed(1) + " MB";
-    return Math.max(1, Math.round(n / 1024)) + " KB";
+    if (n < 1024) return n + " B"; // a 0-byte (broken) file said "1 KB"
+    return Math.round(n / 1024) + " KB";
   }
 
   // Substring search over every card's lowercased search text: the texts joined into one string by
