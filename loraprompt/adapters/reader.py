@@ -24,6 +24,7 @@ from loraprompt.library.entry import Entry
 
 COMMON_PARTS = frozenset({"alpha", "scale", "dora_scale", "magnitude"})  # magnitude: PEFT's DoRA vector
 PEFT_METADATA_KEY = "lora_adapter_metadata"
+PEFT_CONFIG_FILE = "adapter_config.json"  # PEFT's save_pretrained writes it beside adapter_model.safetensors
 RANKED = frozenset({"lora", "loha", "lokr", "glora"})  # alpha divides by a rank; OFT's alpha is a constraint
 
 
@@ -65,6 +66,21 @@ def peft_configs(path: str | Path, metadata: Mapping[str, str]) -> dict[str, dic
             component, _, field = str(key).partition(".")
             out.setdefault(component, {})[field] = value
     return out
+
+
+def peft_folder_config(path: str) -> dict[str, Any]:
+    """The LoraConfig that PEFT's `save_pretrained` writes beside its weights (`adapter_config.json`),
+    whose keys (`base_model.model.…`) name no component; {} when there is none or it is not LoRA's."""
+    config = Path(path).with_name(PEFT_CONFIG_FILE)
+    if not config.is_file():
+        return {}
+    try:
+        doc = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AdapterFileError(path, f"{config} beside it is not readable JSON: {exc}", key=PEFT_CONFIG_FILE) from exc
+    if not isinstance(doc, dict) or doc.get("peft_type", "LORA") != "LORA":
+        return {}
+    return doc
 
 
 def peft_pattern_value(patterns: Mapping[str, Any] | None, dotted: str, default: Any) -> Any:
@@ -116,8 +132,9 @@ def _build(
     if cls.name == "lora":
         _check_lora(path, mod)
         dotted = dotted_module(parts["down"][0])
-        if alpha is None and comp in peft and dotted is not None:
-            mod.alpha = _peft_alpha(peft[comp], dotted, mod.rank or 1)
+        config = peft.get(comp) or (peft.get("*") if scheme == "peft" else None)
+        if alpha is None and config and dotted is not None:
+            mod.alpha = _peft_alpha(config, dotted, mod.rank or 1)
     return mod
 
 
@@ -190,6 +207,8 @@ def read_adapter(path: str | os.PathLike[str] | Entry, mode: str = "reference") 
         schemes[kp.scheme] += 1
         group_scheme[(kp.component, kp.path)] = kp.scheme
     peft = peft_configs(spath, metadata)
+    if "peft" in schemes:  # keys without a component: maybe a save_pretrained folder's weights
+        peft["*"] = peft_folder_config(spath)
     modules: dict[str, AdapterModule] = {}
     for (comp, mpath), parts in groups.items():
         if set(parts) <= COMMON_PARTS:  # an alpha (or dora_scale) without weights
