@@ -129,6 +129,8 @@ def _build(
         raise AdapterFileError(path, "alpha is zero", key=parts["alpha"][0])
     mod = cls(comp, mpath, cls.name, tensors, alpha=alpha, dora_scale=dora,
               source_keys=tuple(sorted(k for k, _ in parts.values())), extra=extra, mode=mode)
+    if (why := mod.inconsistency()) is not None:
+        raise AdapterFileError(path, why, key=mod.source_keys[0])
     if cls.name == "lora":
         _check_lora(path, mod)
         dotted = dotted_module(parts["down"][0])

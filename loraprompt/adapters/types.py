@@ -90,6 +90,11 @@ class AdapterModule:
         """Whether this module's tensors fit a weight of `shape` (checked without computing ΔW)."""
         return True
 
+    def inconsistency(self) -> str | None:
+        """Why this module's tensors cannot form a delta at all (factors that do not join, or would
+        only broadcast into one), or None. Checked by the reader, without the target weight."""
+        return None
+
     def unit_delta(self, weight: Tensor) -> Tensor:
         """ΔW at strength 1 before the alpha/rank scale, float32, any shape with weight's numel."""
         raise NotImplementedError

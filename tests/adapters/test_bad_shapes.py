@@ -1,0 +1,54 @@
+"""Files written by lycoris-lora with one tensor's shape made wrong (robustness.md item 9): each is
+refused naming the file and the module, the other modules never half-applied, the model unchanged.
+Shapes that torch would broadcast silently are the ones to catch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from loraprompt import Patcher, read_adapter
+from loraprompt.errors import LoraPromptError
+from tests.fixtures.loras import ToolLoraCache
+
+MODULE = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+
+
+def _corrupt(tool_loras: ToolLoraCache, tmp_path: Path, algo: str, part: str, make: Callable[[torch.Tensor], torch.Tensor],
+             **kwargs: object) -> Path:
+    """The LyCORIS `algo` file with `MODULE.part` replaced by make(the tensor)."""
+    tool = tool_loras.get("lycoris", "sd1", algo, **kwargs)
+    tensors = load_file(str(tool.path))
+    key = f"{MODULE}.{part}"
+    tensors[key] = make(tensors[key]).contiguous()
+    with safe_open(str(tool.path), "pt") as f:
+        metadata = f.metadata()
+    path = tmp_path / f"{algo}-{part}.safetensors"
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def _refused(path: Path) -> str:
+    """The refusal's message; the model bit-exactly as it was."""
+    from tests.fixtures.models import tiny_sd1
+
+    models = tiny_sd1()
+    before = {c: {k: v.clone() for k, v in m.state_dict().items()} for c, m in models.items()}
+    with pytest.raises(LoraPromptError) as info:
+        Patcher(models).sync([(read_adapter(path), 1.0, 1.0)])
+    for component, model in models.items():
+        assert all(torch.equal(v, before[component][k]) for k, v in model.state_dict().items())
+    message = str(info.value)
+    assert str(path) in message and MODULE.removeprefix("lora_unet_") in message
+    return message
+
+
+@pytest.mark.parametrize("part", ["hada_w2_a", "hada_w1_a"])
+def test_loha_half_with_one_row_is_refused(tool_loras: ToolLoraCache, tmp_path: Path, part: str) -> None:
+    path = _corrupt(tool_loras, tmp_path, "loha", part, lambda t: t[:1])
+    assert "hada_w1" in _refused(path)
