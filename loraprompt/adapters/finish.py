@@ -44,6 +44,10 @@ def _dora(module: AdapterModule, weight: Tensor, scaled: Tensor, strength: float
     """ΔW for a weight-decomposed adapter: W' − W, with the tool's (or A1111's) convention."""
     assert module.dora_scale is not None
     m = module.dora_scale.to(device=weight.device, dtype=torch.float32)
+    sizes = (weight.shape[0],) if module.extra.get("dora") == "peft" or weight.dim() < 2 else tuple(weight.shape[:2])
+    if m.numel() not in sizes:
+        raise ValueError(f"{module.lora_key}: dora_scale of shape {tuple(m.shape)} has one value per neither the output "
+                         f"rows nor the input columns of the weight of shape {tuple(weight.shape)}")
     if module.mode == "a1111":
         v = weight + scaled  # the stored tensor broadcasts as it is, whatever its orientation
         return strength * (v * m / _column_norm(v) - weight)

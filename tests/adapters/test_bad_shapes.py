@@ -52,3 +52,8 @@ def _refused(path: Path) -> str:
 def test_loha_half_with_one_row_is_refused(tool_loras: ToolLoraCache, tmp_path: Path, part: str) -> None:
     path = _corrupt(tool_loras, tmp_path, "loha", part, lambda t: t[:1])
     assert "hada_w1" in _refused(path)
+
+
+def test_dora_scale_of_one_value_is_refused(tool_loras: ToolLoraCache, tmp_path: Path) -> None:
+    path = _corrupt(tool_loras, tmp_path, "locon", "dora_scale", lambda t: t.flatten()[:1].reshape(1, 1), dora_wd=True)
+    assert "dora_scale" in _refused(path)
