@@ -57,3 +57,8 @@ def test_loha_half_with_one_row_is_refused(tool_loras: ToolLoraCache, tmp_path: 
 def test_dora_scale_of_one_value_is_refused(tool_loras: ToolLoraCache, tmp_path: Path) -> None:
     path = _corrupt(tool_loras, tmp_path, "locon", "dora_scale", lambda t: t.flatten()[:1].reshape(1, 1), dora_wd=True)
     assert "dora_scale" in _refused(path)
+
+
+def test_ia3_vector_of_one_value_is_refused(tool_loras: ToolLoraCache, tmp_path: Path) -> None:
+    path = _corrupt(tool_loras, tmp_path, "ia3", "weight", lambda t: t.flatten()[:1])
+    assert "ia3" in _refused(path)

@@ -29,6 +29,10 @@ class IA3Module(AdapterModule):
     def unit_delta(self, weight: Tensor) -> Tensor:
         w = self.tensor("weight", weight).flatten()
         on_input = "on_input" in self.tensors and bool(self.tensors["on_input"].flatten()[0])
+        axis = 1 if on_input else 0
+        if weight.dim() < 2 or w.numel() != weight.shape[axis]:
+            side = "input columns" if on_input else "output rows"
+            raise ValueError(f"{self.lora_key}: ia3 weight of {w.numel()} values does not scale the {side} of the weight of shape {tuple(weight.shape)}")
         if on_input:
             return weight * w.reshape(1, -1, *[1] * (weight.dim() - 2))
         return weight * w.reshape(-1, *[1] * (weight.dim() - 1))
