@@ -26,6 +26,9 @@ KOHYA_PREFIXES: dict[str, str] = {
     "lora_te3_": "text_encoder_3",
     "lora_transformer_": "transformer",
     "oft_unet_": "unet",
+    # LyCORIS' own wrapper (create_lycoris, as SimpleTuner saves Flux/SD3/SDXL LyCORIS): the
+    # wrapped model's module names after `lycoris_`; the reader moves a transformer's to "transformer"
+    "lycoris_": "unet",
 }
 
 # part after the first "." in a kohya/LyCORIS key -> canonical part

@@ -130,7 +130,7 @@ WAN: Table = {
 }
 
 # what may stand before a transformer module name in a file key
-_FILE_PREFIX = r"(?:lora_unet_|lora_transformer_|transformer\.|diffusion_model\.|model\.diffusion_model\.|base_model\.model\.)?"
+_FILE_PREFIX = r"(?:lora_unet_|lora_transformer_|lycoris_|transformer\.|diffusion_model\.|model\.diffusion_model\.|base_model\.model\.)?"
 
 
 @dataclass(frozen=True)
