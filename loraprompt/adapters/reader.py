@@ -25,6 +25,7 @@ from loraprompt.library.entry import Entry
 COMMON_PARTS = frozenset({"alpha", "scale", "dora_scale", "magnitude"})  # magnitude: PEFT's DoRA vector
 PEFT_METADATA_KEY = "lora_adapter_metadata"
 PEFT_CONFIG_FILE = "adapter_config.json"  # PEFT's save_pretrained writes it beside adapter_model.safetensors
+NUMBER_PARTS = frozenset({"alpha", "scale", "on_input"})  # read as numbers or flags: any dtype
 RANKED = frozenset({"lora", "loha", "lokr", "glora"})  # alpha divides by a rank; OFT's alpha is a constraint
 
 
@@ -113,6 +114,9 @@ def _build(
     path: str, where: tuple[str, str], parts: dict[str, tuple[str, Tensor]], *, mode: str, scheme: str, peft: dict[str, dict[str, Any]]
 ) -> AdapterModule:
     comp, mpath = where
+    for name, (key, t) in parts.items():
+        if name not in NUMBER_PARTS and not t.is_floating_point():
+            raise AdapterFileError(path, f"{name} is a {str(t.dtype).removeprefix('torch.')} tensor, not a floating-point one", key=key)
     cls = _algorithm(path, parts)
     tensors = {name: t for name, (_, t) in parts.items() if name not in COMMON_PARTS or name == "scale"}
     alpha = _scalar(path, parts["alpha"][0], parts["alpha"][1], "alpha") if "alpha" in parts else None

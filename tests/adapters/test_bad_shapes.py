@@ -62,3 +62,9 @@ def test_dora_scale_of_one_value_is_refused(tool_loras: ToolLoraCache, tmp_path:
 def test_ia3_vector_of_one_value_is_refused(tool_loras: ToolLoraCache, tmp_path: Path) -> None:
     path = _corrupt(tool_loras, tmp_path, "ia3", "weight", lambda t: t.flatten()[:1])
     assert "ia3" in _refused(path)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.uint8, torch.bool])
+def test_integer_factors_are_refused_naming_the_key(tool_loras: ToolLoraCache, tmp_path: Path, dtype: torch.dtype) -> None:
+    path = _corrupt(tool_loras, tmp_path, "locon", "lora_up.weight", lambda t: (t * 10).to(dtype))
+    assert f"{MODULE}.lora_up.weight" in _refused(path)
