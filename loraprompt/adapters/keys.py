@@ -3,7 +3,8 @@
 Schemes: kohya and LyCORIS (`lora_unet_<path>.<part>`, `lora_te[12]_…`), diffusers/PEFT dotted
 keys (`unet.<module>.lora_A.weight`, with or without `unet.`/`text_encoder.`/`base_model.model.`),
 diffusers' LoRA layers (`….lora.down.weight`, `lora_linear_layer`), and the old
-attention-processor format (`….processor.to_q_lora.down.weight`), and ComfyUI's dotted kohya
+attention-processor format (`….processor.to_q_lora.down.weight`), PEFT's LoHa/LoKr
+(`base_model.model.<module>.hada_w1_a`, `.lokr_w1`), and ComfyUI's dotted kohya
 parts under `diffusion_model.` / `text_encoders.clip_[lgh].transformer.` (also with PEFT's
 `lora_A`/`lora_B`, as BFL and ai-toolkit write Flux files), and XLabs' Flux processors
 (`double_blocks.N.processor.qkv_lora1.down.weight`, read as the BFL module they adapt).
@@ -74,6 +75,7 @@ _DOTTED_PART = re.compile(
     r"\.(?:(?P<peft>lora_[AB])(?:\.default)?\.(?P<peft_kind>weight|bias)"
     r"|(?P<mag>lora_magnitude_vector)(?:\.default)?(?:\.weight)?"
     r"|(?:lora|lora_linear_layer)\.(?P<diff>up|down)\.weight"
+    r"|(?P<lyco>hada_w[12]_[ab]|hada_t[12]|lokr_w[12](?:_[ab])?|lokr_t2)(?:\.default)?"
     r"|(?P<alpha>alpha))$"
 )
 _PROCESSOR = re.compile(r"\.processor\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<dir>up|down)\.weight$")
@@ -183,4 +185,6 @@ def split_key(key: str) -> KeyParts | None:
         return KeyParts(component, path, "magnitude", "diffusers" if explicit else "peft")
     if m["diff"]:
         return KeyParts(component, path, m["diff"], "diffusers-old")
+    if m["lyco"]:  # PEFT's LoHa/LoKr (save_pretrained): LyCORIS' part names after the dotted module
+        return KeyParts(component, path, m["lyco"], "diffusers" if explicit else "peft")
     return KeyParts(component, path, "alpha", "diffusers" if explicit else "peft")

@@ -25,6 +25,7 @@ from loraprompt.library.entry import Entry
 COMMON_PARTS = frozenset({"alpha", "scale", "dora_scale", "magnitude"})  # magnitude: PEFT's DoRA vector
 PEFT_METADATA_KEY = "lora_adapter_metadata"
 PEFT_CONFIG_FILE = "adapter_config.json"  # PEFT's save_pretrained writes it beside adapter_model.safetensors
+PEFT_TYPES = {"LORA": "lora", "LOHA": "loha", "LOKR": "lokr"}  # PEFT config type -> the algorithm it trains
 NUMBER_PARTS = frozenset({"alpha", "scale", "on_input"})  # read as numbers or flags: any dtype
 RANKED = frozenset({"lora", "loha", "lokr", "glora"})  # alpha divides by a rank; OFT's alpha is a constraint
 
@@ -79,7 +80,7 @@ def peft_folder_config(path: str) -> dict[str, Any]:
         doc = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AdapterFileError(path, f"{config} beside it is not readable JSON: {exc}", key=PEFT_CONFIG_FILE) from exc
-    if not isinstance(doc, dict) or doc.get("peft_type", "LORA") != "LORA":
+    if not isinstance(doc, dict) or doc.get("peft_type", "LORA") not in PEFT_TYPES:
         return {}
     return doc
 
@@ -141,7 +142,24 @@ def _build(
         config = peft.get(comp) or (peft.get("*") if scheme == "peft" else None)
         if alpha is None and config and dotted is not None:
             mod.alpha = _peft_alpha(config, dotted, mod.rank or 1)
+    elif cls.name in ("loha", "lokr") and scheme == "peft" and alpha is None and "scale" not in parts:
+        mod.tensors = {**tensors, **_peft_lycoris_scale(path, peft.get("*") or {}, cls.name, next(iter(parts.values()))[0])}
     return mod
+
+
+def _peft_lycoris_scale(path: str, config: Mapping[str, Any], algorithm: str, key: str) -> dict[str, Tensor]:
+    """PEFT's LoHa/LoKr scale, alpha/r with both from its config (rank_pattern, alpha_pattern), as a
+    `scale` part: LoKr's r is the config's even where both Kronecker factors are full (LyCORIS: 1)."""
+    import torch
+
+    dotted = dotted_module(key)
+    if PEFT_TYPES.get(config.get("peft_type", "")) != algorithm or dotted is None:
+        return {}  # no config beside it: LyCORIS' rules (alpha = rank)
+    rank = peft_pattern_value(config.get("rank_pattern"), dotted, config.get("r"))
+    alpha = peft_pattern_value(config.get("alpha_pattern"), dotted, config.get("alpha"))
+    if not isinstance(rank, (int, float)) or not isinstance(alpha, (int, float)) or rank <= 0:
+        raise AdapterFileError(path, f"{PEFT_CONFIG_FILE} has no usable r and alpha for this {algorithm} module", key=key)
+    return {"scale": torch.tensor(float(alpha) / float(rank), dtype=torch.float64)}
 
 
 def _format(schemes: Counter[str], algorithms: set[str], metadata: dict[str, str]) -> str:

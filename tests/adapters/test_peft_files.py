@@ -45,3 +45,30 @@ def test_save_pretrained_folder_uses_adapter_config(tmp_path: Path, config: dict
         torch.testing.assert_close(got[key], expected, rtol=2e-5, atol=2e-5, msg=lambda m, k=key: f"{k}: {m}")
     patcher.restore()
     assert all(torch.equal(v, base[k]) for k, v in unet.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    ("kind", "config"),
+    [("loha", {"r": 4, "alpha": 8}), ("loha", {"r": 4, "alpha": 6, "use_effective_conv2d": True, "alpha_pattern": {"to_k": 2}}),
+     ("lokr", {"r": 4, "alpha": 8}), ("lokr", {"r": 2, "alpha": 3, "decompose_both": True, "rank_pattern": {"conv1": 4}}),
+     ("lokr", {"r": 4, "alpha": 8, "use_effective_conv2d": True})],
+    ids=["loha", "loha-conv2d-pattern", "lokr", "lokr-both-pattern", "lokr-conv2d"],
+)
+def test_save_pretrained_loha_and_lokr(tmp_path: Path, kind: str, config: dict[str, Any]) -> None:
+    from peft import LoHaConfig, LoKrConfig, get_peft_model
+
+    unet = tiny_sd1()["unet"]
+    cls = LoHaConfig if kind == "loha" else LoKrConfig
+    model = get_peft_model(unet, cls(target_modules=UNET_TARGETS, init_weights=False, **config))
+    _randomize([p for n, p in model.named_parameters() if f"{kind}_" in n or "hada_" in n], 3, torch.float32)
+    model.save_pretrained(str(tmp_path))
+    merged = {k: v.detach().clone() for k, v in model.merge_and_unload().state_dict().items()}
+    adapter = read_adapter(tmp_path / "adapter_model.safetensors")
+    assert adapter.algorithms() == {kind} and adapter.unclaimed == ()
+    fresh = tiny_sd1()["unet"]
+    base = {k: v.clone() for k, v in fresh.state_dict().items()}
+    Patcher({"unet": fresh}).sync([(adapter, 1.0, 1.0)])
+    got = fresh.state_dict()
+    assert sum(not torch.equal(merged[k], base[k]) for k in base) >= 10
+    for key, expected in merged.items():
+        torch.testing.assert_close(got[key], expected, rtol=2e-5, atol=2e-5, msg=lambda m, k=key: f"{k}: {m}")
