@@ -273,6 +273,12 @@ def resolve_adapter(
         assert target is not None
         block = unet_block(target.module) if module.component == "unet" else None
         items.append((module, (keymap.component, target.module, target.param), target.rows, block))
+    seen: dict[tuple[Key, tuple[int, int] | None], AdapterModule] = {}
+    for module, key, rows, _ in items:  # two spellings of one module (a merge of two namings): never add it twice
+        first = seen.setdefault((key, rows), module).extra.get("parent", seen[(key, rows)])
+        if first is not module.extra.get("parent", module):
+            raise PatchError(f"{where}: {first.lora_key} and {module.extra.get('parent', module).lora_key} both adapt "
+                             f"{'.'.join(key)}: the file names one module twice; nothing applied")
     bad = _finite(item[0] for item in items)
     if bad is not None:
         bad = bad.extra.get("parent", bad)

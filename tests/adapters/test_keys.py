@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 from loraprompt.adapters import read_adapter
 from loraprompt.adapters.keys import split_key
 from loraprompt.keymaps import map_adapter
+from tests.fixtures.loras import ToolLoraCache
 from tests.keymaps.conftest import diffusers_keymaps
 
 Q = "down_blocks.1.attentions.0.transformer_blocks.0.attn1"
@@ -139,3 +140,25 @@ def test_a1111_mode_ignores_the_lora_up_bias_and_reference_applies_it(tmp_path: 
     assert ref[1] is not None and torch.allclose(ref[1], tensors[f"{prefix}.{bias_key}"] * 0.5)
     assert a1111[1] is None or not bool(a1111[1].any())
     assert ref[0] is not None and a1111[0] is not None and torch.allclose(ref[0], a1111[0])
+
+
+def test_a_module_named_twice_in_two_namings_is_refused_not_applied_twice(tool_loras: ToolLoraCache, tmp_path: Path) -> None:
+    """A real kohya SDXL file (diffusers block names) with one module's tensors added again under
+    its SGM name, as a merge of two files of different namings holds them."""
+    from safetensors.torch import load_file
+
+    from loraprompt import Patcher
+    from loraprompt.errors import PatchError
+
+    tool = tool_loras.get("kohya", "sdxl")
+    tensors = load_file(str(tool.path))
+    diffusers_name = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
+    sgm_name = "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q"
+    tensors.update({k.replace(diffusers_name, sgm_name): v for k, v in tensors.items() if k.startswith(diffusers_name + ".")})
+    save_file({k: v.clone() for k, v in tensors.items()}, str(tmp_path / "twice.safetensors"))
+    models = tool.base()
+    before = {c: {k: v.clone() for k, v in m.state_dict().items()} for c, m in models.items()}
+    with pytest.raises(PatchError, match="twice") as info:
+        Patcher(models).sync([(read_adapter(tmp_path / "twice.safetensors"), 1.0, 1.0)])
+    assert diffusers_name.removeprefix("lora_unet_") in str(info.value) and sgm_name.removeprefix("lora_unet_") in str(info.value)
+    assert all(torch.equal(v, before[c][k]) for c, m in models.items() for k, v in m.state_dict().items())
