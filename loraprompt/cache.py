@@ -28,14 +28,25 @@ def adapter_nbytes(adapter: Adapter) -> int:
     return total
 
 
+PEFT_CONFIG = "adapter_config.json"  # beside a PEFT save_pretrained file it sets the scale (reader.PEFT_CONFIG_FILE)
+
+
+def _config_mtime(real: str) -> int:
+    try:
+        return os.stat(os.path.join(os.path.dirname(real), PEFT_CONFIG)).st_mtime_ns
+    except OSError:
+        return 0
+
+
 class AdapterCache:
     """Read adapters, least recently used first out, at most `limit_mb` of tensors; an entry is
-    keyed by (real path, inode, size, mtime_ns), so a file changed or replaced on disk is read again."""
+    keyed by (real path, inode, size, mtime_ns, and the mtime of an `adapter_config.json` beside
+    it), so a file changed or replaced on disk, or its PEFT config edited, is read again."""
 
     def __init__(self, limit_mb: float = 1024.0, reader: Callable[[str], Adapter] | None = None) -> None:
         self.limit_bytes = int(limit_mb * MB)
         self._reader = reader
-        self._entries: OrderedDict[tuple[str, int, int, int], tuple[Adapter, int]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, int, int, int, int], tuple[Adapter, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -51,7 +62,7 @@ class AdapterCache:
         """The adapter in `path`, from the cache when the file is unchanged."""
         real = os.path.realpath(path)
         stat = os.stat(real)
-        key = (real, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        key = (real, stat.st_ino, stat.st_size, stat.st_mtime_ns, _config_mtime(real))
         with self._lock:
             hit = self._entries.get(key)
             if hit is not None:

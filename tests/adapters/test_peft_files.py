@@ -72,3 +72,26 @@ def test_save_pretrained_loha_and_lokr(tmp_path: Path, kind: str, config: dict[s
     assert sum(not torch.equal(merged[k], base[k]) for k in base) >= 10
     for key, expected in merged.items():
         torch.testing.assert_close(got[key], expected, rtol=2e-5, atol=2e-5, msg=lambda m, k=key: f"{k}: {m}")
+
+
+def test_an_edited_adapter_config_is_read_again_by_the_adapter_cache(tmp_path: Path) -> None:
+    """adapter_config.json scales a save_pretrained folder's LoRA, but the adapter cache was keyed by
+    the weights file alone: editing lora_alpha (a user fixing a wrong config) kept the old scale
+    until the weights file changed or the process restarted."""
+    import json
+
+    from loraprompt.cache import AdapterCache
+
+    _save_pretrained(tmp_path, r=4, lora_alpha=4)
+    weights = tmp_path / "adapter_model.safetensors"
+    cache = AdapterCache()
+    first = cache.get(weights)
+    assert {m.alpha for m in first.modules.values()} == {4.0}
+    assert cache.get(weights) is first  # unchanged files: one read
+    config_path = tmp_path / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["lora_alpha"] = 16
+    config_path.write_text(json.dumps(config))
+    again = cache.get(weights)
+    assert again is not first and {m.alpha for m in again.modules.values()} == {16.0}
+    assert len(cache) == 1  # the stale reading is dropped, not kept beside the new one
