@@ -68,3 +68,16 @@ def test_ia3_vector_of_one_value_is_refused(tool_loras: ToolLoraCache, tmp_path:
 def test_integer_factors_are_refused_naming_the_key(tool_loras: ToolLoraCache, tmp_path: Path, dtype: torch.dtype) -> None:
     path = _corrupt(tool_loras, tmp_path, "locon", "lora_up.weight", lambda t: (t * 10).to(dtype))
     assert f"{MODULE}.lora_up.weight" in _refused(path)
+
+
+def test_lokr_factors_whose_inner_ranks_differ_are_refused_when_read(tool_loras: ToolLoraCache, tmp_path: Path) -> None:
+    """A LoKr half given as lokr_w2_a @ lokr_w2_b whose inner sizes differ was only caught at sync,
+    as torch's raw "mat1 and mat2 shapes cannot be multiplied" (noticed by the formats review): it
+    is refused when read, naming both factors and their shapes."""
+    from loraprompt.errors import AdapterFileError
+
+    path = _corrupt(tool_loras, tmp_path, "lokr", "lokr_w2_b", lambda t: torch.cat([t, t]), rank=1, factor=2,
+                    decompose_both=True)
+    with pytest.raises(AdapterFileError, match=r"lokr_w2_a \(4, 1\) and lokr_w2_b \(2, 4\)"):
+        read_adapter(path)
+    assert "inner sizes differ" in _refused(path)

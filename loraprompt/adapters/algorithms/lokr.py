@@ -55,6 +55,18 @@ class LoKrModule(AdapterModule):
             w2 = (t["lokr_w2_a"].shape[0], *t["lokr_w2_b"].shape[1:])
         return w1, w2
 
+    def inconsistency(self) -> str | None:
+        t = self.tensors
+        joins = [] if "lokr_w1" in t else [("lokr_w1_a", 1, "lokr_w1_b", 0)]
+        if "lokr_w2" not in t:
+            joins += ([("lokr_t2", 0, "lokr_w2_a", 0), ("lokr_t2", 1, "lokr_w2_b", 0)] if "lokr_t2" in t
+                      else [("lokr_w2_a", 1, "lokr_w2_b", 0)])
+        for a, i, b, j in joins:
+            if t[a].dim() <= i or t[b].dim() <= j or t[a].shape[i] != t[b].shape[j]:
+                return (f"the LoKr factors {a} {tuple(t[a].shape)} and {b} {tuple(t[b].shape)} do not join "
+                        "(their inner sizes differ)")
+        return None
+
     def fits(self, shape: tuple[int, ...]) -> bool:
         w1, w2 = self._half_shapes()
         return w1[0] * w2[0] == shape[0] and math.prod(w1[1:]) * math.prod(w2[1:]) == math.prod(shape[1:])
