@@ -129,12 +129,28 @@ def fit(image: Any, size: tuple[int, int]) -> tuple[Any, tuple[int, int]]:
     return resized.crop((left, top, left + w, top + h)), (top, left)
 
 
+def read_caption(path: Path) -> str:
+    """A caption file as its editor saved it: UTF-8 (with or without BOM), UTF-16/32 with a BOM
+    (Windows Notepad's "Unicode"), else the Windows code page older tools write (cp1252)."""
+    import codecs
+
+    raw = path.read_bytes()
+    for bom, encoding in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                          (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if raw.startswith(bom):
+            return raw.decode(encoding, errors="replace")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return raw.decode("cp1252", errors="replace")
+
+
 def caption_for(image_path: Path, template: str, token: str, *, require_token: bool) -> str:
     """`<image>.txt` beside the image (kohya), else the template; `{token}` is replaced either way.
     With pivotal tuning the token must appear, so a caption without it gets it in front."""
     side = image_path.with_suffix(".txt")
     if side.is_file():
-        text = " ".join(side.read_text(encoding="utf-8-sig", errors="replace").split())
+        text = " ".join(read_caption(side).split())
     else:
         text = template
     text = text.replace("{token}", token)

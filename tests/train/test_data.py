@@ -60,3 +60,16 @@ def test_a_caption_file_saved_with_a_bom_reads_as_written(tmp_path: Path) -> Non
     data = load_dataset(tmp_path, resolution=64, step=16, template="{token}", token="<s1>", require_token=False)
     assert data.images[0].caption == "a photo of <s1>, café"
     assert data.tag_frequency() == {"a photo of <s1>": 1, "café": 1}
+
+
+def test_caption_files_saved_as_utf16_or_in_a_windows_code_page_read_as_written(tmp_path: Path) -> None:
+    # Notepad's "Unicode" is UTF-16 LE with a BOM; older Windows tools write cp1252 (é is one byte)
+    written = {"le": ("utf-16", "a photo of {token}, café"), "be": ("utf-16-be", "\ufeffa photo of {token}, 猫"),
+               "cp": ("cp1252", "a photo of {token}, café – naïve")}
+    for stem, (encoding, text) in written.items():
+        Image.new("RGB", (32, 32), "red").save(tmp_path / f"{stem}.png")
+        (tmp_path / f"{stem}.txt").write_bytes(text.encode(encoding))
+    data = load_dataset(tmp_path, resolution=64, step=16, template="{token}", token="<s1>", require_token=False)
+    captions = {item.name: item.caption for item in data.images}
+    assert captions == {"le.png": "a photo of <s1>, café", "be.png": "a photo of <s1>, 猫",
+                        "cp.png": "a photo of <s1>, café – naïve"}
