@@ -164,6 +164,16 @@ def image_files(root: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
+def written_by_train(path: Path, root: Path) -> bool:
+    """A run's own images: `<stem>.preview.png` beside `<stem>.safetensors`, or anything in a
+    `<stem>.train-state/` folder (samples). An output kept in the image folder leaves them there,
+    and the next run must not train on them."""
+    if any(part.endswith(".train-state") for part in path.relative_to(root).parts[:-1]):
+        return True
+    name = path.name
+    return name.endswith(".preview.png") and path.with_name(name[: -len(".preview.png")] + ".safetensors").is_file()
+
+
 def to_rgb(image: Any) -> Any:
     """8-bit RGB as an image viewer shows the file: EXIF orientation applied (phone photos), 16-bit
     grey scaled rather than clipped to white, transparent pixels on white rather than black."""
@@ -195,6 +205,9 @@ def load_dataset(folder: Path, *, resolution: int, step: int, template: str, tok
     skipped: list[tuple[str, str]] = []
     for path in image_files(folder):
         name = path.relative_to(folder).as_posix()
+        if written_by_train(path, folder):
+            skipped.append((name, "a preview or sample written by loraprompt train, not a training image"))
+            continue
         try:
             with Image.open(path) as probe:
                 probe.verify()  # truncated or corrupt files fail here or on load below

@@ -208,3 +208,16 @@ def test_a_card_json_or_preview_of_that_name_is_not_replaced_without_force(tmp_p
     assert notes.read_text() == '{"notes": "my settings for the old card"}' and not out.exists()
     assert main(["train", str(images), "--output", str(out), *DEMO, "--force"]) == 0
     assert out.is_file() and json.loads(notes.read_text())["activation text"] == "<s1>"
+
+
+def test_a_run_with_its_output_in_the_image_folder_does_not_train_on_its_own_preview_or_samples(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from loraprompt.train.data import load_dataset
+
+    images = write_images(tmp_path / "photos", count=2)
+    out = images / "me.safetensors"  # the artist keeps the LoRA with its photos
+    assert main(["train", str(images), "--output", str(out), *DEMO, "--sample-every", "1", "--save-every", "1"]) == 0
+    assert (images / "me.preview.png").is_file() and (images / "me.train-state" / "samples").is_dir()
+    data = load_dataset(images, resolution=64, step=8, template="{token}", token="<s1>", require_token=False)
+    assert sorted(item.name for item in data.images) == ["img0.png", "img1.png"]  # what the next run (--force) trains on
+    assert {name for name, _ in data.skipped} == {"me.preview.png", "me.train-state/samples/step-000001.png"}
