@@ -81,6 +81,9 @@ class TrainConfig:
             raise TrainError(f"--alpha must be > 0 (it scales the LoRA by alpha/rank), got {self.alpha}")
         if self.resolution is not None and self.resolution < 32:
             raise TrainError(f"--resolution must be at least 32, got {self.resolution}")
+        if self.resolution is not None and self.resolution % 8:  # the pipelines sample only at multiples of 8
+            low = self.resolution // 8 * 8
+            raise TrainError(f"--resolution {self.resolution}: must be a multiple of 8 ({low} or {low + 8})")
         if not (self.lr > 0 and self.lr_te >= 0):
             raise TrainError("--lr must be > 0 and --lr-te >= 0")
         if self.pivotal and not self.token.strip():

@@ -92,6 +92,7 @@ def test_bad_settings_are_refused_before_training(tmp_path: Path, capsys: pytest
     (["--alpha", "0"], "--alpha must be > 0"),
     (["--device", "gpu"], "--device 'gpu'"),
     (["--resolution", "40"], "--resolution 40: this model needs at least"),
+    (["--resolution", "100"], "--resolution 100: must be a multiple of 8 (96 or 104)"),  # failed at the preview, after training
     (["--output-is-a-folder"], "is a folder"),
 ])
 def test_settings_that_would_fail_later_are_refused_with_a_message(tmp_path: Path, flags: list[str], message: str,
