@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -77,6 +78,14 @@ class TrainConfig:
                 raise TrainError(f"--{name.replace('_', '-')} must be 0 or more (0: off), got {getattr(self, name)}")
         if int(self.sample_steps) < 1:
             raise TrainError(f"--sample-steps must be at least 1, got {self.sample_steps}")
+        for name in ("lr", "lr_te", "lr_token", "alpha", "min_snr_gamma", "noise_offset"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(float(value)):  # inf or nan: a NaN loss at once
+                raise TrainError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+        if self.min_snr_gamma is not None and self.min_snr_gamma < 0:
+            raise TrainError(f"--min-snr-gamma must be > 0 (5 is usual; 0 or unset: off), got {self.min_snr_gamma}")
+        if self.lr_token < 0:
+            raise TrainError(f"--lr-token must be >= 0, got {self.lr_token}")
         if self.alpha is not None and not self.alpha > 0:
             raise TrainError(f"--alpha must be > 0 (it scales the LoRA by alpha/rank), got {self.alpha}")
         if self.resolution is not None and self.resolution < 32:

@@ -93,6 +93,11 @@ def test_bad_settings_are_refused_before_training(tmp_path: Path, capsys: pytest
     (["--device", "gpu"], "--device 'gpu'"),
     (["--resolution", "40"], "--resolution 40: this model needs at least"),
     (["--resolution", "100"], "--resolution 100: must be a multiple of 8 (96 or 104)"),  # failed at the preview, after training
+    (["--min-snr-gamma", "-1"], "--min-snr-gamma must be > 0"),  # trained on a negative loss
+    (["--lr-token", "-1"], "--lr-token must be >= 0"),
+    (["--lr", "inf"], "--lr must be a finite number"),  # a NaN loss at step 2
+    (["--alpha", "inf"], "--alpha must be a finite number"),  # a NaN loss, and 'lower --lr'
+    (["--noise-offset", "nan"], "--noise-offset must be a finite number"),
     (["--output-is-a-folder"], "is a folder"),
 ])
 def test_settings_that_would_fail_later_are_refused_with_a_message(tmp_path: Path, flags: list[str], message: str,
