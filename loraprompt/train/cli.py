@@ -58,6 +58,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
     values = {k: v for k, v in vars(args).items() if k not in ("command", "quiet")}
     saved = read_state(args.resume)["config"] if args.resume else {}
+    _refuse_changed_recipe(args, saved)
     # the saved run's recipe wins, so `--resume DIR --output F` is enough; its length and output
     # format too, unless given again (`--steps` extends a finished or interrupted run)
     values.update({k: saved[k] for k in RECIPE_FIELDS if k in saved})
@@ -71,6 +72,23 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if not values.get("images"):
         raise TrainError("IMAGES is required: a folder or a .zip of training images")
     return TrainConfig.from_dict(values)
+
+
+def _refuse_changed_recipe(args: argparse.Namespace, saved: dict[str, object]) -> None:
+    """A recipe option given again with `--resume` and another value than the saved run's would be
+    replaced by the saved value without a word: refuse it (options left at their default are fine)."""
+    from loraprompt.train.config import RECIPE_FIELDS
+    from loraprompt.train.errors import TrainError
+
+    defaults = argparse.ArgumentParser()
+    add_arguments(defaults, "train")
+    changed = [k for k in RECIPE_FIELDS if k in saved and getattr(args, k) != defaults.get_default(k)
+               and getattr(args, k) != saved[k]]
+    if changed:
+        given = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in changed)
+        used = ", ".join(f"{k.replace('_', ' ')} {saved[k]}" for k in changed)
+        raise TrainError(f"--resume {args.resume}: the saved run used {used}; {given} would change what it learns."
+                         " Leave them out to continue it, or start a new run without --resume")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -227,3 +227,20 @@ def test_a_run_with_its_output_in_the_image_folder_does_not_train_on_its_own_pre
     data = load_dataset(images, resolution=64, step=8, template="{token}", token="<s1>", require_token=False)
     assert sorted(item.name for item in data.images) == ["img0.png", "img1.png"]  # what the next run (--force) trains on
     assert {name for name, _ in data.skipped} == {"me.preview.png", "me.train-state/samples/step-000001.png"}
+
+
+def test_resume_refuses_a_recipe_option_given_again_with_another_value(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    images = write_images(tmp_path / "photos", count=1)
+    first = tmp_path / "first.safetensors"
+    assert main(["train", str(images), "--output", str(first), *DEMO, "--save-every", "1"]) == 0
+    state = tmp_path / "first.train-state"
+    capsys.readouterr()
+    again = tmp_path / "again.safetensors"
+    # the user believes this resumes at rank 8 with a higher lr; the saved run is rank 4, lr 1e-4
+    assert main(["train", "--resume", str(state), "--output", str(again), "-q", "--rank", "8", "--lr", "0.01",
+                 "--seed", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "--rank 8" in err and "--lr 0.01" in err and "--seed" not in err and "rank 4" in err
+    assert not again.exists()
+    assert main(["train", "--resume", str(state), "--output", str(again), "-q", "--rank", "4"]) == 0  # the same value is fine
