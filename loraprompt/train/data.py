@@ -13,7 +13,10 @@ from typing import Any
 
 from loraprompt.train.errors import TrainError
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif"})
+# images PIL does not read (phones' HEIC, raw, layered files): named as skipped rather than dropped unseen
+OTHER_IMAGE_SUFFIXES = frozenset({".heic", ".heif", ".jxl", ".psd", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf",
+                                  ".orf", ".rw2", ".svg"})
 MAX_ZIP_BYTES = 2 * 1024**3  # total uncompressed size of a zip's images and captions
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # PIL's decompression-bomb guard, raised to 64 MP
 
@@ -72,7 +75,7 @@ def extract_zip(path: Path, dest: Path, max_bytes: int = MAX_ZIP_BYTES) -> Path:
             if why is not None:
                 raise TrainError(f"{path}: zip entry {info.filename!r} {why}; refusing to extract this zip")
             suffix = PurePosixPath(info.filename).suffix.lower()
-            if info.is_dir() or (suffix not in IMAGE_SUFFIXES and suffix != ".txt"):
+            if info.is_dir() or (suffix not in IMAGE_SUFFIXES | OTHER_IMAGE_SUFFIXES and suffix != ".txt"):
                 continue  # non-images (and macOS __MACOSX folders' non-images) are ignored
             if any(part.startswith("__MACOSX") for part in PurePosixPath(info.filename).parts):
                 continue
@@ -160,7 +163,7 @@ def caption_for(image_path: Path, template: str, token: str, *, require_token: b
 
 
 def image_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | OTHER_IMAGE_SUFFIXES
                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
@@ -208,6 +211,9 @@ def load_dataset(folder: Path, *, resolution: int, step: int, template: str, tok
         if written_by_train(path, folder):
             skipped.append((name, "a preview or sample written by loraprompt train, not a training image"))
             continue
+        if path.suffix.lower() in OTHER_IMAGE_SUFFIXES:
+            skipped.append((name, f"{path.suffix} images cannot be read here; convert it to PNG or JPEG"))
+            continue
         try:
             with Image.open(path) as probe:
                 probe.verify()  # truncated or corrupt files fail here or on load below
@@ -225,6 +231,6 @@ def load_dataset(folder: Path, *, resolution: int, step: int, template: str, tok
         images.append(TrainImage(name, fitted, caption_for(path, template, token, require_token=require_token),
                                  (rgb.height, rgb.width), crop, size))
     if not images:
-        detail = "; ".join(f"{n}: {why}" for n, why in skipped[:5]) or "no .png/.jpg/.jpeg/.webp/.bmp files"
+        detail = "; ".join(f"{n}: {why}" for n, why in skipped[:5]) or "no .png/.jpg/.webp/.bmp/.gif/.tif files"
         raise TrainError(f"{folder}: no usable image ({detail})")
     return Dataset(images, skipped)

@@ -73,3 +73,16 @@ def test_caption_files_saved_as_utf16_or_in_a_windows_code_page_read_as_written(
     captions = {item.name: item.caption for item in data.images}
     assert captions == {"le.png": "a photo of <s1>, café", "be.png": "a photo of <s1>, 猫",
                         "cp.png": "a photo of <s1>, café – naïve"}
+
+
+def test_gif_tiff_and_jfif_images_train_and_phone_heic_files_are_named_not_dropped(tmp_path: Path) -> None:
+    pixels = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    frames = [Image.fromarray(pixels), Image.fromarray(255 - pixels)]
+    frames[0].save(tmp_path / "loop.gif", save_all=True, append_images=frames[1:])  # its first frame trains
+    frames[0].save(tmp_path / "scan.tif")
+    frames[0].save(tmp_path / "web.jfif", format="JPEG")
+    (tmp_path / "IMG_0001.HEIC").write_bytes(b"\0\0\0\x18ftypheic")  # an iPhone photo PIL cannot read
+    data = load_dataset(tmp_path, resolution=64, step=16, template="{token}", token="<s1>", require_token=False)
+    assert sorted(item.name for item in data.images) == ["loop.gif", "scan.tif", "web.jfif"]
+    assert [name for name, _ in data.skipped] == ["IMG_0001.HEIC"]
+    assert "PNG or JPEG" in data.skipped[0][1]
