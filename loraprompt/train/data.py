@@ -149,13 +149,11 @@ def read_caption(path: Path) -> str:
 
 
 def caption_for(image_path: Path, template: str, token: str, *, require_token: bool) -> str:
-    """`<image>.txt` beside the image (kohya), else the template; `{token}` is replaced either way.
+    """`<image>.txt` beside the image (kohya), else (or when it is empty) the template; `{token}` is replaced either way.
     With pivotal tuning the token must appear, so a caption without it gets it in front."""
     side = image_path.with_suffix(".txt")
-    if side.is_file():
-        text = " ".join(read_caption(side).split())
-    else:
-        text = template
+    text = " ".join(read_caption(side).split()) if side.is_file() else ""
+    text = text or template  # no caption file, or an empty one (a captioning tool stopped early)
     text = text.replace("{token}", token)
     if require_token and token not in text:
         text = f"{token}, {text}" if text else token

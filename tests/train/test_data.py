@@ -86,3 +86,14 @@ def test_gif_tiff_and_jfif_images_train_and_phone_heic_files_are_named_not_dropp
     assert sorted(item.name for item in data.images) == ["loop.gif", "scan.tif", "web.jfif"]
     assert [name for name, _ in data.skipped] == ["IMG_0001.HEIC"]
     assert "PNG or JPEG" in data.skipped[0][1]
+
+
+def test_an_empty_caption_file_falls_back_to_the_template(tmp_path: Path) -> None:
+    # a captioning tool that was stopped leaves empty sidecars: the image must not train on an empty prompt
+    for stem, text in (("empty", b""), ("blank", b"\xef\xbb\xbf \r\n\t\n")):
+        Image.new("RGB", (32, 32), "red").save(tmp_path / f"{stem}.png")
+        (tmp_path / f"{stem}.txt").write_bytes(text)
+    data = load_dataset(tmp_path, resolution=64, step=16, template="a photo of {token}", token="<s1>",
+                        require_token=False)
+    assert [item.caption for item in data.images] == ["a photo of <s1>", "a photo of <s1>"]
+    assert data.tag_frequency() == {"a photo of <s1>": 2}
