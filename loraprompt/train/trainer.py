@@ -343,7 +343,7 @@ class Trainer(LossMixin):
         meta = export.metadata(config, family=base.family, base_name=base.name, base_hash=base.model_hash,
                                dataset=self.dataset, started=started, finished=finished, steps=self.step,
                                resolution=self.resolution, prediction_type=self.prediction,
-                               folder_name=Path(config.images).stem or "images")
+                               folder_name=_folder_name(Path(config.images)))
         factors = trained_factors(self.trained, config.network_alpha)
         bundle = None
         if self.pivotal is not None:
@@ -363,6 +363,13 @@ class Trainer(LossMixin):
                              list(self.dataset.skipped), finished - started, list(self.samples))
         self.on_event("done", {"output": str(self.output), "steps": self.step, "seconds": result.seconds})
         return result
+
+
+def _folder_name(images: Path) -> str:
+    """The dataset's name in ss_tag_frequency / ss_dataset_dirs: a zip's stem, a folder's whole name."""
+    if images.suffix.lower() == ".zip" and not images.is_dir():
+        return images.stem or "images"
+    return images.resolve().name or "images"
 
 
 def _bar(step: int, total: int, loss: float, rate: float, eta: float) -> None:

@@ -244,3 +244,12 @@ def test_resume_refuses_a_recipe_option_given_again_with_another_value(tmp_path:
     assert "--rank 8" in err and "--lr 0.01" in err and "--seed" not in err and "rank 4" in err
     assert not again.exists()
     assert main(["train", "--resume", str(state), "--output", str(again), "-q", "--rank", "4"]) == 0  # the same value is fine
+
+
+def test_tag_frequency_is_keyed_by_the_whole_folder_name(tmp_path: Path) -> None:
+    images = write_images(tmp_path / "10_cat.v2", count=1)  # a dot in a folder name is not a suffix
+    out = tmp_path / "cat.safetensors"
+    assert main(["train", str(images) + "/", "--output", str(out), *DEMO]) == 0
+    _, meta = _metadata(out)
+    assert list(json.loads(meta["ss_tag_frequency"])) == ["10_cat.v2"]
+    assert list(json.loads(meta["ss_dataset_dirs"])) == ["10_cat.v2"]
