@@ -38,6 +38,23 @@ class Dataset:
     images: list[TrainImage]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file name, why)
 
+    def captions(self) -> dict[str, str]:
+        """Each image's caption by file name: what a saved state records, so a resume can tell the
+        images it continues on are the ones it started with."""
+        return {item.name: item.caption for item in self.images}
+
+    def changes_since(self, saved: dict[str, str]) -> str:
+        """What differs from a saved run's `captions()`, named ('' when nothing does)."""
+        now = self.captions()
+
+        def listed(names: list[str]) -> str:
+            return ", ".join(sorted(names)[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+        parts = [f"{what} {listed(names)}" for what, names in (
+            ("added", [n for n in now if n not in saved]), ("removed", [n for n in saved if n not in now]),
+            ("a new caption for", [n for n in now if n in saved and now[n] != saved[n]])) if names]
+        return "; ".join(parts)
+
     def tag_frequency(self) -> dict[str, int]:
         """kohya's ss_tag_frequency for one folder: comma-separated caption tags and their counts."""
         counts: Counter[str] = Counter()

@@ -101,6 +101,10 @@ class Trainer(LossMixin):
         self.base = base if base is not None else load_base(config.checkpoint, config.prediction_type)
         self.resolution = config.resolution or self.base.native_resolution()
         self.dataset = self._load_images()
+        saved_images = (self.resume_state or {}).get("images")  # None: a state saved before it was recorded
+        if saved_images is not None and (changed := self.dataset.changes_since(saved_images)):
+            raise TrainError(f"--resume {config.resume}: the images changed since the saved run ({changed}); resume"
+                             " with the same images and captions, or start a new run")
         self.losses: list[float] = []
         self.step = 0
         self.samples: list[Path] = []
@@ -210,6 +214,7 @@ class Trainer(LossMixin):
             "version": STATE_VERSION,
             "step": self.step,
             "losses": list(self.losses),
+            "images": self.dataset.captions(),
             "config": self.config.to_dict(),
             "params": {n: {k: v.detach().cpu().clone() for k, v in p.items()} for n, p in self.params.items()},
             "vectors": {} if self.pivotal is None else {k: v.detach().cpu().clone() for k, v in self.pivotal.vectors.items()},

@@ -59,6 +59,21 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path, images: Path) -> 
         train(_config(images, out, rank=4, resume=info.value.state_dir), base=sd1_base(tmp_path / "b"))
 
 
+def test_resume_after_the_images_changed_is_refused_naming_them(tmp_path: Path, images: Path) -> None:
+    out = tmp_path / "x.safetensors"
+    with pytest.raises(TrainInterrupted) as info:
+        train(_config(images, out), base=sd1_base(tmp_path / "a"), on_event=_stop_at(2, KeyboardInterrupt()))
+    (images / "img2.png").unlink()
+    write_images(tmp_path / "more", count=1)
+    (tmp_path / "more" / "img0.png").rename(images / "new.png")
+    (images / "img1.txt").write_text("a new caption")
+    with pytest.raises(TrainError) as refused:  # it would not be the run it claims to continue
+        train(_config(images, out, resume=info.value.state_dir), base=sd1_base(tmp_path / "b"))
+    message = str(refused.value)
+    assert "added new.png" in message and "removed img2.png" in message and "new caption for img1.png" in message
+    assert not out.exists()
+
+
 def test_out_of_memory_names_the_settings_to_lower(tmp_path: Path, images: Path) -> None:
     base = sd1_base(tmp_path / "a")
 
