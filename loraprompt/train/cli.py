@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from loraprompt.train.config import FORMATS, PRECISIONS, TASKS, TrainConfig
@@ -56,6 +57,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     from loraprompt.train.errors import TrainError
     from loraprompt.train.trainer import read_state
 
+    # absolute, so the saved state resumes from any folder (a new terminal, another working directory)
+    for key in ("images", "checkpoint"):
+        value = getattr(args, key)
+        if value and value != "demo" and os.path.exists(value):
+            setattr(args, key, os.path.abspath(value))
     values = {k: v for k, v in vars(args).items() if k not in ("command", "quiet")}
     saved = read_state(args.resume)["config"] if args.resume else {}
     _refuse_changed_recipe(args, saved)

@@ -253,3 +253,17 @@ def test_tag_frequency_is_keyed_by_the_whole_folder_name(tmp_path: Path) -> None
     _, meta = _metadata(out)
     assert list(json.loads(meta["ss_tag_frequency"])) == ["10_cat.v2"]
     assert list(json.loads(meta["ss_dataset_dirs"])) == ["10_cat.v2"]
+
+
+def test_resume_from_another_folder_finds_the_images_given_as_a_relative_path(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch,
+                                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    write_images(tmp_path / "photos", count=1)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "photos", "--output", "me.safetensors", *DEMO, "--save-every", "1"]) == 0
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # a new terminal: the saved run must not depend on the old one's folder
+    again = tmp_path / "again.safetensors"
+    assert main(["train", "--resume", str(tmp_path / "me.train-state"), "--output", str(again), "-q",
+                 "--steps", "3"]) == 0, capsys.readouterr().err
+    assert again.is_file()
