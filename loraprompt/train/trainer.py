@@ -98,6 +98,8 @@ class Trainer(LossMixin):
         if not (src.is_dir() or (src.is_file() and src.suffix.lower() == ".zip")):
             raise TrainError(f"{src}: IMAGES must be a folder of images or a .zip of them")
         self.device = resolve_device(config.device)  # before the model: loading SDXL takes minutes
+        if self.device.type == "cpu" and config.mixed_precision == "fp16":  # the preview's VAE fails on it
+            raise TrainError("--mixed-precision fp16 needs a GPU (--device cuda); on the CPU use bf16 or no")
         self.base = base if base is not None else load_base(config.checkpoint, config.prediction_type)
         self.resolution = config.resolution or self.base.native_resolution()
         self.dataset = self._load_images()

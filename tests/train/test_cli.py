@@ -93,6 +93,8 @@ def test_bad_settings_are_refused_before_training(tmp_path: Path, capsys: pytest
     (["--device", "gpu"], "--device 'gpu'"),
     (["--resolution", "40"], "--resolution 40: this model needs at least"),
     (["--resolution", "100"], "--resolution 100: must be a multiple of 8 (96 or 104)"),  # failed at the preview, after training
+    # trained every step, then the preview failed ('Input type (c10::Half) and bias type (float)'): no LoRA
+    (["--device", "cpu", "--mixed-precision", "fp16"], "--mixed-precision fp16 needs a GPU"),
     (["--min-snr-gamma", "-1"], "--min-snr-gamma must be > 0"),  # trained on a negative loss
     (["--lr-token", "-1"], "--lr-token must be >= 0"),
     (["--lr", "inf"], "--lr must be a finite number"),  # a NaN loss at step 2
