@@ -17,6 +17,8 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", "
 # images PIL does not read (phones' HEIC, raw, layered files): named as skipped rather than dropped unseen
 OTHER_IMAGE_SUFFIXES = frozenset({".heic", ".heif", ".jxl", ".psd", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf",
                                   ".orf", ".rw2", ".svg"})
+# thumbnails and deleted files that file systems keep beside photos: Synology (@eaDir, #recycle), macOS zips
+NOT_IMAGE_FOLDERS = frozenset({"@eaDir", "#recycle", "#snapshot", "__MACOSX", "$RECYCLE.BIN"})
 MAX_ZIP_BYTES = 2 * 1024**3  # total uncompressed size of a zip's images and captions
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # PIL's decompression-bomb guard, raised to 64 MP
 
@@ -179,7 +181,7 @@ def caption_for(image_path: Path, template: str, token: str, *, require_token: b
 
 def image_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | OTHER_IMAGE_SUFFIXES
-                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+                  and not any(part.startswith(".") or part in NOT_IMAGE_FOLDERS for part in p.relative_to(root).parts))
 
 
 def written_by_train(path: Path, root: Path) -> bool:

@@ -97,3 +97,13 @@ def test_an_empty_caption_file_falls_back_to_the_template(tmp_path: Path) -> Non
                         require_token=False)
     assert [item.caption for item in data.images] == ["a photo of <s1>", "a photo of <s1>"]
     assert data.tag_frequency() == {"a photo of <s1>": 2}
+
+
+def test_nas_thumbnails_and_recycle_bins_are_not_training_images(tmp_path: Path) -> None:
+    # a Synology share keeps thumbnails of every photo in @eaDir/<photo>/ and deleted files in #recycle
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "cat.jpg")
+    for extra in ("@eaDir/cat.jpg/SYNOPHOTO_THUMB_M.jpg", "#recycle/old.jpg", "__MACOSX/cat.jpg"):
+        (tmp_path / extra).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 32), "blue").save(tmp_path / extra)
+    data = load_dataset(tmp_path, resolution=64, step=16, template="{token}", token="<s1>", require_token=False)
+    assert [item.name for item in data.images] == ["cat.jpg"]
