@@ -14,6 +14,11 @@ class TrainError(LoraPromptError):
     """A training run that cannot start or go on; nothing is written at the output."""
 
 
+class LossNotFinite(TrainError):
+    """A NaN or infinite loss: the state of the last finished step is saved, but a resume keeps the
+    recipe (learning rates, precision), so it would stop at the same step again: no resume hint."""
+
+
 class TrainInterrupted(TrainError):
     """Ctrl-C or a crash mid-run: the state at the last finished step was saved in `state_dir`."""
 

@@ -25,7 +25,7 @@ from loraprompt.adapters.loading import pickle_refusal
 from loraprompt.train import export
 from loraprompt.train.config import RECIPE_FIELDS, TrainConfig
 from loraprompt.train.data import MAX_ZIP_BYTES, Dataset, extract_zip, load_dataset
-from loraprompt.train.errors import TrainError, TrainInterrupted, is_oom, oom_message
+from loraprompt.train.errors import LossNotFinite, TrainError, TrainInterrupted, is_oom, oom_message
 from loraprompt.train.loss import LossMixin, _Order, _to_tensor
 from loraprompt.train.model import (
     Base,
@@ -257,8 +257,9 @@ class Trainer(LossMixin):
         loss = self.loss_at(self.step)
         value = float(loss.detach())
         if not math.isfinite(value):  # before the update: the saved state stays the last good step's
-            raise TrainError(f"the loss became {value} at step {self.step + 1}; lower --lr"
-                             + (" or use --mixed-precision bf16 instead of fp16" if self.config.mixed_precision == "fp16" else ""))
+            raise LossNotFinite(f"the loss became {value} at step {self.step + 1}; lower --lr"
+                                + (" or use --mixed-precision bf16 instead of fp16" if self.config.mixed_precision == "fp16" else "")
+                                + " and train again without --resume (a resume keeps the saved run's settings)")
         self.accelerator.backward(loss)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.accelerator.clip_grad_norm_(params, 1.0)
@@ -322,7 +323,7 @@ class Trainer(LossMixin):
             raise TrainInterrupted(f"interrupted at step {self.step}{then}", str(where or ""), self.step) from None
         except TrainError as exc:
             where = self._save_after_failure()
-            if where is None:
+            if where is None or isinstance(exc, LossNotFinite):
                 raise
             raise TrainError(f"{exc}; the state at step {self.step} is in {where} (--resume {where})") from exc
         except Exception as exc:

@@ -269,3 +269,14 @@ def test_resume_from_another_folder_finds_the_images_given_as_a_relative_path(tm
     assert main(["train", "--resume", str(tmp_path / "me.train-state"), "--output", str(again), "-q",
                  "--steps", "3"]) == 0, capsys.readouterr().err
     assert again.is_file()
+
+
+def test_a_nan_loss_does_not_send_the_user_to_a_resume_that_fails_the_same_way(tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    images = write_images(tmp_path / "photos", count=1)
+    out = tmp_path / "x.safetensors"
+    assert main(["train", str(images), "--output", str(out), *DEMO, "--steps", "3", "--lr", "1e30"]) == 1
+    err = capsys.readouterr().err
+    assert "the loss became nan at step 2" in err and "lower --lr" in err and not out.exists()
+    # the advice must work: a resume keeps the saved lr (it is part of the recipe) and stops at step 2 again
+    assert "--resume" not in err.replace("without --resume", "")
