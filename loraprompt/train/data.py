@@ -215,8 +215,9 @@ def to_rgb(image: Any) -> Any:
 
 
 def load_dataset(folder: Path, *, resolution: int, step: int, template: str, token: str,
-                 require_token: bool) -> Dataset:
-    """Every readable image under `folder`, fitted to its bucket; unreadable ones are skipped and named."""
+                 require_token: bool, label: str | None = None) -> Dataset:
+    """Every readable image under `folder`, fitted to its bucket; unreadable ones are skipped and named.
+    `label` names the input in errors (the .zip the user gave, not the folder it was unpacked to)."""
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, MAX_IMAGE_PIXELS)
@@ -249,5 +250,5 @@ def load_dataset(folder: Path, *, resolution: int, step: int, template: str, tok
                                  (rgb.height, rgb.width), crop, size))
     if not images:
         detail = "; ".join(f"{n}: {why}" for n, why in skipped[:5]) or "no .png/.jpg/.webp/.bmp/.gif/.tif files"
-        raise TrainError(f"{folder}: no usable image ({detail})")
+        raise TrainError(f"{label or folder}: no usable image ({detail})")
     return Dataset(images, skipped)

@@ -142,7 +142,7 @@ class Trainer(LossMixin):
                              f" multiples of {step})")
         dataset = load_dataset(folder, resolution=self.resolution, step=step,
                                template=self.config.template, token=self.config.token,
-                               require_token=self.config.pivotal)
+                               require_token=self.config.pivotal, label=str(src))
         for name, why in dataset.skipped:
             self.on_event("skipped", {"file": name, "reason": why})
         return dataset

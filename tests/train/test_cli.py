@@ -280,3 +280,16 @@ def test_a_nan_loss_does_not_send_the_user_to_a_resume_that_fails_the_same_way(t
     assert "the loss became nan at step 2" in err and "lower --lr" in err and not out.exists()
     # the advice must work: a resume keeps the saved lr (it is part of the recipe) and stops at step 2 again
     assert "--resume" not in err.replace("without --resume", "")
+
+
+def test_a_zip_without_usable_images_is_named_in_the_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import zipfile
+
+    archive = tmp_path / "upload.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("photos/a.txt", "a caption without its image")
+        zf.writestr("photos/b.png", b"\x89PNG\r\n\x1a\n truncated")
+    assert main(["train", str(archive), "--output", str(tmp_path / "x.safetensors"), *DEMO]) == 1
+    err = capsys.readouterr().err
+    assert f"{archive}: no usable image (photos/b.png:" in err  # not the deleted temporary folder it was unpacked to
+    assert "loraprompt-train-" not in err
