@@ -23,16 +23,21 @@ def webui(tmp_path: Path) -> Iterator[WebUI]:
         yield server
 
 
+def fill_form(page: Any, images: Path, name: str, fields: tuple[tuple[str, str], ...] = ()) -> None:
+    """Open the Train tab, drop every file of `images`, name the LoRA and set the `fields` (id, value)."""
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#lp-train-files input[type=file]").set_input_files([str(p) for p in sorted(images.iterdir())])
+    page.locator("#lp-train-name textarea, #lp-train-name input").first.fill(name)
+    for field, value in fields:
+        page.locator(f"#lp-train-{field} input").first.fill(value)
+
+
 def test_train_tab_trains_in_a_worker_and_the_lora_reaches_the_gallery(browser: Any, webui: WebUI,
                                                                        tmp_path: Path) -> None:
     images = write_images(tmp_path / "photos", count=3)
     (images / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     with open_page(browser, webui.url, "#lp-prompt textarea", "webui_train_tab.png", viewport=(1400, 1100)) as page:
-        page.get_by_role("tab", name="Train").click()
-        page.locator("#lp-train-files input[type=file]").set_input_files([str(p) for p in sorted(images.iterdir())])
-        page.locator("#lp-train-name textarea, #lp-train-name input").first.fill("tab_trained")
-        for field, value in (("steps", "4"), ("rank", "4"), ("resolution", "64"), ("sample-every", "2")):
-            page.locator(f"#lp-train-{field} input").first.fill(value)
+        fill_form(page, images, "tab_trained", (("steps", "4"), ("rank", "4"), ("resolution", "64"), ("sample-every", "2")))
         page.locator("#lp-train-start").click()
         # The page polls once a second, so a fast machine trains these 4 steps between two polls:
         # wait for the end only (waiting for an intermediate 'step 2/4' timed out on such a machine).
@@ -56,11 +61,7 @@ def test_a_stopped_run_resumes_from_its_step_in_the_tab(browser: Any, webui: Web
     resume it (its message named the CLI's --resume), and Start with the same name began at step 0."""
     images = write_images(tmp_path / "photos", count=3)
     with open_page(browser, webui.url, "#lp-prompt textarea", "webui_train_resume.png", viewport=(1400, 1100)) as page:
-        page.get_by_role("tab", name="Train").click()
-        page.locator("#lp-train-files input[type=file]").set_input_files([str(p) for p in sorted(images.iterdir())])
-        page.locator("#lp-train-name textarea, #lp-train-name input").first.fill("resumed")
-        for field, value in (("steps", "200"), ("rank", "4"), ("resolution", "64"), ("sample-every", "0")):
-            page.locator(f"#lp-train-{field} input").first.fill(value)
+        fill_form(page, images, "resumed", (("steps", "200"), ("rank", "4"), ("resolution", "64"), ("sample-every", "0")))
         page.locator("#lp-train-start").click()
         status = page.locator("#lp-train-status")
         page.wait_for_function("() => /step [0-9]+\\/200/.test(document.querySelector('#lp-train-status').innerText)",
@@ -86,9 +87,7 @@ def test_a_name_another_lora_in_a_subfolder_has_is_refused_before_training(brows
     that tag applies styles/demo_neon, as A1111 resolves it; the new LoRA needed another tag."""
     images = write_images(tmp_path / "photos", count=2)
     with open_page(browser, webui.url, "#lp-prompt textarea", "webui_train_taken_name.png", viewport=(1400, 1100)) as page:
-        page.get_by_role("tab", name="Train").click()
-        page.locator("#lp-train-files input[type=file]").set_input_files([str(p) for p in sorted(images.iterdir())])
-        page.locator("#lp-train-name textarea, #lp-train-name input").first.fill("demo_neon")
+        fill_form(page, images, "demo_neon")
         page.locator("#lp-train-start").click()
         page.get_by_text("styles/demo_neon.safetensors is already named demo_neon").first.wait_for(timeout=30_000)
         assert "No training yet." in page.locator("#lp-train-status").inner_text()  # no job started
