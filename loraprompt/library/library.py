@@ -80,7 +80,6 @@ class Library(Contents):
         self._by_path: dict[str, Entry] = {}
         self._dir_mtimes: dict[str, int] = {}
         self._offline: set[str] = set()
-        self._unreadable: list[str] = []
         self._marks: dict[str, Any] = {}  # path -> the sidecars and previews its entry was made with
         self._watched: dict[str, Version] = {}  # `<stem>.json` sidecar -> its `file_version` when scanned
         self._index = NameIndex([])
@@ -141,7 +140,6 @@ class Library(Contents):
             self._install(entries)
             self._allowed = frozenset(Path(p) for p in linked)
             self._dir_mtimes, self._offline, self._marks = dir_mtimes, {*offline, *links}, marks
-            self._unreadable = unreadable
             self._watched = _json_sidecars(marks)
             self._checked_at = time.monotonic()
             self._scanned_ns = scan_started
@@ -232,7 +230,7 @@ class Library(Contents):
             # a rewrite that puts the old size and mtime back (`cp -p`) still moves the ctime
             if file_version(st) != version or abs(version[1] - self._scanned_ns) < RACY_NS:
                 return True
-        return (any(os.path.exists(r) for r in self._offline) or any(listing_error(p) is None for p in self._unreadable)
+        return (any(os.path.exists(r) for r in self._offline) or any(listing_error(p) is None for p in self.last_report.unreadable)
                 or any(settled(p, self.settle_s) for p in self.last_report.pending))  # a copy that finished
 
     def _auto_check(self) -> None:
