@@ -122,4 +122,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {result.output} ({result.steps} steps, {result.seconds:.1f} s, final loss"
           f" {result.losses[-1]:.4f}); {result.json_path.name}, "
           f"{result.preview_path.name if result.preview_path else 'no preview'}")
+    if result.preview_error:
+        print(f"loraprompt train: {result.preview_error}", file=sys.stderr)
     return 0

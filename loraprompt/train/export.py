@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +138,18 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
 def write_png(path: Path, image: Any) -> None:
     with atomic_path(path, ".png") as tmp:
         image.save(tmp, format="PNG")
+
+
+def folder_name(images: Path) -> str:
+    """The dataset's name in ss_tag_frequency / ss_dataset_dirs: a zip's stem, a folder's whole name."""
+    if images.suffix.lower() == ".zip" and not images.is_dir():
+        return images.stem or "images"
+    return images.resolve().name or "images"
+
+
+def progress_bar(step: int, total: int, loss: float, rate: float, eta: float) -> None:
+    width = 25
+    done = width * step // max(total, 1)
+    sys.stderr.write(f"\rtrain [{'#' * done:<{width}}] {step}/{total} loss {loss:.4f} {rate:.2f} steps/s"
+                     f" ETA {int(eta) // 60}:{int(eta) % 60:02d} ")
+    sys.stderr.flush()

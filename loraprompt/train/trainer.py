@@ -53,6 +53,7 @@ class TrainResult:
     skipped: list[tuple[str, str]]
     seconds: float
     samples: list[Path] = field(default_factory=list)
+    preview_error: str | None = None  # why there is no preview (the LoRA was written before it)
 
 
 def default_state_dir(output: str | Path) -> Path:
@@ -307,15 +308,14 @@ class Trainer(LossMixin):
                 self.on_event("step", {"step": self.step, "steps": config.steps, "loss": loss,
                                        "steps_per_s": rate, "eta_s": eta})
                 if self.progress:
-                    _bar(self.step, config.steps, loss, rate, eta)
+                    export.progress_bar(self.step, config.steps, loss, rate, eta)
                 if config.sample_every and self.step % config.sample_every == 0 and self.step < config.steps:
                     self._sample_to_file()
                 if config.save_every and self.step % config.save_every == 0 and self.step < config.steps:
                     self.save_state()
             if self.progress:
                 sys.stderr.write("\n")
-            preview = self.sample()
-            return self._write(preview, started)
+            return self._write(started)
         except KeyboardInterrupt:
             where = self._save_after_failure()
             then = (f"; resume with --resume {where}" if where else
@@ -345,13 +345,25 @@ class Trainer(LossMixin):
         except Exception:  # the original failure matters more than a failed save
             return None
 
-    def _write(self, preview: Any, started: float) -> TrainResult:
+    def _write_preview(self, path: Path) -> str | None:
+        """Sample and write the preview; why not, if it fails. The LoRA is written first: running out
+        of memory here (the optimizer's memory is still held) or Ctrl-C costs only the picture."""
+        try:
+            export.write_png(path, self.sample())
+        except (Exception, KeyboardInterrupt) as exc:
+            path.unlink(missing_ok=True)  # not an older LoRA's picture beside the new file
+            why = "out of memory" if is_oom(exc) else "interrupted" if isinstance(exc, KeyboardInterrupt) else \
+                f"{type(exc).__name__}: {exc}"
+            return f"the preview was not made ({why}); the LoRA is saved"
+        return None
+
+    def _write(self, started: float) -> TrainResult:
         config, base = self.config, self.base
         finished = time.time()
         meta = export.metadata(config, family=base.family, base_name=base.name, base_hash=base.model_hash,
                                dataset=self.dataset, started=started, finished=finished, steps=self.step,
                                resolution=self.resolution, prediction_type=self.prediction,
-                               folder_name=_folder_name(Path(config.images)))
+                               folder_name=export.folder_name(Path(config.images)))
         factors = trained_factors(self.trained, config.network_alpha)
         bundle = None
         if self.pivotal is not None:
@@ -362,30 +374,17 @@ class Trainer(LossMixin):
         export.write_lora_file(self.output, factors, config.format, meta, bundle, family=base.family)
         _, json_path, preview_path = export.outputs(self.output)
         export.write_json(json_path, export.user_metadata(config, base.family, recipe))
-        export.write_png(preview_path, preview)
+        preview_error = self._write_preview(preview_path)
         if not config.save_every and (config.state_dir or self.state_dir == default_state_dir(self.output)):
             (self.state_dir / STATE_FILE).unlink(missing_ok=True)  # the samples the run named stay
             with contextlib.suppress(OSError):  # only when empty: never a folder holding anything else
                 self.state_dir.rmdir()
-        result = TrainResult(self.output, json_path, preview_path, self.step, list(self.losses),
-                             list(self.dataset.skipped), finished - started, list(self.samples))
-        self.on_event("done", {"output": str(self.output), "steps": self.step, "seconds": result.seconds})
+        result = TrainResult(self.output, json_path, None if preview_error else preview_path, self.step,
+                             list(self.losses), list(self.dataset.skipped), finished - started, list(self.samples),
+                             preview_error)
+        self.on_event("done", {"output": str(self.output), "steps": self.step, "seconds": result.seconds,
+                               "preview_error": preview_error})
         return result
-
-
-def _folder_name(images: Path) -> str:
-    """The dataset's name in ss_tag_frequency / ss_dataset_dirs: a zip's stem, a folder's whole name."""
-    if images.suffix.lower() == ".zip" and not images.is_dir():
-        return images.stem or "images"
-    return images.resolve().name or "images"
-
-
-def _bar(step: int, total: int, loss: float, rate: float, eta: float) -> None:
-    width = 25
-    done = width * step // max(total, 1)
-    sys.stderr.write(f"\rtrain [{'#' * done:<{width}}] {step}/{total} loss {loss:.4f} {rate:.2f} steps/s"
-                     f" ETA {int(eta) // 60}:{int(eta) % 60:02d} ")
-    sys.stderr.flush()
 
 
 def train(config: TrainConfig, *, base: Base | None = None, on_event: Event | None = None,

@@ -105,6 +105,7 @@ class TrainJob:
             self.skipped.append(f"{data['file']}: {data['reason']}")
         elif kind == "done":
             self.status, self.output = "done", str(data["output"])
+            self.message = str(data.get("preview_error") or "")
         elif kind == "error":
             stopped = "interrupted" in str(data["message"])
             self.status, self.message = ("stopped" if stopped else "error"), str(data["message"])

@@ -191,3 +191,34 @@ def test_an_output_that_appears_during_training_is_kept_and_the_run_can_be_resum
     resumed = train(_config(images, tmp_path / "y.safetensors", resume=str(tmp_path / "x.train-state")),
                     base=sd1_base(tmp_path / "b"))
     assert resumed.steps == 6
+
+
+@pytest.mark.parametrize("failure", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                     KeyboardInterrupt()], ids=["oom", "ctrl-c"])
+def test_a_failed_final_preview_keeps_the_trained_lora(tmp_path: Path, images: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       failure: BaseException) -> None:
+    """The preview is sampled after the last step, with the optimizer's memory still held: running
+    out of memory there (or Ctrl-C) threw away the whole run, with the LoRA not yet written."""
+    from loraprompt.train.trainer import Trainer
+
+    out = tmp_path / "kept.safetensors"
+    stale = out.with_name("kept.preview.png")
+    stale.write_bytes(b"the preview of an older LoRA of this name")  # replaced with force=True
+
+    def failing_sample(self: Any, prompt: str | None = None) -> Any:
+        raise failure
+
+    monkeypatch.setattr(Trainer, "sample", failing_sample)
+    events: list[tuple[str, dict[str, Any]]] = []
+    result = train(_config(images, out, force=True, sample_every=0), base=sd1_base(tmp_path / "a"),
+                   on_event=lambda kind, data: events.append((kind, data)))
+    assert result.steps == 6 and result.preview_path is None
+    with safe_open(str(out), "pt") as f:
+        assert any(k.endswith("lora_down.weight") for k in f.keys()) and f.metadata()["ss_steps"] == "6"
+    assert out.with_suffix(".json").is_file()
+    assert not stale.exists()  # not the older LoRA's picture beside the new file
+    assert not (tmp_path / "kept.train-state").exists()  # done: nothing to resume
+    expected = "out of memory" if isinstance(failure, torch.OutOfMemoryError) else "interrupted"
+    assert result.preview_error is not None and expected in result.preview_error
+    done = [data for kind, data in events if kind == "done"]
+    assert done and done[0]["preview_error"] == result.preview_error

@@ -109,3 +109,10 @@ def test_served_beyond_loopback_no_folder_on_the_server_is_read(tmp_path: Path) 
         return bool(props.get("visible", True))
 
     assert folder_visible(local) and not folder_visible(remote)
+
+
+def test_a_run_done_without_its_preview_says_so_on_the_page() -> None:
+    job = train_tab.TrainJob("mine", {"token": "<s1>"})
+    job._event("done", {"output": "/x/mine.safetensors", "steps": 4, "seconds": 1.0,
+                        "preview_error": "the preview was not made (out of memory); the LoRA is saved"})
+    assert job.status == "done" and "out of memory" in job.summary() and "<lora:mine:1>" in job.summary()
