@@ -211,6 +211,9 @@ class TrainJobs:
             if zips:  # it would be copied beside the images and never opened
                 raise TrainError(f"{Path(zips[0]).name}: drop a .zip on its own, or the images without it")
             for f in files:
+                if (target / Path(f).name).exists():  # two files of one name from two folders: one would be lost
+                    raise TrainError(f"{Path(f).name}: two dropped files have this name; rename one (a caption"
+                                     " .txt pairs with the image of its name)")
                 shutil.copy(f, target / Path(f).name)
             return target
         if folder.strip() and not self.local_paths:

@@ -111,6 +111,22 @@ def test_served_beyond_loopback_no_folder_on_the_server_is_read(tmp_path: Path) 
     assert folder_visible(local) and not folder_visible(remote)
 
 
+def test_two_dropped_files_of_one_name_are_refused_not_overwritten(tmp_path: Path) -> None:
+    """Images dragged from two folders may share a name (IMG_0001.jpg): the second copy replaced
+    the first, so the run trained on fewer images than were dropped, without a word."""
+    from loraprompt.train import TrainError
+
+    for folder, colour in (("phone", b"a"), ("camera", b"b")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "IMG_0001.jpg").write_bytes(colour)
+    jobs = train_tab.TrainJobs(tmp_path / "lora", tmp_path / "work", "demo")
+    with pytest.raises(TrainError, match=r"IMG_0001\.jpg: two dropped files"):
+        jobs._images(tmp_path / "work" / "job", [str(tmp_path / "phone" / "IMG_0001.jpg"),
+                                                 str(tmp_path / "camera" / "IMG_0001.jpg")], "")
+    copied = jobs._images(tmp_path / "work" / "job", [str(tmp_path / "phone" / "IMG_0001.jpg")], "")
+    assert (copied / "IMG_0001.jpg").read_bytes() == b"a"
+
+
 def test_a_run_done_without_its_preview_says_so_on_the_page() -> None:
     job = train_tab.TrainJob("mine", {"token": "<s1>"})
     job._event("done", {"output": "/x/mine.safetensors", "steps": 4, "seconds": 1.0,
