@@ -52,7 +52,7 @@ def test_every_test_and_benchmark_the_gpu_run_names_exists() -> None:
 
 
 def test_bench_patch_prints_ours_the_peer_and_the_limit() -> None:
-    out = _run("benchmarks.bench_patch", "--model", "tiny", "--repeat", "2", "--per-step")
+    out = _run("benchmarks.bench_patch", "--model", "tiny", "--repeat", "1", "--per-step")
     for op in ("first apply", "apply", "switch", "strength", "restore"):
         cells = _row(out, op)
         assert re.fullmatch(r"[\d.]+s", cells[0]) and re.fullmatch(r"[\d.]+s", cells[1]) and re.fullmatch(r"[\d.]+s", cells[3]), cells
@@ -63,7 +63,7 @@ def test_bench_patch_prints_ours_the_peer_and_the_limit() -> None:
 
 def test_bench_dit_prints_steps_and_switches() -> None:
     out = _run("benchmarks.bench_dit", "--double", "1", "--single", "1", "--width", "128", "--rank", "4",
-               "--repeat", "2", "--tokens", "16", "--per-step")
+               "--repeat", "1", "--tokens", "16", "--per-step")
     for label in ("plain step", "scheduled, in the forward", "scheduled, rewritten each step", "unfused (peft)"):
         assert re.fullmatch(r"[\d.]+ms", _row(out, "  " + label)[0]), label
     for op in ("first apply", "switch", "switch (kohya, fused q/k/v)", "restore"):
@@ -75,7 +75,7 @@ def test_bench_dit_prints_steps_and_switches() -> None:
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")
 def test_bench_dit_on_nf4_weights_prints_steps_and_a_switch() -> None:
     out = _run("benchmarks.bench_dit", "--double", "1", "--single", "1", "--width", "128", "--rank", "4",
-               "--repeat", "2", "--tokens", "16", "--nf4")
+               "--repeat", "1", "--tokens", "16", "--nf4")
     assert re.search(r"^18 Linears quantized to NF4$", out, re.M), out  # every Linear the LoRAs touch
     for label in ("plain step", "constant, in the forward", "scheduled, in the forward", "unfused (peft)"):
         assert re.fullmatch(r"[\d.]+ms", _row(out, "  " + label)[0]), label
