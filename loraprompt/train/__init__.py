@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from loraprompt.train.config import TrainConfig
 from loraprompt.train.errors import TrainError, TrainInterrupted
-from loraprompt.train.trainer import Trainer, TrainResult, default_state_dir, read_state, train
+from loraprompt.train.state import default_state_dir, read_state
+from loraprompt.train.trainer import Trainer, TrainResult, train
 
 __all__ = ["TrainConfig", "TrainError", "TrainInterrupted", "TrainResult", "Trainer", "default_state_dir",
            "read_state", "train"]

@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     from loraprompt.train.config import RECIPE_FIELDS
     from loraprompt.train.errors import TrainError
-    from loraprompt.train.trainer import read_state
+    from loraprompt.train.state import read_state
 
     # absolute, so the saved state resumes from any folder (a new terminal, another working directory)
     for key in ("images", "checkpoint"):

@@ -21,7 +21,6 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from loraprompt.adapters.loading import pickle_refusal
 from loraprompt.train import export
 from loraprompt.train.config import RECIPE_FIELDS, TrainConfig
 from loraprompt.train.data import MAX_ZIP_BYTES, Dataset, extract_zip, load_dataset
@@ -37,9 +36,8 @@ from loraprompt.train.model import (
     resolve_device,
     trained_factors,
 )
+from loraprompt.train.state import STATE_FILE, STATE_VERSION, default_state_dir, read_state
 
-STATE_FILE = "state.pt"
-STATE_VERSION = 1
 Event = Callable[[str, dict[str, Any]], None]
 
 
@@ -54,26 +52,6 @@ class TrainResult:
     seconds: float
     samples: list[Path] = field(default_factory=list)
     preview_error: str | None = None  # why there is no preview (the LoRA was written before it)
-
-
-def default_state_dir(output: str | Path) -> Path:
-    out = Path(output)
-    return out.with_name(f"{out.stem}.train-state")
-
-
-def read_state(state_dir: str | Path) -> dict[str, Any]:
-    path = Path(state_dir) / STATE_FILE
-    if not path.is_file():
-        raise TrainError(f"{state_dir}: no training state ({STATE_FILE}) to resume from")
-    if (refusal := pickle_refusal()) is not None:  # a planted state.pt would run code there
-        raise TrainError(f"{path}: {refusal}; resume with torch >= 2.6")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise TrainError(f"{path}: cannot read the training state ({exc})") from exc
-    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-        raise TrainError(f"{path}: not a loraprompt training state (version {STATE_VERSION})")
-    return state
 
 
 class Trainer(LossMixin):

@@ -167,7 +167,7 @@ class TrainJobs:
         """Go on with the stopped (or failed) run of `name` from its saved state, with that run's
         own settings and images, as `loraprompt train --resume` does."""
         from loraprompt.train import TrainConfig, TrainError
-        from loraprompt.train.trainer import STATE_FILE, read_state
+        from loraprompt.train.state import STATE_FILE, read_state
 
         name = (name or "").strip()
         state = self.work_dir / name / "state"
