@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         return 130
     except TrainInterrupted as exc:
         print(f"\nloraprompt train: {exc}", file=sys.stderr)
-        return 130 if "interrupted" in str(exc) else 1
+        return 143 if "by SIGTERM" in str(exc) else 130 if "interrupted" in str(exc) else 1  # 128 + the signal
     except TrainError as exc:
         print(f"loraprompt train: {exc}", file=sys.stderr)
         return 1

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from loraprompt.errors import LoraPromptError
 
@@ -48,3 +52,23 @@ def oom_message(config: TrainConfig, resolution: int) -> str:
     if config.train_te:
         lower.append("--no-train-te")
     return "out of memory while training; lower " + ", ".join(lower)
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt("SIGTERM") meanwhile, so that a run stopped by a container,
+    `kill` or a scheduler's time limit saves its state as Ctrl-C does (SIGTERM's default kills the
+    process at once). Only in the main thread, where Python runs signal handlers; the previous
+    handler is put back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -24,7 +24,14 @@ from torch import Tensor
 from loraprompt.train import export
 from loraprompt.train.config import RECIPE_FIELDS, TrainConfig
 from loraprompt.train.data import MAX_ZIP_BYTES, Dataset, extract_zip, load_dataset
-from loraprompt.train.errors import LossNotFinite, TrainError, TrainInterrupted, is_oom, oom_message
+from loraprompt.train.errors import (
+    LossNotFinite,
+    TrainError,
+    TrainInterrupted,
+    is_oom,
+    oom_message,
+    sigterm_interrupts,
+)
 from loraprompt.train.loss import LossMixin, _Order, _to_tensor
 from loraprompt.train.model import (
     Base,
@@ -271,6 +278,10 @@ class Trainer(LossMixin):
 
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        with sigterm_interrupts():  # a container stopping, `kill`: the state is saved as for Ctrl-C
+            return self._run()
+
+    def _run(self) -> TrainResult:
         config = self.config
         started = time.time()
         try:
@@ -294,11 +305,12 @@ class Trainer(LossMixin):
             if self.progress:
                 sys.stderr.write("\n")
             return self._write(started)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             where = self._save_after_failure()
             then = (f"; resume with --resume {where}" if where else
                     " (before a step finished); nothing to resume" if self.step == 0 else "; the state could not be saved")
-            raise TrainInterrupted(f"interrupted at step {self.step}{then}", str(where or ""), self.step) from None
+            by = f" by {exc.args[0]}" if exc.args else ""  # SIGTERM's, from sigterm_interrupts
+            raise TrainInterrupted(f"interrupted{by} at step {self.step}{then}", str(where or ""), self.step) from None
         except TrainError as exc:
             where = self._save_after_failure()
             if where is None or isinstance(exc, LossNotFinite):

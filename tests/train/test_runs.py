@@ -222,3 +222,26 @@ def test_a_failed_final_preview_keeps_the_trained_lora(tmp_path: Path, images: P
     assert result.preview_error is not None and expected in result.preview_error
     done = [data for kind, data in events if kind == "done"]
     assert done and done[0]["preview_error"] == result.preview_error
+
+
+def test_sigterm_stops_a_run_with_a_resumable_state_as_ctrl_c_does(tmp_path: Path, images: Path) -> None:
+    """SIGTERM is how a container stops, `kill` ends a job and a scheduler's time limit hits: it
+    killed the run outright, losing every step. It now saves the state, as Ctrl-C does."""
+    import os
+    import signal
+
+    out = tmp_path / "termed.safetensors"
+    before = signal.getsignal(signal.SIGTERM)
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        if kind == "step" and data["step"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainInterrupted) as info:
+        train(_config(images, out), base=sd1_base(tmp_path / "a"), on_event=on_event)
+    assert info.value.step == 3 and "SIGTERM" in str(info.value) and "--resume" in str(info.value)
+    assert (Path(info.value.state_dir) / "state.pt").is_file() and not out.exists()
+    assert signal.getsignal(signal.SIGTERM) == before  # the process's own handler is back afterwards
+    resumed = train(_config(images, out, resume=info.value.state_dir), base=sd1_base(tmp_path / "b"))
+    assert resumed.steps == 6 and out.is_file()
+
