@@ -109,6 +109,12 @@ class Trainer(LossMixin):
             raise TrainError(f"{taken[0]}: output exists; pass --force to replace it")
         if not out.parent.is_dir():
             raise TrainError(f"{out}: folder {out.parent} does not exist")
+        try:  # now, not after the run: the LoRA (and the state a failure saves) go there
+            fd, probe = tempfile.mkstemp(prefix=".loraprompt-probe-", dir=out.parent)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise TrainError(f"--output {out}: cannot write in {out.parent} ({exc.strerror or exc})") from exc
 
     def _load_images(self) -> Dataset:
         src = Path(self.config.images)

@@ -245,3 +245,10 @@ def test_sigterm_stops_a_run_with_a_resumable_state_as_ctrl_c_does(tmp_path: Pat
     resumed = train(_config(images, out, resume=info.value.state_dir), base=sd1_base(tmp_path / "b"))
     assert resumed.steps == 6 and out.is_file()
 
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_training(tmp_path: Path, images: Path) -> None:
+    """Found only when the LoRA was written, after the whole run (and its state could not be saved
+    there either). /proc/self is a folder nobody, root included, can create files in."""
+    with pytest.raises(TrainError, match=r"--output /proc/self/x\.safetensors: cannot write in /proc/self"):
+        train(_config(images, Path("/proc/self/x.safetensors")), base=sd1_base(tmp_path / "a"),
+              on_event=lambda kind, data: pytest.fail(f"a {kind} event: the run started"))
