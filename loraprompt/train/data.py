@@ -4,6 +4,7 @@ extracted (no `../`, absolute paths or symlinks; a cap on its total uncompressed
 
 from __future__ import annotations
 
+import re
 import stat
 import zipfile
 from collections import Counter
@@ -21,6 +22,7 @@ OTHER_IMAGE_SUFFIXES = frozenset({".heic", ".heif", ".jxl", ".psd", ".dng", ".cr
 NOT_IMAGE_FOLDERS = frozenset({"@eaDir", "#recycle", "#snapshot", "__MACOSX", "$RECYCLE.BIN"})
 MAX_ZIP_BYTES = 2 * 1024**3  # total uncompressed size of a zip's images and captions
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # PIL's decompression-bomb guard, raised to 64 MP
+KOHYA_FOLDER = re.compile(r"(\d+)_(.+)")  # sd-scripts' `<repeats>_<name>` image folders
 
 
 @dataclass
@@ -33,6 +35,8 @@ class TrainImage:
     original_size: tuple[int, int]  # (height, width) before fitting: SDXL's size time id
     crop_top_left: tuple[int, int]  # (top, left) of the crop, in the resized image: SDXL's crop time id
     size: tuple[int, int]  # (height, width) of the bucket
+    repeats: int = 1  # times an epoch: N of a kohya `N_name/` folder it is in
+    subset: str = ""  # that folder's name; "" for the rest (metadata names it after the whole folder)
 
 
 @dataclass
@@ -57,12 +61,26 @@ class Dataset:
             ("a new caption for", [n for n in now if n in saved and now[n] != saved[n]])) if names]
         return "; ".join(parts)
 
-    def tag_frequency(self) -> dict[str, int]:
-        """kohya's ss_tag_frequency for one folder: comma-separated caption tags and their counts."""
-        counts: Counter[str] = Counter()
+    def subsets(self, root_name: str) -> dict[str, tuple[int, int]]:
+        """(repeats, image count) by subset, as sd-scripts' ss_dataset_dirs names them: each kohya
+        `N_name/` folder, and the other images under `root_name` (the folder or zip given)."""
+        out: dict[str, tuple[int, int]] = {}
         for item in self.images:
-            counts.update(t.strip() for t in item.caption.split(",") if t.strip())
-        return dict(counts)
+            name = item.subset or root_name
+            out[name] = (item.repeats, out.get(name, (0, 0))[1] + 1)
+        return out
+
+    def tag_frequency(self) -> dict[str, int]:
+        """Comma-separated caption tags and their counts over every image."""
+        return self.subset_tags("")[""] if self.images else {}
+
+    def subset_tags(self, root_name: str) -> dict[str, dict[str, int]]:
+        """kohya's ss_tag_frequency: per subset (see `subsets`), caption tags and their counts."""
+        counts: dict[str, Counter[str]] = {}
+        for item in self.images:
+            counts.setdefault(root_name if not item.subset or not root_name else item.subset, Counter()).update(
+                t.strip() for t in item.caption.split(",") if t.strip())
+        return {name: dict(c) for name, c in counts.items()}
 
 
 def _unsafe_entry(info: zipfile.ZipInfo) -> str | None:
@@ -226,6 +244,11 @@ def load_dataset(folder: Path, *, resolution: int, step: int, template: str, tok
     skipped: list[tuple[str, str]] = []
     for path in image_files(folder):
         name = path.relative_to(folder).as_posix()
+        parts = path.relative_to(folder).parts
+        kohya = KOHYA_FOLDER.fullmatch(parts[0]) if len(parts) > 1 else None
+        if kohya is not None and int(kohya.group(1)) == 0:
+            skipped.append((name, "in a 0_ folder: 0 repeats, as kohya skips it"))
+            continue
         if written_by_train(path, folder):
             skipped.append((name, "a preview or sample written by loraprompt train, not a training image"))
             continue
@@ -247,7 +270,8 @@ def load_dataset(folder: Path, *, resolution: int, step: int, template: str, tok
         size = nearest_bucket(rgb.height, rgb.width, buckets)
         fitted, crop = fit(rgb, size)
         images.append(TrainImage(name, fitted, caption_for(path, template, token, require_token=require_token),
-                                 (rgb.height, rgb.width), crop, size))
+                                 (rgb.height, rgb.width), crop, size, int(kohya.group(1)) if kohya else 1,
+                                 parts[0] if kohya else ""))
     if not images:
         detail = "; ".join(f"{n}: {why}" for n, why in skipped[:5]) or "no .png/.jpg/.webp/.bmp/.gif/.tif files"
         raise TrainError(f"{label or folder}: no usable image ({detail})")

@@ -39,7 +39,9 @@ def metadata(config: TrainConfig, *, family: str, base_name: str, base_hash: str
     out_name = Path(config.output).stem
     when = dt.datetime.fromtimestamp(finished, dt.timezone.utc)
     n_images = len(dataset.images)
-    batches_per_epoch = max(1, -(-n_images // config.batch_size))
+    subsets = dataset.subsets(folder_name)
+    per_epoch = sum(repeats * count for repeats, count in subsets.values())  # sd-scripts counts each repeat
+    batches_per_epoch = max(1, -(-per_epoch // config.batch_size))
     meta = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(config.rank),
@@ -50,7 +52,7 @@ def metadata(config: TrainConfig, *, family: str, base_name: str, base_hash: str
         "ss_sd_model_name": base_name,
         "ss_new_sd_model_hash": base_hash or "",
         "ss_output_name": out_name,
-        "ss_num_train_images": str(n_images),
+        "ss_num_train_images": str(per_epoch),
         "ss_num_reg_images": "0",
         "ss_resolution": f"({resolution}, {resolution})",
         "ss_enable_bucket": "True",
@@ -74,8 +76,9 @@ def metadata(config: TrainConfig, *, family: str, base_name: str, base_hash: str
         "ss_training_started_at": str(started),
         "ss_training_finished_at": str(finished),
         "ss_training_comment": f"trained with loraprompt ({config.task}); activation text: {config.token}",
-        "ss_tag_frequency": json.dumps({folder_name: dataset.tag_frequency()}),
-        "ss_dataset_dirs": json.dumps({folder_name: {"n_repeats": 1, "img_count": n_images}}),
+        "ss_tag_frequency": json.dumps(dataset.subset_tags(folder_name)),
+        "ss_dataset_dirs": json.dumps({name: {"n_repeats": repeats, "img_count": count}
+                                       for name, (repeats, count) in subsets.items()}),
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": ("stable-diffusion-v2-768-v" if family == "sd2" and prediction_type == "v_prediction"
                                    else ARCHITECTURE[family]) + "/lora",  # as sd-scripts' sai_model_spec

@@ -19,10 +19,11 @@ class _Order:
     """Aspect-ratio-bucketed batches: each batch holds images of one bucket; the order of an epoch
     depends only on (seed, epoch)."""
 
-    def __init__(self, sizes: list[tuple[int, int]], batch_size: int, seed: int) -> None:
+    def __init__(self, sizes: list[tuple[int, int]], batch_size: int, seed: int,
+                 repeats: list[int] | None = None) -> None:
         self.by_bucket: dict[tuple[int, int], list[int]] = {}
-        for i, size in enumerate(sizes):
-            self.by_bucket.setdefault(size, []).append(i)
+        for i, size in enumerate(sizes):  # an image `repeats[i]` times an epoch (kohya's N_name folders)
+            self.by_bucket.setdefault(size, []).extend([i] * (repeats[i] if repeats else 1))
         self.batch_size, self.seed = batch_size, seed
         self.per_epoch = sum(-(-len(v) // batch_size) for v in self.by_bucket.values())
         self._epoch, self._batches = -1, list[list[int]]()

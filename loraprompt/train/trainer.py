@@ -181,7 +181,8 @@ class Trainer(LossMixin):
         optimizer = torch.optim.AdamW(groups, weight_decay=1e-2, fused=True if self.device.type == "cuda" else None)
         prepared = self.accelerator.prepare(*self.trained.values(), optimizer)
         self.optimizer = prepared[-1]
-        self.order = _Order([img.size for img in self.dataset.images], config.batch_size, config.seed)
+        self.order = _Order([img.size for img in self.dataset.images], config.batch_size, config.seed,
+                            [img.repeats for img in self.dataset.images])
         if not config.train_te and self.pivotal is None:
             with torch.no_grad():
                 self.fixed_text = {c: encode(base, [c], self.device) for c in {i.caption for i in self.dataset.images}}

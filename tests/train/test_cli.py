@@ -257,6 +257,18 @@ def test_tag_frequency_is_keyed_by_the_whole_folder_name(tmp_path: Path) -> None
     assert list(json.loads(meta["ss_dataset_dirs"])) == ["10_cat.v2"]
 
 
+def test_kohya_repeat_folders_are_in_the_metadata_as_sd_scripts_writes_them(tmp_path: Path) -> None:
+    root = tmp_path / "img"
+    write_images(root / "4_cat", count=2)
+    write_images(root / "1_dog", count=1, seed=1)
+    out = tmp_path / "pets.safetensors"
+    assert main(["train", str(root), "--output", str(out), *DEMO]) == 0
+    _, meta = _metadata(out)
+    assert json.loads(meta["ss_dataset_dirs"]) == {"4_cat": {"n_repeats": 4, "img_count": 2},
+                                                   "1_dog": {"n_repeats": 1, "img_count": 1}}
+    assert meta["ss_num_train_images"] == "9"  # sd-scripts counts each repeat
+    assert set(json.loads(meta["ss_tag_frequency"])) == {"4_cat", "1_dog"}
+
 def test_resume_from_another_folder_finds_the_images_given_as_a_relative_path(tmp_path: Path,
                                                                              monkeypatch: pytest.MonkeyPatch,
                                                                              capsys: pytest.CaptureFixture[str]) -> None:

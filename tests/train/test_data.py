@@ -107,3 +107,34 @@ def test_nas_thumbnails_and_recycle_bins_are_not_training_images(tmp_path: Path)
         Image.new("RGB", (32, 32), "blue").save(tmp_path / extra)
     data = load_dataset(tmp_path, resolution=64, step=16, template="{token}", token="<s1>", require_token=False)
     assert [item.name for item in data.images] == ["cat.jpg"]
+
+
+def test_kohya_repeat_folders_weight_their_images_and_name_their_subsets(tmp_path: Path) -> None:
+    """kohya's dataset layout: `<repeats>_<name>/` folders, each image seen `repeats` times an epoch
+    (e.g. 20_face beside 5_body balances a few close-ups against many full shots). They were read
+    as plain subfolders: every image once, and one subset in the metadata."""
+    from loraprompt.train.loss import _Order
+
+    root = tmp_path / "img"
+    for folder, count in (("3_face", 1), ("1_body", 2), ("extra", 1)):
+        (root / folder).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (32, 32), (40 * i, 90, 200)).save(root / folder / f"{folder}{i}.png")
+    Image.new("RGB", (32, 32), "white").save(root / "loose.png")
+    (root / "0_off").mkdir()
+    Image.new("RGB", (32, 32), "black").save(root / "0_off" / "never.png")
+
+    data = load_dataset(root, resolution=32, step=8, template="{token}", token="sks", require_token=False)
+    repeats = {item.name: item.repeats for item in data.images}
+    assert repeats == {"3_face/3_face0.png": 3, "1_body/1_body0.png": 1, "1_body/1_body1.png": 1,
+                       "extra/extra0.png": 1, "loose.png": 1}
+    assert ("0_off/never.png", "in a 0_ folder: 0 repeats, as kohya skips it") in data.skipped
+    # the subsets kohya's metadata names: its folders, and the rest under the root's own name
+    assert data.subsets("img") == {"3_face": (3, 1), "1_body": (1, 2), "img": (1, 2)}
+    assert data.subset_tags("img") == {"3_face": {"sks": 1}, "1_body": {"sks": 2}, "img": {"sks": 2}}
+
+    order = _Order([item.size for item in data.images], 1, seed=0, repeats=[item.repeats for item in data.images])
+    assert order.per_epoch == 7  # 3 + 1 + 1 + 1 + 1 images an epoch
+    seen = [order.batch(step)[0] for step in range(order.per_epoch)]
+    face = next(i for i, item in enumerate(data.images) if item.name.startswith("3_face"))
+    assert seen.count(face) == 3 and all(seen.count(i) == 1 for i in range(len(data.images)) if i != face)
