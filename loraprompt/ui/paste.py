@@ -13,10 +13,11 @@ from loraprompt.ui.hires import HIRES_UPSCALERS
 
 
 def hash_lookup(library: Any) -> Any:
-    """A short-hash -> local LoRA name function over the library (hashes computed lazily)."""
+    """A short-hash -> local LoRA name function over the library, from the hashes it already knows (as
+    A1111's paste and /sdapi/v1/png-info): a paste never reads the whole library to hash it."""
 
     def lookup(wanted: str) -> str | None:
-        found = library.find_by_hash(wanted)
+        found = library.find_by_hash(wanted, compute=False)
         return library.display_name(found[0]) if found else None
 
     return lookup

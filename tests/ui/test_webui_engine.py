@@ -142,9 +142,15 @@ def test_every_listed_sampler_generates(engine: Txt2Img) -> None:
         sampler_by_label("Euler z")
 
 
+def _hashed(engine: Txt2Img, stem: str) -> str:
+    """The A1111 short hash of a demo LoRA, made known to the library (as the gallery's background
+    hashing or a generation with it does): a paste only uses hashes already known."""
+    entry = next(e for e in engine.library.entries if e.name == stem)
+    return str(engine.library.hashes(entry)["a1111_short"])
+
+
 def test_paste_values_fill_fields_and_remap_by_hash(engine: Txt2Img) -> None:
-    lora_dir = Path(engine.library.roots[0])
-    short = file_hashes(lora_dir / "demo_warm.safetensors")["a1111_short"]
+    short = _hashed(engine, "demo_warm")
     text = (f"a <lora:renamed:0.4>\nNegative prompt: ugly\nSteps: 9, Sampler: Euler, CFG scale: 6, Seed: 4, "
             f'Size: 128x96, Clip skip: 2, Lora hashes: "renamed: {short}"')
     prompt, negative, sampler, steps, width, height, cfg, seed, clip_skip = paste_values(text, engine.library)
@@ -161,7 +167,7 @@ def test_pasted_additional_networks_fields_become_tags(engine: Txt2Img) -> None:
     Model 1: name(hash)` fields, not tags: the paste adds them as tags (A1111's built-in does,
     networks.infotext_pasted), under the local name of that hash, keeping the text-encoder weight
     (`Weight B`) where it differs from the UNet's (`Weight A`); a LyCORIS module is left out, as there."""
-    short = file_hashes(Path(engine.library.roots[0]) / "demo_warm.safetensors")["a1111_short"]
+    short = _hashed(engine, "demo_warm")
     text = (f"a cat\nSteps: 9, Seed: 4, Size: 64x64, AddNet Enabled: True, AddNet Module 1: LoRA, AddNet Model 1: "
             f"warm_v1({short}), AddNet Weight A 1: 0.8, AddNet Weight B 1: 0.5, AddNet Module 2: LoRA, AddNet Model 2: "
             "gone(0123456789ab), AddNet Weight A 2: 0.6, AddNet Weight B 2: 0.6, AddNet Module 3: LyCORIS, "
@@ -170,6 +176,19 @@ def test_pasted_additional_networks_fields_become_tags(engine: Txt2Img) -> None:
     assert prompt == "a cat\n<lora:demo_warm:0.5:0.8><lora:gone:0.6>"
     assert [(a.name, a.te, a.unet) for a in loraprompt.parse(prompt).loras] == [("demo_warm", 0.5, 0.8), ("gone", 0.6, 0.6)]
 
+
+def test_a_paste_never_hashes_the_library(tmp_path: Path) -> None:
+    """Pasting someone else's infotext, whose LoRA hashes this library does not know, read and hashed
+    every file of the library in the paste handler (minutes on a large one, the page waiting). It
+    now uses the hashes already known, as A1111 and /sdapi/v1/png-info do."""
+    import loraprompt
+    from loraprompt.models import load_demo
+
+    _, lora_dir = load_demo(tmp_path)
+    library = loraprompt.Library([str(lora_dir)], cache_dir=str(tmp_path / "cache"))
+    text = 'a <lora:theirs:0.4> <lora:renamed:1>\nSteps: 9, Seed: 4, Size: 64x64, Lora hashes: "theirs: 0123456789ab, renamed: abcdef012345"'
+    assert paste_values(text, library)[0] == "a <lora:theirs:0.4> <lora:renamed:1>"  # names kept
+    assert all(library.hashes(entry, compute=False) == {} for entry in library.entries)  # nothing read
 
 def test_app_builds_with_demo_notice_and_gallery(engine: Txt2Img) -> None:
     blocks, gallery = build_app(engine)
