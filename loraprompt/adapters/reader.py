@@ -101,14 +101,14 @@ def _peft_alpha(config: dict[str, Any], dotted: str, rank: int) -> float | None:
     return alpha * math.sqrt(rank) if config.get("use_rslora") else alpha
 
 
-def _check_lora(path: str, mod: AdapterModule) -> None:
+def _check_lora(path: str, mod: AdapterModule, parts: dict[str, tuple[str, Tensor]]) -> None:
+    """Refuses factors that do not chain, naming the tensor (`up` or `mid`) whose rank is off."""
     up, down = mod.tensors["up"], mod.tensors["down"]
-    key = mod.source_keys[0]
     inner = mod.tensors["mid"].shape[:2] if "mid" in mod.tensors else None
     if inner is None and up.shape[1] != down.shape[0]:
-        raise AdapterFileError(path, f"up {tuple(up.shape)} and down {tuple(down.shape)} ranks differ", key=key)
+        raise AdapterFileError(path, f"up {tuple(up.shape)} and down {tuple(down.shape)} ranks differ", key=parts["up"][0])
     if inner is not None and (inner[0] != up.shape[1] or inner[1] != down.shape[0]):
-        raise AdapterFileError(path, f"mid {tuple(mod.tensors['mid'].shape)} does not join up and down", key=key)
+        raise AdapterFileError(path, f"mid {tuple(mod.tensors['mid'].shape)} does not join up and down", key=parts["mid"][0])
 
 
 def _build(
@@ -137,7 +137,7 @@ def _build(
     if (why := mod.inconsistency()) is not None:
         raise AdapterFileError(path, why, key=mod.source_keys[0])
     if cls.name == "lora":
-        _check_lora(path, mod)
+        _check_lora(path, mod, parts)
         dotted = dotted_module(parts["down"][0])
         config = peft.get(comp) or (peft.get("*") if scheme == "peft" else None)
         if alpha is None and config and dotted is not None:

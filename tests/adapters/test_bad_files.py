@@ -138,7 +138,8 @@ def test_nan_is_refused_with_its_key(tmp_path: Path) -> None:
 
 
 def test_bad_lora_groups(tmp_path: Path) -> None:
-    refused(good_lora(tmp_path / "rank.safetensors", **{UP: torch.randn(8, 3)}), "ranks differ")
+    # the key named is the tensor of the wrong rank, not the group's first key (its .alpha)
+    assert refused(good_lora(tmp_path / "rank.safetensors", **{UP: torch.randn(8, 3)}), "ranks differ").key == UP
     refused(good_lora(tmp_path / "alpha.safetensors", **{ALPHA: torch.ones(2)}), "scalar")
     refused(good_lora(tmp_path / "zero.safetensors", **{ALPHA: torch.tensor(0.0)}), "alpha is zero")
     save_file({UP: torch.randn(8, 2), ALPHA: torch.tensor(1.0)}, str(tmp_path / "orphan.safetensors"))
