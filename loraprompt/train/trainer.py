@@ -30,6 +30,7 @@ from loraprompt.train.errors import (
     TrainInterrupted,
     is_oom,
     oom_message,
+    signals_held,
     sigterm_interrupts,
 )
 from loraprompt.train.loss import LossMixin, _Order, _to_tensor
@@ -338,7 +339,8 @@ class Trainer(LossMixin):
         if not hasattr(self, "optimizer") or self.step == 0:
             return None
         try:
-            return self.save_state()
+            with signals_held():  # Ctrl-C pressed again while saving: the save finishes
+                return self.save_state()
         except Exception:  # the original failure matters more than a failed save
             return None
 

@@ -252,3 +252,28 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_training(tmp_
     with pytest.raises(TrainError, match=r"--output /proc/self/x\.safetensors: cannot write in /proc/self"):
         train(_config(images, Path("/proc/self/x.safetensors")), base=sd1_base(tmp_path / "a"),
               on_event=lambda kind, data: pytest.fail(f"a {kind} event: the run started"))
+
+
+def test_a_second_ctrl_c_while_the_state_is_saved_does_not_lose_it(tmp_path: Path, images: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C pressed again (or a SIGTERM after it) while the interrupted run saved its state broke
+    the save off: no state, and the CLI said 'interrupted before training started; nothing to resume'."""
+    import os
+    import signal
+
+    from loraprompt.train import read_state
+
+    real_save = torch.save
+
+    def save_while_pressed_again(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_while_pressed_again)
+    out = tmp_path / "twice.safetensors"
+    with pytest.raises(TrainInterrupted) as info:
+        train(_config(images, out), base=sd1_base(tmp_path / "a"), on_event=_stop_at(3, KeyboardInterrupt()))
+    assert info.value.step == 3 and "resume with --resume" in str(info.value)
+    assert read_state(info.value.state_dir)["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # pytest's own handler is back
