@@ -104,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     def event(kind: str, data: dict[str, object]) -> None:
         if kind == "skipped":
             print(f"skipped {data['file']}: {data['reason']}", file=sys.stderr)
+        elif kind == "warning":
+            print(f"warning: {data['file']}: {data['reason']}", file=sys.stderr)
         elif kind == "sample" and not args.quiet:
             print(f"\nsample at step {data['step']}: {data['path']}", file=sys.stderr)
 

@@ -22,6 +22,7 @@ OTHER_IMAGE_SUFFIXES = frozenset({".heic", ".heif", ".jxl", ".psd", ".dng", ".cr
 NOT_IMAGE_FOLDERS = frozenset({"@eaDir", "#recycle", "#snapshot", "__MACOSX", "$RECYCLE.BIN"})
 MAX_ZIP_BYTES = 2 * 1024**3  # total uncompressed size of a zip's images and captions
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # PIL's decompression-bomb guard, raised to 64 MP
+MAX_UPSCALE = 2.0  # an image enlarged more than this to its bucket is named (kohya upscales without a word)
 KOHYA_FOLDER = re.compile(r"(\d+)_(.+)")  # sd-scripts' `<repeats>_<name>` image folders
 
 
@@ -43,6 +44,7 @@ class TrainImage:
 class Dataset:
     images: list[TrainImage]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file name, why)
+    upscaled: list[tuple[str, str]] = field(default_factory=list)  # (file name, by how much): they train blurry
 
     def captions(self) -> dict[str, str]:
         """Each image's caption by file name: what a saved state records, so a resume can tell the
@@ -242,6 +244,7 @@ def load_dataset(folder: Path, *, resolution: int, step: int, template: str, tok
     buckets = bucket_sizes(resolution, step)
     images: list[TrainImage] = []
     skipped: list[tuple[str, str]] = []
+    upscaled: list[tuple[str, str]] = []
     for path in image_files(folder):
         name = path.relative_to(folder).as_posix()
         parts = path.relative_to(folder).parts
@@ -268,6 +271,9 @@ def load_dataset(folder: Path, *, resolution: int, step: int, template: str, tok
             skipped.append((name, f"too small ({rgb.width}x{rgb.height})"))
             continue
         size = nearest_bucket(rgb.height, rgb.width, buckets)
+        if (scale := max(size[0] / rgb.height, size[1] / rgb.width)) > MAX_UPSCALE:
+            upscaled.append((name, f"{rgb.width}x{rgb.height} is upscaled {scale:.1f}x to {size[1]}x{size[0]}: the LoRA"
+                                   " learns its blur (use a larger image, or a lower --resolution)"))
         fitted, crop = fit(rgb, size)
         images.append(TrainImage(name, fitted, caption_for(path, template, token, require_token=require_token),
                                  (rgb.height, rgb.width), crop, size, int(kohya.group(1)) if kohya else 1,
@@ -275,4 +281,4 @@ def load_dataset(folder: Path, *, resolution: int, step: int, template: str, tok
     if not images:
         detail = "; ".join(f"{n}: {why}" for n, why in skipped[:5]) or "no .png/.jpg/.webp/.bmp/.gif/.tif files"
         raise TrainError(f"{label or folder}: no usable image ({detail})")
-    return Dataset(images, skipped)
+    return Dataset(images, skipped, upscaled)

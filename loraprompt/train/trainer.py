@@ -138,6 +138,8 @@ class Trainer(LossMixin):
                                require_token=self.config.pivotal, label=str(src))
         for name, why in dataset.skipped:
             self.on_event("skipped", {"file": name, "reason": why})
+        for name, why in dataset.upscaled:
+            self.on_event("warning", {"file": name, "reason": why})
         return dataset
 
     def _prepare(self) -> None:

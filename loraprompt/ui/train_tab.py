@@ -59,6 +59,7 @@ class TrainJob:
     losses: list[tuple[int, float]] = field(default_factory=list)
     samples: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    upscaled: list[str] = field(default_factory=list)  # images that train blurry
     output: str | None = None
     started: float = field(default_factory=time.time)
     rate: float = 0.0
@@ -103,6 +104,8 @@ class TrainJob:
             self.samples.append(str(data["path"]))
         elif kind == "skipped":
             self.skipped.append(f"{data['file']}: {data['reason']}")
+        elif kind == "warning":
+            self.upscaled.append(f"{data['file']}: {data['reason']}")
         elif kind == "done":
             self.status, self.output = "done", str(data["output"])
             self.message = str(data.get("preview_error") or "")
@@ -129,6 +132,8 @@ class TrainJob:
             lines.append(self.message.replace("resume with --resume", "press Resume (same name) to go on; state in"))
         if self.skipped:
             lines.append("skipped: " + "; ".join(self.skipped[:5]))
+        if self.upscaled:
+            lines.append("warning: " + "; ".join(self.upscaled[:5]))
         return "\n\n".join(lines)
 
 

@@ -305,3 +305,10 @@ def test_a_zip_without_usable_images_is_named_in_the_error(tmp_path: Path, capsy
     err = capsys.readouterr().err
     assert f"{archive}: no usable image (photos/b.png:" in err  # not the deleted temporary folder it was unpacked to
     assert "loraprompt-train-" not in err
+
+
+def test_an_image_enlarged_to_its_bucket_is_named_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images = write_images(tmp_path / "photos", count=1, size=(64, 64))
+    Image.new("RGB", (16, 16), "red").save(images / "tiny.png")
+    assert main(["train", str(images), "--output", str(tmp_path / "t.safetensors"), *DEMO]) == 0
+    assert "warning: tiny.png: 16x16 is upscaled 4.0x to 64x64" in capsys.readouterr().err

@@ -138,3 +138,14 @@ def test_kohya_repeat_folders_weight_their_images_and_name_their_subsets(tmp_pat
     seen = [order.batch(step)[0] for step in range(order.per_epoch)]
     face = next(i for i, item in enumerate(data.images) if item.name.startswith("3_face"))
     assert seen.count(face) == 3 and all(seen.count(i) == 1 for i in range(len(data.images)) if i != face)
+
+
+def test_images_much_smaller_than_their_bucket_are_named_as_training_blurry(tmp_path: Path) -> None:
+    """A 24x24 thumbnail in a 64-pixel run was enlarged 2.7x without a word, and the LoRA learned its
+    blur; kohya upscales silently too. It is still used, and named with the factor."""
+    Image.new("RGB", (24, 24), "red").save(tmp_path / "thumb.png")
+    Image.new("RGB", (64, 48), "blue").save(tmp_path / "fine.png")
+    data = load_dataset(tmp_path, resolution=64, step=8, template="{token}", token="sks", require_token=False)
+    assert sorted(item.name for item in data.images) == ["fine.png", "thumb.png"]
+    assert [name for name, _ in data.upscaled] == ["thumb.png"]
+    assert "24x24 is upscaled 2.7x to 64x64" in data.upscaled[0][1]

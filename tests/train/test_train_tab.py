@@ -132,3 +132,9 @@ def test_a_run_done_without_its_preview_says_so_on_the_page() -> None:
     job._event("done", {"output": "/x/mine.safetensors", "steps": 4, "seconds": 1.0,
                         "preview_error": "the preview was not made (out of memory); the LoRA is saved"})
     assert job.status == "done" and "out of memory" in job.summary() and "<lora:mine:1>" in job.summary()
+
+
+def test_images_that_train_blurry_are_named_on_the_page() -> None:
+    job = train_tab.TrainJob("mine", {"token": "<s1>"})
+    job._event("warning", {"file": "thumb.png", "reason": "24x24 is upscaled 2.7x to 64x64: the LoRA learns its blur"})
+    assert "warning: thumb.png: 24x24 is upscaled 2.7x" in job.summary() and "skipped" not in job.summary()
