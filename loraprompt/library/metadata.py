@@ -175,6 +175,16 @@ def summarize(metadata: Mapping[str, str]) -> MetadataSummary:
         clip_skip=get("ss_clip_skip"),
         sshs_model_hash=get("sshs_model_hash"),
         modelspec=modelspec,
-        has_cover_image=bool(metadata.get("ssmd_cover_images")),
+        has_cover_image=_has_cover(metadata),
         metadata_keys=len(metadata),
     )
+
+
+def _has_cover(metadata: Mapping[str, str]) -> bool:
+    """Whether `ssmd_cover_images` holds an image the gallery can show (`details.cover_image`), not
+    just any value: a card told it has one asks for a thumbnail that is then refused."""
+    if not metadata.get("ssmd_cover_images"):
+        return False
+    from loraprompt.library.details import cover_image  # details imports this module
+
+    return cover_image(metadata) is not None

@@ -107,3 +107,12 @@ def test_deeply_nested_json_in_a_header_or_sidecar_is_shown_not_a_crash(lora_dir
     header.write_bytes(len(text).to_bytes(8, "little") + text)
     with pytest.raises(AdapterFileError, match="nested"):
         read_header(header)
+
+
+def test_a_cover_value_that_is_no_image_is_not_a_cover(lora_dir: Path, tmp_path: Path) -> None:
+    """Seen in a real A1111: a card whose header holds `ssmd_cover_images: "not json"` got a thumbnail
+    URL that answered 422, so the card showed an empty picture instead of its letter."""
+    write_lora(lora_dir / "bad.safetensors", {**kohya_metadata("bad"), "ssmd_cover_images": "not json"})
+    write_lora(lora_dir / "html.safetensors", {**kohya_metadata("html"), "ssmd_cover_images": json.dumps(["PGh0bWw+"])})
+    lib = Library([lora_dir], cache_dir=tmp_path / "c", settle_s=0)
+    assert not any(e.summary.has_cover_image for e in lib.entries)

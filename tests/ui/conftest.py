@@ -127,10 +127,13 @@ def demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 @contextmanager
 def open_page(browser: Any, url: str, ready: str, shot: str, *, viewport: tuple[int, int] = (1280, 900),
-              full_page: bool = True) -> Iterator[Any]:
+              full_page: bool = True, routes: dict[str, Any] | None = None) -> Iterator[Any]:
     """A new page at `url` once the selector `ready` is in it, its dialogs dismissed and their
-    messages kept in `page.dialogs`; afterwards a screenshot to SCREENSHOTS/`shot`."""
+    messages kept in `page.dialogs`; afterwards a screenshot to SCREENSHOTS/`shot`. `routes`: URL
+    pattern -> Playwright route handler, set before the page loads (to make a request fail)."""
     context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+    for pattern, handler in (routes or {}).items():
+        context.route(pattern, handler)
     pg = context.new_page()
     pg.dialogs = []
     pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))

@@ -82,6 +82,9 @@
         img.loading = "lazy";
         img.decoding = "async";
         img.alt = "";
+        // a thumbnail that fails (a cover cached before it was checked, a preview deleted since the
+        // list was made) gives the card its letter, not an empty picture
+        img.onerror = () => img.replaceWith(el("span", "lp-initial", c.name.slice(0, 1).toUpperCase()));
         img.src = this.api + "/" + c.thumb;
         thumb.appendChild(img);
       } else {
