@@ -41,7 +41,7 @@ echo "== pytest"
 export LORAPROMPT_GRADIO3_PYTHON="$PWD/.venv-gradio3/bin/python"
 export LORAPROMPT_LARK112_PYTHON="$PWD/.venv-gradio3/bin/python"
 # Two worker processes (pytest-xdist), a whole file per worker (its web UI or model fixtures are made
-# once): 13 min instead of 20-25 on a 2-CPU machine. `./test.sh -n 0 ...` runs in one process.
+# once): about half the time of one process on a 2-CPU machine. `./test.sh -n 0 ...` runs in one.
 # One torch thread per worker: two workers with a thread per core each would oversubscribe the two
 # CPUs (about 8% slower on tests/tools).
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
