@@ -187,14 +187,13 @@ def test_cover_image_in_the_header_becomes_the_thumbnail(gallery_folder: Path, t
     write_lora(gallery_folder / "covered.safetensors", SD1_KEYS, {"ssmd_cover_images": json.dumps([cover])})
     g = Gallery(gallery_folder, tmp_path / "c6")
     card = g.cards()["covered"]
-    r = g.client.get(f"{API}/{card['thumb']}")
-    assert r.status_code == status
-    if status == 200:
-        assert r.headers["content-type"] == "image/webp" and r.content[8:12] == b"WEBP"
-    else:
-        assert "covered.safetensors" in r.json()["detail"]
     details = g.client.get(f"{API}/details", params={"id": card["id"]}).json()
     assert details["preview"] == card["thumb"] and "Header metadata (1 rows)" in details["html"]
+    if status != 200:  # not an image: no thumbnail URL that would fail (the card shows its letter)
+        assert card["thumb"] is None
+        return
+    r = g.client.get(f"{API}/{card['thumb']}")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/webp" and r.content[8:12] == b"WEBP"
 
 
 def test_details_list_every_header_key_escaped(gallery: Gallery) -> None:

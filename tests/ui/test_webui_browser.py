@@ -106,6 +106,12 @@ def test_pasting_infotext_fills_the_fields_and_remaps_lora_by_hash(ui_page: Any,
     text = ("x <lora:their_neon_v3:0.5> <lora:unknown:1>\nNegative prompt: blurry\nSteps: 12, Sampler: DPM++ 2M, "
             f'Schedule type: Karras, CFG scale: 5.5, Seed: 7, Size: 320x192, Lora hashes: "their_neon_v3: {neon}, '
             'unknown: ffffffffffff"')
+    # a paste uses the hashes the library knows (as A1111's): a generation with demo_neon makes its known
+    page.locator("#lp-prompt textarea").fill("a cat <lora:demo_neon:0.5>")
+    page.locator("#lp-steps input[type=number]").fill("1")
+    page.locator("#lp-generate").click()
+    page.wait_for_function("() => document.querySelector('#lp-infotext textarea').value.includes('demo_neon: ')",
+                           timeout=120_000)
     page.get_by_text("Paste generation parameters").click()
     page.locator("#lp-paste-text textarea").fill(text)
     page.locator("#lp-paste").click()
