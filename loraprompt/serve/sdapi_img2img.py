@@ -34,6 +34,7 @@ from loraprompt.serve.sdapi import (
 )
 from loraprompt.serve.service import Service
 from loraprompt.ui.img2img import RESIZE_MODES
+from loraprompt.ui.paste import hash_lookup
 
 T = TypeVar("T")
 _ASCII_SPACE = re.compile(r"[ \t\n\r\f\v]+")
@@ -167,13 +168,9 @@ def add_routes(router: Any, service: Service) -> None:
         if not info.strip():
             return {"info": info, "items": items, "parameters": {}}
         fields = parse_infotext(info)
-        library = service.library
-
-        def known(short: str) -> str | None:  # hashes already known, as A1111: a request never hashes the library
-            found = library.find_by_hash(short, compute=False)
-            return library.display_name(found[0]) if found else None
-
-        return {"info": info, "items": items, "parameters": {**fields, "Prompt": pasted_prompt(fields, known)}}
+        # hashes already known, as A1111 and the web UI's paste: a request never hashes the library
+        prompt = pasted_prompt(fields, hash_lookup(service.library))
+        return {"info": info, "items": items, "parameters": {**fields, "Prompt": prompt}}
 
     @router.post("/sdapi/v1/img2img")
     def img2img(body: Img2ImgBody) -> dict[str, Any]:
