@@ -128,7 +128,7 @@ def release(handler: Any) -> None:
 
 NOTICE = (
     "loraprompt handles <lora:...> and <lyco:...> tags. A1111's built-in Lora extension is still "
-    "enabled: its cards page and API keep working, but it no longer applies LoRAs. Extensions that "
+    "enabled: its cards page and API are left to it as they were, but it no longer applies LoRAs. Extensions that "
     "drive the built-in (loractl, lora-block-weight) are inactive; write their features as tag "
     "arguments instead (sched=, unet=0@0,1@0.5, lbw=, start=, stop=, hr=). To go back, turn off "
     "'Handle <lora:...> tags with loraprompt' in Settings > loraprompt and restart."
