@@ -223,3 +223,38 @@ def pasted_prompt(fields: Mapping[str, str], lookup: Callable[[str], str | None]
     prompt = remap_lora_names(fields.get("Prompt", ""), parse_lora_hashes(fields.get("Lora hashes", "")), lookup)
     tags = addnet_tags(fields, lookup)
     return prompt + "\n" + "".join(tags) if tags else prompt
+
+
+# Where an image keeps its infotext outside a PNG: the EXIF UserComment of a JPEG or WebP
+_EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286
+_COMMENT_CODES = {b"ASCII\0\0\0": "ascii", b"JIS\0\0\0\0\0": "shift_jis", b"UNICODE\0": "utf_16_be"}
+
+
+def image_infotext(image: Any) -> tuple[str, dict[str, str]]:
+    """A1111's read_info_from_image (v1.10.1): the infotext (the `parameters` text chunk of a PNG;
+    the EXIF UserComment of a JPEG or WebP, which wins; a GIF's comment) and the image's other text
+    items."""
+    items = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
+    info = items.pop("parameters", "")
+    if "exif" in image.info:
+        try:
+            comment = image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT, b"")
+        except Exception:  # a malformed EXIF block has no comment to read
+            comment = b""
+        text = user_comment(comment) if isinstance(comment, bytes) else str(comment)
+        if text:
+            info = text
+    elif isinstance(image.info.get("comment"), bytes):  # a GIF's
+        info = image.info["comment"].decode("utf8", errors="ignore")
+    return info, items
+
+
+def user_comment(data: bytes) -> str:
+    """An EXIF UserComment as text: its 8-byte character code says the encoding (ASCII, JIS,
+    UNICODE: big-endian UTF-16, as A1111 writes it), as piexif.helper.UserComment.load reads it;
+    what that refuses (shorter than the code, an undefined or unknown code) A1111 decodes whole as
+    UTF-8, ignoring errors."""
+    encoding = _COMMENT_CODES.get(data[:8]) if len(data) >= 8 else None
+    if encoding is None:
+        return data.decode("utf8", errors="ignore")
+    return data[8:].decode(encoding, errors="replace")

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field
 
-from loraprompt.infotext import parse_infotext, pasted_prompt
+from loraprompt.infotext import image_infotext, parse_infotext, pasted_prompt
 from loraprompt.serve.errors import ServeError, invalid
 from loraprompt.serve.jobs import ImageTask
 from loraprompt.serve.sdapi import (
@@ -38,8 +38,6 @@ from loraprompt.ui.paste import hash_lookup
 
 T = TypeVar("T")
 _ASCII_SPACE = re.compile(r"[ \t\n\r\f\v]+")
-_EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286
-_COMMENT_CODES = {b"ASCII\0\0\0": "ascii", b"JIS\0\0\0\0\0": "shift_jis", b"UNICODE\0": "utf_16_be"}
 MAX_INIT_PIXELS = 64 * 1024 * 1024  # a larger init image is refused before it is decoded (decompression bombs)
 # img2img fields that only act with a mask or on instruct-pix2pix models: inert here
 _QUIET = {"mask_blur", "mask_blur_x", "mask_blur_y", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding",
@@ -93,36 +91,6 @@ def read_image(raw: bytes, field: tuple[str, ...], read: Callable[[Any], T]) -> 
 def decode_image(data: Any, field: tuple[str, ...]) -> Any:
     """A PIL image (RGB) from A1111's base64 encoding of one; 422 naming `field` when it is not one."""
     return read_image(image_bytes(data, field), field, lambda image: image.convert("RGB"))
-
-
-def image_infotext(image: Any) -> tuple[str, dict[str, str]]:
-    """A1111's read_info_from_image (v1.10.1): the infotext (the `parameters` text chunk of a PNG;
-    the EXIF UserComment of a JPEG or WebP, which wins; a GIF's comment) and the image's other text
-    items."""
-    items = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
-    info = items.pop("parameters", "")
-    if "exif" in image.info:
-        try:
-            comment = image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT, b"")
-        except Exception:  # a malformed EXIF block has no comment to read
-            comment = b""
-        text = user_comment(comment) if isinstance(comment, bytes) else str(comment)
-        if text:
-            info = text
-    elif isinstance(image.info.get("comment"), bytes):  # a GIF's
-        info = image.info["comment"].decode("utf8", errors="ignore")
-    return info, items
-
-
-def user_comment(data: bytes) -> str:
-    """An EXIF UserComment as text: its 8-byte character code says the encoding (ASCII, JIS,
-    UNICODE: big-endian UTF-16, as A1111 writes it), as piexif.helper.UserComment.load reads it;
-    what that refuses (shorter than the code, an undefined or unknown code) A1111 decodes whole as
-    UTF-8, ignoring errors."""
-    encoding = _COMMENT_CODES.get(data[:8]) if len(data) >= 8 else None
-    if encoding is None:
-        return data.decode("utf8", errors="ignore")
-    return data[8:].decode(encoding, errors="replace")
 
 
 def img2img_tasks(service: Service, body: Img2ImgBody) -> tuple[list[ImageTask], int, Img2ImgBody]:
