@@ -16,6 +16,13 @@ TAB_ID = "loraprompt"
 TARGETS = (("txt2img", "txt2img_prompt", "txt2img_neg_prompt"), ("img2img", "img2img_prompt", "img2img_neg_prompt"))
 
 
+def result_images(tab: str) -> tuple[str, ...]:
+    """Where A1111 (gradio 3.41) shows a tab's results, for the gallery's "Replace preview": the
+    selected image (a thumbnail, or the one shown large), else the first (the grid of a batch)."""
+    gallery = f"#{tab}_gallery"
+    return (f"{gallery} .thumbnail-item.selected img", f"{gallery} .preview img", f"{gallery} .thumbnail-item img")
+
+
 # Tags, and tag arguments such as `unet=0@0,1@0.5` (which Markdown turns into a mailto: link)
 _LITERAL = re.compile(r"<\w+:[^>]*>|\b\w+=[\w.@]*(?:,[\w.@]+)*")
 
@@ -38,7 +45,7 @@ def build_tab(state: Any) -> list[tuple[Any, str, str]]:
 
     from loraprompt.ui.gallery import PromptTarget, build_gallery_tab
 
-    targets = [PromptTarget(label, prompt, negative) for label, prompt, negative in TARGETS]
+    targets = [PromptTarget(label, prompt, negative, result_images(label)) for label, prompt, negative in TARGETS]
     with gr.Blocks(analytics_enabled=False) as blocks:
         gr.Markdown(notice(state.handles_tags, coexist.builtin_enabled()), elem_id=f"{TAB_ID}_notice")
         state.gallery = build_gallery_tab(

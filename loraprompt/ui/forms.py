@@ -97,6 +97,13 @@ def results(form: Form) -> None:
     form.part(gr.Markdown(elem_id=eid("diagnostics")))
 
 
+def result_images(form: Form) -> tuple[str, ...]:
+    """CSS selectors of the images `results` shows, for the gallery's "Replace preview": the batch
+    image selected in the gallery, else the result (the image, or a batch's grid)."""
+    batch, image = f"#{form.elem_id('batch')}", f"#{form.elem_id('image')}"
+    return (f"{batch} .thumbnail-item.selected img", f"{batch} button.selected img", f"{image} img")
+
+
 def user_error(message: str) -> Exception:
     """A gradio error for something the user can fix ("Generate an image first"): shown in the
     page, and on gradio 5+ not printed as a traceback in the server log, which is for faults."""

@@ -29,6 +29,9 @@ class PromptTarget:
     label: str
     prompt: Any
     negative: Any = None
+    # CSS selectors of the <img> elements showing this tab's results, tried in order (a selected
+    # image first): the editor's "Replace preview" uses the first one found
+    images: tuple[str, ...] = ()
 
 
 @dataclass
@@ -58,14 +61,15 @@ def _elem_id(component: Any) -> str | None:
     return str(component.elem_id)
 
 
-def _targets(prompt_targets: Sequence[Any] | Any) -> list[dict[str, str | None]]:
+def _targets(prompt_targets: Sequence[Any] | Any) -> list[dict[str, Any]]:
     if not isinstance(prompt_targets, (list, tuple)):
         prompt_targets = [prompt_targets]
     out = []
     for i, target in enumerate(prompt_targets):
         if not isinstance(target, PromptTarget):
             target = PromptTarget(getattr(target, "label", None) or f"Prompt {i + 1}", target)
-        out.append({"label": str(target.label), "prompt": _elem_id(target.prompt), "negative": _elem_id(target.negative)})
+        out.append({"label": str(target.label), "prompt": _elem_id(target.prompt), "negative": _elem_id(target.negative),
+                    "images": list(target.images)})
     return out
 
 
@@ -94,7 +98,7 @@ def loader_js(prefix: str = DEFAULT_PREFIX) -> str:
     )
 
 
-def root_html(prefix: str, targets: list[dict[str, str | None]], poll_seconds: float) -> str:
+def root_html(prefix: str, targets: list[dict[str, Any]], poll_seconds: float) -> str:
     """The element the script mounts the gallery into (all attribute values escaped)."""
     attrs = {
         "data-api": prefix.strip("/"),

@@ -2,7 +2,7 @@
 
 Files are named by card id, never by path: previews and thumbnails come only from the LoRA folders
 through the library's path policy, only as images, with `nosniff`. Routes that change something
-(refresh, metadata) and the insert route need a same-origin JSON POST carrying `X-LoraPrompt: 1`,
+(refresh, metadata, preview-image) and the insert route need a same-origin JSON POST carrying `X-LoraPrompt: 1`,
 which a cross-site page cannot send without a CORS preflight that is never granted.
 """
 
@@ -20,6 +20,7 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from loraprompt.library.cards import json_for_script
+from loraprompt.ui.gallery_preview import MAX_IMAGE_BYTES, set_preview
 from loraprompt.ui.gallery_service import BadRequest, GalleryService, NotFound
 from loraprompt.ui.gallery_thumbs import ThumbnailError
 from loraprompt.ui.gallery_usage import usage_document, with_usage
@@ -31,6 +32,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 SCRIPTS = ("gallery-base.js", "gallery-grid.js", "gallery-cards.js", "gallery-dialogs.js", "gallery-duplicates.js", "gallery.js")
 STATIC_FILES = {**{name: "text/javascript; charset=utf-8" for name in SCRIPTS}, "gallery.css": "text/css; charset=utf-8"}
 MAX_BODY = 1024 * 1024
+MAX_IMAGE_BODY = MAX_IMAGE_BYTES * 4 // 3 + 64 * 1024  # a base64 data URL of the largest preview, and the rest
 MAX_FIRST = 2000  # cards a first page may ask for
 SAFE_HEADERS = {"X-Content-Type-Options": "nosniff", "Cross-Origin-Resource-Policy": "same-origin"}
 
@@ -45,7 +47,7 @@ def _error(status: int, message: str) -> Response:
     return _json({"detail": message}, status)
 
 
-async def _post_body(request: Request) -> dict[str, Any] | Response:
+async def _post_body(request: Request, limit: int = MAX_BODY) -> dict[str, Any] | Response:
     """The JSON object of a same-origin gallery POST, or the error response refusing it."""
     if request.headers.get("x-loraprompt") != "1":
         return _error(403, "missing X-LoraPrompt header: cross-site requests are refused")
@@ -55,8 +57,8 @@ async def _post_body(request: Request) -> dict[str, Any] | Response:
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
         return _error(415, "expected application/json")
     raw = await request.body()
-    if len(raw) > MAX_BODY:
-        return _error(413, f"request body over {MAX_BODY} bytes")
+    if len(raw) > limit:
+        return _error(413, f"request body over {limit} bytes")
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):  # RecursionError: nested deeper than json can parse
@@ -148,6 +150,13 @@ def gallery_router(service: GalleryService, prefix: str = DEFAULT_PREFIX) -> API
         if isinstance(body, Response):
             return body
         return await run_in_threadpool(guarded, lambda: _json(service.save_metadata(body.get("id"), body.get("values"))))
+
+    @router.post("/preview-image")
+    async def preview_image(request: Request) -> Response:
+        body = await _post_body(request, limit=MAX_IMAGE_BODY)
+        if isinstance(body, Response):
+            return body
+        return await run_in_threadpool(guarded, lambda: _json(set_preview(service, body.get("id"), body.get("image"))))
 
     @router.post("/refresh")
     async def refresh(request: Request) -> Response:

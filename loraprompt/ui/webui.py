@@ -13,7 +13,7 @@ from loraprompt.hosts import is_loopback
 from loraprompt.models import LoadedModel
 from loraprompt.models.samplers import model_shift
 from loraprompt.ui.dit_prompt import has_distilled_guidance
-from loraprompt.ui.forms import Form, prompt_row, results, sampling, user_error
+from loraprompt.ui.forms import Form, prompt_row, result_images, results, sampling, user_error
 from loraprompt.ui.gallery import PromptTarget
 from loraprompt.ui.hires import HIRES_UPSCALERS, IMAGE_UPSCALERS, HiresOptions
 from loraprompt.ui.img2img import RESIZE_MODES
@@ -232,8 +232,9 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
                             0.01, 1.0, value=0.75, step=0.01, label="Denoising strength", elem_id="lp-i2i-denoising")))
                     with gr.Column():
                         results(i2i)
-            gallery = _gallery(engine, [PromptTarget("txt2img", txt.fields["prompt"], txt.fields["negative"]),
-                                        PromptTarget("img2img", i2i.fields["prompt"], i2i.fields["negative"])], thumb_dir)
+            gallery = _gallery(engine, [
+                PromptTarget("txt2img", txt.fields["prompt"], txt.fields["negative"], result_images(txt)),
+                PromptTarget("img2img", i2i.fields["prompt"], i2i.fields["negative"], result_images(i2i))], thumb_dir)
             from loraprompt.ui.train_tab import add_train_tab
 
             add_train_tab(engine, thumb_dir.parent if thumb_dir else None, local_paths=local_paths)

@@ -119,7 +119,63 @@
           save.disabled = false;
         }
       });
-      body.appendChild(form);
+      body.append(this.previewReplacer(c), form);
+    },
+
+    // A1111's "Replace preview": the result image the page shows (the chosen prompt target's tab
+    // first) becomes the LoRA's `<stem>.png`; the dialog shows which image it will use.
+    pickResultImage() {
+      const chosen = this.targets[Number(this.targetSel.value) || 0];
+      const order = chosen ? [chosen, ...this.targets.filter((t) => t !== chosen)] : [];
+      for (const target of order) {
+        for (const sel of target.images || []) {
+          for (const img of document.querySelectorAll(sel)) {
+            if (img.naturalWidth > 0 && /^(https?:|blob:|data:image\/)/.test(img.src)) return { img: img, label: target.label };
+          }
+        }
+      }
+      return null;
+    },
+
+    previewReplacer(c) {
+      const box = el("div", "lp-preview-replace");
+      const status = el("span", "lp-preview-status");
+      const btn = el("button", "lp-btn lp-replace-preview", "Replace preview");
+      btn.type = "button";
+      const found = this.pickResultImage();
+      if (found) {
+        const thumb = el("img", "lp-replace-thumb");
+        thumb.alt = "the " + found.label + " result";
+        thumb.src = found.img.src;
+        btn.title = "Save this " + found.label + " result as the preview of " + c.name;
+        box.appendChild(thumb);
+      } else {
+        btn.disabled = true;
+        status.textContent = "Generate an image to use it as this LoRA's preview";
+      }
+      btn.addEventListener("click", async () => {
+        btn.disabled = true;
+        try {
+          const blob = await (await fetch(found.img.src)).blob();
+          const image = await new Promise((resolve, reject) => {
+            const reader = new FileReader();
+            reader.onload = () => resolve(reader.result);
+            reader.onerror = () => reject(reader.error || new Error("the image could not be read"));
+            reader.readAsDataURL(blob);
+          });
+          const r = await this.request("preview-image", { id: c.id, image: image });
+          this.replaceCard(r.card, false);
+          status.textContent = "Preview saved to " + r.file;
+          status.classList.remove("lp-error");
+        } catch (err) {
+          status.textContent = "Preview not saved: " + err.message;
+          status.classList.add("lp-error");
+        } finally {
+          btn.disabled = false;
+        }
+      });
+      box.append(btn, status);
+      return box;
     },
 
     replaceCard(card, weightEdited) {
