@@ -6,7 +6,6 @@ unregisters what the previous one registered."""
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +56,11 @@ def sync(sd_model: Any, adapters: list[Any]) -> list[Diagnostic]:
                                       subject=adapter.name))
                 continue
             embedding.shorthash = adapter.name  # A1111 shows the LoRA's name as the TI hash
-            # A path inside the LoRA file, where nothing can exist: A1111's Textual Inversion page splits
-            # every embedding's filename (ui_extra_networks_textual_inversion.py:20), and None (what the
-            # built-in leaves, as filepath= would hash the whole LoRA) fails the page while the LoRA is
-            # active. Under the LoRA it is found by the LoRA's path in the page's search, and gets no
-            # preview, description or user metadata of the LoRA's own (no .json of it is overwritten).
-            embedding.filename = os.path.join(adapter.path, name)
+            # The file it came from: A1111's Textual Inversion page splits every embedding's filename
+            # and lists the folder it is in (ui_extra_networks_textual_inversion.py:20, util.py:79),
+            # and None (what the built-in leaves, as filepath= would hash the whole LoRA) fails the
+            # page while the LoRA is active. Its card shows the LoRA's preview and description.
+            embedding.filename = adapter.path
             db.register_embedding(embedding, sd_model)
             _REGISTERED[name] = embedding
     return out
