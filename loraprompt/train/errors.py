@@ -55,35 +55,32 @@ def oom_message(config: TrainConfig, resolution: int) -> str:
 
 
 @contextlib.contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt("SIGTERM") meanwhile, so that a run stopped by a container,
-    `kill` or a scheduler's time limit saves its state as Ctrl-C does (SIGTERM's default kills the
-    process at once). Only in the main thread, where Python runs signal handlers; the previous
-    handler is put back afterwards."""
+def _signal_handlers(handlers: dict[signal.Signals, Any]) -> Iterator[None]:
+    """`handlers` installed meanwhile and the previous ones put back afterwards; only in the main
+    thread, where Python runs signal handlers (elsewhere nothing changes)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt("SIGTERM")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Ctrl-C and SIGTERM are ignored meanwhile (main thread only): a run saving its state after an
-    interruption finishes that save instead of being broken off by the user pressing Ctrl-C again."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def sigterm_interrupts() -> contextlib.AbstractContextManager[None]:
+    """SIGTERM raises KeyboardInterrupt("SIGTERM") meanwhile, so that a run stopped by a container,
+    `kill` or a scheduler's time limit saves its state as Ctrl-C does (SIGTERM's default kills the
+    process at once). Only in the main thread; the previous handler is put back afterwards."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    return _signal_handlers({signal.SIGTERM: interrupt})
+
+
+def signals_held() -> contextlib.AbstractContextManager[None]:
+    """Ctrl-C and SIGTERM are ignored meanwhile (main thread only): a run saving its state after an
+    interruption finishes that save instead of being broken off by the user pressing Ctrl-C again."""
+    return _signal_handlers({signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN})
