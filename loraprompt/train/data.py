@@ -74,15 +74,22 @@ class Dataset:
 
     def tag_frequency(self) -> dict[str, int]:
         """Comma-separated caption tags and their counts over every image."""
-        return self.subset_tags("")[""] if self.images else {}
+        counts: Counter[str] = Counter()
+        for item in self.images:
+            counts.update(_tags(item.caption))
+        return dict(counts)
 
     def subset_tags(self, root_name: str) -> dict[str, dict[str, int]]:
         """kohya's ss_tag_frequency: per subset (see `subsets`), caption tags and their counts."""
         counts: dict[str, Counter[str]] = {}
         for item in self.images:
-            counts.setdefault(root_name if not item.subset or not root_name else item.subset, Counter()).update(
-                t.strip() for t in item.caption.split(",") if t.strip())
+            counts.setdefault(item.subset or root_name, Counter()).update(_tags(item.caption))
         return {name: dict(c) for name, c in counts.items()}
+
+
+def _tags(caption: str) -> list[str]:
+    """A caption's comma-separated tags, as kohya counts them."""
+    return [t.strip() for t in caption.split(",") if t.strip()]
 
 
 def _unsafe_entry(info: zipfile.ZipInfo) -> str | None:
