@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 from loraprompt.train.config import FORMATS, PRECISIONS, TASKS, TrainConfig
 
@@ -101,17 +102,19 @@ def run(args: argparse.Namespace) -> int:
     from loraprompt.train.errors import TrainError, TrainInterrupted
     from loraprompt.train.trainer import train
 
-    def event(kind: str, data: dict[str, object]) -> None:
+    def event(kind: str, data: dict[str, Any]) -> None:
         if kind == "skipped":
             print(f"skipped {data['file']}: {data['reason']}", file=sys.stderr)
         elif kind == "warning":
             print(f"warning: {data['file']}: {data['reason']}", file=sys.stderr)
         elif kind == "sample" and not args.quiet:
             print(f"\nsample at step {data['step']}: {data['path']}", file=sys.stderr)
+        elif kind == "step" and not args.quiet:
+            progress_bar(data["step"], data["steps"], data["loss"], data["steps_per_s"], data["eta_s"])
 
     try:
         config = config_from_args(args)
-        result = train(config, on_event=event, progress=not args.quiet)
+        result = train(config, on_event=event)
     except KeyboardInterrupt:  # while the model or the images load: nothing trained, nothing written
         print("\nloraprompt train: interrupted before training started; nothing to resume", file=sys.stderr)
         return 130
@@ -127,3 +130,14 @@ def run(args: argparse.Namespace) -> int:
     if result.preview_error:
         print(f"loraprompt train: {result.preview_error}", file=sys.stderr)
     return 0
+
+
+def progress_bar(step: int, total: int, loss: float, rate: float, eta: float) -> None:
+    """One line on stderr, redrawn each step; the last step ends it."""
+    width = 25
+    done = width * step // max(total, 1)
+    sys.stderr.write(f"\rtrain [{'#' * done:<{width}}] {step}/{total} loss {loss:.4f} {rate:.2f} steps/s"
+                     f" ETA {int(eta) // 60}:{int(eta) % 60:02d} ")
+    if step >= total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()

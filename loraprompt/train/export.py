@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -148,11 +147,3 @@ def folder_name(images: Path) -> str:
     if images.suffix.lower() == ".zip" and not images.is_dir():
         return images.stem or "images"
     return images.resolve().name or "images"
-
-
-def progress_bar(step: int, total: int, loss: float, rate: float, eta: float) -> None:
-    width = 25
-    done = width * step // max(total, 1)
-    sys.stderr.write(f"\rtrain [{'#' * done:<{width}}] {step}/{total} loss {loss:.4f} {rate:.2f} steps/s"
-                     f" ETA {int(eta) // 60}:{int(eta) % 60:02d} ")
-    sys.stderr.flush()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -65,11 +64,9 @@ class TrainResult:
 class Trainer(LossMixin):
     """One run. `run()` trains and writes the outputs; `Trainer` can also be driven step by step."""
 
-    def __init__(self, config: TrainConfig, *, base: Base | None = None, on_event: Event | None = None,
-                 progress: bool = False) -> None:
+    def __init__(self, config: TrainConfig, *, base: Base | None = None, on_event: Event | None = None) -> None:
         self.config = config
         self.on_event = on_event or (lambda kind, data: None)
-        self.progress = progress
         self.output = Path(config.output)
         self._check_output()
         self.state_dir = Path(config.resume or config.state_dir or default_state_dir(self.output))
@@ -306,14 +303,10 @@ class Trainer(LossMixin):
                 eta = (config.steps - self.step) / rate if rate > 0 else 0.0
                 self.on_event("step", {"step": self.step, "steps": config.steps, "loss": loss,
                                        "steps_per_s": rate, "eta_s": eta})
-                if self.progress:
-                    export.progress_bar(self.step, config.steps, loss, rate, eta)
                 if config.sample_every and self.step % config.sample_every == 0 and self.step < config.steps:
                     self._sample_to_file()
                 if config.save_every and self.step % config.save_every == 0 and self.step < config.steps:
                     self.save_state()
-            if self.progress:
-                sys.stderr.write("\n")
             return self._write(started)
         except KeyboardInterrupt as exc:
             where = self._save_after_failure()
@@ -388,10 +381,9 @@ class Trainer(LossMixin):
         return result
 
 
-def train(config: TrainConfig, *, base: Base | None = None, on_event: Event | None = None,
-          progress: bool = False) -> TrainResult:
+def train(config: TrainConfig, *, base: Base | None = None, on_event: Event | None = None) -> TrainResult:
     """Train a LoRA as `config` says and write it (plus `<stem>.json` and `<stem>.preview.png`).
 
     `base` (default: loaded from `config.checkpoint`) is trained in place: it keeps the peft layers
     (and, with `pivotal`, the new token in its tokenizers) afterwards, so pass a pipeline you own."""
-    return Trainer(config, base=base, on_event=on_event, progress=progress).run()
+    return Trainer(config, base=base, on_event=on_event).run()
