@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--token", default="<s1>", help="the trigger word (the activation text)")
     parser.add_argument("--init-word", default=None, help="word the pivotal token's embedding starts from")
     parser.add_argument("--pivotal", action="store_true", help="learn the token's embedding (bundled in the file)")
-    parser.add_argument("--caption-template", default=None, help="caption for images without .txt; {token} is replaced")
+    parser.add_argument("--caption-template", default=None, help="caption for images without .txt (and outside kohya N_caption folders,"
+                             " which caption them); {token} is replaced")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips")
     parser.add_argument("--min-snr-gamma", type=float, default=None, help="min-SNR loss weighting (default off; 5 is usual)")
     parser.add_argument("--noise-offset", type=float, default=0.0, help="offset noise (default 0)")

@@ -1,6 +1,7 @@
-"""Training images: a folder or a `.zip`, captions from `<image>.txt` (kohya) or a template,
-aspect-ratio buckets. Bad images are skipped and named; a zip is checked before anything is
-extracted (no `../`, absolute paths or symlinks; a cap on its total uncompressed size)."""
+"""Training images: a folder or a `.zip`, captions from `<image>.txt` (kohya), else the name of the
+kohya `<repeats>_<caption>/` folder an image is in, else a template; aspect-ratio buckets. Bad images
+are skipped and named; a zip is checked before anything is extracted (no `../`, absolute paths or
+symlinks; a cap on its total uncompressed size)."""
 
 from __future__ import annotations
 
@@ -195,7 +196,8 @@ def read_caption(path: Path) -> str:
 
 
 def caption_for(image_path: Path, template: str, token: str, *, require_token: bool) -> str:
-    """`<image>.txt` beside the image (kohya), else (or when it is empty) the template; `{token}` is replaced either way.
+    """`<image>.txt` beside the image (kohya), else (or when it is empty) `template` (the caption of
+    the image's kohya folder, or the run's template); `{token}` is replaced either way.
     With pivotal tuning the token must appear, so a caption without it gets it in front."""
     side = image_path.with_suffix(".txt")
     text = " ".join(read_caption(side).split()) if side.is_file() else ""
@@ -282,7 +284,9 @@ def load_dataset(folder: Path, *, resolution: int, step: int, template: str, tok
             upscaled.append((name, f"{rgb.width}x{rgb.height} is upscaled {scale:.1f}x to {size[1]}x{size[0]}: the LoRA"
                                    " learns its blur (use a larger image, or a lower --resolution)"))
         fitted, crop = fit(rgb, size)
-        images.append(TrainImage(name, fitted, caption_for(path, template, token, require_token=require_token),
+        # sd-scripts captions an image of `10_sks dog/` without a caption file "sks dog" (its class tokens)
+        own = " ".join(kohya.group(2).split()) if kohya else ""
+        images.append(TrainImage(name, fitted, caption_for(path, own or template, token, require_token=require_token),
                                  (rgb.height, rgb.width), crop, size, int(kohya.group(1)) if kohya else 1,
                                  parts[0] if kohya else ""))
     if not images:

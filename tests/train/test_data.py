@@ -131,13 +131,44 @@ def test_kohya_repeat_folders_weight_their_images_and_name_their_subsets(tmp_pat
     assert ("0_off/never.png", "in a 0_ folder: 0 repeats, as kohya skips it") in data.skipped
     # the subsets kohya's metadata names: its folders, and the rest under the root's own name
     assert data.subsets("img") == {"3_face": (3, 1), "1_body": (1, 2), "img": (1, 2)}
-    assert data.subset_tags("img") == {"3_face": {"sks": 1}, "1_body": {"sks": 2}, "img": {"sks": 2}}
+    # images without a caption file are captioned with their folder's name, as sd-scripts does
+    assert data.subset_tags("img") == {"3_face": {"face": 1}, "1_body": {"body": 2}, "img": {"sks": 2}}
 
     order = _Order([item.size for item in data.images], 1, seed=0, repeats=[item.repeats for item in data.images])
     assert order.per_epoch == 7  # 3 + 1 + 1 + 1 + 1 images an epoch
     seen = [order.batch(step)[0] for step in range(order.per_epoch)]
     face = next(i for i, item in enumerate(data.images) if item.name.startswith("3_face"))
     assert seen.count(face) == 3 and all(seen.count(i) == 1 for i in range(len(data.images)) if i != face)
+
+
+def test_images_in_a_kohya_folder_without_a_caption_file_are_captioned_with_the_folder_name(tmp_path: Path) -> None:
+    """sd-scripts captions an image of `10_sks dog/` without a caption file "sks dog" (everything
+    after the first underscore); such a dataset was trained on loraprompt's template instead, so the
+    words the user put in the folder names were never learned."""
+    root = tmp_path / "img"
+    files = {"10_sks dog/a.png": None, "10_sks dog/b.png": "a dog on grass", "10_sks dog/c.png": "",
+             "2_my_cat/d.png": None, "3_{token} style/e.png": None, "extra/f.png": None, "loose.png": None}
+    for name, caption in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 32), "blue").save(root / name)
+        if caption is not None:
+            (root / name).with_suffix(".txt").write_text(caption)
+
+    def captions(require_token: bool) -> dict[str, str]:
+        data = load_dataset(root, resolution=32, step=8, template="a photo of {token}", token="<s1>",
+                            require_token=require_token)
+        return {item.name: item.caption for item in data.images}
+
+    assert captions(require_token=False) == {
+        "10_sks dog/a.png": "sks dog",
+        "10_sks dog/b.png": "a dog on grass",  # a caption file still wins
+        "10_sks dog/c.png": "sks dog",  # an empty one falls back as it does to the template
+        "2_my_cat/d.png": "my_cat",  # only the repeats are split off: kohya keeps later underscores
+        "3_{token} style/e.png": "<s1> style",  # {token} is replaced as in caption files and the template
+        "extra/f.png": "a photo of <s1>", "loose.png": "a photo of <s1>",  # not kohya folders: the template
+    }
+    pivotal = captions(require_token=True)  # a pivotal token must appear: put in front, as for caption files
+    assert pivotal["10_sks dog/a.png"] == "<s1>, sks dog" and pivotal["3_{token} style/e.png"] == "<s1> style"
 
 
 def test_images_much_smaller_than_their_bucket_are_named_as_training_blurry(tmp_path: Path) -> None:
