@@ -31,7 +31,30 @@ def bundle_tensors(token: str, vectors: dict[str, Tensor]) -> dict[str, Tensor]:
     return {f"bundle_emb.{token}.string_to_param.*": vectors["text_encoder"].contiguous()}
 
 
-def metadata(config: TrainConfig, *, family: str, base_name: str, base_hash: str | None, dataset: Any,
+def checkpoint_hashes(checkpoint: str) -> tuple[str, str]:
+    """(legacy, sha256) of a single-file base, as sd-scripts writes them in ss_sd_model_hash and
+    ss_new_sd_model_hash: A1111's old 8-digit model hash (of the 64 KiB at 1 MiB) and the whole
+    file's sha256 (cached: loading the checkpoint computed it). ("", "") for the demo model, a
+    diffusers folder, or a file that can no longer be read (the LoRA is written all the same)."""
+    import hashlib
+
+    from loraprompt.errors import LoraPromptError
+    from loraprompt.library.hashes import file_hashes
+
+    path = Path(checkpoint)
+    if checkpoint == "demo" or not path.is_file():
+        return "", ""
+    try:
+        full = file_hashes(path)["sha256"] or ""
+        with open(path, "rb") as f:
+            f.seek(0x100000)
+            legacy = hashlib.sha256(f.read(0x10000)).hexdigest()[:8]
+    except (LoraPromptError, OSError):
+        return "", ""
+    return legacy, full
+
+
+def metadata(config: TrainConfig, *, family: str, base_name: str, dataset: Any,
              started: float, finished: float, steps: int, resolution: int, prediction_type: str,
              folder_name: str) -> dict[str, str]:
     """kohya `ss_*` (as sd-scripts writes them, values as strings) and SAI `modelspec.*`."""
@@ -41,6 +64,7 @@ def metadata(config: TrainConfig, *, family: str, base_name: str, base_hash: str
     subsets = dataset.subsets(folder_name)
     per_epoch = sum(repeats * count for repeats, count in subsets.values())  # sd-scripts counts each repeat
     batches_per_epoch = max(1, -(-per_epoch // config.batch_size))
+    legacy_hash, sha256 = checkpoint_hashes(config.checkpoint)
     meta = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(config.rank),
@@ -49,7 +73,8 @@ def metadata(config: TrainConfig, *, family: str, base_name: str, base_hash: str
         "ss_base_model_version": BASE_VERSION[family],
         "ss_v2": str(family == "sd2"),
         "ss_sd_model_name": base_name,
-        "ss_new_sd_model_hash": base_hash or "",
+        "ss_sd_model_hash": legacy_hash,
+        "ss_new_sd_model_hash": sha256,
         "ss_output_name": out_name,
         "ss_num_train_images": str(per_epoch),
         "ss_num_reg_images": "0",

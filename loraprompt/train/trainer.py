@@ -354,7 +354,7 @@ class Trainer(LossMixin):
     def _write(self, started: float) -> TrainResult:
         config, base = self.config, self.base
         finished = time.time()
-        meta = export.metadata(config, family=base.family, base_name=base.name, base_hash=base.model_hash,
+        meta = export.metadata(config, family=base.family, base_name=base.name,
                                dataset=self.dataset, started=started, finished=finished, steps=self.step,
                                resolution=self.resolution, prediction_type=self.prediction,
                                folder_name=export.folder_name(Path(config.images)))

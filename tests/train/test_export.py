@@ -16,7 +16,7 @@ from loraprompt.train.export import metadata
 
 def _meta(family: str, prediction: str) -> dict[str, str]:
     return metadata(TrainConfig(images="x", output="me.safetensors"), family=family, base_name="base",
-                    base_hash=None, dataset=Dataset([]), started=0.0, finished=1.0, steps=1, resolution=768,
+                    dataset=Dataset([]), started=0.0, finished=1.0, steps=1, resolution=768,
                     prediction_type=prediction, folder_name="x")
 
 
@@ -29,10 +29,35 @@ def test_sd2_v_prediction_is_the_768_v_architecture() -> None:
 def test_the_shared_file_does_not_carry_the_users_paths() -> None:
     config = TrainConfig(images="/home/alice/private/photos", output="/home/alice/out/me.safetensors",
                          checkpoint="/home/alice/models/base.safetensors")
-    meta = metadata(config, family="sd1", base_name="base", base_hash=None, dataset=Dataset([]), started=0.0,
-                    finished=1.0, steps=1, resolution=512, prediction_type="epsilon", folder_name="photos")
+    meta = metadata(config, family="sd1", base_name="base", dataset=Dataset([]), started=0.0, finished=1.0,
+                    steps=1, resolution=512, prediction_type="epsilon", folder_name="photos")
     assert not [k for k, v in meta.items() if "/home/alice" in v]  # sd-scripts writes base names only
     assert '"checkpoint": "base.safetensors"' in meta["loraprompt_recipe"]
+
+
+def test_the_base_model_hashes_are_the_ones_sd_scripts_writes(tmp_path: Path) -> None:
+    """ss_new_sd_model_hash held the 10-digit AutoV2 short hash; sd-scripts writes the whole file's
+    sha256 there (what Civitai and model managers match a base by) and A1111's old 8-digit model hash
+    (sha256 of the 64 KiB at 1 MiB) in ss_sd_model_hash, which was missing."""
+    import hashlib
+
+    import torch
+    from safetensors.torch import save_file
+
+    base = tmp_path / "base.safetensors"
+    save_file({"w": torch.arange(400_000, dtype=torch.float32)}, str(base))  # 1.6 MB: past the legacy hash's 1 MiB
+    data = base.read_bytes()
+
+    def meta(checkpoint: str) -> dict[str, str]:
+        return metadata(TrainConfig(images="x", output="me.safetensors", checkpoint=checkpoint), family="sd1",
+                        base_name="base", dataset=Dataset([]), started=0.0, finished=1.0, steps=1, resolution=512,
+                        prediction_type="epsilon", folder_name="x")
+
+    written = meta(str(base))
+    assert written["ss_new_sd_model_hash"] == hashlib.sha256(data).hexdigest()
+    assert written["ss_sd_model_hash"] == hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]
+    for unhashed in ("demo", str(tmp_path), str(tmp_path / "gone.safetensors")):  # no single file (any more)
+        assert (meta(unhashed)["ss_sd_model_hash"], meta(unhashed)["ss_new_sd_model_hash"]) == ("", "")
 
 
 class _Exploit:
