@@ -95,8 +95,8 @@ class TrainConfig:
             raise TrainError(f"--resolution {self.resolution}: must be a multiple of 8 ({low} or {low + 8})")
         if not (self.lr > 0 and self.lr_te >= 0):
             raise TrainError("--lr must be > 0 and --lr-te >= 0")
-        if self.pivotal and not self.token.strip():
-            raise TrainError("--pivotal needs a --token")
+        if not self.token.strip():  # the card's activation text and every caption's {token}: an empty trigger
+            raise TrainError(f"--token {self.token!r}: the trigger word must not be empty (default <s1>)")
         if self.pivotal and (" " in self.token or "," in self.token or "." in self.token):
             raise TrainError(f"--token {self.token!r}: a pivotal token is one word (no spaces, commas or dots)")
         if self.format == "peft" and self.pivotal:

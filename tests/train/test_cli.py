@@ -87,6 +87,10 @@ def test_bad_settings_are_refused_before_training(tmp_path: Path, capsys: pytest
 
 @pytest.mark.parametrize(("flags", "message"), [
     (["--sample-steps", "0"], "--sample-steps must be at least 1"),
+    # trained on captions without a trigger, and wrote an empty activation text to the card
+    (["--token", ""], "--token '': the trigger word must not be empty"),
+    (["--token", "  "], "--token '  ': the trigger word must not be empty"),
+    (["--token", "", "--pivotal"], "--token '': the trigger word must not be empty"),
     (["--sample-every", "-2"], "--sample-every must be 0 or more"),
     (["--save-every", "-1"], "--save-every must be 0 or more"),
     (["--alpha", "0"], "--alpha must be > 0"),
