@@ -100,8 +100,7 @@ def _refuse_changed_recipe(args: argparse.Namespace, saved: dict[str, object]) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from loraprompt.train.errors import TrainError, TrainInterrupted
-    from loraprompt.train.trainer import train
+    from loraprompt.train.errors import TrainError, TrainInterrupted, sigterm_interrupts
 
     def event(kind: str, data: dict[str, Any]) -> None:
         if kind == "skipped":
@@ -114,11 +113,17 @@ def run(args: argparse.Namespace) -> int:
             progress_bar(data["step"], data["steps"], data["loss"], data["steps_per_s"], data["eta_s"])
 
     try:
-        config = config_from_args(args)
-        result = train(config, on_event=event)
-    except KeyboardInterrupt:  # while the model or the images load: nothing trained, nothing written
-        print("\nloraprompt train: interrupted before training started; nothing to resume", file=sys.stderr)
-        return 130
+        # SIGTERM (a container stopping, `kill`) ends as Ctrl-C does from the start, not only once
+        # training runs: its default kills the process without a word while torch or the model loads
+        with sigterm_interrupts():
+            from loraprompt.train.trainer import train
+
+            config = config_from_args(args)
+            result = train(config, on_event=event)
+    except KeyboardInterrupt as exc:  # while the model or the images load: nothing trained, nothing written
+        by = " by SIGTERM" if exc.args == ("SIGTERM",) else ""
+        print(f"\nloraprompt train: interrupted{by} before training started; nothing to resume", file=sys.stderr)
+        return 143 if by else 130  # 128 + the signal, as a shell reports it
     except TrainInterrupted as exc:
         print(f"\nloraprompt train: {exc}", file=sys.stderr)
         return 143 if "by SIGTERM" in str(exc) else 130 if "interrupted" in str(exc) else 1  # 128 + the signal

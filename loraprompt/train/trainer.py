@@ -385,5 +385,7 @@ def train(config: TrainConfig, *, base: Base | None = None, on_event: Event | No
     """Train a LoRA as `config` says and write it (plus `<stem>.json` and `<stem>.preview.png`).
 
     `base` (default: loaded from `config.checkpoint`) is trained in place: it keeps the peft layers
-    (and, with `pivotal`, the new token in its tokenizers) afterwards, so pass a pipeline you own."""
-    return Trainer(config, base=base, on_event=on_event).run()
+    (and, with `pivotal`, the new token in its tokenizers) afterwards, so pass a pipeline you own.
+    SIGTERM raises KeyboardInterrupt("SIGTERM") while the model and images load, as Ctrl-C does."""
+    with sigterm_interrupts():
+        return Trainer(config, base=base, on_event=on_event).run()

@@ -153,6 +153,37 @@ def test_ctrl_c_before_any_step_says_there_is_nothing_to_resume(tmp_path: Path, 
     assert list(tmp_path.glob("x*")) == []
 
 
+def test_sigterm_while_the_model_loads_ends_cleanly_with_143(tmp_path: Path) -> None:
+    """SIGTERM (a container stopping, `kill`, a scheduler's limit) was handled only once training ran:
+    arriving while torch, the model or the images loaded, it killed the process without a word (exit
+    -15). A real process: it signals itself when the demo model's loading first imports diffusers
+    (an audit hook, which observes and patches nothing), in Trainer.__init__, before run()."""
+    import os
+    import subprocess
+    import sys
+
+    images = write_images(tmp_path / "photos", count=1)
+    out = tmp_path / "x.safetensors"
+    script = (
+        "import os, signal, sys\n"
+        "sent = []\n"
+        "def hook(event, args):\n"
+        "    if event == 'import' and args[0] == 'diffusers' and not sent:\n"
+        "        sent.append(1)\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "sys.addaudithook(hook)\n"
+        "from loraprompt.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    root = str(Path(__file__).resolve().parents[2])  # this checkout's loraprompt, not an installed one
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    done = subprocess.run([sys.executable, "-c", script, "train", str(images), "--output", str(out), *DEMO],
+                          check=False, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 143, (done.returncode, done.stderr[-2000:])  # 128 + SIGTERM, as for a run
+    assert "loraprompt train: interrupted by SIGTERM before training started; nothing to resume" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]  # no LoRA, card, preview or state
+
+
 def test_peft_output_loads_in_diffusers_from_its_file_as_loraprompt_applies_it(tmp_path: Path) -> None:
     import torch
 
