@@ -11,6 +11,9 @@ from loraprompt.train.config import FORMATS, PRECISIONS, TASKS, TrainConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    """The recipe's options (config.RECIPE_FIELDS), --steps and --format default to None, "not given":
+    `config_from_args` fills in the saved run's value with --resume, else TrainConfig's default, so
+    an option given as its default value is told apart from one left out."""
     parser.add_argument("images", nargs="?", metavar="IMAGES",
                         help="a folder of images (captions in <image>.txt beside them) or a .zip of them")
     parser.add_argument("--checkpoint", default=None,
@@ -18,36 +21,37 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                              " tiny model, to try the tool); required unless --resume")
     parser.add_argument("--output", "-o", required=True, help="the LoRA file to write (.safetensors)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default 500; with --resume, the saved run's)")
-    parser.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
+    parser.add_argument("--rank", type=int, default=None, help="LoRA rank (default 16)")
     parser.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
-    parser.add_argument("--lr", type=float, default=1e-4, help="UNet learning rate (default 1e-4)")
-    parser.add_argument("--lr-te", type=float, default=5e-5, help="text encoder learning rate (default 5e-5)")
-    parser.add_argument("--lr-token", type=float, default=5e-4, help="pivotal token learning rate (default 5e-4)")
-    parser.add_argument("--train-te", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--lr", type=float, default=None, help="UNet learning rate (default 1e-4)")
+    parser.add_argument("--lr-te", type=float, default=None, help="text encoder learning rate (default 5e-5)")
+    parser.add_argument("--lr-token", type=float, default=None, help="pivotal token learning rate (default 5e-4)")
+    parser.add_argument("--train-te", action=argparse.BooleanOptionalAction, default=None,
                         help="also train LoRA layers on the text encoder(s)")
-    parser.add_argument("--ff", action="store_true", help="also train the UNet's feed-forward layers")
+    parser.add_argument("--ff", action="store_true", default=None, help="also train the UNet's feed-forward layers")
     parser.add_argument("--resolution", type=int, default=None, help="training side in pixels (default: the model's)")
-    parser.add_argument("--batch-size", type=int, default=1, help="images per step (default 1)")
-    parser.add_argument("--seed", type=int, default=0, help="the run's seed (default 0)")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per step (default 1)")
+    parser.add_argument("--seed", type=int, default=None, help="the run's seed (default 0)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda when present)")
-    parser.add_argument("--mixed-precision", choices=PRECISIONS, default="no", help="(default no: float32)")
+    parser.add_argument("--mixed-precision", choices=PRECISIONS, default=None, help="(default no: float32)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--task", choices=TASKS, default="object", help="sets the caption template, flips and init word (default object)")
-    parser.add_argument("--token", default="<s1>", help="the trigger word (the activation text)")
+    parser.add_argument("--task", choices=TASKS, default=None, help="sets the caption template, flips and init word (default object)")
+    parser.add_argument("--token", default=None, help="the trigger word (the activation text)")
     parser.add_argument("--init-word", default=None, help="word the pivotal token's embedding starts from")
-    parser.add_argument("--pivotal", action="store_true", help="learn the token's embedding (bundled in the file)")
+    parser.add_argument("--pivotal", action="store_true", default=None, help="learn the token's embedding (bundled in the file)")
     parser.add_argument("--caption-template", default=None, help="caption for images without .txt (and outside kohya N_caption folders,"
                              " which caption them); {token} is replaced")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips")
     parser.add_argument("--min-snr-gamma", type=float, default=None, help="min-SNR loss weighting (default off; 5 is usual)")
-    parser.add_argument("--noise-offset", type=float, default=0.0, help="offset noise (default 0)")
+    parser.add_argument("--noise-offset", type=float, default=None, help="offset noise (default 0)")
     parser.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default=None,
                         help="(default: the checkpoint's scheduler config)")
     parser.add_argument("--sample-every", type=int, default=0, help="save a sample image every N steps")
     parser.add_argument("--sample-prompt", default=None, help="(default: the caption template)")
     parser.add_argument("--sample-steps", type=int, default=20, help="sampling steps of samples and the preview (default 20)")
     parser.add_argument("--save-every", type=int, default=0, help="save a resumable state every N steps")
-    parser.add_argument("--resume", default=None, metavar="DIR", help="continue the run saved in DIR")
+    parser.add_argument("--resume", default=None, metavar="DIR",
+                        help="continue the run saved in DIR, with its recipe (options left out take its values)")
     parser.add_argument("--format", choices=FORMATS, default=None,
                         help="kohya (A1111, ComfyUI, diffusers) or peft (default kohya; with --resume, the saved run's)")
     parser.add_argument("--force", action="store_true", help="replace an existing output")
@@ -67,12 +71,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = {k: v for k, v in vars(args).items() if k not in ("command", "quiet")}
     saved = read_state(args.resume)["config"] if args.resume else {}
     _refuse_changed_recipe(args, saved)
-    # the saved run's recipe wins, so `--resume DIR --output F` is enough; its length and output
-    # format too, unless given again (`--steps` extends a finished or interrupted run)
-    values.update({k: saved[k] for k in RECIPE_FIELDS if k in saved})
-    for key in ("steps", "format"):
-        if values[key] is None:
+    # an option left out (None: no option can be given None) takes the saved run's value, so
+    # `--resume DIR --output F` is enough and `--steps` extends a finished or interrupted run; with
+    # no saved value, TrainConfig's default. A recipe option given again has the saved value (or was refused).
+    for key in (*RECIPE_FIELDS, "steps", "format"):
+        if values[key] is None and key != "checkpoint":
             values[key] = saved.get(key, TrainConfig.__dataclass_fields__[key].default)
+    values["checkpoint"] = values["checkpoint"] or saved.get("checkpoint")
     values["images"] = values["images"] or saved.get("images")
     if not values.get("checkpoint"):
         raise TrainError("--checkpoint is required: a .safetensors checkpoint, a diffusers folder, or 'demo'"
@@ -83,20 +88,23 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def _refuse_changed_recipe(args: argparse.Namespace, saved: dict[str, object]) -> None:
-    """A recipe option given again with `--resume` and another value than the saved run's would be
-    replaced by the saved value without a word: refuse it (options left at their default are fine)."""
+    """A recipe option given again with `--resume` and another value than the saved run's, its
+    default value included, would be replaced by the saved value without a word: refuse it."""
     from loraprompt.train.config import RECIPE_FIELDS
     from loraprompt.train.errors import TrainError
 
-    defaults = argparse.ArgumentParser()
-    add_arguments(defaults, "train")
-    changed = [k for k in RECIPE_FIELDS if k in saved and getattr(args, k) != defaults.get_default(k)
-               and getattr(args, k) != saved[k]]
+    changed = [k for k in RECIPE_FIELDS if k in saved and getattr(args, k) is not None and getattr(args, k) != saved[k]]
     if changed:
-        given = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in changed)
+        given = ", ".join(_option(k, getattr(args, k)) for k in changed)
         used = ", ".join(f"{k.replace('_', ' ')} {saved[k]}" for k in changed)
         raise TrainError(f"--resume {args.resume}: the saved run used {used}; {given} would change what it learns."
                          " Leave them out to continue it, or start a new run without --resume")
+
+
+def _option(key: str, value: object) -> str:
+    """An option as it was given: `--rank 8`, `--no-train-te`, `--ff`."""
+    name = key.replace("_", "-")
+    return f"--{'' if value else 'no-'}{name}" if isinstance(value, bool) else f"--{name} {value}"
 
 
 def run(args: argparse.Namespace) -> int:

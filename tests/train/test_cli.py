@@ -283,6 +283,43 @@ def test_resume_refuses_a_recipe_option_given_again_with_another_value(tmp_path:
     assert main(["train", "--resume", str(state), "--output", str(again), "-q", "--rank", "4"]) == 0  # the same value is fine
 
 
+def test_resume_tells_an_option_given_as_its_default_from_one_left_out(tmp_path: Path) -> None:
+    """`--resume` restored the saved value of every recipe option left at its default, so one given
+    as its default value (`--rank 16` on a rank-4 run, `--lr 1e-4` on a 1e-3 run) was dropped without
+    a word, while any other value was refused. Options given are now known as such. No training: a
+    saved state holds the run's settings, which is all this reads."""
+    import argparse
+
+    import torch
+
+    from loraprompt.train import TrainConfig, TrainError
+    from loraprompt.train.cli import add_arguments, config_from_args
+    from loraprompt.train.state import STATE_FILE, STATE_VERSION
+
+    images = write_images(tmp_path / "photos", count=1)
+    state = tmp_path / "run.train-state"
+    state.mkdir()
+    saved = TrainConfig(images=str(images), output=str(tmp_path / "run.safetensors"), checkpoint="demo", rank=4,
+                        lr=1e-3, train_te=False, seed=3, steps=8)
+    torch.save({"version": STATE_VERSION, "config": saved.to_dict()}, state / STATE_FILE)
+
+    def config(*flags: str) -> TrainConfig:
+        parser = argparse.ArgumentParser()
+        add_arguments(parser, "train")
+        return config_from_args(parser.parse_args([*flags, "--output", str(tmp_path / "again.safetensors")]))
+
+    for flags, named in ((["--rank", "16"], "--rank 16"), (["--lr", "1e-4"], "--lr 0.0001"),
+                         (["--train-te"], "--train-te"), (["--seed", "0"], "--seed 0")):  # each its default
+        with pytest.raises(TrainError, match=f"{named} would change what it learns"):
+            config("--resume", str(state), *flags)
+    resumed = config("--resume", str(state), "--rank", "4", "--no-train-te")  # the saved values are fine
+    assert (resumed.rank, resumed.lr, resumed.train_te, resumed.seed, resumed.steps) == (4, 1e-3, False, 3, 8)
+    assert resumed.recipe() == saved.recipe()  # what is left out is the saved run's
+    # without --resume, options left out are TrainConfig's defaults, as the usage says
+    fresh = config(str(images), "--checkpoint", "demo")
+    assert fresh == TrainConfig(images=str(images), output=str(tmp_path / "again.safetensors"), checkpoint="demo")
+
+
 def test_tag_frequency_is_keyed_by_the_whole_folder_name(tmp_path: Path) -> None:
     images = write_images(tmp_path / "10_cat.v2", count=1)  # a dot in a folder name is not a suffix
     out = tmp_path / "cat.safetensors"
