@@ -72,7 +72,9 @@ def metadata(config: TrainConfig, *, family: str, base_name: str, dataset: Any,
         "ss_network_args": json.dumps({"ff": config.ff}) if config.ff else "null",
         "ss_base_model_version": BASE_VERSION[family],
         "ss_v2": str(family == "sd2"),
-        "ss_sd_model_name": base_name,
+        # as sd-scripts: the path's basename when it exists (with its extension), else `base_name`
+        "ss_sd_model_name": Path(config.checkpoint).name if config.checkpoint != "demo" and Path(config.checkpoint).exists()
+        else base_name,
         "ss_sd_model_hash": legacy_hash,
         "ss_new_sd_model_hash": sha256,
         "ss_output_name": out_name,

@@ -60,6 +60,23 @@ def test_the_base_model_hashes_are_the_ones_sd_scripts_writes(tmp_path: Path) ->
         assert (meta(unhashed)["ss_sd_model_hash"], meta(unhashed)["ss_new_sd_model_hash"]) == ("", "")
 
 
+def test_the_base_model_name_is_the_file_name_as_sd_scripts_writes_it(tmp_path: Path) -> None:
+    """sd-scripts writes ss_sd_model_name as the base's os.path.basename when the path exists (the
+    file name with its extension, a diffusers folder's name), else the name as given."""
+    base = tmp_path / "v1-5-pruned.safetensors"
+    base.write_bytes(b"\0" * 16)
+    (tmp_path / "sdxl-folder").mkdir()
+
+    def name(checkpoint: str) -> str:
+        return metadata(TrainConfig(images="x", output="me.safetensors", checkpoint=checkpoint), family="sd1",
+                        base_name="the loader's name", dataset=Dataset([]), started=0.0, finished=1.0, steps=1,
+                        resolution=512, prediction_type="epsilon", folder_name="x")["ss_sd_model_name"]
+
+    assert name(str(base)) == "v1-5-pruned.safetensors"
+    assert name(str(tmp_path / "sdxl-folder")) == "sdxl-folder"
+    assert name("demo") == "the loader's name"
+
+
 class _Exploit:
     """A pickle payload that would create a file when unpickled."""
 
