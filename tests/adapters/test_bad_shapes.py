@@ -81,3 +81,22 @@ def test_lokr_factors_whose_inner_ranks_differ_are_refused_when_read(tool_loras:
     with pytest.raises(AdapterFileError, match=r"lokr_w2_a \(4, 1\) and lokr_w2_b \(2, 4\)"):
         read_adapter(path)
     assert "inner sizes differ" in _refused(path)
+
+
+@pytest.mark.parametrize(("part", "make", "shapes"), [
+    ("a2.weight", lambda t: torch.cat([t, t]), r"a1 \(8, 4\) and a2 \(8, 8\) do not join \(their inner sizes differ\)"),
+    ("a2.weight", lambda t: t[:, :1], r"a1 \(8, 4\) and a2 \(4, 1\) do not join \(a1 @ a2 is not square\)"),
+    ("b2.weight", lambda t: torch.cat([t, t]), r"b1 \(8, 4\) and b2 \(8, 8\) do not join \(their inner sizes differ\)"),
+])
+def test_glora_factors_that_do_not_join_are_refused_when_read(tool_loras: ToolLoraCache, tmp_path: Path, part: str,
+                                                             make: Callable[[torch.Tensor], torch.Tensor], shapes: str) -> None:
+    """GLoRA factors whose inner sizes differ were only caught at sync, as torch's own shape error,
+    and an a2 one column wide broadcast silently into the weight: refused when read, as LoKr's are,
+    naming the file, the key and both factors' shapes."""
+    from loraprompt.errors import AdapterFileError
+
+    path = _corrupt(tool_loras, tmp_path, "glora", part, make)
+    with pytest.raises(AdapterFileError, match=shapes) as info:
+        read_adapter(path)
+    assert str(path) in str(info.value) and f"{MODULE}.a1.weight" in str(info.value)
+    assert "do not join" in _refused(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -28,6 +29,27 @@ class GLoRAModule(AdapterModule):
         if self.mode == "a1111":
             return 1.0
         return super().scale
+
+    def inconsistency(self) -> str | None:
+        """Factors that do not chain (as `unit_delta` flattens them): a1 @ a2 must be square (in, in)
+        through one rank, and b1 @ b2 (or b1, bm, b2) must join; a mismatch of size 1 would otherwise
+        broadcast into the weight."""
+        shape = {k: tuple(v.shape) for k, v in self.tensors.items() if k in self.required | self.optional}
+        if any(len(s) < 2 for s in shape.values()):
+            part = next(k for k, s in sorted(shape.items()) if len(s) < 2)
+            return f"the GLoRA factor {part} {shape[part]} is not a matrix"
+        cols = {k: math.prod(s[1:]) for k, s in shape.items()}  # flatten(1)'s second size
+        joins = [("a1", cols["a1"], "a2", shape["a2"][0], "their inner sizes differ"),
+                 ("a1", shape["a1"][0], "a2", cols["a2"], "a1 @ a2 is not square")]
+        if "bm" in shape:
+            joins += [("b1", cols["b1"], "bm", shape["bm"][0], "their inner sizes differ"),
+                      ("bm", shape["bm"][1], "b2", shape["b2"][0], "their inner sizes differ")]
+        else:
+            joins.append(("b1", cols["b1"], "b2", shape["b2"][0], "their inner sizes differ"))
+        for a, size_a, b, size_b, what in joins:
+            if size_a != size_b:
+                return f"the GLoRA factors {a} {shape[a]} and {b} {shape[b]} do not join ({what})"
+        return None
 
     def fits(self, shape: tuple[int, ...]) -> bool:
         return self.tensors["b1"].shape[0] == shape[0] and self.tensors["a1"].shape[0] == shape[1]
