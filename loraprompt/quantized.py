@@ -122,7 +122,7 @@ class Unfused:
             if self._checked.get(key) == signature:
                 continue  # checked before, on this parameter: building its ΔW again would only cost time
             for adapter_module, rows, _strength in contributions:
-                if not adapter_module.linear or adapter_module.algorithm in ("ia3", "glora", "oft", "boft"):
+                if not adapter_module.linear or adapter_module.algorithm in ("ia3", "glora", "oft", "boft", "tlora"):
                     raise _error(adapter_module, key, "its delta depends on the base weight, which is stored packed (4-bit)")
                 _factors(adapter_module, module, key, rows)  # shapes checked now
             self._checked[key] = signature

@@ -83,7 +83,7 @@ class Writes:
             self._applied.pop(key, None)
         self._claims.drop(stale)
         if stale or cast:
-            self._deltas.clear()  # IA3, GLoRA, OFT and DoRA deltas were computed from the old base
+            self._deltas.clear()  # IA3, GLoRA, T-LoRA, OFT and DoRA deltas were computed from the old base
 
     def _parts(self, key: Key, contributions: tuple[Any, ...]) -> tuple[list[Part], list[Part], bool]:
         """Validated float32 (weight parts, bias parts) of one key on the weight's device, and

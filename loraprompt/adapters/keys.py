@@ -68,6 +68,9 @@ KOHYA_PARTS: dict[str, str] = {
     "oft_blocks": "blocks",
     "oft_diag": "diag",
     "rescale": "rescale",
+    "q_layer.weight": "q",
+    "p_layer.weight": "p",
+    "lambda_layer": "lambda",
 }
 
 # dotted-key endings -> canonical part (PEFT, diffusers LoRA layers)

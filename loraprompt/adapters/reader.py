@@ -27,7 +27,7 @@ PEFT_METADATA_KEY = "lora_adapter_metadata"
 PEFT_CONFIG_FILE = "adapter_config.json"  # PEFT's save_pretrained writes it beside adapter_model.safetensors
 PEFT_TYPES = {"LORA": "lora", "LOHA": "loha", "LOKR": "lokr"}  # PEFT config type -> the algorithm it trains
 NUMBER_PARTS = frozenset({"alpha", "scale", "on_input"})  # read as numbers or flags: any dtype
-RANKED = frozenset({"lora", "loha", "lokr", "glora"})  # alpha divides by a rank; OFT's alpha is a constraint
+RANKED = frozenset({"lora", "loha", "lokr", "glora", "tlora"})  # alpha divides by a rank; OFT's alpha is a constraint
 
 
 def _algorithm(path: str, parts: dict[str, tuple[str, Tensor]]) -> type[AdapterModule]:

@@ -5,7 +5,7 @@ fused `img_attn.qkv` is diffusers' `to_q`, `to_k`, `to_v`). Each loaded module t
 of the file module's delta that are its own. A LoRA's rows are exactly the LoRA with those rows of
 `up` (the same `down`, alpha and rank), so it stays a plain low-rank LoRA; any other linear
 algorithm (LoHa, LoKr, full) computes its whole delta and keeps the rows. Weight-dependent ones
-(DoRA, OFT, IA3, GLoRA) cannot be split: their delta depends on the whole fused weight.
+(DoRA, OFT, IA3, GLoRA, T-LoRA) cannot be split: their delta depends on the whole fused weight.
 """
 
 from __future__ import annotations

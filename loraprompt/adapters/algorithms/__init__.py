@@ -9,8 +9,10 @@ from loraprompt.adapters.algorithms.loha import LoHaModule
 from loraprompt.adapters.algorithms.lokr import LoKrModule
 from loraprompt.adapters.algorithms.lora import LoraModule
 from loraprompt.adapters.algorithms.oft import BOFTModule, OFTModule
+from loraprompt.adapters.algorithms.tlora import TLoRAModule
 
-ALGORITHMS = (LoraModule, LoHaModule, LoKrModule, IA3Module, FullModule, NormModule, GLoRAModule, BOFTModule, OFTModule)
+ALGORITHMS = (LoraModule, LoHaModule, LoKrModule, IA3Module, FullModule, NormModule, GLoRAModule, BOFTModule, OFTModule,
+              TLoRAModule)
 
 __all__ = [
     "ALGORITHMS",
@@ -23,4 +25,5 @@ __all__ = [
     "LoraModule",
     "NormModule",
     "OFTModule",
+    "TLoRAModule",
 ]
