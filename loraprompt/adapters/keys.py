@@ -1,6 +1,7 @@
 """Splitting a file's tensor key into (component, module path, canonical part, key scheme).
 
-Schemes: kohya and LyCORIS (`lora_unet_<path>.<part>`, `lora_te[12]_…`), diffusers/PEFT dotted
+Schemes: kohya and LyCORIS (`lora_unet_<path>.<part>`, `lora_te[12]_…`; "lycoris" for LyCORIS'
+wrapper's `lycoris_<path>.<part>`, the same parts), diffusers/PEFT dotted
 keys (`unet.<module>.lora_A.weight`, with or without `unet.`/`text_encoder.`/`base_model.model.`),
 diffusers' LoRA layers (`….lora.down.weight`, `lora_linear_layer`), and the old
 attention-processor format (`….processor.to_q_lora.down.weight`), PEFT's LoHa/LoKr
@@ -31,6 +32,8 @@ KOHYA_PREFIXES: dict[str, str] = {
     # wrapped model's module names after `lycoris_`; the reader moves a transformer's to "transformer"
     "lycoris_": "unet",
 }
+# only LyCORIS' wrapper writes it: its files (a plain LoCon too) are read under the scheme "lycoris"
+LYCORIS_WRAPPER_PREFIX = "lycoris_"
 
 # part after the first "." in a kohya/LyCORIS key -> canonical part
 KOHYA_PARTS: dict[str, str] = {
@@ -153,13 +156,14 @@ def _comfy(rest: str, component: str) -> KeyParts | None:
 def split_key(key: str) -> KeyParts | None:
     """The parts of one tensor key, or None when no scheme claims it."""
     for prefix, component in KOHYA_PREFIXES.items():
+        scheme = "lycoris" if prefix == LYCORIS_WRAPPER_PREFIX else "kohya"
         if key.startswith(prefix) and key.endswith(_MANGLED_MAGNITUDE):
             module = key[len(prefix) : -len(_MANGLED_MAGNITUDE)].replace(".", "_")
-            return KeyParts(component, module, "magnitude", "kohya") if module else None
+            return KeyParts(component, module, "magnitude", scheme) if module else None
         if key.startswith(prefix):
             module, _, tail = key[len(prefix) :].partition(".")
             part = KOHYA_PARTS.get(tail)
-            return None if part is None or not module else KeyParts(component, module, part, "kohya")
+            return None if part is None or not module else KeyParts(component, module, part, scheme)
     m = _XLABS.match(key)
     if m:
         xlabs = _XLABS_MODULE.get((m["kind"], m["proj"], m["stream"]))

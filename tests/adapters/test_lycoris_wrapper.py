@@ -66,3 +66,15 @@ def test_lycoris_wrapper_file_on_a_unet(tmp_path: Path) -> None:
     path = tmp_path / "lokr.safetensors"
     merged = _wrapped(tiny_sd1()["unet"], path, "lokr", ["Transformer2DModel", "ResnetBlock2D"])
     _assert_patch_equals(tiny_sd1()["unet"], "unet", path, merged)
+
+
+@pytest.mark.parametrize("algo", ["locon", "lora"])
+def test_lycoris_wrapper_locon_reports_its_format_as_lycoris(tmp_path: Path, algo: str) -> None:
+    """A plain LoCon saved by LyCORIS' wrapper (no metadata, only LoRA parts) was summarised as
+    "kohya"; its `lycoris_` key prefix, which only that wrapper writes, says LyCORIS."""
+    from loraprompt.adapters.summary import summarize
+
+    path = tmp_path / f"{algo}.safetensors"
+    _wrapped(tiny_sd1()["unet"], path, algo, ["Transformer2DModel"])
+    info = summarize(read_adapter(path))
+    assert (info["format"], info["algorithms"]) == ("lycoris", ["lora"])
