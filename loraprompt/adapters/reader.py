@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from loraprompt.adapters.algorithms import ALGORITHMS, BOFTModule
@@ -42,6 +43,8 @@ def _algorithm(path: str, parts: dict[str, tuple[str, Tensor]]) -> type[AdapterM
 
 
 def _scalar(path: str, key: str, t: Tensor, what: str) -> float:
+    if t.dtype == torch.bool:  # True would read as 1.0; A1111 and kohya take any number, negative ones too
+        raise AdapterFileError(path, f"{what} is a bool tensor, not a number", key=key)
     if t.numel() != 1:
         raise AdapterFileError(path, f"{what} must be a scalar, got shape {tuple(t.shape)}", key=key)
     return float(t.float().item())
@@ -93,12 +96,25 @@ def peft_pattern_value(patterns: Mapping[str, Any] | None, dotted: str, default:
     return default
 
 
-def _peft_alpha(config: dict[str, Any], dotted: str, rank: int) -> float | None:
+def config_number(path: str | Path, value: Any, what: str, key: str) -> float:
+    """A number (alpha, r) read from a config or the header metadata: a bool (which float() would
+    make 1.0) or anything that is not a number is refused, naming `what` and where (`key`)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError):
+        raise AdapterFileError(path, f"{what} is {json.dumps(value, default=str)}, not a number", key=key) from None
+
+
+def peft_alpha(path: str | Path, config: Mapping[str, Any], dotted: str, rank: int, key: str) -> float | None:
+    """A module's alpha under PEFT's rules: alpha_pattern (suffix regex) beats lora_alpha; with
+    use_rslora the scale is alpha/sqrt(rank), kept here as alpha·sqrt(rank) over the rank."""
     alpha = peft_pattern_value(config.get("alpha_pattern"), dotted, config.get("lora_alpha"))
     if alpha is None:
         return None
-    alpha = float(alpha)
-    return alpha * math.sqrt(rank) if config.get("use_rslora") else alpha
+    value = config_number(path, alpha, f"lora_alpha for {dotted}", key)
+    return value * math.sqrt(rank) if config.get("use_rslora") else value
 
 
 def _check_lora(path: str, mod: AdapterModule, parts: dict[str, tuple[str, Tensor]]) -> None:
@@ -141,7 +157,8 @@ def _build(
         dotted = dotted_module(parts["down"][0])
         config = peft.get(comp) or (peft.get("*") if scheme == "peft" else None)
         if alpha is None and config and dotted is not None:
-            mod.alpha = _peft_alpha(config, dotted, mod.rank or 1)
+            source = PEFT_CONFIG_FILE if config is peft.get("*") else f"__metadata__.{PEFT_METADATA_KEY}"
+            mod.alpha = peft_alpha(path, config, dotted, mod.rank or 1, source)
     elif cls.name in ("loha", "lokr") and scheme == "peft" and alpha is None and "scale" not in parts:
         mod.tensors = {**tensors, **_peft_lycoris_scale(path, peft.get("*") or {}, cls.name, next(iter(parts.values()))[0])}
     return mod
@@ -157,8 +174,10 @@ def _peft_lycoris_scale(path: str, config: Mapping[str, Any], algorithm: str, ke
         return {}  # no config beside it: LyCORIS' rules (alpha = rank)
     rank = peft_pattern_value(config.get("rank_pattern"), dotted, config.get("r"))
     alpha = peft_pattern_value(config.get("alpha_pattern"), dotted, config.get("alpha"))
-    if not isinstance(rank, (int, float)) or not isinstance(alpha, (int, float)) or rank <= 0:
-        raise AdapterFileError(path, f"{PEFT_CONFIG_FILE} has no usable r and alpha for this {algorithm} module", key=key)
+    usable = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (rank, alpha))
+    if not usable or rank <= 0:
+        raise AdapterFileError(path, f"{PEFT_CONFIG_FILE} has no usable r and alpha for this {algorithm} module "
+                                     f"(r {json.dumps(rank)}, alpha {json.dumps(alpha)})", key=key)
     return {"scale": torch.tensor(float(alpha) / float(rank), dtype=torch.float64)}
 
 

@@ -10,7 +10,6 @@ as BFL and ai-toolkit write Flux files; alpha baked into up unless an `.alpha` i
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from torch import Tensor
 
 from loraprompt.adapters.finite import all_finite
 from loraprompt.adapters.keys import COMFY_PREFIXES
-from loraprompt.adapters.reader import PEFT_METADATA_KEY, peft_configs, peft_pattern_value
+from loraprompt.adapters.reader import PEFT_METADATA_KEY, peft_alpha, peft_configs
 from loraprompt.errors import AdapterFileError
 from loraprompt.tools.io import RECIPE_KEY, load_tensors
 
@@ -193,7 +192,7 @@ def _read_peft(path: str | Path, tensors: Mapping[str, Tensor], metadata: Mappin
     modules = {}
     for (component, dotted), parts in groups.items():
         rank = parts["down"].shape[0] if "down" in parts else 1
-        alpha = _peft_alpha(config.get(component), dotted, rank)
+        alpha = peft_alpha(path, config[component], dotted, rank, f"__metadata__.{PEFT_METADATA_KEY}") if config.get(component) else None
         if alpha is not None:
             parts["alpha"] = torch.tensor(alpha)
         factors = _factors(path, f"{component}.{dotted}", component, dotted.replace(".", "_"), parts)
@@ -219,20 +218,9 @@ def _factors(path: str | Path, where: str, component: str, mpath: str, parts: Ma
     if any(t.is_floating_point() and not all_finite(t) for t in parts.values()):
         raise AdapterFileError(path, "NaN or Inf in the module's tensors", key=where)
     alpha = parts.get("alpha")
+    if alpha is not None and alpha.dtype == torch.bool:  # True would read as 1.0
+        raise AdapterFileError(path, "alpha is a bool tensor, not a number", key=f"{where}.alpha")
     if alpha is not None and (alpha.numel() != 1 or float(alpha.float().item()) == 0.0):
         raise AdapterFileError(path, f"alpha must be a non-zero scalar, got {alpha.flatten()[:4].tolist()}", key=where)
     return LoraFactors(component, mpath, down, up, None if alpha is None else float(alpha.float().item()),
                        parts.get("mid"))
-
-
-def _peft_alpha(config: Mapping[str, object] | None, dotted: str, rank: int) -> float | None:
-    """A module's alpha under PEFT's rules: alpha_pattern (suffix regex) beats lora_alpha; with
-    use_rslora the scale is alpha/sqrt(rank), kept here as alpha·sqrt(rank) over the rank."""
-    if not config:
-        return None
-    pattern = config.get("alpha_pattern") or {}
-    assert isinstance(pattern, dict)
-    alpha = peft_pattern_value(pattern, dotted, config.get("lora_alpha"))
-    if alpha is None:
-        return None
-    return float(alpha) * math.sqrt(rank) if config.get("use_rslora") else float(alpha)  # type: ignore[arg-type]

@@ -203,3 +203,26 @@ def test_a_replaced_file_is_read_fresh(tmp_path: Path) -> None:
     assert second.modules["unet/down_blocks_0_attentions_0_proj_in"].tensors["up"].shape == (8, 4)
     path.write_bytes(path.read_bytes()[:-10])
     refused(path, "left after|beyond")
+
+
+def test_a_bool_alpha_is_refused_naming_its_key_and_a_negative_one_kept(tmp_path: Path) -> None:
+    """A bool alpha (a safetensors BOOL tensor, or `true` for lora_alpha in diffusers' header) read as
+    1.0 silently: both readers (read_adapter and the tools' read_lora) refuse it, naming the key.
+    A negative alpha stays accepted, as kohya and A1111 take it."""
+    from loraprompt.tools.lora import read_lora
+
+    bool_tensor = good_lora(tmp_path / "bool.safetensors", **{ALPHA: torch.tensor(True)})
+    assert refused(bool_tensor, "alpha is a bool tensor").key == ALPHA
+    with pytest.raises(AdapterFileError, match=r"\[unet/down_blocks_0_attentions_0_proj_in.alpha\]: alpha is a bool tensor"):
+        read_lora(bool_tensor)
+    peft = {"unet.down_blocks.0.attentions.0.proj_in.lora_A.weight": torch.randn(2, 8),
+            "unet.down_blocks.0.attentions.0.proj_in.lora_B.weight": torch.randn(8, 2)}
+    bool_metadata = tmp_path / "bool-metadata.safetensors"
+    save_file(peft, str(bool_metadata), metadata={"lora_adapter_metadata": json.dumps({"unet.r": 2, "unet.lora_alpha": True})})
+    error = refused(bool_metadata, r"lora_alpha for down_blocks\.0\.attentions\.0\.proj_in is true, not a number")
+    assert error.key == "__metadata__.lora_adapter_metadata"
+    with pytest.raises(AdapterFileError, match=r"lora_alpha for down_blocks\.0\.attentions\.0\.proj_in is true, not a number"):
+        read_lora(bool_metadata)
+    negative = good_lora(tmp_path / "negative.safetensors", **{ALPHA: torch.tensor(-4.0)})
+    assert [m.alpha for m in read_adapter(negative).modules.values()] == [-4.0]
+    assert [m.alpha for m in read_lora(negative).modules.values()] == [-4.0]
