@@ -65,9 +65,9 @@ def metadata_rows(metadata: Mapping[str, str]) -> list[tuple[str, str]]:
     return rows[:MAX_ROWS]
 
 
-def cover_image(metadata: Mapping[str, str]) -> tuple[bytes, str] | None:
-    """(bytes, content type) of the first image in `ssmd_cover_images`, or None when there is
-    none or it is not valid base64 of a PNG/JPEG/WebP/GIF under MAX_COVER_BYTES."""
+def _cover_text(metadata: Mapping[str, str]) -> str | None:
+    """The base64 text of the first image in `ssmd_cover_images` (a `data:` URL's payload), or None
+    when there is none or it is over MAX_COVER_BYTES."""
     raw = metadata.get(COVER_KEY)
     if not raw or len(raw) > MAX_COVER_BYTES * 2:
         return None
@@ -78,7 +78,14 @@ def cover_image(metadata: Mapping[str, str]) -> tuple[bytes, str] | None:
     if not isinstance(images, list) or not images or not isinstance(images[0], str):
         return None
     text = images[0].split(",", 1)[1] if images[0].startswith("data:") else images[0]
-    if len(text) > MAX_COVER_BYTES * 4 // 3 + 4:
+    return None if len(text) > MAX_COVER_BYTES * 4 // 3 + 4 else text
+
+
+def cover_image(metadata: Mapping[str, str]) -> tuple[bytes, str] | None:
+    """(bytes, content type) of the first image in `ssmd_cover_images`, or None when there is
+    none or it is not valid base64 of a PNG/JPEG/WebP/GIF under MAX_COVER_BYTES."""
+    text = _cover_text(metadata)
+    if text is None:
         return None
     try:
         data = base64.b64decode(text, validate=True)
@@ -86,6 +93,20 @@ def cover_image(metadata: Mapping[str, str]) -> tuple[bytes, str] | None:
         return None
     kind = image_kind(data[:16])
     return (data, kind) if kind else None
+
+
+def cover_kind(metadata: Mapping[str, str]) -> str | None:
+    """The content type of the first image in `ssmd_cover_images` from its first 24 base64
+    characters (the signature is in its first 16 bytes), without decoding megabytes during a scan.
+    The same verdict as `cover_image` except for a cover whose base64 breaks after its signature."""
+    text = _cover_text(metadata)
+    if text is None or len(text) % 4:
+        return None
+    try:
+        head = base64.b64decode(text[:24], validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return image_kind(head[:16])
 
 
 def file_details(path: str | Path) -> dict[str, Any]:

@@ -185,6 +185,6 @@ def _has_cover(metadata: Mapping[str, str]) -> bool:
     just any value: a card told it has one asks for a thumbnail that is then refused."""
     if not metadata.get("ssmd_cover_images"):
         return False
-    from loraprompt.library.details import cover_image  # details imports this module
+    from loraprompt.library.details import cover_kind  # details imports this module
 
-    return cover_image(metadata) is not None
+    return cover_kind(metadata) is not None

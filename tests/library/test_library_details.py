@@ -116,3 +116,25 @@ def test_a_cover_value_that_is_no_image_is_not_a_cover(lora_dir: Path, tmp_path:
     write_lora(lora_dir / "html.safetensors", {**kohya_metadata("html"), "ssmd_cover_images": json.dumps(["PGh0bWw+"])})
     lib = Library([lora_dir], cache_dir=tmp_path / "c", settle_s=0)
     assert not any(e.summary.has_cover_image for e in lib.entries)
+
+
+def test_the_scan_s_cover_check_agrees_with_the_decoded_cover() -> None:
+    """The scan tells whether a header has a cover from the first base64 characters only (it decoded
+    megabytes per file); on every kind of cover value its verdict is the full decode's."""
+    from loraprompt.library.details import MAX_COVER_BYTES
+    from loraprompt.library.metadata import summarize
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    images = [PNG, b"\xff\xd8\xff\xe0" + b"\0" * 40, b"GIF89a" + b"\0" * 30, b"RIFF\0\0\0\0WEBPVP8 " + b"\0" * 20,
+              b"\x89PNG", b"<html><script>alert(1)</script>", b"GIF87"]
+    values = [json.dumps([b64(data)]) for data in images]
+    values += [json.dumps(["data:image/png;base64," + b64(PNG)]), json.dumps(["data:image/png;base64,!!" + b64(PNG)]),
+               json.dumps([b64(PNG)[:-1]]), json.dumps(["not base64!!"]), json.dumps([" " + b64(PNG)]), json.dumps([b64(PNG), 1]),
+               json.dumps([]), json.dumps([1]), json.dumps({"a": b64(PNG)}), "[1, 2", "not json", "", json.dumps([""]),
+               json.dumps([b64(PNG) + "A" * (MAX_COVER_BYTES * 4 // 3)])]
+    verdicts = [(summarize({"ssmd_cover_images": v}).has_cover_image, cover_image({"ssmd_cover_images": v}) is not None)
+                for v in values]
+    assert [scan for scan, _ in verdicts] == [full for _, full in verdicts]
+    assert sum(full for _, full in verdicts) == 6  # 4 kinds, a data: URL, a list with more after the image
