@@ -1,6 +1,7 @@
 """The library's on-disk cache: what was learned from each file, keyed by path and validated by
-the file's version (size, mtime_ns, inode, ctime_ns: `hashes.file_version`). One JSON file per set
-of roots, written atomically and only when it changed."""
+the file's version (size, mtime_ns, inode, ctime_ns: `hashes.file_version`), and the device of each
+folder a drive is mounted on (`mounts`: an optional key, so no new version; absent, nothing is
+known yet). One JSON file per set of roots, written atomically and only when it changed."""
 
 from __future__ import annotations
 
@@ -174,6 +175,7 @@ class DiskCache:
         self._files: dict[str, list[Any]] = {}
         self._dirty = False
         self.in_order = False  # the records of the entries are in the entries' order (see `arrange`)
+        self.mounts: dict[str, int] = {}  # folder a drive was mounted on -> that drive's st_dev (`folders.mount_change`)
         self._lock = threading.Lock()
         with paused_gc():
             self._load()
@@ -199,6 +201,9 @@ class DiskCache:
                             row[at] = intern(row[at])
             self._files = files
             self.in_order = doc.get("in_order") == ORDER
+            mounts = doc.get("mounts")  # absent from caches written before it was kept: nothing known yet
+            if isinstance(mounts, dict) and all(type(v) is int for v in mounts.values()):
+                self.mounts = mounts
 
     def get(self, path: str, size: int, mtime_ns: int, ino: int, ctime_ns: int) -> Record | None:
         """The cached record of `path` if the file is still that version (its size, mtime, inode
@@ -254,6 +259,13 @@ class DiskCache:
         with self._lock:
             return {p: i for i, p in enumerate(self._files)} if self.in_order else None
 
+    def set_mounts(self, mounts: dict[str, int]) -> None:
+        """Keep the mount points the scan found (saved with the records, read by the next scan)."""
+        with self._lock:
+            if mounts != self.mounts:
+                self.mounts = dict(mounts)
+                self._dirty = True
+
     def __len__(self) -> int:
         """How many records it holds (model files and sidecars)."""
         return len(self._files)
@@ -272,7 +284,7 @@ class DiskCache:
         if self.path is None or not self._dirty:
             return
         with self._lock:
-            text = json.dumps({"version": VERSION, "in_order": ORDER if self.in_order else False, "files": self._files}, ensure_ascii=False,
+            text = json.dumps({"version": VERSION, "in_order": ORDER if self.in_order else False, "mounts": self.mounts, "files": self._files}, ensure_ascii=False,
                               separators=(",", ":"))
             self._dirty = False
         try:

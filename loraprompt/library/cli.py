@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
             row["hashes"] = library.hashes(entry)
         rows.append(row)
     groups = [{"kind": g.kind, "files": [e.relpath for e in g.entries]} for g in library.duplicates()] if args.duplicates else []
-    problems = (len(report.offline_roots) + len(report.offline_links) + len(report.not_files) + len(report.unreadable)
+    problems = (len(report.offline_roots) + len(report.offline_links) + len(report.unmounted) + len(report.not_files) + len(report.unreadable)
                 + sum(1 for r in rows if r["error"]))
     if args.json:
         doc = {
@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
             "entries": rows,
             "offline_roots": list(report.offline_roots),
             "offline_links": list(report.offline_links),
+            "unmounted": list(report.unmounted),
             "not_files": list(report.not_files),
             "unreadable": list(report.unreadable),
             "pending": list(report.pending),
@@ -65,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"missing folder (entries kept from the cache): {root}", file=sys.stderr)
     for link in report.offline_links:
         print(f"link to a place not reachable (entries kept from the cache): {link}", file=sys.stderr)
+    for path in report.unmounted:
+        print(f"folder a drive was mounted on, now without it (entries kept from the cache): {path}", file=sys.stderr)
     for path in report.not_files:
         print(f"not a regular file (a FIFO, socket or device), left out: {path}", file=sys.stderr)
     for path in report.unreadable:

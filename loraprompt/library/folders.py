@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,9 +69,38 @@ def _prefixes(names: set[str]) -> set[str]:
 SYSTEM_FOLDERS = frozenset({"lost+found", "System Volume Information", "$RECYCLE.BIN"})  # a drive's own, never readable
 
 
+def mount_change(path: str, dev: int, parent_dev: int | None, known: Mapping[str, int]) -> str | None:
+    """"mount" when the folder `path`, on device `dev`, is on another device than its parent (a
+    drive mounted there); "unmounted" when it was such a mount point (`known`: path -> its device
+    then) and now shows its parent's device, not through a symlink: the drive went away and left the
+    empty folder it was mounted on, so what was under it is not gone; else None."""
+    if parent_dev is None:
+        return None
+    if dev != parent_dev:
+        return "mount"
+    was = known.get(path)
+    return "unmounted" if was is not None and was != dev and not os.path.islink(path) else None
+
+
+def mounted_again(path: str) -> bool:
+    """Whether the folder `path`, found unmounted, is on another device than its parent again (or gone)."""
+    try:
+        return os.stat(path).st_dev != os.stat(os.path.dirname(path)).st_dev
+    except OSError:
+        return True
+
+
+def _device(path: str) -> int | None:
+    try:
+        return os.stat(path).st_dev
+    except OSError:
+        return None
+
+
 def walk(
     root: str, dir_mtimes: dict[str, int], seen: set[tuple[int, int]] | None = None, offline: list[str] | None = None,
     not_files: list[str] | None = None, *, unreadable: list[str] | None = None,
+    mounts: tuple[Mapping[str, int], dict[str, int], list[str]] | None = None,
 ) -> list[Folder]:
     """Every folder under `root` (symlinks followed, each real folder once: `seen` holds the
     (st_dev, st_ino) of the folders walked, shared by the walks of several roots). A symlink whose
@@ -80,14 +109,22 @@ def walk(
     a regular file (a FIFO named `x.safetensors` would block its reader forever) is put in
     `not_files`, never in a folder's models. A folder that exists but cannot be listed (no
     permission, an I/O error of a failing drive or share) is put in `unreadable` (its files are not
-    gone either); a drive's own folders (`lost+found`, ...) are not walked."""
+    gone either); a drive's own folders (`lost+found`, ...) are not walked.
+    `mounts`: (the mount points known from the last scan, the ones found now, the unmounted ones):
+    each folder is judged by `mount_change`; an unmounted one is not walked, like a dangling symlink."""
     out: list[Folder] = []
     seen = set() if seen is None else seen
-    stack: list[tuple[str, str, bool]] = [(root, "", False)]
+    stack: list[tuple[str, str, bool, int | None]] = [(root, "", False, _device(os.path.dirname(root)) if mounts else None)]
     while stack:
-        path, rel, hidden = stack.pop()
+        path, rel, hidden, parent_dev = stack.pop()
         try:
             st = os.stat(path)
+            change = mount_change(path, st.st_dev, parent_dev, mounts[0]) if mounts else None
+            if change is not None and mounts:
+                mounts[1][path] = st.st_dev if change == "mount" else mounts[0][path]
+                if change == "unmounted":
+                    mounts[2].append(path)
+                    continue
             if (st.st_dev, st.st_ino) in seen:
                 continue
             seen.add((st.st_dev, st.st_ino))
@@ -121,7 +158,7 @@ def walk(
         names = sorted_names(item.name for item in items)
         out.append(Folder(path, rel, names, models, hidden))  # scan_root sorts the entries
         for name in sorted(subdirs, key=natural_key, reverse=True):
-            stack.append((os.path.join(path, name), f"{rel}/{name}" if rel else name, hidden or name.startswith(".")))
+            stack.append((os.path.join(path, name), f"{rel}/{name}" if rel else name, hidden or name.startswith("."), st.st_dev))
     return out
 
 

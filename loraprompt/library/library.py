@@ -18,7 +18,7 @@ from loraprompt.library.cache import RACY_NS, DiskCache, default_cache_dir, paus
 from loraprompt.library.contents import Contents
 from loraprompt.library.details import file_details
 from loraprompt.library.entry import Entry
-from loraprompt.library.folders import distinct_roots, listing_error
+from loraprompt.library.folders import distinct_roots, listing_error, mounted_again
 from loraprompt.library.hashes import HashCache, Version, file_version
 from loraprompt.library.order import entry_key
 from loraprompt.library.resolve import (
@@ -35,6 +35,7 @@ from loraprompt.library.scanner import (
     ScanResult,
     cached_entries,
     folder_of,
+    offline_entries,
     scan_file,
     scan_root,
     settled,
@@ -110,6 +111,8 @@ class Library(Contents):
             links: list[str] = []  # dangling symlinks in reachable roots: offline places
             not_files: list[str] = []
             unreadable: list[str] = []  # folders that cannot be listed now: offline places too
+            unmounted: list[str] = []  # plain folders a drive was mounted on, now without it: offline places too
+            mounts: dict[str, int] = {}  # mount point -> its drive's st_dev, kept in the cache for the next scan
             read = 0
             marks: dict[str, Any] = {}
             seen: set[str] = set()
@@ -123,12 +126,14 @@ class Library(Contents):
                     entries += kept or cached_entries(str(root), self._cache)
                     continue
                 result = scan_root(str(root), self._cache, self.settle_s, old, self._marks, ranks=ranks, workers=self.workers,
-                                   walked=walked)
-                if result.offline or result.unreadable:
-                    places = result.offline + result.unreadable
-                    result.entries = sorted(result.entries + self._offline_entries(str(root), places, old), key=entry_key)
+                                   walked=walked, known_mounts=self._cache.mounts)
+                if result.offline or result.unreadable or result.unmounted:
+                    places = result.offline + result.unreadable + result.unmounted
+                    result.entries = sorted(result.entries + offline_entries(str(root), places, old, self._cache), key=entry_key)
                     links += result.offline
                     unreadable += result.unreadable
+                    unmounted += result.unmounted
+                mounts.update(result.mounts)
                 not_files += result.not_files
                 marks.update(result.marks)
                 seen |= result.sidecars_seen
@@ -146,10 +151,11 @@ class Library(Contents):
             gone = {p for p in old if p not in self._by_path} - set(pending)
             unseen = self._cache.paths() - self._by_path.keys() - seen
             live = tuple(os.path.join(str(r), "") for r in self.roots if str(r) not in self._offline)
-            away = tuple(os.path.join(p, "") for p in (*links, *unreadable))
+            away = tuple(os.path.join(p, "") for p in (*links, *unreadable, *unmounted))
             dropped = {p for p in unseen if p.startswith(live) and p not in links and not p.startswith(away)}  # gone from a reachable place
             self._keep_hashes_of_moved(dropped, [p for p in self._by_path if p not in old])
             self._cache.drop(dropped)
+            self._cache.set_mounts(mounts)
             self._cache.arrange(list(self._by_path))
             self._cache.save()
             changed = tuple(p for p, e in self._by_path.items() if p in old and old[p] is not e and old[p].version != e.version)
@@ -169,19 +175,9 @@ class Library(Contents):
                 not_files=tuple(not_files),
                 unreadable=tuple(unreadable),
                 files_read=read,
+                unmounted=tuple(unmounted),
             )
             return self.last_report
-
-    def _offline_entries(self, root: str, places: list[str], old: Mapping[str, Entry]) -> list[Entry]:
-        """The entries at or under each of `places` (symlinks in `root` whose target is not
-        reachable, folders that cannot be listed), marked offline: from the last scan, else from
-        the cache (LM #1108: an unplugged drive must not wipe its part of the library)."""
-        out: list[Entry] = []
-        for place in places:
-            under = os.path.join(place, "")
-            kept = [replace(e, offline=True) for e in old.values() if e.root == root and (e.path == place or e.path.startswith(under))]
-            out += kept or cached_entries(root, self._cache, place)
-        return out
 
     def _keep_hashes_of_moved(self, dropped: set[str], added: list[str]) -> None:
         """A file renamed or moved keeps its inode, size and mtime: give its new path the hashes
@@ -231,6 +227,7 @@ class Library(Contents):
             if file_version(st) != version or abs(version[1] - self._scanned_ns) < RACY_NS:
                 return True
         return (any(os.path.exists(r) for r in self._offline) or any(listing_error(p) is None for p in self.last_report.unreadable)
+                or any(mounted_again(p) for p in self.last_report.unmounted)
                 or any(settled(p, self.settle_s) for p in self.last_report.pending))  # a copy that finished
 
     def _auto_check(self) -> None:

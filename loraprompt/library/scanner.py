@@ -34,6 +34,7 @@ class RefreshReport:
     not_files: tuple[str, ...] = ()  # model names that are no regular file (a FIFO, socket, device): never opened, left out
     unreadable: tuple[str, ...] = ()  # folders that exist but cannot be listed (permissions, I/O errors): entries kept
     files_read: int = 0
+    unmounted: tuple[str, ...] = ()  # plain folders a drive was mounted on, now showing their parent's device: entries kept
 
 
 @dataclass
@@ -50,6 +51,8 @@ class ScanResult:
     offline: list[str] = field(default_factory=list)  # dangling symlinks met by the walk (`walk`'s `offline`)
     not_files: list[str] = field(default_factory=list)  # `walk`'s `not_files`
     unreadable: list[str] = field(default_factory=list)  # `walk`'s `unreadable`
+    mounts: dict[str, int] = field(default_factory=dict)  # mount points walked or found unmounted -> their drive's st_dev
+    unmounted: list[str] = field(default_factory=list)  # `walk`'s unmounted folders (`folders.mount_change`)
 
 
 def read_sidecars(folder: Folder, listing: dict[str, str], stem: str, cache: DiskCache) -> tuple[dict[str, Any], tuple[Any, ...], int]:
@@ -200,17 +203,20 @@ def _stamps(folder: str, names: tuple[str, ...]) -> tuple[tuple[str, int, int, i
 def scan_root(
     root: str, cache: DiskCache, settle_s: float, previous: Mapping[str, Entry], marks: Mapping[str, Any],
     *, ranks: Mapping[str, int] | None = None, workers: int | None = 0, walked: set[tuple[int, int]] | None = None,
+    known_mounts: Mapping[str, int] | None = None,
 ) -> ScanResult:
     """Walk one root and build its entries in A1111's walk order (`walk_key`), reusing the
     `previous` entry of a file whose stat and `marks` (sidecars, previews) are unchanged. With
     `ranks` (path -> position in the last scan's order, `DiskCache.ranks`) that has every path,
     the entries are sorted by it: the natural order of a subset of those paths is theirs.
     `workers`: processes reading new headers (`readers.worker_count`; None: by CPUs and count);
-    `walked`: the folders other roots' walks listed already (`walk`'s `seen`), left out here."""
+    `walked`: the folders other roots' walks listed already (`walk`'s `seen`), left out here;
+    `known_mounts`: the mount points of the last scan (`DiskCache.mounts`), to tell an unmounted drive."""
     result = ScanResult()
     layouts = Layouts()
     real_root = os.path.join(os.path.realpath(root), "")
-    folders = walk(root, result.dir_mtimes, walked, result.offline, result.not_files, unreadable=result.unreadable)
+    mounts = None if known_mounts is None else (known_mounts, result.mounts, result.unmounted)
+    folders = walk(root, result.dir_mtimes, walked, result.offline, result.not_files, unreadable=result.unreadable, mounts=mounts)
     # a warm scan pays one cache lookup per file here; a cold one has its headers read on every CPU
     stats, read = read_ahead(folders, cache, workers) if workers != 0 else ({}, {})
     for folder in folders:
@@ -292,6 +298,18 @@ def cached_entries(root: str, cache: DiskCache, place: str | None = None) -> lis
         entry = make_entry(root, folder, os.path.basename(path), record=record, sidecars=sidecars, previews=())
         out.append(replace(entry, offline=True))
     out.sort(key=entry_key)
+    return out
+
+
+def offline_entries(root: str, places: list[str], old: Mapping[str, Entry], cache: DiskCache) -> list[Entry]:
+    """The entries at or under each of `places` (symlinks in `root` whose target is not reachable,
+    folders that cannot be listed, unmounted drives' folders), marked offline: from the last scan,
+    else from the cache (LM #1108: an unplugged drive must not wipe its part of the library)."""
+    out: list[Entry] = []
+    for place in places:
+        under = os.path.join(place, "")
+        kept = [replace(e, offline=True) for e in old.values() if e.root == root and (e.path == place or e.path.startswith(under))]
+        out += kept or cached_entries(root, cache, place)
     return out
 
 

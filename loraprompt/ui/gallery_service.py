@@ -176,8 +176,8 @@ class GalleryService:
         notes = []
         if report.pending:
             notes.append(f"{len(report.pending)} file(s) still being written; they appear once complete")
-        if report.offline_roots or report.offline_links:
-            notes.append("not reachable, cards kept: " + ", ".join((*report.offline_roots, *report.offline_links)))
+        if report.offline_roots or report.offline_links or report.unmounted:
+            notes.append("not reachable, cards kept: " + ", ".join((*report.offline_roots, *report.offline_links, *report.unmounted)))
         if report.unreadable:
             notes.append("folders that cannot be listed (permissions or a failing drive), cards kept: "
                          + ", ".join(report.unreadable))

@@ -242,3 +242,64 @@ def test_a_folder_that_cannot_be_listed_keeps_its_entries(tmp_path: Path, monkey
     assert lib.last_report.files_read == 0 and lib.last_report.unreadable == ()
     back = lib.get(sub / "deep.safetensors")
     assert back is not None and lib.hashes(back, compute=False) == hashes
+
+
+def test_a_drive_unmounted_from_a_plain_folder_keeps_its_entries_and_hashes(tmp_path: Path) -> None:
+    """LM #1108 for a drive mounted on a plain folder (`models/Lora/usb`, no symlink): unplugged, it
+    leaves the empty folder it was mounted on, which a scan took for "files deleted", dropping their
+    records and hashes. The cache now keeps each mount point's device; a folder that was one and now
+    shows its parent's device is an offline place, as a dangling symlink is. No test can mount: the
+    scan that saw the drive is the real one, its cache's record of the mount point is written as that
+    scan would have (another device than the parent's), then the drive's files go."""
+    import os
+
+    lora = tmp_path / "Lora"
+    usb = lora / "usb"
+    write_lora(lora / "near.safetensors")
+    write_lora(usb / "far.safetensors", seed=1)
+    lib = Library([lora], cache_dir=tmp_path / "c", workers=0, auto_check_s=0)
+    far = lib.get(usb / "far.safetensors")
+    assert far is not None
+    hashes = lib.hashes(far)
+    (cache_file,) = (tmp_path / "c").glob("library-*.json")
+    doc = json.loads(cache_file.read_text())
+    assert doc.get("mounts") in ({}, None)  # no folder is on another device than its parent here
+    cache_file.write_text(json.dumps({**doc, "mounts": {str(usb): os.stat(usb).st_dev + 1}}))
+    (usb / "far.safetensors").unlink()  # unplugged: the folder it was mounted on is empty
+    for folder in (lora, usb):  # out of the filesystem's clock tick, so only a change makes the scan stale
+        os.utime(folder, ns=(1, os.stat(folder).st_mtime_ns - 60 * 10**9))
+    restarted = Library([lora], cache_dir=tmp_path / "c", workers=0, auto_check_s=0)
+    assert [(e.relpath, e.offline) for e in restarted.entries] == [("near.safetensors", False), ("usb/far.safetensors", True)]
+    report = restarted.last_report
+    assert report.unmounted == (str(usb),) and report.offline_links == ()
+    assert not restarted.is_stale()  # the folder exists: only its device coming back makes the scan stale
+    saved = json.loads(cache_file.read_text())
+    assert saved["files"][str(usb / "far.safetensors")][2]["hashes"] == hashes
+    assert saved["mounts"] == {str(usb): os.stat(usb).st_dev + 1}  # still known while the drive is away
+    usb.rmdir()  # the mount point itself deleted: its files are gone for good
+    report = restarted.refresh()
+    assert report.removed == (str(usb / "far.safetensors"),) and report.unmounted == ()
+    assert [e.relpath for e in restarted.entries] == ["near.safetensors"]
+    assert json.loads(cache_file.read_text())["mounts"] == {}
+
+
+def test_mount_change_on_real_folders(tmp_path: Path) -> None:
+    """`folders.mount_change` judged on real stat results: a plain folder is nothing; one that was a
+    mount point (another device then) and shows its parent's device now is unmounted, unless the
+    walk reached it through a symlink; a real mount point of this machine, when there is one, is a mount."""
+    import os
+
+    from loraprompt.library.folders import mount_change, mounted_again
+
+    usb = tmp_path / "Lora" / "usb"
+    usb.mkdir(parents=True)
+    (tmp_path / "Lora" / "link").symlink_to(usb)
+    dev, parent_dev = os.stat(usb).st_dev, os.stat(usb.parent).st_dev
+    assert mount_change(str(usb), dev, parent_dev, {}) is None
+    assert mount_change(str(usb), dev, parent_dev, {str(usb): dev + 1}) == "unmounted"
+    assert mount_change(str(usb.parent / "link"), dev, parent_dev, {str(usb.parent / "link"): dev + 1}) is None
+    assert mount_change(str(usb), dev, None, {str(usb): dev + 1}) is None  # the parent's device unknown
+    assert not mounted_again(str(usb)) and mounted_again(str(tmp_path / "gone"))
+    real = next((p for p in ("/proc", "/sys", "/dev") if os.path.ismount(p) and os.stat(p).st_dev != os.stat("/").st_dev), None)
+    if real is not None:
+        assert mount_change(real, os.stat(real).st_dev, os.stat("/").st_dev, {}) == "mount" and mounted_again(real)
