@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from loraprompt.errors import AdapterFileError, LoraPromptError
 from loraprompt.library.cards import card, family_label
 from loraprompt.library.library import Library
 
@@ -35,7 +36,10 @@ def run(args: argparse.Namespace) -> int:
         row = card(library, entry)
         row["path"] = entry.path
         if args.hashes and not entry.error:
-            row["hashes"] = library.hashes(entry)
+            try:
+                row["hashes"] = library.hashes(entry)
+            except (LoraPromptError, OSError) as exc:  # that file's error, in its row: the others are still listed
+                row["error"] = f"cannot be hashed: {exc.reason if isinstance(exc, AdapterFileError) else exc}"
         rows.append(row)
     groups = [{"kind": g.kind, "files": [e.relpath for e in g.entries]} for g in library.duplicates()] if args.duplicates else []
     problems = (len(report.offline_roots) + len(report.offline_links) + len(report.unmounted) + len(report.not_files) + len(report.unreadable)

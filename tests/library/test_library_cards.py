@@ -171,3 +171,18 @@ def test_most_and_last_used_sorts_survive_restart(lib: Library, lora_dir: Path, 
     names = [e.name for e in search(again, sort="uses", descending=True).entries]
     assert names[:3] == ["ink", "hero", "boss2"]  # ties keep walk order
     assert search(again, sort="recent", descending=True).entries[0].name == "boss2"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/mem"), reason="needs Linux's /proc: a file that cannot be read, even by root")
+def test_scan_hashes_a_file_that_cannot_be_read_is_its_row_s_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`loraprompt scan --hashes` stopped at the first file Library.hashes could not read (an I/O
+    error, a file truncated since the scan), listing nothing; that file's row now carries the error
+    (the exit code says a file is broken) and every other file is listed with its hashes."""
+    lora = tmp_path / "Lora"
+    write_lora(lora / "good.safetensors", kohya_metadata("good"))
+    (lora / "bad.pt").symlink_to("/proc/self/mem")  # a regular file whose every read is an I/O error
+    code = main(["scan", str(lora), "--json", "--no-cache", "--hashes"])
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["entries"]}
+    assert code == 1 and set(rows) == {"good", "bad"}
+    assert rows["bad"]["error"] == "cannot be hashed: cannot read: Input/output error" and "hashes" not in rows["bad"]
+    assert rows["good"]["error"] is None and len(rows["good"]["hashes"]["a1111_short"]) == 12
