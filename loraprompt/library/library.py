@@ -300,10 +300,18 @@ class Library(Contents):
         if entry is None:
             return self._not_found(name)
         diags = list(result.diagnostics)
-        if hash and result.how != "hash" and not hash_matches(self.hashes(entry), hash):
+        if hash and result.how != "hash" and not self._has_hash(entry, hash):
             diags.append(Diagnostic("W-HASH-MISMATCH", f"{entry.relpath} does not have hash {hash}; using it by name",
                                     subject=name))
         return Resolution(entry, tuple(diags), result.how, result.candidates)
+
+    def _has_hash(self, entry: Entry, wanted: str) -> bool:
+        """Whether `entry` has hash `wanted`; True for a file that cannot be hashed (a broken file,
+        not a wrong one: reading it reports why, naming it)."""
+        try:
+            return hash_matches(self.hashes(entry), wanted)
+        except AdapterFileError:
+            return True
 
     def _not_found(self, name: str) -> Resolution:
         """E-NAME-NOTFOUND; for a file of that name still being written (unreadable and modified

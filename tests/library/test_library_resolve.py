@@ -147,6 +147,23 @@ def test_hash_mismatch_warns_but_keeps_named_file(lib: Library) -> None:
     assert [d.code for d in r.diagnostics] == ["W-HASH-MISMATCH"]
 
 
+def test_a_broken_file_named_with_a_hash_resolves_and_is_left_to_the_reader(lora_dir: Path, tmp_path: Path) -> None:
+    """Found by a review: `<lora:broken:1:hash=...>` made resolve raise AdapterFileError from the hash
+    check (the extension's runtime let it end the generation); the file is broken, not another one,
+    so it resolves with no hash warning and reading it reports why, naming it."""
+    from loraprompt.errors import AdapterFileError
+
+    broken = lora_dir / "broken.safetensors"
+    broken.write_bytes(b"\xff" * 8 + b"not a header")
+    os.utime(broken, (time.time() - 60, time.time() - 60))  # settled: scanned as a broken file
+    lib = Library(lora_dir, tmp_path / "cache2", persist=False, settle_s=0.0)
+    assert next(e for e in lib.entries if e.name == "broken").error
+    r = lib.resolve("broken", hash="0123456789ab")
+    assert r.entry is not None and r.entry.name == "broken" and r.diagnostics == ()
+    with pytest.raises(AdapterFileError, match=r"broken\.safetensors"):
+        lib.hashes(r.entry)
+
+
 def test_new_file_found_without_refresh(lib: Library, lora_dir: Path) -> None:
     lib.auto_check_s = 3600
     write_lora(lora_dir / "dropped_in.safetensors")
