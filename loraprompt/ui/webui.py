@@ -18,6 +18,7 @@ from loraprompt.ui.gallery import PromptTarget
 from loraprompt.ui.hires import HIRES_UPSCALERS, IMAGE_UPSCALERS, HiresOptions
 from loraprompt.ui.img2img import RESIZE_MODES
 from loraprompt.ui.paste import PASTE_EXTRAS, hash_lookup, paste_extras, paste_values, png_infotext  # noqa: F401 (hash_lookup: re-export)
+from loraprompt.ui.resume import Tasks
 from loraprompt.ui.txt2img import Txt2Img, Txt2ImgRequest
 from loraprompt.ui.xy_grid import COLUMN_KINDS, StrengthGrid, axis_choices, parse_values, render_strength_grid
 
@@ -313,11 +314,15 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
             return (heading(loaded), gr.update(value=DEMO_NOTICE if loaded.is_demo else "", visible=loaded.is_demo),
                     *(gr.update(**now[k]) for _ in (txt, i2i) for k in MODEL_FIELDS), gr.update(**now["hr-upscaler"]))
 
+        # a page reloaded (or opened in another tab) while a generation runs picks it back up
+        tasks = Tasks(gr.Textbox("", visible=False, label="Task id (optional: a page that reloads follows it)"))
         for form, handle, ins, outs, api in ((txt, run, inputs, outputs, "generate"),
                                              (i2i, run_i2i, i2i_inputs, i2i.results, "img2img")):
-            form.parts["generate"].click(handle, ins, outs, concurrency_limit=1, concurrency_id="generate", api_name=api)
-            form.fields["prompt"].submit(handle, ins, outs, concurrency_limit=1, concurrency_id="generate", api_name=False)
+            kind, queued = "img2img" if form is i2i else "txt2img", {"concurrency_limit": 1, "concurrency_id": "generate"}
+            tasks.event(form.parts["generate"].click, handle, ins, outs, kind=kind, api_name=api, **queued)
+            tasks.event(form.fields["prompt"].submit, handle, ins, outs, kind=kind, api_name=False, **queued)
             form.parts["interrupt"].click(engine.interrupt, None, None, queue=False)
+            tasks.resume_on_load(app, kind, outs)
         # the first web UI's API, /run with its nine parameters, for scripts written against it
         legacy = gr.Button(visible=False, elem_id="lp-run-api")
         legacy.click(run, inputs[:len(API_FIELDS)], outputs, concurrency_limit=1, concurrency_id="generate",
@@ -336,8 +341,8 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
         app.load(None, js=RENDER_IMG2IMG)
         for event in (app.load, xy_box.expand):
             event(xy_refresh, [xy_lora, xy_lora2], [xy_lora, xy_lora2], queue=False, api_visibility="private")
-        xy_generate.click(run_grid, inputs, outputs, concurrency_limit=1, concurrency_id="generate",
-                          api_name="xy_grid")
+        tasks.event(xy_generate.click, run_grid, inputs, outputs, kind="txt2img", concurrency_limit=1,
+                    concurrency_id="generate", api_name="xy_grid")
         send.click(send_to_img2img, [txt.parts["saved"], txt.parts["infotext"]],
                    [i2i.fields["init-image"], *(i2i.fields[k] for k in API_FIELDS), tabs], api_visibility="private")
         checkpoint.change(switch, [checkpoint], [title, demo_notice, *(f.fields[k] for f in (txt, i2i) for k in MODEL_FIELDS),

@@ -124,12 +124,28 @@ def test_pasting_infotext_fills_the_fields_and_remaps_lora_by_hash(ui_page: Any,
     assert page.locator("#lp-sampler input").input_value() == "DPM++ 2M Karras"
 
 
-def test_interrupt_button_stops_a_long_generation(ui_page: Any) -> None:
-    page = ui_page
-    page.locator("#lp-prompt textarea").fill("a very long render")
+def _pngs(webui: WebUI) -> list[Path]:
+    return sorted((webui.data_dir / "outputs").glob("txt2img-images/*/*.png"))
+
+
+def _long_generation(page: Any, prompt: str) -> None:
+    page.locator("#lp-prompt textarea").fill(prompt)
     page.locator("#lp-steps input[type=number]").fill("150")
     page.locator("#lp-generate").click()
     page.get_by_text("Sampling").first.wait_for(timeout=60_000)
+
+
+def test_a_reloaded_page_picks_up_the_running_generation_and_interrupts_it(ui_page: Any, webui: WebUI,
+                                                                          browser: Any) -> None:
+    """As A1111 restores a task kept in localStorage: a page reloaded while a generation runs shows
+    its progress, then its result (here after the reloaded page's Interrupt); a generation that
+    ended while no page was open shows its result in the next page opened, once."""
+    page = ui_page
+    _long_generation(page, "a very long render")
+    page.reload()
+    page.locator("#lp-prompt textarea").wait_for()
+    page.get_by_text("Sampling").first.wait_for(timeout=30_000)  # the job's progress, in a page that started nothing
+    page.screenshot(path=str(SCREENSHOTS / "webui_progress_after_reload.png"))
     page.locator("#lp-interrupt").click()
     page.wait_for_function("() => document.querySelector('#lp-infotext textarea').value.includes('Steps: 150')",
                            timeout=120_000)
@@ -137,6 +153,23 @@ def test_interrupt_button_stops_a_long_generation(ui_page: Any) -> None:
     panel = page.locator("#lp-diagnostics").inner_text()
     match = re.search(r"interrupted after step (\d+) of 150", panel)
     assert match is not None and int(match.group(1)) < 150, panel
+    assert "a very long render" in page.locator("#lp-infotext textarea").input_value()
+    page.wait_for_function("() => localStorage.getItem('lp-task-txt2img') === null", timeout=10_000)  # shown: forgotten
+
+    # a second generation whose page is gone before it ends (stopped from another browser's page)
+    _long_generation(page, "a render nobody watched")
+    made = len(_pngs(webui))
+    page.goto("about:blank")
+    with open_page(browser, webui.url, "#lp-prompt textarea", "webui_resume_other_browser.png") as other:
+        other.locator("#lp-interrupt").click()
+        while len(_pngs(webui)) == made:  # the job ends on the server
+            other.wait_for_timeout(200)
+    page.goto(webui.url)
+    page.locator("#lp-infotext textarea").wait_for()
+    page.wait_for_function("() => document.querySelector('#lp-infotext textarea').value.includes('nobody watched')",
+                           timeout=60_000)
+    assert str(_pngs(webui)[-1]) in page.locator("#lp-saved textarea").input_value()
+    page.wait_for_function("() => localStorage.getItem('lp-task-txt2img') === null", timeout=10_000)
 
 
 def test_applying_an_empty_paste_box_keeps_the_prompt_and_says_why(ui_page: Any) -> None:
