@@ -19,6 +19,7 @@ from loraprompt.ui.hires import HIRES_UPSCALERS, IMAGE_UPSCALERS, HiresOptions
 from loraprompt.ui.img2img import RESIZE_MODES
 from loraprompt.ui.paste import PASTE_EXTRAS, hash_lookup, paste_extras, paste_values, png_infotext  # noqa: F401 (hash_lookup: re-export)
 from loraprompt.ui.resume import Tasks
+from loraprompt.ui.send import image_to_send, selected_js
 from loraprompt.ui.txt2img import Txt2Img, Txt2ImgRequest
 from loraprompt.ui.xy_grid import COLUMN_KINDS, StrengthGrid, axis_choices, parse_values, render_strength_grid
 
@@ -281,18 +282,16 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
             return (str(grid.path), gr.update(value=[str(c.path) for c in grid.cells], visible=True), grid.infotext,
                     str(grid.path), format_diagnostics(grid.diagnostics, applied))
 
-        def send_to_img2img(saved: str, infotext: str) -> tuple[Any, ...]:
-            """A1111's "Send to img2img": the first image of the txt2img result (the grid of an X/Y
-            grid) and the parameters it was made with (its infotext), then the img2img tab."""
-            found = [Path(line) for line in (saved or "").splitlines() if line.strip()]
-            images = [p for p in found if p.parent.parent.name.endswith("-images")] or found
-            outputs_dir = engine.outputs_dir.resolve()
-            if not images or not infotext or not images[0].resolve().is_relative_to(outputs_dir):
+        def send_to_img2img(saved: str, infotext: str, batch: list[Any] | None, index: Any) -> tuple[Any, ...]:
+            """A1111's "Send to img2img": the image selected in the batch gallery, else the first of the
+            txt2img result (loraprompt.ui.send), and the parameters it was made with, then the img2img tab."""
+            chosen = image_to_send(saved, infotext, batch, index, engine.outputs_dir)
+            if chosen is None:
                 raise user_error("Generate an image first: Send to img2img sends the txt2img result")
-            values = list(paste_values(infotext, engine.library, labels()))
-            with Image.open(images[0]) as sent:  # the image's own size, as A1111 sends it ("Size" is the first pass's),
+            values = list(paste_values(chosen[1], engine.library, labels()))
+            with Image.open(chosen[0]) as sent:  # the image's own size, as A1111 sends it ("Size" is the first pass's),
                 values[4], values[5] = (max(8, round(side / 8) * 8) for side in sent.size)  # to the sliders' 8
-            return (str(images[0]), *values, gr.Tabs(selected="img2img"))
+            return (str(chosen[0]), *values, gr.Tabs(selected="img2img"))
 
         current = [model.name]
 
@@ -343,8 +342,9 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
             event(xy_refresh, [xy_lora, xy_lora2], [xy_lora, xy_lora2], queue=False, api_visibility="private")
         tasks.event(xy_generate.click, run_grid, inputs, outputs, kind="txt2img", concurrency_limit=1,
                     concurrency_id="generate", api_name="xy_grid")
-        send.click(send_to_img2img, [txt.parts["saved"], txt.parts["infotext"]],
-                   [i2i.fields["init-image"], *(i2i.fields[k] for k in API_FIELDS), tabs], api_visibility="private")
+        send.click(send_to_img2img, [txt.parts["saved"], txt.parts["infotext"], txt.parts["batch"], gr.Number(-1, visible=False)],
+                   [i2i.fields["init-image"], *(i2i.fields[k] for k in API_FIELDS), tabs], js=selected_js(4),
+                   api_visibility="private")
         checkpoint.change(switch, [checkpoint], [title, demo_notice, *(f.fields[k] for f in (txt, i2i) for k in MODEL_FIELDS),
                                            txt.fields["hr-upscaler"]],
                           concurrency_limit=1, concurrency_id="generate")

@@ -81,6 +81,15 @@ def test_batch_count_and_size_show_a_grid_and_every_image(page: Any) -> None:
             seeds.append(parse_infotext(png.text["parameters"])["Seed"])
     assert seeds == ["21", "22", "23", "24"]
     page.screenshot(path=str(SCREENSHOTS / "webui_batch.png"))
+    # Send to img2img: the first image while none is selected, else the one selected, with its own seed
+    page.locator("#lp-send-to-img2img").click()
+    page.locator("#lp-i2i-init-image img").wait_for(timeout=30_000)
+    assert page.locator("#lp-i2i-seed input").input_value() == "21"
+    page.get_by_role("tab", name="txt2img").click()
+    page.locator("#lp-batch .thumbnail-item").nth(2).click()
+    page.locator("#lp-send-to-img2img").click()
+    page.wait_for_function("() => document.querySelector('#lp-i2i-seed input').value === '23'", timeout=30_000)
+    assert page.locator("#lp-i2i-init-image img").get_attribute("src").endswith("-23.png")
 
 
 def test_hires_fix_upscales_with_its_own_prompt(page: Any) -> None:
