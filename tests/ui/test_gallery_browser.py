@@ -223,8 +223,17 @@ def test_metadata_editor_saves_the_sidecar(page: Any, demo: DemoServer) -> None:
     editable = card(page, "editable")
     editable.locator(".lp-edit").click()
     form = page.locator(".lp-editor")
+    weight = form.locator("input[name='preferred weight']")
+    # a weight that is no number is refused by name, not saved as 0 ("default") without a word
+    weight.fill("")
+    weight.press_sequentially("0.6.")
+    form.locator(".lp-save").click()
+    page.wait_for_function("() => document.querySelector('.lp-editor-status').textContent.startsWith('Not saved')")
+    assert "Preferred weight must be a number" in form.locator(".lp-editor-status").inner_text()
+    assert not (demo.lora / "editable.json").exists()
     form.locator("input[name='activation text']").fill("edited words")
-    form.locator("input[name='preferred weight']").fill("0.6")
+    weight.fill("")
+    weight.press_sequentially("0,6")  # a decimal comma, as a European user types it
     form.locator("select[name='sd version']").select_option("SDXL")
     form.locator(".lp-save").click()
     page.wait_for_function("() => document.querySelector('.lp-editor-status').textContent.startsWith('Saved')")

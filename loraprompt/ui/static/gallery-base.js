@@ -40,6 +40,14 @@
     return target && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName));
   }
 
+  // A strength as typed: "0.8", "-1", ".5", "1e-1", or "0,8" with a decimal comma; null otherwise.
+  function strengthValue(text) {
+    const t = String(text).trim().replace(",", ".");
+    if (!/^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(t)) return null;
+    const v = Number(t);
+    return Number.isFinite(v) ? v : null;
+  }
+
   function fmtSize(n) {
     if (n >= 1 << 30) return (n / (1 << 30)).toFixed(1) + " GB";
     if (n >= 1 << 20) return (n / (1 << 20)).toFixed(1) + " MB";
@@ -75,5 +83,5 @@
   }
 
   Object.assign(LP, { CARD_W, CARD_H, GAP, OVERSCAN_ROWS, FAMILY_LABEL, el, gradioRoot, findField, setField, isTyping, fmtSize,
-    SearchIndex });
+    strengthValue, SearchIndex });
 })();

@@ -5,15 +5,7 @@
   "use strict";
   const LP = window.LoraPromptGalleryParts;
   if (!LP || !LP.Gallery || LP.Gallery.prototype.renderWindow) return;
-  const { CARD_W, CARD_H, GAP, OVERSCAN_ROWS, el, findField, setField, fmtSize } = LP;
-
-  // A strength as typed: "0.8", "-1", ".5", "1e-1", or "0,8" with a decimal comma; null otherwise.
-  function strengthValue(text) {
-    const t = text.trim().replace(",", ".");
-    if (!/^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(t)) return null;
-    const v = Number(t);
-    return Number.isFinite(v) ? v : null;
-  }
+  const { CARD_W, CARD_H, GAP, OVERSCAN_ROWS, el, findField, setField, fmtSize, strengthValue } = LP;
 
   Object.assign(LP.Gallery.prototype, {
     layout() {

@@ -4,7 +4,12 @@
   "use strict";
   const LP = window.LoraPromptGalleryParts;
   if (!LP || !LP.Gallery || LP.Gallery.prototype.showDetails) return;
-  const { el } = LP;
+  const { el, strengthValue } = LP;
+  // the preferred weight as typed, "0.8" or "0,8" (as the cards' strength boxes); empty is 0; else NaN
+  const decimal = (text) => {
+    const v = String(text).trim() === "" ? 0 : strengthValue(text);
+    return v === null ? NaN : v;
+  };
 
   Object.assign(LP.Gallery.prototype, {
     openDialog(title) {
@@ -50,7 +55,9 @@
       }
       const form = el("form", "lp-editor");
       const fields = {};
+      const labels = {};
       const add = (key, label, kind) => {
+        labels[key] = label.replace(/ \(.*\)$/, "");
         const row = el("label", "lp-field");
         row.appendChild(el("span", null, label));
         let input;
@@ -63,9 +70,11 @@
           input.type = "checkbox";
           input.checked = !!data.user[key];
         } else if (kind === "number") {
+          // text, not type=number: that takes "0,8" only where the browser's locale writes a
+          // decimal comma, and otherwise reads as empty (saved as 0, "default", without a word)
           input = el("input");
-          input.type = "number";
-          input.step = "0.05";
+          input.type = "text";
+          input.inputMode = "decimal";
           input.value = String(data.user[key] || 0);
         } else {
           input = el(kind === "area" ? "textarea" : "input");
@@ -89,7 +98,7 @@
       save.type = "submit";
       form.append(save, status);
       const valueOf = (input) => input.type === "checkbox" ? (input.checked || null)
-        : input.type === "number" ? (parseFloat(input.value) || 0) : input.value;
+        : input.inputMode === "decimal" ? decimal(input.value) : input.value;
       const opened = {};
       for (const [k, input] of Object.entries(fields)) opened[k] = valueOf(input);
       form.addEventListener("submit", async (e) => {
@@ -99,6 +108,13 @@
         const values = {};
         for (const [k, input] of Object.entries(fields)) {
           if (valueOf(input) !== opened[k]) values[k] = valueOf(input);
+        }
+        const bad = Object.keys(values).find((k) => Number.isNaN(values[k]));
+        if (bad) {
+          status.textContent = "Not saved: " + labels[bad] + " must be a number such as 0.8 or 0,8, not \u201c" +
+            fields[bad].value.trim() + "\u201d";
+          status.classList.add("lp-error");
+          return;
         }
         if (!Object.keys(values).length) {
           status.textContent = "Nothing changed";
