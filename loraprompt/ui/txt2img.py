@@ -40,7 +40,7 @@ from loraprompt.ui.img2img import (
 )
 from loraprompt.ui.outputs import infotext_extra, save_png
 from loraprompt.ui.progress import Progress, StepCallback
-from loraprompt.ui.txt2img_prompt import Conditioning
+from loraprompt.ui.txt2img_prompt import Conditioning, negative_prompt_notes
 
 MAX_SEED, SEED_SPAN = 2**32 - 1, 2**64  # a random seed's range (A1111's), and every seed torch's generator takes
 
@@ -322,7 +322,7 @@ class Txt2Img:
                                    image=image, strength=strength, num_inference_steps=img2img_schedule(steps, strength),
                                    **({"width": width, "height": height} if dit else {}))  # the DiT pipelines' default: 1024
         used = self._applied(active.entries)
-        notes = list(active.diagnostics) + notes_extra
+        notes = list(active.diagnostics) + notes_extra + negative_prompt_notes(request.negative_prompt)
         if hires is None or self._interrupted.is_set():
             return (decode(pipe, out) if latent_hires else list(out)), used, notes
 

@@ -7,12 +7,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from loraprompt.diagnostics import Diagnostic
 from loraprompt.syntax import attention
 
 CHUNK = 75  # tokens per chunk, between the start and end tokens
 COMMA_BACKTRACK = 20  # A1111's "Prompt word wrap length limit" (comma_padding_backtrack), its default
 
 Chunk = list[tuple[int, float]]
+
+
+def negative_prompt_notes(negative: str) -> list[Diagnostic]:
+    """A warning for each tag in the negative prompt: as in A1111 it reaches the text encoder as text
+    and applies nothing (a LoRA applies to the whole model, negative pass included, from the prompt),
+    which is rarely what was meant."""
+    from loraprompt.syntax import parse
+
+    if "<" not in negative:
+        return []
+    return [Diagnostic(d.code, f"negative prompt: {d.message}; as in A1111, put LoRA tags in the prompt",
+                       severity="warning") for d in parse(negative, negative=True).diagnostics if d.code == "tag-in-negative"]
 
 
 def weighted_chunks(tokenizer: Any, text: str, backtrack: int = COMMA_BACKTRACK) -> list[Chunk]:

@@ -78,6 +78,19 @@ def test_unknown_lora_is_a_diagnostic_not_a_failure(engine: Txt2Img) -> None:
     assert "Lora hashes" in result.infotext and "nope" not in parse_infotext(result.infotext)["Lora hashes"]
 
 
+def test_a_lora_tag_in_the_negative_prompt_is_text_and_says_so(engine: Txt2Img) -> None:
+    """As in A1111 the negative prompt's tags are encoded as text and apply nothing; the web UI said
+    nothing, so a LoRA put there by mistake looked applied."""
+    result = engine.generate(_request("a dog", negative_prompt="blurry, <lora:demo_warm:1>"))
+    assert result.applied == []
+    notes = [d for d in result.diagnostics if d.code == "tag-in-negative"]
+    assert len(notes) == 1 and notes[0].severity == "warning" and "<lora:demo_warm:1>" in notes[0].message
+    assert "negative prompt" in format_diagnostics(result.diagnostics, result.applied)
+    assert parse_infotext(result.infotext)["Negative prompt"] == "blurry, <lora:demo_warm:1>"  # kept as written
+    assert not [d for d in engine.generate(_request("a dog", negative_prompt="blurry <3")).diagnostics
+                if d.code == "tag-in-negative"]
+
+
 def test_clip_skip_is_written_only_when_not_one(engine: Txt2Img) -> None:
     one = engine.generate(_request("a bird", steps=1))
     two = engine.generate(_request("a bird", steps=1, clip_skip=2))
