@@ -256,11 +256,13 @@ class ModelQueue:
             return len(self._waiting)
 
     def interrupt(self) -> None:
-        """A1111's interrupt: stop the running job, keeping what it made."""
+        """A1111's interrupt: stop the running job, keeping what it made, or a generation the web UI
+        runs on the same engine outside this queue (A1111's interrupt stops whatever runs). With
+        nothing running it does nothing: a generation clears the engine's flag when it starts."""
         job = self.current
         if job is not None:
             job.interrupt()
-            self.engine.interrupt()
+        self.engine.interrupt()
 
     def skip(self) -> None:
         """A1111's skip: the current image of the running job ends now, unfinished, and the job

@@ -126,6 +126,26 @@ def test_webuiapi_samplers_models_options_progress_interrupt(served: Served) -> 
     assert api.interrupt() is None  # nothing running: a no-op, as in A1111
 
 
+def test_the_api_interrupt_stops_a_generation_started_in_the_web_ui(served: Served) -> None:
+    """A1111's /sdapi/v1/interrupt stops whatever runs (shared.state.interrupt()); loraprompt's
+    stopped only the API's own jobs, so a script could not stop a generation started in the page
+    (the web UI calls the same engine directly, outside the API's queue)."""
+    from loraprompt.ui.txt2img import Txt2ImgRequest
+
+    sent: list[int] = []
+
+    def on_step(step: int, total: int) -> None:
+        if step == 2 and not sent:
+            sent.append(requests.post(f"{served.url}/sdapi/v1/interrupt", timeout=30).status_code)
+
+    result = served.engine.generate(Txt2ImgRequest("a cat", steps=12, width=64, height=64, seed=3), on_step=on_step,
+                                    save=False)
+    assert sent == [200]
+    assert [d.code for d in result.diagnostics if d.code == "I-INTERRUPTED"] == ["I-INTERRUPTED"]
+    after = served.engine.generate(Txt2ImgRequest("a cat", steps=3, width=64, height=64, seed=3), save=False)
+    assert not [d for d in after.diagnostics if d.code == "I-INTERRUPTED"]  # the next generation runs whole
+
+
 def test_unused_a1111_fields_are_accepted_and_named(served: Served) -> None:
     api = client(served, steps=3)
     result = api.txt2img(prompt="a cat", seed=1, width=64, height=64, tiling=True, restore_faces=True,
