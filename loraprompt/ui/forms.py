@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loraprompt.models import LoadedModel
-from loraprompt.ui.txt2img import MAX_BATCH_COUNT, MAX_BATCH_SIZE
+from loraprompt.ui.request_check import MAX_BATCH_COUNT, MAX_BATCH_SIZE
 
 # the result column's components, in the order a generation handler returns their values
 RESULTS = ("image", "batch", "infotext", "saved", "diagnostics")

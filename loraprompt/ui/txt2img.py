@@ -36,10 +36,10 @@ from loraprompt.ui.img2img import (
     open_image,
     resize_image,
     resize_latents,
-    resize_mode,
 )
 from loraprompt.ui.outputs import infotext_extra, save_png
 from loraprompt.ui.progress import Progress, StepCallback
+from loraprompt.ui.request_check import MAX_BATCH_COUNT, MAX_BATCH_SIZE, check_request  # noqa: F401 (re-export)
 from loraprompt.ui.txt2img_prompt import Conditioning, negative_prompt_notes
 
 MAX_SEED, SEED_SPAN = 2**32 - 1, 2**64  # a random seed's range (A1111's), and every seed torch's generator takes
@@ -72,10 +72,6 @@ class Txt2ImgRequest:
     resize_mode: str = "Just resize"
     distilled_cfg_scale: float = 3.5
     shift: float | None = None
-
-
-MAX_BATCH_COUNT = 100
-MAX_BATCH_SIZE = 8
 
 
 @dataclass(frozen=True)
@@ -116,26 +112,6 @@ class Txt2ImgResult:
     images: list[GeneratedImage] = field(default_factory=list)
     grid: Any = None
     grid_path: Path | None = None
-
-
-def _check(request: Txt2ImgRequest) -> None:
-    """ValueError naming the field of `request` that cannot run."""
-    if not 1 <= int(request.batch_count) <= MAX_BATCH_COUNT:
-        raise ValueError(f"batch count must be between 1 and {MAX_BATCH_COUNT}, not {request.batch_count}")
-    if not 1 <= int(request.batch_size) <= MAX_BATCH_SIZE:
-        raise ValueError(f"batch size must be between 1 and {MAX_BATCH_SIZE}, not {request.batch_size}")
-    if int(request.steps) < 1:
-        raise ValueError(f"steps must be at least 1, not {request.steps}")
-    if min(int(request.width), int(request.height)) < 8 or (int(request.width) | int(request.height)) % 8:  # the VAE's factor
-        raise ValueError(f"width and height must be multiples of 8 (at least 8), not {request.width}x{request.height}")
-    if request.init_image is not None:
-        resize_mode(request.resize_mode)
-        if not 0.0 < float(request.denoising_strength) <= 1.0:
-            raise ValueError(f"denoising strength must be in (0, 1], not {request.denoising_strength:g}")
-        if request.hires is not None:
-            raise ValueError("hires fix is a txt2img feature: clear the init image or turn hires fix off")
-    if request.hires is not None:
-        request.hires.check()
 
 
 class Txt2Img:
@@ -239,7 +215,7 @@ class Txt2Img:
         """Run a generation (batch_count x batch_size images) and, with `save`, write every image as
         a PNG with its infotext (else the images stay in memory: `outputs.png_bytes` encodes one as
         saving would); the patcher is synced before every pass."""
-        _check(request)
+        check_request(request)
         if self.model.family in DIT_FAMILIES:
             check_dit_request(request, self.model.family)
         samplers = self.samplers
