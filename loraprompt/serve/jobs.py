@@ -266,11 +266,16 @@ class ModelQueue:
 
     def skip(self) -> None:
         """A1111's skip: the current image of the running job ends now, unfinished, and the job
-        goes on with its next image (each image is its own generation here)."""
+        goes on with its next image (each image is its own generation here); with no job running,
+        the batch a generation of the web UI samples on the same engine (A1111's skip is global)."""
         job = self.current
         if job is not None:
             job.log(f"skip: image {job.image_no + 1} of {len(job.tasks)} ends unfinished")
             self.engine.interrupt()
+        else:
+            skip = getattr(self.engine, "skip", None)  # an engine of the web UI's kind
+            if skip is not None:
+                skip()
 
     def cancel(self, job: Job) -> None:
         """Cancel `job`: one still waiting leaves the queue and ends `canceled` now (the worker

@@ -43,7 +43,7 @@ class Form:
 
 
 def prompt_row(form: Form) -> None:
-    """Prompt and negative prompt, with Generate and Interrupt beside them."""
+    """Prompt and negative prompt, with Generate, Interrupt and Skip beside them."""
     import gradio as gr
 
     with gr.Row():
@@ -53,7 +53,9 @@ def prompt_row(form: Form) -> None:
             form.add(gr.Textbox(label="Negative prompt", lines=2, elem_id=form.elem_id("negative")))
         with gr.Column(scale=1, min_width=160):
             form.part(gr.Button("Generate", variant="primary", elem_id=form.elem_id("generate")))
-            form.part(gr.Button("Interrupt", elem_id=form.elem_id("interrupt")))
+            with gr.Row():
+                form.part(gr.Button("Interrupt", elem_id=form.elem_id("interrupt"), min_width=60))
+                form.part(gr.Button("Skip", elem_id=form.elem_id("skip"), min_width=60))
 
 
 def sampling(form: Form, model: LoadedModel, initial: dict[str, dict[str, Any]], *, after_cfg: Any = None) -> None:

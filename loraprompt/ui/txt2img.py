@@ -125,6 +125,7 @@ class Txt2Img:
         self._base_scheduler_config = model.pipe.scheduler.config
         self._lock = threading.Lock()
         self._interrupted = threading.Event()
+        self._skipped = threading.Event()
 
     @property
     def samplers(self) -> tuple[Sampler, ...]:
@@ -141,6 +142,11 @@ class Txt2Img:
     def interrupt(self) -> None:
         """Stop the running generation after its current step (the image so far is kept)."""
         self._interrupted.set()
+
+    def skip(self) -> None:
+        """A1111's Skip: the batch being sampled ends after its current step (kept as it is, with
+        no hires pass) and the generation goes on with the next one of its batch count."""
+        self._skipped.set()
 
     def switch_model(self, load: Callable[[], LoadedModel], reload_previous: Callable[[], LoadedModel]) -> LoadedModel:
         """Replace the model by `load()`. The old pipeline is restored, its patcher forgets it and
@@ -197,7 +203,7 @@ class Txt2Img:
 
         def step_end(pipe: Any, step: int, _t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             progress.step(tensors.get("latents"))
-            if self._interrupted.is_set():
+            if self._interrupted.is_set() or self._skipped.is_set():
                 pipe._interrupt = True  # diffusers skips the remaining steps, then decodes
             if hook is not None:
                 hook.step = step + 2
@@ -240,12 +246,16 @@ class Txt2Img:
             for n in range(count):
                 if n and self._interrupted.is_set():
                     break
+                self._skipped.clear()  # a Skip ends the batch it came in, as A1111's
                 seeds = [(seed + n * size + i) % SEED_SPAN for i in range(size)]
                 images, used, notes = self._batch(request, seeds, init, progress)
                 pictures.extend(zip(images, seeds))
                 for a in used:
                     applied.setdefault(a.path, a)
                 diagnostics.extend(d for d in notes if d not in diagnostics)
+                if self._skipped.is_set() and not self._interrupted.is_set():
+                    diagnostics.append(Diagnostic("I-SKIPPED", f"batch {n + 1} of {count} skipped: its images are unfinished",
+                                                  severity="info", data={"batch": n + 1}))
         applied_list = list(applied.values())
         self.library.note_use(a.path for a in applied_list)  # for the gallery's "most used" / "last used" sorts
         nan = progress.diagnostic()
@@ -299,7 +309,7 @@ class Txt2Img:
                                    **({"width": width, "height": height} if dit else {}))  # the DiT pipelines' default: 1024
         used = self._applied(active.entries)
         notes = list(active.diagnostics) + notes_extra + negative_prompt_notes(request.negative_prompt)
-        if hires is None or self._interrupted.is_set():
+        if hires is None or self._interrupted.is_set() or self._skipped.is_set():
             return (decode(pipe, out) if latent_hires else list(out)), used, notes
 
         size = hires_size(width, height, hires)

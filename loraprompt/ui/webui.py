@@ -321,6 +321,7 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
             tasks.event(form.parts["generate"].click, handle, ins, outs, kind=kind, api_name=api, **queued)
             tasks.event(form.fields["prompt"].submit, handle, ins, outs, kind=kind, api_name=False, **queued)
             form.parts["interrupt"].click(engine.interrupt, None, None, queue=False)
+            form.parts["skip"].click(engine.skip, None, None, queue=False)
             tasks.resume_on_load(app, kind, outs)
         # the first web UI's API, /run with its nine parameters, for scripts written against it
         legacy = gr.Button(visible=False, elem_id="lp-run-api")

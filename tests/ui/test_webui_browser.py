@@ -172,6 +172,23 @@ def test_a_reloaded_page_picks_up_the_running_generation_and_interrupts_it(ui_pa
     page.wait_for_function("() => localStorage.getItem('lp-task-txt2img') === null", timeout=10_000)
 
 
+def test_skip_ends_the_first_batch_and_the_second_runs_on(ui_page: Any) -> None:
+    """A1111's Skip, beside Interrupt: the batch being sampled ends (kept, unfinished) and the next
+    batch of the batch count starts; Interrupt then stops that one."""
+    page = ui_page
+    page.locator("#lp-batch-count input[type=number]").fill("2")
+    _long_generation(page, "two long renders")
+    page.locator("#lp-skip").click()
+    page.wait_for_timeout(1500)  # the second batch starts at once
+    page.locator("#lp-interrupt").click()
+    page.wait_for_function("() => document.querySelector('#lp-infotext textarea').value.includes('two long renders')",
+                           timeout=120_000)
+    panel = page.locator("#lp-diagnostics").inner_text()
+    assert "batch 1 of 2 skipped" in panel and re.search(r"interrupted after step \d+ of 300", panel), panel
+    page.wait_for_function("() => document.querySelectorAll('#lp-batch img').length >= 2", timeout=30_000)
+    page.locator("#lp-batch-count input[type=number]").fill("1")
+
+
 def test_applying_an_empty_paste_box_keeps_the_prompt_and_says_why(ui_page: Any) -> None:
     """Found by a user pass: "Apply to the fields" with nothing pasted emptied the prompt and the
     negative prompt without a word (a text without parameters is a prompt, and "" was taken as one)."""

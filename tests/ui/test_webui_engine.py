@@ -121,6 +121,26 @@ def test_interrupt_stops_after_the_current_step(engine: Txt2Img) -> None:
     assert seen[2:] == [1, 2, 3] and full.diagnostics == []  # the next generation runs to the end
 
 
+def test_skip_ends_the_batch_being_sampled_and_goes_on_with_the_next(engine: Txt2Img) -> None:
+    """A1111's Skip: the batch it comes in ends after the current step, kept unfinished, and the next
+    batch of the batch count runs to its end (Interrupt would stop them all)."""
+    seen: list[int] = []
+
+    def on_step(i: int, total: int) -> None:
+        seen.append(i)
+        if i == 2:
+            engine.skip()
+
+    result = engine.generate(_request("a cat", steps=5, batch_count=2, seed=40), on_step=on_step, save=False)
+    assert seen == [1, 2, 3, 4, 5, 6, 7]  # two steps of the first batch, then all five of the second
+    assert [img.seed for img in result.images] == [40, 41]
+    assert [(d.code, d.data) for d in result.diagnostics] == [("I-SKIPPED", {"batch": 1})]
+    whole = engine.generate(_request("a cat", steps=5, batch_count=2, seed=40), save=False)
+    first, second = ([np.asarray(img.image, dtype=np.float32) for img in r.images] for r in (result, whole))
+    assert not np.array_equal(first[0], second[0])  # the skipped image is unfinished
+    assert np.array_equal(first[1], second[1]) and whole.diagnostics == []  # the next batch and run are whole
+
+
 def test_random_seed_is_recorded(engine: Txt2Img) -> None:
     result = engine.generate(_request("a fish", seed=-1, steps=1))
     assert 0 <= result.seed < 2**32
