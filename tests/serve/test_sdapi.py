@@ -126,7 +126,7 @@ def test_webuiapi_samplers_models_options_progress_interrupt(served: Served) -> 
     assert api.interrupt() is None  # nothing running: a no-op, as in A1111
 
 
-def test_the_api_interrupt_stops_a_generation_started_in_the_web_ui(served: Served) -> None:
+def test_the_api_interrupt_and_skip_reach_a_generation_started_in_the_web_ui(served: Served) -> None:
     """A1111's /sdapi/v1/interrupt stops whatever runs (shared.state.interrupt()); loraprompt's
     stopped only the API's own jobs, so a script could not stop a generation started in the page
     (the web UI calls the same engine directly, outside the API's queue)."""
@@ -144,6 +144,17 @@ def test_the_api_interrupt_stops_a_generation_started_in_the_web_ui(served: Serv
     assert [d.code for d in result.diagnostics if d.code == "I-INTERRUPTED"] == ["I-INTERRUPTED"]
     after = served.engine.generate(Txt2ImgRequest("a cat", steps=3, width=64, height=64, seed=3), save=False)
     assert not [d for d in after.diagnostics if d.code == "I-INTERRUPTED"]  # the next generation runs whole
+
+    skipped: list[int] = []  # and /sdapi/v1/skip skips the batch the page's generation samples
+
+    def skip_at_two(step: int, total: int) -> None:
+        if step == 2 and not skipped:
+            skipped.append(requests.post(f"{served.url}/sdapi/v1/skip", timeout=30).status_code)
+
+    batches = served.engine.generate(Txt2ImgRequest("a cat", steps=4, width=64, height=64, seed=3, batch_count=2),
+                                     on_step=skip_at_two, save=False)
+    assert skipped == [200] and len(batches.images) == 2
+    assert [(d.code, d.data) for d in batches.diagnostics] == [("I-SKIPPED", {"batch": 1})]
 
 
 def test_unused_a1111_fields_are_accepted_and_named(served: Served) -> None:
