@@ -23,11 +23,13 @@ KEEP = 8  # tasks whose result a page opened later can still show
 MAX_ID = 64  # the longest task id taken from a page
 POLL = 0.25  # seconds between a resumed page's progress updates
 
-# the Generate click's script: a fresh task id, kept for this tab and sent as the last of its inputs
+# the Generate click's script: a fresh task id, kept for this tab and sent as the last of its inputs.
+# The page also queues it: its generations end in the order they were queued (one at a time)
 SUBMIT_JS = """(...args) => {
   const id = "task(" + Date.now().toString(36) + Math.random().toString(36).slice(2, 10) + ")";
   try { localStorage.setItem("lp-task-@KIND", id); } catch (e) {}
-  (window.lpTasks = window.lpTasks || {})["@KIND"] = id;
+  const pending = (window.lpPending = window.lpPending || {});
+  (pending["@KIND"] = pending["@KIND"] || []).push(id);
   args = args.slice(0, @INPUTS);
   args[@INPUTS - 1] = id;
   return args;
@@ -36,17 +38,24 @@ SUBMIT_JS = """(...args) => {
 RESUME_JS = """() => {
   let id = "";
   try { id = localStorage.getItem("lp-task-@KIND") || ""; } catch (e) {}
-  (window.lpTasks = window.lpTasks || {})["@KIND"] = id;
+  (window.lpResumed = window.lpResumed || {})["@KIND"] = id;
   return [id];
 }"""
-# once this page has shown its task's end: forget the id, unless a newer task took its place. It
-# runs on success only: gradio runs .then listeners also when a page being left (reloaded, closed)
-# drops its connection, which would forget the task the next page should pick up
-DONE_JS = """() => {
-  try {
-    if (localStorage.getItem("lp-task-@KIND") === (window.lpTasks || {})["@KIND"]) localStorage.removeItem("lp-task-@KIND");
-  } catch (e) {}
+# once this page has shown a task's end: forget its id, unless a newer task took its place. Each
+# event forgets the id it followed, never another's: a page load's resume that ends after a Generate
+# click (it is queued like any event) must not forget the generation just started. It runs on success
+# only: gradio runs .then listeners also when a page being left (reloaded, closed) drops its
+# connection, which would forget the task the next page should pick up
+_FORGET = """
+  try { if (id && localStorage.getItem("lp-task-@KIND") === id) localStorage.removeItem("lp-task-@KIND"); } catch (e) {}
 }"""
+DONE_JS = """() => {
+  const id = ((window.lpPending || {})["@KIND"] || []).shift();""" + _FORGET
+RESUMED_JS = """() => {
+  const resumed = window.lpResumed || {}, id = resumed["@KIND"];
+  resumed["@KIND"] = "";""" + _FORGET
+# a failed generation leaves the queue: its id stays kept, and the next page shows its error once
+FAILED_JS = """() => { ((window.lpPending || {})["@KIND"] || []).shift(); }"""
 
 
 def script(template: str, kind: str, inputs: int = 0) -> str:
@@ -141,9 +150,11 @@ class Tasks:
         event = trigger(self.tracked(fn, len(inputs)), [*inputs, self.box], outputs,
                         js=script(SUBMIT_JS, kind, len(inputs) + 1), **kwargs)
         event.success(None, js=script(DONE_JS, kind))
+        if hasattr(event, "failure"):  # gradio 5 and later
+            event.failure(None, js=script(FAILED_JS, kind))
         return event
 
     def resume_on_load(self, app: Any, kind: str, outputs: list[Any]) -> None:
         """On page load, pick up the task that tab `kind`'s localStorage names into `outputs`."""
         app.load(self.resumer(len(outputs)), [self.box], outputs, js=script(RESUME_JS, kind), concurrency_limit=None,
-                 api_visibility="private").success(None, js=script(DONE_JS, kind))
+                 api_visibility="private").success(None, js=script(RESUMED_JS, kind))

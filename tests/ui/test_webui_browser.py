@@ -135,13 +135,46 @@ def _long_generation(page: Any, prompt: str) -> None:
     page.get_by_text("Sampling").first.wait_for(timeout=60_000)
 
 
-def test_a_reloaded_page_picks_up_the_running_generation_and_interrupts_it(ui_page: Any, webui: WebUI,
-                                                                          browser: Any) -> None:
+def _held_resumes(held: list[Any]) -> Any:
+    """A route handler that holds the page load's resume requests (a task id of "": nothing to pick
+    up) in `held`, as a busy server answers them late, and lets every other request through; once
+    `held` has a None, it holds nothing."""
+    import json
+
+    def handle(route: Any) -> None:
+        body = route.request.post_data or ""
+        try:
+            data = json.loads(body).get("data")
+        except ValueError:
+            data = None
+        if data == [""] and None not in held:
+            held.append(route)
+        else:
+            route.continue_()
+
+    return handle
+
+
+def test_a_reloaded_page_picks_up_the_running_generation_and_interrupts_it(webui: WebUI, browser: Any) -> None:
     """As A1111 restores a task kept in localStorage: a page reloaded while a generation runs shows
     its progress, then its result (here after the reloaded page's Interrupt); a generation that
-    ended while no page was open shows its result in the next page opened, once."""
-    page = ui_page
-    _long_generation(page, "a very long render")
+    ended while no page was open shows its result in the next page opened, once. Found in CI: a
+    page load's resume that ended after the Generate click (a busy server) forgot the new task."""
+    held: list[Any] = []
+    with open_page(browser, webui.url, "#lp-prompt textarea", "webui_resume_late_load.png",
+                   routes={"**/queue/join*": _held_resumes(held)}) as page:
+        _long_generation(page, "a very long render")
+        assert held, "the page load's resume requests were not seen"
+        for route in held[:]:
+            held.remove(route)
+            route.continue_()
+        held.append(None)  # holds no more
+        page.wait_for_timeout(1500)  # the held resumes end (nothing to pick up) and their listeners run
+        assert page.evaluate("() => localStorage.getItem('lp-task-txt2img')"), "the running task was forgotten"
+        _follow_after_reload(page, webui, browser)
+
+
+def _follow_after_reload(page: Any, webui: WebUI, browser: Any) -> None:
     page.reload()
     page.locator("#lp-prompt textarea").wait_for()
     page.get_by_text("Sampling").first.wait_for(timeout=30_000)  # the job's progress, in a page that started nothing
