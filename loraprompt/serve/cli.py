@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser, command_name: str = "serve") 
     parser.add_argument("--cors-allow-origins", metavar="ORIGINS", help="comma-separated origins allowed by CORS (default: none)")
     parser.add_argument("--cors-allow-origins-regex", metavar="REGEX", help="origins allowed by CORS, as a regular expression")
     parser.add_argument("--outputs", metavar="DIR", help="where images are saved when a request asks (default: DATA_DIR/outputs)")
+    parser.add_argument("--save-incomplete-images", action="store_true",
+                        help="also save images an interrupt or a skip cut short, as A1111's setting of that name")
     parser.add_argument("--data-dir", metavar="DIR",
                         help="demo LoRAs, caches, downloads and outputs (default: $LORAPROMPT_HOME or ~/.cache/loraprompt/demo)")
     limits = parser.add_argument_group("limits per request")
@@ -56,6 +58,7 @@ class ServeConfig:
     lora_dirs: list[str] = field(default_factory=list)
     data_dir: str = ""
     outputs: str = ""
+    save_incomplete: bool = False  # --save-incomplete-images
 
     def load_engine(self) -> Any:
         """The `Txt2Img` engine on the model and library this config names."""
@@ -80,7 +83,7 @@ class ServeConfig:
         outputs = Path(self.outputs)
         outputs.mkdir(parents=True, exist_ok=True)
         library = Library([str(d) for d in lora_dirs], cache_dir=str(data_dir / "cache"))
-        return Txt2Img(model, library, outputs)
+        return Txt2Img(model, library, outputs, save_incomplete=self.save_incomplete)
 
     @property
     def download_dir(self) -> Path:
@@ -92,7 +95,8 @@ def config_of(args: argparse.Namespace) -> ServeConfig:
 
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     return ServeConfig(args.checkpoint, args.prediction_type, [os.path.abspath(d) for d in args.lora_dir],
-                       str(data_dir.absolute()), str(Path(args.outputs).absolute() if args.outputs else data_dir.absolute() / "outputs"))
+                       str(data_dir.absolute()), str(Path(args.outputs).absolute() if args.outputs else data_dir.absolute() / "outputs"),
+                       bool(getattr(args, "save_incomplete_images", False)))
 
 
 def cmd_flags(args: argparse.Namespace, config: ServeConfig) -> dict[str, Any]:

@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser, command_name: str) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     parser.add_argument("--port", type=int, default=7860, help="port (0: any free port; default 7860)")
     parser.add_argument("--outputs", metavar="DIR", help="where images are saved (default: DATA_DIR/outputs)")
+    parser.add_argument("--save-incomplete-images", action="store_true",
+                        help="also save images an Interrupt or a Skip cut short (they are shown either way),"
+                             " as A1111's setting of that name")
     parser.add_argument("--backups", choices=["auto", "device", "host"], default="auto",
                         help="where LoRA backups of GPU weights live: auto (on the GPU while it has room), "
                              "device, or host (pinned RAM: least VRAM)")
@@ -84,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     outputs = Path(args.outputs) if args.outputs else data_dir / "outputs"
     outputs.mkdir(parents=True, exist_ok=True)
     library = Library([str(d) for d in lora_dirs], cache_dir=str(data_dir / "cache"))
-    engine = Txt2Img(model, library, outputs)
+    engine = Txt2Img(model, library, outputs, save_incomplete=args.save_incomplete_images)
     patcher_for(model.pipe, backups=getattr(args, "backups", "auto"))
     scanned = f"in {', '.join(str(d) for d in lora_dirs)}" if lora_dirs else "(no LoRA folder)"
     print(f"loraprompt webui: {model.name} ({model.family}), {len(library.entries)} LoRAs {scanned}, outputs in {outputs}",

@@ -25,11 +25,13 @@ def selected_js(inputs: int) -> str:
 
 
 def image_to_send(saved: str, infotext: str, batch: list[Any] | None, index: Any,
-                  outputs_dir: Path) -> tuple[Path, str] | None:
+                  outputs_dir: Path, *, shown: str | None = None) -> tuple[Path, str] | None:
     """The image to send and the infotext it was made with, None when there is no result yet.
     `batch`: the batch gallery's images (gradio's (path, caption) pairs; the files gradio serves,
     copies of the saved PNGs); `index`: the one selected there (-1: none), sent with its own
-    infotext (its own seed). Else the first image under `*-images` that "Saved to" lists."""
+    infotext (its own seed). Else the first image under `*-images` that "Saved to" lists; else,
+    when nothing was saved (an interrupted image), `shown`: the result image's file that gradio
+    serves."""
     items = batch or []
     if isinstance(index, (int, float)) and 0 <= int(index) < len(items):
         item = items[int(index)]
@@ -37,6 +39,8 @@ def image_to_send(saved: str, infotext: str, batch: list[Any] | None, index: Any
         return path, png_infotext(str(path)) or infotext
     found = [Path(line) for line in (saved or "").splitlines() if line.strip()]
     images = [p for p in found if p.parent.parent.name.endswith("-images")] or found
+    if not images and not items and shown and infotext and Path(shown).is_file():
+        return Path(shown), infotext
     if not images or not infotext or not images[0].resolve().is_relative_to(outputs_dir.resolve()):
         return None
     return images[0], infotext

@@ -118,8 +118,10 @@ class Txt2Img:
     """txt2img/img2img with one model and one LoRA library (LoRAs stay patched until a prompt drops
     them); `switch_model` replaces the model."""
 
-    def __init__(self, model: LoadedModel, library: Any, outputs_dir: str | Path) -> None:
+    def __init__(self, model: LoadedModel, library: Any, outputs_dir: str | Path, *,
+                 save_incomplete: bool = False) -> None:
         self.model = model
+        self.save_incomplete = save_incomplete  # A1111's "Save incomplete images": interrupted, skipped
         self.library = library
         self.outputs_dir = Path(outputs_dir)
         self._base_scheduler_config = model.pipe.scheduler.config
@@ -237,7 +239,7 @@ class Txt2Img:
         hr_run = img2img_steps(hr_steps, hires.denoising_strength) if hires is not None else 0
         progress = Progress(count * (first_steps + hr_run), on_step)
 
-        pictures: list[tuple[Any, int]] = []
+        pictures: list[tuple[Any, int, bool]] = []  # image, seed, whether it was cut short
         applied: dict[str, AppliedLora] = {}
         diagnostics: list[Diagnostic] = []
         with self._lock:
@@ -249,7 +251,8 @@ class Txt2Img:
                 self._skipped.clear()  # a Skip ends the batch it came in, as A1111's
                 seeds = [(seed + n * size + i) % SEED_SPAN for i in range(size)]
                 images, used, notes = self._batch(request, seeds, init, progress)
-                pictures.extend(zip(images, seeds))
+                cut = self._interrupted.is_set() or self._skipped.is_set()
+                pictures.extend((image, s, cut) for image, s in zip(images, seeds))
                 for a in used:
                     applied.setdefault(a.path, a)
                 diagnostics.extend(d for d in notes if d not in diagnostics)
@@ -340,15 +343,17 @@ class Txt2Img:
                   if (d.code, d.subject, d.message) not in seen]
         return list(final), used, notes
 
-    def _save(self, request: Txt2ImgRequest, pictures: list[tuple[Any, int]], *, sampler: Any, clip_skip: int,
+    def _save(self, request: Txt2ImgRequest, pictures: list[tuple[Any, int, bool]], *, sampler: Any, clip_skip: int,
               applied: list[AppliedLora], diagnostics: list[Diagnostic], img2img: bool, save: bool) -> Txt2ImgResult:
-        """Every image (and the grid of a batch) with A1111 infotext, written to files when `save`."""
+        """Every image (and the grid of a batch) with A1111 infotext, written to files when `save`;
+        as in A1111, an image an Interrupt or a Skip cut short (and a grid with one) only with
+        `save_incomplete` (it is shown all the same)."""
         from loraprompt.ui.xy_grid import image_grid
 
         kind = "img2img" if img2img else "txt2img"
         extra = infotext_extra(request, clip_skip, img2img)
         saved: list[GeneratedImage] = []
-        for image, image_seed in pictures:
+        for image, image_seed, cut in pictures:
             info = GenerationInfo(
                 prompt=request.prompt,
                 negative_prompt=request.negative_prompt,
@@ -366,13 +371,18 @@ class Txt2Img:
                 **dit_infotext(self.model.pipe, self.model.family, request, model_shift(self._base_scheduler_config)),
             )
             infotext = format_infotext(info)
-            path = save_png(image, infotext, self.outputs_dir, image_seed, f"{kind}-images") if save else None
+            keep = save and (self.save_incomplete or not cut)
+            path = save_png(image, infotext, self.outputs_dir, image_seed, f"{kind}-images") if keep else None
             saved.append(GeneratedImage(image, path, infotext, image_seed))
+        unsaved = sum(g.path is None for g in saved) if save else 0
+        if unsaved:
+            diagnostics.append(Diagnostic("I-NOT-SAVED", f"{unsaved} unfinished image(s) not saved; start with "
+                                          "--save-incomplete-images to keep them", severity="info", data={"images": unsaved}))
         first = saved[0]
         result = Txt2ImgResult(first.image, first.path, first.infotext, first.seed, applied, diagnostics, saved)
         if len(saved) > 1:
             result.grid = image_grid([g.image for g in saved])
-            if save:
+            if save and not unsaved:
                 result.grid_path = save_png(result.grid, first.infotext, self.outputs_dir, first.seed, f"{kind}-grids")
         return result
 

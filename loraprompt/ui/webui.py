@@ -255,10 +255,12 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
                 except (LoraPromptError, ValueError) as exc:
                     raise user_error(str(exc)) from exc
                 many = len(result.images) > 1
-                shown = result.grid_path if many and result.grid_path else result.path
-                paths = [str(g.path) for g in result.images]
-                return (str(shown), gr.update(value=paths if many else None, visible=many), result.infotext,
-                        "\n".join(([str(result.grid_path)] if many and result.grid_path else []) + paths),
+                # an image an Interrupt or a Skip cut short is shown, not saved (as in A1111): gradio serves it
+                shown = (result.grid_path or result.grid) if many else (result.path or result.image)
+                images = [str(g.path) if g.path else g.image for g in result.images]
+                paths = [str(g.path) for g in result.images if g.path]
+                return (str(shown) if isinstance(shown, Path) else shown, gr.update(value=images if many else None, visible=many),
+                        result.infotext, "\n".join(([str(result.grid_path)] if many and result.grid_path else []) + paths),
                         format_diagnostics(result.diagnostics, result.applied))
 
             return [form.fields[k] for k in keys], run
@@ -282,10 +284,11 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
             return (str(grid.path), gr.update(value=[str(c.path) for c in grid.cells], visible=True), grid.infotext,
                     str(grid.path), format_diagnostics(grid.diagnostics, applied))
 
-        def send_to_img2img(saved: str, infotext: str, batch: list[Any] | None, index: Any) -> tuple[Any, ...]:
+        def send_to_img2img(saved: str, infotext: str, batch: list[Any] | None, shown: str | None,
+                            index: Any) -> tuple[Any, ...]:
             """A1111's "Send to img2img": the image selected in the batch gallery, else the first of the
             txt2img result (loraprompt.ui.send), and the parameters it was made with, then the img2img tab."""
-            chosen = image_to_send(saved, infotext, batch, index, engine.outputs_dir)
+            chosen = image_to_send(saved, infotext, batch, index, engine.outputs_dir, shown=shown)
             if chosen is None:
                 raise user_error("Generate an image first: Send to img2img sends the txt2img result")
             values = list(paste_values(chosen[1], engine.library, labels()))
@@ -343,8 +346,9 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
             event(xy_refresh, [xy_lora, xy_lora2], [xy_lora, xy_lora2], queue=False, api_visibility="private")
         tasks.event(xy_generate.click, run_grid, inputs, outputs, kind="txt2img", concurrency_limit=1,
                     concurrency_id="generate", api_name="xy_grid")
-        send.click(send_to_img2img, [txt.parts["saved"], txt.parts["infotext"], txt.parts["batch"], gr.Number(-1, visible=False)],
-                   [i2i.fields["init-image"], *(i2i.fields[k] for k in API_FIELDS), tabs], js=selected_js(4),
+        send.click(send_to_img2img, [txt.parts["saved"], txt.parts["infotext"], txt.parts["batch"], txt.parts["image"],
+                                     gr.Number(-1, visible=False)],
+                   [i2i.fields["init-image"], *(i2i.fields[k] for k in API_FIELDS), tabs], js=selected_js(5),
                    api_visibility="private")
         checkpoint.change(switch, [checkpoint], [title, demo_notice, *(f.fields[k] for f in (txt, i2i) for k in MODEL_FIELDS),
                                            txt.fields["hr-upscaler"]],

@@ -55,7 +55,7 @@ def test_cmd_flags_say_what_holds_here_and_never_the_api_password(served: Served
     flags = client(served).get_cmd_flags()
     assert flags["api"] is True and flags["lora_dir"] == str(served.lora_dir)
 
-    from loraprompt.serve.cli import ServeConfig, add_arguments, cmd_flags
+    from loraprompt.serve.cli import ServeConfig, add_arguments, cmd_flags, config_of
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -63,6 +63,8 @@ def test_cmd_flags_say_what_holds_here_and_never_the_api_password(served: Served
     got = cmd_flags(args, ServeConfig(lora_dirs=["/loras"], data_dir="/data"))
     assert (got["listen"], got["port"], got["nowebui"], got["lora_dir"], got["data_dir"]) == (True, 7861, True, "/loras",
                                                                                               "/data")
+    assert config_of(args).save_incomplete is False  # A1111's default: what an interrupt cut short is not saved
+    assert config_of(parser.parse_args(["--save-incomplete-images"])).save_incomplete is True
     for host, listen in (("127.0.0.2", False), ("[::1]", False), ("localhost", False), ("myhost.lan", True)):
         assert cmd_flags(parser.parse_args(["--host", host]), ServeConfig())["listen"] is listen, host
     served.service.cmd_flags = {**got, "api_auth": "me:s3cret"}

@@ -175,6 +175,7 @@ def test_a_reloaded_page_picks_up_the_running_generation_and_interrupts_it(webui
 
 
 def _follow_after_reload(page: Any, webui: WebUI, browser: Any) -> None:
+    made = len(_pngs(webui))
     page.reload()
     page.locator("#lp-prompt textarea").wait_for()
     page.get_by_text("Sampling").first.wait_for(timeout=30_000)  # the job's progress, in a page that started nothing
@@ -182,26 +183,33 @@ def _follow_after_reload(page: Any, webui: WebUI, browser: Any) -> None:
     page.locator("#lp-interrupt").click()
     page.wait_for_function("() => document.querySelector('#lp-infotext textarea').value.includes('Steps: 150')",
                            timeout=120_000)
-    page.locator("#lp-image img").wait_for(timeout=30_000)
+    page.locator("#lp-image img").wait_for(timeout=30_000)  # shown, though not saved (below)
     panel = page.locator("#lp-diagnostics").inner_text()
     match = re.search(r"interrupted after step (\d+) of 150", panel)
     assert match is not None and int(match.group(1)) < 150, panel
+    assert "1 unfinished image(s) not saved" in panel and made == len(_pngs(webui)), panel  # as A1111's default
+    assert page.locator("#lp-saved textarea").input_value() == ""
     assert "a very long render" in page.locator("#lp-infotext textarea").input_value()
     page.wait_for_function("() => localStorage.getItem('lp-task-txt2img') === null", timeout=10_000)  # shown: forgotten
 
-    # a second generation whose page is gone before it ends (stopped from another browser's page)
+    # a second generation whose page is gone before it ends: another browser follows it (its task
+    # id copied over) and stops it, so that it has ended when its own page is opened again
     _long_generation(page, "a render nobody watched")
-    made = len(_pngs(webui))
+    task = page.evaluate("() => localStorage.getItem('lp-task-txt2img')")
     page.goto("about:blank")
     with open_page(browser, webui.url, "#lp-prompt textarea", "webui_resume_other_browser.png") as other:
+        other.evaluate("id => localStorage.setItem('lp-task-txt2img', id)", task)
+        other.reload()
+        other.get_by_text("Sampling").first.wait_for(timeout=30_000)
         other.locator("#lp-interrupt").click()
-        while len(_pngs(webui)) == made:  # the job ends on the server
-            other.wait_for_timeout(200)
+        other.wait_for_function("() => document.querySelector('#lp-infotext textarea').value.includes('nobody watched')",
+                                timeout=60_000)  # the job has ended on the server
     page.goto(webui.url)
     page.locator("#lp-infotext textarea").wait_for()
     page.wait_for_function("() => document.querySelector('#lp-infotext textarea').value.includes('nobody watched')",
                            timeout=60_000)
-    assert str(_pngs(webui)[-1]) in page.locator("#lp-saved textarea").input_value()
+    page.locator("#lp-image img").wait_for(timeout=30_000)
+    assert made == len(_pngs(webui))
     page.wait_for_function("() => localStorage.getItem('lp-task-txt2img') === null", timeout=10_000)
 
 

@@ -114,11 +114,36 @@ def test_interrupt_stops_after_the_current_step(engine: Txt2Img) -> None:
         if i == 2:
             engine.interrupt()
 
+    before = set(engine.outputs_dir.rglob("*.png"))
     result = engine.generate(_request("a cat", steps=10), on_step=on_step)
-    assert seen == [1, 2] and result.image.size == (64, 64) and result.path.is_file()
-    assert [(d.code, d.data) for d in result.diagnostics] == [("I-INTERRUPTED", {"step": 2})]
+    assert seen == [1, 2] and result.image.size == (64, 64)
+    # as A1111 without "Save incomplete images": shown (returned), not saved, and the user is told
+    assert result.path is None and set(engine.outputs_dir.rglob("*.png")) == before
+    assert [(d.code, d.data) for d in result.diagnostics] == [("I-INTERRUPTED", {"step": 2}), ("I-NOT-SAVED", {"images": 1})]
     full = engine.generate(_request("a cat", steps=3), on_step=lambda i, n: seen.append(i))
-    assert seen[2:] == [1, 2, 3] and full.diagnostics == []  # the next generation runs to the end
+    assert seen[2:] == [1, 2, 3] and full.diagnostics == [] and full.path.is_file()  # the next one runs to the end
+
+
+def test_incomplete_images_are_saved_when_asked_and_a_grid_only_when_whole(engine: Txt2Img) -> None:
+    """`--save-incomplete-images` (A1111's setting) saves what an Interrupt or a Skip cut short. Without
+    it, a skipped batch is not saved while the next, whole batch is, and no grid with a hole is written."""
+
+    def skip_at_two(i: int, total: int) -> None:
+        if i == 2:
+            engine.skip()
+
+    mixed = engine.generate(_request("a cat", steps=4, batch_count=2, seed=60), on_step=skip_at_two)
+    assert [img.path is None for img in mixed.images] == [True, False] and mixed.images[1].path.is_file()
+    assert mixed.grid is not None and mixed.grid_path is None
+    assert [d.code for d in mixed.diagnostics] == ["I-SKIPPED", "I-NOT-SAVED"]
+    engine.save_incomplete = True
+    try:
+        kept = engine.generate(_request("a cat", steps=4, batch_count=2, seed=60), on_step=skip_at_two)
+    finally:
+        engine.save_incomplete = False
+    assert all(img.path.is_file() for img in kept.images) and kept.grid_path.is_file()
+    assert [d.code for d in kept.diagnostics] == ["I-SKIPPED"]
+    assert np.array_equal(np.asarray(Image.open(kept.images[0].path)), np.asarray(mixed.images[0].image))
 
 
 def test_skip_ends_the_batch_being_sampled_and_goes_on_with_the_next(engine: Txt2Img) -> None:

@@ -31,3 +31,16 @@ def test_without_a_selection_the_first_image_goes(tmp_path: Path) -> None:
         assert image_to_send(saved, "a cat\nSteps: 2, Seed: 5", gallery, index, tmp_path) == (images[0], "a cat\nSteps: 2, Seed: 5")
     assert image_to_send("", "", None, -1, tmp_path) is None  # nothing generated yet
     assert image_to_send("/etc/hostname", "x", None, -1, tmp_path) is None  # only files under the outputs
+
+
+def test_an_image_that_was_not_saved_goes_from_the_file_the_page_shows(tmp_path: Path) -> None:
+    """An interrupted image is shown but not saved (as in A1111): "Saved to" is empty, and the
+    result image's file (gradio's copy) goes with the infotext shown beside it."""
+    shown = tmp_path / "gradio" / "image.png"
+    shown.parent.mkdir()
+    Image.new("RGB", (8, 8)).save(shown)
+    assert image_to_send("", "a cat\nSteps: 9", None, -1, tmp_path / "outputs", shown=str(shown)) == (shown, "a cat\nSteps: 9")
+    assert image_to_send("", "", None, -1, tmp_path / "outputs", shown=str(shown)) is None  # no result yet
+    assert image_to_send("", "a cat", None, -1, tmp_path / "outputs", shown=str(tmp_path / "gone.png")) is None
+    batch = [(str(shown), None)]  # a batch's grid is shown: only a selected image of it goes
+    assert image_to_send("", "a cat", batch, -1, tmp_path / "outputs", shown=str(shown)) is None
