@@ -12,9 +12,9 @@ from loraprompt.models.samplers import SAMPLERS, Sampler
 from loraprompt.serve.errors import ServeError, invalid
 from loraprompt.serve.jobs import ImageTask, Job, ModelQueue
 from loraprompt.serve.loras import DEFAULT_MAX_DOWNLOAD_MB, DEFAULT_TIMEOUT_S, LoraSources, PinnedLibrary
+from loraprompt.ui.txt2img_prompt import MAX_CLIP_SKIP, clip_skip_limit
 
 MAX_SEED, SEED_SPAN = 2**32 - 1, 2**64  # a random seed's range (A1111's), and every seed torch's generator takes
-MAX_CLIP_SKIP = 12  # A1111's CLIP_stop_at_last_layers setting goes from 1 to 12
 
 
 @dataclass(frozen=True)
@@ -49,18 +49,6 @@ class ModelInfo:
         """`model` (a `LoadedModel`) with the samplers its engine lists (`Txt2Img.samplers`)."""
         return cls(model.name, model.family, model.model_hash, bool(model.is_demo), tuple(samplers),
                    clip_skip_limit(model))
-
-
-def clip_skip_limit(model: Any) -> int:
-    """The highest clip skip `model` can run. A1111's clip skip N reads the text encoder's
-    hidden_states[-N], so N can be at most its layer count (`num_hidden_layers`; SDXL applies it to
-    CLIP-L, its `text_encoder`); at most 12 as A1111's setting; 1 on SD3 and Flux.1, which read
-    their encoders as trained (the engine refuses more)."""
-    if model.family in ("sd3", "flux"):
-        return 1
-    config = getattr(getattr(getattr(model, "pipe", None), "text_encoder", None), "config", None)
-    layers = getattr(config, "num_hidden_layers", None)
-    return max(1, min(MAX_CLIP_SKIP, layers)) if isinstance(layers, int) else MAX_CLIP_SKIP
 
 
 class Backend(Protocol):

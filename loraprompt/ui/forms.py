@@ -83,7 +83,7 @@ def sampling(form: Form, model: LoadedModel, initial: dict[str, dict[str, Any]],
     if after_cfg is not None:
         after_cfg(form)
     form.add(gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id=eid("seed")))
-    form.add(gr.Slider(1, 12, value=1, step=1, label="Clip skip (on SDXL: CLIP-L only)", elem_id=eid("clip-skip")))
+    form.add(gr.Slider(1, step=1, label="Clip skip (on SDXL: CLIP-L only)", elem_id=eid("clip-skip"), **initial["clip-skip"]))
 
 
 def results(form: Form) -> None:

@@ -21,6 +21,7 @@ from loraprompt.ui.paste import PASTE_EXTRAS, hash_lookup, paste_extras, paste_v
 from loraprompt.ui.resume import Tasks
 from loraprompt.ui.send import image_to_send, selected_js
 from loraprompt.ui.txt2img import Txt2Img, Txt2ImgRequest
+from loraprompt.ui.txt2img_prompt import clip_skip_limit
 from loraprompt.ui.xy_grid import COLUMN_KINDS, StrengthGrid, axis_choices, parse_values, render_strength_grid
 
 RENDER_IMG2IMG = """() => {
@@ -87,7 +88,7 @@ def _gallery(engine: Txt2Img, targets: list[Any], thumb_dir: Path | None) -> Any
 
 
 ModelLoader = Callable[[], LoadedModel]
-MODEL_FIELDS = ("sampler", "distilled-cfg", "shift", "cfg")  # what `model_fields` sets, in this order
+MODEL_FIELDS = ("sampler", "distilled-cfg", "shift", "cfg", "clip-skip")  # what `model_fields` sets, in this order
 API_FIELDS = ("prompt", "negative", "sampler", "steps", "width", "height", "cfg", "seed", "clip-skip")
 
 
@@ -97,16 +98,19 @@ def heading(model: LoadedModel) -> str:
 
 def model_fields(engine: Txt2Img) -> dict[str, dict[str, Any]]:
     """What the loaded model decides in the form: the sampler list (flow-matching samplers for
-    SD3/Flux), Flux-dev's distilled CFG and SD3's shift (shown only for those models), and the CFG
-    scale a model starts with (1 on Flux: it is distilled, true CFG is off)."""
+    SD3/Flux), Flux-dev's distilled CFG and SD3's shift (shown only for those models), the CFG
+    scale a model starts with (1 on Flux: it is distilled, true CFG is off) and the deepest clip skip."""
     model = engine.model
     labels = [s.label for s in engine.samplers]
     shift = model_shift(model.pipe.scheduler.config) if model.family in ("sd3", "flux") else None
+    top = clip_skip_limit(model)
     return {
         "sampler": {"choices": labels, "value": labels[0]},
         "distilled-cfg": {"visible": model.family == "flux" and has_distilled_guidance(model.pipe)},
         "shift": {"visible": shift is not None, "value": shift or 3.0},
         "cfg": {"value": 1.0 if model.family == "flux" else 7.0},
+        # as far as the APIs and the engine allow; kept on a switch (as A1111 keeps it), unless only 1 is left
+        "clip-skip": {"maximum": top, **({"value": 1} if top == 1 else {})},
         # SD3/Flux upscale the decoded image only (their packed latents are not resized)
         "hr-upscaler": {"choices": list(IMAGE_UPSCALERS), "value": "Lanczos"} if model.family in ("sd3", "flux")
         else {"choices": list(HIRES_UPSCALERS), "value": "Latent"},

@@ -97,6 +97,9 @@ def test_clip_skip_is_written_only_when_not_one(engine: Txt2Img) -> None:
     assert "Clip skip" not in parse_infotext(one.infotext)
     assert parse_infotext(two.infotext)["Clip skip"] == "2"
     assert not np.array_equal(np.asarray(one.image), np.asarray(two.image))
+    # deeper than the text encoder's 2 layers (its bare embeddings): refused by name, as the APIs do
+    with pytest.raises(ValueError, match=r"clip skip 3 is deeper than the 2 layers of text_encoder allow: set 1 to 2"):
+        engine.generate(_request("a bird", steps=1, clip_skip=3))
 
 
 def test_and_is_composed_not_refused(engine: Txt2Img) -> None:
