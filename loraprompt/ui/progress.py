@@ -33,6 +33,14 @@ class Progress:
         if self.on_step is not None:
             self.on_step(self.done, self.total)
 
+    def skip_to(self, done: int) -> None:
+        """Count the steps up to `done` as done, reported once: the steps a Skip left out, so that
+        the bar moves on to the next batch as A1111's moves on to the next job."""
+        if done > self.done:
+            self.done = min(done, self.total)
+            if self.on_step is not None:
+                self.on_step(self.done, self.total)
+
     def diagnostic(self) -> Diagnostic | None:
         """A warning when a step produced NaN or infinite values, else None."""
         if self.nan_step is None:

@@ -250,6 +250,7 @@ class Txt2Img:
                     break
                 self._skipped.clear()  # a Skip ends the batch it came in, as A1111's
                 seeds = [(seed + n * size + i) % SEED_SPAN for i in range(size)]
+                start = progress.done
                 images, used, notes = self._batch(request, seeds, init, progress)
                 cut = self._interrupted.is_set() or self._skipped.is_set()
                 pictures.extend((image, s, cut) for image, s in zip(images, seeds))
@@ -257,6 +258,7 @@ class Txt2Img:
                     applied.setdefault(a.path, a)
                 diagnostics.extend(d for d in notes if d not in diagnostics)
                 if self._skipped.is_set() and not self._interrupted.is_set():
+                    progress.skip_to(start + first_steps + hr_run)  # the skipped steps: the bar goes on to 100%
                     diagnostics.append(Diagnostic("I-SKIPPED", f"batch {n + 1} of {count} skipped: its images are unfinished",
                                                   severity="info", data={"batch": n + 1}))
         applied_list = list(applied.values())
