@@ -261,6 +261,9 @@ def load_dataset(folder: Path, *, resolution: int, step: int, template: str, tok
         if kohya is not None and int(kohya.group(1)) == 0:
             skipped.append((name, "in a 0_ folder: 0 repeats, as kohya skips it"))
             continue
+        if kohya is not None and len(parts) > 2:  # sd-scripts globs a <repeats>_<name> folder, not its subfolders
+            skipped.append((name, f"in a subfolder of {parts[0]}/: kohya trains only on the images directly in it"))
+            continue
         if written_by_train(path, folder):
             skipped.append((name, "a preview or sample written by loraprompt train, not a training image"))
             continue

@@ -123,12 +123,16 @@ def test_kohya_repeat_folders_weight_their_images_and_name_their_subsets(tmp_pat
     Image.new("RGB", (32, 32), "white").save(root / "loose.png")
     (root / "0_off").mkdir()
     Image.new("RGB", (32, 32), "black").save(root / "0_off" / "never.png")
+    (root / "3_face" / "old").mkdir()  # sd-scripts does not look inside a kohya folder's subfolders
+    Image.new("RGB", (32, 32), "red").save(root / "3_face" / "old" / "rejected.png")
 
     data = load_dataset(root, resolution=32, step=8, template="{token}", token="sks", require_token=False)
     repeats = {item.name: item.repeats for item in data.images}
     assert repeats == {"3_face/3_face0.png": 3, "1_body/1_body0.png": 1, "1_body/1_body1.png": 1,
                        "extra/extra0.png": 1, "loose.png": 1}
     assert ("0_off/never.png", "in a 0_ folder: 0 repeats, as kohya skips it") in data.skipped
+    assert ("3_face/old/rejected.png", "in a subfolder of 3_face/: kohya trains only on the images directly in it") \
+        in data.skipped  # it was trained on 3 times an epoch, with the folder's caption
     # the subsets kohya's metadata names: its folders, and the rest under the root's own name
     assert data.subsets("img") == {"3_face": (3, 1), "1_body": (1, 2), "img": (1, 2)}
     # images without a caption file are captioned with their folder's name, as sd-scripts does
