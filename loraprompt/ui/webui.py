@@ -285,7 +285,7 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
             except (LoraPromptError, ValueError) as exc:
                 raise user_error(str(exc)) from exc
             applied = grid.cells[0].applied if grid.cells else []
-            return (str(grid.path), gr.update(value=[str(c.path) for c in grid.cells], visible=True), grid.infotext,
+            return (str(grid.path), gr.update(value=[str(c.path) if c.path else c.image for c in grid.cells], visible=True), grid.infotext,
                     str(grid.path), format_diagnostics(grid.diagnostics, applied))
 
         def send_to_img2img(saved: str, infotext: str, batch: list[Any] | None, shown: str | None,

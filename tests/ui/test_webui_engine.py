@@ -374,3 +374,29 @@ def test_non_finite_latents_are_reported_with_their_step(engine: Txt2Img) -> Non
     nan = [d for d in result.diagnostics if d.code == "W-NAN"]
     assert len(nan) == 1 and nan[0].data == {"step": 1} and "step 1 of 3" in nan[0].message
     assert np.asarray(result.image).max() == 0  # what the user would have seen without the message
+
+
+def test_the_page_shows_an_interrupted_image_and_grid_cell_it_did_not_save(engine: Txt2Img, tmp_path: Path) -> None:
+    """The Generate and X/Y grid handlers hand gradio an image that was not saved (interrupted, as in
+    A1111) itself, never its missing path as the file name "None"."""
+    eng = Txt2Img(engine.model, engine.library, tmp_path / "outputs")
+    blocks, _ = build_app(eng)
+    config = blocks.get_config_file()
+    values = {c["id"]: c.get("props", {}).get("value") for c in config["components"]}
+    elem = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
+
+    def progress(value: Any, desc: str | None = None, **_: Any) -> None:
+        if desc and desc.startswith("Sampling"):
+            eng.interrupt()  # after the first step
+
+    for api in ("generate", "xy_grid"):
+        dep = next(d for d in config["dependencies"] if d.get("api_name") == api)
+        inputs = [values[i] for i in dep["inputs"]]
+        named = {elem[i]: n for n, i in enumerate(dep["inputs"])}
+        inputs[named["lp-prompt"]], inputs[named["lp-steps"]] = "a cat", 4
+        inputs[named["lp-width"]] = inputs[named["lp-height"]] = 64
+        inputs[-1] = ""  # no task id, as an API call
+        image, gallery, _infotext, saved, panel = blocks.fns[dep["id"]].fn(*inputs, progress=progress)
+        cells = gallery["value"] if api == "xy_grid" else [image]
+        assert cells and all(not isinstance(v, str) or Path(v).is_file() for v in cells), (api, cells)
+        assert "not saved" in panel and "None" not in saved, (api, panel, saved)
