@@ -109,8 +109,9 @@ def model_fields(engine: Txt2Img) -> dict[str, dict[str, Any]]:
         "distilled-cfg": {"visible": model.family == "flux" and has_distilled_guidance(model.pipe)},
         "shift": {"visible": shift is not None, "value": shift or 3.0},
         "cfg": {"value": 1.0 if model.family == "flux" else 7.0},
-        # as far as the APIs and the engine allow; kept on a switch (as A1111 keeps it), unless only 1 is left
-        "clip-skip": {"maximum": top, **({"value": 1} if top == 1 else {})},
+        # as far as the APIs and the engine allow; kept on a switch (as A1111 keeps it), unless only 1 is
+        # left (SD3/Flux): then 1, not editable (gradio's slider needs a maximum above its minimum)
+        "clip-skip": {"maximum": max(2, top), "interactive": top > 1, **({"value": 1} if top == 1 else {})},
         # SD3/Flux upscale the decoded image only (their packed latents are not resized)
         "hr-upscaler": {"choices": list(IMAGE_UPSCALERS), "value": "Lanczos"} if model.family in ("sd3", "flux")
         else {"choices": list(HIRES_UPSCALERS), "value": "Latent"},

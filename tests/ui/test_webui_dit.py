@@ -347,12 +347,15 @@ def test_checkpoint_switch_changes_the_form_fields(folders: dict[str, Path], tmp
 
     eng = demo_engine(tmp_path)
     assert model_fields(eng)["sampler"]["choices"] == list(SAMPLER_LABELS)
-    assert model_fields(eng)["clip-skip"] == {"maximum": 2}  # the demo's 2 layers; the value is kept
+    assert model_fields(eng)["clip-skip"] == {"maximum": 2, "interactive": True}  # the demo's 2 layers; the value is kept
     eng.switch_model(lambda: load_model(folders["sd3"]), lambda: load_demo(tmp_path)[0])
     fields = model_fields(eng)
     assert fields["sampler"]["choices"][0] == "Euler Simple"
     assert fields["shift"] == {"visible": True, "value": 3.0} and not fields["distilled-cfg"]["visible"]
-    assert fields["clip-skip"] == {"maximum": 1, "value": 1}  # SD3 reads its encoders as trained
+    assert fields["clip-skip"] == {"maximum": 2, "interactive": False, "value": 1}  # SD3 reads its encoders as trained
+    import gradio as gr
+
+    gr.Slider(1, step=1, **fields["clip-skip"])  # gradio takes it (a maximum of 1 is refused)
     assert eng.generate(small("a fox")).infotext.splitlines()[-1].startswith("Steps: 2, Sampler: Euler, Schedule type: Simple")
     eng.switch_model(lambda: load_model(folders["flux"]), lambda: load_model(folders["sd3"]))
     fields = model_fields(eng)

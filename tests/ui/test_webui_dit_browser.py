@@ -55,6 +55,8 @@ def test_flux_model_offers_the_flow_matching_samplers(browser: Any, webui: WebUI
         assert page.locator("#lp-sampler input").input_value() == "Euler Simple"
         assert page.locator("#lp-distilled-cfg").is_visible() and not page.locator("#lp-shift").is_visible()
         assert page.locator("#lp-cfg input[type=number]").input_value() == "1"
+        clip_skip = page.locator("#lp-clip-skip input[type=number]")  # Flux reads its encoders as trained
+        assert clip_skip.input_value() == "1" and clip_skip.is_disabled()
 
         page.locator("#lp-prompt textarea").fill("a lighthouse <lora:flux_style:0.8>")
         for elem_id, value in (("lp-steps", 2), ("lp-width", 64), ("lp-height", 64), ("lp-distilled-cfg", 2.5)):

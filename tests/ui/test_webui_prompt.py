@@ -174,7 +174,16 @@ def test_prompt_editing_reaches_the_image(sd1: Any) -> None:
 
 def test_sdxl_clip_skip_reads_clip_l_at_an_earlier_layer(sdxl: Any) -> None:
     # A1111 with "sdxl_clip_l_skip": CLIP-L at hidden_states[-clip_skip] (no final norm), OpenCLIP-G
-    # always at its penultimate layer; clip skip 1 and 2 are SDXL's own penultimate layer.
+    # always at its penultimate layer; clip skip 1 and 2 are SDXL's own penultimate layer. CLIP-L
+    # has 3 layers here: a clip skip goes as deep as the layers, never to the bare embeddings
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTextModel
+
+    config = sdxl.text_encoder.config.to_dict() | {"num_hidden_layers": 3}
+    deeper = CLIPTextModel(type(sdxl.text_encoder.config)(**config)).eval()
+    sdxl = StableDiffusionXLPipeline(**{**sdxl.components, "text_encoder": deeper})
+    with pytest.raises(ValueError, match="clip skip 4 is deeper than the 3 layers of text_encoder allow: set 1 to 3"):
+        Conditioning(sdxl, "a cat", "", steps=1, clip_skip=4)
     width = sdxl.text_encoder.config.hidden_size
     one, two, three = (Conditioning(sdxl, "a cat", "", steps=1, clip_skip=n).kwargs["prompt_embeds"] for n in (1, 2, 3))
     assert torch.equal(one, two)
