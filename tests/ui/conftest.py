@@ -139,6 +139,10 @@ def open_page(browser: Any, url: str, ready: str, shot: str, *, viewport: tuple[
     pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))
     pg.goto(url)
     pg.locator(ready).first.wait_for(timeout=30_000)
+    if ready == "#lp-prompt textarea":  # the web UI: its load script opens img2img once and comes back;
+        # text typed into the prompt meanwhile was lost once in CI (a busy machine), so wait it out
+        pg.locator("#lp-i2i-prompt textarea").wait_for(state="attached", timeout=30_000)
+        pg.locator(ready).first.wait_for(state="visible", timeout=30_000)
     yield pg
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     pg.screenshot(path=str(SCREENSHOTS / shot), full_page=full_page)
