@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from loraprompt.models.clip_skip import MAX_CLIP_SKIP, clip_skip_limit
 from loraprompt.models.samplers import SAMPLERS, Sampler
 from loraprompt.serve.errors import ServeError, invalid
 from loraprompt.serve.jobs import ImageTask, Job, ModelQueue
 from loraprompt.serve.loras import DEFAULT_MAX_DOWNLOAD_MB, DEFAULT_TIMEOUT_S, LoraSources, PinnedLibrary
-from loraprompt.ui.txt2img_prompt import MAX_CLIP_SKIP, clip_skip_limit
 
 MAX_SEED, SEED_SPAN = 2**32 - 1, 2**64  # a random seed's range (A1111's), and every seed torch's generator takes
 

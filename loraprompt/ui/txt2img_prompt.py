@@ -8,10 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 from loraprompt.diagnostics import Diagnostic
+from loraprompt.models.clip_skip import MAX_CLIP_SKIP, clip_skip_top
 from loraprompt.syntax import attention
 
 CHUNK = 75  # tokens per chunk, between the start and end tokens
-MAX_CLIP_SKIP = 12  # A1111's CLIP_stop_at_last_layers setting goes from 1 to 12
 COMMA_BACKTRACK = 20  # A1111's "Prompt word wrap length limit" (comma_padding_backtrack), its default
 
 Chunk = list[tuple[int, float]]
@@ -95,18 +95,6 @@ def sdxl_layers(clip_skip: int) -> list[int]:
     return [max(2, int(clip_skip)), 2]
 
 
-def clip_skip_limit(model: Any) -> int:
-    """The highest clip skip `model` (a LoadedModel) can run, the same for the page, the APIs and
-    the engine. A1111's clip skip N reads the text encoder's hidden_states[-N], so N can be at most
-    its layer count (`num_hidden_layers`; SDXL applies it to CLIP-L, its `text_encoder`); at most 12
-    as A1111's setting; 1 on SD3 and Flux.1, which read their encoders as trained."""
-    if getattr(model, "family", None) in ("sd3", "flux"):
-        return 1
-    config = getattr(getattr(getattr(model, "pipe", None), "text_encoder", None), "config", None)
-    layers = getattr(config, "num_hidden_layers", None)
-    return max(1, min(MAX_CLIP_SKIP, layers)) if isinstance(layers, int) else MAX_CLIP_SKIP
-
-
 def _conditioning(pipe: Any, chunks: dict[str, list[Chunk]], count: int, clip_skip: int) -> tuple[Any, Any]:
     """Hidden states of `count` chunks (empty ones pad a shorter prompt) and the first chunk's pooled output."""
     import torch
@@ -115,10 +103,10 @@ def _conditioning(pipe: Any, chunks: dict[str, list[Chunk]], count: int, clip_sk
     towers = [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")] if sdxl else [("tokenizer", "text_encoder")]
     layers = sdxl_layers(clip_skip) if sdxl else [clip_skip]
     for (_, enc_name), layer in zip(towers, layers):  # else an IndexError from deep in the encoder
-        depth = getattr(getattr(pipe, enc_name).config, "num_hidden_layers", layer)
-        if layer > min(depth, MAX_CLIP_SKIP):  # as `clip_skip_limit`: never the bare embeddings
-            raise ValueError(f"clip skip {clip_skip} is deeper than the {depth} layers of {enc_name} allow: "
-                             f"set 1 to {min(depth, MAX_CLIP_SKIP)}")
+        top = clip_skip_top(pipe, enc_name)  # the page's and the APIs' limit too
+        if layer > top:
+            why = f"the {top} layers of {enc_name} allow" if top < MAX_CLIP_SKIP else "A1111's setting goes"
+            raise ValueError(f"clip skip {clip_skip} is deeper than {why}: set 1 to {top}")
     parts, pooled = [], None
     for i in range(count):
         per_tower = []

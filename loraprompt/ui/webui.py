@@ -11,6 +11,7 @@ from loraprompt.diagnostics import Diagnostic
 from loraprompt.errors import LoraPromptError
 from loraprompt.hosts import is_loopback
 from loraprompt.models import LoadedModel
+from loraprompt.models.clip_skip import clip_skip_limit
 from loraprompt.models.samplers import model_shift
 from loraprompt.ui.dit_prompt import has_distilled_guidance
 from loraprompt.ui.forms import Form, prompt_row, result_images, results, sampling, user_error
@@ -21,7 +22,6 @@ from loraprompt.ui.paste import PASTE_EXTRAS, hash_lookup, paste_extras, paste_v
 from loraprompt.ui.resume import Tasks
 from loraprompt.ui.send import image_to_send, selected_js
 from loraprompt.ui.txt2img import Txt2Img, Txt2ImgRequest
-from loraprompt.ui.txt2img_prompt import clip_skip_limit
 from loraprompt.ui.xy_grid import COLUMN_KINDS, StrengthGrid, axis_choices, parse_values, render_strength_grid
 
 RENDER_IMG2IMG = """() => {

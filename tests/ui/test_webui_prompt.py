@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 import torch
 
+from loraprompt.models import LoadedModel
 from loraprompt.models.checkpoint import write_config_dir
+from loraprompt.models.clip_skip import clip_skip_limit
 from loraprompt.models.demo import build_demo_pipeline
 from loraprompt.ui.txt2img_prompt import CHUNK, Conditioning, weighted_chunks
 from tests.models.ldm_layout import components_from_configs, tiny_sdxl_configs
@@ -65,6 +67,23 @@ def test_clip_skip_is_the_output_of_a_shorter_encoder(sd1: Any) -> None:
         sd1.text_encoder = original
     assert torch.equal(kw["prompt_embeds"], ref[0]) and torch.equal(kw["negative_prompt_embeds"], ref[1])
     assert not torch.equal(kw["prompt_embeds"], prompt_embeddings(sd1, "a cat", "ugly")["prompt_embeds"])
+
+
+def test_the_engine_runs_exactly_the_clip_skips_the_page_and_apis_offer(sd1: Any) -> None:
+    # one limit for the slider, the APIs' 422 and the engine: the encoder's depth, at most A1111's 12
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    config = sd1.text_encoder.config.to_dict() | {"num_hidden_layers": 14}
+    deep = StableDiffusionPipeline(**{**sd1.components, "text_encoder": CLIPTextModel(type(sd1.text_encoder.config)(**config)).eval()})
+    for pipe, top in ((sd1, 2), (deep, 12)):
+        assert clip_skip_limit(LoadedModel(pipe=pipe, family="sd1", name="m")) == top
+        for n in range(1, top + 1):
+            Conditioning(pipe, "a cat", "", steps=1, clip_skip=n)
+        reason = "the 2 layers of text_encoder allow" if top == 2 else "A1111's setting goes"
+        with pytest.raises(ValueError, match=f"clip skip {top + 1} is deeper than {reason}: set 1 to {top}$"):
+            Conditioning(pipe, "a cat", "", steps=1, clip_skip=top + 1)
+    assert clip_skip_limit(LoadedModel(pipe=deep, family="flux", name="m")) == 1
 
 
 def test_plain_prompt_equals_diffusers_sdxl(sdxl: Any) -> None:
