@@ -96,7 +96,7 @@ def config_of(args: argparse.Namespace) -> ServeConfig:
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     return ServeConfig(args.checkpoint, args.prediction_type, [os.path.abspath(d) for d in args.lora_dir],
                        str(data_dir.absolute()), str(Path(args.outputs).absolute() if args.outputs else data_dir.absolute() / "outputs"),
-                       bool(getattr(args, "save_incomplete_images", False)))
+                       args.save_incomplete_images)
 
 
 def cmd_flags(args: argparse.Namespace, config: ServeConfig) -> dict[str, Any]:
