@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,6 @@ from loraprompt.ui.composable import ComposableHook, composable
 from loraprompt.ui.dit_prompt import DIT_FAMILIES, DitConditioning, check_dit_request, dit_infotext
 from loraprompt.ui.hires import (
     LATENT_UPSCALERS,
-    HiresOptions,
     crop_latents,
     hires_lora_prompt,
     hires_size,
@@ -41,77 +40,9 @@ from loraprompt.ui.outputs import infotext_extra, save_png
 from loraprompt.ui.progress import Progress, StepCallback
 from loraprompt.ui.request_check import MAX_BATCH_COUNT, MAX_BATCH_SIZE, check_request  # noqa: F401 (re-export)
 from loraprompt.ui.txt2img_prompt import Conditioning, negative_prompt_notes
+from loraprompt.ui.txt2img_types import AppliedLora, GeneratedImage, Txt2ImgRequest, Txt2ImgResult
 
 MAX_SEED, SEED_SPAN = 2**32 - 1, 2**64  # a random seed's range (A1111's), and every seed torch's generator takes
-
-
-@dataclass
-class Txt2ImgRequest:
-    """One generation request as the UI collects it; seed -1 means a random seed.
-
-    With `init_image` (a PIL image or a file path) it is img2img: the image is brought to
-    width x height by `resize_mode` and denoised by `denoising_strength`. `hires` adds A1111's
-    hires fix to txt2img. `batch_count` batches of `batch_size` images use seeds seed, seed+1, ...
-    `sampler` "" is the model's first sampler. `distilled_cfg_scale` is Flux.1-dev's guidance and
-    `shift` replaces an SD3 model's timestep shift (None: the model's own)."""
-
-    prompt: str
-    negative_prompt: str = ""
-    steps: int = 20
-    cfg_scale: float = 7.0
-    seed: int = -1
-    width: int = 512
-    height: int = 512
-    sampler: str = ""
-    clip_skip: int = 1  # A1111's "Clip skip" (on SDXL: CLIP-L only, as A1111's "sdxl_clip_l_skip")
-    batch_count: int = 1
-    batch_size: int = 1
-    hires: HiresOptions | None = None
-    init_image: Any = None
-    denoising_strength: float = 0.75
-    resize_mode: str = "Just resize"
-    distilled_cfg_scale: float = 3.5
-    shift: float | None = None
-
-
-@dataclass(frozen=True)
-class AppliedLora:
-    """A LoRA that was patched in for a generation: the name as written, its file and strengths."""
-
-    name: str
-    path: str
-    te: float | None  # None: follows a step schedule
-    unet: float | None
-    short_hash: str | None
-
-
-@dataclass
-class GeneratedImage:
-    """One image of a generation with its own infotext (its own seed); `path` is where it was
-    saved (None when the generation was asked not to save)."""
-
-    image: Any
-    path: Path | None
-    infotext: str
-    seed: int
-
-
-@dataclass
-class Txt2ImgResult:
-    """What one generation produced and what the user should be told about it. `image`, `path`,
-    `infotext` and `seed` are the first image's; `images` has them all, and `grid` (saved at
-    `grid_path`) puts them side by side when there is more than one, as A1111 does. Paths are
-    None when nothing was saved (`generate(save=False)`)."""
-
-    image: Any
-    path: Path | None
-    infotext: str
-    seed: int
-    applied: list[AppliedLora] = field(default_factory=list)
-    diagnostics: list[Diagnostic] = field(default_factory=list)
-    images: list[GeneratedImage] = field(default_factory=list)
-    grid: Any = None
-    grid_path: Path | None = None
 
 
 class Txt2Img:
