@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def ray_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def ray_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """The application's URL and its outputs folder."""
     from loraprompt.serve.cli import ServeConfig
     from loraprompt.serve.ray_app import build_application
 
@@ -43,7 +44,7 @@ def ray_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_application(config, replicas=2, cpus_per_replica=0.5, sets_per_replica=2, env=env),
                   name="loraprompt", route_prefix="/")
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", root / "outputs"
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -67,7 +68,9 @@ def replica_log(url: str, lora: str) -> tuple[str, str]:
     return found.group(1), found.group(2)
 
 
-def test_ray_serve_multiplexes_lora_sets_and_matches_the_single_process_server(ray_url: str, served: Served) -> None:
+def test_ray_serve_multiplexes_lora_sets_and_matches_the_single_process_server(ray_app: tuple[str, Path],
+                                                                              served: Served) -> None:
+    ray_url, outputs = ray_app
     # affinity: the second request for a set goes where the set already is
     warm_1, how_1 = replica_log(ray_url, "demo_warm")
     sketch_1, _ = replica_log(ray_url, "demo_sketch")
@@ -85,6 +88,12 @@ def test_ray_serve_multiplexes_lora_sets_and_matches_the_single_process_server(r
     for got, want in zip(images, local):
         assert got.std() > 1.0 and np.array_equal(got, want)
     assert info["replicas"][0] == info["replicas"][3]  # one set, one replica
+    assert not list(outputs.glob("**/*.png"))  # A1111's API saves only with save_images
+
+    # save_images reaches the replicas: each image written once, with its infotext (it was dropped)
+    images, info = txt2img(ray_url, prompts[:2], 70, batch_size=2, sampler_name="Euler", save_images=True)
+    saved = sorted(outputs.glob("txt2img-images/*/*.png"))
+    assert sorted(Image.open(p).text["parameters"] for p in saved) == sorted(info["infotexts"])
     assert len(set(info["replicas"])) >= 1 and None not in info["replicas"]
     assert requests.get(f"{ray_url}/sdapi/v1/loras", timeout=10).json()[0]["name"] == "demo_sketch"
 
