@@ -72,10 +72,12 @@ class Job:
     succeeded, failed, canceled. `interrupt()` (A1111) stops it keeping the images made so far;
     `cancel()` (Replicate) stops it and it ends canceled."""
 
-    def __init__(self, tasks: Sequence[ImageTask], *, keep: bool = False, job_id: str | None = None) -> None:
+    def __init__(self, tasks: Sequence[ImageTask], *, keep: bool = False, keep_incomplete: bool | None = None,
+                 job_id: str | None = None) -> None:
         self.id = job_id or uuid.uuid4().hex
         self.tasks = list(tasks)
-        self.keep = keep
+        self.keep = keep  # save the images (A1111's save_images)
+        self.keep_incomplete = keep_incomplete  # those an interrupt cut short too; None: the engine's setting
         self.status = "queued"
         self.outputs: list[ImageOutput | None] = [None] * len(self.tasks)
         self.error: str | None = None
@@ -208,7 +210,7 @@ def run_job(engine: Any, job: Job, on_image: Callable[[int, ImageOutput], None] 
                 if job.stop_requested:
                     engine.interrupt()
 
-            result = engine.generate(task.request, on_step=on_step, save=job.keep)
+            result = engine.generate(task.request, on_step=on_step, save=job.keep, save_incomplete=job.keep_incomplete)
             output = output_of(result)
             for d in output.diagnostics:
                 if d["severity"] in ("error", "warning"):

@@ -84,16 +84,17 @@ class ModelReplica:
                     log.warning("replica %s: cannot read %s", self.replica_id, found.entry.path)
         return adapters
 
-    async def generate(self, tasks: list[ImageTask], job_id: str, keep: bool = False) -> dict[str, Any]:
+    async def generate(self, tasks: list[ImageTask], job_id: str, keep: bool = False,
+                       keep_incomplete: bool | None = None) -> dict[str, Any]:
         """Make the images of one LoRA set, saved to this replica's outputs with `keep` (A1111's
-        `save_images`); returns outputs, status, error and logs."""
+        `save_images`; `keep_incomplete`: see `Job`); returns outputs, status, error and logs."""
         for task in tasks:
             self.library.add_pins(task.pins)
         model_id = serve.get_multiplexed_model_id()
         loaded_before = len(self.loads)
         held = await self.lora_set(model_id) if model_id else None
         fresh = len(self.loads) > loaded_before
-        job = Job(tasks, keep=keep, job_id=job_id)
+        job = Job(tasks, keep=keep, keep_incomplete=keep_incomplete, job_id=job_id)
         job.log(f"replica {self.replica_id}: LoRA set {held.key if held and held.key else '(none)'!r} "
                 f"{'loaded' if fresh else 'already loaded'}")
         try:
@@ -181,7 +182,7 @@ class RayBackend:
             handle = self.handle
             if self.routing == "multiplexed":
                 handle = handle.options(multiplexed_model_id=key or NO_LORA)
-            calls.append((members, handle.generate.remote([job.tasks[i] for i in members], job.id, job.keep)))
+            calls.append((members, handle.generate.remote([job.tasks[i] for i in members], job.id, job.keep, job.keep_incomplete)))
         self._responses[job.id] = [r for _, r in calls]
         errors: list[str] = []
         try:
@@ -231,6 +232,7 @@ class ApiIngress:
                                download_dir=config.download_dir, limits=options.get("limits") or Limits(),
                                max_download_mb=options.get("max_download_mb", 1024),
                                download_timeout_s=options.get("download_timeout_s", 60))
+        self.service.options["save_incomplete_images"] = config.save_incomplete  # the replicas' engines start so
 
     def __serve_build_asgi_app__(self) -> Any:
         from loraprompt.serve.app import build_app

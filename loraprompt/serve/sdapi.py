@@ -88,7 +88,7 @@ _QUIET = {
     "hr_additional_modules", "hr_cfg", "hr_distilled_cfg", "denoising_strength", "refiner_switch_at", "disable_extra_networks", "comments",
     "force_task_id", "infotext", "firstpass_image", "user",
 }
-_USED_SETTINGS = {"CLIP_stop_at_last_layers", "sd_model_checkpoint", "samples_format"}
+_USED_SETTINGS = {"CLIP_stop_at_last_layers", "sd_model_checkpoint", "samples_format", "save_incomplete_images"}
 
 
 def unused_warnings(body: Txt2ImgBody, model_title: str, model_name: str, *, quiet: set[str] | None = None,
@@ -144,6 +144,12 @@ def check_clip_skip(value: Any, field: tuple[str, ...], model: ModelInfo) -> Non
         raise invalid(field, f"must be an integer from 1 to {top}{why}, got {value!r}", maximum=top)
 
 
+def check_flag(value: Any, field: tuple[str, ...]) -> None:
+    """422 naming `field` unless `value` is true or false (A1111's checkbox settings)."""
+    if not isinstance(value, bool):
+        raise invalid(field, f"must be true or false, got {value!r}")
+
+
 def txt2img_tasks(service: Service, body: Txt2ImgBody) -> tuple[list[ImageTask], int]:
     """The images a txt2img body asks for, checked against the limits; and the clip skip."""
     count = body.batch_size * body.n_iter
@@ -155,6 +161,8 @@ def txt2img_tasks(service: Service, body: Txt2ImgBody) -> tuple[list[ImageTask],
     label = sampler_label(body.sampler_name or body.sampler_index, body.scheduler,
                           "sampler_name" if body.sampler_name else "sampler_index", service.model.samplers)
     settings = body.override_settings or {}
+    if "save_incomplete_images" in settings:
+        check_flag(settings["save_incomplete_images"], ("override_settings", "save_incomplete_images"))
     if "CLIP_stop_at_last_layers" in settings:
         clip_skip = settings["CLIP_stop_at_last_layers"]
         check_clip_skip(clip_skip, ("override_settings", "CLIP_stop_at_last_layers"), service.model)
@@ -233,7 +241,8 @@ def generate(service: Service, route: str, tasks: list[ImageTask], body: Any, *,
     job and its info (A1111's fields); a failed generation is a 500 (A1111's error shape)."""
     for w in warnings:
         log.warning("%s: %s", route, w)
-    job = service.run(tasks, keep=body.save_images)
+    keep_incomplete = (body.override_settings or {}).get("save_incomplete_images", service.options["save_incomplete_images"])
+    job = service.run(tasks, keep=body.save_images, keep_incomplete=keep_incomplete)
     job.wait()
     if job.status == "failed":
         raise ServeError(500, (), f"generation failed: {job.error}")
@@ -307,6 +316,11 @@ def add_routes(router: Any, service: Service) -> None:
         if "CLIP_stop_at_last_layers" in body:
             check_clip_skip(body["CLIP_stop_at_last_layers"], ("CLIP_stop_at_last_layers",), service.model)
             service.options["CLIP_stop_at_last_layers"] = body["CLIP_stop_at_last_layers"]
+        if "save_incomplete_images" in body:
+            check_flag(body["save_incomplete_images"], ("save_incomplete_images",))
+            service.options["save_incomplete_images"] = body["save_incomplete_images"]
+            if service.engine is not None:  # A1111's settings are global: the web UI beside the API follows
+                service.engine.save_incomplete = body["save_incomplete_images"]
         for key in body:
             if key not in _USED_SETTINGS:
                 log.warning("options: %s is not supported by loraprompt serve; ignored", key)

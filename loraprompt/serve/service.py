@@ -165,7 +165,9 @@ class Service:
         self.backend: Backend = backend if backend is not None else LocalBackend(engine)
         self.keep_predictions = keep_predictions
         self.predictions: dict[str, Any] = {}
-        self.options: dict[str, Any] = {"CLIP_stop_at_last_layers": 1}  # what POST /sdapi/v1/options set
+        # what POST /sdapi/v1/options set; "save_incomplete_images" starts as --save-incomplete-images
+        self.options: dict[str, Any] = {"CLIP_stop_at_last_layers": 1,
+                                        "save_incomplete_images": bool(getattr(engine, "save_incomplete", False))}
         self.cmd_flags: dict[str, Any] = {}  # A1111's command-line flags that `loraprompt serve` was given
 
     @property
@@ -197,14 +199,15 @@ class Service:
         start = random.randint(0, MAX_SEED) if seed is None or seed < 0 else int(seed)
         return [(start + i) % SEED_SPAN for i in range(count)]
 
-    def run(self, tasks: list[ImageTask], *, keep: bool = False, job_id: str | None = None) -> Job:
-        """Queue the tasks as one job."""
+    def run(self, tasks: list[ImageTask], *, keep: bool = False, keep_incomplete: bool | None = None,
+            job_id: str | None = None) -> Job:
+        """Queue the tasks as one job (`keep`, `keep_incomplete`: see `Job`)."""
         if not tasks:
             raise ServeError(422, (), "nothing to generate")
         if self.backend.pending >= self.limits.max_queue:
             raise ServeError(503, (), f"{self.backend.pending} jobs are waiting (--max-queue {self.limits.max_queue});"
                              " try again later")
-        return self.backend.submit(Job(tasks, keep=keep, job_id=job_id))
+        return self.backend.submit(Job(tasks, keep=keep, keep_incomplete=keep_incomplete, job_id=job_id))
 
     def close(self) -> None:
         close = getattr(self.backend, "close", None)

@@ -150,10 +150,11 @@ class Txt2Img:
                        callback_on_step_end_tensor_inputs=names, **kwargs).images
 
     def generate(self, request: Txt2ImgRequest, on_step: StepCallback | None = None, *,
-                 save: bool = True) -> Txt2ImgResult:
+                 save: bool = True, save_incomplete: bool | None = None) -> Txt2ImgResult:
         """Run a generation (batch_count x batch_size images) and, with `save`, write every image as
         a PNG with its infotext (else the images stay in memory: `outputs.png_bytes` encodes one as
-        saving would); the patcher is synced before every pass."""
+        saving would); the patcher is synced before every pass. `save_incomplete` overrides the
+        engine's `save_incomplete` for this generation (an API request's override_settings)."""
         check_request(request)
         if self.model.family in DIT_FAMILIES:
             check_dit_request(request, self.model.family)
@@ -200,7 +201,8 @@ class Txt2Img:
             diagnostics.append(Diagnostic("I-INTERRUPTED", f"interrupted after step {progress.done} of {progress.total}",
                                           severity="info", data={"step": progress.done}))
         return self._save(request, pictures, sampler=sampler, clip_skip=clip_skip, applied=applied_list,
-                          diagnostics=diagnostics, img2img=init is not None, save=save)
+                          diagnostics=diagnostics, img2img=init is not None, save=save,
+                          incomplete=self.save_incomplete if save_incomplete is None else save_incomplete)
 
     def _batch(self, request: Txt2ImgRequest, seeds: list[int], init: Any,
                progress: Progress) -> tuple[list[Any], list[AppliedLora], list[Diagnostic]]:
@@ -277,10 +279,11 @@ class Txt2Img:
         return list(final), used, notes
 
     def _save(self, request: Txt2ImgRequest, pictures: list[tuple[Any, int, bool]], *, sampler: Any, clip_skip: int,
-              applied: list[AppliedLora], diagnostics: list[Diagnostic], img2img: bool, save: bool) -> Txt2ImgResult:
+              applied: list[AppliedLora], diagnostics: list[Diagnostic], img2img: bool, save: bool,
+              incomplete: bool) -> Txt2ImgResult:
         """Every image (and the grid of a batch) with A1111 infotext, written to files when `save`;
         as in A1111, an image an Interrupt or a Skip cut short (and a grid with one) only with
-        `save_incomplete` (it is shown all the same)."""
+        `incomplete` (it is shown all the same)."""
         from loraprompt.ui.xy_grid import image_grid
 
         kind = "img2img" if img2img else "txt2img"
@@ -304,13 +307,13 @@ class Txt2Img:
                 **dit_infotext(self.model.pipe, self.model.family, request, model_shift(self._base_scheduler_config)),
             )
             infotext = format_infotext(info)
-            keep = save and (self.save_incomplete or not cut)
+            keep = save and (incomplete or not cut)
             path = save_png(image, infotext, self.outputs_dir, image_seed, f"{kind}-images") if keep else None
             saved.append(GeneratedImage(image, path, infotext, image_seed))
         unsaved = sum(g.path is None for g in saved) if save else 0
         if unsaved:
             diagnostics.append(Diagnostic("I-NOT-SAVED", f"{unsaved} unfinished image(s) not saved; start with "
-                                          "--save-incomplete-images to keep them", severity="info", data={"images": unsaved}))
+                                          "--save-incomplete-images (API: save_incomplete_images) to keep them", severity="info", data={"images": unsaved}))
         first = saved[0]
         result = Txt2ImgResult(first.image, first.path, first.infotext, first.seed, applied, diagnostics, saved)
         if len(saved) > 1:

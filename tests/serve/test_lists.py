@@ -1,7 +1,7 @@
 """The A1111 routes clients call at start-up, through `webuiapi` against a started server: every
 upscaler listed runs a hires fix (and nothing unlisted is claimed), the empty lists of what this
 server has none of, cmd-flags without secrets, memory in A1111's shape, and skip ending the current
-image of a batch while the rest are made as if alone."""
+image of a batch while the rest are made as if alone, and A1111's "Save incomplete images" setting."""
 
 from __future__ import annotations
 
@@ -103,3 +103,51 @@ def test_skip_ends_the_current_image_and_the_batch_goes_on(served: Served) -> No
         alone = served.engine.generate(Txt2ImgRequest("a cat", "", 40, 7, 70 + i, 64, 64, "Euler"), save=False)
         same = np.array_equal(np.asarray(image.convert("RGB")), np.asarray(alone.image.convert("RGB")))
         assert same is (i > 0), i  # the first ended unfinished; the others are whole
+
+
+def _skipped_batch(api: webuiapi.WebUIApi, seed: int, **body: Any) -> Any:
+    """A saved batch of two whose first image a skip cuts short."""
+    result: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: result.update(r=api.txt2img(
+        prompt="a cat", seed=seed, batch_size=2, width=64, height=64, save_images=True, **body)))
+    worker.start()
+    deadline = time.monotonic() + 120
+    while api.get_progress()["state"]["sampling_step"] < 2:
+        assert time.monotonic() < deadline and worker.is_alive()
+        time.sleep(0.02)
+    api.skip()
+    worker.join(300)
+    return result["r"]
+
+
+def test_save_incomplete_images_is_an_option_and_a_per_request_setting(served: Served) -> None:
+    """A1111's "Save incomplete images" setting, through the API: GET/POST /sdapi/v1/options and a
+    request's override_settings (only --save-incomplete-images set it before; override_settings'
+    was ignored with a warning)."""
+    api = client(served, sampler="Euler", steps=40)
+    folder = served.engine.outputs_dir / "txt2img-images"
+
+    def saved(seed: int) -> list[int]:
+        return sorted(int(Image.open(p).text["parameters"].split("Seed: ")[1].split(",")[0])
+                      for p in folder.glob("*/*.png") if f"Seed: {seed}," in Image.open(p).text["parameters"]
+                      or f"Seed: {seed + 1}," in Image.open(p).text["parameters"])
+
+    assert api.get_options()["save_incomplete_images"] is False  # A1111's default
+    _skipped_batch(api, 80)
+    assert saved(80) == [81]  # the skipped image is answered, not saved
+    done = _skipped_batch(api, 90, override_settings={"save_incomplete_images": True})
+    assert saved(90) == [90, 91] and "not supported" not in json.dumps(done.info)
+    try:
+        api.set_options({"save_incomplete_images": True})
+        assert api.get_options()["save_incomplete_images"] is True
+        assert served.engine.save_incomplete is True  # the web UI beside the API follows, as A1111's settings
+        _skipped_batch(api, 100, override_settings={"save_incomplete_images": False})  # the request's wins
+        assert saved(100) == [101]
+        bad = requests.post(f"{served.url}/sdapi/v1/options", json={"save_incomplete_images": "yes"}, timeout=30)
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "save_incomplete_images"]
+        bad = requests.post(f"{served.url}/sdapi/v1/txt2img", timeout=30, json={
+            "prompt": "a cat", "override_settings": {"save_incomplete_images": 1}})
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "override_settings", "save_incomplete_images"]
+    finally:
+        api.set_options({"save_incomplete_images": False})
+    assert api.get_options()["save_incomplete_images"] is False and served.engine.save_incomplete is False
