@@ -81,6 +81,10 @@ class Txt2Img:
         no hires pass) and the generation goes on with the next one of its batch count."""
         self._skipped.set()
 
+    def _cut(self) -> str | None:
+        """What stops the running batch: "interrupt" (it wins over a Skip), "skip", or None."""
+        return "interrupt" if self._interrupted.is_set() else "skip" if self._skipped.is_set() else None
+
     def switch_model(self, load: Callable[[], LoadedModel], reload_previous: Callable[[], LoadedModel]) -> LoadedModel:
         """Replace the model by `load()`. The old pipeline is restored, its patcher forgets it and
         it is released before the new one loads (one model in memory, as A1111 keeps by default);
@@ -184,12 +188,14 @@ class Txt2Img:
                 seeds = [(seed + n * size + i) % SEED_SPAN for i in range(size)]
                 start = progress.done
                 images, used, notes = self._batch(request, seeds, init, progress)
-                cut = self._interrupted.is_set() or self._skipped.is_set()
-                pictures.extend((image, s, cut) for image, s in zip(images, seeds))
+                # read once, so the images, the message and the bar agree; an Interrupt or a Skip that
+                # came after the batch's last step (while it decodes) cut nothing: its images are whole
+                cut = self._cut() if progress.done < start + first_steps + hr_run else None
+                pictures.extend((image, s, cut is not None) for image, s in zip(images, seeds))
                 for a in used:
                     applied.setdefault(a.path, a)
                 diagnostics.extend(d for d in notes if d not in diagnostics)
-                if self._skipped.is_set() and not self._interrupted.is_set():
+                if cut == "skip":
                     progress.skip_to(start + first_steps + hr_run)  # the skipped steps: the bar goes on to 100%
                     diagnostics.append(Diagnostic("I-SKIPPED", f"batch {n + 1} of {count} skipped: its images are unfinished",
                                                   severity="info", data={"batch": n + 1}))
@@ -206,7 +212,8 @@ class Txt2Img:
 
     def _batch(self, request: Txt2ImgRequest, seeds: list[int], init: Any,
                progress: Progress) -> tuple[list[Any], list[AppliedLora], list[Diagnostic]]:
-        """One batch: the first pass (txt2img or img2img), then the hires pass when asked for."""
+        """One batch: the first pass (txt2img or img2img), then the hires pass when asked for (not
+        after an Interrupt or a Skip)."""
         import torch
 
         from loraprompt.integrations.diffusers import activate
@@ -247,7 +254,7 @@ class Txt2Img:
                                    **({"width": width, "height": height} if dit else {}))  # the DiT pipelines' default: 1024
         used = self._applied(active.entries)
         notes = list(active.diagnostics) + notes_extra + negative_prompt_notes(request.negative_prompt)
-        if hires is None or self._interrupted.is_set() or self._skipped.is_set():
+        if hires is None or self._cut() is not None:
             return (decode(pipe, out) if latent_hires else list(out)), used, notes
 
         size = hires_size(width, height, hires)

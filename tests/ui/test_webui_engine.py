@@ -109,68 +109,6 @@ def test_and_is_composed_not_refused(engine: Txt2Img) -> None:
     assert plain.diagnostics == [] and not np.array_equal(np.asarray(plain.image), np.asarray(result.image))
 
 
-def test_interrupt_stops_after_the_current_step(engine: Txt2Img) -> None:
-    seen: list[int] = []
-
-    def on_step(i: int, total: int) -> None:
-        seen.append(i)
-        if i == 2:
-            engine.interrupt()
-
-    before = set(engine.outputs_dir.rglob("*.png"))
-    result = engine.generate(_request("a cat", steps=10), on_step=on_step)
-    assert seen == [1, 2] and result.image.size == (64, 64)
-    # as A1111 without "Save incomplete images": shown (returned), not saved, and the user is told
-    assert result.path is None and set(engine.outputs_dir.rglob("*.png")) == before
-    assert [(d.code, d.data) for d in result.diagnostics] == [("I-INTERRUPTED", {"step": 2}), ("I-NOT-SAVED", {"images": 1})]
-    full = engine.generate(_request("a cat", steps=3), on_step=lambda i, n: seen.append(i))
-    assert seen[2:] == [1, 2, 3] and full.diagnostics == [] and full.path.is_file()  # the next one runs to the end
-
-
-def test_incomplete_images_are_saved_when_asked_and_a_grid_only_when_whole(engine: Txt2Img) -> None:
-    """`--save-incomplete-images` (A1111's setting) saves what an Interrupt or a Skip cut short. Without
-    it, a skipped batch is not saved while the next, whole batch is, and no grid with a hole is written."""
-
-    def skip_at_two(i: int, total: int) -> None:
-        if i == 2:
-            engine.skip()
-
-    mixed = engine.generate(_request("a cat", steps=4, batch_count=2, seed=60), on_step=skip_at_two)
-    assert [img.path is None for img in mixed.images] == [True, False] and mixed.images[1].path.is_file()
-    assert mixed.grid is not None and mixed.grid_path is None
-    assert [d.code for d in mixed.diagnostics] == ["I-SKIPPED", "I-NOT-SAVED"]
-    engine.save_incomplete = True
-    try:
-        kept = engine.generate(_request("a cat", steps=4, batch_count=2, seed=60), on_step=skip_at_two)
-    finally:
-        engine.save_incomplete = False
-    assert all(img.path.is_file() for img in kept.images) and kept.grid_path.is_file()
-    assert [d.code for d in kept.diagnostics] == ["I-SKIPPED"]
-    assert np.array_equal(np.asarray(Image.open(kept.images[0].path)), np.asarray(mixed.images[0].image))
-
-
-def test_skip_ends_the_batch_being_sampled_and_goes_on_with_the_next(engine: Txt2Img) -> None:
-    """A1111's Skip: the batch it comes in ends after the current step, kept unfinished, and the next
-    batch of the batch count runs to its end (Interrupt would stop them all)."""
-    seen: list[int] = []
-
-    def on_step(i: int, total: int) -> None:
-        seen.append(i)
-        if i == 2:
-            engine.skip()
-
-    result = engine.generate(_request("a cat", steps=5, batch_count=2, seed=40), on_step=on_step, save=False)
-    # two steps of the first batch, its other three counted done at once (the bar goes on to 100%, as
-    # A1111's moves on to the next job), then all five of the second
-    assert seen == [1, 2, 5, 6, 7, 8, 9, 10]
-    assert [img.seed for img in result.images] == [40, 41]
-    assert [(d.code, d.data) for d in result.diagnostics] == [("I-SKIPPED", {"batch": 1})]
-    whole = engine.generate(_request("a cat", steps=5, batch_count=2, seed=40), save=False)
-    first, second = ([np.asarray(img.image, dtype=np.float32) for img in r.images] for r in (result, whole))
-    assert not np.array_equal(first[0], second[0])  # the skipped image is unfinished
-    assert np.array_equal(first[1], second[1]) and whole.diagnostics == []  # the next batch and run are whole
-
-
 def test_random_seed_is_recorded(engine: Txt2Img) -> None:
     result = engine.generate(_request("a fish", seed=-1, steps=1))
     assert 0 <= result.seed < 2**32
