@@ -104,6 +104,19 @@ def demo_engine(root: Path) -> Any:
     return Txt2Img(model, loraprompt.Library([str(lora_dir)], cache_dir=str(root / "cache")), root / "outputs")
 
 
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A `Txt2Img` on the demo model, one per test module (`demo_engine`)."""
+    return demo_engine(tmp_path_factory.mktemp("engine"))
+
+
+def small_request(prompt: str, **kw: Any) -> Any:
+    """A 64x64 `Txt2ImgRequest` for the demo model: 3 steps and seed 11 unless `kw` says otherwise."""
+    from loraprompt.ui.txt2img import Txt2ImgRequest
+
+    return Txt2ImgRequest(prompt, **{"steps": 3, "seed": 11, "width": 64, "height": 64, **kw})
+
+
 class WebUI(ServerProcess):
     """`python -m loraprompt webui [extra args]` on a free loopback port with its own data dir."""
 

@@ -18,22 +18,16 @@ import loraprompt
 from loraprompt.infotext import parse_infotext, parse_lora_hashes
 from loraprompt.library.hashes import file_hashes
 from loraprompt.models.samplers import SAMPLER_LABELS, sampler_by_label
-from loraprompt.ui.txt2img import Txt2Img, Txt2ImgRequest, save_png
+from loraprompt.ui.txt2img import Txt2Img, save_png
 from loraprompt.ui.webui import build_app, format_diagnostics, paste_values, png_infotext
 
-from .conftest import demo_engine
+from .conftest import small_request
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Txt2Img:
-    return demo_engine(tmp_path_factory.mktemp("engine"))
-
-
-def _request(prompt: str, **kw: Any) -> Txt2ImgRequest:
-    return Txt2ImgRequest(prompt, steps=kw.pop("steps", 3), seed=kw.pop("seed", 11), width=64, height=64, **kw)
+_request = small_request
 
 
 def test_lora_applies_for_one_generation_and_is_gone_the_next(engine: Txt2Img) -> None:

@@ -32,19 +32,13 @@ from loraprompt.ui.xy_grid import (
     set_lora_weight,
 )
 
-from .conftest import demo_engine
+from .conftest import small_request
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Txt2Img:
-    return demo_engine(tmp_path_factory.mktemp("generation"))
-
-
 def _request(prompt: str, **kw: Any) -> Txt2ImgRequest:
-    kw = {"steps": 2, "seed": 11, "width": 64, "height": 64, **kw}
-    return Txt2ImgRequest(prompt, **kw)
+    return small_request(prompt, **{"steps": 2, **kw})
 
 
 def _pixels(image: Any) -> np.ndarray:

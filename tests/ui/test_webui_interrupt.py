@@ -8,23 +8,16 @@ import os
 from typing import Any
 
 import numpy as np
-import pytest
 from PIL import Image
 
-from loraprompt.ui.txt2img import Txt2Img, Txt2ImgRequest
+from loraprompt.ui.txt2img import Txt2Img
 
-from .conftest import demo_engine
+from .conftest import small_request
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Txt2Img:
-    return demo_engine(tmp_path_factory.mktemp("engine"))
-
-
-def _request(prompt: str, **kw: Any) -> Txt2ImgRequest:
-    return Txt2ImgRequest(prompt, steps=kw.pop("steps", 3), seed=kw.pop("seed", 11), width=64, height=64, **kw)
+_request = small_request
 
 
 def test_interrupt_stops_after_the_current_step(engine: Txt2Img) -> None:
