@@ -9,12 +9,12 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from loraprompt.errors import LoraPromptError
+from loraprompt.files import temp_beside
 from loraprompt.library.metadata import cap
 
 PREVIEW_EXTS = ("png", "jpg", "jpeg", "webp", "gif")
@@ -212,7 +212,7 @@ def atomic_write_text(path: Path, text: str, *, json_text: bool = False) -> None
     not UTF-8 decodes to them): those are written as `\\udcXX` escapes, which JSON reads back the same."""
     if json_text:
         text = escape_surrogates(text)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_beside(path)  # the file keeps its permissions (not mkstemp's 0600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

@@ -8,7 +8,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import torch
 from safetensors import SafetensorError
 
 from loraprompt.errors import AdapterFileError, ToolError
+from loraprompt.files import temp_beside
 
 RECIPE_KEY = "loraprompt_recipe"
 _READ_ERRORS = (OSError, ValueError, RuntimeError, SafetensorError)
@@ -121,7 +121,7 @@ def describe_inputs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
 @contextmanager
 def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
     """A temporary path beside `final`, renamed onto it on success and removed on any failure."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f"{suffix}.tmp", dir=final.parent)
+    fd, tmp_name = temp_beside(final, f"{suffix}.tmp")  # the permissions of a new file, not 0600
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -12,10 +12,10 @@ import base64
 import binascii
 import io
 import os
-import tempfile
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from loraprompt.files import temp_beside
 from loraprompt.ui.gallery_service import BadRequest
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ def write_preview(model_path: str, png: bytes) -> Path:
     target = model.with_name(f"{model.stem}.png")
     tmp_name = None
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{model.stem}.", suffix=".png.tmp", dir=model.parent)
+        fd, tmp_name = temp_beside(target, ".png.tmp")  # readable as the old preview was (not 0600)
         with os.fdopen(fd, "wb") as f:
             f.write(png)
             f.flush()

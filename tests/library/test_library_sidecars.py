@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from loraprompt.errors import LoraPromptError
 from loraprompt.library import Library
@@ -155,3 +156,34 @@ def test_a_read_only_folder_is_a_lora_prompt_error(lib: Library, lora_dir: Path)
     finally:
         folder.chmod(0o755)
     assert not (folder / "a.json").exists()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_saved_files_keep_their_permissions_and_new_ones_follow_the_umask(lib: Library, lora_dir: Path) -> None:
+    """Every file saved beside the models went through mkstemp's 0600 temporary file, so an edited
+    `.json`, a replaced preview or a LoRA a tool wrote became unreadable to an A1111 running as
+    another user (a container, a NAS share). They now keep the old file's bits, or a new file's."""
+    from loraprompt.tools.io import save_tensors
+    from loraprompt.ui.gallery_preview import write_preview
+    from tests.ui.conftest import write_preview as draw_preview
+
+    (entry,) = lib.entries
+    old = os.umask(0o022)
+    try:
+        lib.write_user_metadata(entry, {"notes": "new file"})
+        side = lora_dir / "sub" / "a.json"
+        assert oct(side.stat().st_mode & 0o777) == "0o644"
+        side.chmod(0o664)  # a group-shared models folder
+        lib.write_user_metadata(entry, {"notes": "edited"})
+        assert oct(side.stat().st_mode & 0o777) == "0o664"
+        png = draw_preview(lora_dir / "p.png", (200, 10, 10)).read_bytes()
+        assert oct(write_preview(entry.path, png).stat().st_mode & 0o777) == "0o644"
+        tool_out = lora_dir / "merged.safetensors"
+        save_tensors(tool_out, {"w": torch.zeros(2)}, None)
+        assert oct(tool_out.stat().st_mode & 0o777) == "0o644"
+        tool_out.chmod(0o640)
+        save_tensors(tool_out, {"w": torch.ones(2)}, None)  # a --force over it keeps its bits
+        assert oct(tool_out.stat().st_mode & 0o777) == "0o640"
+    finally:
+        os.umask(old)
+    assert not [p.name for p in (lora_dir / "sub").iterdir() if p.name.endswith(".tmp")]
