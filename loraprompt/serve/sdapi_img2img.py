@@ -33,7 +33,7 @@ from loraprompt.serve.sdapi import (
     unused_warnings,
 )
 from loraprompt.serve.service import Service
-from loraprompt.ui.img2img import RESIZE_MODES
+from loraprompt.ui.img2img import RESIZE_MODES, open_image
 from loraprompt.ui.paste import hash_lookup
 
 T = TypeVar("T")
@@ -89,8 +89,9 @@ def read_image(raw: bytes, field: tuple[str, ...], read: Callable[[Any], T]) -> 
 
 
 def decode_image(data: Any, field: tuple[str, ...]) -> Any:
-    """A PIL image (RGB) from A1111's base64 encoding of one; 422 naming `field` when it is not one."""
-    return read_image(image_bytes(data, field), field, lambda image: image.convert("RGB"))
+    """A PIL image (RGB) from A1111's base64 encoding of one, read as A1111 reads an init image
+    (upright, transparency on white: `open_image`); 422 naming `field` when it is not one."""
+    return read_image(image_bytes(data, field), field, open_image)
 
 
 def img2img_tasks(service: Service, body: Img2ImgBody) -> tuple[list[ImageTask], int, Img2ImgBody]:

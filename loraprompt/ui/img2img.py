@@ -119,16 +119,32 @@ def decode(pipe: Any, latents: Any) -> list[Any]:
 
 
 def open_image(image: Any) -> Any:
-    """A PIL image from a PIL image or a path; ValueError naming the file it cannot read."""
+    """An RGB init image from a PIL image or a path, read as A1111 reads one (`images.read`, then
+    `images.flatten` with its `img2img_background_color`): upright by its EXIF orientation (a phone
+    photo), and transparent pixels on white, not on whatever colour they hide (mostly black).
+    ValueError naming the file it cannot read."""
     from PIL import Image, UnidentifiedImageError
 
     if hasattr(image, "convert"):
-        return image.convert("RGB")
+        return flatten(image)
     try:
         with Image.open(image) as opened:
-            return opened.convert("RGB")
+            return flatten(opened)
     except (OSError, UnidentifiedImageError) as exc:
         raise ValueError(f"init image {image}: cannot read it as an image ({exc})") from exc
+
+
+def flatten(image: Any, background: tuple[int, int, int] = (255, 255, 255)) -> Any:
+    """`image` upright (EXIF orientation) and in RGB, its transparency composited onto `background`."""
+    from PIL import Image, ImageOps
+
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        flat = Image.new("RGBA", rgba.size, (*background, 255))
+        flat.alpha_composite(rgba)
+        return flat.convert("RGB")
+    return image.convert("RGB")
 
 
 def img2img_steps(steps: int, strength: float) -> int:

@@ -232,7 +232,7 @@ def build_app(engine: Txt2Img, thumb_dir: Path | None = None,
                 with gr.Row():
                     with gr.Column():
                         i2i.add(gr.Image(label="Init image", type="pil", sources=["upload", "clipboard"],
-                                         elem_id="lp-i2i-init-image"))
+                                         image_mode="RGBA", elem_id="lp-i2i-init-image"))  # flattened on white, as A1111
                         i2i.add(gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize mode",
                                          elem_id="lp-i2i-resize-mode"))
                         sampling(i2i, model, initial, after_cfg=lambda form: form.add(gr.Slider(

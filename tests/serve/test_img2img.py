@@ -72,6 +72,41 @@ def test_the_init_image_decides_the_result_with_or_without_a_data_url_prefix(ser
     assert first[..., 0].mean() > first[..., 2].mean()  # at 0.4 the red init image still shows
 
 
+def test_init_images_are_read_upright_and_their_transparency_on_white_as_a1111_reads_them(served: Served) -> None:
+    """A1111 turns a phone photo upright by its EXIF orientation and flattens transparency onto its
+    img2img_background_color (white); both were ignored: a rotated photo ran sideways and a
+    transparent PNG ran on black (or on whatever colour its transparent pixels hid)."""
+    from loraprompt.ui.img2img import open_image
+
+    red = picture((200, 30, 30), (64, 32))
+    upright = np.asarray(red)
+    hidden = Image.new("RGBA", (64, 32), (0, 0, 0, 0))  # transparent pixels that hide black...
+    hidden.paste(red.convert("RGBA").crop((0, 0, 32, 32)), (0, 0))  # ...beside an opaque half
+    palette = hidden.convert("P")
+    palette.info["transparency"] = palette.getpixel((63, 0))
+    stored = io.BytesIO()  # a camera's JPEG: the pixels sideways, EXIF Orientation 6 (rotate 90° CW to view)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    red.transpose(Image.Transpose.ROTATE_90).save(stored, format="JPEG", quality=100, exif=exif)
+    stored.seek(0)
+    photo = Image.open(stored)
+
+    assert open_image(photo).size == (64, 32)  # was 32x64
+    assert np.abs(np.asarray(open_image(photo), dtype=int) - upright).max() < 40  # JPEG noise only
+    for image in (hidden, palette):
+        flat = np.asarray(open_image(image))
+        assert (flat[:, 32:] == 255).all(), image.mode  # was black
+        assert (flat[:, :32] == upright[:, :32]).all(), image.mode
+    # the API reads init images the same way: a transparent PNG runs as its white-flattened copy
+    white = Image.new("RGB", (64, 64), (255, 255, 255))
+    white.paste(red.crop((0, 0, 32, 32)), (0, 0))
+    see_through = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    see_through.paste(red.convert("RGBA").crop((0, 0, 32, 32)), (0, 0))
+    ran = [post(served, init_images=[b64(i)], denoising_strength=0.3) for i in (see_through, white)]
+    assert [r.status_code for r in ran] == [200, 200]
+    assert np.array_equal(pixels(ran[0].json()["images"][0]), pixels(ran[1].json()["images"][0]))
+
+
 def test_several_init_images_make_a_batch_of_that_many_each_from_its_own(served: Served) -> None:
     red, blue = picture((200, 30, 30)), picture((30, 30, 200))
     both = post(served, init_images=[b64(red), b64(blue)], batch_size=4, seed=20, denoising_strength=0.4)
