@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 
@@ -39,6 +40,8 @@ SAMPLERS: tuple[Sampler, ...] = (
     Sampler("LMS", "LMSDiscreteScheduler", "Karras", {"use_karras_sigmas": True}),
     Sampler("DPM++ 2M", "DPMSolverMultistepScheduler", "Karras", {"use_karras_sigmas": True}),
     Sampler("DPM++ 2M", "DPMSolverMultistepScheduler"),
+    Sampler("DPM++ 2M SDE", "DPMSolverMultistepScheduler", "Exponential",  # A1111 1.10's default for it
+            {"use_exponential_sigmas": True, "algorithm_type": "sde-dpmsolver++"}),
     Sampler("DPM++ 2M SDE", "DPMSolverMultistepScheduler", "Karras",
             {"use_karras_sigmas": True, "algorithm_type": "sde-dpmsolver++"}),
     Sampler("Heun", "HeunDiscreteScheduler"),
@@ -74,9 +77,47 @@ def samplers_for(base_config: Mapping[str, Any] | None) -> tuple[Sampler, ...]:
     return tuple(s for s in FLOW_SAMPLERS if not (dynamic and s.scheduler in _FIXED_SHIFT_ONLY))
 
 
+# A1111 runs any sampler on any schedule type; diffusers' schedulers take these as options (all but
+# Euler a and DDIM). The list above is what the web UI offers; the other pairs are reached by label.
+SIGMA_OPTIONS = {"Karras": "use_karras_sigmas", "Exponential": "use_exponential_sigmas", "Beta": "use_beta_sigmas"}
+
+
+@cache
+def _takes(scheduler: str, option: str) -> bool:
+    import inspect
+
+    import diffusers
+
+    return option in inspect.signature(getattr(diffusers, scheduler).__init__).parameters
+
+
+def with_schedule(sampler: Sampler, schedule_type: str | None) -> Sampler | None:
+    """`sampler` (an SD one) on another of A1111's schedule types: "Karras", "Exponential", "Beta",
+    or None for the model's own ("uniform"); None where its diffusers scheduler has no such option."""
+    if sampler.flow:
+        return None
+    options = {k: v for k, v in sampler.options.items() if k not in SIGMA_OPTIONS.values()}
+    if schedule_type is not None:
+        key = SIGMA_OPTIONS.get(schedule_type)
+        if key is None or not _takes(sampler.scheduler, key):
+            return None
+        options[key] = True
+    return Sampler(sampler.name, sampler.scheduler, schedule_type, options)
+
+
+def schedule_variants(samplers: Sequence[Sampler]) -> list[Sampler]:
+    """Each sampler name of `samplers` on every schedule type it can run that is not listed."""
+    listed = {s.label for s in samplers}
+    firsts = {s.name: s for s in reversed(samplers)}
+    found = (with_schedule(firsts[name], kind) for name in dict.fromkeys(s.name for s in samplers)
+             for kind in (None, *SIGMA_OPTIONS))
+    return [v for v in found if v is not None and v.label not in listed]
+
+
 def sampler_by_label(label: str, samplers: Sequence[Sampler] = SAMPLERS) -> Sampler:
-    """The sampler listed as `label` among `samplers`; ValueError naming the choices otherwise."""
-    for sampler in samplers:
+    """The sampler listed as `label` among `samplers`, or one of their `schedule_variants` ("Euler
+    Karras"); ValueError naming the choices otherwise."""
+    for sampler in (*samplers, *schedule_variants(samplers)):
         if sampler.label == label:
             return sampler
     others = [s for s in (*SAMPLERS, *FLOW_SAMPLERS) if s.label == label and s not in samplers]

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from loraprompt.infotext import parse_infotext
 from loraprompt.library.safetensors_header import decoded_metadata
+from loraprompt.models.samplers import sampler_by_label
 from loraprompt.serve.errors import ServeError, invalid
 from loraprompt.serve.jobs import ImageTask, Job
 from loraprompt.serve.sdapi_hires import HiresFields, hires_options, with_hires
@@ -185,7 +186,7 @@ def txt2img_info(service: Service, body: Txt2ImgBody, job: Job, *, label: str, c
     done = [t.request for t, o in zip(job.tasks, job.outputs) if o is not None]
     first = done[0] if done else job.tasks[0].request
     fields = parse_infotext(images[0].infotext) if images else {}
-    sampler = next(s for s in service.model.samplers if s.label == label)
+    sampler = sampler_by_label(label, service.model.samplers)  # listed, or a schedule variant ("Euler Karras")
     extra = {k: v for k, v in fields.items()
              if k == "Lora hashes" or (first.hires is not None and (k == "Denoising strength" or k.startswith("Hires ")))}
     return {

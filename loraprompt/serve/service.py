@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from loraprompt.models.clip_skip import MAX_CLIP_SKIP, clip_skip_limit
-from loraprompt.models.samplers import SAMPLERS, Sampler
+from loraprompt.models.samplers import SAMPLERS, Sampler, schedule_variants
 from loraprompt.serve.errors import ServeError, invalid
 from loraprompt.serve.jobs import ImageTask, Job, ModelQueue
 from loraprompt.serve.loras import DEFAULT_MAX_DOWNLOAD_MB, DEFAULT_TIMEOUT_S, LoraSources, PinnedLibrary
@@ -75,7 +75,7 @@ class LocalBackend(ModelQueue):
 
 
 # A1111 >= 1.9 names a sampler and a schedule type apart; "automatic" is the sampler's own default,
-# listed first for each name (v1.10.1's samplers_k_diffusion: Karras for DPM++ 2M and DPM++ 2M SDE,
+# listed first for each name (v1.10.1's samplers_k_diffusion: Karras for DPM++ 2M, Exponential for DPM++ 2M SDE,
 # the model's own schedule for Euler, LMS, Heun...; Forge's "Simple" for a flow-matching model). The
 # web UI's labels ("DPM++ 2M Karras", "Euler Simple") are A1111's older combined names and are
 # accepted too. The schedule types are A1111's scheduler names, lower case ("uniform": the model's own).
@@ -92,8 +92,10 @@ def sampler_names(samplers: tuple[Sampler, ...] = SAMPLERS) -> list[str]:
 
 
 def schedulers_of(samplers: tuple[Sampler, ...] = SAMPLERS) -> list[str]:
-    """The scheduler names a request may give for `samplers`: "automatic", then their schedule types."""
-    return ["automatic", *dict.fromkeys(scheduler_name(s.schedule_type) for s in samplers)]
+    """The scheduler names a request may give for `samplers`: "automatic", then their schedule
+    types, listed or reached (`schedule_variants`)."""
+    every = (*samplers, *schedule_variants(samplers))
+    return ["automatic", *dict.fromkeys(scheduler_name(s.schedule_type) for s in every)]
 
 
 def default_sampler(samplers: tuple[Sampler, ...] = SAMPLERS) -> str:
@@ -118,7 +120,7 @@ def sampler_label(name: str | None, scheduler: str | None, field: str = "sampler
     if sched not in kinds:
         raise invalid("scheduler", f"unknown scheduler {scheduler!r} for this model; choose one of: {', '.join(kinds)}",
                       choices=kinds)
-    offered = [s for s in samplers if s.name == name]
+    offered = [s for s in (*samplers, *schedule_variants(samplers)) if s.name == name]  # any pair it can run, as A1111
     found = offered[0] if sched == "automatic" else next(
         (s for s in offered if scheduler_name(s.schedule_type) == sched), None)
     if found is None:

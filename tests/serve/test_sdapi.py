@@ -20,6 +20,7 @@ from PIL import Image
 
 from loraprompt.infotext import parse_infotext, parse_lora_hashes
 from loraprompt.library.hashes import file_hashes
+from loraprompt.models.samplers import sampler_by_label
 from tests.serve.conftest import SMALL, Served
 
 
@@ -200,7 +201,7 @@ def test_unknown_sampler_is_422_listing_the_choices(served: Served) -> None:
     assert detail["loc"] == ["body", "sampler_name"]
     assert "Euler a" in detail["msg"] and "DPM++ 2M Karras" in detail["msg"]
     assert "Euler a" in detail["ctx"]["choices"]
-    response = _post(served, {"prompt": "x", **SMALL, "sampler_name": "Euler", "scheduler": "exponential"})
+    response = _post(served, {"prompt": "x", **SMALL, "sampler_name": "Euler", "scheduler": "polyexponential"})
     assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "scheduler"]
 
 
@@ -260,7 +261,13 @@ def test_progress_and_interrupt_of_a_running_batch(served: Served) -> None:
     ("LMS", "automatic", "LMS"),
     ("LMS", "karras", "LMS Karras"),
     ("Euler", "automatic", "Euler"),
-    ("DPM++ 2M SDE", "automatic", "DPM++ 2M SDE Karras"),  # the only schedule offered for it here
+    ("DPM++ 2M SDE", "automatic", "DPM++ 2M SDE Exponential"),  # A1111 1.10's default for it
+    ("DPM++ 2M SDE", "karras", "DPM++ 2M SDE Karras"),
+    # A1111 runs any pair: the ones the web UI does not list run too (not Euler a's or DDIM's: below)
+    ("DPM++ 2M SDE", "uniform", "DPM++ 2M SDE"),
+    ("Euler", "karras", "Euler Karras"),
+    ("Heun", "beta", "Heun Beta"),
+    ("UniPC", "exponential", "UniPC Exponential"),
     ("DPM++ 2M Karras", "uniform", "DPM++ 2M Karras"),  # an old combined name says its schedule itself
 ])
 def test_automatic_scheduler_is_the_samplers_own_default(name: str, scheduler: str | None, label: str) -> None:
@@ -270,13 +277,30 @@ def test_automatic_scheduler_is_the_samplers_own_default(name: str, scheduler: s
 
 
 def test_a_schedule_a_sampler_lacks_is_422_listing_what_it_has() -> None:
+    # diffusers' Euler a and DDIM take no sigma schedule (A1111's k-diffusion Euler a does)
     from loraprompt.serve.errors import ServeError
-    from loraprompt.serve.service import sampler_label
+    from loraprompt.serve.service import sampler_label, schedulers_of
 
     with pytest.raises(ServeError) as caught:
-        sampler_label("DPM++ 2M SDE", "uniform")
+        sampler_label("Euler a", "karras")
     error = caught.value
-    assert error.status == 422 and error.field == ("scheduler",) and error.ctx["choices"] == ["automatic", "karras"]
+    assert error.status == 422 and error.field == ("scheduler",) and error.ctx["choices"] == ["automatic", "uniform"]
+    assert schedulers_of() == ["automatic", "uniform", "karras", "exponential", "beta"]
+
+
+def test_a_sampler_on_a_schedule_the_web_ui_does_not_list_runs_it(served: Served) -> None:
+    """SillyTavern and other clients pick a sampler and a schedule type from two lists, as A1111 1.9+
+    has them; "Euler" + "Karras" was a 422 because the web UI's list has no "Euler Karras"."""
+    body = {"prompt": "a cat", "seed": 5, **SMALL, "sampler_name": "Euler", "scheduler": "karras"}
+    response = requests.post(f"{served.url}/sdapi/v1/txt2img", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    info = json.loads(response.json()["info"])
+    assert (info["sampler_name"], info["scheduler"]) == ("Euler", "karras")
+    assert "Sampler: Euler, Schedule type: Karras" in info["infotexts"][0]
+    sampler = sampler_by_label("Euler Karras")  # what the engine runs for that label
+    assert (sampler.scheduler, sampler.options) == ("EulerDiscreteScheduler", {"use_karras_sigmas": True})
+    plain = requests.post(f"{served.url}/sdapi/v1/txt2img", json={**body, "scheduler": "automatic"}, timeout=120)
+    assert plain.json()["images"][0] != response.json()["images"][0]  # another noise schedule, another image
 
 
 def test_options_and_models_follow_a_checkpoint_switch(served: Served) -> None:
