@@ -30,6 +30,12 @@ class AdapterFileError(LoraPromptError):
         super().__init__(f"{where}: {reason}")
 
 
+class FileReadError(AdapterFileError):
+    """The system failed to read the file (an OSError: EIO on a network share or USB drive, a
+    permission): it says nothing of the content, and may go away, so it is never remembered as
+    the file being broken (a library scan reads it again next time)."""
+
+
 class PatchError(LoraPromptError):
     """An adapter that cannot be applied to the loaded model; the model is left untouched.
     `module` is the adapter module (a file's LoRA module) the refusal blames, when one is known:

@@ -227,6 +227,12 @@ class DiskCache:
             self._dirty = True
         return Record(row)
 
+    @staticmethod
+    def unkept(size: int, mtime_ns: int, ino: int, ctime_ns: int, **values: Any) -> Record:
+        """A record of these values that is not stored (what a read that failed with an OSError
+        learned: the next scan reads the file again)."""
+        return Record(_row(size, mtime_ns, ino, ctime_ns, values))
+
     def update(self, path: str, **values: Any) -> None:
         """Add values to an existing record (e.g. hashes computed later)."""
         with self._lock:

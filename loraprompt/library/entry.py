@@ -62,19 +62,20 @@ def header_record(path: str | Path, layouts: Layouts | None = None) -> dict[str,
 
 
 def sidecar_value(kind: str, path: Path) -> Any:
-    """The cached value of one sidecar file: the user JSON itself, an import's summary, or text."""
+    """The cached value of one sidecar file: the user JSON itself, an import's summary, or text.
+    Raises OSError when the file cannot be read (that may go away: not a value to cache)."""
     if kind == "user":
-        return read_json(path)
+        return read_json(path, io_errors=True)
     if kind == "civitai":
-        doc = read_json(path)
+        doc = read_json(path, io_errors=True)
         return civitai_summary(doc) if doc is not None else None
     if kind == "api_info":
-        doc = read_json(path)
+        doc = read_json(path, io_errors=True)
         return civitai_model_summary(doc, path.name[: -len(".api_info.json")]) if doc is not None else None
     if kind == "lora_manager":
-        doc = read_json(path)
+        doc = read_json(path, io_errors=True)
         return lora_manager_summary(doc) if doc is not None else None
-    text = read_text(path, MAX_DESCRIPTION * 4)
+    text = read_text(path, MAX_DESCRIPTION * 4, io_errors=True)
     return text[:MAX_DESCRIPTION] if text is not None else None
 
 

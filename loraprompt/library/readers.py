@@ -7,8 +7,8 @@ folder usually share a trainer's tensor layout, which `Layouts` reads once per w
 `python -m loraprompt.library.readers` children: plain subprocesses, so the host (a web UI with
 threads, Automatic1111, a script without a `__main__` guard) is neither forked nor re-imported.
 A child gets a JSON list of paths on stdin and answers a JSON list of `header_record` values, of
-`{"error": reason}` for a broken file, or of null for a file the caller must read itself (any
-other failure). A child that fails as a whole leaves its files to the caller too, so the result
+`{"error": reason}` for a broken file, or of null for a file the caller must read itself (a
+read error, which may go away and is not cached, or any other failure). A child that fails as a whole leaves its files to the caller too, so the result
 never differs from a serial scan's.
 """
 
@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import loraprompt
-from loraprompt.errors import AdapterFileError
+from loraprompt.errors import AdapterFileError, FileReadError
 
 PARALLEL_MIN = 2000  # headers to read before children pay for their start (~0.15 s each)
 MAX_WORKERS = 8
@@ -85,6 +85,8 @@ def _child() -> None:
     for path in paths:
         try:
             out.append(header_record(path, layouts))
+        except FileReadError:  # an OSError, which may go away: the caller reads it again and does not cache it
+            out.append(None)
         except AdapterFileError as exc:
             out.append({"error": exc.reason})
         except Exception:  # the caller reads this file itself and sees what it raises

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from loraprompt.errors import AdapterFileError
+from loraprompt.errors import AdapterFileError, FileReadError
 from loraprompt.library.hashes import Version, file_version
 
 MAX_HEADER = 100 * 1024 * 1024
@@ -92,7 +92,7 @@ def read_prefix(path: str, max_header: int = MAX_HEADER) -> tuple[bytes, int]:
     except OSError as exc:
         if os.path.isdir(path):
             raise AdapterFileError(path, "is a directory, not a safetensors file") from exc
-        raise AdapterFileError(path, f"cannot read: {exc.strerror or exc}") from exc
+        raise FileReadError(path, f"cannot read: {exc.strerror or exc}") from exc
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
@@ -117,7 +117,7 @@ def read_prefix(path: str, max_header: int = MAX_HEADER) -> tuple[bytes, int]:
                 break
             raw += more
     except OSError as exc:
-        raise AdapterFileError(path, f"cannot read: {exc.strerror or exc}") from exc
+        raise FileReadError(path, f"cannot read: {exc.strerror or exc}") from exc
     finally:
         os.close(fd)
     if len(raw) != n:

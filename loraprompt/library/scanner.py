@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from loraprompt.errors import AdapterFileError
+from loraprompt.errors import AdapterFileError, FileReadError
 from loraprompt.library import readers
 from loraprompt.library.cache import DiskCache, Record
 from loraprompt.library.entry import Entry, header_record, sidecar_value
@@ -76,8 +76,11 @@ def read_sidecars(folder: Folder, listing: dict[str, str], stem: str, cache: Dis
         stamps.append((found[0], *version))
         record = cache.get(path, *version)
         if record is None:
-            record = cache.put(path, *version, sidecar=sidecar_value(kind, Path(path)))
             read += 1
+            try:
+                record = cache.put(path, *version, sidecar=sidecar_value(kind, Path(path)))
+            except OSError:  # EIO on a share, a permission: may go away, so not cached (read again next scan)
+                continue
         if record.get("sidecar") is not None:
             values[kind] = record["sidecar"]
     return values, tuple(stamps), read
@@ -156,15 +159,20 @@ def model_record(
     if record is not None:
         return record, False
     values: dict[str, Any] | str | None = read.get(path) if read else None
+    failed = False  # an OSError: says nothing of the file and may go away (EIO on a share), so not cached
     if values is None:
         try:
             values = header_record(path, layouts)
+        except FileReadError as exc:
+            values, failed = exc.reason, True
         except AdapterFileError as exc:
             values = exc.reason
     if isinstance(values, str):  # the reason the file is broken
         if settling(st.st_mtime_ns, settle_s):
             return None, True
         values = {"kind": "safetensors", "summary": "", "family": None, "error": values}
+    if failed:
+        return cache.unkept(*file_version(st), **values), True
     return cache.put(path, *file_version(st), **values), True
 
 

@@ -64,12 +64,16 @@ def find_names(wanted: Iterable[str], listing: Mapping[str, str]) -> list[str]:
     return found
 
 
-def read_text(path: Path, limit: int = MAX_SIDECAR_BYTES) -> str | None:
-    """A sidecar's text (UTF-8, BOM tolerated), or None when missing, unreadable or too big."""
+def read_text(path: Path, limit: int = MAX_SIDECAR_BYTES, *, io_errors: bool = False) -> str | None:
+    """A sidecar's text (UTF-8, BOM tolerated), or None when missing, unreadable or too big.
+    `io_errors`: raise the OSError of a file that cannot be read instead (a scan must not
+    remember a read error that may go away, EIO on a share, as the file having no content)."""
     try:
         with open(path, "rb") as f:
             raw = f.read(limit + 1)
     except OSError:
+        if io_errors:
+            raise
         return None
     if len(raw) > limit:
         return None
@@ -81,11 +85,11 @@ def _finite(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path, *, io_errors: bool = False) -> dict[str, Any] | None:
     """A sidecar JSON object, or None when missing, invalid or not an object; NaN and Infinity
     (which Python's json accepts, JSON does not) and numbers too big for a float (`1e999`) read as
-    null, so the page's JSON can carry them."""
-    text = read_text(path)
+    null, so the page's JSON can carry them. `io_errors`: as `read_text`'s."""
+    text = read_text(path, io_errors=io_errors)
     if text is None:
         return None
     try:
