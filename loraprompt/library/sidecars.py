@@ -248,14 +248,28 @@ def _check_value(key: str, value: Any) -> Any:
     return value
 
 
+def user_json_path(model_path: Path) -> Path:
+    """The `<stem>.json` beside `model_path` as it is spelled on disk, found as a scan finds it
+    (exact spelling first, then any letter case: `Foo.JSON` for `foo.safetensors`); `<stem>.json`
+    when there is none (or the folder cannot be listed)."""
+    wanted = sidecar_names(model_path.stem)["user"]
+    try:
+        names = [n for n in os.listdir(model_path.parent) if n.lower() == wanted.lower()]
+    except OSError:
+        names = []
+    found = find_names([wanted], make_listing(names))
+    return model_path.with_name(found[0] if found else wanted)
+
+
 def write_user_metadata(model_path: Path, updates: Mapping[str, Any]) -> dict[str, Any]:
     """Update A1111's `<stem>.json` beside `model_path` with `updates` (None removes a key), keeping
-    every other key; written atomically with A1111's formatting. Returns the saved object.
+    every other key; written atomically with A1111's formatting, to the file that is read (its
+    name kept, whatever its letter case: `user_json_path`). Returns the saved object.
 
     Raises LoraPromptError for bad values, when the existing file is not a JSON object (it is
     never overwritten then: it may hold another tool's data) or when it cannot be written (naming
     the file and the system's reason)."""
-    target = model_path.with_name(sidecar_names(model_path.stem)["user"])
+    target = user_json_path(model_path)
     current: dict[str, Any] = {}
     if target.exists():
         loaded = read_json(target)

@@ -39,6 +39,23 @@ def test_write_keeps_unknown_keys_and_a1111_format(lib: Library, lora_dir: Path)
     assert not list(side.parent.glob("*.tmp"))
 
 
+def test_a_json_in_another_letter_case_is_the_one_written(lora_dir: Path, tmp_path: Path) -> None:
+    """`Foo.JSON` is read for `foo.safetensors` (as A1111 on Windows finds it): an edit is saved
+    there, its keys kept, not into a new `foo.json` holding only the edit (on Linux the other keys
+    then seemed to vanish)."""
+    write_lora(lora_dir / "foo.safetensors")
+    side = lora_dir / "Foo.JSON"
+    side.write_text(json.dumps({"activation text": "trig", "modelId": 5}))
+    lib = Library([lora_dir], cache_dir=tmp_path / "c")
+    assert lib.entries[0].activation_text == "trig"
+    updated = lib.write_user_metadata(lib.entries[0], {"preferred weight": 0.7})
+    assert updated.user == {"activation text": "trig", "modelId": 5, "preferred weight": 0.7}
+    assert sorted(p.name for p in lora_dir.iterdir()) == ["Foo.JSON", "foo.safetensors"]
+    assert json.loads(side.read_text()) == updated.user
+    lib.refresh()
+    assert lib.entries[0].user == updated.user
+
+
 @pytest.mark.parametrize(
     ("updates", "message"),
     [
