@@ -90,8 +90,11 @@ def read_json(path: Path, *, io_errors: bool = False) -> dict[str, Any] | None:
     (which Python's json accepts, JSON does not) and numbers too big for a float (`1e999`) read as
     null, so the page's JSON can carry them. `io_errors`: as `read_text`'s."""
     text = read_text(path, io_errors=io_errors)
-    if text is None:
-        return None
+    return _json_object(text) if text is not None else None
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    """`read_json`'s object of a text, or None when it is no JSON object."""
     try:
         doc = json.loads(text, parse_constant=lambda _: None, parse_float=_finite)
     except (ValueError, RecursionError):  # RecursionError: nested deeper than json can parse
@@ -261,21 +264,39 @@ def user_json_path(model_path: Path) -> Path:
     return model_path.with_name(found[0] if found else wanted)
 
 
+def _existing_user_json(target: Path) -> dict[str, Any]:
+    """The object of the user .json about to be rewritten, read strictly (reading for display is
+    lenient, `read_json`): a file that cannot be read, is too big, is not UTF-8 (its text would
+    be written back with U+FFFD for the bad bytes) or is not a JSON object is refused, naming it,
+    and left untouched."""
+    try:
+        with open(target, "rb") as f:
+            raw = f.read(MAX_SIDECAR_BYTES + 1)
+    except OSError as exc:
+        raise LoraPromptError(f"{target}: cannot read the existing metadata ({exc.strerror or exc}); not overwriting it") from exc
+    if len(raw) > MAX_SIDECAR_BYTES:
+        raise LoraPromptError(f"{target}: existing user metadata is over {MAX_SIDECAR_BYTES} bytes; not overwriting it")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise LoraPromptError(f"{target}: existing user metadata is not valid UTF-8 (byte {exc.start}); not overwriting it, "
+                              "which would replace the bad bytes") from exc
+    loaded = _json_object(text)
+    if loaded is None:
+        raise LoraPromptError(f"{target}: existing user metadata is not a JSON object; not overwriting it")
+    return loaded
+
+
 def write_user_metadata(model_path: Path, updates: Mapping[str, Any]) -> dict[str, Any]:
     """Update A1111's `<stem>.json` beside `model_path` with `updates` (None removes a key), keeping
     every other key; written atomically with A1111's formatting, to the file that is read (its
     name kept, whatever its letter case: `user_json_path`). Returns the saved object.
 
-    Raises LoraPromptError for bad values, when the existing file is not a JSON object (it is
-    never overwritten then: it may hold another tool's data) or when it cannot be written (naming
-    the file and the system's reason)."""
+    Raises LoraPromptError for bad values, when the existing file is not a UTF-8 JSON object (it
+    is never overwritten then: it may hold another tool's data; `_existing_user_json`) or when it
+    cannot be written (naming the file and the system's reason)."""
     target = user_json_path(model_path)
-    current: dict[str, Any] = {}
-    if target.exists():
-        loaded = read_json(target)
-        if loaded is None:
-            raise LoraPromptError(f"{target}: existing user metadata is not a JSON object; not overwriting it")
-        current = loaded
+    current = _existing_user_json(target) if target.exists() else {}
     for key, value in updates.items():
         if value is None:
             current.pop(key, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,22 @@ def test_existing_non_object_file_is_not_overwritten(lib: Library, lora_dir: Pat
     with pytest.raises(LoraPromptError, match="not a JSON object"):
         lib.write_user_metadata(lib.entries[0], {"notes": "x"})
     assert side.read_text() == "[1, 2"
+
+
+def test_a_json_that_is_not_utf8_is_refused_not_damaged(lora_dir: Path, tmp_path: Path) -> None:
+    """A .json in Latin-1 (another tool, a hand edit) reads for display with U+FFFD for its bad
+    bytes; saving an edit wrote those U+FFFD back, losing the user's characters. It is refused,
+    naming the file, which stays byte for byte."""
+    write_lora(lora_dir / "a.safetensors")
+    side = lora_dir / "a.json"
+    original = b'{"notes": "caf\xe9 cr\xe8me", "modelId": 1}'
+    side.write_bytes(original)
+    lib = Library([lora_dir], cache_dir=tmp_path / "c")
+    assert lib.entries[0].user["modelId"] == 1  # shown, leniently
+    with pytest.raises(LoraPromptError, match=re.escape(f"{side}: existing user metadata is not valid UTF-8")):
+        lib.write_user_metadata(lib.entries[0], {"activation text": "trig"})
+    assert side.read_bytes() == original
+    assert sorted(p.name for p in lora_dir.iterdir()) == ["a.json", "a.safetensors"]
 
 
 def test_entry_from_another_library_refused(lib: Library, tmp_path: Path) -> None:
