@@ -57,7 +57,7 @@ def card(library: Library, entry: Entry) -> dict[str, Any]:
         "has_cover_image": entry.summary.has_cover_image,
         "family": entry.family,
         "family_label": family_label(entry.family),
-        "family_source": "user" if entry.family != entry.detected_family else entry.family_source,
+        "family_source": "user" if entry.family_set_by_user else entry.family_source,
         "base_model": entry.base_model,
         "trigger_words": [list(t) for t in entry.trigger_words()],
         "activation_text": entry.activation_text,

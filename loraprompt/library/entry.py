@@ -143,10 +143,19 @@ class Entry:
         return self.mtime_ns / 1e9
 
     @property
+    def family_set_by_user(self) -> bool:
+        """Whether the user's `sd version` is one of A1111's names (SD1, SD2, SDXL, Unknown: the
+        members of its SdVersion), which then decides `family`; another value means "detect it"."""
+        version = self.user.get("sd version")
+        return isinstance(version, str) and version in SD_VERSION_NAMES
+
+    @property
     def family(self) -> str | None:
-        """sd1/sd2/sdxl: the user's `sd version` when set to one of A1111's names, else detected."""
-        chosen = SD_VERSION_NAMES.get(str(self.user.get("sd version", "")))
-        return chosen or self.detected_family
+        """sd1/sd2/sdxl: the user's `sd version` when set to one of A1111's names ("Unknown": None,
+        a card shown for every model, as A1111 shows it), else detected."""
+        if self.family_set_by_user:
+            return SD_VERSION_NAMES[self.user["sd version"]]
+        return self.detected_family
 
     @property
     def base_model(self) -> str | None:

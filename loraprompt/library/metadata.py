@@ -19,7 +19,9 @@ MAX_SHOWN = 1000  # characters of one metadata value kept for display
 MAX_TAGS = 24  # tag frequencies kept in the summary (A1111 shows the top 24)
 MAX_TRIGGERS = 24  # as many as A1111's "training dataset tags" shows
 _NAME, _COUNT = itemgetter(0), itemgetter(1)
-SD_VERSION_NAMES = {"SD1": "sd1", "SD2": "sd2", "SDXL": "sdxl"}
+# A1111's SdVersion names, as a user's `sd version` sets them; "Unknown" is one of them (a card
+# shown for every model, unless `lora_hide_unknown_for_versions`), not "detect it"
+SD_VERSION_NAMES: dict[str, str | None] = {"SD1": "sd1", "SD2": "sd2", "SDXL": "sdxl", "Unknown": None}
 
 def cap(value: str, limit: int = MAX_SHOWN) -> str:
     """`value` cut to `limit` characters, with an ellipsis when it was longer."""

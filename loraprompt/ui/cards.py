@@ -16,7 +16,6 @@ from typing import Any
 
 from loraprompt.library import Entry
 from loraprompt.library.cards import escape_html, family_label
-from loraprompt.library.metadata import SD_VERSION_NAMES
 
 MAX_CARD_TRIGGERS = 8
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -37,7 +36,7 @@ def _cap(text: str, limit: int) -> str:
 def family_title(entry: Entry) -> str:
     """Where the badge's base model comes from, in words."""
     label = family_label(entry.family, "Unknown base model")
-    if entry.family and entry.family == SD_VERSION_NAMES.get(str(entry.user.get("sd version"))):
+    if entry.family_set_by_user:
         return f"{label} (set in {entry.name}.json)"
     if entry.family_source == "keys":
         return f"{label} (from the tensor shapes)"

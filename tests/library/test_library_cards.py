@@ -96,6 +96,24 @@ def test_family_filter_reports_what_it_hides(lib: Library) -> None:
     assert search(lib).filter_note() == ""
 
 
+def test_a_user_sd_version_of_unknown_shows_the_card_for_every_model(lora_dir: Path, tmp_path: Path) -> None:
+    """`"sd version": "Unknown"` is one of A1111's SdVersion names, which show the card whatever
+    model is loaded: it was taken for "detect it", so an SDXL file set so stayed hidden on SD1.
+    A name A1111 does not know (Civitai Browser+ writes "Other") still means "detect it"."""
+    write_lora(lora_dir / "anywhere.safetensors", kohya_metadata("anywhere"), keys=SDXL_KEYS)
+    write_lora(lora_dir / "other.safetensors", kohya_metadata("other"), keys=SDXL_KEYS)
+    (lora_dir / "anywhere.json").write_text(json.dumps({"sd version": "Unknown"}))
+    (lora_dir / "other.json").write_text(json.dumps({"sd version": "Other"}))
+    lib = Library([lora_dir], cache_dir=tmp_path / "c")
+    for family in ("sd1", "sd2", "sdxl"):
+        assert "anywhere" in [e.name for e in search(lib, family=family).entries]
+    r = search(lib, family="sd1")
+    assert [e.name for e in r.entries] == ["anywhere"] and r.hidden_families == {"SDXL": 1}
+    anywhere = lib.resolve("anywhere").entry
+    assert anywhere is not None and anywhere.detected_family == "sdxl" and anywhere.family is None
+    assert card(lib, anywhere)["family_source"] == "user"
+
+
 def test_sorts_and_folder_filter(lib: Library) -> None:
     names = lambda r: [e.name for e in r.entries]  # noqa: E731
     assert names(search(lib, folder="chars/villains")) == ["boss2", "boss10"]
