@@ -16,7 +16,7 @@ from loraprompt.library.sidecars import escape_surrogates
 
 FAMILY_LABELS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL", "sd3": "SD3", "flux": "Flux", "flux2": "Flux.2", "wan": "Wan"}
 SORTS = ("name", "date", "size", "path", "uses", "recent")
-MIN_HIDDEN_QUERY = 4  # A1111: models in dot-folders show only for searches this long
+MIN_HIDDEN_QUERY = 4  # A1111: models in dot-folders (or dot-named) show only for searches this long
 _JSON_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "'": "\\u0027",
                                "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
@@ -84,7 +84,7 @@ class SearchResult:
     entries: tuple[Entry, ...]
     total: int  # entries before any filter
     hidden_by_family: int = 0  # matched the search but not the base-model filter
-    hidden_folders: int = 0  # in dot-folders, shown only for longer searches
+    hidden_folders: int = 0  # in dot-folders or dot-named (`Entry.hidden`), shown only for longer searches
     family: str | None = None
     hidden_families: dict[str, int] = field(default_factory=dict)  # family label -> count hidden
 

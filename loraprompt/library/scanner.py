@@ -94,7 +94,8 @@ def make_entry(
     path: str | None = None,
 ) -> Entry:
     """An Entry from a header record, the sidecar values and the preview names found; `path`, the
-    file's path when the caller has it as a string already (kept once in memory)."""
+    file's path when the caller has it as a string already (kept once in memory). A dot-named file
+    (macOS's AppleDouble `._x.safetensors`) is hidden as a dot-folder's files are."""
     stem = filename[: filename.rfind(".")]
     size, mtime_ns, ino, ctime_ns, kind, summary, output_name, family, family_source, data_offset, error, conflict = (
         record.header_values())
@@ -123,7 +124,7 @@ def make_entry(
         imports=imports,
         description=description,
         error=error,
-        hidden=folder.hidden,
+        hidden=folder.hidden or filename.startswith("."),  # A1111: "/." in the path makes a card search-only
         offline=False,
         data_offset=data_offset,
         notes=(conflict,) if conflict else (),

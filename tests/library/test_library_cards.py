@@ -88,6 +88,25 @@ def test_hidden_folders_need_a_longer_query(lib: Library) -> None:
     assert [e.name for e in search(lib, "hidden").entries] == ["hidden_one"]
 
 
+def test_dot_named_files_are_hidden_as_dot_folders_are(lora_dir: Path, tmp_path: Path) -> None:
+    """macOS leaves an AppleDouble `._good.safetensors` beside each file copied to a FAT or network
+    drive: it showed as a broken card. A1111 makes every item whose path has "/." search-only; so
+    is a dot-named file here, as a dot-folder's files are."""
+    write_lora(lora_dir / "good.safetensors", kohya_metadata("good"))
+    (lora_dir / "._good.safetensors").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00" + b"\x00" * 4088)
+    write_lora(lora_dir / ".draft.safetensors", kohya_metadata("draft"))
+    lib = Library([lora_dir], cache_dir=tmp_path / "c", settle_s=0)
+    by_name = {e.name: e for e in lib.entries}
+    assert set(by_name) == {"good", "._good", ".draft"}
+    assert not by_name["good"].hidden and by_name["._good"].hidden and by_name[".draft"].hidden
+    assert by_name["._good"].error is not None
+    r = search(lib)
+    assert [e.name for e in r.entries] == ["good"] and r.hidden_folders == 2
+    assert [e.name for e in search(lib, "good").entries] == ["._good", "good"]  # a search of 4 characters shows them
+    assert card(lib, by_name[".draft"])["hidden"] is True
+    assert lib.resolve(".draft").entry == by_name[".draft"]  # still found by name, as in A1111
+
+
 def test_family_filter_reports_what_it_hides(lib: Library) -> None:
     r = search(lib, family="sd1")
     assert {e.name for e in r.entries} == {"hero", "ink", "zz_big"}  # unknown family stays visible
