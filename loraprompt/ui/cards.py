@@ -74,6 +74,9 @@ def card_record(entry: Entry, card_id: str, thumb_url: str | None, tag_name: str
         "favorite": entry.favorite,
         "error": entry.error,
         "offline": entry.offline,
+        # in a dot-folder or dot-named (macOS's `._x.safetensors`): shown only for a search of 4+
+        # characters, as A1111 shows it; left out otherwise (the records of 100,000 cards stay small)
+        **({"hidden": True} if entry.hidden else {}),
     }
 
 

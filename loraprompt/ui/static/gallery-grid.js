@@ -292,6 +292,7 @@
 
     applyFilter() {
       const terms = this.search.value.toLowerCase().split(/\s+/).filter(Boolean);
+      const reveal = this.search.value.trim().length >= 4; // A1111: dot-folder and dot-named cards only for such searches
       const folder = this.folder, prefix = folder ? folder + "/" : "", family = this.family, showAll = this.showAll;
       const misfit = (c) => !!(family && c.family && c.family !== family);
       const base = this.unsearched; // the view without a search, kept: clearing the search box is instant
@@ -304,6 +305,7 @@
         hidden = 0;
         for (const c of terms.length ? this.matching(terms) : this.sorted) {
           if (folder && c.folder !== folder && !c.folder.startsWith(prefix)) continue;
+          if (c.hidden && !reveal) continue;
           if (family && c.family && c.family !== family) { hidden++; if (!showAll) continue; }
           view.push(c);
         }
