@@ -19,7 +19,7 @@ from loraprompt.library.cards import FAMILY_LABELS, json_for_script
 from loraprompt.library.details import file_details
 from loraprompt.library.resolve import TagChoice, tag_hash
 from loraprompt.library.scanner import natural_key
-from loraprompt.library.sidecars import SD_VERSIONS
+from loraprompt.library.sidecars import SD_VERSIONS, user_json_path
 from loraprompt.syntax import LoraActivation
 from loraprompt.ui import cards
 from loraprompt.ui.gallery_insert import check_strength, means_file, tag_choice, toggle_names, toggle_tag
@@ -389,4 +389,5 @@ class GalleryService:
         snap = self.snapshot()
         card_id = snap.ids[updated.path]
         record = snap.record(snap.by_id[card_id])
-        return {"card": record, "file": PurePosixPath(updated.relpath).with_suffix(".json").as_posix()}
+        written = user_json_path(Path(updated.path)).name  # `Foo.JSON` when that is the file read and written
+        return {"card": record, "file": PurePosixPath(updated.relpath).with_name(written).as_posix()}

@@ -246,6 +246,9 @@ def test_metadata_editor_writes_the_sidecar_keeping_unknown_keys(gallery: Galler
     assert r.json()["card"]["weight"] == 0.9 and r.json()["card"]["family"] == "sdxl"
     assert r.json()["file"] == "characters/catgirl.json"
     assert gallery.cards()["catgirl"]["favorite"] is True
+    (gallery_folder / "characters" / "catgirl.json").rename(gallery_folder / "characters" / "Catgirl.JSON")
+    r = gallery.post("metadata", {"id": gallery.cards()["catgirl"]["id"], "values": {"notes": "cased"}})
+    assert r.status_code == 200 and r.json()["file"] == "characters/Catgirl.JSON"  # the file written, as spelled
 
 
 def test_metadata_editor_removes_a_flag_set_to_null(gallery: Gallery, gallery_folder: Path) -> None:
