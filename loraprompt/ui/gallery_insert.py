@@ -38,8 +38,8 @@ class Insertion:
     tag: str
 
 
-def _finds(library: Library, name: str, entry: Entry) -> bool:
-    found = library.resolve(name).entry
+def _finds(library: Library, name: str, entry: Entry, profile: str = "loraprompt") -> bool:
+    found = library.resolve(name, profile=profile).entry
     return found is not None and found.path == entry.path
 
 
@@ -48,10 +48,15 @@ def tag_choice(library: Library, entry: Entry, stems: Counter[str], builtin: boo
     alias), or its path under the root without the extension when another file has the same stem;
     when that path finds another file (the same path under another root), a stand-in name with
     `hash=`. A1111's built-in handler (`builtin`) resolves stems and aliases only, the last file of
-    a stem winning. A name with `:`, `>`, `=` or `#` breaks the tag: the card inserts the alias when
+    a stem winning: there a shared stem's card inserts the file's alias where that finds it (as
+    A1111's own card does), else the stem, saying so. A name with `:`, `>`, `=` or `#` breaks the tag: the card inserts the alias when
     that is clean, else (loraprompt only) a clean name with `hash=`, and says so."""
     shared = stems[entry.name] > 1
     wanted = entry.name if builtin or not shared else entry.relpath.rsplit(".", 1)[0]
+    alias = entry.alias
+    if builtin and shared and alias and alias not in stems and not tag_breakers(alias) \
+            and _finds(library, alias, entry, "a1111"):  # A1111's card inserts it too (network.get_alias)
+        return TagChoice(alias, False)
     if builtin and shared and not tag_breakers(wanted):
         return TagChoice(wanted, False, f"{stems[entry.name]} files are named {printable(entry.name)}; A1111's built-in "
                                         "Lora loads the last one it finds, whichever card is clicked")

@@ -23,6 +23,8 @@ def folder(tmp_path: Path) -> Path:
     write_lora(lora / "one" / "twin.safetensors", SD1_KEYS, {}, seed=4)
     write_lora(lora / "two" / "twin.safetensors", SD1_KEYS, {}, seed=5)
     write_lora(lora / "plain.safetensors", SD1_KEYS, {}, seed=6)
+    write_lora(lora / "v1" / "clone.safetensors", SD1_KEYS, {"ss_output_name": "clone_v1"}, seed=7)
+    write_lora(lora / "v2" / "clone.safetensors", SD1_KEYS, {"ss_output_name": "clone_v2"}, seed=8)
     return lora
 
 
@@ -68,6 +70,13 @@ def test_with_the_builtin_handling_tags_cards_insert_names_it_resolves(folder: P
     assert records["one/twin.safetensors"]["tag_name"] == "twin"  # A1111 knows stems, not folder paths
     assert "the last one it finds" in records["two/twin.safetensors"]["tag_note"]
     assert records["a=b#c.safetensors"]["tag_name"] == "abc_clean"  # A1111 registers aliases too
+    # a shared stem whose files have aliases: each card inserts its alias, as A1111's own cards do
+    # (it inserted "clone", which A1111 resolves to the last clone whichever card was clicked)
+    for relpath, alias in (("v1/clone.safetensors", "clone_v1"), ("v2/clone.safetensors", "clone_v2")):
+        assert (records[relpath]["tag_name"], records[relpath]["tag_note"]) == (alias, "")
+        assert click(svc, relpath, "a cat")["prompt"] == f"a cat, <lora:{alias}:0.5>"
+        found = svc.library.resolve(alias, profile="a1111").entry
+        assert found is not None and found.relpath == relpath
     assert records["style: ink.safetensors"]["tag_note"].endswith("has no other name for it: rename the file")
     # the built-in knows no hash=, and <lora:style: ink:0.5> would break the prompt's LoRAs in A1111:
     # the click is refused, saying what to do, instead of inserting that tag
