@@ -47,7 +47,7 @@ class Txt2ImgBody(BaseModel):
     negative_prompt: str | list[str] = ""
     steps: int = 50
     cfg_scale: float = 7.0
-    seed: int = -1
+    seed: int | None = -1  # None (A1111's fields are all optional) or -1: a random seed
     width: int = 512
     height: int = 512
     sampler_name: str | None = None
@@ -59,6 +59,7 @@ class Txt2ImgBody(BaseModel):
     send_images: bool = True
     save_images: bool = False
     override_settings: dict[str, Any] | None = Field(default_factory=dict)
+    override_settings_restore_afterwards: bool = True  # false: the overrides stay set, as POST /options sets them
 
 
 class Txt2ImgHiresBody(Txt2ImgBody, HiresFields):
@@ -83,7 +84,7 @@ _INERT: dict[str, tuple[Any, ...]] = {
 # settings that only act with enable_hr (txt2img reads them: sdapi_hires), tracking)
 _QUIET = {
     "sampler_index", "subseed", "seed_resize_from_h", "seed_resize_from_w", "eta", "s_churn", "s_tmax", "s_tmin",
-    "s_noise", "s_min_uncond", "do_not_save_samples", "do_not_save_grid", "override_settings_restore_afterwards",
+    "s_noise", "s_min_uncond", "do_not_save_samples", "do_not_save_grid",
     "firstphase_width", "firstphase_height", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x",
     "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt",
     "hr_additional_modules", "hr_cfg", "hr_distilled_cfg", "denoising_strength", "refiner_switch_at", "disable_extra_networks", "comments",
@@ -143,6 +144,14 @@ def check_clip_skip(value: Any, field: tuple[str, ...], model: ModelInfo) -> Non
         elif top < MAX_CLIP_SKIP:
             why = f" (the loaded model's text encoder has {top} layers)"
         raise invalid(field, f"must be an integer from 1 to {top}{why}, got {value!r}", maximum=top)
+
+
+def set_option(service: Service, key: str, value: Any) -> None:
+    """Set one of A1111's settings this server keeps (checked by the caller); they are global, as
+    A1111's: the web UI beside the API follows `save_incomplete_images` too."""
+    service.options[key] = value
+    if key == "save_incomplete_images" and service.engine is not None:
+        service.engine.save_incomplete = value
 
 
 def check_flag(value: Any, field: tuple[str, ...]) -> None:
@@ -245,6 +254,10 @@ def generate(service: Service, route: str, tasks: list[ImageTask], body: Any, *,
     keep_incomplete = (body.override_settings or {}).get("save_incomplete_images", service.options["save_incomplete_images"])
     job = service.run(tasks, keep=body.save_images, keep_incomplete=keep_incomplete)
     job.wait()
+    if not body.override_settings_restore_afterwards:  # A1111 keeps the overrides set for later requests
+        for key in ("CLIP_stop_at_last_layers", "save_incomplete_images"):
+            if key in (body.override_settings or {}):
+                set_option(service, key, body.override_settings[key])  # checked with the request
     if job.status == "failed":
         raise ServeError(500, (), f"generation failed: {job.error}")
     return job, txt2img_info(service, body, job, label=tasks[0].request.sampler, clip_skip=clip_skip, warnings=warnings)
@@ -316,12 +329,10 @@ def add_routes(router: Any, service: Service) -> None:
             log.warning("options: samples_format=%r: loraprompt serve answers PNG only; ignored", body["samples_format"])
         if "CLIP_stop_at_last_layers" in body:
             check_clip_skip(body["CLIP_stop_at_last_layers"], ("CLIP_stop_at_last_layers",), service.model)
-            service.options["CLIP_stop_at_last_layers"] = body["CLIP_stop_at_last_layers"]
+            set_option(service, "CLIP_stop_at_last_layers", body["CLIP_stop_at_last_layers"])
         if "save_incomplete_images" in body:
             check_flag(body["save_incomplete_images"], ("save_incomplete_images",))
-            service.options["save_incomplete_images"] = body["save_incomplete_images"]
-            if service.engine is not None:  # A1111's settings are global: the web UI beside the API follows
-                service.engine.save_incomplete = body["save_incomplete_images"]
+            set_option(service, "save_incomplete_images", body["save_incomplete_images"])
         for key in body:
             if key not in _USED_SETTINGS:
                 log.warning("options: %s is not supported by loraprompt serve; ignored", key)

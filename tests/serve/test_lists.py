@@ -151,3 +151,29 @@ def test_save_incomplete_images_is_an_option_and_a_per_request_setting(served: S
     finally:
         api.set_options({"save_incomplete_images": False})
     assert api.get_options()["save_incomplete_images"] is False and served.engine.save_incomplete is False
+
+
+def test_a_null_seed_is_random_and_overrides_can_stay_set_as_in_a1111(served: Served) -> None:
+    """A1111's API fields are all optional: `"seed": null` is a random seed (it was a 422). And
+    `override_settings_restore_afterwards: false` keeps the overrides set for later requests, as
+    POST /options would (it was ignored)."""
+    body = {"prompt": "a cat", "steps": 2, "width": 64, "height": 64, "seed": None}
+    response = requests.post(f"{served.url}/sdapi/v1/txt2img", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    assert 0 <= json.loads(response.json()["info"])["seed"] < 2**32
+    api = client(served)
+    try:
+        kept = {**body, "override_settings": {"CLIP_stop_at_last_layers": 2, "save_incomplete_images": True},
+                "override_settings_restore_afterwards": False}
+        assert requests.post(f"{served.url}/sdapi/v1/txt2img", json=kept, timeout=120).status_code == 200
+        options = api.get_options()
+        assert (options["CLIP_stop_at_last_layers"], options["save_incomplete_images"]) == (2, True)
+        later = requests.post(f"{served.url}/sdapi/v1/txt2img", json={**body, "seed": 3}, timeout=120).json()
+        assert json.loads(later["info"])["clip_skip"] == 2
+        restored = {**kept, "override_settings": {"CLIP_stop_at_last_layers": 1},
+                    "override_settings_restore_afterwards": True}  # A1111's default: a one-off
+        assert requests.post(f"{served.url}/sdapi/v1/txt2img", json=restored, timeout=120).status_code == 200
+        assert api.get_options()["CLIP_stop_at_last_layers"] == 2
+    finally:
+        api.set_options({"CLIP_stop_at_last_layers": 1, "save_incomplete_images": False})
+    assert served.engine.save_incomplete is False
