@@ -99,7 +99,7 @@ def test_without_enable_hr_the_hires_fields_change_nothing(served: Served) -> No
     ({"denoising_strength": 1.5}, "denoising_strength", "at most 1"),
     ({"hr_checkpoint_name": "sd_xl_base_1.0.safetensors"}, "hr_checkpoint_name", "cannot switch"),
     ({"hr_sampler_name": "DPM adaptive"}, "hr_sampler_name", "unknown sampler"),
-    ({"hr_scheduler": "exponential"}, "hr_scheduler", "unknown scheduler"),
+    ({"hr_scheduler": "polyexponential"}, "hr_scheduler", "unknown scheduler"),
 ])
 def test_bad_hires_values_are_422_naming_the_field_before_the_queue(served: Served, body: dict[str, Any], field: str,
                                                                     words: str) -> None:

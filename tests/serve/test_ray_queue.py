@@ -43,7 +43,8 @@ class FakeHandle:
     def options(self, **_kw: Any) -> FakeHandle:
         return self
 
-    def remote(self, tasks: list[Any], _job_id: str) -> FakeResponse:
+    def remote(self, tasks: list[Any], _job_id: str, _keep: bool = False, _keep_incomplete: bool | None = None) -> FakeResponse:
+        # ModelReplica.generate's parameters
         self.calls += 1
         return FakeResponse(self.gate, len(tasks))
 
