@@ -30,5 +30,5 @@ def convert_lora(source: str | Path, output: str | Path, to: str, *, force: bool
     lora = read_lora(source)
     metadata = {**lora.user_metadata(),
                 **recipe_metadata("convert", inputs=describe_inputs([source]), source_format=lora.format, to=to)}
-    write_lora(out, lora.modules.values(), to, metadata, lora.family)
+    write_lora(out, lora.modules.values(), to, metadata, lora.family, embeddings=lora.embeddings)
     return ConvertReport(out, lora.format, to, len(lora.modules))

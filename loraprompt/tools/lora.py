@@ -82,6 +82,9 @@ class LoraSet:
     modules: dict[str, LoraFactors]
     metadata: dict[str, str] = field(default_factory=dict)
     family: str | None = None  # keymaps.family's verdict: which table a native module name is read with
+    # A1111's bundled textual-inversion embeddings (`bundle_emb.<token>.…`, as `train --pivotal`
+    # writes them): not LoRA factors, carried through as they are
+    embeddings: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -100,17 +103,21 @@ def read_lora(path: str | Path) -> LoraSet:
     from loraprompt.keymaps.family import detect_file_family
 
     tensors, metadata = load_tensors(path)
+    embeddings = {k: v for k, v in tensors.items() if k.startswith("bundle_emb.")}
+    tensors = {k: v for k, v in tensors.items() if k not in embeddings}
     if not tensors:
-        raise AdapterFileError(path, "file holds no tensors")
+        raise AdapterFileError(path, "file holds no LoRA tensors" if embeddings else "file holds no tensors")
     family = detect_file_family({k: tuple(v.shape) for k, v in tensors.items()}, metadata).family
     if any(k.startswith("lora_") for k in tensors):
-        return LoraSet(str(path), "kohya", _read_kohya(path, tensors), metadata, family)
-    if any(".processor." in k and k.startswith(("double_blocks.", "single_blocks.")) for k in tensors):
-        return LoraSet(str(path), "xlabs", _read_xlabs(path, tensors), metadata, family)
-    if any(k.startswith(tuple(COMFY_PREFIXES)) for k in tensors):
+        fmt, modules = "kohya", _read_kohya(path, tensors)
+    elif any(".processor." in k and k.startswith(("double_blocks.", "single_blocks.")) for k in tensors):
+        fmt, modules = "xlabs", _read_xlabs(path, tensors)
+    elif any(k.startswith(tuple(COMFY_PREFIXES)) for k in tensors):
         fmt = "bfl" if any(k.endswith(".lora_A.weight") for k in tensors) else "comfyui"
-        return LoraSet(str(path), fmt, _read_native(path, tensors, fmt), metadata, family)
-    return LoraSet(str(path), "peft", _read_peft(path, tensors, metadata), metadata, family)
+        modules = _read_native(path, tensors, fmt)
+    else:
+        fmt, modules = "peft", _read_peft(path, tensors, metadata)
+    return LoraSet(str(path), fmt, modules, metadata, family, embeddings)
 
 
 def _read_native(path: str | Path, tensors: Mapping[str, Tensor], fmt: str) -> dict[str, LoraFactors]:
@@ -213,6 +220,8 @@ def _factors(path: str | Path, where: str, component: str, mpath: str, parts: Ma
         missing = "down" if "down" not in parts else "up"
         raise AdapterFileError(path, f"LoRA module has no {missing} tensor", key=where)
     down, up = parts["down"], parts["up"]
+    if down.shape[0] == 0:  # (alpha / rank) would divide by zero, and PEFT refuses r = 0
+        raise AdapterFileError(path, "LoRA module has rank 0 (its down tensor has no rows)", key=where)
     if down.dim() not in (2, 4) or up.dim() != down.dim() or up.shape[1] != down.shape[0]:
         raise AdapterFileError(path, f"up {list(up.shape)} and down {list(down.shape)} do not fit", key=where)
     if any(t.is_floating_point() and not all_finite(t) for t in parts.values()):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from loraprompt.errors import ToolError
 from loraprompt.tools.io import (
@@ -120,7 +121,7 @@ def merge_loras(sources: Sequence[str | Path], weights: Sequence[float], output:
                 **recipe_metadata("merge-loras", inputs=describe_inputs(sources), weights=list(weights),
                                rank=None if target is None else target.rank,
                                energy=None if target is None else target.energy)}
-    write_lora(out, merged, fmt or loras[0].format, metadata, loras[0].family)
+    write_lora(out, merged, fmt or loras[0].format, metadata, loras[0].family, embeddings=_embeddings(loras))
     return LoraMergeReport(out, len(merged), min_kept)
 
 
@@ -136,3 +137,19 @@ def _shared_base(loras: Sequence[LoraSet]) -> dict[str, str]:
         if value is not None:
             out[key] = value
     return out
+
+
+def _embeddings(loras: list[LoraSet]) -> dict[str, Tensor]:
+    """Every input's bundled embeddings (A1111's `bundle_emb.*`), kept as they are: not weighted,
+    an embedding is a token's vectors, not a delta; one key two inputs hold differently is refused."""
+    found: dict[str, Tensor] = {}
+    owner: dict[str, str] = {}
+    for lora in loras:
+        for key, tensor in lora.embeddings.items():
+            if key in found and not torch.equal(found[key], tensor):
+                raise ToolError(f"{key}: {owner[key]} and {lora.path} bundle different embeddings for one token; "
+                                "merge LoRAs that bundle other tokens, or drop one")
+            found.setdefault(key, tensor)
+            owner.setdefault(key, lora.path)
+    return found
+

@@ -102,6 +102,11 @@ def plan_merge(ckpt: Checkpoint, loras: Sequence[LoraSpec], family: str | None =
         except PatchError as exc:
             raise ToolError(str(exc)) from exc
         diagnostics.extend(resolution.diagnostics)
+        if adapter.embeddings:  # a token's vectors, not a weight delta: a checkpoint has no place for them
+            diagnostics.append(Diagnostic(
+                "W-EMBEDDING-NOT-MERGED", f"its bundled embedding(s) {', '.join(sorted(adapter.embeddings))} are not "
+                "in the merged checkpoint (a checkpoint has no place for a new token): keep using the LoRA file "
+                "for them, or save them as textual-inversion embeddings", subject=str(spec.path)))
         resolved.append((resolution, spec.te, lambda _block, s=spec.unet: s))
     plan = build_plan(resolved)
     return {(c, f"{m}.{p}"): contribs for (c, m, p), contribs in plan.items()}, family, diagnostics

@@ -84,6 +84,6 @@ def resize_lora(source: str | Path, output: str | Path, target: RankTarget, *, f
                 **recipe_metadata("resize", inputs=describe_inputs([source]), rank=target.rank,
                                   energy=target.energy, conv_rank=target.conv_rank,
                                   min_kept=round(report.min_kept, 6))}
-    write_lora(out, resized, fmt or lora.format, metadata, lora.family)
+    write_lora(out, resized, fmt or lora.format, metadata, lora.family, embeddings=lora.embeddings)
     return report
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -186,19 +186,25 @@ def _number(value: float) -> float | int:
 
 
 def write_lora(path: Path, modules: Iterable[LoraFactors], fmt: str, metadata: dict[str, str],
-               family: str | None = None) -> None:
+               family: str | None = None, *, embeddings: Mapping[str, Tensor] | None = None) -> None:
     """Write LoRA modules atomically in `fmt` ("kohya" or "peft") with the given metadata;
     `family`: the source's, for natively named transformer modules (see `native_entry`), and for
     kohya's base-model fields on SD2 and SDXL when `metadata` has none (`BASE_MODEL`: without them
-    A1111 takes the file for SD1; an SD1 file is SD1 there already and is left as it is)."""
+    A1111 takes the file for SD1; an SD1 file is SD1 there already and is left as it is).
+    `embeddings`: bundled `bundle_emb.*` tensors, written after the modules (A1111 reads them from
+    any layout but PEFT's, which diffusers and PEFT refuse unknown keys in: ToolError there)."""
     if family in ("sd2", "sdxl") and "ss_base_model_version" not in metadata and "ss_v2" not in metadata:
         metadata = {**metadata, **BASE_MODEL[family]}
+    bundled = dict(embeddings or {})
+    if bundled and fmt == "peft":
+        raise ToolError(f"{next(iter(bundled))}: a bundled embedding has no place in a PEFT file; write kohya "
+                        "(or comfyui), which A1111 reads it from")
     if fmt == "kohya":
-        save_tensors(path, kohya_tensors(modules, family), metadata)
+        save_tensors(path, {**kohya_tensors(modules, family), **bundled}, metadata)
     elif fmt == "peft":
         tensors, extra = peft_tensors(modules, family)
         save_tensors(path, tensors, {**metadata, **extra})
     elif fmt in FORMATS:
-        save_tensors(path, native_tensors(modules, fmt, family), metadata)
+        save_tensors(path, {**native_tensors(modules, fmt, family), **bundled}, metadata)
     else:
         raise ToolError(f"unknown LoRA format {fmt!r}; choose one of {', '.join(FORMATS)}")
