@@ -133,10 +133,10 @@ def app_started(demo: Any, app: Any) -> None:
 
 
 def model_loaded(sd_model: Any) -> None:
-    """A1111 (re)loaded weights into `sd_model`: backups of the old weights are now wrong; an SD3
-    model's tags go to the built-in, an SD1/SD2/SDXL model's come back (see coexist.py)."""
+    """A1111 (re)loaded `sd_model` (or only its VAE: `Runtime.model_loaded`); an SD3 model's tags
+    go to the built-in, an SD1/SD2/SDXL model's come back (see coexist.py)."""
     state = _state()
-    state.runtime.forget(sd_model)
+    state.runtime.model_loaded(sd_model)
     state.follow_model(sd_model)
 
 

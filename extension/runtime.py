@@ -169,13 +169,17 @@ class Runtime:
         if keep is None:
             self._active = None
 
-    def forget(self, sd_model: Any) -> None:
-        """A1111 loaded new weights into `sd_model`: drop its backups without writing them."""
-        patcher = self._patchers.pop(sd_model, None)
-        if patcher is not None:
-            patcher.forget()
-            if self._active is not None and self._active[0] is patcher:
-                self._active = None
+    def model_loaded(self, sd_model: Any) -> None:
+        """A1111 says it (re)loaded `sd_model`. That is also said when only the VAE changed (the
+        UNet and text encoders go to the CPU and back, their weights untouched: still patched) and
+        when it switches back to a model kept in memory; so nothing is dropped here. The next sync
+        (or restore) follows what happened to each patched weight: one A1111 wrote (a checkpoint
+        loaded into the same object) becomes the new base and its backup is dropped; one it did
+        not write, or only moved, keeps its backup, so the LoRA can still come off. Dropping every
+        backup here baked the LoRA of the last image into the model on a VAE change."""
+        patcher = self._patchers.get(sd_model)
+        if patcher is not None and self._active is not None and self._active[0] is patcher:
+            self._active = None  # a generation's step schedule syncs again from its next activation
 
     def lookup_hash(self, short: str) -> str | None:
         """The local name of the LoRA with A1111 hash `short` (only hashes already known, as A1111)."""

@@ -60,6 +60,25 @@ def test_lyco_alias_and_duplicates_follow_a1111(webui: Webui) -> None:
     assert torch.allclose(webui.weight(Q), want, atol=1e-6)
 
 
+def test_a_vae_change_keeps_the_backups_so_the_lora_still_comes_off(webui: Webui) -> None:
+    """A1111's reload_vae_weights sends the model to the CPU and back and calls model_loaded_callback
+    with the UNet and text encoders untouched (also on a request's sd_vae override, and on a switch
+    to a model kept in memory). The extension dropped every backup there, so the LoRA of the last
+    image stayed in the weights for good, and the next tag added it twice."""
+    started(webui)
+    before = snapshot(webui.sd_model)
+    webui.generate("<lora:style:1>")
+    # reload_vae_weights sends the model to the CPU and back: _apply swaps every tensor (here, on a
+    # CPU-only machine, through a lossless float64 round trip)
+    webui.sd_model.to(torch.float64).to(torch.float32)
+    webui.modules.script_callbacks.model_loaded_callback(webui.sd_model)
+    webui.generate("just a cat")
+    assert changed(webui.sd_model, before) == []
+    webui.generate("<lora:style:1>")
+    want = before[SD1_MODULES[Q][0] + ".weight"] + expected_delta(webui.files["style"], Q)
+    assert torch.allclose(webui.weight(Q), want, atol=1e-6)  # once, not twice
+
+
 def test_model_reload_forgets_backups_instead_of_restoring_them(webui: Webui) -> None:
     started(webui)
     webui.generate("<lora:style:1>")
