@@ -83,6 +83,7 @@ def register() -> State:
         delta_cache_mb=float(webui.opt("loraprompt_delta_cache_mb", 1024)),
         prefer_filename=lambda: webui.opt("lora_preferred_name", "Alias from file") == "Filename",
         backups=lambda: str(webui.opt("loraprompt_backups", "auto")),
+        no_hashing=webui.no_hashing,
     )
     STATE = State(runtime, LoraPromptNetwork(runtime), bool(webui.opt("loraprompt_handle_lora_tags", True)))
     settings.register()  # now, not in on_ui_settings: that never runs with --nowebui (see settings.py)

@@ -70,10 +70,12 @@ class Runtime:
         prefer_filename: Callable[[], bool] = lambda: False,
         *,
         backups: Callable[[], str] = lambda: "auto",
+        no_hashing: Callable[[], bool] = lambda: False,
     ) -> None:
         self._library_factory = library
         self.prefer_filename = prefer_filename
         self.backups = backups
+        self.no_hashing = no_hashing  # A1111's --no-hashing
         self._library: Any = None
         self.adapters = AdapterCache(cache_mb, reader)
         self.delta_cache_mb = delta_cache_mb
@@ -208,8 +210,10 @@ class Runtime:
             return None
 
     def _short_hash(self, entry: Any) -> str | None:
+        """The `Lora hashes` value of `entry`; with A1111's --no-hashing only a hash known already
+        (as A1111's hashes.sha256: the cache, else None), no file read in full."""
         try:
-            full = self.library.hashes(entry).get("a1111")
+            full = self.library.hashes(entry, compute=not self.no_hashing()).get("a1111")
         except (LoraPromptError, OSError):
             return None
         if not full:

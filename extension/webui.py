@@ -59,6 +59,11 @@ def model_family(sd_model: Any) -> str | None:
     return None
 
 
+def no_hashing() -> bool:
+    """A1111's --no-hashing: hashes are not computed, only read where known (modules/hashes.py)."""
+    return bool(getattr(shared.cmd_opts, "no_hashing", False))
+
+
 def lora_dirs() -> list[str]:
     """The folders A1111 scans for LoRAs: --lora-dir and --lyco-dir-backcompat (when present),
     each real folder once."""

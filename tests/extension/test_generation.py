@@ -185,3 +185,19 @@ def test_half_precision_model_patches_and_restores_bit_exactly(webui: Webui) -> 
     webui.generate("<lora:detail:1> <lora:style:0.2>")
     webui.generate("")
     assert changed(webui.sd_model, before) == []
+
+
+def test_no_hashing_reads_no_file_for_its_hash_as_a1111(webui: Webui) -> None:
+    """A1111's --no-hashing: a LoRA's hash is used where known, never computed (hashes.sha256),
+    so `Lora hashes` leaves out a LoRA not hashed before. The extension hashed every LoRA it applied
+    (reading the file in full) and wrote its hash."""
+    started(webui)
+    opts = webui.modules.shared.cmd_opts
+    opts.no_hashing = True
+    try:
+        result = webui.generate("<lora:style:1>")
+        assert "style" not in str(result.extra_generation_params.get("Lora hashes", ""))
+    finally:
+        opts.no_hashing = False
+    assert "style: " in webui.generate("<lora:style:1>").extra_generation_params["Lora hashes"]
+

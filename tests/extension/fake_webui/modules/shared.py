@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 from modules import options
 
-cmd_opts = SimpleNamespace(lora_dir=None, lyco_dir_backcompat=None)
+cmd_opts = SimpleNamespace(lora_dir=None, lyco_dir_backcompat=None, no_hashing=False)
 options_templates = {}
 opts = options.Options(options_templates, set())  # one dict, as shared_init.py:18-19 makes it
 sd_model = None
