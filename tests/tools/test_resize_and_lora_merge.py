@@ -79,3 +79,23 @@ def test_mismatched_inputs_fail_cleanly(tmp_path: Path, kohya_file: Path) -> Non
     with pytest.raises(ToolError, match="rank"):
         RankTarget(rank=0)
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_a_fixed_rank_resize_records_that_rank_when_a_module_learned_nothing(tmp_path: Path, kohya_file: Path) -> None:
+    """A module whose up is all zeros (it learned nothing) comes out at rank 1; the file then read
+    ss_network_dim/ss_network_alpha "Dynamic" where kohya's resize writes the rank asked for."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(kohya_file))
+    with safe_open(str(kohya_file), "pt") as f:
+        metadata = f.metadata()
+    up = next(k for k in tensors if k.endswith(".lora_up.weight"))
+    tensors[up] = torch.zeros_like(tensors[up])
+    idle = tmp_path / "idle.safetensors"
+    save_file(tensors, str(idle), metadata=metadata)
+    report = resize_lora(idle, tmp_path / "r.safetensors", RankTarget(rank=2))
+    assert sorted({row.new_rank for row in report.modules}) == [1, 2]
+    resized = read_lora(report.output)
+    scale = next(iter(read_lora(kohya_file).modules.values())).scale
+    assert (resized.metadata["ss_network_dim"], resized.metadata["ss_network_alpha"]) == ("2", str(scale * 2))
