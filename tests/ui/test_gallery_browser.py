@@ -63,6 +63,10 @@ CHIP_BOXES = """cards => cards.map(card => {
 def test_trigger_chips_are_one_line_high_and_never_cut_in_half(page: Any) -> None:
     """Issue 15 bug 2: a lone row of chips stretched to the box's height and a third row showed
     as a strip of empty chip tops under the chips."""
+    # measured once the gallery's stylesheet is applied: CI once measured the chips unstyled (line
+    # height "normal", every box 0 high) in the moment after the cards appeared
+    page.wait_for_function("""() => [...document.querySelectorAll('.lp-card .lp-chip')].some(c =>
+        c.getBoundingClientRect().height > 0 && !isNaN(parseFloat(getComputedStyle(c).lineHeight)))""", timeout=30_000)
     chips = [c for per_card in page.locator(".lp-card").evaluate_all(CHIP_BOXES) for c in per_card]
     sketchy = card(page, "sketchy_lines").locator(".lp-chip")
     assert sketchy.count() == 8  # MAX_CARD_TRIGGERS of its 10 tags: more than two rows hold
