@@ -60,12 +60,17 @@ def test_a_new_library_reads_again_a_model_file_that_failed(lora_dir: Path, tmp_
     assert entry.error is None and entry.alias == "a_alias"
 
 
-def test_a_user_json_read_error_that_goes_away_is_read_again(lora_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _json_failing_once(lora_dir: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> list[str]:
+    """A LoRA with a settled `a.json` holding `text`, whose first open fails with EIO."""
     write_lora(lora_dir / "a.safetensors", kohya_metadata("a_alias"))
     sidecar = lora_dir / "a.json"
-    sidecar.write_text('{"activation text": "trig", "sd version": "SDXL"}')
+    sidecar.write_text(text)
     os.utime(sidecar, ns=(1_600_000_000 * 10**9,) * 2)
-    failed = _fail_once(monkeypatch, builtins, "open", sidecar)
+    return _fail_once(monkeypatch, builtins, "open", sidecar)
+
+
+def test_a_user_json_read_error_that_goes_away_is_read_again(lora_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    failed = _json_failing_once(lora_dir, monkeypatch, '{"activation text": "trig", "sd version": "SDXL"}')
     lib = Library([lora_dir], cache_dir=tmp_path / "c", workers=0)
     assert failed and lib.entries[0].user == {}
     lib.refresh()
@@ -75,10 +80,6 @@ def test_a_user_json_read_error_that_goes_away_is_read_again(lora_dir: Path, tmp
 
 
 def test_a_new_library_reads_again_a_user_json_that_failed(lora_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    write_lora(lora_dir / "a.safetensors", kohya_metadata("a_alias"))
-    sidecar = lora_dir / "a.json"
-    sidecar.write_text('{"activation text": "trig"}')
-    os.utime(sidecar, ns=(1_600_000_000 * 10**9,) * 2)
-    failed = _fail_once(monkeypatch, builtins, "open", sidecar)
+    failed = _json_failing_once(lora_dir, monkeypatch, '{"activation text": "trig"}')
     assert Library([lora_dir], cache_dir=tmp_path / "c", workers=0).entries[0].user == {} and failed
     assert Library([lora_dir], cache_dir=tmp_path / "c", workers=0).entries[0].activation_text == "trig"
