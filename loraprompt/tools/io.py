@@ -98,16 +98,16 @@ def recipe_metadata(tool: str, **fields: Any) -> dict[str, str]:
     return {RECIPE_KEY: json.dumps(recipe, sort_keys=True, default=str)}
 
 
-def rank_metadata(modules: Sequence[Any], rank: int | None = None) -> dict[str, str]:
+def rank_metadata(modules: Sequence[Any], fixed_rank: bool = False) -> dict[str, str]:
     """kohya's ss_network_dim/ss_network_alpha (what galleries show as a file's rank and alpha) for
     written LoRA modules: one value, or "Dynamic" as kohya's resize writes when ranks differ. 3x3
-    convs are left out (kohya records them as conv_dim). `rank`: a fixed rank asked for (a
-    resize): the file's rank is the largest written, at most that, even where a module came out
-    smaller (one that learned nothing keeps rank 1), with alpha at the modules' one scale."""
+    convs are left out (kohya records them as conv_dim). `fixed_rank`: one rank was asked for (a
+    resize): the file's rank is the largest written, even where a module came out smaller (one
+    that learned nothing keeps rank 1), with alpha at the modules' one scale."""
     linear = [m for m in modules if m.down.dim() == 2 or tuple(m.down.shape[2:]) == (1, 1)] or list(modules)
     ranks = {m.rank for m in linear}
     alphas = {float(m.rank if m.alpha is None else m.alpha) for m in linear}
-    if rank is not None and len(ranks) > 1:
+    if fixed_rank and len(ranks) > 1:
         top = max(ranks)
         scales = {round((m.rank if m.alpha is None else m.alpha) / m.rank, 9) for m in linear}
         return {"ss_network_dim": str(top), "ss_network_alpha": str(scales.pop() * top) if len(scales) == 1 else "Dynamic"}

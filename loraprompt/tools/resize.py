@@ -80,7 +80,7 @@ def resize_lora(source: str | Path, output: str | Path, target: RankTarget, *, f
         report.modules.append(ModuleResize(module.key, module.rank, new.rank, kept))
         bar.update()
     bar.close()
-    metadata = {**lora.user_metadata(), **(rank_metadata(resized, target.rank) if "ss_network_dim" in lora.metadata else {}),
+    metadata = {**lora.user_metadata(), **(rank_metadata(resized, fixed_rank=target.rank is not None) if "ss_network_dim" in lora.metadata else {}),
                 **recipe_metadata("resize", inputs=describe_inputs([source]), rank=target.rank,
                                   energy=target.energy, conv_rank=target.conv_rank,
                                   min_kept=round(report.min_kept, 6))}
